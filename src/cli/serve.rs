@@ -1,0 +1,92 @@
+//! `qmesh serve`: load the config, bind, print the address, serve until SIGINT/SIGTERM.
+
+use clap::Args;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use qmesh::config::{Config, LogFormat};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (worker sockets, /otel, /health). Use 0.0.0.0 to accept remote workers.
+    #[arg(long, env = "QMESH_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Home of the embedded store.
+    #[arg(long, env = "QMESH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Optional TOML config file; every key has a default.
+    #[arg(long, env = "QMESH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, env = "QMESH_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    let mut config = match &args.config {
+        Some(path) => match Config::from_file(path) {
+            Ok(c) => c,
+            Err(e) => return fail(&e.to_string()),
+        },
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(f) = args.log_format.as_deref() {
+        config.log.format = if f == "json" {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
+    }
+    qmesh::logging::init(config.log.format);
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        return fail(&format!(
+            "cannot create data dir {}: {e}",
+            config.data_dir.display()
+        ));
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(&format!("cannot listen on {}: {e}", config.listen)),
+        };
+        let addr = listener.local_addr().unwrap_or(config.listen);
+        println!("qmesh listening on ws://{addr}");
+        let _ = std::io::stdout().flush();
+        match qmesh::run(listener, config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("server error: {e}")),
+        }
+    })
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("qmesh: {msg}");
+    ExitCode::FAILURE
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,241 @@
+//! Engine configuration: an optional TOML file where every key has a default.
+//!
+//! Durations are humantime strings (`30s`, `5m`, `250ms`); sizes are bytes.
+//! The command line and `QMESH_*` environment variables override the file for
+//! the few settings an operator changes per run (listen address, data dir).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything the engine reads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the single listener binds. `0.0.0.0` only when asked.
+    pub listen: SocketAddr,
+    /// Home of the embedded store.
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub invocation: InvocationConfig,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+/// Bounds that keep one bad client from hurting the others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket message accepted; larger ones close the socket with 1009.
+    pub max_message_size: usize,
+    /// Open worker connections; further upgrades are refused with 503.
+    pub max_connections: usize,
+    /// Calls one connection may have in flight before new ones get `too_many_pending_calls`.
+    pub max_pending_calls_per_connection: usize,
+    /// Bytes queued for one connection that has stopped reading before it is closed with 1013.
+    pub max_outbound_queue_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InvocationConfig {
+    /// The engine's bound on one call's life, so a hung worker cannot hold memory forever.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+    /// How long a call to a function whose last worker just disconnected waits
+    /// for a worker to register it again, so worker restarts stay invisible.
+    #[serde(with = "humantime_serde")]
+    pub rebind_grace: Duration,
+    /// How long registrations wait for `engine::workers::register` to fix the
+    /// connection's namespace before they are applied to `default`.
+    #[serde(with = "humantime_serde")]
+    pub namespace_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// On SIGINT/SIGTERM, how long in-flight calls may take before the engine exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The engine pings every connection this often.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A connection silent for this long (no frame, not even a pong) is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+pub const DEFAULT_PORT: u16 = 49134;
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            data_dir: PathBuf::from("data"),
+            limits: Limits::default(),
+            invocation: InvocationConfig::default(),
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 << 20,
+            max_connections: 10_000,
+            max_pending_calls_per_connection: 10_000,
+            max_outbound_queue_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Default for InvocationConfig {
+    fn default() -> Self {
+        Self {
+            max_duration: Duration::from_secs(600),
+            rebind_grace: Duration::from_secs(5),
+            namespace_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; keys it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects settings that would make the engine unusable rather than failing later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let bad = |what: &str| {
+            Err(ConfigError::Invalid(format!(
+                "{what} must be greater than 0"
+            )))
+        };
+        if l.max_message_size == 0 {
+            return bad("limits.max_message_size");
+        }
+        if l.max_connections == 0 {
+            return bad("limits.max_connections");
+        }
+        if l.max_pending_calls_per_connection == 0 {
+            return bad("limits.max_pending_calls_per_connection");
+        }
+        if l.max_outbound_queue_bytes < l.max_message_size {
+            return Err(ConfigError::Invalid(
+                "limits.max_outbound_queue_bytes must be at least limits.max_message_size".into(),
+            ));
+        }
+        if self.invocation.max_duration.is_zero() {
+            return bad("invocation.max_duration");
+        }
+        if self.server.ping_interval.is_zero()
+            || self.server.idle_timeout <= self.server.ping_interval
+        {
+            return Err(ConfigError::Invalid(
+                "server.idle_timeout must be longer than server.ping_interval (> 0)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listen.port(), DEFAULT_PORT);
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.invocation.max_duration, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn humantime_durations_and_unknown_keys() {
+        let c = Config::from_toml("[invocation]\nmax_duration = \"1m 30s\"\n").unwrap();
+        assert_eq!(c.invocation.max_duration, Duration::from_secs(90));
+        assert!(Config::from_toml("[invocation]\nmax_duration = \"30\"\n").is_err());
+        let e = Config::from_toml("[limitz]\n").unwrap_err().to_string();
+        assert!(e.contains("limitz"), "{e}");
+    }
+
+    #[test]
+    fn nonsense_limits_are_refused() {
+        assert!(Config::from_toml("[limits]\nmax_connections = 0\n").is_err());
+    }
+}

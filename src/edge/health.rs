@@ -1,0 +1,29 @@
+//! `GET /health`: liveness plus the counts an operator checks first.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
+    let stats = app.mesh.stats();
+    let draining = app.mesh.is_draining();
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({
+            "status": if draining { "draining" } else { "ok" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_ms": app.mesh.uptime().as_millis() as u64,
+            "workers": stats.workers,
+            "functions": stats.functions,
+            "pending_invocations": stats.pending_invocations,
+        })),
+    )
+}

@@ -1,0 +1,129 @@
+//! The network edge: one listener for everything.
+//!
+//! | path | what |
+//! |---|---|
+//! | `/` | the worker WebSocket ([`worker_socket`]) |
+//! | `/otel` | SDK telemetry sockets, accepted and discarded ([`otel`]) |
+//! | `/health` | JSON health and counts ([`health`]) |
+//! | `/ws/channels/...` | reserved for binary channels |
+//!
+//! [`run`] serves until `shutdown` resolves, then stops accepting, lets calls
+//! in flight finish within `server.shutdown_grace`, closes every worker with
+//! 1001 and returns.
+
+pub mod health;
+pub mod otel;
+pub mod worker_socket;
+
+use axum::Router;
+use axum::routing::{any, get};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::mesh::{Mesh, events};
+use crate::protocol::codes::close;
+
+/// What every request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub mesh: Mesh,
+    /// One permit per open worker connection (`limits.max_connections`).
+    pub connection_slots: Arc<Semaphore>,
+}
+
+/// How often in-flight calls are checked against the engine's bound on a call's life.
+const EXPIRY_TICK: Duration = Duration::from_secs(1);
+
+/// Serves the engine on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mesh = Mesh::new(config);
+    serve(listener, mesh, shutdown).await
+}
+
+/// Like [`run`], with a mesh the caller keeps a handle on (tests, embedding).
+pub async fn serve(
+    listener: TcpListener,
+    mesh: Mesh,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    mesh.register_engine_trigger_types();
+    let background = [
+        tokio::spawn(events::run(mesh.clone())),
+        tokio::spawn(expire_calls(mesh.clone())),
+    ];
+    let state = AppState {
+        connection_slots: Arc::new(Semaphore::new(mesh.config().limits.max_connections)),
+        mesh: mesh.clone(),
+    };
+    let app = Router::new()
+        .route("/", get(worker_socket::upgrade))
+        .route("/otel", get(otel::upgrade))
+        .route("/health", get(health::health))
+        .route("/ws/channels/{*rest}", any(channels_reserved))
+        .with_state(state);
+    let draining = mesh.clone();
+    let serving = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: no new connections; finishing calls in flight");
+        draining.start_draining();
+    });
+    serving.await?;
+    drain(&mesh).await;
+    for task in background {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// Waits for calls in flight (up to the grace period), then closes every worker.
+async fn drain(mesh: &Mesh) {
+    let grace = mesh.config().server.shutdown_grace;
+    let started = Instant::now();
+    while mesh.pending_calls() > 0 && started.elapsed() < grace {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let abandoned = mesh.pending_calls();
+    if abandoned > 0 {
+        tracing::warn!(
+            abandoned,
+            "grace period over; closing with calls still in flight"
+        );
+    }
+    mesh.close_all(close::GOING_AWAY, "engine shutting down");
+    // Give the writers a moment to put the close frames on the wire.
+    let flushed = Instant::now();
+    while mesh.stats().workers > 0 && flushed.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::info!("engine stopped");
+}
+
+async fn expire_calls(mesh: Mesh) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    loop {
+        tick.tick().await;
+        mesh.expire();
+    }
+}
+
+async fn channels_reserved() -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        axum::Json(
+            serde_json::json!({ "error": "unknown channel: binary channels are not available in this build" }),
+        ),
+    )
+}

@@ -1,0 +1,159 @@
+//! Engine functions: ids a worker calls like any other function but that the
+//! engine answers itself (`worker-protocol.md` §4). One file per family:
+//! [`catalog`] (functions), [`workers`], [`triggers`]; [`views`] builds the
+//! response shapes they share.
+//!
+//! `engine::workers::register` is part of the handshake and is handled by
+//! `mesh::session`, because it must be applied in order with registrations.
+
+pub mod catalog;
+pub mod triggers;
+pub mod views;
+pub mod workers;
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::sync::Arc;
+use uuid::Uuid;
+
+use crate::mesh::session::{WORKERS_REGISTER, reply_err};
+use crate::mesh::{Connection, Mesh};
+use crate::protocol::{ErrorBody, Invoke, codes, outbound, to_payload};
+
+pub type Reply = Result<Value, ErrorBody>;
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy)]
+pub struct CallCtx {
+    pub caller: Uuid,
+}
+
+pub enum Handler {
+    /// Answered inline, in order with the caller's other messages.
+    Sync(fn(&Mesh, &CallCtx, Value) -> Reply),
+    /// Answered from a task (it waits on something).
+    Async(fn(Mesh, CallCtx, Value) -> BoxFuture<'static, Reply>),
+}
+
+/// Every engine function, by id.
+const TABLE: &[(&str, Handler)] = &[
+    ("engine::functions::list", Handler::Sync(catalog::list)),
+    ("engine::functions::info", Handler::Sync(catalog::info)),
+    ("engine::workers::list", Handler::Sync(workers::list)),
+    ("engine::workers::info", Handler::Sync(workers::info)),
+    (
+        "engine::triggers::list",
+        Handler::Sync(triggers::list_types),
+    ),
+    ("engine::triggers::info", Handler::Sync(triggers::type_info)),
+    (
+        "engine::registered-triggers::list",
+        Handler::Sync(triggers::list_bindings),
+    ),
+    (
+        "engine::registered-triggers::info",
+        Handler::Sync(triggers::binding_info),
+    ),
+    (
+        "engine::register_trigger",
+        Handler::Async(triggers::register),
+    ),
+    (
+        "engine::unregister_trigger",
+        Handler::Sync(triggers::unregister),
+    ),
+];
+
+fn lookup(function_id: &str) -> Option<&'static Handler> {
+    TABLE
+        .iter()
+        .find(|(id, _)| *id == function_id)
+        .map(|(_, h)| h)
+}
+
+/// Ids of every engine function, for listings.
+pub fn engine_function_ids() -> impl Iterator<Item = &'static str> {
+    std::iter::once(WORKERS_REGISTER).chain(TABLE.iter().map(|(id, _)| *id))
+}
+
+pub fn is_engine_function(function_id: &str) -> bool {
+    function_id == WORKERS_REGISTER || lookup(function_id).is_some()
+}
+
+/// Ids no worker may register: everything under `engine::`, and every id the engine answers.
+pub fn is_reserved(function_id: &str) -> bool {
+    function_id.starts_with("engine::") || is_engine_function(function_id)
+}
+
+/// Runs an engine function for a worker and answers it (sync calls only).
+pub fn invoke(mesh: &Mesh, conn: &Arc<Connection>, invoke: Invoke) {
+    let Some(handler) = lookup(&invoke.function_id) else {
+        let msg = format!(
+            "Function {} not found in namespace default.",
+            invoke.function_id
+        );
+        return reply_err(
+            conn,
+            invoke.invocation_id,
+            &invoke.function_id,
+            &ErrorBody::new(codes::FUNCTION_NOT_FOUND, msg),
+        );
+    };
+    let ctx = CallCtx { caller: conn.id };
+    let input = invoke
+        .data
+        .as_ref()
+        .map(views::raw_to_value)
+        .unwrap_or(Value::Null);
+    match handler {
+        Handler::Sync(f) => answer(
+            conn,
+            invoke.invocation_id,
+            &invoke.function_id,
+            f(mesh, &ctx, input),
+        ),
+        Handler::Async(f) => {
+            let fut = f(mesh.clone(), ctx, input);
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let reply = fut.await;
+                answer(&conn, invoke.invocation_id, &invoke.function_id, reply);
+            });
+        }
+    }
+}
+
+fn answer(conn: &Connection, invocation_id: Option<Uuid>, function_id: &str, reply: Reply) {
+    match (invocation_id, reply) {
+        (Some(id), Ok(v)) => {
+            let _ = conn.send(outbound::result_ok(
+                &id,
+                function_id,
+                Some(&to_payload(&v)),
+                None,
+                None,
+            ));
+        }
+        (_, Err(e)) => reply_err(conn, invocation_id, function_id, &e),
+        (None, Ok(_)) => {}
+    }
+}
+
+/// `action: enqueue`. Until the durable queue lands, refuse clearly rather than drop.
+pub fn enqueue(_mesh: &Mesh, conn: &Arc<Connection>, invoke: Invoke) {
+    let err = ErrorBody::new(
+        codes::ENQUEUE_ERROR,
+        "durable queues are not available in this qmesh build yet",
+    );
+    reply_err(conn, invoke.invocation_id, &invoke.function_id, &err);
+}
+
+/// Parses a function's input; a missing input is the empty object.
+pub fn args<T: DeserializeOwned + Default>(input: Value) -> Result<T, ErrorBody> {
+    if input.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(input)
+        .map_err(|e| ErrorBody::new(codes::INVALID_ARGUMENTS, e.to_string()))
+}

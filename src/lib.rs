@@ -1,0 +1,27 @@
+//! qmesh: a WebSocket worker mesh that speaks the iii wire protocol, so the
+//! published iii SDKs connect to it unchanged.
+//!
+//! A map of the crate (see `ARCHITECTURE.md` for the life of a call):
+//!
+//! - [`protocol`]: the wire protocol, whole: decoding worker frames, encoding
+//!   engine frames, error and close codes.
+//! - [`mesh`]: the live registry and router: connections, functions, calls in
+//!   flight, trigger types and bindings, and what each message means.
+//! - [`functions`]: engine functions (`engine::*`) that workers call like any other.
+//! - [`edge`]: the network edge: one listener for worker sockets, telemetry
+//!   sockets and `/health`; `edge::run(listener, config, shutdown)` is the server.
+//! - [`config`]: the TOML configuration and its defaults.
+//! - [`logging`]: tracing setup (text or JSON).
+
+pub mod config;
+pub mod edge;
+pub mod functions;
+pub mod logging;
+pub mod mesh;
+pub mod protocol;
+
+pub use config::Config;
+pub use edge::run;
+
+/// The namespace of anything registered without one.
+pub const DEFAULT_NAMESPACE: &str = "default";

@@ -1,0 +1,248 @@
+//! Workers and the functions they provide: connect, register, disconnect.
+//!
+//! Several live workers may provide one function id; calls are shared among
+//! them (see [`super::router`]). A worker's disconnect releases everything it
+//! held in one critical section, so no call can be routed to a dead worker.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::connection::{Connection, Outgoing};
+use super::state::{FunctionInfo, Key, Provider, Rebinding, State, Worker, WorkerMeta};
+use super::{Mesh, MeshEvent};
+use crate::protocol::inbound::FunctionRegistration;
+use crate::protocol::{ErrorBody, codes, outbound};
+
+impl Mesh {
+    /// Admits a new worker connection; its first frame is `workerregistered`.
+    pub fn connect(
+        &self,
+        remote_addr: Option<SocketAddr>,
+    ) -> (Arc<Connection>, mpsc::UnboundedReceiver<Outgoing>) {
+        let (conn, rx) =
+            Connection::new(remote_addr, self.config().limits.max_outbound_queue_bytes);
+        let conn = Arc::new(conn);
+        let _ = conn.send(outbound::worker_registered(&conn.id, &conn.reattach_token));
+        self.lock().workers.insert(
+            conn.id,
+            Worker {
+                conn: conn.clone(),
+                namespace: crate::DEFAULT_NAMESPACE.to_owned(),
+                meta: None,
+                functions: HashSet::new(),
+                trigger_types: HashSet::new(),
+                bindings: HashSet::new(),
+                calls_out: HashSet::new(),
+                calls_in: HashSet::new(),
+            },
+        );
+        tracing::info!(worker_id = %conn.id, remote = ?remote_addr, "worker connected");
+        self.emit(MeshEvent::WorkerConnected(conn.id));
+        (conn, rx)
+    }
+
+    /// Releases everything a worker held. Idempotent.
+    ///
+    /// Its executing calls fail with `invocation_stopped` at once; calls it made
+    /// are forgotten (late results are dropped); its functions lose a provider;
+    /// its trigger types go and their bindings park; its own bindings are
+    /// unbound at their providers.
+    pub fn disconnect(&self, worker_id: Uuid) {
+        let mut st = self.lock();
+        let Some(worker) = st.workers.remove(&worker_id) else {
+            return;
+        };
+        let name = worker.meta.as_ref().and_then(|m| m.name.clone());
+        let mut lost_functions = false;
+        for key in &worker.functions {
+            lost_functions |= st.remove_provider(key, worker_id, true);
+        }
+        for id in &worker.calls_in {
+            if let Some(call) = st.calls.remove(id) {
+                let err = ErrorBody::new(
+                    codes::INVOCATION_STOPPED,
+                    "Invocation stopped: the worker executing it disconnected",
+                );
+                st.settle(*id, call, Err(err));
+            }
+        }
+        for id in &worker.calls_out {
+            if let Some(call) = st.calls.remove(id)
+                && let Some(exec) = st.workers.get_mut(&call.executor)
+            {
+                exec.calls_in.remove(id);
+            }
+        }
+        for key in &worker.trigger_types {
+            st.remove_trigger_type(key, worker_id);
+        }
+        for id in &worker.bindings {
+            st.remove_binding(id);
+        }
+        drop(st);
+        tracing::info!(worker_id = %worker_id, name = ?name, "worker disconnected");
+        self.emit(MeshEvent::WorkerDisconnected(worker_id));
+        if lost_functions {
+            self.emit(MeshEvent::FunctionsChanged);
+        }
+    }
+
+    /// `reattach`: if the token proves the caller was `previous`, tear the old
+    /// connection down now, before the replay that follows is applied, so its
+    /// cleanup cannot remove what the new connection registers.
+    pub fn reattach(&self, current: Uuid, previous: &str, token: Option<&str>) -> bool {
+        let (Ok(prev), Some(Ok(token))) = (Uuid::parse_str(previous), token.map(Uuid::parse_str))
+        else {
+            return false;
+        };
+        if prev == current {
+            return false;
+        }
+        let old = {
+            let st = self.lock();
+            match st.workers.get(&prev) {
+                Some(w) if w.conn.reattach_token == token => w.conn.clone(),
+                _ => return false,
+            }
+        };
+        old.close(
+            codes::close::REPLACED,
+            "replaced by a reattaching connection",
+        );
+        self.disconnect(prev);
+        tracing::info!(worker_id = %current, previous = %prev, "worker reattached");
+        true
+    }
+
+    /// Stores what `engine::workers::register` said. Returns the namespace the
+    /// connection's registrations belong to (fixed by the first call).
+    pub fn set_worker_meta(&self, worker_id: Uuid, meta: WorkerMeta) -> String {
+        let mut st = self.lock();
+        let Some(w) = st.workers.get_mut(&worker_id) else {
+            return crate::DEFAULT_NAMESPACE.to_owned();
+        };
+        if w.meta.is_none()
+            && let Some(ns) = meta
+                .namespace
+                .as_deref()
+                .map(str::trim)
+                .filter(|ns| !ns.is_empty())
+        {
+            w.namespace = ns.to_owned();
+        }
+        w.meta = Some(meta);
+        let ns = w.namespace.clone();
+        drop(st);
+        self.emit(MeshEvent::WorkerUpdated(worker_id));
+        ns
+    }
+
+    /// `registerfunction` in `namespace`. Ids the engine itself provides are
+    /// refused with a (non-fatal) `registrationrejected`.
+    pub fn register_function(&self, worker_id: Uuid, namespace: &str, reg: FunctionRegistration) {
+        let mut st = self.lock();
+        let Some(worker) = st.workers.get_mut(&worker_id) else {
+            return;
+        };
+        if crate::functions::is_reserved(&reg.id) {
+            tracing::warn!(worker_id = %worker_id, function_id = %reg.id, "refused: the engine provides this function id");
+            let _ = worker
+                .conn
+                .send(outbound::function_rejected(namespace, &reg.id));
+            return;
+        }
+        if reg.http_invocation {
+            tracing::warn!(worker_id = %worker_id, function_id = %reg.id, "refused: HTTP-invoked functions are not supported");
+            let _ = worker
+                .conn
+                .send(outbound::function_rejected(namespace, &reg.id));
+            return;
+        }
+        let key: Key = (namespace.to_owned(), reg.id.clone());
+        worker.functions.insert(key.clone());
+        let info = Arc::new(FunctionInfo {
+            description: reg.description,
+            request_format: reg.request_format,
+            response_format: reg.response_format,
+            metadata: reg.metadata,
+        });
+        let function = st
+            .functions
+            .entry(key.0.clone())
+            .or_default()
+            .entry(key.1.clone())
+            .or_default();
+        let first = function.providers.is_empty();
+        match function
+            .providers
+            .iter_mut()
+            .find(|p| p.worker == worker_id)
+        {
+            Some(p) => p.info = info,
+            None => function.providers.push(Provider {
+                worker: worker_id,
+                info,
+            }),
+        }
+        if first && let Some(waiting) = st.rebinding.remove(&key) {
+            for w in waiting.waiters {
+                let _ = w.send(());
+            }
+        }
+        drop(st);
+        tracing::debug!(worker_id = %worker_id, namespace, function_id = %key.1, "function registered");
+        if first {
+            self.emit(MeshEvent::FunctionAvailable(key.0, key.1));
+        }
+        self.emit(MeshEvent::FunctionsChanged);
+    }
+
+    pub fn unregister_function(&self, worker_id: Uuid, namespace: &str, id: &str) {
+        let key: Key = (namespace.to_owned(), id.to_owned());
+        let mut st = self.lock();
+        let held = st
+            .workers
+            .get_mut(&worker_id)
+            .is_some_and(|w| w.functions.remove(&key));
+        if held && st.remove_provider(&key, worker_id, false) {
+            drop(st);
+            self.emit(MeshEvent::FunctionsChanged);
+        }
+    }
+}
+
+impl State {
+    /// Removes one provider of `key`; returns true if the function is now gone.
+    /// When it went because its worker vanished (not by choice), callers get a
+    /// grace period to wait for a restarted worker.
+    pub(super) fn remove_provider(&mut self, key: &Key, worker_id: Uuid, vanished: bool) -> bool {
+        let Some(by_id) = self.functions.get_mut(&key.0) else {
+            return false;
+        };
+        let Some(function) = by_id.get_mut(&key.1) else {
+            return false;
+        };
+        function.providers.retain(|p| p.worker != worker_id);
+        if !function.providers.is_empty() {
+            return false;
+        }
+        by_id.remove(&key.1);
+        if by_id.is_empty() {
+            self.functions.remove(&key.0);
+        }
+        if vanished {
+            self.rebinding.insert(
+                key.clone(),
+                Rebinding {
+                    since: Instant::now(),
+                    waiters: Vec::new(),
+                },
+            );
+        }
+        true
+    }
+}

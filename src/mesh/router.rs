@@ -1,0 +1,428 @@
+//! Routing calls to executors and results back to callers.
+//!
+//! A call is in exactly one place: waiting for a re-registering worker, in
+//! `State::calls` (sent to an executor), or settled. Settling removes it from
+//! the table first, so an outcome is delivered at most once whatever races
+//! (result, executor disconnect, deadline) happen.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::Mesh;
+use super::state::{Call, CallOutcome, Caller, Function, Key, State, Worker};
+use crate::protocol::inbound::{InvocationResult, Invoke};
+use crate::protocol::outbound::{self, InvokeParts};
+use crate::protocol::{ErrorBody, Payload, codes, inject_caller};
+
+/// What became of a worker's call.
+pub enum Dispatch {
+    /// Delivered to an executor; the outcome will follow.
+    Sent,
+    /// Refused; a sync caller must be told.
+    Failed(Box<Invoke>, ErrorBody),
+    /// The function's worker just went away; wait for it to come back, then retry.
+    Wait(Box<Invoke>, oneshot::Receiver<()>),
+}
+
+/// A call the engine itself made, awaiting its outcome.
+pub struct InternalCall {
+    pub invocation_id: Uuid,
+    pub executor: Uuid,
+    pub outcome: oneshot::Receiver<CallOutcome>,
+}
+
+impl Mesh {
+    /// Routes a worker's sync or void call to one provider of the function.
+    pub fn dispatch(
+        &self,
+        caller: Uuid,
+        namespace: &str,
+        invoke: Invoke,
+        may_wait: bool,
+    ) -> Dispatch {
+        let sync = invoke.invocation_id.is_some();
+        let invocation_id = invoke.invocation_id.unwrap_or_else(Uuid::new_v4);
+        let limit = self.config().limits.max_pending_calls_per_connection;
+        let deadline = Instant::now() + self.config().invocation.max_duration;
+        let grace = self.config().invocation.rebind_grace;
+        let executor = {
+            let mut st = self.lock();
+            let Some(w) = st.workers.get(&caller) else {
+                return Dispatch::Sent; // caller is gone; nobody to answer
+            };
+            let outstanding = w.calls_out.len()
+                + w.conn
+                    .waiting_calls
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            if outstanding >= limit {
+                let msg = format!(
+                    "{outstanding} calls already in flight on this connection (limit {limit})"
+                );
+                return Dispatch::Failed(
+                    Box::new(invoke),
+                    ErrorBody::new(codes::TOO_MANY_PENDING_CALLS, msg),
+                );
+            }
+            if sync && st.calls.contains_key(&invocation_id) {
+                let msg = format!("invocation_id {invocation_id} is already in flight");
+                return Dispatch::Failed(
+                    Box::new(invoke),
+                    ErrorBody::new(codes::DUPLICATE_INVOCATION_ID, msg),
+                );
+            }
+            match st.pick_executor(namespace, &invoke.function_id) {
+                Some(exec) => {
+                    let caller_kind = if sync {
+                        Caller::Worker { worker: caller }
+                    } else {
+                        Caller::Discard
+                    };
+                    st.begin(
+                        invocation_id,
+                        caller_kind,
+                        exec.0,
+                        &invoke.function_id,
+                        deadline,
+                    );
+                    if let Some(w) = st.workers.get_mut(&caller) {
+                        w.calls_out.insert(invocation_id);
+                    }
+                    exec
+                }
+                None => {
+                    let key: Key = (namespace.to_owned(), invoke.function_id.clone());
+                    if may_wait
+                        && let Some(r) = st
+                            .rebinding
+                            .get_mut(&key)
+                            .filter(|r| r.since.elapsed() < grace)
+                    {
+                        let (tx, rx) = oneshot::channel();
+                        r.waiters.push(tx);
+                        return Dispatch::Wait(Box::new(invoke), rx);
+                    }
+                    let err = st.not_found(namespace, &invoke.function_id);
+                    return Dispatch::Failed(Box::new(invoke), err);
+                }
+            }
+        };
+        let caller_id = caller.to_string();
+        let frame = outbound::invoke(InvokeParts {
+            invocation_id: &invocation_id,
+            function_id: &invoke.function_id,
+            data: &inject_caller(invoke.data, &caller_id),
+            traceparent: invoke.traceparent.as_deref(),
+            baggage: invoke.baggage.as_deref(),
+            metadata: invoke.metadata.as_deref(),
+        });
+        if executor.1.send(frame).is_err() {
+            self.fail_call(
+                invocation_id,
+                codes::INVOCATION_STOPPED,
+                "the executing worker's connection is closing",
+            );
+        }
+        Dispatch::Sent
+    }
+
+    /// An `invocationresult` from `from`. Only the executor a call was sent to
+    /// may settle it; anything else (late, unknown, spoofed) is dropped.
+    pub fn complete(&self, from: Uuid, result: InvocationResult) {
+        let mut st = self.lock();
+        match st.calls.get(&result.invocation_id) {
+            Some(call) if call.executor == from => {}
+            Some(_) => {
+                tracing::warn!(worker_id = %from, invocation_id = %result.invocation_id, "result from a worker that was not executing this call; dropped");
+                return;
+            }
+            None => {
+                tracing::debug!(worker_id = %from, invocation_id = %result.invocation_id, "late or unknown result dropped");
+                return;
+            }
+        }
+        let call = st
+            .calls
+            .remove(&result.invocation_id)
+            .expect("checked above");
+        if let Some(exec) = st.workers.get_mut(&from) {
+            exec.calls_in.remove(&result.invocation_id);
+        }
+        match call.caller {
+            Caller::Worker { worker } => {
+                let Some(caller) = st.workers.get_mut(&worker) else {
+                    return;
+                };
+                caller.calls_out.remove(&result.invocation_id);
+                let conn = caller.conn.clone();
+                drop(st);
+                let frame = match &result.error {
+                    Some(err) => {
+                        outbound::result_err(&result.invocation_id, &call.function_id, err)
+                    }
+                    None => outbound::result_ok(
+                        &result.invocation_id,
+                        &call.function_id,
+                        result.result.as_deref(),
+                        result.traceparent.as_deref(),
+                        result.baggage.as_deref(),
+                    ),
+                };
+                let _ = conn.send(frame);
+            }
+            Caller::Discard => {}
+            Caller::Internal(tx) => {
+                let _ = tx.send(match result.error {
+                    Some(err) => Err(err),
+                    None => Ok(result.result),
+                });
+            }
+        }
+    }
+
+    /// Starts a call on behalf of the engine (queue dispatcher, trigger fires).
+    /// Fails at once with `function_not_found` when no worker provides it.
+    pub fn start_internal_call(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: Payload,
+        metadata: Option<Payload>,
+        timeout: Duration,
+    ) -> Result<InternalCall, ErrorBody> {
+        let invocation_id = Uuid::new_v4();
+        let deadline = Instant::now() + timeout.min(self.config().invocation.max_duration);
+        let (tx, rx) = oneshot::channel();
+        let (executor, conn) = {
+            let mut st = self.lock();
+            let Some(exec) = st.pick_executor(namespace, function_id) else {
+                return Err(st.not_found(namespace, function_id));
+            };
+            st.begin(
+                invocation_id,
+                Caller::Internal(tx),
+                exec.0,
+                function_id,
+                deadline,
+            );
+            exec
+        };
+        let frame = outbound::invoke(InvokeParts {
+            invocation_id: &invocation_id,
+            function_id,
+            data: &data,
+            traceparent: None,
+            baggage: None,
+            metadata: metadata.as_deref(),
+        });
+        if conn.send(frame).is_err() {
+            self.fail_call(
+                invocation_id,
+                codes::INVOCATION_STOPPED,
+                "the executing worker's connection is closing",
+            );
+        }
+        Ok(InternalCall {
+            invocation_id,
+            executor,
+            outcome: rx,
+        })
+    }
+
+    /// Calls a function and waits for its outcome, at most `timeout`.
+    pub async fn call(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: Payload,
+        timeout: Duration,
+    ) -> CallOutcome {
+        let call = self.start_internal_call(namespace, function_id, data, None, timeout)?;
+        match tokio::time::timeout(timeout, call.outcome).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ErrorBody::new(codes::INVOCATION_STOPPED, "call abandoned")),
+            Err(_) => {
+                let msg = format!("no result within {}", humantime::format_duration(timeout));
+                self.fail_call(call.invocation_id, codes::INVOCATION_TIMEOUT, &msg);
+                Err(ErrorBody::new(codes::INVOCATION_TIMEOUT, msg))
+            }
+        }
+    }
+
+    /// Fire and forget on behalf of the engine. Returns false if nobody provides the function.
+    pub fn fire(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: Payload,
+        metadata: Option<Payload>,
+    ) -> bool {
+        let invocation_id = Uuid::new_v4();
+        let deadline = Instant::now() + self.config().invocation.max_duration;
+        let conn = {
+            let mut st = self.lock();
+            let Some(exec) = st.pick_executor(namespace, function_id) else {
+                return false;
+            };
+            st.begin(
+                invocation_id,
+                Caller::Discard,
+                exec.0,
+                function_id,
+                deadline,
+            );
+            exec.1
+        };
+        let frame = outbound::invoke(InvokeParts {
+            invocation_id: &invocation_id,
+            function_id,
+            data: &data,
+            traceparent: None,
+            baggage: None,
+            metadata: metadata.as_deref(),
+        });
+        if conn.send(frame).is_err() {
+            self.fail_call(
+                invocation_id,
+                codes::INVOCATION_STOPPED,
+                "connection closing",
+            );
+        }
+        true
+    }
+
+    /// Settles an in-flight call with an engine-made error, if it is still in flight.
+    pub fn fail_call(&self, invocation_id: Uuid, code: &str, message: &str) {
+        let mut st = self.lock();
+        if let Some(call) = st.calls.remove(&invocation_id) {
+            st.settle(invocation_id, call, Err(ErrorBody::new(code, message)));
+        }
+    }
+
+    /// Fails every call past the engine's bound on a call's life, and forgets
+    /// rebinding grace periods that ran out. Run periodically.
+    pub fn expire(&self) -> usize {
+        let now = Instant::now();
+        let grace = self.config().invocation.rebind_grace;
+        let mut st = self.lock();
+        let expired: Vec<Uuid> = st
+            .calls
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            let call = st.calls.remove(id).expect("collected above");
+            tracing::warn!(invocation_id = %id, function_id = %call.function_id, executor = %call.executor, "call exceeded the engine's bound; failing it");
+            let msg =
+                "the executing worker did not answer within the engine's bound on a call's life";
+            st.settle(
+                *id,
+                call,
+                Err(ErrorBody::new(codes::INVOCATION_TIMEOUT, msg)),
+            );
+        }
+        st.rebinding.retain(|_, r| r.since.elapsed() < grace);
+        expired.len()
+    }
+
+    /// Calls in flight (for graceful shutdown and `/health`).
+    pub fn pending_calls(&self) -> usize {
+        self.lock().calls.len()
+    }
+}
+
+impl State {
+    /// Least in-flight first; round-robin among equals. Skips closing connections.
+    pub(super) fn pick_executor(
+        &mut self,
+        namespace: &str,
+        function_id: &str,
+    ) -> Option<(Uuid, Arc<super::Connection>)> {
+        let workers = &self.workers;
+        let function: &mut Function = self.functions.get_mut(namespace)?.get_mut(function_id)?;
+        let n = function.providers.len();
+        let start = function.cursor % n.max(1);
+        let mut best: Option<(usize, &Worker, usize)> = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let Some(w) = workers.get(&function.providers[idx].worker) else {
+                continue;
+            };
+            if w.conn.is_closed() {
+                continue;
+            }
+            let load = w.calls_in.len();
+            if best.is_none_or(|(_, _, l)| load < l) {
+                best = Some((idx, w, load));
+            }
+        }
+        let (idx, w, _) = best?;
+        function.cursor = idx + 1;
+        Some((w.conn.id, w.conn.clone()))
+    }
+
+    pub(super) fn begin(
+        &mut self,
+        id: Uuid,
+        caller: Caller,
+        executor: Uuid,
+        function_id: &str,
+        deadline: Instant,
+    ) {
+        if let Some(exec) = self.workers.get_mut(&executor) {
+            exec.calls_in.insert(id);
+        }
+        self.calls.insert(
+            id,
+            Call {
+                caller,
+                executor,
+                function_id: function_id.to_owned(),
+                deadline,
+            },
+        );
+    }
+
+    /// Delivers an outcome for a call already removed from `calls`.
+    pub(super) fn settle(&mut self, id: Uuid, call: Call, outcome: CallOutcome) {
+        if let Some(exec) = self.workers.get_mut(&call.executor) {
+            exec.calls_in.remove(&id);
+        }
+        match call.caller {
+            Caller::Worker { worker } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.calls_out.remove(&id);
+                    let frame = match &outcome {
+                        Ok(r) => {
+                            outbound::result_ok(&id, &call.function_id, r.as_deref(), None, None)
+                        }
+                        Err(e) => outbound::result_err(&id, &call.function_id, e),
+                    };
+                    let _ = w.conn.send(frame);
+                }
+            }
+            Caller::Discard => {}
+            Caller::Internal(tx) => {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
+
+    /// iii's message, plus where the id does exist.
+    pub(super) fn not_found(&self, namespace: &str, function_id: &str) -> ErrorBody {
+        let mut elsewhere: Vec<&str> = self
+            .functions
+            .iter()
+            .filter(|(ns, ids)| ns.as_str() != namespace && ids.contains_key(function_id))
+            .map(|(ns, _)| ns.as_str())
+            .collect();
+        elsewhere.sort_unstable();
+        let mut msg = format!("Function {function_id} not found in namespace {namespace}.");
+        if !elsewhere.is_empty() {
+            msg.push_str(&format!(" It is registered in: {}.", elsewhere.join(", ")));
+        }
+        ErrorBody::new(codes::FUNCTION_NOT_FOUND, msg)
+    }
+}

@@ -1,0 +1,236 @@
+//! What one connection's messages mean, applied in arrival order.
+//!
+//! The SDKs send their registrations *before* `engine::workers::register`
+//! tells the engine the worker's namespace, so registrations are held until
+//! that call arrives (or `namespace_grace` passes, after which they go to
+//! `default`), as iii does.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use uuid::Uuid;
+
+use super::router::Dispatch;
+use super::state::{BindingOwner, WorkerMeta};
+use super::{Connection, Mesh};
+use crate::protocol::inbound::{self, Inbound, Invoke};
+use crate::protocol::{Action, ErrorBody, codes, outbound, to_payload};
+
+pub const WORKERS_REGISTER: &str = "engine::workers::register";
+
+pub struct Session {
+    mesh: Mesh,
+    conn: Arc<Connection>,
+    namespace: String,
+    /// Registrations waiting for the namespace; `None` once it is known.
+    held: Option<Vec<Inbound>>,
+    hold_until: Instant,
+}
+
+impl Session {
+    pub fn new(mesh: Mesh, conn: Arc<Connection>) -> Self {
+        let hold_until = Instant::now() + mesh.config().invocation.namespace_grace;
+        Self {
+            mesh,
+            conn,
+            namespace: crate::DEFAULT_NAMESPACE.to_owned(),
+            held: Some(Vec::new()),
+            hold_until,
+        }
+    }
+
+    pub fn conn(&self) -> &Arc<Connection> {
+        &self.conn
+    }
+
+    /// When held registrations must be applied even without a namespace.
+    pub fn hold_deadline(&self) -> Option<Instant> {
+        self.held.as_ref().map(|_| self.hold_until)
+    }
+
+    /// Applies held registrations to the namespace known so far.
+    pub fn release_held(&mut self) {
+        if let Some(held) = self.held.take() {
+            if !held.is_empty() {
+                tracing::debug!(worker_id = %self.conn.id, count = held.len(), namespace = %self.namespace, "applying held registrations");
+            }
+            for msg in held {
+                self.apply_registration(msg);
+            }
+        }
+    }
+
+    /// One text frame (or JSON binary frame). Bad frames are logged and dropped.
+    pub fn handle_text(&mut self, text: &str) {
+        if inbound::is_blank(text) {
+            return;
+        }
+        match inbound::decode(text) {
+            Ok(msg) => self.handle(msg),
+            Err(e) => {
+                tracing::warn!(worker_id = %self.conn.id, error = %e, "dropped an undecodable frame")
+            }
+        }
+    }
+
+    pub fn handle(&mut self, msg: Inbound) {
+        let me = self.conn.id;
+        match msg {
+            Inbound::Invoke(invoke) => self.invoke(invoke),
+            Inbound::Result(result) => self.mesh.complete(me, result),
+            Inbound::TriggerRegistrationResult(r) => self.mesh.trigger_registration_result(me, r),
+            Inbound::Reattach {
+                previous_worker_id,
+                reattach_token,
+            } => {
+                if !self
+                    .mesh
+                    .reattach(me, &previous_worker_id, reattach_token.as_deref())
+                {
+                    tracing::debug!(worker_id = %me, previous = %previous_worker_id, "stale reattach ignored");
+                }
+            }
+            Inbound::Ping => {
+                let _ = self.conn.send(outbound::pong());
+            }
+            Inbound::Pong => {}
+            Inbound::Ignored(kind) => tracing::debug!(worker_id = %me, kind, "message ignored"),
+            registration => match &mut self.held {
+                Some(held) => held.push(registration),
+                None => self.apply_registration(registration),
+            },
+        }
+    }
+
+    fn apply_registration(&mut self, msg: Inbound) {
+        let (me, ns) = (self.conn.id, self.namespace.as_str());
+        match msg {
+            Inbound::RegisterFunction(reg) => self.mesh.register_function(me, ns, reg),
+            Inbound::UnregisterFunction { id } => self.mesh.unregister_function(me, ns, &id),
+            Inbound::RegisterTriggerType(reg) => {
+                let ns = namespace_or(reg.namespace.as_deref(), ns).to_owned();
+                self.mesh.register_trigger_type(me, &ns, reg)
+            }
+            Inbound::UnregisterTriggerType { id, namespace } => {
+                self.mesh
+                    .unregister_trigger_type(me, namespace_or(namespace.as_deref(), ns), &id)
+            }
+            Inbound::RegisterTrigger(reg) => {
+                self.mesh
+                    .bind_trigger(BindingOwner::Worker(me), ns, reg, None)
+            }
+            Inbound::UnregisterTrigger { id } => {
+                self.mesh.unbind_trigger(Some(me), &id);
+            }
+            other => tracing::error!(?other, "not a registration message"),
+        }
+    }
+
+    fn invoke(&mut self, invoke: Invoke) {
+        if invoke
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| ns.trim().is_empty())
+        {
+            let err = ErrorBody::new(codes::INVALID_NAMESPACE, "namespace must not be blank");
+            return reply_err(&self.conn, invoke.invocation_id, &invoke.function_id, &err);
+        }
+        if invoke.function_id == WORKERS_REGISTER {
+            return self.register_worker(invoke);
+        }
+        match &invoke.action {
+            Action::Unknown(kind) => {
+                let err = ErrorBody::new(
+                    codes::INVALID_ACTION,
+                    format!("unknown action {kind:?}; expected void or enqueue"),
+                );
+                return reply_err(&self.conn, invoke.invocation_id, &invoke.function_id, &err);
+            }
+            Action::Enqueue { .. } => {
+                return crate::functions::enqueue(&self.mesh, &self.conn, invoke);
+            }
+            Action::Sync | Action::Void => {}
+        }
+        if crate::functions::is_engine_function(&invoke.function_id) {
+            return crate::functions::invoke(&self.mesh, &self.conn, invoke);
+        }
+        let ns = invoke
+            .namespace
+            .clone()
+            .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_owned());
+        match self.mesh.dispatch(self.conn.id, &ns, invoke, true) {
+            Dispatch::Sent => {}
+            Dispatch::Failed(invoke, err) => {
+                reply_err(&self.conn, invoke.invocation_id, &invoke.function_id, &err)
+            }
+            Dispatch::Wait(invoke, woken) => self.wait_for_worker(ns, invoke, woken),
+        }
+    }
+
+    /// The function's worker vanished moments ago: give a restarting worker the
+    /// grace period to register again before answering `function_not_found`.
+    fn wait_for_worker(
+        &self,
+        ns: String,
+        invoke: Box<Invoke>,
+        woken: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let (mesh, conn) = (self.mesh.clone(), self.conn.clone());
+        let grace = mesh.config().invocation.rebind_grace;
+        conn.waiting_calls.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(grace, woken).await;
+            conn.waiting_calls.fetch_sub(1, Ordering::Relaxed);
+            if let Dispatch::Failed(invoke, err) = mesh.dispatch(conn.id, &ns, *invoke, false) {
+                reply_err(&conn, invoke.invocation_id, &invoke.function_id, &err);
+            }
+        });
+    }
+
+    fn register_worker(&mut self, invoke: Invoke) {
+        let meta: WorkerMeta = invoke
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d.get()).map_err(|e| {
+                tracing::warn!(worker_id = %self.conn.id, error = %e, "unreadable worker metadata; using defaults");
+            }).ok())
+            .unwrap_or_default();
+        tracing::info!(worker_id = %self.conn.id, name = ?meta.name, runtime = ?meta.runtime, version = ?meta.version, "worker registered");
+        self.namespace = self.mesh.set_worker_meta(self.conn.id, meta);
+        self.release_held();
+        if let Some(id) = invoke.invocation_id {
+            let ok = to_payload(&serde_json::json!({ "success": true }));
+            let _ = self.conn.send(outbound::result_ok(
+                &id,
+                WORKERS_REGISTER,
+                Some(&ok),
+                None,
+                None,
+            ));
+        }
+    }
+}
+
+fn namespace_or<'a>(given: Option<&'a str>, fallback: &'a str) -> &'a str {
+    given
+        .map(str::trim)
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(fallback)
+}
+
+/// Answers a sync call with an error; a void call gets nothing, ever.
+pub fn reply_err(
+    conn: &Connection,
+    invocation_id: Option<Uuid>,
+    function_id: &str,
+    err: &ErrorBody,
+) {
+    match invocation_id {
+        Some(id) => {
+            let _ = conn.send(outbound::result_err(&id, function_id, err));
+        }
+        None => {
+            tracing::debug!(worker_id = %conn.id, function_id, error = %err, "void call failed")
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The live registry's data model: every table the engine keeps in memory,
+//! behind the one lock in [`super::Mesh`]. Critical sections are hash lookups;
+//! nothing awaits while holding the lock, and payloads are encoded outside it
+//! on the hot path.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::connection::Connection;
+use crate::protocol::{ErrorBody, Payload};
+
+/// (namespace, id) of a function or a trigger type.
+pub type Key = (String, String);
+
+#[derive(Default)]
+pub struct State {
+    pub workers: HashMap<Uuid, Worker>,
+    /// namespace → function id → its providers. Nested so lookups by `&str` do not allocate.
+    pub functions: HashMap<String, HashMap<String, Function>>,
+    /// In-flight calls by the invocation id the executor sees.
+    pub calls: HashMap<Uuid, Call>,
+    pub trigger_types: HashMap<Key, TriggerType>,
+    pub bindings: HashMap<String, Binding>,
+    /// Functions whose last worker disconnected recently; callers wait here for it to return.
+    pub rebinding: HashMap<Key, Rebinding>,
+}
+
+pub struct Worker {
+    pub conn: Arc<Connection>,
+    /// Fixed by `engine::workers::register`; `default` until then.
+    pub namespace: String,
+    pub meta: Option<WorkerMeta>,
+    pub functions: HashSet<Key>,
+    pub trigger_types: HashSet<Key>,
+    /// Bindings this worker asked for.
+    pub bindings: HashSet<String>,
+    /// Calls this worker made that are still in flight.
+    pub calls_out: HashSet<Uuid>,
+    /// Calls this worker is executing.
+    pub calls_in: HashSet<Uuid>,
+}
+
+/// What a worker says about itself in `engine::workers::register`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct WorkerMeta {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub runtime: Option<String>,
+    pub version: Option<String>,
+    pub os: Option<String>,
+    pub pid: Option<u64>,
+    pub isolation: Option<serde_json::Value>,
+    pub namespace: Option<String>,
+    pub telemetry: Option<serde_json::Value>,
+    pub features: Option<Vec<String>>,
+}
+
+#[derive(Default)]
+pub struct Function {
+    pub providers: Vec<Provider>,
+    /// Round-robin cursor among equally loaded providers.
+    pub cursor: usize,
+}
+
+pub struct Provider {
+    pub worker: Uuid,
+    pub info: Arc<FunctionInfo>,
+}
+
+/// What a worker declared about a function when registering it.
+#[derive(Debug, Default)]
+pub struct FunctionInfo {
+    pub description: Option<String>,
+    pub request_format: Option<Payload>,
+    pub response_format: Option<Payload>,
+    pub metadata: Option<Payload>,
+}
+
+pub struct Call {
+    pub caller: Caller,
+    pub executor: Uuid,
+    pub function_id: String,
+    pub deadline: Instant,
+}
+
+/// Who gets a call's outcome.
+pub enum Caller {
+    /// A worker waiting for an `invocationresult` with its own invocation id.
+    Worker { worker: Uuid },
+    /// Fire and forget: the result is dropped.
+    Discard,
+    /// Engine code awaiting the outcome (queue dispatcher, engine functions).
+    Internal(oneshot::Sender<CallOutcome>),
+}
+
+pub type CallOutcome = Result<Option<Payload>, ErrorBody>;
+
+pub struct Rebinding {
+    pub since: Instant,
+    pub waiters: Vec<oneshot::Sender<()>>,
+}
+
+pub struct TriggerType {
+    pub provider: TypeProvider,
+    pub description: String,
+    pub trigger_request_format: Option<Payload>,
+    pub call_request_format: Option<Payload>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeProvider {
+    Worker(Uuid),
+    /// Implemented inside the engine (`engine::workers-available`, …).
+    Engine,
+}
+
+pub struct Binding {
+    pub id: String,
+    pub trigger_type: String,
+    pub function_id: String,
+    /// Namespace of the bound function.
+    pub namespace: String,
+    /// Provider namespace the binder asked for, if any.
+    pub trigger_namespace: Option<String>,
+    pub config: Payload,
+    pub metadata: Option<Payload>,
+    pub owner: BindingOwner,
+    /// The trigger type serving it, or `None` while parked.
+    pub active_on: Option<Key>,
+    /// `engine::register_trigger` waits here for the provider's verdict.
+    pub ack: Option<oneshot::Sender<Result<(), ErrorBody>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindingOwner {
+    Worker(Uuid),
+    /// Made with `engine::register_trigger`: outlives the connection that asked.
+    Engine,
+}
+
+impl State {
+    pub fn function(&self, namespace: &str, id: &str) -> Option<&Function> {
+        self.functions.get(namespace)?.get(id)
+    }
+
+    pub fn worker_name(&self, id: &Uuid) -> Option<&str> {
+        self.workers.get(id)?.meta.as_ref()?.name.as_deref()
+    }
+}

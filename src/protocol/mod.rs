@@ -1,0 +1,102 @@
+//! The iii worker wire protocol, in one place.
+//!
+//! Every frame a worker sends is decoded by [`inbound`]; every frame the engine
+//! sends is built by [`outbound`]; the error and close codes both sides see live
+//! in [`codes`]. Nothing else in the crate parses or writes protocol JSON, so
+//! this folder can be read whole against `worker-protocol.md`.
+//!
+//! Payloads (`data`, `result`, `config`, `metadata`) stay as raw JSON text from
+//! the moment they arrive until they leave: the engine routes them and never
+//! rebuilds them, except to inject `_caller_worker_id` into object payloads.
+
+pub mod codes;
+pub mod inbound;
+pub mod outbound;
+
+pub use codes::ErrorBody;
+pub use inbound::{Action, DecodeError, Inbound, Invoke};
+
+use serde_json::value::RawValue;
+
+/// A JSON value kept as the exact text it arrived as.
+pub type Payload = Box<RawValue>;
+
+/// The JSON `null` payload.
+pub fn null_payload() -> Payload {
+    RawValue::from_string("null".to_owned()).expect("null is valid JSON")
+}
+
+/// Serialize any value into a [`Payload`].
+pub fn to_payload<T: serde::Serialize + ?Sized>(value: &T) -> Payload {
+    serde_json::value::to_raw_value(value).expect("engine values always serialize")
+}
+
+/// Adds `_caller_worker_id` to an object payload, as iii does before dispatch.
+///
+/// The common case (an object that does not already carry the key) is a text
+/// splice, so a large payload is copied once and never parsed into a tree.
+/// Non-object payloads are passed through untouched.
+pub fn inject_caller(data: Option<Payload>, caller: &str) -> Payload {
+    let Some(data) = data else {
+        return null_payload();
+    };
+    let text = data.get();
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') {
+        return data;
+    }
+    if text.contains("\"_caller_worker_id\"") {
+        // Rare: the payload already has the key. Parse so ours replaces it
+        // rather than producing a duplicate key whose winner depends on the parser.
+        return match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+            Ok(mut map) => {
+                map.insert("_caller_worker_id".into(), caller.into());
+                to_payload(&map)
+            }
+            Err(_) => data,
+        };
+    }
+    let body = trimmed[1..].trim_start();
+    let mut out = String::with_capacity(text.len() + caller.len() + 24);
+    out.push_str("{\"_caller_worker_id\":\"");
+    out.push_str(caller);
+    out.push('"');
+    if !body.starts_with('}') {
+        out.push(',');
+    }
+    out.push_str(body);
+    RawValue::from_string(out).unwrap_or(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Payload {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn injects_into_objects_only() {
+        let id = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+        let v: serde_json::Value =
+            serde_json::from_str(inject_caller(Some(raw(r#"{"a":1}"#)), id).get()).unwrap();
+        assert_eq!(v["a"], 1);
+        assert_eq!(v["_caller_worker_id"], id);
+        let v: serde_json::Value =
+            serde_json::from_str(inject_caller(Some(raw(" { } ")), id).get()).unwrap();
+        assert_eq!(v, serde_json::json!({"_caller_worker_id": id}));
+        assert_eq!(inject_caller(Some(raw("[1,2]")), id).get(), "[1,2]");
+        assert_eq!(inject_caller(Some(raw("\"s\"")), id).get(), "\"s\"");
+        assert_eq!(inject_caller(None, id).get(), "null");
+    }
+
+    #[test]
+    fn replaces_a_spoofed_caller_id() {
+        let id = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+        let out = inject_caller(Some(raw(r#"{"_caller_worker_id":"me","x":2}"#)), id);
+        let v: serde_json::Value = serde_json::from_str(out.get()).unwrap();
+        assert_eq!(v["_caller_worker_id"], id);
+        assert_eq!(v["x"], 2);
+    }
+}

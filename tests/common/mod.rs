@@ -1,0 +1,218 @@
+//! Shared test harness: a real engine on an ephemeral port, and a raw
+//! WebSocket client for speaking the protocol by hand.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use qmesh::config::Config;
+use qmesh::mesh::Mesh;
+
+/// How long a test waits for any single expected frame.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// An engine serving on 127.0.0.1:0 inside the test process.
+pub struct TestEngine {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub mesh: Mesh,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestEngine {
+    pub async fn start() -> Self {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let mesh = Mesh::new(config);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(qmesh::edge::serve(listener, mesh.clone(), async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            url: format!("ws://{addr}"),
+            mesh,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Graceful shutdown; returns once the server has stopped.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("engine stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub async fn health(&self) -> Value {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(
+                format!(
+                    "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                    self.addr
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        let json = body.split("\r\n\r\n").nth(1).expect("http body");
+        serde_json::from_str(json).expect("health is JSON")
+    }
+
+    /// Polls until `check` holds on the mesh (registrations are asynchronous).
+    pub async fn until(&self, what: &str, check: impl Fn(&Mesh) -> bool) {
+        let start = std::time::Instant::now();
+        while !check(&self.mesh) {
+            assert!(start.elapsed() < WAIT, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Test defaults: short namespace hold so raw clients need not announce themselves.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.invocation.namespace_grace = Duration::from_millis(50);
+    c.invocation.rebind_grace = Duration::from_secs(3);
+    c
+}
+
+/// A worker speaking the protocol by hand.
+pub struct RawClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub worker_id: String,
+    pub reattach_token: String,
+}
+
+impl RawClient {
+    /// Connects and reads `workerregistered`.
+    pub async fn connect(url: &str) -> Self {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let first = next_json(&mut ws).await.expect("first frame");
+        assert_eq!(first["type"], "workerregistered", "{first}");
+        Self {
+            ws,
+            worker_id: first["worker_id"].as_str().unwrap().to_owned(),
+            reattach_token: first["reattach_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Connects and announces itself with `engine::workers::register`.
+    pub async fn worker(url: &str, name: &str) -> Self {
+        let mut c = Self::connect(url).await;
+        c.send(json!({"type":"invokefunction","function_id":"engine::workers::register",
+            "data":{"name":name,"runtime":"rust","version":"test","pid":std::process::id(),"os":"linux"},
+            "action":{"type":"void"}}))
+            .await;
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws
+            .send(Message::Text(s.to_owned().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn register_function(&mut self, id: &str) {
+        self.send(json!({"type":"registerfunction","id":id})).await;
+    }
+
+    /// Next JSON frame, or `None` when the socket closed. Panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Option<Value> {
+        next_json(&mut self.ws).await
+    }
+
+    /// Skips frames until one matches.
+    pub async fn recv_until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            match self.recv().await {
+                Some(v) if pred(&v) => return v,
+                Some(_) => continue,
+                None => panic!("socket closed while waiting for {what}"),
+            }
+        }
+    }
+
+    /// Sync call; returns the `invocationresult` frame.
+    pub async fn call(&mut self, function_id: &str, data: Value) -> Value {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.send(json!({"type":"invokefunction","invocation_id":id,"function_id":function_id,"data":data})).await;
+        self.recv_until("invocationresult", |v| {
+            v["type"] == "invocationresult" && v["invocation_id"] == id.as_str()
+        })
+        .await
+    }
+
+    /// Serves every `invokefunction` it receives with `handler` until `n` were answered.
+    pub async fn serve(&mut self, n: usize, handler: impl Fn(&Value) -> Value) {
+        for _ in 0..n {
+            let inv = self
+                .recv_until("invokefunction", |v| v["type"] == "invokefunction")
+                .await;
+            let result = handler(&inv["data"]);
+            self.send(
+                json!({"type":"invocationresult","invocation_id":inv["invocation_id"],
+                "function_id":inv["function_id"],"result":result}),
+            )
+            .await;
+        }
+    }
+}
+
+async fn next_json(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) -> Option<Value> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a frame");
+        match msg {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+            Some(Ok(Message::Text(t))) => {
+                return Some(serde_json::from_str(&t).expect("engine sends JSON"));
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! The engine core driven by a raw WebSocket client: routing rules, error
+//! codes, and bad input that must never take the engine down.
+
+mod common;
+
+use common::{RawClient, TestEngine, test_config};
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+fn is_result(v: &Value) -> bool {
+    v["type"] == "invocationresult"
+}
+
+#[tokio::test]
+async fn sync_call_round_trip_injects_caller_and_keeps_ids() {
+    let engine = TestEngine::start().await;
+    let mut exec = RawClient::worker(&engine.url, "exec").await;
+    exec.register_function("math::add").await;
+    engine
+        .until("function registered", |m| m.stats().functions == 1)
+        .await;
+
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let caller_id = caller.worker_id.clone();
+    let id = uuid::Uuid::new_v4().to_string();
+    caller
+        .send(json!({"type":"invokefunction","invocation_id":id,"function_id":"math::add","data":{"a":2,"b":3},
+            "traceparent":"00-abc-def-01","metadata":{"m":1}}))
+        .await;
+    let inv = exec
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    assert_eq!(
+        inv["invocation_id"],
+        id.as_str(),
+        "executor sees the caller's invocation id"
+    );
+    assert_eq!(inv["data"]["_caller_worker_id"], caller_id.as_str());
+    assert_eq!(inv["data"]["a"], 2);
+    assert_eq!(inv["traceparent"], "00-abc-def-01");
+    assert_eq!(inv["metadata"], json!({"m":1}));
+    assert!(inv.get("action").is_none() && inv.get("namespace").is_none());
+    exec.send(json!({"type":"invocationresult","invocation_id":id,"function_id":"math::add","result":{"sum":5}}))
+        .await;
+    let res = caller.recv_until("result", is_result).await;
+    assert_eq!(res["invocation_id"], id.as_str());
+    assert_eq!(res["function_id"], "math::add");
+    assert_eq!(res["result"], json!({"sum":5}));
+    assert!(res.get("error").is_none());
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn void_calls_run_but_never_answer() {
+    let engine = TestEngine::start().await;
+    let mut exec = RawClient::worker(&engine.url, "exec").await;
+    exec.register_function("log::write").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    caller
+        .send(json!({"type":"invokefunction","function_id":"log::write","data":{"line":1},"action":{"type":"void"}}))
+        .await;
+    let inv = exec
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    assert!(
+        uuid::Uuid::parse_str(inv["invocation_id"].as_str().unwrap()).is_ok(),
+        "executor gets an id"
+    );
+    exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"log::write","result":1}))
+        .await;
+    // The caller's next answer must be for its next call, not the void one.
+    let r = caller.call("log::nothing", json!({})).await;
+    assert_eq!(r["error"]["code"], "function_not_found");
+    engine
+        .until("void call settled", |m| m.pending_calls() == 0)
+        .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_function_gets_function_not_found_with_a_hint() {
+    let engine = TestEngine::start().await;
+    let mut exec = RawClient::connect(&engine.url).await;
+    exec.send(
+        json!({"type":"invokefunction","function_id":"engine::workers::register",
+        "data":{"name":"other","namespace":"billing","pid":1},"action":{"type":"void"}}),
+    )
+    .await;
+    exec.register_function("pay::charge").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let r = caller.call("pay::charge", json!({})).await;
+    assert_eq!(r["error"]["code"], "function_not_found");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("namespace default") && msg.contains("billing"),
+        "{msg}"
+    );
+    let id = uuid::Uuid::new_v4().to_string();
+    caller
+        .send(json!({"type":"invokefunction","invocation_id":id,"function_id":"pay::charge","data":{},"namespace":"billing"}))
+        .await;
+    let inv = exec
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    assert_eq!(inv["invocation_id"], id.as_str());
+    let blank = caller.call_in_namespace("pay::charge", " ").await;
+    assert_eq!(blank["error"]["code"], "INVALID_NAMESPACE");
+    engine.stop().await;
+}
+
+trait NamespaceCall {
+    async fn call_in_namespace(&mut self, f: &str, ns: &str) -> Value;
+}
+impl NamespaceCall for RawClient {
+    async fn call_in_namespace(&mut self, f: &str, ns: &str) -> Value {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.send(json!({"type":"invokefunction","invocation_id":id,"function_id":f,"data":{},"namespace":ns})).await;
+        self.recv_until("result", |v| {
+            is_result(v) && v["invocation_id"] == id.as_str()
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn executor_dropping_mid_call_stops_the_call_at_once() {
+    let engine = TestEngine::start().await;
+    let mut exec = RawClient::worker(&engine.url, "exec").await;
+    exec.register_function("slow::op").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let id = uuid::Uuid::new_v4().to_string();
+    caller
+        .send(
+            json!({"type":"invokefunction","invocation_id":id,"function_id":"slow::op","data":{}}),
+        )
+        .await;
+    exec.recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    drop(exec);
+    let started = std::time::Instant::now();
+    let r = caller.recv_until("result", is_result).await;
+    assert_eq!(r["error"]["code"], "invocation_stopped");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "caller learns at once"
+    );
+    assert_eq!(engine.mesh.pending_calls(), 0);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn two_workers_share_one_function_id() {
+    let engine = TestEngine::start().await;
+    let mut a = RawClient::worker(&engine.url, "a").await;
+    let mut b = RawClient::worker(&engine.url, "b").await;
+    a.register_function("img::resize").await;
+    b.register_function("img::resize").await;
+    engine
+        .until("both registered", |m| {
+            m.inspect(|st| {
+                st.function("default", "img::resize")
+                    .is_some_and(|f| f.providers.len() == 2)
+            })
+        })
+        .await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    for _ in 0..4 {
+        caller.send(json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":"img::resize","data":{}})).await;
+    }
+    // Least in-flight first: with nobody answering, the four calls split 2/2.
+    for w in [&mut a, &mut b] {
+        for _ in 0..2 {
+            w.recv_until("invoke", |v| v["type"] == "invokefunction")
+                .await;
+        }
+    }
+    let loads: Vec<usize> = engine.mesh.inspect(|st| {
+        st.workers
+            .values()
+            .map(|w| w.calls_in.len())
+            .filter(|n| *n > 0)
+            .collect()
+    });
+    assert_eq!(loads, vec![2, 2]);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarting_worker_is_invisible_to_callers() {
+    let engine = TestEngine::start().await;
+    let mut exec = RawClient::worker(&engine.url, "exec").await;
+    exec.register_function("svc::ping").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    drop(exec);
+    engine.until("gone", |m| m.stats().functions == 0).await;
+    // A call during the gap waits for the worker to come back instead of failing.
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let id = uuid::Uuid::new_v4().to_string();
+    caller
+        .send(
+            json!({"type":"invokefunction","invocation_id":id,"function_id":"svc::ping","data":{}}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut exec = RawClient::worker(&engine.url, "exec").await;
+    exec.register_function("svc::ping").await;
+    exec.serve(1, |_| json!("pong")).await;
+    let r = caller.recv_until("result", is_result).await;
+    assert_eq!(r["result"], "pong");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_dropped_and_the_connection_stays_usable() {
+    let engine = TestEngine::start().await;
+    let mut exec = RawClient::worker(&engine.url, "exec").await;
+    exec.register_function("echo::it").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    for garbage in [
+        "{not json",
+        "[]",
+        "42",
+        r#"{"no_type":1}"#,
+        r#"{"type":"teleport","x":1}"#,
+        r#"{"type":"invokefunction"}"#,
+        r#"{"type":"invokefunction","function_id":"echo::it","invocation_id":"not-a-uuid"}"#,
+        r#"{"type":"invocationresult","function_id":"x"}"#,
+        r#"{"type":"registertrigger","id":"1"}"#,
+        "   ",
+        "",
+    ] {
+        c.send_text(garbage).await;
+    }
+    c.ws.send(Message::Binary(
+        b"OTLP{\"resourceSpans\":[]}".to_vec().into(),
+    ))
+    .await
+    .unwrap();
+    c.ws.send(Message::Binary(vec![0xff, 0xfe].into()))
+        .await
+        .unwrap();
+    // JSON in a binary frame is a normal message; missing data is null.
+    let id = uuid::Uuid::new_v4().to_string();
+    let frame =
+        json!({"type":"invokefunction","invocation_id":id,"function_id":"echo::it"}).to_string();
+    c.ws.send(Message::Binary(frame.into_bytes().into()))
+        .await
+        .unwrap();
+    let inv = exec
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    assert_eq!(inv["data"], Value::Null);
+    exec.send(json!({"type":"invocationresult","invocation_id":id,"function_id":"echo::it","result":null})).await;
+    let r = c.recv_until("result", is_result).await;
+    assert_eq!(r["invocation_id"], id.as_str());
+    assert!(r.get("result").is_none(), "null result is omitted: {r}");
+    let unknown_action = json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":"echo::it","data":{},"action":{"type":"later"}});
+    c.send(unknown_action).await;
+    let r = c.recv_until("result", is_result).await;
+    assert_eq!(r["error"]["code"], "invalid_action");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_message_closes_with_1009_and_others_carry_on() {
+    let mut config = test_config();
+    config.limits.max_message_size = 64 << 10;
+    let engine = TestEngine::start_with(config).await;
+    let mut exec = RawClient::worker(&engine.url, "exec").await;
+    exec.register_function("echo::it").await;
+    let mut big = RawClient::worker(&engine.url, "big").await;
+    let payload = "x".repeat(128 << 10);
+    let _ = big
+        .ws
+        .send(Message::Text(
+            json!({"type":"ping","pad":payload}).to_string().into(),
+        ))
+        .await;
+    let close = loop {
+        match tokio::time::timeout(common::WAIT, futures_util::StreamExt::next(&mut big.ws))
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.expect("close frame").code), 1009);
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let call = tokio::spawn(async move { c.call("echo::it", json!({"ok":true})).await });
+    exec.serve(1, |d| d.clone()).await;
+    assert_eq!(call.await.unwrap()["result"]["ok"], true);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_calls_to_a_slow_worker_is_bounded_per_connection() {
+    let mut config = test_config();
+    config.limits.max_pending_calls_per_connection = 50;
+    let engine = TestEngine::start_with(config).await;
+    let mut slow = RawClient::worker(&engine.url, "slow").await;
+    slow.register_function("slow::op").await;
+    let mut fast = RawClient::worker(&engine.url, "fast").await;
+    fast.register_function("fast::op").await;
+    engine
+        .until("registered", |m| m.stats().functions == 2)
+        .await;
+    let mut flood = RawClient::worker(&engine.url, "flood").await;
+    for _ in 0..200 {
+        flood.send(json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":"slow::op","data":{}})).await;
+    }
+    let mut refused = 0;
+    while refused < 150 {
+        let r = flood.recv_until("result", is_result).await;
+        assert_eq!(r["error"]["code"], "too_many_pending_calls", "{r}");
+        refused += 1;
+    }
+    assert_eq!(engine.mesh.pending_calls(), 50);
+    // Everyone else is unaffected.
+    let mut other = RawClient::worker(&engine.url, "other").await;
+    let call = tokio::spawn(async move { other.call("fast::op", json!(1)).await });
+    fast.serve(1, |_| json!(2)).await;
+    assert_eq!(call.await.unwrap()["result"], 2);
+    assert_eq!(engine.health().await["pending_invocations"], 50);
+    drop(flood);
+    engine
+        .until("caller's calls forgotten", |m| m.pending_calls() == 0)
+        .await;
+    // The slow worker's late results are dropped quietly.
+    let inv = slow
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    slow.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"slow::op","result":1})).await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn the_engine_bounds_a_calls_life() {
+    let mut config = test_config();
+    config.invocation.max_duration = Duration::from_millis(300);
+    let engine = TestEngine::start_with(config).await;
+    let mut hung = RawClient::worker(&engine.url, "hung").await;
+    hung.register_function("hung::op").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let r = caller.call("hung::op", json!({})).await;
+    assert_eq!(r["error"]["code"], "invocation_timeout");
+    assert_eq!(engine.mesh.pending_calls(), 0);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn enqueue_is_refused_clearly_until_queues_exist() {
+    let engine = TestEngine::start().await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let id = uuid::Uuid::new_v4().to_string();
+    c.send(json!({"type":"invokefunction","invocation_id":id,"function_id":"x::y","data":{},"action":{"type":"enqueue","queue":"jobs"}})).await;
+    let r = c.recv_until("result", is_result).await;
+    assert_eq!(r["error"]["code"], "enqueue_error");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn reattach_tears_down_the_old_connection_first() {
+    let engine = TestEngine::start().await;
+    let mut old = RawClient::worker(&engine.url, "w").await;
+    old.register_function("w::f").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut new = RawClient::connect(&engine.url).await;
+    // A wrong token is ignored.
+    new.send(json!({"type":"reattach","previous_worker_id":old.worker_id,"reattach_token":uuid::Uuid::new_v4()})).await;
+    new.send(json!({"type":"reattach","previous_worker_id":old.worker_id,"reattach_token":old.reattach_token})).await;
+    new.register_function("w::f").await;
+    assert!(old.recv().await.is_none(), "the old connection is closed");
+    engine
+        .until("old gone, new serves", |m| {
+            m.inspect(|st| {
+                st.workers.len() == 1
+                    && st
+                        .function("default", "w::f")
+                        .is_some_and(|f| f.providers.len() == 1)
+            })
+        })
+        .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_calls_in_flight_finish() {
+    let engine = TestEngine::start().await;
+    let mut exec = RawClient::worker(&engine.url, "exec").await;
+    exec.register_function("slow::op").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let id = uuid::Uuid::new_v4().to_string();
+    caller
+        .send(
+            json!({"type":"invokefunction","invocation_id":id,"function_id":"slow::op","data":{}}),
+        )
+        .await;
+    let inv = exec
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    let mesh = engine.mesh.clone();
+    let stopping = tokio::spawn(engine.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(mesh.is_draining());
+    exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"slow::op","result":"done"})).await;
+    let r = caller.recv_until("result", is_result).await;
+    assert_eq!(r["result"], "done");
+    stopping.await.unwrap();
+}
