@@ -10,6 +10,7 @@
 //! - [`functions`]: engine functions (`engine::*`) that workers call like any other.
 //! - [`edge`]: the network edge: one listener for worker sockets, telemetry
 //!   sockets and `/health`; `edge::run(listener, config, shutdown)` is the server.
+//! - [`queue`]: the durable queue (store, scheduler, dispatcher).
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`logging`]: tracing setup (text or JSON).
 
@@ -19,6 +20,7 @@ pub mod functions;
 pub mod logging;
 pub mod mesh;
 pub mod protocol;
+pub mod queue;
 
 pub use config::Config;
 pub use edge::run;

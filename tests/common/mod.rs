@@ -216,3 +216,4 @@ async fn next_json(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) -> Optio
         }
     }
 }
+pub mod programs;

@@ -1,0 +1,191 @@
+//! The store's layout, whole: which keyspace holds what, and how keys are built.
+//!
+//! Everything that must change together lives in ONE sled tree (`queue`),
+//! split into tables by a one-byte prefix, so a state change is one atomic
+//! `apply_batch`. sled has no atomic batch across trees except transactions,
+//! which serialise the whole process and have open deadlock reports; one tree
+//! avoids both. The `meta` tree holds the schema version only.
+//!
+//! After the prefix, keys are fixed-width big-endian so byte order is logical
+//! order (bincode's little-endian integers would not sort).
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `Q` queues | `Q` name | [`QueueRecord`](super::records::QueueRecord) |
+//! | `J` jobs | `J` job_id(16) | [`JobRecord`](super::records::JobRecord) (no payload) |
+//! | `P` payloads | `P` job_id | the JSON payload, raw bytes |
+//! | `R` ready | `R` queue(4) fn(4) prio_inv(1) seq(8) | job_id |
+//! | `D` due | `D` due_ms(8) job_id | empty — delayed and backing-off jobs |
+//! | `X` running | `X` job_id | empty — back to ready after a crash |
+//! | `Z` dead | `Z` queue(4) seq(8) | job_id — dead letters in order |
+//! | `C` completed | `C` done_ms(8) job_id | empty — for retention |
+//! | `A` attempts | `A` job_id attempt(4) | [`AttemptRecord`](super::records::AttemptRecord) |
+//! | `K` idempotency | `K` queue(4) key | job_id |
+//! | `N` functions | `N` namespace 0x00 function_id | fn(4) — interned ids for `R` keys |
+//! | `S` seq | `S` | next seq(8) — persisted high-water mark |
+
+use uuid::Uuid;
+
+pub const QUEUE_TREE: &str = "queue";
+pub const META_TREE: &str = "meta";
+pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+
+pub const QUEUES: u8 = b'Q';
+pub const JOBS: u8 = b'J';
+pub const PAYLOADS: u8 = b'P';
+pub const READY: u8 = b'R';
+pub const DUE: u8 = b'D';
+pub const RUNNING: u8 = b'X';
+pub const DEAD: u8 = b'Z';
+pub const COMPLETED: u8 = b'C';
+pub const ATTEMPTS: u8 = b'A';
+pub const IDEMPOTENCY: u8 = b'K';
+pub const FUNCTIONS: u8 = b'N';
+pub const SEQ: u8 = b'S';
+
+pub type QueueId = u32;
+pub type FnId = u32;
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut k = Vec::with_capacity(len);
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+pub fn queue(name: &str) -> Vec<u8> {
+    key(QUEUES, &[name.as_bytes()])
+}
+
+pub fn job(id: &Uuid) -> Vec<u8> {
+    key(JOBS, &[id.as_bytes()])
+}
+
+pub fn payload(id: &Uuid) -> Vec<u8> {
+    key(PAYLOADS, &[id.as_bytes()])
+}
+
+/// Higher priority sorts first: the byte stored is `255 - priority`.
+pub fn ready(q: QueueId, f: FnId, priority: u8, seq: u64) -> Vec<u8> {
+    key(
+        READY,
+        &[
+            &q.to_be_bytes(),
+            &f.to_be_bytes(),
+            &[255 - priority],
+            &seq.to_be_bytes(),
+        ],
+    )
+}
+
+pub fn ready_queue_prefix(q: QueueId) -> Vec<u8> {
+    key(READY, &[&q.to_be_bytes()])
+}
+
+pub fn ready_fn_prefix(q: QueueId, f: FnId) -> Vec<u8> {
+    key(READY, &[&q.to_be_bytes(), &f.to_be_bytes()])
+}
+
+/// The function id inside a ready key.
+pub fn ready_key_fn(k: &[u8]) -> Option<FnId> {
+    Some(FnId::from_be_bytes(k.get(5..9)?.try_into().ok()?))
+}
+
+pub fn due(due_ms: u64, id: &Uuid) -> Vec<u8> {
+    key(DUE, &[&due_ms.to_be_bytes(), id.as_bytes()])
+}
+
+/// (due_ms, job_id) of a due key.
+pub fn parse_due(k: &[u8]) -> Option<(u64, Uuid)> {
+    let ms = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+    let id = Uuid::from_slice(k.get(9..25)?).ok()?;
+    Some((ms, id))
+}
+
+pub fn running(id: &Uuid) -> Vec<u8> {
+    key(RUNNING, &[id.as_bytes()])
+}
+
+pub fn dead(q: QueueId, seq: u64) -> Vec<u8> {
+    key(DEAD, &[&q.to_be_bytes(), &seq.to_be_bytes()])
+}
+
+pub fn dead_prefix(q: QueueId) -> Vec<u8> {
+    key(DEAD, &[&q.to_be_bytes()])
+}
+
+pub fn completed(done_ms: u64, id: &Uuid) -> Vec<u8> {
+    key(COMPLETED, &[&done_ms.to_be_bytes(), id.as_bytes()])
+}
+
+pub fn attempt(id: &Uuid, n: u32) -> Vec<u8> {
+    key(ATTEMPTS, &[id.as_bytes(), &n.to_be_bytes()])
+}
+
+pub fn attempts_prefix(id: &Uuid) -> Vec<u8> {
+    key(ATTEMPTS, &[id.as_bytes()])
+}
+
+pub fn idempotency(q: QueueId, k: &str) -> Vec<u8> {
+    key(IDEMPOTENCY, &[&q.to_be_bytes(), k.as_bytes()])
+}
+
+pub fn function(namespace: &str, function_id: &str) -> Vec<u8> {
+    key(
+        FUNCTIONS,
+        &[namespace.as_bytes(), &[0], function_id.as_bytes()],
+    )
+}
+
+pub fn seq() -> Vec<u8> {
+    vec![SEQ]
+}
+
+/// A job id from a value that stores one.
+pub fn uuid_value(v: &[u8]) -> Option<Uuid> {
+    Uuid::from_slice(v).ok()
+}
+
+/// The first key after every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_keys_sort_by_priority_then_seq() {
+        let a = ready(1, 7, 5, 10);
+        let b = ready(1, 7, 0, 2);
+        let c = ready(1, 7, 5, 11);
+        assert!(a < c && c < b, "higher priority first, then enqueue order");
+        assert_eq!(ready_key_fn(&a), Some(7));
+        assert!(a.starts_with(&ready_fn_prefix(1, 7)));
+    }
+
+    #[test]
+    fn due_keys_round_trip_and_sort_by_time() {
+        let id = Uuid::now_v7();
+        let k = due(1_000, &id);
+        assert_eq!(parse_due(&k), Some((1_000, id)));
+        assert!(due(999, &Uuid::max()) < k);
+    }
+
+    #[test]
+    fn prefix_end_is_just_past_the_prefix() {
+        assert_eq!(prefix_end(&[1, 2]), vec![1, 3]);
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
+    }
+}

@@ -1,0 +1,184 @@
+//! The embedded store: sled, laid out by [`layout`], records by [`codec`] and
+//! [`records`], schema steps by [`migrations`].
+//!
+//! Durability: sled's `flush` ends with `sync_file_range`, which neither
+//! flushes the drive's cache nor metadata, so after each flush the syncer also
+//! `fdatasync`s sled's log file. Writers apply batches (cheap, in memory) and
+//! get a [`Ticket`]; [`Store::durable`] resolves once a sync has covered it.
+//! One sync covers every batch applied before it started: group commit.
+
+pub mod codec;
+pub mod layout;
+pub mod migrations;
+pub mod records;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::sync::watch;
+
+pub use codec::CodecError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record: {0}")]
+    Codec(#[from] CodecError),
+    #[error(
+        "the store at {path} has schema version {found}, newer than this engine's {supported}; use a newer qmesh"
+    )]
+    TooNew {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("migration to schema version {version} failed: {reason}")]
+    Migration { version: u32, reason: String },
+    #[error("store sync failed: {0}")]
+    Sync(String),
+    #[error("store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Identifies an applied batch; durable once a sync has covered it.
+pub type Ticket = u64;
+
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    syncer: Arc<Syncer>,
+}
+
+struct Syncer {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+    synced: watch::Sender<Result<Ticket, String>>,
+}
+
+struct SyncState {
+    applied: Ticket,
+    closed: bool,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and brings its schema up to date.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(128 << 20)
+            .flush_every_ms(Some(500))
+            .open()?;
+        migrations::run(&db, dir, migrations::STEPS)?;
+        let tree = db.open_tree(layout::QUEUE_TREE)?;
+        let log = File::open(dir.join("db"))?;
+        let syncer = Arc::new(Syncer {
+            state: Mutex::new(SyncState {
+                applied: 0,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            synced: watch::channel(Ok(0)).0,
+        });
+        let (s, d) = (syncer.clone(), db.clone());
+        std::thread::Builder::new()
+            .name("qmesh-store-sync".into())
+            .spawn(move || sync_loop(&s, &d, &log))?;
+        Ok(Self { db, tree, syncer })
+    }
+
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Applies a batch atomically. It is visible at once and durable after [`Store::durable`].
+    pub fn apply(&self, batch: sled::Batch) -> Result<Ticket, StoreError> {
+        self.tree.apply_batch(batch)?;
+        let mut st = self.syncer.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.applied += 1;
+        Ok(st.applied)
+    }
+
+    /// Resolves once everything up to `ticket` is on disk (flushed and fdatasync'ed).
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        let mut rx = self.syncer.synced.subscribe();
+        self.syncer.wake.notify_one();
+        loop {
+            match &*rx.borrow_and_update() {
+                Ok(done) if *done >= ticket => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(StoreError::Sync(e.clone())),
+            }
+            if rx.changed().await.is_err() {
+                return Err(StoreError::Sync("syncer stopped".into()));
+            }
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key)? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_raw(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree.get(key)?)
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// Encodes a record for a batch.
+pub fn record<T: Serialize>(value: &T) -> Vec<u8> {
+    codec::encode(value)
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.syncer
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.syncer.wake.notify_one();
+        let _ = self.db.flush();
+    }
+}
+
+fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
+    let mut synced: Ticket = 0;
+    loop {
+        let target = {
+            let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+            while st.applied == synced && !st.closed {
+                st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if st.closed {
+                return;
+            }
+            st.applied
+        };
+        let result = db
+            .flush()
+            .map_err(|e| e.to_string())
+            .and_then(|_| log.sync_data().map_err(|e| e.to_string()));
+        match result {
+            Ok(()) => {
+                synced = target;
+                let _ = s.synced.send(Ok(synced));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store sync failed; acknowledgements are held back");
+                let _ = s.synced.send(Err(e));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! What the store keeps per queue, job and attempt (record version 1).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::layout::{FnId, QueueId};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRecord {
+    pub id: QueueId,
+    pub paused: bool,
+    pub created_ms: u64,
+}
+
+/// Where a job is. "Waiting for a worker" is not stored: it is a ready job
+/// whose function no connected worker provides right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Ready,
+    /// Scheduled for later, or backing off before a retry.
+    Delayed,
+    Running,
+    Completed,
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Ready => "ready",
+            JobState::Delayed => "delayed",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailReason {
+    /// The handler returned an error.
+    Error,
+    /// No result within the queue's lease.
+    Timeout,
+    /// The worker running it disconnected.
+    WorkerLost,
+    /// The engine stopped (crash or kill) while it ran.
+    EngineRestart,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::Error => "error",
+            FailReason::Timeout => "timeout",
+            FailReason::WorkerLost => "worker_lost",
+            FailReason::EngineRestart => "engine_restart",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorRecord {
+    pub reason: FailReason,
+    pub code: String,
+    pub message: String,
+    pub stacktrace: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub queue: String,
+    pub queue_id: QueueId,
+    pub namespace: String,
+    pub function_id: String,
+    pub fn_id: FnId,
+    pub state: JobState,
+    pub priority: u8,
+    /// Enqueue order, global and monotonic; orders ready jobs of equal priority.
+    pub seq: u64,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub enqueued_ms: u64,
+    /// When a delayed job becomes ready (0 when it is not delayed).
+    pub due_ms: u64,
+    pub finished_ms: u64,
+    pub traceparent: Option<String>,
+    pub baggage: Option<String>,
+    pub group: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// The handler's return value, raw JSON, once completed.
+    pub result: Option<Vec<u8>>,
+    pub last_error: Option<ErrorRecord>,
+    pub redrives: u32,
+    /// Position in the queue's dead letters, while dead.
+    pub dead_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_ms: u64,
+    /// 0 while running.
+    pub ended_ms: u64,
+    pub worker_id: Option<Uuid>,
+    /// `None` while running or when it completed.
+    pub error: Option<ErrorRecord>,
+}
