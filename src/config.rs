@@ -21,6 +21,8 @@ pub struct Config {
     pub invocation: InvocationConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// Durable queues: defaults and per-queue settings.
+    pub queue: crate::queue::settings::QueueConfig,
 }
 
 /// Bounds that keep one bad client from hurting the others.
@@ -93,6 +95,7 @@ impl Default for Config {
             invocation: InvocationConfig::default(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
+            queue: Default::default(),
         }
     }
 }
@@ -209,6 +212,7 @@ impl Config {
                 "server.idle_timeout must be longer than server.ping_interval (> 0)".into(),
             ));
         }
+        self.queue.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@
 //! - [`queue`]: the durable queue (store, scheduler, dispatcher).
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`logging`]: tracing setup (text or JSON).
+//! - [`client`]: an async worker-protocol client (call, enqueue, serve functions).
 
 pub mod config;
 pub mod edge;

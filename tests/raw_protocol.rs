@@ -369,13 +369,19 @@ async fn the_engine_bounds_a_calls_life() {
 }
 
 #[tokio::test]
-async fn enqueue_is_refused_clearly_until_queues_exist() {
+async fn enqueue_answers_a_receipt_and_bad_actions_are_refused() {
     let engine = TestEngine::start().await;
     let mut c = RawClient::worker(&engine.url, "c").await;
     let id = uuid::Uuid::new_v4().to_string();
     c.send(json!({"type":"invokefunction","invocation_id":id,"function_id":"x::y","data":{},"action":{"type":"enqueue","queue":"jobs"}})).await;
     let r = c.recv_until("result", is_result).await;
-    assert_eq!(r["error"]["code"], "enqueue_error");
+    let receipt = r["result"]["messageReceiptId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(uuid::Uuid::parse_str(receipt).is_ok(), "{r}");
+    c.send(json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":"x::y","data":{},"action":{"type":"enqueue"}})).await;
+    let r = c.recv_until("result", is_result).await;
+    assert_eq!(r["error"]["code"], "invalid_action");
     engine.stop().await;
 }
 

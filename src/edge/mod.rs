@@ -27,6 +27,8 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::mesh::{Mesh, events};
 use crate::protocol::codes::close;
+use crate::queue::Queues;
+use crate::queue::store::Store;
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -56,6 +58,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     mesh.register_engine_trigger_types();
+    let store_dir = mesh.config().data_dir.join("store");
+    let store = Store::open(&store_dir)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", store_dir.display())))?;
+    mesh.attach_queues(
+        Queues::start(mesh.clone(), Arc::new(store)).map_err(std::io::Error::other)?,
+    );
     let background = [
         tokio::spawn(events::run(mesh.clone())),
         tokio::spawn(expire_calls(mesh.clone())),
@@ -82,6 +90,9 @@ pub async fn serve(
     });
     serving.await?;
     drain(&mesh).await;
+    if let Some(queues) = mesh.queues() {
+        queues.shutdown().await;
+    }
     for task in background {
         task.abort();
     }

@@ -7,6 +7,7 @@
 //! `mesh::session`, because it must be applied in order with registrations.
 
 pub mod catalog;
+pub mod queues;
 pub mod triggers;
 pub mod views;
 pub mod workers;
@@ -62,6 +63,41 @@ const TABLE: &[(&str, Handler)] = &[
     (
         "engine::unregister_trigger",
         Handler::Sync(triggers::unregister),
+    ),
+    ("queue::enqueue", Handler::Async(queues::enqueue)),
+    ("queue::list", Handler::Async(queues::list)),
+    ("queue::stats", Handler::Async(queues::stats)),
+    ("queue::get", Handler::Async(queues::get)),
+    ("queue::explain", Handler::Async(queues::explain)),
+    ("queue::peek", Handler::Async(queues::peek)),
+    ("queue::pause", Handler::Async(queues::pause)),
+    ("queue::resume", Handler::Async(queues::resume)),
+    ("queue::purge", Handler::Async(queues::purge)),
+    ("queue::cancel", Handler::Async(queues::cancel)),
+    (
+        "engine::queue::list_topics",
+        Handler::Async(queues::list_topics),
+    ),
+    (
+        "engine::queue::topic_stats",
+        Handler::Async(queues::topic_stats),
+    ),
+    (
+        "engine::queue::dlq_topics",
+        Handler::Async(queues::dlq_topics),
+    ),
+    (
+        "engine::queue::dlq_messages",
+        Handler::Async(queues::dlq_messages),
+    ),
+    ("iii::queue::redrive", Handler::Async(queues::redrive)),
+    (
+        "iii::queue::redrive_message",
+        Handler::Async(queues::redrive_message),
+    ),
+    (
+        "iii::queue::discard_message",
+        Handler::Async(queues::discard_message),
     ),
 ];
 
@@ -140,13 +176,37 @@ fn answer(conn: &Connection, invocation_id: Option<Uuid>, function_id: &str, rep
     }
 }
 
-/// `action: enqueue`. Until the durable queue lands, refuse clearly rather than drop.
-pub fn enqueue(_mesh: &Mesh, conn: &Arc<Connection>, invoke: Invoke) {
-    let err = ErrorBody::new(
-        codes::ENQUEUE_ERROR,
-        "durable queues are not available in this qmesh build yet",
-    );
-    reply_err(conn, invoke.invocation_id, &invoke.function_id, &err);
+/// `action: enqueue`: persist the job, then answer `{messageReceiptId}` (only once it is on disk).
+pub fn enqueue(mesh: &Mesh, conn: &Arc<Connection>, invoke: Invoke) {
+    let (Some(queues), crate::protocol::Action::Enqueue { queue }) =
+        (mesh.queues().cloned(), invoke.action.clone())
+    else {
+        let err = ErrorBody::new(codes::ENQUEUE_ERROR, "the durable queue is not running");
+        return reply_err(conn, invoke.invocation_id, &invoke.function_id, &err);
+    };
+    let req = crate::queue::EnqueueRequest {
+        queue,
+        namespace: invoke
+            .namespace
+            .clone()
+            .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_owned()),
+        function_id: invoke.function_id.clone(),
+        payload: invoke.data.unwrap_or_else(crate::protocol::null_payload),
+        traceparent: invoke.traceparent,
+        baggage: invoke.baggage,
+        run_at_ms: None,
+        priority: 0,
+        idempotency_key: None,
+    };
+    let conn = conn.clone();
+    let (invocation_id, function_id) = (invoke.invocation_id, invoke.function_id);
+    tokio::spawn(async move {
+        let reply = queues
+            .enqueue(req)
+            .await
+            .map(|e| serde_json::json!({ "messageReceiptId": e.receipt }));
+        answer(&conn, invocation_id, &function_id, reply);
+    });
 }
 
 /// Parses a function's input; a missing input is the empty object.

@@ -19,7 +19,7 @@ pub mod state;
 pub mod triggers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -52,6 +52,7 @@ struct Inner {
     started: Instant,
     events: broadcast::Sender<MeshEvent>,
     draining: AtomicBool,
+    queues: OnceLock<crate::queue::Queues>,
 }
 
 /// Counts for `/health`.
@@ -72,6 +73,7 @@ impl Mesh {
                 started: Instant::now(),
                 events,
                 draining: AtomicBool::new(false),
+                queues: OnceLock::new(),
             }),
         }
     }
@@ -88,6 +90,15 @@ impl Mesh {
     /// panicked mid-update; the tables are still structurally sound, so go on.
     pub(crate) fn lock(&self) -> MutexGuard<'_, state::State> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connects the durable queue (done once at start, after the store opens).
+    pub fn attach_queues(&self, queues: crate::queue::Queues) {
+        let _ = self.inner.queues.set(queues);
+    }
+
+    pub fn queues(&self) -> Option<&crate::queue::Queues> {
+        self.inner.queues.get()
     }
 
     /// Read-only access to the tables (introspection, tests).

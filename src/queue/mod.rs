@@ -1,6 +1,108 @@
 //! The durable queue: `Enqueue` calls persisted in the embedded store and
-//! delivered later, with retries and dead letters.
+//! delivered later through the live mesh, with retries and dead letters.
 //!
 //! - [`store`]: sled layout, record codec, schema migrations, group commit.
+//! - [`settings`]: per-queue settings and the backoff formula.
+//! - [`scheduler`]: the single task that owns every queue's state and every
+//!   write to the store (so transitions never race), and decides what runs.
+//! - [`recovery`]: what the scheduler reads at start, and crash repair.
+//! - [`dispatcher`]: watches one running attempt and reports its outcome.
+//! - [`ops`]: operator views and actions (stats, peek, redrive, …).
+//!
+//! Invariant: an enqueue is acknowledged only after its record is on disk.
 
+pub mod dispatcher;
+pub mod ops;
+pub mod recovery;
+pub mod scheduler;
+pub mod settings;
 pub mod store;
+
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::mesh::Mesh;
+use crate::protocol::{ErrorBody, Payload, codes};
+use scheduler::Command;
+use store::{Store, StoreError};
+
+/// A job to persist.
+#[derive(Debug)]
+pub struct EnqueueRequest {
+    pub queue: String,
+    pub namespace: String,
+    pub function_id: String,
+    pub payload: Payload,
+    pub traceparent: Option<String>,
+    pub baggage: Option<String>,
+    /// When it may first run (ms since the epoch); `None` = now.
+    pub run_at_ms: Option<u64>,
+    pub priority: u8,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Enqueued {
+    pub receipt: Uuid,
+    /// True when an idempotency key matched an earlier job (its receipt is returned).
+    pub duplicate: bool,
+}
+
+/// A handle on the queue scheduler.
+#[derive(Clone)]
+pub struct Queues {
+    tx: mpsc::UnboundedSender<Command>,
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Queues {
+    /// Opens nothing itself: `store` is already open. Recovers crash state and
+    /// starts the scheduler task.
+    pub fn start(mesh: Mesh, store: Arc<Store>) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let scheduler = scheduler::Scheduler::load(mesh, store, tx.clone())?;
+        let task = tokio::spawn(scheduler.run(rx));
+        Ok(Self {
+            tx,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+        })
+    }
+
+    /// Persists a job; resolves once it is durable.
+    pub async fn enqueue(&self, req: EnqueueRequest) -> Result<Enqueued, ErrorBody> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Enqueue(req, tx))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Stops the scheduler and waits until it (and its hold on the store) is gone.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Runs an operator function (see [`ops::Op`]).
+    pub async fn op(&self, op: ops::Op) -> Result<Value, ErrorBody> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Op(op, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> ErrorBody {
+    ErrorBody::new(codes::ENQUEUE_ERROR, "the queue scheduler is not running")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

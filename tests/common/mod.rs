@@ -25,6 +25,8 @@ pub struct TestEngine {
     pub mesh: Mesh,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// The store's temp dir, when the test did not name one.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestEngine {
@@ -32,7 +34,14 @@ impl TestEngine {
         Self::start_with(test_config()).await
     }
 
-    pub async fn start_with(config: Config) -> Self {
+    /// Starts with `config`; a default `data_dir` is replaced by a fresh temp dir.
+    pub async fn start_with(mut config: Config) -> Self {
+        let mut dir = None;
+        if config.data_dir == Config::default().data_dir {
+            let d = tempfile::tempdir().expect("temp dir");
+            config.data_dir = d.path().to_owned();
+            dir = Some(d);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -42,12 +51,19 @@ impl TestEngine {
         let task = tokio::spawn(qmesh::edge::serve(listener, mesh.clone(), async move {
             let _ = rx.await;
         }));
+        // Wait until the store is open and the queue scheduler attached.
+        let start = std::time::Instant::now();
+        while mesh.queues().is_none() {
+            assert!(start.elapsed() < WAIT, "engine did not start");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Self {
             addr,
             url: format!("ws://{addr}"),
             mesh,
             shutdown: Some(tx),
             task: Some(task),
+            _dir: dir,
         }
     }
 

@@ -23,6 +23,7 @@
 //! | `K` idempotency | `K` queue(4) key | job_id |
 //! | `N` functions | `N` namespace 0x00 function_id | fn(4) — interned ids for `R` keys |
 //! | `S` seq | `S` | next seq(8) — persisted high-water mark |
+//! | `T` counts | `T` queue(4) | [`Counts`](super::records::Counts) per state |
 
 use uuid::Uuid;
 
@@ -42,6 +43,7 @@ pub const ATTEMPTS: u8 = b'A';
 pub const IDEMPOTENCY: u8 = b'K';
 pub const FUNCTIONS: u8 = b'N';
 pub const SEQ: u8 = b'S';
+pub const COUNTS: u8 = b'T';
 
 pub type QueueId = u32;
 pub type FnId = u32;
@@ -138,6 +140,10 @@ pub fn function(namespace: &str, function_id: &str) -> Vec<u8> {
         FUNCTIONS,
         &[namespace.as_bytes(), &[0], function_id.as_bytes()],
     )
+}
+
+pub fn counts(q: QueueId) -> Vec<u8> {
+    key(COUNTS, &[&q.to_be_bytes()])
 }
 
 pub fn seq() -> Vec<u8> {

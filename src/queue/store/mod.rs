@@ -50,6 +50,7 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     syncer: Arc<Syncer>,
+    sync_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct Syncer {
@@ -84,10 +85,15 @@ impl Store {
             synced: watch::channel(Ok(0)).0,
         });
         let (s, d) = (syncer.clone(), db.clone());
-        std::thread::Builder::new()
+        let sync_thread = std::thread::Builder::new()
             .name("qmesh-store-sync".into())
             .spawn(move || sync_loop(&s, &d, &log))?;
-        Ok(Self { db, tree, syncer })
+        Ok(Self {
+            db,
+            tree,
+            syncer,
+            sync_thread: Some(sync_thread),
+        })
     }
 
     pub fn tree(&self) -> &sled::Tree {
@@ -149,6 +155,11 @@ impl Drop for Store {
             .closed = true;
         self.syncer.wake.notify_one();
         let _ = self.db.flush();
+        // The thread holds a handle on the database; join it so the file lock is
+        // released when the store is dropped (a restart in the same process reopens it).
+        if let Some(t) = self.sync_thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

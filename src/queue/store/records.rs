@@ -81,8 +81,10 @@ pub struct JobRecord {
     pub priority: u8,
     /// Enqueue order, global and monotonic; orders ready jobs of equal priority.
     pub seq: u64,
-    /// Attempts started so far.
+    /// Attempts started since enqueue or the last redrive (compared with `max_attempts`).
     pub attempts: u32,
+    /// Attempts ever started; numbers the attempt history, which survives redrives.
+    pub history_len: u32,
     pub max_attempts: u32,
     pub enqueued_ms: u64,
     /// When a delayed job becomes ready (0 when it is not delayed).
@@ -109,4 +111,38 @@ pub struct AttemptRecord {
     pub worker_id: Option<Uuid>,
     /// `None` while running or when it completed.
     pub error: Option<ErrorRecord>,
+}
+
+/// Jobs of one queue per stored state, kept in the same batches as the
+/// transitions so startup reads them instead of scanning jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub ready: u64,
+    pub delayed: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub dead: u64,
+}
+
+impl Counts {
+    pub fn slot(&mut self, state: JobState) -> Option<&mut u64> {
+        match state {
+            JobState::Ready => Some(&mut self.ready),
+            JobState::Delayed => Some(&mut self.delayed),
+            JobState::Running => Some(&mut self.running),
+            JobState::Completed => Some(&mut self.completed),
+            JobState::Dead => Some(&mut self.dead),
+            JobState::Cancelled => None,
+        }
+    }
+
+    /// Moves one job between states (`None` = entering or leaving the store).
+    pub fn shift(&mut self, from: Option<JobState>, to: Option<JobState>) {
+        if let Some(slot) = from.and_then(|s| self.slot(s)) {
+            *slot = slot.saturating_sub(1);
+        }
+        if let Some(slot) = to.and_then(|s| self.slot(s)) {
+            *slot += 1;
+        }
+    }
 }

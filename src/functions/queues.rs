@@ -1,0 +1,254 @@
+//! Queue engine functions: qmesh's own `queue::*` set, and iii's names and
+//! shapes (`engine::queue::*`, `iii::queue::*`) for tools written for iii.
+
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+use uuid::Uuid;
+
+use super::{CallCtx, Reply, args};
+use crate::mesh::Mesh;
+use crate::protocol::{ErrorBody, codes, to_payload};
+use crate::queue::ops::Op;
+use crate::queue::store::records::JobState;
+use crate::queue::{EnqueueRequest, now_ms};
+
+fn invalid(msg: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(codes::INVALID_ARGUMENTS, msg)
+}
+
+async fn run(mesh: &Mesh, op: Op) -> Reply {
+    match mesh.queues() {
+        Some(q) => q.op(op).await,
+        None => Err(ErrorBody::new(
+            codes::ENQUEUE_ERROR,
+            "the durable queue is not running",
+        )),
+    }
+}
+
+fn receipt(v: Option<String>) -> Result<Uuid, ErrorBody> {
+    let s = v.ok_or_else(|| invalid("missing receipt"))?;
+    Uuid::parse_str(&s).map_err(|_| invalid(format!("receipt {s:?} is not a UUID")))
+}
+
+/// Names a queue; iii tools say `topic` where qmesh says `queue`.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct QueueArgs {
+    queue: Option<String>,
+    topic: Option<String>,
+    receipt: Option<String>,
+    message_id: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+    state: Option<String>,
+    cursor: Option<String>,
+}
+
+impl QueueArgs {
+    fn queue(&self) -> Result<String, ErrorBody> {
+        self.queue
+            .clone()
+            .or_else(|| self.topic.clone())
+            .filter(|q| !q.is_empty())
+            .ok_or_else(|| invalid("missing queue"))
+    }
+}
+
+macro_rules! queue_fn {
+    ($(#[$doc:meta])* $name:ident, |$mesh:ident, $a:ident| $body:expr) => {
+        $(#[$doc])*
+        pub fn $name(mesh: Mesh, _: CallCtx, input: Value) -> BoxFuture<'static, Reply> {
+            Box::pin(async move {
+                let $mesh = &mesh;
+                let $a: QueueArgs = args(input)?;
+                $body
+            })
+        }
+    };
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct EnqueueArgs {
+    queue: Option<String>,
+    function_id: Option<String>,
+    data: Value,
+    namespace: Option<String>,
+    /// humantime (`"30s"`) or milliseconds.
+    delay: Option<Value>,
+    /// Milliseconds since the Unix epoch.
+    run_at: Option<u64>,
+    priority: Option<u8>,
+    idempotency_key: Option<String>,
+}
+
+/// `queue::enqueue {queue, function_id, data, delay?, run_at?, priority?, idempotency_key?}`.
+pub fn enqueue(mesh: Mesh, _: CallCtx, input: Value) -> BoxFuture<'static, Reply> {
+    Box::pin(async move {
+        let a: EnqueueArgs = args(input)?;
+        let queue = a
+            .queue
+            .filter(|q| !q.is_empty())
+            .ok_or_else(|| invalid("missing queue"))?;
+        let function_id = a
+            .function_id
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| invalid("missing function_id"))?;
+        let delay = match a.delay {
+            None => None,
+            Some(Value::Number(n)) => Some(Duration::from_millis(
+                n.as_u64().ok_or_else(|| invalid("delay must be >= 0"))?,
+            )),
+            Some(Value::String(s)) => Some(
+                humantime::parse_duration(&s).map_err(|e| invalid(format!("delay {s:?}: {e}")))?,
+            ),
+            Some(_) => {
+                return Err(invalid(
+                    "delay is a duration string like \"30s\" or milliseconds",
+                ));
+            }
+        };
+        if delay.is_some() && a.run_at.is_some() {
+            return Err(invalid("give delay or run_at, not both"));
+        }
+        let run_at_ms = a.run_at.or(delay.map(|d| now_ms() + d.as_millis() as u64));
+        let queues = mesh.queues().ok_or_else(|| {
+            ErrorBody::new(codes::ENQUEUE_ERROR, "the durable queue is not running")
+        })?;
+        let e = queues
+            .enqueue(EnqueueRequest {
+                queue,
+                namespace: a
+                    .namespace
+                    .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_owned()),
+                function_id,
+                payload: to_payload(&a.data),
+                traceparent: None,
+                baggage: None,
+                run_at_ms,
+                priority: a.priority.unwrap_or(0),
+                idempotency_key: a.idempotency_key,
+            })
+            .await?;
+        Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
+    })
+}
+
+queue_fn!(
+    /// `{queues: [stats per queue]}`.
+    list, |mesh, _a| run(mesh, Op::List).await
+);
+queue_fn!(
+    /// Counts per state, oldest ready age, settings.
+    stats, |mesh, a| run(mesh, Op::Stats { queue: a.queue()? }).await
+);
+queue_fn!(
+    /// State, attempts with their history, result or last error.
+    get, |mesh, a| run(mesh, Op::Get { receipt: receipt(a.receipt.or(a.message_id))? }).await
+);
+queue_fn!(
+    /// A sentence on why a job is not running.
+    explain, |mesh, a| run(mesh, Op::Explain { receipt: receipt(a.receipt.or(a.message_id))? }).await
+);
+queue_fn!(
+    /// `{queue, state, limit?, cursor?}` → a page of jobs in that state.
+    peek, |mesh, a| {
+        let state = match a.state.as_deref().unwrap_or("ready") {
+            "ready" => JobState::Ready,
+            "delayed" => JobState::Delayed,
+            "running" => JobState::Running,
+            "completed" => JobState::Completed,
+            "dead" => JobState::Dead,
+            other => return Err(invalid(format!("unknown state {other:?}; one of ready, delayed, running, completed, dead"))),
+        };
+        let after = a.cursor.as_deref().map(Uuid::parse_str).transpose().map_err(|_| invalid("cursor is a receipt"))?;
+        run(mesh, Op::Peek { queue: a.queue()?, state, limit: a.limit.unwrap_or(50), after }).await
+    }
+);
+queue_fn!(pause, |mesh, a| run(
+    mesh,
+    Op::Pause {
+        queue: a.queue()?,
+        paused: true
+    }
+)
+.await);
+queue_fn!(resume, |mesh, a| run(
+    mesh,
+    Op::Pause {
+        queue: a.queue()?,
+        paused: false
+    }
+)
+.await);
+queue_fn!(
+    /// Deletes the queue's ready and delayed jobs.
+    purge, |mesh, a| run(mesh, Op::Purge { queue: a.queue()? }).await
+);
+queue_fn!(
+    /// Cancels a ready or delayed job.
+    cancel, |mesh, a| run(mesh, Op::Cancel { receipt: receipt(a.receipt.or(a.message_id))? }).await
+);
+
+fn queue_list(v: &Value) -> Vec<Value> {
+    v["queues"].as_array().cloned().unwrap_or_default()
+}
+
+queue_fn!(
+    /// iii: `[{name, broker_type, subscriber_count}]`.
+    list_topics, |mesh, _a| {
+        let list = run(mesh, Op::List).await?;
+        Ok(Value::Array(queue_list(&list).iter().map(|q| json!({
+            "name": q["queue"], "broker_type": "qmesh", "subscriber_count": q["settings"]["concurrency"],
+        })).collect()))
+    }
+);
+queue_fn!(
+    /// iii: `{depth, consumer_count, dlq_depth, config}`; depth counts delayed jobs too.
+    topic_stats, |mesh, a| {
+        let q = run(mesh, Op::Stats { queue: a.queue()? }).await?;
+        let n = |k: &str| q[k].as_u64().unwrap_or(0);
+        Ok(json!({
+            "depth": n("ready") + n("waiting_for_worker") + n("delayed") + n("running"),
+            "consumer_count": q["settings"]["concurrency"],
+            "dlq_depth": n("dead"),
+            "delivered": n("completed"),
+            "failed": n("dead"),
+            "config": q["settings"],
+        }))
+    }
+);
+queue_fn!(
+    /// iii: `[{topic, broker_type, message_count}]` for queues with dead letters.
+    dlq_topics, |mesh, _a| {
+        let list = run(mesh, Op::List).await?;
+        Ok(Value::Array(queue_list(&list).iter().filter(|q| q["dead"].as_u64().unwrap_or(0) > 0).map(|q| json!({
+            "topic": q["queue"], "broker_type": "qmesh", "message_count": q["dead"],
+        })).collect()))
+    }
+);
+queue_fn!(
+    /// iii: `[{id, payload, error, failed_at, retries, size_bytes}]`, newest first; qmesh adds the history.
+    dlq_messages, |mesh, a| run(mesh, Op::DeadLetters { queue: a.queue()?, offset: a.offset.unwrap_or(0), limit: a.limit.unwrap_or(50) }).await
+);
+queue_fn!(
+    /// iii: `{queue, redriven}`.
+    redrive, |mesh, a| run(mesh, Op::Redrive { queue: a.queue()?, receipt: None }).await
+);
+queue_fn!(
+    /// iii: `{queue, message_id, redriven: 0|1}`.
+    redrive_message, |mesh, a| {
+        let id = receipt(a.message_id.clone().or(a.receipt.clone()))?;
+        run(mesh, Op::Redrive { queue: a.queue()?, receipt: Some(id) }).await
+    }
+);
+queue_fn!(
+    /// iii: `{queue, message_id, redriven: 0|1}` (iii's field name, though the job is deleted).
+    discard_message, |mesh, a| {
+        let id = receipt(a.message_id.clone().or(a.receipt.clone()))?;
+        run(mesh, Op::Discard { queue: a.queue()?, receipt: id }).await
+    }
+);

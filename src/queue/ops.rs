@@ -1,0 +1,510 @@
+//! Operator views and actions, run inside the scheduler so they see and
+//! change state in the same order as everything else. Actions that write
+//! answer only once their batch is on disk.
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::now_ms;
+use super::scheduler::{QueueRt, Scheduler};
+use super::store::layout;
+use super::store::records::{AttemptRecord, ErrorRecord, JobRecord, JobState};
+use super::store::{StoreError, Ticket, record};
+use crate::protocol::{ErrorBody, codes};
+
+#[derive(Debug)]
+pub enum Op {
+    List,
+    Stats {
+        queue: String,
+    },
+    Get {
+        receipt: Uuid,
+    },
+    Explain {
+        receipt: Uuid,
+    },
+    Peek {
+        queue: String,
+        state: JobState,
+        limit: usize,
+        after: Option<Uuid>,
+    },
+    Pause {
+        queue: String,
+        paused: bool,
+    },
+    Cancel {
+        receipt: Uuid,
+    },
+    Purge {
+        queue: String,
+    },
+    DeadLetters {
+        queue: String,
+        offset: usize,
+        limit: usize,
+    },
+    /// Redrive one dead job (`Some`) or all of a queue's.
+    Redrive {
+        queue: String,
+        receipt: Option<Uuid>,
+    },
+    Discard {
+        queue: String,
+        receipt: Uuid,
+    },
+}
+
+type OpResult = (Result<Value, ErrorBody>, Option<Ticket>);
+
+fn bad(code: &str, msg: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(code, msg)
+}
+
+fn internal(e: impl Into<StoreError>) -> ErrorBody {
+    bad("queue_error", e.into().to_string())
+}
+
+impl Scheduler {
+    pub(super) fn op(&mut self, op: Op) -> OpResult {
+        let res = match op {
+            Op::List => Ok((
+                json!({ "queues": self.queues.values().map(|q| self.queue_view(q)).collect::<Vec<_>>() }),
+                None,
+            )),
+            Op::Stats { queue } => self.rt(&queue).map(|q| (self.queue_view(q), None)),
+            Op::Get { receipt } => self.job_view(&receipt).map(|v| (v, None)),
+            Op::Explain { receipt } => self.explain(&receipt).map(|v| (v, None)),
+            Op::Peek {
+                queue,
+                state,
+                limit,
+                after,
+            } => self.peek(&queue, state, limit, after).map(|v| (v, None)),
+            Op::Pause { queue, paused } => self.pause(&queue, paused),
+            Op::Cancel { receipt } => self.cancel(&receipt),
+            Op::Purge { queue } => self.purge(&queue),
+            Op::DeadLetters {
+                queue,
+                offset,
+                limit,
+            } => self.dead_letters(&queue, offset, limit).map(|v| (v, None)),
+            Op::Redrive { queue, receipt } => self.redrive(&queue, receipt),
+            Op::Discard { queue, receipt } => self.discard(&queue, &receipt),
+        };
+        match res {
+            Ok((v, t)) => (Ok(v), t),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    fn rt(&self, queue: &str) -> Result<&QueueRt, ErrorBody> {
+        self.queues
+            .get(queue)
+            .ok_or_else(|| bad("queue_not_found", format!("no queue {queue:?}")))
+    }
+
+    fn job(&self, id: &Uuid) -> Result<JobRecord, ErrorBody> {
+        self.store
+            .get::<JobRecord>(&layout::job(id))
+            .map_err(internal)?
+            .ok_or_else(|| {
+                bad(
+                    codes::NOT_FOUND,
+                    format!("no job {id} (unknown, or completed and past retention)"),
+                )
+            })
+    }
+
+    /// Ready jobs whose function no connected worker provides.
+    fn waiting_for_worker(&self, q: &QueueRt) -> u64 {
+        q.ready_fns
+            .iter()
+            .filter(|f| {
+                let Some((ns, fid)) = self.fn_keys.get(f) else {
+                    return false;
+                };
+                !self.mesh.inspect(|st| st.function(ns, fid).is_some())
+            })
+            .map(|f| {
+                self.store
+                    .tree()
+                    .scan_prefix(layout::ready_fn_prefix(q.id, *f))
+                    .count() as u64
+            })
+            .sum()
+    }
+
+    fn oldest_ready_age_ms(&self, q: &QueueRt) -> Option<u64> {
+        let now = now_ms();
+        q.ready_fns
+            .iter()
+            .filter_map(|f| {
+                self.store
+                    .tree()
+                    .scan_prefix(layout::ready_fn_prefix(q.id, *f))
+                    .next()
+            })
+            .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+            .filter_map(|id| {
+                self.store
+                    .get::<JobRecord>(&layout::job(&id))
+                    .ok()
+                    .flatten()
+            })
+            .map(|j| now.saturating_sub(j.enqueued_ms))
+            .max()
+    }
+
+    pub(super) fn queue_view(&self, q: &QueueRt) -> Value {
+        let waiting = self.waiting_for_worker(q);
+        let s = &q.settings;
+        json!({
+            "queue": q.name,
+            "paused": q.paused,
+            "ready": q.counts.ready.saturating_sub(waiting),
+            "waiting_for_worker": waiting,
+            "delayed": q.counts.delayed,
+            "running": q.counts.running,
+            "completed": q.counts.completed,
+            "dead": q.counts.dead,
+            "oldest_ready_age_ms": self.oldest_ready_age_ms(q),
+            "settings": {
+                "concurrency": s.concurrency,
+                "lease": humantime::format_duration(s.lease).to_string(),
+                "max_attempts": s.max_attempts,
+                "backoff_initial": humantime::format_duration(s.backoff_initial).to_string(),
+                "backoff_multiplier": s.backoff_multiplier,
+                "backoff_max": humantime::format_duration(s.backoff_max).to_string(),
+                "retention": humantime::format_duration(s.retention).to_string(),
+                "max_payload_bytes": s.max_payload_bytes,
+            },
+        })
+    }
+
+    fn attempts_of(&self, id: &Uuid) -> Vec<Value> {
+        self.store
+            .tree()
+            .scan_prefix(layout::attempts_prefix(id))
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(_, v)| super::store::codec::decode::<AttemptRecord>(&v).ok())
+            .map(|a| {
+                json!({
+                    "attempt": a.attempt,
+                    "started_at_ms": a.started_ms,
+                    "ended_at_ms": (a.ended_ms > 0).then_some(a.ended_ms),
+                    "worker_id": a.worker_id,
+                    "outcome": match (&a.error, a.ended_ms) { (_, 0) => "running", (None, _) => "completed", (Some(e), _) => e.reason.as_str() },
+                    "error": a.error.as_ref().map(error_view),
+                })
+            })
+            .collect()
+    }
+
+    fn job_view(&self, id: &Uuid) -> Result<Value, ErrorBody> {
+        let job = self.job(id)?;
+        let payload = self.store.get_raw(&layout::payload(id)).map_err(internal)?;
+        let raw = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap_or(Value::Null);
+        Ok(json!({
+            "receipt": id,
+            "queue": job.queue,
+            "namespace": job.namespace,
+            "function_id": job.function_id,
+            "state": job.state.as_str(),
+            "attempts": job.attempts,
+            "max_attempts": job.max_attempts,
+            "priority": job.priority,
+            "enqueued_at_ms": job.enqueued_ms,
+            "due_at_ms": (job.due_ms > 0).then_some(job.due_ms),
+            "finished_at_ms": (job.finished_ms > 0).then_some(job.finished_ms),
+            "redrives": job.redrives,
+            "data": payload.as_deref().map(raw),
+            "result": job.result.as_deref().map(raw),
+            "last_error": job.last_error.as_ref().map(error_view),
+            "history": self.attempts_of(id),
+        }))
+    }
+
+    /// One sentence on why a job is not running.
+    fn explain(&self, id: &Uuid) -> Result<Value, ErrorBody> {
+        let job = self.job(id)?;
+        let q = self.rt(&job.queue)?;
+        let has_worker = self
+            .mesh
+            .inspect(|st| st.function(&job.namespace, &job.function_id).is_some());
+        let why = match job.state {
+            JobState::Running => "it is running now".to_owned(),
+            JobState::Completed => "it has completed".to_owned(),
+            JobState::Cancelled => "it was cancelled".to_owned(),
+            JobState::Dead => format!(
+                "it is dead-lettered after {} attempts; redrive it to run it again",
+                job.attempts
+            ),
+            JobState::Delayed => {
+                let wait = job.due_ms.saturating_sub(now_ms());
+                let kind = if job.attempts > 0 {
+                    "backing off"
+                } else {
+                    "scheduled"
+                };
+                format!("it is {kind} until {} ms from now", wait)
+            }
+            JobState::Ready if q.paused => format!("queue {:?} is paused", q.name),
+            JobState::Ready if !has_worker => {
+                format!(
+                    "no connected worker provides {} in namespace {}",
+                    job.function_id, job.namespace
+                )
+            }
+            JobState::Ready if q.running >= q.settings.concurrency => {
+                format!(
+                    "queue {:?} is at its concurrency limit ({})",
+                    q.name, q.settings.concurrency
+                )
+            }
+            JobState::Ready => "it is next in line and will start shortly".to_owned(),
+        };
+        Ok(json!({ "receipt": id, "state": job.state.as_str(), "explanation": why }))
+    }
+
+    fn peek(
+        &self,
+        queue: &str,
+        state: JobState,
+        limit: usize,
+        after: Option<Uuid>,
+    ) -> Result<Value, ErrorBody> {
+        let q = self.rt(queue)?;
+        let limit = limit.clamp(1, 1000);
+        let tree = self.store.tree();
+        let keys: Box<dyn Iterator<Item = Uuid>> = match state {
+            JobState::Ready => Box::new(
+                tree.scan_prefix(layout::ready_queue_prefix(q.id))
+                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v))),
+            ),
+            JobState::Dead => Box::new(
+                tree.scan_prefix(layout::dead_prefix(q.id))
+                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v))),
+            ),
+            JobState::Delayed => Box::new(tree.scan_prefix([layout::DUE]).filter_map(|kv| {
+                kv.ok()
+                    .and_then(|(k, _)| layout::parse_due(&k).map(|p| p.1))
+            })),
+            JobState::Completed => {
+                Box::new(tree.scan_prefix([layout::COMPLETED]).filter_map(|kv| {
+                    kv.ok()
+                        .and_then(|(k, _)| layout::parse_due(&k).map(|p| p.1))
+                }))
+            }
+            JobState::Running => Box::new(
+                tree.scan_prefix([layout::RUNNING])
+                    .filter_map(|kv| kv.ok().and_then(|(k, _)| Uuid::from_slice(&k[1..]).ok())),
+            ),
+            JobState::Cancelled => Box::new(std::iter::empty()),
+        };
+        let mut skipping = after.is_some();
+        let mut jobs = Vec::new();
+        let mut next = None;
+        for id in keys {
+            if skipping {
+                skipping = Some(id) != after;
+                continue;
+            }
+            let Ok(job) = self.job(&id) else { continue };
+            if job.queue != q.name {
+                continue;
+            }
+            if jobs.len() == limit {
+                next = jobs
+                    .last()
+                    .and_then(|j: &Value| j["receipt"].as_str().map(str::to_owned));
+                break;
+            }
+            jobs.push(json!({
+                "receipt": id, "function_id": job.function_id, "state": job.state.as_str(),
+                "attempts": job.attempts, "enqueued_at_ms": job.enqueued_ms,
+                "due_at_ms": (job.due_ms > 0).then_some(job.due_ms),
+                "last_error": job.last_error.as_ref().map(error_view),
+            }));
+        }
+        Ok(json!({ "queue": q.name, "state": state.as_str(), "jobs": jobs, "next_cursor": next }))
+    }
+
+    fn pause(&mut self, queue: &str, paused: bool) -> Result<(Value, Option<Ticket>), ErrorBody> {
+        let q = self.rt(queue)?;
+        let rec = super::store::records::QueueRecord {
+            id: q.id,
+            paused,
+            created_ms: now_ms(),
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(layout::queue(queue), record(&rec));
+        let ticket = self.store.apply(batch).map_err(internal)?;
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.paused = paused;
+        }
+        Ok((json!({ "queue": queue, "paused": paused }), Some(ticket)))
+    }
+
+    fn cancel(&mut self, id: &Uuid) -> Result<(Value, Option<Ticket>), ErrorBody> {
+        let mut job = self.job(id)?;
+        if !matches!(job.state, JobState::Ready | JobState::Delayed) {
+            let msg = format!(
+                "job {id} is {}; only ready or delayed jobs can be cancelled",
+                job.state.as_str()
+            );
+            return Err(bad("invalid_state", msg));
+        }
+        let mut batch = sled::Batch::default();
+        job.finished_ms = now_ms();
+        self.transition(id, &mut job, JobState::Cancelled, &mut batch);
+        let ticket = self.store.apply(batch).map_err(internal)?;
+        Ok((json!({ "receipt": id, "cancelled": true }), Some(ticket)))
+    }
+
+    /// Deletes every ready and delayed job of a queue (running jobs finish; dead letters stay).
+    fn purge(&mut self, queue: &str) -> Result<(Value, Option<Ticket>), ErrorBody> {
+        let qid = self.rt(queue)?.id;
+        let mut victims = Vec::new();
+        for kv in self
+            .store
+            .tree()
+            .scan_prefix(layout::ready_queue_prefix(qid))
+        {
+            if let Some(id) = kv.map_err(internal).map(|(_, v)| layout::uuid_value(&v))? {
+                victims.push(id);
+            }
+        }
+        for kv in self.store.tree().scan_prefix([layout::DUE]) {
+            if let Some((_, id)) = layout::parse_due(&kv.map_err(internal)?.0) {
+                victims.push(id);
+            }
+        }
+        let mut purged = 0u64;
+        let mut ticket = None;
+        for chunk in victims.chunks(1000) {
+            let mut batch = sled::Batch::default();
+            for id in chunk {
+                let Ok(job) = self.job(id) else { continue };
+                if job.queue_id == qid && matches!(job.state, JobState::Ready | JobState::Delayed) {
+                    self.delete_job(id, &job, &mut batch).map_err(internal)?;
+                    purged += 1;
+                }
+            }
+            ticket = Some(self.store.apply(batch).map_err(internal)?);
+        }
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.ready_fns.clear();
+        }
+        Ok((json!({ "queue": queue, "purged": purged }), ticket))
+    }
+
+    fn dead_letters(&self, queue: &str, offset: usize, limit: usize) -> Result<Value, ErrorBody> {
+        let q = self.rt(queue)?;
+        let mut out = Vec::new();
+        // Newest first, as iii lists them.
+        for kv in self
+            .store
+            .tree()
+            .scan_prefix(layout::dead_prefix(q.id))
+            .rev()
+            .skip(offset)
+            .take(limit.clamp(1, 1000))
+        {
+            let Some(id) = layout::uuid_value(&kv.map_err(internal)?.1) else {
+                continue;
+            };
+            let Ok(job) = self.job(&id) else { continue };
+            let payload = self
+                .store
+                .get_raw(&layout::payload(&id))
+                .map_err(internal)?;
+            out.push(json!({
+                "id": id,
+                "payload": payload.as_deref().map(|p| serde_json::from_slice::<Value>(p).unwrap_or(Value::Null)),
+                "function_id": job.function_id,
+                "error": job.last_error.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
+                "last_error": job.last_error.as_ref().map(error_view),
+                "failed_at": job.finished_ms / 1000,
+                "failed_at_ms": job.finished_ms,
+                "retries": job.attempts,
+                "size_bytes": payload.map_or(0, |p| p.len()),
+                "history": self.attempts_of(&id),
+            }));
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn dead_ids(
+        &self,
+        queue: &str,
+        receipt: Option<Uuid>,
+    ) -> Result<Vec<(Uuid, JobRecord)>, ErrorBody> {
+        let q = self.rt(queue)?;
+        let ids: Vec<Uuid> = match receipt {
+            Some(id) => vec![id],
+            None => self
+                .store
+                .tree()
+                .scan_prefix(layout::dead_prefix(q.id))
+                .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+                .collect(),
+        };
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| self.job(&id).ok().map(|j| (id, j)))
+            .filter(|(_, j)| j.state == JobState::Dead && j.queue_id == q.id)
+            .collect())
+    }
+
+    /// Dead jobs back to ready with a fresh attempt budget; their history stays.
+    fn redrive(
+        &mut self,
+        queue: &str,
+        receipt: Option<Uuid>,
+    ) -> Result<(Value, Option<Ticket>), ErrorBody> {
+        let jobs = self.dead_ids(queue, receipt)?;
+        let mut ticket = None;
+        for chunk in jobs.chunks(1000) {
+            let mut batch = sled::Batch::default();
+            for (id, job) in chunk {
+                let mut job = job.clone();
+                job.attempts = 0;
+                job.redrives += 1;
+                job.finished_ms = 0;
+                job.max_attempts = self.queues[queue].settings.max_attempts;
+                self.transition(id, &mut job, JobState::Ready, &mut batch);
+            }
+            ticket = Some(self.store.apply(batch).map_err(internal)?);
+        }
+        let n = jobs.len();
+        let v = match receipt {
+            Some(id) => json!({ "queue": queue, "message_id": id, "redriven": n }),
+            None => json!({ "queue": queue, "redriven": n }),
+        };
+        Ok((v, ticket))
+    }
+
+    fn discard(
+        &mut self,
+        queue: &str,
+        receipt: &Uuid,
+    ) -> Result<(Value, Option<Ticket>), ErrorBody> {
+        let jobs = self.dead_ids(queue, Some(*receipt))?;
+        let mut batch = sled::Batch::default();
+        for (id, job) in &jobs {
+            self.delete_job(id, job, &mut batch).map_err(internal)?;
+        }
+        let ticket = self.store.apply(batch).map_err(internal)?;
+        // iii names the count `redriven` here too; kept for compatibility.
+        Ok((
+            json!({ "queue": queue, "message_id": receipt, "redriven": jobs.len(), "discarded": jobs.len() }),
+            Some(ticket),
+        ))
+    }
+}
+
+fn error_view(e: &ErrorRecord) -> Value {
+    json!({ "reason": e.reason.as_str(), "code": e.code, "message": e.message, "stacktrace": e.stacktrace })
+}

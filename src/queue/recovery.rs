@@ -1,0 +1,145 @@
+//! What the scheduler reads at start. Only small tables are read (queues,
+//! counters, interned functions) plus the `running` and `ready` indexes'
+//! keys; payloads are never scanned. Jobs that were running when the engine
+//! stopped go back to ready, their attempt recorded as `engine_restart`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::dispatcher::record as error_record;
+use super::now_ms;
+use super::scheduler::{Command, Scheduler, new_queue_rt};
+use super::store::layout::{self, FnId};
+use super::store::records::{AttemptRecord, Counts, FailReason, JobRecord, JobState, QueueRecord};
+use super::store::{Store, StoreError, codec, record};
+use crate::mesh::Mesh;
+
+impl Scheduler {
+    pub fn load(
+        mesh: Mesh,
+        store: Arc<Store>,
+        tx: mpsc::UnboundedSender<Command>,
+    ) -> Result<Self, StoreError> {
+        let config = mesh.config().queue.clone();
+        let tree = store.tree().clone();
+        let next_seq = match tree.get(layout::seq())? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
+            _ => 0,
+        };
+        let mut s = Scheduler {
+            mesh,
+            store,
+            config,
+            queues: HashMap::new(),
+            queue_names: HashMap::new(),
+            fn_ids: HashMap::new(),
+            fn_keys: HashMap::new(),
+            next_seq,
+            running: HashMap::new(),
+            next_due_ms: None,
+            tx,
+        };
+        for kv in tree.scan_prefix([layout::QUEUES]) {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+            let rec: QueueRecord = codec::decode(&v)?;
+            let counts: Counts = s.store.get(&layout::counts(rec.id))?.unwrap_or_default();
+            // A queue in the store but no longer declared keeps the defaults: its jobs are not dropped.
+            let settings = s
+                .config
+                .settings(&name)
+                .unwrap_or_else(|| s.config.defaults.clone());
+            s.queue_names.insert(rec.id, name.clone());
+            s.queues.insert(
+                name.clone(),
+                new_queue_rt(rec.id, &name, settings, rec.paused, counts),
+            );
+        }
+        for kv in tree.scan_prefix([layout::FUNCTIONS]) {
+            let (k, v) = kv?;
+            let Some(sep) = k[1..].iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let ns = String::from_utf8_lossy(&k[1..1 + sep]).into_owned();
+            let fid = String::from_utf8_lossy(&k[2 + sep..]).into_owned();
+            let id = FnId::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
+            s.fn_ids.insert((ns.clone(), fid.clone()), id);
+            s.fn_keys.insert(id, (ns, fid));
+        }
+        s.requeue_interrupted()?;
+        s.find_ready_functions()?;
+        if let Some(kv) = tree.scan_prefix([layout::DUE]).next() {
+            s.next_due_ms = layout::parse_due(&kv?.0).map(|(due, _)| due);
+        }
+        tracing::info!(
+            queues = s.queues.len(),
+            next_seq = s.next_seq,
+            "queue scheduler loaded"
+        );
+        Ok(s)
+    }
+
+    /// Jobs left `running` by a crash or kill go back to ready (or dead, if that was their last attempt).
+    fn requeue_interrupted(&mut self) -> Result<(), StoreError> {
+        let interrupted: Vec<Uuid> = self
+            .store
+            .tree()
+            .scan_prefix([layout::RUNNING])
+            .filter_map(|kv| kv.ok().and_then(|(k, _)| Uuid::from_slice(&k[1..]).ok()))
+            .collect();
+        for id in &interrupted {
+            let mut batch = sled::Batch::default();
+            let Some(mut job) = self.store.get::<JobRecord>(&layout::job(id))? else {
+                batch.remove(layout::running(id));
+                self.store.apply(batch)?;
+                continue;
+            };
+            let err = error_record(
+                FailReason::EngineRestart,
+                "engine_restart",
+                "the engine stopped while this attempt ran",
+            );
+            let akey = layout::attempt(id, job.history_len);
+            if let Some(mut a) = self.store.get::<AttemptRecord>(&akey)? {
+                a.ended_ms = now_ms();
+                a.error = Some(err.clone());
+                batch.insert(akey, record(&a));
+            }
+            if job.attempts >= job.max_attempts {
+                self.fail(id, &mut job, err, &mut batch);
+            } else {
+                job.last_error = Some(err);
+                self.transition(id, &mut job, JobState::Ready, &mut batch);
+            }
+            self.store.apply(batch)?;
+        }
+        if !interrupted.is_empty() {
+            tracing::warn!(
+                jobs = interrupted.len(),
+                "jobs interrupted by the last stop are back in their queues"
+            );
+        }
+        Ok(())
+    }
+
+    /// Which functions have ready jobs in each queue: one seek per function, not per job.
+    fn find_ready_functions(&mut self) -> Result<(), StoreError> {
+        let tree = self.store.tree().clone();
+        let ids: Vec<_> = self.queues.values().map(|q| q.id).collect();
+        for q in ids {
+            let mut from = layout::ready_queue_prefix(q);
+            let end = layout::prefix_end(&from);
+            while let Some(kv) = tree.range(from.clone()..end.clone()).next() {
+                let (k, _) = kv?;
+                let Some(f) = layout::ready_key_fn(&k) else {
+                    break;
+                };
+                self.mark_ready(q, f);
+                from = layout::prefix_end(&layout::ready_fn_prefix(q, f));
+            }
+        }
+        Ok(())
+    }
+}

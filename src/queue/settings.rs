@@ -1,0 +1,168 @@
+//! Per-queue settings from the config file (`[queue.defaults]` and
+//! `[queue.queues.NAME]`), each with a default.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[derive(Default)]
+pub struct QueueConfig {
+    /// Refuse enqueues to queues not declared under `queues` (default: create them with the defaults).
+    pub strict: bool,
+    pub defaults: QueueSettings,
+    /// Per-queue overrides of `defaults`.
+    pub queues: HashMap<String, QueueOverrides>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Jobs of the queue running at once.
+    pub concurrency: usize,
+    /// How long one attempt may run before it fails with `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Total attempts, the first included.
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    pub backoff_multiplier: f64,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// How long completed jobs (and their results) are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    pub max_payload_bytes: usize,
+}
+
+/// Any subset of [`QueueSettings`]; unset fields take the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueOverrides {
+    pub concurrency: Option<usize>,
+    #[serde(with = "humantime_serde::option")]
+    pub lease: Option<Duration>,
+    pub max_attempts: Option<u32>,
+    #[serde(with = "humantime_serde::option")]
+    pub backoff_initial: Option<Duration>,
+    pub backoff_multiplier: Option<f64>,
+    #[serde(with = "humantime_serde::option")]
+    pub backoff_max: Option<Duration>,
+    #[serde(with = "humantime_serde::option")]
+    pub retention: Option<Duration>,
+    pub max_payload_bytes: Option<usize>,
+}
+
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 10,
+            lease: Duration::from_secs(30),
+            max_attempts: 5,
+            backoff_initial: Duration::from_secs(1),
+            backoff_multiplier: 2.0,
+            backoff_max: Duration::from_secs(300),
+            retention: Duration::from_secs(3600),
+            max_payload_bytes: 1 << 20,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Settings for `queue`, or `None` in strict mode for an undeclared queue.
+    pub fn settings(&self, queue: &str) -> Option<QueueSettings> {
+        match self.queues.get(queue) {
+            Some(o) => Some(o.apply(&self.defaults)),
+            None if self.strict => None,
+            None => Some(self.defaults.clone()),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.defaults.validate("queue.defaults")?;
+        for (name, o) in &self.queues {
+            if name.is_empty() {
+                return Err("queue names must not be empty".into());
+            }
+            o.apply(&self.defaults)
+                .validate(&format!("queue.queues.{name}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl QueueOverrides {
+    fn apply(&self, d: &QueueSettings) -> QueueSettings {
+        QueueSettings {
+            concurrency: self.concurrency.unwrap_or(d.concurrency),
+            lease: self.lease.unwrap_or(d.lease),
+            max_attempts: self.max_attempts.unwrap_or(d.max_attempts),
+            backoff_initial: self.backoff_initial.unwrap_or(d.backoff_initial),
+            backoff_multiplier: self.backoff_multiplier.unwrap_or(d.backoff_multiplier),
+            backoff_max: self.backoff_max.unwrap_or(d.backoff_max),
+            retention: self.retention.unwrap_or(d.retention),
+            max_payload_bytes: self.max_payload_bytes.unwrap_or(d.max_payload_bytes),
+        }
+    }
+}
+
+impl QueueSettings {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        if self.concurrency == 0 || self.max_attempts == 0 || self.lease.is_zero() {
+            return Err(format!(
+                "{at}: concurrency, max_attempts and lease must be greater than 0"
+            ));
+        }
+        if !(self.backoff_multiplier >= 1.0 && self.backoff_multiplier.is_finite()) {
+            return Err(format!("{at}: backoff_multiplier must be a number >= 1"));
+        }
+        Ok(())
+    }
+
+    /// Delay before the retry that follows failed attempt number `attempt` (1-based):
+    /// `initial × multiplier^(attempt-1)`, capped, with "equal jitter" (a random
+    /// point in the upper half) so retries of a burst do not arrive together.
+    pub fn backoff(&self, attempt: u32, unit_random: f64) -> Duration {
+        let exp = self
+            .backoff_multiplier
+            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let raw = self.backoff_initial.as_secs_f64() * exp;
+        let capped = raw.min(self.backoff_max.as_secs_f64());
+        Duration::from_secs_f64(capped * (0.5 + 0.5 * unit_random.clamp(0.0, 1.0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let s = QueueSettings::default();
+        assert_eq!(s.backoff(1, 1.0), Duration::from_secs(1));
+        assert_eq!(s.backoff(3, 1.0), Duration::from_secs(4));
+        assert_eq!(s.backoff(30, 1.0), Duration::from_secs(300), "capped");
+        assert_eq!(
+            s.backoff(3, 0.0),
+            Duration::from_secs(2),
+            "jitter keeps at least half"
+        );
+    }
+
+    #[test]
+    fn overrides_and_strict_mode() {
+        let c: QueueConfig =
+            toml::from_str("strict = true\n[queues.mail]\nconcurrency = 2\nlease = \"5s\"\n")
+                .unwrap();
+        let mail = c.settings("mail").unwrap();
+        assert_eq!(
+            (mail.concurrency, mail.lease, mail.max_attempts),
+            (2, Duration::from_secs(5), 5)
+        );
+        assert!(c.settings("other").is_none());
+        assert!(c.validate().is_ok());
+    }
+}

@@ -1,0 +1,507 @@
+//! The durable queue end to end, with raw protocol clients: delivery when a
+//! worker appears, retries and dead letters with their history, redrive,
+//! worker loss, leases, restarts with jobs in every state, operator functions.
+
+mod common;
+
+use common::{RawClient, TestEngine, test_config};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn is_result(v: &Value) -> bool {
+    v["type"] == "invocationresult"
+}
+
+/// Fast retries for tests: 3 attempts, 20 ms backoff, 1 s lease.
+fn fast_config() -> qmesh::Config {
+    let mut c = test_config();
+    let d = &mut c.queue.defaults;
+    d.max_attempts = 3;
+    d.backoff_initial = Duration::from_millis(20);
+    d.backoff_max = Duration::from_millis(100);
+    d.lease = Duration::from_secs(1);
+    c
+}
+
+async fn enqueue(c: &mut RawClient, queue: &str, function_id: &str, data: Value) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    c.send(
+        json!({"type":"invokefunction","invocation_id":id,"function_id":function_id,"data":data,
+        "action":{"type":"enqueue","queue":queue}}),
+    )
+    .await;
+    let r = c
+        .recv_until("receipt", |v| {
+            is_result(v) && v["invocation_id"] == id.as_str()
+        })
+        .await;
+    r["result"]["messageReceiptId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no receipt: {r}"))
+        .to_owned()
+}
+
+async fn op(c: &mut RawClient, f: &str, data: Value) -> Value {
+    let r = c.call(f, data).await;
+    assert!(r.get("error").is_none(), "{f}: {r}");
+    r["result"].clone()
+}
+
+/// Polls `queue::get` until the job reaches `state`.
+async fn until_state(c: &mut RawClient, receipt: &str, state: &str) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let job = op(c, "queue::get", json!({"receipt": receipt})).await;
+        if job["state"] == state {
+            return job;
+        }
+        assert!(
+            start.elapsed() < common::WAIT,
+            "job never reached {state}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Answers invocations: `Ok` values become results, `Err` strings become errors.
+async fn serve(
+    w: &mut RawClient,
+    n: usize,
+    f: impl Fn(&Value) -> Result<Value, String>,
+) -> Vec<Value> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let inv = w
+            .recv_until("invoke", |v| v["type"] == "invokefunction")
+            .await;
+        let reply = match f(&inv["data"]) {
+            Ok(v) => {
+                json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":inv["function_id"],"result":v})
+            }
+            Err(m) => {
+                json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":inv["function_id"],
+                "error":{"code":"invocation_failed","message":m,"stacktrace":"at handler"}})
+            }
+        };
+        w.send(reply).await;
+        seen.push(inv["data"].clone());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_job_enqueued_before_any_worker_runs_when_one_registers() {
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let receipt = enqueue(&mut caller, "jobs", "mail::send", json!({"to":"a@b"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = op(&mut caller, "queue::stats", json!({"queue":"jobs"})).await;
+    assert_eq!(stats["waiting_for_worker"], 1, "{stats}");
+    let why = op(&mut caller, "queue::explain", json!({"receipt": receipt})).await;
+    assert!(
+        why["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("no connected worker"),
+        "{why}"
+    );
+    let job = op(&mut caller, "queue::get", json!({"receipt": receipt})).await;
+    assert_eq!(
+        (job["state"].clone(), job["attempts"].clone()),
+        (json!("ready"), json!(0)),
+        "no attempt spent waiting"
+    );
+
+    let mut worker = RawClient::worker(&engine.url, "mailer").await;
+    worker.register_function("mail::send").await;
+    let got = serve(&mut worker, 1, |d| Ok(json!({"sent": d["to"]}))).await;
+    assert_eq!(got[0]["to"], "a@b");
+    let job = until_state(&mut caller, &receipt, "completed").await;
+    assert_eq!(job["result"], json!({"sent":"a@b"}));
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["history"][0]["outcome"], "completed");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn retries_back_off_then_dead_letter_with_full_history_and_redrive() {
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut worker = RawClient::worker(&engine.url, "flaky").await;
+    worker.register_function("pay::charge").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let receipt = enqueue(&mut caller, "payments", "pay::charge", json!({"n":1})).await;
+    serve(&mut worker, 3, |_| Err("card declined".into())).await;
+    let job = until_state(&mut caller, &receipt, "dead").await;
+    assert_eq!(job["attempts"], 3);
+    let history = job["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3);
+    for (i, a) in history.iter().enumerate() {
+        assert_eq!(a["attempt"], i + 1);
+        assert_eq!(a["outcome"], "error");
+        assert_eq!(a["error"]["message"], "card declined");
+        assert_eq!(a["error"]["stacktrace"], "at handler");
+        assert!(a["worker_id"].is_string());
+    }
+    let gap =
+        history[1]["started_at_ms"].as_u64().unwrap() - history[0]["ended_at_ms"].as_u64().unwrap();
+    assert!(gap >= 10, "a backoff separates attempts ({gap} ms)");
+
+    let dlq = op(
+        &mut caller,
+        "engine::queue::dlq_messages",
+        json!({"topic":"payments"}),
+    )
+    .await;
+    assert_eq!(
+        dlq[0]["id"],
+        receipt.as_str(),
+        "the receipt is the dead letter's id"
+    );
+    assert_eq!(dlq[0]["payload"], json!({"n":1}));
+    assert_eq!(dlq[0]["retries"], 3);
+    let topics = op(&mut caller, "engine::queue::dlq_topics", json!({})).await;
+    assert_eq!(
+        topics,
+        json!([{"topic":"payments","broker_type":"qmesh","message_count":1}])
+    );
+
+    let r = op(
+        &mut caller,
+        "iii::queue::redrive_message",
+        json!({"queue":"payments","message_id":receipt}),
+    )
+    .await;
+    assert_eq!(r["redriven"], 1);
+    serve(&mut worker, 1, |_| Ok(json!("charged"))).await;
+    let job = until_state(&mut caller, &receipt, "completed").await;
+    assert_eq!(job["redrives"], 1);
+    assert_eq!(
+        job["history"].as_array().unwrap().len(),
+        4,
+        "history survives redrive"
+    );
+    let stats = op(
+        &mut caller,
+        "engine::queue::topic_stats",
+        json!({"topic":"payments"}),
+    )
+    .await;
+    assert_eq!(stats["dlq_depth"], 0);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn redrive_all_and_discard() {
+    let mut config = fast_config();
+    config.queue.defaults.max_attempts = 1;
+    let engine = TestEngine::start_with(config).await;
+    let mut worker = RawClient::worker(&engine.url, "w").await;
+    worker.register_function("f::x").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let mut receipts = Vec::new();
+    for n in 0..3 {
+        receipts.push(enqueue(&mut caller, "q", "f::x", json!({"n":n})).await);
+    }
+    serve(&mut worker, 3, |_| Err("no".into())).await;
+    for r in &receipts {
+        until_state(&mut caller, r, "dead").await;
+    }
+    let d = op(
+        &mut caller,
+        "iii::queue::discard_message",
+        json!({"queue":"q","message_id":receipts[0]}),
+    )
+    .await;
+    assert_eq!(d["redriven"], 1);
+    let gone = caller
+        .call("queue::get", json!({"receipt":receipts[0]}))
+        .await;
+    assert_eq!(gone["error"]["code"], "NOT_FOUND");
+    let r = op(&mut caller, "iii::queue::redrive", json!({"queue":"q"})).await;
+    assert_eq!(r, json!({"queue":"q","redriven":2}));
+    serve(&mut worker, 2, |_| Ok(json!(1))).await;
+    for r in &receipts[1..] {
+        until_state(&mut caller, r, "completed").await;
+    }
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_lost_mid_job_hands_it_to_another_worker() {
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut first = RawClient::worker(&engine.url, "first").await;
+    first.register_function("img::resize").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let receipt = enqueue(&mut caller, "images", "img::resize", json!({"w":10})).await;
+    first
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    drop(first);
+    let mut second = RawClient::worker(&engine.url, "second").await;
+    second.register_function("img::resize").await;
+    serve(&mut second, 1, |_| Ok(json!("resized"))).await;
+    let job = until_state(&mut caller, &receipt, "completed").await;
+    assert_eq!(job["history"][0]["outcome"], "worker_lost");
+    assert_eq!(job["history"][1]["outcome"], "completed");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_lease_fails_with_timeout() {
+    let mut config = fast_config();
+    config.queue.defaults.lease = Duration::from_millis(200);
+    config.queue.defaults.max_attempts = 2;
+    let engine = TestEngine::start_with(config).await;
+    let mut worker = RawClient::worker(&engine.url, "sleepy").await;
+    worker.register_function("slow::op").await;
+    engine
+        .until("registered", |m| m.stats().functions == 1)
+        .await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let receipt = enqueue(&mut caller, "slow", "slow::op", json!({})).await;
+    worker
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await; // never answered
+    worker
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await; // the retry
+    let job = until_state(&mut caller, &receipt, "dead").await;
+    assert_eq!(job["history"][0]["outcome"], "timeout");
+    assert_eq!(job["last_error"]["reason"], "timeout");
+    assert_eq!(
+        engine.mesh.pending_calls(),
+        0,
+        "timed-out calls are cleaned up"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn pause_resume_cancel_purge_and_delays() {
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let later = op(
+        &mut caller,
+        "queue::enqueue",
+        json!({"queue":"ops","function_id":"ops::run","data":{"k":1},"delay":"1h"}),
+    )
+    .await;
+    let later = later["receipt"].as_str().unwrap().to_owned();
+    let soon = enqueue(&mut caller, "ops", "ops::run", json!({"k":2})).await;
+    op(&mut caller, "queue::pause", json!({"queue":"ops"})).await;
+    let mut worker = RawClient::worker(&engine.url, "w").await;
+    worker.register_function("ops::run").await;
+    engine
+        .until("registered", |m| {
+            m.stats().functions == 2 || m.stats().functions == 1
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let why = op(&mut caller, "queue::explain", json!({"receipt": soon})).await;
+    assert!(
+        why["explanation"].as_str().unwrap().contains("paused"),
+        "{why}"
+    );
+    let why = op(&mut caller, "queue::explain", json!({"receipt": later})).await;
+    assert!(
+        why["explanation"].as_str().unwrap().contains("scheduled"),
+        "{why}"
+    );
+    let peek = op(
+        &mut caller,
+        "queue::peek",
+        json!({"queue":"ops","state":"delayed"}),
+    )
+    .await;
+    assert_eq!(peek["jobs"][0]["receipt"], later.as_str());
+    op(&mut caller, "queue::resume", json!({"queue":"ops"})).await;
+    serve(&mut worker, 1, |d| Ok(d.clone())).await;
+    until_state(&mut caller, &soon, "completed").await;
+    let c = op(&mut caller, "queue::cancel", json!({"receipt": later})).await;
+    assert_eq!(c["cancelled"], true);
+    let again = caller.call("queue::cancel", json!({"receipt": soon})).await;
+    assert_eq!(again["error"]["code"], "invalid_state");
+    op(&mut caller, "queue::pause", json!({"queue":"ops"})).await;
+    for n in 0..5 {
+        enqueue(&mut caller, "ops", "ops::run", json!({"n":n})).await;
+    }
+    let p = op(&mut caller, "queue::purge", json!({"queue":"ops"})).await;
+    assert_eq!(p["purged"], 5);
+    let stats = op(&mut caller, "queue::stats", json!({"queue":"ops"})).await;
+    assert_eq!(
+        (
+            stats["ready"].clone(),
+            stats["delayed"].clone(),
+            stats["completed"].clone()
+        ),
+        (json!(0), json!(0), json!(1)),
+        "{stats}"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let mut config = fast_config();
+    config.queue.strict = true;
+    config
+        .queue
+        .queues
+        .insert("known".into(), Default::default());
+    config.queue.defaults.max_payload_bytes = 100;
+    let engine = TestEngine::start_with(config).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let r = c
+        .call(
+            "queue::enqueue",
+            json!({"queue":"nope","function_id":"f","data":1}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "queue_not_found");
+    let r = c
+        .call(
+            "queue::enqueue",
+            json!({"queue":"known","function_id":"f","data":"x".repeat(200)}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "payload_too_large");
+    let r = c
+        .call(
+            "queue::enqueue",
+            json!({"queue":"known","function_id":"f","delay":"soon"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS");
+    let r = c.call("queue::get", json!({"receipt":"not-a-uuid"})).await;
+    assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS");
+    let r = c.call("queue::stats", json!({})).await;
+    assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS");
+    let list = op(&mut c, "queue::list", json!({})).await;
+    assert_eq!(list["queues"], json!([]), "nothing half-written: {list}");
+    let ok = op(
+        &mut c,
+        "queue::enqueue",
+        json!({"queue":"known","function_id":"f","data":1,"idempotency_key":"k1"}),
+    )
+    .await;
+    let dup = op(
+        &mut c,
+        "queue::enqueue",
+        json!({"queue":"known","function_id":"f","data":2,"idempotency_key":"k1"}),
+    )
+    .await;
+    assert_eq!(dup["receipt"], ok["receipt"]);
+    assert_eq!(dup["duplicate"], true);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_keeps_jobs_in_every_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config();
+    config.data_dir = dir.path().to_owned();
+    config.queue.defaults.max_attempts = 1;
+    let engine = TestEngine::start_with(config.clone()).await;
+    let mut worker = RawClient::worker(&engine.url, "w").await;
+    worker.register_function("f::done").await;
+    worker.register_function("f::dead").await;
+    engine
+        .until("registered", |m| m.stats().functions == 2)
+        .await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let done = enqueue(&mut c, "q", "f::done", json!(1)).await;
+    serve(&mut worker, 1, |_| Ok(json!("ok"))).await;
+    let dead = enqueue(&mut c, "q", "f::dead", json!(2)).await;
+    serve(&mut worker, 1, |_| Err("bad".into())).await;
+    until_state(&mut c, &dead, "dead").await;
+    let delayed = op(
+        &mut c,
+        "queue::enqueue",
+        json!({"queue":"q","function_id":"f::later","data":3,"delay":"1h"}),
+    )
+    .await;
+    let waiting = enqueue(&mut c, "q", "f::nobody", json!(4)).await;
+    let before = op(&mut c, "queue::stats", json!({"queue":"q"})).await;
+    drop((worker, c));
+    engine.stop().await;
+
+    let engine = TestEngine::start_with(config).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let after = op(&mut c, "queue::stats", json!({"queue":"q"})).await;
+    for k in [
+        "ready",
+        "waiting_for_worker",
+        "delayed",
+        "completed",
+        "dead",
+        "running",
+    ] {
+        assert_eq!(before[k], after[k], "{k}: {before} vs {after}");
+    }
+    assert_eq!(
+        op(&mut c, "queue::get", json!({"receipt": done})).await["result"],
+        "ok"
+    );
+    assert_eq!(
+        op(&mut c, "queue::get", json!({"receipt": dead})).await["state"],
+        "dead"
+    );
+    let d = op(&mut c, "queue::get", json!({"receipt": delayed["receipt"]})).await;
+    assert_eq!(d["state"], "delayed");
+    assert_eq!(
+        op(&mut c, "queue::get", json!({"receipt": waiting})).await["state"],
+        "ready"
+    );
+    let mut worker = RawClient::worker(&engine.url, "w2").await;
+    worker.register_function("f::nobody").await;
+    serve(&mut worker, 1, |_| Ok(json!("finally"))).await;
+    until_state(&mut c, &waiting, "completed").await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn iii_queue_functions_have_iii_shapes() {
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    enqueue(&mut c, "shapes", "x::y", json!({})).await;
+    let topics = op(&mut c, "engine::queue::list_topics", json!({})).await;
+    assert_eq!(
+        topics,
+        json!([{"name":"shapes","broker_type":"qmesh","subscriber_count":10}])
+    );
+    let stats = op(
+        &mut c,
+        "engine::queue::topic_stats",
+        json!({"queue":"shapes"}),
+    )
+    .await;
+    for k in ["depth", "consumer_count", "dlq_depth", "config"] {
+        assert!(stats.get(k).is_some(), "{k} in {stats}");
+    }
+    assert_eq!(stats["depth"], 1);
+    let list = op(&mut c, "queue::list", json!({})).await;
+    assert_eq!(list["queues"][0]["queue"], "shapes");
+    let fns = op(
+        &mut c,
+        "engine::functions::list",
+        json!({"include_internal": true}),
+    )
+    .await;
+    assert!(
+        fns["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["function_id"] == "engine::queue::list_topics")
+    );
+    engine.stop().await;
+}
