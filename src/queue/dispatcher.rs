@@ -6,7 +6,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::scheduler::Command;
 use super::store::records::{ErrorRecord, FailReason};
 use crate::mesh::Mesh;
 use crate::mesh::router::InternalCall;
@@ -20,7 +19,7 @@ pub struct Finished {
 
 pub async fn watch(
     mesh: Mesh,
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::UnboundedSender<Finished>,
     job: Uuid,
     call: InternalCall,
     lease: Duration,
@@ -42,7 +41,7 @@ pub async fn watch(
             Err(record(FailReason::Timeout, codes::INVOCATION_TIMEOUT, &msg))
         }
     };
-    let _ = tx.send(Command::Finished(Finished { job, outcome }));
+    let _ = tx.send(Finished { job, outcome });
 }
 
 fn classify(err: ErrorBody) -> ErrorRecord {

@@ -62,7 +62,7 @@ impl Queues {
     /// starts the scheduler task.
     pub fn start(mesh: Mesh, store: Arc<Store>) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let scheduler = scheduler::Scheduler::load(mesh, store, tx.clone())?;
+        let scheduler = scheduler::Scheduler::load(mesh, store)?;
         let task = tokio::spawn(scheduler.run(rx));
         Ok(Self {
             tx,

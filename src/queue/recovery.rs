@@ -10,19 +10,16 @@ use uuid::Uuid;
 
 use super::dispatcher::record as error_record;
 use super::now_ms;
-use super::scheduler::{Command, Scheduler, new_queue_rt};
+use super::scheduler::{Scheduler, new_queue_rt};
 use super::store::layout::{self, FnId};
 use super::store::records::{AttemptRecord, Counts, FailReason, JobRecord, JobState, QueueRecord};
 use super::store::{Store, StoreError, codec, record};
 use crate::mesh::Mesh;
 
 impl Scheduler {
-    pub fn load(
-        mesh: Mesh,
-        store: Arc<Store>,
-        tx: mpsc::UnboundedSender<Command>,
-    ) -> Result<Self, StoreError> {
+    pub fn load(mesh: Mesh, store: Arc<Store>) -> Result<Self, StoreError> {
         let config = mesh.config().queue.clone();
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         let tree = store.tree().clone();
         let next_seq = match tree.get(layout::seq())? {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
@@ -39,7 +36,8 @@ impl Scheduler {
             next_seq,
             running: HashMap::new(),
             next_due_ms: None,
-            tx,
+            finished_tx,
+            finished_rx: Some(finished_rx),
         };
         for kv in tree.scan_prefix([layout::QUEUES]) {
             let (k, v) = kv?;

@@ -22,7 +22,6 @@ use crate::protocol::{ErrorBody, codes};
 
 pub enum Command {
     Enqueue(EnqueueRequest, oneshot::Sender<Result<Enqueued, ErrorBody>>),
-    Finished(Finished),
     Op(Op, oneshot::Sender<Result<serde_json::Value, ErrorBody>>),
     /// Stop: the scheduler (and its handle on the store) goes away; running
     /// attempts are left `running` and go back to ready at the next start.
@@ -57,11 +56,15 @@ pub struct Scheduler {
     /// Jobs being run: job → queue.
     pub(super) running: HashMap<Uuid, QueueId>,
     pub(super) next_due_ms: Option<u64>,
-    pub(super) tx: mpsc::UnboundedSender<Command>,
+    /// Attempt outcomes have their own channel, read first, so a flood of
+    /// enqueues cannot starve completions (and with them free slots).
+    pub(super) finished_tx: mpsc::UnboundedSender<Finished>,
+    pub(super) finished_rx: Option<mpsc::UnboundedReceiver<Finished>>,
 }
 
 impl Scheduler {
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut finished = self.finished_rx.take().expect("run is called once");
         let mut events = self.mesh.subscribe();
         let mut prune = tokio::time::interval(PRUNE_EVERY);
         loop {
@@ -69,6 +72,10 @@ impl Scheduler {
                 .next_due_ms
                 .map(|ms| Duration::from_millis(ms.saturating_sub(now_ms())));
             tokio::select! {
+                biased;
+                f = finished.recv() => if let Some(f) = f {
+                    self.log_err("recording an attempt", |s| s.finish(f));
+                },
                 cmd = rx.recv() => match cmd {
                     Some(Command::Shutdown) | None => return,
                     Some(cmd) => self.handle(cmd),
@@ -113,7 +120,6 @@ impl Scheduler {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::Finished(f) => self.log_err("recording an attempt", |s| s.finish(f)),
             Command::Shutdown => {}
             Command::Op(op, reply) => {
                 let (result, ticket) = self.op(op);
@@ -211,27 +217,29 @@ impl Scheduler {
     fn enqueue(&mut self, req: EnqueueRequest) -> Result<(Enqueued, Option<u64>), ErrorBody> {
         let settings = self.config.settings(&req.queue);
         if let Some(s) = &settings
-            && req.payload.get().len() > s.max_payload_bytes {
-                let msg = format!(
-                    "payload is {} bytes; queue {:?} accepts at most {}",
-                    req.payload.get().len(),
-                    req.queue,
-                    s.max_payload_bytes
-                );
-                return Err(ErrorBody::new("payload_too_large", msg));
-            }
+            && req.payload.get().len() > s.max_payload_bytes
+        {
+            let msg = format!(
+                "payload is {} bytes; queue {:?} accepts at most {}",
+                req.payload.get().len(),
+                req.queue,
+                s.max_payload_bytes
+            );
+            return Err(ErrorBody::new("payload_too_large", msg));
+        }
         let mut batch = sled::Batch::default();
         let q = self.queue_for(&req.queue, &mut batch)?;
         if let Some(key) = &req.idempotency_key
-            && let Some(existing) = self.idempotent_match(q, key).map_err(store_error)? {
-                return Ok((
-                    Enqueued {
-                        receipt: existing,
-                        duplicate: true,
-                    },
-                    None,
-                ));
-            }
+            && let Some(existing) = self.idempotent_match(q, key).map_err(store_error)?
+        {
+            return Ok((
+                Enqueued {
+                    receipt: existing,
+                    duplicate: true,
+                },
+                None,
+            ));
+        }
         let f = self.fn_id(&req.namespace, &req.function_id, &mut batch);
         let id = Uuid::now_v7();
         let seq = self.take_seq(&mut batch);
@@ -378,9 +386,9 @@ impl Scheduler {
     }
 
     fn has_free_slot(&self, name: &str) -> bool {
-        self.queues
-            .get(name)
-            .is_some_and(|q| !q.paused && q.running < q.settings.concurrency && !q.ready_fns.is_empty())
+        self.queues.get(name).is_some_and(|q| {
+            !q.paused && q.running < q.settings.concurrency && !q.ready_fns.is_empty()
+        })
     }
 
     /// The next ready job of the queue whose function some worker provides,
@@ -477,7 +485,7 @@ impl Scheduler {
         }
         tokio::spawn(dispatcher::watch(
             self.mesh.clone(),
-            self.tx.clone(),
+            self.finished_tx.clone(),
             id,
             call,
             settings.lease,

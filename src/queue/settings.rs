@@ -55,7 +55,6 @@ pub struct QueueOverrides {
     pub max_payload_bytes: Option<usize>,
 }
 
-
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
