@@ -505,3 +505,98 @@ async fn iii_queue_functions_have_iii_shapes() {
     );
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn fifo_groups_run_in_order_and_a_failing_job_holds_back_only_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config();
+    config.data_dir = dir.path().to_owned();
+    config.queue.queues.insert(
+        "orders".into(),
+        qmesh::queue::settings::QueueOverrides {
+            ordering: Some(qmesh::queue::settings::Ordering::Fifo),
+            group_field: Some("account".into()),
+            backoff_initial: Some(Duration::from_millis(600)),
+            backoff_max: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    );
+    let engine = TestEngine::start_with(config.clone()).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let bad = c
+        .call(
+            "queue::enqueue",
+            json!({"queue":"orders","function_id":"orders::apply","data":{"n":0}}),
+        )
+        .await;
+    assert_eq!(
+        bad["error"]["code"], "INVALID_ARGUMENTS",
+        "a fifo job needs its group field: {bad}"
+    );
+    let mut receipts = Vec::new();
+    for (account, n) in [("a", 1), ("a", 2), ("a", 3), ("b", 1)] {
+        receipts.push(
+            enqueue(
+                &mut c,
+                "orders",
+                "orders::apply",
+                json!({"account":account,"n":n}),
+            )
+            .await,
+        );
+    }
+    let held = op(&mut c, "queue::explain", json!({"receipt": receipts[1]})).await;
+    assert_eq!(held["state"], "held", "{held}");
+
+    // First run: a1 fails once; b1 runs meanwhile; a2 and a3 must not start.
+    let mut w = RawClient::worker(&engine.url, "w").await;
+    w.register_function("orders::apply").await;
+    let first = serve(&mut w, 2, |d| {
+        if d["account"] == "a" {
+            Err("a1 failed".into())
+        } else {
+            Ok(json!("ok"))
+        }
+    })
+    .await;
+    let mut accounts: Vec<_> = first
+        .iter()
+        .map(|d| (d["account"].clone(), d["n"].clone()))
+        .collect();
+    accounts.sort_by_key(|a| a.0.as_str().unwrap().to_owned());
+    assert_eq!(
+        accounts,
+        vec![(json!("a"), json!(1)), (json!("b"), json!(1))]
+    );
+    until_state(&mut c, &receipts[3], "completed").await;
+    let a1 = op(&mut c, "queue::get", json!({"receipt": receipts[0]})).await;
+    assert_eq!(a1["state"], "delayed", "a1 is backing off: {a1}");
+    let why = op(&mut c, "queue::explain", json!({"receipt": receipts[1]})).await;
+    assert!(
+        why["explanation"].as_str().unwrap().contains("FIFO group"),
+        "{why}"
+    );
+
+    // The hold survives a restart.
+    drop((w, c));
+    engine.stop().await;
+    let engine = TestEngine::start_with(config).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    assert_eq!(
+        op(&mut c, "queue::get", json!({"receipt": receipts[1]})).await["state"],
+        "held"
+    );
+    let mut w = RawClient::worker(&engine.url, "w").await;
+    w.register_function("orders::apply").await;
+    let rest = serve(&mut w, 3, |_| Ok(json!("ok"))).await;
+    let order: Vec<_> = rest.iter().map(|d| d["n"].as_u64().unwrap()).collect();
+    assert_eq!(
+        order,
+        vec![1, 2, 3],
+        "group a runs one at a time, in enqueue order"
+    );
+    for r in &receipts {
+        until_state(&mut c, r, "completed").await;
+    }
+    engine.stop().await;
+}

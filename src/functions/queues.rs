@@ -162,7 +162,8 @@ queue_fn!(
             "running" => JobState::Running,
             "completed" => JobState::Completed,
             "dead" => JobState::Dead,
-            other => return Err(invalid(format!("unknown state {other:?}; one of ready, delayed, running, completed, dead"))),
+            "held" => JobState::Held,
+            other => return Err(invalid(format!("unknown state {other:?}; one of ready, delayed, running, completed, dead, held"))),
         };
         let after = a.cursor.as_deref().map(Uuid::parse_str).transpose().map_err(|_| invalid("cursor is a receipt"))?;
         run(mesh, Op::Peek { queue: a.queue()?, state, limit: a.limit.unwrap_or(50), after }).await
@@ -212,7 +213,7 @@ queue_fn!(
         let q = run(mesh, Op::Stats { queue: a.queue()? }).await?;
         let n = |k: &str| q[k].as_u64().unwrap_or(0);
         Ok(json!({
-            "depth": n("ready") + n("waiting_for_worker") + n("delayed") + n("running"),
+            "depth": n("ready") + n("waiting_for_worker") + n("delayed") + n("running") + n("held"),
             "consumer_count": q["settings"]["concurrency"],
             "dlq_depth": n("dead"),
             "delivered": n("completed"),

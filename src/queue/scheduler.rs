@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::dispatcher::{self, Finished};
 use super::ops::Op;
-use super::settings::{QueueConfig, QueueSettings};
+use super::settings::{Ordering, QueueConfig, QueueSettings};
 use super::store::layout::{self, FnId, QueueId};
 use super::store::records::{AttemptRecord, Counts, ErrorRecord, JobRecord, JobState, QueueRecord};
 use super::store::{Store, StoreError, record};
@@ -136,11 +136,9 @@ impl Scheduler {
     }
 
     /// The queue's runtime state, creating (and persisting) it on first use.
-    pub(super) fn queue_for(
-        &mut self,
-        name: &str,
-        batch: &mut sled::Batch,
-    ) -> Result<QueueId, ErrorBody> {
+    /// Written at once in its own batch (covered by the caller's next sync), so an
+    /// enqueue that fails later never leaves a queue known in memory but not on disk.
+    pub(super) fn queue_for(&mut self, name: &str) -> Result<QueueId, ErrorBody> {
         if let Some(q) = self.queues.get(name) {
             return Ok(q.id);
         }
@@ -162,7 +160,9 @@ impl Scheduler {
             paused: false,
             created_ms: now_ms(),
         };
+        let mut batch = sled::Batch::default();
         batch.insert(layout::queue(name), record(&rec));
+        self.store.apply(batch).map_err(store_error)?;
         self.queue_names.insert(id, name.to_owned());
         self.queues.insert(
             name.to_owned(),
@@ -171,21 +171,19 @@ impl Scheduler {
         Ok(id)
     }
 
-    pub(super) fn fn_id(
-        &mut self,
-        namespace: &str,
-        function_id: &str,
-        batch: &mut sled::Batch,
-    ) -> FnId {
+    /// Interned id of a function for ready keys; persisted at once, like queues.
+    pub(super) fn fn_id(&mut self, namespace: &str, function_id: &str) -> Result<FnId, ErrorBody> {
         let key = (namespace.to_owned(), function_id.to_owned());
         if let Some(id) = self.fn_ids.get(&key) {
-            return *id;
+            return Ok(*id);
         }
         let id = self.fn_keys.keys().max().map_or(1, |m| m + 1);
+        let mut batch = sled::Batch::default();
         batch.insert(layout::function(namespace, function_id), &id.to_be_bytes());
+        self.store.apply(batch).map_err(store_error)?;
         self.fn_ids.insert(key.clone(), id);
         self.fn_keys.insert(id, key);
-        id
+        Ok(id)
     }
 
     pub(super) fn take_seq(&mut self, batch: &mut sled::Batch) -> u64 {
@@ -227,8 +225,12 @@ impl Scheduler {
             );
             return Err(ErrorBody::new("payload_too_large", msg));
         }
+        let group = match &settings {
+            Some(s) if s.ordering == Ordering::Fifo => Some(fifo_group(s, &req)?),
+            _ => None,
+        };
+        let q = self.queue_for(&req.queue)?;
         let mut batch = sled::Batch::default();
-        let q = self.queue_for(&req.queue, &mut batch)?;
         if let Some(key) = &req.idempotency_key
             && let Some(existing) = self.idempotent_match(q, key).map_err(store_error)?
         {
@@ -240,11 +242,24 @@ impl Scheduler {
                 None,
             ));
         }
-        let f = self.fn_id(&req.namespace, &req.function_id, &mut batch);
+        let f = self.fn_id(&req.namespace, &req.function_id)?;
         let id = Uuid::now_v7();
         let seq = self.take_seq(&mut batch);
         let now = now_ms();
         let delayed = req.run_at_ms.is_some_and(|t| t > now);
+        // A FIFO job waits behind any unfinished job of its group.
+        let held = match &group {
+            Some(g) => self
+                .store
+                .tree()
+                .scan_prefix(layout::group_prefix(q, g))
+                .next()
+                .is_some(),
+            None => false,
+        };
+        if let Some(g) = &group {
+            batch.insert(layout::group_entry(q, g, seq), id.as_bytes());
+        }
         let max_attempts = self.queues[&req.queue].settings.max_attempts;
         let job = JobRecord {
             queue: req.queue.clone(),
@@ -252,7 +267,9 @@ impl Scheduler {
             namespace: req.namespace,
             function_id: req.function_id,
             fn_id: f,
-            state: if delayed {
+            state: if held {
+                JobState::Held
+            } else if delayed {
                 JobState::Delayed
             } else {
                 JobState::Ready
@@ -271,7 +288,7 @@ impl Scheduler {
             finished_ms: 0,
             traceparent: req.traceparent,
             baggage: req.baggage,
-            group: None,
+            group,
             idempotency_key: req.idempotency_key.clone(),
             result: None,
             last_error: None,
@@ -286,7 +303,7 @@ impl Scheduler {
         batch.insert(layout::job(&id), record(&job));
         self.count(q, None, Some(job.state), &mut batch);
         let ticket = self.store.apply(batch).map_err(store_error)?;
-        if !delayed {
+        if job.state == JobState::Ready {
             self.mark_ready(q, f);
         }
         Ok((
@@ -325,7 +342,8 @@ impl Scheduler {
             JobState::Running => batch.insert(layout::running(id), &[]),
             JobState::Completed => batch.insert(layout::completed(job.finished_ms, id), &[]),
             JobState::Dead => batch.insert(layout::dead(job.queue_id, job.dead_seq), id.as_bytes()),
-            JobState::Cancelled => {}
+            // Held jobs live only in their group's list (written at enqueue).
+            JobState::Cancelled | JobState::Held => {}
         }
     }
 
@@ -342,7 +360,7 @@ impl Scheduler {
             JobState::Running => batch.remove(layout::running(id)),
             JobState::Completed => batch.remove(layout::completed(job.finished_ms, id)),
             JobState::Dead => batch.remove(layout::dead(job.queue_id, job.dead_seq)),
-            JobState::Cancelled => {}
+            JobState::Cancelled | JobState::Held => {}
         }
     }
 
@@ -362,6 +380,49 @@ impl Scheduler {
         self.count(job.queue_id, Some(from), Some(to), batch);
         if to == JobState::Ready {
             self.mark_ready(job.queue_id, job.fn_id);
+        }
+        if matches!(
+            to,
+            JobState::Completed | JobState::Dead | JobState::Cancelled
+        ) {
+            self.release_group(id, job, batch, true);
+        }
+    }
+
+    /// A FIFO job left its group (finished, dead, cancelled or deleted): drop its
+    /// entry and, if `promote`, let the group's next job run.
+    pub(super) fn release_group(
+        &mut self,
+        id: &Uuid,
+        job: &JobRecord,
+        batch: &mut sled::Batch,
+        promote: bool,
+    ) {
+        let Some(group) = &job.group else { return };
+        batch.remove(layout::group_entry(job.queue_id, group, job.seq));
+        if !promote {
+            return;
+        }
+        let next = self
+            .store
+            .tree()
+            .scan_prefix(layout::group_prefix(job.queue_id, group))
+            .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+            .find(|other| other != id);
+        let Some(next_id) = next else { return };
+        match self.store.get::<JobRecord>(&layout::job(&next_id)) {
+            Ok(Some(mut next_job)) if next_job.state == JobState::Held => {
+                let to = if next_job.due_ms > now_ms() {
+                    JobState::Delayed
+                } else {
+                    JobState::Ready
+                };
+                self.transition(&next_id, &mut next_job, to, batch);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(job = %next_id, error = %e, "cannot promote the next job of a FIFO group")
+            }
         }
     }
 
@@ -617,7 +678,7 @@ impl Scheduler {
                 break;
             }
             let mut batch = sled::Batch::default();
-            self.delete_job(&id, &job, &mut batch)?;
+            self.delete_job(&id, &job, &mut batch, true)?;
             self.store.apply(batch)?;
             pruned += 1;
         }
@@ -630,6 +691,7 @@ impl Scheduler {
         id: &Uuid,
         job: &JobRecord,
         batch: &mut sled::Batch,
+        promote: bool,
     ) -> Result<(), StoreError> {
         Self::unplace(id, job, batch);
         batch.remove(layout::job(id));
@@ -640,6 +702,12 @@ impl Scheduler {
         if let Some(key) = &job.idempotency_key {
             batch.remove(layout::idempotency(job.queue_id, key));
         }
+        // Deleting a group's active job lets the next one run; a held one just leaves.
+        let was_head = !matches!(
+            job.state,
+            JobState::Held | JobState::Completed | JobState::Dead | JobState::Cancelled
+        );
+        self.release_group(id, job, batch, promote && was_head);
         self.count(job.queue_id, Some(job.state), None, batch);
         Ok(())
     }
@@ -677,5 +745,26 @@ async fn sleep_for(d: Option<Duration>) {
     match d {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The FIFO group named by the queue's `group_field` (a string or number; required).
+fn fifo_group(settings: &QueueSettings, req: &EnqueueRequest) -> Result<String, ErrorBody> {
+    let field = settings.group_field.as_deref().unwrap_or_default();
+    let missing = || {
+        ErrorBody::new(
+            codes::INVALID_ARGUMENTS,
+            format!(
+                "queue {:?} is fifo: the payload needs a string or number field {field:?} naming the job's group",
+                req.queue
+            ),
+        )
+    };
+    let payload: serde_json::Value =
+        serde_json::from_str(req.payload.get()).map_err(|_| missing())?;
+    match payload.get(field) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 1024 => Ok(s.clone()),
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        _ => Err(missing()),
     }
 }

@@ -35,6 +35,18 @@ pub struct QueueSettings {
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
     pub max_payload_bytes: usize,
+    /// `standard` (concurrent) or `fifo` (one job at a time per group, in enqueue order).
+    pub ordering: Ordering,
+    /// FIFO: the top-level payload field whose value names a job's group.
+    pub group_field: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    #[default]
+    Standard,
+    Fifo,
 }
 
 /// Any subset of [`QueueSettings`]; unset fields take the defaults.
@@ -53,6 +65,8 @@ pub struct QueueOverrides {
     #[serde(with = "humantime_serde::option")]
     pub retention: Option<Duration>,
     pub max_payload_bytes: Option<usize>,
+    pub ordering: Option<Ordering>,
+    pub group_field: Option<String>,
 }
 
 impl Default for QueueSettings {
@@ -66,6 +80,8 @@ impl Default for QueueSettings {
             backoff_max: Duration::from_secs(300),
             retention: Duration::from_secs(3600),
             max_payload_bytes: 1 << 20,
+            ordering: Ordering::Standard,
+            group_field: None,
         }
     }
 }
@@ -104,6 +120,8 @@ impl QueueOverrides {
             backoff_max: self.backoff_max.unwrap_or(d.backoff_max),
             retention: self.retention.unwrap_or(d.retention),
             max_payload_bytes: self.max_payload_bytes.unwrap_or(d.max_payload_bytes),
+            ordering: self.ordering.unwrap_or(d.ordering),
+            group_field: self.group_field.clone().or_else(|| d.group_field.clone()),
         }
     }
 }
@@ -113,6 +131,12 @@ impl QueueSettings {
         if self.concurrency == 0 || self.max_attempts == 0 || self.lease.is_zero() {
             return Err(format!(
                 "{at}: concurrency, max_attempts and lease must be greater than 0"
+            ));
+        }
+        if self.ordering == Ordering::Fifo && self.group_field.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(format!(
+                "{at}: a fifo queue needs group_field (the payload field naming a job's group)"
             ));
         }
         if !(self.backoff_multiplier >= 1.0 && self.backoff_multiplier.is_finite()) {

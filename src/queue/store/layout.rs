@@ -23,6 +23,7 @@
 //! | `K` idempotency | `K` queue(4) key | job_id |
 //! | `N` functions | `N` namespace 0x00 function_id | fn(4) — interned ids for `R` keys |
 //! | `S` seq | `S` | next seq(8) — persisted high-water mark |
+//! | `G` groups | `G` queue(4) len(2) group seq(8) | job_id — a FIFO group's unfinished jobs in order |
 //! | `T` counts | `T` queue(4) | [`Counts`](super::records::Counts) per state |
 
 use uuid::Uuid;
@@ -44,6 +45,7 @@ pub const IDEMPOTENCY: u8 = b'K';
 pub const FUNCTIONS: u8 = b'N';
 pub const SEQ: u8 = b'S';
 pub const COUNTS: u8 = b'T';
+pub const GROUPS: u8 = b'G';
 
 pub type QueueId = u32;
 pub type FnId = u32;
@@ -140,6 +142,29 @@ pub fn function(namespace: &str, function_id: &str) -> Vec<u8> {
         FUNCTIONS,
         &[namespace.as_bytes(), &[0], function_id.as_bytes()],
     )
+}
+
+/// Every unfinished job of one FIFO group, in enqueue order.
+pub fn group_prefix(q: QueueId, group: &str) -> Vec<u8> {
+    let len = u16::try_from(group.len()).unwrap_or(u16::MAX);
+    key(
+        GROUPS,
+        &[
+            &q.to_be_bytes(),
+            &len.to_be_bytes(),
+            &group.as_bytes()[..len as usize],
+        ],
+    )
+}
+
+pub fn group_entry(q: QueueId, group: &str, seq: u64) -> Vec<u8> {
+    let mut k = group_prefix(q, group);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn groups_of_queue(q: QueueId) -> Vec<u8> {
+    key(GROUPS, &[&q.to_be_bytes()])
 }
 
 pub fn counts(q: QueueId) -> Vec<u8> {

@@ -23,6 +23,8 @@ pub enum JobState {
     Completed,
     Dead,
     Cancelled,
+    /// FIFO: waiting behind an earlier job of its group.
+    Held,
 }
 
 impl JobState {
@@ -34,6 +36,7 @@ impl JobState {
             JobState::Completed => "completed",
             JobState::Dead => "dead",
             JobState::Cancelled => "cancelled",
+            JobState::Held => "held",
         }
     }
 }
@@ -122,6 +125,7 @@ pub struct Counts {
     pub running: u64,
     pub completed: u64,
     pub dead: u64,
+    pub held: u64,
 }
 
 impl Counts {
@@ -132,6 +136,7 @@ impl Counts {
             JobState::Running => Some(&mut self.running),
             JobState::Completed => Some(&mut self.completed),
             JobState::Dead => Some(&mut self.dead),
+            JobState::Held => Some(&mut self.held),
             JobState::Cancelled => None,
         }
     }
