@@ -126,11 +126,7 @@ async fn a_job_enqueued_before_any_worker_runs_when_one_registers() {
 #[tokio::test]
 async fn retries_back_off_then_dead_letter_with_full_history_and_redrive() {
     let engine = TestEngine::start_with(fast_config()).await;
-    let mut worker = RawClient::worker(&engine.url, "flaky").await;
-    worker.register_function("pay::charge").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut worker = engine.worker_with("flaky", &["pay::charge"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let receipt = enqueue(&mut caller, "payments", "pay::charge", json!({"n":1})).await;
     serve(&mut worker, 3, |_| Err("card declined".into())).await;
@@ -198,11 +194,7 @@ async fn redrive_all_and_discard() {
     let mut config = fast_config();
     config.queue.defaults.max_attempts = 1;
     let engine = TestEngine::start_with(config).await;
-    let mut worker = RawClient::worker(&engine.url, "w").await;
-    worker.register_function("f::x").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut worker = engine.worker_with("w", &["f::x"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let mut receipts = Vec::new();
     for n in 0..3 {
@@ -235,11 +227,7 @@ async fn redrive_all_and_discard() {
 #[tokio::test]
 async fn a_worker_lost_mid_job_hands_it_to_another_worker() {
     let engine = TestEngine::start_with(fast_config()).await;
-    let mut first = RawClient::worker(&engine.url, "first").await;
-    first.register_function("img::resize").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut first = engine.worker_with("first", &["img::resize"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let receipt = enqueue(&mut caller, "images", "img::resize", json!({"w":10})).await;
     first
@@ -261,11 +249,7 @@ async fn an_attempt_past_its_lease_fails_with_timeout() {
     config.queue.defaults.lease = Duration::from_millis(200);
     config.queue.defaults.max_attempts = 2;
     let engine = TestEngine::start_with(config).await;
-    let mut worker = RawClient::worker(&engine.url, "sleepy").await;
-    worker.register_function("slow::op").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut worker = engine.worker_with("sleepy", &["slow::op"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let receipt = enqueue(&mut caller, "slow", "slow::op", json!({})).await;
     worker

@@ -55,11 +55,7 @@ async fn sync_call_round_trip_injects_caller_and_keeps_ids() {
 #[tokio::test]
 async fn void_calls_run_but_never_answer() {
     let engine = TestEngine::start().await;
-    let mut exec = RawClient::worker(&engine.url, "exec").await;
-    exec.register_function("log::write").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut exec = engine.worker_with("exec", &["log::write"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     caller
         .send(json!({"type":"invokefunction","function_id":"log::write","data":{"line":1},"action":{"type":"void"}}))
@@ -133,18 +129,9 @@ impl NamespaceCall for RawClient {
 #[tokio::test]
 async fn executor_dropping_mid_call_stops_the_call_at_once() {
     let engine = TestEngine::start().await;
-    let mut exec = RawClient::worker(&engine.url, "exec").await;
-    exec.register_function("slow::op").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut exec = engine.worker_with("exec", &["slow::op"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
-    let id = uuid::Uuid::new_v4().to_string();
-    caller
-        .send(
-            json!({"type":"invokefunction","invocation_id":id,"function_id":"slow::op","data":{}}),
-        )
-        .await;
+    let id = caller.send_call("slow::op", json!({})).await;
     exec.recv_until("invoke", |v| v["type"] == "invokefunction")
         .await;
     drop(exec);
@@ -199,21 +186,12 @@ async fn two_workers_share_one_function_id() {
 #[tokio::test]
 async fn a_restarting_worker_is_invisible_to_callers() {
     let engine = TestEngine::start().await;
-    let mut exec = RawClient::worker(&engine.url, "exec").await;
-    exec.register_function("svc::ping").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut exec = engine.worker_with("exec", &["svc::ping"]).await;
     drop(exec);
     engine.until("gone", |m| m.stats().functions == 0).await;
     // A call during the gap waits for the worker to come back instead of failing.
     let mut caller = RawClient::worker(&engine.url, "caller").await;
-    let id = uuid::Uuid::new_v4().to_string();
-    caller
-        .send(
-            json!({"type":"invokefunction","invocation_id":id,"function_id":"svc::ping","data":{}}),
-        )
-        .await;
+    let id = caller.send_call("svc::ping", json!({})).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut exec = RawClient::worker(&engine.url, "exec").await;
     exec.register_function("svc::ping").await;
@@ -226,11 +204,7 @@ async fn a_restarting_worker_is_invisible_to_callers() {
 #[tokio::test]
 async fn bad_input_is_dropped_and_the_connection_stays_usable() {
     let engine = TestEngine::start().await;
-    let mut exec = RawClient::worker(&engine.url, "exec").await;
-    exec.register_function("echo::it").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut exec = engine.worker_with("exec", &["echo::it"]).await;
     let mut c = RawClient::worker(&engine.url, "c").await;
     for garbage in [
         "{not json",
@@ -317,11 +291,7 @@ async fn a_flood_of_calls_to_a_slow_worker_is_bounded_per_connection() {
     let engine = TestEngine::start_with(config).await;
     let mut slow = RawClient::worker(&engine.url, "slow").await;
     slow.register_function("slow::op").await;
-    let mut fast = RawClient::worker(&engine.url, "fast").await;
-    fast.register_function("fast::op").await;
-    engine
-        .until("registered", |m| m.stats().functions == 2)
-        .await;
+    let mut fast = engine.worker_with("fast", &["fast::op"]).await;
     let mut flood = RawClient::worker(&engine.url, "flood").await;
     for _ in 0..200 {
         flood.send(json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":"slow::op","data":{}})).await;
@@ -356,11 +326,7 @@ async fn the_engine_bounds_a_calls_life() {
     let mut config = test_config();
     config.invocation.max_duration = Duration::from_millis(300);
     let engine = TestEngine::start_with(config).await;
-    let mut hung = RawClient::worker(&engine.url, "hung").await;
-    hung.register_function("hung::op").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut hung = engine.worker_with("hung", &["hung::op"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let r = caller.call("hung::op", json!({})).await;
     assert_eq!(r["error"]["code"], "invocation_timeout");
@@ -388,11 +354,7 @@ async fn enqueue_answers_a_receipt_and_bad_actions_are_refused() {
 #[tokio::test]
 async fn reattach_tears_down_the_old_connection_first() {
     let engine = TestEngine::start().await;
-    let mut old = RawClient::worker(&engine.url, "w").await;
-    old.register_function("w::f").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut old = engine.worker_with("w", &["w::f"]).await;
     let mut new = RawClient::connect(&engine.url).await;
     // A wrong token is ignored.
     new.send(json!({"type":"reattach","previous_worker_id":old.worker_id,"reattach_token":uuid::Uuid::new_v4()})).await;
@@ -415,18 +377,9 @@ async fn reattach_tears_down_the_old_connection_first() {
 #[tokio::test]
 async fn graceful_shutdown_lets_calls_in_flight_finish() {
     let engine = TestEngine::start().await;
-    let mut exec = RawClient::worker(&engine.url, "exec").await;
-    exec.register_function("slow::op").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    let mut exec = engine.worker_with("exec", &["slow::op"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
-    let id = uuid::Uuid::new_v4().to_string();
-    caller
-        .send(
-            json!({"type":"invokefunction","invocation_id":id,"function_id":"slow::op","data":{}}),
-        )
-        .await;
+    let id = caller.send_call("slow::op", json!({})).await;
     let inv = exec
         .recv_until("invoke", |v| v["type"] == "invokefunction")
         .await;

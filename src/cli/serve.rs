@@ -61,10 +61,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(&format!("cannot listen on {}: {e}", config.listen)),
         };
-        let addr = listener.local_addr().unwrap_or(config.listen);
-        println!("qmesh listening on ws://{addr}");
-        let _ = std::io::stdout().flush();
-        match qmesh::run(listener, config, shutdown_signal()).await {
+        let announce = |addr: SocketAddr| {
+            println!("qmesh listening on ws://{addr}");
+            let _ = std::io::stdout().flush();
+        };
+        let mesh = qmesh::mesh::Mesh::new(config);
+        match qmesh::edge::serve(listener, mesh, shutdown_signal(), announce).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("server error: {e}")),
         }

@@ -48,14 +48,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mesh = Mesh::new(config);
-    serve(listener, mesh, shutdown).await
+    serve(listener, mesh, shutdown, |_| {}).await
 }
 
 /// Like [`run`], with a mesh the caller keeps a handle on (tests, embedding).
+/// `ready` is called with the address once the store is open and the
+/// listener is about to accept (the moment to tell the world).
 pub async fn serve(
     listener: TcpListener,
     mesh: Mesh,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
 ) -> std::io::Result<()> {
     mesh.register_engine_trigger_types();
     let store_dir = mesh.config().data_dir.join("store");
@@ -79,6 +82,7 @@ pub async fn serve(
         .route("/ws/channels/{*rest}", any(channels_reserved))
         .with_state(state);
     let draining = mesh.clone();
+    ready(listener.local_addr()?);
     let serving = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

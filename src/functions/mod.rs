@@ -201,12 +201,15 @@ pub fn enqueue(mesh: &Mesh, conn: &Arc<Connection>, invoke: Invoke) {
     let conn = conn.clone();
     let (invocation_id, function_id) = (invoke.invocation_id, invoke.function_id);
     tokio::spawn(async move {
-// iii answers every refused enqueue with `enqueue_error`, and SDK code
+        // iii answers every refused enqueue with `enqueue_error`, and SDK code
         // matches on it; the specific reason stays in the message.
         let reply = match queues.enqueue(req).await {
             Ok(e) => Ok(serde_json::json!({ "messageReceiptId": e.receipt })),
             Err(e) if e.code == codes::ENQUEUE_ERROR => Err(e),
-            Err(e) => Err(ErrorBody::new(codes::ENQUEUE_ERROR, format!("{}: {}", e.code, e.message))),
+            Err(e) => Err(ErrorBody::new(
+                codes::ENQUEUE_ERROR,
+                format!("{}: {}", e.code, e.message),
+            )),
         };
         answer(&conn, invocation_id, &function_id, reply);
     });

@@ -26,6 +26,14 @@ pub enum Dispatch {
     Wait(Box<Invoke>, oneshot::Receiver<()>),
 }
 
+/// What an engine-made call carries besides its data.
+#[derive(Debug, Default)]
+pub struct CallExtras {
+    pub metadata: Option<Payload>,
+    pub traceparent: Option<String>,
+    pub baggage: Option<String>,
+}
+
 /// A call the engine itself made, awaiting its outcome.
 pub struct InternalCall {
     pub invocation_id: Uuid,
@@ -188,7 +196,7 @@ impl Mesh {
         namespace: &str,
         function_id: &str,
         data: Payload,
-        metadata: Option<Payload>,
+        extras: CallExtras,
         timeout: Duration,
     ) -> Result<InternalCall, ErrorBody> {
         let invocation_id = Uuid::new_v4();
@@ -212,9 +220,9 @@ impl Mesh {
             invocation_id: &invocation_id,
             function_id,
             data: &data,
-            traceparent: None,
-            baggage: None,
-            metadata: metadata.as_deref(),
+            traceparent: extras.traceparent.as_deref(),
+            baggage: extras.baggage.as_deref(),
+            metadata: extras.metadata.as_deref(),
         });
         if conn.send(frame).is_err() {
             self.fail_call(
@@ -238,7 +246,8 @@ impl Mesh {
         data: Payload,
         timeout: Duration,
     ) -> CallOutcome {
-        let call = self.start_internal_call(namespace, function_id, data, None, timeout)?;
+        let call =
+            self.start_internal_call(namespace, function_id, data, CallExtras::default(), timeout)?;
         match tokio::time::timeout(timeout, call.outcome).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ErrorBody::new(codes::INVOCATION_STOPPED, "call abandoned")),

@@ -17,6 +17,7 @@ use super::store::layout::{self, FnId, QueueId};
 use super::store::records::{AttemptRecord, Counts, ErrorRecord, JobRecord, JobState, QueueRecord};
 use super::store::{Store, StoreError, record};
 use super::{EnqueueRequest, Enqueued, now_ms};
+use crate::mesh::router::CallExtras;
 use crate::mesh::{Mesh, MeshEvent};
 use crate::protocol::{ErrorBody, codes};
 
@@ -519,10 +520,17 @@ impl Scheduler {
             .ok()
             .and_then(|t| serde_json::value::RawValue::from_string(t).ok())
             .unwrap_or_else(crate::protocol::null_payload);
-        let call = match self
-            .mesh
-            .start_internal_call(&ns, &fid, data, None, settings.lease)
-        {
+        let call = match self.mesh.start_internal_call(
+            &ns,
+            &fid,
+            data,
+            CallExtras {
+                metadata: None,
+                traceparent: job.traceparent.clone(),
+                baggage: job.baggage.clone(),
+            },
+            settings.lease,
+        ) {
             Ok(call) => call,
             Err(_) => return Ok(()), // the worker left between the check and now; try later
         };

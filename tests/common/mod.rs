@@ -48,9 +48,14 @@ impl TestEngine {
         let addr = listener.local_addr().unwrap();
         let mesh = Mesh::new(config);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(qmesh::edge::serve(listener, mesh.clone(), async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(qmesh::edge::serve(
+            listener,
+            mesh.clone(),
+            async move {
+                let _ = rx.await;
+            },
+            |_| {},
+        ));
         // Wait until the store is open and the queue scheduler attached.
         let start = std::time::Instant::now();
         while mesh.queues().is_none() {
@@ -98,6 +103,26 @@ impl TestEngine {
         stream.read_to_string(&mut body).await.unwrap();
         let json = body.split("\r\n\r\n").nth(1).expect("http body");
         serde_json::from_str(json).expect("health is JSON")
+    }
+
+    /// A raw worker named `name` providing `functions`, returned once they are routable.
+    pub async fn worker_with(&self, name: &str, functions: &[&str]) -> RawClient {
+        let mut w = RawClient::worker(&self.url, name).await;
+        for f in functions {
+            w.register_function(f).await;
+        }
+        let wanted: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
+        let id = w.worker_id.clone();
+        self.until("functions registered", move |m| {
+            m.inspect(|st| {
+                wanted.iter().all(|f| {
+                    st.function("default", f)
+                        .is_some_and(|fun| fun.providers.iter().any(|p| p.worker.to_string() == id))
+                })
+            })
+        })
+        .await;
+        w
     }
 
     /// Polls until `check` holds on the mesh (registrations are asynchronous).
@@ -190,6 +215,14 @@ impl RawClient {
                 None => panic!("socket closed while waiting for {what}"),
             }
         }
+    }
+
+    /// Sends a sync call without waiting; returns its invocation id.
+    pub async fn send_call(&mut self, function_id: &str, data: Value) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.send(json!({"type":"invokefunction","invocation_id":id,"function_id":function_id,"data":data}))
+            .await;
+        id
     }
 
     /// Sync call; returns the `invocationresult` frame.
