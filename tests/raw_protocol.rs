@@ -131,7 +131,7 @@ async fn executor_dropping_mid_call_stops_the_call_at_once() {
     let engine = TestEngine::start().await;
     let mut exec = engine.worker_with("exec", &["slow::op"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
-    let id = caller.send_call("slow::op", json!({})).await;
+    let _id = caller.send_call("slow::op", json!({})).await;
     exec.recv_until("invoke", |v| v["type"] == "invokefunction")
         .await;
     drop(exec);
@@ -186,12 +186,12 @@ async fn two_workers_share_one_function_id() {
 #[tokio::test]
 async fn a_restarting_worker_is_invisible_to_callers() {
     let engine = TestEngine::start().await;
-    let mut exec = engine.worker_with("exec", &["svc::ping"]).await;
+    let exec = engine.worker_with("exec", &["svc::ping"]).await;
     drop(exec);
     engine.until("gone", |m| m.stats().functions == 0).await;
     // A call during the gap waits for the worker to come back instead of failing.
     let mut caller = RawClient::worker(&engine.url, "caller").await;
-    let id = caller.send_call("svc::ping", json!({})).await;
+    let _id = caller.send_call("svc::ping", json!({})).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut exec = RawClient::worker(&engine.url, "exec").await;
     exec.register_function("svc::ping").await;
@@ -326,7 +326,7 @@ async fn the_engine_bounds_a_calls_life() {
     let mut config = test_config();
     config.invocation.max_duration = Duration::from_millis(300);
     let engine = TestEngine::start_with(config).await;
-    let mut hung = engine.worker_with("hung", &["hung::op"]).await;
+    let _hung = engine.worker_with("hung", &["hung::op"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let r = caller.call("hung::op", json!({})).await;
     assert_eq!(r["error"]["code"], "invocation_timeout");
@@ -379,7 +379,7 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
     let engine = TestEngine::start().await;
     let mut exec = engine.worker_with("exec", &["slow::op"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
-    let id = caller.send_call("slow::op", json!({})).await;
+    let _id = caller.send_call("slow::op", json!({})).await;
     let inv = exec
         .recv_until("invoke", |v| v["type"] == "invokefunction")
         .await;
