@@ -4,7 +4,9 @@
 //! - [`store`]: sled layout, record codec, schema migrations, group commit.
 //! - [`settings`]: per-queue settings and the backoff formula.
 //! - [`scheduler`]: the single task that owns every queue's state and every
-//!   write to the store (so transitions never race), and decides what runs.
+//!   write to the store (so transitions never race); its work is split into
+//!   `intake` (enqueues), `running` (dispatch passes, outcomes),
+//!   `transitions` (state moves, FIFO release) and `upkeep` (due jobs, pruning).
 //! - [`recovery`]: what the scheduler reads at start, and crash repair.
 //! - [`dispatcher`]: watches one running attempt and reports its outcome.
 //! - [`ops`]: operator views and actions (stats, peek, redrive, …).
@@ -12,11 +14,15 @@
 //! Invariant: an enqueue is acknowledged only after its record is on disk.
 
 pub mod dispatcher;
+mod intake;
 pub mod ops;
 pub mod recovery;
+mod running;
 pub mod scheduler;
 pub mod settings;
 pub mod store;
+mod transitions;
+mod upkeep;
 
 use serde_json::Value;
 use std::sync::Arc;

@@ -102,7 +102,12 @@ impl Store {
 
     /// Applies a batch atomically. It is visible at once and durable after [`Store::durable`].
     pub fn apply(&self, batch: sled::Batch) -> Result<Ticket, StoreError> {
+        let t = std::time::Instant::now();
         self.tree.apply_batch(batch)?;
+        let us = t.elapsed().as_micros() as u64;
+        if us > 300 {
+            tracing::trace!(micros = us, "slow apply");
+        }
         let mut st = self.syncer.state.lock().unwrap_or_else(|e| e.into_inner());
         st.applied += 1;
         Ok(st.applied)
@@ -176,12 +181,18 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
             }
             st.applied
         };
+        let started = std::time::Instant::now();
         let result = db
             .flush()
             .map_err(|e| e.to_string())
             .and_then(|_| log.sync_data().map_err(|e| e.to_string()));
         match result {
             Ok(()) => {
+                tracing::trace!(
+                    batches = target - synced,
+                    micros = started.elapsed().as_micros() as u64,
+                    "store synced"
+                );
                 synced = target;
                 let _ = s.synced.send(Ok(synced));
             }

@@ -1,0 +1,212 @@
+//! Taking jobs in: validation, the records an enqueue writes, idempotency
+//! keys and FIFO groups. Enqueues that arrive together are written in one
+//! batch and acknowledged together after one sync.
+
+use std::collections::{HashMap, HashSet};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::scheduler::{Scheduler, store_error};
+use super::settings::{Ordering, QueueSettings};
+use super::store::layout::{self, QueueId};
+use super::store::records::{JobRecord, JobState};
+use super::store::{StoreError, record};
+use super::{EnqueueRequest, Enqueued, now_ms};
+use crate::protocol::{ErrorBody, codes};
+
+/// What earlier jobs of the same (not yet applied) batch claimed.
+#[derive(Default)]
+pub(super) struct Seen {
+    groups: HashSet<(QueueId, String)>,
+    keys: HashMap<(QueueId, String), Uuid>,
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Enqueued, ErrorBody>>;
+
+impl Scheduler {
+    /// Writes every acceptable job of `group` in one batch, then answers each
+    /// once a sync has covered it; refusals are answered at once.
+    pub(super) fn enqueue_all(&mut self, group: Vec<(EnqueueRequest, Reply)>) {
+        let mut batch = sled::Batch::default();
+        let mut seen = Seen::default();
+        let mut accepted = Vec::with_capacity(group.len());
+        for (req, reply) in group {
+            match self.enqueue_into(req, &mut batch, &mut seen) {
+                Ok(e) => accepted.push((e, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let ticket = match self.store.apply(batch) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write enqueued jobs");
+                for (_, reply) in accepted {
+                    let _ = reply.send(Err(store_error(StoreError::Sync(e.to_string()))));
+                }
+                return;
+            }
+        };
+        let store = self.store.clone();
+        // Acknowledge only once the records are on disk; one sync serves them all.
+        tokio::spawn(async move {
+            let durable = store.durable(ticket).await.map_err(|e| e.to_string());
+            for (e, reply) in accepted {
+                let _ = reply.send(match &durable {
+                    Ok(()) => Ok(e),
+                    Err(msg) => Err(store_error(StoreError::Sync(msg.clone()))),
+                });
+            }
+        });
+    }
+
+    /// Validates one job and writes it into `batch` (applied by the caller).
+    fn enqueue_into(
+        &mut self,
+        req: EnqueueRequest,
+        batch: &mut sled::Batch,
+        seen: &mut Seen,
+    ) -> Result<Enqueued, ErrorBody> {
+        let settings = self.config.settings(&req.queue);
+        if let Some(s) = &settings
+            && req.payload.get().len() > s.max_payload_bytes
+        {
+            let msg = format!(
+                "payload is {} bytes; queue {:?} accepts at most {}",
+                req.payload.get().len(),
+                req.queue,
+                s.max_payload_bytes
+            );
+            return Err(ErrorBody::new("payload_too_large", msg));
+        }
+        let group = match &settings {
+            Some(s) if s.ordering == Ordering::Fifo => Some(fifo_group(s, &req)?),
+            _ => None,
+        };
+        let q = self.queue_for(&req.queue)?;
+        if let Some(key) = &req.idempotency_key {
+            let earlier = match seen.keys.get(&(q, key.clone())) {
+                Some(id) => Some(*id),
+                None => self.idempotent_match(q, key).map_err(store_error)?,
+            };
+            if let Some(receipt) = earlier {
+                return Ok(Enqueued {
+                    receipt,
+                    duplicate: true,
+                });
+            }
+        }
+        let f = self.fn_id(&req.namespace, &req.function_id)?;
+        let id = Uuid::now_v7();
+        let seq = self.take_seq(batch);
+        let now = now_ms();
+        let delayed = req.run_at_ms.is_some_and(|t| t > now);
+        // A FIFO job waits behind any unfinished job of its group.
+        let held = match &group {
+            Some(g) => {
+                seen.groups.contains(&(q, g.clone()))
+                    || self
+                        .store
+                        .tree()
+                        .scan_prefix(layout::group_prefix(q, g))
+                        .next()
+                        .is_some()
+            }
+            None => false,
+        };
+        if let Some(g) = &group {
+            seen.groups.insert((q, g.clone()));
+        }
+        if let Some(key) = &req.idempotency_key {
+            seen.keys.insert((q, key.clone()), id);
+        }
+        if let Some(g) = &group {
+            batch.insert(layout::group_entry(q, g, seq), id.as_bytes());
+        }
+        let max_attempts = self.queues[&req.queue].settings.max_attempts;
+        let job = JobRecord {
+            queue: req.queue.clone(),
+            queue_id: q,
+            namespace: req.namespace,
+            function_id: req.function_id,
+            fn_id: f,
+            state: if held {
+                JobState::Held
+            } else if delayed {
+                JobState::Delayed
+            } else {
+                JobState::Ready
+            },
+            priority: req.priority,
+            seq,
+            attempts: 0,
+            history_len: 0,
+            max_attempts,
+            enqueued_ms: now,
+            due_ms: if delayed {
+                req.run_at_ms.unwrap_or(0)
+            } else {
+                0
+            },
+            finished_ms: 0,
+            traceparent: req.traceparent,
+            baggage: req.baggage,
+            group,
+            idempotency_key: req.idempotency_key.clone(),
+            result: None,
+            last_error: None,
+            redrives: 0,
+            dead_seq: 0,
+        };
+        batch.insert(layout::payload(&id), req.payload.get().as_bytes());
+        if let Some(key) = &req.idempotency_key {
+            batch.insert(layout::idempotency(q, key), id.as_bytes());
+        }
+        self.place(&id, &job, batch);
+        batch.insert(layout::job(&id), record(&job));
+        self.count(q, None, Some(job.state), batch);
+        if job.state == JobState::Ready {
+            self.mark_ready(q, f);
+        }
+        Ok(Enqueued {
+            receipt: id,
+            duplicate: false,
+        })
+    }
+
+    /// An earlier job with this idempotency key, if still within retention.
+    fn idempotent_match(&self, q: QueueId, key: &str) -> Result<Option<Uuid>, StoreError> {
+        let Some(v) = self.store.get_raw(&layout::idempotency(q, key))? else {
+            return Ok(None);
+        };
+        let Some(id) = layout::uuid_value(&v) else {
+            return Ok(None);
+        };
+        Ok(self.store.get::<JobRecord>(&layout::job(&id))?.map(|_| id))
+    }
+}
+
+/// The FIFO group named by the queue's `group_field` (a string or number; required).
+fn fifo_group(settings: &QueueSettings, req: &EnqueueRequest) -> Result<String, ErrorBody> {
+    let field = settings.group_field.as_deref().unwrap_or_default();
+    let missing = || {
+        ErrorBody::new(
+            codes::INVALID_ARGUMENTS,
+            format!(
+                "queue {:?} is fifo: the payload needs a string or number field {field:?} naming the job's group",
+                req.queue
+            ),
+        )
+    };
+    let payload: serde_json::Value =
+        serde_json::from_str(req.payload.get()).map_err(|_| missing())?;
+    match payload.get(field) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 1024 => Ok(s.clone()),
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        _ => Err(missing()),
+    }
+}

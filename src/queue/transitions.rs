@@ -1,0 +1,169 @@
+//! Moving a job between states: its index entry, record and the queue's
+//! counters change in the caller's batch, together. FIFO groups are released
+//! here when a job leaves for good.
+
+use uuid::Uuid;
+
+use super::now_ms;
+use super::scheduler::{Scheduler, unit_random};
+use super::store::layout::{self, FnId, QueueId};
+use super::store::records::{ErrorRecord, JobRecord, JobState};
+use super::store::{StoreError, record};
+
+impl Scheduler {
+    /// Writes the index entry for a job's current state.
+    pub(super) fn place(&mut self, id: &Uuid, job: &JobRecord, batch: &mut sled::Batch) {
+        match job.state {
+            JobState::Ready => batch.insert(
+                layout::ready(job.queue_id, job.fn_id, job.priority, job.seq),
+                id.as_bytes(),
+            ),
+            JobState::Delayed => {
+                batch.insert(layout::due(job.due_ms, id), &[]);
+                if self.next_due_ms.is_none_or(|d| job.due_ms < d) {
+                    self.next_due_ms = Some(job.due_ms);
+                }
+            }
+            JobState::Running => batch.insert(layout::running(id), &[]),
+            JobState::Completed => batch.insert(layout::completed(job.finished_ms, id), &[]),
+            JobState::Dead => batch.insert(layout::dead(job.queue_id, job.dead_seq), id.as_bytes()),
+            // Held jobs live only in their group's list (written at enqueue).
+            JobState::Cancelled | JobState::Held => {}
+        }
+    }
+
+    /// Removes the index entry for a job's current state.
+    pub(super) fn unplace(id: &Uuid, job: &JobRecord, batch: &mut sled::Batch) {
+        match job.state {
+            JobState::Ready => batch.remove(layout::ready(
+                job.queue_id,
+                job.fn_id,
+                job.priority,
+                job.seq,
+            )),
+            JobState::Delayed => batch.remove(layout::due(job.due_ms, id)),
+            JobState::Running => batch.remove(layout::running(id)),
+            JobState::Completed => batch.remove(layout::completed(job.finished_ms, id)),
+            JobState::Dead => batch.remove(layout::dead(job.queue_id, job.dead_seq)),
+            JobState::Cancelled | JobState::Held => {}
+        }
+    }
+
+    /// Moves a job to `to` in one batch: index, record, counters.
+    pub(super) fn transition(
+        &mut self,
+        id: &Uuid,
+        job: &mut JobRecord,
+        to: JobState,
+        batch: &mut sled::Batch,
+    ) {
+        let from = job.state;
+        Self::unplace(id, job, batch);
+        job.state = to;
+        self.place(id, job, batch);
+        batch.insert(layout::job(id), record(job));
+        self.count(job.queue_id, Some(from), Some(to), batch);
+        if to == JobState::Ready {
+            self.mark_ready(job.queue_id, job.fn_id);
+        }
+        if matches!(
+            to,
+            JobState::Completed | JobState::Dead | JobState::Cancelled
+        ) {
+            self.release_group(id, job, batch, true);
+        }
+    }
+
+    /// A FIFO job left its group (finished, dead, cancelled or deleted): drop its
+    /// entry and, if `promote`, let the group's next job run.
+    pub(super) fn release_group(
+        &mut self,
+        id: &Uuid,
+        job: &JobRecord,
+        batch: &mut sled::Batch,
+        promote: bool,
+    ) {
+        let Some(group) = &job.group else { return };
+        batch.remove(layout::group_entry(job.queue_id, group, job.seq));
+        if !promote {
+            return;
+        }
+        let next = self
+            .store
+            .tree()
+            .scan_prefix(layout::group_prefix(job.queue_id, group))
+            .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+            .find(|other| other != id);
+        let Some(next_id) = next else { return };
+        match self.store.get::<JobRecord>(&layout::job(&next_id)) {
+            Ok(Some(mut next_job)) if next_job.state == JobState::Held => {
+                let to = if next_job.due_ms > now_ms() {
+                    JobState::Delayed
+                } else {
+                    JobState::Ready
+                };
+                self.transition(&next_id, &mut next_job, to, batch);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(job = %next_id, error = %e, "cannot promote the next job of a FIFO group")
+            }
+        }
+    }
+
+    pub(super) fn mark_ready(&mut self, q: QueueId, f: FnId) {
+        if let Some(rt) = self.queue_mut(q) {
+            rt.ready_fns.insert(f);
+        }
+    }
+
+    /// A failed attempt: back off and retry, or dead-letter when attempts are spent.
+    pub(super) fn fail(
+        &mut self,
+        id: &Uuid,
+        job: &mut JobRecord,
+        err: ErrorRecord,
+        batch: &mut sled::Batch,
+    ) {
+        tracing::debug!(job = %id, attempt = job.attempts, reason = err.reason.as_str(), "attempt failed");
+        job.last_error = Some(err);
+        if job.attempts >= job.max_attempts {
+            job.dead_seq = self.take_seq(batch);
+            job.finished_ms = now_ms();
+            tracing::info!(job = %id, queue = %job.queue, attempts = job.attempts, "job dead-lettered");
+            self.transition(id, job, JobState::Dead, batch);
+        } else {
+            let settings = &self.queues[&job.queue].settings;
+            let delay = settings.backoff(job.attempts, unit_random());
+            job.due_ms = now_ms() + delay.as_millis() as u64;
+            self.transition(id, job, JobState::Delayed, batch);
+        }
+    }
+
+    /// Removes every trace of a job (index, record, payload, history, idempotency key).
+    pub(super) fn delete_job(
+        &mut self,
+        id: &Uuid,
+        job: &JobRecord,
+        batch: &mut sled::Batch,
+        promote: bool,
+    ) -> Result<(), StoreError> {
+        Self::unplace(id, job, batch);
+        batch.remove(layout::job(id));
+        batch.remove(layout::payload(id));
+        for kv in self.store.tree().scan_prefix(layout::attempts_prefix(id)) {
+            batch.remove(kv?.0);
+        }
+        if let Some(key) = &job.idempotency_key {
+            batch.remove(layout::idempotency(job.queue_id, key));
+        }
+        // Deleting a group's active job lets the next one run; a held one just leaves.
+        let was_head = !matches!(
+            job.state,
+            JobState::Held | JobState::Completed | JobState::Dead | JobState::Cancelled
+        );
+        self.release_group(id, job, batch, promote && was_head);
+        self.count(job.queue_id, Some(job.state), None, batch);
+        Ok(())
+    }
+}
