@@ -584,3 +584,34 @@ async fn fifo_groups_run_in_order_and_a_failing_job_holds_back_only_its_group() 
     }
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn an_attempt_interrupted_by_a_stop_is_recorded_as_engine_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config();
+    config.data_dir = dir.path().to_owned();
+    config.server.shutdown_grace = Duration::from_millis(100);
+    config.queue.defaults.lease = Duration::from_secs(30);
+    let engine = TestEngine::start_with(config.clone()).await;
+    let mut w = engine.worker_with("w", &["long::job"]).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let receipt = enqueue(&mut c, "long", "long::job", json!({})).await;
+    w.recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await; // never answered
+    let running = until_state(&mut c, &receipt, "running").await;
+    assert_eq!(running["history"][0]["outcome"], "running");
+    engine.stop().await; // the worker is still connected, its attempt still running
+    drop((w, c));
+
+    let engine = TestEngine::start_with(config).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
+    assert_eq!(job["state"], "ready", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["history"][0]["outcome"], "engine_restart");
+    let mut w = engine.worker_with("w", &["long::job"]).await;
+    serve(&mut w, 1, |_| Ok(json!("done"))).await;
+    let job = until_state(&mut c, &receipt, "completed").await;
+    assert_eq!(job["history"][1]["outcome"], "completed");
+    engine.stop().await;
+}

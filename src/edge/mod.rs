@@ -94,9 +94,6 @@ pub async fn serve(
     });
     serving.await?;
     drain(&mesh).await;
-    if let Some(queues) = mesh.queues() {
-        queues.shutdown().await;
-    }
     for task in background {
         task.abort();
     }
@@ -104,8 +101,15 @@ pub async fn serve(
 }
 
 /// Waits for calls in flight (up to the grace period), then closes every worker.
+/// The queue stops starting jobs, calls in flight get the grace period, then
+/// the queue scheduler stops (so attempts still running are recorded as
+/// `engine_restart` at the next start, not as lost workers) and every worker
+/// is closed.
 async fn drain(mesh: &Mesh) {
     let grace = mesh.config().server.shutdown_grace;
+    if let Some(queues) = mesh.queues() {
+        queues.stop_dispatching();
+    }
     let started = Instant::now();
     while mesh.pending_calls() > 0 && started.elapsed() < grace {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -116,6 +120,9 @@ async fn drain(mesh: &Mesh) {
             abandoned,
             "grace period over; closing with calls still in flight"
         );
+    }
+    if let Some(queues) = mesh.queues() {
+        queues.shutdown().await;
     }
     mesh.close_all(close::GOING_AWAY, "engine shutting down");
     // Give the writers a moment to put the close frames on the wire.

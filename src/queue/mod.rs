@@ -85,6 +85,11 @@ impl Queues {
         rx.await.map_err(|_| stopped())?
     }
 
+    /// Stops starting jobs (engine shutdown); running ones may still finish.
+    pub fn stop_dispatching(&self) {
+        let _ = self.tx.send(Command::Drain);
+    }
+
     /// Stops the scheduler and waits until it (and its hold on the store) is gone.
     pub async fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);

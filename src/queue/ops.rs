@@ -186,19 +186,30 @@ impl Scheduler {
         })
     }
 
+    /// Ended attempts from the store, then the one running now (kept in memory).
     fn attempts_of(&self, id: &Uuid) -> Vec<Value> {
-        self.store
+        let stored = self
+            .store
             .tree()
             .scan_prefix(layout::attempts_prefix(id))
             .filter_map(|kv| kv.ok())
-            .filter_map(|(_, v)| super::store::codec::decode::<AttemptRecord>(&v).ok())
+            .filter_map(|(_, v)| super::store::codec::decode::<AttemptRecord>(&v).ok());
+        let running = self.running.get(id).map(|r| r.record.clone());
+        stored
+            .chain(running)
             .map(|a| {
+                let outcome = match (&a.error, a.ended_ms) {
+                    (_, 0) => "running",
+                    (None, _) => "completed",
+                    (Some(e), _) => e.reason.as_str(),
+                };
                 json!({
                     "attempt": a.attempt,
-                    "started_at_ms": a.started_ms,
+                    // 0 when the engine stopped before the attempt's start was recorded.
+                    "started_at_ms": (a.started_ms > 0).then_some(a.started_ms),
                     "ended_at_ms": (a.ended_ms > 0).then_some(a.ended_ms),
                     "worker_id": a.worker_id,
-                    "outcome": match (&a.error, a.ended_ms) { (_, 0) => "running", (None, _) => "completed", (Some(e), _) => e.reason.as_str() },
+                    "outcome": outcome,
                     "error": a.error.as_ref().map(error_view),
                 })
             })

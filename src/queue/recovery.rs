@@ -38,6 +38,7 @@ impl Scheduler {
             next_due_ms: None,
             finished_tx,
             finished_rx: Some(finished_rx),
+            draining: false,
         };
         for kv in tree.scan_prefix([layout::QUEUES]) {
             let (k, v) = kv?;
@@ -99,12 +100,15 @@ impl Scheduler {
                 "engine_restart",
                 "the engine stopped while this attempt ran",
             );
-            let akey = layout::attempt(id, job.history_len);
-            if let Some(mut a) = self.store.get::<AttemptRecord>(&akey)? {
-                a.ended_ms = now_ms();
-                a.error = Some(err.clone());
-                batch.insert(akey, record(&a));
-            }
+            // The interrupted attempt's record was to be written when it ended: write it now.
+            let attempt = AttemptRecord {
+                attempt: job.history_len,
+                started_ms: 0,
+                ended_ms: now_ms(),
+                worker_id: None,
+                error: Some(err.clone()),
+            };
+            batch.insert(layout::attempt(id, attempt.attempt), record(&attempt));
             if job.attempts >= job.max_attempts {
                 self.fail(id, &mut job, err, &mut batch);
             } else {

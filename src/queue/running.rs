@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::dispatcher::{self, Finished};
 use super::now_ms;
-use super::scheduler::Scheduler;
+use super::scheduler::{RunningAttempt, Scheduler};
 use super::store::layout::{self, FnId};
 use super::store::records::{AttemptRecord, JobRecord, JobState};
 use super::store::{StoreError, record};
@@ -17,6 +17,9 @@ use crate::mesh::router::CallExtras;
 impl Scheduler {
     /// Starts ready jobs while queues have free slots and their functions have workers.
     pub(super) fn dispatch(&mut self) -> Result<(), StoreError> {
+        if self.draining {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         let mut started = 0usize;
         let names: Vec<String> = self.queues.keys().cloned().collect();
@@ -155,10 +158,15 @@ impl Scheduler {
             worker_id: Some(call.executor),
             error: None,
         };
-        batch.insert(layout::attempt(&id, attempt.attempt), record(&attempt));
         self.transition(&id, &mut job, JobState::Running, batch);
         let q = job.queue_id;
-        self.running.insert(id, q);
+        self.running.insert(
+            id,
+            RunningAttempt {
+                queue: q,
+                record: attempt,
+            },
+        );
         if let Some(rt) = self.queue_mut(q) {
             rt.running += 1;
         }
@@ -184,7 +192,11 @@ impl Scheduler {
 
     /// Records one attempt's outcome into `batch`: completed, retry later, or dead.
     fn finish_into(&mut self, f: Finished, batch: &mut sled::Batch) -> Result<(), StoreError> {
-        let Some(q) = self.running.remove(&f.job) else {
+        let Some(RunningAttempt {
+            queue: q,
+            record: mut attempt,
+        }) = self.running.remove(&f.job)
+        else {
             return Ok(());
         };
         if let Some(rt) = self.queue_mut(q) {
@@ -197,14 +209,7 @@ impl Scheduler {
             return Ok(()); // cancelled or purged while it ran
         }
         let now = now_ms();
-        let akey = layout::attempt(&f.job, job.history_len);
-        let mut attempt: AttemptRecord = self.store.get(&akey)?.unwrap_or(AttemptRecord {
-            attempt: job.history_len,
-            started_ms: now,
-            ended_ms: 0,
-            worker_id: None,
-            error: None,
-        });
+        let akey = layout::attempt(&f.job, attempt.attempt);
         attempt.ended_ms = now;
         match f.outcome {
             Ok(result) => {

@@ -14,7 +14,7 @@ use super::dispatcher::Finished;
 use super::ops::Op;
 use super::settings::{QueueConfig, QueueSettings};
 use super::store::layout::{self, FnId, QueueId};
-use super::store::records::{Counts, JobState, QueueRecord};
+use super::store::records::{AttemptRecord, Counts, JobState, QueueRecord};
 use super::store::{Store, StoreError, record};
 use super::{EnqueueRequest, Enqueued, now_ms};
 use crate::mesh::{Mesh, MeshEvent};
@@ -26,6 +26,8 @@ pub enum Command {
     /// Stop: the scheduler (and its handle on the store) goes away; running
     /// attempts are left `running` and go back to ready at the next start.
     Shutdown,
+    /// Engine shutdown has begun: start nothing new.
+    Drain,
 }
 
 /// How often completed jobs past their retention are pruned.
@@ -46,6 +48,11 @@ pub struct QueueRt {
     pub cursor: FnId,
 }
 
+pub struct RunningAttempt {
+    pub queue: QueueId,
+    pub record: AttemptRecord,
+}
+
 pub struct Scheduler {
     pub(super) mesh: Mesh,
     pub(super) store: Arc<Store>,
@@ -55,13 +62,16 @@ pub struct Scheduler {
     pub(super) fn_ids: HashMap<(String, String), FnId>,
     pub(super) fn_keys: HashMap<FnId, (String, String)>,
     pub(super) next_seq: u64,
-    /// Jobs being run: job → queue.
-    pub(super) running: HashMap<Uuid, QueueId>,
+    /// Attempts in progress. Their record is written once, when they end
+    /// (recovery writes it for attempts a stop interrupted).
+    pub(super) running: HashMap<Uuid, RunningAttempt>,
     pub(super) next_due_ms: Option<u64>,
     /// Attempt outcomes have their own channel, read first, so a flood of
     /// enqueues cannot starve completions (and with them free slots).
     pub(super) finished_tx: mpsc::UnboundedSender<Finished>,
     pub(super) finished_rx: Option<mpsc::UnboundedReceiver<Finished>>,
+    /// Set when the engine shuts down: no job is started any more.
+    pub(super) draining: bool,
 }
 
 impl Scheduler {
@@ -132,6 +142,7 @@ impl Scheduler {
         match cmd {
             Command::Enqueue(req, reply) => self.enqueue_all(vec![(req, reply)]),
             Command::Shutdown => {}
+            Command::Drain => self.draining = true,
             Command::Op(op, reply) => {
                 let (result, ticket) = self.op(op);
                 let store = self.store.clone();
