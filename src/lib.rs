@@ -15,6 +15,7 @@
 //! - [`logging`]: tracing setup (text or JSON).
 //! - [`client`]: an async worker-protocol client (call, enqueue, serve functions).
 
+pub mod client;
 pub mod config;
 pub mod edge;
 pub mod functions;

@@ -1,0 +1,269 @@
+//! Durable-queue load generator, against the real engine binary.
+//!
+//! 1. enqueue: `--producers` concurrent producers (64), each waiting for its
+//!    acknowledgement (after fsync) before the next → durable enqueues/s and
+//!    acknowledgement latency;
+//! 2. end to end: the same producers while a trivial worker runs the jobs →
+//!    jobs/s from the first enqueue to the last completion;
+//! 3. idle latency: one job at a time on an idle queue → enqueue → start;
+//! 4. restart: `--restart-jobs` queued jobs (1,000,000), SIGKILL, restart →
+//!    time until an enqueue is acknowledged again, and disk bytes per job.
+//!
+//! ```text
+//! cargo bench --bench queue                 # full run (several minutes: 1M jobs)
+//! cargo bench --bench queue -- --quick      # smoke run (~30 s)
+//! cargo bench --bench queue -- --json       # one JSON object on stdout
+//! ```
+//! Targets are printed for reference and never asserted.
+
+mod common;
+
+use common::{Engine, disk_bytes, flag, machine, number};
+use hdrhistogram::Histogram;
+use qmesh::client::Client;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const CONNECTIONS: usize = 8;
+
+fn payload(i: u64) -> Value {
+    json!({ "order": i, "sku": "A-100", "qty": 2 })
+}
+
+async fn clients(url: &str, n: usize) -> Vec<Client> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let c = Client::connect(url).await.expect("connect");
+        c.announce(&format!("bench-producer-{i}"))
+            .expect("announce");
+        out.push(c);
+    }
+    out
+}
+
+/// `producers` tasks enqueue until `total` jobs are acknowledged; returns
+/// (elapsed, acknowledgement latency histogram in µs).
+async fn produce(
+    clients: &[Client],
+    producers: usize,
+    total: u64,
+    queue: &str,
+    function: &str,
+) -> (Duration, Histogram<u64>) {
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let (c, next, queue, function) = (
+            clients[p % clients.len()].clone(),
+            next.clone(),
+            queue.to_owned(),
+            function.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return h;
+                }
+                let t = Instant::now();
+                c.enqueue(&queue, &function, payload(i))
+                    .await
+                    .expect("enqueue acknowledged");
+                let _ = h.record(t.elapsed().as_micros() as u64);
+            }
+        }));
+    }
+    let mut all = Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        all.add(t.await.unwrap()).unwrap();
+    }
+    (started.elapsed(), all)
+}
+
+async fn stats(c: &Client, queue: &str) -> Value {
+    c.call("queue::stats", json!({ "queue": queue }))
+        .await
+        .expect("queue::stats")
+}
+
+async fn end_to_end(url: &str, producers: &[Client], n_producers: usize, jobs: u64) -> Value {
+    let worker = Client::connect(url).await.expect("worker");
+    worker
+        .register_function(
+            "bench::work",
+            |_input: Value| async move { Ok(Value::Null) },
+        )
+        .expect("register");
+    worker.announce("bench-worker").expect("announce");
+    producers[0]
+        .wait_for_function("bench::work", Duration::from_secs(10))
+        .await
+        .expect("registered");
+    let started = Instant::now();
+    let (enqueued_in, _) = produce(producers, n_producers, jobs, "bench-e2e", "bench::work").await;
+    loop {
+        let s = stats(&producers[0], "bench-e2e").await;
+        if s["completed"].as_u64().unwrap_or(0) >= jobs {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    worker.close().await;
+    json!({
+        "jobs": jobs,
+        "jobs_per_sec": (jobs as f64 / elapsed.as_secs_f64()).round(),
+        "enqueue_phase_secs": round2(enqueued_in.as_secs_f64()),
+        "total_secs": round2(elapsed.as_secs_f64()),
+    })
+}
+
+/// One job at a time on an idle queue: time from sending the enqueue to the handler starting.
+async fn idle_latency(url: &str, producer: &Client, samples: usize) -> Value {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let worker = Client::connect(url).await.expect("worker");
+    worker
+        .register_function("bench::stamp", move |_input: Value| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(Instant::now());
+                Ok(Value::Null)
+            }
+        })
+        .expect("register");
+    worker.announce("bench-stamp").expect("announce");
+    producer
+        .wait_for_function("bench::stamp", Duration::from_secs(10))
+        .await
+        .expect("registered");
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for i in 0..samples as u64 {
+        let sent = Instant::now();
+        let p = producer.clone();
+        let ack =
+            tokio::spawn(async move { p.enqueue("bench-idle", "bench::stamp", payload(i)).await });
+        let started = rx.recv().await.expect("handler ran");
+        ack.await.unwrap().expect("acknowledged");
+        let _ = h.record(started.duration_since(sent).as_micros() as u64);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.close().await;
+    json!({
+        "samples": samples,
+        "p50_ms": ms(h.value_at_quantile(0.5)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+async fn restart(n_producers: usize, jobs: u64) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut engine = Engine::start_in(dir.path());
+    let producers = clients(&engine.url, CONNECTIONS).await;
+    let (elapsed, _) = produce(
+        &producers,
+        n_producers,
+        jobs,
+        "bench-restart",
+        "bench::nobody",
+    )
+    .await;
+    for p in &producers {
+        p.close().await;
+    }
+    engine.kill();
+    let bytes = disk_bytes(&dir.path().join("store"));
+    let t = Instant::now();
+    let engine = Engine::start_in(dir.path());
+    let listening = t.elapsed();
+    let c = Client::connect(&engine.url)
+        .await
+        .expect("connect after restart");
+    c.enqueue("bench-restart", "bench::nobody", payload(0))
+        .await
+        .expect("enqueue after restart");
+    let accepting = t.elapsed();
+    let s = stats(&c, "bench-restart").await;
+    json!({
+        "queued_jobs": jobs,
+        "fill_jobs_per_sec": (jobs as f64 / elapsed.as_secs_f64()).round(),
+        "restart_to_listening_ms": listening.as_millis() as u64,
+        "restart_to_first_ack_ms": accepting.as_millis() as u64,
+        "ready_after_restart": s["ready"].as_u64().unwrap_or(0) + s["waiting_for_worker"].as_u64().unwrap_or(0),
+        "disk_bytes": bytes,
+        "disk_bytes_per_job": bytes / jobs.max(1),
+    })
+}
+
+fn ms(us: u64) -> f64 {
+    round2(us as f64 / 1000.0)
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn main() {
+    let quick = flag("--quick");
+    let producers = number("--producers", 64.0) as usize;
+    let enqueue_jobs = number("--enqueue-jobs", if quick { 20_000.0 } else { 200_000.0 }) as u64;
+    let e2e_jobs = number("--e2e-jobs", if quick { 20_000.0 } else { 200_000.0 }) as u64;
+    let restart_jobs = number(
+        "--restart-jobs",
+        if quick { 100_000.0 } else { 1_000_000.0 },
+    ) as u64;
+    // One client thread, so the engine keeps the other core.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(async {
+        let engine = Engine::start();
+        let producer_clients = clients(&engine.url, CONNECTIONS).await;
+        let (elapsed, acks) = produce(
+            &producer_clients,
+            producers,
+            enqueue_jobs,
+            "bench-enqueue",
+            "bench::nobody",
+        )
+        .await;
+        let enqueue = json!({
+            "jobs": enqueue_jobs,
+            "producers": producers,
+            "enqueues_per_sec": (enqueue_jobs as f64 / elapsed.as_secs_f64()).round(),
+            "ack_p50_ms": ms(acks.value_at_quantile(0.5)),
+            "ack_p99_ms": ms(acks.value_at_quantile(0.99)),
+        });
+        let e2e = end_to_end(&engine.url, &producer_clients, producers, e2e_jobs).await;
+        let idle = idle_latency(
+            &engine.url,
+            &producer_clients[0],
+            if quick { 50 } else { 300 },
+        )
+        .await;
+        drop(engine);
+        let restart = restart(producers, restart_jobs).await;
+        json!({
+            "machine": machine(),
+            "enqueue": enqueue,
+            "end_to_end": e2e,
+            "idle_enqueue_to_start": idle,
+            "restart": restart,
+            "targets": {
+                "enqueues_per_sec": 20_000, "jobs_per_sec": 10_000,
+                "idle_p50_ms": 5.0, "restart_to_first_ack_ms": 2_000,
+            },
+        })
+    });
+    if flag("--json") {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    }
+}
