@@ -392,3 +392,75 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
     assert_eq!(r["result"], "done");
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_providers_refusal_reaches_the_binder_and_the_binding_parks() {
+    let engine = TestEngine::start().await;
+    let mut provider = RawClient::worker(&engine.url, "provider").await;
+    provider
+        .send(json!({"type":"registertriggertype","id":"cron","description":"every so often"}))
+        .await;
+    let mut binder = engine.worker_with("binder", &["jobs::tick"]).await;
+    binder
+        .send(json!({"type":"registertrigger","id":"b1","trigger_type":"cron","function_id":"jobs::tick","config":{"expression":"nonsense"}}))
+        .await;
+    let fwd = provider
+        .recv_until("registertrigger", |v| v["type"] == "registertrigger")
+        .await;
+    assert_eq!(fwd["id"], "b1");
+    assert_eq!(fwd["config"], json!({"expression":"nonsense"}));
+    // A result from someone who is not the provider is ignored.
+    binder
+        .send(json!({"type":"triggerregistrationresult","id":"b1","trigger_type":"cron","function_id":"jobs::tick","error":{"code":"x","message":"spoof"}}))
+        .await;
+    provider
+        .send(json!({"type":"triggerregistrationresult","id":"b1","trigger_type":"cron","function_id":"jobs::tick",
+            "error":{"code":"bad_expression","message":"cannot parse nonsense"}}))
+        .await;
+    let relayed = binder
+        .recv_until("relayed error", |v| {
+            v["type"] == "triggerregistrationresult"
+        })
+        .await;
+    assert_eq!(relayed["error"]["code"], "bad_expression");
+    assert_eq!(relayed["id"], "b1");
+    let list = binder
+        .call("engine::registered-triggers::list", json!({}))
+        .await;
+    assert_eq!(
+        list["result"]["registered_triggers"][0]["state"], "parked",
+        "{list}"
+    );
+    // The binder's disconnect unbinds it (parked bindings are simply dropped).
+    drop(binder);
+    engine
+        .until("binding gone", |m| m.inspect(|st| st.bindings.is_empty()))
+        .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_with_503() {
+    let mut config = test_config();
+    config.limits.max_connections = 2;
+    let engine = TestEngine::start_with(config).await;
+    let a = RawClient::connect(&engine.url).await;
+    let _b = RawClient::connect(&engine.url).await;
+    match tokio_tungstenite::connect_async(&engine.url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("expected a 503 refusal, got {other:?}"),
+    }
+    drop(a);
+    engine.until("slot freed", |m| m.stats().workers == 1).await;
+    let start = std::time::Instant::now();
+    loop {
+        // The slot is released when the closed socket's task ends.
+        if tokio_tungstenite::connect_async(&engine.url).await.is_ok() {
+            break;
+        }
+        assert!(start.elapsed() < common::WAIT, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(engine.health().await["status"], "ok");
+    engine.stop().await;
+}

@@ -148,6 +148,8 @@ pub fn test_config() -> Config {
     let mut c = Config::default();
     c.invocation.namespace_grace = Duration::from_millis(50);
     c.invocation.rebind_grace = Duration::from_secs(3);
+    // Tests that leave calls unanswered should not wait the production grace period.
+    c.server.shutdown_grace = Duration::from_secs(2);
     c
 }
 
