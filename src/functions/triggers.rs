@@ -40,19 +40,7 @@ pub fn list_types(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
                 .is_none_or(|p| k.1.starts_with(p.as_str()))
         })
         .map(|(k, t)| views::trigger_type_summary(&st, k, t))
-        .filter(|v| {
-            a.worker
-                .as_ref()
-                .is_none_or(|w| v["worker_name"] == w.as_str())
-        })
-        .filter(|v| {
-            a.search.as_ref().is_none_or(|s| {
-                let s = s.to_lowercase();
-                [&v["id"], &v["description"]]
-                    .iter()
-                    .any(|f| f.as_str().unwrap_or_default().to_lowercase().contains(&s))
-            })
-        })
+        .filter(|v| views::view_matches(v, &a.worker, &a.search, &["id", "description"]))
         .collect();
     out.sort_by_key(|v| {
         (
@@ -109,22 +97,12 @@ pub fn list_bindings(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
         .filter(|b| a.function_id.as_ref().is_none_or(|f| &b.function_id == f))
         .map(|b| views::binding_summary(&st, b))
         .filter(|v| {
-            a.worker
-                .as_ref()
-                .is_none_or(|w| v["worker_name"] == w.as_str())
-        })
-        .filter(|v| {
-            a.search.as_ref().is_none_or(|s| {
-                let s = s.to_lowercase();
-                ["id", "trigger_type", "function_id", "config_summary"]
-                    .iter()
-                    .any(|k| {
-                        v[k].as_str()
-                            .unwrap_or_default()
-                            .to_lowercase()
-                            .contains(&s)
-                    })
-            })
+            views::view_matches(
+                v,
+                &a.worker,
+                &a.search,
+                &["id", "trigger_type", "function_id", "config_summary"],
+            )
         })
         .collect();
     out.sort_by_key(|v| v["id"].as_str().unwrap_or_default().to_owned());

@@ -26,6 +26,25 @@ fn matches_search(search: &Option<String>, fields: &[&str]) -> bool {
     }
 }
 
+/// Whether a listed item passes the common `worker` and `search` filters:
+/// `worker` names the item's `worker_name`; `search` is a case-insensitive
+/// substring of any of `fields`.
+pub fn view_matches(
+    v: &Value,
+    worker: &Option<String>,
+    search: &Option<String>,
+    fields: &[&str],
+) -> bool {
+    let by_worker = worker
+        .as_ref()
+        .is_none_or(|w| v["worker_name"] == w.as_str());
+    let texts: Vec<&str> = fields
+        .iter()
+        .map(|f| v[*f].as_str().unwrap_or_default())
+        .collect();
+    by_worker && matches_search(search, &texts)
+}
+
 /// `worker_name` of a function: its first provider's name, else the first `::` segment.
 fn worker_name_of(st: &State, function_id: &str, providers: &[Uuid]) -> String {
     providers
