@@ -1,18 +1,25 @@
-//! kill -9 under load: the real `qmesh` binary is killed with SIGKILL while a
-//! producer enqueues 10,000 jobs and a worker runs them; after a restart on
+//! kill -9 under load: the real `qmesh` binary is SIGKILLed while a producer
+//! written with the published Rust SDK enqueues 10,000 jobs
+//! (`TriggerAction::Enqueue`) and an SDK worker runs them; after a restart on
 //! the same store, every acknowledged receipt must complete at least once.
 
 mod common;
 
-use common::RawClient;
-use serde_json::json;
+use common::sdk::{sdk_worker, stop};
+use iii_sdk::protocol::TriggerRequest;
+use iii_sdk::{IIIClient, RegisterFunction, TriggerAction};
+use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
-const JOBS: usize = 10_000;
+const JOBS: u64 = 10_000;
 const KILL_AFTER_ACKS: usize = 3_000;
+const PRODUCERS: usize = 64;
 
 /// Starts the engine binary on an ephemeral port; returns it and its URL.
 fn start_engine(data_dir: &std::path::Path) -> (Child, String) {
@@ -36,100 +43,147 @@ fn start_engine(data_dir: &std::path::Path) -> (Child, String) {
     (child, url)
 }
 
-/// Runs jobs until the socket closes or `done` says stop; returns the `n`s it saw.
-/// `pace` slows the worker so acknowledged jobs are still queued at the kill.
-async fn work(
-    mut w: RawClient,
-    pace: Duration,
-    done: impl Fn(&HashSet<u64>) -> bool,
-) -> HashSet<u64> {
-    let mut seen = HashSet::new();
-    while !done(&seen) {
-        let Ok(Some(inv)) = tokio::time::timeout(Duration::from_secs(30), w.recv()).await else {
-            break;
-        };
-        if inv["type"] != "invokefunction" {
-            continue;
+/// An SDK worker running `crash::work`, reporting each job's `n`; `pace`
+/// slows it so acknowledged jobs are still queued at the kill.
+fn worker(url: &str, ran: mpsc::UnboundedSender<u64>, pace: Duration) -> IIIClient {
+    let w = sdk_worker(url, "crash-worker");
+    w.register_function(
+        "crash::work",
+        RegisterFunction::new_async(move |input: Value| {
+            let _ = ran.send(input["n"].as_u64().unwrap_or(u64::MAX));
+            async move {
+                tokio::time::sleep(pace).await;
+                Ok::<_, iii_sdk::Error>(json!(true))
+            }
+        }),
+    );
+    w
+}
+
+/// Waits until the engine routes `crash::work`.
+async fn until_registered(client: &IIIClient) {
+    let start = Instant::now();
+    loop {
+        let listed = client
+            .trigger(TriggerRequest {
+                function_id: "engine::functions::list".into(),
+                payload: json!({}),
+                action: None,
+                timeout_ms: Some(2_000),
+            })
+            .await;
+        if listed.is_ok_and(|l| {
+            l["functions"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["function_id"] == "crash::work"))
+        }) {
+            return;
         }
-        seen.insert(inv["data"]["n"].as_u64().expect("n"));
-        tokio::time::sleep(pace).await;
-        let reply = json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":inv["function_id"],"result":true});
-        if futures_util::SinkExt::send(
-            &mut w.ws,
-            tokio_tungstenite::tungstenite::Message::Text(reply.to_string().into()),
-        )
-        .await
-        .is_err()
-        {
-            break;
-        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "crash::work never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    seen
+}
+
+/// `PRODUCERS` concurrent SDK enqueues until the engine dies or all are sent;
+/// returns the `n` of every acknowledged job.
+async fn produce(producer: &IIIClient, acked: Arc<Mutex<HashSet<u64>>>, dead: Arc<AtomicBool>) {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..PRODUCERS {
+        let (p, next, acked, dead) = (producer.clone(), next.clone(), acked.clone(), dead.clone());
+        tasks.push(tokio::spawn(async move {
+            while !dead.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= JOBS {
+                    return;
+                }
+                let r = p
+                    .trigger(TriggerRequest {
+                        function_id: "crash::work".into(),
+                        payload: json!({ "n": n }),
+                        action: Some(TriggerAction::Enqueue {
+                            queue: "crash".into(),
+                        }),
+                        timeout_ms: Some(3_000),
+                    })
+                    .await;
+                match r {
+                    Ok(v) if v["messageReceiptId"].is_string() => {
+                        acked.lock().unwrap().insert(n);
+                    }
+                    _ => return, // the engine is gone: this enqueue was never acknowledged
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+fn drain(rx: &mut mpsc::UnboundedReceiver<u64>, into: &mut HashSet<u64>) {
+    while let Ok(n) = rx.try_recv() {
+        into.insert(n);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_job_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let (mut engine, url) = start_engine(dir.path());
+    let (tx, mut ran_rx) = mpsc::unbounded_channel();
+    let first_worker = worker(&url, tx.clone(), Duration::from_millis(2));
+    let producer = sdk_worker(&url, "crash-producer");
+    until_registered(&producer).await;
 
-    let mut worker = RawClient::worker(&url, "crash-worker").await;
-    worker.register_function("crash::work").await;
-    let first_run = tokio::spawn(work(worker, Duration::from_millis(2), |_| false));
-
-    let mut producer = RawClient::worker(&url, "producer").await;
-    let mut pending = std::collections::HashMap::new();
-    for n in 0..JOBS as u64 {
-        let id = uuid::Uuid::new_v4().to_string();
-        pending.insert(id.clone(), n);
-        producer
-            .send(json!({"type":"invokefunction","invocation_id":id,"function_id":"crash::work","data":{"n":n},
-                "action":{"type":"enqueue","queue":"crash"}}))
-            .await;
-    }
-    let mut acked: HashSet<u64> = HashSet::new();
-    while acked.len() < KILL_AFTER_ACKS {
-        let r = producer.recv().await.expect("engine alive before the kill");
-        if r["type"] == "invocationresult" {
-            assert!(r["result"]["messageReceiptId"].is_string(), "{r}");
-            acked.insert(pending[r["invocation_id"].as_str().unwrap()]);
-        }
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let dead = Arc::new(AtomicBool::new(false));
+    let producing = {
+        let (producer, acked, dead) = (producer.clone(), acked.clone(), dead.clone());
+        tokio::spawn(async move { produce(&producer, acked, dead).await })
+    };
+    let start = Instant::now();
+    while acked.lock().unwrap().len() < KILL_AFTER_ACKS {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "producers stalled before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     engine.kill().expect("SIGKILL");
     engine.wait().unwrap();
-    // Acks already on the socket when the engine died count too.
-    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(2), producer.recv()).await {
-        if r["result"]["messageReceiptId"].is_string() {
-            acked.insert(pending[r["invocation_id"].as_str().unwrap()]);
-        }
-    }
-    let before = first_run.await.unwrap();
+    dead.store(true, Ordering::Relaxed);
+    producing.await.unwrap();
+    let acked: HashSet<u64> = acked.lock().unwrap().clone();
+    let mut ran = HashSet::new();
+    drain(&mut ran_rx, &mut ran);
+    let ran_before = ran.len();
+    stop(first_worker).await;
+    stop(producer).await;
 
     let (mut engine, url) = start_engine(dir.path());
-    let mut worker = RawClient::worker(&url, "crash-worker").await;
-    worker.register_function("crash::work").await;
-    let missing: HashSet<u64> = acked.difference(&before).copied().collect();
+    let second_worker = worker(&url, tx, Duration::ZERO);
     let started = Instant::now();
-    let after = tokio::time::timeout(
-        Duration::from_secs(120),
-        work(worker, Duration::ZERO, move |seen| missing.is_subset(seen)),
-    )
-    .await
-    .expect("every acknowledged job ran after the restart");
-    let ran: HashSet<u64> = before.union(&after).copied().collect();
-    let lost: Vec<_> = acked.difference(&ran).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged jobs lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
+    while !acked.is_subset(&ran) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{} acknowledged jobs never ran after the restart",
+            acked.difference(&ran).count()
+        );
+        if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(200), ran_rx.recv()).await {
+            ran.insert(n);
+        }
+        drain(&mut ran_rx, &mut ran);
+    }
     eprintln!(
-        "acked {} of {JOBS}; ran {} before the kill and {} after ({} ms to finish)",
+        "acked {} of {JOBS}; {ran_before} ran before the kill, all acknowledged ones ran {} ms after the restart",
         acked.len(),
-        before.len(),
-        after.len(),
         started.elapsed().as_millis()
     );
+    stop(second_worker).await;
     engine.kill().ok();
     engine.wait().ok();
 }

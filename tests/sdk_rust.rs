@@ -16,15 +16,13 @@
 
 mod common;
 
+use common::sdk::{sdk_worker, stop};
 use common::{RawClient, TestEngine};
 use futures_util::{SinkExt, StreamExt};
 use iii_sdk::protocol::{RegisterTriggerInput, TriggerRequest};
-use iii_sdk::runtime::{IIIConnectionState, WorkerMetadata};
+use iii_sdk::runtime::IIIConnectionState;
 use iii_sdk::trigger::{TriggerConfig, TriggerHandler};
-use iii_sdk::{
-    Error as SdkError, IIIClient, InitOptions, RegisterFunction, RegisterTriggerType,
-    TriggerAction, WorkerIdentityMode, register_worker,
-};
+use iii_sdk::{Error as SdkError, IIIClient, RegisterFunction, RegisterTriggerType, TriggerAction};
 use qmesh::mesh::Mesh;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -39,33 +37,6 @@ use uuid::Uuid;
 
 /// How long a test waits for one expected event before failing.
 const DEADLINE: Duration = Duration::from_secs(5);
-
-/// An SDK worker with a fixed name (no `III_WORKER_NAME` override) and no
-/// OpenTelemetry socket (its exporter is process-global and would outlive
-/// the test's engine).
-fn sdk_worker(url: &str, name: &str) -> IIIClient {
-    let mut otel = InitOptions::default().otel.unwrap_or_default();
-    otel.enabled = Some(false);
-    register_worker(
-        url,
-        InitOptions {
-            metadata: Some(WorkerMetadata {
-                name: name.to_owned(),
-                ..Default::default()
-            }),
-            otel: Some(otel),
-            identity: WorkerIdentityMode::Explicit,
-            ..Default::default()
-        },
-    )
-}
-
-/// `shutdown` joins the client's connection thread, so keep it off the runtime.
-async fn stop(client: IIIClient) {
-    tokio::task::spawn_blocking(move || client.shutdown())
-        .await
-        .expect("shutdown");
-}
 
 /// A sync call with a short SDK timeout, so a missing answer fails fast.
 async fn call(client: &IIIClient, function_id: &str, payload: Value) -> Result<Value, SdkError> {

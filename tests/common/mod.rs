@@ -268,3 +268,4 @@ async fn next_json(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) -> Optio
     }
 }
 pub mod programs;
+pub mod sdk;
