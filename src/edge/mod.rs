@@ -17,6 +17,7 @@ pub mod worker_socket;
 
 use axum::Router;
 use axum::routing::{any, get};
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,6 +84,13 @@ pub async fn serve(
         .with_state(state);
     let draining = mesh.clone();
     ready(listener.local_addr()?);
+    // Calls are small frames answered at once: Nagle's algorithm would hold
+    // a reply back until the previous frame is acknowledged (up to ~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+        }
+    });
     let serving = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
