@@ -1,8 +1,8 @@
-//! Schema version 1: the first layout (see `src/queue/store/layout.rs`).
+//! Schema version 1: the first layout (see `src/store/layout.rs`).
 //! Creates the `queue` tree and its sequence high-water mark.
 
-use crate::queue::store::StoreError;
-use crate::queue::store::layout;
+use crate::store::StoreError;
+use crate::store::layout;
 
 pub fn apply(db: &sled::Db) -> Result<(), StoreError> {
     let tree = db.open_tree(layout::QUEUE_TREE)?;

@@ -10,7 +10,9 @@
 //! - [`functions`]: engine functions (`engine::*`) that workers call like any other.
 //! - [`edge`]: the network edge: one listener for worker sockets, telemetry
 //!   sockets and `/health`; `edge::run(listener, config, shutdown)` is the server.
-//! - [`queue`]: the durable queue (store, scheduler, dispatcher).
+//! - [`queue`]: the durable queue (scheduler, dispatcher, operator views).
+//! - [`store`]: the embedded sled store: layout, record codec, schema
+//!   migrations, group commit. The one place that knows the bytes on disk.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`logging`]: tracing setup (text or JSON).
 //! - [`client`]: an async worker-protocol client (call, enqueue, serve functions).
@@ -23,6 +25,7 @@ pub mod logging;
 pub mod mesh;
 pub mod protocol;
 pub mod queue;
+pub mod store;
 
 pub use config::Config;
 pub use edge::run;

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::mesh::{Mesh, events};
 use crate::protocol::codes::close;
 use crate::queue::Queues;
-use crate::queue::store::Store;
+use crate::store::Store;
 
 /// What every request handler can reach.
 #[derive(Clone)]

@@ -11,8 +11,8 @@ use super::{CallCtx, Reply, args};
 use crate::mesh::Mesh;
 use crate::protocol::{ErrorBody, codes, to_payload};
 use crate::queue::ops::Op;
-use crate::queue::store::records::JobState;
 use crate::queue::{EnqueueRequest, now_ms};
+use crate::store::records::JobState;
 
 fn invalid(msg: impl Into<String>) -> ErrorBody {
     ErrorBody::new(codes::INVALID_ARGUMENTS, msg)

@@ -6,10 +6,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::store::records::{ErrorRecord, FailReason};
 use crate::mesh::Mesh;
 use crate::mesh::router::InternalCall;
 use crate::protocol::{ErrorBody, Payload, codes};
+use crate::store::records::{ErrorRecord, FailReason};
 
 /// An attempt's end, reported to the scheduler.
 pub struct Finished {

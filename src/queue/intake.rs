@@ -8,11 +8,11 @@ use uuid::Uuid;
 
 use super::scheduler::{Scheduler, store_error};
 use super::settings::{Ordering, QueueSettings};
-use super::store::layout::{self, QueueId};
-use super::store::records::{JobRecord, JobState};
-use super::store::{StoreError, record};
 use super::{EnqueueRequest, Enqueued, now_ms};
 use crate::protocol::{ErrorBody, codes};
+use crate::store::layout::{self, QueueId};
+use crate::store::records::{JobRecord, JobState};
+use crate::store::{StoreError, record};
 
 /// What earlier jobs of the same (not yet applied) batch claimed.
 #[derive(Default)]

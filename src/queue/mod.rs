@@ -1,7 +1,7 @@
 //! The durable queue: `Enqueue` calls persisted in the embedded store and
 //! delivered later through the live mesh, with retries and dead letters.
 //!
-//! - [`store`]: sled layout, record codec, schema migrations, group commit.
+//! Its records live in [`crate::store`].
 //! - [`settings`]: per-queue settings and the backoff formula.
 //! - [`scheduler`]: the single task that owns every queue's state and every
 //!   write to the store (so transitions never race); its work is split into
@@ -20,7 +20,6 @@ pub mod recovery;
 mod running;
 pub mod scheduler;
 pub mod settings;
-pub mod store;
 mod transitions;
 mod upkeep;
 
@@ -31,8 +30,8 @@ use uuid::Uuid;
 
 use crate::mesh::Mesh;
 use crate::protocol::{ErrorBody, Payload, codes};
+use crate::store::{Store, StoreError};
 use scheduler::Command;
-use store::{Store, StoreError};
 
 /// A job to persist.
 #[derive(Debug)]

@@ -7,10 +7,10 @@ use uuid::Uuid;
 
 use super::now_ms;
 use super::scheduler::{QueueRt, Scheduler};
-use super::store::layout;
-use super::store::records::{AttemptRecord, ErrorRecord, JobRecord, JobState};
-use super::store::{StoreError, Ticket, record};
 use crate::protocol::{ErrorBody, codes};
+use crate::store::layout;
+use crate::store::records::{AttemptRecord, ErrorRecord, JobRecord, JobState};
+use crate::store::{StoreError, Ticket, record};
 
 #[derive(Debug)]
 pub enum Op {
@@ -193,7 +193,7 @@ impl Scheduler {
             .tree()
             .scan_prefix(layout::attempts_prefix(id))
             .filter_map(|kv| kv.ok())
-            .filter_map(|(_, v)| super::store::codec::decode::<AttemptRecord>(&v).ok());
+            .filter_map(|(_, v)| crate::store::codec::decode::<AttemptRecord>(&v).ok());
         let running = self.running.get(id).map(|r| r.record.clone());
         stored
             .chain(running)
@@ -355,7 +355,7 @@ impl Scheduler {
 
     fn pause(&mut self, queue: &str, paused: bool) -> Result<(Value, Option<Ticket>), ErrorBody> {
         let q = self.rt(queue)?;
-        let rec = super::store::records::QueueRecord {
+        let rec = crate::store::records::QueueRecord {
             id: q.id,
             paused,
             created_ms: now_ms(),

@@ -11,10 +11,10 @@ use uuid::Uuid;
 use super::dispatcher::record as error_record;
 use super::now_ms;
 use super::scheduler::{Scheduler, new_queue_rt};
-use super::store::layout::{self, FnId};
-use super::store::records::{AttemptRecord, Counts, FailReason, JobRecord, JobState, QueueRecord};
-use super::store::{Store, StoreError, codec, record};
 use crate::mesh::Mesh;
+use crate::store::layout::{self, FnId};
+use crate::store::records::{AttemptRecord, Counts, FailReason, JobRecord, JobState, QueueRecord};
+use crate::store::{Store, StoreError, codec, record};
 
 impl Scheduler {
     pub fn load(mesh: Mesh, store: Arc<Store>) -> Result<Self, StoreError> {

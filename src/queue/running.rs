@@ -9,10 +9,10 @@ use uuid::Uuid;
 use super::dispatcher::{self, Finished};
 use super::now_ms;
 use super::scheduler::{RunningAttempt, Scheduler};
-use super::store::layout::{self, FnId};
-use super::store::records::{AttemptRecord, JobRecord, JobState};
-use super::store::{StoreError, record};
 use crate::mesh::router::CallExtras;
+use crate::store::layout::{self, FnId};
+use crate::store::records::{AttemptRecord, JobRecord, JobState};
+use crate::store::{StoreError, record};
 
 impl Scheduler {
     /// Starts ready jobs while queues have free slots and their functions have workers.

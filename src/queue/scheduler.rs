@@ -13,12 +13,12 @@ use uuid::Uuid;
 use super::dispatcher::Finished;
 use super::ops::Op;
 use super::settings::{QueueConfig, QueueSettings};
-use super::store::layout::{self, FnId, QueueId};
-use super::store::records::{AttemptRecord, Counts, JobState, QueueRecord};
-use super::store::{Store, StoreError, record};
 use super::{EnqueueRequest, Enqueued, now_ms};
 use crate::mesh::{Mesh, MeshEvent};
 use crate::protocol::{ErrorBody, codes};
+use crate::store::layout::{self, FnId, QueueId};
+use crate::store::records::{AttemptRecord, Counts, JobState, QueueRecord};
+use crate::store::{Store, StoreError, record};
 
 pub enum Command {
     Enqueue(EnqueueRequest, oneshot::Sender<Result<Enqueued, ErrorBody>>),

@@ -6,9 +6,9 @@ use uuid::Uuid;
 
 use super::now_ms;
 use super::scheduler::{Scheduler, unit_random};
-use super::store::layout::{self, FnId, QueueId};
-use super::store::records::{ErrorRecord, JobRecord, JobState};
-use super::store::{StoreError, record};
+use crate::store::layout::{self, FnId, QueueId};
+use crate::store::records::{ErrorRecord, JobRecord, JobState};
+use crate::store::{StoreError, record};
 
 impl Scheduler {
     /// Writes the index entry for a job's current state.

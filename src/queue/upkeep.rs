@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use super::now_ms;
 use super::scheduler::Scheduler;
-use super::store::layout;
-use super::store::records::{JobRecord, JobState};
-use super::store::{StoreError, record};
+use crate::store::layout;
+use crate::store::records::{JobRecord, JobState};
+use crate::store::{StoreError, record};
 
 /// Most jobs promoted or pruned in one batch.
 const UPKEEP_BATCH: usize = 10_000;

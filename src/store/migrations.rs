@@ -19,7 +19,7 @@ pub struct Step {
     pub apply: fn(&sled::Db) -> Result<(), StoreError>,
 }
 
-#[path = "../../../migrations/0001_initial.rs"]
+#[path = "../../migrations/0001_initial.rs"]
 mod m0001_initial;
 
 /// Every step, in order. The last one's version is the engine's schema version.
