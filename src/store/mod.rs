@@ -194,13 +194,57 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
                     "store synced"
                 );
                 synced = target;
-                let _ = s.synced.send(Ok(synced));
+                // `send` drops the value when nobody is subscribed, and a waiter
+                // arriving later would wait for a round that never comes.
+                let _previous = s.synced.send_replace(Ok(synced));
             }
             Err(e) => {
                 tracing::error!(error = %e, "store sync failed; acknowledgements are held back");
-                let _ = s.synced.send(Err(e));
+                let _previous = s.synced.send_replace(Err(e));
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Acknowledgements must not depend on who happened to be waiting when a
+    /// sync finished. Batches applied while the syncer is busy are covered by
+    /// its next round, which may end when nobody waits; a waiter that comes
+    /// afterwards must still see that round (the syncer has no reason to run
+    /// again for it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_nobody_waited_for_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let apply = |i: u32| {
+            let mut batch = sled::Batch::default();
+            batch.insert(&i.to_be_bytes(), &[]);
+            store.apply(batch).unwrap()
+        };
+        let first = apply(0);
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.durable(first).await }
+        });
+        // Apply while the first round is in flight, with nobody waiting on these.
+        let mut last = first;
+        for i in 1.. {
+            last = apply(i);
+            if waiter.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        waiter.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::timeout(Duration::from_secs(5), store.durable(last))
+            .await
+            .expect("a batch the syncer already covered is acknowledged")
+            .unwrap();
     }
 }
