@@ -85,41 +85,12 @@ impl Scheduler {
                 .map(|ms| Duration::from_millis(ms.saturating_sub(now_ms())));
             tokio::select! {
                 biased;
-                Some(f) = finished.recv() => {
-                    let mut outcomes = vec![f];
-                    while outcomes.len() < MAX_GROUP {
-                        match finished.try_recv() {
-                            Ok(f) => outcomes.push(f),
-                            Err(_) => break,
-                        }
+                Some(f) = finished.recv() => self.on_outcomes(f, &mut finished),
+                cmd = rx.recv() => {
+                    if !cmd.is_some_and(|cmd| self.on_commands(cmd, &mut rx)) {
+                        return;
                     }
-                    self.log_err("recording attempts", |s| s.finish_all(outcomes));
-                },
-                cmd = rx.recv() => match cmd {
-                    Some(Command::Shutdown) | None => return,
-                    Some(Command::Enqueue(req, reply)) => {
-                        // Take every enqueue already waiting: one batch, one sync.
-                        let mut group = vec![(req, reply)];
-                        let mut next = None;
-                        while group.len() < MAX_GROUP {
-                            match rx.try_recv() {
-                                Ok(Command::Enqueue(r, t)) => group.push((r, t)),
-                                Ok(other) => {
-                                    next = Some(other);
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        self.enqueue_all(group);
-                        match next {
-                            Some(Command::Shutdown) => return,
-                            Some(cmd) => self.handle(cmd),
-                            None => {}
-                        }
-                    }
-                    Some(cmd) => self.handle(cmd),
-                },
+                }
                 ev = events.recv() => match ev {
                     Ok(MeshEvent::FunctionAvailable(..)) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Ok(_) => continue,
@@ -128,8 +99,53 @@ impl Scheduler {
                 _ = sleep_for(due) => self.log_err("promoting due jobs", |s| s.promote_due()),
                 _ = prune.tick() => self.log_err("pruning completed jobs", |s| s.prune_completed()),
             }
+            // Whatever woke the loop, also take what waits on the other channel:
+            // with a busy worker outcomes never stop arriving, and the biased
+            // select alone would leave enqueues unanswered.
+            if let Ok(f) = finished.try_recv() {
+                self.on_outcomes(f, &mut finished);
+            }
+            if let Ok(cmd) = rx.try_recv()
+                && !self.on_commands(cmd, &mut rx)
+            {
+                return;
+            }
             self.log_err("dispatching", |s| s.dispatch());
         }
+    }
+
+    /// Records `first` and every outcome already waiting (up to a group) in one batch.
+    fn on_outcomes(&mut self, first: Finished, finished: &mut mpsc::UnboundedReceiver<Finished>) {
+        let mut outcomes = vec![first];
+        while outcomes.len() < MAX_GROUP {
+            match finished.try_recv() {
+                Ok(f) => outcomes.push(f),
+                Err(_) => break,
+            }
+        }
+        self.log_err("recording attempts", |s| s.finish_all(outcomes));
+    }
+
+    /// Handles `first`; an enqueue takes every enqueue already waiting with it
+    /// (one batch, one sync). Returns false when the scheduler must stop.
+    fn on_commands(&mut self, first: Command, rx: &mut mpsc::UnboundedReceiver<Command>) -> bool {
+        let Command::Enqueue(req, reply) = first else {
+            return self.handle(first);
+        };
+        let mut group = vec![(req, reply)];
+        let mut next = None;
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Command::Enqueue(r, t)) => group.push((r, t)),
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.enqueue_all(group);
+        next.is_none_or(|cmd| self.handle(cmd))
     }
 
     fn log_err(&mut self, what: &str, f: impl FnOnce(&mut Self) -> Result<(), StoreError>) {
@@ -138,10 +154,11 @@ impl Scheduler {
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
+    /// Handles one command; returns false for `Shutdown`.
+    fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Enqueue(req, reply) => self.enqueue_all(vec![(req, reply)]),
-            Command::Shutdown => {}
+            Command::Shutdown => return false,
             Command::Drain => self.draining = true,
             Command::Op(op, reply) => {
                 let (result, ticket) = self.op(op);
@@ -155,6 +172,7 @@ impl Scheduler {
                 });
             }
         }
+        true
     }
 
     /// The queue's runtime state, creating (and persisting) it on first use.
