@@ -194,13 +194,51 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
                     "store synced"
                 );
                 synced = target;
-                let _ = s.synced.send(Ok(synced));
+                // `send` drops the value when nobody is subscribed; a later
+                // `durable` would then read a stale position and wait forever.
+                let _ = s.synced.send_replace(Ok(synced));
             }
             Err(e) => {
                 tracing::error!(error = %e, "store sync failed; acknowledgements are held back");
-                let _ = s.synced.send(Err(e));
+                let _ = s.synced.send_replace(Err(e));
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn one_key_batch(k: &[u8]) -> sled::Batch {
+        let mut b = sled::Batch::default();
+        b.insert(k, b"v".as_slice());
+        b
+    }
+
+    /// A sync that ends while no `durable` waits must still be seen by the next one.
+    #[tokio::test]
+    async fn a_sync_nobody_waits_for_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store.apply(one_key_batch(b"a")).unwrap();
+        store.durable(first).await.unwrap();
+        let second = store.apply(one_key_batch(b"b")).unwrap();
+        // Wake the syncer with no subscriber, as a finished `durable` leaves it.
+        store.syncer.wake.notify_one();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while *store.syncer.synced.borrow() != Ok(second) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sync position is stale"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(5), store.durable(second))
+            .await
+            .expect("durable resolves")
+            .unwrap();
     }
 }
