@@ -95,8 +95,14 @@ async fn setup() -> (TestEngine, Client) {
             Err(ErrorBody::new("boom", "it broke"))
         })
         .unwrap();
+    worker
+        .register_function("t::slow", |_| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok(json!("late"))
+        })
+        .unwrap();
     worker.announce("cli-test").unwrap();
-    for f in ["t::echo", "t::fail"] {
+    for f in ["t::echo", "t::fail", "t::slow"] {
         worker
             .wait_for_function(f, Duration::from_secs(5))
             .await
@@ -172,6 +178,10 @@ async fn errors_carry_their_code_and_a_documented_exit_code() {
     assert_eq!(missing.code, 1);
     assert!(missing.stderr.contains("function_not_found"), "{missing:?}");
 
+    let slow = qmesh(url, &["call", "t::slow", "--timeout", "200ms", "--json"]).await;
+    assert_eq!(slow.code, 4, "{slow:?}");
+    assert_eq!(slow.json()["error"]["kind"], "timeout");
+
     let bad = qmesh(url, &["call", "t::echo", "{not json"]).await;
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("not valid JSON"), "{bad:?}");
@@ -222,7 +232,7 @@ async fn functions_workers_and_triggers_list_what_the_engine_knows() {
         .iter()
         .filter_map(|f| f["function_id"].as_str())
         .collect();
-    assert_eq!(ids, ["t::echo", "t::fail"]);
+    assert_eq!(ids, ["t::echo", "t::fail", "t::slow"]);
     let table = qmesh(url, &["functions", "--search", "echo"]).await;
     assert!(table.stdout.starts_with("FUNCTION"), "{table:?}");
     assert!(
@@ -239,7 +249,7 @@ async fn functions_workers_and_triggers_list_what_the_engine_knows() {
         .expect("the test worker is listed");
     assert_eq!(
         (w["runtime"].as_str(), w["function_count"].as_u64()),
-        (Some("rust"), Some(2))
+        (Some("rust"), Some(3))
     );
     assert!(qmesh(url, &["workers"]).await.stdout.contains("cli-test"));
 

@@ -273,8 +273,11 @@ async fn with_progress<F: Future<Output = Outcome>>(
         Limit::Duration(d) => (d.as_millis() as u64, true),
     };
     let bar = ProgressBar::new(len);
+    if let Limit::Duration(d) = limit {
+        bar.set_prefix(humantime::format_duration(d).to_string());
+    }
     let template = if by_time {
-        "{spinner} [{bar:40}] {elapsed} / {msg}"
+        "{spinner} [{bar:40}] {elapsed} of {prefix}  {msg}"
     } else {
         "{spinner} [{bar:40}] {pos}/{len} ops {msg}"
     };
