@@ -16,11 +16,13 @@
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`logging`]: tracing setup (text or JSON).
 //! - [`client`]: an async worker-protocol client (call, enqueue, serve functions).
+//! - [`loadgen`]: the closed-loop load generator behind `qmesh bench`.
 
 pub mod client;
 pub mod config;
 pub mod edge;
 pub mod functions;
+pub mod loadgen;
 pub mod logging;
 pub mod mesh;
 pub mod protocol;

@@ -44,14 +44,16 @@
 //!
 //! Files: `connection.rs` (socket tasks, calls in flight, running handlers),
 //! `wire.rs` (the frames a worker sends and reads), `ids.rs` (invocation ids),
-//! `error.rs` ([`ClientError`]).
+//! `error.rs` ([`ClientError`]), `address.rs` ([`engine_url`]).
 
+mod address;
 mod connection;
 mod error;
 mod ids;
 mod wire;
 
 pub use crate::protocol::ErrorBody;
+pub use address::engine_url;
 pub use error::{ClientError, INVOCATION_FAILED};
 
 use futures_util::FutureExt;
