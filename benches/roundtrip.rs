@@ -20,12 +20,13 @@
 //! `QMESH_BENCH_ENGINE` runs another engine binary (to compare builds).
 //! Targets are printed for reference and never asserted.
 
+mod common;
+
+use common::{Engine, machine, rss_kib};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use qmesh::client::Client;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -94,64 +95,6 @@ impl Args {
         }
         a
     }
-}
-
-/// The engine binary, running in its own process on an ephemeral port.
-struct Engine {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Engine {
-    fn start() -> Engine {
-        let data = tempfile::tempdir().expect("temp dir");
-        let binary = std::env::var("QMESH_BENCH_ENGINE")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_qmesh").to_owned());
-        let mut child = Command::new(binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the qmesh binary");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first)
-            .expect("read the engine's first line");
-        let url = first
-            .trim()
-            .strip_prefix("qmesh listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from the engine: {first:?}"))
-            .to_owned();
-        Engine {
-            child,
-            url,
-            _data: data,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Resident set size of a process in KiB, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// User + system CPU time of a process, from `/proc/<pid>/stat` (clock ticks of 10 ms).
@@ -378,24 +321,6 @@ async fn paced(callers: &[Client], rate: f64, args: &Args, engine_pid: u32) -> L
         engine_cpu,
         client_cpu,
     }
-}
-
-fn machine() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: Option<u64> = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
-    json!({
-        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "cpu": model,
-        "mem_gib": mem_kib.map(|k| (k as f64 / 1048576.0 * 10.0).round() / 10.0),
-    })
 }
 
 async fn connect_clients(url: &str, callers: usize) -> (Client, Vec<Client>) {

@@ -102,7 +102,7 @@ fn providers(mesh: &Mesh, function_id: &str) -> usize {
 }
 
 /// `function_id` has exactly `n` providers.
-fn provided_by(function_id: &'static str, n: usize) -> impl Fn(&Mesh) -> bool {
+fn provided_by(function_id: &str, n: usize) -> impl Fn(&Mesh) -> bool {
     move |m| providers(m, function_id) == n
 }
 
@@ -749,27 +749,55 @@ async fn a_trigger_type_provider_sees_bindings_through_a_restart() {
     engine.stop().await;
 }
 
+/// An SDK worker `name` serving the echo `function` through a [`Proxy`] (so
+/// the test can cut or watch its socket), a caller connected directly, and
+/// the worker's current id once the engine knows both.
+struct ReattachSetup {
+    engine: TestEngine,
+    proxy: Proxy,
+    worker: IIIClient,
+    caller: IIIClient,
+    old: Uuid,
+}
+
+impl ReattachSetup {
+    async fn start(name: &str, function: &str) -> Self {
+        let engine = TestEngine::start().await;
+        let proxy = Proxy::start(&engine.url).await;
+        let worker = sdk_worker(&proxy.url, name);
+        worker.register_function(
+            function,
+            RegisterFunction::new_async(|input: Value| async move { Ok::<_, SdkError>(input) }),
+        );
+        let caller = sdk_worker(&engine.url, &format!("{name}-caller"));
+        engine.until(function, provided_by(function, 1)).await;
+        engine
+            .until("the worker's name", |m| workers_named(m, name).len() == 1)
+            .await;
+        let old = worker_id(&engine.mesh, name);
+        Self {
+            engine,
+            proxy,
+            worker,
+            caller,
+            old,
+        }
+    }
+}
+
 /// The engine closes an SDK client's socket (1011): the client reconnects,
 /// opens with `reattach{previous_worker_id, reattach_token}` naming its old
 /// connection, replays its function, and is callable again; the old worker
 /// entry is gone (one worker with that name).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_closed_by_the_engine_reconnects_and_reattaches() {
-    let engine = TestEngine::start().await;
-    let proxy = Proxy::start(&engine.url).await;
-    let worker = sdk_worker(&proxy.url, "t8-reattach");
-    worker.register_function(
-        "re::echo",
-        RegisterFunction::new_async(|input: Value| async move { Ok::<_, SdkError>(input) }),
-    );
-    let caller = sdk_worker(&engine.url, "t8-caller");
-    engine.until("re::echo", provided_by("re::echo", 1)).await;
-    engine
-        .until("the worker's name", |m| {
-            workers_named(m, "t8-reattach").len() == 1
-        })
-        .await;
-    let old = worker_id(&engine.mesh, "t8-reattach");
+    let ReattachSetup {
+        engine,
+        proxy,
+        worker,
+        caller,
+        old,
+    } = ReattachSetup::start("t8-reattach", "re::echo").await;
     let token = engine
         .mesh
         .inspect(|st| st.workers[&old].conn.reattach_token);
@@ -809,23 +837,13 @@ async fn a_client_closed_by_the_engine_reconnects_and_reattaches() {
 /// the replay, so exactly one worker and one provider remain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reattach_evicts_a_stale_connection_the_engine_still_holds() {
-    let engine = TestEngine::start().await;
-    let proxy = Proxy::start(&engine.url).await;
-    let worker = sdk_worker(&proxy.url, "t8b-reattach");
-    worker.register_function(
-        "stale::echo",
-        RegisterFunction::new_async(|input: Value| async move { Ok::<_, SdkError>(input) }),
-    );
-    let caller = sdk_worker(&engine.url, "t8b-caller");
-    engine
-        .until("stale::echo", provided_by("stale::echo", 1))
-        .await;
-    engine
-        .until("the worker's name", |m| {
-            workers_named(m, "t8b-reattach").len() == 1
-        })
-        .await;
-    let old = worker_id(&engine.mesh, "t8b-reattach");
+    let ReattachSetup {
+        engine,
+        proxy,
+        worker,
+        caller,
+        old,
+    } = ReattachSetup::start("t8b-reattach", "stale::echo").await;
 
     proxy.cut_client(0);
     engine
