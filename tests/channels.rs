@@ -1,0 +1,308 @@
+//! Binary channels end to end: a real engine, real sockets. The raw tests
+//! here check what the engine promises on the channel socket (refusal
+//! statuses, close codes, expiry, bounded memory); the Node and Python SDKs
+//! stream through it at the bottom.
+
+mod common;
+
+use common::{RawClient, TestEngine, test_config};
+use futures_util::StreamExt;
+use qmesh::client::Client;
+use qmesh::client::channel::{
+    ChannelError, ChannelItem, ChannelPair, ChannelReader, ChannelWriter,
+};
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A channel created by a raw worker (its creator, kept so it stays connected).
+async fn raw_channel(engine: &TestEngine) -> (RawClient, ChannelPair) {
+    let mut w = RawClient::connect(&engine.url).await;
+    let out = w.call("engine::channels::create", json!({})).await;
+    let pair = serde_json::from_value(out["result"].clone()).expect("refs");
+    (w, pair)
+}
+
+async fn status_of(url: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected connect error: {e}"),
+    }
+}
+
+fn refused(r: Result<impl Sized, ChannelError>) -> u16 {
+    match r {
+        Err(ChannelError::Refused { status, .. }) => status,
+        Err(e) => panic!("expected a refusal, got {e:?}"),
+        Ok(_) => panic!("expected a refusal, got a socket"),
+    }
+}
+
+#[tokio::test]
+async fn refs_have_iii_field_names_and_a_key_per_end() {
+    let engine = TestEngine::start().await;
+    let mut w = RawClient::connect(&engine.url).await;
+    let out = w
+        .call("engine::channels::create", json!({"buffer_size": null}))
+        .await;
+    let (writer, reader) = (&out["result"]["writer"], &out["result"]["reader"]);
+    assert_eq!(writer["direction"], "write", "{out}");
+    assert_eq!(reader["direction"], "read");
+    assert_eq!(writer["channel_id"], reader["channel_id"]);
+    assert_ne!(writer["access_key"], reader["access_key"]);
+    let bad = w
+        .call("engine::channels::create", json!({"buffer_size": -1}))
+        .await;
+    assert_eq!(bad["error"]["code"], "INVALID_ARGUMENTS", "{bad}");
+    // The SDK default (64) and iii's clamp (1024) show in the operator view.
+    let id = writer["channel_id"].as_str().unwrap();
+    let info = w
+        .call("engine::channels::info", json!({"channel_id": id}))
+        .await;
+    assert_eq!(info["result"]["buffer_frames"], 64, "{info}");
+    assert_eq!(info["result"]["writer"], "waiting");
+    assert!(
+        !info
+            .to_string()
+            .contains(writer["access_key"].as_str().unwrap())
+    );
+    let big = w
+        .call("engine::channels::create", json!({"buffer_size": 100000}))
+        .await;
+    let big_id = big["result"]["reader"]["channel_id"].as_str().unwrap();
+    let info = w
+        .call("engine::channels::info", json!({"channel_id": big_id}))
+        .await;
+    assert_eq!(info["result"]["buffer_frames"], 1024, "{info}");
+    let list = w.call("engine::channels::list", json!({})).await;
+    assert_eq!(list["result"]["channels"].as_array().unwrap().len(), 2);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_come_before_the_upgrade() {
+    let engine = TestEngine::start().await;
+    let (_creator, pair) = raw_channel(&engine).await;
+    let url = &engine.url;
+    let base = format!("{url}/ws/channels/{}", pair.writer.channel_id);
+    // Unknown channel, and each end's key on the other end: 404.
+    let unknown = format!("{url}/ws/channels/{}?key=x&dir=read", uuid::Uuid::new_v4());
+    assert_eq!(status_of(&unknown).await, 404);
+    let swapped = format!("{base}?key={}&dir=write", pair.reader.access_key);
+    assert_eq!(status_of(&swapped).await, 404);
+    assert_eq!(status_of(&format!("{base}?key=nope&dir=read")).await, 404);
+    assert_eq!(status_of(&format!("{base}?key=x&dir=sideways")).await, 400);
+    // One socket per end: the second gets 409, not a silent empty stream.
+    let writer = ChannelWriter::open(url, &pair.writer).await.unwrap();
+    assert_eq!(refused(ChannelWriter::open(url, &pair.writer).await), 409);
+    let reader = ChannelReader::open(url, &pair.reader).await.unwrap();
+    assert_eq!(refused(ChannelReader::open(url, &pair.reader).await), 409);
+    writer.finish().await.unwrap();
+    let mut reader = reader;
+    assert_eq!(reader.next().await, Ok(None));
+    // Finished channels are removed at once; a late connect learns why.
+    engine
+        .until("channel removed", |m| m.channels().is_empty())
+        .await;
+    assert_eq!(refused(ChannelReader::open(url, &pair.reader).await), 410);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn text_and_chunks_keep_their_order_and_a_normal_close_ends_the_stream() {
+    let engine = TestEngine::start().await;
+    let (_creator, pair) = raw_channel(&engine).await;
+    // The writer streams before the reader exists: the engine buffers.
+    let mut writer = ChannelWriter::open(&engine.url, &pair.writer)
+        .await
+        .unwrap();
+    for i in 0..20u8 {
+        writer.write(&[i; 1000]).await.unwrap();
+        writer.send_text(&format!("after {i}")).await.unwrap();
+    }
+    let finished = tokio::spawn(writer.finish());
+    let mut reader = ChannelReader::open(&engine.url, &pair.reader)
+        .await
+        .unwrap();
+    for i in 0..20u8 {
+        match reader.next().await.unwrap() {
+            Some(ChannelItem::Binary(b)) => assert_eq!(&b[..], &[i; 1000][..]),
+            other => panic!("expected chunk {i}, got {other:?}"),
+        }
+        assert_eq!(
+            reader.next().await.unwrap(),
+            Some(ChannelItem::Text(format!("after {i}")))
+        );
+    }
+    assert_eq!(reader.next().await, Ok(None), "close 1000 is the end");
+    finished.await.unwrap().unwrap();
+    engine
+        .until("channel removed", |m| m.channels().is_empty())
+        .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_writer_that_vanishes_is_a_distinct_close_not_an_end() {
+    let engine = TestEngine::start().await;
+    let (_creator, pair) = raw_channel(&engine).await;
+    let mut reader = ChannelReader::open(&engine.url, &pair.reader)
+        .await
+        .unwrap();
+    let mut writer = ChannelWriter::open(&engine.url, &pair.writer)
+        .await
+        .unwrap();
+    writer.write(b"partial").await.unwrap();
+    writer.abort(); // TCP closed with no close frame
+    assert_eq!(
+        reader.next().await.unwrap(),
+        Some(ChannelItem::Binary("partial".into()))
+    );
+    assert_eq!(reader.next().await, Err(ChannelError::WriterAborted));
+    engine
+        .until("channel removed", |m| m.channels().is_empty())
+        .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_reader_that_leaves_is_told_to_the_writer() {
+    let engine = TestEngine::start().await;
+    let (_creator, pair) = raw_channel(&engine).await;
+    let reader = ChannelReader::open(&engine.url, &pair.reader)
+        .await
+        .unwrap();
+    // A raw writer, to see the engine's close code itself.
+    let url = qmesh::protocol::channel::socket_url(&engine.url, &pair.writer);
+    let (mut writer, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    reader.close().await;
+    let close = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match writer.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the writer is told");
+    assert_eq!(close, Some(4410));
+    engine
+        .until("channel removed", |m| m.channels().is_empty())
+        .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn unconnected_channels_expire_and_a_waiting_end_is_told() {
+    let mut config = test_config();
+    config.channels.ttl = Duration::from_millis(300);
+    let engine = TestEngine::start_with(config).await;
+    let (_creator, idle) = raw_channel(&engine).await;
+    let (_creator2, half) = raw_channel(&engine).await;
+    // Only the reader of `half` ever connects: it is told, not left hanging.
+    let mut reader = ChannelReader::open(&engine.url, &half.reader)
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(common::WAIT, reader.next())
+            .await
+            .unwrap(),
+        Err(ChannelError::Abandoned)
+    );
+    engine
+        .until("both expired", |m| m.channels().is_empty())
+        .await;
+    assert_eq!(
+        refused(ChannelWriter::open(&engine.url, &idle.writer).await),
+        410
+    );
+    assert_eq!(
+        refused(ChannelWriter::open(&engine.url, &half.writer).await),
+        410
+    );
+    // A wrong key on an expired channel is still just 404.
+    let mut wrong = idle.writer.clone();
+    wrong.access_key = "guess".into();
+    assert_eq!(refused(ChannelWriter::open(&engine.url, &wrong).await), 404);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_departed_creators_unconnected_channels_go_with_it() {
+    let engine = TestEngine::start().await;
+    let (creator, unused) = raw_channel(&engine).await;
+    let mut creator = creator;
+    let out = creator.call("engine::channels::create", json!({})).await;
+    let streaming: ChannelPair = serde_json::from_value(out["result"].clone()).unwrap();
+    // One channel's writer has streamed everything: it must survive its creator.
+    let mut writer = ChannelWriter::open(&engine.url, &streaming.writer)
+        .await
+        .unwrap();
+    writer.write(b"kept").await.unwrap();
+    writer.finish().await.unwrap();
+    drop(creator);
+    engine
+        .until("the unused channel removed", |m| m.channels().len() == 1)
+        .await;
+    assert_eq!(
+        refused(ChannelReader::open(&engine.url, &unused.reader).await),
+        410
+    );
+    let mut reader = ChannelReader::open(&engine.url, &streaming.reader)
+        .await
+        .unwrap();
+    assert_eq!(reader.read_all().await.unwrap(), (b"kept".to_vec(), vec![]));
+    engine.stop().await;
+}
+
+/// A reader far slower than its writer: the engine stops reading the writer,
+/// so what it holds stays within `max_buffer_bytes` for the whole 1 GiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_keeps_engine_memory_flat_while_a_writer_pushes_a_gib() {
+    const TOTAL: usize = 1 << 30;
+    const FRAME: usize = 64 << 10;
+    const BUDGET: usize = 1 << 20;
+    let mut config = test_config();
+    config.channels.max_buffer_bytes = BUDGET;
+    config.channels.max_frame_size = FRAME;
+    let engine = TestEngine::start_with(config).await;
+    let client = Client::connect(&engine.url).await.unwrap();
+    let pair = client.create_channel(Some(1024)).await.unwrap();
+    let id = pair.writer.channel_id.clone();
+    let mut writer = client.open_writer(&pair.writer).await.unwrap();
+    let mut reader = client.open_reader(&pair.reader).await.unwrap();
+    let push = tokio::spawn(async move {
+        let frame = axum::body::Bytes::from(vec![0xA5u8; FRAME]);
+        for _ in 0..TOTAL / FRAME {
+            writer.send_frame(frame.clone()).await.unwrap();
+        }
+        writer.finish().await.unwrap();
+    });
+    let (mut read, mut frames, mut peak_seen) = (0usize, 0usize, 0u64);
+    while let Some(item) = reader.next().await.unwrap() {
+        let ChannelItem::Binary(b) = item else {
+            panic!("only chunks were sent")
+        };
+        read += b.len();
+        frames += 1;
+        // Slow: a pause every 256 KiB lets the writer fill the buffer each time.
+        if frames % 4 == 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            if let Some(info) = engine.mesh.channels().info(&id) {
+                assert!(info.buffered_bytes <= BUDGET as u64, "{info:?}");
+                peak_seen = peak_seen.max(info.buffered_bytes);
+            }
+        }
+    }
+    push.await.unwrap();
+    assert_eq!(read, TOTAL);
+    // The budget was reached (the writer really was held back), never passed.
+    assert!(
+        peak_seen >= (BUDGET - FRAME) as u64,
+        "peak seen {peak_seen}"
+    );
+    engine.stop().await;
+}
