@@ -5,13 +5,14 @@
 
 mod common;
 
+use common::programs::Program;
 use common::{RawClient, TestEngine, test_config};
 use futures_util::StreamExt;
 use qmesh::client::Client;
 use qmesh::client::channel::{
     ChannelError, ChannelItem, ChannelPair, ChannelReader, ChannelWriter,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -305,4 +306,61 @@ async fn a_slow_reader_keeps_engine_memory_flat_while_a_writer_pushes_a_gib() {
         "peak seen {peak_seen}"
     );
     engine.stop().await;
+}
+
+/// One SDK creates a channel and streams 100 MiB with a text message after
+/// every MiB to a function of the other SDK, which checks the digest and the
+/// place of every message in the stream.
+async fn stream_across_sdks(sender: (&str, &str), sink: (&str, &str), sink_fn: &'static str) {
+    const MIB: usize = 100;
+    let engine = TestEngine::start().await;
+    let mut worker = Program::start(sink.0, sink.1, &[], &engine.url);
+    worker.ready().await;
+    engine
+        .until("the sink function", move |m| {
+            m.inspect(|st| st.function("default", sink_fn).is_some())
+        })
+        .await;
+    let mut send = Program::start(
+        sender.0,
+        sender.1,
+        &[sink_fn, &MIB.to_string()],
+        &engine.url,
+    );
+    let out = send
+        .expect_json("the stream's report", |v| v.get("received").is_some())
+        .await;
+    let received = &out["received"];
+    assert_eq!(out["sent_bytes"], json!(MIB << 20), "{out}");
+    assert_eq!(received["bytes"], out["sent_bytes"], "{out}");
+    assert_eq!(received["sha256"], out["sent_sha256"], "{out}");
+    let in_order: Vec<Value> = (0..MIB).map(|i| json!(i)).collect();
+    assert_eq!(received["seqs"], Value::Array(in_order), "{out}");
+    assert_eq!(received["misplaced"], 0, "{out}");
+    assert_eq!(send.finish().await.0, 0);
+    engine
+        .until("the channel removed once done", |m| m.channels().is_empty())
+        .await;
+    assert_eq!(worker.finish().await.0, 0);
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_streams_100_mib_and_messages_to_python() {
+    stream_across_sdks(
+        ("node", "channel_send.mjs"),
+        ("python", "channel_sink.py"),
+        "py::channel_sink",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_streams_100_mib_and_messages_to_node() {
+    stream_across_sdks(
+        ("python", "channel_send.py"),
+        ("node", "channel_sink.mjs"),
+        "node::channel_sink",
+    )
+    .await;
 }
