@@ -364,3 +364,122 @@ async fn python_streams_100_mib_and_messages_to_node() {
     )
     .await;
 }
+
+/// Captures the engine's log lines (the test runs on one thread, so a
+/// thread-local subscriber sees everything the engine logs).
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn enqueued_refs_are_warned_about_and_keys_never_reach_the_log() {
+    let logs = Logs::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let engine = TestEngine::start().await;
+    let (mut creator, pair) = raw_channel(&engine).await;
+    // A refused connect with a guessed key, then a whole stream.
+    let mut guess = pair.writer.clone();
+    guess.access_key = "guessed-key-0123".into();
+    assert_eq!(refused(ChannelWriter::open(&engine.url, &guess).await), 404);
+    let mut writer = ChannelWriter::open(&engine.url, &pair.writer)
+        .await
+        .unwrap();
+    let mut reader = ChannelReader::open(&engine.url, &pair.reader)
+        .await
+        .unwrap();
+    writer.send_text("hello").await.unwrap();
+    writer.finish().await.unwrap();
+    assert_eq!(reader.read_all().await.unwrap().1, vec!["hello".to_owned()]);
+    // The job is accepted (a warning, not a refusal), and the log says why it is risky.
+    let id = uuid::Uuid::new_v4().to_string();
+    creator
+        .send(
+            json!({"type":"invokefunction","invocation_id":id,"function_id":"files::ingest",
+            "data":{"file": pair.reader},"action":{"type":"enqueue","queue":"files"}}),
+        )
+        .await;
+    let answer = creator
+        .recv_until("receipt", |v| v["invocation_id"] == id.as_str())
+        .await;
+    assert!(answer["result"]["messageReceiptId"].is_string(), "{answer}");
+    let text = logs.text();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("channel ref was enqueued"))
+        .unwrap_or_else(|| panic!("no warning in:\n{text}"));
+    assert!(
+        warning.contains("WARN") && warning.contains(&pair.reader.channel_id),
+        "{warning}"
+    );
+    assert!(text.contains("channel connect refused"), "{text}");
+    for key in [
+        &pair.writer.access_key,
+        &pair.reader.access_key,
+        &guess.access_key,
+    ] {
+        assert!(
+            !text.contains(key.as_str()),
+            "a key reached the log:\n{text}"
+        );
+    }
+    engine.stop().await;
+}
+
+/// The published Rust SDK's channel helpers: its writer ends with a close that
+/// carries no code, which must be a clean end (not 4499), and its reader
+/// reads what the crate's own writer sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_sdk_writes_and_reads_channels() {
+    let engine = TestEngine::start().await;
+    let sdk = common::sdk::sdk_worker(&engine.url, "rust-channels");
+    let channel = iii_sdk::helpers::create_channel(&sdk, None)
+        .await
+        .expect("create through the SDK");
+    let as_ours = |r: &iii_sdk::channel::StreamChannelRef| -> qmesh::client::channel::ChannelRef {
+        serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap()
+    };
+    let mut reader = ChannelReader::open(&engine.url, &as_ours(&channel.reader_ref))
+        .await
+        .unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    channel.writer.write(&data).await.unwrap();
+    channel.writer.send_message("done").await.unwrap();
+    channel.writer.close().await.unwrap();
+    assert_eq!(reader.read_all().await, Ok((data, vec!["done".to_owned()])));
+
+    let other = iii_sdk::helpers::create_channel(&sdk, Some(4))
+        .await
+        .unwrap();
+    let mut writer = ChannelWriter::open(&engine.url, &as_ours(&other.writer_ref))
+        .await
+        .unwrap();
+    writer.write(b"to the sdk").await.unwrap();
+    writer.finish().await.unwrap();
+    assert_eq!(
+        other.reader.read_all().await.unwrap(),
+        b"to the sdk".to_vec()
+    );
+    common::sdk::stop(sdk).await;
+    engine.stop().await;
+}
