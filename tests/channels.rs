@@ -168,6 +168,38 @@ async fn a_writer_that_vanishes_is_a_distinct_close_not_an_end() {
 }
 
 #[tokio::test]
+async fn an_oversize_frame_closes_the_writer_with_1009_and_is_an_abort_for_the_reader() {
+    let mut config = test_config();
+    config.channels.max_frame_size = 64 << 10;
+    config.channels.max_buffer_bytes = 256 << 10;
+    let engine = TestEngine::start_with(config).await;
+    let (_creator, pair) = raw_channel(&engine).await;
+    let mut reader = ChannelReader::open(&engine.url, &pair.reader)
+        .await
+        .unwrap();
+    let mut writer = ChannelWriter::open(&engine.url, &pair.writer)
+        .await
+        .unwrap();
+    writer.send_frame(vec![1u8; 1000].into()).await.unwrap();
+    let too_big = writer.send_frame(vec![2u8; (64 << 10) + 1].into()).await;
+    // The engine's close may race the send; either way the writer learns it.
+    let code = match too_big {
+        Err(e) => e,
+        Ok(()) => writer.finish().await.unwrap_err(),
+    };
+    assert_eq!(
+        code,
+        ChannelError::Closed {
+            code: 1009,
+            reason: "frame over channels.max_frame_size".into()
+        }
+    );
+    assert!(matches!(reader.next().await, Ok(Some(ChannelItem::Binary(b))) if b.len() == 1000));
+    assert_eq!(reader.next().await, Err(ChannelError::WriterAborted));
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn a_reader_that_leaves_is_told_to_the_writer() {
     let engine = TestEngine::start().await;
     let (_creator, pair) = raw_channel(&engine).await;

@@ -39,14 +39,16 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// "In" is read first: a delivery racing the two reads can only make
+    /// this smaller, never larger than what the engine really held.
     pub fn buffered_bytes(&self) -> u64 {
-        let out = self.bytes_out.load(Ordering::Acquire);
-        self.bytes_in.load(Ordering::Acquire).saturating_sub(out)
+        let held_in = self.bytes_in.load(Ordering::Acquire);
+        held_in.saturating_sub(self.bytes_out.load(Ordering::Acquire))
     }
 
     pub fn buffered_frames(&self) -> u64 {
-        let out = self.frames_out.load(Ordering::Acquire);
-        self.frames_in.load(Ordering::Acquire).saturating_sub(out)
+        let held_in = self.frames_in.load(Ordering::Acquire);
+        held_in.saturating_sub(self.frames_out.load(Ordering::Acquire))
     }
 }
 

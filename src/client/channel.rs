@@ -168,7 +168,7 @@ impl ChannelWriter {
     /// A send failed: the engine's close frame, if one arrived, says why.
     async fn failed(&mut self, e: tungstenite::Error) -> ChannelError {
         match tokio::time::timeout(Duration::from_millis(200), self.await_close()).await {
-            Ok(Err(why @ ChannelError::ReaderGone | why @ ChannelError::Abandoned)) => why,
+            Ok(Err(why)) if !matches!(why, ChannelError::Io(_)) => why,
             _ => ChannelError::Io(e.to_string()),
         }
     }
