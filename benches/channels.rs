@@ -245,9 +245,13 @@ fn main() {
             "one_channel_gb_per_sec": gb(median(one.clone())),
             "eight_channels_gb_per_sec": gb(median(eight.clone())),
             "one_channel_runs": one.into_iter().map(gb).collect::<Vec<_>>(),
-            "eight_channels_runs": eight.into_iter().map(gb).collect::<Vec<_>>(),
+            "eight_channels_runs": eight.iter().copied().map(gb).collect::<Vec<_>>(),
             "direct_websocket_gb_per_sec": gb(median(direct)),
-            "eight_channels_engine_cores": median(engine_cores),
+            "eight_channels_engine_cores": median(engine_cores.clone()),
+            // Cores the engine used per GB/s: the cost per byte, whatever the machine's load.
+            "engine_core_seconds_per_gb": (median(
+                engine_cores.iter().zip(&eight).map(|(c, r)| c / (r / 1e9)).collect()
+            ) * 100.0).round() / 100.0,
             "eight_channels_client_cores": median(client_cores),
             "engine_rss_after_mib": rss_after_kib / 1024,
             "latency": latency,
