@@ -515,3 +515,28 @@ async fn the_rust_sdk_writes_and_reads_channels() {
     common::sdk::stop(sdk).await;
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn engine_shutdown_closes_open_ends_with_1001() {
+    let engine = TestEngine::start().await;
+    let (_creator, pair) = raw_channel(&engine).await;
+    let mut reader = ChannelReader::open(&engine.url, &pair.reader)
+        .await
+        .unwrap();
+    let mut writer = ChannelWriter::open(&engine.url, &pair.writer)
+        .await
+        .unwrap();
+    writer.write(b"before").await.unwrap();
+    assert!(matches!(
+        reader.next().await,
+        Ok(Some(ChannelItem::Binary(_)))
+    ));
+    engine.stop().await;
+    let closed = tokio::time::timeout(common::WAIT, reader.next())
+        .await
+        .expect("the reader is told");
+    assert!(
+        matches!(&closed, Err(ChannelError::Closed { code: 1001, .. })),
+        "{closed:?}"
+    );
+}
