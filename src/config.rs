@@ -23,6 +23,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Durable queues: defaults and per-queue settings.
     pub queue: crate::queue::settings::QueueConfig,
+    /// Binary channels: expiry, buffers, limits.
+    pub channels: crate::channels::ChannelConfig,
 }
 
 /// Bounds that keep one bad client from hurting the others.
@@ -96,6 +98,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             log: LogConfig::default(),
             queue: Default::default(),
+            channels: Default::default(),
         }
     }
 }
@@ -213,6 +216,7 @@ impl Config {
             ));
         }
         self.queue.validate().map_err(ConfigError::Invalid)?;
+        self.channels.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }
@@ -236,6 +240,15 @@ mod tests {
         assert!(Config::from_toml("[invocation]\nmax_duration = \"30\"\n").is_err());
         let e = Config::from_toml("[limitz]\n").unwrap_err().to_string();
         assert!(e.contains("limitz"), "{e}");
+    }
+
+    #[test]
+    fn channel_settings_read_humantime_and_refuse_nonsense() {
+        let c = Config::from_toml("[channels]\nttl = \"90s\"\n").unwrap();
+        assert_eq!(c.channels.ttl, Duration::from_secs(90));
+        assert_eq!(Config::default().channels.ttl, Duration::from_secs(300));
+        let e = Config::from_toml("[channels]\nmax_buffer_bytes = 10\n").unwrap_err();
+        assert!(e.to_string().contains("max_buffer_bytes"), "{e}");
     }
 
     #[test]

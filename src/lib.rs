@@ -11,6 +11,8 @@
 //! - [`edge`]: the network edge: one listener for worker sockets, telemetry
 //!   sockets and `/health`; `edge::run(listener, config, shutdown)` is the server.
 //! - [`queue`]: the durable queue (scheduler, dispatcher, operator views).
+//! - [`channels`]: binary channels between workers: the registry, per-end
+//!   keys, and the pipe bounded by frames and bytes.
 //! - [`store`]: the embedded sled store: layout, record codec, schema
 //!   migrations, group commit. The one place that knows the bytes on disk.
 //! - [`config`]: the TOML configuration and its defaults.
@@ -18,6 +20,7 @@
 //! - [`client`]: an async worker-protocol client (call, enqueue, serve functions).
 //! - [`loadgen`]: the closed-loop load generator behind `qmesh bench`.
 
+pub mod channels;
 pub mod client;
 pub mod config;
 pub mod edge;

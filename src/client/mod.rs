@@ -42,11 +42,15 @@
 //! - The engine adds `_caller_worker_id` to object inputs before a handler sees them.
 //! - Timeouts are the caller's alone: the engine is not told, and a late answer is dropped.
 //!
+//! Channels: [`Client::create_channel`] makes one; [`Client::open_writer`] and
+//! [`Client::open_reader`] open its ends (see [`channel`]).
+//!
 //! Files: `connection.rs` (socket tasks, calls in flight, running handlers),
 //! `wire.rs` (the frames a worker sends and reads), `ids.rs` (invocation ids),
 //! `error.rs` ([`ClientError`]), `address.rs` ([`engine_url`]).
 
 mod address;
+pub mod channel;
 mod connection;
 mod error;
 mod ids;
@@ -100,6 +104,8 @@ pub struct Client {
 }
 
 struct Inner {
+    /// The engine URL, for channel sockets.
+    url: String,
     shared: Arc<Shared>,
     worker_id: Uuid,
     call_timeout: Duration,
@@ -143,6 +149,7 @@ impl Client {
         let (shared, tasks) = connection::start(socket);
         Ok(Client {
             inner: Arc::new(Inner {
+                url: url.to_owned(),
                 shared,
                 worker_id,
                 call_timeout: options.call_timeout,
@@ -280,6 +287,39 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Creates a binary channel (`engine::channels::create`). `buffer_size` is
+    /// the frames the engine may hold (default 64); pass the refs to other
+    /// workers inside any payload.
+    pub async fn create_channel(
+        &self,
+        buffer_size: Option<usize>,
+    ) -> Result<channel::ChannelPair, ClientError> {
+        let out = self
+            .call(
+                "engine::channels::create",
+                json!({ "buffer_size": buffer_size }),
+            )
+            .await?;
+        serde_json::from_value(out)
+            .map_err(|e| ClientError::Protocol(format!("unreadable channel refs: {e}")))
+    }
+
+    /// Opens the write end of a channel on this client's engine.
+    pub async fn open_writer(
+        &self,
+        r: &channel::ChannelRef,
+    ) -> Result<channel::ChannelWriter, channel::ChannelError> {
+        channel::ChannelWriter::open(&self.inner.url, r).await
+    }
+
+    /// Opens the read end of a channel on this client's engine.
+    pub async fn open_reader(
+        &self,
+        r: &channel::ChannelRef,
+    ) -> Result<channel::ChannelReader, channel::ChannelError> {
+        channel::ChannelReader::open(&self.inner.url, r).await
     }
 
     /// Calls sent by this connection that are still waiting for an answer.

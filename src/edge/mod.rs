@@ -5,18 +5,19 @@
 //! | `/` | the worker WebSocket ([`worker_socket`]) |
 //! | `/otel` | SDK telemetry sockets, accepted and discarded ([`otel`]) |
 //! | `/health` | JSON health and counts ([`health`]) |
-//! | `/ws/channels/...` | reserved for binary channels |
+//! | `/ws/channels/{id}` | the two ends of a binary channel ([`channel_socket`]) |
 //!
 //! [`run`] serves until `shutdown` resolves, then stops accepting, lets calls
 //! in flight finish within `server.shutdown_grace`, closes every worker with
 //! 1001 and returns.
 
+pub mod channel_socket;
 pub mod health;
 pub mod otel;
 pub mod worker_socket;
 
 use axum::Router;
-use axum::routing::{any, get};
+use axum::routing::get;
 use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,6 +72,7 @@ pub async fn serve(
     let background = [
         tokio::spawn(events::run(mesh.clone())),
         tokio::spawn(expire_calls(mesh.clone())),
+        tokio::spawn(crate::channels::run_sweeper(mesh.channels().clone())),
     ];
     let state = AppState {
         connection_slots: Arc::new(Semaphore::new(mesh.config().limits.max_connections)),
@@ -80,7 +82,7 @@ pub async fn serve(
         .route("/", get(worker_socket::upgrade))
         .route("/otel", get(otel::upgrade))
         .route("/health", get(health::health))
-        .route("/ws/channels/{*rest}", any(channels_reserved))
+        .route("/ws/channels/{channel_id}", get(channel_socket::upgrade))
         .with_state(state);
     let draining = mesh.clone();
     ready(listener.local_addr()?);
@@ -133,6 +135,7 @@ async fn drain(mesh: &Mesh) {
         queues.shutdown().await;
     }
     mesh.close_all(close::GOING_AWAY, "engine shutting down");
+    mesh.channels().shut_down();
     // Give the writers a moment to put the close frames on the wire.
     let flushed = Instant::now();
     while mesh.stats().workers > 0 && flushed.elapsed() < Duration::from_secs(2) {
@@ -147,13 +150,4 @@ async fn expire_calls(mesh: Mesh) {
         tick.tick().await;
         mesh.expire();
     }
-}
-
-async fn channels_reserved() -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
-    (
-        axum::http::StatusCode::NOT_FOUND,
-        axum::Json(
-            serde_json::json!({ "error": "unknown channel: binary channels are not available in this build" }),
-        ),
-    )
 }

@@ -1,12 +1,13 @@
 //! Engine functions: ids a worker calls like any other function but that the
 //! engine answers itself (`worker-protocol.md` §4). One file per family:
-//! [`catalog`] (functions), [`workers`], [`triggers`]; [`views`] builds the
-//! response shapes they share.
+//! [`catalog`] (functions), [`workers`], [`triggers`], [`queues`],
+//! [`channels`]; [`views`] builds the response shapes they share.
 //!
 //! `engine::workers::register` is part of the handshake and is handled by
 //! `mesh::session`, because it must be applied in order with registrations.
 
 pub mod catalog;
+pub mod channels;
 pub mod queues;
 pub mod triggers;
 pub mod views;
@@ -64,6 +65,9 @@ const TABLE: &[(&str, Handler)] = &[
         "engine::unregister_trigger",
         Handler::Sync(triggers::unregister),
     ),
+    ("engine::channels::create", Handler::Sync(channels::create)),
+    ("engine::channels::list", Handler::Sync(channels::list)),
+    ("engine::channels::info", Handler::Sync(channels::info)),
     ("queue::enqueue", Handler::Async(queues::enqueue)),
     ("queue::list", Handler::Async(queues::list)),
     ("queue::stats", Handler::Async(queues::stats)),
@@ -184,6 +188,9 @@ pub fn enqueue(mesh: &Mesh, conn: &Arc<Connection>, invoke: Invoke) {
         let err = ErrorBody::new(codes::ENQUEUE_ERROR, "the durable queue is not running");
         return reply_err(conn, invoke.invocation_id, &invoke.function_id, &err);
     };
+    if let Some(data) = &invoke.data {
+        channels::warn_if_refs_enqueued(&queue, &invoke.function_id, data.get());
+    }
     let req = crate::queue::EnqueueRequest {
         queue,
         namespace: invoke

@@ -118,6 +118,8 @@ pub fn enqueue(mesh: Mesh, _: CallCtx, input: Value) -> BoxFuture<'static, Reply
         let queues = mesh.queues().ok_or_else(|| {
             ErrorBody::new(codes::ENQUEUE_ERROR, "the durable queue is not running")
         })?;
+        let payload = to_payload(&a.data);
+        super::channels::warn_if_refs_enqueued(&queue, &function_id, payload.get());
         let e = queues
             .enqueue(EnqueueRequest {
                 queue,
@@ -125,7 +127,7 @@ pub fn enqueue(mesh: Mesh, _: CallCtx, input: Value) -> BoxFuture<'static, Reply
                     .namespace
                     .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_owned()),
                 function_id,
-                payload: to_payload(&a.data),
+                payload,
                 traceparent: None,
                 baggage: None,
                 run_at_ms,

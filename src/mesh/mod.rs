@@ -53,6 +53,7 @@ struct Inner {
     events: broadcast::Sender<MeshEvent>,
     draining: AtomicBool,
     queues: OnceLock<crate::queue::Queues>,
+    channels: crate::channels::Channels,
 }
 
 /// Counts for `/health`.
@@ -66,6 +67,7 @@ pub struct MeshStats {
 impl Mesh {
     pub fn new(config: Config) -> Self {
         let (events, _) = broadcast::channel(4096);
+        let channels = crate::channels::Channels::new(config.channels.clone());
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(state::State::default()),
@@ -74,6 +76,7 @@ impl Mesh {
                 events,
                 draining: AtomicBool::new(false),
                 queues: OnceLock::new(),
+                channels,
             }),
         }
     }
@@ -99,6 +102,11 @@ impl Mesh {
 
     pub fn queues(&self) -> Option<&crate::queue::Queues> {
         self.inner.queues.get()
+    }
+
+    /// The binary channels this engine brokers.
+    pub fn channels(&self) -> &crate::channels::Channels {
+        &self.inner.channels
     }
 
     /// Read-only access to the tables (introspection, tests).

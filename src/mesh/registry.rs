@@ -84,6 +84,7 @@ impl Mesh {
             st.remove_binding(id);
         }
         drop(st);
+        self.channels().creator_left(worker_id);
         tracing::info!(worker_id = %worker_id, name = ?name, "worker disconnected");
         self.emit(MeshEvent::WorkerDisconnected(worker_id));
         if lost_functions {

@@ -53,6 +53,8 @@ pub const DUPLICATE_INVOCATION_ID: &str = "duplicate_invocation_id";
 pub const INVALID_ACTION: &str = "invalid_action";
 /// The executor's outbound queue is full (it stopped reading its socket).
 pub const EXECUTOR_UNAVAILABLE: &str = "executor_unavailable";
+/// `engine::channels::create` refused: the engine holds `channels.max_channels`.
+pub const TOO_MANY_CHANNELS: &str = "too_many_channels";
 
 /// WebSocket close codes the engine uses.
 pub mod close {
@@ -66,4 +68,12 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Another connection took over this worker's identity (`reattach`).
     pub const REPLACED: u16 = 4000;
+    /// Channel socket: the channel expired, or its creator left, before both
+    /// ends connected.
+    pub const CHANNEL_ABANDONED: u16 = 4408;
+    /// Channel writer: the reader went away; nothing more will be delivered.
+    pub const CHANNEL_READER_GONE: u16 = 4410;
+    /// Channel reader: the writer vanished without a normal close, so the
+    /// stream is truncated (not a clean end).
+    pub const CHANNEL_WRITER_ABORTED: u16 = 4499;
 }

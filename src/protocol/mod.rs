@@ -2,13 +2,15 @@
 //!
 //! Every frame a worker sends is decoded by [`inbound`]; every frame the engine
 //! sends is built by [`outbound`]; the error and close codes both sides see live
-//! in [`codes`]. Nothing else in the crate parses or writes protocol JSON, so
-//! this folder can be read whole against `worker-protocol.md`.
+//! in [`codes`]; binary channels' refs and socket URLs in [`channel`]. Nothing
+//! else in the crate parses or writes protocol JSON, so this folder can be read
+//! whole against `worker-protocol.md`.
 //!
 //! Payloads (`data`, `result`, `config`, `metadata`) stay as raw JSON text from
 //! the moment they arrive until they leave: the engine routes them and never
 //! rebuilds them, except to inject `_caller_worker_id` into object payloads.
 
+pub mod channel;
 pub mod codes;
 pub mod inbound;
 pub mod outbound;

@@ -1,0 +1,521 @@
+//! Binary channels: one-way byte pipes between workers, brokered by the
+//! engine (`worker-protocol.md` §6, `channels.md` §4.1).
+//!
+//! A worker calls `engine::channels::create` and gets two refs, one per end,
+//! each with its own key. Each end opens `/ws/channels/{id}?key=…&dir=…`
+//! (served by `edge::channel_socket`); the engine relays the writer's frames
+//! to the reader in order through a [`pipe`] bounded by frames and bytes.
+//!
+//! - [`keys`]: per-end access keys, compared in constant time.
+//! - [`pipe`]: the bounded buffer and its counters.
+//! - [`config`]: the `[channels]` settings.
+//! - this file: the registry of live channels, who may claim which end, and
+//!   when a channel goes (finished, expired, creator gone, engine stopping).
+
+pub mod config;
+pub mod keys;
+pub mod pipe;
+
+pub use config::ChannelConfig;
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::protocol::channel::{ChannelPair, ChannelRef, Direction};
+use keys::AccessKey;
+use pipe::{PipeRx, PipeTx, Stats};
+
+/// Removed channels are remembered this long (at least), so a late connect
+/// gets 410 with the reason rather than a bare 404.
+const TOMBSTONE_MIN: Duration = Duration::from_secs(60);
+/// Bound on remembered removals; the oldest are forgotten first.
+const MAX_TOMBSTONES: usize = 100_000;
+
+/// The engine's channels. Cheap to clone.
+#[derive(Clone)]
+pub struct Channels {
+    inner: Arc<Registry>,
+}
+
+struct Registry {
+    config: ChannelConfig,
+    table: Mutex<Table>,
+    /// Parent of every channel's `abandoned` token: cancelled at shutdown.
+    stopping: CancellationToken,
+}
+
+#[derive(Default)]
+struct Table {
+    live: HashMap<Uuid, Arc<Channel>>,
+    gone: HashMap<Uuid, Tombstone>,
+}
+
+struct Tombstone {
+    writer_key: AccessKey,
+    reader_key: AccessKey,
+    reason: GoneReason,
+    at: Instant,
+}
+
+/// Why a channel no longer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoneReason {
+    /// Both ends are done.
+    Finished,
+    /// Its ends did not both connect within `channels.ttl`.
+    Expired,
+    /// The worker that created it disconnected before either end connected.
+    CreatorLeft,
+}
+
+impl std::fmt::Display for GoneReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GoneReason::Finished => "the channel has finished",
+            GoneReason::Expired => "the channel expired before both ends connected",
+            GoneReason::CreatorLeft => "the worker that created the channel disconnected",
+        })
+    }
+}
+
+/// Why a connect to a channel end is refused (before the upgrade).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    #[error("no such channel, or the key does not open its {0} end")]
+    NotFound(Direction),
+    #[error("the {0} end of this channel is already taken")]
+    Taken(Direction),
+    #[error("{0}")]
+    Gone(GoneReason),
+}
+
+/// How an end stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndState {
+    /// Never connected.
+    Waiting,
+    /// Claimed, the WebSocket upgrade under way.
+    Connecting,
+    Open,
+    /// Writer: closed normally (end of stream). Reader: got everything.
+    Done,
+    /// Writer: vanished without a normal close. Reader: went away early.
+    Aborted,
+    /// The channel was abandoned (expiry, engine stopping) while it was open.
+    Cancelled,
+}
+
+impl EndState {
+    fn connected_once(self) -> bool {
+        !matches!(self, EndState::Waiting)
+    }
+
+    fn is_over(self) -> bool {
+        matches!(
+            self,
+            EndState::Done | EndState::Aborted | EndState::Cancelled
+        )
+    }
+}
+
+pub struct Channel {
+    pub id: Uuid,
+    writer_key: AccessKey,
+    reader_key: AccessKey,
+    /// The worker that created it, if a worker did.
+    pub owner: Option<Uuid>,
+    pub created: Instant,
+    pub buffer_frames: usize,
+    pub max_bytes: usize,
+    pub stats: Arc<Stats>,
+    /// Cancelled when the channel is abandoned: open ends close at once.
+    pub abandoned: CancellationToken,
+    ends: Mutex<Ends>,
+}
+
+struct Ends {
+    writer: EndState,
+    reader: EndState,
+    tx: Option<PipeTx>,
+    rx: Option<PipeRx>,
+}
+
+/// One end, claimed before the upgrade. Dropping it unused (the upgrade
+/// failed) gives the end back, so a broken handshake does not burn it.
+pub struct Claim {
+    channels: Channels,
+    pub channel: Arc<Channel>,
+    pub dir: Direction,
+    end: Option<ClaimedEnd>,
+}
+
+pub enum ClaimedEnd {
+    Writer(PipeTx),
+    Reader(PipeRx),
+}
+
+impl Channels {
+    pub fn new(config: ChannelConfig) -> Self {
+        Channels {
+            inner: Arc::new(Registry {
+                config,
+                table: Mutex::default(),
+                stopping: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &ChannelConfig {
+        &self.inner.config
+    }
+
+    /// Never held across an await; a poisoned lock still holds sound tables.
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new channel. `buffer_frames` is clamped to the configured range, as
+    /// iii clamps it. `None` when `channels.max_channels` are alive.
+    pub fn create(&self, owner: Option<Uuid>, buffer_frames: Option<usize>) -> Option<ChannelPair> {
+        let c = &self.inner.config;
+        let frames = buffer_frames
+            .unwrap_or(c.default_buffer_frames)
+            .clamp(1, c.max_buffer_frames);
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = pipe::pipe(frames, c.max_buffer_bytes, stats.clone());
+        let channel = Arc::new(Channel {
+            id: Uuid::new_v4(),
+            writer_key: AccessKey::random(),
+            reader_key: AccessKey::random(),
+            owner,
+            created: Instant::now(),
+            buffer_frames: frames,
+            max_bytes: c.max_buffer_bytes,
+            stats,
+            abandoned: self.inner.stopping.child_token(),
+            ends: Mutex::new(Ends {
+                writer: EndState::Waiting,
+                reader: EndState::Waiting,
+                tx: Some(tx),
+                rx: Some(rx),
+            }),
+        });
+        let pair = ChannelPair {
+            writer: channel.make_ref(Direction::Write),
+            reader: channel.make_ref(Direction::Read),
+        };
+        let mut table = self.table();
+        if table.live.len() >= c.max_channels {
+            return None;
+        }
+        table.live.insert(channel.id, channel.clone());
+        drop(table);
+        tracing::debug!(channel_id = %channel.id, owner = ?owner, buffer_frames = frames, "channel created");
+        Some(pair)
+    }
+
+    /// Takes one end for a socket about to be upgraded.
+    pub fn claim(&self, id: &str, dir: Direction, key: &str) -> Result<Claim, ClaimError> {
+        let id = Uuid::parse_str(id).map_err(|_| ClaimError::NotFound(dir))?;
+        let mut table = self.table();
+        let Some(channel) = table.live.get(&id).cloned() else {
+            return Err(match table.gone.get(&id) {
+                Some(t) if t.key(dir).matches(key) => ClaimError::Gone(t.reason),
+                _ => ClaimError::NotFound(dir),
+            });
+        };
+        if !channel.key(dir).matches(key) {
+            return Err(ClaimError::NotFound(dir));
+        }
+        if self.expired(&channel) {
+            Self::remove(&mut table, &channel, GoneReason::Expired);
+            return Err(ClaimError::Gone(GoneReason::Expired));
+        }
+        drop(table);
+        let mut ends = channel.lock_ends();
+        let end = match dir {
+            Direction::Write if ends.writer == EndState::Waiting => {
+                ends.writer = EndState::Connecting;
+                ends.tx.take().map(ClaimedEnd::Writer)
+            }
+            Direction::Read if ends.reader == EndState::Waiting => {
+                ends.reader = EndState::Connecting;
+                ends.rx.take().map(ClaimedEnd::Reader)
+            }
+            _ => None,
+        };
+        drop(ends);
+        let end = end.ok_or(ClaimError::Taken(dir))?;
+        Ok(Claim {
+            channels: self.clone(),
+            channel,
+            dir,
+            end: Some(end),
+        })
+    }
+
+    /// Records that an end's socket is over. The writer's outcome is recorded
+    /// before its pipe is dropped, so the reader sees how the stream ended.
+    pub fn end_over(&self, channel: &Channel, dir: Direction, state: EndState) {
+        let mut ends = channel.lock_ends();
+        match dir {
+            Direction::Write => ends.writer = state,
+            Direction::Read => ends.reader = state,
+        }
+        // Finished once nothing more can be delivered: the reader is over and
+        // no writer socket is still running.
+        let finished =
+            ends.reader.is_over() && !matches!(ends.writer, EndState::Open | EndState::Connecting);
+        drop(ends);
+        tracing::debug!(channel_id = %channel.id, dir = %dir, state = ?state, "channel end over");
+        if finished {
+            let mut table = self.table();
+            Self::remove(&mut table, channel, GoneReason::Finished);
+        }
+    }
+
+    /// How the writer ended (read by the reader's pump at end of stream).
+    pub fn writer_state(&self, channel: &Channel) -> EndState {
+        channel.lock_ends().writer
+    }
+
+    /// Removes channels whose ends did not both connect within the TTL, and
+    /// forgets old tombstones. Returns how many channels expired.
+    pub fn sweep(&self) -> usize {
+        let ttl = self.inner.config.ttl;
+        let keep = ttl.max(TOMBSTONE_MIN);
+        let mut table = self.table();
+        let expired: Vec<_> = table
+            .live
+            .values()
+            .filter(|c| self.expired(c))
+            .cloned()
+            .collect();
+        for c in &expired {
+            tracing::info!(channel_id = %c.id, age = ?c.created.elapsed(), "channel expired before both ends connected");
+            Self::remove(&mut table, c, GoneReason::Expired);
+        }
+        table.gone.retain(|_, t| t.at.elapsed() < keep);
+        expired.len()
+    }
+
+    /// How often [`sweep`](Self::sweep) should run for expiry to be timely.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.inner.config.ttl / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
+    }
+
+    /// A worker disconnected: its channels that neither end has connected to
+    /// go now. Channels with a connected end are left to finish (a writer
+    /// that already streamed everything must not lose it to its own exit).
+    pub fn creator_left(&self, worker: Uuid) {
+        let mut table = self.table();
+        let orphans: Vec<_> = table
+            .live
+            .values()
+            .filter(|c| c.owner == Some(worker) && !c.any_end_connected())
+            .cloned()
+            .collect();
+        for c in &orphans {
+            Self::remove(&mut table, c, GoneReason::CreatorLeft);
+        }
+        if !orphans.is_empty() {
+            tracing::debug!(worker_id = %worker, count = orphans.len(), "removed the unconnected channels of a departed worker");
+        }
+    }
+
+    /// Engine shutdown: every open end closes (1001).
+    pub fn shut_down(&self) {
+        self.inner.stopping.cancel();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.stopping.is_cancelled()
+    }
+
+    pub fn len(&self) -> usize {
+        self.table().live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Operator views, oldest first.
+    pub fn list(&self) -> Vec<ChannelInfo> {
+        let channels: Vec<_> = self.table().live.values().cloned().collect();
+        let mut infos: Vec<_> = channels.iter().map(|c| c.info()).collect();
+        infos.sort_by_key(|i| std::cmp::Reverse(i.age_ms));
+        infos
+    }
+
+    pub fn info(&self, id: &str) -> Option<ChannelInfo> {
+        let id = Uuid::parse_str(id).ok()?;
+        let channel = self.table().live.get(&id).cloned()?;
+        Some(channel.info())
+    }
+
+    fn expired(&self, c: &Channel) -> bool {
+        c.created.elapsed() >= self.inner.config.ttl && !c.both_ends_connected()
+    }
+
+    fn remove(table: &mut Table, c: &Channel, reason: GoneReason) {
+        if table.live.remove(&c.id).is_none() {
+            return;
+        }
+        if reason != GoneReason::Finished {
+            c.abandoned.cancel();
+        }
+        if table.gone.len() >= MAX_TOMBSTONES
+            && let Some(oldest) = table.gone.iter().min_by_key(|(_, t)| t.at).map(|(k, _)| *k)
+        {
+            table.gone.remove(&oldest);
+        }
+        table.gone.insert(
+            c.id,
+            Tombstone {
+                writer_key: c.writer_key.clone(),
+                reader_key: c.reader_key.clone(),
+                reason,
+                at: Instant::now(),
+            },
+        );
+    }
+}
+
+impl Channel {
+    fn make_ref(&self, dir: Direction) -> ChannelRef {
+        ChannelRef {
+            channel_id: self.id.to_string(),
+            access_key: self.key(dir).expose().to_owned(),
+            direction: dir,
+        }
+    }
+
+    fn key(&self, dir: Direction) -> &AccessKey {
+        match dir {
+            Direction::Write => &self.writer_key,
+            Direction::Read => &self.reader_key,
+        }
+    }
+
+    fn lock_ends(&self) -> MutexGuard<'_, Ends> {
+        self.ends.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn both_ends_connected(&self) -> bool {
+        let e = self.lock_ends();
+        e.writer.connected_once() && e.reader.connected_once()
+    }
+
+    fn any_end_connected(&self) -> bool {
+        let e = self.lock_ends();
+        e.writer.connected_once() || e.reader.connected_once()
+    }
+
+    fn info(&self) -> ChannelInfo {
+        let (writer, reader) = {
+            let e = self.lock_ends();
+            (e.writer, e.reader)
+        };
+        let s = &self.stats;
+        ChannelInfo {
+            channel_id: self.id.to_string(),
+            owner: self.owner.map(|o| o.to_string()),
+            age_ms: self.created.elapsed().as_millis() as u64,
+            writer,
+            reader,
+            buffer_frames: self.buffer_frames,
+            max_buffer_bytes: self.max_bytes,
+            bytes_in: s.bytes_in.load(Ordering::Acquire),
+            frames_in: s.frames_in.load(Ordering::Acquire),
+            bytes_out: s.bytes_out.load(Ordering::Acquire),
+            frames_out: s.frames_out.load(Ordering::Acquire),
+            buffered_bytes: s.buffered_bytes(),
+            buffered_frames: s.buffered_frames(),
+            peak_buffered_bytes: s.peak_buffered.load(Ordering::Acquire),
+        }
+    }
+}
+
+impl Tombstone {
+    fn key(&self, dir: Direction) -> &AccessKey {
+        match dir {
+            Direction::Write => &self.writer_key,
+            Direction::Read => &self.reader_key,
+        }
+    }
+}
+
+/// What operators see of a channel (never its keys).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelInfo {
+    pub channel_id: String,
+    /// Worker id of its creator.
+    pub owner: Option<String>,
+    pub age_ms: u64,
+    pub writer: EndState,
+    pub reader: EndState,
+    pub buffer_frames: usize,
+    pub max_buffer_bytes: usize,
+    /// Accepted from the writer.
+    pub bytes_in: u64,
+    pub frames_in: u64,
+    /// Written to the reader.
+    pub bytes_out: u64,
+    pub frames_out: u64,
+    /// Held by the engine now, and at most so far.
+    pub buffered_bytes: u64,
+    pub buffered_frames: u64,
+    pub peak_buffered_bytes: u64,
+}
+
+impl Claim {
+    /// The socket is upgraded: the end is open and its pipe handed over.
+    pub fn open(mut self) -> ClaimedEnd {
+        let end = self.end.take().expect("a claim is opened once");
+        let mut ends = self.channel.lock_ends();
+        match self.dir {
+            Direction::Write => ends.writer = EndState::Open,
+            Direction::Read => ends.reader = EndState::Open,
+        }
+        end
+    }
+
+    pub fn channels(&self) -> &Channels {
+        &self.channels
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let Some(end) = self.end.take() else { return };
+        let mut ends = self.channel.lock_ends();
+        match end {
+            ClaimedEnd::Writer(tx) => {
+                ends.writer = EndState::Waiting;
+                ends.tx = Some(tx);
+            }
+            ClaimedEnd::Reader(rx) => {
+                ends.reader = EndState::Waiting;
+                ends.rx = Some(rx);
+            }
+        }
+        tracing::debug!(channel_id = %self.channel.id, dir = %self.dir, "upgrade did not happen; end released");
+    }
+}
+
+/// Runs [`Channels::sweep`] until the engine stops.
+pub async fn run_sweeper(channels: Channels) {
+    let mut tick = tokio::time::interval(channels.sweep_interval());
+    loop {
+        tick.tick().await;
+        channels.sweep();
+    }
+}

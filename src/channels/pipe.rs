@@ -1,0 +1,219 @@
+//! The bounded buffer between a channel's two sockets.
+//!
+//! Bounded twice: a frame count (an `mpsc` of `buffer_size` slots, iii's
+//! meaning of the setting) and a byte budget (a semaphore of `max_bytes`
+//! permits; a frame holds permits for its length until it is written to the
+//! reader). The writer's pump awaits both before it reads the next frame from
+//! its socket, so a slow reader stops the engine reading the writer and TCP
+//! pushes back; engine memory stays within the budget whatever the writer does.
+
+use axum::extract::ws::Message;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// One stream chunk (binary) or message (text), with its share of the byte budget.
+pub struct Frame {
+    pub msg: Message,
+    pub receipt: Receipt,
+}
+
+/// A frame's claim on the budget, given back by [`PipeRx::delivered`] once the
+/// frame is on its way to the reader.
+pub struct Receipt {
+    len: u64,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// Counters shown by `engine::channels::info`. "In" is accepted from the
+/// writer, "out" written to the reader; the difference is what the engine holds.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub bytes_in: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub frames_out: AtomicU64,
+    /// The most bytes ever held at once.
+    pub peak_buffered: AtomicU64,
+}
+
+impl Stats {
+    /// "In" is read first: a delivery racing the two reads can only make
+    /// this smaller, never larger than what the engine really held.
+    pub fn buffered_bytes(&self) -> u64 {
+        let held_in = self.bytes_in.load(Ordering::Acquire);
+        held_in.saturating_sub(self.bytes_out.load(Ordering::Acquire))
+    }
+
+    pub fn buffered_frames(&self) -> u64 {
+        let held_in = self.frames_in.load(Ordering::Acquire);
+        held_in.saturating_sub(self.frames_out.load(Ordering::Acquire))
+    }
+}
+
+/// The pipe is closed at the other end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the reader is gone")]
+pub struct ReaderGone;
+
+pub struct PipeTx {
+    tx: mpsc::Sender<Frame>,
+    budget: Arc<Semaphore>,
+    stats: Arc<Stats>,
+    reader_gone: CancellationToken,
+}
+
+pub struct PipeRx {
+    rx: mpsc::Receiver<Frame>,
+    budget: Arc<Semaphore>,
+    stats: Arc<Stats>,
+    reader_gone: CancellationToken,
+}
+
+/// A pipe of at most `frames` frames and `max_bytes` bytes.
+pub fn pipe(frames: usize, max_bytes: usize, stats: Arc<Stats>) -> (PipeTx, PipeRx) {
+    let (tx, rx) = mpsc::channel(frames.max(1));
+    let budget = Arc::new(Semaphore::new(max_bytes));
+    let reader_gone = CancellationToken::new();
+    (
+        PipeTx {
+            tx,
+            budget: budget.clone(),
+            stats: stats.clone(),
+            reader_gone: reader_gone.clone(),
+        },
+        PipeRx {
+            rx,
+            budget,
+            stats,
+            reader_gone,
+        },
+    )
+}
+
+/// The byte length of a data frame (what the budget counts).
+pub fn frame_len(msg: &Message) -> usize {
+    match msg {
+        Message::Binary(b) => b.len(),
+        Message::Text(t) => t.len(),
+        _ => 0,
+    }
+}
+
+impl PipeTx {
+    /// Waits for room (bytes, then a frame slot), then queues `msg`.
+    /// `msg` must be no larger than the pipe's byte budget (the socket's frame
+    /// limit guarantees it).
+    pub async fn push(&self, msg: Message) -> Result<(), ReaderGone> {
+        let len = frame_len(&msg);
+        let permits = u32::try_from(len).map_err(|_| ReaderGone)?;
+        let budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| ReaderGone)?;
+        let slot = self.tx.reserve().await.map_err(|_| ReaderGone)?;
+        let len = len as u64;
+        let s = &self.stats;
+        let held =
+            s.bytes_in.fetch_add(len, Ordering::AcqRel) + len - s.bytes_out.load(Ordering::Acquire);
+        s.frames_in.fetch_add(1, Ordering::AcqRel);
+        s.peak_buffered.fetch_max(held, Ordering::AcqRel);
+        slot.send(Frame {
+            msg,
+            receipt: Receipt {
+                len,
+                _budget: budget,
+            },
+        });
+        Ok(())
+    }
+
+    /// Resolves once the reader has gone away.
+    pub async fn reader_gone(&self) {
+        self.reader_gone.cancelled().await
+    }
+}
+
+impl PipeRx {
+    /// The next frame; `None` once the writer's side is dropped and all is delivered.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        self.rx.recv().await
+    }
+
+    /// A frame already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Frame> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Counts a frame as delivered and releases its budget.
+    pub fn delivered(&self, receipt: Receipt) {
+        self.stats
+            .bytes_out
+            .fetch_add(receipt.len, Ordering::AcqRel);
+        self.stats.frames_out.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A dropped reader wakes a writer waiting for room, and tells an idle one.
+impl Drop for PipeRx {
+    fn drop(&mut self) {
+        self.budget.close();
+        self.reader_gone.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn bin(n: usize) -> Message {
+        Message::Binary(vec![7u8; n].into())
+    }
+
+    #[tokio::test]
+    async fn a_full_pipe_blocks_by_bytes_and_by_frames() {
+        let stats = Arc::new(Stats::default());
+        let (tx, mut rx) = pipe(4, 100, stats.clone());
+        tx.push(bin(60)).await.unwrap();
+        // 60 + 60 > 100: the second push waits until the first is delivered.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), tx.push(bin(60)))
+                .await
+                .is_err()
+        );
+        let f = rx.recv().await.unwrap();
+        rx.delivered(f.receipt);
+        tx.push(bin(60)).await.unwrap();
+        assert_eq!(stats.buffered_bytes(), 60);
+        assert_eq!(stats.peak_buffered.load(Ordering::Acquire), 60);
+        let f = rx.recv().await.unwrap();
+        rx.delivered(f.receipt);
+        for _ in 0..4 {
+            tx.push(bin(0)).await.unwrap();
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), tx.push(bin(0)))
+                .await
+                .is_err(),
+            "the fifth frame waits for a slot"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_reader_fails_a_waiting_writer() {
+        let (tx, rx) = pipe(1, 10, Arc::default());
+        tx.push(bin(10)).await.unwrap();
+        let waiting = tokio::spawn(async move {
+            let r = tx.push(bin(5)).await;
+            tx.reader_gone().await;
+            r
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(rx);
+        assert_eq!(waiting.await.unwrap(), Err(ReaderGone));
+    }
+}
