@@ -23,6 +23,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Durable queues: defaults and per-queue settings.
     pub queue: crate::queue::settings::QueueConfig,
+    /// Realtime channels: defaults for `websocket` routes (a route's options override them).
+    pub realtime: crate::realtime::RealtimeConfig,
 }
 
 /// Bounds that keep one bad client from hurting the others.
@@ -96,6 +98,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             log: LogConfig::default(),
             queue: Default::default(),
+            realtime: Default::default(),
         }
     }
 }
@@ -213,6 +216,7 @@ impl Config {
             ));
         }
         self.queue.validate().map_err(ConfigError::Invalid)?;
+        self.realtime.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

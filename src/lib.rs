@@ -11,6 +11,8 @@
 //! - [`edge`]: the network edge: one listener for worker sockets, telemetry
 //!   sockets and `/health`; `edge::run(listener, config, shutdown)` is the server.
 //! - [`queue`]: the durable queue (scheduler, dispatcher, operator views).
+//! - [`realtime`]: realtime channels: client WebSockets on routes, handled by
+//!   worker functions bound with the `websocket` trigger type.
 //! - [`store`]: the embedded sled store: layout, record codec, schema
 //!   migrations, group commit. The one place that knows the bytes on disk.
 //! - [`config`]: the TOML configuration and its defaults.
@@ -25,6 +27,7 @@ pub mod logging;
 pub mod mesh;
 pub mod protocol;
 pub mod queue;
+pub mod realtime;
 pub mod store;
 
 pub use config::Config;

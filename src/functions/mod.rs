@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod queues;
+pub mod realtime;
 pub mod triggers;
 pub mod views;
 pub mod workers;
@@ -98,6 +99,22 @@ const TABLE: &[(&str, Handler)] = &[
     (
         "iii::queue::discard_message",
         Handler::Async(queues::discard_message),
+    ),
+    // Realtime channels (`realtime`): client connections on `websocket` routes.
+    ("channel::send", Handler::Sync(realtime::send)),
+    ("channel::send_many", Handler::Sync(realtime::send_many)),
+    ("channel::close", Handler::Sync(realtime::close)),
+    ("channel::subscribe", Handler::Sync(realtime::subscribe)),
+    ("channel::unsubscribe", Handler::Sync(realtime::unsubscribe)),
+    ("channel::publish", Handler::Sync(realtime::publish)),
+    ("channel::get", Handler::Sync(realtime::get)),
+    ("channel::list", Handler::Sync(realtime::list)),
+    ("channel::set_state", Handler::Sync(realtime::set_state)),
+    ("channel::get_state", Handler::Sync(realtime::get_state)),
+    ("channel::set_auth", Handler::Sync(realtime::set_auth)),
+    (
+        "channel::issue_ticket",
+        Handler::Sync(realtime::issue_ticket),
     ),
 ];
 

@@ -53,6 +53,7 @@ struct Inner {
     events: broadcast::Sender<MeshEvent>,
     draining: AtomicBool,
     queues: OnceLock<crate::queue::Queues>,
+    realtime: OnceLock<crate::realtime::Realtime>,
 }
 
 /// Counts for `/health`.
@@ -74,6 +75,7 @@ impl Mesh {
                 events,
                 draining: AtomicBool::new(false),
                 queues: OnceLock::new(),
+                realtime: OnceLock::new(),
             }),
         }
     }
@@ -99,6 +101,15 @@ impl Mesh {
 
     pub fn queues(&self) -> Option<&crate::queue::Queues> {
         self.inner.queues.get()
+    }
+
+    /// Connects the realtime channel hub (done once at start).
+    pub fn attach_realtime(&self, realtime: crate::realtime::Realtime) {
+        let _ = self.inner.realtime.set(realtime);
+    }
+
+    pub fn realtime(&self) -> Option<&crate::realtime::Realtime> {
+        self.inner.realtime.get()
     }
 
     /// Read-only access to the tables (introspection, tests).
