@@ -682,7 +682,10 @@ async fn engine_functions_reach_the_client() {
 
 #[tokio::test]
 async fn clean_shutdown_fires_disconnects_before_exit() {
-    let engine = TestEngine::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.data_dir = dir.path().to_owned();
+    let engine = TestEngine::start_with(config.clone()).await;
     let w = worker(&engine).await;
     let (_, tx, mut gone) = recorder();
     serve(&w, "bye::left", move |p: Value| {
@@ -707,6 +710,18 @@ async fn clean_shutdown_fires_disconnects_before_exit() {
         .expect("the disconnect ran before the engine returned");
     assert_eq!(left["reason"]["by"], "engine_shutdown");
     assert_eq!(close_code(&mut ws).await, 1001);
+
+    // Nothing is owed after a clean stop: the next start runs no disconnect.
+    let engine = TestEngine::start_with(config).await;
+    let w = worker(&engine).await;
+    let (tx, mut again) = mpsc::unbounded_channel();
+    serve(&w, "bye::left", move |p: Value| {
+        let _ = tx.send(p);
+        async { Ok(Value::Null) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(again.try_recv().is_err(), "the disconnect already ran before the stop");
 }
 
 /// Starts the engine binary on an ephemeral port; returns it and its URL.
@@ -800,4 +815,170 @@ async fn after_kill_9_each_open_connection_gets_one_engine_restart_disconnect() 
     assert_eq!(got, ids);
     engine.kill().unwrap();
     engine.wait().unwrap();
+}
+
+#[tokio::test]
+async fn login_over_the_socket_unlocks_required_handlers() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    let caller = w.clone();
+    serve(&w, "acct::login", move |p: Value| {
+        let caller = caller.clone();
+        async move {
+            if p["data"]["password"] != "hunter2" {
+                return Err(ErrorBody::new("BAD_LOGIN", "wrong password"));
+            }
+            let id = p["channel"]["channel_id"].clone();
+            let ctx = json!({"user": p["data"]["user"]});
+            caller
+                .call(
+                    "channel::set_auth",
+                    json!({"channel_id": id, "context": ctx}),
+                )
+                .await
+                .unwrap();
+            Ok(json!({"ok": true}))
+        }
+    })
+    .await;
+    serve(&w, "acct::me", |p: Value| async move {
+        Ok(json!({"me": p["channel"]["auth"]["context"]["user"]}))
+    })
+    .await;
+    let route = "/ws/acct";
+    bind(
+        &w,
+        "acct::login",
+        json!({"route": route, "on": "message", "match": {"action": "login"}}),
+    )
+    .await;
+    bind(
+        &w,
+        "acct::me",
+        json!({"route": route, "on": "message", "match": {"action": "me"}, "auth": "required"}),
+    )
+    .await;
+    let mut ws = open(&engine, route).await;
+    send(&mut ws, json!({"action": "me", "id": 1})).await;
+    assert_eq!(recv(&mut ws).await["error"]["code"], "UNAUTHORIZED");
+    send(
+        &mut ws,
+        json!({"action": "login", "id": 2, "user": "ann", "password": "nope"}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["error"]["code"], "BAD_LOGIN");
+    send(
+        &mut ws,
+        json!({"action": "login", "id": 3, "user": "ann", "password": "hunter2"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"ok": true, "action": "login", "id": 3})
+    );
+    send(&mut ws, json!({"action": "me", "id": 4})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"me": "ann", "action": "me", "id": 4})
+    );
+}
+
+#[tokio::test]
+async fn binary_frames_reach_the_binary_handler_as_base64() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    serve(&w, "bin::size", |p: Value| async move {
+        Ok(json!({"b64": p["data_b64"], "event": p["event"]}))
+    })
+    .await;
+    bind(&w, "bin::size", json!({"route": "/ws/bin", "on": "binary"})).await;
+    let mut ws = open(&engine, "/ws/bin").await;
+    ws.send(Message::Binary(vec![1u8, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"b64": "AQID", "event": "binary"})
+    );
+    send(&mut ws, json!({"x": 1})).await;
+    assert_eq!(
+        recv(&mut ws).await["error"]["code"],
+        "NO_HANDLER",
+        "no message handler on this route"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_as_idle_and_a_live_one_is_kept() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    let (_, tx, mut gone) = recorder();
+    serve(&w, "idle::left", move |p: Value| {
+        let _ = tx.send(p);
+        async { Ok(Value::Null) }
+    })
+    .await;
+    let opts = json!({"ping_interval_ms": 100, "idle_timeout_ms": 400});
+    bind(
+        &w,
+        "idle::left",
+        json!({"route": "/ws/idle", "on": "disconnect", "route_options": opts}),
+    )
+    .await;
+    // This one answers pings (tungstenite does, while it reads).
+    let mut live = open(&engine, "/ws/idle").await;
+    let reader = tokio::spawn(async move {
+        let end = Instant::now() + Duration::from_millis(1200);
+        let mut pings = 0;
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(end.into(), live.next()).await {
+            if m.is_ping() {
+                pings += 1;
+            }
+        }
+        (pings, live)
+    });
+    let _silent = open(&engine, "/ws/idle").await; // never read: no pongs
+    let left = tokio::time::timeout(WAIT, gone.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left["reason"]["by"], "idle");
+    let (pings, _live) = reader.await.unwrap();
+    assert!(pings >= 5, "the engine pings every 100 ms: {pings}");
+    assert!(gone.try_recv().is_err(), "the live client is still open");
+    assert_eq!(engine.mesh.realtime().unwrap().open_count(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_routes_run_messages_side_by_side() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    serve(&w, "par::slow", |p: Value| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(json!({"n": p["data"]["n"]}))
+    })
+    .await;
+    let opts = json!({"ordering": "concurrent", "max_in_flight": 8});
+    bind(
+        &w,
+        "par::slow",
+        json!({"route": "/ws/par", "on": "message", "route_options": opts}),
+    )
+    .await;
+    let mut ws = open(&engine, "/ws/par").await;
+    let t0 = Instant::now();
+    for n in 0..8 {
+        send(&mut ws, json!({"n": n, "id": n})).await;
+    }
+    let mut ids: Vec<u64> = Vec::new();
+    for _ in 0..8 {
+        ids.push(recv(&mut ws).await["id"].as_u64().unwrap());
+    }
+    ids.sort();
+    assert_eq!(ids, (0..8).collect::<Vec<u64>>());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "8 × 300 ms ran in parallel: {:?}",
+        t0.elapsed()
+    );
 }

@@ -71,9 +71,12 @@ pub async fn serve(
     mesh.attach_queues(Queues::start(mesh.clone(), store.clone()).map_err(std::io::Error::other)?);
     let realtime = Realtime::new(mesh.config().realtime.clone(), Some(store));
     mesh.attach_realtime(realtime.clone());
-    {
+    let leftovers = crate::realtime::persist::leftovers(&realtime);
+    if !leftovers.is_empty() {
         let (realtime, mesh) = (realtime.clone(), mesh.clone());
-        tokio::spawn(async move { crate::realtime::persist::recover(&realtime, &mesh).await });
+        tokio::spawn(async move {
+            crate::realtime::persist::recover(&realtime, &mesh, leftovers).await
+        });
     }
     let background = [
         tokio::spawn(events::run(mesh.clone())),

@@ -50,10 +50,12 @@ pub async fn serve(
         .close_reason()
         .unwrap_or_else(|| CloseReason::new(close::NORMAL, "closed", ClosedBy::Server));
     dispatch::on_disconnect(&mesh, &ch, &reason).await;
-    hub.remove(&ch);
+    // The row goes before the channel leaves the hub: shutdown waits for the
+    // hub to empty and then lets go of the store.
     if recorded {
         persist::closed(&hub, &ch);
     }
+    hub.remove(&ch);
     tracing::debug!(channel_id = %ch.id, by = reason.by.as_str(), code = reason.code, "realtime channel closed");
     if tokio::time::timeout(CLOSE_FLUSH, &mut writer)
         .await

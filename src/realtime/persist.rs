@@ -99,16 +99,24 @@ pub fn closed(hub: &Realtime, ch: &Channel) {
     }
 }
 
-/// Turns the rows a crash left into `engine_restart` disconnects. Returns how many.
-pub async fn recover(hub: &Realtime, mesh: &Mesh) -> usize {
-    let (Some(store), Some(queues)) = (hub.store(), mesh.queues()) else {
-        return 0;
+/// Rows the last run left: read at start, before any new connection can add one.
+pub fn leftovers(hub: &Realtime) -> Vec<(sled::IVec, sled::IVec)> {
+    let Some(store) = hub.store() else {
+        return Vec::new();
     };
-    let rows: Vec<_> = store
+    store
         .tree()
         .scan_prefix([layout::REALTIME_CONNS])
         .filter_map(|r| r.ok())
-        .collect();
+        .collect()
+}
+
+/// Turns the rows a crash left ([`leftovers`]) into `engine_restart`
+/// disconnects. Returns how many were queued.
+pub async fn recover(hub: &Realtime, mesh: &Mesh, rows: Vec<(sled::IVec, sled::IVec)>) -> usize {
+    let (Some(store), Some(queues)) = (hub.store(), mesh.queues()) else {
+        return 0;
+    };
     let mut done = 0;
     for (key, bytes) in rows {
         let rec: RealtimeConnRecord = match crate::store::codec::decode(&bytes) {

@@ -86,11 +86,19 @@ pub async fn handle(
     req: Request,
 ) -> Response {
     let (mut parts, _body) = req.into_parts();
+    let known = app
+        .mesh
+        .inspect(|st| st.realtime_routes.find(parts.uri.path()).is_some());
+    if !known {
+        return UpgradeError::NotFound.into_response();
+    }
+    // Not a WebSocket request: refused before anything (the auth function) runs.
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
     match prepare(&app.mesh, &parts, addr).await {
-        Ok(init) => match WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
-            Ok(ws) => upgrade(ws, app.mesh, init),
-            Err(rejection) => rejection.into_response(),
-        },
+        Ok(init) => upgrade(ws, app.mesh, init),
         Err(e) => {
             let (status, _) = e.status();
             tracing::info!(path = %parts.uri.path(), remote = %addr, status = status.as_u16(), error = %e, "realtime upgrade refused");
