@@ -8,7 +8,7 @@
 //! 3. memory: the engine's RSS before and after opening idle client sockets.
 //!
 //! ```text
-//! cargo bench --bench realtime                 # full run (~20 s)
+//! cargo bench --bench realtime                 # full run (~25 s)
 //! cargo bench --bench realtime -- --quick      # smoke run (~5 s)
 //! cargo bench --bench realtime -- --json       # one JSON object on stdout
 //! cargo bench --bench realtime -- --clients 32 --window 8 --duration 5 --fanout 1000 --rounds 20
@@ -324,8 +324,14 @@ fn main() {
         f["rounds"],
         f["publish_call_ms_median"]
     );
+    let per = m["kib_per_client"].as_f64().unwrap_or(f64::MAX);
+    let met = if per < TARGET_KIB_PER_CLIENT {
+        "met"
+    } else {
+        "MISSED"
+    };
     println!(
-        "  memory: {} KiB per idle client ({} clients; RSS {} → {} KiB; target < {} KiB)",
+        "  memory: {} KiB per idle client ({} clients; RSS {} → {} KiB; target < {} KiB: {met})",
         m["kib_per_client"],
         m["idle_clients"],
         m["rss_before_kib"],

@@ -721,7 +721,10 @@ async fn clean_shutdown_fires_disconnects_before_exit() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(again.try_recv().is_err(), "the disconnect already ran before the stop");
+    assert!(
+        again.try_recv().is_err(),
+        "the disconnect already ran before the stop"
+    );
 }
 
 /// Starts the engine binary on an ephemeral port; returns it and its URL.
