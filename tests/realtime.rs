@@ -985,3 +985,24 @@ async fn concurrent_routes_run_messages_side_by_side() {
         t0.elapsed()
     );
 }
+
+#[tokio::test]
+async fn upgrades_past_max_connections_get_503() {
+    let mut config = test_config();
+    config.realtime.max_connections = 1;
+    let engine = TestEngine::start_with(config).await;
+    let w = worker(&engine).await;
+    serve(&w, "cap::noop", |_| async { Ok(Value::Null) }).await;
+    bind(
+        &w,
+        "cap::noop",
+        json!({"route": "/ws/cap", "on": "message"}),
+    )
+    .await;
+    let _first = open(&engine, "/ws/cap").await;
+    let hub = engine.mesh.realtime().unwrap().clone();
+    while hub.open_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(refused(&engine, "/ws/cap", None).await, 503);
+}

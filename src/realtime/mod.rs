@@ -38,6 +38,8 @@ pub use routes::TRIGGER_TYPE;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RealtimeConfig {
+    /// Open client connections; further upgrades are refused with 503.
+    pub max_connections: usize,
     /// Largest client message; larger ones close the socket with 1009.
     pub max_message_bytes: usize,
     /// Frames queued for one client before it counts as a slow consumer (closed with 1013).
@@ -72,6 +74,7 @@ pub struct RealtimeConfig {
 impl Default for RealtimeConfig {
     fn default() -> Self {
         Self {
+            max_connections: 100_000,
             max_message_bytes: 1 << 20,
             outbound_messages: 256,
             outbound_bytes: 4 << 20,
@@ -91,6 +94,7 @@ impl Default for RealtimeConfig {
 impl RealtimeConfig {
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
+            ("max_connections", self.max_connections),
             ("max_message_bytes", self.max_message_bytes),
             ("outbound_messages", self.outbound_messages),
             ("inbound_messages", self.inbound_messages),

@@ -30,6 +30,8 @@ pub enum UpgradeError {
     NotFound,
     #[error("the engine is shutting down")]
     ShuttingDown,
+    #[error("too many client connections")]
+    Full,
     #[error("origin {0:?} is not allowed on this route")]
     Origin(String),
     #[error("{0}")]
@@ -49,6 +51,7 @@ impl UpgradeError {
         match self {
             UpgradeError::NotFound => (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND"),
             UpgradeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN"),
+            UpgradeError::Full => (StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_CONNECTIONS"),
             UpgradeError::Origin(_) => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
             UpgradeError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             UpgradeError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
@@ -133,6 +136,9 @@ async fn prepare(
         .ok_or(UpgradeError::NotFound)?;
     if hub.is_shutting_down() || mesh.is_draining() {
         return Err(UpgradeError::ShuttingDown);
+    }
+    if hub.open_count() >= hub.config().max_connections {
+        return Err(UpgradeError::Full);
     }
     check_origin(&m, parts)?;
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
