@@ -1006,3 +1006,59 @@ async fn upgrades_past_max_connections_get_503() {
     }
     assert_eq!(refused(&engine, "/ws/cap", None).await, 503);
 }
+
+#[tokio::test]
+async fn send_to_a_client_that_stopped_reading_reports_backpressure() {
+    let mut config = test_config();
+    config.realtime.outbound_messages = 8;
+    config.realtime.outbound_bytes = 1 << 20;
+    let engine = TestEngine::start_with(config).await;
+    let w = worker(&engine).await;
+    let (_, tx, mut gone) = recorder();
+    serve(&w, "bp::left", move |p: Value| {
+        let _ = tx.send(p);
+        async { Ok(Value::Null) }
+    })
+    .await;
+    bind(
+        &w,
+        "bp::left",
+        json!({"route": "/ws/bp", "on": "disconnect"}),
+    )
+    .await;
+    let _stalled = open(&engine, "/ws/bp").await; // never read
+    let hub = engine.mesh.realtime().unwrap().clone();
+    while hub.open_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let id = hub.list(None, None, 1)[0].id.clone();
+    let pad = "x".repeat(64 << 10);
+    let mut err = None;
+    for _ in 0..2000 {
+        match w
+            .call("channel::send", json!({"channel_id": id, "data": pad}))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                err = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let err = err.expect("the sender hears about the full queue");
+    assert!(err.contains("CHANNEL_BACKPRESSURE"), "{err}");
+    let left = tokio::time::timeout(WAIT, gone.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left["reason"]["by"], "slow_consumer");
+    let after = w
+        .call("channel::send", json!({"channel_id": id, "data": 1}))
+        .await
+        .unwrap_err();
+    assert!(
+        after.to_string().contains("CHANNEL_"),
+        "closed or gone: {after}"
+    );
+}

@@ -1,7 +1,7 @@
 //! Engine functions: ids a worker calls like any other function but that the
 //! engine answers itself (`worker-protocol.md` §4). One file per family:
-//! [`catalog`] (functions), [`workers`], [`triggers`]; [`views`] builds the
-//! response shapes they share.
+//! [`catalog`] (functions), [`workers`], [`triggers`], [`queues`],
+//! [`realtime`] (`channel::*`); [`views`] builds the response shapes they share.
 //!
 //! `engine::workers::register` is part of the handshake and is handled by
 //! `mesh::session`, because it must be applied in order with registrations.
