@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -119,7 +120,12 @@ async fn worker(url: &str) -> Client {
 }
 
 async fn open(base: &str, path: &str) -> Ws {
-    tokio_tungstenite::connect_async(format!("{base}{path}"))
+    // tungstenite zeroes a 128 KiB read buffer by default, which would make
+    // the load generator, not the engine, the cost being measured.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(4 << 10);
+    tokio_tungstenite::connect_async_with_config(format!("{base}{path}"), Some(config), true)
         .await
         .expect("upgrade")
         .0
