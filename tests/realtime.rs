@@ -521,7 +521,16 @@ async fn disconnect_fires_once_after_running_handlers_finish() {
     while log.lock().unwrap().is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    ws.close(None).await.unwrap();
+    let bye = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 4001.into(),
+        reason: "bye".into(),
+    };
+    ws.close(Some(bye)).await.unwrap();
+    assert_eq!(
+        close_code(&mut ws).await,
+        4001,
+        "the engine answers the client's close"
+    );
     drop(ws);
     let deadline = Instant::now() + WAIT;
     while log.lock().unwrap().len() < 3 {

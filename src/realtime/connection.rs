@@ -227,13 +227,18 @@ async fn write_loop(
                 }
             }
         }
-        // A client that closed (or vanished) has had its close answered already.
-        if let Some(r) = reason.filter(|r| r.by != ClosedBy::Client) {
-            let frame = CloseFrame {
-                code: r.code,
-                reason: r.text.into(),
-            };
-            let _ = sink.send(Message::Close(Some(frame))).await;
+        match reason.filter(|r| r.by != ClosedBy::Client) {
+            Some(r) => {
+                let frame = CloseFrame {
+                    code: r.code,
+                    reason: r.text.into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+            }
+            // tungstenite queued the answer to the client's close frame; flush it out.
+            None => {
+                let _ = sink.close().await;
+            }
         }
     })
     .await;
