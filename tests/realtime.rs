@@ -1071,3 +1071,60 @@ async fn send_to_a_client_that_stopped_reading_reports_backpressure() {
         "closed or gone: {after}"
     );
 }
+
+#[tokio::test]
+async fn a_flooding_client_is_pushed_back_not_buffered() {
+    let mut config = test_config();
+    config.realtime.inbound_messages = 4;
+    let engine = TestEngine::start_with(config).await;
+    let w = worker(&engine).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let eaten = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (g, e) = (gate.clone(), eaten.clone());
+    serve(&w, "flood::eat", move |_| {
+        let (g, e) = (g.clone(), e.clone());
+        async move {
+            // The first message holds the handler loop until the test opens the gate.
+            let _ = g.acquire().await.unwrap();
+            e.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Value::Null)
+        }
+    })
+    .await;
+    bind(
+        &w,
+        "flood::eat",
+        json!({"route": "/ws/flood", "on": "message"}),
+    )
+    .await;
+    let ws = open(&engine, "/ws/flood").await;
+    let (mut tx, _rx) = ws.split();
+    const N: usize = 400; // × 64 KiB = 25 MiB, far more than the socket buffers hold
+    let text = "z".repeat(64 << 10);
+    let sender = tokio::spawn(async move {
+        for _ in 0..N {
+            tx.send(Message::Text(text.clone().into())).await.unwrap();
+        }
+        tx
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !sender.is_finished(),
+        "the engine kept reading a client whose handler is stuck"
+    );
+    assert_eq!(eaten.load(std::sync::atomic::Ordering::SeqCst), 0);
+    gate.add_permits(N);
+    let _tx = tokio::time::timeout(Duration::from_secs(30), sender)
+        .await
+        .expect("the client could send again once the handler moved")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while eaten.load(std::sync::atomic::Ordering::SeqCst) < N {
+        assert!(
+            Instant::now() < deadline,
+            "lost messages: {}",
+            eaten.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
