@@ -1128,3 +1128,50 @@ async fn a_flooding_client_is_pushed_back_not_buffered() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_route_whose_triggers_went_answers_503_and_open_sockets_survive() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    serve(&w, "gone::echo", |p: Value| async move {
+        Ok(json!({"echo": p["data"]}))
+    })
+    .await;
+    let r = w
+        .call(
+            "engine::register_trigger",
+            json!({"trigger_type": "websocket", "function_id": "gone::echo",
+                "config": {"route": "/ws/gone/:x", "on": "message"}}),
+        )
+        .await
+        .unwrap();
+    let mut ws = open(&engine, "/ws/gone/1").await;
+    let id = r["id"].clone();
+    w.call("engine::unregister_trigger", json!({"id": id}))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(&engine, "/ws/gone/2", None).await,
+        503,
+        "remembered, so: retry later"
+    );
+    assert_eq!(refused(&engine, "/ws/never", None).await, 404);
+    send(&mut ws, json!({"id": 1})).await;
+    assert_eq!(
+        recv(&mut ws).await["error"]["code"],
+        "HANDLER_UNAVAILABLE",
+        "the socket stays open"
+    );
+    bind(
+        &w,
+        "gone::echo",
+        json!({"route": "/ws/gone/:x", "on": "message"}),
+    )
+    .await;
+    send(&mut ws, json!({"id": 2, "v": 1})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"echo": {"v": 1}, "id": 2}),
+        "and works again when it returns"
+    );
+}

@@ -141,6 +141,9 @@ pub struct RouteTable {
     routes: HashMap<String, Route>,
     /// binding id → its route pattern.
     by_binding: HashMap<String, String>,
+    /// Routes whose triggers all went (their workers restarting, most
+    /// likely): upgrades get 503 and Retry-After rather than 404.
+    departed: HashMap<String, Vec<Segment>>,
 }
 
 fn invalid(msg: impl Into<String>) -> ErrorBody {
@@ -346,6 +349,7 @@ impl RouteTable {
             }),
         }
         self.by_binding.insert(b.id.clone(), pattern.clone());
+        self.departed.remove(&pattern);
         self.routes.insert(pattern, route);
         Ok(())
     }
@@ -362,8 +366,10 @@ impl RouteTable {
             h.bindings.retain(|id| id != binding_id);
         }
         route.handlers.retain(|h| !h.bindings.is_empty());
-        if route.handlers.is_empty() {
-            self.routes.remove(&pattern);
+        if route.handlers.is_empty()
+            && let Some(route) = self.routes.remove(&pattern)
+        {
+            self.departed.insert(pattern, route.segments);
         }
     }
 
@@ -379,6 +385,13 @@ impl RouteTable {
                 options: r.options.clone(),
                 auth_namespace: r.auth_namespace.clone(),
             })
+    }
+
+    /// Whether `path` belonged to a route that has lost all its triggers.
+    pub fn departed(&self, path: &str) -> bool {
+        self.departed
+            .values()
+            .any(|segments| match_path(segments, path).is_some())
     }
 
     pub fn route(&self, pattern: &str) -> Option<&Route> {
@@ -476,6 +489,9 @@ mod tests {
             t.find("/ws/chat/42").is_none(),
             "the route went with its last trigger"
         );
+        assert!(t.departed("/ws/chat/42"), "but it is remembered");
+        t.bind(&binding("3", "f", on("/ws/chat/:room"))).unwrap();
+        assert!(!t.departed("/ws/chat/42"));
     }
 
     #[test]

@@ -28,6 +28,8 @@ const SOCKET_BUFFER: usize = 4 << 10;
 pub enum UpgradeError {
     #[error("no realtime route at this path")]
     NotFound,
+    #[error("this route has no handlers right now; retry shortly")]
+    Departed,
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("too many client connections")]
@@ -50,6 +52,7 @@ impl UpgradeError {
     fn status(&self) -> (StatusCode, &'static str) {
         match self {
             UpgradeError::NotFound => (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND"),
+            UpgradeError::Departed => (StatusCode::SERVICE_UNAVAILABLE, "ROUTE_UNAVAILABLE"),
             UpgradeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN"),
             UpgradeError::Full => (StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_CONNECTIONS"),
             UpgradeError::Origin(_) => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
@@ -89,11 +92,17 @@ pub async fn handle(
     req: Request,
 ) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let known = app
-        .mesh
-        .inspect(|st| st.realtime_routes.find(parts.uri.path()).is_some());
-    if !known {
-        return UpgradeError::NotFound.into_response();
+    let path = parts.uri.path();
+    let known = app.mesh.inspect(|st| {
+        let rt = &st.realtime_routes;
+        match rt.find(path) {
+            Some(_) => Ok(()),
+            None if rt.departed(path) => Err(UpgradeError::Departed),
+            None => Err(UpgradeError::NotFound),
+        }
+    });
+    if let Err(e) = known {
+        return e.into_response();
     }
     // Not a WebSocket request: refused before anything (the auth function) runs.
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
