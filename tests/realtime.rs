@@ -1175,3 +1175,47 @@ async fn a_route_whose_triggers_went_answers_503_and_open_sockets_survive() {
         "and works again when it returns"
     );
 }
+
+// register_trigger is deprecated in 0.25 in favour of `observe`, which qmesh
+// does not speak (worker-protocol.md §0); 0.25's trigger messages still work.
+#[allow(deprecated)]
+#[tokio::test]
+async fn the_published_rust_sdk_binds_a_route_with_its_trigger_api() {
+    use iii_sdk::RegisterFunction;
+    use iii_sdk::protocol::RegisterTriggerInput;
+    let engine = TestEngine::start().await;
+    let sdk = common::sdk::sdk_worker(&engine.url, "realtime-sdk");
+    sdk.register_function(
+        "sdk::greet",
+        RegisterFunction::new_async(|p: Value| async move {
+            Ok::<_, iii_sdk::Error>(
+                json!({"hello": p["data"]["name"], "room": p["channel"]["params"]["room"]}),
+            )
+        }),
+    );
+    let config = json!({"route": "/ws/sdk/:room", "on": "message", "match": {"action": "greet"}});
+    sdk.register_trigger(RegisterTriggerInput::new("websocket", "sdk::greet", config))
+        .expect("register_trigger");
+    engine
+        .until("the SDK's route", |m| {
+            m.inspect(|st| st.realtime_routes.contains("/ws/sdk/:room"))
+        })
+        .await;
+    let mut ws = open(&engine, "/ws/sdk/blue").await;
+    send(
+        &mut ws,
+        json!({"action": "greet", "id": "g1", "name": "ann"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"hello": "ann", "room": "blue", "action": "greet", "id": "g1"})
+    );
+    common::sdk::stop(sdk).await;
+    // The SDK's bindings went with its connection, and with them the route.
+    engine
+        .until("the route to go", |m| {
+            m.inspect(|st| !st.realtime_routes.contains("/ws/sdk/:room"))
+        })
+        .await;
+}
