@@ -35,6 +35,14 @@ pub async fn serve(
     outbox: super::Outbox,
 ) {
     hub.insert(ch.clone());
+    if hub.is_shutting_down() {
+        // Upgraded just as shutdown began: close it like the others.
+        ch.close(CloseReason::new(
+            close::GOING_AWAY,
+            "engine shutting down",
+            ClosedBy::EngineShutdown,
+        ));
+    }
     let recorded = persist::opened(&hub, &mesh, &ch).await;
     tracing::debug!(channel_id = %ch.id, route = %ch.route, path = %ch.path, "realtime channel open");
     let (sink, stream) = socket.split();
