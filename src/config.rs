@@ -25,6 +25,8 @@ pub struct Config {
     pub queue: crate::queue::settings::QueueConfig,
     /// Binary channels: expiry, buffers, limits.
     pub channels: crate::channels::ChannelConfig,
+    /// Realtime channels: defaults for `websocket` routes (a route's options override them).
+    pub realtime: crate::realtime::RealtimeConfig,
 }
 
 /// Bounds that keep one bad client from hurting the others.
@@ -99,6 +101,7 @@ impl Default for Config {
             log: LogConfig::default(),
             queue: Default::default(),
             channels: Default::default(),
+            realtime: Default::default(),
         }
     }
 }
@@ -217,6 +220,7 @@ impl Config {
         }
         self.queue.validate().map_err(ConfigError::Invalid)?;
         self.channels.validate().map_err(ConfigError::Invalid)?;
+        self.realtime.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

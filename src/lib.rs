@@ -13,6 +13,8 @@
 //! - [`queue`]: the durable queue (scheduler, dispatcher, operator views).
 //! - [`channels`]: binary channels between workers: the registry, per-end
 //!   keys, and the pipe bounded by frames and bytes.
+//! - [`realtime`]: realtime channels: client WebSockets on routes, handled by
+//!   worker functions bound with the `websocket` trigger type.
 //! - [`store`]: the embedded sled store: layout, record codec, schema
 //!   migrations, group commit. The one place that knows the bytes on disk.
 //! - [`config`]: the TOML configuration and its defaults.
@@ -30,6 +32,7 @@ pub mod logging;
 pub mod mesh;
 pub mod protocol;
 pub mod queue;
+pub mod realtime;
 pub mod store;
 
 pub use config::Config;

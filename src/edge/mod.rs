@@ -6,6 +6,7 @@
 //! | `/otel` | SDK telemetry sockets, accepted and discarded ([`otel`]) |
 //! | `/health` | JSON health and counts ([`health`]) |
 //! | `/ws/channels/{id}` | the two ends of a binary channel ([`channel_socket`]) |
+//! | any other path | a realtime route, if a `websocket` trigger declares it ([`crate::realtime`]) |
 //!
 //! [`run`] serves until `shutdown` resolves, then stops accepting, lets calls
 //! in flight finish within `server.shutdown_grace`, closes every worker with
@@ -30,6 +31,7 @@ use crate::config::Config;
 use crate::mesh::{Mesh, events};
 use crate::protocol::codes::close;
 use crate::queue::Queues;
+use crate::realtime::Realtime;
 use crate::store::Store;
 
 /// What every request handler can reach.
@@ -66,9 +68,17 @@ pub async fn serve(
     let store_dir = mesh.config().data_dir.join("store");
     let store = Store::open(&store_dir)
         .map_err(|e| std::io::Error::other(format!("{}: {e}", store_dir.display())))?;
-    mesh.attach_queues(
-        Queues::start(mesh.clone(), Arc::new(store)).map_err(std::io::Error::other)?,
-    );
+    let store = Arc::new(store);
+    mesh.attach_queues(Queues::start(mesh.clone(), store.clone()).map_err(std::io::Error::other)?);
+    let realtime = Realtime::new(mesh.config().realtime.clone(), Some(store));
+    mesh.attach_realtime(realtime.clone());
+    let leftovers = crate::realtime::persist::leftovers(&realtime);
+    if !leftovers.is_empty() {
+        let (realtime, mesh) = (realtime.clone(), mesh.clone());
+        tokio::spawn(async move {
+            crate::realtime::persist::recover(&realtime, &mesh, leftovers).await
+        });
+    }
     let background = [
         tokio::spawn(events::run(mesh.clone())),
         tokio::spawn(expire_calls(mesh.clone())),
@@ -83,6 +93,7 @@ pub async fn serve(
         .route("/otel", get(otel::upgrade))
         .route("/health", get(health::health))
         .route("/ws/channels/{channel_id}", get(channel_socket::upgrade))
+        .fallback(crate::realtime::upgrade::handle)
         .with_state(state);
     let draining = mesh.clone();
     ready(listener.local_addr()?);
@@ -121,6 +132,10 @@ async fn drain(mesh: &Mesh) {
         queues.stop_dispatching();
     }
     let started = Instant::now();
+    // Client disconnect handlers run while their workers are still connected.
+    if let Some(realtime) = mesh.realtime() {
+        realtime.shutdown(grace).await;
+    }
     while mesh.pending_calls() > 0 && started.elapsed() < grace {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

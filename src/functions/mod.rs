@@ -1,7 +1,8 @@
 //! Engine functions: ids a worker calls like any other function but that the
 //! engine answers itself (`worker-protocol.md` §4). One file per family:
 //! [`catalog`] (functions), [`workers`], [`triggers`], [`queues`],
-//! [`channels`]; [`views`] builds the response shapes they share.
+//! [`channels`] (`engine::channels::*`), [`realtime`] (`channel::*`); [`views`]
+//! builds the response shapes they share.
 //!
 //! `engine::workers::register` is part of the handshake and is handled by
 //! `mesh::session`, because it must be applied in order with registrations.
@@ -9,6 +10,7 @@
 pub mod catalog;
 pub mod channels;
 pub mod queues;
+pub mod realtime;
 pub mod triggers;
 pub mod views;
 pub mod workers;
@@ -102,6 +104,22 @@ const TABLE: &[(&str, Handler)] = &[
     (
         "iii::queue::discard_message",
         Handler::Async(queues::discard_message),
+    ),
+    // Realtime channels (`realtime`): client connections on `websocket` routes.
+    ("channel::send", Handler::Sync(realtime::send)),
+    ("channel::send_many", Handler::Sync(realtime::send_many)),
+    ("channel::close", Handler::Sync(realtime::close)),
+    ("channel::subscribe", Handler::Sync(realtime::subscribe)),
+    ("channel::unsubscribe", Handler::Sync(realtime::unsubscribe)),
+    ("channel::publish", Handler::Sync(realtime::publish)),
+    ("channel::get", Handler::Sync(realtime::get)),
+    ("channel::list", Handler::Sync(realtime::list)),
+    ("channel::set_state", Handler::Sync(realtime::set_state)),
+    ("channel::get_state", Handler::Sync(realtime::get_state)),
+    ("channel::set_auth", Handler::Sync(realtime::set_auth)),
+    (
+        "channel::issue_ticket",
+        Handler::Sync(realtime::issue_ticket),
     ),
 ];
 

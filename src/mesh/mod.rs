@@ -54,6 +54,7 @@ struct Inner {
     draining: AtomicBool,
     queues: OnceLock<crate::queue::Queues>,
     channels: crate::channels::Channels,
+    realtime: OnceLock<crate::realtime::Realtime>,
 }
 
 /// Counts for `/health`.
@@ -77,6 +78,7 @@ impl Mesh {
                 draining: AtomicBool::new(false),
                 queues: OnceLock::new(),
                 channels,
+                realtime: OnceLock::new(),
             }),
         }
     }
@@ -107,6 +109,15 @@ impl Mesh {
     /// The binary channels this engine brokers.
     pub fn channels(&self) -> &crate::channels::Channels {
         &self.inner.channels
+    }
+
+    /// Connects the realtime channel hub (done once at start).
+    pub fn attach_realtime(&self, realtime: crate::realtime::Realtime) {
+        let _ = self.inner.realtime.set(realtime);
+    }
+
+    pub fn realtime(&self) -> Option<&crate::realtime::Realtime> {
+        self.inner.realtime.get()
     }
 
     /// Read-only access to the tables (introspection, tests).

@@ -26,6 +26,8 @@ pub struct State {
     pub bindings: HashMap<String, Binding>,
     /// Functions whose last worker disconnected recently; callers wait here for it to return.
     pub rebinding: HashMap<Key, Rebinding>,
+    /// Realtime routes, made of the active `websocket` bindings (changed with them).
+    pub realtime_routes: crate::realtime::routes::RouteTable,
 }
 
 pub struct Worker {

@@ -34,6 +34,10 @@ impl Mesh {
                 FUNCTIONS_AVAILABLE,
                 "Fires when the set of registered functions changes",
             ),
+            (
+                crate::realtime::TRIGGER_TYPE,
+                "Handles client WebSocket connections on a route (connect, message, disconnect, binary)",
+            ),
         ] {
             st.trigger_types.insert(
                 (crate::DEFAULT_NAMESPACE.to_owned(), id.to_owned()),
@@ -251,6 +255,29 @@ impl State {
         b.active_on = Some(key.clone());
         match provider {
             TypeProvider::Engine => {
+                if b.trigger_type == crate::realtime::TRIGGER_TYPE
+                    && let Err(err) = self.realtime_routes.bind(b)
+                {
+                    // A bad or conflicting route config: refuse it like a provider would.
+                    tracing::warn!(binding = %b.id, function_id = %b.function_id, error = %err, "websocket trigger refused");
+                    b.active_on = None;
+                    let frame = outbound::trigger_registration_result(
+                        &b.id,
+                        &b.trigger_type,
+                        &b.function_id,
+                        Some(&err),
+                    );
+                    match (b.ack.take(), b.owner) {
+                        (Some(ack), _) => drop(ack.send(Err(err))),
+                        (None, BindingOwner::Worker(w)) => {
+                            if let Some(w) = self.workers.get(&w) {
+                                let _ = w.conn.send(frame);
+                            }
+                        }
+                        (None, BindingOwner::Engine) => {}
+                    }
+                    return;
+                }
                 if let Some(ack) = b.ack.take() {
                     let _ = ack.send(Ok(()));
                 }
@@ -304,6 +331,9 @@ impl State {
         let Some(b) = self.bindings.remove(id) else {
             return;
         };
+        if b.trigger_type == crate::realtime::TRIGGER_TYPE {
+            self.realtime_routes.unbind(id);
+        }
         if let BindingOwner::Worker(w) = b.owner
             && let Some(w) = self.workers.get_mut(&w)
         {

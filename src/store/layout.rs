@@ -192,6 +192,22 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
+// ---------------------------------------------------------------------------
+// Realtime channels (`crate::realtime::persist`), kept apart from the job tables.
+//
+// | table | key | value |
+// |---|---|---|
+// | `w` open client connections | `w` channel_id(16) | [`RealtimeConnRecord`](super::records::RealtimeConnRecord) |
+//
+// A row exists while a client connection whose route has a disconnect handler
+// is open; rows left after a crash become `engine_restart` disconnects.
+
+pub const REALTIME_CONNS: u8 = b'w';
+
+pub fn realtime_conn(channel_id: &Uuid) -> Vec<u8> {
+    key(REALTIME_CONNS, &[channel_id.as_bytes()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,3 +151,18 @@ impl Counts {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Realtime channels.
+
+/// An open client connection whose disconnect handler is owed if the engine
+/// dies (`layout::REALTIME_CONNS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealtimeConnRecord {
+    /// The `channel` object handlers see, raw JSON (state left out).
+    pub channel: Vec<u8>,
+    /// The disconnect handler bound when the connection opened.
+    pub namespace: String,
+    pub function_id: String,
+    pub opened_ms: u64,
+}

@@ -1,0 +1,285 @@
+//! `channel::*`: what workers do to realtime client connections (send, close,
+//! topics, per-connection state, login over the socket, upgrade tickets).
+//! All of them answer inline: nothing here waits on a client.
+
+use axum::extract::ws::Message;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{CallCtx, Reply, args};
+use crate::mesh::Mesh;
+use crate::protocol::{ErrorBody, codes as proto_codes};
+use crate::realtime::{Channel, CloseReason, ClosedBy, Realtime, codes, persist};
+
+fn bad(msg: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(proto_codes::INVALID_ARGUMENTS, msg)
+}
+
+fn hub(mesh: &Mesh) -> Result<&Realtime, ErrorBody> {
+    mesh.realtime().ok_or_else(|| {
+        ErrorBody::new(
+            codes::CHANNEL_NOT_FOUND,
+            "realtime channels are not running",
+        )
+    })
+}
+
+fn channel(mesh: &Mesh, id: Option<String>) -> Result<Arc<Channel>, ErrorBody> {
+    let id = id.ok_or_else(|| bad("missing channel_id"))?;
+    hub(mesh)?
+        .get(&id)
+        .ok_or_else(|| ErrorBody::new(codes::CHANNEL_NOT_FOUND, format!("no open channel {id}")))
+}
+
+/// `data` as a JSON text frame, or `data_b64` as a binary frame.
+fn frame(data: Option<Value>, data_b64: Option<String>) -> Result<Message, ErrorBody> {
+    match (data, data_b64) {
+        (Some(_), Some(_)) => Err(bad("give data or data_b64, not both")),
+        (_, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(|b| Message::Binary(b.into()))
+            .map_err(|e| bad(format!("data_b64: {e}"))),
+        (Some(v), None) => Ok(Message::Text(v.to_string().into())),
+        (None, None) => Err(bad("missing data")),
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct SendArgs {
+    channel_id: Option<String>,
+    data: Option<Value>,
+    data_b64: Option<String>,
+}
+
+pub fn send(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let a: SendArgs = args(input)?;
+    let msg = frame(a.data, a.data_b64)?;
+    channel(mesh, a.channel_id)?.send(msg)?;
+    Ok(json!({ "delivered": true }))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct SendManyArgs {
+    channel_ids: Vec<String>,
+    data: Option<Value>,
+    data_b64: Option<String>,
+}
+
+/// `missing`: not open; `dropped`: open but too slow (now closed with 1013).
+pub fn send_many(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let a: SendManyArgs = args(input)?;
+    let msg = frame(a.data, a.data_b64)?;
+    let hub = hub(mesh)?;
+    let (mut delivered, mut missing, mut dropped) = (0, Vec::new(), Vec::new());
+    for id in a.channel_ids {
+        match hub.get(&id).map(|ch| ch.send(msg.clone())) {
+            Some(Ok(())) => delivered += 1,
+            Some(Err(crate::realtime::SendError::Backpressure(_))) => dropped.push(id),
+            _ => missing.push(id),
+        }
+    }
+    Ok(json!({ "delivered": delivered, "missing": missing, "dropped": dropped }))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct CloseArgs {
+    channel_id: Option<String>,
+    code: Option<u16>,
+    reason: Option<String>,
+}
+
+/// Idempotent: `closed` is false when the channel was already gone or closing.
+pub fn close(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let a: CloseArgs = args(input)?;
+    let code = a.code.unwrap_or(crate::realtime::close::NORMAL);
+    if code != 1000 && !(3000..=4999).contains(&code) {
+        return Err(bad("code must be 1000 or within 3000..=4999"));
+    }
+    let id = a.channel_id.ok_or_else(|| bad("missing channel_id"))?;
+    let closed = hub(mesh)?.get(&id).is_some_and(|ch| {
+        ch.close(CloseReason::new(
+            code,
+            a.reason.unwrap_or_default(),
+            ClosedBy::Server,
+        ))
+    });
+    Ok(json!({ "closed": closed }))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct TopicArgs {
+    channel_id: Option<String>,
+    topic: Option<String>,
+}
+
+fn topic_args(mesh: &Mesh, input: Value) -> Result<(Arc<Channel>, String), ErrorBody> {
+    let a: TopicArgs = args(input)?;
+    let topic = a
+        .topic
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad("missing topic"))?;
+    Ok((channel(mesh, a.channel_id)?, topic))
+}
+
+pub fn subscribe(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let (ch, topic) = topic_args(mesh, input)?;
+    let hub = hub(mesh)?;
+    hub.subscribe(&ch, &topic)?;
+    persist::refresh(hub, &ch);
+    Ok(json!({ "subscribed": true }))
+}
+
+pub fn unsubscribe(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let (ch, topic) = topic_args(mesh, input)?;
+    let hub = hub(mesh)?;
+    let was = hub.unsubscribe(&ch, &topic);
+    if was {
+        persist::refresh(hub, &ch);
+    }
+    Ok(json!({ "subscribed": false, "was_subscribed": was }))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct PublishArgs {
+    topic: Option<String>,
+    data: Value,
+    exclude_channel_id: Option<String>,
+    raw: bool,
+}
+
+/// Never waits on a subscriber: a full client is closed and counted in `dropped`.
+pub fn publish(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let a: PublishArgs = args(input)?;
+    let topic = a
+        .topic
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad("missing topic"))?;
+    let p = hub(mesh)?.publish(&topic, &a.data, a.exclude_channel_id.as_deref(), a.raw);
+    Ok(json!({ "recipients": p.recipients, "dropped": p.dropped }))
+}
+
+pub fn get(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let a: TopicArgs = args(input)?;
+    Ok(channel(mesh, a.channel_id)?.snapshot())
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ListArgs {
+    route: Option<String>,
+    topic: Option<String>,
+    limit: Option<usize>,
+}
+
+pub fn list(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let a: ListArgs = args(input)?;
+    let chans = hub(mesh)?.list(
+        a.route.as_deref(),
+        a.topic.as_deref(),
+        a.limit.unwrap_or(1000),
+    );
+    let out: Vec<Value> = chans.iter().map(|c| c.snapshot()).collect();
+    Ok(json!({ "channels": out }))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct StateArgs {
+    channel_id: Option<String>,
+    state: Option<Value>,
+    merge: bool,
+}
+
+/// Replaces (or with `merge`, shallow-merges into) the per-connection state.
+pub fn set_state(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let a: StateArgs = args(input)?;
+    let ch = channel(mesh, a.channel_id)?;
+    let new = a.state.ok_or_else(|| bad("missing state"))?;
+    let state = match (a.merge, ch.state(), new) {
+        (true, Value::Object(mut old), Value::Object(add)) => {
+            old.extend(add);
+            Value::Object(old)
+        }
+        (true, _, _) => return Err(bad("merge needs an object state on both sides")),
+        (false, _, new) => new,
+    };
+    let size = state.to_string().len();
+    let max = hub(mesh)?.config().max_state_bytes;
+    if size > max {
+        let msg = format!("state is {size} bytes; realtime.max_state_bytes is {max}");
+        return Err(ErrorBody::new(codes::STATE_TOO_LARGE, msg));
+    }
+    ch.set_state(state.clone());
+    Ok(json!({ "state": state }))
+}
+
+pub fn get_state(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let a: StateArgs = args(input)?;
+    Ok(json!({ "state": channel(mesh, a.channel_id)?.state() }))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthArgs {
+    channel_id: Option<String>,
+    context: Option<Value>,
+}
+
+/// Login (or with a null context, logout) over the socket.
+pub fn set_auth(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let a: AuthArgs = args(input)?;
+    let ch = channel(mesh, a.channel_id)?;
+    let context = a.context.filter(|c| !c.is_null());
+    let authenticated = context.is_some();
+    ch.set_auth(context);
+    persist::refresh(hub(mesh)?, &ch);
+    Ok(json!({ "authenticated": authenticated }))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct TicketArgs {
+    route: Option<String>,
+    context: Value,
+    ttl_ms: Option<u64>,
+}
+
+/// A one-use ticket for `?ticket=` on the route (a pattern or a concrete path).
+pub fn issue_ticket(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let a: TicketArgs = args(input)?;
+    let route = a.route.ok_or_else(|| bad("missing route"))?;
+    let hub = hub(mesh)?;
+    let pattern = mesh.inspect(|st| {
+        let rt = &st.realtime_routes;
+        if rt.contains(&route) {
+            Some(route.clone())
+        } else {
+            rt.find(&route).map(|m| m.pattern)
+        }
+    });
+    let pattern = pattern.ok_or_else(|| {
+        ErrorBody::new(
+            codes::TICKET_ROUTE_UNKNOWN,
+            format!("no realtime route {route}"),
+        )
+    })?;
+    let ttl = Duration::from_millis(a.ttl_ms.unwrap_or(30_000)).min(hub.config().max_ticket_ttl);
+    if ttl.is_zero() {
+        return Err(bad("ttl_ms must be greater than 0"));
+    }
+    let context = if a.context.is_null() {
+        json!({})
+    } else {
+        a.context
+    };
+    let ticket = hub.issue_ticket(&pattern, context, ttl);
+    Ok(json!({ "ticket": ticket, "route": pattern, "expires_in_ms": ttl.as_millis() as u64 }))
+}

@@ -1,0 +1,271 @@
+//! One client socket: a reader task (frames into a bounded inbound queue,
+//! idle timeout, close codes), a writer task (bounded outbox, pings, the close
+//! frame), and this task, which runs the handlers in order: connect first,
+//! then each message, then disconnect exactly once, after the handlers still
+//! running have finished (or `disconnect_wait` ran out).
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{Channel, CloseReason, ClosedBy, Realtime, close, dispatch, persist};
+use crate::mesh::Mesh;
+
+/// How long a closing socket's writer may take to put its last frames out.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Close code for a connection that vanished without a close frame.
+const ABNORMAL: u16 = 1006;
+
+enum Inbound {
+    Text(Utf8Bytes),
+    Binary(Vec<u8>),
+}
+
+/// Serves an upgraded socket until it is closed and its disconnect has run.
+pub async fn serve(
+    socket: WebSocket,
+    mesh: Mesh,
+    hub: Realtime,
+    ch: Arc<Channel>,
+    outbox: super::Outbox,
+) {
+    hub.insert(ch.clone());
+    if hub.is_shutting_down() {
+        // Upgraded just as shutdown began: close it like the others.
+        ch.close(CloseReason::new(
+            close::GOING_AWAY,
+            "engine shutting down",
+            ClosedBy::EngineShutdown,
+        ));
+    }
+    let recorded = persist::opened(&hub, &mesh, &ch).await;
+    tracing::debug!(channel_id = %ch.id, route = %ch.route, path = %ch.path, "realtime channel open");
+    let (sink, stream) = socket.split();
+    let mut writer = tokio::spawn(write_loop(sink, outbox.rx, ch.clone()));
+    let (in_tx, in_rx) = mpsc::channel(hub.config().inbound_messages);
+    let reader = tokio::spawn(read_loop(stream, in_tx, ch.clone()));
+    let wait = hub.config().disconnect_wait;
+    // Messages that arrive meanwhile wait in the inbound queue: connect goes first.
+    until_closed_plus(&ch, wait, dispatch::on_connect(&mesh, &ch)).await;
+    handle_messages(&mesh, &ch, in_rx, wait).await;
+    reader.abort();
+    let reason = ch
+        .close_reason()
+        .unwrap_or_else(|| CloseReason::new(close::NORMAL, "closed", ClosedBy::Server));
+    dispatch::on_disconnect(&mesh, &ch, &reason).await;
+    // The row goes before the channel leaves the hub: shutdown waits for the
+    // hub to empty and then lets go of the store.
+    if recorded {
+        persist::closed(&hub, &ch);
+    }
+    hub.remove(&ch);
+    tracing::debug!(channel_id = %ch.id, by = reason.by.as_str(), code = reason.code, "realtime channel closed");
+    if tokio::time::timeout(CLOSE_FLUSH, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// Runs `fut`, but gives up `wait` after the channel starts closing.
+async fn until_closed_plus(ch: &Channel, wait: Duration, fut: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = fut => {}
+        _ = async { ch.closed().await; tokio::time::sleep(wait).await } => {
+            tracing::warn!(channel_id = %ch.id, "a handler outlived the disconnect wait; its reply is dropped");
+        }
+    }
+}
+
+async fn handle_one(mesh: Mesh, ch: Arc<Channel>, msg: Inbound) {
+    match msg {
+        Inbound::Text(t) => dispatch::on_text(&mesh, &ch, t.as_str()).await,
+        Inbound::Binary(b) => dispatch::on_binary(&mesh, &ch, b).await,
+    }
+}
+
+/// Serial by default (one message at a time, replies in order); `concurrent`
+/// routes run up to `max_in_flight` at once. Messages still queued when the
+/// channel closes are dropped; the ones running are waited for.
+async fn handle_messages(
+    mesh: &Mesh,
+    ch: &Arc<Channel>,
+    mut in_rx: mpsc::Receiver<Inbound>,
+    wait: Duration,
+) {
+    let mut running = JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = ch.closed() => None,
+            m = in_rx.recv() => m,
+        };
+        let Some(msg) = next else { break };
+        let work = handle_one(mesh.clone(), ch.clone(), msg);
+        if !ch.limits.concurrent {
+            until_closed_plus(ch, wait, work).await;
+            continue;
+        }
+        while running.len() >= ch.limits.max_in_flight {
+            running.join_next().await;
+        }
+        running.spawn(work);
+    }
+    let left = in_rx.len();
+    if left > 0 {
+        tracing::debug!(channel_id = %ch.id, dropped = left, "channel closed with messages still queued");
+    }
+    let drained =
+        tokio::time::timeout(wait, async { while running.join_next().await.is_some() {} });
+    if drained.await.is_err() {
+        tracing::warn!(channel_id = %ch.id, "handlers outlived the disconnect wait; their replies are dropped");
+        running.abort_all();
+    }
+}
+
+async fn read_loop(
+    mut stream: SplitStream<WebSocket>,
+    in_tx: mpsc::Sender<Inbound>,
+    ch: Arc<Channel>,
+) {
+    let idle = ch.limits.idle_timeout;
+    loop {
+        let next = tokio::select! {
+            _ = ch.closed() => return,
+            n = tokio::time::timeout(idle, stream.next()) => n,
+        };
+        let item = match next {
+            Err(_) => {
+                ch.close(CloseReason::new(
+                    close::GOING_AWAY,
+                    "idle timeout",
+                    ClosedBy::Idle,
+                ));
+                return;
+            }
+            Ok(None) => {
+                ch.close(CloseReason::new(
+                    ABNORMAL,
+                    "connection lost",
+                    ClosedBy::Client,
+                ));
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                on_read_error(&ch, e);
+                return;
+            }
+            Ok(Some(Ok(msg))) => match msg {
+                Message::Text(t) => Inbound::Text(t),
+                Message::Binary(b) => Inbound::Binary(b.to_vec()),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Close(frame) => {
+                    let (code, text) =
+                        frame.map_or((1005, String::new()), |f| (f.code, f.reason.to_string()));
+                    ch.close(CloseReason::new(code, text, ClosedBy::Client));
+                    return;
+                }
+            },
+        };
+        // A full inbound queue parks this task: the socket is not read, and TCP
+        // pushes back on the client.
+        tokio::select! {
+            _ = ch.closed() => return,
+            sent = in_tx.send(item) => if sent.is_err() { return },
+        }
+    }
+}
+
+fn on_read_error(ch: &Channel, e: axum::Error) {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+        Some(tokio_tungstenite::tungstenite::Error::Capacity(cap)) => {
+            tracing::info!(channel_id = %ch.id, error = %cap, "client message too big; closing with 1009");
+            ch.close(CloseReason::new(
+                close::TOO_BIG,
+                "message too big",
+                ClosedBy::Server,
+            ));
+        }
+        _ => {
+            tracing::debug!(channel_id = %ch.id, error = %inner, "client socket read failed");
+            ch.close(CloseReason::new(
+                ABNORMAL,
+                "connection lost",
+                ClosedBy::Client,
+            ));
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    ch: Arc<Channel>,
+) {
+    let every = ch.limits.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = ch.closed() => break,
+            m = rx.recv() => match m { Some(m) => m, None => break },
+            _ = ping.tick() => Message::Ping(Default::default()),
+        };
+        if !write_batch(&mut sink, &mut rx, &ch, msg).await {
+            ch.close(CloseReason::new(ABNORMAL, "write failed", ClosedBy::Client));
+            return;
+        }
+    }
+    let reason = ch.close_reason();
+    let by = reason.as_ref().map(|r| r.by);
+    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+        // A slow consumer's queue is dropped; anyone else gets what was sent before the close.
+        if by != Some(ClosedBy::SlowConsumer) && by != Some(ClosedBy::Client) {
+            while let Ok(m) = rx.try_recv() {
+                ch.sent(&m);
+                if sink.feed(m).await.is_err() {
+                    return;
+                }
+            }
+        }
+        match reason.filter(|r| r.by != ClosedBy::Client) {
+            Some(r) => {
+                let frame = CloseFrame {
+                    code: r.code,
+                    reason: r.text.into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+            }
+            // tungstenite queued the answer to the client's close frame; flush it out.
+            None => {
+                let _ = sink.close().await;
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes `first` and whatever else is already queued, then flushes once.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Message>,
+    ch: &Channel,
+    first: Message,
+) -> bool {
+    let mut next = Some(first);
+    while let Some(m) = next {
+        ch.sent(&m);
+        if sink.feed(m).await.is_err() {
+            return false;
+        }
+        next = rx.try_recv().ok();
+    }
+    sink.flush().await.is_ok()
+}

@@ -1,0 +1,1221 @@
+//! Realtime channels end to end: a raw tokio-tungstenite client on a route,
+//! and a worker (`qmesh::client`) whose functions are bound with `websocket`
+//! triggers. Each test checks one promise of issue 6.
+
+mod common;
+
+use common::{TestEngine, WAIT, test_config};
+use futures_util::{SinkExt, StreamExt};
+use qmesh::client::{Client, ErrorBody};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Binds `function_id` with a `websocket` trigger (engine-owned binding).
+async fn bind(worker: &Client, function_id: &str, config: Value) {
+    worker
+        .call(
+            "engine::register_trigger",
+            json!({"trigger_type": "websocket", "function_id": function_id, "config": config}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("binding {function_id}: {e}"));
+}
+
+async fn worker(engine: &TestEngine) -> Client {
+    let w = Client::connect(&engine.url).await.expect("worker connects");
+    w.announce("realtime-test").unwrap();
+    w
+}
+
+/// Registers a handler and waits until the engine routes it.
+async fn serve<F, Fut>(w: &Client, id: &str, f: F)
+where
+    F: Fn(Value) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
+{
+    w.register_function(id, f).unwrap();
+    w.wait_for_function(id, WAIT).await.unwrap();
+}
+
+async fn open(engine: &TestEngine, path: &str) -> Ws {
+    let url = format!("ws://{}{path}", engine.addr);
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade")
+        .0
+}
+
+/// The HTTP status an upgrade was refused with.
+async fn refused(engine: &TestEngine, path: &str, auth: Option<&str>) -> u16 {
+    let mut req = format!("ws://{}{path}", engine.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(a) = auth {
+        req.headers_mut()
+            .insert("authorization", a.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Ok(_) => panic!("{path}: the upgrade was accepted"),
+        Err(e) => panic!("{path}: unexpected error {e}"),
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// The next text frame as JSON (pings and pongs skipped).
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("JSON frame"),
+            Message::Close(f) => panic!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the close frame; returns its code.
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(f))) => return f.map_or(1005, |f| f.code.into()),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+/// Collects every payload a handler receives.
+fn recorder() -> (
+    Arc<Mutex<Vec<Value>>>,
+    mpsc::UnboundedSender<Value>,
+    mpsc::UnboundedReceiver<Value>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Arc::new(Mutex::new(Vec::new())), tx, rx)
+}
+
+#[tokio::test]
+async fn routing_strips_the_key_and_replies_echo_it_with_the_id() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    let (_, seen_tx, mut seen) = recorder();
+    let tx = seen_tx.clone();
+    serve(&w, "chat::join", move |p: Value| {
+        let _ = tx.send(p.clone());
+        async move { Ok(json!({"joined": p["data"]["nick"], "room": p["channel"]["params"]["room"]})) }
+    })
+    .await;
+    let tx = seen_tx.clone();
+    serve(&w, "chat::default", move |p: Value| {
+        let _ = tx.send(p.clone());
+        async move { Ok(json!({"echo": p["data"]})) }
+    })
+    .await;
+    serve(&w, "chat::fail", |_| async {
+        Err(ErrorBody::new("NOPE", "not today"))
+    })
+    .await;
+    serve(&w, "chat::hello", |p: Value| async move {
+        Ok(json!({"welcome": p["channel"]["channel_id"]}))
+    })
+    .await;
+    let route = "/ws/chat/:room";
+    bind(
+        &w,
+        "chat::join",
+        json!({"route": route, "on": "message", "match": {"action": "join"}}),
+    )
+    .await;
+    bind(
+        &w,
+        "chat::default",
+        json!({"route": route, "on": "message"}),
+    )
+    .await;
+    bind(
+        &w,
+        "chat::fail",
+        json!({"route": route, "on": "message", "match": {"action": "fail"}}),
+    )
+    .await;
+    bind(&w, "chat::hello", json!({"route": route, "on": "connect"})).await;
+
+    let mut ws = open(&engine, "/ws/chat/42?lang=en").await;
+    let hello = recv(&mut ws).await;
+    assert!(
+        hello["welcome"].is_string(),
+        "the connect handler's return is the first frame: {hello}"
+    );
+
+    send(
+        &mut ws,
+        json!({"action": "join", "id": "r-1", "nick": "bob"}),
+    )
+    .await;
+    let reply = recv(&mut ws).await;
+    assert_eq!(
+        reply,
+        json!({"joined": "bob", "room": "42", "action": "join", "id": "r-1"})
+    );
+    let p = seen.recv().await.unwrap();
+    assert_eq!(
+        p["data"],
+        json!({"nick": "bob"}),
+        "routing key and id are stripped"
+    );
+    assert_eq!(p["event"], "message");
+    assert_eq!(p["match"], json!({"action": "join"}));
+    assert_eq!(p["id"], "r-1");
+    assert_eq!(
+        p["channel"]["opening_data"],
+        json!({"room": "42", "lang": "en"})
+    );
+    assert_eq!(p["channel"]["channel_id"], hello["welcome"]);
+
+    // An action nobody routes goes to the default handler whole (minus the id).
+    send(&mut ws, json!({"action": "dance", "id": 7, "x": 1})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"echo": {"action": "dance", "x": 1}, "id": 7})
+    );
+    assert_eq!(
+        seen.recv().await.unwrap()["data"],
+        json!({"action": "dance", "x": 1})
+    );
+
+    send(&mut ws, json!({"action": "fail", "id": "r-2"})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"action": "fail", "id": "r-2", "error": {"code": "NOPE", "message": "not today"}})
+    );
+
+    // Non-JSON text goes to the default handler as a string.
+    ws.send(Message::Text("hello there".into())).await.unwrap();
+    assert_eq!(recv(&mut ws).await, json!({"echo": "hello there"}));
+}
+
+#[tokio::test]
+async fn unroutable_text_gets_an_error_frame_and_unknown_routes_404() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    serve(&w, "only::join", |_| async { Ok(Value::Null) }).await;
+    bind(
+        &w,
+        "only::join",
+        json!({"route": "/ws/strict", "on": "message", "match": {"action": "join"}}),
+    )
+    .await;
+    assert_eq!(refused(&engine, "/ws/nowhere", None).await, 404);
+
+    let mut ws = open(&engine, "/ws/strict").await;
+    ws.send(Message::Text("not json".into())).await.unwrap();
+    assert_eq!(recv(&mut ws).await["error"]["code"], "NO_HANDLER");
+    send(&mut ws, json!({"action": "join", "id": 1})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"action": "join", "id": 1}),
+        "a null return is an ack"
+    );
+
+    // A conflicting trigger is refused and changes nothing.
+    serve(&w, "other::join", |_| async { Ok(Value::Null) }).await;
+    let err = w
+        .call(
+            "engine::register_trigger",
+            json!({"trigger_type": "websocket", "function_id": "other::join",
+                "config": {"route": "/ws/strict", "on": "message", "match": {"action": "join"}}}),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already has"), "{err}");
+    let bad = w
+        .call(
+            "engine::register_trigger",
+            json!({"trigger_type": "websocket", "function_id": "other::join", "config": {"route": "ws/x", "on": "message"}}),
+        )
+        .await;
+    assert!(bad.is_err(), "a route must start with '/'");
+}
+
+#[tokio::test]
+async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    let (_, tx, mut seen) = recorder();
+    serve(&w, "auth::check", move |p: Value| {
+        let _ = tx.send(p.clone());
+        async move {
+            match p["headers"]["authorization"].as_str() {
+                Some("Bearer good") => Ok(json!({"context": {"user": "u1"}})),
+                Some("Bearer banned") => Err(ErrorBody::new("FORBIDDEN", "banned")),
+                _ => Err(ErrorBody::new("UNAUTHORIZED", "who are you?")),
+            }
+        }
+    })
+    .await;
+    serve(&w, "secure::whoami", |p: Value| async move {
+        Ok(json!({"auth": p["channel"]["auth"], "query": p["channel"]["query"], "opening": p["channel"]["opening_data"]}))
+    })
+    .await;
+    bind(
+        &w,
+        "secure::whoami",
+        json!({"route": "/ws/secure", "on": "message",
+            "route_options": {"auth_function_id": "auth::check", "allowed_origins": ["https://app.example"]}}),
+    )
+    .await;
+
+    assert_eq!(refused(&engine, "/ws/secure", None).await, 401);
+    assert_eq!(
+        refused(&engine, "/ws/secure", Some("Bearer banned")).await,
+        403
+    );
+    let input = seen.recv().await.unwrap();
+    assert_eq!(input["path"], "/ws/secure");
+    assert!(
+        input["remote_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+
+    let mut req = format!("ws://{}/ws/secure", engine.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", "Bearer good".parse().unwrap());
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("a foreign origin must be refused: {:?}", other.map(|_| ())),
+    }
+
+    let mut req = format!("ws://{}/ws/secure", engine.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", "Bearer good".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("authorized upgrade");
+    send(&mut ws, json!({"q": 1})).await;
+    assert_eq!(
+        recv(&mut ws).await["auth"],
+        json!({"context": {"user": "u1"}})
+    );
+
+    // Browsers cannot send headers: a ticket stands in, once.
+    let t = w
+        .call(
+            "channel::issue_ticket",
+            json!({"route": "/ws/secure", "context": {"user": "u2"}}),
+        )
+        .await
+        .unwrap();
+    let ticket = t["ticket"].as_str().unwrap().to_owned();
+    let mut ws = open(
+        &engine,
+        &format!("/ws/secure?ticket={ticket}&lang=fr&token=s3cret"),
+    )
+    .await;
+    send(&mut ws, json!({"q": 2})).await;
+    let r = recv(&mut ws).await;
+    assert_eq!(r["auth"], json!({"context": {"user": "u2"}}));
+    assert_eq!(
+        r["query"],
+        json!({"lang": "fr"}),
+        "secrets never reach handlers"
+    );
+    assert_eq!(r["opening"], json!({"lang": "fr"}));
+    assert_eq!(
+        refused(&engine, &format!("/ws/secure?ticket={ticket}"), None).await,
+        401,
+        "a ticket works once"
+    );
+}
+
+#[tokio::test]
+async fn messages_of_one_connection_are_handled_in_order() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    // Earlier messages take longer: only serial handling keeps replies in order.
+    serve(&w, "order::step", |p: Value| async move {
+        let n = p["data"]["n"].as_u64().unwrap();
+        tokio::time::sleep(Duration::from_millis(40 - 4 * n)).await;
+        Ok(json!({"n": n, "seq": p["seq"]}))
+    })
+    .await;
+    bind(
+        &w,
+        "order::step",
+        json!({"route": "/ws/order", "on": "message", "match": {"action": "step"}}),
+    )
+    .await;
+    let mut ws = open(&engine, "/ws/order").await;
+    for n in 0..10 {
+        send(&mut ws, json!({"action": "step", "n": n})).await;
+    }
+    let mut last_seq = 0;
+    for n in 0..10 {
+        let r = recv(&mut ws).await;
+        assert_eq!(r["n"], n, "replies in order: {r}");
+        let seq = r["seq"].as_u64().unwrap();
+        assert!(seq > last_seq);
+        last_seq = seq;
+    }
+}
+
+#[tokio::test]
+async fn publish_reaches_every_subscriber_while_one_is_stalled() {
+    let mut config = test_config();
+    config.realtime.outbound_messages = 16;
+    config.realtime.outbound_bytes = 1 << 20;
+    let engine = TestEngine::start_with(config).await;
+    let w = worker(&engine).await;
+    let caller = w.clone();
+    serve(&w, "room::join", move |p: Value| {
+        let caller = caller.clone();
+        async move {
+            let id = p["channel"]["channel_id"].clone();
+            caller
+                .call(
+                    "channel::subscribe",
+                    json!({"channel_id": id, "topic": "room"}),
+                )
+                .await
+                .unwrap();
+            Ok(json!({"subscribed": true}))
+        }
+    })
+    .await;
+    let (_, tx, mut gone) = recorder();
+    serve(&w, "room::left", move |p: Value| {
+        let _ = tx.send(p);
+        async { Ok(Value::Null) }
+    })
+    .await;
+    bind(
+        &w,
+        "room::join",
+        json!({"route": "/ws/room", "on": "message", "match": {"action": "join"}}),
+    )
+    .await;
+    bind(
+        &w,
+        "room::left",
+        json!({"route": "/ws/room", "on": "disconnect"}),
+    )
+    .await;
+
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut ws = open(&engine, "/ws/room").await;
+        send(&mut ws, json!({"action": "join"})).await;
+        assert_eq!(recv(&mut ws).await["subscribed"], true);
+        clients.push(ws);
+    }
+    let stalled = clients.pop().unwrap(); // never read again
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    const N: usize = 300;
+    for mut ws in clients {
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                let m = recv(&mut ws).await;
+                assert_eq!(m["topic"], "room");
+                assert_eq!(m["data"]["i"], i);
+            }
+            let _ = done_tx.send(());
+        });
+    }
+    // 300 × 32 KiB = ~10 MB per client: far beyond the stalled one's socket buffers.
+    let pad = "x".repeat(32 << 10);
+    let started = Instant::now();
+    let mut dropped = 0;
+    for i in 0..N {
+        let r = w
+            .call(
+                "channel::publish",
+                json!({"topic": "room", "data": {"i": i, "pad": pad}}),
+            )
+            .await
+            .unwrap();
+        dropped += r["dropped"].as_u64().unwrap();
+    }
+    for _ in 0..5 {
+        tokio::time::timeout(WAIT, done.recv())
+            .await
+            .expect("every active client got every message");
+    }
+    assert!(dropped >= 1, "the stalled client was dropped");
+    let left = tokio::time::timeout(WAIT, gone.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left["reason"]["by"], "slow_consumer", "{left}");
+    assert_eq!(left["reason"]["code"], 1013);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn disconnect_fires_once_after_running_handlers_finish() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l = log.clone();
+    serve(&w, "slow::work", move |_| {
+        let l = l.clone();
+        async move {
+            l.lock().unwrap().push("work started".into());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            l.lock().unwrap().push("work done".into());
+            Ok(json!({"done": true}))
+        }
+    })
+    .await;
+    let l = log.clone();
+    serve(&w, "slow::bye", move |p: Value| {
+        l.lock().unwrap().push(format!(
+            "disconnect by {}",
+            p["reason"]["by"].as_str().unwrap_or("?")
+        ));
+        async { Ok(Value::Null) }
+    })
+    .await;
+    bind(
+        &w,
+        "slow::work",
+        json!({"route": "/ws/slow", "on": "message"}),
+    )
+    .await;
+    bind(
+        &w,
+        "slow::bye",
+        json!({"route": "/ws/slow", "on": "disconnect"}),
+    )
+    .await;
+
+    let mut ws = open(&engine, "/ws/slow").await;
+    send(&mut ws, json!({"go": 1})).await;
+    while log.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let bye = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 4001.into(),
+        reason: "bye".into(),
+    };
+    ws.close(Some(bye)).await.unwrap();
+    assert_eq!(
+        close_code(&mut ws).await,
+        4001,
+        "the engine answers the client's close"
+    );
+    drop(ws);
+    let deadline = Instant::now() + WAIT;
+    while log.lock().unwrap().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "disconnect did not fire: {:?}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["work started", "work done", "disconnect by client"]
+    );
+
+    // A server close: the handler sees `server`, the client the code asked for.
+    log.lock().unwrap().clear();
+    let mut ws = open(&engine, "/ws/slow").await;
+    let id = engine
+        .mesh
+        .realtime()
+        .unwrap()
+        .list(Some("/ws/slow"), None, 10)[0]
+        .id
+        .clone();
+    let r = w
+        .call(
+            "channel::close",
+            json!({"channel_id": id, "code": 4000, "reason": "bye"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["closed"], true);
+    assert_eq!(close_code(&mut ws).await, 4000);
+    let again = w
+        .call("channel::close", json!({"channel_id": id}))
+        .await
+        .unwrap();
+    assert_eq!(again["closed"], false, "closing twice is harmless");
+    let deadline = Instant::now() + WAIT;
+    while log.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*log.lock().unwrap(), ["disconnect by server"]);
+    let err = w
+        .call("channel::send", json!({"channel_id": id, "data": 1}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("CHANNEL_NOT_FOUND"), "{err}");
+}
+
+#[tokio::test]
+async fn engine_functions_reach_the_client() {
+    let mut config = test_config();
+    config.realtime.max_message_bytes = 1024;
+    config.realtime.outbound_bytes = 1 << 20;
+    let engine = TestEngine::start_with(config).await;
+    let w = worker(&engine).await;
+    serve(&w, "fn::noop", |_| async { Ok(Value::Null) }).await;
+    bind(
+        &w,
+        "fn::noop",
+        json!({"route": "/ws/fn/:user", "on": "message"}),
+    )
+    .await;
+    let mut ws = open(&engine, "/ws/fn/ann").await;
+    let hub = engine.mesh.realtime().unwrap().clone();
+    let deadline = Instant::now() + WAIT;
+    while hub.open_count() == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let id = hub.list(None, None, 1)[0].id.clone();
+    w.call(
+        "channel::send",
+        json!({"channel_id": id, "data": {"hi": 1}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(recv(&mut ws).await, json!({"hi": 1}));
+    let s = w
+        .call(
+            "channel::set_state",
+            json!({"channel_id": id, "state": {"a": 1}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s["state"], json!({"a": 1}));
+    w.call(
+        "channel::set_state",
+        json!({"channel_id": id, "state": {"b": 2}, "merge": true}),
+    )
+    .await
+    .unwrap();
+    let s = w
+        .call("channel::get_state", json!({"channel_id": id}))
+        .await
+        .unwrap();
+    assert_eq!(s["state"], json!({"a": 1, "b": 2}));
+    w.call(
+        "channel::set_auth",
+        json!({"channel_id": id, "context": {"user": "ann"}}),
+    )
+    .await
+    .unwrap();
+    w.call(
+        "channel::subscribe",
+        json!({"channel_id": id, "topic": "t"}),
+    )
+    .await
+    .unwrap();
+    let got = w
+        .call("channel::get", json!({"channel_id": id}))
+        .await
+        .unwrap();
+    assert_eq!(got["params"], json!({"user": "ann"}));
+    assert_eq!(got["auth"], json!({"context": {"user": "ann"}}));
+    assert_eq!(got["topics"], json!(["t"]));
+    let listed = w
+        .call("channel::list", json!({"topic": "t"}))
+        .await
+        .unwrap();
+    assert_eq!(listed["channels"].as_array().unwrap().len(), 1);
+    let many = w
+        .call(
+            "channel::send_many",
+            json!({"channel_ids": [id, "nope"], "data": "x"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(many["delivered"], 1);
+    assert_eq!(many["missing"], json!(["nope"]));
+    assert_eq!(recv(&mut ws).await, json!("x"));
+    let raw = w
+        .call(
+            "channel::publish",
+            json!({"topic": "t", "data": {"r": 1}, "raw": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw["recipients"], 1);
+    assert_eq!(recv(&mut ws).await, json!({"r": 1}));
+    let err = w
+        .call("channel::send", json!({"channel_id": id}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("missing data"), "{err}");
+
+    // A message over max_message_bytes closes the socket with 1009.
+    ws.send(Message::Text("y".repeat(4096).into()))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, 1009);
+}
+
+#[tokio::test]
+async fn clean_shutdown_fires_disconnects_before_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.data_dir = dir.path().to_owned();
+    let engine = TestEngine::start_with(config.clone()).await;
+    let w = worker(&engine).await;
+    let (_, tx, mut gone) = recorder();
+    serve(&w, "bye::left", move |p: Value| {
+        let _ = tx.send(p);
+        async { Ok(Value::Null) }
+    })
+    .await;
+    bind(
+        &w,
+        "bye::left",
+        json!({"route": "/ws/bye", "on": "disconnect"}),
+    )
+    .await;
+    let mut ws = open(&engine, "/ws/bye").await;
+    let hub = engine.mesh.realtime().unwrap().clone();
+    while hub.open_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    engine.stop().await;
+    let left = gone
+        .try_recv()
+        .expect("the disconnect ran before the engine returned");
+    assert_eq!(left["reason"]["by"], "engine_shutdown");
+    assert_eq!(close_code(&mut ws).await, 1001);
+
+    // Nothing is owed after a clean stop: the next start runs no disconnect.
+    let engine = TestEngine::start_with(config).await;
+    let w = worker(&engine).await;
+    let (tx, mut again) = mpsc::unbounded_channel();
+    serve(&w, "bye::left", move |p: Value| {
+        let _ = tx.send(p);
+        async { Ok(Value::Null) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        again.try_recv().is_err(),
+        "the disconnect already ran before the stop"
+    );
+}
+
+/// Starts the engine binary on an ephemeral port; returns it and its URL.
+fn start_binary(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qmesh"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start qmesh");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("address line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .expect("ws:// in the first line")
+        .to_owned();
+    (child, url)
+}
+
+#[tokio::test]
+async fn after_kill_9_each_open_connection_gets_one_engine_restart_disconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut engine, url) = start_binary(dir.path());
+    let w = Client::connect(&url).await.unwrap();
+    w.register_function("pres::hello", |p: Value| async move {
+        Ok(json!({"hello": p["channel"]["channel_id"]}))
+    })
+    .unwrap();
+    w.register_function("pres::leave", |_| async { Ok(Value::Null) })
+        .unwrap();
+    w.announce("presence-1").unwrap();
+    w.wait_for_function("pres::leave", WAIT).await.unwrap();
+    bind(
+        &w,
+        "pres::hello",
+        json!({"route": "/ws/presence/:room", "on": "connect"}),
+    )
+    .await;
+    bind(
+        &w,
+        "pres::leave",
+        json!({"route": "/ws/presence/:room", "on": "disconnect"}),
+    )
+    .await;
+
+    let mut ids = Vec::new();
+    let mut sockets = Vec::new();
+    for room in ["lobby", "kitchen"] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}/ws/presence/{room}"))
+            .await
+            .unwrap();
+        // The connect handler ran, so the connection's row is on disk.
+        ids.push(recv(&mut ws).await["hello"].as_str().unwrap().to_owned());
+        sockets.push(ws);
+    }
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    drop(sockets);
+    drop(w);
+
+    let (mut engine, url) = start_binary(dir.path());
+    let w = Client::connect(&url).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    w.register_function("pres::leave", move |p: Value| {
+        let _ = tx.send(p);
+        async { Ok(Value::Null) }
+    })
+    .unwrap();
+    w.announce("presence-2").unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("a restart disconnect")
+            .unwrap();
+        assert_eq!(p["event"], "disconnect");
+        assert_eq!(p["reason"]["by"], "engine_restart");
+        assert!(p["channel"]["params"]["room"].is_string(), "{p}");
+        got.push(p["channel"]["channel_id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rx.try_recv().is_err(), "each disconnect runs once");
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+}
+
+#[tokio::test]
+async fn login_over_the_socket_unlocks_required_handlers() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    let caller = w.clone();
+    serve(&w, "acct::login", move |p: Value| {
+        let caller = caller.clone();
+        async move {
+            if p["data"]["password"] != "hunter2" {
+                return Err(ErrorBody::new("BAD_LOGIN", "wrong password"));
+            }
+            let id = p["channel"]["channel_id"].clone();
+            let ctx = json!({"user": p["data"]["user"]});
+            caller
+                .call(
+                    "channel::set_auth",
+                    json!({"channel_id": id, "context": ctx}),
+                )
+                .await
+                .unwrap();
+            Ok(json!({"ok": true}))
+        }
+    })
+    .await;
+    serve(&w, "acct::me", |p: Value| async move {
+        Ok(json!({"me": p["channel"]["auth"]["context"]["user"]}))
+    })
+    .await;
+    let route = "/ws/acct";
+    bind(
+        &w,
+        "acct::login",
+        json!({"route": route, "on": "message", "match": {"action": "login"}}),
+    )
+    .await;
+    bind(
+        &w,
+        "acct::me",
+        json!({"route": route, "on": "message", "match": {"action": "me"}, "auth": "required"}),
+    )
+    .await;
+    let mut ws = open(&engine, route).await;
+    send(&mut ws, json!({"action": "me", "id": 1})).await;
+    assert_eq!(recv(&mut ws).await["error"]["code"], "UNAUTHORIZED");
+    send(
+        &mut ws,
+        json!({"action": "login", "id": 2, "user": "ann", "password": "nope"}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["error"]["code"], "BAD_LOGIN");
+    send(
+        &mut ws,
+        json!({"action": "login", "id": 3, "user": "ann", "password": "hunter2"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"ok": true, "action": "login", "id": 3})
+    );
+    send(&mut ws, json!({"action": "me", "id": 4})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"me": "ann", "action": "me", "id": 4})
+    );
+}
+
+#[tokio::test]
+async fn binary_frames_reach_the_binary_handler_as_base64() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    serve(&w, "bin::size", |p: Value| async move {
+        Ok(json!({"b64": p["data_b64"], "event": p["event"]}))
+    })
+    .await;
+    bind(&w, "bin::size", json!({"route": "/ws/bin", "on": "binary"})).await;
+    let mut ws = open(&engine, "/ws/bin").await;
+    ws.send(Message::Binary(vec![1u8, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"b64": "AQID", "event": "binary"})
+    );
+    send(&mut ws, json!({"x": 1})).await;
+    assert_eq!(
+        recv(&mut ws).await["error"]["code"],
+        "NO_HANDLER",
+        "no message handler on this route"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_as_idle_and_a_live_one_is_kept() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    let (_, tx, mut gone) = recorder();
+    serve(&w, "idle::left", move |p: Value| {
+        let _ = tx.send(p);
+        async { Ok(Value::Null) }
+    })
+    .await;
+    let opts = json!({"ping_interval_ms": 100, "idle_timeout_ms": 400});
+    bind(
+        &w,
+        "idle::left",
+        json!({"route": "/ws/idle", "on": "disconnect", "route_options": opts}),
+    )
+    .await;
+    // This one answers pings (tungstenite does, while it reads).
+    let mut live = open(&engine, "/ws/idle").await;
+    let reader = tokio::spawn(async move {
+        let end = Instant::now() + Duration::from_millis(1200);
+        let mut pings = 0;
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(end.into(), live.next()).await {
+            if m.is_ping() {
+                pings += 1;
+            }
+        }
+        (pings, live)
+    });
+    let _silent = open(&engine, "/ws/idle").await; // never read: no pongs
+    let left = tokio::time::timeout(WAIT, gone.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left["reason"]["by"], "idle");
+    let (pings, _live) = reader.await.unwrap();
+    assert!(pings >= 5, "the engine pings every 100 ms: {pings}");
+    assert!(gone.try_recv().is_err(), "the live client is still open");
+    assert_eq!(engine.mesh.realtime().unwrap().open_count(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_routes_run_messages_side_by_side() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    serve(&w, "par::slow", |p: Value| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(json!({"n": p["data"]["n"]}))
+    })
+    .await;
+    let opts = json!({"ordering": "concurrent", "max_in_flight": 8});
+    bind(
+        &w,
+        "par::slow",
+        json!({"route": "/ws/par", "on": "message", "route_options": opts}),
+    )
+    .await;
+    let mut ws = open(&engine, "/ws/par").await;
+    let t0 = Instant::now();
+    for n in 0..8 {
+        send(&mut ws, json!({"n": n, "id": n})).await;
+    }
+    let mut ids: Vec<u64> = Vec::new();
+    for _ in 0..8 {
+        ids.push(recv(&mut ws).await["id"].as_u64().unwrap());
+    }
+    ids.sort();
+    assert_eq!(ids, (0..8).collect::<Vec<u64>>());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "8 × 300 ms ran in parallel: {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn upgrades_past_max_connections_get_503() {
+    let mut config = test_config();
+    config.realtime.max_connections = 1;
+    let engine = TestEngine::start_with(config).await;
+    let w = worker(&engine).await;
+    serve(&w, "cap::noop", |_| async { Ok(Value::Null) }).await;
+    bind(
+        &w,
+        "cap::noop",
+        json!({"route": "/ws/cap", "on": "message"}),
+    )
+    .await;
+    let _first = open(&engine, "/ws/cap").await;
+    let hub = engine.mesh.realtime().unwrap().clone();
+    while hub.open_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(refused(&engine, "/ws/cap", None).await, 503);
+}
+
+#[tokio::test]
+async fn send_to_a_client_that_stopped_reading_reports_backpressure() {
+    let mut config = test_config();
+    config.realtime.outbound_messages = 8;
+    config.realtime.outbound_bytes = 1 << 20;
+    let engine = TestEngine::start_with(config).await;
+    let w = worker(&engine).await;
+    let (_, tx, mut gone) = recorder();
+    serve(&w, "bp::left", move |p: Value| {
+        let _ = tx.send(p);
+        async { Ok(Value::Null) }
+    })
+    .await;
+    bind(
+        &w,
+        "bp::left",
+        json!({"route": "/ws/bp", "on": "disconnect"}),
+    )
+    .await;
+    let _stalled = open(&engine, "/ws/bp").await; // never read
+    let hub = engine.mesh.realtime().unwrap().clone();
+    while hub.open_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let id = hub.list(None, None, 1)[0].id.clone();
+    let pad = "x".repeat(64 << 10);
+    let mut err = None;
+    for _ in 0..2000 {
+        match w
+            .call("channel::send", json!({"channel_id": id, "data": pad}))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                err = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let err = err.expect("the sender hears about the full queue");
+    assert!(err.contains("CHANNEL_BACKPRESSURE"), "{err}");
+    let left = tokio::time::timeout(WAIT, gone.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left["reason"]["by"], "slow_consumer");
+    let after = w
+        .call("channel::send", json!({"channel_id": id, "data": 1}))
+        .await
+        .unwrap_err();
+    assert!(
+        after.to_string().contains("CHANNEL_"),
+        "closed or gone: {after}"
+    );
+}
+
+#[tokio::test]
+async fn a_flooding_client_is_pushed_back_not_buffered() {
+    let mut config = test_config();
+    config.realtime.inbound_messages = 4;
+    let engine = TestEngine::start_with(config).await;
+    let w = worker(&engine).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let eaten = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (g, e) = (gate.clone(), eaten.clone());
+    serve(&w, "flood::eat", move |_| {
+        let (g, e) = (g.clone(), e.clone());
+        async move {
+            // The first message holds the handler loop until the test opens the gate.
+            let _ = g.acquire().await.unwrap();
+            e.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Value::Null)
+        }
+    })
+    .await;
+    bind(
+        &w,
+        "flood::eat",
+        json!({"route": "/ws/flood", "on": "message"}),
+    )
+    .await;
+    let ws = open(&engine, "/ws/flood").await;
+    let (mut tx, _rx) = ws.split();
+    const N: usize = 400; // × 64 KiB = 25 MiB, far more than the socket buffers hold
+    let text = "z".repeat(64 << 10);
+    let sender = tokio::spawn(async move {
+        for _ in 0..N {
+            tx.send(Message::Text(text.clone().into())).await.unwrap();
+        }
+        tx
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !sender.is_finished(),
+        "the engine kept reading a client whose handler is stuck"
+    );
+    assert_eq!(eaten.load(std::sync::atomic::Ordering::SeqCst), 0);
+    gate.add_permits(N);
+    let _tx = tokio::time::timeout(Duration::from_secs(30), sender)
+        .await
+        .expect("the client could send again once the handler moved")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while eaten.load(std::sync::atomic::Ordering::SeqCst) < N {
+        assert!(
+            Instant::now() < deadline,
+            "lost messages: {}",
+            eaten.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_route_whose_triggers_went_answers_503_and_open_sockets_survive() {
+    let engine = TestEngine::start().await;
+    let w = worker(&engine).await;
+    serve(&w, "gone::echo", |p: Value| async move {
+        Ok(json!({"echo": p["data"]}))
+    })
+    .await;
+    let r = w
+        .call(
+            "engine::register_trigger",
+            json!({"trigger_type": "websocket", "function_id": "gone::echo",
+                "config": {"route": "/ws/gone/:x", "on": "message"}}),
+        )
+        .await
+        .unwrap();
+    let mut ws = open(&engine, "/ws/gone/1").await;
+    let id = r["id"].clone();
+    w.call("engine::unregister_trigger", json!({"id": id}))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(&engine, "/ws/gone/2", None).await,
+        503,
+        "remembered, so: retry later"
+    );
+    assert_eq!(refused(&engine, "/ws/never", None).await, 404);
+    send(&mut ws, json!({"id": 1})).await;
+    assert_eq!(
+        recv(&mut ws).await["error"]["code"],
+        "HANDLER_UNAVAILABLE",
+        "the socket stays open"
+    );
+    bind(
+        &w,
+        "gone::echo",
+        json!({"route": "/ws/gone/:x", "on": "message"}),
+    )
+    .await;
+    send(&mut ws, json!({"id": 2, "v": 1})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"echo": {"v": 1}, "id": 2}),
+        "and works again when it returns"
+    );
+}
+
+// register_trigger is deprecated in 0.25 in favour of `observe`, which qmesh
+// does not speak (worker-protocol.md §0); 0.25's trigger messages still work.
+#[allow(deprecated)]
+#[tokio::test]
+async fn the_published_rust_sdk_binds_a_route_with_its_trigger_api() {
+    use iii_sdk::RegisterFunction;
+    use iii_sdk::protocol::RegisterTriggerInput;
+    let engine = TestEngine::start().await;
+    let sdk = common::sdk::sdk_worker(&engine.url, "realtime-sdk");
+    sdk.register_function(
+        "sdk::greet",
+        RegisterFunction::new_async(|p: Value| async move {
+            Ok::<_, iii_sdk::Error>(
+                json!({"hello": p["data"]["name"], "room": p["channel"]["params"]["room"]}),
+            )
+        }),
+    );
+    let config = json!({"route": "/ws/sdk/:room", "on": "message", "match": {"action": "greet"}});
+    sdk.register_trigger(RegisterTriggerInput::new("websocket", "sdk::greet", config))
+        .expect("register_trigger");
+    engine
+        .until("the SDK's route", |m| {
+            m.inspect(|st| st.realtime_routes.contains("/ws/sdk/:room"))
+        })
+        .await;
+    let mut ws = open(&engine, "/ws/sdk/blue").await;
+    send(
+        &mut ws,
+        json!({"action": "greet", "id": "g1", "name": "ann"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"hello": "ann", "room": "blue", "action": "greet", "id": "g1"})
+    );
+    common::sdk::stop(sdk).await;
+    // The SDK's bindings went with its connection, and with them the route.
+    engine
+        .until("the route to go", |m| {
+            m.inspect(|st| !st.realtime_routes.contains("/ws/sdk/:room"))
+        })
+        .await;
+}
