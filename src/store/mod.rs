@@ -182,14 +182,21 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
             st.applied
         };
         let started = std::time::Instant::now();
+        // sled holds its writers back while it flushes (apply_batch waits),
+        // but not during the fdatasync: the two are timed apart.
+        let mut flushed_us = 0;
         let result = db
             .flush()
             .map_err(|e| e.to_string())
-            .and_then(|_| log.sync_data().map_err(|e| e.to_string()));
+            .and_then(|_| {
+                flushed_us = started.elapsed().as_micros() as u64;
+                log.sync_data().map_err(|e| e.to_string())
+            });
         match result {
             Ok(()) => {
                 tracing::trace!(
                     batches = target - synced,
+                    flush_us = flushed_us,
                     micros = started.elapsed().as_micros() as u64,
                     "store synced"
                 );
