@@ -10,8 +10,6 @@ use iii_sdk::protocol::TriggerRequest;
 use iii_sdk::{IIIClient, RegisterFunction, TriggerAction};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,28 +18,6 @@ use tokio::sync::mpsc;
 const JOBS: u64 = 10_000;
 const KILL_AFTER_ACKS: usize = 3_000;
 const PRODUCERS: usize = 64;
-
-/// Starts the engine binary on an ephemeral port; returns it and its URL.
-fn start_engine(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qmesh"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start qmesh");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("address line");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .expect("ws:// in the first line")
-        .to_owned();
-    (child, url)
-}
 
 /// An SDK worker running `crash::work`, reporting each job's `n`; `pace`
 /// slows it so acknowledged jobs are still queued at the kill.
@@ -133,7 +109,7 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<u64>, into: &mut HashSet<u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_job_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut engine, url) = start_engine(dir.path());
+    let (mut engine, url) = common::start_binary(dir.path());
     let (tx, mut ran_rx) = mpsc::unbounded_channel();
     let first_worker = worker(&url, tx.clone(), Duration::from_millis(2));
     let producer = sdk_worker(&url, "crash-producer");
@@ -164,7 +140,7 @@ async fn every_acknowledged_job_survives_kill_9() {
     stop(first_worker).await;
     stop(producer).await;
 
-    let (mut engine, url) = start_engine(dir.path());
+    let (mut engine, url) = common::start_binary(dir.path());
     let second_worker = worker(&url, tx, Duration::ZERO);
     let started = Instant::now();
     while !acked.is_subset(&ran) {

@@ -736,33 +736,10 @@ async fn clean_shutdown_fires_disconnects_before_exit() {
     );
 }
 
-/// Starts the engine binary on an ephemeral port; returns it and its URL.
-fn start_binary(data_dir: &std::path::Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qmesh"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("start qmesh");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("address line");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .expect("ws:// in the first line")
-        .to_owned();
-    (child, url)
-}
-
 #[tokio::test]
 async fn after_kill_9_each_open_connection_gets_one_engine_restart_disconnect() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut engine, url) = start_binary(dir.path());
+    let (mut engine, url) = common::start_binary(dir.path());
     let w = Client::connect(&url).await.unwrap();
     w.register_function("pres::hello", |p: Value| async move {
         Ok(json!({"hello": p["channel"]["channel_id"]}))
@@ -800,7 +777,7 @@ async fn after_kill_9_each_open_connection_gets_one_engine_restart_disconnect() 
     drop(sockets);
     drop(w);
 
-    let (mut engine, url) = start_binary(dir.path());
+    let (mut engine, url) = common::start_binary(dir.path());
     let w = Client::connect(&url).await.unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     w.register_function("pres::leave", move |p: Value| {

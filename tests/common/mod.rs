@@ -269,3 +269,27 @@ async fn next_json(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) -> Optio
 }
 pub mod programs;
 pub mod sdk;
+
+/// Starts the real `qmesh` binary on an ephemeral port with its store in
+/// `data_dir` (for tests that kill -9 it); returns the process and its URL.
+pub fn start_binary(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qmesh"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start qmesh");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .expect("ws:// in the first line")
+        .to_owned();
+    (child, url)
+}
