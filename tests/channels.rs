@@ -24,6 +24,18 @@ async fn raw_channel(engine: &TestEngine) -> (RawClient, ChannelPair) {
     (w, pair)
 }
 
+/// A channel created by a raw client, with both ends connected.
+async fn connected_channel(engine: &TestEngine) -> (RawClient, ChannelReader, ChannelWriter) {
+    let (creator, pair) = raw_channel(engine).await;
+    let reader = ChannelReader::open(&engine.url, &pair.reader)
+        .await
+        .unwrap();
+    let writer = ChannelWriter::open(&engine.url, &pair.writer)
+        .await
+        .unwrap();
+    (creator, reader, writer)
+}
+
 async fn status_of(url: &str) -> u16 {
     match tokio_tungstenite::connect_async(url).await {
         Ok(_) => 101,
@@ -147,13 +159,7 @@ async fn text_and_chunks_keep_their_order_and_a_normal_close_ends_the_stream() {
 #[tokio::test]
 async fn a_writer_that_vanishes_is_a_distinct_close_not_an_end() {
     let engine = TestEngine::start().await;
-    let (_creator, pair) = raw_channel(&engine).await;
-    let mut reader = ChannelReader::open(&engine.url, &pair.reader)
-        .await
-        .unwrap();
-    let mut writer = ChannelWriter::open(&engine.url, &pair.writer)
-        .await
-        .unwrap();
+    let (_creator, mut reader, mut writer) = connected_channel(&engine).await;
     writer.write(b"partial").await.unwrap();
     writer.abort(); // TCP closed with no close frame
     assert_eq!(
@@ -173,13 +179,7 @@ async fn an_oversize_frame_closes_the_writer_with_1009_and_is_an_abort_for_the_r
     config.channels.max_frame_size = 64 << 10;
     config.channels.max_buffer_bytes = 256 << 10;
     let engine = TestEngine::start_with(config).await;
-    let (_creator, pair) = raw_channel(&engine).await;
-    let mut reader = ChannelReader::open(&engine.url, &pair.reader)
-        .await
-        .unwrap();
-    let mut writer = ChannelWriter::open(&engine.url, &pair.writer)
-        .await
-        .unwrap();
+    let (_creator, mut reader, mut writer) = connected_channel(&engine).await;
     writer.send_frame(vec![1u8; 1000].into()).await.unwrap();
     let too_big = writer.send_frame(vec![2u8; (64 << 10) + 1].into()).await;
     // The engine's close may race the send; either way the writer learns it.
@@ -519,13 +519,7 @@ async fn the_rust_sdk_writes_and_reads_channels() {
 #[tokio::test]
 async fn engine_shutdown_closes_open_ends_with_1001() {
     let engine = TestEngine::start().await;
-    let (_creator, pair) = raw_channel(&engine).await;
-    let mut reader = ChannelReader::open(&engine.url, &pair.reader)
-        .await
-        .unwrap();
-    let mut writer = ChannelWriter::open(&engine.url, &pair.writer)
-        .await
-        .unwrap();
+    let (_creator, mut reader, mut writer) = connected_channel(&engine).await;
     writer.write(b"before").await.unwrap();
     assert!(matches!(
         reader.next().await,
