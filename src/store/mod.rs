@@ -185,13 +185,10 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
         // sled holds its writers back while it flushes (apply_batch waits),
         // but not during the fdatasync: the two are timed apart.
         let mut flushed_us = 0;
-        let result = db
-            .flush()
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                flushed_us = started.elapsed().as_micros() as u64;
-                log.sync_data().map_err(|e| e.to_string())
-            });
+        let result = db.flush().map_err(|e| e.to_string()).and_then(|_| {
+            flushed_us = started.elapsed().as_micros() as u64;
+            log.sync_data().map_err(|e| e.to_string())
+        });
         match result {
             Ok(()) => {
                 tracing::trace!(
