@@ -200,6 +200,7 @@ async fn channels(
         in_flight: args.in_flight,
         frame_size: args.size(),
         limit,
+        stall: args.remote.timeout,
     };
     let progress = Arc::new(Progress::default());
     let run = channel::run(&client, load, progress.clone());

@@ -58,6 +58,10 @@ pub struct ChannelLoad {
     pub frame_size: usize,
     /// A count is of frames over all channels, shared out evenly.
     pub limit: Limit,
+    /// Longest a writer waits to send a frame, or a reader for the next
+    /// piece of the stream, before its channel fails: a stalled engine ends
+    /// the run instead of hanging it.
+    pub stall: Duration,
 }
 
 /// What a channel run measured: [`Outcome`] counts frames; `bytes` is what
@@ -103,10 +107,17 @@ pub async fn run(
             deadline,
             window: window.clone(),
             started,
+            stall: load.stall,
         };
         let check = FrameCheck::new(template.clone());
         let writer = tokio::spawn(send.run(writer));
-        let reader = tokio::spawn(receive(reader, check, window, progress.clone(), started));
+        let reader = tokio::spawn(receive(
+            reader,
+            check,
+            window,
+            progress.clone(),
+            (started, load.stall),
+        ));
         tasks.push((writer, reader));
     }
     let mut latency_us = Histogram::<u64>::new(3).expect("3 significant digits is valid");
@@ -175,6 +186,7 @@ struct Sender {
     deadline: Option<Instant>,
     window: Arc<Semaphore>,
     started: Instant,
+    stall: Duration,
 }
 
 impl Sender {
@@ -192,8 +204,13 @@ impl Sender {
             frame[..8].copy_from_slice(&sent.to_le_bytes());
             let at = self.started.elapsed().as_nanos() as u64;
             frame[8..HEADER].copy_from_slice(&at.to_le_bytes());
-            if let Err(e) = writer.send_frame(Bytes::from(frame)).await {
-                return (sent, Err(format!("writer: {e}")));
+            match tokio::time::timeout(self.stall, writer.send_frame(Bytes::from(frame))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return (sent, Err(format!("writer: {e}"))),
+                Err(_) => {
+                    let why = format!("writer: frame {sent} not taken within {:?}", self.stall);
+                    return (sent, Err(why));
+                }
             }
             sent += 1;
         }
@@ -216,7 +233,7 @@ async fn receive(
     mut check: FrameCheck,
     window: Arc<Semaphore>,
     progress: Arc<Progress>,
-    started: Instant,
+    (started, stall): (Instant, Duration),
 ) -> Received {
     let mut latency_us = Histogram::<u64>::new(3).expect("3 significant digits is valid");
     let mut on_frame = |sent_ns: u64| {
@@ -228,7 +245,13 @@ async fn receive(
         progress.done.fetch_add(1, Ordering::Relaxed);
     };
     let error = loop {
-        match reader.next().await {
+        let Ok(next) = tokio::time::timeout(stall, reader.next()).await else {
+            break Some(format!(
+                "reader: nothing arrived within {stall:?} after frame {}",
+                check.frames
+            ));
+        };
+        match next {
             Ok(Some(ChannelItem::Binary(b))) => {
                 if let Err(e) = check.feed(&b, &mut on_frame) {
                     break Some(e);
