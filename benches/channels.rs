@@ -27,6 +27,7 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use qmesh::client::Client;
 use qmesh::client::channel::{ChannelItem, ChannelReader, ChannelWriter};
+use qmesh::loadgen::channel::open_pair;
 use serde_json::{Value, json};
 use std::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -34,12 +35,9 @@ use tokio_tungstenite::tungstenite::Message;
 const FRAME: usize = 64 << 10;
 const TARGET_AGGREGATE_GB_PER_SEC: f64 = 1.0;
 
-/// An open channel: its writer and reader.
+/// An open channel: its writer and reader (as `qmesh bench channel` opens them).
 async fn open_channel(client: &Client) -> (ChannelWriter, ChannelReader) {
-    let pair = client.create_channel(None).await.expect("create");
-    let writer = client.open_writer(&pair.writer).await.expect("writer");
-    let reader = client.open_reader(&pair.reader).await.expect("reader");
-    (writer, reader)
+    open_pair(client).await.expect("open a channel")
 }
 
 /// `channels` channels at once, `bytes` through each; returns bytes/s overall.

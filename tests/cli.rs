@@ -545,3 +545,82 @@ async fn bench_reports_throughput_and_percentiles_for_each_workload() {
     let usage = qmesh(url, &["bench", "invoke", "--queue", "q"]).await;
     assert_eq!(usage.code, 2, "{usage:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_channel_reports_the_frames_and_bytes_its_readers_verified() {
+    let engine = TestEngine::start().await;
+    let url = engine.url.as_str();
+    let args = [
+        "bench",
+        "channel",
+        "-n",
+        "300",
+        "-c",
+        "3",
+        "-p",
+        "4",
+        "-s",
+        "4096",
+        "--threads",
+        "1",
+        "--json",
+    ];
+    let r = ok_json(url, &args).await;
+    assert_report(&r, "channel");
+    assert_eq!(
+        (
+            r["ops"].as_u64(),
+            r["clients"].as_u64(),
+            r["in_flight"].as_u64()
+        ),
+        (Some(300), Some(3), Some(4)),
+        "{r}"
+    );
+    assert_eq!(r["payload_bytes"], 4096, "{r}");
+    assert_eq!(r["bytes"], 300 * 4096, "every frame's bytes, verified: {r}");
+    assert!(r["mb_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+
+    // By time, with a frame size that is no power of two, under its long name.
+    let args = [
+        "bench",
+        "channel",
+        "-d",
+        "300ms",
+        "-c",
+        "2",
+        "--frame-size",
+        "1000",
+        "--threads",
+        "1",
+        "--json",
+    ];
+    let timed = ok_json(url, &args).await;
+    assert_report(&timed, "channel");
+    let frames = timed["ops"].as_u64().unwrap();
+    assert_eq!(timed["bytes"].as_u64(), Some(frames * 1000), "{timed}");
+
+    let text = qmesh(
+        url,
+        &["bench", "channel", "-n", "20", "-c", "1", "-s", "64"],
+    )
+    .await;
+    assert_eq!(text.code, 0, "{text:?}");
+    for want in ["frames/s", "MB/s", "p99.9", "1280 bytes verified"] {
+        assert!(text.stdout.contains(want), "{want}: {text:?}");
+    }
+
+    // Frames over the engine's max_frame_size (1 MiB) are refused: failed
+    // frames and exit 1, with the report still on stdout.
+    let args = [
+        "bench", "channel", "-n", "2", "-c", "1", "-s", "2000000", "--json",
+    ];
+    let refused = qmesh(url, &args).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let report = refused.json();
+    assert!(report["errors"].as_u64() >= Some(1), "{report}");
+    assert_eq!(report["ops"], 0, "{report}");
+    assert!(report["first_error"].is_string(), "{report}");
+
+    let usage = qmesh(url, &["bench", "channel", "-s", "8"]).await;
+    assert_eq!(usage.code, 2, "{usage:?}");
+}

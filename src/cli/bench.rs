@@ -1,10 +1,12 @@
-//! `qmesh bench invoke|enqueue|e2e`: load an engine from N client connections
-//! with M operations in flight each, show progress, and report throughput and
+//! `qmesh bench invoke|enqueue|e2e|channel`: load an engine from N client
+//! connections with M operations in flight each (channel: N binary channels
+//! with M frames in flight each), show progress, and report throughput and
 //! latency percentiles. The load itself is `qmesh::loadgen`.
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use qmesh::client::{Client, ClientOptions};
+use qmesh::loadgen::channel::{self, ChannelLoad, SetupError};
 use qmesh::loadgen::{self, Limit, Outcome, Progress, Report, RunShape, workload};
 use serde_json::json;
 use std::process::ExitCode;
@@ -23,25 +25,31 @@ enum Workload {
     Enqueue,
     /// Enqueue → the job starting on the bench's own worker; each slot waits for its job.
     E2e,
+    /// Binary frames through N channels (a writer and a reader each), timed from send to receipt.
+    Channel,
 }
+
+/// Default `--size` of the JSON workloads, and of a channel frame (the SDKs' chunk).
+const DEFAULT_PAYLOAD: usize = 64;
+const DEFAULT_FRAME: usize = 64 << 10;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[arg(value_enum)]
     workload: Workload,
-    /// Client connections sending load.
+    /// Client connections sending load (channel: channels, each with a writer and a reader).
     #[arg(long, short = 'c', default_value_t = 4)]
     clients: usize,
-    /// Operations outstanding per connection.
+    /// Operations outstanding per connection (channel: frames sent and not yet received, per channel).
     #[arg(long, short = 'p', default_value_t = 16)]
     in_flight: usize,
-    /// Payload size in bytes (JSON text).
-    #[arg(long, short = 's', default_value_t = 64)]
-    size: usize,
+    /// Payload bytes: JSON text (default 64); channel: each binary frame (default 65536, at least 16).
+    #[arg(long, short = 's', visible_alias = "frame-size")]
+    size: Option<usize>,
     /// Run for this long (default 10s).
     #[arg(long, short = 'd', value_parser = humantime::parse_duration, conflicts_with = "count")]
     duration: Option<Duration>,
-    /// Run this many operations instead.
+    /// Run this many operations instead (channel: frames over all channels).
     #[arg(long, short = 'n')]
     count: Option<u64>,
     /// invoke: call this function instead of the bench's echo (its worker must be running).
@@ -69,13 +77,19 @@ impl BenchArgs {
                 "--function applies to the invoke workload only",
             ));
         }
-        if self.queue.is_some() && self.workload == Workload::Invoke {
+        if self.queue.is_some() && matches!(self.workload, Workload::Invoke | Workload::Channel) {
             return Err(CliError::usage(
                 "--queue applies to the enqueue and e2e workloads only",
             ));
         }
         if self.queue.as_deref() == Some("") || self.function.as_deref() == Some("") {
             return Err(CliError::usage("--queue and --function cannot be empty"));
+        }
+        if self.workload == Workload::Channel && self.size() < channel::HEADER {
+            return Err(CliError::usage(format!(
+                "--size of a channel frame must be at least {} bytes (its sequence number and send time)",
+                channel::HEADER
+            )));
         }
         match (self.count, self.duration) {
             (Some(0), _) => Err(CliError::usage("--count must be at least 1")),
@@ -85,6 +99,14 @@ impl BenchArgs {
             }
             (None, d) => Ok(Limit::Duration(d.unwrap_or(Duration::from_secs(10)))),
         }
+    }
+
+    /// `--size`, or the workload's default.
+    fn size(&self) -> usize {
+        self.size.unwrap_or(match self.workload {
+            Workload::Channel => DEFAULT_FRAME,
+            _ => DEFAULT_PAYLOAD,
+        })
     }
 
     fn threads(&self) -> usize {
@@ -117,8 +139,13 @@ pub fn bench(args: BenchArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // The report (with `errors` and `first_error`) is the whole JSON answer.
+    let unit = if report.bytes.is_some() {
+        "frames"
+    } else {
+        "operations"
+    };
     let e = CliError::Failed(format!(
-        "{} operations failed; first: {}",
+        "{} {unit} failed; first: {}",
         report.errors,
         report.first_error.as_deref().unwrap_or("?")
     ));
@@ -132,6 +159,9 @@ pub fn bench(args: BenchArgs) -> ExitCode {
 async fn run(args: &BenchArgs, limit: Limit) -> Result<Report, CliError> {
     let url = args.remote.engine_url()?;
     let options = args.remote.options();
+    if args.workload == Workload::Channel {
+        return channels(args, &url, options, limit).await;
+    }
     let mut clients = Vec::with_capacity(args.clients);
     for _ in 0..args.clients {
         clients.push(Client::connect_with(&url, options.clone()).await?);
@@ -141,6 +171,7 @@ async fn run(args: &BenchArgs, limit: Limit) -> Result<Report, CliError> {
         Workload::Invoke => invoke(args, &url, &options, &clients, limit, progress).await?,
         Workload::Enqueue => enqueue(args, &clients, limit, progress).await?,
         Workload::E2e => e2e(args, &url, &options, &clients, limit, progress).await?,
+        Workload::Channel => unreachable!("handled above"),
     };
     for c in &clients {
         c.close().await;
@@ -150,9 +181,44 @@ async fn run(args: &BenchArgs, limit: Limit) -> Result<Report, CliError> {
         target,
         clients: args.clients,
         in_flight: args.in_flight,
-        payload_bytes: workload::numbered(0, args.size).to_string().len(),
+        payload_bytes: workload::numbered(0, args.size()).to_string().len(),
     };
     Ok(Report::new(shape, &outcome))
+}
+
+/// The channel workload: one control connection creates the channels; each
+/// channel then has its own writer and reader connection.
+async fn channels(
+    args: &BenchArgs,
+    url: &str,
+    options: ClientOptions,
+    limit: Limit,
+) -> Result<Report, CliError> {
+    let client = Client::connect_with(url, options).await?;
+    let load = ChannelLoad {
+        channels: args.clients,
+        in_flight: args.in_flight,
+        frame_size: args.size(),
+        limit,
+        stall: args.remote.timeout,
+    };
+    let progress = Arc::new(Progress::default());
+    let run = channel::run(&client, load, progress.clone());
+    let outcome = with_progress(limit, "frames", progress, run).await;
+    client.close().await;
+    let outcome = outcome.map_err(|e| match e {
+        SetupError::Create(e) => CliError::from(e),
+        e @ SetupError::Open(_) => CliError::Failed(e.to_string()),
+    })?;
+    let shape = RunShape {
+        workload: "channel".into(),
+        target: "writer → engine → reader".into(),
+        clients: args.clients,
+        in_flight: args.in_flight,
+        payload_bytes: args.size(),
+    };
+    let elapsed = outcome.outcome.elapsed;
+    Ok(Report::new(shape, &outcome.outcome).with_bytes(outcome.bytes, elapsed))
 }
 
 async fn invoke(
@@ -180,7 +246,7 @@ async fn invoke(
     } else {
         clients[0].call("engine::functions::info", probe).await?;
     }
-    let size = args.size;
+    let size = args.size();
     let f = function.clone();
     let op = move |c: Client, seq: u64| {
         let f = f.clone();
@@ -188,6 +254,7 @@ async fn invoke(
     };
     let outcome = with_progress(
         limit,
+        "ops",
         progress.clone(),
         loadgen::drive(clients, args.in_flight, limit, progress, op),
     )
@@ -208,7 +275,7 @@ async fn enqueue(
         .queue
         .clone()
         .unwrap_or_else(|| workload::ENQUEUE_QUEUE.to_owned());
-    let size = args.size;
+    let size = args.size();
     let q = queue.clone();
     let op = move |c: Client, seq: u64| {
         let q = q.clone();
@@ -216,6 +283,7 @@ async fn enqueue(
     };
     let outcome = with_progress(
         limit,
+        "ops",
         progress.clone(),
         loadgen::drive(clients, args.in_flight, limit, progress, op),
     )
@@ -246,7 +314,7 @@ async fn e2e(
     clients[0]
         .wait_for_function(tracker.function_id(), args.remote.timeout)
         .await?;
-    let (size, timeout) = (args.size, args.remote.timeout);
+    let (size, timeout) = (args.size(), args.remote.timeout);
     let (q, t) = (queue.clone(), tracker.clone());
     let op = move |c: Client, seq: u64| {
         let (q, t) = (q.clone(), t.clone());
@@ -254,6 +322,7 @@ async fn e2e(
     };
     let outcome = with_progress(
         limit,
+        "ops",
         progress.clone(),
         loadgen::drive(clients, args.in_flight, limit, progress, op),
     )
@@ -262,12 +331,14 @@ async fn e2e(
     Ok((outcome, format!("{queue} → {}", tracker.function_id())))
 }
 
-/// Draws a progress bar on stderr (when it is a terminal) while `run` goes on.
-async fn with_progress<F: Future<Output = Outcome>>(
+/// Draws a progress bar on stderr (when it is a terminal) while `run` goes
+/// on; `unit` names what `progress` counts.
+async fn with_progress<T, F: Future<Output = T>>(
     limit: Limit,
+    unit: &str,
     progress: Arc<Progress>,
     run: F,
-) -> Outcome {
+) -> T {
     let (len, by_time) = match limit {
         Limit::Count(n) => (n, false),
         Limit::Duration(d) => (d.as_millis() as u64, true),
@@ -277,23 +348,24 @@ async fn with_progress<F: Future<Output = Outcome>>(
         bar.set_prefix(humantime::format_duration(d).to_string());
     }
     let template = if by_time {
-        "{spinner} [{bar:40}] {elapsed} of {prefix}  {msg}"
+        "{spinner} [{bar:40}] {elapsed} of {prefix}  {msg}".to_owned()
     } else {
-        "{spinner} [{bar:40}] {pos}/{len} ops {msg}"
+        format!("{{spinner}} [{{bar:40}}] {{pos}}/{{len}} {unit} {{msg}}")
     };
-    if let Ok(style) = ProgressStyle::with_template(template) {
+    if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(style.progress_chars("=> "));
     }
     let started = Instant::now();
     let ticker = {
         let bar = bar.clone();
+        let unit = unit.to_owned();
         tokio::spawn(async move {
             loop {
                 let (done, errors) = (progress.done(), progress.errors());
                 let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
                 if by_time {
                     bar.set_position(started.elapsed().as_millis() as u64);
-                    bar.set_message(format!("{done} ops, {rate:.0}/s, {errors} errors"));
+                    bar.set_message(format!("{done} {unit}, {rate:.0}/s, {errors} errors"));
                 } else {
                     bar.set_position(done);
                     bar.set_message(format!("{rate:.0}/s, {errors} errors"));
@@ -311,18 +383,36 @@ async fn with_progress<F: Future<Output = Outcome>>(
 fn report_text(r: &Report) -> String {
     let s = &r.shape;
     let l = &r.latency_ms;
-    pairs(&[
-        ("workload", format!("{} → {}", s.workload, s.target)),
-        (
-            "load",
+    let (load, count, throughput) = match (r.bytes, r.mb_per_sec) {
+        (Some(bytes), Some(mb)) => (
+            format!(
+                "{} channels × {} frames in flight, {}-byte frames",
+                s.clients, s.in_flight, s.payload_bytes
+            ),
+            (
+                "frames",
+                format!("{} ok ({bytes} bytes verified), {} failed", r.ops, r.errors),
+            ),
+            format!(
+                "{:.0} frames/s, {mb:.2} MB/s (MB = 10^6 bytes)",
+                r.throughput_per_sec
+            ),
+        ),
+        _ => (
             format!(
                 "{} clients × {} in flight, {}-byte payloads",
                 s.clients, s.in_flight, s.payload_bytes
             ),
+            ("ops", format!("{} ok, {} failed", r.ops, r.errors)),
+            format!("{:.0} ops/s", r.throughput_per_sec),
         ),
+    };
+    pairs(&[
+        ("workload", format!("{} → {}", s.workload, s.target)),
+        ("load", load),
         ("elapsed", format!("{:.2} s", r.elapsed_secs)),
-        ("ops", format!("{} ok, {} failed", r.ops, r.errors)),
-        ("throughput", format!("{:.0} ops/s", r.throughput_per_sec)),
+        count,
+        ("throughput", throughput),
         (
             "latency ms",
             format!(
@@ -364,6 +454,14 @@ mod tests {
     }
 
     #[test]
+    fn size_defaults_to_the_workload_and_frame_size_is_its_alias() {
+        assert_eq!(parse(&["invoke"]).size(), 64);
+        assert_eq!(parse(&["channel"]).size(), 65536);
+        assert_eq!(parse(&["channel", "--frame-size", "1024"]).size(), 1024);
+        assert!(parse(&["channel", "-s", "16"]).validate().is_ok());
+    }
+
+    #[test]
     fn options_that_do_not_fit_the_workload_are_usage_errors() {
         for bad in [
             &["invoke", "--queue", "q"][..],
@@ -371,6 +469,10 @@ mod tests {
             &["invoke", "-c", "0"],
             &["invoke", "-n", "0"],
             &["invoke", "-d", "0s"],
+            &["channel", "--queue", "q"],
+            &["channel", "--function", "f"],
+            &["channel", "-s", "15"],
+            &["channel", "-p", "0"],
         ] {
             let e = parse(bad).validate().unwrap_err();
             assert_eq!(e.exit_code(), super::super::error::exit::USAGE, "{bad:?}");

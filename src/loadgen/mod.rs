@@ -6,7 +6,9 @@
 //! an HDR histogram (microseconds). [`Progress`] is updated as operations end,
 //! so a caller can draw a progress bar while it runs. [`workload`] has the
 //! operations `qmesh bench` measures; [`Report`] is what a run prints.
+//! [`channel`] is the streaming workload: frames through binary channels.
 
+pub mod channel;
 mod report;
 pub mod workload;
 

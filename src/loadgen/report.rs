@@ -2,21 +2,22 @@
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::time::Duration;
 
 use super::Outcome;
 
 /// How a run was set up, repeated in its report so runs can be compared.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunShape {
-    /// `invoke`, `enqueue` or `e2e`.
+    /// `invoke`, `enqueue`, `e2e` or `channel`.
     pub workload: String,
     /// What was called: a function id, or `queue → function`.
     pub target: String,
-    /// Connections sending load.
+    /// Connections sending load (channel: channels, each a writer and a reader).
     pub clients: usize,
-    /// Operations outstanding per connection.
+    /// Operations outstanding per connection (channel: frames per channel).
     pub in_flight: usize,
-    /// Bytes of each payload, as JSON text.
+    /// Bytes of each payload, as JSON text (channel: of each binary frame).
     pub payload_bytes: usize,
 }
 
@@ -71,6 +72,12 @@ pub struct Report {
     pub throughput_per_sec: f64,
     pub latency_ms: Latency,
     pub first_error: Option<String>,
+    /// Channel runs: bytes received and verified by the readers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Channel runs: `bytes` per second of the run in decimal megabytes (10^6 bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mb_per_sec: Option<f64>,
 }
 
 impl Report {
@@ -89,14 +96,24 @@ impl Report {
             throughput_per_sec: rate.round(),
             latency_ms: Latency::from_micros(&outcome.latency_us),
             first_error: outcome.first_error.clone(),
+            bytes: None,
+            mb_per_sec: None,
         }
+    }
+
+    /// Adds the bytes a run moved, and their rate in MB/s (10^6 bytes).
+    pub fn with_bytes(mut self, bytes: u64, elapsed: Duration) -> Report {
+        let secs = elapsed.as_secs_f64();
+        let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+        self.bytes = Some(bytes);
+        self.mb_per_sec = Some((rate / 1e4).round() / 100.0);
+        self
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn percentiles_come_from_the_histogram_in_milliseconds() {
@@ -127,6 +144,9 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["workload"], "invoke");
         assert_eq!(v["latency_ms"]["p99_9"], r.latency_ms.p99_9);
+        assert!(v.get("bytes").is_none(), "only channel runs count bytes");
+        let r = r.with_bytes(3_000_000, Duration::from_secs(2));
+        assert_eq!((r.bytes, r.mb_per_sec), (Some(3_000_000), Some(1.5)));
     }
 
     #[test]
