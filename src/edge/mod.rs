@@ -65,36 +65,13 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr),
 ) -> std::io::Result<()> {
     mesh.register_engine_trigger_types();
-    let store_dir = mesh.config().data_dir.join("store");
-    let store = Store::open(&store_dir)
-        .map_err(|e| std::io::Error::other(format!("{}: {e}", store_dir.display())))?;
-    let store = Arc::new(store);
-    mesh.attach_queues(Queues::start(mesh.clone(), store.clone()).map_err(std::io::Error::other)?);
-    let realtime = Realtime::new(mesh.config().realtime.clone(), Some(store));
-    mesh.attach_realtime(realtime.clone());
-    let leftovers = crate::realtime::persist::leftovers(&realtime);
-    if !leftovers.is_empty() {
-        let (realtime, mesh) = (realtime.clone(), mesh.clone());
-        tokio::spawn(async move {
-            crate::realtime::persist::recover(&realtime, &mesh, leftovers).await
-        });
-    }
+    attach_stored_services(&mesh)?;
     let background = [
         tokio::spawn(events::run(mesh.clone())),
         tokio::spawn(expire_calls(mesh.clone())),
         tokio::spawn(crate::channels::run_sweeper(mesh.channels().clone())),
     ];
-    let state = AppState {
-        connection_slots: Arc::new(Semaphore::new(mesh.config().limits.max_connections)),
-        mesh: mesh.clone(),
-    };
-    let app = Router::new()
-        .route("/", get(worker_socket::upgrade))
-        .route("/otel", get(otel::upgrade))
-        .route("/health", get(health::health))
-        .route("/ws/channels/{channel_id}", get(channel_socket::upgrade))
-        .fallback(crate::realtime::upgrade::handle)
-        .with_state(state);
+    let app = router(&mesh);
     let draining = mesh.clone();
     ready(listener.local_addr()?);
     // Calls are small frames answered at once: Nagle's algorithm would hold
@@ -119,6 +96,41 @@ pub async fn serve(
         task.abort();
     }
     Ok(())
+}
+
+/// Opens the store and attaches what lives on it: the durable queue and the
+/// realtime hub (whose connections left open by a crash get their disconnects).
+fn attach_stored_services(mesh: &Mesh) -> std::io::Result<()> {
+    let store_dir = mesh.config().data_dir.join("store");
+    let store = Store::open(&store_dir)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", store_dir.display())))?;
+    let store = Arc::new(store);
+    mesh.attach_queues(Queues::start(mesh.clone(), store.clone()).map_err(std::io::Error::other)?);
+    let realtime = Realtime::new(mesh.config().realtime.clone(), Some(store));
+    mesh.attach_realtime(realtime.clone());
+    let leftovers = crate::realtime::persist::leftovers(&realtime);
+    if !leftovers.is_empty() {
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            crate::realtime::persist::recover(&realtime, &mesh, leftovers).await
+        });
+    }
+    Ok(())
+}
+
+/// Every path the one listener serves; anything else may be a realtime route.
+fn router(mesh: &Mesh) -> Router {
+    let state = AppState {
+        connection_slots: Arc::new(Semaphore::new(mesh.config().limits.max_connections)),
+        mesh: mesh.clone(),
+    };
+    Router::new()
+        .route("/", get(worker_socket::upgrade))
+        .route("/otel", get(otel::upgrade))
+        .route("/health", get(health::health))
+        .route("/ws/channels/{channel_id}", get(channel_socket::upgrade))
+        .fallback(crate::realtime::upgrade::handle)
+        .with_state(state)
 }
 
 /// Waits for calls in flight (up to the grace period), then closes every worker.
