@@ -10,7 +10,7 @@ use super::scheduler::{Scheduler, store_error};
 use super::settings::{Ordering, QueueSettings};
 use super::{EnqueueRequest, Enqueued, now_ms};
 use crate::protocol::{ErrorBody, codes};
-use crate::store::layout::{self, QueueId};
+use crate::store::layout::{self, FnId, QueueId};
 use crate::store::records::{JobRecord, JobState};
 use crate::store::{StoreError, record};
 
@@ -71,101 +71,38 @@ impl Scheduler {
         batch: &mut sled::Batch,
         seen: &mut Seen,
     ) -> Result<Enqueued, ErrorBody> {
-        let settings = self.config.settings(&req.queue);
-        if let Some(s) = &settings
-            && req.payload.get().len() > s.max_payload_bytes
-        {
-            let msg = format!(
-                "payload is {} bytes; queue {:?} accepts at most {}",
-                req.payload.get().len(),
-                req.queue,
-                s.max_payload_bytes
-            );
-            return Err(ErrorBody::new("payload_too_large", msg));
-        }
-        let group = match &settings {
-            Some(s) if s.ordering == Ordering::Fifo => Some(fifo_group(s, &req)?),
-            _ => None,
-        };
+        let group = self.admit(&req)?;
         let q = self.queue_for(&req.queue)?;
-        if let Some(key) = &req.idempotency_key {
-            let earlier = match seen.keys.get(&(q, key.clone())) {
-                Some(id) => Some(*id),
-                None => self.idempotent_match(q, key).map_err(store_error)?,
-            };
-            if let Some(receipt) = earlier {
-                return Ok(Enqueued {
-                    receipt,
-                    duplicate: true,
-                });
-            }
+        if let Some(receipt) = self.earlier_receipt(q, &req, seen)? {
+            return Ok(Enqueued {
+                receipt,
+                duplicate: true,
+            });
         }
         let f = self.fn_id(&req.namespace, &req.function_id)?;
         let id = Uuid::now_v7();
         let seq = self.take_seq(batch);
         let now = now_ms();
-        let delayed = req.run_at_ms.is_some_and(|t| t > now);
         // A FIFO job waits behind any unfinished job of its group.
-        let held = match &group {
-            Some(g) => {
-                seen.groups.contains(&(q, g.clone()))
-                    || self
-                        .store
-                        .tree()
-                        .scan_prefix(layout::group_prefix(q, g))
-                        .next()
-                        .is_some()
-            }
-            None => false,
-        };
+        let held = group.as_ref().is_some_and(|g| self.group_busy(q, g, seen));
         if let Some(g) = &group {
             seen.groups.insert((q, g.clone()));
+            batch.insert(layout::group_entry(q, g, seq), id.as_bytes());
         }
         if let Some(key) = &req.idempotency_key {
             seen.keys.insert((q, key.clone()), id);
-        }
-        if let Some(g) = &group {
-            batch.insert(layout::group_entry(q, g, seq), id.as_bytes());
-        }
-        let max_attempts = self.queues[&req.queue].settings.max_attempts;
-        let job = JobRecord {
-            queue: req.queue.clone(),
-            queue_id: q,
-            namespace: req.namespace,
-            function_id: req.function_id,
-            fn_id: f,
-            state: if held {
-                JobState::Held
-            } else if delayed {
-                JobState::Delayed
-            } else {
-                JobState::Ready
-            },
-            priority: req.priority,
-            seq,
-            attempts: 0,
-            history_len: 0,
-            max_attempts,
-            enqueued_ms: now,
-            due_ms: if delayed {
-                req.run_at_ms.unwrap_or(0)
-            } else {
-                0
-            },
-            finished_ms: 0,
-            traceparent: req.traceparent,
-            baggage: req.baggage,
-            group,
-            idempotency_key: req.idempotency_key.clone(),
-            result: None,
-            last_error: None,
-            redrives: 0,
-            dead_seq: 0,
-        };
-        batch.insert(layout::payload(&id), req.payload.get().as_bytes());
-        if let Some(key) = &req.idempotency_key {
             batch.insert(layout::idempotency(q, key), id.as_bytes());
         }
+        let state = if held {
+            JobState::Held
+        } else if req.run_at_ms.is_some_and(|t| t > now) {
+            JobState::Delayed
+        } else {
+            JobState::Ready
+        };
+        let max_attempts = self.queues[&req.queue].settings.max_attempts;
+        batch.insert(layout::payload(&id), req.payload.get().as_bytes());
+        let job = new_record(req, (q, f), seq, now, state, max_attempts, group);
         self.place(&id, &job, batch);
         batch.insert(layout::job(&id), record(&job));
         self.count(q, None, Some(job.state), batch);
@@ -178,6 +115,56 @@ impl Scheduler {
         })
     }
 
+    /// Checks what the queue's settings ask of the job (payload size, a FIFO
+    /// group); returns its group.
+    fn admit(&self, req: &EnqueueRequest) -> Result<Option<String>, ErrorBody> {
+        let Some(settings) = self.config.settings(&req.queue) else {
+            return Ok(None); // strict mode: queue_for refuses it with queue_not_found
+        };
+        if req.payload.get().len() > settings.max_payload_bytes {
+            let msg = format!(
+                "payload is {} bytes; queue {:?} accepts at most {}",
+                req.payload.get().len(),
+                req.queue,
+                settings.max_payload_bytes
+            );
+            return Err(ErrorBody::new("payload_too_large", msg));
+        }
+        match settings.ordering {
+            Ordering::Fifo => fifo_group(&settings, req).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The receipt of an earlier job with the request's idempotency key: one
+    /// in this batch, or one in the store within retention.
+    fn earlier_receipt(
+        &self,
+        q: QueueId,
+        req: &EnqueueRequest,
+        seen: &Seen,
+    ) -> Result<Option<Uuid>, ErrorBody> {
+        let Some(key) = &req.idempotency_key else {
+            return Ok(None);
+        };
+        match seen.keys.get(&(q, key.clone())) {
+            Some(id) => Ok(Some(*id)),
+            None => self.idempotent_match(q, key).map_err(store_error),
+        }
+    }
+
+    /// Whether a FIFO group already has an unfinished job (in the store, or
+    /// earlier in this batch).
+    fn group_busy(&self, q: QueueId, group: &str, seen: &Seen) -> bool {
+        seen.groups.contains(&(q, group.to_owned()))
+            || self
+                .store
+                .tree()
+                .scan_prefix(layout::group_prefix(q, group))
+                .next()
+                .is_some()
+    }
+
     /// An earlier job with this idempotency key, if still within retention.
     fn idempotent_match(&self, q: QueueId, key: &str) -> Result<Option<Uuid>, StoreError> {
         let Some(v) = self.store.get_raw(&layout::idempotency(q, key))? else {
@@ -187,6 +174,43 @@ impl Scheduler {
             return Ok(None);
         };
         Ok(self.store.get::<JobRecord>(&layout::job(&id))?.map(|_| id))
+    }
+}
+
+/// The record of a job just enqueued.
+fn new_record(
+    req: EnqueueRequest,
+    (queue_id, fn_id): (QueueId, FnId),
+    seq: u64,
+    now: u64,
+    state: JobState,
+    max_attempts: u32,
+    group: Option<String>,
+) -> JobRecord {
+    JobRecord {
+        // Kept for a held job too: it becomes delayed, not ready, when its group frees it early.
+        due_ms: req.run_at_ms.filter(|t| *t > now).unwrap_or(0),
+        queue: req.queue,
+        queue_id,
+        namespace: req.namespace,
+        function_id: req.function_id,
+        fn_id,
+        state,
+        priority: req.priority,
+        seq,
+        attempts: 0,
+        history_len: 0,
+        max_attempts,
+        enqueued_ms: now,
+        finished_ms: 0,
+        traceparent: req.traceparent,
+        baggage: req.baggage,
+        group,
+        idempotency_key: req.idempotency_key,
+        result: None,
+        last_error: None,
+        redrives: 0,
+        dead_seq: 0,
     }
 }
 
