@@ -22,7 +22,7 @@
 mod common;
 
 use axum::body::Bytes;
-use common::{Engine, flag, machine, number, rss_kib};
+use common::{Engine, cpu_secs, flag, machine, number, rss_kib};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use qmesh::client::Client;
@@ -168,16 +168,6 @@ fn latency_report(size: usize, via: &Histogram<u64>, direct: &Histogram<u64>) ->
         "direct_p50_us": q(direct, 0.5), "direct_p99_us": q(direct, 0.99),
         "engine_added_p50_us": q(via, 0.5) as i64 - q(direct, 0.5) as i64,
     })
-}
-
-/// User + system CPU seconds of a process so far, from `/proc/<pid>/stat`.
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // utime and stime are the 12th and 13th fields after the command name.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Runs `phase`, returning its result and the cores the engine and this

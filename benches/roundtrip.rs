@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::{Engine, machine, rss_kib};
+use common::{Engine, cpu_secs, machine, rss_kib};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use qmesh::client::Client;
@@ -95,16 +95,6 @@ impl Args {
         }
         a
     }
-}
-
-/// User + system CPU time of a process, from `/proc/<pid>/stat` (clock ticks of 10 ms).
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// CPU seconds used so far by the engine and by this process.
