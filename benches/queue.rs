@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{Engine, disk_bytes, flag, machine, number};
+use common::{Engine, cpu_secs, disk_bytes, flag, machine, number};
 use hdrhistogram::Histogram;
 use qmesh::client::Client;
 use serde_json::{Value, json};
@@ -90,7 +90,8 @@ async fn stats(c: &Client, queue: &str) -> Value {
         .expect("queue::stats")
 }
 
-async fn end_to_end(url: &str, producers: &[Client], n_producers: usize, jobs: u64) -> Value {
+async fn end_to_end(engine: &Engine, producers: &[Client], n_producers: usize, jobs: u64) -> Value {
+    let url = &engine.url;
     let worker = Client::connect(url).await.expect("worker");
     worker
         .register_function(
@@ -103,6 +104,7 @@ async fn end_to_end(url: &str, producers: &[Client], n_producers: usize, jobs: u
         .wait_for_function("bench::work", Duration::from_secs(10))
         .await
         .expect("registered");
+    let cpu = CpuMeter::start(engine);
     let started = Instant::now();
     let (enqueued_in, _) = produce(producers, n_producers, jobs, "bench-e2e", "bench::work").await;
     loop {
@@ -113,10 +115,13 @@ async fn end_to_end(url: &str, producers: &[Client], n_producers: usize, jobs: u
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
+    let (engine_us, client_us) = cpu.per_item_us(jobs);
     worker.close().await;
     json!({
         "jobs": jobs,
         "jobs_per_sec": (jobs as f64 / elapsed.as_secs_f64()).round(),
+        "engine_cpu_us_per_job": engine_us,
+        "client_cpu_us_per_job": client_us,
         "enqueue_phase_secs": round2(enqueued_in.as_secs_f64()),
         "total_secs": round2(elapsed.as_secs_f64()),
     })
@@ -199,6 +204,34 @@ async fn restart(n_producers: usize, jobs: u64) -> Value {
     })
 }
 
+/// CPU time the engine and this process spend over a phase: a figure the
+/// other load on a 2-core machine distorts far less than throughput.
+struct CpuMeter {
+    pid: String,
+    engine: f64,
+    client: f64,
+}
+
+impl CpuMeter {
+    fn start(engine: &Engine) -> Self {
+        let pid = engine.pid().to_string();
+        Self {
+            engine: cpu_secs(&pid),
+            client: cpu_secs("self"),
+            pid,
+        }
+    }
+
+    /// (engine, client) CPU µs per item since `start`.
+    fn per_item_us(&self, items: u64) -> (f64, f64) {
+        let per = |secs: f64| round2(secs * 1e6 / items.max(1) as f64);
+        (
+            per(cpu_secs(&self.pid) - self.engine),
+            per(cpu_secs("self") - self.client),
+        )
+    }
+}
+
 fn ms(us: u64) -> f64 {
     round2(us as f64 / 1000.0)
 }
@@ -225,6 +258,7 @@ fn main() {
     let report = rt.block_on(async {
         let engine = Engine::start();
         let producer_clients = clients(&engine.url, CONNECTIONS).await;
+        let cpu = CpuMeter::start(&engine);
         let (elapsed, acks) = produce(
             &producer_clients,
             producers,
@@ -233,14 +267,17 @@ fn main() {
             "bench::nobody",
         )
         .await;
+        let (engine_us, client_us) = cpu.per_item_us(enqueue_jobs);
         let enqueue = json!({
             "jobs": enqueue_jobs,
             "producers": producers,
             "enqueues_per_sec": (enqueue_jobs as f64 / elapsed.as_secs_f64()).round(),
             "ack_p50_ms": ms(acks.value_at_quantile(0.5)),
             "ack_p99_ms": ms(acks.value_at_quantile(0.99)),
+            "engine_cpu_us_per_job": engine_us,
+            "client_cpu_us_per_job": client_us,
         });
-        let e2e = end_to_end(&engine.url, &producer_clients, producers, e2e_jobs).await;
+        let e2e = end_to_end(&engine, &producer_clients, producers, e2e_jobs).await;
         let idle = idle_latency(
             &engine.url,
             &producer_clients[0],

@@ -225,10 +225,10 @@ pub fn enqueue(mesh: &Mesh, conn: &Arc<Connection>, invoke: Invoke) {
     };
     let conn = conn.clone();
     let (invocation_id, function_id) = (invoke.invocation_id, invoke.function_id);
-    tokio::spawn(async move {
+    queues.enqueue_then(req, move |outcome| {
         // iii answers every refused enqueue with `enqueue_error`, and SDK code
         // matches on it; the specific reason stays in the message.
-        let reply = match queues.enqueue(req).await {
+        let reply = match outcome {
             Ok(e) => Ok(serde_json::json!({ "messageReceiptId": e.receipt })),
             Err(e) if e.code == codes::ENQUEUE_ERROR => Err(e),
             Err(e) => Err(ErrorBody::new(

@@ -3,12 +3,11 @@
 //! batch and acknowledged together after one sync.
 
 use std::collections::{HashMap, HashSet};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::scheduler::{Scheduler, store_error};
 use super::settings::{Ordering, QueueSettings};
-use super::{EnqueueRequest, Enqueued, now_ms};
+use super::{EnqueueReply, EnqueueRequest, Enqueued, now_ms};
 use crate::protocol::{ErrorBody, codes};
 use crate::store::layout::{self, FnId, QueueId};
 use crate::store::records::{JobRecord, JobState};
@@ -21,12 +20,10 @@ pub(super) struct Seen {
     keys: HashMap<(QueueId, String), Uuid>,
 }
 
-pub(super) type Reply = oneshot::Sender<Result<Enqueued, ErrorBody>>;
-
 impl Scheduler {
     /// Writes every acceptable job of `group` in one batch, then answers each
     /// once a sync has covered it; refusals are answered at once.
-    pub(super) fn enqueue_all(&mut self, group: Vec<(EnqueueRequest, Reply)>) {
+    pub(super) fn enqueue_all(&mut self, group: Vec<(EnqueueRequest, EnqueueReply)>) {
         let mut batch = sled::Batch::default();
         let mut seen = Seen::default();
         let mut accepted = Vec::with_capacity(group.len());
@@ -34,7 +31,7 @@ impl Scheduler {
             match self.enqueue_into(req, &mut batch, &mut seen) {
                 Ok(e) => accepted.push((e, reply)),
                 Err(e) => {
-                    let _ = reply.send(Err(e));
+                    reply(Err(e));
                 }
             }
         }
@@ -46,7 +43,7 @@ impl Scheduler {
             Err(e) => {
                 tracing::error!(error = %e, "cannot write enqueued jobs");
                 for (_, reply) in accepted {
-                    let _ = reply.send(Err(store_error(StoreError::Sync(e.to_string()))));
+                    reply(Err(store_error(StoreError::Sync(e.to_string()))));
                 }
                 return;
             }
@@ -56,7 +53,7 @@ impl Scheduler {
         tokio::spawn(async move {
             let durable = store.durable(ticket).await.map_err(|e| e.to_string());
             for (e, reply) in accepted {
-                let _ = reply.send(match &durable {
+                reply(match &durable {
                     Ok(()) => Ok(e),
                     Err(msg) => Err(store_error(StoreError::Sync(msg.clone()))),
                 });
@@ -80,9 +77,9 @@ impl Scheduler {
             });
         }
         let f = self.fn_id(&req.namespace, &req.function_id)?;
-        let id = Uuid::now_v7();
         let seq = self.take_seq(batch);
         let now = now_ms();
+        let id = job_id(now, seq, self.id_salt);
         // A FIFO job waits behind any unfinished job of its group.
         let held = group.as_ref().is_some_and(|g| self.group_busy(q, g, seen));
         if let Some(g) = &group {
@@ -101,7 +98,6 @@ impl Scheduler {
             JobState::Ready
         };
         let max_attempts = self.queues[&req.queue].settings.max_attempts;
-        batch.insert(layout::payload(&id), req.payload.get().as_bytes());
         let job = new_record(req, (q, f), seq, now, state, max_attempts, group);
         self.place(&id, &job, batch);
         batch.insert(layout::job(&id), record(&job));
@@ -118,8 +114,16 @@ impl Scheduler {
     /// Checks what the queue's settings ask of the job (payload size, a FIFO
     /// group); returns its group.
     fn admit(&self, req: &EnqueueRequest) -> Result<Option<String>, ErrorBody> {
-        let Some(settings) = self.config.settings(&req.queue) else {
-            return Ok(None); // strict mode: queue_for refuses it with queue_not_found
+        let declared;
+        let settings = match self.queues.get(&req.queue) {
+            Some(rt) => &rt.settings,
+            None => match self.config.settings(&req.queue) {
+                Some(s) => {
+                    declared = s;
+                    &declared
+                }
+                None => return Ok(None), // strict mode: queue_for refuses it with queue_not_found
+            },
         };
         if req.payload.get().len() > settings.max_payload_bytes {
             let msg = format!(
@@ -131,7 +135,7 @@ impl Scheduler {
             return Err(ErrorBody::new("payload_too_large", msg));
         }
         match settings.ordering {
-            Ordering::Fifo => fifo_group(&settings, req).map(Some),
+            Ordering::Fifo => fifo_group(settings, req).map(Some),
             _ => Ok(None),
         }
     }
@@ -173,8 +177,19 @@ impl Scheduler {
         let Some(id) = layout::uuid_value(&v) else {
             return Ok(None);
         };
-        Ok(self.store.get::<JobRecord>(&layout::job(&id))?.map(|_| id))
+        Ok(self.load_job(&id)?.map(|_| id))
     }
+}
+
+/// A job's id and receipt: a UUIDv7 (its time, so receipts sort by enqueue
+/// time) whose other bits are this process's salt and the job's sequence
+/// number, unique in the store. No entropy is drawn per job: `Uuid::now_v7`
+/// asks the kernel for random bytes on every call.
+fn job_id(now_ms: u64, seq: u64, salt: u16) -> Uuid {
+    let mut bits = [0u8; 10];
+    bits[..2].copy_from_slice(&salt.to_be_bytes());
+    bits[2..].copy_from_slice(&seq.to_be_bytes());
+    uuid::Builder::from_unix_timestamp_millis(now_ms, &bits).into_uuid()
 }
 
 /// The record of a job just enqueued.
@@ -211,6 +226,7 @@ fn new_record(
         last_error: None,
         redrives: 0,
         dead_seq: 0,
+        payload: req.payload.get().as_bytes().to_vec(),
     }
 }
 
@@ -232,5 +248,21 @@ fn fifo_group(settings: &QueueSettings, req: &EnqueueRequest) -> Result<String, 
         Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 1024 => Ok(s.clone()),
         Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
         _ => Err(missing()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_v7_unique_and_in_enqueue_order() {
+        let a = job_id(1_000, 7, 0xabcd);
+        let b = job_id(1_000, 8, 0xabcd);
+        let c = job_id(1_001, 0, 0xabcd);
+        assert_eq!(a.get_version_num(), 7);
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        assert!(a < b && b < c, "time, then sequence");
+        assert_ne!(job_id(1_000, 7, 1), a, "the salt tells processes apart");
     }
 }

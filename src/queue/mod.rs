@@ -33,6 +33,9 @@ use crate::protocol::{ErrorBody, Payload, codes};
 use crate::store::{Store, StoreError};
 use scheduler::Command;
 
+/// Called once with an enqueue's outcome, after the sync that made it durable.
+pub type EnqueueReply = Box<dyn FnOnce(Result<Enqueued, ErrorBody>) + Send>;
+
 /// A job to persist.
 #[derive(Debug)]
 pub struct EnqueueRequest {
@@ -78,10 +81,26 @@ impl Queues {
     /// Persists a job; resolves once it is durable.
     pub async fn enqueue(&self, req: EnqueueRequest) -> Result<Enqueued, ErrorBody> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Enqueue(req, tx))
-            .map_err(|_| stopped())?;
+        self.enqueue_then(req, move |res| {
+            let _ = tx.send(res);
+        });
         rx.await.map_err(|_| stopped())?
+    }
+
+    /// Persists a job and calls `reply` once it is durable (or refused).
+    /// The worker-facing path: the replies of one group commit are all
+    /// queued before the sockets' writers wake, so each connection sends
+    /// them in one write, and no task waits per enqueue.
+    pub fn enqueue_then(
+        &self,
+        req: EnqueueRequest,
+        reply: impl FnOnce(Result<Enqueued, ErrorBody>) + Send + 'static,
+    ) {
+        if let Err(mpsc::error::SendError(Command::Enqueue(_, reply))) =
+            self.tx.send(Command::Enqueue(req, Box::new(reply)))
+        {
+            reply(Err(stopped()));
+        }
     }
 
     /// Stops starting jobs (engine shutdown); running ones may still finish.

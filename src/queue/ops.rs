@@ -106,15 +106,12 @@ impl Scheduler {
     }
 
     fn job(&self, id: &Uuid) -> Result<JobRecord, ErrorBody> {
-        self.store
-            .get::<JobRecord>(&layout::job(id))
-            .map_err(internal)?
-            .ok_or_else(|| {
-                bad(
-                    codes::NOT_FOUND,
-                    format!("no job {id} (unknown, or completed and past retention)"),
-                )
-            })
+        self.load_job(id).map_err(internal)?.ok_or_else(|| {
+            bad(
+                codes::NOT_FOUND,
+                format!("no job {id} (unknown, or completed and past retention)"),
+            )
+        })
     }
 
     /// Ready jobs whose function no connected worker provides.
@@ -147,12 +144,7 @@ impl Scheduler {
                     .next()
             })
             .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
-            .filter_map(|id| {
-                self.store
-                    .get::<JobRecord>(&layout::job(&id))
-                    .ok()
-                    .flatten()
-            })
+            .filter_map(|id| self.load_job(&id).ok().flatten())
             .map(|j| now.saturating_sub(j.enqueued_ms))
             .max()
     }
@@ -218,7 +210,6 @@ impl Scheduler {
 
     fn job_view(&self, id: &Uuid) -> Result<Value, ErrorBody> {
         let job = self.job(id)?;
-        let payload = self.store.get_raw(&layout::payload(id)).map_err(internal)?;
         let raw = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap_or(Value::Null);
         Ok(json!({
             "receipt": id,
@@ -233,7 +224,7 @@ impl Scheduler {
             "due_at_ms": (job.due_ms > 0).then_some(job.due_ms),
             "finished_at_ms": (job.finished_ms > 0).then_some(job.finished_ms),
             "redrives": job.redrives,
-            "data": payload.as_deref().map(raw),
+            "data": raw(&job.payload),
             "result": job.result.as_deref().map(raw),
             "last_error": job.last_error.as_ref().map(error_view),
             "history": self.attempts_of(id),
@@ -451,20 +442,16 @@ impl Scheduler {
                 continue;
             };
             let Ok(job) = self.job(&id) else { continue };
-            let payload = self
-                .store
-                .get_raw(&layout::payload(&id))
-                .map_err(internal)?;
             out.push(json!({
                 "id": id,
-                "payload": payload.as_deref().map(|p| serde_json::from_slice::<Value>(p).unwrap_or(Value::Null)),
+                "payload": serde_json::from_slice::<Value>(&job.payload).unwrap_or(Value::Null),
                 "function_id": job.function_id,
                 "error": job.last_error.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
                 "last_error": job.last_error.as_ref().map(error_view),
                 "failed_at": job.finished_ms / 1000,
                 "failed_at_ms": job.finished_ms,
                 "retries": job.attempts,
-                "size_bytes": payload.map_or(0, |p| p.len()),
+                "size_bytes": job.payload.len(),
                 "history": self.attempts_of(&id),
             }));
         }

@@ -1,7 +1,8 @@
 //! What the scheduler reads at start. Only small tables are read (queues,
-//! counters, interned functions) plus the `running` and `ready` indexes'
-//! keys; payloads are never scanned. Jobs that were running when the engine
-//! stopped go back to ready, their attempt recorded as `engine_restart`.
+//! counters, interned functions) plus the `running` index and the `ready`
+//! index's keys; job records (which hold payloads) are never scanned, except
+//! those of the jobs a stop interrupted. These go back to ready, their attempt
+//! recorded as `engine_restart`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ impl Scheduler {
             finished_tx,
             finished_rx: Some(finished_rx),
             draining: false,
+            id_salt: Uuid::new_v4().as_u128() as u16,
         };
         for kv in tree.scan_prefix([layout::QUEUES]) {
             let (k, v) = kv?;
@@ -64,8 +66,7 @@ impl Scheduler {
             let ns = String::from_utf8_lossy(&k[1..1 + sep]).into_owned();
             let fid = String::from_utf8_lossy(&k[2 + sep..]).into_owned();
             let id = FnId::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
-            s.fn_ids.insert((ns.clone(), fid.clone()), id);
-            s.fn_keys.insert(id, (ns, fid));
+            s.intern_fn(ns, fid, id);
         }
         s.requeue_interrupted()?;
         s.find_ready_functions()?;
@@ -80,15 +81,24 @@ impl Scheduler {
         Ok(s)
     }
 
-    /// Jobs left `running` by a crash or kill go back to ready (or dead, if that was their last attempt).
+    /// Jobs left `running` by a crash or kill go back to ready (or dead, if
+    /// that was their last attempt). Their record is as it was before they
+    /// started; the `X` entry holds the interrupted attempt, now ended as
+    /// `engine_restart`.
     fn requeue_interrupted(&mut self) -> Result<(), StoreError> {
-        let interrupted: Vec<Uuid> = self
-            .store
-            .tree()
-            .scan_prefix([layout::RUNNING])
-            .filter_map(|kv| kv.ok().and_then(|(k, _)| Uuid::from_slice(&k[1..]).ok()))
-            .collect();
-        for id in &interrupted {
+        let mut interrupted = Vec::new();
+        for kv in self.store.tree().scan_prefix([layout::RUNNING]) {
+            let (k, v) = kv?;
+            let Ok(id) = Uuid::from_slice(&k[1..]) else {
+                continue;
+            };
+            // An unreadable entry still marks an interrupted attempt: number it after the last.
+            let attempt = codec::decode::<AttemptRecord>(&v)
+                .inspect_err(|e| tracing::error!(job = %id, error = %e, "unreadable running entry"))
+                .ok();
+            interrupted.push((id, attempt));
+        }
+        for (id, attempt) in &interrupted {
             let mut batch = sled::Batch::default();
             let Some(mut job) = self.store.get::<JobRecord>(&layout::job(id))? else {
                 batch.remove(layout::running(id));
@@ -100,14 +110,18 @@ impl Scheduler {
                 "engine_restart",
                 "the engine stopped while this attempt ran",
             );
-            // The interrupted attempt's record was to be written when it ended: write it now.
-            let attempt = AttemptRecord {
-                attempt: job.history_len,
+            let mut attempt = attempt.clone().unwrap_or(AttemptRecord {
+                attempt: job.history_len + 1,
                 started_ms: 0,
-                ended_ms: now_ms(),
+                ended_ms: 0,
                 worker_id: None,
-                error: Some(err.clone()),
-            };
+                error: None,
+            });
+            job.attempts += 1;
+            job.history_len = attempt.attempt;
+            job.state = JobState::Running;
+            attempt.ended_ms = now_ms();
+            attempt.error = Some(err.clone());
             batch.insert(layout::attempt(id, attempt.attempt), record(&attempt));
             if job.attempts >= job.max_attempts {
                 self.fail(id, &mut job, err, &mut batch);

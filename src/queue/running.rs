@@ -107,9 +107,11 @@ impl Scheduler {
         Ok(picked)
     }
 
-    /// Starts one ready job: the call goes out now, its `running` state is
-    /// written into `batch` (applied at the end of the dispatch pass, before any
-    /// outcome can be processed). Returns whether it started.
+    /// Starts one ready job: the call goes out now, and `batch` (applied at
+    /// the end of the dispatch pass, before any outcome can be processed)
+    /// swaps its ready entry for a running entry holding the attempt. Its
+    /// record is not rewritten: the live one stays in memory until the
+    /// attempt ends. Returns whether it started.
     fn start_into(
         &mut self,
         name: &str,
@@ -124,30 +126,19 @@ impl Scheduler {
             batch.remove(ready_key);
             return Ok(false);
         };
-        let payload = self
-            .store
-            .get_raw(&layout::payload(&id))?
-            .map(|p| p.to_vec())
-            .unwrap_or_else(|| b"null".to_vec());
-        let settings = self.queues[name].settings.clone();
-        let (ns, fid) = self.fn_keys[&f].clone();
-        let data = String::from_utf8(payload)
+        let lease = self.queues[name].settings.lease;
+        let (ns, fid) = &self.fn_keys[&f];
+        let data = std::str::from_utf8(&job.payload)
             .ok()
-            .and_then(|t| serde_json::value::RawValue::from_string(t).ok())
+            .and_then(|t| serde_json::value::RawValue::from_string(t.to_owned()).ok())
             .unwrap_or_else(crate::protocol::null_payload);
-        let call = match self.mesh.start_internal_call(
-            &ns,
-            &fid,
-            data,
-            CallExtras {
-                metadata: None,
-                traceparent: job.traceparent.clone(),
-                baggage: job.baggage.clone(),
-            },
-            settings.lease,
-        ) {
-            Ok(call) => call,
-            Err(_) => return Ok(false), // the worker left between the check and now; try later
+        let extras = CallExtras {
+            metadata: None,
+            traceparent: job.traceparent.clone(),
+            baggage: job.baggage.clone(),
+        };
+        let Ok(call) = self.mesh.start_internal_call(ns, fid, data, extras, lease) else {
+            return Ok(false); // the worker left between the check and now; try later
         };
         job.attempts += 1;
         job.history_len += 1;
@@ -158,13 +149,17 @@ impl Scheduler {
             worker_id: Some(call.executor),
             error: None,
         };
-        self.transition(&id, &mut job, JobState::Running, batch);
+        Self::unplace(&id, &job, batch);
+        batch.insert(layout::running(&id), record(&attempt));
         let q = job.queue_id;
+        self.count(q, Some(job.state), Some(JobState::Running), batch);
+        job.state = JobState::Running;
         self.running.insert(
             id,
             RunningAttempt {
                 queue: q,
                 record: attempt,
+                job,
             },
         );
         if let Some(rt) = self.queue_mut(q) {
@@ -175,7 +170,7 @@ impl Scheduler {
             self.finished_tx.clone(),
             id,
             call,
-            settings.lease,
+            lease,
         ));
         Ok(true)
     }
@@ -195,18 +190,13 @@ impl Scheduler {
         let Some(RunningAttempt {
             queue: q,
             record: mut attempt,
+            mut job,
         }) = self.running.remove(&f.job)
         else {
             return Ok(());
         };
         if let Some(rt) = self.queue_mut(q) {
             rt.running = rt.running.saturating_sub(1);
-        }
-        let Some(mut job) = self.store.get::<JobRecord>(&layout::job(&f.job))? else {
-            return Ok(());
-        };
-        if job.state != JobState::Running {
-            return Ok(()); // cancelled or purged while it ran
         }
         let now = now_ms();
         let akey = layout::attempt(&f.job, attempt.attempt);

@@ -13,15 +13,15 @@ use uuid::Uuid;
 use super::dispatcher::Finished;
 use super::ops::Op;
 use super::settings::{QueueConfig, QueueSettings};
-use super::{EnqueueRequest, Enqueued, now_ms};
+use super::{EnqueueReply, EnqueueRequest, now_ms};
 use crate::mesh::{Mesh, MeshEvent};
 use crate::protocol::{ErrorBody, codes};
 use crate::store::layout::{self, FnId, QueueId};
-use crate::store::records::{AttemptRecord, Counts, JobState, QueueRecord};
+use crate::store::records::{AttemptRecord, Counts, JobRecord, JobState, QueueRecord};
 use crate::store::{Store, StoreError, record};
 
 pub enum Command {
-    Enqueue(EnqueueRequest, oneshot::Sender<Result<Enqueued, ErrorBody>>),
+    Enqueue(EnqueueRequest, EnqueueReply),
     Op(Op, oneshot::Sender<Result<serde_json::Value, ErrorBody>>),
     /// Stop: the scheduler (and its handle on the store) goes away; running
     /// attempts are left `running` and go back to ready at the next start.
@@ -48,9 +48,12 @@ pub struct QueueRt {
     pub cursor: FnId,
 }
 
+/// A job being run. Its `J` record in the store is the one from before it
+/// started (see `store::layout`); this is the live one.
 pub struct RunningAttempt {
     pub queue: QueueId,
     pub record: AttemptRecord,
+    pub job: JobRecord,
 }
 
 pub struct Scheduler {
@@ -59,7 +62,8 @@ pub struct Scheduler {
     pub(super) config: QueueConfig,
     pub(super) queues: HashMap<String, QueueRt>,
     pub(super) queue_names: HashMap<QueueId, String>,
-    pub(super) fn_ids: HashMap<(String, String), FnId>,
+    /// Interned function ids by namespace, then function id (looked up by `&str`).
+    pub(super) fn_ids: HashMap<String, HashMap<String, FnId>>,
     pub(super) fn_keys: HashMap<FnId, (String, String)>,
     pub(super) next_seq: u64,
     /// Attempts in progress. Their record is written once, when they end
@@ -72,6 +76,8 @@ pub struct Scheduler {
     pub(super) finished_rx: Option<mpsc::UnboundedReceiver<Finished>>,
     /// Set when the engine shuts down: no job is started any more.
     pub(super) draining: bool,
+    /// Random bits drawn once per process for job ids (see `intake::job_id`).
+    pub(super) id_salt: u16,
 }
 
 impl Scheduler {
@@ -213,17 +219,31 @@ impl Scheduler {
 
     /// Interned id of a function for ready keys; persisted at once, like queues.
     pub(super) fn fn_id(&mut self, namespace: &str, function_id: &str) -> Result<FnId, ErrorBody> {
-        let key = (namespace.to_owned(), function_id.to_owned());
-        if let Some(id) = self.fn_ids.get(&key) {
+        if let Some(id) = self.fn_ids.get(namespace).and_then(|m| m.get(function_id)) {
             return Ok(*id);
         }
         let id = self.fn_keys.keys().max().map_or(1, |m| m + 1);
         let mut batch = sled::Batch::default();
         batch.insert(layout::function(namespace, function_id), &id.to_be_bytes());
         self.store.apply(batch).map_err(store_error)?;
-        self.fn_ids.insert(key.clone(), id);
-        self.fn_keys.insert(id, key);
+        self.intern_fn(namespace.to_owned(), function_id.to_owned(), id);
         Ok(id)
+    }
+
+    pub(super) fn intern_fn(&mut self, namespace: String, function_id: String, id: FnId) {
+        self.fn_ids
+            .entry(namespace.clone())
+            .or_default()
+            .insert(function_id.clone(), id);
+        self.fn_keys.insert(id, (namespace, function_id));
+    }
+
+    /// A job's current record: the live one while it runs, else the store's.
+    pub(super) fn load_job(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
+        match self.running.get(id) {
+            Some(r) => Ok(Some(r.job.clone())),
+            None => self.store.get(&layout::job(id)),
+        }
     }
 
     pub(super) fn take_seq(&mut self, batch: &mut sled::Batch) -> u64 {

@@ -24,7 +24,8 @@ impl Scheduler {
                     self.next_due_ms = Some(job.due_ms);
                 }
             }
-            JobState::Running => batch.insert(layout::running(id), &[]),
+            // Written by `start_into`, with the attempt: jobs start nowhere else.
+            JobState::Running => {}
             JobState::Completed => batch.insert(layout::completed(job.finished_ms, id), &[]),
             JobState::Dead => batch.insert(layout::dead(job.queue_id, job.dead_seq), id.as_bytes()),
             // Held jobs live only in their group's list (written at enqueue).
@@ -95,7 +96,7 @@ impl Scheduler {
             .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
             .find(|other| other != id);
         let Some(next_id) = next else { return };
-        match self.store.get::<JobRecord>(&layout::job(&next_id)) {
+        match self.load_job(&next_id) {
             Ok(Some(mut next_job)) if next_job.state == JobState::Held => {
                 let to = if next_job.due_ms > now_ms() {
                     JobState::Delayed
@@ -140,7 +141,7 @@ impl Scheduler {
         }
     }
 
-    /// Removes every trace of a job (index, record, payload, history, idempotency key).
+    /// Removes every trace of a job (index, record and payload, history, idempotency key).
     pub(super) fn delete_job(
         &mut self,
         id: &Uuid,
@@ -150,7 +151,6 @@ impl Scheduler {
     ) -> Result<(), StoreError> {
         Self::unplace(id, job, batch);
         batch.remove(layout::job(id));
-        batch.remove(layout::payload(id));
         for kv in self.store.tree().scan_prefix(layout::attempts_prefix(id)) {
             batch.remove(kv?.0);
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::now_ms;
 use super::scheduler::Scheduler;
 use crate::store::layout;
-use crate::store::records::{JobRecord, JobState};
+use crate::store::records::JobState;
 use crate::store::{StoreError, record};
 
 /// Most jobs promoted or pruned in one batch.
@@ -29,7 +29,7 @@ impl Scheduler {
                 self.next_due_ms = Some(due.max(now));
                 break;
             }
-            match self.store.get::<JobRecord>(&layout::job(&id))? {
+            match self.load_job(&id)? {
                 Some(mut job) if job.state == JobState::Delayed => {
                     self.transition(&id, &mut job, JobState::Ready, &mut batch);
                     job.due_ms = 0;
@@ -66,7 +66,7 @@ impl Scheduler {
             if done + shortest.as_millis() as u64 > now || pruned >= UPKEEP_BATCH {
                 break;
             }
-            let Some(job) = self.store.get::<JobRecord>(&layout::job(&id))? else {
+            let Some(job) = self.load_job(&id)? else {
                 batch.remove(k);
                 continue;
             };

@@ -12,11 +12,10 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `Q` queues | `Q` name | [`QueueRecord`](super::records::QueueRecord) |
-//! | `J` jobs | `J` job_id(16) | [`JobRecord`](super::records::JobRecord) (no payload) |
-//! | `P` payloads | `P` job_id | the JSON payload, raw bytes |
+//! | `J` jobs | `J` job_id(16) | [`JobRecord`](super::records::JobRecord), payload included |
 //! | `R` ready | `R` queue(4) fn(4) prio_inv(1) seq(8) | job_id |
 //! | `D` due | `D` due_ms(8) job_id | empty — delayed and backing-off jobs |
-//! | `X` running | `X` job_id | empty — back to ready after a crash |
+//! | `X` running | `X` job_id | [`AttemptRecord`](super::records::AttemptRecord) of the attempt in progress |
 //! | `Z` dead | `Z` queue(4) seq(8) | job_id — dead letters in order |
 //! | `C` completed | `C` done_ms(8) job_id | empty — for retention |
 //! | `A` attempts | `A` job_id attempt(4) | [`AttemptRecord`](super::records::AttemptRecord) |
@@ -25,6 +24,14 @@
 //! | `S` seq | `S` | next seq(8) — persisted high-water mark |
 //! | `G` groups | `G` queue(4) len(2) group seq(8) | job_id — a FIFO group's unfinished jobs in order |
 //! | `T` counts | `T` queue(4) | [`Counts`](super::records::Counts) per state |
+//!
+//! A running job's `J` record is left as it was when the job started (state
+//! `ready`, attempts not yet counted): starting a job writes only its `X`
+//! entry and removes its `R` entry, and the scheduler keeps the live record
+//! in memory. The record is rewritten when the attempt ends, or by recovery
+//! from the `X` entry after a crash.
+//!
+//! Retired: `P` (payloads, schema 1) — moved into `J` by migration 0002.
 
 use uuid::Uuid;
 
@@ -34,7 +41,8 @@ pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
 pub const QUEUES: u8 = b'Q';
 pub const JOBS: u8 = b'J';
-pub const PAYLOADS: u8 = b'P';
+/// Schema 1 only: read by migration 0002.
+pub const PAYLOADS_V1: u8 = b'P';
 pub const READY: u8 = b'R';
 pub const DUE: u8 = b'D';
 pub const RUNNING: u8 = b'X';
@@ -66,10 +74,6 @@ pub fn queue(name: &str) -> Vec<u8> {
 
 pub fn job(id: &Uuid) -> Vec<u8> {
     key(JOBS, &[id.as_bytes()])
-}
-
-pub fn payload(id: &Uuid) -> Vec<u8> {
-    key(PAYLOADS, &[id.as_bytes()])
 }
 
 /// Higher priority sorts first: the byte stored is `255 - priority`.

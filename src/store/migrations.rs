@@ -21,13 +21,22 @@ pub struct Step {
 
 #[path = "../../migrations/0001_initial.rs"]
 mod m0001_initial;
+#[path = "../../migrations/0002_payload_in_job.rs"]
+mod m0002_payload_in_job;
 
 /// Every step, in order. The last one's version is the engine's schema version.
-pub const STEPS: &[Step] = &[Step {
-    version: 1,
-    name: "initial",
-    apply: m0001_initial::apply,
-}];
+pub const STEPS: &[Step] = &[
+    Step {
+        version: 1,
+        name: "initial",
+        apply: m0001_initial::apply,
+    },
+    Step {
+        version: 2,
+        name: "payload in job",
+        apply: m0002_payload_in_job::apply,
+    },
+];
 
 pub fn current_version() -> u32 {
     STEPS.last().map_or(0, |s| s.version)
@@ -88,25 +97,32 @@ mod tests {
         Ok(())
     }
 
-    const TWO: &[Step] = &[
-        Step {
-            version: 1,
-            name: "initial",
-            apply: m0001_initial::apply,
-        },
-        Step {
-            version: 2,
+    /// The real steps, then a test step one version newer.
+    fn with_test_step() -> Vec<Step> {
+        let mut steps: Vec<Step> = STEPS
+            .iter()
+            .map(|s| Step {
+                version: s.version,
+                name: s.name,
+                apply: s.apply,
+            })
+            .collect();
+        steps.push(Step {
+            version: current_version() + 1,
             name: "test step",
             apply: bump_marker,
-        },
-    ];
+        });
+        steps
+    }
 
     #[test]
     fn a_fresh_store_gets_every_step_once() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        assert_eq!(run(&db, dir.path(), TWO).unwrap(), 2);
-        assert_eq!(run(&db, dir.path(), TWO).unwrap(), 2);
+        let steps = with_test_step();
+        let newest = current_version() + 1;
+        assert_eq!(run(&db, dir.path(), &steps).unwrap(), newest);
+        assert_eq!(run(&db, dir.path(), &steps).unwrap(), newest);
         assert_eq!(
             db.open_tree("test").unwrap().get("runs").unwrap().unwrap()[0],
             1
@@ -116,29 +132,116 @@ mod tests {
     #[test]
     fn an_older_store_is_upgraded_and_a_newer_one_refused() {
         let dir = tempfile::tempdir().unwrap();
+        let current = current_version();
         {
             let db = sled::open(dir.path()).unwrap();
-            assert_eq!(
-                run(&db, dir.path(), STEPS).unwrap(),
-                1,
-                "built at version 1"
-            );
+            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), current);
         }
         let db = sled::open(dir.path()).unwrap();
-        assert_eq!(read_version(&db).unwrap(), 1);
-        assert_eq!(run(&db, dir.path(), TWO).unwrap(), 2, "upgraded to 2");
-        assert_eq!(read_version(&db).unwrap(), 2);
+        assert_eq!(read_version(&db).unwrap(), current);
+        let steps = with_test_step();
+        assert_eq!(run(&db, dir.path(), &steps).unwrap(), current + 1);
+        assert_eq!(read_version(&db).unwrap(), current + 1);
         let err = run(&db, dir.path(), STEPS).unwrap_err();
         assert!(
-            matches!(
-                err,
-                StoreError::TooNew {
-                    found: 2,
-                    supported: 1,
-                    ..
-                }
-            ),
+            matches!(err, StoreError::TooNew { found, supported, .. }
+                if found == current + 1 && supported == current),
             "{err}"
         );
+    }
+
+    mod v1_to_v2 {
+        use super::super::m0002_payload_in_job::JobRecordV1;
+        use super::super::*;
+        use crate::store::codec;
+        use crate::store::layout;
+        use crate::store::records::{AttemptRecord, JobRecord, JobState};
+        use uuid::Uuid;
+
+        fn v1_job(state: JobState, attempts: u32) -> JobRecordV1 {
+            JobRecordV1 {
+                queue: "q".into(),
+                queue_id: 1,
+                namespace: String::new(),
+                function_id: "svc::f".into(),
+                fn_id: 1,
+                state,
+                priority: 0,
+                seq: 0,
+                attempts,
+                history_len: attempts,
+                max_attempts: 5,
+                enqueued_ms: 1,
+                due_ms: 0,
+                finished_ms: 0,
+                traceparent: None,
+                baggage: None,
+                group: None,
+                idempotency_key: None,
+                result: None,
+                last_error: None,
+                redrives: 0,
+                dead_seq: 0,
+            }
+        }
+
+        /// A store as a schema 1 engine left it: a ready job and one that was
+        /// running when it was killed (record `running`, attempt counted, empty `X`).
+        fn build_v1(db: &sled::Db, dir: &Path) -> (Uuid, Uuid) {
+            run(db, dir, &STEPS[..1]).unwrap();
+            let tree = db.open_tree(layout::QUEUE_TREE).unwrap();
+            let (ready, running) = (Uuid::now_v7(), Uuid::now_v7());
+            for (id, job, payload) in [
+                (ready, v1_job(JobState::Ready, 0), &b"{\"n\":1}"[..]),
+                (running, v1_job(JobState::Running, 2), &b"[2]"[..]),
+            ] {
+                let mut p = vec![layout::PAYLOADS_V1];
+                p.extend_from_slice(id.as_bytes());
+                tree.insert(p, payload).unwrap();
+                tree.insert(layout::job(&id), codec::encode_as(1, &job))
+                    .unwrap();
+            }
+            tree.insert(layout::running(&running), &[]).unwrap();
+            (ready, running)
+        }
+
+        #[test]
+        fn payloads_move_into_jobs_and_running_attempts_into_x() {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::open(dir.path()).unwrap();
+            let (ready, running) = build_v1(&db, dir.path());
+            assert_eq!(read_version(&db).unwrap(), 1);
+            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 2);
+            let tree = db.open_tree(layout::QUEUE_TREE).unwrap();
+            assert!(
+                tree.scan_prefix([layout::PAYLOADS_V1]).next().is_none(),
+                "no payload rows are left"
+            );
+            let get = |id: &Uuid| -> JobRecord {
+                codec::decode(&tree.get(layout::job(id)).unwrap().unwrap()).unwrap()
+            };
+            let r = get(&ready);
+            assert_eq!(
+                (r.state, r.attempts, &r.payload[..]),
+                (JobState::Ready, 0, &b"{\"n\":1}"[..])
+            );
+            let x = get(&running);
+            assert_eq!(
+                (x.state, x.attempts, x.history_len, &x.payload[..]),
+                (JobState::Ready, 1, 1, &b"[2]"[..]),
+                "the interrupted attempt is uncounted until recovery records it"
+            );
+            let attempt: AttemptRecord =
+                codec::decode(&tree.get(layout::running(&running)).unwrap().unwrap()).unwrap();
+            assert_eq!(attempt.attempt, 2, "the attempt keeps its number");
+            // Run again (as after a crash mid-step): nothing changes.
+            db.open_tree(layout::META_TREE)
+                .unwrap()
+                .insert(layout::SCHEMA_VERSION_KEY, &1u32.to_be_bytes())
+                .unwrap();
+            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 2);
+            assert_eq!(get(&running), x);
+            assert_eq!(get(&ready), r);
+        }
     }
 }

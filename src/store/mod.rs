@@ -6,6 +6,9 @@
 //! `fdatasync`s sled's log file. Writers apply batches (cheap, in memory) and
 //! get a [`Ticket`]; [`Store::durable`] resolves once a sync has covered it.
 //! One sync covers every batch applied before it started: group commit.
+//! A sync runs only when someone waits for one: batches nobody waits on
+//! (a job starting, an attempt's outcome) ride along with the next sync, or
+//! sled's own periodic flush.
 
 pub mod codec;
 pub mod layout;
@@ -61,6 +64,8 @@ struct Syncer {
 
 struct SyncState {
     applied: Ticket,
+    /// The highest ticket someone waits for.
+    wanted: Ticket,
     closed: bool,
 }
 
@@ -79,6 +84,7 @@ impl Store {
         let syncer = Arc::new(Syncer {
             state: Mutex::new(SyncState {
                 applied: 0,
+                wanted: 0,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -116,6 +122,10 @@ impl Store {
     /// Resolves once everything up to `ticket` is on disk (flushed and fdatasync'ed).
     pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
         let mut rx = self.syncer.synced.subscribe();
+        {
+            let mut st = self.syncer.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.wanted = st.wanted.max(ticket);
+        }
         self.syncer.wake.notify_one();
         loop {
             match &*rx.borrow_and_update() {
@@ -173,7 +183,7 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
     loop {
         let target = {
             let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
-            while st.applied == synced && !st.closed {
+            while st.wanted <= synced && !st.closed {
                 st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
             }
             if st.closed {

@@ -1,4 +1,5 @@
-//! What the store keeps per queue, job and attempt (record version 1).
+//! What the store keeps per queue, job and attempt (record version 2: the
+//! job's payload moved into [`JobRecord`]).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -103,6 +104,9 @@ pub struct JobRecord {
     pub redrives: u32,
     /// Position in the queue's dead letters, while dead.
     pub dead_seq: u64,
+    /// The JSON payload, raw bytes. Kept in the record (not a table of its
+    /// own) so an enqueue writes one value and a dispatch reads one.
+    pub payload: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
