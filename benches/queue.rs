@@ -4,7 +4,10 @@
 //!    acknowledgement (after fsync) before the next → durable enqueues/s and
 //!    acknowledgement latency;
 //! 2. end to end: the same producers while a trivial worker runs the jobs →
-//!    jobs/s from the first enqueue to the last completion;
+//!    jobs/s from the first enqueue to the last completion. The queue is
+//!    declared with `--e2e-concurrency` (64) jobs in flight: at the default of
+//!    10 a queue's throughput is 10 / (one job's round trip), whatever the
+//!    engine's speed, so the report also gives a run at the default;
 //! 3. idle latency: one job at a time on an idle queue → enqueue → start;
 //! 4. restart: `--restart-jobs` queued jobs (1,000,000), SIGKILL, restart →
 //!    time until an enqueue is acknowledged again, and disk bytes per job.
@@ -90,7 +93,13 @@ async fn stats(c: &Client, queue: &str) -> Value {
         .expect("queue::stats")
 }
 
-async fn end_to_end(engine: &Engine, producers: &[Client], n_producers: usize, jobs: u64) -> Value {
+async fn end_to_end(
+    engine: &Engine,
+    queue: &str,
+    producers: &[Client],
+    n_producers: usize,
+    jobs: u64,
+) -> Value {
     let url = &engine.url;
     let worker = Client::connect(url).await.expect("worker");
     worker
@@ -106,9 +115,9 @@ async fn end_to_end(engine: &Engine, producers: &[Client], n_producers: usize, j
         .expect("registered");
     let cpu = CpuMeter::start(engine);
     let started = Instant::now();
-    let (enqueued_in, _) = produce(producers, n_producers, jobs, "bench-e2e", "bench::work").await;
+    let (enqueued_in, _) = produce(producers, n_producers, jobs, queue, "bench::work").await;
     loop {
-        let s = stats(&producers[0], "bench-e2e").await;
+        let s = stats(&producers[0], queue).await;
         if s["completed"].as_u64().unwrap_or(0) >= jobs {
             break;
         }
@@ -243,6 +252,7 @@ fn round2(x: f64) -> f64 {
 fn main() {
     let quick = flag("--quick");
     let producers = number("--producers", 64.0) as usize;
+    let e2e_concurrency = number("--e2e-concurrency", 64.0) as usize;
     let enqueue_jobs = number("--enqueue-jobs", if quick { 20_000.0 } else { 200_000.0 }) as u64;
     let e2e_jobs = number("--e2e-jobs", if quick { 20_000.0 } else { 200_000.0 }) as u64;
     let restart_jobs = number(
@@ -256,7 +266,9 @@ fn main() {
         .build()
         .unwrap();
     let report = rt.block_on(async {
-        let engine = Engine::start();
+        let engine = Engine::start_with_config(&format!(
+            "[queue.queues.bench-e2e]\nconcurrency = {e2e_concurrency}\n"
+        ));
         let producer_clients = clients(&engine.url, CONNECTIONS).await;
         let cpu = CpuMeter::start(&engine);
         let (elapsed, acks) = produce(
@@ -277,7 +289,18 @@ fn main() {
             "engine_cpu_us_per_job": engine_us,
             "client_cpu_us_per_job": client_us,
         });
-        let e2e = end_to_end(&engine, &producer_clients, producers, e2e_jobs).await;
+        let mut e2e =
+            end_to_end(&engine, "bench-e2e", &producer_clients, producers, e2e_jobs).await;
+        e2e["queue_concurrency"] = json!(e2e_concurrency);
+        let mut e2e_default = end_to_end(
+            &engine,
+            "bench-e2e-default",
+            &producer_clients,
+            producers,
+            e2e_jobs,
+        )
+        .await;
+        e2e_default["queue_concurrency"] = json!("default (10)");
         let idle = idle_latency(
             &engine.url,
             &producer_clients[0],
@@ -290,6 +313,7 @@ fn main() {
             "machine": machine(),
             "enqueue": enqueue,
             "end_to_end": e2e,
+            "end_to_end_default_concurrency": e2e_default,
             "idle_enqueue_to_start": idle,
             "restart": restart,
             "targets": {

@@ -28,11 +28,29 @@ impl Engine {
         e
     }
 
+    /// An engine with a fresh store in a temp dir and `config` (TOML) as its config file.
+    pub fn start_with_config(config: &str) -> Engine {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("qmesh.toml");
+        std::fs::write(&file, config).expect("write the config file");
+        let mut e = Engine::spawn(&dir.path().join("data"), Some(&file));
+        e._owned = Some(dir);
+        e
+    }
+
     /// An engine on the store in `data_dir` (kept after it stops).
     pub fn start_in(data_dir: &Path) -> Engine {
-        let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+        Engine::spawn(data_dir, None)
+    }
+
+    fn spawn(data_dir: &Path, config: Option<&Path>) -> Engine {
+        let mut cmd = Command::new(binary());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
+        if let Some(file) = config {
+            cmd.arg("--config").arg(file);
+        }
+        let mut child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::Mesh;
-use super::state::{Call, CallOutcome, Caller, Function, Key, State, Worker};
+use super::state::{Call, CallOutcome, Caller, Function, Key, Settled, State, Worker};
 use crate::protocol::inbound::{InvocationResult, Invoke};
 use crate::protocol::outbound::{self, InvokeParts};
 use crate::protocol::{ErrorBody, Payload, codes, inject_caller};
@@ -32,6 +32,13 @@ pub struct CallExtras {
     pub metadata: Option<Payload>,
     pub traceparent: Option<String>,
     pub baggage: Option<String>,
+}
+
+/// What an engine-made call invokes, and for how long it may run.
+pub struct CallTarget<'a> {
+    pub namespace: &'a str,
+    pub function_id: &'a str,
+    pub timeout: Duration,
 }
 
 /// A call the engine itself made, awaiting its outcome.
@@ -179,17 +186,17 @@ impl Mesh {
                 };
                 let _ = conn.send(frame);
             }
-            Caller::Discard => {}
-            Caller::Internal(tx) => {
-                let _ = tx.send(match result.error {
+            internal => internal.deliver_internal(
+                result.invocation_id,
+                match result.error {
                     Some(err) => Err(err),
                     None => Ok(result.result),
-                });
-            }
+                },
+            ),
         }
     }
 
-    /// Starts a call on behalf of the engine (queue dispatcher, trigger fires).
+    /// Starts a call on behalf of the engine (trigger fires, engine functions).
     /// Fails at once with `function_not_found` when no worker provides it.
     pub fn start_internal_call(
         &self,
@@ -199,21 +206,55 @@ impl Mesh {
         extras: CallExtras,
         timeout: Duration,
     ) -> Result<InternalCall, ErrorBody> {
+        let (tx, rx) = oneshot::channel();
+        let target = CallTarget {
+            namespace,
+            function_id,
+            timeout,
+        };
+        let (invocation_id, executor) =
+            self.start_call(target, data, extras, Caller::Internal(tx))?;
+        Ok(InternalCall {
+            invocation_id,
+            executor,
+            outcome: rx,
+        })
+    }
+
+    /// Starts a call whose outcome is sent, tagged with `tag`, on `tx`.
+    /// Returns (invocation id, executor). Its only time limit is the engine's
+    /// bound on a call's life: a caller with a shorter one (a queue's lease)
+    /// keeps its own clock and ends the call with [`Mesh::fail_call`].
+    pub fn start_collected_call(
+        &self,
+        target: CallTarget<'_>,
+        data: Payload,
+        extras: CallExtras,
+        (tx, tag): (mpsc::UnboundedSender<Settled>, Uuid),
+    ) -> Result<(Uuid, Uuid), ErrorBody> {
+        self.start_call(target, data, extras, Caller::Collect { tx, tag })
+    }
+
+    fn start_call(
+        &self,
+        target: CallTarget<'_>,
+        data: Payload,
+        extras: CallExtras,
+        caller: Caller,
+    ) -> Result<(Uuid, Uuid), ErrorBody> {
+        let CallTarget {
+            namespace,
+            function_id,
+            timeout,
+        } = target;
         let invocation_id = Uuid::new_v4();
         let deadline = Instant::now() + timeout.min(self.config().invocation.max_duration);
-        let (tx, rx) = oneshot::channel();
         let (executor, conn) = {
             let mut st = self.lock();
             let Some(exec) = st.pick_executor(namespace, function_id) else {
                 return Err(st.not_found(namespace, function_id));
             };
-            st.begin(
-                invocation_id,
-                Caller::Internal(tx),
-                exec.0,
-                function_id,
-                deadline,
-            );
+            st.begin(invocation_id, caller, exec.0, function_id, deadline);
             exec
         };
         let frame = outbound::invoke(InvokeParts {
@@ -231,11 +272,7 @@ impl Mesh {
                 "the executing worker's connection is closing",
             );
         }
-        Ok(InternalCall {
-            invocation_id,
-            executor,
-            outcome: rx,
-        })
+        Ok((invocation_id, executor))
     }
 
     /// Calls a function and waits for its outcome, at most `timeout`.
@@ -301,11 +338,16 @@ impl Mesh {
         true
     }
 
-    /// Settles an in-flight call with an engine-made error, if it is still in flight.
-    pub fn fail_call(&self, invocation_id: Uuid, code: &str, message: &str) {
+    /// Settles an in-flight call with an engine-made error, if it is still in
+    /// flight. Returns whether it was.
+    pub fn fail_call(&self, invocation_id: Uuid, code: &str, message: &str) -> bool {
         let mut st = self.lock();
-        if let Some(call) = st.calls.remove(&invocation_id) {
-            st.settle(invocation_id, call, Err(ErrorBody::new(code, message)));
+        match st.calls.remove(&invocation_id) {
+            Some(call) => {
+                st.settle(invocation_id, call, Err(ErrorBody::new(code, message)));
+                true
+            }
+            None => false,
         }
     }
 
@@ -412,10 +454,7 @@ impl State {
                     let _ = w.conn.send(frame);
                 }
             }
-            Caller::Discard => {}
-            Caller::Internal(tx) => {
-                let _ = tx.send(outcome);
-            }
+            internal => internal.deliver_internal(id, outcome),
         }
     }
 

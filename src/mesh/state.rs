@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::connection::Connection;
@@ -95,11 +95,43 @@ pub enum Caller {
     Worker { worker: Uuid },
     /// Fire and forget: the result is dropped.
     Discard,
-    /// Engine code awaiting the outcome (queue dispatcher, engine functions).
+    /// Engine code awaiting the outcome (engine functions, trigger fires).
     Internal(oneshot::Sender<CallOutcome>),
+    /// Engine code collecting the outcomes of many calls on one channel, each
+    /// tagged (the queue scheduler: no task or timer per running job).
+    Collect {
+        tx: mpsc::UnboundedSender<Settled>,
+        tag: Uuid,
+    },
 }
 
 pub type CallOutcome = Result<Option<Payload>, ErrorBody>;
+
+/// A collected call's outcome (see [`Caller::Collect`]).
+pub struct Settled {
+    pub tag: Uuid,
+    pub invocation_id: Uuid,
+    pub outcome: CallOutcome,
+}
+
+impl Caller {
+    /// Hands an engine-side caller its outcome (a worker caller is answered by the router).
+    pub fn deliver_internal(self, invocation_id: Uuid, outcome: CallOutcome) {
+        match self {
+            Caller::Internal(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Caller::Collect { tx, tag } => {
+                let _ = tx.send(Settled {
+                    tag,
+                    invocation_id,
+                    outcome,
+                });
+            }
+            Caller::Worker { .. } | Caller::Discard => {}
+        }
+    }
+}
 
 pub struct Rebinding {
     pub since: Instant,

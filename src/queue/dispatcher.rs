@@ -1,47 +1,76 @@
-//! Watching one running attempt: its outcome, or the lease running out.
-//! The call itself goes through the live mesh like any sync call, so any
-//! worker providing the function id — now or after a restart — can run it.
+//! How a running job's attempt ends: the outcome of its call, collected by
+//! the mesh on the scheduler's channel and tagged with the job id, or its
+//! lease running out first. There is no task or timer per running job: the
+//! scheduler keeps one clock for every lease ([`Leases`]).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::mesh::Mesh;
-use crate::mesh::router::InternalCall;
+use crate::mesh::state::Settled;
 use crate::protocol::{ErrorBody, Payload, codes};
 use crate::store::records::{ErrorRecord, FailReason};
 
-/// An attempt's end, reported to the scheduler.
+/// An attempt's end, as the scheduler records it.
 pub struct Finished {
     pub job: Uuid,
+    /// Which call of the job this ends: an outcome of an earlier attempt's
+    /// call (a lease and a result crossing) is stale and ignored.
+    pub invocation_id: Uuid,
     pub outcome: Result<Option<Payload>, ErrorRecord>,
 }
 
-pub async fn watch(
-    mesh: Mesh,
-    tx: mpsc::UnboundedSender<Finished>,
-    job: Uuid,
-    call: InternalCall,
-    lease: Duration,
-) {
-    let outcome = match tokio::time::timeout(lease, call.outcome).await {
-        Ok(Ok(Ok(result))) => Ok(result),
-        Ok(Ok(Err(err))) => Err(classify(err)),
-        Ok(Err(_)) => Err(record(
-            FailReason::WorkerLost,
-            codes::INVOCATION_STOPPED,
-            "the call was abandoned",
-        )),
-        Err(_) => {
-            let msg = format!(
-                "no result within the queue's lease of {}",
-                humantime::format_duration(lease)
-            );
-            mesh.fail_call(call.invocation_id, codes::INVOCATION_TIMEOUT, &msg);
-            Err(record(FailReason::Timeout, codes::INVOCATION_TIMEOUT, &msg))
+impl From<Settled> for Finished {
+    fn from(s: Settled) -> Self {
+        Finished {
+            job: s.tag,
+            invocation_id: s.invocation_id,
+            outcome: s.outcome.map_err(classify),
         }
-    };
-    let _ = tx.send(Finished { job, outcome });
+    }
+}
+
+/// The leases of running attempts, soonest first.
+#[derive(Default)]
+pub struct Leases {
+    by_deadline: BTreeSet<(Instant, Uuid)>,
+}
+
+impl Leases {
+    pub fn add(&mut self, until: Instant, job: Uuid) {
+        self.by_deadline.insert((until, job));
+    }
+
+    pub fn remove(&mut self, until: Instant, job: Uuid) {
+        self.by_deadline.remove(&(until, job));
+    }
+
+    pub fn next(&self) -> Option<Instant> {
+        self.by_deadline.first().map(|(t, _)| *t)
+    }
+
+    /// Takes every lease that ran out by `now`.
+    pub fn expired(&mut self, now: Instant) -> Vec<Uuid> {
+        let mut out = Vec::new();
+        while let Some((t, job)) = self.by_deadline.first().copied() {
+            if t > now {
+                break;
+            }
+            self.by_deadline.pop_first();
+            out.push(job);
+        }
+        out
+    }
+}
+
+/// The error an attempt whose lease ran out ends with.
+pub fn lease_expired(lease: Duration) -> ErrorBody {
+    let msg = format!(
+        "no result within the queue's lease of {}",
+        humantime::format_duration(lease)
+    );
+    ErrorBody::new(codes::INVOCATION_TIMEOUT, msg)
 }
 
 fn classify(err: ErrorBody) -> ErrorRecord {
@@ -64,5 +93,25 @@ pub fn record(reason: FailReason, code: &str, message: &str) -> ErrorRecord {
         code: code.to_owned(),
         message: message.to_owned(),
         stacktrace: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_expire_in_deadline_order_and_once() {
+        let now = Instant::now();
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let mut l = Leases::default();
+        l.add(now + Duration::from_secs(2), a);
+        l.add(now + Duration::from_secs(1), b);
+        l.add(now + Duration::from_secs(3), c);
+        l.remove(now + Duration::from_secs(3), c);
+        assert_eq!(l.next(), Some(now + Duration::from_secs(1)));
+        assert_eq!(l.expired(now + Duration::from_secs(2)), vec![b, a]);
+        assert!(l.expired(now + Duration::from_secs(9)).is_empty());
+        assert_eq!(l.next(), None);
     }
 }

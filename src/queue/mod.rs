@@ -8,7 +8,8 @@
 //!   `intake` (enqueues), `running` (dispatch passes, outcomes),
 //!   `transitions` (state moves, FIFO release) and `upkeep` (due jobs, pruning).
 //! - [`recovery`]: what the scheduler reads at start, and crash repair.
-//! - [`dispatcher`]: watches one running attempt and reports its outcome.
+//! - [`dispatcher`]: how a running attempt ends: its call's outcome, collected
+//!   on the scheduler's channel, or its lease running out.
 //! - [`ops`]: operator views and actions (stats, peek, redrive, …).
 //!
 //! Invariant: an enqueue is acknowledged only after its record is on disk.

@@ -40,6 +40,7 @@ impl Scheduler {
             finished_tx,
             finished_rx: Some(finished_rx),
             draining: false,
+            leases: Default::default(),
             id_salt: Uuid::new_v4().as_u128() as u16,
         };
         for kv in tree.scan_prefix([layout::QUEUES]) {

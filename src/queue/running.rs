@@ -6,10 +6,10 @@
 
 use uuid::Uuid;
 
-use super::dispatcher::{self, Finished};
+use super::dispatcher::Finished;
 use super::now_ms;
 use super::scheduler::{RunningAttempt, Scheduler};
-use crate::mesh::router::CallExtras;
+use crate::mesh::router::{CallExtras, CallTarget};
 use crate::store::layout::{self, FnId};
 use crate::store::records::{AttemptRecord, JobRecord, JobState};
 use crate::store::{StoreError, record};
@@ -137,7 +137,16 @@ impl Scheduler {
             traceparent: job.traceparent.clone(),
             baggage: job.baggage.clone(),
         };
-        let Ok(call) = self.mesh.start_internal_call(ns, fid, data, extras, lease) else {
+        let target = CallTarget {
+            namespace: ns,
+            function_id: fid,
+            timeout: lease,
+        };
+        let collect = (self.finished_tx.clone(), id);
+        let Ok((invocation_id, executor)) = self
+            .mesh
+            .start_collected_call(target, data, extras, collect)
+        else {
             return Ok(false); // the worker left between the check and now; try later
         };
         job.attempts += 1;
@@ -146,7 +155,7 @@ impl Scheduler {
             attempt: job.history_len,
             started_ms: now_ms(),
             ended_ms: 0,
-            worker_id: Some(call.executor),
+            worker_id: Some(executor),
             error: None,
         };
         Self::unplace(&id, &job, batch);
@@ -154,24 +163,21 @@ impl Scheduler {
         let q = job.queue_id;
         self.count(q, Some(job.state), Some(JobState::Running), batch);
         job.state = JobState::Running;
+        let lease_until = tokio::time::Instant::now() + lease;
+        self.leases.add(lease_until, id);
         self.running.insert(
             id,
             RunningAttempt {
                 queue: q,
                 record: attempt,
                 job,
+                invocation_id,
+                lease_until,
             },
         );
         if let Some(rt) = self.queue_mut(q) {
             rt.running += 1;
         }
-        tokio::spawn(dispatcher::watch(
-            self.mesh.clone(),
-            self.finished_tx.clone(),
-            id,
-            call,
-            lease,
-        ));
         Ok(true)
     }
 
@@ -187,14 +193,24 @@ impl Scheduler {
 
     /// Records one attempt's outcome into `batch`: completed, retry later, or dead.
     fn finish_into(&mut self, f: Finished, batch: &mut sled::Batch) -> Result<(), StoreError> {
+        if self
+            .running
+            .get(&f.job)
+            .is_none_or(|r| r.invocation_id != f.invocation_id)
+        {
+            return Ok(()); // not running, or the outcome of an attempt already ended
+        }
         let Some(RunningAttempt {
             queue: q,
             record: mut attempt,
             mut job,
+            lease_until,
+            ..
         }) = self.running.remove(&f.job)
         else {
             return Ok(());
         };
+        self.leases.remove(lease_until, f.job);
         if let Some(rt) = self.queue_mut(q) {
             rt.running = rt.running.saturating_sub(1);
         }

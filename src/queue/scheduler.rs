@@ -10,10 +10,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::dispatcher::Finished;
+use super::dispatcher::{Finished, Leases, lease_expired};
 use super::ops::Op;
 use super::settings::{QueueConfig, QueueSettings};
 use super::{EnqueueReply, EnqueueRequest, now_ms};
+use crate::mesh::state::Settled;
 use crate::mesh::{Mesh, MeshEvent};
 use crate::protocol::{ErrorBody, codes};
 use crate::store::layout::{self, FnId, QueueId};
@@ -54,6 +55,8 @@ pub struct RunningAttempt {
     pub queue: QueueId,
     pub record: AttemptRecord,
     pub job: JobRecord,
+    pub invocation_id: Uuid,
+    pub lease_until: tokio::time::Instant,
 }
 
 pub struct Scheduler {
@@ -71,9 +74,12 @@ pub struct Scheduler {
     pub(super) running: HashMap<Uuid, RunningAttempt>,
     pub(super) next_due_ms: Option<u64>,
     /// Attempt outcomes have their own channel, read first, so a flood of
-    /// enqueues cannot starve completions (and with them free slots).
-    pub(super) finished_tx: mpsc::UnboundedSender<Finished>,
-    pub(super) finished_rx: Option<mpsc::UnboundedReceiver<Finished>>,
+    /// enqueues cannot starve completions (and with them free slots). The mesh
+    /// sends each running job's call outcome here, tagged with the job id.
+    pub(super) finished_tx: mpsc::UnboundedSender<Settled>,
+    pub(super) finished_rx: Option<mpsc::UnboundedReceiver<Settled>>,
+    /// When each running attempt's lease runs out.
+    pub(super) leases: Leases,
     /// Set when the engine shuts down: no job is started any more.
     pub(super) draining: bool,
     /// Random bits drawn once per process for job ids (see `intake::job_id`).
@@ -85,7 +91,19 @@ impl Scheduler {
         let mut finished = self.finished_rx.take().expect("run is called once");
         let mut events = self.mesh.subscribe();
         let mut prune = tokio::time::interval(PRUNE_EVERY);
+        // One timer for every lease, re-armed only when a lease ends sooner
+        // than the one it waits for: creating a timer on each turn of the
+        // loop costs more than the rest of an outcome's handling.
+        let lease_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(lease_timer);
+        let mut lease_armed: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(next) = self.leases.next()
+                && lease_armed.is_none_or(|armed| next < armed)
+            {
+                lease_timer.as_mut().reset(next);
+                lease_armed = Some(next);
+            }
             let due = self
                 .next_due_ms
                 .map(|ms| Duration::from_millis(ms.saturating_sub(now_ms())));
@@ -103,6 +121,10 @@ impl Scheduler {
                     Err(_) => return,
                 },
                 _ = sleep_for(due) => self.log_err("promoting due jobs", |s| s.promote_due()),
+                _ = &mut lease_timer, if lease_armed.is_some() => {
+                    lease_armed = None;
+                    self.expire_leases();
+                }
                 _ = prune.tick() => self.log_err("pruning completed jobs", |s| s.prune_completed()),
             }
             // Whatever woke the loop, also take what waits on the other channel:
@@ -121,11 +143,11 @@ impl Scheduler {
     }
 
     /// Records `first` and every outcome already waiting (up to a group) in one batch.
-    fn on_outcomes(&mut self, first: Finished, finished: &mut mpsc::UnboundedReceiver<Finished>) {
-        let mut outcomes = vec![first];
+    fn on_outcomes(&mut self, first: Settled, finished: &mut mpsc::UnboundedReceiver<Settled>) {
+        let mut outcomes = vec![Finished::from(first)];
         while outcomes.len() < MAX_GROUP {
             match finished.try_recv() {
-                Ok(f) => outcomes.push(f),
+                Ok(f) => outcomes.push(f.into()),
                 Err(_) => break,
             }
         }
@@ -152,6 +174,34 @@ impl Scheduler {
         }
         self.enqueue_all(group);
         next.is_none_or(|cmd| self.handle(cmd))
+    }
+
+    /// Ends the calls of attempts whose lease ran out; their outcome (a
+    /// timeout) comes back on the outcomes channel like any other.
+    fn expire_leases(&mut self) {
+        for job in self.leases.expired(tokio::time::Instant::now()) {
+            let Some(r) = self.running.get(&job) else {
+                continue;
+            };
+            let lease = self
+                .queue_names
+                .get(&r.queue)
+                .and_then(|name| self.queues.get(name))
+                .map_or(Duration::ZERO, |q| q.settings.lease);
+            let err = lease_expired(lease);
+            if !self
+                .mesh
+                .fail_call(r.invocation_id, &err.code, &err.message)
+            {
+                // The call already ended and its outcome is on its way; were it
+                // lost, this makes sure the attempt still ends.
+                let _ = self.finished_tx.send(Settled {
+                    tag: job,
+                    invocation_id: r.invocation_id,
+                    outcome: Err(err),
+                });
+            }
+        }
     }
 
     fn log_err(&mut self, what: &str, f: impl FnOnce(&mut Self) -> Result<(), StoreError>) {
