@@ -398,16 +398,22 @@ async fn fragmented_messages_arrive_whole_and_pings_are_answered_on_both_ends() 
     engine.stop().await;
 }
 
+/// A channel whose writer sends frames by hand, and an ordinary reader.
+async fn hand_written_channel(engine: &TestEngine) -> (RawClient, RawEnd, ChannelReader) {
+    let (creator, pair) = raw_channel(engine).await;
+    let writer = RawEnd::open(engine, &pair.writer).await;
+    let reader = ChannelReader::open(&engine.url, &pair.reader)
+        .await
+        .unwrap();
+    (creator, writer, reader)
+}
+
 /// A client frame must be masked; one that is not is a protocol error
 /// (1002), and for the reader an abort, not an end.
 #[tokio::test]
 async fn an_unmasked_frame_closes_the_writer_with_1002() {
     let engine = TestEngine::start().await;
-    let (_creator, pair) = raw_channel(&engine).await;
-    let mut writer = RawEnd::open(&engine, &pair.writer).await;
-    let mut reader = ChannelReader::open(&engine.url, &pair.reader)
-        .await
-        .unwrap();
+    let (_creator, mut writer, mut reader) = hand_written_channel(&engine).await;
     writer
         .send(&[
             frame(true, 0x2, b"kept", true),
@@ -429,11 +435,7 @@ async fn an_unmasked_frame_closes_the_writer_with_1002() {
 #[tokio::test]
 async fn a_frame_length_over_the_limit_is_refused_from_its_header() {
     let engine = TestEngine::start().await;
-    let (_creator, pair) = raw_channel(&engine).await;
-    let mut writer = RawEnd::open(&engine, &pair.writer).await;
-    let mut reader = ChannelReader::open(&engine.url, &pair.reader)
-        .await
-        .unwrap();
+    let (_creator, mut writer, mut reader) = hand_written_channel(&engine).await;
     let mut huge = vec![0x82, 0x80 | 127];
     huge.extend((1u64 << 40).to_be_bytes());
     huge.extend([1, 2, 3, 4]);
