@@ -18,9 +18,10 @@
 //!   another code, a broken rule) is an abort, which the reader sees as
 //!   close 4499. A frame over `channels.max_frame_size` is refused from its
 //!   header (close 1009) before any memory is set aside for it.
-//! - reader: write queued frames (up to [`BATCH`] in one vectored write),
-//!   then close with 1000 after the last one. A second task reads the reader's socket, so a
-//!   reader leaving is noticed at once and the writer is closed with 4410.
+//! - reader: write queued frames (up to `BATCH` in one vectored write),
+//!   then close with 1000 after the last one. A second task reads the
+//!   reader's socket, so a reader leaving is noticed at once and the writer
+//!   is closed with 4410.
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
