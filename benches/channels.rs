@@ -16,8 +16,12 @@
 //! cargo bench --bench channels -- --json     # one JSON object on stdout
 //! cargo bench --bench channels -- --runs 5 --mib 1024 --frames 5000
 //! ```
-//! Throughput figures are the median of `--runs` (3) runs. Targets are
-//! printed for reference and never asserted.
+//! Throughput figures are the median of `--runs` (3) runs. Each throughput
+//! phase also reports the CPU seconds the engine and this process (the load
+//! generator) spent per GB moved: unlike the rates, these hold on a machine
+//! shared with other work, and 2 cores / (total CPU s per GB) estimates the
+//! rate of a quiet 2-core machine. Targets are printed for reference and
+//! never asserted.
 
 mod common;
 
@@ -170,18 +174,45 @@ fn latency_report(size: usize, via: &Histogram<u64>, direct: &Histogram<u64>) ->
     })
 }
 
-/// Runs `phase`, returning its result and the cores the engine and this
-/// process used meanwhile.
-async fn with_cpu<T>(
-    engine_pid: u32,
-    phase: impl std::future::Future<Output = T>,
-) -> (T, f64, f64) {
+/// CPU seconds spent while a phase ran: by the engine process, and by this
+/// process (the load generator: writers masking, readers counting).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    engine: f64,
+    client: f64,
+    wall: f64,
+}
+
+/// Runs `phase`, returning its result and the CPU both processes used meanwhile.
+async fn with_cpu<T>(engine_pid: u32, phase: impl std::future::Future<Output = T>) -> (T, Cpu) {
     let pid = engine_pid.to_string();
     let (e0, s0, t0) = (cpu_secs(&pid), cpu_secs("self"), Instant::now());
     let out = phase.await;
-    let wall = t0.elapsed().as_secs_f64();
-    let cores = |a: f64, b: f64| ((b - a) / wall * 100.0).round() / 100.0;
-    (out, cores(e0, cpu_secs(&pid)), cores(s0, cpu_secs("self")))
+    let cpu = Cpu {
+        engine: cpu_secs(&pid) - e0,
+        client: cpu_secs("self") - s0,
+        wall: t0.elapsed().as_secs_f64(),
+    };
+    (out, cpu)
+}
+
+/// CPU seconds per GB moved, summed over runs: the cost per byte, which the
+/// other work on a shared machine does not change (wall-clock rates it does).
+/// `estimated_gb_per_sec_on_2_cores` is what two cores give when the engine
+/// and the load generator have them to themselves and are CPU-bound.
+fn cpu_report(cpus: &[Cpu], bytes_per_run: usize) -> Value {
+    let gb = (cpus.len() * bytes_per_run) as f64 / 1e9;
+    let sum = |f: fn(&Cpu) -> f64| cpus.iter().map(f).sum::<f64>();
+    let (engine, client, wall) = (sum(|c| c.engine), sum(|c| c.client), sum(|c| c.wall));
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    json!({
+        "engine_cpu_s_per_gb": round(engine / gb),
+        "load_generator_cpu_s_per_gb": round(client / gb),
+        "total_cpu_s_per_gb": round((engine + client) / gb),
+        "engine_cores": round(engine / wall),
+        "load_generator_cores": round(client / wall),
+        "estimated_gb_per_sec_on_2_cores": round(2.0 * gb / (engine + client)),
+    })
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -208,15 +239,18 @@ fn main() {
         let engine = Engine::start();
         let client = Client::connect(&engine.url).await.expect("connect");
         let (mut one, mut eight, mut direct) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut engine_cores, mut client_cores) = (Vec::new(), Vec::new());
+        let (mut one_cpu, mut eight_cpu, mut direct_cpu) = (Vec::new(), Vec::new(), Vec::new());
         let pid = engine.pid();
         for _ in 0..runs {
-            one.push(throughput(&client, 1, mib << 20).await);
-            let (rate, e, c) = with_cpu(pid, throughput(&client, 8, (mib << 20) / 8)).await;
+            let (rate, cpu) = with_cpu(pid, throughput(&client, 1, mib << 20)).await;
+            one.push(rate);
+            one_cpu.push(cpu);
+            let (rate, cpu) = with_cpu(pid, throughput(&client, 8, (mib << 20) / 8)).await;
             eight.push(rate);
-            engine_cores.push(e);
-            client_cores.push(c);
-            direct.push(direct_throughput(1, mib << 20).await);
+            eight_cpu.push(cpu);
+            let (rate, cpu) = with_cpu(pid, direct_throughput(1, mib << 20)).await;
+            direct.push(rate);
+            direct_cpu.push(cpu);
         }
         let rss_after_kib = rss_kib(engine.pid());
         let mut latency = Vec::new();
@@ -235,12 +269,9 @@ fn main() {
             "one_channel_runs": one.into_iter().map(gb).collect::<Vec<_>>(),
             "eight_channels_runs": eight.iter().copied().map(gb).collect::<Vec<_>>(),
             "direct_websocket_gb_per_sec": gb(median(direct)),
-            "eight_channels_engine_cores": median(engine_cores.clone()),
-            // Cores the engine used per GB/s: the cost per byte, whatever the machine's load.
-            "engine_core_seconds_per_gb": (median(
-                engine_cores.iter().zip(&eight).map(|(c, r)| c / (r / 1e9)).collect()
-            ) * 100.0).round() / 100.0,
-            "eight_channels_client_cores": median(client_cores),
+            "eight_channels_cpu": cpu_report(&eight_cpu, mib << 20),
+            "one_channel_cpu": cpu_report(&one_cpu, mib << 20),
+            "direct_websocket_cpu_s_per_gb": cpu_report(&direct_cpu, mib << 20)["load_generator_cpu_s_per_gb"],
             "engine_rss_after_mib": rss_after_kib / 1024,
             "latency": latency,
             "targets": { "aggregate_gb_per_sec": TARGET_AGGREGATE_GB_PER_SEC },

@@ -8,12 +8,14 @@ mod common;
 use common::programs::Program;
 use common::{RawClient, TestEngine, test_config};
 use futures_util::StreamExt;
+use qmesh::channels::frames::{CloseFrame, FrameReader, Incoming, Role, handshake};
 use qmesh::client::Client;
 use qmesh::client::channel::{
-    ChannelError, ChannelItem, ChannelPair, ChannelReader, ChannelWriter,
+    ChannelError, ChannelItem, ChannelPair, ChannelReader, ChannelRef, ChannelWriter,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A channel created by a raw worker (its creator, kept so it stays connected).
@@ -288,6 +290,165 @@ async fn a_departed_creators_unconnected_channels_go_with_it() {
         .await
         .unwrap();
     assert_eq!(reader.read_all().await.unwrap(), (b"kept".to_vec(), vec![]));
+    engine.stop().await;
+}
+
+/// A channel end opened by hand, to send frames the crate's client never would.
+struct RawEnd {
+    rd: FrameReader<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+}
+
+impl RawEnd {
+    async fn open(engine: &TestEngine, r: &ChannelRef) -> RawEnd {
+        let url = qmesh::protocol::channel::socket_url(&engine.url, r);
+        let c = handshake::connect(&url).await.expect("upgrade");
+        let (rd, wr) = c.stream.into_split();
+        RawEnd {
+            rd: FrameReader::with_buffered(rd, Role::Client, 1 << 20, c.buffered),
+            wr,
+        }
+    }
+
+    async fn send(&mut self, frames: &[Vec<u8>]) {
+        use tokio::io::AsyncWriteExt;
+        self.wr.write_all(&frames.concat()).await.expect("write");
+    }
+
+    async fn next(&mut self) -> Incoming {
+        tokio::time::timeout(common::WAIT, self.rd.next())
+            .await
+            .expect("a frame in time")
+            .expect("a frame")
+    }
+}
+
+/// A client frame, built by hand: `masked` as RFC 6455 requires, or not.
+fn frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![if fin { 0x80 | opcode } else { opcode }];
+    let m = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(m | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(m | 126);
+            out.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend((n as u64).to_be_bytes());
+        }
+    }
+    if !masked {
+        out.extend(payload);
+        return out;
+    }
+    let key = [0x12, 0x34, 0x56, 0x78];
+    out.extend(key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+fn close_with(code: u16) -> Vec<u8> {
+    frame(true, 0x8, &code.to_be_bytes(), true)
+}
+
+fn close_code(msg: &Incoming) -> Option<u16> {
+    match msg {
+        Incoming::Close(f) => f.as_ref().map(|f| f.code),
+        other => panic!("expected a close, got {other:?}"),
+    }
+}
+
+/// RFC 6455 lets a client split a message into fragments, with control
+/// frames between them. The SDKs send whole frames (Node's `ws.send` and
+/// Python's `websockets.send` of a 64 KiB chunk are one frame each), but
+/// any client may fragment: the reader gets each message whole, in order.
+#[tokio::test]
+async fn fragmented_messages_arrive_whole_and_pings_are_answered_on_both_ends() {
+    let engine = TestEngine::start().await;
+    let (_creator, pair) = raw_channel(&engine).await;
+    let mut writer = RawEnd::open(&engine, &pair.writer).await;
+    let mut reader = RawEnd::open(&engine, &pair.reader).await;
+    reader.send(&[frame(true, 0x9, b"r", true)]).await;
+    assert_eq!(reader.next().await, Incoming::Pong);
+    writer
+        .send(&[
+            frame(false, 0x2, b"ab", true),
+            frame(true, 0x9, b"w", true),
+            frame(false, 0x0, b"cd", true),
+            frame(true, 0x0, b"ef", true),
+            frame(false, 0x1, "hé".as_bytes(), true),
+            frame(true, 0x0, "llo".as_bytes(), true),
+            close_with(1000),
+        ])
+        .await;
+    assert_eq!(writer.next().await, Incoming::Pong);
+    assert_eq!(
+        close_code(&writer.next().await),
+        Some(1000),
+        "the close is answered"
+    );
+    assert_eq!(reader.next().await, Incoming::Binary("abcdef".into()));
+    assert_eq!(reader.next().await, Incoming::Text("héllo".into()));
+    assert_eq!(close_code(&reader.next().await), Some(1000));
+    reader.send(&[close_with(1000)]).await;
+    engine
+        .until("channel removed", |m| m.channels().is_empty())
+        .await;
+    engine.stop().await;
+}
+
+/// A channel whose writer sends frames by hand, and an ordinary reader.
+async fn hand_written_channel(engine: &TestEngine) -> (RawClient, RawEnd, ChannelReader) {
+    let (creator, pair) = raw_channel(engine).await;
+    let writer = RawEnd::open(engine, &pair.writer).await;
+    let reader = ChannelReader::open(&engine.url, &pair.reader)
+        .await
+        .unwrap();
+    (creator, writer, reader)
+}
+
+/// A client frame must be masked; one that is not is a protocol error
+/// (1002), and for the reader an abort, not an end.
+#[tokio::test]
+async fn an_unmasked_frame_closes_the_writer_with_1002() {
+    let engine = TestEngine::start().await;
+    let (_creator, mut writer, mut reader) = hand_written_channel(&engine).await;
+    writer
+        .send(&[
+            frame(true, 0x2, b"kept", true),
+            frame(true, 0x2, b"bare", false),
+        ])
+        .await;
+    assert_eq!(close_code(&writer.next().await), Some(1002));
+    assert_eq!(
+        reader.next().await,
+        Ok(Some(ChannelItem::Binary("kept".into())))
+    );
+    assert_eq!(reader.next().await, Err(ChannelError::WriterAborted));
+    engine.stop().await;
+}
+
+/// A length header over `channels.max_frame_size` is refused from the header
+/// alone: close 1009 comes before any of the claimed terabyte is sent, and
+/// the engine holds none of it.
+#[tokio::test]
+async fn a_frame_length_over_the_limit_is_refused_from_its_header() {
+    let engine = TestEngine::start().await;
+    let (_creator, mut writer, mut reader) = hand_written_channel(&engine).await;
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend((1u64 << 40).to_be_bytes());
+    huge.extend([1, 2, 3, 4]);
+    writer.send(&[huge]).await;
+    let closed = writer.next().await;
+    assert_eq!(
+        closed,
+        Incoming::Close(Some(CloseFrame {
+            code: 1009,
+            reason: "frame over channels.max_frame_size".into()
+        }))
+    );
+    assert_eq!(reader.next().await, Err(ChannelError::WriterAborted));
     engine.stop().await;
 }
 

@@ -8,11 +8,14 @@
 //!
 //! - [`keys`]: per-end access keys, compared in constant time.
 //! - [`pipe`]: the bounded buffer and its counters.
+//! - [`frames`]: the WebSocket framing of channel sockets (both sides),
+//!   which moves payloads without copying them.
 //! - [`config`]: the `[channels]` settings.
 //! - this file: the registry of live channels, who may claim which end, and
 //!   when a channel goes (finished, expired, creator gone, engine stopping).
 
 pub mod config;
+pub mod frames;
 pub mod keys;
 pub mod pipe;
 

@@ -7,15 +7,38 @@
 //! its socket, so a slow reader stops the engine reading the writer and TCP
 //! pushes back; engine memory stays within the budget whatever the writer does.
 
-use axum::extract::ws::Message;
+use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// One stream chunk (binary) or message (text), with its share of the byte budget.
+/// What a channel carries, as it arrived from the writer's socket (the
+/// payload buffers are the ones the frames were read into).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// A chunk of the byte stream.
+    Binary(Bytes),
+    /// A message in order with the chunks; valid UTF-8 (checked on arrival).
+    Text(Bytes),
+}
+
+impl Data {
+    /// The byte length (what the budget counts).
+    pub fn len(&self) -> usize {
+        match self {
+            Data::Binary(b) | Data::Text(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One chunk or message, with its share of the byte budget.
 pub struct Frame {
-    pub msg: Message,
+    pub data: Data,
     pub receipt: Receipt,
 }
 
@@ -92,21 +115,12 @@ pub fn pipe(frames: usize, max_bytes: usize, stats: Arc<Stats>) -> (PipeTx, Pipe
     )
 }
 
-/// The byte length of a data frame (what the budget counts).
-pub fn frame_len(msg: &Message) -> usize {
-    match msg {
-        Message::Binary(b) => b.len(),
-        Message::Text(t) => t.len(),
-        _ => 0,
-    }
-}
-
 impl PipeTx {
-    /// Waits for room (bytes, then a frame slot), then queues `msg`.
-    /// `msg` must be no larger than the pipe's byte budget (the socket's frame
-    /// limit guarantees it).
-    pub async fn push(&self, msg: Message) -> Result<(), ReaderGone> {
-        let len = frame_len(&msg);
+    /// Waits for room (bytes, then a frame slot), then queues `data`.
+    /// `data` must be no larger than the pipe's byte budget (the socket's
+    /// frame limit guarantees it).
+    pub async fn push(&self, data: Data) -> Result<(), ReaderGone> {
+        let len = data.len();
         let permits = u32::try_from(len).map_err(|_| ReaderGone)?;
         let budget = self
             .budget
@@ -122,7 +136,7 @@ impl PipeTx {
         s.frames_in.fetch_add(1, Ordering::AcqRel);
         s.peak_buffered.fetch_max(held, Ordering::AcqRel);
         slot.send(Frame {
-            msg,
+            data,
             receipt: Receipt {
                 len,
                 _budget: budget,
@@ -170,8 +184,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn bin(n: usize) -> Message {
-        Message::Binary(vec![7u8; n].into())
+    fn bin(n: usize) -> Data {
+        Data::Binary(vec![7u8; n].into())
     }
 
     #[tokio::test]

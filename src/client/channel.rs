@@ -2,23 +2,32 @@
 //! reader (`worker-protocol.md` §6). Frames and close codes as the engine
 //! speaks them: binary frames are the stream (64 KiB each, as the SDKs send),
 //! text frames are messages in order with it, a normal close is the end.
+//!
+//! Channel ends use the engine's own frame layer (`channels::frames`) in
+//! the client role rather than tungstenite: each outgoing frame is masked in
+//! the one copy a client must make anyway, and incoming payloads are read
+//! straight into the buffers handed out. This is what keeps `qmesh bench
+//! channel` and the channel bench cheap next to the engine they measure.
 
-use axum::body::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::connection::Socket;
+use crate::channels::frames::handshake::{self, ConnectError};
+use crate::channels::frames::{
+    CloseFrame, FrameError, FrameReader, FrameWriter, Incoming, OpCode, Role,
+};
 use crate::protocol::channel::socket_url;
 pub use crate::protocol::channel::{ChannelPair, ChannelRef, Direction};
 use crate::protocol::codes::close;
 
 /// The chunk size the SDKs use; [`ChannelWriter::write`] splits by it.
 pub const CHUNK: usize = 64 << 10;
-/// Large socket buffers: channel traffic is bulk.
-const SOCKET_BUFFER: usize = 128 << 10;
+/// Chunks [`ChannelWriter::write`] masks before it writes them out.
+const CHUNKS_PER_WRITE: usize = 8;
+/// Largest frame accepted from the engine (it sends at most its own
+/// `channels.max_frame_size`, 1 MiB by default).
+const MAX_FRAME: usize = 16 << 20;
 /// How long closing waits for the engine's answer.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -59,42 +68,76 @@ pub enum ChannelItem {
     Text(String),
 }
 
-async fn open(engine_url: &str, r: &ChannelRef, want: Direction) -> Result<Socket, ChannelError> {
-    if r.direction != want {
-        return Err(ChannelError::WrongDirection(r.direction));
-    }
-    let config = WebSocketConfig::default()
-        .read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER);
-    let url = socket_url(engine_url, r);
-    match tokio_tungstenite::connect_async_with_config(url, Some(config), true).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::Error::Http(resp)) => {
-            let reason = resp
-                .body()
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            Err(ChannelError::Refused {
-                status: resp.status().as_u16(),
-                reason,
-            })
+/// One channel socket: its frame reader and writer over the two TCP halves.
+struct Socket {
+    rd: FrameReader<OwnedReadHalf>,
+    wr: FrameWriter<OwnedWriteHalf>,
+    /// Our close frame has been queued; nothing more may be sent.
+    closing: bool,
+}
+
+impl Socket {
+    async fn open(engine_url: &str, r: &ChannelRef, want: Direction) -> Result<Self, ChannelError> {
+        if r.direction != want {
+            return Err(ChannelError::WrongDirection(r.direction));
         }
-        Err(e) => Err(ChannelError::Io(e.to_string())),
+        let connected = handshake::connect(&socket_url(engine_url, r))
+            .await
+            .map_err(|e| match e {
+                ConnectError::Refused { status, body } => ChannelError::Refused {
+                    status,
+                    reason: body,
+                },
+                e => ChannelError::Io(e.to_string()),
+            })?;
+        let (rd, wr) = connected.stream.into_split();
+        Ok(Socket {
+            rd: FrameReader::with_buffered(rd, Role::Client, MAX_FRAME, connected.buffered),
+            wr: FrameWriter::new(wr, Role::Client),
+            closing: false,
+        })
+    }
+
+    async fn flush(&mut self) -> Result<(), ChannelError> {
+        self.wr
+            .flush()
+            .await
+            .map_err(|e| ChannelError::Io(e.to_string()))
+    }
+
+    /// Queues our close (once) and sends it.
+    async fn close(&mut self, code: Option<u16>, reason: &str) -> Result<(), ChannelError> {
+        if !self.closing {
+            self.closing = true;
+            self.wr.queue_close(code, reason);
+        }
+        self.flush().await
+    }
+
+    /// The engine closed: answer it (once), as RFC 6455 asks.
+    async fn answer(&mut self, frame: &Option<CloseFrame>) {
+        let _ = self.close(frame.as_ref().map(|f| f.code), "").await;
+    }
+}
+
+fn io_error(e: FrameError) -> ChannelError {
+    match e {
+        FrameError::Eof => ChannelError::Io("connection lost".into()),
+        e => ChannelError::Io(e.to_string()),
     }
 }
 
 /// What a close from the engine means.
-fn closed_by(frame: Option<tungstenite::protocol::CloseFrame>) -> Result<(), ChannelError> {
+fn closed_by(frame: Option<CloseFrame>) -> Result<(), ChannelError> {
     let Some(f) = frame else { return Ok(()) };
-    match u16::from(f.code) {
+    match f.code {
         close::NORMAL => Ok(()),
         close::CHANNEL_WRITER_ABORTED => Err(ChannelError::WriterAborted),
         close::CHANNEL_READER_GONE => Err(ChannelError::ReaderGone),
         close::CHANNEL_ABANDONED => Err(ChannelError::Abandoned),
         code => Err(ChannelError::Closed {
             code,
-            reason: f.reason.to_string(),
+            reason: f.reason,
         }),
     }
 }
@@ -108,39 +151,41 @@ impl ChannelWriter {
     /// Opens the write end named by `r` on the engine at `engine_url`.
     pub async fn open(engine_url: &str, r: &ChannelRef) -> Result<Self, ChannelError> {
         Ok(Self {
-            ws: open(engine_url, r, Direction::Write).await?,
+            ws: Socket::open(engine_url, r, Direction::Write).await?,
         })
     }
 
     /// Writes `data` as 64 KiB chunks; returns once they are on the socket.
     /// It waits while the engine's buffer is full (a slow reader).
     pub async fn write(&mut self, data: &[u8]) -> Result<(), ChannelError> {
-        for chunk in data.chunks(CHUNK) {
-            let msg = Message::Binary(Bytes::copy_from_slice(chunk));
-            if let Err(e) = self.ws.feed(msg).await {
-                return Err(self.failed(e).await);
+        for chunks in data.chunks(CHUNK * CHUNKS_PER_WRITE) {
+            for chunk in chunks.chunks(CHUNK) {
+                self.ws.wr.queue_parts(OpCode::Binary, &[chunk]);
             }
-        }
-        self.flush().await
-    }
-
-    /// Sends one binary frame as given (no copy, no split).
-    pub async fn send_frame(&mut self, frame: Bytes) -> Result<(), ChannelError> {
-        if let Err(e) = self.ws.send(Message::Binary(frame)).await {
-            return Err(self.failed(e).await);
+            self.send().await?;
         }
         Ok(())
+    }
+
+    /// Sends one binary frame as given (no split).
+    pub async fn send_frame(&mut self, frame: Bytes) -> Result<(), ChannelError> {
+        self.send_parts(&[&frame]).await
+    }
+
+    /// Sends one binary frame made of `parts` back to back. They are copied
+    /// once, as the frame is masked (which a client must do anyway).
+    pub async fn send_parts(&mut self, parts: &[&[u8]]) -> Result<(), ChannelError> {
+        self.ws.wr.queue_parts(OpCode::Binary, parts);
+        self.send().await
     }
 
     /// Sends one text message, ordered with the bytes written before it.
     pub async fn send_text(&mut self, text: &str) -> Result<(), ChannelError> {
-        if let Err(e) = self.ws.send(Message::Text(text.into())).await {
-            return Err(self.failed(e).await);
-        }
-        Ok(())
+        self.ws.wr.queue_parts(OpCode::Text, &[text.as_bytes()]);
+        self.send().await
     }
 
-    async fn flush(&mut self) -> Result<(), ChannelError> {
+    async fn send(&mut self) -> Result<(), ChannelError> {
         if let Err(e) = self.ws.flush().await {
             return Err(self.failed(e).await);
         }
@@ -150,11 +195,7 @@ impl ChannelWriter {
     /// Ends the stream (close 1000) and waits for the engine's answer:
     /// `Err(ReaderGone)` if the reader left before the end.
     pub async fn finish(mut self) -> Result<(), ChannelError> {
-        let frame = tungstenite::protocol::CloseFrame {
-            code: CloseCode::Normal,
-            reason: "end of stream".into(),
-        };
-        if let Err(e) = self.ws.send(Message::Close(Some(frame))).await {
+        if let Err(e) = self.ws.close(Some(close::NORMAL), "end of stream").await {
             return Err(self.failed(e).await);
         }
         self.await_close().await
@@ -166,21 +207,25 @@ impl ChannelWriter {
     }
 
     /// A send failed: the engine's close frame, if one arrived, says why.
-    async fn failed(&mut self, e: tungstenite::Error) -> ChannelError {
+    async fn failed(&mut self, e: ChannelError) -> ChannelError {
         match tokio::time::timeout(Duration::from_millis(200), self.await_close()).await {
             Ok(Err(why)) if !matches!(why, ChannelError::Io(_)) => why,
-            _ => ChannelError::Io(e.to_string()),
+            _ => e,
         }
     }
 
+    /// Reads until the engine's close (answering it) or the end of the connection.
     async fn await_close(&mut self) -> Result<(), ChannelError> {
         let wait = async {
             loop {
-                match self.ws.next().await {
-                    Some(Ok(Message::Close(f))) => return closed_by(f),
-                    Some(Ok(_)) => continue,
-                    Some(Err(tungstenite::Error::ConnectionClosed)) | None => return Ok(()),
-                    Some(Err(e)) => return Err(ChannelError::Io(e.to_string())),
+                match self.ws.rd.next().await {
+                    Ok(Incoming::Close(f)) => {
+                        self.ws.answer(&f).await;
+                        return closed_by(f);
+                    }
+                    Ok(_) | Err(FrameError::TooBig { .. }) => continue,
+                    Err(FrameError::Eof) => return Ok(()),
+                    Err(e) => return Err(io_error(e)),
                 }
             }
         };
@@ -200,7 +245,7 @@ impl ChannelReader {
     /// Opens the read end named by `r` on the engine at `engine_url`.
     pub async fn open(engine_url: &str, r: &ChannelRef) -> Result<Self, ChannelError> {
         Ok(Self {
-            ws: open(engine_url, r, Direction::Read).await?,
+            ws: Socket::open(engine_url, r, Direction::Read).await?,
             done: false,
         })
     }
@@ -211,18 +256,23 @@ impl ChannelReader {
             return Ok(None);
         }
         loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Binary(b))) => return Ok(Some(ChannelItem::Binary(b))),
-                Some(Ok(Message::Text(t))) => return Ok(Some(ChannelItem::Text(t.to_string()))),
-                Some(Ok(Message::Close(f))) => {
+            match self.ws.rd.next().await {
+                Ok(Incoming::Binary(b)) => return Ok(Some(ChannelItem::Binary(b))),
+                Ok(Incoming::Text(t)) => {
+                    let text = String::from_utf8(Vec::from(t)).expect("checked on arrival");
+                    return Ok(Some(ChannelItem::Text(text)));
+                }
+                Ok(Incoming::Close(f)) => {
                     self.done = true;
-                    // Let tungstenite send its close reply.
-                    let _ = self.ws.flush().await;
+                    self.ws.answer(&f).await;
                     return closed_by(f).map(|()| None);
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(ChannelError::Io(e.to_string())),
-                None => return Err(ChannelError::Io("connection lost".into())),
+                Ok(Incoming::Ping(payload)) => {
+                    self.ws.wr.queue(OpCode::Pong, payload);
+                    self.ws.flush().await?;
+                }
+                Ok(Incoming::Pong) => {}
+                Err(e) => return Err(io_error(e)),
             }
         }
     }
@@ -241,6 +291,6 @@ impl ChannelReader {
 
     /// Leaves early: the writer is told the reader is gone (4410).
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(CLOSE_WAIT, self.ws.close(None)).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.ws.close(None, "")).await;
     }
 }

@@ -6,37 +6,51 @@
 //! a client never mistakes a refusal for an empty stream. Keys never reach a
 //! log line: only the channel id and direction do.
 //!
+//! The socket is framed by `channels::frames`, not by the WebSocket library
+//! the engine's other sockets use: payloads go from the writer's socket to
+//! the reader's without being copied, and queued frames leave in one
+//! vectored write.
+//!
 //! After the upgrade one pump per end runs:
 //! - writer: read a frame, wait for room in the pipe, repeat. While it waits
 //!   it does not read the socket, so TCP pushes back on the writer. A Close
 //!   with no code or 1000 is the end of the stream; anything else (a reset,
-//!   another code) is an abort, which the reader sees as close 4499.
-//! - reader: write queued frames (batched into one flush), then close with
-//!   1000 after the last one. A second task reads the reader's socket, so a
-//!   reader leaving is noticed at once and the writer is closed with 4410.
+//!   another code, a broken rule) is an abort, which the reader sees as
+//!   close 4499. A frame over `channels.max_frame_size` is refused from its
+//!   header (close 1009) before any memory is set aside for it.
+//! - reader: write queued frames (up to `BATCH` in one vectored write),
+//!   then close with 1000 after the last one. A second task reads the
+//!   reader's socket, so a reader leaving is noticed at once and the writer
+//!   is closed with 4410.
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::channels::pipe::{PipeRx, PipeTx};
+use crate::channels::frames::handshake::{ServerUpgrade, Upgraded};
+use crate::channels::frames::{FrameError, FrameReader, FrameWriter, Incoming, OpCode, Role};
+use crate::channels::pipe::{Data, PipeRx, PipeTx};
 use crate::channels::{Channel, Channels, ClaimError, ClaimedEnd, EndState};
 use crate::protocol::channel::Direction;
 use crate::protocol::codes::close;
 
-/// Channel sockets carry bulk data: larger buffers mean fewer syscalls per
-/// 64 KiB chunk.
-const SOCKET_BUFFER: usize = 128 << 10;
 /// How long a closing end may take to acknowledge the close before it is dropped.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Frames already queued for a reader that go out in one flush, at most.
+/// Frames already queued for a reader that go out in one write, at most.
 const BATCH: usize = 32;
+/// Pongs owed to a reader and not yet written; more pings than this are not answered.
+const PONGS_QUEUED: usize = 4;
+
+type Reader = FrameReader<ReadHalf<Upgraded>>;
+type Writer = FrameWriter<WriteHalf<Upgraded>>;
 
 #[derive(serde::Deserialize)]
 pub struct ChannelQuery {
@@ -45,7 +59,7 @@ pub struct ChannelQuery {
 }
 
 pub async fn upgrade(
-    ws: WebSocketUpgrade,
+    ws: ServerUpgrade,
     State(app): State<AppState>,
     Path(channel_id): Path<String>,
     Query(q): Query<ChannelQuery>,
@@ -74,18 +88,16 @@ pub async fn upgrade(
         }
     };
     tracing::debug!(channel_id = %channel_id, dir = %dir, remote = %addr, "channel end connecting");
-    let limit = channels.config().max_frame_size;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER)
-        .on_upgrade(move |socket| async move {
-            let channel = claim.channel.clone();
-            match claim.open() {
-                ClaimedEnd::Writer(tx) => pump_writer(socket, tx, &channel, &channels).await,
-                ClaimedEnd::Reader(rx) => pump_reader(socket, rx, &channel, &channels).await,
-            }
-        })
+    ws.on_upgrade(move |io| async move {
+        let channel = claim.channel.clone();
+        let (rd, wr) = tokio::io::split(io);
+        let rd = FrameReader::new(rd, Role::Server, channels.config().max_frame_size);
+        let wr = FrameWriter::new(wr, Role::Server);
+        match claim.open() {
+            ClaimedEnd::Writer(tx) => pump_writer(rd, wr, tx, &channel, &channels).await,
+            ClaimedEnd::Reader(rx) => pump_reader(rd, wr, rx, &channel, &channels).await,
+        }
+    })
 }
 
 fn refuse(status: StatusCode, why: &str) -> Response {
@@ -94,93 +106,143 @@ fn refuse(status: StatusCode, why: &str) -> Response {
 
 /// How a writer socket's life ended.
 enum WriterEnd {
-    Ended,
-    Aborted,
-    TooBig,
+    /// A close with no code or 1000: the end of the stream.
+    Ended(Option<u16>),
+    /// A close with another code: an abort.
+    ClosedWith(u16),
+    /// Reset or EOF without a close frame.
+    Lost,
+    /// It broke a rule (an oversize frame, a protocol error, invalid UTF-8):
+    /// the close code and reason it gets.
+    Broke(u16, &'static str),
     ReaderGone,
     Abandoned,
 }
 
-async fn pump_writer(mut socket: WebSocket, tx: PipeTx, ch: &Arc<Channel>, channels: &Channels) {
-    let end = loop {
-        let next = tokio::select! {
-            biased;
-            _ = ch.abandoned.cancelled() => break WriterEnd::Abandoned,
-            _ = tx.reader_gone() => break WriterEnd::ReaderGone,
-            next = socket.recv() => next,
-        };
-        match next {
-            Some(Ok(msg @ (Message::Binary(_) | Message::Text(_)))) => {
-                let pushed = tokio::select! {
-                    biased;
-                    _ = ch.abandoned.cancelled() => break WriterEnd::Abandoned,
-                    pushed = tx.push(msg) => pushed,
-                };
-                if pushed.is_err() {
-                    break WriterEnd::ReaderGone;
-                }
-            }
-            Some(Ok(Message::Close(frame))) => {
-                break match frame.map(|f| f.code) {
-                    None | Some(close::NORMAL) => WriterEnd::Ended,
-                    Some(_) => WriterEnd::Aborted,
-                };
-            }
-            Some(Ok(_)) => {} // pings are answered by the socket itself
-            Some(Err(e)) if is_too_big(&e) => break WriterEnd::TooBig,
-            Some(Err(_)) | None => break WriterEnd::Aborted,
-        }
-    };
+async fn pump_writer(
+    mut rd: Reader,
+    mut wr: Writer,
+    tx: PipeTx,
+    ch: &Arc<Channel>,
+    channels: &Channels,
+) {
+    let end = relay(&mut rd, &mut wr, &tx, ch).await;
     let state = match end {
-        WriterEnd::Ended => EndState::Done,
+        WriterEnd::Ended(_) => EndState::Done,
         WriterEnd::Abandoned => EndState::Cancelled,
         _ => EndState::Aborted,
     };
     // Record the outcome before the pipe closes: the reader reads it at EOF.
     channels.end_over(ch, Direction::Write, state);
     drop(tx);
-    let farewell = match end {
-        WriterEnd::Ended => None,
-        WriterEnd::Aborted => return,
-        WriterEnd::TooBig => Some((close::MESSAGE_TOO_BIG, "frame over channels.max_frame_size")),
-        WriterEnd::ReaderGone => Some((close::CHANNEL_READER_GONE, "reader gone")),
-        WriterEnd::Abandoned => Some(abandoned_close(channels)),
+    let (code, reason) = match end {
+        // The writer closed: answer with its own code, and the handshake is done.
+        WriterEnd::Ended(code) => return answer_close(wr, code).await,
+        WriterEnd::ClosedWith(code) => return answer_close(wr, Some(code)).await,
+        WriterEnd::Lost => return,
+        WriterEnd::Broke(code, reason) => (code, reason),
+        WriterEnd::ReaderGone => (close::CHANNEL_READER_GONE, "reader gone"),
+        WriterEnd::Abandoned => abandoned_close(channels),
     };
-    if let Some((code, reason)) = farewell {
-        let _ = socket.send(close_frame(code, reason)).await;
-    }
-    linger(socket).await;
+    wr.queue_close(Some(code), reason);
+    linger(&mut rd, &mut wr).await;
 }
 
-/// Lets the peer's close (or EOF) arrive, discarding anything still in
-/// flight, so the close frame is delivered rather than reset away.
-async fn linger(mut socket: WebSocket) {
+/// Moves the writer's frames into the pipe until the socket or the channel ends.
+async fn relay(rd: &mut Reader, wr: &mut Writer, tx: &PipeTx, ch: &Channel) -> WriterEnd {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = ch.abandoned.cancelled() => return WriterEnd::Abandoned,
+            _ = tx.reader_gone() => return WriterEnd::ReaderGone,
+            next = rd.next() => next,
+        };
+        let data = match next {
+            Ok(Incoming::Binary(b)) => Data::Binary(b),
+            Ok(Incoming::Text(t)) => Data::Text(t),
+            Ok(Incoming::Ping(payload)) => {
+                wr.queue(OpCode::Pong, payload);
+                if wr.flush().await.is_err() {
+                    return WriterEnd::Lost;
+                }
+                continue;
+            }
+            Ok(Incoming::Pong) => continue,
+            Ok(Incoming::Close(frame)) => {
+                return match frame.map(|f| f.code) {
+                    None => WriterEnd::Ended(None),
+                    Some(close::NORMAL) => WriterEnd::Ended(Some(close::NORMAL)),
+                    Some(code) => WriterEnd::ClosedWith(code),
+                };
+            }
+            Err(e) => {
+                return match e.close_code() {
+                    Some(code) => WriterEnd::Broke(code, broke_reason(&e)),
+                    None => WriterEnd::Lost,
+                };
+            }
+        };
+        // Waiting here, the socket is not read: TCP pushes back on the writer.
+        let pushed = tokio::select! {
+            biased;
+            _ = ch.abandoned.cancelled() => return WriterEnd::Abandoned,
+            pushed = tx.push(data) => pushed,
+        };
+        if pushed.is_err() {
+            return WriterEnd::ReaderGone;
+        }
+    }
+}
+
+fn broke_reason(e: &FrameError) -> &'static str {
+    match e {
+        FrameError::TooBig { .. } => "frame over channels.max_frame_size",
+        FrameError::Protocol(why) => why,
+        FrameError::InvalidUtf8 => "text is not valid UTF-8",
+        FrameError::Io(_) | FrameError::Eof => "connection lost",
+    }
+}
+
+/// Answers a peer's close with the same code, which ends the handshake.
+async fn answer_close(mut wr: Writer, code: Option<u16>) {
+    wr.queue_close(code, "");
+    let _ = tokio::time::timeout(CLOSE_LINGER, wr.flush()).await;
+}
+
+/// Sends what is queued (our close), then lets the peer's close (or EOF)
+/// arrive, discarding anything still in flight, so the close frame is
+/// delivered rather than reset away.
+async fn linger(rd: &mut Reader, wr: &mut Writer) {
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        let _ = socket.flush().await;
-        while let Some(Ok(_)) = socket.recv().await {}
+        if wr.flush().await.is_err() {
+            return;
+        }
+        loop {
+            match rd.next().await {
+                Ok(Incoming::Close(_)) => return,
+                Ok(_) | Err(FrameError::TooBig { .. }) => {}
+                Err(_) => return,
+            }
+        }
     })
     .await;
 }
 
-async fn pump_reader(socket: WebSocket, mut rx: PipeRx, ch: &Arc<Channel>, channels: &Channels) {
-    let (mut sink, mut stream) = socket.split();
-    let gone = tokio_util::sync::CancellationToken::new();
-    let watcher = tokio::spawn({
-        let gone = gone.clone();
-        async move {
-            while let Some(Ok(msg)) = stream.next().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
-                }
-            }
-            gone.cancel();
-        }
-    });
+async fn pump_reader(
+    rd: Reader,
+    mut wr: Writer,
+    mut rx: PipeRx,
+    ch: &Arc<Channel>,
+    channels: &Channels,
+) {
+    let (pongs_tx, mut pongs) = mpsc::channel(PONGS_QUEUED);
+    let gone = CancellationToken::new();
+    let mut watcher = tokio::spawn(watch(rd, pongs_tx, gone.clone()));
     let outcome = tokio::select! {
         biased;
         _ = ch.abandoned.cancelled() => EndState::Cancelled,
         _ = gone.cancelled() => EndState::Aborted,
-        delivered = deliver(&mut sink, &mut rx) => if delivered { EndState::Done } else { EndState::Aborted },
+        delivered = deliver(&mut wr, &mut rx, &mut pongs) => if delivered { EndState::Done } else { EndState::Aborted },
     };
     let farewell = match outcome {
         EndState::Done => match channels.writer_state(ch) {
@@ -194,37 +256,77 @@ async fn pump_reader(socket: WebSocket, mut rx: PipeRx, ch: &Arc<Channel>, chann
     // Closed before the reader is told, so a writer waiting for room stops now.
     drop(rx);
     if let Some((code, reason)) = farewell {
-        let _ = sink.send(close_frame(code, reason)).await;
-        let _ = tokio::time::timeout(CLOSE_LINGER, gone.cancelled()).await;
+        // Queued after any frame a cancelled write left half sent.
+        wr.queue_close(Some(code), reason);
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            if wr.flush().await.is_ok() {
+                gone.cancelled().await;
+            }
+        })
+        .await;
+    } else if gone.is_cancelled() {
+        // The reader left; if it said so with a close frame, answer it.
+        if let Ok(Some(code)) = (&mut watcher).await {
+            answer_close(wr, code).await;
+        }
     }
     watcher.abort();
     channels.end_over(ch, Direction::Read, outcome);
 }
 
 /// Writes frames until the writer's side is closed and drained (true), or the
-/// reader's socket fails (false).
-async fn deliver(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    rx: &mut PipeRx,
-) -> bool {
-    while let Some(frame) = rx.recv().await {
-        let mut next = Some(frame);
-        let mut batched = 0;
-        while let Some(frame) = next.take() {
-            if sink.feed(frame.msg).await.is_err() {
-                return false;
-            }
-            rx.delivered(frame.receipt);
-            batched += 1;
-            if batched < BATCH {
-                next = rx.try_recv();
+/// reader's socket fails (false). Budget is given back once a frame is written.
+async fn deliver(wr: &mut Writer, rx: &mut PipeRx, pongs: &mut mpsc::Receiver<Bytes>) -> bool {
+    let mut receipts = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            Some(payload) = pongs.recv() => wr.queue(OpCode::Pong, payload),
+            frame = rx.recv() => {
+                let Some(frame) = frame else { return true };
+                let mut next = Some(frame);
+                while let Some(frame) = next.take() {
+                    match frame.data {
+                        Data::Binary(b) => wr.queue(OpCode::Binary, b),
+                        Data::Text(t) => wr.queue(OpCode::Text, t),
+                    }
+                    receipts.push(frame.receipt);
+                    if receipts.len() < BATCH {
+                        next = rx.try_recv();
+                    }
+                }
             }
         }
-        if sink.flush().await.is_err() {
+        if wr.flush().await.is_err() {
             return false;
         }
+        for receipt in receipts.drain(..) {
+            rx.delivered(receipt);
+        }
     }
-    true
+}
+
+/// Reads the reader's socket, so a departure is noticed at once, and has its
+/// pings answered. Returns `Some(code)` if the reader sent a close frame.
+async fn watch(
+    mut rd: Reader,
+    pongs: mpsc::Sender<Bytes>,
+    gone: CancellationToken,
+) -> Option<Option<u16>> {
+    let left = loop {
+        match rd.next().await {
+            Ok(Incoming::Close(frame)) => break Some(frame.map(|f| f.code)),
+            // A full queue drops the pong: pings cannot make the engine hold more.
+            Ok(Incoming::Ping(payload)) => {
+                let _ = pongs.try_send(payload);
+            }
+            // A reader has nothing to send; whatever it sends is dropped.
+            Ok(_) | Err(FrameError::TooBig { .. }) => {}
+            Err(_) => break None,
+        }
+    };
+    gone.cancel();
+    left
 }
 
 fn abandoned_close(channels: &Channels) -> (u16, &'static str) {
@@ -236,20 +338,4 @@ fn abandoned_close(channels: &Channels) -> (u16, &'static str) {
             "channel abandoned before both ends connected",
         )
     }
-}
-
-fn close_frame(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }))
-}
-
-fn is_too_big(e: &axum::Error) -> bool {
-    use std::error::Error;
-    matches!(
-        e.source()
-            .and_then(|s| s.downcast_ref::<tokio_tungstenite::tungstenite::Error>()),
-        Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
-    )
 }

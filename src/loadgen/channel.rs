@@ -200,11 +200,13 @@ impl Sender {
                 // The reader stopped (and said why): send no more.
                 Err(_) => break,
             }
-            let mut frame = self.template.to_vec();
-            frame[..8].copy_from_slice(&sent.to_le_bytes());
+            let mut header = [0u8; HEADER];
+            header[..8].copy_from_slice(&sent.to_le_bytes());
             let at = self.started.elapsed().as_nanos() as u64;
-            frame[8..HEADER].copy_from_slice(&at.to_le_bytes());
-            match tokio::time::timeout(self.stall, writer.send_frame(Bytes::from(frame))).await {
+            header[8..].copy_from_slice(&at.to_le_bytes());
+            // Header and pattern go into the frame in the one copy that masks it.
+            let parts: [&[u8]; 2] = [&header, &self.template[HEADER..]];
+            match tokio::time::timeout(self.stall, writer.send_parts(&parts)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return (sent, Err(format!("writer: {e}"))),
                 Err(_) => {
