@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{Engine, cpu_secs, disk_bytes, flag, machine, number};
+use common::{Engine, cpu_secs, disk_bytes, flag, machine, number, settle_disk};
 use hdrhistogram::Histogram;
 use qmesh::client::Client;
 use serde_json::{Value, json};
@@ -266,6 +266,7 @@ fn main() {
         .build()
         .unwrap();
     let report = rt.block_on(async {
+        settle_disk();
         let engine = Engine::start_with_config(&format!(
             "[queue.queues.bench-e2e]\nconcurrency = {e2e_concurrency}\n"
         ));

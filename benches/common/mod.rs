@@ -111,6 +111,13 @@ pub fn cpu_secs(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Waits until the kernel has written back every dirty page (`sync`): a
+/// previous run's hundreds of MB of store files would otherwise be written
+/// back, and their fsyncs slowed, during the next measurement.
+pub fn settle_disk() {
+    let _ = Command::new("sync").status();
+}
+
 /// Bytes under a directory.
 pub fn disk_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {

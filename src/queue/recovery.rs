@@ -35,6 +35,7 @@ impl Scheduler {
             fn_ids: HashMap::new(),
             fn_keys: HashMap::new(),
             next_seq,
+            seq_reserved: next_seq,
             running: HashMap::new(),
             next_due_ms: None,
             finished_tx,

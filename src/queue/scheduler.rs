@@ -33,6 +33,8 @@ pub enum Command {
 
 /// How often completed jobs past their retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
+/// How far each write of the sequence reservation reaches.
+const SEQ_STEP: u64 = 100_000;
 /// Most enqueues or outcomes written in one batch.
 const MAX_GROUP: usize = 1024;
 
@@ -69,6 +71,8 @@ pub struct Scheduler {
     pub(super) fn_ids: HashMap<String, HashMap<String, FnId>>,
     pub(super) fn_keys: HashMap<FnId, (String, String)>,
     pub(super) next_seq: u64,
+    /// Every sequence number below this may be in use (see `take_seq`).
+    pub(super) seq_reserved: u64,
     /// Attempts in progress. Their record is written once, when they end
     /// (recovery writes it for attempts a stop interrupted).
     pub(super) running: HashMap<Uuid, RunningAttempt>,
@@ -296,10 +300,17 @@ impl Scheduler {
         }
     }
 
+    /// The next sequence number. The store keeps a reservation, not the
+    /// last number used: it is raised `SEQ_STEP` at a time, in the batch of
+    /// the first number past it, so most batches do not write it and a
+    /// restart continues after everything any stored job holds.
     pub(super) fn take_seq(&mut self, batch: &mut sled::Batch) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        batch.insert(layout::seq(), &self.next_seq.to_be_bytes());
+        if self.next_seq > self.seq_reserved {
+            self.seq_reserved = self.next_seq + SEQ_STEP;
+            batch.insert(layout::seq(), &self.seq_reserved.to_be_bytes());
+        }
         seq
     }
 

@@ -21,7 +21,7 @@
 //! | `A` attempts | `A` job_id attempt(4) | [`AttemptRecord`](super::records::AttemptRecord) |
 //! | `K` idempotency | `K` queue(4) key | job_id |
 //! | `N` functions | `N` namespace 0x00 function_id | fn(4) — interned ids for `R` keys |
-//! | `S` seq | `S` | next seq(8) — persisted high-water mark |
+//! | `S` seq | `S` | seq(8) — a reservation: every sequence number in use is below it (raised 100,000 at a time) |
 //! | `G` groups | `G` queue(4) len(2) group seq(8) | job_id — a FIFO group's unfinished jobs in order |
 //! | `T` counts | `T` queue(4) | [`Counts`](super::records::Counts) per state |
 //!
