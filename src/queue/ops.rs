@@ -128,6 +128,8 @@ impl Scheduler {
                 self.store
                     .tree()
                     .scan_prefix(layout::ready_fn_prefix(q.id, *f))
+                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+                    .filter(|id| !self.running.contains_key(id))
                     .count() as u64
             })
             .sum()
@@ -138,12 +140,13 @@ impl Scheduler {
         q.ready_fns
             .iter()
             .filter_map(|f| {
+                // Entries of jobs that just started may come first.
                 self.store
                     .tree()
                     .scan_prefix(layout::ready_fn_prefix(q.id, *f))
-                    .next()
+                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+                    .find(|id| !self.running.contains_key(id))
             })
-            .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
             .filter_map(|id| self.load_job(&id).ok().flatten())
             .map(|j| now.saturating_sub(j.enqueued_ms))
             .max()
@@ -306,10 +309,12 @@ impl Scheduler {
                         .and_then(|(k, _)| layout::parse_due(&k).map(|p| p.1))
                 }))
             }
-            JobState::Running => Box::new(
-                tree.scan_prefix([layout::RUNNING])
-                    .filter_map(|kv| kv.ok().and_then(|(k, _)| Uuid::from_slice(&k[1..]).ok())),
-            ),
+            JobState::Running => {
+                // In memory: a start is written only once the attempt has run a while.
+                let mut ids: Vec<Uuid> = self.running.keys().copied().collect();
+                ids.sort_unstable();
+                Box::new(ids.into_iter())
+            }
             JobState::Held => Box::new(
                 tree.scan_prefix(layout::groups_of_queue(q.id))
                     .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v))),

@@ -2,7 +2,9 @@
 //! counters, interned functions) plus the `running` index and the `ready`
 //! index's keys; job records (which hold payloads) are never scanned, except
 //! those of the jobs a stop interrupted. These go back to ready, their attempt
-//! recorded as `engine_restart`.
+//! recorded as `engine_restart`. (A job whose attempt began less than
+//! `START_RECORD_DELAY` before a crash is still ready in the store: it simply
+//! runs again.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ impl Scheduler {
             next_seq,
             seq_reserved: next_seq,
             running: HashMap::new(),
+            unrecorded_starts: Default::default(),
             next_due_ms: None,
             finished_tx,
             finished_rx: Some(finished_rx),
@@ -131,6 +134,21 @@ impl Scheduler {
                 job.last_error = Some(err);
                 self.transition(id, &mut job, JobState::Ready, &mut batch);
             }
+            self.store.apply(batch)?;
+        }
+        // Attempts whose start was never written left the stored counters
+        // saying `running` for jobs the store holds as ready: nothing runs now.
+        let mut batch = sled::Batch::default();
+        let mut stale = false;
+        for rt in self.queues.values_mut() {
+            if rt.counts.running > 0 {
+                rt.counts.ready += rt.counts.running;
+                rt.counts.running = 0;
+                batch.insert(layout::counts(rt.id), record(&rt.counts));
+                stale = true;
+            }
+        }
+        if stale {
             self.store.apply(batch)?;
         }
         if !interrupted.is_empty() {

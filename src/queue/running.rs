@@ -1,9 +1,19 @@
 //! Running jobs: the dispatch pass that starts ready jobs where a queue has
 //! free slots and a worker provides the function, and the recording of
-//! attempts' outcomes. Each pass, and each set of outcomes taken together,
-//! is one batch: sled blocks writers while it flushes, so fewer, larger
-//! batches keep the scheduler from stalling behind the syncer.
+//! attempts' outcomes. Each set of outcomes taken together is one batch:
+//! sled blocks writers while it flushes, so fewer, larger batches keep the
+//! scheduler from stalling behind the syncer.
+//!
+//! Starting a job writes nothing at once. Most jobs end within milliseconds,
+//! and their end, written in one batch, is all the store needs to see.
+//! An attempt still running [`START_RECORD_DELAY`] later has its start
+//! written (its ready entry swapped for a running entry), as does every
+//! running attempt when the scheduler stops. Until then the store sees a
+//! ready job; a crash in that window runs it again without counting the
+//! attempt, which is at-least-once delivery all the same.
 
+use std::ops::Bound;
+use std::time::Duration;
 use uuid::Uuid;
 
 use super::dispatcher::Finished;
@@ -14,14 +24,18 @@ use crate::store::layout::{self, FnId};
 use crate::store::records::{AttemptRecord, JobRecord, JobState};
 use crate::store::{StoreError, record};
 
+/// How long an attempt runs before its start is written.
+pub const START_RECORD_DELAY: Duration = Duration::from_millis(50);
+
 impl Scheduler {
     /// Starts ready jobs while queues have free slots and their functions have workers.
     pub(super) fn dispatch(&mut self) -> Result<(), StoreError> {
         if self.draining {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        let mut started = 0usize;
+        // Only entries found without their job are written here.
+        let mut orphans = sled::Batch::default();
+        let mut any_orphan = false;
         let names: Vec<String> = self.queues.keys().cloned().collect();
         for name in names {
             let free = self.free_slots(&name);
@@ -29,13 +43,11 @@ impl Scheduler {
                 continue;
             }
             for (f, key, id) in self.pick_ready(&name, free)? {
-                if self.start_into(&name, f, key, id, &mut batch)? {
-                    started += 1;
-                }
+                any_orphan |= self.start(&name, f, key, id, &mut orphans)?;
             }
         }
-        if started > 0 {
-            self.store.apply(batch)?;
+        if any_orphan {
+            self.store.apply(orphans)?;
         }
         Ok(())
     }
@@ -52,6 +64,10 @@ impl Scheduler {
     /// Up to `n` distinct ready jobs of the queue whose function some worker
     /// provides: functions in round-robin order, priority then enqueue order
     /// within one. A function with no worker is skipped (no attempt is spent).
+    ///
+    /// Ready entries of attempts whose start is not yet written stay in the
+    /// store; each function's scan resumes after the last entry it took
+    /// (`QueueRt::ready_after`), so they are not walked over again.
     fn pick_ready(
         &mut self,
         name: &str,
@@ -67,6 +83,7 @@ impl Scheduler {
             .collect();
         let mut picked = Vec::new();
         let mut drained = Vec::new();
+        let mut after = Vec::new();
         let mut last = None;
         for f in order {
             if picked.len() >= n {
@@ -79,16 +96,30 @@ impl Scheduler {
                 continue;
             }
             let before = picked.len();
+            let prefix = layout::ready_fn_prefix(q, f);
+            let from = match self.queues[name].ready_after.get(&f) {
+                Some(k) => Bound::Excluded(k.to_vec()),
+                None => Bound::Included(prefix.clone()),
+            };
+            let mut seen = None;
             for kv in self
                 .store
                 .tree()
-                .scan_prefix(layout::ready_fn_prefix(q, f))
-                .take(n - before)
+                .range((from, Bound::Excluded(layout::prefix_end(&prefix))))
             {
                 let (k, v) = kv?;
-                if let Some(id) = layout::uuid_value(&v) {
-                    picked.push((f, k, id));
+                let id = layout::uuid_value(&v);
+                seen = Some(k.clone());
+                match id {
+                    Some(id) if !self.running.contains_key(&id) => picked.push((f, k, id)),
+                    _ => {}
                 }
+                if picked.len() >= n {
+                    break;
+                }
+            }
+            if let Some(k) = seen {
+                after.push((f, k));
             }
             if picked.len() == before {
                 drained.push(f);
@@ -100,6 +131,7 @@ impl Scheduler {
             for f in drained {
                 rt.ready_fns.remove(&f);
             }
+            rt.ready_after.extend(after);
             if let Some(f) = last {
                 rt.cursor = f + 1;
             }
@@ -107,24 +139,22 @@ impl Scheduler {
         Ok(picked)
     }
 
-    /// Starts one ready job: the call goes out now, and `batch` (applied at
-    /// the end of the dispatch pass, before any outcome can be processed)
-    /// swaps its ready entry for a running entry holding the attempt. Its
-    /// record is not rewritten: the live one stays in memory until the
-    /// attempt ends. Returns whether it started.
-    fn start_into(
+    /// Starts one ready job: the call goes out now; nothing is written (see
+    /// the module's notes) and the live record stays in memory until the
+    /// attempt ends. Returns whether `orphans` got an entry to remove.
+    fn start(
         &mut self,
         name: &str,
         f: FnId,
         ready_key: sled::IVec,
         id: Uuid,
-        batch: &mut sled::Batch,
+        orphans: &mut sled::Batch,
     ) -> Result<bool, StoreError> {
         let Some(mut job) = self.store.get::<JobRecord>(&layout::job(&id))? else {
             // An index entry without its job cannot be run; drop it so it cannot block the queue.
             tracing::error!(job = %id, "ready entry without a job record; removed");
-            batch.remove(ready_key);
-            return Ok(false);
+            orphans.remove(ready_key);
+            return Ok(true);
         };
         let lease = self.queues[name].settings.lease;
         let (ns, fid) = &self.fn_keys[&f];
@@ -147,7 +177,12 @@ impl Scheduler {
             .mesh
             .start_collected_call(target, data, extras, collect)
         else {
-            return Ok(false); // the worker left between the check and now; try later
+            // The worker left between the check and now: the job stays ready,
+            // and the next scan of its function must see it again.
+            if let Some(rt) = self.queue_mut(job.queue_id) {
+                rt.ready_after.remove(&f);
+            }
+            return Ok(false);
         };
         job.attempts += 1;
         job.history_len += 1;
@@ -158,13 +193,13 @@ impl Scheduler {
             worker_id: Some(executor),
             error: None,
         };
-        Self::unplace(&id, &job, batch);
-        batch.insert(layout::running(&id), record(&attempt));
         let q = job.queue_id;
-        self.count(q, Some(job.state), Some(JobState::Running), batch);
+        self.shift(q, Some(job.state), Some(JobState::Running));
         job.state = JobState::Running;
-        let lease_until = tokio::time::Instant::now() + lease;
+        let now = tokio::time::Instant::now();
+        let lease_until = now + lease;
         self.leases.add(lease_until, id);
+        self.unrecorded_starts.push_back((now, id));
         self.running.insert(
             id,
             RunningAttempt {
@@ -173,12 +208,54 @@ impl Scheduler {
                 job,
                 invocation_id,
                 lease_until,
+                start_recorded: false,
             },
         );
         if let Some(rt) = self.queue_mut(q) {
             rt.running += 1;
         }
-        Ok(true)
+        Ok(false)
+    }
+
+    /// Writes the start of attempts running for [`START_RECORD_DELAY`] (or of
+    /// all, when the scheduler stops): the ready entry gives way to a running
+    /// entry holding the attempt, so a restart finds it interrupted.
+    pub(super) fn record_starts(&mut self, all: bool) -> Result<(), StoreError> {
+        let now = tokio::time::Instant::now();
+        let mut batch = sled::Batch::default();
+        let mut queues = std::collections::BTreeSet::new();
+        while let Some(&(at, id)) = self.unrecorded_starts.front() {
+            if !all && now.duration_since(at) < START_RECORD_DELAY {
+                break;
+            }
+            self.unrecorded_starts.pop_front();
+            let Some(r) = self.running.get_mut(&id) else {
+                continue; // it ended already
+            };
+            if r.start_recorded {
+                continue;
+            }
+            r.start_recorded = true;
+            let job = &r.job;
+            batch.remove(layout::ready(
+                job.queue_id,
+                job.fn_id,
+                job.priority,
+                job.seq,
+            ));
+            batch.insert(layout::running(&id), record(&r.record));
+            queues.insert(job.queue_id);
+        }
+        if queues.is_empty() {
+            return Ok(());
+        }
+        // The stored counters must count at least the stored running entries
+        // (recovery moves the surplus back to ready).
+        for q in queues {
+            self.count(q, None, None, &mut batch);
+        }
+        self.store.apply(batch)?;
+        Ok(())
     }
 
     /// Records outcomes taken together in one batch.
@@ -205,11 +282,17 @@ impl Scheduler {
             record: mut attempt,
             mut job,
             lease_until,
+            start_recorded,
             ..
         }) = self.running.remove(&f.job)
         else {
             return Ok(());
         };
+        if !start_recorded {
+            // In the store the job is still ready: it leaves from there.
+            self.shift(q, Some(JobState::Running), Some(JobState::Ready));
+            job.state = JobState::Ready;
+        }
         self.leases.remove(lease_until, f.job);
         if let Some(rt) = self.queue_mut(q) {
             rt.running = rt.running.saturating_sub(1);

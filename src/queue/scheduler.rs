@@ -4,7 +4,7 @@
 //! and workers registering functions (a waiting job starts as soon as a
 //! worker provides its function: no polling).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -49,6 +49,9 @@ pub struct QueueRt {
     pub ready_fns: BTreeSet<FnId>,
     /// Round-robin position among `ready_fns`.
     pub cursor: FnId,
+    /// Per function, the last ready entry a dispatch scan took: entries up to
+    /// it belong to started jobs. Dropped when an entry is placed at or before it.
+    pub ready_after: HashMap<FnId, sled::IVec>,
 }
 
 /// A job being run. Its `J` record in the store is the one from before it
@@ -59,6 +62,9 @@ pub struct RunningAttempt {
     pub job: JobRecord,
     pub invocation_id: Uuid,
     pub lease_until: tokio::time::Instant,
+    /// Whether the store holds its running entry yet (see `running`'s notes):
+    /// until then it holds the job's ready entry.
+    pub start_recorded: bool,
 }
 
 pub struct Scheduler {
@@ -76,6 +82,8 @@ pub struct Scheduler {
     /// Attempts in progress. Their record is written once, when they end
     /// (recovery writes it for attempts a stop interrupted).
     pub(super) running: HashMap<Uuid, RunningAttempt>,
+    /// Attempts whose start is not written yet, oldest first.
+    pub(super) unrecorded_starts: VecDeque<(tokio::time::Instant, Uuid)>,
     pub(super) next_due_ms: Option<u64>,
     /// Attempt outcomes have their own channel, read first, so a flood of
     /// enqueues cannot starve completions (and with them free slots). The mesh
@@ -101,6 +109,8 @@ impl Scheduler {
         let lease_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(lease_timer);
         let mut lease_armed: Option<tokio::time::Instant> = None;
+        let mut record_tick = tokio::time::interval(super::running::START_RECORD_DELAY);
+        record_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             if let Some(next) = self.leases.next()
                 && lease_armed.is_none_or(|armed| next < armed)
@@ -130,6 +140,9 @@ impl Scheduler {
                     self.expire_leases();
                 }
                 _ = prune.tick() => self.log_err("pruning completed jobs", |s| s.prune_completed()),
+                _ = record_tick.tick(), if !self.unrecorded_starts.is_empty() => {
+                    self.log_err("recording starts", |s| s.record_starts(false));
+                }
             }
             // Whatever woke the loop, also take what waits on the other channel:
             // with a busy worker outcomes never stop arriving, and the biased
@@ -218,7 +231,11 @@ impl Scheduler {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Enqueue(req, reply) => self.enqueue_all(vec![(req, reply)]),
-            Command::Shutdown => return false,
+            Command::Shutdown => {
+                // A restart must find every attempt in progress interrupted.
+                self.log_err("recording starts", |s| s.record_starts(true));
+                return false;
+            }
             Command::Drain => self.draining = true,
             Command::Op(op, reply) => {
                 let (result, ticket) = self.op(op);
@@ -332,6 +349,14 @@ impl Scheduler {
             batch.insert(layout::counts(q), record(&rt.counts));
         }
     }
+
+    /// Applies a state move to the queue's counters in memory only (the
+    /// stored ones follow with the next batch that counts).
+    pub(super) fn shift(&mut self, q: QueueId, from: Option<JobState>, to: Option<JobState>) {
+        if let Some(rt) = self.queue_mut(q) {
+            rt.counts.shift(from, to);
+        }
+    }
 }
 
 pub(super) fn new_queue_rt(
@@ -350,6 +375,7 @@ pub(super) fn new_queue_rt(
         counts,
         ready_fns: BTreeSet::new(),
         cursor: 0,
+        ready_after: HashMap::new(),
     }
 }
 

@@ -14,10 +14,20 @@ impl Scheduler {
     /// Writes the index entry for a job's current state.
     pub(super) fn place(&mut self, id: &Uuid, job: &JobRecord, batch: &mut sled::Batch) {
         match job.state {
-            JobState::Ready => batch.insert(
-                layout::ready(job.queue_id, job.fn_id, job.priority, job.seq),
-                id.as_bytes(),
-            ),
+            JobState::Ready => {
+                let key = layout::ready(job.queue_id, job.fn_id, job.priority, job.seq);
+                // A dispatch scan resumes after its last entry: one placed at or
+                // before it must be found.
+                if let Some(rt) = self.queue_mut(job.queue_id)
+                    && rt
+                        .ready_after
+                        .get(&job.fn_id)
+                        .is_some_and(|after| key.as_slice() <= after.as_ref())
+                {
+                    rt.ready_after.remove(&job.fn_id);
+                }
+                batch.insert(key, id.as_bytes());
+            }
             JobState::Delayed => {
                 batch.insert(layout::due(job.due_ms, id), &[]);
                 if self.next_due_ms.is_none_or(|d| job.due_ms < d) {
