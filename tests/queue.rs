@@ -615,3 +615,66 @@ async fn an_attempt_interrupted_by_a_stop_is_recorded_as_engine_restart() {
     assert_eq!(job["history"][1]["outcome"], "completed");
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn completed_jobs_are_pruned_after_their_queues_retention_only() {
+    let mut config = fast_config();
+    config.queue.defaults.retention = Duration::from_millis(300);
+    let kept = qmesh::queue::settings::QueueOverrides {
+        retention: Some(Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    config.queue.queues.insert("kept".into(), kept);
+    let engine = TestEngine::start_with(config).await;
+    let mut w = engine.worker_with("w", &["job::run"]).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let mut short = Vec::new();
+    for i in 0..4 {
+        short.push(enqueue(&mut c, "short", "job::run", json!({"i": i})).await);
+    }
+    let long = enqueue(&mut c, "kept", "job::run", json!({"i": 9})).await;
+    serve(&mut w, 5, |_| Ok(json!("ok"))).await;
+    until_state(&mut c, &long, "completed").await;
+    for r in &short {
+        until_state(&mut c, r, "completed").await;
+    }
+    let peek = op(
+        &mut c,
+        "queue::peek",
+        json!({"queue":"short","state":"completed","limit":10}),
+    )
+    .await;
+    let listed: Vec<_> = peek["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["receipt"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed.len(), 4, "{peek}");
+    assert!(short.iter().all(|r| listed.contains(r)), "{peek}");
+
+    let start = std::time::Instant::now();
+    loop {
+        let stats = op(&mut c, "queue::stats", json!({"queue":"short"})).await;
+        if stats["completed"] == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never pruned: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for r in &short {
+        let gone = c.call("queue::get", json!({"receipt": r})).await;
+        assert_eq!(gone["error"]["code"], "NOT_FOUND", "{gone}");
+    }
+    let job = op(&mut c, "queue::get", json!({"receipt": long})).await;
+    assert_eq!(
+        job["state"], "completed",
+        "the longer retention keeps it: {job}"
+    );
+    let stats = op(&mut c, "queue::stats", json!({"queue":"kept"})).await;
+    assert_eq!(stats["completed"], 1, "{stats}");
+    engine.stop().await;
+}

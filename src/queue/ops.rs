@@ -303,12 +303,11 @@ impl Scheduler {
                 kv.ok()
                     .and_then(|(k, _)| layout::parse_due(&k).map(|p| p.1))
             })),
-            JobState::Completed => {
-                Box::new(tree.scan_prefix([layout::COMPLETED]).filter_map(|kv| {
-                    kv.ok()
-                        .and_then(|(k, _)| layout::parse_due(&k).map(|p| p.1))
-                }))
-            }
+            JobState::Completed => Box::new(
+                tree.scan_prefix([layout::COMPLETED])
+                    .filter_map(|kv| kv.ok())
+                    .flat_map(|(k, v)| layout::completed_ids(&k, &v)),
+            ),
             JobState::Running => {
                 // In memory: a start is written only once the attempt has run a while.
                 let mut ids: Vec<Uuid> = self.running.keys().copied().collect();

@@ -40,6 +40,7 @@ impl Scheduler {
             seq_reserved: next_seq,
             running: HashMap::new(),
             unrecorded_starts: Default::default(),
+            completing: Vec::new(),
             next_due_ms: None,
             finished_tx,
             finished_rx: Some(finished_rx),

@@ -264,6 +264,7 @@ impl Scheduler {
         for f in outcomes {
             self.finish_into(f, &mut batch)?;
         }
+        self.write_completed(&mut batch);
         self.store.apply(batch)?;
         Ok(())
     }

@@ -31,7 +31,8 @@ pub enum Command {
     Drain,
 }
 
-/// How often completed jobs past their retention are pruned.
+/// How often completed jobs past their retention are pruned, at most (a
+/// shorter retention prunes as often as it lasts, from 100 ms).
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
 /// How far each write of the sequence reservation reaches.
 const SEQ_STEP: u64 = 100_000;
@@ -82,6 +83,9 @@ pub struct Scheduler {
     /// Attempts in progress. Their record is written once, when they end
     /// (recovery writes it for attempts a stop interrupted).
     pub(super) running: HashMap<Uuid, RunningAttempt>,
+    /// Jobs completed in the batch being built, with their end time (see
+    /// `write_completed`).
+    pub(super) completing: Vec<(u64, Uuid)>,
     /// Attempts whose start is not written yet, oldest first.
     pub(super) unrecorded_starts: VecDeque<(tokio::time::Instant, Uuid)>,
     pub(super) next_due_ms: Option<u64>,
@@ -102,7 +106,14 @@ impl Scheduler {
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut finished = self.finished_rx.take().expect("run is called once");
         let mut events = self.mesh.subscribe();
-        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        let shortest = (self.config.queues.keys())
+            .filter_map(|name| self.config.settings(name))
+            .map(|s| s.retention)
+            .chain([self.config.defaults.retention])
+            .min()
+            .unwrap_or(PRUNE_EVERY);
+        let mut prune =
+            tokio::time::interval(shortest.clamp(Duration::from_millis(100), PRUNE_EVERY));
         // One timer for every lease, re-armed only when a lease ends sooner
         // than the one it waits for: creating a timer on each turn of the
         // loop costs more than the rest of an outcome's handling.

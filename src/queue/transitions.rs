@@ -36,7 +36,8 @@ impl Scheduler {
             }
             // Written by `start_into`, with the attempt: jobs start nowhere else.
             JobState::Running => {}
-            JobState::Completed => batch.insert(layout::completed(job.finished_ms, id), &[]),
+            // Listed in one entry per batch by `write_completed`.
+            JobState::Completed => self.completing.push((job.finished_ms, *id)),
             JobState::Dead => batch.insert(layout::dead(job.queue_id, job.dead_seq), id.as_bytes()),
             // Held jobs live only in their group's list (written at enqueue).
             JobState::Cancelled | JobState::Held => {}
@@ -54,7 +55,8 @@ impl Scheduler {
             )),
             JobState::Delayed => batch.remove(layout::due(job.due_ms, id)),
             JobState::Running => batch.remove(layout::running(id)),
-            JobState::Completed => batch.remove(layout::completed(job.finished_ms, id)),
+            // Its batch's entry lists other jobs too: pruning rewrites it.
+            JobState::Completed => {}
             JobState::Dead => batch.remove(layout::dead(job.queue_id, job.dead_seq)),
             JobState::Cancelled | JobState::Held => {}
         }
@@ -120,6 +122,20 @@ impl Scheduler {
                 tracing::error!(job = %next_id, error = %e, "cannot promote the next job of a FIFO group")
             }
         }
+    }
+
+    /// One completed entry for every job that completed in `batch`.
+    pub(super) fn write_completed(&mut self, batch: &mut sled::Batch) {
+        let Some(&(_, first)) = self.completing.first() else {
+            return;
+        };
+        // The latest time: no job's retention is cut short.
+        let done = self.completing.iter().map(|(t, _)| *t).max().unwrap_or(0);
+        let ids: Vec<Uuid> = self.completing.drain(..).map(|(_, id)| id).collect();
+        batch.insert(
+            layout::completed(done, &first),
+            layout::completed_value(&ids),
+        );
     }
 
     pub(super) fn mark_ready(&mut self, q: QueueId, f: FnId) {

@@ -57,30 +57,44 @@ impl Scheduler {
             .min()
             .unwrap_or(Duration::ZERO);
         let mut batch = sled::Batch::default();
-        let mut pruned = 0;
+        let (mut pruned, mut changed) = (0, false);
         for kv in self.store.tree().scan_prefix([layout::COMPLETED]) {
-            let (k, _) = kv?;
-            let Some((done, id)) = layout::parse_due(&k) else {
+            let (k, v) = kv?;
+            let Some((done, _)) = layout::parse_due(&k) else {
                 continue;
             };
             if done + shortest.as_millis() as u64 > now || pruned >= UPKEEP_BATCH {
                 break;
             }
-            let Some(job) = self.load_job(&id)? else {
-                batch.remove(k);
-                continue;
-            };
-            let retention = self
-                .queues
-                .get(&job.queue)
-                .map_or(Duration::ZERO, |q| q.settings.retention);
-            if done + retention.as_millis() as u64 > now {
-                continue;
+            let ids = layout::completed_ids(&k, &v);
+            let mut kept = Vec::new();
+            for id in &ids {
+                let Some(job) = self.load_job(id)? else {
+                    continue;
+                };
+                let retention = self
+                    .queues
+                    .get(&job.queue)
+                    .map_or(Duration::ZERO, |q| q.settings.retention);
+                if job.state != JobState::Completed {
+                    continue; // not completed any more: no longer listed
+                }
+                if done + retention.as_millis() as u64 > now {
+                    kept.push(*id);
+                    continue;
+                }
+                self.delete_job(id, &job, &mut batch, true)?;
+                pruned += 1;
             }
-            self.delete_job(&id, &job, &mut batch, true)?;
-            pruned += 1;
+            if kept.is_empty() {
+                batch.remove(k);
+                changed = true;
+            } else if kept.len() < ids.len() {
+                batch.insert(k, layout::completed_value(&kept));
+                changed = true;
+            }
         }
-        if pruned > 0 {
+        if changed {
             self.store.apply(batch)?;
         }
         Ok(())

@@ -17,7 +17,7 @@
 //! | `D` due | `D` due_ms(8) job_id | empty — delayed and backing-off jobs |
 //! | `X` running | `X` job_id | [`AttemptRecord`](super::records::AttemptRecord) of the attempt in progress |
 //! | `Z` dead | `Z` queue(4) seq(8) | job_id — dead letters in order |
-//! | `C` completed | `C` done_ms(8) job_id | empty — for retention |
+//! | `C` completed | `C` done_ms(8) job_id | job_ids (16 bytes each) — the jobs one batch completed, for retention; empty = just the key's job (schema 2 before this) |
 //! | `A` attempts | `A` job_id attempt(4) | [`AttemptRecord`](super::records::AttemptRecord) |
 //! | `K` idempotency | `K` queue(4) key | job_id |
 //! | `N` functions | `N` namespace 0x00 function_id | fn(4) — interned ids for `R` keys |
@@ -123,6 +123,23 @@ pub fn dead(q: QueueId, seq: u64) -> Vec<u8> {
 
 pub fn dead_prefix(q: QueueId) -> Vec<u8> {
     key(DEAD, &[&q.to_be_bytes()])
+}
+
+/// The jobs a completed entry stands for: every id its value lists, or the
+/// key's own job when the value is empty. A new key costs sled a split every
+/// few inserts, far more than the bytes, hence one entry per batch, not per job.
+pub fn completed_ids(k: &[u8], v: &[u8]) -> Vec<Uuid> {
+    if v.is_empty() {
+        return parse_due(k).map(|(_, id)| id).into_iter().collect();
+    }
+    v.chunks_exact(16)
+        .filter_map(|c| Uuid::from_slice(c).ok())
+        .collect()
+}
+
+/// The value of a completed entry listing `ids`.
+pub fn completed_value(ids: &[Uuid]) -> Vec<u8> {
+    ids.iter().flat_map(|id| *id.as_bytes()).collect()
 }
 
 pub fn completed(done_ms: u64, id: &Uuid) -> Vec<u8> {
@@ -232,6 +249,18 @@ mod tests {
         let k = due(1_000, &id);
         assert_eq!(parse_due(&k), Some((1_000, id)));
         assert!(due(999, &Uuid::max()) < k);
+    }
+
+    #[test]
+    fn completed_entries_list_their_jobs() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let k = completed(5, &a);
+        assert_eq!(
+            completed_ids(&k, &[]),
+            vec![a],
+            "an empty value is the key's job"
+        );
+        assert_eq!(completed_ids(&k, &completed_value(&[a, b])), vec![a, b]);
     }
 
     #[test]
