@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::store::layout::{self, FnId, QueueId};
-use crate::store::records::{AttemptRecord, ErrorRecord, JobRecord, JobState};
+use crate::store::records::{AttemptRecord, ErrorRecord, JobState};
 use crate::store::{StoreError, codec};
 
 /// Jobs moved per atomic batch.
@@ -36,6 +36,35 @@ pub struct JobRecordV1 {
     pub last_error: Option<ErrorRecord>,
     pub redrives: u32,
     pub dead_seq: u64,
+}
+
+/// `JobRecord` as schema 2 wrote it (record version 2): the payload inside,
+/// attempts in the `A` table. Read by migration 0003.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecordV2 {
+    pub queue: String,
+    pub queue_id: QueueId,
+    pub namespace: String,
+    pub function_id: String,
+    pub fn_id: FnId,
+    pub state: JobState,
+    pub priority: u8,
+    pub seq: u64,
+    pub attempts: u32,
+    pub history_len: u32,
+    pub max_attempts: u32,
+    pub enqueued_ms: u64,
+    pub due_ms: u64,
+    pub finished_ms: u64,
+    pub traceparent: Option<String>,
+    pub baggage: Option<String>,
+    pub group: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub result: Option<Vec<u8>>,
+    pub last_error: Option<ErrorRecord>,
+    pub redrives: u32,
+    pub dead_seq: u64,
+    pub payload: Vec<u8>,
 }
 
 pub fn apply(db: &sled::Db) -> Result<(), StoreError> {
@@ -91,14 +120,14 @@ fn move_job(
         job.state = JobState::Ready;
         job.attempts = job.attempts.saturating_sub(1);
         job.history_len = job.history_len.saturating_sub(1);
-        batch.insert(layout::running(id), codec::encode(&attempt));
+        batch.insert(layout::running(id), codec::encode_as(2, &attempt));
     }
-    batch.insert(layout::job(id), codec::encode(&job));
+    batch.insert(layout::job(id), codec::encode_as(2, &job));
     Ok(())
 }
 
-fn upgrade(v1: JobRecordV1, payload: Vec<u8>) -> JobRecord {
-    JobRecord {
+fn upgrade(v1: JobRecordV1, payload: Vec<u8>) -> JobRecordV2 {
+    JobRecordV2 {
         queue: v1.queue,
         queue_id: v1.queue_id,
         namespace: v1.namespace,

@@ -227,6 +227,7 @@ fn new_record(
         redrives: 0,
         dead_seq: 0,
         payload: req.payload.get().as_bytes().to_vec(),
+        history: Vec::new(),
     }
 }
 

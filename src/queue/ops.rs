@@ -9,7 +9,7 @@ use super::now_ms;
 use super::scheduler::{QueueRt, Scheduler};
 use crate::protocol::{ErrorBody, codes};
 use crate::store::layout;
-use crate::store::records::{AttemptRecord, ErrorRecord, JobRecord, JobState};
+use crate::store::records::{ErrorRecord, JobRecord, JobState};
 use crate::store::{StoreError, Ticket, record};
 
 #[derive(Debug)]
@@ -181,16 +181,11 @@ impl Scheduler {
         })
     }
 
-    /// Ended attempts from the store, then the one running now (kept in memory).
-    fn attempts_of(&self, id: &Uuid) -> Vec<Value> {
-        let stored = self
-            .store
-            .tree()
-            .scan_prefix(layout::attempts_prefix(id))
-            .filter_map(|kv| kv.ok())
-            .filter_map(|(_, v)| crate::store::codec::decode::<AttemptRecord>(&v).ok());
-        let running = self.running.get(id).map(|r| r.record.clone());
-        stored
+    /// Ended attempts from the record, then the one running now (kept in memory).
+    fn attempts_of(&self, id: &Uuid, job: &JobRecord) -> Vec<Value> {
+        let running = self.running.get(id).map(|r| &r.record);
+        job.history
+            .iter()
             .chain(running)
             .map(|a| {
                 let outcome = match (&a.error, a.ended_ms) {
@@ -230,7 +225,7 @@ impl Scheduler {
             "data": raw(&job.payload),
             "result": job.result.as_deref().map(raw),
             "last_error": job.last_error.as_ref().map(error_view),
-            "history": self.attempts_of(id),
+            "history": self.attempts_of(id, &job),
         }))
     }
 
@@ -456,7 +451,7 @@ impl Scheduler {
                 "failed_at_ms": job.finished_ms,
                 "retries": job.attempts,
                 "size_bytes": job.payload.len(),
-                "history": self.attempts_of(&id),
+                "history": self.attempts_of(&id, &job),
             }));
         }
         Ok(Value::Array(out))

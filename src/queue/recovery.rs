@@ -128,7 +128,7 @@ impl Scheduler {
             job.state = JobState::Running;
             attempt.ended_ms = now_ms();
             attempt.error = Some(err.clone());
-            batch.insert(layout::attempt(id, attempt.attempt), record(&attempt));
+            job.history.push(attempt);
             if job.attempts >= job.max_attempts {
                 self.fail(id, &mut job, err, &mut batch);
             } else {

@@ -299,10 +299,10 @@ impl Scheduler {
             rt.running = rt.running.saturating_sub(1);
         }
         let now = now_ms();
-        let akey = layout::attempt(&f.job, attempt.attempt);
         attempt.ended_ms = now;
         match f.outcome {
             Ok(result) => {
+                job.history.push(attempt);
                 job.result = result.map(|r| r.get().as_bytes().to_vec());
                 job.finished_ms = now;
                 job.last_error = None;
@@ -310,10 +310,10 @@ impl Scheduler {
             }
             Err(err) => {
                 attempt.error = Some(err.clone());
+                job.history.push(attempt);
                 self.fail(&f.job, &mut job, err, batch);
             }
         }
-        batch.insert(akey, record(&attempt));
         Ok(())
     }
 }

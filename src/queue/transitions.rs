@@ -167,7 +167,7 @@ impl Scheduler {
         }
     }
 
-    /// Removes every trace of a job (index, record and payload, history, idempotency key).
+    /// Removes every trace of a job (index, record with its payload and history, idempotency key).
     pub(super) fn delete_job(
         &mut self,
         id: &Uuid,
@@ -177,9 +177,6 @@ impl Scheduler {
     ) -> Result<(), StoreError> {
         Self::unplace(id, job, batch);
         batch.remove(layout::job(id));
-        for kv in self.store.tree().scan_prefix(layout::attempts_prefix(id)) {
-            batch.remove(kv?.0);
-        }
         if let Some(key) = &job.idempotency_key {
             batch.remove(layout::idempotency(job.queue_id, key));
         }

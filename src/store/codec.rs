@@ -9,10 +9,10 @@ use serde::de::DeserializeOwned;
 
 /// Byte 0 of every record: which codec wrote the body.
 pub const CODEC_BINCODE1: u8 = 1;
-/// Bytes 1–2: the version of the record layout. Version 2 changed only
-/// `JobRecord` (migration 0002 rewrote every job); the other records read
-/// the same at versions 1 and 2.
-pub const RECORD_VERSION: u16 = 2;
+/// Bytes 1–2: the version of the record layout. Versions 2 and 3 changed
+/// only `JobRecord` (migrations 0002 and 0003 rewrote every job); the other
+/// records read the same at versions 1 to 3.
+pub const RECORD_VERSION: u16 = 3;
 
 const MAX_RECORD: u64 = 256 << 20;
 
@@ -52,6 +52,15 @@ pub fn encode_as<T: Serialize>(version: u16, record: &T) -> Vec<u8> {
     out
 }
 
+/// The record version in a record's header.
+pub fn version(bytes: &[u8]) -> Result<u16, CodecError> {
+    match bytes {
+        [CODEC_BINCODE1, a, b, ..] => Ok(u16::from_be_bytes([*a, *b])),
+        [codec, _, _, ..] => Err(CodecError::UnknownCodec(*codec)),
+        _ => Err(CodecError::Truncated),
+    }
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() < 3 {
         return Err(CodecError::Truncated);
@@ -86,7 +95,8 @@ mod tests {
             c: b"{\"x\":1}".to_vec(),
         };
         let mut bytes = encode(&r);
-        assert_eq!(&bytes[..3], &[1, 0, 2]);
+        assert_eq!(&bytes[..3], &[1, 0, 3]);
+        assert_eq!(version(&bytes).unwrap(), 3);
         assert_eq!(decode::<R>(&bytes).unwrap(), r);
         bytes.push(0);
         assert!(decode::<R>(&bytes).is_err(), "trailing bytes are refused");

@@ -12,13 +12,12 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `Q` queues | `Q` name | [`QueueRecord`](super::records::QueueRecord) |
-//! | `J` jobs | `J` job_id(16) | [`JobRecord`](super::records::JobRecord), payload included |
+//! | `J` jobs | `J` job_id(16) | [`JobRecord`](super::records::JobRecord), payload and ended attempts included |
 //! | `R` ready | `R` queue(4) fn(4) prio_inv(1) seq(8) | job_id |
 //! | `D` due | `D` due_ms(8) job_id | empty — delayed and backing-off jobs |
 //! | `X` running | `X` job_id | [`AttemptRecord`](super::records::AttemptRecord) of the attempt in progress |
 //! | `Z` dead | `Z` queue(4) seq(8) | job_id — dead letters in order |
 //! | `C` completed | `C` done_ms(8) job_id | job_ids (16 bytes each) — the jobs one batch completed, for retention; empty = just the key's job (schema 2 before this) |
-//! | `A` attempts | `A` job_id attempt(4) | [`AttemptRecord`](super::records::AttemptRecord) |
 //! | `K` idempotency | `K` queue(4) key | job_id |
 //! | `N` functions | `N` namespace 0x00 function_id | fn(4) — interned ids for `R` keys |
 //! | `S` seq | `S` | seq(8) — a reservation: every sequence number in use is below it (raised 100,000 at a time) |
@@ -31,7 +30,8 @@
 //! in memory. The record is rewritten when the attempt ends, or by recovery
 //! from the `X` entry after a crash.
 //!
-//! Retired: `P` (payloads, schema 1) — moved into `J` by migration 0002.
+//! Retired: `P` (payloads, schema 1) — moved into `J` by migration 0002;
+//! `A` (ended attempts, schema 2) — moved into `J` by migration 0003.
 
 use uuid::Uuid;
 
@@ -48,7 +48,8 @@ pub const DUE: u8 = b'D';
 pub const RUNNING: u8 = b'X';
 pub const DEAD: u8 = b'Z';
 pub const COMPLETED: u8 = b'C';
-pub const ATTEMPTS: u8 = b'A';
+/// Schema 2 only: read by migration 0003.
+pub const ATTEMPTS_V2: u8 = b'A';
 pub const IDEMPOTENCY: u8 = b'K';
 pub const FUNCTIONS: u8 = b'N';
 pub const SEQ: u8 = b'S';
@@ -144,14 +145,6 @@ pub fn completed_value(ids: &[Uuid]) -> Vec<u8> {
 
 pub fn completed(done_ms: u64, id: &Uuid) -> Vec<u8> {
     key(COMPLETED, &[&done_ms.to_be_bytes(), id.as_bytes()])
-}
-
-pub fn attempt(id: &Uuid, n: u32) -> Vec<u8> {
-    key(ATTEMPTS, &[id.as_bytes(), &n.to_be_bytes()])
-}
-
-pub fn attempts_prefix(id: &Uuid) -> Vec<u8> {
-    key(ATTEMPTS, &[id.as_bytes()])
 }
 
 pub fn idempotency(q: QueueId, k: &str) -> Vec<u8> {

@@ -23,6 +23,8 @@ pub struct Step {
 mod m0001_initial;
 #[path = "../../migrations/0002_payload_in_job.rs"]
 mod m0002_payload_in_job;
+#[path = "../../migrations/0003_history_in_job.rs"]
+mod m0003_history_in_job;
 
 /// Every step, in order. The last one's version is the engine's schema version.
 pub const STEPS: &[Step] = &[
@@ -35,6 +37,11 @@ pub const STEPS: &[Step] = &[
         version: 2,
         name: "payload in job",
         apply: m0002_payload_in_job::apply,
+    },
+    Step {
+        version: 3,
+        name: "history in job",
+        apply: m0003_history_in_job::apply,
     },
 ];
 
@@ -151,11 +158,11 @@ mod tests {
     }
 
     mod v1_to_v2 {
-        use super::super::m0002_payload_in_job::JobRecordV1;
+        use super::super::m0002_payload_in_job::{JobRecordV1, JobRecordV2};
         use super::super::*;
         use crate::store::codec;
         use crate::store::layout;
-        use crate::store::records::{AttemptRecord, JobRecord, JobState};
+        use crate::store::records::{AttemptRecord, JobState};
         use uuid::Uuid;
 
         fn v1_job(state: JobState, attempts: u32) -> JobRecordV1 {
@@ -211,13 +218,13 @@ mod tests {
             let db = sled::open(dir.path()).unwrap();
             let (ready, running) = build_v1(&db, dir.path());
             assert_eq!(read_version(&db).unwrap(), 1);
-            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 2);
+            assert_eq!(run(&db, dir.path(), &STEPS[..2]).unwrap(), 2);
             let tree = db.open_tree(layout::QUEUE_TREE).unwrap();
             assert!(
                 tree.scan_prefix([layout::PAYLOADS_V1]).next().is_none(),
                 "no payload rows are left"
             );
-            let get = |id: &Uuid| -> JobRecord {
+            let get = |id: &Uuid| -> JobRecordV2 {
                 codec::decode(&tree.get(layout::job(id)).unwrap().unwrap()).unwrap()
             };
             let r = get(&ready);
@@ -239,9 +246,110 @@ mod tests {
                 .unwrap()
                 .insert(layout::SCHEMA_VERSION_KEY, &1u32.to_be_bytes())
                 .unwrap();
-            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 2);
+            assert_eq!(run(&db, dir.path(), &STEPS[..2]).unwrap(), 2);
             assert_eq!(get(&running), x);
             assert_eq!(get(&ready), r);
+        }
+    }
+
+    mod v2_to_v3 {
+        use super::super::m0002_payload_in_job::JobRecordV2;
+        use super::super::m0003_history_in_job::attempts_prefix;
+        use super::super::*;
+        use crate::store::codec;
+        use crate::store::layout;
+        use crate::store::records::{AttemptRecord, JobRecord, JobState};
+        use uuid::Uuid;
+
+        fn v2_job(state: JobState, history_len: u32) -> JobRecordV2 {
+            JobRecordV2 {
+                queue: "q".into(),
+                queue_id: 1,
+                namespace: String::new(),
+                function_id: "svc::f".into(),
+                fn_id: 1,
+                state,
+                priority: 0,
+                seq: 0,
+                attempts: history_len,
+                history_len,
+                max_attempts: 2,
+                enqueued_ms: 1,
+                due_ms: 0,
+                finished_ms: 9,
+                traceparent: None,
+                baggage: None,
+                group: None,
+                idempotency_key: None,
+                result: None,
+                last_error: None,
+                redrives: 0,
+                dead_seq: 0,
+                payload: b"{}".to_vec(),
+            }
+        }
+
+        fn attempt(n: u32) -> AttemptRecord {
+            AttemptRecord {
+                attempt: n,
+                started_ms: 10 * n as u64,
+                ended_ms: 10 * n as u64 + 5,
+                worker_id: None,
+                error: None,
+            }
+        }
+
+        fn a_key(id: &Uuid, n: u32) -> Vec<u8> {
+            let mut k = attempts_prefix(id);
+            k.extend_from_slice(&n.to_be_bytes());
+            k
+        }
+
+        /// A store as a schema 2 engine left it: a dead job with two ended
+        /// attempts in `A`, a ready one with none, and an attempt whose job is gone.
+        #[test]
+        fn attempts_move_into_their_job_records() {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::open(dir.path()).unwrap();
+            run(&db, dir.path(), &STEPS[..2]).unwrap();
+            let tree = db.open_tree(layout::QUEUE_TREE).unwrap();
+            let (dead, ready, gone) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+            for (id, job) in [
+                (dead, v2_job(JobState::Dead, 2)),
+                (ready, v2_job(JobState::Ready, 0)),
+            ] {
+                tree.insert(layout::job(&id), codec::encode_as(2, &job))
+                    .unwrap();
+            }
+            for n in [2, 1] {
+                tree.insert(a_key(&dead, n), codec::encode_as(2, &attempt(n)))
+                    .unwrap();
+            }
+            tree.insert(a_key(&gone, 1), codec::encode_as(2, &attempt(1)))
+                .unwrap();
+
+            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 3);
+            assert!(
+                tree.scan_prefix([layout::ATTEMPTS_V2]).next().is_none(),
+                "no attempt rows are left"
+            );
+            let get = |id: &Uuid| -> JobRecord {
+                codec::decode(&tree.get(layout::job(id)).unwrap().unwrap()).unwrap()
+            };
+            let d = get(&dead);
+            assert_eq!(d.history, vec![attempt(1), attempt(2)], "in attempt order");
+            assert_eq!(
+                (d.state, d.history_len, &d.payload[..]),
+                (JobState::Dead, 2, &b"{}"[..])
+            );
+            assert!(get(&ready).history.is_empty());
+            // Run again (as after a crash mid-step): records already moved are kept.
+            db.open_tree(layout::META_TREE)
+                .unwrap()
+                .insert(layout::SCHEMA_VERSION_KEY, &2u32.to_be_bytes())
+                .unwrap();
+            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 3);
+            assert_eq!(get(&dead), d);
         }
     }
 }

@@ -1,5 +1,6 @@
-//! What the store keeps per queue, job and attempt (record version 2: the
-//! job's payload moved into [`JobRecord`]).
+//! What the store keeps per queue, job and attempt (record version 3: the
+//! job's payload (version 2) and its ended attempts (version 3) live in
+//! [`JobRecord`]).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -107,6 +108,10 @@ pub struct JobRecord {
     /// The JSON payload, raw bytes. Kept in the record (not a table of its
     /// own) so an enqueue writes one value and a dispatch reads one.
     pub payload: Vec<u8>,
+    /// Ended attempts, oldest first; kept through dead-lettering and redrive.
+    /// In the record (not a table of its own) because a new key costs sled far
+    /// more than a longer value, and the record is rewritten at each end anyway.
+    pub history: Vec<AttemptRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
