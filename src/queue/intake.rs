@@ -48,6 +48,7 @@ impl Scheduler {
                 return;
             }
         };
+        self.store.want(ticket);
         let store = self.store.clone();
         // Acknowledge only once the records are on disk; one sync serves them all.
         tokio::spawn(async move {

@@ -119,14 +119,24 @@ impl Store {
         Ok(st.applied)
     }
 
+    /// Asks for a sync covering `ticket` now, before anyone waits for it: a
+    /// writer that hands the wait to a task would otherwise leave the syncer
+    /// idle until that task is polled.
+    pub fn want(&self, ticket: Ticket) {
+        {
+            let mut st = self.syncer.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.wanted >= ticket {
+                return;
+            }
+            st.wanted = ticket;
+        }
+        self.syncer.wake.notify_one();
+    }
+
     /// Resolves once everything up to `ticket` is on disk (flushed and fdatasync'ed).
     pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
         let mut rx = self.syncer.synced.subscribe();
-        {
-            let mut st = self.syncer.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.wanted = st.wanted.max(ticket);
-        }
-        self.syncer.wake.notify_one();
+        self.want(ticket);
         loop {
             match &*rx.borrow_and_update() {
                 Ok(done) if *done >= ticket => return Ok(()),
