@@ -38,7 +38,7 @@ impl Scheduler {
         if accepted.is_empty() {
             return;
         }
-        let ticket = match self.store.apply(batch) {
+        let ticket = match self.commit(batch) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write enqueued jobs");
@@ -102,7 +102,7 @@ impl Scheduler {
         let job = new_record(req, (q, f), seq, now, state, max_attempts, group);
         self.place(&id, &job, batch);
         batch.insert(layout::job(&id), record(&job));
-        self.count(q, None, Some(job.state), batch);
+        self.count(q, None, Some(job.state));
         if job.state == JobState::Ready {
             self.mark_ready(q, f);
         }

@@ -352,7 +352,7 @@ impl Scheduler {
         };
         let mut batch = sled::Batch::default();
         batch.insert(layout::queue(queue), record(&rec));
-        let ticket = self.store.apply(batch).map_err(internal)?;
+        let ticket = self.commit(batch).map_err(internal)?;
         if let Some(q) = self.queues.get_mut(queue) {
             q.paused = paused;
         }
@@ -371,7 +371,7 @@ impl Scheduler {
         let mut batch = sled::Batch::default();
         job.finished_ms = now_ms();
         self.transition(id, &mut job, JobState::Cancelled, &mut batch);
-        let ticket = self.store.apply(batch).map_err(internal)?;
+        let ticket = self.commit(batch).map_err(internal)?;
         Ok((json!({ "receipt": id, "cancelled": true }), Some(ticket)))
     }
 
@@ -417,7 +417,7 @@ impl Scheduler {
                     purged += 1;
                 }
             }
-            ticket = Some(self.store.apply(batch).map_err(internal)?);
+            ticket = Some(self.commit(batch).map_err(internal)?);
         }
         if let Some(q) = self.queues.get_mut(queue) {
             q.ready_fns.clear();
@@ -521,7 +521,7 @@ impl Scheduler {
                 };
                 self.transition(id, &mut job, to, &mut batch);
             }
-            ticket = Some(self.store.apply(batch).map_err(internal)?);
+            ticket = Some(self.commit(batch).map_err(internal)?);
         }
         let n = jobs.len();
         let v = match receipt {
@@ -542,7 +542,7 @@ impl Scheduler {
             self.delete_job(id, job, &mut batch, true)
                 .map_err(internal)?;
         }
-        let ticket = self.store.apply(batch).map_err(internal)?;
+        let ticket = self.commit(batch).map_err(internal)?;
         // iii names the count `redriven` here too; kept for compatibility.
         Ok((
             json!({ "queue": queue, "message_id": receipt, "redriven": jobs.len(), "discarded": jobs.len() }),

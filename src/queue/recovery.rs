@@ -41,6 +41,7 @@ impl Scheduler {
             running: HashMap::new(),
             unrecorded_starts: Default::default(),
             completing: Vec::new(),
+            dirty_counts: Default::default(),
             next_due_ms: None,
             finished_tx,
             finished_rx: Some(finished_rx),
@@ -108,7 +109,7 @@ impl Scheduler {
             let mut batch = sled::Batch::default();
             let Some(mut job) = self.store.get::<JobRecord>(&layout::job(id))? else {
                 batch.remove(layout::running(id));
-                self.store.apply(batch)?;
+                self.commit(batch)?;
                 continue;
             };
             let err = error_record(
@@ -135,7 +136,7 @@ impl Scheduler {
                 job.last_error = Some(err);
                 self.transition(id, &mut job, JobState::Ready, &mut batch);
             }
-            self.store.apply(batch)?;
+            self.commit(batch)?;
         }
         // Attempts whose start was never written left the stored counters
         // saying `running` for jobs the store holds as ready: nothing runs now.
@@ -150,7 +151,7 @@ impl Scheduler {
             }
         }
         if stale {
-            self.store.apply(batch)?;
+            self.commit(batch)?;
         }
         if !interrupted.is_empty() {
             tracing::warn!(

@@ -47,7 +47,7 @@ impl Scheduler {
             }
         }
         if any_orphan {
-            self.store.apply(orphans)?;
+            self.commit(orphans)?;
         }
         Ok(())
     }
@@ -251,10 +251,8 @@ impl Scheduler {
         }
         // The stored counters must count at least the stored running entries
         // (recovery moves the surplus back to ready).
-        for q in queues {
-            self.count(q, None, None, &mut batch);
-        }
-        self.store.apply(batch)?;
+        self.dirty_counts.extend(queues);
+        self.commit(batch)?;
         Ok(())
     }
 
@@ -265,7 +263,7 @@ impl Scheduler {
             self.finish_into(f, &mut batch)?;
         }
         self.write_completed(&mut batch);
-        self.store.apply(batch)?;
+        self.commit(batch)?;
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use crate::mesh::{Mesh, MeshEvent};
 use crate::protocol::{ErrorBody, codes};
 use crate::store::layout::{self, FnId, QueueId};
 use crate::store::records::{AttemptRecord, Counts, JobRecord, JobState, QueueRecord};
-use crate::store::{Store, StoreError, record};
+use crate::store::{Store, StoreError, Ticket, record};
 
 pub enum Command {
     Enqueue(EnqueueRequest, EnqueueReply),
@@ -86,6 +86,8 @@ pub struct Scheduler {
     /// Jobs completed in the batch being built, with their end time (see
     /// `write_completed`).
     pub(super) completing: Vec<(u64, Uuid)>,
+    /// Queues whose counters changed since the last batch (see `commit`).
+    pub(super) dirty_counts: BTreeSet<QueueId>,
     /// Attempts whose start is not written yet, oldest first.
     pub(super) unrecorded_starts: VecDeque<(tokio::time::Instant, Uuid)>,
     pub(super) next_due_ms: Option<u64>,
@@ -290,7 +292,7 @@ impl Scheduler {
         };
         let mut batch = sled::Batch::default();
         batch.insert(layout::queue(name), record(&rec));
-        self.store.apply(batch).map_err(store_error)?;
+        self.commit(batch).map_err(store_error)?;
         self.queue_names.insert(id, name.to_owned());
         self.queues.insert(
             name.to_owned(),
@@ -307,7 +309,7 @@ impl Scheduler {
         let id = self.fn_keys.keys().max().map_or(1, |m| m + 1);
         let mut batch = sled::Batch::default();
         batch.insert(layout::function(namespace, function_id), &id.to_be_bytes());
-        self.store.apply(batch).map_err(store_error)?;
+        self.commit(batch).map_err(store_error)?;
         self.intern_fn(namespace.to_owned(), function_id.to_owned(), id);
         Ok(id)
     }
@@ -347,18 +349,11 @@ impl Scheduler {
         self.queues.get_mut(name)
     }
 
-    /// Applies a state move to the queue's counters and writes them into `batch`.
-    pub(super) fn count(
-        &mut self,
-        q: QueueId,
-        from: Option<JobState>,
-        to: Option<JobState>,
-        batch: &mut sled::Batch,
-    ) {
-        if let Some(rt) = self.queue_mut(q) {
-            rt.counts.shift(from, to);
-            batch.insert(layout::counts(q), record(&rt.counts));
-        }
+    /// Applies a state move to the queue's counters; [`Scheduler::commit`]
+    /// writes them with the batch that made the move.
+    pub(super) fn count(&mut self, q: QueueId, from: Option<JobState>, to: Option<JobState>) {
+        self.shift(q, from, to);
+        self.dirty_counts.insert(q);
     }
 
     /// Applies a state move to the queue's counters in memory only (the
@@ -367,6 +362,18 @@ impl Scheduler {
         if let Some(rt) = self.queue_mut(q) {
             rt.counts.shift(from, to);
         }
+    }
+
+    /// Applies `batch` with the counters of every queue it moved jobs in:
+    /// the scheduler's only way to the store, so no batch leaves them behind.
+    /// (Written once per batch, not once per job.)
+    pub(super) fn commit(&mut self, mut batch: sled::Batch) -> Result<Ticket, StoreError> {
+        for q in std::mem::take(&mut self.dirty_counts) {
+            if let Some(rt) = self.queue_mut(q) {
+                batch.insert(layout::counts(q), record(&rt.counts));
+            }
+        }
+        self.store.apply(batch)
     }
 }
 

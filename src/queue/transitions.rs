@@ -75,7 +75,7 @@ impl Scheduler {
         job.state = to;
         self.place(id, job, batch);
         batch.insert(layout::job(id), record(job));
-        self.count(job.queue_id, Some(from), Some(to), batch);
+        self.count(job.queue_id, Some(from), Some(to));
         if to == JobState::Ready {
             self.mark_ready(job.queue_id, job.fn_id);
         }
@@ -186,7 +186,7 @@ impl Scheduler {
             JobState::Held | JobState::Completed | JobState::Dead | JobState::Cancelled
         );
         self.release_group(id, job, batch, promote && was_head);
-        self.count(job.queue_id, Some(job.state), None, batch);
+        self.count(job.queue_id, Some(job.state), None);
         Ok(())
     }
 }

@@ -40,7 +40,7 @@ impl Scheduler {
             promoted += 1;
         }
         if promoted > 0 {
-            self.store.apply(batch)?;
+            self.commit(batch)?;
         }
         Ok(())
     }
@@ -95,7 +95,7 @@ impl Scheduler {
             }
         }
         if changed {
-            self.store.apply(batch)?;
+            self.commit(batch)?;
         }
         Ok(())
     }
