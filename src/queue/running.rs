@@ -262,7 +262,6 @@ impl Scheduler {
         for f in outcomes {
             self.finish_into(f, &mut batch)?;
         }
-        self.write_completed(&mut batch);
         self.commit(batch)?;
         Ok(())
     }

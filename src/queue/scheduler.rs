@@ -364,10 +364,12 @@ impl Scheduler {
         }
     }
 
-    /// Applies `batch` with the counters of every queue it moved jobs in:
-    /// the scheduler's only way to the store, so no batch leaves them behind.
-    /// (Written once per batch, not once per job.)
+    /// Applies `batch` with the counters of every queue it moved jobs in and
+    /// the completed entry of the jobs it completed: the scheduler's only way
+    /// to the store, so no batch leaves them behind. (Each is written once
+    /// per batch, not once per job.)
     pub(super) fn commit(&mut self, mut batch: sled::Batch) -> Result<Ticket, StoreError> {
+        self.write_completed(&mut batch);
         for q in std::mem::take(&mut self.dirty_counts) {
             if let Some(rt) = self.queue_mut(q) {
                 batch.insert(layout::counts(q), record(&rt.counts));

@@ -34,9 +34,9 @@ impl Scheduler {
                     self.next_due_ms = Some(job.due_ms);
                 }
             }
-            // Written by `start_into`, with the attempt: jobs start nowhere else.
+            // Written by `record_starts`, with the attempt, once it has run a while.
             JobState::Running => {}
-            // Listed in one entry per batch by `write_completed`.
+            // Listed in one entry per batch by `write_completed` (from `commit`).
             JobState::Completed => self.completing.push((job.finished_ms, *id)),
             JobState::Dead => batch.insert(layout::dead(job.queue_id, job.dead_seq), id.as_bytes()),
             // Held jobs live only in their group's list (written at enqueue).

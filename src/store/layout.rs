@@ -13,11 +13,11 @@
 //! |---|---|---|
 //! | `Q` queues | `Q` name | [`QueueRecord`](super::records::QueueRecord) |
 //! | `J` jobs | `J` job_id(16) | [`JobRecord`](super::records::JobRecord), payload and ended attempts included |
-//! | `R` ready | `R` queue(4) fn(4) prio_inv(1) seq(8) | job_id |
+//! | `R` ready | `R` queue(4) fn(4) prio_inv(1) seq(8) | job_id — also of a job whose start is not written yet |
 //! | `D` due | `D` due_ms(8) job_id | empty — delayed and backing-off jobs |
 //! | `X` running | `X` job_id | [`AttemptRecord`](super::records::AttemptRecord) of the attempt in progress |
 //! | `Z` dead | `Z` queue(4) seq(8) | job_id — dead letters in order |
-//! | `C` completed | `C` done_ms(8) job_id | job_ids (16 bytes each) — the jobs one batch completed, for retention; empty = just the key's job (schema 2 before this) |
+//! | `C` completed | `C` done_ms(8) job_id | job_ids (16 bytes each) — the jobs one batch completed, for retention; an empty value (as entries were first written) = the key's own job |
 //! | `K` idempotency | `K` queue(4) key | job_id |
 //! | `N` functions | `N` namespace 0x00 function_id | fn(4) — interned ids for `R` keys |
 //! | `S` seq | `S` | seq(8) — a reservation: every sequence number in use is below it (raised 100,000 at a time) |
@@ -25,10 +25,11 @@
 //! | `T` counts | `T` queue(4) | [`Counts`](super::records::Counts) per state |
 //!
 //! A running job's `J` record is left as it was when the job started (state
-//! `ready`, attempts not yet counted): starting a job writes only its `X`
-//! entry and removes its `R` entry, and the scheduler keeps the live record
-//! in memory. The record is rewritten when the attempt ends, or by recovery
-//! from the `X` entry after a crash.
+//! `ready`, attempts not yet counted), and the scheduler keeps the live record
+//! in memory. Starting writes nothing at once: an attempt still running 50 ms
+//! later (or at a stop) has its `R` entry swapped for an `X` entry. The record
+//! is rewritten when the attempt ends, or by recovery from the `X` entry after
+//! a crash; a job whose start was never written is simply ready again.
 //!
 //! Retired: `P` (payloads, schema 1) — moved into `J` by migration 0002;
 //! `A` (ended attempts, schema 2) — moved into `J` by migration 0003.
