@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::RawClient;
 use common::sdk::{sdk_worker, stop};
 use iii_sdk::protocol::TriggerRequest;
 use iii_sdk::{IIIClient, RegisterFunction, TriggerAction};
@@ -160,6 +161,59 @@ async fn every_acknowledged_job_survives_kill_9() {
         started.elapsed().as_millis()
     );
     stop(second_worker).await;
+    engine.kill().ok();
+    engine.wait().ok();
+}
+
+/// An attempt that has run a while when the engine is SIGKILLed is counted:
+/// after the restart the job is ready again, its attempt ended as
+/// `engine_restart` (this is what keeps a job that kills the engine from
+/// retrying forever), and it runs to completion on the next worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_running_at_kill_9_counts_as_engine_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut engine, url) = common::start_binary(dir.path());
+    let mut w = RawClient::worker(&url, "w").await;
+    w.register_function("slow::job").await;
+    let mut c = RawClient::worker(&url, "c").await;
+    let r = c
+        .call(
+            "queue::enqueue",
+            json!({"queue":"slow","function_id":"slow::job","data":{}}),
+        )
+        .await;
+    let receipt = r["result"]["receipt"].as_str().expect("receipt").to_owned();
+    w.recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await; // never answered
+    // Past the delay before a start is written and sled's own 500 ms flush.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    engine.kill().expect("SIGKILL");
+    engine.wait().unwrap();
+    drop((w, c));
+
+    let (mut engine, url) = common::start_binary(dir.path());
+    let mut c = RawClient::worker(&url, "c").await;
+    let job = c.call("queue::get", json!({"receipt": receipt})).await;
+    let job = &job["result"];
+    assert_eq!(job["state"], "ready", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert_eq!(job["history"][0]["outcome"], "engine_restart", "{job}");
+    let mut w = RawClient::worker(&url, "w").await;
+    w.register_function("slow::job").await;
+    w.serve(1, |_| json!("done")).await;
+    let start = Instant::now();
+    loop {
+        let job = c.call("queue::get", json!({"receipt": receipt})).await;
+        if job["result"]["state"] == "completed" {
+            assert_eq!(job["result"]["history"][1]["outcome"], "completed", "{job}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never completed: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     engine.kill().ok();
     engine.wait().ok();
 }
