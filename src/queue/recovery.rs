@@ -17,7 +17,7 @@ use super::scheduler::{Scheduler, new_queue_rt};
 use crate::mesh::Mesh;
 use crate::store::layout::{self, FnId};
 use crate::store::records::{AttemptRecord, Counts, FailReason, JobRecord, JobState, QueueRecord};
-use crate::store::{Store, StoreError, codec, record};
+use crate::store::{Store, StoreError, codec};
 
 impl Scheduler {
     pub fn load(mesh: Mesh, store: Arc<Store>) -> Result<Self, StoreError> {
@@ -140,18 +140,17 @@ impl Scheduler {
         }
         // Attempts whose start was never written left the stored counters
         // saying `running` for jobs the store holds as ready: nothing runs now.
-        let mut batch = sled::Batch::default();
-        let mut stale = false;
+        let mut stale = Vec::new();
         for rt in self.queues.values_mut() {
             if rt.counts.running > 0 {
                 rt.counts.ready += rt.counts.running;
                 rt.counts.running = 0;
-                batch.insert(layout::counts(rt.id), record(&rt.counts));
-                stale = true;
+                stale.push(rt.id);
             }
         }
-        if stale {
-            self.commit(batch)?;
+        if !stale.is_empty() {
+            self.dirty_counts.extend(stale);
+            self.commit(sled::Batch::default())?;
         }
         if !interrupted.is_empty() {
             tracing::warn!(
