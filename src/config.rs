@@ -5,9 +5,10 @@
 //! the few settings an operator changes per run (listen address, data dir).
 
 use serde::Deserialize;
+
+pub use crate::mesh::config::{InvocationConfig, Limits, MeshConfig, ServerConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Everything the engine reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,50 +28,6 @@ pub struct Config {
     pub channels: crate::channels::ChannelConfig,
     /// Realtime channels: defaults for `websocket` routes (a route's options override them).
     pub realtime: crate::realtime::RealtimeConfig,
-}
-
-/// Bounds that keep one bad client from hurting the others.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Largest WebSocket message accepted; larger ones close the socket with 1009.
-    pub max_message_size: usize,
-    /// Open worker connections; further upgrades are refused with 503.
-    pub max_connections: usize,
-    /// Calls one connection may have in flight before new ones get `too_many_pending_calls`.
-    pub max_pending_calls_per_connection: usize,
-    /// Bytes queued for one connection that has stopped reading before it is closed with 1013.
-    pub max_outbound_queue_bytes: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct InvocationConfig {
-    /// The engine's bound on one call's life, so a hung worker cannot hold memory forever.
-    #[serde(with = "humantime_serde")]
-    pub max_duration: Duration,
-    /// How long a call to a function whose last worker just disconnected waits
-    /// for a worker to register it again, so worker restarts stay invisible.
-    #[serde(with = "humantime_serde")]
-    pub rebind_grace: Duration,
-    /// How long registrations wait for `engine::workers::register` to fix the
-    /// connection's namespace before they are applied to `default`.
-    #[serde(with = "humantime_serde")]
-    pub namespace_grace: Duration,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
-    /// On SIGINT/SIGTERM, how long in-flight calls may take before the engine exits anyway.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    /// The engine pings every connection this often.
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// A connection silent for this long (no frame, not even a pong) is closed.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -106,37 +63,6 @@ impl Default for Config {
     }
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_message_size: 64 << 20,
-            max_connections: 10_000,
-            max_pending_calls_per_connection: 10_000,
-            max_outbound_queue_bytes: 256 << 20,
-        }
-    }
-}
-
-impl Default for InvocationConfig {
-    fn default() -> Self {
-        Self {
-            max_duration: Duration::from_secs(600),
-            rebind_grace: Duration::from_secs(5),
-            namespace_grace: Duration::from_secs(5),
-        }
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            shutdown_grace: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(90),
-        }
-    }
-}
-
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
@@ -162,6 +88,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The part of the configuration the registry and router read.
+    pub fn mesh(&self) -> MeshConfig {
+        MeshConfig {
+            limits: self.limits.clone(),
+            invocation: self.invocation.clone(),
+            server: self.server.clone(),
+        }
+    }
+
     /// Reads a TOML file; keys it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -228,6 +163,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn empty_file_is_all_defaults() {

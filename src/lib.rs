@@ -1,42 +1,47 @@
 //! qmesh: a WebSocket worker mesh that speaks the iii wire protocol, so the
 //! published iii SDKs connect to it unchanged.
 //!
-//! A map of the crate (see `ARCHITECTURE.md` for the life of a call):
+//! A map of the crate, from the bottom layer up (see `ARCHITECTURE.md` for
+//! the life of a call, a job and a request, and each layer's invariants):
 //!
 //! - [`protocol`]: the wire protocol, whole: decoding worker frames, encoding
-//!   engine frames, error and close codes.
-//! - [`mesh`]: the live registry and router: connections, functions, calls in
-//!   flight, trigger types and bindings, and what each message means.
-//! - [`functions`]: engine functions (`engine::*`) that workers call like any other.
-//! - [`edge`]: the network edge: one listener for worker sockets, telemetry
-//!   sockets and `/health`; `edge::run(listener, config, shutdown)` is the server.
-//! - [`queue`]: the durable queue (scheduler, dispatcher, operator views).
-//! - [`channels`]: binary channels between workers: the registry, per-end
-//!   keys, and the pipe bounded by frames and bytes.
-//! - [`realtime`]: realtime channels: client WebSockets on routes, handled by
-//!   worker functions bound with the `websocket` trigger type.
-//! - [`store`]: the embedded sled store: layout, record codec, schema
+//!   engine frames, every error and close code.
+//! - `store`: the embedded sled store: layout, record codec, schema
 //!   migrations, group commit. The one place that knows the bytes on disk.
+//! - `mesh`: the live registry and router: connections, functions, calls in
+//!   flight, trigger types and bindings, what each message means, and the
+//!   table of what the engine provides. Knows no module by name.
+//! - `module`: the seam a built-in module plugs into (what it provides, the
+//!   routes it mounts, its background tasks, what it does at drain).
+//! - Modules: `functions` (the mesh's own `engine::*` introspection
+//!   functions and trigger types), [`channels`] (binary channels between
+//!   workers), [`queue`] (the durable queue), `realtime` (client WebSockets
+//!   on routes, handled by worker functions).
+//! - `edge`: the worker listener's own paths (`/`, `/otel`, `/health`) and
+//!   the server loop.
+//! - [`engine`]: the root: builds every part, serves, drains in order.
+//!   [`engine::run`] is the server; [`Engine`] a handle on a running one.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`logging`]: tracing setup (text or JSON).
-//! - [`client`]: an async worker-protocol client (call, enqueue, serve functions).
+//! - [`client`]: an async worker-protocol client (call, enqueue, serve
+//!   functions, channel ends), used by the CLI and the benches.
 //! - [`loadgen`]: the closed-loop load generator behind `qmesh bench`.
 
 pub mod channels;
 pub mod client;
 pub mod config;
-pub mod edge;
-pub mod functions;
+mod edge;
+pub mod engine;
+mod functions;
 pub mod loadgen;
 pub mod logging;
-pub mod mesh;
+mod mesh;
+mod module;
 pub mod protocol;
 pub mod queue;
-pub mod realtime;
-pub mod store;
+mod realtime;
+mod store;
 
 pub use config::Config;
-pub use edge::run;
-
-/// The namespace of anything registered without one.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub use engine::{Engine, run};
+pub use protocol::DEFAULT_NAMESPACE;

@@ -262,7 +262,7 @@ async fn an_attempt_past_its_lease_fails_with_timeout() {
     assert_eq!(job["history"][0]["outcome"], "timeout");
     assert_eq!(job["last_error"]["reason"], "timeout");
     assert_eq!(
-        engine.mesh.pending_calls(),
+        engine.snapshot().pending_calls,
         0,
         "timed-out calls are cleaned up"
     );
@@ -286,7 +286,7 @@ async fn pause_resume_cancel_purge_and_delays() {
     worker.register_function("ops::run").await;
     engine
         .until("registered", |m| {
-            m.stats().functions == 2 || m.stats().functions == 1
+            m.functions.len() == 2 || m.functions.len() == 1
         })
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -398,9 +398,7 @@ async fn a_restart_keeps_jobs_in_every_state() {
     let mut worker = RawClient::worker(&engine.url, "w").await;
     worker.register_function("f::done").await;
     worker.register_function("f::dead").await;
-    engine
-        .until("registered", |m| m.stats().functions == 2)
-        .await;
+    engine.until("registered", |m| m.functions.len() == 2).await;
     let mut c = RawClient::worker(&engine.url, "c").await;
     let done = enqueue(&mut c, "q", "f::done", json!(1)).await;
     serve(&mut worker, 1, |_| Ok(json!("ok"))).await;

@@ -19,7 +19,7 @@ async fn sync_call_round_trip_injects_caller_and_keeps_ids() {
     let mut exec = RawClient::worker(&engine.url, "exec").await;
     exec.register_function("math::add").await;
     engine
-        .until("function registered", |m| m.stats().functions == 1)
+        .until("function registered", |m| m.functions.len() == 1)
         .await;
 
     let mut caller = RawClient::worker(&engine.url, "caller").await;
@@ -73,7 +73,7 @@ async fn void_calls_run_but_never_answer() {
     let r = caller.call("log::nothing", json!({})).await;
     assert_eq!(r["error"]["code"], "function_not_found");
     engine
-        .until("void call settled", |m| m.pending_calls() == 0)
+        .until("void call settled", |m| m.pending_calls == 0)
         .await;
     engine.stop().await;
 }
@@ -88,9 +88,7 @@ async fn unknown_function_gets_function_not_found_with_a_hint() {
     )
     .await;
     exec.register_function("pay::charge").await;
-    engine
-        .until("registered", |m| m.stats().functions == 1)
-        .await;
+    engine.until("registered", |m| m.functions.len() == 1).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let r = caller.call("pay::charge", json!({})).await;
     assert_eq!(r["error"]["code"], "function_not_found");
@@ -142,7 +140,7 @@ async fn executor_dropping_mid_call_stops_the_call_at_once() {
         started.elapsed() < Duration::from_secs(2),
         "caller learns at once"
     );
-    assert_eq!(engine.mesh.pending_calls(), 0);
+    assert_eq!(engine.snapshot().pending_calls, 0);
     engine.stop().await;
 }
 
@@ -155,10 +153,8 @@ async fn two_workers_share_one_function_id() {
     b.register_function("img::resize").await;
     engine
         .until("both registered", |m| {
-            m.inspect(|st| {
-                st.function("default", "img::resize")
-                    .is_some_and(|f| f.providers.len() == 2)
-            })
+            m.function("default", "img::resize")
+                .is_some_and(|f| f.providers.len() == 2)
         })
         .await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
@@ -172,13 +168,13 @@ async fn two_workers_share_one_function_id() {
                 .await;
         }
     }
-    let loads: Vec<usize> = engine.mesh.inspect(|st| {
-        st.workers
-            .values()
-            .map(|w| w.calls_in.len())
-            .filter(|n| *n > 0)
-            .collect()
-    });
+    let loads: Vec<usize> = engine
+        .snapshot()
+        .workers
+        .iter()
+        .map(|w| w.executing)
+        .filter(|n| *n > 0)
+        .collect();
     assert_eq!(loads, vec![2, 2]);
     engine.stop().await;
 }
@@ -188,7 +184,7 @@ async fn a_restarting_worker_is_invisible_to_callers() {
     let engine = TestEngine::start().await;
     let exec = engine.worker_with("exec", &["svc::ping"]).await;
     drop(exec);
-    engine.until("gone", |m| m.stats().functions == 0).await;
+    engine.until("gone", |m| m.functions.is_empty()).await;
     // A call during the gap waits for the worker to come back instead of failing.
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let _id = caller.send_call("svc::ping", json!({})).await;
@@ -302,7 +298,7 @@ async fn a_flood_of_calls_to_a_slow_worker_is_bounded_per_connection() {
         assert_eq!(r["error"]["code"], "too_many_pending_calls", "{r}");
         refused += 1;
     }
-    assert_eq!(engine.mesh.pending_calls(), 50);
+    assert_eq!(engine.snapshot().pending_calls, 50);
     // Everyone else is unaffected.
     let mut other = RawClient::worker(&engine.url, "other").await;
     let call = tokio::spawn(async move { other.call("fast::op", json!(1)).await });
@@ -311,7 +307,7 @@ async fn a_flood_of_calls_to_a_slow_worker_is_bounded_per_connection() {
     assert_eq!(engine.health().await["pending_invocations"], 50);
     drop(flood);
     engine
-        .until("caller's calls forgotten", |m| m.pending_calls() == 0)
+        .until("caller's calls forgotten", |m| m.pending_calls == 0)
         .await;
     // The slow worker's late results are dropped quietly.
     let inv = slow
@@ -330,7 +326,7 @@ async fn the_engine_bounds_a_calls_life() {
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let r = caller.call("hung::op", json!({})).await;
     assert_eq!(r["error"]["code"], "invocation_timeout");
-    assert_eq!(engine.mesh.pending_calls(), 0);
+    assert_eq!(engine.snapshot().pending_calls, 0);
     engine.stop().await;
 }
 
@@ -363,12 +359,9 @@ async fn reattach_tears_down_the_old_connection_first() {
     assert!(old.recv().await.is_none(), "the old connection is closed");
     engine
         .until("old gone, new serves", |m| {
-            m.inspect(|st| {
-                st.workers.len() == 1
-                    && st
-                        .function("default", "w::f")
-                        .is_some_and(|f| f.providers.len() == 1)
-            })
+            m.workers.len() == 1
+                && m.function("default", "w::f")
+                    .is_some_and(|f| f.providers.len() == 1)
         })
         .await;
     engine.stop().await;
@@ -383,10 +376,10 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
     let inv = exec
         .recv_until("invoke", |v| v["type"] == "invokefunction")
         .await;
-    let mesh = engine.mesh.clone();
+    let handle = engine.engine.clone();
     let stopping = tokio::spawn(engine.stop());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(mesh.is_draining());
+    assert!(handle.snapshot().draining);
     exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"slow::op","result":"done"})).await;
     let r = caller.recv_until("result", is_result).await;
     assert_eq!(r["result"], "done");
@@ -434,7 +427,7 @@ async fn a_providers_refusal_reaches_the_binder_and_the_binding_parks() {
     // The binder's disconnect unbinds it (parked bindings are simply dropped).
     drop(binder);
     engine
-        .until("binding gone", |m| m.inspect(|st| st.bindings.is_empty()))
+        .until("binding gone", |m| m.bindings.is_empty())
         .await;
     engine.stop().await;
 }
@@ -451,7 +444,7 @@ async fn connections_over_the_limit_are_refused_with_503() {
         other => panic!("expected a 503 refusal, got {other:?}"),
     }
     drop(a);
-    engine.until("slot freed", |m| m.stats().workers == 1).await;
+    engine.until("slot freed", |m| m.workers.len() == 1).await;
     let start = std::time::Instant::now();
     loop {
         // The slot is released when the closed socket's task ends.

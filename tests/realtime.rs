@@ -550,13 +550,7 @@ async fn disconnect_fires_once_after_running_handlers_finish() {
     // A server close: the handler sees `server`, the client the code asked for.
     log.lock().unwrap().clear();
     let mut ws = open(&engine, "/ws/slow").await;
-    let id = engine
-        .mesh
-        .realtime()
-        .unwrap()
-        .list(Some("/ws/slow"), None, 10)[0]
-        .id
-        .clone();
+    let id = engine.realtime_connection_on("/ws/slow");
     let r = w
         .call(
             "channel::close",
@@ -600,13 +594,12 @@ async fn engine_functions_reach_the_client() {
     )
     .await;
     let mut ws = open(&engine, "/ws/fn/ann").await;
-    let hub = engine.mesh.realtime().unwrap().clone();
-    let deadline = Instant::now() + WAIT;
-    while hub.open_count() == 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let id = hub.list(None, None, 1)[0].id.clone();
+    engine
+        .until("the client connected", |m| {
+            !m.realtime_connections.is_empty()
+        })
+        .await;
+    let id = engine.snapshot().realtime_connections[0].0.clone();
     w.call(
         "channel::send",
         json!({"channel_id": id, "data": {"hi": 1}}),
@@ -709,10 +702,11 @@ async fn clean_shutdown_fires_disconnects_before_exit() {
     )
     .await;
     let mut ws = open(&engine, "/ws/bye").await;
-    let hub = engine.mesh.realtime().unwrap().clone();
-    while hub.open_count() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    engine
+        .until("the client connected", |m| {
+            !m.realtime_connections.is_empty()
+        })
+        .await;
     engine.stop().await;
     let left = gone
         .try_recv()
@@ -935,7 +929,7 @@ async fn a_silent_client_is_closed_as_idle_and_a_live_one_is_kept() {
     let (pings, _live) = reader.await.unwrap();
     assert!(pings >= 5, "the engine pings every 100 ms: {pings}");
     assert!(gone.try_recv().is_err(), "the live client is still open");
-    assert_eq!(engine.mesh.realtime().unwrap().open_count(), 1);
+    assert_eq!(engine.snapshot().realtime_connections.len(), 1);
 }
 
 #[tokio::test]
@@ -986,10 +980,11 @@ async fn upgrades_past_max_connections_get_503() {
     )
     .await;
     let _first = open(&engine, "/ws/cap").await;
-    let hub = engine.mesh.realtime().unwrap().clone();
-    while hub.open_count() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    engine
+        .until("the client connected", |m| {
+            !m.realtime_connections.is_empty()
+        })
+        .await;
     assert_eq!(refused(&engine, "/ws/cap", None).await, 503);
 }
 
@@ -1013,11 +1008,12 @@ async fn send_to_a_client_that_stopped_reading_reports_backpressure() {
     )
     .await;
     let _stalled = open(&engine, "/ws/bp").await; // never read
-    let hub = engine.mesh.realtime().unwrap().clone();
-    while hub.open_count() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let id = hub.list(None, None, 1)[0].id.clone();
+    engine
+        .until("the client connected", |m| {
+            !m.realtime_connections.is_empty()
+        })
+        .await;
+    let id = engine.snapshot().realtime_connections[0].0.clone();
     let pad = "x".repeat(64 << 10);
     let mut err = None;
     for _ in 0..2000 {
@@ -1174,9 +1170,7 @@ async fn the_published_rust_sdk_binds_a_route_with_its_trigger_api() {
     sdk.register_trigger(RegisterTriggerInput::new("websocket", "sdk::greet", config))
         .expect("register_trigger");
     engine
-        .until("the SDK's route", |m| {
-            m.inspect(|st| st.realtime_routes.contains("/ws/sdk/:room"))
-        })
+        .until("the SDK's route", |m| m.route_handlers("/ws/sdk/:room") > 0)
         .await;
     let mut ws = open(&engine, "/ws/sdk/blue").await;
     send(
@@ -1192,7 +1186,7 @@ async fn the_published_rust_sdk_binds_a_route_with_its_trigger_api() {
     // The SDK's bindings went with its connection, and with them the route.
     engine
         .until("the route to go", |m| {
-            m.inspect(|st| !st.realtime_routes.contains("/ws/sdk/:room"))
+            m.route_handlers("/ws/sdk/:room") == 0
         })
         .await;
 }

@@ -53,11 +53,7 @@ async fn two_browsers_chat_through_the_example() {
         .unwrap_or_else(|| panic!("no page address in {line:?}"))
         .to_owned();
     let started = Instant::now();
-    while !engine.mesh.inspect(|st| {
-        st.realtime_routes
-            .route("/ws/chat")
-            .is_some_and(|r| r.handlers.len() == 5)
-    }) {
+    while engine.snapshot().route_handlers("/ws/chat") != 5 {
         assert!(
             started.elapsed() < WAIT,
             "the chat worker's triggers never arrived"

@@ -8,8 +8,8 @@ use common::TestEngine;
 use common::programs::Program;
 use serde_json::json;
 
-fn registered(ids: &'static [&'static str]) -> impl Fn(&qmesh::mesh::Mesh) -> bool {
-    move |m| m.inspect(|st| ids.iter().all(|id| st.function("default", id).is_some()))
+fn registered(ids: &'static [&'static str]) -> impl Fn(&qmesh::engine::Snapshot) -> bool {
+    move |m| ids.iter().all(|id| m.function("default", id).is_some())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +103,7 @@ async fn trigger_type_lifecycle(provider_lang: &str, binder_lang: &str) {
     provider.ready().await;
     engine
         .until("trigger type", |m| {
-            m.inspect(|st| st.trigger_types.keys().any(|k| k.1 == ty))
+            m.trigger_types.iter().any(|k| k.1 == ty)
         })
         .await;
 

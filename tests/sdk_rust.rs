@@ -23,7 +23,7 @@ use iii_sdk::protocol::{RegisterTriggerInput, TriggerRequest};
 use iii_sdk::runtime::IIIConnectionState;
 use iii_sdk::trigger::{TriggerConfig, TriggerHandler};
 use iii_sdk::{Error as SdkError, IIIClient, RegisterFunction, RegisterTriggerType, TriggerAction};
-use qmesh::mesh::Mesh;
+use qmesh::engine::Snapshot;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -76,33 +76,24 @@ fn recording(tx: mpsc::UnboundedSender<Value>, reply: fn(&Value) -> Value) -> Re
 }
 
 /// Engine ids of the live connections whose worker reported `name`.
-fn workers_named(mesh: &Mesh, name: &str) -> Vec<Uuid> {
-    mesh.inspect(|st| {
-        st.workers
-            .iter()
-            .filter(|(_, w)| w.meta.as_ref().and_then(|m| m.name.as_deref()) == Some(name))
-            .map(|(id, _)| *id)
-            .collect()
-    })
+fn workers_named(s: &Snapshot, name: &str) -> Vec<Uuid> {
+    s.workers_named(name)
 }
 
 /// The one live worker named `name`.
-fn worker_id(mesh: &Mesh, name: &str) -> Uuid {
-    let ids = workers_named(mesh, name);
+fn worker_id(s: &Snapshot, name: &str) -> Uuid {
+    let ids = workers_named(s, name);
     assert_eq!(ids.len(), 1, "workers named {name}: {ids:?}");
     ids[0]
 }
 
 /// How many live workers provide `function_id` in `default`.
-fn providers(mesh: &Mesh, function_id: &str) -> usize {
-    mesh.inspect(|st| {
-        st.function("default", function_id)
-            .map_or(0, |f| f.providers.len())
-    })
+fn providers(s: &Snapshot, function_id: &str) -> usize {
+    s.providers(function_id)
 }
 
 /// `function_id` has exactly `n` providers.
-fn provided_by(function_id: &str, n: usize) -> impl Fn(&Mesh) -> bool {
+fn provided_by(function_id: &str, n: usize) -> impl Fn(&Snapshot) -> bool {
     move |m| providers(m, function_id) == n
 }
 
@@ -361,7 +352,7 @@ async fn a_function_registered_by_one_worker_answers_another() {
     assert_eq!(out, json!({ "sum": 42 }));
 
     let seen = recv(&mut inputs, "math::add's input").await;
-    let b_id = worker_id(&engine.mesh, "t1-caller");
+    let b_id = worker_id(&engine.snapshot(), "t1-caller");
     assert_eq!(seen["a"], 2, "{seen}");
     assert_eq!(seen["_caller_worker_id"], b_id.to_string(), "{seen}");
 
@@ -397,7 +388,7 @@ async fn a_void_call_runs_the_handler_and_returns_nothing() {
     assert_eq!(out, Value::Null);
     assert_eq!(recv(&mut inputs, "the void call").await["n"], 1);
     engine
-        .until("the void call to settle", |m| m.pending_calls() == 0)
+        .until("the void call to settle", |m| m.pending_calls == 0)
         .await;
 
     // The same on the wire, from a hand-driven caller.
@@ -407,7 +398,7 @@ async fn a_void_call_runs_the_handler_and_returns_nothing() {
         .await;
     assert_eq!(recv(&mut inputs, "the raw void call").await["n"], 2);
     engine
-        .until("the raw void call to settle", |m| m.pending_calls() == 0)
+        .until("the raw void call to settle", |m| m.pending_calls == 0)
         .await;
     let id = Uuid::new_v4().to_string();
     raw.send(json!({"type":"invokefunction","invocation_id":id,
@@ -665,20 +656,16 @@ async fn a_trigger_type_provider_sees_bindings_through_a_restart() {
     engine
         .until("ticker and tick::handle", |m| {
             providers(m, "tick::handle") == 1
-                && m.inspect(|st| {
-                    st.trigger_types
-                        .contains_key(&("default".into(), "ticker".into()))
-                })
+                && m.trigger_types
+                    .contains(&("default".into(), "ticker".into()))
         })
         .await;
-    let binding_ids = |m: &Mesh| -> Vec<(String, bool)> {
-        m.inspect(|st| {
-            st.bindings
-                .values()
-                .filter(|b| b.function_id == "tick::handle")
-                .map(|b| (b.id.clone(), b.active_on.is_some()))
-                .collect()
-        })
+    let binding_ids = |m: &Snapshot| -> Vec<(String, bool)> {
+        m.bindings
+            .iter()
+            .filter(|b| b.function_id == "tick::handle")
+            .map(|b| (b.id.clone(), b.active))
+            .collect()
     };
 
     // Bind, see it at the provider, fire it, unbind.
@@ -692,7 +679,10 @@ async fn a_trigger_type_provider_sees_bindings_through_a_restart() {
     let seen = next_registered(&mut binds).await;
     assert_eq!(seen.function_id, "tick::handle");
     assert_eq!(seen.config, json!({ "every": "1s" }));
-    assert_eq!(binding_ids(&engine.mesh), vec![(seen.id.clone(), true)]);
+    assert_eq!(
+        binding_ids(&engine.snapshot()),
+        vec![(seen.id.clone(), true)]
+    );
 
     let out = call(&provider, &seen.function_id, json!({ "tick": 1 }))
         .await
@@ -738,7 +728,10 @@ async fn a_trigger_type_provider_sees_bindings_through_a_restart() {
     assert_eq!(replayed.id, bound.id);
     assert_eq!(replayed.function_id, "tick::handle");
     assert_eq!(replayed.config, json!({ "every": "2s" }));
-    assert_eq!(binding_ids(&engine.mesh), vec![(bound.id.clone(), true)]);
+    assert_eq!(
+        binding_ids(&engine.snapshot()),
+        vec![(bound.id.clone(), true)]
+    );
     call(&provider, &replayed.function_id, json!({ "tick": 2 }))
         .await
         .expect("fire after restart");
@@ -774,7 +767,7 @@ impl ReattachSetup {
         engine
             .until("the worker's name", |m| workers_named(m, name).len() == 1)
             .await;
-        let old = worker_id(&engine.mesh, name);
+        let old = worker_id(&engine.snapshot(), name);
         Self {
             engine,
             proxy,
@@ -799,12 +792,12 @@ async fn a_client_closed_by_the_engine_reconnects_and_reattaches() {
         old,
     } = ReattachSetup::start("t8-reattach", "re::echo").await;
     let token = engine
-        .mesh
-        .inspect(|st| st.workers[&old].conn.reattach_token);
+        .snapshot()
+        .worker(old)
+        .expect("old worker")
+        .reattach_token;
 
-    engine
-        .mesh
-        .inspect(|st| st.workers[&old].conn.close(1011, "test"));
+    assert!(engine.engine.close_worker(old, 1011, "test"));
     engine
         .until("the SDK to reconnect and replay", |m| {
             let named = workers_named(m, "t8-reattach");
@@ -819,7 +812,7 @@ async fn a_client_closed_by_the_engine_reconnects_and_reattaches() {
         &json!({"type":"reattach","previous_worker_id":old.to_string(),
             "reattach_token":token.to_string()}),
     );
-    assert!(engine.mesh.inspect(|st| !st.workers.contains_key(&old)));
+    assert!(engine.snapshot().worker(old).is_none());
     assert_eq!(worker.get_connection_state(), IIIConnectionState::Connected);
     let out = call(&caller, "re::echo", json!({ "again": true }))
         .await
@@ -856,7 +849,7 @@ async fn reattach_evicts_a_stale_connection_the_engine_still_holds() {
             workers_named(m, "t8b-reattach").len() == 1 && providers(m, "stale::echo") == 1
         })
         .await;
-    assert!(engine.mesh.inspect(|st| !st.workers.contains_key(&old)));
+    assert!(engine.snapshot().worker(old).is_none());
     assert_eq!(proxy.sent(1)[0]["type"], "reattach");
     let deadline = Instant::now() + DEADLINE;
     while proxy.engine_closed(0).is_none() {
@@ -904,7 +897,7 @@ async fn engine_functions_answer_in_iii_shapes() {
                 && workers_named(m, "t9-subject").len() == 1
         })
         .await;
-    let subject_id = worker_id(&engine.mesh, "t9-subject").to_string();
+    let subject_id = worker_id(&engine.snapshot(), "t9-subject").to_string();
     let ask = |id: &'static str, payload: Value| {
         let asker = asker.clone();
         async move {
@@ -1038,11 +1031,9 @@ async fn engine_functions_answer_in_iii_shapes() {
         .expect("bind workers-available");
     engine
         .until("the workers-available binding", |m| {
-            m.inspect(|st| {
-                st.bindings
-                    .values()
-                    .any(|b| b.function_id == "watch::workers" && b.active_on.is_some())
-            })
+            m.bindings
+                .iter()
+                .any(|b| b.function_id == "watch::workers" && b.active)
         })
         .await;
     let newcomer = sdk_worker(&engine.url, "t9-newcomer");
@@ -1054,7 +1045,7 @@ async fn engine_functions_answer_in_iii_shapes() {
             Ok(Some(e)) => seen_events.push(e),
             _ => panic!("no worker_connected for the newcomer in {seen_events:?}"),
         }
-        let id = workers_named(&engine.mesh, "t9-newcomer");
+        let id = workers_named(&engine.snapshot(), "t9-newcomer");
         let connected = |id: &Uuid| {
             seen_events.iter().any(|e| {
                 e["event"] == "worker_connected" && e["worker_id"] == id.to_string().as_str()

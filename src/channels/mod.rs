@@ -3,7 +3,7 @@
 //!
 //! A worker calls `engine::channels::create` and gets two refs, one per end,
 //! each with its own key. Each end opens `/ws/channels/{id}?key=…&dir=…`
-//! (served by `edge::channel_socket`); the engine relays the writer's frames
+//! (served by [`socket`]); the engine relays the writer's frames
 //! to the reader in order through a [`pipe`] bounded by frames and bytes.
 //!
 //! - [`keys`]: per-end access keys, compared in constant time.
@@ -11,13 +11,16 @@
 //! - [`frames`]: the WebSocket framing of channel sockets (both sides),
 //!   which moves payloads without copying them.
 //! - [`config`]: the `[channels]` settings.
+//! - [`functions`]: `engine::channels::*`; [`socket`]: the channel socket route.
 //! - this file: the registry of live channels, who may claim which end, and
 //!   when a channel goes (finished, expired, creator gone, engine stopping).
 
 pub mod config;
 pub mod frames;
-pub mod keys;
-pub mod pipe;
+pub(crate) mod functions;
+pub(crate) mod keys;
+pub(crate) mod pipe;
+pub(crate) mod socket;
 
 pub use config::ChannelConfig;
 
@@ -515,10 +518,44 @@ impl Drop for Claim {
 }
 
 /// Runs [`Channels::sweep`] until the engine stops.
-pub async fn run_sweeper(channels: Channels) {
+async fn run_sweeper(channels: Channels) {
     let mut tick = tokio::time::interval(channels.sweep_interval());
     loop {
         tick.tick().await;
         channels.sweep();
+    }
+}
+
+/// Binary channels as an engine module: `engine::channels::*`, the channel
+/// socket route, the expiry sweeper, and removal when a creator leaves.
+impl crate::module::Module for Channels {
+    fn name(&self) -> &'static str {
+        "channels"
+    }
+
+    fn provide(&self, p: &mut crate::mesh::Provisions) {
+        p.sync_fn("engine::channels::create", self, functions::create);
+        p.sync_fn("engine::channels::list", self, functions::list);
+        p.sync_fn("engine::channels::info", self, functions::info);
+        let channels = self.clone();
+        p.on_worker_gone(move |worker| channels.creator_left(worker));
+    }
+
+    fn routes(&self) -> Option<axum::Router> {
+        let route = axum::routing::get(socket::upgrade);
+        Some(
+            axum::Router::new()
+                .route("/ws/channels/{channel_id}", route)
+                .with_state(self.clone()),
+        )
+    }
+
+    fn start(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![tokio::spawn(run_sweeper(self.clone()))]
+    }
+
+    fn stop(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        self.shut_down();
+        Box::pin(async {})
     }
 }

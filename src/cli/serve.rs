@@ -61,12 +61,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(&format!("cannot listen on {}: {e}", config.listen)),
         };
-        let announce = |addr: SocketAddr| {
-            println!("qmesh listening on ws://{addr}");
-            let _ = std::io::stdout().flush();
+        let engine = match qmesh::Engine::start(config).await {
+            Ok(engine) => engine,
+            Err(e) => return fail(&e.to_string()),
         };
-        let mesh = qmesh::mesh::Mesh::new(config);
-        match qmesh::edge::serve(listener, mesh, shutdown_signal(), announce).await {
+        // Ready: the store is open and every module started.
+        match listener.local_addr() {
+            Ok(addr) => println!("qmesh listening on ws://{addr}"),
+            Err(e) => return fail(&format!("cannot read the listening address: {e}")),
+        }
+        let _ = std::io::stdout().flush();
+        match engine.serve(listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("server error: {e}")),
         }

@@ -4,8 +4,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::views::{self, ENGINE_WORKER_NAME, FunctionFilter};
-use super::{CallCtx, Reply, args};
 use crate::mesh::Mesh;
+use crate::mesh::provided::args;
+use crate::mesh::{CallCtx, Reply};
 use crate::protocol::{ErrorBody, codes};
 
 /// `{functions: [FunctionSummary]}`; engine functions only with `include_internal`.
@@ -13,7 +14,7 @@ pub fn list(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let filter: FunctionFilter = args(input)?;
     let mut functions = views::function_list(&mesh.lock(), &filter);
     if filter.include_internal {
-        for id in super::engine_function_ids() {
+        for id in mesh.engine_function_ids() {
             if filter
                 .prefix
                 .as_ref()
@@ -21,7 +22,7 @@ pub fn list(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
             {
                 functions.push(json!({
                     "function_id": id,
-                    "namespace": crate::DEFAULT_NAMESPACE,
+                    "namespace": crate::protocol::DEFAULT_NAMESPACE,
                     "worker_name": ENGINE_WORKER_NAME,
                     "metadata": {"internal": true},
                     "instances": 1,
@@ -43,7 +44,10 @@ struct InfoArgs {
 /// One FunctionDetail for `function_id`; `{functions: [...]}` for up to 32 `function_ids`.
 pub fn info(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: InfoArgs = args(input)?;
-    let ns = a.namespace.as_deref().unwrap_or(crate::DEFAULT_NAMESPACE);
+    let ns = a
+        .namespace
+        .as_deref()
+        .unwrap_or(crate::protocol::DEFAULT_NAMESPACE);
     let st = mesh.lock();
     match (a.function_id, a.function_ids) {
         (Some(id), None) => views::function_detail(&st, ns, &id).ok_or_else(|| {

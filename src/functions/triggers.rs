@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::views;
-use super::{CallCtx, Reply, args};
 use crate::mesh::Mesh;
+use crate::mesh::provided::args;
 use crate::mesh::state::BindingOwner;
+use crate::mesh::{CallCtx, Reply};
 use crate::protocol::inbound::TriggerRegistration;
 use crate::protocol::{ErrorBody, codes, to_payload};
 
@@ -64,7 +65,7 @@ pub fn type_info(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
         a.id.ok_or_else(|| ErrorBody::new(codes::INVALID_ARGUMENTS, "missing id"))?;
     let key = (
         a.namespace
-            .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_owned()),
+            .unwrap_or_else(|| crate::protocol::DEFAULT_NAMESPACE.to_owned()),
         id,
     );
     let st = mesh.lock();
@@ -161,7 +162,7 @@ pub fn register(mesh: Mesh, _: CallCtx, input: Value) -> BoxFuture<'static, Repl
         };
         mesh.bind_trigger(
             BindingOwner::Engine,
-            crate::DEFAULT_NAMESPACE,
+            crate::protocol::DEFAULT_NAMESPACE,
             reg,
             Some(tx),
         );

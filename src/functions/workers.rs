@@ -4,8 +4,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::views::{self, ENGINE_WORKER_NAME};
-use super::{CallCtx, Reply, args};
 use crate::mesh::Mesh;
+use crate::mesh::provided::args;
+use crate::mesh::{CallCtx, Reply};
 use crate::protocol::{ErrorBody, codes};
 
 #[derive(Default, Deserialize)]
@@ -32,11 +33,11 @@ pub fn list(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
         "name": ENGINE_WORKER_NAME,
         "description": "the engine's own functions and trigger types",
         "version": env!("CARGO_PKG_VERSION"),
-        "namespace": crate::DEFAULT_NAMESPACE,
+        "namespace": crate::protocol::DEFAULT_NAMESPACE,
         "runtime": "engine",
         "os": std::env::consts::OS,
         "status": "available",
-        "function_count": super::engine_function_ids().count(),
+        "function_count": mesh.engine_function_ids().len(),
         "connected_at_ms": Value::Null,
         "active_invocations": 0,
         "isolation": Value::Null,

@@ -2,92 +2,99 @@
 //! and trigger types they provide, which calls are in flight, and the rules for
 //! routing a call to one of them.
 //!
+//! - [`config`]: what the mesh is configured with.
 //! - [`connection`]: a worker connection's identity and bounded outbox.
 //! - [`state`]: the tables, behind one lock.
 //! - [`registry`]: workers and functions (connect, register, disconnect cleanup).
 //! - [`router`]: routing calls and their results, deadlines, internal calls.
 //! - [`triggers`]: trigger types, bindings, parking and replay.
-//! - [`events`]: the engine-provided trigger types that fire on mesh changes.
+//! - [`provided`]: what the engine provides (engine functions, engine-served
+//!   trigger types, the Enqueue handler), installed once by the engine root.
 //! - [`session`]: what one connection's messages mean, in order.
+//!
+//! Architecture invariant: the mesh knows no module by name. It routes calls
+//! between workers and to the table in [`provided`]; it knows nothing of the
+//! store, the queue, realtime routes, binary channels or the network edge.
 
-pub mod connection;
-pub mod events;
-pub mod registry;
-pub mod router;
-pub mod session;
-pub mod state;
-pub mod triggers;
+pub(crate) mod config;
+pub(crate) mod connection;
+pub(crate) mod provided;
+pub(crate) mod registry;
+pub(crate) mod router;
+pub(crate) mod session;
+pub(crate) mod state;
+pub(crate) mod triggers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
-use tokio::sync::broadcast;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
-use crate::config::Config;
-pub use connection::{Connection, Outgoing};
-pub use state::{CallOutcome, WorkerMeta};
+pub use config::MeshConfig;
+pub(crate) use connection::{Connection, Outgoing};
+pub(crate) use provided::{CallCtx, Provided, Provisions, Reply};
 
 /// Something changed in the mesh; engine-provided triggers and waiting jobs react.
 #[derive(Debug, Clone)]
-pub enum MeshEvent {
+pub(crate) enum MeshEvent {
     WorkerConnected(Uuid),
     WorkerDisconnected(Uuid),
     WorkerUpdated(Uuid),
     /// A function gained its first provider or lost its last one.
     FunctionsChanged,
-    /// A function now has at least one provider (namespace, id).
-    FunctionAvailable(String, String),
+    /// A function now has at least one provider.
+    FunctionAvailable,
 }
 
 /// A cheap, cloneable handle on the mesh.
 #[derive(Clone)]
-pub struct Mesh {
+pub(crate) struct Mesh {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     state: Mutex<state::State>,
-    config: Config,
+    config: MeshConfig,
     started: Instant,
     events: broadcast::Sender<MeshEvent>,
     draining: AtomicBool,
-    queues: OnceLock<crate::queue::Queues>,
-    channels: crate::channels::Channels,
-    realtime: OnceLock<crate::realtime::Realtime>,
+    provided: OnceLock<Provided>,
+    /// Woken when the last call in flight settles or the last worker leaves
+    /// (the engine's drain waits on it instead of polling).
+    quiet: Arc<Notify>,
 }
 
 /// Counts for `/health`.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct MeshStats {
+pub(crate) struct MeshStats {
     pub workers: usize,
     pub functions: usize,
     pub pending_invocations: usize,
 }
 
 impl Mesh {
-    pub fn new(config: Config) -> Self {
+    pub(crate) fn new(config: MeshConfig) -> Self {
         let (events, _) = broadcast::channel(4096);
-        let channels = crate::channels::Channels::new(config.channels.clone());
+        let quiet = Arc::new(Notify::new());
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(state::State::default()),
+                state: Mutex::new(state::State::new(quiet.clone())),
                 config,
                 started: Instant::now(),
                 events,
                 draining: AtomicBool::new(false),
-                queues: OnceLock::new(),
-                channels,
-                realtime: OnceLock::new(),
+                provided: OnceLock::new(),
+                quiet,
             }),
         }
     }
 
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &MeshConfig {
         &self.inner.config
     }
 
-    pub fn uptime(&self) -> std::time::Duration {
+    pub(crate) fn uptime(&self) -> Duration {
         self.inner.started.elapsed()
     }
 
@@ -97,35 +104,31 @@ impl Mesh {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Connects the durable queue (done once at start, after the store opens).
-    pub fn attach_queues(&self, queues: crate::queue::Queues) {
-        let _ = self.inner.queues.set(queues);
+    /// Installs what the modules provide. Done once by the engine root,
+    /// before the first connection is accepted.
+    pub(crate) fn install(&self, provisions: Provisions) {
+        let (provided, trigger_types) = Provided::new(provisions);
+        assert!(
+            self.inner.provided.set(provided).is_ok(),
+            "engine provisions installed twice"
+        );
+        let mut st = self.lock();
+        for t in trigger_types {
+            st.add_engine_trigger_type(t.id, t.description, t.handler);
+        }
     }
 
-    pub fn queues(&self) -> Option<&crate::queue::Queues> {
-        self.inner.queues.get()
+    /// What the engine provides (empty until [`Mesh::install`]).
+    pub(crate) fn provided(&self) -> &Provided {
+        self.inner.provided.get_or_init(Provided::default)
     }
 
-    /// The binary channels this engine brokers.
-    pub fn channels(&self) -> &crate::channels::Channels {
-        &self.inner.channels
-    }
-
-    /// Connects the realtime channel hub (done once at start).
-    pub fn attach_realtime(&self, realtime: crate::realtime::Realtime) {
-        let _ = self.inner.realtime.set(realtime);
-    }
-
-    pub fn realtime(&self) -> Option<&crate::realtime::Realtime> {
-        self.inner.realtime.get()
-    }
-
-    /// Read-only access to the tables (introspection, tests).
-    pub fn inspect<R>(&self, f: impl FnOnce(&state::State) -> R) -> R {
+    /// Read-only access to the tables (introspection).
+    pub(crate) fn inspect<R>(&self, f: impl FnOnce(&state::State) -> R) -> R {
         f(&self.lock())
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
         self.inner.events.subscribe()
     }
 
@@ -134,7 +137,7 @@ impl Mesh {
         let _ = self.inner.events.send(event);
     }
 
-    pub fn stats(&self) -> MeshStats {
+    pub(crate) fn stats(&self) -> MeshStats {
         let st = self.lock();
         MeshStats {
             workers: st.workers.len(),
@@ -144,16 +147,37 @@ impl Mesh {
     }
 
     /// Marks the engine as shutting down (new connections are refused).
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
+    /// Waits until `done` holds, at most until `deadline`; `done` is checked
+    /// each time the last call settles or the last worker leaves. Returns
+    /// whether it holds.
+    pub(crate) async fn wait_quiet(
+        &self,
+        deadline: tokio::time::Instant,
+        done: impl Fn(&state::State) -> bool,
+    ) -> bool {
+        loop {
+            let woken = self.inner.quiet.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.inspect(&done) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return self.inspect(&done);
+            }
+        }
+    }
+
     /// Closes every worker connection with `code`.
-    pub fn close_all(&self, code: u16, reason: &str) {
+    pub(crate) fn close_all(&self, code: u16, reason: &str) {
         let conns: Vec<_> = self
             .lock()
             .workers

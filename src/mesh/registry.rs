@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::connection::{Connection, Outgoing};
+use super::session::WORKERS_REGISTER;
 use super::state::{FunctionInfo, Key, Provider, Rebinding, State, Worker, WorkerMeta};
 use super::{Mesh, MeshEvent};
 use crate::protocol::inbound::FunctionRegistration;
@@ -19,7 +20,7 @@ use crate::protocol::{ErrorBody, codes, outbound};
 
 impl Mesh {
     /// Admits a new worker connection; its first frame is `workerregistered`.
-    pub fn connect(
+    pub(crate) fn connect(
         &self,
         remote_addr: Option<SocketAddr>,
     ) -> (Arc<Connection>, mpsc::UnboundedReceiver<Outgoing>) {
@@ -31,7 +32,7 @@ impl Mesh {
             conn.id,
             Worker {
                 conn: conn.clone(),
-                namespace: crate::DEFAULT_NAMESPACE.to_owned(),
+                namespace: crate::protocol::DEFAULT_NAMESPACE.to_owned(),
                 meta: None,
                 functions: HashSet::new(),
                 trigger_types: HashSet::new(),
@@ -51,9 +52,9 @@ impl Mesh {
     /// are forgotten (late results are dropped); its functions lose a provider;
     /// its trigger types go and their bindings park; its own bindings are
     /// unbound at their providers.
-    pub fn disconnect(&self, worker_id: Uuid) {
+    pub(crate) fn disconnect(&self, worker_id: Uuid) {
         let mut st = self.lock();
-        let Some(worker) = st.workers.remove(&worker_id) else {
+        let Some(worker) = st.take_worker(&worker_id) else {
             return;
         };
         let name = worker.meta.as_ref().and_then(|m| m.name.clone());
@@ -62,7 +63,7 @@ impl Mesh {
             lost_functions |= st.remove_provider(key, worker_id, true);
         }
         for id in &worker.calls_in {
-            if let Some(call) = st.calls.remove(id) {
+            if let Some(call) = st.take_call(id) {
                 let err = ErrorBody::new(
                     codes::INVOCATION_STOPPED,
                     "Invocation stopped: the worker executing it disconnected",
@@ -71,7 +72,7 @@ impl Mesh {
             }
         }
         for id in &worker.calls_out {
-            if let Some(call) = st.calls.remove(id)
+            if let Some(call) = st.take_call(id)
                 && let Some(exec) = st.workers.get_mut(&call.executor)
             {
                 exec.calls_in.remove(id);
@@ -84,7 +85,9 @@ impl Mesh {
             st.remove_binding(id);
         }
         drop(st);
-        self.channels().creator_left(worker_id);
+        for gone in &self.provided().worker_gone {
+            gone(worker_id);
+        }
         tracing::info!(worker_id = %worker_id, name = ?name, "worker disconnected");
         self.emit(MeshEvent::WorkerDisconnected(worker_id));
         if lost_functions {
@@ -95,7 +98,7 @@ impl Mesh {
     /// `reattach`: if the token proves the caller was `previous`, tear the old
     /// connection down now, before the replay that follows is applied, so its
     /// cleanup cannot remove what the new connection registers.
-    pub fn reattach(&self, current: Uuid, previous: &str, token: Option<&str>) -> bool {
+    pub(crate) fn reattach(&self, current: Uuid, previous: &str, token: Option<&str>) -> bool {
         let (Ok(prev), Some(Ok(token))) = (Uuid::parse_str(previous), token.map(Uuid::parse_str))
         else {
             return false;
@@ -121,10 +124,10 @@ impl Mesh {
 
     /// Stores what `engine::workers::register` said. Returns the namespace the
     /// connection's registrations belong to (fixed by the first call).
-    pub fn set_worker_meta(&self, worker_id: Uuid, meta: WorkerMeta) -> String {
+    pub(crate) fn set_worker_meta(&self, worker_id: Uuid, meta: WorkerMeta) -> String {
         let mut st = self.lock();
         let Some(w) = st.workers.get_mut(&worker_id) else {
-            return crate::DEFAULT_NAMESPACE.to_owned();
+            return crate::protocol::DEFAULT_NAMESPACE.to_owned();
         };
         if w.meta.is_none()
             && let Some(ns) = meta
@@ -144,12 +147,17 @@ impl Mesh {
 
     /// `registerfunction` in `namespace`. Ids the engine itself provides are
     /// refused with a (non-fatal) `registrationrejected`.
-    pub fn register_function(&self, worker_id: Uuid, namespace: &str, reg: FunctionRegistration) {
+    pub(crate) fn register_function(
+        &self,
+        worker_id: Uuid,
+        namespace: &str,
+        reg: FunctionRegistration,
+    ) {
         let mut st = self.lock();
         let Some(worker) = st.workers.get_mut(&worker_id) else {
             return;
         };
-        if crate::functions::is_reserved(&reg.id) {
+        if self.is_reserved(&reg.id) {
             tracing::warn!(worker_id = %worker_id, function_id = %reg.id, "refused: the engine provides this function id");
             let _ = worker
                 .conn
@@ -197,12 +205,12 @@ impl Mesh {
         drop(st);
         tracing::debug!(worker_id = %worker_id, namespace, function_id = %key.1, "function registered");
         if first {
-            self.emit(MeshEvent::FunctionAvailable(key.0, key.1));
+            self.emit(MeshEvent::FunctionAvailable);
         }
         self.emit(MeshEvent::FunctionsChanged);
     }
 
-    pub fn unregister_function(&self, worker_id: Uuid, namespace: &str, id: &str) {
+    pub(crate) fn unregister_function(&self, worker_id: Uuid, namespace: &str, id: &str) {
         let key: Key = (namespace.to_owned(), id.to_owned());
         let mut st = self.lock();
         let held = st
@@ -245,5 +253,22 @@ impl State {
             );
         }
         true
+    }
+}
+
+impl Mesh {
+    /// Ids no worker may register: everything under `engine::`, and every id the engine answers.
+    pub(crate) fn is_reserved(&self, function_id: &str) -> bool {
+        function_id.starts_with("engine::")
+            || function_id == WORKERS_REGISTER
+            || self.provided().function(function_id).is_some()
+    }
+
+    /// Ids of every engine function, for listings.
+    pub(crate) fn engine_function_ids(&self) -> Vec<&'static str> {
+        let mut ids = self.provided().function_ids();
+        ids.push(WORKERS_REGISTER);
+        ids.sort_unstable();
+        ids
     }
 }

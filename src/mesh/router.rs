@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::Mesh;
 use super::state::{Call, CallOutcome, Caller, Function, Key, Settled, State, Worker};
+use super::{Connection, Mesh};
 use crate::protocol::inbound::{InvocationResult, Invoke};
 use crate::protocol::outbound::{self, InvokeParts};
 use crate::protocol::{ErrorBody, Payload, codes, inject_caller};
 
 /// What became of a worker's call.
-pub enum Dispatch {
+pub(crate) enum Dispatch {
     /// Delivered to an executor; the outcome will follow.
     Sent,
     /// Refused; a sync caller must be told.
@@ -28,29 +28,28 @@ pub enum Dispatch {
 
 /// What an engine-made call carries besides its data.
 #[derive(Debug, Default)]
-pub struct CallExtras {
+pub(crate) struct CallExtras {
     pub metadata: Option<Payload>,
     pub traceparent: Option<String>,
     pub baggage: Option<String>,
 }
 
 /// What an engine-made call invokes, and for how long it may run.
-pub struct CallTarget<'a> {
+pub(crate) struct CallTarget<'a> {
     pub namespace: &'a str,
     pub function_id: &'a str,
     pub timeout: Duration,
 }
 
 /// A call the engine itself made, awaiting its outcome.
-pub struct InternalCall {
+pub(crate) struct InternalCall {
     pub invocation_id: Uuid,
-    pub executor: Uuid,
     pub outcome: oneshot::Receiver<CallOutcome>,
 }
 
 impl Mesh {
     /// Routes a worker's sync or void call to one provider of the function.
-    pub fn dispatch(
+    pub(crate) fn dispatch(
         &self,
         caller: Uuid,
         namespace: &str,
@@ -87,24 +86,24 @@ impl Mesh {
                     ErrorBody::new(codes::DUPLICATE_INVOCATION_ID, msg),
                 );
             }
-            match st.pick_executor(namespace, &invoke.function_id) {
-                Some(exec) => {
-                    let caller_kind = if sync {
-                        Caller::Worker { worker: caller }
-                    } else {
-                        Caller::Discard
-                    };
-                    st.begin(
-                        invocation_id,
-                        caller_kind,
-                        exec.0,
-                        &invoke.function_id,
-                        deadline,
-                    );
+            let caller_kind = if sync {
+                Caller::Worker { worker: caller }
+            } else {
+                Caller::Discard
+            };
+            let started = st.start(
+                invocation_id,
+                namespace,
+                &invoke.function_id,
+                caller_kind,
+                deadline,
+            );
+            match started {
+                Some(conn) => {
                     if let Some(w) = st.workers.get_mut(&caller) {
                         w.calls_out.insert(invocation_id);
                     }
-                    exec
+                    conn
                 }
                 None => {
                     let key: Key = (namespace.to_owned(), invoke.function_id.clone());
@@ -124,27 +123,23 @@ impl Mesh {
             }
         };
         let caller_id = caller.to_string();
-        let frame = outbound::invoke(InvokeParts {
-            invocation_id: &invocation_id,
-            function_id: &invoke.function_id,
-            data: &inject_caller(invoke.data, &caller_id),
-            traceparent: invoke.traceparent.as_deref(),
-            baggage: invoke.baggage.as_deref(),
-            metadata: invoke.metadata.as_deref(),
-        });
-        if executor.1.send(frame).is_err() {
-            self.fail_call(
-                invocation_id,
-                codes::INVOCATION_STOPPED,
-                "the executing worker's connection is closing",
-            );
-        }
+        self.deliver(
+            &executor,
+            InvokeParts {
+                invocation_id: &invocation_id,
+                function_id: &invoke.function_id,
+                data: &inject_caller(invoke.data, &caller_id),
+                traceparent: invoke.traceparent.as_deref(),
+                baggage: invoke.baggage.as_deref(),
+                metadata: invoke.metadata.as_deref(),
+            },
+        );
         Dispatch::Sent
     }
 
     /// An `invocationresult` from `from`. Only the executor a call was sent to
     /// may settle it; anything else (late, unknown, spoofed) is dropped.
-    pub fn complete(&self, from: Uuid, result: InvocationResult) {
+    pub(crate) fn complete(&self, from: Uuid, result: InvocationResult) {
         let mut st = self.lock();
         match st.calls.get(&result.invocation_id) {
             Some(call) if call.executor == from => {}
@@ -157,10 +152,7 @@ impl Mesh {
                 return;
             }
         }
-        let call = st
-            .calls
-            .remove(&result.invocation_id)
-            .expect("checked above");
+        let call = st.take_call(&result.invocation_id).expect("checked above");
         if let Some(exec) = st.workers.get_mut(&from) {
             exec.calls_in.remove(&result.invocation_id);
         }
@@ -198,7 +190,7 @@ impl Mesh {
 
     /// Starts a call on behalf of the engine (trigger fires, engine functions).
     /// Fails at once with `function_not_found` when no worker provides it.
-    pub fn start_internal_call(
+    pub(crate) fn start_internal_call(
         &self,
         namespace: &str,
         function_id: &str,
@@ -212,11 +204,10 @@ impl Mesh {
             function_id,
             timeout,
         };
-        let (invocation_id, executor) =
+        let (invocation_id, _executor) =
             self.start_call(target, data, extras, Caller::Internal(tx))?;
         Ok(InternalCall {
             invocation_id,
-            executor,
             outcome: rx,
         })
     }
@@ -225,7 +216,7 @@ impl Mesh {
     /// Returns (invocation id, executor). Its only time limit is the engine's
     /// bound on a call's life: a caller with a shorter one (a queue's lease)
     /// keeps its own clock and ends the call with [`Mesh::fail_call`].
-    pub fn start_collected_call(
+    pub(crate) fn start_collected_call(
         &self,
         target: CallTarget<'_>,
         data: Payload,
@@ -249,34 +240,30 @@ impl Mesh {
         } = target;
         let invocation_id = Uuid::new_v4();
         let deadline = Instant::now() + timeout.min(self.config().invocation.max_duration);
-        let (executor, conn) = {
+        let conn = {
             let mut st = self.lock();
-            let Some(exec) = st.pick_executor(namespace, function_id) else {
-                return Err(st.not_found(namespace, function_id));
-            };
-            st.begin(invocation_id, caller, exec.0, function_id, deadline);
-            exec
+            match st.start(invocation_id, namespace, function_id, caller, deadline) {
+                Some(conn) => conn,
+                None => return Err(st.not_found(namespace, function_id)),
+            }
         };
-        let frame = outbound::invoke(InvokeParts {
-            invocation_id: &invocation_id,
-            function_id,
-            data: &data,
-            traceparent: extras.traceparent.as_deref(),
-            baggage: extras.baggage.as_deref(),
-            metadata: extras.metadata.as_deref(),
-        });
-        if conn.send(frame).is_err() {
-            self.fail_call(
-                invocation_id,
-                codes::INVOCATION_STOPPED,
-                "the executing worker's connection is closing",
-            );
-        }
+        let executor = conn.id;
+        self.deliver(
+            &conn,
+            InvokeParts {
+                invocation_id: &invocation_id,
+                function_id,
+                data: &data,
+                traceparent: extras.traceparent.as_deref(),
+                baggage: extras.baggage.as_deref(),
+                metadata: extras.metadata.as_deref(),
+            },
+        );
         Ok((invocation_id, executor))
     }
 
     /// Calls a function and waits for its outcome, at most `timeout`.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         namespace: &str,
         function_id: &str,
@@ -297,52 +284,44 @@ impl Mesh {
     }
 
     /// Fire and forget on behalf of the engine. Returns false if nobody provides the function.
-    pub fn fire(
+    pub(crate) fn fire(
         &self,
         namespace: &str,
         function_id: &str,
         data: Payload,
         metadata: Option<Payload>,
     ) -> bool {
-        let invocation_id = Uuid::new_v4();
-        let deadline = Instant::now() + self.config().invocation.max_duration;
-        let conn = {
-            let mut st = self.lock();
-            let Some(exec) = st.pick_executor(namespace, function_id) else {
-                return false;
-            };
-            st.begin(
-                invocation_id,
-                Caller::Discard,
-                exec.0,
-                function_id,
-                deadline,
-            );
-            exec.1
-        };
-        let frame = outbound::invoke(InvokeParts {
-            invocation_id: &invocation_id,
+        let target = CallTarget {
+            namespace,
             function_id,
-            data: &data,
-            traceparent: None,
-            baggage: None,
-            metadata: metadata.as_deref(),
-        });
-        if conn.send(frame).is_err() {
+            timeout: self.config().invocation.max_duration,
+        };
+        let extras = CallExtras {
+            metadata,
+            ..CallExtras::default()
+        };
+        self.start_call(target, data, extras, Caller::Discard)
+            .is_ok()
+    }
+
+    /// Puts a started call's frame in its executor's outbox; a connection
+    /// already closing fails the call at once.
+    fn deliver(&self, executor: &Connection, parts: InvokeParts<'_>) {
+        let invocation_id = *parts.invocation_id;
+        if executor.send(outbound::invoke(parts)).is_err() {
             self.fail_call(
                 invocation_id,
                 codes::INVOCATION_STOPPED,
-                "connection closing",
+                "the executing worker's connection is closing",
             );
         }
-        true
     }
 
     /// Settles an in-flight call with an engine-made error, if it is still in
     /// flight. Returns whether it was.
-    pub fn fail_call(&self, invocation_id: Uuid, code: &str, message: &str) -> bool {
+    pub(crate) fn fail_call(&self, invocation_id: Uuid, code: &str, message: &str) -> bool {
         let mut st = self.lock();
-        match st.calls.remove(&invocation_id) {
+        match st.take_call(&invocation_id) {
             Some(call) => {
                 st.settle(invocation_id, call, Err(ErrorBody::new(code, message)));
                 true
@@ -353,7 +332,7 @@ impl Mesh {
 
     /// Fails every call past the engine's bound on a call's life, and forgets
     /// rebinding grace periods that ran out. Run periodically.
-    pub fn expire(&self) -> usize {
+    pub(crate) fn expire(&self) -> usize {
         let now = Instant::now();
         let grace = self.config().invocation.rebind_grace;
         let mut st = self.lock();
@@ -364,7 +343,7 @@ impl Mesh {
             .map(|(id, _)| *id)
             .collect();
         for id in &expired {
-            let call = st.calls.remove(id).expect("collected above");
+            let call = st.take_call(id).expect("collected above");
             tracing::warn!(invocation_id = %id, function_id = %call.function_id, executor = %call.executor, "call exceeded the engine's bound; failing it");
             let msg =
                 "the executing worker did not answer within the engine's bound on a call's life";
@@ -379,18 +358,30 @@ impl Mesh {
     }
 
     /// Calls in flight (for graceful shutdown and `/health`).
-    pub fn pending_calls(&self) -> usize {
+    pub(crate) fn pending_calls(&self) -> usize {
         self.lock().calls.len()
+    }
+}
+
+/// How often in-flight calls are checked against the engine's bound on a call's life.
+const EXPIRY_TICK: Duration = Duration::from_secs(1);
+
+/// Expires calls past the engine's bound, every [`EXPIRY_TICK`], until aborted.
+pub(crate) async fn expire_calls(mesh: Mesh) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    loop {
+        tick.tick().await;
+        mesh.expire();
     }
 }
 
 impl State {
     /// Least in-flight first; round-robin among equals. Skips closing connections.
-    pub(super) fn pick_executor(
+    fn pick_executor(
         &mut self,
         namespace: &str,
         function_id: &str,
-    ) -> Option<(Uuid, Arc<super::Connection>)> {
+    ) -> Option<(Uuid, Arc<Connection>)> {
         let workers = &self.workers;
         let function: &mut Function = self.functions.get_mut(namespace)?.get_mut(function_id)?;
         let n = function.providers.len();
@@ -414,7 +405,22 @@ impl State {
         Some((w.conn.id, w.conn.clone()))
     }
 
-    pub(super) fn begin(
+    /// Picks an executor for the function and records the call on it.
+    /// `None` when no live worker provides it.
+    pub(super) fn start(
+        &mut self,
+        invocation_id: Uuid,
+        namespace: &str,
+        function_id: &str,
+        caller: Caller,
+        deadline: Instant,
+    ) -> Option<Arc<Connection>> {
+        let (executor, conn) = self.pick_executor(namespace, function_id)?;
+        self.begin(invocation_id, caller, executor, function_id, deadline);
+        Some(conn)
+    }
+
+    fn begin(
         &mut self,
         id: Uuid,
         caller: Caller,

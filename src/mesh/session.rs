@@ -10,15 +10,18 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 use uuid::Uuid;
 
+use serde_json::Value;
+
+use super::provided::{CallCtx, Handler, Reply};
 use super::router::Dispatch;
 use super::state::{BindingOwner, WorkerMeta};
 use super::{Connection, Mesh};
 use crate::protocol::inbound::{self, Inbound, Invoke};
 use crate::protocol::{Action, ErrorBody, codes, outbound, to_payload};
 
-pub const WORKERS_REGISTER: &str = "engine::workers::register";
+pub(crate) const WORKERS_REGISTER: &str = "engine::workers::register";
 
-pub struct Session {
+pub(crate) struct Session {
     mesh: Mesh,
     conn: Arc<Connection>,
     namespace: String,
@@ -28,28 +31,28 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(mesh: Mesh, conn: Arc<Connection>) -> Self {
+    pub(crate) fn new(mesh: Mesh, conn: Arc<Connection>) -> Self {
         let hold_until = Instant::now() + mesh.config().invocation.namespace_grace;
         Self {
             mesh,
             conn,
-            namespace: crate::DEFAULT_NAMESPACE.to_owned(),
+            namespace: crate::protocol::DEFAULT_NAMESPACE.to_owned(),
             held: Some(Vec::new()),
             hold_until,
         }
     }
 
-    pub fn conn(&self) -> &Arc<Connection> {
+    pub(crate) fn conn(&self) -> &Arc<Connection> {
         &self.conn
     }
 
     /// When held registrations must be applied even without a namespace.
-    pub fn hold_deadline(&self) -> Option<Instant> {
+    pub(crate) fn hold_deadline(&self) -> Option<Instant> {
         self.held.as_ref().map(|_| self.hold_until)
     }
 
     /// Applies held registrations to the namespace known so far.
-    pub fn release_held(&mut self) {
+    pub(crate) fn release_held(&mut self) {
         if let Some(held) = self.held.take() {
             if !held.is_empty() {
                 tracing::debug!(worker_id = %self.conn.id, count = held.len(), namespace = %self.namespace, "applying held registrations");
@@ -61,7 +64,7 @@ impl Session {
     }
 
     /// One text frame (or JSON binary frame). Bad frames are logged and dropped.
-    pub fn handle_text(&mut self, text: &str) {
+    pub(crate) fn handle_text(&mut self, text: &str) {
         if inbound::is_blank(text) {
             return;
         }
@@ -73,7 +76,7 @@ impl Session {
         }
     }
 
-    pub fn handle(&mut self, msg: Inbound) {
+    pub(crate) fn handle(&mut self, msg: Inbound) {
         let me = self.conn.id;
         match msg {
             Inbound::Invoke(invoke) => self.invoke(invoke),
@@ -146,24 +149,61 @@ impl Session {
                 );
                 return reply_err(&self.conn, invoke.invocation_id, &invoke.function_id, &err);
             }
-            Action::Enqueue { .. } => {
-                return crate::functions::enqueue(&self.mesh, &self.conn, invoke);
-            }
+            Action::Enqueue { .. } => return self.enqueue(invoke),
             Action::Sync | Action::Void => {}
         }
-        if crate::functions::is_engine_function(&invoke.function_id) {
-            return crate::functions::invoke(&self.mesh, &self.conn, invoke);
+        if let Some(handler) = self.mesh.provided().function(&invoke.function_id) {
+            return self.call_engine_function(handler, invoke);
         }
         let ns = invoke
             .namespace
             .clone()
-            .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_owned());
+            .unwrap_or_else(|| crate::protocol::DEFAULT_NAMESPACE.to_owned());
         match self.mesh.dispatch(self.conn.id, &ns, invoke, true) {
             Dispatch::Sent => {}
             Dispatch::Failed(invoke, err) => {
                 reply_err(&self.conn, invoke.invocation_id, &invoke.function_id, &err)
             }
             Dispatch::Wait(invoke, woken) => self.wait_for_worker(ns, invoke, woken),
+        }
+    }
+
+    /// `action: enqueue` goes to whichever module takes Enqueue calls.
+    fn enqueue(&self, invoke: Invoke) {
+        match &self.mesh.provided().enqueue {
+            Some(take) => take(&self.mesh, &self.conn, invoke),
+            None => {
+                let err = ErrorBody::new(codes::ENQUEUE_ERROR, "this engine has no durable queue");
+                reply_err(&self.conn, invoke.invocation_id, &invoke.function_id, &err);
+            }
+        }
+    }
+
+    /// Runs an engine function and answers it: inline, or from a task when it waits.
+    fn call_engine_function(&self, handler: &Handler, invoke: Invoke) {
+        let ctx = CallCtx {
+            caller: self.conn.id,
+        };
+        let input = invoke
+            .data
+            .as_deref()
+            .map(payload_to_value)
+            .unwrap_or(Value::Null);
+        match handler {
+            Handler::Sync(f) => answer(
+                &self.conn,
+                invoke.invocation_id,
+                &invoke.function_id,
+                f(&self.mesh, &ctx, input),
+            ),
+            Handler::Async(f) => {
+                let fut = f(&self.mesh, ctx, input);
+                let conn = self.conn.clone();
+                tokio::spawn(async move {
+                    let reply = fut.await;
+                    answer(&conn, invoke.invocation_id, &invoke.function_id, reply);
+                });
+            }
         }
     }
 
@@ -218,8 +258,35 @@ fn namespace_or<'a>(given: Option<&'a str>, fallback: &'a str) -> &'a str {
         .unwrap_or(fallback)
 }
 
+/// Answers a sync call with an engine function's reply; a void call gets nothing.
+pub(crate) fn answer(
+    conn: &Connection,
+    invocation_id: Option<Uuid>,
+    function_id: &str,
+    reply: Reply,
+) {
+    match (invocation_id, reply) {
+        (Some(id), Ok(v)) => {
+            let _ = conn.send(outbound::result_ok(
+                &id,
+                function_id,
+                Some(&to_payload(&v)),
+                None,
+                None,
+            ));
+        }
+        (_, Err(e)) => reply_err(conn, invocation_id, function_id, &e),
+        (None, Ok(_)) => {}
+    }
+}
+
+/// A payload as a JSON value (engine functions take values); unparsable text is null.
+fn payload_to_value(raw: &serde_json::value::RawValue) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+}
+
 /// Answers a sync call with an error; a void call gets nothing, ever.
-pub fn reply_err(
+pub(crate) fn reply_err(
     conn: &Connection,
     invocation_id: Option<Uuid>,
     function_id: &str,

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::connection::Connection;
@@ -15,7 +15,6 @@ use crate::protocol::{ErrorBody, Payload};
 /// (namespace, id) of a function or a trigger type.
 pub type Key = (String, String);
 
-#[derive(Default)]
 pub struct State {
     pub workers: HashMap<Uuid, Worker>,
     /// namespace → function id → its providers. Nested so lookups by `&str` do not allocate.
@@ -26,8 +25,10 @@ pub struct State {
     pub bindings: HashMap<String, Binding>,
     /// Functions whose last worker disconnected recently; callers wait here for it to return.
     pub rebinding: HashMap<Key, Rebinding>,
-    /// Realtime routes, made of the active `websocket` bindings (changed with them).
-    pub realtime_routes: crate::realtime::routes::RouteTable,
+    /// What serves each engine-provided trigger type (namespace `default`).
+    pub engine_types: HashMap<String, Arc<dyn TriggerTypeHandler>>,
+    /// Woken when `calls` or `workers` becomes empty.
+    quiet: Arc<Notify>,
 }
 
 pub struct Worker {
@@ -138,6 +139,20 @@ pub struct Rebinding {
     pub waiters: Vec<oneshot::Sender<()>>,
 }
 
+/// An engine-served trigger type: the mesh keeps its bindings, and tells the
+/// type when one becomes active on it or goes.
+///
+/// Both methods run under the mesh lock, so a binding and what the type made
+/// of it change together. They must not call back into the mesh, and any lock
+/// they take must never be held by code that then takes the mesh lock.
+pub(crate) trait TriggerTypeHandler: Send + Sync {
+    /// A binding is now served by this type. An error refuses it like a
+    /// worker provider's `triggerregistrationresult` error would.
+    fn bind(&self, binding: &Binding) -> Result<(), ErrorBody>;
+    /// A binding this type accepted is gone.
+    fn unbind(&self, binding_id: &str);
+}
+
 pub struct TriggerType {
     pub provider: TypeProvider,
     pub description: String,
@@ -177,6 +192,56 @@ pub enum BindingOwner {
 }
 
 impl State {
+    pub(super) fn new(quiet: Arc<Notify>) -> Self {
+        Self {
+            workers: HashMap::new(),
+            functions: HashMap::new(),
+            calls: HashMap::new(),
+            trigger_types: HashMap::new(),
+            bindings: HashMap::new(),
+            rebinding: HashMap::new(),
+            engine_types: HashMap::new(),
+            quiet,
+        }
+    }
+
+    /// Removes a call from the table; the one way calls leave it.
+    pub(super) fn take_call(&mut self, id: &Uuid) -> Option<Call> {
+        let call = self.calls.remove(id)?;
+        if self.calls.is_empty() {
+            self.quiet.notify_waiters();
+        }
+        Some(call)
+    }
+
+    /// Removes a worker from the table; the one way workers leave it.
+    pub(super) fn take_worker(&mut self, id: &Uuid) -> Option<Worker> {
+        let worker = self.workers.remove(id)?;
+        if self.workers.is_empty() {
+            self.quiet.notify_waiters();
+        }
+        Some(worker)
+    }
+
+    /// A trigger type the engine serves (namespace `default`).
+    pub(super) fn add_engine_trigger_type(
+        &mut self,
+        id: &str,
+        description: &str,
+        handler: Arc<dyn TriggerTypeHandler>,
+    ) {
+        self.trigger_types.insert(
+            (crate::protocol::DEFAULT_NAMESPACE.to_owned(), id.to_owned()),
+            TriggerType {
+                provider: TypeProvider::Engine,
+                description: description.to_owned(),
+                trigger_request_format: None,
+                call_request_format: None,
+            },
+        );
+        self.engine_types.insert(id.to_owned(), handler);
+    }
+
     pub fn function(&self, namespace: &str, id: &str) -> Option<&Function> {
         self.functions.get(namespace)?.get(id)
     }

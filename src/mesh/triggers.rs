@@ -17,43 +17,10 @@ use crate::protocol::inbound::{
 use crate::protocol::outbound::{self, BindingParts};
 use crate::protocol::{ErrorBody, null_payload};
 
-/// Trigger types the engine itself provides, in namespace `default`.
-pub const WORKERS_AVAILABLE: &str = "engine::workers-available";
-pub const FUNCTIONS_AVAILABLE: &str = "engine::functions-available";
-
 impl Mesh {
-    /// Registers the trigger types implemented inside the engine.
-    pub(crate) fn register_engine_trigger_types(&self) {
-        let mut st = self.lock();
-        for (id, description) in [
-            (
-                WORKERS_AVAILABLE,
-                "Fires when a worker connects, disconnects or updates its metadata",
-            ),
-            (
-                FUNCTIONS_AVAILABLE,
-                "Fires when the set of registered functions changes",
-            ),
-            (
-                crate::realtime::TRIGGER_TYPE,
-                "Handles client WebSocket connections on a route (connect, message, disconnect, binary)",
-            ),
-        ] {
-            st.trigger_types.insert(
-                (crate::DEFAULT_NAMESPACE.to_owned(), id.to_owned()),
-                TriggerType {
-                    provider: TypeProvider::Engine,
-                    description: description.to_owned(),
-                    trigger_request_format: None,
-                    call_request_format: None,
-                },
-            );
-        }
-    }
-
     /// `registertriggertype`: replaces any previous worker provider and replays
     /// every binding of the type to the new one.
-    pub fn register_trigger_type(
+    pub(crate) fn register_trigger_type(
         &self,
         worker_id: Uuid,
         namespace: &str,
@@ -106,7 +73,7 @@ impl Mesh {
 
     /// `unregistertriggertype` (iii ignores it; qmesh honours it): the type goes
     /// and its bindings park until a provider returns.
-    pub fn unregister_trigger_type(&self, worker_id: Uuid, namespace: &str, id: &str) {
+    pub(crate) fn unregister_trigger_type(&self, worker_id: Uuid, namespace: &str, id: &str) {
         let key: Key = (namespace.to_owned(), id.to_owned());
         let mut st = self.lock();
         if let Some(w) = st.workers.get_mut(&worker_id) {
@@ -117,7 +84,7 @@ impl Mesh {
 
     /// Binds a trigger. `namespace` is the bound function's namespace when the
     /// message does not say. Parks when no provider exists yet.
-    pub fn bind_trigger(
+    pub(crate) fn bind_trigger(
         &self,
         owner: BindingOwner,
         namespace: &str,
@@ -174,7 +141,7 @@ impl Mesh {
 
     /// Removes a binding. A worker may remove only its own; `None` is the engine
     /// (`engine::unregister_trigger`), which may remove any.
-    pub fn unbind_trigger(&self, requester: Option<Uuid>, id: &str) -> bool {
+    pub(crate) fn unbind_trigger(&self, requester: Option<Uuid>, id: &str) -> bool {
         let mut st = self.lock();
         let Some(b) = st.bindings.get(id) else {
             return false;
@@ -190,7 +157,7 @@ impl Mesh {
     }
 
     /// A provider's verdict on a binding. Only the binding's current provider is heard.
-    pub fn trigger_registration_result(&self, from: Uuid, res: TriggerRegistrationResult) {
+    pub(crate) fn trigger_registration_result(&self, from: Uuid, res: TriggerRegistrationResult) {
         let mut st = self.lock();
         let provider = st
             .bindings
@@ -236,7 +203,7 @@ impl State {
     pub(super) fn resolve_type(&self, b: &Binding) -> Option<Key> {
         let candidates: Vec<&str> = match &b.trigger_namespace {
             Some(ns) => vec![ns.as_str()],
-            None => vec![b.namespace.as_str(), crate::DEFAULT_NAMESPACE],
+            None => vec![b.namespace.as_str(), crate::protocol::DEFAULT_NAMESPACE],
         };
         candidates
             .into_iter()
@@ -255,11 +222,13 @@ impl State {
         b.active_on = Some(key.clone());
         match provider {
             TypeProvider::Engine => {
-                if b.trigger_type == crate::realtime::TRIGGER_TYPE
-                    && let Err(err) = self.realtime_routes.bind(b)
-                {
-                    // A bad or conflicting route config: refuse it like a provider would.
-                    tracing::warn!(binding = %b.id, function_id = %b.function_id, error = %err, "websocket trigger refused");
+                let verdict = match self.engine_types.get(&b.trigger_type) {
+                    Some(handler) => handler.bind(b),
+                    None => Ok(()),
+                };
+                if let Err(err) = verdict {
+                    // A bad or conflicting config: refuse it like a worker provider would.
+                    tracing::warn!(binding = %b.id, trigger_type = %b.trigger_type, function_id = %b.function_id, error = %err, "trigger refused by the engine");
                     b.active_on = None;
                     let frame = outbound::trigger_registration_result(
                         &b.id,
@@ -331,9 +300,6 @@ impl State {
         let Some(b) = self.bindings.remove(id) else {
             return;
         };
-        if b.trigger_type == crate::realtime::TRIGGER_TYPE {
-            self.realtime_routes.unbind(id);
-        }
         if let BindingOwner::Worker(w) = b.owner
             && let Some(w) = self.workers.get_mut(&w)
         {
@@ -344,6 +310,11 @@ impl State {
             .as_ref()
             .and_then(|k| self.trigger_types.get(k))
             .map(|t| t.provider);
+        if provider == Some(TypeProvider::Engine)
+            && let Some(handler) = self.engine_types.get(&b.trigger_type)
+        {
+            handler.unbind(id);
+        }
         if let Some(TypeProvider::Worker(p)) = provider
             && let Some(p) = self.workers.get(&p)
         {

@@ -16,6 +16,9 @@ pub mod inbound;
 pub mod outbound;
 
 pub use codes::ErrorBody;
+
+/// The namespace of anything registered without one.
+pub const DEFAULT_NAMESPACE: &str = "default";
 pub use inbound::{Action, DecodeError, Inbound, Invoke};
 
 use serde_json::value::RawValue;

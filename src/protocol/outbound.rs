@@ -155,7 +155,7 @@ pub fn register_trigger(p: BindingParts<'_>) -> String {
 }
 
 fn non_default(ns: &str) -> Option<&str> {
-    (ns != crate::DEFAULT_NAMESPACE).then_some(ns)
+    (ns != crate::protocol::DEFAULT_NAMESPACE).then_some(ns)
 }
 
 #[derive(Serialize)]

@@ -14,12 +14,14 @@
 //!
 //! Invariant: an enqueue is acknowledged only after its record is on disk.
 
-pub mod dispatcher;
+pub(crate) mod dispatcher;
+mod functions;
 mod intake;
-pub mod ops;
-pub mod recovery;
+mod module;
+pub(crate) mod ops;
+pub(crate) mod recovery;
 mod running;
-pub mod scheduler;
+pub(crate) mod scheduler;
 pub mod settings;
 mod transitions;
 mod upkeep;
@@ -35,11 +37,11 @@ use crate::store::{Store, StoreError};
 use scheduler::Command;
 
 /// Called once with an enqueue's outcome, after the sync that made it durable.
-pub type EnqueueReply = Box<dyn FnOnce(Result<Enqueued, ErrorBody>) + Send>;
+pub(crate) type EnqueueReply = Box<dyn FnOnce(Result<Enqueued, ErrorBody>) + Send>;
 
 /// A job to persist.
 #[derive(Debug)]
-pub struct EnqueueRequest {
+pub(crate) struct EnqueueRequest {
     pub queue: String,
     pub namespace: String,
     pub function_id: String,
@@ -53,7 +55,7 @@ pub struct EnqueueRequest {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Enqueued {
+pub(crate) struct Enqueued {
     pub receipt: Uuid,
     /// True when an idempotency key matched an earlier job (its receipt is returned).
     pub duplicate: bool,
@@ -61,7 +63,7 @@ pub struct Enqueued {
 
 /// A handle on the queue scheduler.
 #[derive(Clone)]
-pub struct Queues {
+pub(crate) struct Queues {
     tx: mpsc::UnboundedSender<Command>,
     task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -69,9 +71,13 @@ pub struct Queues {
 impl Queues {
     /// Opens nothing itself: `store` is already open. Recovers crash state and
     /// starts the scheduler task.
-    pub fn start(mesh: Mesh, store: Arc<Store>) -> Result<Self, StoreError> {
+    pub fn start(
+        mesh: Mesh,
+        store: Arc<Store>,
+        config: settings::QueueConfig,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let scheduler = scheduler::Scheduler::load(mesh, store)?;
+        let scheduler = scheduler::Scheduler::load(mesh, store, config)?;
         let task = tokio::spawn(scheduler.run(rx));
         Ok(Self {
             tx,
@@ -131,7 +137,7 @@ fn stopped() -> ErrorBody {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

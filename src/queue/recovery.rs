@@ -14,14 +14,14 @@ use uuid::Uuid;
 use super::dispatcher::record as error_record;
 use super::now_ms;
 use super::scheduler::{Scheduler, new_queue_rt};
+use super::settings::QueueConfig;
 use crate::mesh::Mesh;
 use crate::store::layout::{self, FnId};
 use crate::store::records::{AttemptRecord, Counts, FailReason, JobRecord, JobState, QueueRecord};
 use crate::store::{Store, StoreError, codec};
 
 impl Scheduler {
-    pub fn load(mesh: Mesh, store: Arc<Store>) -> Result<Self, StoreError> {
-        let config = mesh.config().queue.clone();
+    pub fn load(mesh: Mesh, store: Arc<Store>, config: QueueConfig) -> Result<Self, StoreError> {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         let tree = store.tree().clone();
         let next_seq = match tree.get(layout::seq())? {

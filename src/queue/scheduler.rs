@@ -143,7 +143,7 @@ impl Scheduler {
                     }
                 }
                 ev = events.recv() => match ev {
-                    Ok(MeshEvent::FunctionAvailable(..)) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(MeshEvent::FunctionAvailable) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Ok(_) => continue,
                     Err(_) => return,
                 },

@@ -43,7 +43,7 @@ pub async fn serve(
             ClosedBy::EngineShutdown,
         ));
     }
-    let recorded = persist::opened(&hub, &mesh, &ch).await;
+    let recorded = persist::opened(&hub, &ch).await;
     tracing::debug!(channel_id = %ch.id, route = %ch.route, path = %ch.path, "realtime channel open");
     let (sink, stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(sink, outbox.rx, ch.clone()));
@@ -51,13 +51,13 @@ pub async fn serve(
     let reader = tokio::spawn(read_loop(stream, in_tx, ch.clone()));
     let wait = hub.config().disconnect_wait;
     // Messages that arrive meanwhile wait in the inbound queue: connect goes first.
-    until_closed_plus(&ch, wait, dispatch::on_connect(&mesh, &ch)).await;
-    handle_messages(&mesh, &ch, in_rx, wait).await;
+    until_closed_plus(&ch, wait, dispatch::on_connect(&mesh, &hub, &ch)).await;
+    handle_messages(&mesh, &hub, &ch, in_rx, wait).await;
     reader.abort();
     let reason = ch
         .close_reason()
         .unwrap_or_else(|| CloseReason::new(close::NORMAL, "closed", ClosedBy::Server));
-    dispatch::on_disconnect(&mesh, &ch, &reason).await;
+    dispatch::on_disconnect(&mesh, &hub, &ch, &reason).await;
     // The row goes before the channel leaves the hub: shutdown waits for the
     // hub to empty and then lets go of the store.
     if recorded {
@@ -83,10 +83,10 @@ async fn until_closed_plus(ch: &Channel, wait: Duration, fut: impl Future<Output
     }
 }
 
-async fn handle_one(mesh: Mesh, ch: Arc<Channel>, msg: Inbound) {
+async fn handle_one(mesh: Mesh, hub: Realtime, ch: Arc<Channel>, msg: Inbound) {
     match msg {
-        Inbound::Text(t) => dispatch::on_text(&mesh, &ch, t.as_str()).await,
-        Inbound::Binary(b) => dispatch::on_binary(&mesh, &ch, b).await,
+        Inbound::Text(t) => dispatch::on_text(&mesh, &hub, &ch, t.as_str()).await,
+        Inbound::Binary(b) => dispatch::on_binary(&mesh, &hub, &ch, b).await,
     }
 }
 
@@ -95,6 +95,7 @@ async fn handle_one(mesh: Mesh, ch: Arc<Channel>, msg: Inbound) {
 /// channel closes are dropped; the ones running are waited for.
 async fn handle_messages(
     mesh: &Mesh,
+    hub: &Realtime,
     ch: &Arc<Channel>,
     mut in_rx: mpsc::Receiver<Inbound>,
     wait: Duration,
@@ -107,7 +108,7 @@ async fn handle_messages(
             m = in_rx.recv() => m,
         };
         let Some(msg) = next else { break };
-        let work = handle_one(mesh.clone(), ch.clone(), msg);
+        let work = handle_one(mesh.clone(), hub.clone(), ch.clone(), msg);
         if !ch.limits.concurrent {
             until_closed_plus(ch, wait, work).await;
             continue;

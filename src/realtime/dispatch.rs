@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 use super::routes::{AuthMode, Event};
-use super::{Channel, CloseReason, ClosedBy, close, codes};
+use super::{Channel, CloseReason, ClosedBy, Realtime, close, codes};
 use crate::mesh::Mesh;
 use crate::protocol::{ErrorBody, Payload, to_payload};
 
@@ -74,24 +74,24 @@ pub struct RouteGone;
 /// Looks up the handler for `event` (and `matched`). `Err` when the route
 /// itself is gone (its workers unbound it while the socket stayed open).
 pub fn target(
-    mesh: &Mesh,
+    hub: &Realtime,
     ch: &Channel,
     event: Event,
     matched: Option<(&str, &Value)>,
 ) -> Result<Option<Target>, RouteGone> {
-    mesh.inspect(|st| {
-        let route = st.realtime_routes.route(&ch.route).ok_or(RouteGone)?;
-        Ok(route.handler(event, matched).map(|h| Target {
-            function_id: h.function_id.clone(),
-            namespace: h.namespace.clone(),
-            auth: h.auth,
-        }))
-    })
+    let routes = hub.routes();
+    let route = routes.route(&ch.route).ok_or(RouteGone)?;
+    Ok(route.handler(event, matched).map(|h| Target {
+        function_id: h.function_id.clone(),
+        namespace: h.namespace.clone(),
+        auth: h.auth,
+    }))
 }
 
 /// Calls a handler and returns its outcome as JSON.
 pub async fn invoke(
     mesh: &Mesh,
+    hub: &Realtime,
     ch: &Channel,
     t: &Target,
     d: &Delivery<'_>,
@@ -102,11 +102,7 @@ pub async fn invoke(
             "this handler requires an authenticated channel",
         ));
     }
-    let timeout = mesh
-        .realtime()
-        .map_or(std::time::Duration::from_secs(30), |r| {
-            r.config().handler_timeout
-        });
+    let timeout = hub.config().handler_timeout;
     match mesh
         .call(&t.namespace, &t.function_id, payload(ch, d), timeout)
         .await
@@ -152,7 +148,7 @@ fn error_frame(id_key: &str, id: Option<&Value>, code: &str, message: String) ->
 }
 
 /// Handles one text message from the client, start to reply.
-pub async fn on_text(mesh: &Mesh, ch: &Arc<Channel>, text: &str) {
+pub async fn on_text(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>, text: &str) {
     let limits = ch.limits.clone();
     let (mut obj, non_object) = match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(obj)) => (obj, None),
@@ -161,20 +157,22 @@ pub async fn on_text(mesh: &Mesh, ch: &Arc<Channel>, text: &str) {
     };
     let id = obj.remove(&limits.correlation_key);
     // The first routing key whose value a routed handler listens on.
-    let routed: Option<(String, Value)> = mesh.inspect(|st| {
-        let route = st.realtime_routes.route(&ch.route)?;
-        limits.routing_keys.iter().find_map(|k| {
-            let v = obj.get(k)?;
-            route.routes_value(k, v).then(|| (k.clone(), v.clone()))
+    let routed: Option<(String, Value)> = {
+        let routes = hub.routes();
+        routes.route(&ch.route).and_then(|route| {
+            limits.routing_keys.iter().find_map(|k| {
+                let v = obj.get(k)?;
+                route.routes_value(k, v).then(|| (k.clone(), v.clone()))
+            })
         })
-    });
+    };
     if let Some((k, _)) = &routed {
         obj.remove(k);
     }
     let matched = routed.as_ref().map(|(k, v)| (k.as_str(), v));
     let data = non_object.unwrap_or(Value::Object(obj));
     let id_key = &limits.correlation_key;
-    let t = match target(mesh, ch, Event::Message, matched) {
+    let t = match target(hub, ch, Event::Message, matched) {
         Ok(Some(t)) => t,
         Ok(None) => {
             let msg = "no handler for this message on this route".to_owned();
@@ -195,14 +193,14 @@ pub async fn on_text(mesh: &Mesh, ch: &Arc<Channel>, text: &str) {
         data: Data::Json(data),
         reason: None,
     };
-    let outcome = invoke(mesh, ch, &t, &d).await;
+    let outcome = invoke(mesh, hub, ch, &t, &d).await;
     finish(ch, &t, matched, id_key, id.as_ref(), outcome);
 }
 
 /// Handles one binary message: the `binary` handler gets it as `data_b64`.
-pub async fn on_binary(mesh: &Mesh, ch: &Arc<Channel>, bytes: Vec<u8>) {
+pub async fn on_binary(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>, bytes: Vec<u8>) {
     let id_key = ch.limits.correlation_key.clone();
-    let t = match target(mesh, ch, Event::Binary, None) {
+    let t = match target(hub, ch, Event::Binary, None) {
         Ok(Some(t)) => t,
         _ => {
             let msg = "this route does not accept binary messages".to_owned();
@@ -217,7 +215,7 @@ pub async fn on_binary(mesh: &Mesh, ch: &Arc<Channel>, bytes: Vec<u8>) {
         data: Data::Binary(bytes),
         reason: None,
     };
-    let outcome = invoke(mesh, ch, &t, &d).await;
+    let outcome = invoke(mesh, hub, ch, &t, &d).await;
     finish(ch, &t, None, &id_key, None, outcome);
 }
 
@@ -250,8 +248,8 @@ fn finish(
 
 /// Runs the connect handler; its return value is the client's first frame.
 /// An error is sent as an error frame and closes the socket (4403 when forbidden).
-pub async fn on_connect(mesh: &Mesh, ch: &Arc<Channel>) {
-    let Ok(Some(t)) = target(mesh, ch, Event::Connect, None) else {
+pub async fn on_connect(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>) {
+    let Ok(Some(t)) = target(hub, ch, Event::Connect, None) else {
         return;
     };
     let d = Delivery {
@@ -261,7 +259,7 @@ pub async fn on_connect(mesh: &Mesh, ch: &Arc<Channel>) {
         data: Data::None,
         reason: None,
     };
-    match invoke(mesh, ch, &t, &d).await {
+    match invoke(mesh, hub, ch, &t, &d).await {
         Ok(Value::Null) => {}
         Ok(v) => {
             let _ = ch.send_json(&v);
@@ -284,8 +282,8 @@ pub async fn on_connect(mesh: &Mesh, ch: &Arc<Channel>) {
 }
 
 /// Runs the disconnect handler (errors are only logged: the client is gone).
-pub async fn on_disconnect(mesh: &Mesh, ch: &Arc<Channel>, reason: &CloseReason) {
-    let Ok(Some(mut t)) = target(mesh, ch, Event::Disconnect, None) else {
+pub async fn on_disconnect(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>, reason: &CloseReason) {
+    let Ok(Some(mut t)) = target(hub, ch, Event::Disconnect, None) else {
         return;
     };
     t.auth = Some(AuthMode::None);
@@ -296,7 +294,7 @@ pub async fn on_disconnect(mesh: &Mesh, ch: &Arc<Channel>, reason: &CloseReason)
         data: Data::None,
         reason: Some(reason),
     };
-    if let Err(e) = invoke(mesh, ch, &t, &d).await {
+    if let Err(e) = invoke(mesh, hub, ch, &t, &d).await {
         tracing::warn!(channel_id = %ch.id, function_id = %t.function_id, error = %e, "disconnect handler failed");
     }
 }

@@ -13,12 +13,16 @@
 //! handlers still running for it have finished; no hub lock is held across
 //! an await; sends never block (a full client queue closes that client).
 
-pub mod connection;
-pub mod dispatch;
-pub mod persist;
-pub mod routes;
-pub mod topics;
-pub mod upgrade;
+pub(crate) mod connection;
+pub(crate) mod dispatch;
+mod functions;
+mod module;
+pub(crate) mod persist;
+pub(crate) mod routes;
+pub(crate) mod topics;
+pub(crate) mod upgrade;
+
+pub(crate) use module::RealtimeModule;
 
 use axum::extract::ws::Message;
 use serde::Deserialize;
@@ -30,7 +34,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::mesh::state::Binding;
+use crate::mesh::state::TriggerTypeHandler;
 use crate::protocol::ErrorBody;
+use crate::queue::Queues;
 use crate::store::Store;
 pub use routes::TRIGGER_TYPE;
 
@@ -242,7 +249,6 @@ pub struct Channel {
     pub query: Map<String, Value>,
     pub opening_data: Map<String, Value>,
     pub connected_at: u64,
-    pub remote_addr: Option<std::net::SocketAddr>,
     pub limits: Arc<Limits>,
     live: Mutex<Live>,
     outbox: mpsc::Sender<Message>,
@@ -268,7 +274,6 @@ pub struct ChannelInit {
     pub query: Map<String, Value>,
     pub opening_data: Map<String, Value>,
     pub auth: Option<Value>,
-    pub remote_addr: Option<std::net::SocketAddr>,
     pub limits: Arc<Limits>,
 }
 
@@ -283,7 +288,6 @@ impl Channel {
             query: init.query,
             opening_data: init.opening_data,
             connected_at: crate::queue::now_ms(),
-            remote_addr: init.remote_addr,
             limits: init.limits,
             live: Mutex::new(Live {
                 auth: init.auth,
@@ -456,6 +460,12 @@ pub struct Realtime {
 
 struct HubInner {
     tables: Mutex<Tables>,
+    /// Routes, made of the active `websocket` bindings. Changed only by the
+    /// mesh (under its lock) through [`TriggerTypeHandler`]; never held while
+    /// calling into the mesh.
+    routes: Mutex<routes::RouteTable>,
+    /// Where disconnects owed after a crash are queued.
+    queues: Option<Queues>,
     /// Released at shutdown so the store can close with the queue.
     store: Mutex<Option<Arc<Store>>>,
     config: RealtimeConfig,
@@ -463,10 +473,12 @@ struct HubInner {
 }
 
 impl Realtime {
-    pub fn new(config: RealtimeConfig, store: Option<Arc<Store>>) -> Self {
+    pub fn new(config: RealtimeConfig, store: Option<Arc<Store>>, queues: Option<Queues>) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 tables: Mutex::new(Tables::default()),
+                routes: Mutex::new(routes::RouteTable::default()),
+                queues,
                 store: Mutex::new(store),
                 config,
                 shutting_down: AtomicBool::new(false),
@@ -484,6 +496,15 @@ impl Realtime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The route table (a short critical section: never await or call the mesh while holding it).
+    pub(crate) fn routes(&self) -> MutexGuard<'_, routes::RouteTable> {
+        self.inner.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn queues(&self) -> Option<&Queues> {
+        self.inner.queues.as_ref()
     }
 
     fn tables(&self) -> MutexGuard<'_, Tables> {
@@ -607,5 +628,16 @@ impl Realtime {
                 "disconnect handlers still running at exit; they will run after the next start"
             );
         }
+    }
+}
+
+/// The `websocket` trigger type: a binding adds a handler to its route.
+impl TriggerTypeHandler for Realtime {
+    fn bind(&self, binding: &Binding) -> Result<(), ErrorBody> {
+        self.routes().bind(binding)
+    }
+
+    fn unbind(&self, binding_id: &str) {
+        self.routes().unbind(binding_id);
     }
 }

@@ -13,11 +13,13 @@ use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 use super::routes::Event;
-use super::{Channel, Realtime, dispatch};
-use crate::mesh::Mesh;
+use super::{Channel, ClosedBy, Realtime, dispatch};
 use crate::protocol::to_payload;
 use crate::store::layout;
 use crate::store::records::RealtimeConnRecord;
+
+/// A stored open-connection row: (key, record bytes).
+pub type Row = (sled::IVec, sled::IVec);
 
 /// Close code reported for connections the engine lost by crashing (service restart).
 pub const RESTART_CODE: u16 = 1012;
@@ -38,11 +40,11 @@ fn snapshot_bytes(ch: &Channel) -> Vec<u8> {
 
 /// Records an opening connection when its route has a disconnect handler.
 /// Returns whether a row was written (and made durable).
-pub async fn opened(hub: &Realtime, mesh: &Mesh, ch: &Channel) -> bool {
+pub async fn opened(hub: &Realtime, ch: &Channel) -> bool {
     let (Some(store), Some(key)) = (hub.store(), key(ch)) else {
         return false;
     };
-    let Ok(Some(t)) = dispatch::target(mesh, ch, Event::Disconnect, None) else {
+    let Ok(Some(t)) = dispatch::target(hub, ch, Event::Disconnect, None) else {
         return false;
     };
     let rec = RealtimeConnRecord {
@@ -100,7 +102,7 @@ pub fn closed(hub: &Realtime, ch: &Channel) {
 }
 
 /// Rows the last run left: read at start, before any new connection can add one.
-pub fn leftovers(hub: &Realtime) -> Vec<(sled::IVec, sled::IVec)> {
+pub fn leftovers(hub: &Realtime) -> Vec<Row> {
     let Some(store) = hub.store() else {
         return Vec::new();
     };
@@ -113,8 +115,8 @@ pub fn leftovers(hub: &Realtime) -> Vec<(sled::IVec, sled::IVec)> {
 
 /// Turns the rows a crash left ([`leftovers`]) into `engine_restart`
 /// disconnects. Returns how many were queued.
-pub async fn recover(hub: &Realtime, mesh: &Mesh, rows: Vec<(sled::IVec, sled::IVec)>) -> usize {
-    let (Some(store), Some(queues)) = (hub.store(), mesh.queues()) else {
+pub async fn recover(hub: &Realtime, rows: Vec<Row>) -> usize {
+    let (Some(store), Some(queues)) = (hub.store(), hub.queues()) else {
         return 0;
     };
     let mut done = 0;
@@ -137,7 +139,7 @@ pub async fn recover(hub: &Realtime, mesh: &Mesh, rows: Vec<(sled::IVec, sled::I
             "event": "disconnect",
             "seq": 0,
             "data": null,
-            "reason": { "code": RESTART_CODE, "text": "engine restarted", "by": "engine_restart" },
+            "reason": { "code": RESTART_CODE, "text": "engine restarted", "by": ClosedBy::EngineRestart.as_str() },
         });
         let req = crate::queue::EnqueueRequest {
             queue: hub.config().restart_queue.clone(),

@@ -398,6 +398,17 @@ impl RouteTable {
         self.routes.get(pattern)
     }
 
+    /// Every route as (pattern, handler count).
+    pub fn summary(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = self
+            .routes
+            .values()
+            .map(|r| (r.pattern.clone(), r.handlers.len()))
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn contains(&self, pattern: &str) -> bool {
         self.routes.contains_key(pattern)
     }

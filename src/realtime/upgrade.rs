@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 
+use super::Realtime;
 use super::routes::{AuthMode, Matched};
 use super::{Channel, ChannelInit, connection};
-use crate::edge::AppState;
 use crate::mesh::Mesh;
 
 /// Query parameters that carry credentials.
@@ -85,22 +85,29 @@ impl IntoResponse for UpgradeError {
     }
 }
 
-/// The edge's fallback: any path no other route claimed may be a realtime route.
-pub async fn handle(
-    State(app): State<AppState>,
+/// What the upgrade handler reaches: the mesh (auth functions, handlers) and the hub.
+#[derive(Clone)]
+pub(crate) struct Upgrades {
+    pub mesh: Mesh,
+    pub hub: Realtime,
+}
+
+/// The listener's fallback: any path no other route claimed may be a realtime route.
+pub(crate) async fn handle(
+    State(app): State<Upgrades>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
     let (mut parts, _body) = req.into_parts();
     let path = parts.uri.path();
-    let known = app.mesh.inspect(|st| {
-        let rt = &st.realtime_routes;
+    let known = {
+        let rt = app.hub.routes();
         match rt.find(path) {
             Some(_) => Ok(()),
             None if rt.departed(path) => Err(UpgradeError::Departed),
             None => Err(UpgradeError::NotFound),
         }
-    });
+    };
     if let Err(e) = known {
         return e.into_response();
     }
@@ -109,8 +116,8 @@ pub async fn handle(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    match prepare(&app.mesh, &parts, addr).await {
-        Ok(init) => upgrade(ws, app.mesh, init),
+    match prepare(&app, &parts, addr).await {
+        Ok(init) => upgrade(ws, app, init),
         Err(e) => {
             let (status, _) = e.status();
             tracing::info!(path = %parts.uri.path(), remote = %addr, status = status.as_u16(), error = %e, "realtime upgrade refused");
@@ -119,10 +126,8 @@ pub async fn handle(
     }
 }
 
-fn upgrade(ws: WebSocketUpgrade, mesh: Mesh, init: ChannelInit) -> Response {
-    let Some(hub) = mesh.realtime().cloned() else {
-        return UpgradeError::ShuttingDown.into_response();
-    };
+fn upgrade(ws: WebSocketUpgrade, app: Upgrades, init: ChannelInit) -> Response {
+    let Upgrades { mesh, hub } = app;
     let max = init.limits.max_message_bytes;
     let (ch, outbox) = Channel::new(init);
     ws.max_message_size(max)
@@ -134,15 +139,13 @@ fn upgrade(ws: WebSocketUpgrade, mesh: Mesh, init: ChannelInit) -> Response {
 
 /// Everything but the upgrade itself; any error here means no socket.
 async fn prepare(
-    mesh: &Mesh,
+    app: &Upgrades,
     parts: &Parts,
     addr: SocketAddr,
 ) -> Result<ChannelInit, UpgradeError> {
-    let hub = mesh.realtime().ok_or(UpgradeError::NotFound)?;
+    let (mesh, hub) = (&app.mesh, &app.hub);
     let path = parts.uri.path();
-    let m: Matched = mesh
-        .inspect(|st| st.realtime_routes.find(path))
-        .ok_or(UpgradeError::NotFound)?;
+    let m: Matched = hub.routes().find(path).ok_or(UpgradeError::NotFound)?;
     if hub.is_shutting_down() || mesh.is_draining() {
         return Err(UpgradeError::ShuttingDown);
     }
@@ -152,7 +155,7 @@ async fn prepare(
     check_origin(&m, parts)?;
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
         .map_err(|e| UpgradeError::BadQuery(e.body_text()))?;
-    let auth = authenticate(mesh, &m, parts, &pairs, addr).await?;
+    let auth = authenticate(app, &m, parts, &pairs, addr).await?;
     let limits = m.options.resolve(hub.config());
     if limits.auth == AuthMode::Required && auth.is_none() {
         return Err(UpgradeError::Unauthorized(
@@ -181,7 +184,6 @@ async fn prepare(
         query,
         opening_data,
         auth,
-        remote_addr: Some(addr),
         limits,
     })
 }
@@ -230,13 +232,13 @@ fn public_query(pairs: &[(String, String)]) -> Result<Map<String, Value>, Upgrad
 /// A ticket (used up whatever the outcome) or the auth function decides.
 /// `Ok(None)` is an anonymous client on a route that allows one.
 async fn authenticate(
-    mesh: &Mesh,
+    app: &Upgrades,
     m: &Matched,
     parts: &Parts,
     pairs: &[(String, String)],
     addr: SocketAddr,
 ) -> Result<Option<Value>, UpgradeError> {
-    let hub = mesh.realtime().ok_or(UpgradeError::NotFound)?;
+    let (mesh, hub) = (&app.mesh, &app.hub);
     if let Some((_, ticket)) = pairs.iter().find(|(k, _)| k == "ticket") {
         return match hub.take_ticket(ticket, &m.pattern) {
             Some(ctx) => Ok(Some(ctx)),

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use qmesh::config::Config;
-use qmesh::mesh::Mesh;
+use qmesh::engine::{Engine, Snapshot};
 
 /// How long a test waits for any single expected frame.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -22,7 +22,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct TestEngine {
     pub addr: SocketAddr,
     pub url: String,
-    pub mesh: Mesh,
+    pub engine: Engine,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     /// The store's temp dir, when the test did not name one.
@@ -35,6 +35,7 @@ impl TestEngine {
     }
 
     /// Starts with `config`; a default `data_dir` is replaced by a fresh temp dir.
+    /// Returns once the engine is ready (store open, every module started).
     pub async fn start_with(mut config: Config) -> Self {
         let mut dir = None;
         if config.data_dir == Config::default().data_dir {
@@ -46,30 +47,34 @@ impl TestEngine {
             .await
             .expect("bind");
         let addr = listener.local_addr().unwrap();
-        let mesh = Mesh::new(config);
+        let engine = Engine::start(config).await.expect("engine starts");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(qmesh::edge::serve(
-            listener,
-            mesh.clone(),
-            async move {
-                let _ = rx.await;
-            },
-            |_| {},
-        ));
-        // Wait until the store is open and the queue scheduler attached.
-        let start = std::time::Instant::now();
-        while mesh.queues().is_none() {
-            assert!(start.elapsed() < WAIT, "engine did not start");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = tokio::spawn(engine.clone().serve(listener, async move {
+            let _ = rx.await;
+        }));
         Self {
             addr,
             url: format!("ws://{addr}"),
-            mesh,
+            engine,
             shutdown: Some(tx),
             task: Some(task),
             _dir: dir,
         }
+    }
+
+    /// A consistent picture of the engine's workers, functions, bindings and calls.
+    pub fn snapshot(&self) -> Snapshot {
+        self.engine.snapshot()
+    }
+
+    /// The id of the (first) open realtime connection on route `pattern`.
+    pub fn realtime_connection_on(&self, pattern: &str) -> String {
+        self.snapshot()
+            .realtime_connections
+            .into_iter()
+            .find(|(_, route)| route == pattern)
+            .unwrap_or_else(|| panic!("no open connection on {pattern}"))
+            .0
     }
 
     /// Graceful shutdown; returns once the server has stopped.
@@ -114,21 +119,19 @@ impl TestEngine {
         let wanted: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
         let id = w.worker_id.clone();
         self.until("functions registered", move |m| {
-            m.inspect(|st| {
-                wanted.iter().all(|f| {
-                    st.function("default", f)
-                        .is_some_and(|fun| fun.providers.iter().any(|p| p.worker.to_string() == id))
-                })
+            wanted.iter().all(|f| {
+                m.function("default", f)
+                    .is_some_and(|fun| fun.providers.iter().any(|p| p.to_string() == id))
             })
         })
         .await;
         w
     }
 
-    /// Polls until `check` holds on the mesh (registrations are asynchronous).
-    pub async fn until(&self, what: &str, check: impl Fn(&Mesh) -> bool) {
+    /// Polls until `check` holds on the engine (registrations are asynchronous).
+    pub async fn until(&self, what: &str, check: impl Fn(&Snapshot) -> bool) {
         let start = std::time::Instant::now();
-        while !check(&self.mesh) {
+        while !check(&self.snapshot()) {
             assert!(start.elapsed() < WAIT, "timed out waiting for: {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -1,5 +1,6 @@
-//! Queue engine functions: qmesh's own `queue::*` set, and iii's names and
-//! shapes (`engine::queue::*`, `iii::queue::*`) for tools written for iii.
+//! Queue engine functions: qmesh's own `queue::*` set, iii's names and
+//! shapes (`engine::queue::*`, `iii::queue::*`) for tools written for iii,
+//! and the handler of `action: enqueue` calls.
 
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
@@ -7,25 +8,25 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use uuid::Uuid;
 
-use super::{CallCtx, Reply, args};
-use crate::mesh::Mesh;
-use crate::protocol::{ErrorBody, codes, to_payload};
-use crate::queue::ops::Op;
-use crate::queue::{EnqueueRequest, now_ms};
+use std::sync::Arc;
+
+use super::ops::Op;
+use super::{EnqueueRequest, Queues, now_ms};
+use crate::mesh::provided::args;
+use crate::mesh::session::answer;
+use crate::mesh::{CallCtx, Connection, Mesh, Reply};
+use crate::protocol::{Action, ErrorBody, Invoke, codes, to_payload};
 use crate::store::records::JobState;
+
+/// The shape of every queue engine function.
+pub(super) type QueueFn = fn(Queues, Mesh, CallCtx, Value) -> BoxFuture<'static, Reply>;
 
 fn invalid(msg: impl Into<String>) -> ErrorBody {
     ErrorBody::new(codes::INVALID_ARGUMENTS, msg)
 }
 
-async fn run(mesh: &Mesh, op: Op) -> Reply {
-    match mesh.queues() {
-        Some(q) => q.op(op).await,
-        None => Err(ErrorBody::new(
-            codes::ENQUEUE_ERROR,
-            "the durable queue is not running",
-        )),
-    }
+async fn run(queues: &Queues, op: Op) -> Reply {
+    queues.op(op).await
 }
 
 fn receipt(v: Option<String>) -> Result<Uuid, ErrorBody> {
@@ -60,9 +61,9 @@ impl QueueArgs {
 macro_rules! queue_fn {
     ($(#[$doc:meta])* $name:ident, |$mesh:ident, $a:ident| $body:expr) => {
         $(#[$doc])*
-        pub fn $name(mesh: Mesh, _: CallCtx, input: Value) -> BoxFuture<'static, Reply> {
+        pub(super) fn $name(queues: Queues, _: Mesh, _: CallCtx, input: Value) -> BoxFuture<'static, Reply> {
             Box::pin(async move {
-                let $mesh = &mesh;
+                let $mesh = &queues;
                 let $a: QueueArgs = args(input)?;
                 $body
             })
@@ -86,7 +87,12 @@ struct EnqueueArgs {
 }
 
 /// `queue::enqueue {queue, function_id, data, delay?, run_at?, priority?, idempotency_key?}`.
-pub fn enqueue(mesh: Mesh, _: CallCtx, input: Value) -> BoxFuture<'static, Reply> {
+pub(super) fn enqueue(
+    queues: Queues,
+    _: Mesh,
+    _: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
         let a: EnqueueArgs = args(input)?;
         let queue = a
@@ -115,17 +121,14 @@ pub fn enqueue(mesh: Mesh, _: CallCtx, input: Value) -> BoxFuture<'static, Reply
             return Err(invalid("give delay or run_at, not both"));
         }
         let run_at_ms = a.run_at.or(delay.map(|d| now_ms() + d.as_millis() as u64));
-        let queues = mesh.queues().ok_or_else(|| {
-            ErrorBody::new(codes::ENQUEUE_ERROR, "the durable queue is not running")
-        })?;
         let payload = to_payload(&a.data);
-        super::channels::warn_if_refs_enqueued(&queue, &function_id, payload.get());
+        warn_if_refs_enqueued(&queue, &function_id, payload.get());
         let e = queues
             .enqueue(EnqueueRequest {
                 queue,
                 namespace: a
                     .namespace
-                    .unwrap_or_else(|| crate::DEFAULT_NAMESPACE.to_owned()),
+                    .unwrap_or_else(|| crate::protocol::DEFAULT_NAMESPACE.to_owned()),
                 function_id,
                 payload,
                 traceparent: None,
@@ -255,3 +258,52 @@ queue_fn!(
         run(mesh, Op::Discard { queue: a.queue()?, receipt: id }).await
     }
 );
+
+/// `action: enqueue`: persist the job, then answer `{messageReceiptId}` (only once it is on disk).
+pub(super) fn take_enqueue(queues: &Queues, conn: &Arc<Connection>, invoke: Invoke) {
+    let Action::Enqueue { queue } = invoke.action.clone() else {
+        return;
+    };
+    if let Some(data) = &invoke.data {
+        warn_if_refs_enqueued(&queue, &invoke.function_id, data.get());
+    }
+    let req = EnqueueRequest {
+        queue,
+        namespace: invoke
+            .namespace
+            .clone()
+            .unwrap_or_else(|| crate::protocol::DEFAULT_NAMESPACE.to_owned()),
+        function_id: invoke.function_id.clone(),
+        payload: invoke.data.unwrap_or_else(crate::protocol::null_payload),
+        traceparent: invoke.traceparent,
+        baggage: invoke.baggage,
+        run_at_ms: None,
+        priority: 0,
+        idempotency_key: None,
+    };
+    let conn = conn.clone();
+    let (invocation_id, function_id) = (invoke.invocation_id, invoke.function_id);
+    queues.enqueue_then(req, move |outcome| {
+        // iii answers every refused enqueue with `enqueue_error`, and SDK code
+        // matches on it; the specific reason stays in the message.
+        let reply = match outcome {
+            Ok(e) => Ok(json!({ "messageReceiptId": e.receipt })),
+            Err(e) if e.code == codes::ENQUEUE_ERROR => Err(e),
+            Err(e) => Err(ErrorBody::new(
+                codes::ENQUEUE_ERROR,
+                format!("{}: {}", e.code, e.message),
+            )),
+        };
+        answer(&conn, invocation_id, &function_id, reply);
+    });
+}
+
+/// A job on the durable queue outlives any channel (it may run after the
+/// channel expired, or after an engine restart that loses every channel), so
+/// a ref in an enqueued payload is almost always a mistake worth a warning.
+fn warn_if_refs_enqueued(queue: &str, function_id: &str, payload: &str) {
+    let ids = crate::protocol::channel::refs_in_payload(payload);
+    if !ids.is_empty() {
+        tracing::warn!(queue, function_id, channel_ids = ?ids, "a channel ref was enqueued: the job may run after the channel is gone (channels are not durable)");
+    }
+}

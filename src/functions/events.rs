@@ -7,15 +7,18 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::state::{Key, TypeProvider};
-use super::triggers::{FUNCTIONS_AVAILABLE, WORKERS_AVAILABLE};
-use super::{Mesh, MeshEvent};
+use crate::mesh::state::{Key, TypeProvider};
+use crate::mesh::{Mesh, MeshEvent};
 use crate::protocol::{Payload, to_payload};
+
+/// Trigger types the engine itself fires, in namespace `default`.
+pub(crate) const WORKERS_AVAILABLE: &str = "engine::workers-available";
+pub(crate) const FUNCTIONS_AVAILABLE: &str = "engine::functions-available";
 
 const COALESCE: Duration = Duration::from_millis(50);
 
 /// Runs until the mesh's event channel closes (never, while the engine runs).
-pub async fn run(mesh: Mesh) {
+pub(crate) async fn run(mesh: Mesh) {
     let mut events = mesh.subscribe();
     let mut functions_due: Option<Instant> = None;
     loop {
@@ -33,12 +36,12 @@ pub async fn run(mesh: Mesh) {
                 Ok(MeshEvent::FunctionsChanged) | Err(RecvError::Lagged(_)) => {
                     functions_due.get_or_insert_with(|| Instant::now() + COALESCE);
                 }
-                Ok(MeshEvent::FunctionAvailable(..)) => {}
+                Ok(MeshEvent::FunctionAvailable) => {}
                 Err(RecvError::Closed) => return,
             },
             _ = sleep => {
                 functions_due = None;
-                let list = crate::functions::views::function_list(&mesh.lock(), &Default::default());
+                let list = super::views::function_list(&mesh.lock(), &Default::default());
                 let payload = to_payload(&serde_json::json!({ "event": "functions_changed", "functions": list }));
                 fire_all(&mesh, FUNCTIONS_AVAILABLE, payload);
             }
@@ -53,7 +56,10 @@ fn fire_worker_event(mesh: &Mesh, event: &str, worker_id: uuid::Uuid) {
 
 /// Fires every binding of an engine trigger type, fire-and-forget.
 fn fire_all(mesh: &Mesh, trigger_type: &str, payload: Payload) {
-    let key: Key = (crate::DEFAULT_NAMESPACE.to_owned(), trigger_type.to_owned());
+    let key: Key = (
+        crate::protocol::DEFAULT_NAMESPACE.to_owned(),
+        trigger_type.to_owned(),
+    );
     let targets: Vec<(String, String, Option<Payload>)> = {
         let st = mesh.lock();
         if st.trigger_types.get(&key).map(|t| t.provider) != Some(TypeProvider::Engine) {

@@ -34,7 +34,6 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::AppState;
 use crate::channels::frames::handshake::{ServerUpgrade, Upgraded};
 use crate::channels::frames::{FrameError, FrameReader, FrameWriter, Incoming, OpCode, Role};
 use crate::channels::pipe::{Data, PipeRx, PipeTx};
@@ -53,14 +52,14 @@ type Reader = FrameReader<ReadHalf<Upgraded>>;
 type Writer = FrameWriter<WriteHalf<Upgraded>>;
 
 #[derive(serde::Deserialize)]
-pub struct ChannelQuery {
+pub(crate) struct ChannelQuery {
     key: Option<String>,
     dir: Option<String>,
 }
 
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     ws: ServerUpgrade,
-    State(app): State<AppState>,
+    State(channels): State<Channels>,
     Path(channel_id): Path<String>,
     Query(q): Query<ChannelQuery>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -71,7 +70,6 @@ pub async fn upgrade(
     let Some(key) = q.key.as_deref() else {
         return refuse(StatusCode::BAD_REQUEST, "key is missing");
     };
-    let channels = app.mesh.channels().clone();
     if channels.is_shutting_down() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "engine shutting down");
     }

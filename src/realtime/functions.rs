@@ -9,28 +9,18 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{CallCtx, Reply, args};
-use crate::mesh::Mesh;
+use super::{Channel, CloseReason, ClosedBy, Realtime, codes, persist};
+use crate::mesh::provided::args;
+use crate::mesh::{CallCtx, Mesh, Reply};
 use crate::protocol::{ErrorBody, codes as proto_codes};
-use crate::realtime::{Channel, CloseReason, ClosedBy, Realtime, codes, persist};
 
 fn bad(msg: impl Into<String>) -> ErrorBody {
     ErrorBody::new(proto_codes::INVALID_ARGUMENTS, msg)
 }
 
-fn hub(mesh: &Mesh) -> Result<&Realtime, ErrorBody> {
-    mesh.realtime().ok_or_else(|| {
-        ErrorBody::new(
-            codes::CHANNEL_NOT_FOUND,
-            "realtime channels are not running",
-        )
-    })
-}
-
-fn channel(mesh: &Mesh, id: Option<String>) -> Result<Arc<Channel>, ErrorBody> {
+fn channel(hub: &Realtime, id: Option<String>) -> Result<Arc<Channel>, ErrorBody> {
     let id = id.ok_or_else(|| bad("missing channel_id"))?;
-    hub(mesh)?
-        .get(&id)
+    hub.get(&id)
         .ok_or_else(|| ErrorBody::new(codes::CHANNEL_NOT_FOUND, format!("no open channel {id}")))
 }
 
@@ -55,10 +45,10 @@ struct SendArgs {
     data_b64: Option<String>,
 }
 
-pub fn send(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn send(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: SendArgs = args(input)?;
     let msg = frame(a.data, a.data_b64)?;
-    channel(mesh, a.channel_id)?.send(msg)?;
+    channel(hub, a.channel_id)?.send(msg)?;
     Ok(json!({ "delivered": true }))
 }
 
@@ -71,10 +61,9 @@ struct SendManyArgs {
 }
 
 /// `missing`: not open; `dropped`: open but too slow (now closed with 1013).
-pub fn send_many(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn send_many(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: SendManyArgs = args(input)?;
     let msg = frame(a.data, a.data_b64)?;
-    let hub = hub(mesh)?;
     let (mut delivered, mut missing, mut dropped) = (0, Vec::new(), Vec::new());
     for id in a.channel_ids {
         match hub.get(&id).map(|ch| ch.send(msg.clone())) {
@@ -95,14 +84,14 @@ struct CloseArgs {
 }
 
 /// Idempotent: `closed` is false when the channel was already gone or closing.
-pub fn close(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn close(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: CloseArgs = args(input)?;
     let code = a.code.unwrap_or(crate::realtime::close::NORMAL);
     if code != 1000 && !(3000..=4999).contains(&code) {
         return Err(bad("code must be 1000 or within 3000..=4999"));
     }
     let id = a.channel_id.ok_or_else(|| bad("missing channel_id"))?;
-    let closed = hub(mesh)?.get(&id).is_some_and(|ch| {
+    let closed = hub.get(&id).is_some_and(|ch| {
         ch.close(CloseReason::new(
             code,
             a.reason.unwrap_or_default(),
@@ -119,26 +108,24 @@ struct TopicArgs {
     topic: Option<String>,
 }
 
-fn topic_args(mesh: &Mesh, input: Value) -> Result<(Arc<Channel>, String), ErrorBody> {
+fn topic_args(hub: &Realtime, input: Value) -> Result<(Arc<Channel>, String), ErrorBody> {
     let a: TopicArgs = args(input)?;
     let topic = a
         .topic
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("missing topic"))?;
-    Ok((channel(mesh, a.channel_id)?, topic))
+    Ok((channel(hub, a.channel_id)?, topic))
 }
 
-pub fn subscribe(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
-    let (ch, topic) = topic_args(mesh, input)?;
-    let hub = hub(mesh)?;
+pub(super) fn subscribe(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let (ch, topic) = topic_args(hub, input)?;
     hub.subscribe(&ch, &topic)?;
     persist::refresh(hub, &ch);
     Ok(json!({ "subscribed": true }))
 }
 
-pub fn unsubscribe(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
-    let (ch, topic) = topic_args(mesh, input)?;
-    let hub = hub(mesh)?;
+pub(super) fn unsubscribe(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+    let (ch, topic) = topic_args(hub, input)?;
     let was = hub.unsubscribe(&ch, &topic);
     if was {
         persist::refresh(hub, &ch);
@@ -156,19 +143,19 @@ struct PublishArgs {
 }
 
 /// Never waits on a subscriber: a full client is closed and counted in `dropped`.
-pub fn publish(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn publish(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: PublishArgs = args(input)?;
     let topic = a
         .topic
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("missing topic"))?;
-    let p = hub(mesh)?.publish(&topic, &a.data, a.exclude_channel_id.as_deref(), a.raw);
+    let p = hub.publish(&topic, &a.data, a.exclude_channel_id.as_deref(), a.raw);
     Ok(json!({ "recipients": p.recipients, "dropped": p.dropped }))
 }
 
-pub fn get(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn get(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: TopicArgs = args(input)?;
-    Ok(channel(mesh, a.channel_id)?.snapshot())
+    Ok(channel(hub, a.channel_id)?.snapshot())
 }
 
 #[derive(Default, Deserialize)]
@@ -179,9 +166,9 @@ struct ListArgs {
     limit: Option<usize>,
 }
 
-pub fn list(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn list(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: ListArgs = args(input)?;
-    let chans = hub(mesh)?.list(
+    let chans = hub.list(
         a.route.as_deref(),
         a.topic.as_deref(),
         a.limit.unwrap_or(1000),
@@ -199,9 +186,9 @@ struct StateArgs {
 }
 
 /// Replaces (or with `merge`, shallow-merges into) the per-connection state.
-pub fn set_state(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn set_state(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: StateArgs = args(input)?;
-    let ch = channel(mesh, a.channel_id)?;
+    let ch = channel(hub, a.channel_id)?;
     let new = a.state.ok_or_else(|| bad("missing state"))?;
     let state = match (a.merge, ch.state(), new) {
         (true, Value::Object(mut old), Value::Object(add)) => {
@@ -212,7 +199,7 @@ pub fn set_state(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
         (false, _, new) => new,
     };
     let size = state.to_string().len();
-    let max = hub(mesh)?.config().max_state_bytes;
+    let max = hub.config().max_state_bytes;
     if size > max {
         let msg = format!("state is {size} bytes; realtime.max_state_bytes is {max}");
         return Err(ErrorBody::new(codes::STATE_TOO_LARGE, msg));
@@ -221,9 +208,9 @@ pub fn set_state(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
     Ok(json!({ "state": state }))
 }
 
-pub fn get_state(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn get_state(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: StateArgs = args(input)?;
-    Ok(json!({ "state": channel(mesh, a.channel_id)?.state() }))
+    Ok(json!({ "state": channel(hub, a.channel_id)?.state() }))
 }
 
 #[derive(Default, Deserialize)]
@@ -234,13 +221,13 @@ struct AuthArgs {
 }
 
 /// Login (or with a null context, logout) over the socket.
-pub fn set_auth(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn set_auth(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: AuthArgs = args(input)?;
-    let ch = channel(mesh, a.channel_id)?;
+    let ch = channel(hub, a.channel_id)?;
     let context = a.context.filter(|c| !c.is_null());
     let authenticated = context.is_some();
     ch.set_auth(context);
-    persist::refresh(hub(mesh)?, &ch);
+    persist::refresh(hub, &ch);
     Ok(json!({ "authenticated": authenticated }))
 }
 
@@ -253,18 +240,17 @@ struct TicketArgs {
 }
 
 /// A one-use ticket for `?ticket=` on the route (a pattern or a concrete path).
-pub fn issue_ticket(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn issue_ticket(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: TicketArgs = args(input)?;
     let route = a.route.ok_or_else(|| bad("missing route"))?;
-    let hub = hub(mesh)?;
-    let pattern = mesh.inspect(|st| {
-        let rt = &st.realtime_routes;
+    let pattern = {
+        let rt = hub.routes();
         if rt.contains(&route) {
             Some(route.clone())
         } else {
             rt.find(&route).map(|m| m.pattern)
         }
-    });
+    };
     let pattern = pattern.ok_or_else(|| {
         ErrorBody::new(
             codes::TICKET_ROUTE_UNKNOWN,

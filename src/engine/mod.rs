@@ -1,0 +1,276 @@
+//! The engine root: the one place that knows every part.
+//!
+//! [`Engine::start`] opens the store, builds the mesh and every module,
+//! installs what the modules provide into the mesh and starts their
+//! background tasks; when it returns the engine is ready (the binary prints
+//! its address then, tests connect then). [`Engine::serve`] serves the
+//! worker listener until `shutdown` resolves and then drains, in order:
+//!
+//! 1. the listener stops accepting; new upgrades get 503;
+//! 2. each module stops taking new work ([`Module::stop_intake`]: the queue
+//!    stops starting jobs, realtime runs its clients' disconnect handlers
+//!    while workers are still connected);
+//! 3. calls in flight get `server.shutdown_grace` to finish;
+//! 4. each module stops, in reverse order ([`Module::stop`]: the queue
+//!    scheduler lets go of the store; channel sockets close with 1001);
+//! 5. every worker is closed with 1001, and the engine waits (briefly) for
+//!    their close frames to leave.
+//!
+//! A module is one line in [`Engine::start`].
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::channels::Channels;
+use crate::config::Config;
+use crate::functions::Introspection;
+use crate::mesh::{Mesh, Provisions};
+use crate::module::Module;
+use crate::protocol::codes::close;
+use crate::queue::Queues;
+use crate::realtime::RealtimeModule;
+use crate::store::{Store, StoreError};
+pub use snapshot::{BindingView, FunctionView, Snapshot, WorkerView};
+
+mod snapshot;
+
+/// How long closed workers' writers get to put their close frames on the wire.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot open the store at {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("cannot start the durable queue: {0}")]
+    Queue(StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running engine: a cheap, cloneable handle.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    mesh: Mesh,
+    /// In start order; drained in this order, stopped in reverse.
+    modules: Vec<Arc<dyn Module>>,
+    channels: Channels,
+    realtime: Arc<RealtimeModule>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Builds and starts everything but the listener. Must run inside a
+    /// tokio runtime. When it returns, the store is open, crash recovery has
+    /// run and every module is ready.
+    pub async fn start(config: Config) -> Result<Engine, EngineError> {
+        let store_dir = config.data_dir.join("store");
+        let store = Store::open(&store_dir).map_err(|source| EngineError::Store {
+            path: store_dir.clone(),
+            source,
+        })?;
+        let store = Arc::new(store);
+        let mesh = Mesh::new(config.mesh());
+
+        let introspection = Arc::new(Introspection::new(&mesh));
+        let channels = Channels::new(config.channels.clone());
+        let queues = Queues::start(mesh.clone(), store.clone(), config.queue.clone())
+            .map_err(EngineError::Queue)?;
+        let realtime = Arc::new(RealtimeModule::new(
+            &mesh,
+            config.realtime.clone(),
+            store,
+            &queues,
+        ));
+        let modules: Vec<Arc<dyn Module>> = vec![
+            introspection,
+            Arc::new(channels.clone()),
+            Arc::new(queues),
+            realtime.clone(),
+        ];
+
+        let mut provisions = Provisions::default();
+        for m in &modules {
+            m.provide(&mut provisions);
+        }
+        mesh.install(provisions);
+        let mut tasks = vec![tokio::spawn(crate::mesh::router::expire_calls(
+            mesh.clone(),
+        ))];
+        for m in &modules {
+            tasks.extend(m.start());
+        }
+        tracing::info!(
+            modules = ?modules.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            data_dir = %config.data_dir.display(),
+            "engine ready"
+        );
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                config,
+                mesh,
+                modules,
+                channels,
+                realtime,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Serves the worker listener (and every module's routes on it) until
+    /// `shutdown` resolves, then drains the engine (see the module docs).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let mesh = self.inner.mesh.clone();
+        let mut app = crate::edge::router(&mesh);
+        for m in &self.inner.modules {
+            if let Some(routes) = m.routes() {
+                app = app.merge(routes);
+            }
+        }
+        let draining = mesh.clone();
+        let stop = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new connections; finishing calls in flight");
+            draining.start_draining();
+        };
+        let served = crate::edge::serve(listener, app, stop).await;
+        self.drain().await;
+        served
+    }
+
+    async fn drain(&self) {
+        let Inner {
+            config,
+            mesh,
+            modules,
+            ..
+        } = &*self.inner;
+        mesh.start_draining();
+        let grace = config.server.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        for m in modules {
+            m.stop_intake(grace).await;
+        }
+        if !mesh.wait_quiet(deadline, |st| st.calls.is_empty()).await {
+            tracing::warn!(
+                abandoned = mesh.pending_calls(),
+                "grace period over; closing with calls still in flight"
+            );
+        }
+        for m in modules.iter().rev() {
+            m.stop().await;
+        }
+        mesh.close_all(close::GOING_AWAY, "engine shutting down");
+        let flushed = tokio::time::Instant::now() + CLOSE_FLUSH;
+        mesh.wait_quiet(flushed, |st| st.workers.is_empty()).await;
+        for task in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        tracing::info!("engine stopped");
+    }
+
+    /// A consistent read-only picture of workers, functions, bindings,
+    /// calls and realtime routes.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = self.inner.mesh.inspect(|st| Snapshot {
+            workers: st
+                .workers
+                .iter()
+                .map(|(id, w)| WorkerView {
+                    id: *id,
+                    name: w.meta.as_ref().and_then(|m| m.name.clone()),
+                    executing: w.calls_in.len(),
+                    reattach_token: w.conn.reattach_token,
+                })
+                .collect(),
+            functions: st
+                .functions
+                .iter()
+                .flat_map(|(ns, ids)| {
+                    ids.iter().map(move |(id, f)| FunctionView {
+                        namespace: ns.clone(),
+                        id: id.clone(),
+                        providers: f.providers.iter().map(|p| p.worker).collect(),
+                    })
+                })
+                .collect(),
+            bindings: st
+                .bindings
+                .values()
+                .map(|b| BindingView {
+                    id: b.id.clone(),
+                    trigger_type: b.trigger_type.clone(),
+                    function_id: b.function_id.clone(),
+                    active: b.active_on.is_some(),
+                })
+                .collect(),
+            trigger_types: st.trigger_types.keys().cloned().collect(),
+            pending_calls: st.calls.len(),
+            draining: self.inner.mesh.is_draining(),
+            routes: Vec::new(),
+            realtime_connections: Vec::new(),
+            channels: 0,
+        });
+        snap.channels = self.inner.channels.len();
+        let hub = self.inner.realtime.hub();
+        snap.routes = hub.routes().summary();
+        snap.realtime_connections = hub
+            .list(None, None, usize::MAX)
+            .iter()
+            .map(|c| (c.id.clone(), c.route.clone()))
+            .collect();
+        snap.bindings.sort_by(|a, b| a.id.cmp(&b.id));
+        snap
+    }
+
+    /// Closes a worker's connection with `code`, as a lost network would
+    /// (tests of reconnects; operators evicting a worker). Returns whether
+    /// the worker was connected.
+    pub fn close_worker(&self, id: uuid::Uuid, code: u16, reason: &str) -> bool {
+        let conn = self
+            .inner
+            .mesh
+            .inspect(|st| st.workers.get(&id).map(|w| w.conn.clone()));
+        conn.map(|c| c.close(code, reason)).is_some()
+    }
+
+    /// A live binary channel's operator view (`engine::channels::info`).
+    pub fn channel_info(&self, channel_id: &str) -> Option<serde_json::Value> {
+        let info = self.inner.channels.info(channel_id)?;
+        Some(serde_json::to_value(info).expect("channel info serializes"))
+    }
+}
+
+/// Starts an engine with `config` and serves `listener` until `shutdown`
+/// resolves (mini-redis's `server::run`); what `qmesh serve` does.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), EngineError> {
+    let engine = Engine::start(config).await?;
+    engine.serve(listener, shutdown).await?;
+    Ok(())
+}

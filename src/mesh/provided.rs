@@ -1,0 +1,194 @@
+//! What the engine itself provides to workers, as the mesh sees it: engine
+//! functions, engine-served trigger types, the handler of `Enqueue` calls,
+//! and hooks that run when a worker goes.
+//!
+//! The mesh knows these only as entries of a table. Which module serves which
+//! id is decided by the engine root (`crate::engine`), which collects every
+//! module's [`Provisions`] and installs them once, before the first
+//! connection is accepted. The router and registry never name a module.
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+use super::state::{Binding, TriggerTypeHandler};
+use super::{Connection, Mesh};
+use crate::protocol::{ErrorBody, Invoke, codes};
+
+/// What an engine function answers.
+pub(crate) type Reply = Result<Value, ErrorBody>;
+
+/// Who is calling an engine function.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallCtx {
+    pub caller: Uuid,
+}
+
+type SyncFn = dyn Fn(&Mesh, &CallCtx, Value) -> Reply + Send + Sync;
+type AsyncFn = dyn Fn(&Mesh, CallCtx, Value) -> BoxFuture<'static, Reply> + Send + Sync;
+/// Takes an `Enqueue` call and answers it when the job is durable (or refused).
+pub(crate) type EnqueueFn = dyn Fn(&Mesh, &Arc<Connection>, Invoke) + Send + Sync;
+type WorkerGoneFn = dyn Fn(Uuid) + Send + Sync;
+
+/// How an engine function answers.
+pub(crate) enum Handler {
+    /// Inline, in order with the caller's other messages.
+    Sync(Box<SyncFn>),
+    /// From a task (it waits on something); the caller's next messages go on.
+    Async(Box<AsyncFn>),
+}
+
+/// A trigger type that only the engine fires (nothing to set up per binding).
+pub(crate) struct FiredByEngine;
+
+impl TriggerTypeHandler for FiredByEngine {
+    fn bind(&self, _: &Binding) -> Result<(), ErrorBody> {
+        Ok(())
+    }
+    fn unbind(&self, _: &str) {}
+}
+
+pub(crate) struct EngineTriggerType {
+    pub id: &'static str,
+    pub description: &'static str,
+    pub handler: Arc<dyn TriggerTypeHandler>,
+}
+
+/// Everything the modules provide, collected by the engine root.
+#[derive(Default)]
+pub(crate) struct Provisions {
+    pub(super) functions: HashMap<&'static str, Handler>,
+    pub(super) trigger_types: Vec<EngineTriggerType>,
+    pub(super) enqueue: Option<Box<EnqueueFn>>,
+    pub(super) worker_gone: Vec<Box<WorkerGoneFn>>,
+}
+
+impl Provisions {
+    /// An engine function answered inline by `f` with the module handle `h`.
+    pub(crate) fn sync_fn<H: Clone + Send + Sync + 'static>(
+        &mut self,
+        id: &'static str,
+        h: &H,
+        f: fn(&H, &Mesh, &CallCtx, Value) -> Reply,
+    ) {
+        let h = h.clone();
+        self.add(
+            id,
+            Handler::Sync(Box::new(move |mesh, ctx, input| f(&h, mesh, ctx, input))),
+        );
+    }
+
+    /// An engine function answered from a task by `f` with the module handle `h`.
+    pub(crate) fn async_fn<H: Clone + Send + Sync + 'static>(
+        &mut self,
+        id: &'static str,
+        h: &H,
+        f: fn(H, Mesh, CallCtx, Value) -> BoxFuture<'static, Reply>,
+    ) {
+        let h = h.clone();
+        self.add(
+            id,
+            Handler::Async(Box::new(move |mesh, ctx, input| {
+                f(h.clone(), mesh.clone(), ctx, input)
+            })),
+        );
+    }
+
+    /// An engine function about the mesh itself, answered inline.
+    pub(crate) fn mesh_sync_fn(
+        &mut self,
+        id: &'static str,
+        f: fn(&Mesh, &CallCtx, Value) -> Reply,
+    ) {
+        self.add(id, Handler::Sync(Box::new(f)));
+    }
+
+    /// An engine function about the mesh itself, answered from a task.
+    pub(crate) fn mesh_async_fn(
+        &mut self,
+        id: &'static str,
+        f: fn(Mesh, CallCtx, Value) -> BoxFuture<'static, Reply>,
+    ) {
+        self.add(
+            id,
+            Handler::Async(Box::new(move |mesh, ctx, input| {
+                f(mesh.clone(), ctx, input)
+            })),
+        );
+    }
+
+    fn add(&mut self, id: &'static str, handler: Handler) {
+        let previous = self.functions.insert(id, handler);
+        assert!(previous.is_none(), "engine function {id} provided twice");
+    }
+
+    /// A trigger type the engine serves, in namespace `default`.
+    pub(crate) fn trigger_type(
+        &mut self,
+        id: &'static str,
+        description: &'static str,
+        handler: Arc<dyn TriggerTypeHandler>,
+    ) {
+        self.trigger_types.push(EngineTriggerType {
+            id,
+            description,
+            handler,
+        });
+    }
+
+    /// Who takes `action: {type: enqueue}` calls (at most one module).
+    pub(crate) fn enqueue(
+        &mut self,
+        f: impl Fn(&Mesh, &Arc<Connection>, Invoke) + Send + Sync + 'static,
+    ) {
+        assert!(self.enqueue.is_none(), "two modules take Enqueue calls");
+        self.enqueue = Some(Box::new(f));
+    }
+
+    /// Runs after a worker's disconnect has been applied to the registry.
+    pub(crate) fn on_worker_gone(&mut self, f: impl Fn(Uuid) + Send + Sync + 'static) {
+        self.worker_gone.push(Box::new(f));
+    }
+}
+
+/// Parses an engine function's input; a missing input is the default (empty) value.
+pub(crate) fn args<T: DeserializeOwned + Default>(input: Value) -> Result<T, ErrorBody> {
+    if input.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(input)
+        .map_err(|e| ErrorBody::new(codes::INVALID_ARGUMENTS, e.to_string()))
+}
+
+/// The installed provisions, read on every engine call.
+#[derive(Default)]
+pub(crate) struct Provided {
+    functions: HashMap<&'static str, Handler>,
+    pub(super) enqueue: Option<Box<EnqueueFn>>,
+    pub(super) worker_gone: Vec<Box<WorkerGoneFn>>,
+}
+
+impl Provided {
+    pub(super) fn new(p: Provisions) -> (Self, Vec<EngineTriggerType>) {
+        let provided = Self {
+            functions: p.functions,
+            enqueue: p.enqueue,
+            worker_gone: p.worker_gone,
+        };
+        (provided, p.trigger_types)
+    }
+
+    pub(crate) fn function(&self, id: &str) -> Option<&Handler> {
+        self.functions.get(id)
+    }
+
+    /// Every engine function id, sorted (listings).
+    pub(crate) fn function_ids(&self) -> Vec<&'static str> {
+        let mut ids: Vec<&'static str> = self.functions.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+}

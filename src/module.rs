@@ -1,0 +1,53 @@
+//! The seam where a built-in module plugs into the engine.
+//!
+//! A module (the durable queue, realtime routes, binary channels, the mesh's
+//! own introspection functions; HTTP, state, streams… tomorrow) says what it
+//! provides through [`Module`]; the engine root (`crate::engine`) builds each
+//! one, installs what they provide into the mesh, mounts their routes, starts
+//! their background tasks and drains them in order at shutdown. Adding a
+//! module is a folder and one line in the engine root.
+//!
+//! Architecture invariant: a module knows the mesh and the store, never the
+//! engine root, the edge or another module's internals; when it needs another
+//! module (realtime enqueues disconnects on the queue), the engine root hands
+//! it that module's handle.
+
+use axum::Router;
+use futures_util::future::BoxFuture;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+use crate::mesh::Provisions;
+
+pub(crate) trait Module: Send + Sync {
+    /// For logs.
+    fn name(&self) -> &'static str;
+
+    /// Engine functions, engine-served trigger types, the Enqueue handler,
+    /// hooks on a worker's departure.
+    fn provide(&self, _: &mut Provisions) {}
+
+    /// Routes served on the worker listener, beside `/`, `/otel` and `/health`
+    /// (at most one module may set a fallback).
+    fn routes(&self) -> Option<Router> {
+        None
+    }
+
+    /// Background tasks, started once the provisions are installed and
+    /// aborted when the engine has drained.
+    fn start(&self) -> Vec<JoinHandle<()>> {
+        Vec::new()
+    }
+
+    /// Drain, first phase (the listener no longer accepts): stop taking new
+    /// work and finish what needs workers still connected, within `grace`.
+    fn stop_intake(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// Drain, second phase: calls in flight have settled (or the grace period
+    /// ran out) and workers are still connected; release the store and stop.
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}

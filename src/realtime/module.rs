@@ -1,0 +1,101 @@
+//! Realtime routes as an engine module: the `websocket` trigger type, the
+//! `channel::*` functions, the listener's fallback (any path may be a route),
+//! and the disconnects owed to connections a crash cut off.
+
+use futures_util::future::BoxFuture;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+use super::functions as f;
+use super::upgrade::{self, Upgrades};
+use super::{Realtime, RealtimeConfig, TRIGGER_TYPE, persist};
+use crate::mesh::{Mesh, Provisions};
+use crate::module::Module;
+use crate::queue::Queues;
+use crate::store::Store;
+
+pub(crate) struct RealtimeModule {
+    mesh: Mesh,
+    hub: Realtime,
+    /// Rows the last run left, read before any connection can add one;
+    /// queued as disconnects once the engine starts.
+    leftovers: Mutex<Vec<persist::Row>>,
+}
+
+impl RealtimeModule {
+    pub(crate) fn new(
+        mesh: &Mesh,
+        config: RealtimeConfig,
+        store: Arc<Store>,
+        queues: &Queues,
+    ) -> Self {
+        let hub = Realtime::new(config, Some(store), Some(queues.clone()));
+        let leftovers = persist::leftovers(&hub);
+        Self {
+            mesh: mesh.clone(),
+            hub,
+            leftovers: Mutex::new(leftovers),
+        }
+    }
+
+    /// The hub of open client connections (tests and benches inspect it).
+    pub(crate) fn hub(&self) -> &Realtime {
+        &self.hub
+    }
+}
+
+impl Module for RealtimeModule {
+    fn name(&self) -> &'static str {
+        "realtime"
+    }
+
+    fn provide(&self, p: &mut Provisions) {
+        p.trigger_type(
+            TRIGGER_TYPE,
+            "Handles client WebSocket connections on a route (connect, message, disconnect, binary)",
+            Arc::new(self.hub.clone()),
+        );
+        let hub = &self.hub;
+        p.sync_fn("channel::send", hub, f::send);
+        p.sync_fn("channel::send_many", hub, f::send_many);
+        p.sync_fn("channel::close", hub, f::close);
+        p.sync_fn("channel::subscribe", hub, f::subscribe);
+        p.sync_fn("channel::unsubscribe", hub, f::unsubscribe);
+        p.sync_fn("channel::publish", hub, f::publish);
+        p.sync_fn("channel::get", hub, f::get);
+        p.sync_fn("channel::list", hub, f::list);
+        p.sync_fn("channel::set_state", hub, f::set_state);
+        p.sync_fn("channel::get_state", hub, f::get_state);
+        p.sync_fn("channel::set_auth", hub, f::set_auth);
+        p.sync_fn("channel::issue_ticket", hub, f::issue_ticket);
+    }
+
+    fn routes(&self) -> Option<axum::Router> {
+        let state = Upgrades {
+            mesh: self.mesh.clone(),
+            hub: self.hub.clone(),
+        };
+        Some(
+            axum::Router::new()
+                .fallback(upgrade::handle)
+                .with_state(state),
+        )
+    }
+
+    fn start(&self) -> Vec<JoinHandle<()>> {
+        let rows = std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        let hub = self.hub.clone();
+        vec![tokio::spawn(async move {
+            persist::recover(&hub, rows).await;
+        })]
+    }
+
+    /// Client disconnect handlers run while their workers are still connected.
+    fn stop_intake(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(self.hub.shutdown(grace))
+    }
+}
