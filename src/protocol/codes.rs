@@ -56,16 +56,64 @@ pub const EXECUTOR_UNAVAILABLE: &str = "executor_unavailable";
 /// `engine::channels::create` refused: the engine holds `channels.max_channels`.
 pub const TOO_MANY_CHANNELS: &str = "too_many_channels";
 
-/// WebSocket close codes the engine uses.
+// Realtime routes: what workers (`channel::*`) and clients see.
+/// No open client connection has this id.
+pub const CHANNEL_NOT_FOUND: &str = "CHANNEL_NOT_FOUND";
+/// The client connection is closing or closed.
+pub const CHANNEL_CLOSED: &str = "CHANNEL_CLOSED";
+/// The client's outbound queue is full; it was closed with 1013.
+pub const CHANNEL_BACKPRESSURE: &str = "CHANNEL_BACKPRESSURE";
+/// A client message matched no handler and the route has no default one.
+pub const NO_HANDLER: &str = "NO_HANDLER";
+/// The handler's function has no worker right now.
+pub const HANDLER_UNAVAILABLE: &str = "HANDLER_UNAVAILABLE";
+/// The handler requires an authenticated connection (also the upgrade's 401).
+pub const UNAUTHORIZED: &str = "UNAUTHORIZED";
+/// `channel::set_state` over `realtime.max_state_bytes`.
+pub const STATE_TOO_LARGE: &str = "STATE_TOO_LARGE";
+/// No realtime route at that path (a ticket's route, or the upgrade's 404).
+pub const ROUTE_NOT_FOUND: &str = "ROUTE_NOT_FOUND";
+
+/// Refusals of a realtime upgrade, sent as `{"error":{"code",..}}` with an HTTP status.
+pub mod upgrade {
+    /// 503: the route's triggers all went (its worker restarting); retry.
+    pub const ROUTE_UNAVAILABLE: &str = "ROUTE_UNAVAILABLE";
+    /// 503: the engine is shutting down.
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    /// 503: `realtime.max_connections` reached.
+    pub const TOO_MANY_CONNECTIONS: &str = "TOO_MANY_CONNECTIONS";
+    /// 403: `Origin` is not in the route's `allowed_origins`.
+    pub const ORIGIN_NOT_ALLOWED: &str = "ORIGIN_NOT_ALLOWED";
+    /// 403: the auth function answered with a `FORBIDDEN` error.
+    pub const FORBIDDEN: &str = "FORBIDDEN";
+    /// 503: the auth function did not answer.
+    pub const AUTH_UNAVAILABLE: &str = "AUTH_UNAVAILABLE";
+    /// 422: a path parameter and a query parameter disagree.
+    pub const OPENING_DATA_CONFLICT: &str = "OPENING_DATA_CONFLICT";
+    /// 400: the query string cannot be read.
+    pub const BAD_QUERY: &str = "BAD_QUERY";
+}
+
+/// WebSocket close codes the engine uses, on every kind of socket.
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
-    /// The engine is shutting down.
+    /// The engine is shutting down (or a client went idle).
     pub const GOING_AWAY: u16 = 1001;
+    /// A channel socket broke a rule of RFC 6455 (unmasked frame, bad opcode…).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame on a channel socket was not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A message exceeded the configured size limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A realtime handler failed and the route says `on_handler_error: close`.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// Reported to disconnect handlers for connections an engine crash cut off.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// The peer stopped reading and its outbound queue hit its bound.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// A realtime client whose connect handler refused it with `FORBIDDEN`.
+    pub const FORBIDDEN: u16 = 4403;
     /// Another connection took over this worker's identity (`reattach`).
     pub const REPLACED: u16 = 4000;
     /// Channel socket: the channel expired, or its creator left, before both

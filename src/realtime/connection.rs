@@ -13,8 +13,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{Channel, CloseReason, ClosedBy, Realtime, close, dispatch, persist};
+use super::{Channel, CloseReason, ClosedBy, Realtime, dispatch, persist};
 use crate::mesh::Mesh;
+use crate::protocol::codes::close;
 
 /// How long a closing socket's writer may take to put its last frames out.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
@@ -189,7 +190,7 @@ fn on_read_error(ch: &Channel, e: axum::Error) {
         Some(tokio_tungstenite::tungstenite::Error::Capacity(cap)) => {
             tracing::info!(channel_id = %ch.id, error = %cap, "client message too big; closing with 1009");
             ch.close(CloseReason::new(
-                close::TOO_BIG,
+                close::MESSAGE_TOO_BIG,
                 "message too big",
                 ClosedBy::Server,
             ));

@@ -7,8 +7,9 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 use super::routes::{AuthMode, Event};
-use super::{Channel, CloseReason, ClosedBy, Realtime, close, codes};
+use super::{Channel, CloseReason, ClosedBy, Realtime};
 use crate::mesh::Mesh;
+use crate::protocol::codes::{self, close};
 use crate::protocol::{ErrorBody, Payload, to_payload};
 
 /// One event for a handler.
@@ -239,7 +240,7 @@ fn finish(
     }
     if failed.is_some() && ch.limits.close_on_handler_error {
         ch.close(CloseReason::new(
-            close::HANDLER_ERROR,
+            close::INTERNAL_ERROR,
             "handler error",
             ClosedBy::Server,
         ));
@@ -269,7 +270,7 @@ pub async fn on_connect(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>) {
             let code = if forbidden {
                 close::FORBIDDEN
             } else {
-                close::HANDLER_ERROR
+                close::INTERNAL_ERROR
             };
             let _ = ch.send_json(&error_frame("id", None, &e.code, e.message));
             ch.close(CloseReason::new(

@@ -9,13 +9,14 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Channel, CloseReason, ClosedBy, Realtime, codes, persist};
+use super::{Channel, CloseReason, ClosedBy, Realtime, persist};
 use crate::mesh::provided::args;
 use crate::mesh::{CallCtx, Mesh, Reply};
-use crate::protocol::{ErrorBody, codes as proto_codes};
+use crate::protocol::ErrorBody;
+use crate::protocol::codes::{self, close};
 
 fn bad(msg: impl Into<String>) -> ErrorBody {
-    ErrorBody::new(proto_codes::INVALID_ARGUMENTS, msg)
+    ErrorBody::new(codes::INVALID_ARGUMENTS, msg)
 }
 
 fn channel(hub: &Realtime, id: Option<String>) -> Result<Arc<Channel>, ErrorBody> {
@@ -86,7 +87,7 @@ struct CloseArgs {
 /// Idempotent: `closed` is false when the channel was already gone or closing.
 pub(super) fn close(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: CloseArgs = args(input)?;
-    let code = a.code.unwrap_or(crate::realtime::close::NORMAL);
+    let code = a.code.unwrap_or(close::NORMAL);
     if code != 1000 && !(3000..=4999).contains(&code) {
         return Err(bad("code must be 1000 or within 3000..=4999"));
     }
@@ -252,10 +253,7 @@ pub(super) fn issue_ticket(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) 
         }
     };
     let pattern = pattern.ok_or_else(|| {
-        ErrorBody::new(
-            codes::TICKET_ROUTE_UNKNOWN,
-            format!("no realtime route {route}"),
-        )
+        ErrorBody::new(codes::ROUTE_NOT_FOUND, format!("no realtime route {route}"))
     })?;
     let ttl = Duration::from_millis(a.ttl_ms.unwrap_or(30_000)).min(hub.config().max_ticket_ttl);
     if ttl.is_zero() {

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mesh::state::Binding;
 use crate::mesh::state::TriggerTypeHandler;
 use crate::protocol::ErrorBody;
+use crate::protocol::codes::{self, close};
 use crate::queue::Queues;
 use crate::store::Store;
 pub use routes::TRIGGER_TYPE;
@@ -124,28 +125,6 @@ impl RealtimeConfig {
         }
         Ok(())
     }
-}
-
-/// Error codes clients and workers see from realtime channels.
-pub mod codes {
-    pub const CHANNEL_NOT_FOUND: &str = "CHANNEL_NOT_FOUND";
-    pub const CHANNEL_CLOSED: &str = "CHANNEL_CLOSED";
-    pub const CHANNEL_BACKPRESSURE: &str = "CHANNEL_BACKPRESSURE";
-    pub const NO_HANDLER: &str = "NO_HANDLER";
-    pub const HANDLER_UNAVAILABLE: &str = "HANDLER_UNAVAILABLE";
-    pub const UNAUTHORIZED: &str = "UNAUTHORIZED";
-    pub const STATE_TOO_LARGE: &str = "STATE_TOO_LARGE";
-    pub const TICKET_ROUTE_UNKNOWN: &str = "ROUTE_NOT_FOUND";
-}
-
-/// Close codes of client sockets (shared meaning with `protocol::codes::close`).
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const TOO_BIG: u16 = 1009;
-    pub const HANDLER_ERROR: u16 = 1011;
-    pub const SLOW_CONSUMER: u16 = 1013;
-    pub const FORBIDDEN: u16 = 4403;
 }
 
 /// Who or what ended a connection; handlers get it in `reason.by`.
@@ -382,7 +361,7 @@ impl Channel {
                 self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
                 tracing::warn!(channel_id = %self.id, route = %self.route, limit = what, "client is not reading; closing it as a slow consumer");
                 self.close(CloseReason::new(
-                    close::SLOW_CONSUMER,
+                    close::TRY_AGAIN_LATER,
                     "slow consumer",
                     ClosedBy::SlowConsumer,
                 ));
@@ -470,6 +449,8 @@ struct HubInner {
     store: Mutex<Option<Arc<Store>>>,
     config: RealtimeConfig,
     shutting_down: AtomicBool,
+    /// Woken when the last open connection leaves (shutdown waits on it).
+    emptied: tokio::sync::Notify,
 }
 
 impl Realtime {
@@ -482,6 +463,7 @@ impl Realtime {
                 store: Mutex::new(store),
                 config,
                 shutting_down: AtomicBool::new(false),
+                emptied: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -553,6 +535,9 @@ impl Realtime {
         let topics = ch.topics();
         let mut t = self.tables();
         t.channels.remove(&ch.id);
+        if t.channels.is_empty() {
+            self.inner.emptied.notify_waiters();
+        }
         for topic in topics {
             if let Some(set) = t.topics.get_mut(&topic) {
                 set.remove(&ch.id);
@@ -612,9 +597,17 @@ impl Realtime {
                 ClosedBy::EngineShutdown,
             ));
         }
-        let started = Instant::now();
-        while self.open_count() > 0 && started.elapsed() < within {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let emptied = self.inner.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.open_count() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, emptied).await.is_err() {
+                break;
+            }
         }
         let left = self.open_count();
         self.inner

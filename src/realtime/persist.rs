@@ -14,15 +14,13 @@ use uuid::Uuid;
 
 use super::routes::Event;
 use super::{Channel, ClosedBy, Realtime, dispatch};
+use crate::protocol::codes::close;
 use crate::protocol::to_payload;
 use crate::store::layout;
 use crate::store::records::RealtimeConnRecord;
 
 /// A stored open-connection row: (key, record bytes).
 pub type Row = (sled::IVec, sled::IVec);
-
-/// Close code reported for connections the engine lost by crashing (service restart).
-pub const RESTART_CODE: u16 = 1012;
 
 fn key(ch: &Channel) -> Option<Vec<u8>> {
     Uuid::parse_str(&ch.id)
@@ -139,7 +137,7 @@ pub async fn recover(hub: &Realtime, rows: Vec<Row>) -> usize {
             "event": "disconnect",
             "seq": 0,
             "data": null,
-            "reason": { "code": RESTART_CODE, "text": "engine restarted", "by": ClosedBy::EngineRestart.as_str() },
+            "reason": { "code": close::SERVICE_RESTART, "text": "engine restarted", "by": ClosedBy::EngineRestart.as_str() },
         });
         let req = crate::queue::EnqueueRequest {
             queue: hub.config().restart_queue.clone(),

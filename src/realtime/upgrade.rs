@@ -18,6 +18,7 @@ use super::Realtime;
 use super::routes::{AuthMode, Matched};
 use super::{Channel, ChannelInit, connection};
 use crate::mesh::Mesh;
+use crate::protocol::codes::{self, upgrade};
 
 /// Query parameters that carry credentials.
 pub const SECRET_PARAMS: &[&str] = &["token", "ticket", "key", "access_key"];
@@ -51,20 +52,24 @@ pub enum UpgradeError {
 impl UpgradeError {
     fn status(&self) -> (StatusCode, &'static str) {
         match self {
-            UpgradeError::NotFound => (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND"),
-            UpgradeError::Departed => (StatusCode::SERVICE_UNAVAILABLE, "ROUTE_UNAVAILABLE"),
-            UpgradeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN"),
-            UpgradeError::Full => (StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_CONNECTIONS"),
-            UpgradeError::Origin(_) => (StatusCode::FORBIDDEN, "ORIGIN_NOT_ALLOWED"),
-            UpgradeError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-            UpgradeError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            UpgradeError::NotFound => (StatusCode::NOT_FOUND, codes::ROUTE_NOT_FOUND),
+            UpgradeError::Departed => (StatusCode::SERVICE_UNAVAILABLE, upgrade::ROUTE_UNAVAILABLE),
+            UpgradeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, upgrade::SHUTTING_DOWN),
+            UpgradeError::Full => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                upgrade::TOO_MANY_CONNECTIONS,
+            ),
+            UpgradeError::Origin(_) => (StatusCode::FORBIDDEN, upgrade::ORIGIN_NOT_ALLOWED),
+            UpgradeError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
+            UpgradeError::Forbidden(_) => (StatusCode::FORBIDDEN, upgrade::FORBIDDEN),
             UpgradeError::AuthUnavailable(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "AUTH_UNAVAILABLE")
+                (StatusCode::SERVICE_UNAVAILABLE, upgrade::AUTH_UNAVAILABLE)
             }
-            UpgradeError::Conflict(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "OPENING_DATA_CONFLICT")
-            }
-            UpgradeError::BadQuery(_) => (StatusCode::BAD_REQUEST, "BAD_QUERY"),
+            UpgradeError::Conflict(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                upgrade::OPENING_DATA_CONFLICT,
+            ),
+            UpgradeError::BadQuery(_) => (StatusCode::BAD_REQUEST, upgrade::BAD_QUERY),
         }
     }
 }
@@ -287,13 +292,10 @@ async fn authenticate(
                 .unwrap_or(Value::Null);
             Ok(v.get("context").filter(|c| !c.is_null()).cloned())
         }
-        Err(e) if e.code.eq_ignore_ascii_case("forbidden") => {
+        Err(e) if e.code.eq_ignore_ascii_case(upgrade::FORBIDDEN) => {
             Err(UpgradeError::Forbidden(e.message))
         }
-        Err(e)
-            if e.code == crate::protocol::codes::FUNCTION_NOT_FOUND
-                || e.code == crate::protocol::codes::INVOCATION_TIMEOUT =>
-        {
+        Err(e) if e.code == codes::FUNCTION_NOT_FOUND || e.code == codes::INVOCATION_TIMEOUT => {
             tracing::warn!(function_id = auth_fn, error = %e, "realtime auth function unavailable; refusing the upgrade");
             Err(UpgradeError::AuthUnavailable(format!(
                 "{auth_fn} did not answer"

@@ -26,6 +26,7 @@ pub use header::apply_mask;
 pub use read::FrameReader;
 pub use write::FrameWriter;
 
+use crate::protocol::codes::close;
 use bytes::Bytes;
 
 /// Which end of the connection this is: a client masks every frame it sends
@@ -83,13 +84,6 @@ pub struct CloseFrame {
     pub reason: String,
 }
 
-/// Close codes of RFC 6455 §7.4.1 this layer gives reasons for.
-pub mod code {
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-}
-
 /// Why a socket cannot be read any further (or, for [`TooBig`], why one
 /// message was refused: its bytes are skipped, so the close handshake can
 /// still be read after it).
@@ -113,9 +107,9 @@ impl FrameError {
     /// The close code to send the peer for this error, if the peer broke a rule.
     pub fn close_code(&self) -> Option<u16> {
         match self {
-            FrameError::TooBig { .. } => Some(code::MESSAGE_TOO_BIG),
-            FrameError::Protocol(_) => Some(code::PROTOCOL_ERROR),
-            FrameError::InvalidUtf8 => Some(code::INVALID_PAYLOAD),
+            FrameError::TooBig { .. } => Some(close::MESSAGE_TOO_BIG),
+            FrameError::Protocol(_) => Some(close::PROTOCOL_ERROR),
+            FrameError::InvalidUtf8 => Some(close::INVALID_PAYLOAD),
             FrameError::Io(_) | FrameError::Eof => None,
         }
     }
