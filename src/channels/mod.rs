@@ -1,5 +1,5 @@
 //! Binary channels: one-way byte pipes between workers, brokered by the
-//! engine (`worker-protocol.md` §6, `channels.md` §4.1).
+//! engine (`docs/protocol.md` §6, `docs/channels.md` §4.1).
 //!
 //! A worker calls `engine::channels::create` and gets two refs, one per end,
 //! each with its own key. Each end opens `/ws/channels/{id}?key=…&dir=…`

@@ -1,6 +1,6 @@
 //! Decoding what workers send.
 //!
-//! Decoding is tolerant in exactly the ways `worker-protocol.md` §8 lists:
+//! Decoding is tolerant in exactly the ways `docs/protocol.md` §8 lists:
 //! unknown fields are ignored, `data`/`config` may be missing (null),
 //! `description` may be missing (""), `invocation_id` may be null or absent.
 //! A frame is parsed once into [`Frame`], a flat union of every message's

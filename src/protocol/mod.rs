@@ -4,7 +4,7 @@
 //! sends is built by [`outbound`]; the error and close codes both sides see live
 //! in [`codes`]; binary channels' refs and socket URLs in [`channel`]. Nothing
 //! else in the crate parses or writes protocol JSON, so this folder can be read
-//! whole against `worker-protocol.md`.
+//! whole against `docs/protocol.md`.
 //!
 //! Payloads (`data`, `result`, `config`, `metadata`) stay as raw JSON text from
 //! the moment they arrive until they leave: the engine routes them and never
