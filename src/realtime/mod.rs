@@ -218,7 +218,7 @@ struct Live {
 
 /// One client connection, as handlers and engine functions see it.
 #[derive(Debug)]
-pub struct Channel {
+pub struct Client {
     pub id: String,
     /// The route pattern (`/ws/chat/:room`).
     pub route: String,
@@ -246,7 +246,7 @@ pub struct Outbox {
 }
 
 /// Everything needed to make a channel (filled in by the upgrade).
-pub struct ChannelInit {
+pub struct ClientInit {
     pub route: String,
     pub path: String,
     pub params: Map<String, Value>,
@@ -256,8 +256,8 @@ pub struct ChannelInit {
     pub limits: Arc<Limits>,
 }
 
-impl Channel {
-    pub fn new(init: ChannelInit) -> (Arc<Self>, Outbox) {
+impl Client {
+    pub fn new(init: ClientInit) -> (Arc<Self>, Outbox) {
         let (tx, rx) = mpsc::channel(init.limits.outbound_messages);
         let ch = Arc::new(Self {
             id: uuid::Uuid::now_v7().to_string(),
@@ -425,7 +425,7 @@ struct Ticket {
 
 #[derive(Default)]
 struct Tables {
-    channels: HashMap<String, Arc<Channel>>,
+    channels: HashMap<String, Arc<Client>>,
     /// topic → subscribed channel ids.
     topics: HashMap<String, HashSet<String>>,
     tickets: HashMap<String, Ticket>,
@@ -493,7 +493,7 @@ impl Realtime {
         self.inner.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(&self, channel_id: &str) -> Option<Arc<Channel>> {
+    pub fn get(&self, channel_id: &str) -> Option<Arc<Client>> {
         self.tables().channels.get(channel_id).cloned()
     }
 
@@ -502,14 +502,9 @@ impl Realtime {
     }
 
     /// Open channels, optionally only those of `route` or subscribed to `topic`.
-    pub fn list(
-        &self,
-        route: Option<&str>,
-        topic: Option<&str>,
-        limit: usize,
-    ) -> Vec<Arc<Channel>> {
+    pub fn list(&self, route: Option<&str>, topic: Option<&str>, limit: usize) -> Vec<Arc<Client>> {
         let t = self.tables();
-        let mut out: Vec<Arc<Channel>> = match topic {
+        let mut out: Vec<Arc<Client>> = match topic {
             Some(topic) => t
                 .topics
                 .get(topic)
@@ -526,12 +521,12 @@ impl Realtime {
         out
     }
 
-    fn insert(&self, ch: Arc<Channel>) {
+    fn insert(&self, ch: Arc<Client>) {
         self.tables().channels.insert(ch.id.clone(), ch);
     }
 
     /// Forgets a channel and its subscriptions (after its disconnect ran).
-    fn remove(&self, ch: &Channel) {
+    fn remove(&self, ch: &Client) {
         let topics = ch.topics();
         let mut t = self.tables();
         t.channels.remove(&ch.id);
@@ -583,7 +578,7 @@ impl Realtime {
     /// `within`) until each one's disconnect handler has run.
     pub async fn shutdown(&self, within: Duration) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let open: Vec<Arc<Channel>> = self.tables().channels.values().cloned().collect();
+        let open: Vec<Arc<Client>> = self.tables().channels.values().cloned().collect();
         if !open.is_empty() {
             tracing::info!(
                 channels = open.len(),

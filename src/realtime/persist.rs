@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 use super::routes::Event;
-use super::{Channel, ClosedBy, Realtime, dispatch};
+use super::{Client, ClosedBy, Realtime, dispatch};
 use crate::protocol::codes::close;
 use crate::protocol::to_payload;
 use crate::store::layout;
@@ -22,13 +22,13 @@ use crate::store::records::RealtimeConnRecord;
 /// A stored open-connection row: (key, record bytes).
 pub type Row = (sled::IVec, sled::IVec);
 
-fn key(ch: &Channel) -> Option<Vec<u8>> {
+fn key(ch: &Client) -> Option<Vec<u8>> {
     Uuid::parse_str(&ch.id)
         .ok()
         .map(|id| layout::realtime_conn(&id))
 }
 
-fn snapshot_bytes(ch: &Channel) -> Vec<u8> {
+fn snapshot_bytes(ch: &Client) -> Vec<u8> {
     let mut snap = ch.snapshot();
     if let Some(obj) = snap.as_object_mut() {
         obj.remove("state");
@@ -38,7 +38,7 @@ fn snapshot_bytes(ch: &Channel) -> Vec<u8> {
 
 /// Records an opening connection when its route has a disconnect handler.
 /// Returns whether a row was written (and made durable).
-pub async fn opened(hub: &Realtime, ch: &Channel) -> bool {
+pub async fn opened(hub: &Realtime, ch: &Client) -> bool {
     let (Some(store), Some(key)) = (hub.store(), key(ch)) else {
         return false;
     };
@@ -69,7 +69,7 @@ pub async fn opened(hub: &Realtime, ch: &Channel) -> bool {
 
 /// Rewrites a recorded connection's row (topics or auth changed). Not awaited:
 /// what a crash loses here is only the newest topic or auth context.
-pub fn refresh(hub: &Realtime, ch: &Channel) {
+pub fn refresh(hub: &Realtime, ch: &Client) {
     if !ch.recorded.load(Ordering::Relaxed) {
         return;
     }
@@ -88,7 +88,7 @@ pub fn refresh(hub: &Realtime, ch: &Channel) {
 }
 
 /// Removes the row once the disconnect has run.
-pub fn closed(hub: &Realtime, ch: &Channel) {
+pub fn closed(hub: &Realtime, ch: &Client) {
     let (Some(store), Some(key)) = (hub.store(), key(ch)) else {
         return;
     };

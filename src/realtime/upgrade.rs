@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use super::Realtime;
 use super::routes::{AuthMode, Matched};
-use super::{Channel, ChannelInit, connection};
+use super::{Client, ClientInit, connection};
 use crate::mesh::Mesh;
 use crate::protocol::codes::{self, upgrade};
 
@@ -131,10 +131,10 @@ pub(crate) async fn handle(
     }
 }
 
-fn upgrade(ws: WebSocketUpgrade, app: Upgrades, init: ChannelInit) -> Response {
+fn upgrade(ws: WebSocketUpgrade, app: Upgrades, init: ClientInit) -> Response {
     let Upgrades { mesh, hub } = app;
     let max = init.limits.max_message_bytes;
-    let (ch, outbox) = Channel::new(init);
+    let (ch, outbox) = Client::new(init);
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(SOCKET_BUFFER)
@@ -147,7 +147,7 @@ async fn prepare(
     app: &Upgrades,
     parts: &Parts,
     addr: SocketAddr,
-) -> Result<ChannelInit, UpgradeError> {
+) -> Result<ClientInit, UpgradeError> {
     let (mesh, hub) = (&app.mesh, &app.hub);
     let path = parts.uri.path();
     let m: Matched = hub.routes().find(path).ok_or(UpgradeError::NotFound)?;
@@ -182,7 +182,7 @@ async fn prepare(
             }
         }
     }
-    Ok(ChannelInit {
+    Ok(ClientInit {
         route: m.pattern,
         path: path.to_owned(),
         params: m.params,
