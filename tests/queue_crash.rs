@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::RawClient;
 use common::sdk::{sdk_worker, stop};
+use common::{EngineProcess, RawClient};
 use iii_sdk::protocol::TriggerRequest;
 use iii_sdk::{IIIClient, RegisterFunction, TriggerAction};
 use serde_json::{Value, json};
@@ -110,7 +110,8 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<u64>, into: &mut HashSet<u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_job_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut engine, url) = common::start_binary(dir.path());
+    let mut engine = EngineProcess::start_in(dir.path());
+    let url = engine.url.clone();
     let (tx, mut ran_rx) = mpsc::unbounded_channel();
     let first_worker = worker(&url, tx.clone(), Duration::from_millis(2));
     let producer = sdk_worker(&url, "crash-producer");
@@ -130,8 +131,7 @@ async fn every_acknowledged_job_survives_kill_9() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    engine.kill().expect("SIGKILL");
-    engine.wait().unwrap();
+    engine.kill();
     dead.store(true, Ordering::Relaxed);
     producing.await.unwrap();
     let acked: HashSet<u64> = acked.lock().unwrap().clone();
@@ -141,8 +141,8 @@ async fn every_acknowledged_job_survives_kill_9() {
     stop(first_worker).await;
     stop(producer).await;
 
-    let (mut engine, url) = common::start_binary(dir.path());
-    let second_worker = worker(&url, tx, Duration::ZERO);
+    let engine = EngineProcess::start_in(dir.path());
+    let second_worker = worker(&engine.url, tx, Duration::ZERO);
     let started = Instant::now();
     while !acked.is_subset(&ran) {
         assert!(
@@ -161,8 +161,7 @@ async fn every_acknowledged_job_survives_kill_9() {
         started.elapsed().as_millis()
     );
     stop(second_worker).await;
-    engine.kill().ok();
-    engine.wait().ok();
+    drop(engine); // killed
 }
 
 /// An attempt that has run a while when the engine is SIGKILLed is counted:
@@ -172,10 +171,10 @@ async fn every_acknowledged_job_survives_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_running_at_kill_9_counts_as_engine_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut engine, url) = common::start_binary(dir.path());
-    let mut w = RawClient::worker(&url, "w").await;
+    let mut engine = EngineProcess::start_in(dir.path());
+    let mut w = RawClient::worker(&engine.url, "w").await;
     w.register_function("slow::job").await;
-    let mut c = RawClient::worker(&url, "c").await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
     let r = c
         .call(
             "queue::enqueue",
@@ -187,11 +186,11 @@ async fn an_attempt_running_at_kill_9_counts_as_engine_restart() {
         .await; // never answered
     // Past the delay before a start is written and sled's own 500 ms flush.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    engine.kill().expect("SIGKILL");
-    engine.wait().unwrap();
+    engine.kill();
     drop((w, c));
 
-    let (mut engine, url) = common::start_binary(dir.path());
+    let engine = EngineProcess::start_in(dir.path());
+    let url = engine.url.clone();
     let mut c = RawClient::worker(&url, "c").await;
     let job = c.call("queue::get", json!({"receipt": receipt})).await;
     let job = &job["result"];
@@ -214,6 +213,5 @@ async fn an_attempt_running_at_kill_9_counts_as_engine_restart() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    engine.kill().ok();
-    engine.wait().ok();
+    drop(engine); // killed
 }

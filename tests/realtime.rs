@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{TestEngine, WAIT, test_config};
+use common::realtime::bind;
+use common::{EngineProcess, TestEngine, WAIT, test_config};
 use futures_util::{SinkExt, StreamExt};
 use qmesh::client::{Client, ErrorBody};
 use serde_json::{Value, json};
@@ -17,17 +18,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Binds `function_id` with a `websocket` trigger (engine-owned binding).
-async fn bind(worker: &Client, function_id: &str, config: Value) {
-    worker
-        .call(
-            "engine::register_trigger",
-            json!({"trigger_type": "websocket", "function_id": function_id, "config": config}),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("binding {function_id}: {e}"));
-}
 
 async fn worker(engine: &TestEngine) -> Client {
     let w = Client::connect(&engine.url).await.expect("worker connects");
@@ -739,7 +729,8 @@ async fn clean_shutdown_fires_disconnects_before_exit() {
 #[tokio::test]
 async fn after_kill_9_each_open_connection_gets_one_engine_restart_disconnect() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut engine, url) = common::start_binary(dir.path());
+    let mut engine = EngineProcess::start_in(dir.path());
+    let url = engine.url.clone();
     let w = Client::connect(&url).await.unwrap();
     w.register_function("pres::hello", |p: Value| async move {
         Ok(json!({"hello": p["channel"]["channel_id"]}))
@@ -772,12 +763,12 @@ async fn after_kill_9_each_open_connection_gets_one_engine_restart_disconnect() 
         ids.push(recv(&mut ws).await["hello"].as_str().unwrap().to_owned());
         sockets.push(ws);
     }
-    engine.kill().unwrap();
-    engine.wait().unwrap();
+    engine.kill();
     drop(sockets);
     drop(w);
 
-    let (mut engine, url) = common::start_binary(dir.path());
+    let engine = EngineProcess::start_in(dir.path());
+    let url = engine.url.clone();
     let w = Client::connect(&url).await.unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     w.register_function("pres::leave", move |p: Value| {
@@ -802,8 +793,7 @@ async fn after_kill_9_each_open_connection_gets_one_engine_restart_disconnect() 
     got.sort();
     ids.sort();
     assert_eq!(got, ids);
-    engine.kill().unwrap();
-    engine.wait().unwrap();
+    drop(engine); // killed
 }
 
 #[tokio::test]

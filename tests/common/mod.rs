@@ -267,53 +267,10 @@ async fn next_json(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) -> Optio
         }
     }
 }
+pub mod launcher;
 pub mod programs;
+pub mod realtime;
 pub mod sdk;
 
-/// A `qmesh` process a test started; killed when dropped, so a failing
-/// test leaves no engine behind (holding the harness's output open).
-pub struct EngineProcess(std::process::Child);
-
-impl std::ops::Deref for EngineProcess {
-    type Target = std::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for EngineProcess {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the real `qmesh` binary on an ephemeral port with its store in
-/// `data_dir` (for tests that kill -9 it); returns the process and its URL.
-pub fn start_binary(data_dir: &std::path::Path) -> (EngineProcess, String) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qmesh"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("start qmesh");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .expect("ws:// in the first line")
-        .to_owned();
-    (EngineProcess(child), url)
-}
+#[allow(unused_imports)] // not every test file starts the binary
+pub use launcher::EngineProcess;
