@@ -4,110 +4,28 @@
 
 mod common;
 
-use common::realtime::bind;
-use common::{EngineProcess, TestEngine, WAIT, test_config};
+use common::realtime::{bind, close_code, open, open_channels, recv, refused, send, serve, worker};
+use common::{
+    EngineProcess, TestEngine, WAIT, assert_holds_for, assert_silent_for, test_config, wait_for,
+    wait_for_open_channels, wait_until,
+};
 use futures_util::{SinkExt, StreamExt};
 use qmesh::client::{Client, ErrorBody};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn worker(engine: &TestEngine) -> Client {
-    let w = Client::connect(&engine.url).await.expect("worker connects");
-    w.announce("realtime-test").unwrap();
-    w
-}
-
-/// Registers a handler and waits until the engine routes it.
-async fn serve<F, Fut>(w: &Client, id: &str, f: F)
-where
-    F: Fn(Value) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Value, ErrorBody>> + Send + 'static,
-{
-    w.register_function(id, f).unwrap();
-    w.wait_for_function(id, WAIT).await.unwrap();
-}
-
-async fn open(engine: &TestEngine, path: &str) -> Ws {
-    let url = format!("ws://{}{path}", engine.addr);
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("upgrade")
-        .0
-}
-
-/// The HTTP status an upgrade was refused with.
-async fn refused(engine: &TestEngine, path: &str, auth: Option<&str>) -> u16 {
-    let mut req = format!("ws://{}{path}", engine.addr)
-        .into_client_request()
-        .unwrap();
-    if let Some(a) = auth {
-        req.headers_mut()
-            .insert("authorization", a.parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
-        Ok(_) => panic!("{path}: the upgrade was accepted"),
-        Err(e) => panic!("{path}: unexpected error {e}"),
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-/// The next text frame as JSON (pings and pongs skipped).
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).expect("JSON frame"),
-            Message::Close(f) => panic!("closed: {f:?}"),
-            _ => {}
-        }
-    }
-}
-
-/// Reads until the close frame; returns its code.
-async fn close_code(ws: &mut Ws) -> u16 {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("close in time")
-        {
-            Some(Ok(Message::Close(f))) => return f.map_or(1005, |f| f.code.into()),
-            Some(Ok(_)) => {}
-            other => panic!("socket ended without a close frame: {other:?}"),
-        }
-    }
-}
-
-/// Collects every payload a handler receives.
-fn recorder() -> (
-    Arc<Mutex<Vec<Value>>>,
-    mpsc::UnboundedSender<Value>,
-    mpsc::UnboundedReceiver<Value>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Arc::new(Mutex::new(Vec::new())), tx, rx)
-}
+/// How long a test watches for a disconnect handler running a second time.
+const ONCE: Duration = Duration::from_millis(300);
 
 #[tokio::test]
 async fn routing_strips_the_key_and_replies_echo_it_with_the_id() {
     let engine = TestEngine::start().await;
-    let w = worker(&engine).await;
-    let (_, seen_tx, mut seen) = recorder();
+    let w = worker(&engine.url).await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let tx = seen_tx.clone();
     serve(&w, "chat::join", move |p: Value| {
         let _ = tx.send(p.clone());
@@ -149,7 +67,7 @@ async fn routing_strips_the_key_and_replies_echo_it_with_the_id() {
     .await;
     bind(&w, "chat::hello", json!({"route": route, "on": "connect"})).await;
 
-    let mut ws = open(&engine, "/ws/chat/42?lang=en").await;
+    let mut ws = open(&engine.url, "/ws/chat/42?lang=en").await;
     let hello = recv(&mut ws).await;
     assert!(
         hello["welcome"].is_string(),
@@ -206,7 +124,7 @@ async fn routing_strips_the_key_and_replies_echo_it_with_the_id() {
 #[tokio::test]
 async fn unroutable_text_gets_an_error_frame_and_unknown_routes_404() {
     let engine = TestEngine::start().await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     serve(&w, "only::join", |_| async { Ok(Value::Null) }).await;
     bind(
         &w,
@@ -214,9 +132,9 @@ async fn unroutable_text_gets_an_error_frame_and_unknown_routes_404() {
         json!({"route": "/ws/strict", "on": "message", "match": {"action": "join"}}),
     )
     .await;
-    assert_eq!(refused(&engine, "/ws/nowhere", None).await, 404);
+    assert_eq!(refused(&engine.url, "/ws/nowhere", None).await, 404);
 
-    let mut ws = open(&engine, "/ws/strict").await;
+    let mut ws = open(&engine.url, "/ws/strict").await;
     ws.send(Message::Text("not json".into())).await.unwrap();
     assert_eq!(recv(&mut ws).await["error"]["code"], "NO_HANDLER");
     send(&mut ws, json!({"action": "join", "id": 1})).await;
@@ -249,8 +167,8 @@ async fn unroutable_text_gets_an_error_frame_and_unknown_routes_404() {
 #[tokio::test]
 async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
     let engine = TestEngine::start().await;
-    let w = worker(&engine).await;
-    let (_, tx, mut seen) = recorder();
+    let w = worker(&engine.url).await;
+    let (tx, mut seen) = mpsc::unbounded_channel();
     serve(&w, "auth::check", move |p: Value| {
         let _ = tx.send(p.clone());
         async move {
@@ -274,9 +192,9 @@ async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
     )
     .await;
 
-    assert_eq!(refused(&engine, "/ws/secure", None).await, 401);
+    assert_eq!(refused(&engine.url, "/ws/secure", None).await, 401);
     assert_eq!(
-        refused(&engine, "/ws/secure", Some("Bearer banned")).await,
+        refused(&engine.url, "/ws/secure", Some("Bearer banned")).await,
         403
     );
     let input = seen.recv().await.unwrap();
@@ -324,7 +242,7 @@ async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
         .unwrap();
     let ticket = t["ticket"].as_str().unwrap().to_owned();
     let mut ws = open(
-        &engine,
+        &engine.url,
         &format!("/ws/secure?ticket={ticket}&lang=fr&token=s3cret"),
     )
     .await;
@@ -338,7 +256,7 @@ async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
     );
     assert_eq!(r["opening"], json!({"lang": "fr"}));
     assert_eq!(
-        refused(&engine, &format!("/ws/secure?ticket={ticket}"), None).await,
+        refused(&engine.url, &format!("/ws/secure?ticket={ticket}"), None).await,
         401,
         "a ticket works once"
     );
@@ -347,11 +265,11 @@ async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
 #[tokio::test]
 async fn messages_of_one_connection_are_handled_in_order() {
     let engine = TestEngine::start().await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     // Earlier messages take longer: only serial handling keeps replies in order.
     serve(&w, "order::step", |p: Value| async move {
         let n = p["data"]["n"].as_u64().unwrap();
-        tokio::time::sleep(Duration::from_millis(40 - 4 * n)).await;
+        tokio::time::sleep(Duration::from_millis(40 - 4 * n)).await; // slow work
         Ok(json!({"n": n, "seq": p["seq"]}))
     })
     .await;
@@ -361,7 +279,7 @@ async fn messages_of_one_connection_are_handled_in_order() {
         json!({"route": "/ws/order", "on": "message", "match": {"action": "step"}}),
     )
     .await;
-    let mut ws = open(&engine, "/ws/order").await;
+    let mut ws = open(&engine.url, "/ws/order").await;
     for n in 0..10 {
         send(&mut ws, json!({"action": "step", "n": n})).await;
     }
@@ -381,7 +299,7 @@ async fn publish_reaches_every_subscriber_while_one_is_stalled() {
     config.realtime.outbound_messages = 16;
     config.realtime.outbound_bytes = 1 << 20;
     let engine = TestEngine::start_with(config).await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     let caller = w.clone();
     serve(&w, "room::join", move |p: Value| {
         let caller = caller.clone();
@@ -398,7 +316,7 @@ async fn publish_reaches_every_subscriber_while_one_is_stalled() {
         }
     })
     .await;
-    let (_, tx, mut gone) = recorder();
+    let (tx, mut gone) = mpsc::unbounded_channel();
     serve(&w, "room::left", move |p: Value| {
         let _ = tx.send(p);
         async { Ok(Value::Null) }
@@ -419,7 +337,7 @@ async fn publish_reaches_every_subscriber_while_one_is_stalled() {
 
     let mut clients = Vec::new();
     for _ in 0..6 {
-        let mut ws = open(&engine, "/ws/room").await;
+        let mut ws = open(&engine.url, "/ws/room").await;
         send(&mut ws, json!({"action": "join"})).await;
         assert_eq!(recv(&mut ws).await["subscribed"], true);
         clients.push(ws);
@@ -471,14 +389,14 @@ async fn publish_reaches_every_subscriber_while_one_is_stalled() {
 #[tokio::test]
 async fn disconnect_fires_once_after_running_handlers_finish() {
     let engine = TestEngine::start().await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
     let l = log.clone();
     serve(&w, "slow::work", move |_| {
         let l = l.clone();
         async move {
             l.lock().unwrap().push("work started".into());
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await; // slow work
             l.lock().unwrap().push("work done".into());
             Ok(json!({"done": true}))
         }
@@ -506,11 +424,12 @@ async fn disconnect_fires_once_after_running_handlers_finish() {
     )
     .await;
 
-    let mut ws = open(&engine, "/ws/slow").await;
+    let mut ws = open(&engine.url, "/ws/slow").await;
     send(&mut ws, json!({"go": 1})).await;
-    while log.lock().unwrap().is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("the handler to start", WAIT, async || {
+        !log.lock().unwrap().is_empty()
+    })
+    .await;
     let bye = tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: 4001.into(),
         reason: "bye".into(),
@@ -522,16 +441,19 @@ async fn disconnect_fires_once_after_running_handlers_finish() {
         "the engine answers the client's close"
     );
     drop(ws);
-    let deadline = Instant::now() + WAIT;
-    while log.lock().unwrap().len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "disconnect did not fire: {:?}",
-            log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the disconnect to fire", WAIT, async || {
+        let log = log.lock().unwrap();
+        if log.len() < 3 {
+            Err(format!("disconnect did not fire: {:?}", *log))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert_holds_for("disconnect fires once", ONCE, || {
+        log.lock().unwrap().len() == 3
+    })
+    .await;
     assert_eq!(
         *log.lock().unwrap(),
         ["work started", "work done", "disconnect by client"]
@@ -539,14 +461,10 @@ async fn disconnect_fires_once_after_running_handlers_finish() {
 
     // A server close: the handler sees `server`, the client the code asked for.
     log.lock().unwrap().clear();
-    let mut ws = open(&engine, "/ws/slow").await;
-    let id = engine
-        .mesh
-        .realtime()
-        .unwrap()
-        .list(Some("/ws/slow"), None, 10)[0]
-        .id
-        .clone();
+    let mut ws = open(&engine.url, "/ws/slow").await;
+    let id = wait_for_open_channels(&w, Some("/ws/slow"), 1)
+        .await
+        .remove(0);
     let r = w
         .call(
             "channel::close",
@@ -561,12 +479,14 @@ async fn disconnect_fires_once_after_running_handlers_finish() {
         .await
         .unwrap();
     assert_eq!(again["closed"], false, "closing twice is harmless");
-    let deadline = Instant::now() + WAIT;
-    while log.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until("the disconnect to fire", WAIT, async || {
+        !log.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_holds_for("disconnect fires once", ONCE, || {
+        log.lock().unwrap().len() == 1
+    })
+    .await;
     assert_eq!(*log.lock().unwrap(), ["disconnect by server"]);
     let err = w
         .call("channel::send", json!({"channel_id": id, "data": 1}))
@@ -581,7 +501,7 @@ async fn engine_functions_reach_the_client() {
     config.realtime.max_message_bytes = 1024;
     config.realtime.outbound_bytes = 1 << 20;
     let engine = TestEngine::start_with(config).await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     serve(&w, "fn::noop", |_| async { Ok(Value::Null) }).await;
     bind(
         &w,
@@ -589,14 +509,8 @@ async fn engine_functions_reach_the_client() {
         json!({"route": "/ws/fn/:user", "on": "message"}),
     )
     .await;
-    let mut ws = open(&engine, "/ws/fn/ann").await;
-    let hub = engine.mesh.realtime().unwrap().clone();
-    let deadline = Instant::now() + WAIT;
-    while hub.open_count() == 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let id = hub.list(None, None, 1)[0].id.clone();
+    let mut ws = open(&engine.url, "/ws/fn/ann").await;
+    let id = wait_for_open_channels(&w, None, 1).await.remove(0);
     w.call(
         "channel::send",
         json!({"channel_id": id, "data": {"hi": 1}}),
@@ -685,8 +599,8 @@ async fn clean_shutdown_fires_disconnects_before_exit() {
     let mut config = test_config();
     config.data_dir = dir.path().to_owned();
     let engine = TestEngine::start_with(config.clone()).await;
-    let w = worker(&engine).await;
-    let (_, tx, mut gone) = recorder();
+    let w = worker(&engine.url).await;
+    let (tx, mut gone) = mpsc::unbounded_channel();
     serve(&w, "bye::left", move |p: Value| {
         let _ = tx.send(p);
         async { Ok(Value::Null) }
@@ -698,11 +612,8 @@ async fn clean_shutdown_fires_disconnects_before_exit() {
         json!({"route": "/ws/bye", "on": "disconnect"}),
     )
     .await;
-    let mut ws = open(&engine, "/ws/bye").await;
-    let hub = engine.mesh.realtime().unwrap().clone();
-    while hub.open_count() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut ws = open(&engine.url, "/ws/bye").await;
+    wait_for_open_channels(&w, None, 1).await;
     engine.stop().await;
     let left = gone
         .try_recv()
@@ -712,18 +623,21 @@ async fn clean_shutdown_fires_disconnects_before_exit() {
 
     // Nothing is owed after a clean stop: the next start runs no disconnect.
     let engine = TestEngine::start_with(config).await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     let (tx, mut again) = mpsc::unbounded_channel();
     serve(&w, "bye::left", move |p: Value| {
         let _ = tx.send(p);
         async { Ok(Value::Null) }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        again.try_recv().is_err(),
-        "the disconnect already ran before the stop"
-    );
+    // Long enough for a disconnect owed from before the stop to go through
+    // the durable queue to the worker that now serves it.
+    assert_silent_for(
+        &mut again,
+        Duration::from_millis(700),
+        "the disconnect already ran before the stop",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -788,8 +702,13 @@ async fn after_kill_9_each_open_connection_gets_one_engine_restart_disconnect() 
         assert!(p["channel"]["params"]["room"].is_string(), "{p}");
         got.push(p["channel"]["channel_id"].as_str().unwrap().to_owned());
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(rx.try_recv().is_err(), "each disconnect runs once");
+    // Long enough for a second run through the durable queue to show.
+    assert_silent_for(
+        &mut rx,
+        Duration::from_millis(500),
+        "each disconnect runs once",
+    )
+    .await;
     got.sort();
     ids.sort();
     assert_eq!(got, ids);
@@ -799,7 +718,7 @@ async fn after_kill_9_each_open_connection_gets_one_engine_restart_disconnect() 
 #[tokio::test]
 async fn login_over_the_socket_unlocks_required_handlers() {
     let engine = TestEngine::start().await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     let caller = w.clone();
     serve(&w, "acct::login", move |p: Value| {
         let caller = caller.clone();
@@ -837,7 +756,7 @@ async fn login_over_the_socket_unlocks_required_handlers() {
         json!({"route": route, "on": "message", "match": {"action": "me"}, "auth": "required"}),
     )
     .await;
-    let mut ws = open(&engine, route).await;
+    let mut ws = open(&engine.url, route).await;
     send(&mut ws, json!({"action": "me", "id": 1})).await;
     assert_eq!(recv(&mut ws).await["error"]["code"], "UNAUTHORIZED");
     send(
@@ -865,13 +784,13 @@ async fn login_over_the_socket_unlocks_required_handlers() {
 #[tokio::test]
 async fn binary_frames_reach_the_binary_handler_as_base64() {
     let engine = TestEngine::start().await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     serve(&w, "bin::size", |p: Value| async move {
         Ok(json!({"b64": p["data_b64"], "event": p["event"]}))
     })
     .await;
     bind(&w, "bin::size", json!({"route": "/ws/bin", "on": "binary"})).await;
-    let mut ws = open(&engine, "/ws/bin").await;
+    let mut ws = open(&engine.url, "/ws/bin").await;
     ws.send(Message::Binary(vec![1u8, 2, 3].into()))
         .await
         .unwrap();
@@ -890,8 +809,8 @@ async fn binary_frames_reach_the_binary_handler_as_base64() {
 #[tokio::test]
 async fn a_silent_client_is_closed_as_idle_and_a_live_one_is_kept() {
     let engine = TestEngine::start().await;
-    let w = worker(&engine).await;
-    let (_, tx, mut gone) = recorder();
+    let w = worker(&engine.url).await;
+    let (tx, mut gone) = mpsc::unbounded_channel();
     serve(&w, "idle::left", move |p: Value| {
         let _ = tx.send(p);
         async { Ok(Value::Null) }
@@ -905,7 +824,7 @@ async fn a_silent_client_is_closed_as_idle_and_a_live_one_is_kept() {
     )
     .await;
     // This one answers pings (tungstenite does, while it reads).
-    let mut live = open(&engine, "/ws/idle").await;
+    let mut live = open(&engine.url, "/ws/idle").await;
     let reader = tokio::spawn(async move {
         let end = Instant::now() + Duration::from_millis(1200);
         let mut pings = 0;
@@ -916,7 +835,7 @@ async fn a_silent_client_is_closed_as_idle_and_a_live_one_is_kept() {
         }
         (pings, live)
     });
-    let _silent = open(&engine, "/ws/idle").await; // never read: no pongs
+    let _silent = open(&engine.url, "/ws/idle").await; // never read: no pongs
     let left = tokio::time::timeout(WAIT, gone.recv())
         .await
         .unwrap()
@@ -925,15 +844,15 @@ async fn a_silent_client_is_closed_as_idle_and_a_live_one_is_kept() {
     let (pings, _live) = reader.await.unwrap();
     assert!(pings >= 5, "the engine pings every 100 ms: {pings}");
     assert!(gone.try_recv().is_err(), "the live client is still open");
-    assert_eq!(engine.mesh.realtime().unwrap().open_count(), 1);
+    assert_eq!(open_channels(&w, None).await.len(), 1);
 }
 
 #[tokio::test]
 async fn concurrent_routes_run_messages_side_by_side() {
     let engine = TestEngine::start().await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     serve(&w, "par::slow", |p: Value| async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await; // slow work
         Ok(json!({"n": p["data"]["n"]}))
     })
     .await;
@@ -944,7 +863,7 @@ async fn concurrent_routes_run_messages_side_by_side() {
         json!({"route": "/ws/par", "on": "message", "route_options": opts}),
     )
     .await;
-    let mut ws = open(&engine, "/ws/par").await;
+    let mut ws = open(&engine.url, "/ws/par").await;
     let t0 = Instant::now();
     for n in 0..8 {
         send(&mut ws, json!({"n": n, "id": n})).await;
@@ -967,7 +886,7 @@ async fn upgrades_past_max_connections_get_503() {
     let mut config = test_config();
     config.realtime.max_connections = 1;
     let engine = TestEngine::start_with(config).await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     serve(&w, "cap::noop", |_| async { Ok(Value::Null) }).await;
     bind(
         &w,
@@ -975,12 +894,9 @@ async fn upgrades_past_max_connections_get_503() {
         json!({"route": "/ws/cap", "on": "message"}),
     )
     .await;
-    let _first = open(&engine, "/ws/cap").await;
-    let hub = engine.mesh.realtime().unwrap().clone();
-    while hub.open_count() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(refused(&engine, "/ws/cap", None).await, 503);
+    let _first = open(&engine.url, "/ws/cap").await;
+    wait_for_open_channels(&w, None, 1).await;
+    assert_eq!(refused(&engine.url, "/ws/cap", None).await, 503);
 }
 
 #[tokio::test]
@@ -989,8 +905,8 @@ async fn send_to_a_client_that_stopped_reading_reports_backpressure() {
     config.realtime.outbound_messages = 8;
     config.realtime.outbound_bytes = 1 << 20;
     let engine = TestEngine::start_with(config).await;
-    let w = worker(&engine).await;
-    let (_, tx, mut gone) = recorder();
+    let w = worker(&engine.url).await;
+    let (tx, mut gone) = mpsc::unbounded_channel();
     serve(&w, "bp::left", move |p: Value| {
         let _ = tx.send(p);
         async { Ok(Value::Null) }
@@ -1002,12 +918,8 @@ async fn send_to_a_client_that_stopped_reading_reports_backpressure() {
         json!({"route": "/ws/bp", "on": "disconnect"}),
     )
     .await;
-    let _stalled = open(&engine, "/ws/bp").await; // never read
-    let hub = engine.mesh.realtime().unwrap().clone();
-    while hub.open_count() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let id = hub.list(None, None, 1)[0].id.clone();
+    let _stalled = open(&engine.url, "/ws/bp").await; // never read
+    let id = wait_for_open_channels(&w, None, 1).await.remove(0);
     let pad = "x".repeat(64 << 10);
     let mut err = None;
     for _ in 0..2000 {
@@ -1044,7 +956,7 @@ async fn a_flooding_client_is_pushed_back_not_buffered() {
     let mut config = test_config();
     config.realtime.inbound_messages = 4;
     let engine = TestEngine::start_with(config).await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let eaten = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (g, e) = (gate.clone(), eaten.clone());
@@ -1064,7 +976,7 @@ async fn a_flooding_client_is_pushed_back_not_buffered() {
         json!({"route": "/ws/flood", "on": "message"}),
     )
     .await;
-    let ws = open(&engine, "/ws/flood").await;
+    let ws = open(&engine.url, "/ws/flood").await;
     let (mut tx, _rx) = ws.split();
     const N: usize = 400; // × 64 KiB = 25 MiB, far more than the socket buffers hold
     let text = "z".repeat(64 << 10);
@@ -1074,7 +986,12 @@ async fn a_flooding_client_is_pushed_back_not_buffered() {
         }
         tx
     });
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_holds_for(
+        "the engine does not read a client whose handler is stuck",
+        Duration::from_secs(2),
+        || !sender.is_finished() && eaten.load(std::sync::atomic::Ordering::SeqCst) == 0,
+    )
+    .await;
     assert!(
         !sender.is_finished(),
         "the engine kept reading a client whose handler is stuck"
@@ -1085,21 +1002,25 @@ async fn a_flooding_client_is_pushed_back_not_buffered() {
         .await
         .expect("the client could send again once the handler moved")
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while eaten.load(std::sync::atomic::Ordering::SeqCst) < N {
-        assert!(
-            Instant::now() < deadline,
-            "lost messages: {}",
-            eaten.load(std::sync::atomic::Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "every message handled",
+        Duration::from_secs(30),
+        async || {
+            let n = eaten.load(std::sync::atomic::Ordering::SeqCst);
+            if n < N {
+                Err(format!("lost messages: {n}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_route_whose_triggers_went_answers_503_and_open_sockets_survive() {
     let engine = TestEngine::start().await;
-    let w = worker(&engine).await;
+    let w = worker(&engine.url).await;
     serve(&w, "gone::echo", |p: Value| async move {
         Ok(json!({"echo": p["data"]}))
     })
@@ -1112,17 +1033,17 @@ async fn a_route_whose_triggers_went_answers_503_and_open_sockets_survive() {
         )
         .await
         .unwrap();
-    let mut ws = open(&engine, "/ws/gone/1").await;
+    let mut ws = open(&engine.url, "/ws/gone/1").await;
     let id = r["id"].clone();
     w.call("engine::unregister_trigger", json!({"id": id}))
         .await
         .unwrap();
     assert_eq!(
-        refused(&engine, "/ws/gone/2", None).await,
+        refused(&engine.url, "/ws/gone/2", None).await,
         503,
         "remembered, so: retry later"
     );
-    assert_eq!(refused(&engine, "/ws/never", None).await, 404);
+    assert_eq!(refused(&engine.url, "/ws/never", None).await, 404);
     send(&mut ws, json!({"id": 1})).await;
     assert_eq!(
         recv(&mut ws).await["error"]["code"],
@@ -1144,7 +1065,7 @@ async fn a_route_whose_triggers_went_answers_503_and_open_sockets_survive() {
 }
 
 // register_trigger is deprecated in 0.25 in favour of `observe`, which qmesh
-// does not speak (worker-protocol.md §0); 0.25's trigger messages still work.
+// does not speak (docs/protocol.md §0); 0.25's trigger messages still work.
 #[allow(deprecated)]
 #[tokio::test]
 async fn the_published_rust_sdk_binds_a_route_with_its_trigger_api() {
@@ -1163,12 +1084,11 @@ async fn the_published_rust_sdk_binds_a_route_with_its_trigger_api() {
     let config = json!({"route": "/ws/sdk/:room", "on": "message", "match": {"action": "greet"}});
     sdk.register_trigger(RegisterTriggerInput::new("websocket", "sdk::greet", config))
         .expect("register_trigger");
-    engine
-        .until("the SDK's route", |m| {
-            m.inspect(|st| st.realtime_routes.contains("/ws/sdk/:room"))
-        })
-        .await;
-    let mut ws = open(&engine, "/ws/sdk/blue").await;
+    wait_until("the SDK's route", WAIT, async || {
+        engine.route_handlers("/ws/sdk/:room").is_some()
+    })
+    .await;
+    let mut ws = open(&engine.url, "/ws/sdk/blue").await;
     send(
         &mut ws,
         json!({"action": "greet", "id": "g1", "name": "ann"}),
@@ -1180,9 +1100,8 @@ async fn the_published_rust_sdk_binds_a_route_with_its_trigger_api() {
     );
     common::sdk::stop(sdk).await;
     // The SDK's bindings went with its connection, and with them the route.
-    engine
-        .until("the route to go", |m| {
-            m.inspect(|st| !st.realtime_routes.contains("/ws/sdk/:room"))
-        })
-        .await;
+    wait_until("the route to go", WAIT, async || {
+        engine.route_handlers("/ws/sdk/:room").is_none()
+    })
+    .await;
 }

@@ -5,8 +5,9 @@
 //! receipt, its delivery, and the code of a refusal).
 //!
 //! Every SDK client runs its own connection thread; each test shuts its
-//! clients down before it stops the engine. Waits poll with deadlines
-//! (`TestEngine::until`, [`recv`]); nothing sleeps to make an assertion true.
+//! clients down before it stops the engine. Waits are on conditions
+//! ([`wait_until`]) and handler reports ([`recv`]); the one timed wait is a
+//! worker's deliberate absence ([`DOWNTIME`]).
 //! A small WebSocket [`Proxy`] sits between an SDK client and the engine where
 //! a test needs to see the client's frames or cut its socket.
 
@@ -16,14 +17,13 @@
 
 mod common;
 
-use common::sdk::{sdk_worker, stop};
-use common::{RawClient, TestEngine};
+use common::sdk::{DEADLINE, call, recording, recv, remote_code, sdk_worker, stop};
+use common::{RawClient, TestEngine, WAIT, wait_until};
 use futures_util::{SinkExt, StreamExt};
 use iii_sdk::protocol::{RegisterTriggerInput, TriggerRequest};
 use iii_sdk::runtime::IIIConnectionState;
 use iii_sdk::trigger::{TriggerConfig, TriggerHandler};
 use iii_sdk::{Error as SdkError, IIIClient, RegisterFunction, RegisterTriggerType, TriggerAction};
-use qmesh::mesh::Mesh;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,75 +35,30 @@ use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use uuid::Uuid;
 
-/// How long a test waits for one expected event before failing.
-const DEADLINE: Duration = Duration::from_secs(5);
+/// How long the restarting worker is away while callers keep calling.
+const DOWNTIME: Duration = Duration::from_millis(300);
 
-/// A sync call with a short SDK timeout, so a missing answer fails fast.
-async fn call(client: &IIIClient, function_id: &str, payload: Value) -> Result<Value, SdkError> {
-    client
-        .trigger(TriggerRequest {
-            function_id: function_id.to_owned(),
-            payload,
-            action: None,
-            timeout_ms: Some(5_000),
+/// `(id, active)` of every binding of `function_id`, as
+/// `engine::registered-triggers::list` shows them to `client`.
+async fn bindings_of(client: &IIIClient, function_id: &str) -> Vec<(String, bool)> {
+    let listed = call(
+        client,
+        "engine::registered-triggers::list",
+        json!({ "function_id": function_id }),
+    )
+    .await
+    .expect("registered-triggers::list");
+    listed["registered_triggers"]
+        .as_array()
+        .expect("registered_triggers")
+        .iter()
+        .map(|b| {
+            (
+                b["id"].as_str().expect("id").to_owned(),
+                b["state"] == "active",
+            )
         })
-        .await
-}
-
-/// The `code` of an error the engine (or the executing SDK) sent back.
-fn remote_code(err: &SdkError) -> &str {
-    match err {
-        SdkError::Remote { code, .. } => code,
-        other => panic!("expected a remote error, got {other:?}"),
-    }
-}
-
-/// Next item from a handler's channel, or a failure naming what was awaited.
-async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
-    tokio::time::timeout(DEADLINE, rx.recv())
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-        .unwrap_or_else(|| panic!("channel closed while waiting for {what}"))
-}
-
-/// An async handler that forwards its input to `tx` and answers `reply(input)`.
-fn recording(tx: mpsc::UnboundedSender<Value>, reply: fn(&Value) -> Value) -> RegisterFunction {
-    RegisterFunction::new_async(move |input: Value| {
-        let out = reply(&input);
-        let _ = tx.send(input);
-        async move { Ok::<_, SdkError>(out) }
-    })
-}
-
-/// Engine ids of the live connections whose worker reported `name`.
-fn workers_named(mesh: &Mesh, name: &str) -> Vec<Uuid> {
-    mesh.inspect(|st| {
-        st.workers
-            .iter()
-            .filter(|(_, w)| w.meta.as_ref().and_then(|m| m.name.as_deref()) == Some(name))
-            .map(|(id, _)| *id)
-            .collect()
-    })
-}
-
-/// The one live worker named `name`.
-fn worker_id(mesh: &Mesh, name: &str) -> Uuid {
-    let ids = workers_named(mesh, name);
-    assert_eq!(ids.len(), 1, "workers named {name}: {ids:?}");
-    ids[0]
-}
-
-/// How many live workers provide `function_id` in `default`.
-fn providers(mesh: &Mesh, function_id: &str) -> usize {
-    mesh.inspect(|st| {
-        st.function("default", function_id)
-            .map_or(0, |f| f.providers.len())
-    })
-}
-
-/// `function_id` has exactly `n` providers.
-fn provided_by(function_id: &str, n: usize) -> impl Fn(&Mesh) -> bool {
-    move |m| providers(m, function_id) == n
+        .collect()
 }
 
 /// The entry of `list` whose `key` equals `value`.
@@ -348,12 +303,11 @@ async fn a_function_registered_by_one_worker_answers_another() {
         ),
     );
     let b = sdk_worker(&engine.url, "t1-caller");
-    engine.until("math::add", provided_by("math::add", 1)).await;
-    engine
-        .until("the caller's name", |m| {
-            workers_named(m, "t1-caller").len() == 1
-        })
-        .await;
+    engine.wait_for_providers("math::add", 1).await;
+    wait_until("the caller's name", WAIT, async || {
+        engine.worker_ids_named("t1-caller").len() == 1
+    })
+    .await;
 
     let out = call(&b, "math::add", json!({ "a": 2, "b": 40 }))
         .await
@@ -361,7 +315,7 @@ async fn a_function_registered_by_one_worker_answers_another() {
     assert_eq!(out, json!({ "sum": 42 }));
 
     let seen = recv(&mut inputs, "math::add's input").await;
-    let b_id = worker_id(&engine.mesh, "t1-caller");
+    let b_id = engine.worker_id_named("t1-caller");
     assert_eq!(seen["a"], 2, "{seen}");
     assert_eq!(seen["_caller_worker_id"], b_id.to_string(), "{seen}");
 
@@ -381,9 +335,7 @@ async fn a_void_call_runs_the_handler_and_returns_nothing() {
     let sink = sdk_worker(&engine.url, "t2-sink");
     sink.register_function("void::sink", recording(tx, |_| json!({ "ok": true })));
     let caller = sdk_worker(&engine.url, "t2-caller");
-    engine
-        .until("void::sink", provided_by("void::sink", 1))
-        .await;
+    engine.wait_for_providers("void::sink", 1).await;
 
     let out = caller
         .trigger(TriggerRequest {
@@ -396,9 +348,10 @@ async fn a_void_call_runs_the_handler_and_returns_nothing() {
         .expect("void trigger");
     assert_eq!(out, Value::Null);
     assert_eq!(recv(&mut inputs, "the void call").await["n"], 1);
-    engine
-        .until("the void call to settle", |m| m.pending_calls() == 0)
-        .await;
+    wait_until("the void call to settle", WAIT, async || {
+        engine.pending_calls().await == 0
+    })
+    .await;
 
     // The same on the wire, from a hand-driven caller.
     let mut raw = RawClient::connect(&engine.url).await;
@@ -406,9 +359,10 @@ async fn a_void_call_runs_the_handler_and_returns_nothing() {
         "data":{"n":2},"action":{"type":"void"}}))
         .await;
     assert_eq!(recv(&mut inputs, "the raw void call").await["n"], 2);
-    engine
-        .until("the raw void call to settle", |m| m.pending_calls() == 0)
-        .await;
+    wait_until("the raw void call to settle", WAIT, async || {
+        engine.pending_calls().await == 0
+    })
+    .await;
     let id = Uuid::new_v4().to_string();
     raw.send(json!({"type":"invokefunction","invocation_id":id,
         "function_id":"engine::functions::list","data":{}}))
@@ -445,9 +399,7 @@ async fn two_workers_with_the_same_function_share_its_calls() {
         workers.push(w);
     }
     let caller = sdk_worker(&engine.url, "t3-caller");
-    engine
-        .until("both providers", provided_by("shared::echo", 2))
-        .await;
+    engine.wait_for_providers("shared::echo", 2).await;
 
     for n in 0..20 {
         let out = call(&caller, "shared::echo", json!({ "n": n }))
@@ -472,7 +424,8 @@ async fn two_workers_with_the_same_function_share_its_calls() {
 /// A worker restarts (its SDK client shut down, a new one registers the same
 /// id) while three callers keep calling: every call succeeds, because calls
 /// made while the function has no worker wait up to `rebind_grace` (3 s in
-/// tests) for it to return. A gate makes the old worker exit between calls:
+/// tests) for it to return. The worker stays away for [`DOWNTIME`]. A gate
+/// makes the old worker exit between calls:
 /// a call in flight at the instant its executor exits gets
 /// `invocation_stopped` by design (see the next-but-one test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,7 +443,7 @@ async fn calls_made_while_a_worker_restarts_wait_for_it_and_succeed() {
     };
     let first = start_worker(1);
     let caller = sdk_worker(&engine.url, "t4-caller");
-    engine.until("svc::ping", provided_by("svc::ping", 1)).await;
+    engine.wait_for_providers("svc::ping", 1).await;
 
     let gate = Arc::new(tokio::sync::RwLock::new(()));
     let done = Arc::new(AtomicBool::new(false));
@@ -521,33 +474,26 @@ async fn calls_made_while_a_worker_restarts_wait_for_it_and_succeed() {
         }
     };
     let (by_first, by_second) = (served_by(1), served_by(2));
-    let deadline = Instant::now() + DEADLINE;
-    while by_first() < 10 {
-        assert!(
-            Instant::now() < deadline,
-            "the first worker served too few calls"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("the first worker to serve 10 calls", DEADLINE, async || {
+        by_first() >= 10
+    })
+    .await;
 
     {
         let _closed = gate.write().await; // no call in flight from here
         stop(first).await;
-        engine
-            .until("the first worker to be gone", provided_by("svc::ping", 0))
-            .await;
+        engine.wait_for_providers("svc::ping", 0).await;
     }
-    // The callers are calling a function nobody provides now; let them, a while.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The callers are calling a function nobody provides now; let them, a
+    // while: the downtime is the scenario (checked below), not a settle.
+    tokio::time::sleep(DOWNTIME).await;
     let second = start_worker(2);
-    let deadline = Instant::now() + DEADLINE;
-    while by_second() < 10 {
-        assert!(
-            Instant::now() < deadline,
-            "the restarted worker served too few calls"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(
+        "the restarted worker to serve 10 calls",
+        DEADLINE,
+        async || by_second() >= 10,
+    )
+    .await;
     done.store(true, Ordering::SeqCst);
     for l in loops {
         l.await.unwrap();
@@ -559,7 +505,7 @@ async fn calls_made_while_a_worker_restarts_wait_for_it_and_succeed() {
         failed.is_empty(),
         "calls failed across the restart: {failed:?}"
     );
-    // The worker was absent for at least 300 ms: calls made then must have waited.
+    // The worker was absent for at least DOWNTIME: calls made then must have waited.
     let longest = outcomes
         .iter()
         .map(|(_, took)| *took)
@@ -614,9 +560,7 @@ async fn a_call_whose_executor_goes_away_is_invocation_stopped() {
         }),
     );
     let caller = sdk_worker(&engine.url, "t6-caller");
-    engine
-        .until("slow::block", provided_by("slow::block", 1))
-        .await;
+    engine.wait_for_providers("slow::block", 1).await;
 
     let pending = {
         let caller = caller.clone();
@@ -662,24 +606,17 @@ async fn a_trigger_type_provider_sees_bindings_through_a_restart() {
     let (tx, mut fired) = mpsc::unbounded_channel();
     let binder = sdk_worker(&engine.url, "t7-binder");
     binder.register_function("tick::handle", recording(tx, |_| json!({ "ok": true })));
-    engine
-        .until("ticker and tick::handle", |m| {
-            providers(m, "tick::handle") == 1
-                && m.inspect(|st| {
-                    st.trigger_types
-                        .contains_key(&("default".into(), "ticker".into()))
-                })
+    engine.wait_for_providers("tick::handle", 1).await;
+    wait_until("the ticker type", WAIT, async || {
+        let types = call(&binder, "engine::triggers::list", json!({})).await;
+        types.is_ok_and(|t| {
+            t["triggers"].as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|t| t["id"] == "ticker" && t["namespace"] == "default")
+            })
         })
-        .await;
-    let binding_ids = |m: &Mesh| -> Vec<(String, bool)> {
-        m.inspect(|st| {
-            st.bindings
-                .values()
-                .filter(|b| b.function_id == "tick::handle")
-                .map(|b| (b.id.clone(), b.active_on.is_some()))
-                .collect()
-        })
-    };
+    })
+    .await;
 
     // Bind, see it at the provider, fire it, unbind.
     let first = binder
@@ -692,7 +629,10 @@ async fn a_trigger_type_provider_sees_bindings_through_a_restart() {
     let seen = next_registered(&mut binds).await;
     assert_eq!(seen.function_id, "tick::handle");
     assert_eq!(seen.config, json!({ "every": "1s" }));
-    assert_eq!(binding_ids(&engine.mesh), vec![(seen.id.clone(), true)]);
+    assert_eq!(
+        bindings_of(&binder, "tick::handle").await,
+        vec![(seen.id.clone(), true)]
+    );
 
     let out = call(&provider, &seen.function_id, json!({ "tick": 1 }))
         .await
@@ -703,9 +643,10 @@ async fn a_trigger_type_provider_sees_bindings_through_a_restart() {
     first.unregister();
     let gone = next_unregistered(&mut binds).await;
     assert_eq!(gone.id, seen.id);
-    engine
-        .until("the binding to go", |m| binding_ids(m).is_empty())
-        .await;
+    wait_until("the binding to go", WAIT, async || {
+        bindings_of(&binder, "tick::handle").await.is_empty()
+    })
+    .await;
 
     // A binding survives its provider's restart.
     let _second = binder
@@ -717,11 +658,10 @@ async fn a_trigger_type_provider_sees_bindings_through_a_restart() {
         .expect("register_trigger");
     let bound = next_registered(&mut binds).await;
     stop(provider).await;
-    engine
-        .until("the binding to park", |m| {
-            binding_ids(m) == vec![(bound.id.clone(), false)]
-        })
-        .await;
+    wait_until("the binding to park", WAIT, async || {
+        bindings_of(&binder, "tick::handle").await == vec![(bound.id.clone(), false)]
+    })
+    .await;
     let listed = call(
         &binder,
         "engine::registered-triggers::list",
@@ -738,7 +678,10 @@ async fn a_trigger_type_provider_sees_bindings_through_a_restart() {
     assert_eq!(replayed.id, bound.id);
     assert_eq!(replayed.function_id, "tick::handle");
     assert_eq!(replayed.config, json!({ "every": "2s" }));
-    assert_eq!(binding_ids(&engine.mesh), vec![(bound.id.clone(), true)]);
+    assert_eq!(
+        bindings_of(&binder, "tick::handle").await,
+        vec![(bound.id.clone(), true)]
+    );
     call(&provider, &replayed.function_id, json!({ "tick": 2 }))
         .await
         .expect("fire after restart");
@@ -770,11 +713,12 @@ impl ReattachSetup {
             RegisterFunction::new_async(|input: Value| async move { Ok::<_, SdkError>(input) }),
         );
         let caller = sdk_worker(&engine.url, &format!("{name}-caller"));
-        engine.until(function, provided_by(function, 1)).await;
-        engine
-            .until("the worker's name", |m| workers_named(m, name).len() == 1)
-            .await;
-        let old = worker_id(&engine.mesh, name);
+        engine.wait_for_providers(function, 1).await;
+        wait_until("the worker's name", WAIT, async || {
+            engine.worker_ids_named(name).len() == 1
+        })
+        .await;
+        let old = engine.worker_id_named(name);
         Self {
             engine,
             proxy,
@@ -798,28 +742,23 @@ async fn a_client_closed_by_the_engine_reconnects_and_reattaches() {
         caller,
         old,
     } = ReattachSetup::start("t8-reattach", "re::echo").await;
-    let token = engine
-        .mesh
-        .inspect(|st| st.workers[&old].conn.reattach_token);
+    let token = engine.reattach_token(old);
 
-    engine
-        .mesh
-        .inspect(|st| st.workers[&old].conn.close(1011, "test"));
-    engine
-        .until("the SDK to reconnect and replay", |m| {
-            let named = workers_named(m, "t8-reattach");
-            named.len() == 1 && named[0] != old && providers(m, "re::echo") == 1
-        })
-        .await;
+    engine.close_worker(old, 1011, "test");
+    wait_until("the SDK to reconnect and replay", WAIT, async || {
+        let named = engine.worker_ids_named("t8-reattach");
+        named.len() == 1 && named[0] != old && engine.providers("re::echo").len() == 1
+    })
+    .await;
     assert_eq!(proxy.engine_closed(0), Some(Some(1011)));
     assert_eq!(proxy.connections(), 2);
     let opening = &proxy.sent(1)[0];
     assert_eq!(
         opening,
         &json!({"type":"reattach","previous_worker_id":old.to_string(),
-            "reattach_token":token.to_string()}),
+            "reattach_token":token}),
     );
-    assert!(engine.mesh.inspect(|st| !st.workers.contains_key(&old)));
+    assert!(!engine.has_worker(old));
     assert_eq!(worker.get_connection_state(), IIIConnectionState::Connected);
     let out = call(&caller, "re::echo", json!({ "again": true }))
         .await
@@ -846,26 +785,24 @@ async fn reattach_evicts_a_stale_connection_the_engine_still_holds() {
     } = ReattachSetup::start("t8b-reattach", "stale::echo").await;
 
     proxy.cut_client(0);
-    engine
-        .until("the SDK to reconnect", |m| {
-            workers_named(m, "t8b-reattach").iter().any(|id| *id != old)
-        })
-        .await;
-    engine
-        .until("one worker and one provider", |m| {
-            workers_named(m, "t8b-reattach").len() == 1 && providers(m, "stale::echo") == 1
-        })
-        .await;
-    assert!(engine.mesh.inspect(|st| !st.workers.contains_key(&old)));
+    wait_until("the SDK to reconnect", WAIT, async || {
+        engine
+            .worker_ids_named("t8b-reattach")
+            .iter()
+            .any(|id| *id != old)
+    })
+    .await;
+    wait_until("one worker and one provider", WAIT, async || {
+        engine.worker_ids_named("t8b-reattach").len() == 1
+            && engine.providers("stale::echo").len() == 1
+    })
+    .await;
+    assert!(!engine.has_worker(old));
     assert_eq!(proxy.sent(1)[0]["type"], "reattach");
-    let deadline = Instant::now() + DEADLINE;
-    while proxy.engine_closed(0).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the stale connection was not closed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the stale connection to be closed", DEADLINE, async || {
+        proxy.engine_closed(0).is_some()
+    })
+    .await;
     assert_eq!(proxy.engine_closed(0), Some(Some(4000)));
     let out = call(&caller, "stale::echo", json!({ "n": 1 }))
         .await
@@ -897,14 +834,13 @@ async fn engine_functions_answer_in_iii_shapes() {
     let (tx, mut events) = mpsc::unbounded_channel();
     let asker = sdk_worker(&engine.url, "t9-asker");
     asker.register_function("watch::workers", recording(tx, |_| Value::Null));
-    engine
-        .until("both workers", |m| {
-            providers(m, "intro::fn") == 1
-                && providers(m, "watch::workers") == 1
-                && workers_named(m, "t9-subject").len() == 1
-        })
-        .await;
-    let subject_id = worker_id(&engine.mesh, "t9-subject").to_string();
+    wait_until("both workers", WAIT, async || {
+        engine.providers("intro::fn").len() == 1
+            && engine.providers("watch::workers").len() == 1
+            && engine.worker_ids_named("t9-subject").len() == 1
+    })
+    .await;
+    let subject_id = engine.worker_id_named("t9-subject").to_string();
     let ask = |id: &'static str, payload: Value| {
         let asker = asker.clone();
         async move {
@@ -1036,15 +972,13 @@ async fn engine_functions_answer_in_iii_shapes() {
             json!({}),
         ))
         .expect("bind workers-available");
-    engine
-        .until("the workers-available binding", |m| {
-            m.inspect(|st| {
-                st.bindings
-                    .values()
-                    .any(|b| b.function_id == "watch::workers" && b.active_on.is_some())
-            })
-        })
-        .await;
+    wait_until("the workers-available binding", WAIT, async || {
+        bindings_of(&asker, "watch::workers")
+            .await
+            .iter()
+            .any(|(_, active)| *active)
+    })
+    .await;
     let newcomer = sdk_worker(&engine.url, "t9-newcomer");
     let deadline = Instant::now() + DEADLINE;
     let mut seen_events = Vec::new();
@@ -1054,7 +988,7 @@ async fn engine_functions_answer_in_iii_shapes() {
             Ok(Some(e)) => seen_events.push(e),
             _ => panic!("no worker_connected for the newcomer in {seen_events:?}"),
         }
-        let id = workers_named(&engine.mesh, "t9-newcomer");
+        let id = engine.worker_ids_named("t9-newcomer");
         let connected = |id: &Uuid| {
             seen_events.iter().any(|e| {
                 e["event"] == "worker_connected" && e["worker_id"] == id.to_string().as_str()
@@ -1081,7 +1015,7 @@ async fn an_enqueued_call_returns_a_receipt_and_is_delivered() {
     let worker = sdk_worker(&engine.url, "t10-jobs");
     worker.register_function("jobs::run", recording(tx, |_| json!({ "done": true })));
     let caller = sdk_worker(&engine.url, "t10-caller");
-    engine.until("jobs::run", provided_by("jobs::run", 1)).await;
+    engine.wait_for_providers("jobs::run", 1).await;
 
     let receipt = caller
         .trigger(TriggerRequest {
@@ -1105,7 +1039,7 @@ async fn an_enqueued_call_returns_a_receipt_and_is_delivered() {
 
 /// An enqueue the engine refuses (strict queues, an undeclared queue) reaches
 /// the SDK as `Error::Remote` with `enqueue_error`, iii's one code for a failed
-/// enqueue (`worker-protocol.md` section 3.1), which SDK code matches on.
+/// enqueue (`docs/protocol.md` §3.1), which SDK code matches on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_enqueue_is_enqueue_error() {
     let mut config = common::test_config();

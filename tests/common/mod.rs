@@ -1,28 +1,131 @@
-//! Shared test harness: a real engine on an ephemeral port, and a raw
-//! WebSocket client for speaking the protocol by hand.
+//! Shared test harness: a real engine on an ephemeral port ([`TestEngine`]),
+//! a raw WebSocket client for speaking the protocol by hand ([`RawClient`]),
+//! and the waits every test uses: [`wait_until`] / [`wait_for`] for a
+//! condition, [`assert_holds_for`] / [`assert_silent_for`] for the absence of
+//! something, the only timed waits a test makes on purpose.
+//!
+//! Tests observe the engine through the protocol, `/health` or the methods
+//! of [`TestEngine`]; the methods under "Engine internals" are the only code
+//! in `tests/` that reads the engine's in-process state.
 #![allow(dead_code)]
+
+pub mod launcher;
+pub mod programs;
+pub mod realtime;
+pub mod sdk;
+
+#[allow(unused_imports)] // not every test file starts the binary
+pub use launcher::EngineProcess;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
 
 use qmesh::config::Config;
 use qmesh::mesh::Mesh;
 
-/// How long a test waits for any single expected frame.
+/// How long a test waits for any single expected frame or condition.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// How often [`wait_for`] re-checks a condition nothing signals.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Waits until `check` returns `Ok`, and returns its value; `Err` carries
+/// what was seen instead, shown if `within` runs out. For facts the engine
+/// does not signal (a count, a state), re-checked every few milliseconds.
+pub async fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = match check().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}; last seen: {seen}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until `cond` holds (see [`wait_for`]).
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    wait_for(what, within, async || {
+        if cond().await {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await
+}
+
+/// Asserts that `cond` holds for the whole of `window` (checked every few
+/// milliseconds, and at its end): that something does *not* happen can only
+/// be seen over a span of time, so this wait is on purpose.
+pub async fn assert_holds_for(what: &str, window: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + window;
+    loop {
+        assert!(cond(), "{what}: no longer true within {window:?}");
+        if Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(POLL.min(end - Instant::now())).await;
+    }
+}
+
+/// Asserts that nothing arrives on `rx` for `window` (a sender that went
+/// away counts as silence): the negative check of an event a test records.
+pub async fn assert_silent_for<T: std::fmt::Debug>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    window: Duration,
+    what: &str,
+) {
+    if let Ok(Some(v)) = tokio::time::timeout(window, rx.recv()).await {
+        panic!("{what}: received {v:?} within {window:?}");
+    }
+}
+
+/// Serves `mesh` on `listener` in a task, and returns it once the engine
+/// says it is ready (the store open, queues and realtime attached): the one
+/// place a test waits for an engine to start.
+async fn serve_until_ready(
+    listener: TcpListener,
+    mesh: Mesh,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<std::io::Result<()>> {
+    let (ready_tx, ready) = oneshot::channel();
+    let mut task = tokio::spawn(qmesh::edge::serve(listener, mesh, shutdown, move |_| {
+        let _ = ready_tx.send(());
+    }));
+    tokio::select! {
+        r = tokio::time::timeout(WAIT, ready) => match r {
+            Ok(Ok(())) => task,
+            Ok(Err(_)) => panic!("engine failed to start: {:?}", (&mut task).await),
+            Err(_) => panic!("engine did not start within {WAIT:?}"),
+        },
+        r = &mut task => panic!("engine stopped while starting: {r:?}"),
+    }
+}
 
 /// An engine serving on 127.0.0.1:0 inside the test process.
 pub struct TestEngine {
     pub addr: SocketAddr,
+    /// `ws://127.0.0.1:<port>`
     pub url: String,
-    pub mesh: Mesh,
+    mesh: Mesh,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     /// The store's temp dir, when the test did not name one.
@@ -42,26 +145,14 @@ impl TestEngine {
             config.data_dir = d.path().to_owned();
             dir = Some(d);
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let mesh = Mesh::new(config);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(qmesh::edge::serve(
-            listener,
-            mesh.clone(),
-            async move {
-                let _ = rx.await;
-            },
-            |_| {},
-        ));
-        // Wait until the store is open and the queue scheduler attached.
-        let start = std::time::Instant::now();
-        while mesh.queues().is_none() {
-            assert!(start.elapsed() < WAIT, "engine did not start");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = serve_until_ready(listener, mesh.clone(), async move {
+            let _ = rx.await;
+        })
+        .await;
         Self {
             addr,
             url: format!("ws://{addr}"),
@@ -72,11 +163,17 @@ impl TestEngine {
         }
     }
 
-    /// Graceful shutdown; returns once the server has stopped.
-    pub async fn stop(mut self) {
+    /// Asks for a graceful shutdown without waiting for it: the engine stops
+    /// accepting and lets calls in flight finish ([`TestEngine::is_draining`]).
+    pub fn request_stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Graceful shutdown; returns once the server has stopped.
+    pub async fn stop(mut self) {
+        self.request_stop();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(20), task)
                 .await
@@ -86,6 +183,7 @@ impl TestEngine {
         }
     }
 
+    /// `GET /health`, as an operator sees it.
     pub async fn health(&self) -> Value {
         let mut stream = TcpStream::connect(self.addr).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,33 +203,139 @@ impl TestEngine {
         serde_json::from_str(json).expect("health is JSON")
     }
 
+    /// Calls in flight in the engine (`/health` `pending_invocations`).
+    pub async fn pending_calls(&self) -> u64 {
+        self.health().await["pending_invocations"]
+            .as_u64()
+            .expect("pending_invocations")
+    }
+
+    /// Connected workers (`/health` `workers`).
+    pub async fn worker_count(&self) -> u64 {
+        self.health().await["workers"].as_u64().expect("workers")
+    }
+
+    /// Function ids some worker provides (`/health` `functions`).
+    pub async fn function_count(&self) -> u64 {
+        self.health().await["functions"]
+            .as_u64()
+            .expect("functions")
+    }
+
     /// A raw worker named `name` providing `functions`, returned once they are routable.
     pub async fn worker_with(&self, name: &str, functions: &[&str]) -> RawClient {
         let mut w = RawClient::worker(&self.url, name).await;
         for f in functions {
             w.register_function(f).await;
         }
-        let wanted: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
         let id = w.worker_id.clone();
-        self.until("functions registered", move |m| {
-            m.inspect(|st| {
-                wanted.iter().all(|f| {
-                    st.function("default", f)
-                        .is_some_and(|fun| fun.providers.iter().any(|p| p.worker.to_string() == id))
-                })
-            })
+        wait_until("functions registered", WAIT, async || {
+            functions.iter().all(|f| self.providers(f).contains(&id))
         })
         .await;
         w
     }
 
-    /// Polls until `check` holds on the mesh (registrations are asynchronous).
-    pub async fn until(&self, what: &str, check: impl Fn(&Mesh) -> bool) {
-        let start = std::time::Instant::now();
-        while !check(&self.mesh) {
-            assert!(start.elapsed() < WAIT, "timed out waiting for: {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    /// Waits until `function_id` (namespace `default`) has exactly `n` providers.
+    pub async fn wait_for_providers(&self, function_id: &str, n: usize) {
+        wait_for(
+            &format!("{n} providers of {function_id}"),
+            WAIT,
+            async || {
+                let p = self.providers(function_id);
+                if p.len() == n {
+                    Ok(())
+                } else {
+                    Err(format!("{p:?}"))
+                }
+            },
+        )
+        .await
+    }
+
+    // ---- Engine internals -------------------------------------------------
+    // What the protocol and /health do not show. These read the in-process
+    // engine and are the only such code in tests/: when its internals move,
+    // only these bodies change.
+
+    /// Worker ids of the live providers of `function_id` in namespace `default`.
+    pub fn providers(&self, function_id: &str) -> Vec<String> {
+        self.mesh.inspect(|st| {
+            st.function("default", function_id)
+                .map(|f| f.providers.iter().map(|p| p.worker.to_string()).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Ids of the live connections whose worker announced `name`.
+    pub fn worker_ids_named(&self, name: &str) -> Vec<Uuid> {
+        self.mesh.inspect(|st| {
+            st.workers
+                .iter()
+                .filter(|(_, w)| w.meta.as_ref().and_then(|m| m.name.as_deref()) == Some(name))
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
+    /// The id of the one live worker named `name`.
+    pub fn worker_id_named(&self, name: &str) -> Uuid {
+        let ids = self.worker_ids_named(name);
+        assert_eq!(ids.len(), 1, "workers named {name}: {ids:?}");
+        ids[0]
+    }
+
+    /// Whether the engine still holds connection `worker_id`.
+    pub fn has_worker(&self, worker_id: Uuid) -> bool {
+        self.mesh.inspect(|st| st.workers.contains_key(&worker_id))
+    }
+
+    /// The reattach token the engine gave connection `worker_id`.
+    pub fn reattach_token(&self, worker_id: Uuid) -> String {
+        self.mesh
+            .inspect(|st| st.workers[&worker_id].conn.reattach_token)
+            .to_string()
+    }
+
+    /// The engine closes connection `worker_id` with `code`, as it would on
+    /// an error of its own.
+    pub fn close_worker(&self, worker_id: Uuid, code: u16, reason: &str) {
+        self.mesh
+            .inspect(|st| st.workers[&worker_id].conn.close(code, reason));
+    }
+
+    /// Calls waiting for `function_id` (namespace `default`) to get a worker
+    /// again, within `rebind_grace` of its last one leaving.
+    pub fn calls_waiting_for(&self, function_id: &str) -> usize {
+        self.mesh.inspect(|st| {
+            st.rebinding
+                .get(&("default".to_owned(), function_id.to_owned()))
+                .map_or(0, |r| r.waiters.len())
+        })
+    }
+
+    /// Ids of the trigger types some worker (or the engine) provides, any namespace.
+    pub fn trigger_type_ids(&self) -> Vec<String> {
+        self.mesh
+            .inspect(|st| st.trigger_types.keys().map(|k| k.1.clone()).collect())
+    }
+
+    /// How many handlers the realtime route `pattern` has; `None` if there is
+    /// no such route (its last trigger went).
+    pub fn route_handlers(&self, pattern: &str) -> Option<usize> {
+        self.mesh
+            .inspect(|st| st.realtime_routes.route(pattern).map(|r| r.handlers.len()))
+    }
+
+    /// Binary channels the engine holds (any state, until removed).
+    pub fn binary_channel_count(&self) -> usize {
+        self.mesh.channels().len()
+    }
+
+    /// Whether a graceful shutdown has begun (`/health` says `draining`, but
+    /// the listener no longer accepts anyone to ask it).
+    pub fn is_draining(&self) -> bool {
+        self.mesh.is_draining()
     }
 }
 
@@ -141,6 +345,25 @@ impl Drop for TestEngine {
             task.abort();
         }
     }
+}
+
+/// Waits until the engine lists `n` open realtime connections (of `route`,
+/// if given) to worker `w` and returns their ids: an answered upgrade is
+/// not yet a registered connection.
+pub async fn wait_for_open_channels(
+    w: &qmesh::client::Client,
+    route: Option<&str>,
+    n: usize,
+) -> Vec<String> {
+    wait_for(&format!("{n} open connections"), WAIT, async || {
+        let ids = realtime::open_channels(w, route).await;
+        if ids.len() == n {
+            Ok(ids)
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    })
+    .await
 }
 
 /// Test defaults: short namespace hold so raw clients need not announce themselves.
@@ -237,6 +460,22 @@ impl RawClient {
         .await
     }
 
+    /// Asserts that no `invokefunction` reaches this worker for `window`
+    /// (other frames are read and dropped): the negative check of a dispatch.
+    pub async fn assert_not_invoked_for(&mut self, window: Duration, why: &str) {
+        let end = Instant::now() + window;
+        while let Ok(frame) = tokio::time::timeout_at(end, self.ws.next()).await {
+            match frame {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("engine sends JSON");
+                    assert_ne!(v["type"], "invokefunction", "{why}: {v}");
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{why}: the socket ended: {other:?}"),
+            }
+        }
+    }
+
     /// Serves every `invokefunction` it receives with `handler` until `n` were answered.
     pub async fn serve(&mut self, n: usize, handler: impl Fn(&Value) -> Value) {
         for _ in 0..n {
@@ -267,10 +506,3 @@ async fn next_json(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) -> Optio
         }
     }
 }
-pub mod launcher;
-pub mod programs;
-pub mod realtime;
-pub mod sdk;
-
-#[allow(unused_imports)] // not every test file starts the binary
-pub use launcher::EngineProcess;
