@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{RawClient, TestEngine, test_config};
+use common::{RawClient, TestEngine, WAIT, test_config, wait_for, wait_until};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -49,18 +49,28 @@ async fn op(c: &mut RawClient, f: &str, data: Value) -> Value {
 
 /// Polls `queue::get` until the job reaches `state`.
 async fn until_state(c: &mut RawClient, receipt: &str, state: &str) -> Value {
-    let start = std::time::Instant::now();
-    loop {
+    wait_for(&format!("job to reach {state}"), WAIT, async || {
         let job = op(c, "queue::get", json!({"receipt": receipt})).await;
         if job["state"] == state {
-            return job;
+            Ok(job)
+        } else {
+            Err(job.to_string())
         }
-        assert!(
-            start.elapsed() < common::WAIT,
-            "job never reached {state}: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
+}
+
+/// Polls `queue::stats` of `queue` until `check` holds on it.
+async fn until_stats(c: &mut RawClient, queue: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_for(&format!("stats of {queue}"), WAIT, async || {
+        let stats = op(c, "queue::stats", json!({ "queue": queue })).await;
+        if check(&stats) {
+            Ok(stats)
+        } else {
+            Err(stats.to_string())
+        }
+    })
+    .await
 }
 
 /// Answers invocations: `Ok` values become results, `Err` strings become errors.
@@ -94,8 +104,7 @@ async fn a_job_enqueued_before_any_worker_runs_when_one_registers() {
     let engine = TestEngine::start_with(fast_config()).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let receipt = enqueue(&mut caller, "jobs", "mail::send", json!({"to":"a@b"})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stats = op(&mut caller, "queue::stats", json!({"queue":"jobs"})).await;
+    let stats = until_stats(&mut caller, "jobs", |s| s["waiting_for_worker"] == 1).await;
     assert_eq!(stats["waiting_for_worker"], 1, "{stats}");
     let why = op(&mut caller, "queue::explain", json!({"receipt": receipt})).await;
     assert!(
@@ -262,7 +271,7 @@ async fn an_attempt_past_its_lease_fails_with_timeout() {
     assert_eq!(job["history"][0]["outcome"], "timeout");
     assert_eq!(job["last_error"]["reason"], "timeout");
     assert_eq!(
-        engine.snapshot().pending_calls,
+        engine.pending_calls().await,
         0,
         "timed-out calls are cleaned up"
     );
@@ -284,12 +293,13 @@ async fn pause_resume_cancel_purge_and_delays() {
     op(&mut caller, "queue::pause", json!({"queue":"ops"})).await;
     let mut worker = RawClient::worker(&engine.url, "w").await;
     worker.register_function("ops::run").await;
-    engine
-        .until("registered", |m| {
-            m.functions.len() == 2 || m.functions.len() == 1
-        })
+    engine.wait_for_providers("ops::run", 1).await;
+    worker
+        .assert_not_invoked_for(
+            Duration::from_millis(200),
+            "a paused queue dispatches nothing",
+        )
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let why = op(&mut caller, "queue::explain", json!({"receipt": soon})).await;
     assert!(
         why["explanation"].as_str().unwrap().contains("paused"),
@@ -398,7 +408,10 @@ async fn a_restart_keeps_jobs_in_every_state() {
     let mut worker = RawClient::worker(&engine.url, "w").await;
     worker.register_function("f::done").await;
     worker.register_function("f::dead").await;
-    engine.until("registered", |m| m.functions.len() == 2).await;
+    wait_until("registered", WAIT, async || {
+        engine.function_count().await == 2
+    })
+    .await;
     let mut c = RawClient::worker(&engine.url, "c").await;
     let done = enqueue(&mut c, "q", "f::done", json!(1)).await;
     serve(&mut worker, 1, |_| Ok(json!("ok"))).await;
@@ -651,18 +664,7 @@ async fn completed_jobs_are_pruned_after_their_queues_retention_only() {
     assert_eq!(listed.len(), 4, "{peek}");
     assert!(short.iter().all(|r| listed.contains(r)), "{peek}");
 
-    let start = std::time::Instant::now();
-    loop {
-        let stats = op(&mut c, "queue::stats", json!({"queue":"short"})).await;
-        if stats["completed"] == 0 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never pruned: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_stats(&mut c, "short", |s| s["completed"] == 0).await;
     for r in &short {
         let gone = c.call("queue::get", json!({"receipt": r})).await;
         assert_eq!(gone["error"]["code"], "NOT_FOUND", "{gone}");

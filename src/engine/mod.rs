@@ -227,6 +227,11 @@ impl Engine {
                 })
                 .collect(),
             trigger_types: st.trigger_types.keys().cloned().collect(),
+            rebinding: st
+                .rebinding
+                .iter()
+                .map(|((ns, id), r)| (ns.clone(), id.clone(), r.waiters.len()))
+                .collect(),
             pending_calls: st.calls.len(),
             draining: self.inner.mesh.is_draining(),
             routes: Vec::new(),
