@@ -463,3 +463,24 @@ async fn connections_over_the_limit_are_refused_with_503() {
     assert_eq!(engine.health().await["status"], "ok");
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_malformed_call_that_names_its_invocation_is_answered() {
+    let engine = TestEngine::start().await;
+    let mut exec = engine.worker_with("exec", &["echo::it"]).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    // `action` as a string, `data` fine: the frame cannot be decoded, but its
+    // caller is told at once instead of waiting for its own timeout.
+    for bad in [
+        json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":"echo::it","action":"void"}),
+        json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":"echo::it","namespace":42}),
+    ] {
+        c.send(bad.clone()).await;
+        let r = c.recv_until("result", is_result).await;
+        assert_eq!(r["invocation_id"], bad["invocation_id"]);
+        assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{r}");
+    }
+    exec.assert_not_invoked_for(Duration::from_millis(100), "a malformed call never runs")
+        .await;
+    engine.stop().await;
+}

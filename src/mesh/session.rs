@@ -70,9 +70,21 @@ impl Session {
         }
         match inbound::decode(text) {
             Ok(msg) => self.handle(msg),
-            Err(e) => {
-                tracing::warn!(worker_id = %self.conn.id, error = %e, "dropped an undecodable frame")
-            }
+            Err(e) => match inbound::refused_call(text) {
+                // A call that cannot be read but names its invocation gets an
+                // answer: its caller would otherwise wait for its whole timeout.
+                Some((id, function_id)) => {
+                    tracing::debug!(worker_id = %self.conn.id, error = %e, "refused a malformed call");
+                    let err = ErrorBody::new(
+                        codes::INVALID_ARGUMENTS,
+                        format!("malformed invokefunction: {e}"),
+                    );
+                    reply_err(&self.conn, Some(id), &function_id, &err);
+                }
+                None => {
+                    tracing::warn!(worker_id = %self.conn.id, error = %e, "dropped an undecodable frame")
+                }
+            },
         }
     }
 
