@@ -484,3 +484,67 @@ async fn a_malformed_call_that_names_its_invocation_is_answered() {
         .await;
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn names_with_control_characters_and_runaway_delays_are_refused() {
+    let engine = TestEngine::start().await;
+    let mut w = RawClient::worker(&engine.url, "w").await;
+    // A function id with a NUL is rejected at registration; it never routes.
+    w.register_function("evil\u{0}::fn").await;
+    let rejected = w
+        .recv_until("rejection", |v| v["type"] == "registrationrejected")
+        .await;
+    assert_eq!(rejected["function_id"], "evil\u{0}::fn");
+    assert!(engine.providers("evil\u{0}::fn").is_empty());
+
+    let call = |f: &str, ns: Option<&str>, action: Value| {
+        let mut frame = json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":f,"data":{}});
+        if let Some(ns) = ns {
+            frame["namespace"] = json!(ns);
+        }
+        if !action.is_null() {
+            frame["action"] = action;
+        }
+        frame
+    };
+    for (frame, code) in [
+        (call("a\u{0}b", None, Value::Null), "INVALID_ARGUMENTS"),
+        (
+            call("a::b", Some("ns\u{0}"), Value::Null),
+            "INVALID_NAMESPACE",
+        ),
+        (
+            call("a::b", None, json!({"type":"enqueue","queue":"q\u{0}x"})),
+            "enqueue_error",
+        ),
+        (
+            call("a\u{7}::b", None, json!({"type":"enqueue","queue":"q"})),
+            "enqueue_error",
+        ),
+    ] {
+        w.send(frame.clone()).await;
+        let r = w
+            .recv_until("result", |v| {
+                is_result(v) && v["invocation_id"] == frame["invocation_id"]
+            })
+            .await;
+        assert_eq!(r["error"]["code"], code, "{frame} gave {r}");
+    }
+    // A delay that would overflow the clock is refused, not run at once.
+    for data in [
+        json!({"queue":"q","function_id":"a::b","delay": u64::MAX}),
+        json!({"queue":"q","function_id":"a::b","delay": "500000000 years"}),
+        json!({"queue":"q","function_id":"a::b","run_at": u64::MAX}),
+        json!({"queue":"q\u{0}","function_id":"a::b"}),
+    ] {
+        let r = w.call("queue::enqueue", data.clone()).await;
+        assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{data} gave {r}");
+    }
+    let stats = w.call("queue::list", json!({})).await;
+    assert_eq!(
+        stats["result"]["queues"],
+        json!([]),
+        "nothing was enqueued: {stats}"
+    );
+    engine.stop().await;
+}

@@ -16,7 +16,7 @@ use super::session::WORKERS_REGISTER;
 use super::state::{FunctionInfo, Key, Provider, Rebinding, State, Worker, WorkerMeta};
 use super::{Mesh, MeshEvent};
 use crate::protocol::inbound::FunctionRegistration;
-use crate::protocol::{ErrorBody, codes, outbound};
+use crate::protocol::{ErrorBody, codes, names, outbound};
 
 impl Mesh {
     /// Admits a new worker connection; its first frame is `workerregistered`.
@@ -134,7 +134,7 @@ impl Mesh {
                 .namespace
                 .as_deref()
                 .map(str::trim)
-                .filter(|ns| !ns.is_empty())
+                .filter(|ns| names::check("namespace", ns).is_ok())
         {
             w.namespace = ns.to_owned();
         }
@@ -157,6 +157,13 @@ impl Mesh {
         let Some(worker) = st.workers.get_mut(&worker_id) else {
             return;
         };
+        if let Err(why) = names::check("function_id", &reg.id) {
+            tracing::warn!(worker_id = %worker_id, function_id = ?reg.id, why, "refused a function id");
+            let _ = worker
+                .conn
+                .send(outbound::function_rejected(namespace, &reg.id));
+            return;
+        }
         if self.is_reserved(&reg.id) {
             tracing::warn!(worker_id = %worker_id, function_id = %reg.id, "refused: the engine provides this function id");
             let _ = worker

@@ -13,6 +13,7 @@
 pub mod channel;
 pub mod codes;
 pub mod inbound;
+pub mod names;
 pub mod outbound;
 
 pub use codes::ErrorBody;
