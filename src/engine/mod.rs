@@ -149,7 +149,8 @@ impl Engine {
             tracing::info!("shutdown requested: no new connections; finishing calls in flight");
             draining.start_draining();
         };
-        let served = crate::edge::serve(listener, app, stop).await;
+        let handshakes = crate::edge::Handshakes::of(&mesh);
+        let served = crate::edge::serve(listener, app, handshakes, stop).await;
         self.drain().await;
         served
     }
