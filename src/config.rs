@@ -144,6 +144,11 @@ impl Config {
         if l.max_handshakes_per_ip == 0 {
             return bad("limits.max_handshakes_per_ip");
         }
+        if l.memory_budget < l.max_message_size {
+            return Err(ConfigError::Invalid(
+                "limits.memory_budget must be at least limits.max_message_size".into(),
+            ));
+        }
         if self.server.request_timeout.is_zero() {
             return bad("server.request_timeout");
         }

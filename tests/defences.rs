@@ -96,3 +96,51 @@ async fn telemetry_sockets_count_toward_the_connection_limit() {
     }
     engine.stop().await;
 }
+
+/// `/health`'s count of bytes held for slow readers.
+async fn budget_used(engine: &TestEngine) -> u64 {
+    engine.health().await["memory_budget"]["used_bytes"]
+        .as_u64()
+        .expect("memory_budget.used_bytes")
+}
+
+#[tokio::test]
+async fn a_spent_memory_budget_refuses_new_calls_until_memory_is_freed() {
+    let mut config = test_config();
+    config.limits.max_message_size = 128 << 10;
+    config.limits.memory_budget = 1 << 20;
+    let engine = TestEngine::start_with(config).await;
+    // A worker that never reads its socket: calls to it pile up in the engine.
+    let stalled = engine.worker_with("stalled", &["slow::sink"]).await;
+    let mut echo = engine.worker_with("echo", &["echo::it"]).await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let pad = "x".repeat(60 << 10);
+    common::wait_until("the budget to be spent", WAIT, async || {
+        for _ in 0..16 {
+            caller.send_call("slow::sink", json!({ "pad": pad })).await;
+        }
+        budget_used(&engine).await >= 1 << 20
+    })
+    .await;
+
+    // New work is refused with a clear code, to any function...
+    let r = caller.call("echo::it", json!({"n": 1})).await;
+    assert_eq!(r["error"]["code"], "engine_overloaded", "{r}");
+
+    // ...until the memory is freed: the stalled worker goes, its frames with it.
+    drop(stalled);
+    common::wait_until("the budget to be freed", WAIT, async || {
+        budget_used(&engine).await < 1 << 20
+    })
+    .await;
+    let id = caller.send_call("echo::it", json!({"n": 2})).await;
+    let inv = echo
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    echo.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"echo::it","result":"ok"})).await;
+    let r = caller
+        .recv_until("result", |v| v["invocation_id"] == id.as_str())
+        .await;
+    assert_eq!(r["result"], "ok");
+    engine.stop().await;
+}

@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::budget::MemoryBudget;
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::functions::Introspection;
@@ -78,10 +79,11 @@ impl Engine {
             source,
         })?;
         let store = Arc::new(store);
-        let mesh = Mesh::new(config.mesh());
+        let budget = MemoryBudget::new(config.limits.memory_budget);
+        let mesh = Mesh::new(config.mesh(), budget.clone());
 
         let introspection = Arc::new(Introspection::new(&mesh));
-        let channels = Channels::new(config.channels.clone());
+        let channels = Channels::new(config.channels.clone(), budget.clone());
         let queues = Queues::start(mesh.clone(), store.clone(), config.queue.clone())
             .map_err(EngineError::Queue)?;
         let realtime = Arc::new(RealtimeModule::new(

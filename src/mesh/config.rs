@@ -31,6 +31,11 @@ pub struct Limits {
     pub max_handshakes: usize,
     /// The same, per remote address: one client cannot take every slot.
     pub max_handshakes_per_ip: usize,
+    /// Bytes the engine holds for readers, all together: frames queued for
+    /// worker and realtime sockets and binary channel buffers. While spent,
+    /// new calls get `engine_overloaded` and new channels and client sockets
+    /// are refused.
+    pub memory_budget: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +81,7 @@ impl Default for Limits {
             max_outbound_queue_bytes: 256 << 20,
             max_handshakes: 1024,
             max_handshakes_per_ip: 64,
+            memory_budget: 1 << 30,
         }
     }
 }

@@ -24,8 +24,11 @@ impl Mesh {
         &self,
         remote_addr: Option<SocketAddr>,
     ) -> (Arc<Connection>, mpsc::UnboundedReceiver<Outgoing>) {
-        let (conn, rx) =
-            Connection::new(remote_addr, self.config().limits.max_outbound_queue_bytes);
+        let (conn, rx) = Connection::new(
+            remote_addr,
+            self.config().limits.max_outbound_queue_bytes,
+            self.budget().clone(),
+        );
         let conn = Arc::new(conn);
         let _ = conn.send(outbound::worker_registered(&conn.id, &conn.reattach_token));
         self.lock().workers.insert(

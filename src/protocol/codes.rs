@@ -55,6 +55,9 @@ pub const INVALID_ACTION: &str = "invalid_action";
 pub const EXECUTOR_UNAVAILABLE: &str = "executor_unavailable";
 /// `engine::channels::create` refused: the engine holds `channels.max_channels`.
 pub const TOO_MANY_CHANNELS: &str = "too_many_channels";
+/// New work refused: the bytes the engine holds for slow readers reached
+/// `limits.memory_budget`.
+pub const ENGINE_OVERLOADED: &str = "engine_overloaded";
 
 // Realtime routes: what workers (`channel::*`) and clients see.
 /// No open client connection has this id.

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::MemoryBudget;
 use crate::mesh::state::Binding;
 use crate::mesh::state::TriggerTypeHandler;
 use crate::protocol::ErrorBody;
@@ -232,6 +233,8 @@ pub struct Client {
     live: Mutex<Live>,
     outbox: mpsc::Sender<Message>,
     queued_bytes: AtomicUsize,
+    /// The engine-wide budget the queued bytes also count against.
+    budget: Arc<MemoryBudget>,
     closing: CancellationToken,
     reason: Mutex<Option<CloseReason>>,
     /// Numbers the events of this connection, in arrival order.
@@ -254,6 +257,7 @@ pub struct ClientInit {
     pub opening_data: Map<String, Value>,
     pub auth: Option<Value>,
     pub limits: Arc<Limits>,
+    pub budget: Arc<MemoryBudget>,
 }
 
 impl Client {
@@ -275,6 +279,7 @@ impl Client {
             }),
             outbox: tx,
             queued_bytes: AtomicUsize::new(0),
+            budget: init.budget,
             closing: CancellationToken::new(),
             reason: Mutex::new(None),
             seq: AtomicU64::new(0),
@@ -342,7 +347,10 @@ impl Client {
             return Err(SendError::Closed);
         }
         let len = message_len(&msg);
+        // Counted before it is queued: the writer may send it, and give the
+        // bytes back, before this thread runs another line.
         let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        self.budget.charge(len);
         let full = if queued > self.limits.outbound_bytes {
             Some("bytes")
         } else {
@@ -351,6 +359,7 @@ impl Client {
                 Err(mpsc::error::TrySendError::Full(_)) => Some("messages"),
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                    self.budget.release(len);
                     return Err(SendError::Closed);
                 }
             }
@@ -359,6 +368,7 @@ impl Client {
             None => Ok(()),
             Some(what) => {
                 self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                self.budget.release(len);
                 tracing::warn!(channel_id = %self.id, route = %self.route, limit = what, "client is not reading; closing it as a slow consumer");
                 self.close(CloseReason::new(
                     close::TRY_AGAIN_LATER,
@@ -376,8 +386,9 @@ impl Client {
 
     /// Called by the writer once a frame is on its way.
     fn sent(&self, msg: &Message) {
-        self.queued_bytes
-            .fetch_sub(message_len(msg), Ordering::Relaxed);
+        let len = message_len(msg);
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        self.budget.release(len);
     }
 
     /// Starts closing. The first reason wins; later calls change nothing.
@@ -415,6 +426,14 @@ fn message_len(msg: &Message) -> usize {
     }
 }
 
+/// Frames still queued when the client goes were never sent: their bytes
+/// leave the engine's budget with it.
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.budget.release(*self.queued_bytes.get_mut());
+    }
+}
+
 /// A one-use upgrade ticket (`channel::issue_ticket`).
 #[derive(Debug)]
 struct Ticket {
@@ -443,6 +462,8 @@ struct HubInner {
     /// mesh (under its lock) through [`TriggerTypeHandler`]; never held while
     /// calling into the mesh.
     routes: Mutex<routes::RouteTable>,
+    /// The engine-wide budget client outboxes count against.
+    budget: Arc<MemoryBudget>,
     /// Where disconnects owed after a crash are queued.
     queues: Option<Queues>,
     /// Released at shutdown so the store can close with the queue.
@@ -454,11 +475,17 @@ struct HubInner {
 }
 
 impl Realtime {
-    pub fn new(config: RealtimeConfig, store: Option<Arc<Store>>, queues: Option<Queues>) -> Self {
+    pub fn new(
+        config: RealtimeConfig,
+        store: Option<Arc<Store>>,
+        queues: Option<Queues>,
+        budget: Arc<MemoryBudget>,
+    ) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 tables: Mutex::new(Tables::default()),
                 routes: Mutex::new(routes::RouteTable::default()),
+                budget,
                 queues,
                 store: Mutex::new(store),
                 config,
@@ -483,6 +510,10 @@ impl Realtime {
     /// The route table (a short critical section: never await or call the mesh while holding it).
     pub(crate) fn routes(&self) -> MutexGuard<'_, routes::RouteTable> {
         self.inner.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.inner.budget
     }
 
     pub(crate) fn queues(&self) -> Option<&Queues> {

@@ -30,7 +30,8 @@ impl RealtimeModule {
         store: Arc<Store>,
         queues: &Queues,
     ) -> Self {
-        let hub = Realtime::new(config, Some(store), Some(queues.clone()));
+        let budget = mesh.budget().clone();
+        let hub = Realtime::new(config, Some(store), Some(queues.clone()), budget);
         let leftovers = persist::leftovers(&hub);
         Self {
             mesh: mesh.clone(),

@@ -35,6 +35,8 @@ pub enum UpgradeError {
     ShuttingDown,
     #[error("too many client connections")]
     Full,
+    #[error("the engine's memory budget is spent; retry later")]
+    Overloaded,
     #[error("origin {0:?} is not allowed on this route")]
     Origin(String),
     #[error("{0}")]
@@ -55,6 +57,7 @@ impl UpgradeError {
             UpgradeError::NotFound => (StatusCode::NOT_FOUND, codes::ROUTE_NOT_FOUND),
             UpgradeError::Departed => (StatusCode::SERVICE_UNAVAILABLE, upgrade::ROUTE_UNAVAILABLE),
             UpgradeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, upgrade::SHUTTING_DOWN),
+            UpgradeError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, codes::ENGINE_OVERLOADED),
             UpgradeError::Full => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 upgrade::TOO_MANY_CONNECTIONS,
@@ -157,6 +160,9 @@ async fn prepare(
     if hub.open_count() >= hub.config().max_connections {
         return Err(UpgradeError::Full);
     }
+    if hub.budget().is_spent() {
+        return Err(UpgradeError::Overloaded);
+    }
     check_origin(&m, parts)?;
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
         .map_err(|e| UpgradeError::BadQuery(e.body_text()))?;
@@ -190,6 +196,7 @@ async fn prepare(
         opening_data,
         auth,
         limits,
+        budget: hub.budget().clone(),
     })
 }
 
