@@ -133,7 +133,7 @@ impl Scheduler {
                 req.queue,
                 settings.max_payload_bytes
             );
-            return Err(ErrorBody::new("payload_too_large", msg));
+            return Err(ErrorBody::new(codes::PAYLOAD_TOO_LARGE, msg));
         }
         match settings.ordering {
             Ordering::Fifo => fifo_group(settings, req).map(Some),

@@ -63,7 +63,7 @@ fn bad(code: &str, msg: impl Into<String>) -> ErrorBody {
 }
 
 fn internal(e: impl Into<StoreError>) -> ErrorBody {
-    bad("queue_error", e.into().to_string())
+    bad(codes::QUEUE_ERROR, e.into().to_string())
 }
 
 impl Scheduler {
@@ -102,7 +102,7 @@ impl Scheduler {
     fn rt(&self, queue: &str) -> Result<&QueueRt, ErrorBody> {
         self.queues
             .get(queue)
-            .ok_or_else(|| bad("queue_not_found", format!("no queue {queue:?}")))
+            .ok_or_else(|| bad(codes::QUEUE_NOT_FOUND, format!("no queue {queue:?}")))
     }
 
     fn job(&self, id: &Uuid) -> Result<JobRecord, ErrorBody> {
@@ -366,7 +366,7 @@ impl Scheduler {
                 "job {id} is {}; only ready or delayed jobs can be cancelled",
                 job.state.as_str()
             );
-            return Err(bad("invalid_state", msg));
+            return Err(bad(codes::INVALID_STATE, msg));
         }
         let mut batch = sled::Batch::default();
         job.finished_ms = now_ms();

@@ -15,6 +15,7 @@ use super::dispatcher::record as error_record;
 use super::now_ms;
 use super::scheduler::{Scheduler, new_queue_rt};
 use crate::mesh::Mesh;
+use crate::protocol::codes;
 use crate::store::layout::{self, FnId};
 use crate::store::records::{AttemptRecord, Counts, FailReason, JobRecord, JobState, QueueRecord};
 use crate::store::{Store, StoreError, codec};
@@ -114,7 +115,7 @@ impl Scheduler {
             };
             let err = error_record(
                 FailReason::EngineRestart,
-                "engine_restart",
+                codes::ENGINE_RESTART,
                 "the engine stopped while this attempt ran",
             );
             let mut attempt = attempt.clone().unwrap_or(AttemptRecord {

@@ -274,7 +274,7 @@ impl Scheduler {
         }
         let Some(settings) = self.config.settings(name) else {
             return Err(ErrorBody::new(
-                "queue_not_found",
+                codes::QUEUE_NOT_FOUND,
                 format!("queue {name:?} is not declared and the engine runs in strict mode"),
             ));
         };
