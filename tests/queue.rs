@@ -678,3 +678,46 @@ async fn completed_jobs_are_pruned_after_their_queues_retention_only() {
     assert_eq!(stats["completed"], 1, "{stats}");
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_queue_paused_before_its_first_job_stays_paused_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config();
+    config.data_dir = dir.path().to_owned();
+    let engine = TestEngine::start_with(config.clone()).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let p = op(&mut c, "queue::pause", json!({"queue":"fresh"})).await;
+    assert_eq!(p["paused"], true, "{p}");
+    drop(c);
+    engine.stop().await;
+
+    let engine = TestEngine::start_with(config).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let stats = op(&mut c, "queue::stats", json!({"queue":"fresh"})).await;
+    assert_eq!(stats["paused"], true, "{stats}");
+    let mut w = engine.worker_with("w", &["fresh::job"]).await;
+    let receipt = enqueue(&mut c, "fresh", "fresh::job", json!({})).await;
+    let why = op(&mut c, "queue::explain", json!({"receipt": receipt})).await;
+    assert!(
+        why["explanation"].as_str().unwrap().contains("paused"),
+        "{why}"
+    );
+    assert_eq!(why["state"], "ready", "a worker provides it: {why}");
+    op(&mut c, "queue::resume", json!({"queue":"fresh"})).await;
+    serve(&mut w, 1, |_| Ok(json!("ran"))).await;
+    until_state(&mut c, &receipt, "completed").await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn strict_mode_still_refuses_to_pause_an_undeclared_queue() {
+    let mut config = fast_config();
+    config.queue.strict = true;
+    let engine = TestEngine::start_with(config).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    for f in ["queue::pause", "queue::resume"] {
+        let r = c.call(f, json!({"queue":"undeclared"})).await;
+        assert_eq!(r["error"]["code"], "queue_not_found", "{f}: {r}");
+    }
+    engine.stop().await;
+}

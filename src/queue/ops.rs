@@ -343,10 +343,13 @@ impl Scheduler {
         Ok(json!({ "queue": q.name, "state": state.as_str(), "jobs": jobs, "next_cursor": next }))
     }
 
+    /// Pauses or resumes a queue. A queue never used yet is created first
+    /// (unless strict mode refuses it), so an operator can pause it before its
+    /// first job; the flag is stored and survives a restart.
     fn pause(&mut self, queue: &str, paused: bool) -> Result<(Value, Option<Ticket>), ErrorBody> {
-        let q = self.rt(queue)?;
+        let id = self.queue_for(queue)?;
         let rec = crate::store::records::QueueRecord {
-            id: q.id,
+            id,
             paused,
             created_ms: now_ms(),
         };
