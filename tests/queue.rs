@@ -108,7 +108,7 @@ async fn a_job_enqueued_before_any_worker_runs_when_one_registers() {
     let job = op(&mut caller, "queue::get", json!({"receipt": receipt})).await;
     assert_eq!(
         (job["state"].clone(), job["attempts"].clone()),
-        (json!("ready"), json!(0)),
+        (json!("waiting_for_worker"), json!(0)),
         "no attempt spent waiting"
     );
 
@@ -443,7 +443,7 @@ async fn a_restart_keeps_jobs_in_every_state() {
     assert_eq!(d["state"], "delayed");
     assert_eq!(
         op(&mut c, "queue::get", json!({"receipt": waiting})).await["state"],
-        "ready"
+        "waiting_for_worker"
     );
     let mut worker = RawClient::worker(&engine.url, "w2").await;
     worker.register_function("f::nobody").await;
@@ -606,7 +606,7 @@ async fn an_attempt_interrupted_by_a_stop_is_recorded_as_engine_restart() {
     let engine = TestEngine::start_with(config).await;
     let mut c = RawClient::worker(&engine.url, "c").await;
     let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
-    assert_eq!(job["state"], "ready", "{job}");
+    assert_eq!(job["state"], "waiting_for_worker", "{job}");
     assert_eq!(job["attempts"], 1);
     assert_eq!(job["history"][0]["outcome"], "engine_restart");
     let mut w = engine.worker_with("w", &["long::job"]).await;
@@ -719,5 +719,45 @@ async fn strict_mode_still_refuses_to_pause_an_undeclared_queue() {
         let r = c.call(f, json!({"queue":"undeclared"})).await;
         assert_eq!(r["error"]["code"], "queue_not_found", "{f}: {r}");
     }
+    engine.stop().await;
+}
+
+/// `queue::get`, `queue::peek` and `queue::explain` name a job's state the
+/// way `queue::stats` counts it.
+#[tokio::test]
+async fn a_job_is_shown_in_the_state_stats_counts_it_in() {
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let receipt = enqueue(&mut c, "vocab", "vocab::nobody", json!({})).await;
+    let stats = op(&mut c, "queue::stats", json!({"queue":"vocab"})).await;
+    assert_eq!(
+        (stats["waiting_for_worker"].clone(), stats["ready"].clone()),
+        (json!(1), json!(0)),
+        "{stats}"
+    );
+    let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
+    assert_eq!(job["state"], "waiting_for_worker", "{job}");
+    let why = op(&mut c, "queue::explain", json!({"receipt": receipt})).await;
+    assert_eq!(why["state"], "waiting_for_worker", "{why}");
+    let page = op(
+        &mut c,
+        "queue::peek",
+        json!({"queue":"vocab","state":"ready"}),
+    )
+    .await;
+    assert_eq!(page["jobs"][0]["state"], "waiting_for_worker", "{page}");
+
+    // Once a worker provides the function (the queue paused so it stays put),
+    // the same job is ready in every view.
+    op(&mut c, "queue::pause", json!({"queue":"vocab"})).await;
+    let _w = engine.worker_with("w", &["vocab::nobody"]).await;
+    let stats = op(&mut c, "queue::stats", json!({"queue":"vocab"})).await;
+    assert_eq!(
+        (stats["waiting_for_worker"].clone(), stats["ready"].clone()),
+        (json!(0), json!(1)),
+        "{stats}"
+    );
+    let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
+    assert_eq!(job["state"], "ready", "{job}");
     engine.stop().await;
 }

@@ -11,6 +11,8 @@
 //! - [`dispatcher`]: how a running attempt ends: its call's outcome, collected
 //!   on the scheduler's channel, or its lease running out.
 //! - [`ops`]: operator views and actions (stats, peek, redrive, …).
+//! - [`states`]: the names of job states operators see, one vocabulary for
+//!   counts and views.
 //!
 //! Invariant: an enqueue is acknowledged only after its record is on disk.
 
@@ -21,6 +23,7 @@ pub mod recovery;
 mod running;
 pub mod scheduler;
 pub mod settings;
+pub mod states;
 mod transitions;
 mod upkeep;
 

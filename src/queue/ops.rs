@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::now_ms;
 use super::scheduler::{QueueRt, Scheduler};
+use super::states::{COUNTED, ShownState};
 use crate::protocol::{ErrorBody, codes};
 use crate::store::layout;
 use crate::store::records::{ErrorRecord, JobRecord, JobState};
@@ -155,16 +156,9 @@ impl Scheduler {
     pub(super) fn queue_view(&self, q: &QueueRt) -> Value {
         let waiting = self.waiting_for_worker(q);
         let s = &q.settings;
-        json!({
+        let mut view = json!({
             "queue": q.name,
             "paused": q.paused,
-            "ready": q.counts.ready.saturating_sub(waiting),
-            "waiting_for_worker": waiting,
-            "delayed": q.counts.delayed,
-            "running": q.counts.running,
-            "completed": q.counts.completed,
-            "dead": q.counts.dead,
-            "held": q.counts.held,
             "oldest_ready_age_ms": self.oldest_ready_age_ms(q),
             "settings": {
                 "concurrency": s.concurrency,
@@ -178,7 +172,35 @@ impl Scheduler {
                 "ordering": match s.ordering { crate::queue::settings::Ordering::Fifo => "fifo", _ => "standard" },
                 "group_field": s.group_field,
             },
-        })
+        });
+        for state in COUNTED {
+            let n = match state {
+                ShownState::Ready => q.counts.ready.saturating_sub(waiting),
+                ShownState::WaitingForWorker => waiting,
+                ShownState::Delayed => q.counts.delayed,
+                ShownState::Running => q.counts.running,
+                ShownState::Held => q.counts.held,
+                ShownState::Completed => q.counts.completed,
+                ShownState::Dead => q.counts.dead,
+                ShownState::Cancelled => continue,
+            };
+            view[state.as_str()] = n.into();
+        }
+        view
+    }
+
+    fn has_worker(&self, job: &JobRecord) -> bool {
+        self.mesh
+            .inspect(|st| st.function(&job.namespace, &job.function_id).is_some())
+    }
+
+    /// The job's state as `queue::stats` counts it.
+    fn shown(&self, job: &JobRecord) -> ShownState {
+        // Only a ready job's name depends on the mesh: skip the lock otherwise.
+        ShownState::of(
+            job.state,
+            job.state != JobState::Ready || self.has_worker(job),
+        )
     }
 
     /// Ended attempts from the record, then the one running now (kept in memory).
@@ -214,7 +236,7 @@ impl Scheduler {
             "queue": job.queue,
             "namespace": job.namespace,
             "function_id": job.function_id,
-            "state": job.state.as_str(),
+            "state": self.shown(&job).as_str(),
             "attempts": job.attempts,
             "max_attempts": job.max_attempts,
             "priority": job.priority,
@@ -233,9 +255,7 @@ impl Scheduler {
     fn explain(&self, id: &Uuid) -> Result<Value, ErrorBody> {
         let job = self.job(id)?;
         let q = self.rt(&job.queue)?;
-        let has_worker = self
-            .mesh
-            .inspect(|st| st.function(&job.namespace, &job.function_id).is_some());
+        let has_worker = self.has_worker(&job);
         let why = match job.state {
             JobState::Running => "it is running now".to_owned(),
             JobState::Completed => "it has completed".to_owned(),
@@ -272,7 +292,8 @@ impl Scheduler {
             }
             JobState::Ready => "it is next in line and will start shortly".to_owned(),
         };
-        Ok(json!({ "receipt": id, "state": job.state.as_str(), "explanation": why }))
+        let state = ShownState::of(job.state, has_worker);
+        Ok(json!({ "receipt": id, "state": state.as_str(), "explanation": why }))
     }
 
     fn peek(
@@ -334,7 +355,7 @@ impl Scheduler {
                 break;
             }
             jobs.push(json!({
-                "receipt": id, "function_id": job.function_id, "state": job.state.as_str(),
+                "receipt": id, "function_id": job.function_id, "state": self.shown(&job).as_str(),
                 "attempts": job.attempts, "enqueued_at_ms": job.enqueued_ms,
                 "due_at_ms": (job.due_ms > 0).then_some(job.due_ms),
                 "last_error": job.last_error.as_ref().map(error_view),
@@ -367,7 +388,7 @@ impl Scheduler {
         if !matches!(job.state, JobState::Ready | JobState::Delayed) {
             let msg = format!(
                 "job {id} is {}; only ready or delayed jobs can be cancelled",
-                job.state.as_str()
+                self.shown(&job).as_str()
             );
             return Err(bad(codes::INVALID_STATE, msg));
         }
