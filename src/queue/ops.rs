@@ -9,9 +9,9 @@ use super::now_ms;
 use super::scheduler::{QueueRt, Scheduler};
 use super::states::{COUNTED, ShownState};
 use crate::protocol::{ErrorBody, codes};
-use crate::store::layout;
+use crate::store::queue::Writes;
 use crate::store::records::{ErrorRecord, JobRecord, JobState};
-use crate::store::{StoreError, Ticket, record};
+use crate::store::{StoreError, Ticket};
 
 #[derive(Debug)]
 pub enum Op {
@@ -127,9 +127,7 @@ impl Scheduler {
             })
             .map(|f| {
                 self.store
-                    .tree()
-                    .scan_prefix(layout::ready_fn_prefix(q.id, *f))
-                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+                    .ready_of_function(q.id, *f)
                     .filter(|id| !self.running.contains_key(id))
                     .count() as u64
             })
@@ -143,9 +141,7 @@ impl Scheduler {
             .filter_map(|f| {
                 // Entries of jobs that just started may come first.
                 self.store
-                    .tree()
-                    .scan_prefix(layout::ready_fn_prefix(q.id, *f))
-                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+                    .ready_of_function(q.id, *f)
                     .find(|id| !self.running.contains_key(id))
             })
             .filter_map(|id| self.load_job(&id).ok().flatten())
@@ -305,24 +301,18 @@ impl Scheduler {
     ) -> Result<Value, ErrorBody> {
         let q = self.rt(queue)?;
         let limit = limit.clamp(1, 1000);
-        let tree = self.store.tree();
+        let store = &self.store;
         let keys: Box<dyn Iterator<Item = Uuid>> = match state {
-            JobState::Ready => Box::new(
-                tree.scan_prefix(layout::ready_queue_prefix(q.id))
-                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v))),
-            ),
-            JobState::Dead => Box::new(
-                tree.scan_prefix(layout::dead_prefix(q.id))
-                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v))),
-            ),
-            JobState::Delayed => Box::new(tree.scan_prefix([layout::DUE]).filter_map(|kv| {
-                kv.ok()
-                    .and_then(|(k, _)| layout::parse_due(&k).map(|p| p.1))
-            })),
+            JobState::Ready => {
+                Box::new(store.ready_of_queue(q.id).filter_map(|r| r.ok().flatten()))
+            }
+            JobState::Dead => Box::new(store.dead(q.id).filter_map(|r| r.ok().flatten())),
+            JobState::Delayed => Box::new(store.due().filter_map(|r| r.ok().map(|(_, id)| id))),
             JobState::Completed => Box::new(
-                tree.scan_prefix([layout::COMPLETED])
-                    .filter_map(|kv| kv.ok())
-                    .flat_map(|(k, v)| layout::completed_ids(&k, &v)),
+                store
+                    .completed()
+                    .filter_map(|e| e.ok())
+                    .flat_map(|e| e.jobs),
             ),
             JobState::Running => {
                 // In memory: a start is written only once the attempt has run a while.
@@ -330,10 +320,7 @@ impl Scheduler {
                 ids.sort_unstable();
                 Box::new(ids.into_iter())
             }
-            JobState::Held => Box::new(
-                tree.scan_prefix(layout::groups_of_queue(q.id))
-                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v))),
-            ),
+            JobState::Held => Box::new(store.grouped(q.id).filter_map(|r| r.ok().flatten())),
             JobState::Cancelled => Box::new(std::iter::empty()),
         };
         let mut skipping = after.is_some();
@@ -374,8 +361,8 @@ impl Scheduler {
             paused,
             created_ms: now_ms(),
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(layout::queue(queue), record(&rec));
+        let mut batch = Writes::default();
+        batch.put_queue(queue, &rec);
         let ticket = self.commit(batch).map_err(internal)?;
         if let Some(q) = self.queues.get_mut(queue) {
             q.paused = paused;
@@ -392,7 +379,7 @@ impl Scheduler {
             );
             return Err(bad(codes::INVALID_STATE, msg));
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         job.finished_ms = now_ms();
         self.transition(id, &mut job, JobState::Cancelled, &mut batch);
         let ticket = self.commit(batch).map_err(internal)?;
@@ -403,22 +390,16 @@ impl Scheduler {
     fn purge(&mut self, queue: &str) -> Result<(Value, Option<Ticket>), ErrorBody> {
         let qid = self.rt(queue)?.id;
         let mut victims = Vec::new();
-        for kv in self
-            .store
-            .tree()
-            .scan_prefix(layout::ready_queue_prefix(qid))
-        {
-            if let Some(id) = kv.map_err(internal).map(|(_, v)| layout::uuid_value(&v))? {
+        for r in self.store.ready_of_queue(qid) {
+            if let Some(id) = r.map_err(internal)? {
                 victims.push(id);
             }
         }
-        for kv in self.store.tree().scan_prefix([layout::DUE]) {
-            if let Some((_, id)) = layout::parse_due(&kv.map_err(internal)?.0) {
-                victims.push(id);
-            }
+        for r in self.store.due() {
+            victims.push(r.map_err(internal)?.1);
         }
-        for kv in self.store.tree().scan_prefix(layout::groups_of_queue(qid)) {
-            if let Some(id) = layout::uuid_value(&kv.map_err(internal)?.1) {
+        for r in self.store.grouped(qid) {
+            if let Some(id) = r.map_err(internal)? {
                 victims.push(id);
             }
         }
@@ -427,7 +408,7 @@ impl Scheduler {
         let mut purged = 0u64;
         let mut ticket = None;
         for chunk in victims.chunks(1000) {
-            let mut batch = sled::Batch::default();
+            let mut batch = Writes::default();
             for id in chunk {
                 let Ok(job) = self.job(id) else { continue };
                 if job.queue_id == qid
@@ -453,15 +434,14 @@ impl Scheduler {
         let q = self.rt(queue)?;
         let mut out = Vec::new();
         // Newest first, as iii lists them.
-        for kv in self
+        for r in self
             .store
-            .tree()
-            .scan_prefix(layout::dead_prefix(q.id))
+            .dead(q.id)
             .rev()
             .skip(offset)
             .take(limit.clamp(1, 1000))
         {
-            let Some(id) = layout::uuid_value(&kv.map_err(internal)?.1) else {
+            let Some(id) = r.map_err(internal)? else {
                 continue;
             };
             let Ok(job) = self.job(&id) else { continue };
@@ -491,9 +471,8 @@ impl Scheduler {
             Some(id) => vec![id],
             None => self
                 .store
-                .tree()
-                .scan_prefix(layout::dead_prefix(q.id))
-                .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+                .dead(q.id)
+                .filter_map(|r| r.ok().flatten())
                 .collect(),
         };
         Ok(ids
@@ -514,7 +493,7 @@ impl Scheduler {
         // FIFO groups a job of this redrive already re-entered (the batch is not applied yet).
         let mut entered = std::collections::HashSet::new();
         for chunk in jobs.chunks(1000) {
-            let mut batch = sled::Batch::default();
+            let mut batch = Writes::default();
             for (id, job) in chunk {
                 let mut job = job.clone();
                 job.attempts = 0;
@@ -523,17 +502,8 @@ impl Scheduler {
                 job.max_attempts = self.queues[queue].settings.max_attempts;
                 let to = match job.group.clone() {
                     Some(g) => {
-                        let busy = entered.contains(&g)
-                            || self
-                                .store
-                                .tree()
-                                .scan_prefix(layout::group_prefix(job.queue_id, &g))
-                                .next()
-                                .is_some();
-                        batch.insert(
-                            layout::group_entry(job.queue_id, &g, job.seq),
-                            id.as_bytes(),
-                        );
+                        let busy = entered.contains(&g) || self.store.group_busy(job.queue_id, &g);
+                        batch.put_group_entry(job.queue_id, &g, job.seq, id);
                         entered.insert(g);
                         if busy {
                             JobState::Held
@@ -561,7 +531,7 @@ impl Scheduler {
         receipt: &Uuid,
     ) -> Result<(Value, Option<Ticket>), ErrorBody> {
         let jobs = self.dead_ids(queue, Some(*receipt))?;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         for (id, job) in &jobs {
             self.delete_job(id, job, &mut batch, true)
                 .map_err(internal)?;

@@ -12,7 +12,6 @@
 //! ready job; a crash in that window runs it again without counting the
 //! attempt, which is at-least-once delivery all the same.
 
-use std::ops::Bound;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -20,9 +19,10 @@ use super::dispatcher::Finished;
 use super::now_ms;
 use super::scheduler::{RunningAttempt, Scheduler};
 use crate::mesh::router::{CallExtras, CallTarget};
-use crate::store::layout::{self, FnId};
-use crate::store::records::{AttemptRecord, JobRecord, JobState};
-use crate::store::{StoreError, record};
+use crate::store::StoreError;
+use crate::store::queue::FnId;
+use crate::store::queue::{ReadyPos, ReadySlot, Writes};
+use crate::store::records::{AttemptRecord, JobState};
 
 /// How long an attempt runs before its start is written.
 pub const START_RECORD_DELAY: Duration = Duration::from_millis(50);
@@ -34,7 +34,7 @@ impl Scheduler {
             return Ok(());
         }
         // Only entries found without their job are written here.
-        let mut orphans = sled::Batch::default();
+        let mut orphans = Writes::default();
         let mut any_orphan = false;
         let names: Vec<String> = self.queues.keys().cloned().collect();
         for name in names {
@@ -72,7 +72,7 @@ impl Scheduler {
         &mut self,
         name: &str,
         n: usize,
-    ) -> Result<Vec<(FnId, sled::IVec, Uuid)>, StoreError> {
+    ) -> Result<Vec<(FnId, ReadyPos, Uuid)>, StoreError> {
         let rt = &self.queues[name];
         let (q, cursor) = (rt.id, rt.cursor);
         let order: Vec<FnId> = rt
@@ -96,19 +96,10 @@ impl Scheduler {
                 continue;
             }
             let before = picked.len();
-            let prefix = layout::ready_fn_prefix(q, f);
-            let from = match self.queues[name].ready_after.get(&f) {
-                Some(k) => Bound::Excluded(k.to_vec()),
-                None => Bound::Included(prefix.clone()),
-            };
+            let from = self.queues[name].ready_after.get(&f);
             let mut seen = None;
-            for kv in self
-                .store
-                .tree()
-                .range((from, Bound::Excluded(layout::prefix_end(&prefix))))
-            {
-                let (k, v) = kv?;
-                let id = layout::uuid_value(&v);
+            for kv in self.store.ready_after(q, f, from) {
+                let (k, id) = kv?;
                 seen = Some(k.clone());
                 match id {
                     Some(id) if !self.running.contains_key(&id) => picked.push((f, k, id)),
@@ -146,14 +137,14 @@ impl Scheduler {
         &mut self,
         name: &str,
         f: FnId,
-        ready_key: sled::IVec,
+        ready_key: ReadyPos,
         id: Uuid,
-        orphans: &mut sled::Batch,
+        orphans: &mut Writes,
     ) -> Result<bool, StoreError> {
-        let Some(mut job) = self.store.get::<JobRecord>(&layout::job(&id))? else {
+        let Some(mut job) = self.store.job(&id)? else {
             // An index entry without its job cannot be run; drop it so it cannot block the queue.
             tracing::error!(job = %id, "ready entry without a job record; removed");
-            orphans.remove(ready_key);
+            orphans.remove_ready_at(&ready_key);
             return Ok(true);
         };
         let lease = self.queues[name].settings.lease;
@@ -222,7 +213,7 @@ impl Scheduler {
     /// entry holding the attempt, so a restart finds it interrupted.
     pub(super) fn record_starts(&mut self, all: bool) -> Result<(), StoreError> {
         let now = tokio::time::Instant::now();
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut queues = std::collections::BTreeSet::new();
         while let Some(&(at, id)) = self.unrecorded_starts.front() {
             if !all && now.duration_since(at) < START_RECORD_DELAY {
@@ -237,13 +228,8 @@ impl Scheduler {
             }
             r.start_recorded = true;
             let job = &r.job;
-            batch.remove(layout::ready(
-                job.queue_id,
-                job.fn_id,
-                job.priority,
-                job.seq,
-            ));
-            batch.insert(layout::running(&id), record(&r.record));
+            batch.remove_ready(&ReadySlot::of(job));
+            batch.put_running(&id, &r.record);
             queues.insert(job.queue_id);
         }
         if queues.is_empty() {
@@ -258,7 +244,7 @@ impl Scheduler {
 
     /// Records outcomes taken together in one batch.
     pub(super) fn finish_all(&mut self, outcomes: Vec<Finished>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         for f in outcomes {
             self.finish_into(f, &mut batch)?;
         }
@@ -267,7 +253,7 @@ impl Scheduler {
     }
 
     /// Records one attempt's outcome into `batch`: completed, retry later, or dead.
-    fn finish_into(&mut self, f: Finished, batch: &mut sled::Batch) -> Result<(), StoreError> {
+    fn finish_into(&mut self, f: Finished, batch: &mut Writes) -> Result<(), StoreError> {
         if self
             .running
             .get(&f.job)

@@ -5,7 +5,6 @@
 //! worker provides its function: no polling).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -17,9 +16,10 @@ use super::{EnqueueReply, EnqueueRequest, now_ms};
 use crate::mesh::state::Settled;
 use crate::mesh::{Mesh, MeshEvent};
 use crate::protocol::{ErrorBody, codes};
-use crate::store::layout::{self, FnId, QueueId};
+use crate::store::queue::{FnId, QueueId};
+use crate::store::queue::{QueueStore, ReadyPos, Writes};
 use crate::store::records::{AttemptRecord, Counts, JobRecord, JobState, QueueRecord};
-use crate::store::{Store, StoreError, Ticket, record};
+use crate::store::{StoreError, Ticket};
 
 pub enum Command {
     Enqueue(EnqueueRequest, EnqueueReply),
@@ -52,7 +52,7 @@ pub struct QueueRt {
     pub cursor: FnId,
     /// Per function, the last ready entry a dispatch scan took: entries up to
     /// it belong to started jobs. Dropped when an entry is placed at or before it.
-    pub ready_after: HashMap<FnId, sled::IVec>,
+    pub ready_after: HashMap<FnId, ReadyPos>,
 }
 
 /// A job being run. Its `J` record in the store is the one from before it
@@ -70,7 +70,7 @@ pub struct RunningAttempt {
 
 pub struct Scheduler {
     pub(super) mesh: Mesh,
-    pub(super) store: Arc<Store>,
+    pub(super) store: QueueStore,
     pub(super) config: QueueConfig,
     pub(super) queues: HashMap<String, QueueRt>,
     pub(super) queue_names: HashMap<QueueId, String>,
@@ -83,9 +83,6 @@ pub struct Scheduler {
     /// Attempts in progress. Their record is written once, when they end
     /// (recovery writes it for attempts a stop interrupted).
     pub(super) running: HashMap<Uuid, RunningAttempt>,
-    /// Jobs completed in the batch being built, with their end time (see
-    /// `write_completed`).
-    pub(super) completing: Vec<(u64, Uuid)>,
     /// Queues whose counters changed since the last batch (see `commit`).
     pub(super) dirty_counts: BTreeSet<QueueId>,
     /// Attempts whose start is not written yet, oldest first.
@@ -290,9 +287,9 @@ impl Scheduler {
             paused: false,
             created_ms: now_ms(),
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(layout::queue(name), record(&rec));
-        self.commit(batch).map_err(store_error)?;
+        let mut writes = Writes::default();
+        writes.put_queue(name, &rec);
+        self.commit(writes).map_err(store_error)?;
         self.queue_names.insert(id, name.to_owned());
         self.queues.insert(
             name.to_owned(),
@@ -307,9 +304,9 @@ impl Scheduler {
             return Ok(*id);
         }
         let id = self.fn_keys.keys().max().map_or(1, |m| m + 1);
-        let mut batch = sled::Batch::default();
-        batch.insert(layout::function(namespace, function_id), &id.to_be_bytes());
-        self.commit(batch).map_err(store_error)?;
+        let mut writes = Writes::default();
+        writes.put_function(namespace, function_id, id);
+        self.commit(writes).map_err(store_error)?;
         self.intern_fn(namespace.to_owned(), function_id.to_owned(), id);
         Ok(id)
     }
@@ -326,7 +323,7 @@ impl Scheduler {
     pub(super) fn load_job(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
         match self.running.get(id) {
             Some(r) => Ok(Some(r.job.clone())),
-            None => self.store.get(&layout::job(id)),
+            None => self.store.job(id),
         }
     }
 
@@ -334,12 +331,12 @@ impl Scheduler {
     /// last number used: it is raised `SEQ_STEP` at a time, in the batch of
     /// the first number past it, so most batches do not write it and a
     /// restart continues after everything any stored job holds.
-    pub(super) fn take_seq(&mut self, batch: &mut sled::Batch) -> u64 {
+    pub(super) fn take_seq(&mut self, batch: &mut Writes) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.next_seq > self.seq_reserved {
             self.seq_reserved = self.next_seq + SEQ_STEP;
-            batch.insert(layout::seq(), &self.seq_reserved.to_be_bytes());
+            batch.put_seq_reservation(self.seq_reserved);
         }
         seq
     }
@@ -364,15 +361,14 @@ impl Scheduler {
         }
     }
 
-    /// Applies `batch` with the counters of every queue it moved jobs in and
-    /// the completed entry of the jobs it completed: the scheduler's only way
-    /// to the store, so no batch leaves them behind. (Each is written once
-    /// per batch, not once per job.)
-    pub(super) fn commit(&mut self, mut batch: sled::Batch) -> Result<Ticket, StoreError> {
-        self.write_completed(&mut batch);
+    /// Applies `batch` with the counters of every queue it moved jobs in
+    /// (the batch itself lists the jobs it completed in one entry): the
+    /// scheduler's only way to the store, so no batch leaves them behind.
+    /// (Each is written once per batch, not once per job.)
+    pub(super) fn commit(&mut self, mut batch: Writes) -> Result<Ticket, StoreError> {
         for q in std::mem::take(&mut self.dirty_counts) {
             if let Some(rt) = self.queue_mut(q) {
-                batch.insert(layout::counts(q), record(&rt.counts));
+                batch.put_counts(q, &rt.counts);
             }
         }
         self.store.apply(batch)
