@@ -79,7 +79,7 @@ impl Scheduler {
             });
         }
         let f = self.fn_id(&req.namespace, &req.function_id)?;
-        let seq = self.take_seq(batch);
+        let seq = self.seq.take(batch);
         let now = now_ms();
         let id = job_id(now, seq, self.id_salt);
         // A FIFO job waits behind any unfinished job of its group.
@@ -103,7 +103,7 @@ impl Scheduler {
         let job = new_record(req, (q, f), seq, now, state, max_attempts, group);
         self.place(&id, &job, batch);
         batch.put_job(&id, &job);
-        self.count(q, None, Some(job.state));
+        self.counters.count(q, None, Some(job.state));
         if job.state == JobState::Ready {
             self.mark_ready(q, f);
         }

@@ -6,7 +6,10 @@
 //! - [`scheduler`]: the single task that owns every queue's state and every
 //!   write to the store (so transitions never race); its work is split into
 //!   `intake` (enqueues), `running` (dispatch passes, outcomes),
-//!   `transitions` (state moves, FIFO release) and `upkeep` (due jobs, pruning).
+//!   `transitions` (state moves, FIFO release) and `upkeep` (due jobs, pruning);
+//!   its state is made of parts with their own invariants: `ready` (a
+//!   queue's ready index), `attempts` and `leases` (attempts in progress and
+//!   the one lease timer), `counters`, `sequence` and `functions`.
 //! - [`recovery`]: what the scheduler reads at start, and crash repair.
 //! - [`dispatcher`]: how a running attempt ends: its call's outcome, collected
 //!   on the scheduler's channel, or its lease running out.
@@ -16,12 +19,18 @@
 //!
 //! Invariant: an enqueue is acknowledged only after its record is on disk.
 
+mod attempts;
+mod counters;
 pub mod dispatcher;
+mod functions;
 mod intake;
+mod leases;
 pub mod ops;
+mod ready;
 pub mod recovery;
 mod running;
 pub mod scheduler;
+mod sequence;
 pub mod settings;
 pub mod states;
 mod transitions;

@@ -117,18 +117,18 @@ impl Scheduler {
 
     /// Ready jobs whose function no connected worker provides.
     fn waiting_for_worker(&self, q: &QueueRt) -> u64 {
-        q.ready_fns
-            .iter()
+        q.ready
+            .functions()
             .filter(|f| {
-                let Some((ns, fid)) = self.fn_keys.get(f) else {
+                let Some((ns, fid)) = self.functions.name(*f) else {
                     return false;
                 };
                 !self.mesh.inspect(|st| st.function(ns, fid).is_some())
             })
             .map(|f| {
                 self.store
-                    .ready_of_function(q.id, *f)
-                    .filter(|id| !self.running.contains_key(id))
+                    .ready_of_function(q.id, f)
+                    .filter(|id| !self.attempts.contains(id))
                     .count() as u64
             })
             .sum()
@@ -136,13 +136,13 @@ impl Scheduler {
 
     fn oldest_ready_age_ms(&self, q: &QueueRt) -> Option<u64> {
         let now = now_ms();
-        q.ready_fns
-            .iter()
+        q.ready
+            .functions()
             .filter_map(|f| {
                 // Entries of jobs that just started may come first.
                 self.store
-                    .ready_of_function(q.id, *f)
-                    .find(|id| !self.running.contains_key(id))
+                    .ready_of_function(q.id, f)
+                    .find(|id| !self.attempts.contains(id))
             })
             .filter_map(|id| self.load_job(&id).ok().flatten())
             .map(|j| now.saturating_sub(j.enqueued_ms))
@@ -169,15 +169,16 @@ impl Scheduler {
                 "group_field": s.group_field,
             },
         });
+        let counts = self.counters.of(q.id);
         for state in COUNTED {
             let n = match state {
-                ShownState::Ready => q.counts.ready.saturating_sub(waiting),
+                ShownState::Ready => counts.ready.saturating_sub(waiting),
                 ShownState::WaitingForWorker => waiting,
-                ShownState::Delayed => q.counts.delayed,
-                ShownState::Running => q.counts.running,
-                ShownState::Held => q.counts.held,
-                ShownState::Completed => q.counts.completed,
-                ShownState::Dead => q.counts.dead,
+                ShownState::Delayed => counts.delayed,
+                ShownState::Running => counts.running,
+                ShownState::Held => counts.held,
+                ShownState::Completed => counts.completed,
+                ShownState::Dead => counts.dead,
                 ShownState::Cancelled => continue,
             };
             view[state.as_str()] = n.into();
@@ -201,7 +202,7 @@ impl Scheduler {
 
     /// Ended attempts from the record, then the one running now (kept in memory).
     fn attempts_of(&self, id: &Uuid, job: &JobRecord) -> Vec<Value> {
-        let running = self.running.get(id).map(|r| &r.record);
+        let running = self.attempts.get(id).map(|r| &r.record);
         job.history
             .iter()
             .chain(running)
@@ -316,9 +317,7 @@ impl Scheduler {
             ),
             JobState::Running => {
                 // In memory: a start is written only once the attempt has run a while.
-                let mut ids: Vec<Uuid> = self.running.keys().copied().collect();
-                ids.sort_unstable();
-                Box::new(ids.into_iter())
+                Box::new(self.attempts.sorted_ids().into_iter())
             }
             JobState::Held => Box::new(store.grouped(q.id).filter_map(|r| r.ok().flatten())),
             JobState::Cancelled => Box::new(std::iter::empty()),
@@ -425,7 +424,7 @@ impl Scheduler {
             ticket = Some(self.commit(batch).map_err(internal)?);
         }
         if let Some(q) = self.queues.get_mut(queue) {
-            q.ready_fns.clear();
+            q.ready.clear();
         }
         Ok((json!({ "queue": queue, "purged": purged }), ticket))
     }

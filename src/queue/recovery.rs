@@ -11,9 +11,13 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::attempts::Attempts;
+use super::counters::Counters;
 use super::dispatcher::record as error_record;
+use super::functions::Functions;
 use super::now_ms;
 use super::scheduler::{Scheduler, new_queue_rt};
+use super::sequence::Sequence;
 use crate::mesh::Mesh;
 use crate::protocol::codes;
 use crate::store::queue::{QueueStore, Writes};
@@ -25,25 +29,21 @@ impl Scheduler {
         let config = mesh.config().queue.clone();
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         let store = QueueStore::new(store);
-        let next_seq = store.seq_reservation()?;
+        let seq = Sequence::after(store.seq_reservation()?);
         let mut s = Scheduler {
             mesh,
             store,
             config,
             queues: HashMap::new(),
             queue_names: HashMap::new(),
-            fn_ids: HashMap::new(),
-            fn_keys: HashMap::new(),
-            next_seq,
-            seq_reserved: next_seq,
-            running: HashMap::new(),
-            unrecorded_starts: Default::default(),
-            dirty_counts: Default::default(),
+            functions: Functions::default(),
+            seq,
+            attempts: Attempts::default(),
+            counters: Counters::default(),
             next_due_ms: None,
             finished_tx,
             finished_rx: Some(finished_rx),
             draining: false,
-            leases: Default::default(),
             id_salt: Uuid::new_v4().as_u128() as u16,
         };
         for (name, rec) in s.store.queues()? {
@@ -54,13 +54,14 @@ impl Scheduler {
                 .settings(&name)
                 .unwrap_or_else(|| s.config.defaults.clone());
             s.queue_names.insert(rec.id, name.clone());
+            s.counters.load(rec.id, counts);
             s.queues.insert(
                 name.clone(),
-                new_queue_rt(rec.id, &name, settings, rec.paused, counts),
+                new_queue_rt(rec.id, &name, settings, rec.paused),
             );
         }
         for (ns, fid, id) in s.store.functions()? {
-            s.intern_fn(ns, fid, id);
+            s.functions.intern(ns, fid, id);
         }
         s.requeue_interrupted()?;
         s.find_ready_functions()?;
@@ -69,7 +70,7 @@ impl Scheduler {
         }
         tracing::info!(
             queues = s.queues.len(),
-            next_seq = s.next_seq,
+            next_seq = s.seq.next(),
             "queue scheduler loaded"
         );
         Ok(s)
@@ -123,16 +124,7 @@ impl Scheduler {
         }
         // Attempts whose start was never written left the stored counters
         // saying `running` for jobs the store holds as ready: nothing runs now.
-        let mut stale = Vec::new();
-        for rt in self.queues.values_mut() {
-            if rt.counts.running > 0 {
-                rt.counts.ready += rt.counts.running;
-                rt.counts.running = 0;
-                stale.push(rt.id);
-            }
-        }
-        if !stale.is_empty() {
-            self.dirty_counts.extend(stale);
+        if self.counters.requeue_running() {
             self.commit(Writes::default())?;
         }
         if !interrupted.is_empty() {

@@ -17,15 +17,8 @@ impl Scheduler {
         match job.state {
             JobState::Ready => {
                 let slot = ReadySlot::of(job);
-                // A dispatch scan resumes after its last entry: one placed at or
-                // before it must be found.
-                if let Some(rt) = self.queue_mut(job.queue_id)
-                    && rt
-                        .ready_after
-                        .get(&job.fn_id)
-                        .is_some_and(|after| after.reaches(&slot))
-                {
-                    rt.ready_after.remove(&job.fn_id);
+                if let Some(rt) = self.queue_mut(job.queue_id) {
+                    rt.ready.placed(&slot);
                 }
                 batch.put_ready(&slot, id);
             }
@@ -71,7 +64,7 @@ impl Scheduler {
         job.state = to;
         self.place(id, job, batch);
         batch.put_job(id, job);
-        self.count(job.queue_id, Some(from), Some(to));
+        self.counters.count(job.queue_id, Some(from), Some(to));
         if to == JobState::Ready {
             self.mark_ready(job.queue_id, job.fn_id);
         }
@@ -120,7 +113,7 @@ impl Scheduler {
 
     pub(super) fn mark_ready(&mut self, q: QueueId, f: FnId) {
         if let Some(rt) = self.queue_mut(q) {
-            rt.ready_fns.insert(f);
+            rt.ready.mark(f);
         }
     }
 
@@ -135,7 +128,7 @@ impl Scheduler {
         tracing::debug!(job = %id, attempt = job.attempts, reason = err.reason.as_str(), "attempt failed");
         job.last_error = Some(err);
         if job.attempts >= job.max_attempts {
-            job.dead_seq = self.take_seq(batch);
+            job.dead_seq = self.seq.take(batch);
             job.finished_ms = now_ms();
             tracing::info!(job = %id, queue = %job.queue, attempts = job.attempts, "job dead-lettered");
             self.transition(id, job, JobState::Dead, batch);
@@ -166,7 +159,7 @@ impl Scheduler {
             JobState::Held | JobState::Completed | JobState::Dead | JobState::Cancelled
         );
         self.release_group(id, job, batch, promote && was_head);
-        self.count(job.queue_id, Some(job.state), None);
+        self.counters.count(job.queue_id, Some(job.state), None);
         Ok(())
     }
 }
