@@ -99,7 +99,7 @@ impl Scheduler {
         } else {
             JobState::Ready
         };
-        let max_attempts = self.queues[&req.queue].settings.max_attempts;
+        let max_attempts = self.queues[req.queue.as_str()].settings.max_attempts;
         let job = new_record(req, (q, f), seq, now, state, max_attempts, group);
         self.place(&id, &job, batch);
         batch.put_job(&id, &job);

@@ -7,9 +7,9 @@
 //!   write to the store (so transitions never race); its work is split into
 //!   `intake` (enqueues), `running` (dispatch passes, outcomes),
 //!   `transitions` (state moves, FIFO release) and `upkeep` (due jobs, pruning);
-//!   its state is made of parts with their own invariants: `ready` (a
-//!   queue's ready index), `attempts` and `leases` (attempts in progress and
-//!   the one lease timer), `counters`, `sequence` and `functions`.
+//!   its state is made of parts with their own invariants: `queue_table`
+//!   (the queues by name and id), `ready` (a queue's ready index), `attempts` and `leases` (attempts in progress and
+//!   the one lease timer), `counters`, `sequence` and `fn_ids`.
 //! - [`recovery`]: what the scheduler reads at start, and crash repair.
 //! - [`dispatcher`]: how a running attempt ends: its call's outcome, collected
 //!   on the scheduler's channel, or its lease running out.
@@ -22,10 +22,11 @@
 mod attempts;
 mod counters;
 pub mod dispatcher;
-mod functions;
+mod fn_ids;
 mod intake;
 mod leases;
 pub mod ops;
+mod queue_table;
 mod ready;
 pub mod recovery;
 mod running;

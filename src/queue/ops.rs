@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::now_ms;
-use super::scheduler::{QueueRt, Scheduler};
+use super::queue_table::QueueRt;
+use super::scheduler::Scheduler;
 use super::states::{COUNTED, ShownState};
 use crate::protocol::{ErrorBody, codes};
 use crate::store::queue::Writes;
@@ -71,7 +72,7 @@ impl Scheduler {
     pub(super) fn op(&mut self, op: Op) -> OpResult {
         let res = match op {
             Op::List => Ok((
-                json!({ "queues": self.queues.values().map(|q| self.queue_view(q)).collect::<Vec<_>>() }),
+                json!({ "queues": self.queues.iter().map(|q| self.queue_view(q)).collect::<Vec<_>>() }),
                 None,
             )),
             Op::Stats { queue } => self.rt(&queue).map(|q| (self.queue_view(q), None)),
@@ -120,7 +121,7 @@ impl Scheduler {
         q.ready
             .functions()
             .filter(|f| {
-                let Some((ns, fid)) = self.functions.name(*f) else {
+                let Some((ns, fid)) = self.fn_ids.name(*f) else {
                     return false;
                 };
                 !self.mesh.inspect(|st| st.function(ns, fid).is_some())

@@ -6,7 +6,6 @@
 //! `START_RECORD_DELAY` before a crash is still ready in the store: it simply
 //! runs again.)
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -14,9 +13,10 @@ use uuid::Uuid;
 use super::attempts::Attempts;
 use super::counters::Counters;
 use super::dispatcher::record as error_record;
-use super::functions::Functions;
+use super::fn_ids::FnIds;
 use super::now_ms;
-use super::scheduler::{Scheduler, new_queue_rt};
+use super::queue_table::{QueueRt, QueueTable};
+use super::scheduler::Scheduler;
 use super::sequence::Sequence;
 use crate::mesh::Mesh;
 use crate::protocol::codes;
@@ -34,9 +34,8 @@ impl Scheduler {
             mesh,
             store,
             config,
-            queues: HashMap::new(),
-            queue_names: HashMap::new(),
-            functions: Functions::default(),
+            queues: QueueTable::default(),
+            fn_ids: FnIds::default(),
             seq,
             attempts: Attempts::default(),
             counters: Counters::default(),
@@ -53,15 +52,12 @@ impl Scheduler {
                 .config
                 .settings(&name)
                 .unwrap_or_else(|| s.config.defaults.clone());
-            s.queue_names.insert(rec.id, name.clone());
             s.counters.load(rec.id, counts);
-            s.queues.insert(
-                name.clone(),
-                new_queue_rt(rec.id, &name, settings, rec.paused),
-            );
+            s.queues
+                .add(QueueRt::new(rec.id, &name, settings, rec.paused));
         }
         for (ns, fid, id) in s.store.functions()? {
-            s.functions.intern(ns, fid, id);
+            s.fn_ids.intern(ns, fid, id);
         }
         s.requeue_interrupted()?;
         s.find_ready_functions()?;
@@ -69,7 +65,7 @@ impl Scheduler {
             s.next_due_ms = Some(kv?.0);
         }
         tracing::info!(
-            queues = s.queues.len(),
+            queues = s.queues.iter().count(),
             next_seq = s.seq.next(),
             "queue scheduler loaded"
         );
@@ -138,7 +134,7 @@ impl Scheduler {
 
     /// Which functions have ready jobs in each queue: one seek per function, not per job.
     fn find_ready_functions(&mut self) -> Result<(), StoreError> {
-        let ids: Vec<_> = self.queues.values().map(|q| q.id).collect();
+        let ids: Vec<_> = self.queues.iter().map(|q| q.id).collect();
         for q in ids {
             for f in self.store.ready_functions(q)? {
                 self.mark_ready(q, f);

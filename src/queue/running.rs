@@ -30,7 +30,7 @@ impl Scheduler {
         // Only entries found without their job are written here.
         let mut orphans = Writes::default();
         let mut any_orphan = false;
-        let names: Vec<String> = self.queues.keys().cloned().collect();
+        let names = self.queues.names();
         for name in names {
             let free = self.free_slots(&name);
             if free == 0 {
@@ -73,7 +73,7 @@ impl Scheduler {
             if picked.len() >= n {
                 break;
             }
-            let Some((ns, fid)) = self.functions.name(f) else {
+            let Some((ns, fid)) = self.fn_ids.name(f) else {
                 continue;
             };
             if !self.mesh.inspect(|st| st.function(ns, fid).is_some()) {
@@ -119,7 +119,7 @@ impl Scheduler {
             return Ok(true);
         };
         let lease = self.queues[name].settings.lease;
-        let Some((ns, fid)) = self.functions.name(f) else {
+        let Some((ns, fid)) = self.fn_ids.name(f) else {
             return Ok(false);
         };
         let data = std::str::from_utf8(&job.payload)
@@ -143,7 +143,7 @@ impl Scheduler {
         else {
             // The worker left between the check and now: the job stays ready,
             // and the next scan of its function must see it again.
-            if let Some(rt) = self.queue_mut(job.queue_id) {
+            if let Some(rt) = self.queues.by_id_mut(job.queue_id) {
                 rt.ready.rescan(f);
             }
             return Ok(false);
@@ -172,7 +172,7 @@ impl Scheduler {
             start_recorded: false,
         };
         self.attempts.begin(id, attempt, now);
-        if let Some(rt) = self.queue_mut(q) {
+        if let Some(rt) = self.queues.by_id_mut(q) {
             rt.running += 1;
         }
         Ok(false)
@@ -225,7 +225,7 @@ impl Scheduler {
                 .shift(q, Some(JobState::Running), Some(JobState::Ready));
             job.state = JobState::Ready;
         }
-        if let Some(rt) = self.queue_mut(q) {
+        if let Some(rt) = self.queues.by_id_mut(q) {
             rt.running = rt.running.saturating_sub(1);
         }
         let now = now_ms();

@@ -4,13 +4,13 @@
 //! and workers registering functions (a waiting job starts as soon as a
 //! worker provides its function: no polling).
 //!
-//! Its state is made of parts, each with its own invariant: per queue the
-//! [`ReadyIndex`] (and the settings, pause flag and slots in use here);
+//! Its state is made of parts, each with its own invariant: the
+//! [`QueueTable`] (per queue its settings, pause flag, slots in use and
+//! [`super::ready::ReadyIndex`]);
 //! across queues the [`Attempts`] in progress with their [`super::leases`],
-//! the [`Counters`], the [`Sequence`] and the interned [`Functions`]. The
+//! the [`Counters`], the [`Sequence`] and the interned [`FnIds`]. The
 //! scheduler composes them; every write goes through [`Scheduler::commit`].
 
-use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -18,11 +18,11 @@ use uuid::Uuid;
 use super::attempts::{Attempts, Expired, START_RECORD_DELAY};
 use super::counters::Counters;
 use super::dispatcher::{Finished, lease_expired};
-use super::functions::Functions;
+use super::fn_ids::FnIds;
 use super::ops::Op;
-use super::ready::ReadyIndex;
+use super::queue_table::{QueueRt, QueueTable};
 use super::sequence::Sequence;
-use super::settings::{QueueConfig, QueueSettings};
+use super::settings::QueueConfig;
 use super::{EnqueueReply, EnqueueRequest, now_ms};
 use crate::mesh::state::Settled;
 use crate::mesh::{Mesh, MeshEvent};
@@ -47,24 +47,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(5);
 /// Most enqueues or outcomes written in one batch.
 const MAX_GROUP: usize = 1024;
 
-/// One queue's runtime state.
-pub struct QueueRt {
-    pub id: QueueId,
-    pub name: String,
-    pub settings: QueueSettings,
-    pub paused: bool,
-    /// Slots in use: its attempts in progress.
-    pub running: usize,
-    pub ready: ReadyIndex,
-}
-
 pub struct Scheduler {
     pub(super) mesh: Mesh,
     pub(super) store: QueueStore,
     pub(super) config: QueueConfig,
-    pub(super) queues: HashMap<String, QueueRt>,
-    pub(super) queue_names: HashMap<QueueId, String>,
-    pub(super) functions: Functions,
+    pub(super) queues: QueueTable,
+    pub(super) fn_ids: FnIds,
     pub(super) seq: Sequence,
     /// Attempts in progress. Their record is written once, when they end
     /// (recovery writes it for attempts a stop interrupted).
@@ -183,9 +171,8 @@ impl Scheduler {
         } in self.attempts.expired(now)
         {
             let lease = self
-                .queue_names
-                .get(&queue)
-                .and_then(|name| self.queues.get(name))
+                .queues
+                .by_id(queue)
                 .map_or(Duration::ZERO, |q| q.settings.lease);
             let err = lease_expired(lease);
             if !self.mesh.fail_call(invocation_id, &err.code, &err.message) {
@@ -250,7 +237,7 @@ impl Scheduler {
                 "a queue name is 1 to 200 bytes",
             ));
         }
-        let id = self.queue_names.keys().max().map_or(1, |m| m + 1);
+        let id = self.queues.next_id();
         let rec = QueueRecord {
             id,
             paused: false,
@@ -259,23 +246,21 @@ impl Scheduler {
         let mut writes = Writes::default();
         writes.put_queue(name, &rec);
         self.commit(writes).map_err(store_error)?;
-        self.queue_names.insert(id, name.to_owned());
         self.counters.load(id, Counts::default());
-        self.queues
-            .insert(name.to_owned(), new_queue_rt(id, name, settings, false));
+        self.queues.add(QueueRt::new(id, name, settings, false));
         Ok(id)
     }
 
     /// Interned id of a function for ready keys; persisted at once, like queues.
     pub(super) fn fn_id(&mut self, namespace: &str, function_id: &str) -> Result<FnId, ErrorBody> {
-        if let Some(id) = self.functions.id(namespace, function_id) {
+        if let Some(id) = self.fn_ids.id(namespace, function_id) {
             return Ok(id);
         }
-        let id = self.functions.next_id();
+        let id = self.fn_ids.next_id();
         let mut writes = Writes::default();
         writes.put_function(namespace, function_id, id);
         self.commit(writes).map_err(store_error)?;
-        self.functions
+        self.fn_ids
             .intern(namespace.to_owned(), function_id.to_owned(), id);
         Ok(id)
     }
@@ -288,11 +273,6 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn queue_mut(&mut self, id: QueueId) -> Option<&mut QueueRt> {
-        let name = self.queue_names.get(&id)?;
-        self.queues.get_mut(name)
-    }
-
     /// Applies `batch` with the counters of every queue it moved jobs in
     /// (the batch itself lists the jobs it completed in one entry): the
     /// scheduler's only way to the store, so no batch leaves them behind.
@@ -300,22 +280,6 @@ impl Scheduler {
     pub(super) fn commit(&mut self, mut batch: Writes) -> Result<Ticket, StoreError> {
         self.counters.write_dirty(&mut batch);
         self.store.apply(batch)
-    }
-}
-
-pub(super) fn new_queue_rt(
-    id: QueueId,
-    name: &str,
-    settings: QueueSettings,
-    paused: bool,
-) -> QueueRt {
-    QueueRt {
-        id,
-        name: name.to_owned(),
-        settings,
-        paused,
-        running: 0,
-        ready: ReadyIndex::default(),
     }
 }
 

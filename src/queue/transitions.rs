@@ -17,7 +17,7 @@ impl Scheduler {
         match job.state {
             JobState::Ready => {
                 let slot = ReadySlot::of(job);
-                if let Some(rt) = self.queue_mut(job.queue_id) {
+                if let Some(rt) = self.queues.by_id_mut(job.queue_id) {
                     rt.ready.placed(&slot);
                 }
                 batch.put_ready(&slot, id);
@@ -112,7 +112,7 @@ impl Scheduler {
     }
 
     pub(super) fn mark_ready(&mut self, q: QueueId, f: FnId) {
-        if let Some(rt) = self.queue_mut(q) {
+        if let Some(rt) = self.queues.by_id_mut(q) {
             rt.ready.mark(f);
         }
     }
@@ -133,7 +133,7 @@ impl Scheduler {
             tracing::info!(job = %id, queue = %job.queue, attempts = job.attempts, "job dead-lettered");
             self.transition(id, job, JobState::Dead, batch);
         } else {
-            let settings = &self.queues[&job.queue].settings;
+            let settings = &self.queues[job.queue.as_str()].settings;
             let delay = settings.backoff(job.attempts, unit_random());
             job.due_ms = now_ms() + delay.as_millis() as u64;
             self.transition(id, job, JobState::Delayed, batch);

@@ -49,7 +49,7 @@ impl Scheduler {
         let now = now_ms();
         let shortest = self
             .queues
-            .values()
+            .iter()
             .map(|q| q.settings.retention)
             .min()
             .unwrap_or(Duration::ZERO);

@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use crate::store::queue::FnId;
 
 #[derive(Default)]
-pub struct Functions {
+pub struct FnIds {
     /// By namespace, then function id (looked up by `&str`).
     ids: HashMap<String, HashMap<String, FnId>>,
     names: HashMap<FnId, (String, String)>,
 }
 
-impl Functions {
+impl FnIds {
     pub fn id(&self, namespace: &str, function_id: &str) -> Option<FnId> {
         self.ids.get(namespace)?.get(function_id).copied()
     }
