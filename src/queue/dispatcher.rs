@@ -1,7 +1,7 @@
 //! How a running job's attempt ends: the outcome of its call, collected by
 //! the mesh on the scheduler's channel and tagged with the job id, or its
 //! lease running out first. There is no task or timer per running job: the
-//! scheduler keeps one clock for every lease ([`super::leases::Leases`]).
+//! scheduler keeps one clock for every lease (`leases.rs`).
 
 use std::time::Duration;
 use uuid::Uuid;

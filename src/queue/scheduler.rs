@@ -4,12 +4,11 @@
 //! and workers registering functions (a waiting job starts as soon as a
 //! worker provides its function: no polling).
 //!
-//! Its state is made of parts, each with its own invariant: the
-//! [`QueueTable`] (per queue its settings, pause flag, slots in use and
-//! [`super::ready::ReadyIndex`]);
-//! across queues the [`Attempts`] in progress with their [`super::leases`],
-//! the [`Counters`], the [`Sequence`] and the interned [`FnIds`]. The
-//! scheduler composes them; every write goes through [`Scheduler::commit`].
+//! Its state is made of parts, each with its own invariant, in its own file:
+//! the `QueueTable` (per queue its settings, pause flag, slots in use and
+//! `ReadyIndex`), the `Attempts` in progress with their `Leases`, the
+//! `Counters`, the `Sequence` and the interned `FnIds`. The scheduler
+//! composes them; every write goes through `Scheduler::commit`.
 
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};

@@ -26,8 +26,13 @@
 //!    valid after its entry is removed: a scan after it resumes at the next
 //!    entry in that order.
 //! 5. **One writer.** The queue scheduler is the only writer of these
-//!    tables; an implementation need not arbitrate concurrent writers, and
-//!    reads need not be isolated from the scheduler's own later batches.
+//!    tables, and it does not apply a batch while it walks a range; an
+//!    implementation need not arbitrate concurrent writers, and a range read
+//!    need not reflect batches applied after it began.
+//!
+//! Architecture invariant: this module knows records and keys, nothing of
+//! the scheduler, the mesh or the protocol; the queue knows these operations,
+//! nothing of keys, trees or sled.
 //!
 //! # Cost (sled 0.34.7)
 //!
