@@ -26,6 +26,8 @@ pub enum Op {
     Explain {
         receipt: Uuid,
     },
+    /// A page of a queue's jobs in one stored state; each job is shown in
+    /// its operator state (`Ready` lists those waiting for a worker too).
     Peek {
         queue: String,
         state: JobState,
