@@ -324,7 +324,7 @@ async fn queues_can_be_listed_inspected_paused_and_purged() {
     let job = ok_json(url, &["job", &receipts[0], "--json"]).await;
     assert_eq!(
         (job["state"].as_str(), job["queue"].as_str()),
-        (Some("ready"), Some("parked"))
+        (Some("waiting_for_worker"), Some("parked"))
     );
     assert!(
         job["explanation"]

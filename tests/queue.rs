@@ -117,7 +117,7 @@ async fn a_job_enqueued_before_any_worker_runs_when_one_registers() {
     let job = op(&mut caller, "queue::get", json!({"receipt": receipt})).await;
     assert_eq!(
         (job["state"].clone(), job["attempts"].clone()),
-        (json!("ready"), json!(0)),
+        (json!("waiting_for_worker"), json!(0)),
         "no attempt spent waiting"
     );
 
@@ -454,7 +454,7 @@ async fn a_restart_keeps_jobs_in_every_state() {
     assert_eq!(d["state"], "delayed");
     assert_eq!(
         op(&mut c, "queue::get", json!({"receipt": waiting})).await["state"],
-        "ready"
+        "waiting_for_worker"
     );
     let mut worker = RawClient::worker(&engine.url, "w2").await;
     worker.register_function("f::nobody").await;
@@ -617,7 +617,7 @@ async fn an_attempt_interrupted_by_a_stop_is_recorded_as_engine_restart() {
     let engine = TestEngine::start_with(config).await;
     let mut c = RawClient::worker(&engine.url, "c").await;
     let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
-    assert_eq!(job["state"], "ready", "{job}");
+    assert_eq!(job["state"], "waiting_for_worker", "{job}");
     assert_eq!(job["attempts"], 1);
     assert_eq!(job["history"][0]["outcome"], "engine_restart");
     let mut w = engine.worker_with("w", &["long::job"]).await;
@@ -676,5 +676,88 @@ async fn completed_jobs_are_pruned_after_their_queues_retention_only() {
     );
     let stats = op(&mut c, "queue::stats", json!({"queue":"kept"})).await;
     assert_eq!(stats["completed"], 1, "{stats}");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_queue_paused_before_its_first_job_stays_paused_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config();
+    config.data_dir = dir.path().to_owned();
+    let engine = TestEngine::start_with(config.clone()).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let p = op(&mut c, "queue::pause", json!({"queue":"fresh"})).await;
+    assert_eq!(p["paused"], true, "{p}");
+    drop(c);
+    engine.stop().await;
+
+    let engine = TestEngine::start_with(config).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let stats = op(&mut c, "queue::stats", json!({"queue":"fresh"})).await;
+    assert_eq!(stats["paused"], true, "{stats}");
+    let mut w = engine.worker_with("w", &["fresh::job"]).await;
+    let receipt = enqueue(&mut c, "fresh", "fresh::job", json!({})).await;
+    let why = op(&mut c, "queue::explain", json!({"receipt": receipt})).await;
+    assert!(
+        why["explanation"].as_str().unwrap().contains("paused"),
+        "{why}"
+    );
+    assert_eq!(why["state"], "ready", "a worker provides it: {why}");
+    op(&mut c, "queue::resume", json!({"queue":"fresh"})).await;
+    serve(&mut w, 1, |_| Ok(json!("ran"))).await;
+    until_state(&mut c, &receipt, "completed").await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn strict_mode_still_refuses_to_pause_an_undeclared_queue() {
+    let mut config = fast_config();
+    config.queue.strict = true;
+    let engine = TestEngine::start_with(config).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    for f in ["queue::pause", "queue::resume"] {
+        let r = c.call(f, json!({"queue":"undeclared"})).await;
+        assert_eq!(r["error"]["code"], "queue_not_found", "{f}: {r}");
+    }
+    engine.stop().await;
+}
+
+/// `queue::get`, `queue::peek` and `queue::explain` name a job's state the
+/// way `queue::stats` counts it.
+#[tokio::test]
+async fn a_job_is_shown_in_the_state_stats_counts_it_in() {
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let receipt = enqueue(&mut c, "vocab", "vocab::nobody", json!({})).await;
+    let stats = op(&mut c, "queue::stats", json!({"queue":"vocab"})).await;
+    assert_eq!(
+        (stats["waiting_for_worker"].clone(), stats["ready"].clone()),
+        (json!(1), json!(0)),
+        "{stats}"
+    );
+    let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
+    assert_eq!(job["state"], "waiting_for_worker", "{job}");
+    let why = op(&mut c, "queue::explain", json!({"receipt": receipt})).await;
+    assert_eq!(why["state"], "waiting_for_worker", "{why}");
+    let page = op(
+        &mut c,
+        "queue::peek",
+        json!({"queue":"vocab","state":"ready"}),
+    )
+    .await;
+    assert_eq!(page["jobs"][0]["state"], "waiting_for_worker", "{page}");
+
+    // Once a worker provides the function (the queue paused so it stays put),
+    // the same job is ready in every view.
+    op(&mut c, "queue::pause", json!({"queue":"vocab"})).await;
+    let _w = engine.worker_with("w", &["vocab::nobody"]).await;
+    let stats = op(&mut c, "queue::stats", json!({"queue":"vocab"})).await;
+    assert_eq!(
+        (stats["waiting_for_worker"].clone(), stats["ready"].clone()),
+        (json!(0), json!(1)),
+        "{stats}"
+    );
+    let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
+    assert_eq!(job["state"], "ready", "{job}");
     engine.stop().await;
 }

@@ -204,7 +204,7 @@ async fn an_attempt_running_at_kill_9_counts_as_engine_restart() {
     let mut c = RawClient::worker(&url, "c").await;
     let job = c.call("queue::get", json!({"receipt": receipt})).await;
     let job = &job["result"];
-    assert_eq!(job["state"], "ready", "{job}");
+    assert_eq!(job["state"], "waiting_for_worker", "{job}");
     assert_eq!(job["attempts"], 1, "{job}");
     assert_eq!(job["history"][0]["outcome"], "engine_restart", "{job}");
     let mut w = RawClient::worker(&url, "w").await;

@@ -128,3 +128,15 @@ pub mod close {
     /// stream is truncated (not a clean end).
     pub const CHANNEL_WRITER_ABORTED: u16 = 4499;
 }
+
+// Durable queue (queue::*, enqueue)
+/// The queue is not known: never used, or undeclared while `[queue] strict` is on.
+pub const QUEUE_NOT_FOUND: &str = "queue_not_found";
+/// The payload is larger than the queue's `max_payload_bytes`.
+pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+/// An operator action does not apply to the job's state (e.g. cancelling a running job).
+pub const INVALID_STATE: &str = "invalid_state";
+/// An operator function failed inside the engine (the store refused a read or write).
+pub const QUEUE_ERROR: &str = "queue_error";
+/// The attempt ended because the engine stopped while it ran (an attempt's error code).
+pub const ENGINE_RESTART: &str = "engine_restart";

@@ -190,15 +190,17 @@ queue_fn!(
 );
 queue_fn!(
     /// `{queue, state, limit?, cursor?}` → a page of jobs in that state.
+    /// `ready` and `waiting_for_worker` page through the same stored jobs
+    /// (the store cannot tell them apart); each row names its shown state.
     peek, |mesh, a| {
         let state = match a.state.as_deref().unwrap_or("ready") {
-            "ready" => JobState::Ready,
+            "ready" | "waiting_for_worker" => JobState::Ready,
             "delayed" => JobState::Delayed,
             "running" => JobState::Running,
             "completed" => JobState::Completed,
             "dead" => JobState::Dead,
             "held" => JobState::Held,
-            other => return Err(invalid(format!("unknown state {other:?}; one of ready, delayed, running, completed, dead, held"))),
+            other => return Err(invalid(format!("unknown state {other:?}; one of ready, waiting_for_worker, delayed, running, completed, dead, held"))),
         };
         let after = a.cursor.as_deref().map(Uuid::parse_str).transpose().map_err(|_| invalid("cursor is a receipt"))?;
         run(mesh, Op::Peek { queue: a.queue()?, state, limit: a.limit.unwrap_or(50), after }).await
