@@ -40,7 +40,7 @@ use crate::mesh::state::TriggerTypeHandler;
 use crate::protocol::ErrorBody;
 use crate::protocol::codes::{self, close};
 use crate::queue::Queues;
-use crate::store::Store;
+use crate::store::realtime::ConnRows;
 pub use routes::TRIGGER_TYPE;
 
 /// `[realtime]`: defaults for every route; a route's `route_options` override them.
@@ -466,8 +466,8 @@ struct HubInner {
     budget: Arc<MemoryBudget>,
     /// Where disconnects owed after a crash are queued.
     queues: Option<Queues>,
-    /// Released at shutdown so the store can close with the queue.
-    store: Mutex<Option<Arc<Store>>>,
+    /// Open-connection rows. Released at shutdown so the store can close with the queue.
+    rows: Mutex<Option<ConnRows>>,
     config: RealtimeConfig,
     shutting_down: AtomicBool,
     /// Woken when the last open connection leaves (shutdown waits on it).
@@ -477,7 +477,7 @@ struct HubInner {
 impl Realtime {
     pub fn new(
         config: RealtimeConfig,
-        store: Option<Arc<Store>>,
+        rows: Option<ConnRows>,
         queues: Option<Queues>,
         budget: Arc<MemoryBudget>,
     ) -> Self {
@@ -487,7 +487,7 @@ impl Realtime {
                 routes: Mutex::new(routes::RouteTable::default()),
                 budget,
                 queues,
-                store: Mutex::new(store),
+                rows: Mutex::new(rows),
                 config,
                 shutting_down: AtomicBool::new(false),
                 emptied: tokio::sync::Notify::new(),
@@ -499,9 +499,9 @@ impl Realtime {
         &self.inner.config
     }
 
-    pub(crate) fn store(&self) -> Option<Arc<Store>> {
+    pub(crate) fn rows(&self) -> Option<ConnRows> {
         self.inner
-            .store
+            .rows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -637,7 +637,7 @@ impl Realtime {
         }
         let left = self.open_count();
         self.inner
-            .store
+            .rows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();

@@ -14,13 +14,14 @@ use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
 use crate::queue::Queues;
 use crate::store::Store;
+use crate::store::realtime::{ConnRows, LeftRow};
 
 pub(crate) struct RealtimeModule {
     mesh: Mesh,
     hub: Realtime,
     /// Rows the last run left, read before any connection can add one;
     /// queued as disconnects once the engine starts.
-    leftovers: Mutex<Vec<persist::Row>>,
+    leftovers: Mutex<Vec<LeftRow>>,
 }
 
 impl RealtimeModule {
@@ -31,7 +32,8 @@ impl RealtimeModule {
         queues: &Queues,
     ) -> Self {
         let budget = mesh.budget().clone();
-        let hub = Realtime::new(config, Some(store), Some(queues.clone()), budget);
+        let rows = ConnRows::new(store);
+        let hub = Realtime::new(config, Some(rows), Some(queues.clone()), budget);
         let leftovers = persist::leftovers(&hub);
         Self {
             mesh: mesh.clone(),

@@ -242,6 +242,14 @@ pub fn realtime_conn(channel_id: &Uuid) -> Vec<u8> {
     key(REALTIME_CONNS, &[channel_id.as_bytes()])
 }
 
+/// The connection id of a [`realtime_conn`] key.
+pub fn parse_realtime_conn(key: &[u8]) -> Option<Uuid> {
+    match key {
+        [REALTIME_CONNS, id @ ..] => Uuid::from_slice(id).ok(),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

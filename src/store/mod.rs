@@ -16,6 +16,7 @@ pub mod codec;
 pub mod layout;
 pub mod migrations;
 pub mod queue;
+pub mod realtime;
 pub mod records;
 
 use serde::Serialize;
