@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use std::sync::Arc;
 
-use super::ops::Op;
+use super::op::Op;
 use super::{EnqueueRequest, Queues, now_ms};
 use crate::mesh::provided::args;
 use crate::mesh::session::answer;

@@ -27,6 +27,7 @@ mod functions;
 mod intake;
 mod leases;
 mod module;
+pub(crate) mod op;
 pub(crate) mod ops;
 mod queue_table;
 mod ready;
@@ -137,8 +138,8 @@ impl Queues {
         }
     }
 
-    /// Runs an operator function (see [`ops::Op`]).
-    pub async fn op(&self, op: ops::Op) -> Result<Value, ErrorBody> {
+    /// Runs an operator function (see [`op::Op`]).
+    pub async fn op(&self, op: op::Op) -> Result<Value, ErrorBody> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Op(op, tx)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::now_ms;
+use super::op::Op;
 use super::queue_table::QueueRt;
 use super::scheduler::Scheduler;
 use super::states::{COUNTED, ShownState};
@@ -13,52 +14,6 @@ use crate::protocol::{ErrorBody, codes};
 use crate::store::queue::Writes;
 use crate::store::records::{ErrorRecord, JobRecord, JobState};
 use crate::store::{StoreError, Ticket};
-
-#[derive(Debug)]
-pub enum Op {
-    List,
-    Stats {
-        queue: String,
-    },
-    Get {
-        receipt: Uuid,
-    },
-    Explain {
-        receipt: Uuid,
-    },
-    /// A page of a queue's jobs in one stored state; each job is shown in
-    /// its operator state (`Ready` lists those waiting for a worker too).
-    Peek {
-        queue: String,
-        state: JobState,
-        limit: usize,
-        after: Option<Uuid>,
-    },
-    Pause {
-        queue: String,
-        paused: bool,
-    },
-    Cancel {
-        receipt: Uuid,
-    },
-    Purge {
-        queue: String,
-    },
-    DeadLetters {
-        queue: String,
-        offset: usize,
-        limit: usize,
-    },
-    /// Redrive one dead job (`Some`) or all of a queue's.
-    Redrive {
-        queue: String,
-        receipt: Option<Uuid>,
-    },
-    Discard {
-        queue: String,
-        receipt: Uuid,
-    },
-}
 
 type OpResult = (Result<Value, ErrorBody>, Option<Ticket>);
 

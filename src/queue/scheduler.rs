@@ -18,7 +18,7 @@ use super::attempts::{Attempts, Expired, START_RECORD_DELAY};
 use super::counters::Counters;
 use super::dispatcher::{Finished, lease_expired};
 use super::fn_ids::FnIds;
-use super::ops::Op;
+use super::op::Op;
 use super::queue_table::{QueueRt, QueueTable};
 use super::sequence::Sequence;
 use super::settings::QueueConfig;

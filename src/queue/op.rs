@@ -1,0 +1,54 @@
+//! What an operator asks the queue: the views and actions `queue::*` and
+//! the CLI run. Answered by the scheduler (`ops.rs`), in order with
+//! everything else it does.
+
+use uuid::Uuid;
+
+use crate::store::records::JobState;
+
+/// One operator request.
+#[derive(Debug)]
+pub enum Op {
+    List,
+    Stats {
+        queue: String,
+    },
+    Get {
+        receipt: Uuid,
+    },
+    Explain {
+        receipt: Uuid,
+    },
+    /// A page of a queue's jobs in one stored state; each job is shown in
+    /// its operator state (`Ready` lists those waiting for a worker too).
+    Peek {
+        queue: String,
+        state: JobState,
+        limit: usize,
+        after: Option<Uuid>,
+    },
+    Pause {
+        queue: String,
+        paused: bool,
+    },
+    Cancel {
+        receipt: Uuid,
+    },
+    Purge {
+        queue: String,
+    },
+    DeadLetters {
+        queue: String,
+        offset: usize,
+        limit: usize,
+    },
+    /// Redrive one dead job (`Some`) or all of a queue's.
+    Redrive {
+        queue: String,
+        receipt: Option<Uuid>,
+    },
+    Discard {
+        queue: String,
+        receipt: Uuid,
+    },
+}
