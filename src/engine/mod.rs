@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::functions::Introspection;
+use crate::http::HttpModule;
 use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
 use crate::protocol::codes::close;
@@ -64,6 +65,7 @@ struct Inner {
     modules: Vec<Arc<dyn Module>>,
     channels: Channels,
     realtime: Arc<RealtimeModule>,
+    http: Arc<HttpModule>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -90,11 +92,21 @@ impl Engine {
             store,
             &queues,
         ));
+        let http = Arc::new(
+            HttpModule::bind(
+                &mesh,
+                &channels,
+                config.http.clone(),
+                &config.http_functions,
+            )
+            .await?,
+        );
         let modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),
             Arc::new(queues),
             realtime.clone(),
+            http.clone(),
         ];
 
         let mut provisions = Provisions::default();
@@ -120,6 +132,7 @@ impl Engine {
                 modules,
                 channels,
                 realtime,
+                http,
                 tasks: Mutex::new(tasks),
             }),
         })
@@ -127,6 +140,16 @@ impl Engine {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Where HTTP trigger routes are served (`http.listen`, resolved).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.inner.http.local_addr()
+    }
+
+    /// Live HTTP trigger routes.
+    pub fn http_routes(&self) -> usize {
+        self.inner.http.routes()
     }
 
     /// Serves the worker listener (and every module's routes on it) until

@@ -153,6 +153,8 @@ pub fn test_config() -> Config {
     c.invocation.rebind_grace = Duration::from_secs(3);
     // Tests that leave calls unanswered should not wait the production grace period.
     c.server.shutdown_grace = Duration::from_secs(2);
+    // Engines run side by side: HTTP trigger routes on a free port each.
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 
@@ -302,7 +304,14 @@ impl Drop for EngineProcess {
 pub fn start_binary(data_dir: &std::path::Path) -> (EngineProcess, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qmesh"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
         .arg(data_dir)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
