@@ -475,3 +475,51 @@ async fn an_enqueued_job_to_an_http_function_is_retried_until_the_endpoint_takes
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The README's Node and Python examples, run with the published SDKs.
+#[tokio::test]
+async fn node_and_python_sdk_workers_serve_routes() {
+    use common::programs::Program;
+    let engine = TestEngine::start().await;
+    let mut node = Program::start("node", "http_route.mjs", &[], &engine.url);
+    let mut py = Program::start("python", "http_route.py", &[], &engine.url);
+    node.ready().await;
+    py.ready().await;
+    engine
+        .until("both routes live", |s| {
+            s.bindings
+                .iter()
+                .filter(|b| b.trigger_type == "http" && b.active)
+                .count()
+                == 2
+        })
+        .await;
+
+    let r = http()
+        .get(format!("{}/node/hello/ada?lang=en", base(&engine)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-served-by"], "node");
+    assert_eq!(
+        body_json(r).await,
+        json!({"hello": "ada", "lang": "en", "method": "GET"})
+    );
+
+    let r = http()
+        .post(format!("{}/py/echo", base(&engine)))
+        .header("content-type", "application/json")
+        .body(r#"{"n": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-served-by"], "python");
+    assert_eq!(
+        body_json(r).await,
+        json!({"received": {"n": 1}, "content_type": "application/json"})
+    );
+    assert_eq!(node.finish().await.0, 0);
+    assert_eq!(py.finish().await.0, 0);
+}
