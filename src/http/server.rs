@@ -151,7 +151,7 @@ struct RequestView {
     method: String,
     path_params: Map<String, Value>,
     query_params: HashMap<String, String>,
-    headers: Map<String, Value>,
+    headers: Headers,
 }
 
 impl RequestView {
@@ -169,17 +169,48 @@ impl RequestView {
     }
 }
 
-/// Lower-case names (hyper's already are); a repeated header keeps its last
-/// value; a value that is not UTF-8 becomes "".
-fn header_map(h: &HeaderMap) -> Map<String, Value> {
-    let mut out = Map::new();
-    for (name, value) in h {
-        out.insert(
-            name.as_str().to_owned(),
-            Value::String(value.to_str().unwrap_or("").to_owned()),
-        );
+/// The request headers as iii shows them: lower-case names (hyper's already
+/// are), a repeated header's last value, "" for a value that is not UTF-8.
+/// Serialised straight from hyper's map, without a copy.
+struct Headers(HeaderMap);
+
+impl serde::Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.keys_len()))?;
+        for name in self.0.keys() {
+            let last = self.0.get_all(name).iter().next_back();
+            let value = last.and_then(|v| v.to_str().ok()).unwrap_or("");
+            map.serialize_entry(name.as_str(), value)?;
+        }
+        map.end()
     }
-    out
+}
+
+/// The handler's payload (iii's shape), serialised once from borrowed parts.
+/// The condition function gets it without the two channel refs.
+#[derive(serde::Serialize)]
+struct HandlerPayload<'a> {
+    query_params: &'a HashMap<String, String>,
+    path_params: &'a Map<String, Value>,
+    headers: &'a Headers,
+    path: &'a str,
+    method: &'a str,
+    /// The JSON body as it arrived (already checked to be JSON), or null.
+    body: Option<&'a serde_json::value::RawValue>,
+    trigger: TriggerInfo<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_body: Option<&'a ChannelRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<&'a ChannelRef>,
+}
+
+#[derive(serde::Serialize)]
+struct TriggerInfo<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    path: &'a str,
+    method: &'a str,
 }
 
 fn is_json(h: &HeaderMap) -> bool {
@@ -224,7 +255,7 @@ impl Server {
             query_params: Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
                 .map(|q| q.0)
                 .unwrap_or_default(),
-            headers: header_map(&parts.headers),
+            headers: Headers(parts.headers),
         };
 
         for mw in &self.middleware {
@@ -252,7 +283,7 @@ impl Server {
             moved: false,
         };
 
-        let parsed = if is_json(&parts.headers) {
+        let body = if is_json(&view.headers.0) {
             let bytes = match http_body_util::Limited::new(body, max).collect().await {
                 Ok(c) => c.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(max),
@@ -261,16 +292,15 @@ impl Server {
                     return response::empty(StatusCode::BAD_REQUEST);
                 }
             };
-            let parsed = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
             let chunk = self.channels.config().max_buffer_bytes;
             tokio::spawn(write_all(
                 self.channels.clone(),
                 req_chan.channel.clone(),
                 req_tx,
-                bytes,
+                bytes.clone(),
                 chunk,
             ));
-            parsed
+            Some(bytes)
         } else {
             tokio::spawn(forward(
                 self.channels.clone(),
@@ -280,26 +310,33 @@ impl Server {
                 max,
                 self.config.default_timeout,
             ));
-            Value::Null
+            None
         };
+        // Embedded as it arrived when it is JSON (so `body` is the parsed
+        // value for the handler); anything else, or nothing, is null.
+        let body = body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<&serde_json::value::RawValue>(b).ok());
 
-        let mut payload = json!({
-            "query_params": view.query_params,
-            "path_params": view.path_params,
-            "headers": view.headers,
-            "path": route.api_path,
-            "method": view.method,
-            "body": parsed,
-            "trigger": {"type": "http", "path": route.api_path, "method": route.method},
-        });
+        let mut payload = HandlerPayload {
+            query_params: &view.query_params,
+            path_params: &view.path_params,
+            headers: &view.headers,
+            path: &route.api_path,
+            method: &view.method,
+            body,
+            trigger: TriggerInfo {
+                kind: super::TRIGGER_TYPE,
+                path: &route.api_path,
+                method: &route.method,
+            },
+            request_body: None,
+            response: None,
+        };
         if let Some(condition) = &route.condition_function_id {
             let data = to_payload(&payload);
             let timeout = self.config.default_timeout;
-            match self
-                .mesh
-                .call(&route.namespace, condition, data, timeout)
-                .await
-            {
+            match self.mesh.call(&route.namespace, condition, data, timeout).await {
                 Ok(Some(v)) if v.get().trim() == "false" => return response::condition_not_met(),
                 Ok(_) => {}
                 Err(e) => return failed(&e),
@@ -311,8 +348,8 @@ impl Server {
                 Ok(Some(r)) | Err(r) => return r,
             }
         }
-        payload["request_body"] = serde_json::to_value(&req_ref).expect("refs serialize");
-        payload["response"] = serde_json::to_value(&resp_ref).expect("refs serialize");
+        payload.request_body = Some(&req_ref);
+        payload.response = Some(&resp_ref);
         let r = self.invoke(&route, to_payload(&payload), &mut resp).await;
         drop(req_chan);
         r
