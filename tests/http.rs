@@ -523,3 +523,67 @@ async fn node_and_python_sdk_workers_serve_routes() {
     assert_eq!(node.finish().await.0, 0);
     assert_eq!(py.finish().await.0, 0);
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = test_config();
+    config.http.header_read_timeout = Duration::from_millis(200);
+    let engine = TestEngine::start_with(config).await;
+    let mut tcp = tokio::net::TcpStream::connect(engine.engine.http_addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(common::WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("the engine closes the connection")
+        .ok();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_secs(5),
+        "closed after {waited:?}, not at header_read_timeout"
+    );
+}
+
+#[tokio::test]
+async fn bearer_and_api_key_auth_come_from_engine_environment_variables() {
+    // SAFETY: set before the engine reads them; no other test reads these names.
+    unsafe {
+        std::env::set_var("QMESH_TEST_HOOK_TOKEN", "tok-1");
+        std::env::set_var("QMESH_TEST_HOOK_KEY", "key-1");
+    }
+    let engine = TestEngine::start_with(loopback_allowed()).await;
+    let (addr, mut seen) = target(vec![(204, "")]).await;
+    let url = format!("http://127.0.0.1:{}/h", addr.port());
+    let mut w = RawClient::worker(&engine.url, "hooks").await;
+    register_http_fn(
+        &engine,
+        &mut w,
+        "hook::bearer",
+        json!({"url": url, "auth": {"type": "bearer", "token_key": "QMESH_TEST_HOOK_TOKEN"}}),
+    )
+    .await;
+    register_http_fn(&engine, &mut w, "hook::key",
+        json!({"url": url, "auth": {"type": "api_key", "header": "x-api-key", "value_key": "QMESH_TEST_HOOK_KEY"}})).await;
+    // A missing variable refuses the registration.
+    w.send(json!({"type":"registerfunction","id":"hook::nokey",
+        "invocation":{"url": url, "auth": {"type": "bearer", "token_key": "QMESH_TEST_NOT_SET"}}}))
+        .await;
+
+    let out = w.call("hook::bearer", json!({})).await;
+    assert!(
+        out.get("error").is_none() && out.get("result").is_none_or(Value::is_null),
+        "204 is null: {out}"
+    );
+    let got = seen.recv().await.unwrap();
+    assert_eq!(got.headers["authorization"], "Bearer tok-1");
+    let out = w.call("hook::key", json!({})).await;
+    assert_eq!(out["result"], json!({"ok": true}), "{out}");
+    assert_eq!(seen.recv().await.unwrap().headers["x-api-key"], "key-1");
+    let out = w.call("hook::nokey", json!({})).await;
+    assert_eq!(out["error"]["code"], "function_not_found", "{out}");
+}
