@@ -587,3 +587,60 @@ async fn bearer_and_api_key_auth_come_from_engine_environment_variables() {
     let out = w.call("hook::nokey", json!({})).await;
     assert_eq!(out["error"]["code"], "function_not_found", "{out}");
 }
+
+#[tokio::test]
+async fn a_streamed_upload_is_read_whole_and_a_streamed_answer_arrives_whole() {
+    use qmesh::client::channel::ChannelWriter;
+    let engine = TestEngine::start().await;
+    let mut w = route(
+        &engine,
+        "t::upload",
+        json!({"api_path": "up", "http_method": "POST"}),
+    )
+    .await;
+    let upload: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = upload.clone();
+    let req = tokio::spawn(
+        http()
+            .post(format!("{}/up", base(&engine)))
+            .header("content-type", "application/octet-stream")
+            .body(sent)
+            .send(),
+    );
+    let inv = w
+        .recv_until("invokefunction", |v| v["type"] == "invokefunction")
+        .await;
+    assert_eq!(inv["data"]["body"], Value::Null);
+    let body_ref: ChannelRef = serde_json::from_value(inv["data"]["request_body"].clone()).unwrap();
+    let out_ref: ChannelRef = serde_json::from_value(inv["data"]["response"].clone()).unwrap();
+    // Headers first, before the body is read (as iii's upload test does).
+    let mut out = ChannelWriter::open(&engine.url, &out_ref).await.unwrap();
+    out.send_text(r#"{"type":"set_status","status_code":202}"#)
+        .await
+        .unwrap();
+    out.send_text(r#"{"type":"set_headers","headers":{"content-type":"text/plain"}}"#)
+        .await
+        .unwrap();
+    let mut reader = ChannelReader::open(&engine.url, &body_ref).await.unwrap();
+    let (raw, _) = reader.read_all().await.unwrap();
+    assert!(
+        raw == upload,
+        "the upload arrives byte for byte ({} bytes)",
+        raw.len()
+    );
+    out.write(b"got ").await.unwrap();
+    out.write(raw.len().to_string().as_bytes()).await.unwrap();
+    out.finish().await.unwrap();
+    w.send(
+        json!({"type":"invocationresult","invocation_id":inv["invocation_id"],
+        "function_id":"t::upload","result":null}),
+    )
+    .await;
+    let r = req.await.unwrap().unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert_eq!(r.text().await.unwrap(), format!("got {}", 6 * 1024 * 1024));
+    engine
+        .until("no call in flight", |s| s.pending_calls == 0)
+        .await;
+}

@@ -336,7 +336,11 @@ impl Server {
         if let Some(condition) = &route.condition_function_id {
             let data = to_payload(&payload);
             let timeout = self.config.default_timeout;
-            match self.mesh.call(&route.namespace, condition, data, timeout).await {
+            match self
+                .mesh
+                .call(&route.namespace, condition, data, timeout)
+                .await
+            {
                 Ok(Some(v)) if v.get().trim() == "false" => return response::condition_not_met(),
                 Ok(_) => {}
                 Err(e) => return failed(&e),
@@ -433,10 +437,10 @@ impl Server {
             Ok(c) => c,
             Err(e) => return failed(&e),
         };
-        let _unanswered = Unanswered {
-            mesh: &self.mesh,
+        let mut unanswered = Some(Unanswered {
+            mesh: self.mesh.clone(),
             invocation_id: call.invocation_id,
-        };
+        });
         let mut outcome = call.outcome;
         let mut returned_null = false;
         let mut head = Head::default();
@@ -457,7 +461,13 @@ impl Server {
                     match frame.data {
                         Data::Text(t) => head.apply(&t),
                         Data::Binary(first) => {
-                            let stream = Streamed { end: resp.take(), first: Some(first) };
+                            // The handler may still be running (SSE): its
+                            // call lives as long as the body it streams.
+                            let stream = Streamed {
+                                end: resp.take(),
+                                first: Some(first),
+                                _call: unanswered.take(),
+                            };
                             return head.into_response(Body::from_stream(stream.into_stream()));
                         }
                     }
@@ -506,14 +516,15 @@ impl EngineEnd {
     }
 }
 
-/// Fails the handler call if the request ends (timeout, client gone) while
-/// it is still in flight, so the mesh forgets it. A no-op once settled.
-struct Unanswered<'a> {
-    mesh: &'a Mesh,
+/// Fails the handler call if the request ends (timeout, client gone, its
+/// streamed body over) while it is still in flight, so the mesh forgets it.
+/// A no-op once settled.
+struct Unanswered {
+    mesh: Mesh,
     invocation_id: Uuid,
 }
 
-impl Drop for Unanswered<'_> {
+impl Drop for Unanswered {
     fn drop(&mut self) {
         self.mesh.fail_call(
             self.invocation_id,
@@ -595,6 +606,8 @@ impl Drop for ResponseEnd {
 struct Streamed {
     end: ResponseEnd,
     first: Option<Bytes>,
+    /// The handler's call, if still in flight when streaming began.
+    _call: Option<Unanswered>,
 }
 
 impl Streamed {
