@@ -63,13 +63,17 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
-            Ok(l) => l,
-            Err(e) => return fail(&format!("cannot listen on {}: {e}", config.listen)),
-        };
+        // The engine (and its HTTP listener) first: a client that waits for
+        // the worker port to accept (iii's CI polls it) then finds every
+        // other port bound too.
+        let listen = config.listen;
         let engine = match qmesh::Engine::start(config).await {
             Ok(engine) => engine,
             Err(e) => return fail(&e.to_string()),
+        };
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(&format!("cannot listen on {listen}: {e}")),
         };
         // Ready: the store is open, every module started, HTTP routes served.
         match listener.local_addr() {
