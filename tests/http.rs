@@ -644,3 +644,40 @@ async fn a_streamed_upload_is_read_whole_and_a_streamed_answer_arrives_whole() {
         .until("no call in flight", |s| s.pending_calls == 0)
         .await;
 }
+
+#[tokio::test]
+async fn global_middleware_runs_before_every_route_and_can_answer_for_it() {
+    let mut config =
+        qmesh::Config::from_toml("[[http.middleware]]\nfunction_id = \"mw::gate\"\n").unwrap();
+    let defaults = test_config();
+    config.http.listen = defaults.http.listen;
+    config.invocation = defaults.invocation;
+    let engine = TestEngine::start_with(config).await;
+    let mut w = route(&engine, "t::behind_gate", json!({"api_path": "gated/:id"})).await;
+    w.register_function("mw::gate").await;
+    engine
+        .until("gate registered", |s| {
+            s.functions.iter().any(|f| f.id == "mw::gate")
+        })
+        .await;
+
+    let req = tokio::spawn(http().get(format!("{}/gated/7?k=v", base(&engine))).send());
+    let input = answer(
+        &mut w,
+        json!({"action": "respond", "response": {"status_code": 401, "body": {"error": "no"}}}),
+    )
+    .await;
+    assert_eq!(input["phase"], "preHandler");
+    assert_eq!(input["request"]["path_params"]["id"], "7");
+    assert_eq!(input["request"]["query_params"]["k"], "v");
+    let r = req.await.unwrap().unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(body_json(r).await, json!({"error": "no"}));
+
+    let req = tokio::spawn(http().get(format!("{}/gated/8", base(&engine))).send());
+    answer(&mut w, json!({"action": "continue"})).await;
+    let payload = answer(&mut w, json!({"body": {"through": true}})).await;
+    assert_eq!(payload["path_params"]["id"], "8");
+    let r = req.await.unwrap().unwrap();
+    assert_eq!(body_json(r).await, json!({"through": true}));
+}
