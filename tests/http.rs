@@ -681,3 +681,42 @@ async fn global_middleware_runs_before_every_route_and_can_answer_for_it() {
     let r = req.await.unwrap().unwrap();
     assert_eq!(body_json(r).await, json!({"through": true}));
 }
+
+/// iii's probes: one read must hold the whole request (head and body in one
+/// write), and an answer without a length is read until the peer closes.
+#[tokio::test]
+async fn the_request_arrives_in_one_read_and_an_unsized_answer_is_read_to_eof() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let engine = TestEngine::start_with(loopback_allowed()).await;
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = probe.local_addr().unwrap().port();
+    let mut w = RawClient::worker(&engine.url, "hooks").await;
+    register_http_fn(
+        &engine,
+        &mut w,
+        "hook::probe",
+        json!({"url": format!("http://127.0.0.1:{port}/probe")}),
+    )
+    .await;
+    let served = tokio::spawn(async move {
+        let (mut s, _) = probe.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let n = s.read(&mut buf).await.unwrap();
+        let raw = String::from_utf8_lossy(&buf[..n]).into_owned();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"ok\":")
+            .await
+            .unwrap();
+        s.write_all(b"true}").await.unwrap();
+        drop(s);
+        raw
+    });
+    let out = w.call("hook::probe", json!({"hello": "world"})).await;
+    assert_eq!(out["result"], json!({"ok": true}), "{out}");
+    let raw = served.await.unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .expect("a whole head in the first read");
+    assert!(head.starts_with("POST /probe HTTP/1.1"), "{head}");
+    let body: Value = serde_json::from_str(body).expect("the JSON body in the same read");
+    assert_eq!(body["hello"], "world");
+}
