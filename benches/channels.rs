@@ -26,7 +26,7 @@
 mod common;
 
 use axum::body::Bytes;
-use common::{Engine, cpu_secs, flag, machine, number, rss_kib};
+use common::{EngineProcess, cpu_secs, flag, machine, number, rss_kib};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use qmesh::client::Client;
@@ -236,7 +236,7 @@ fn main() {
         .build()
         .unwrap();
     let report = rt.block_on(async {
-        let engine = Engine::start();
+        let engine = EngineProcess::start();
         let client = Client::connect(&engine.url).await.expect("connect");
         let (mut one, mut eight, mut direct) = (Vec::new(), Vec::new(), Vec::new());
         let (mut one_cpu, mut eight_cpu, mut direct_cpu) = (Vec::new(), Vec::new(), Vec::new());

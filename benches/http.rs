@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{Engine, cpu_secs, flag, machine, number};
+use common::{EngineProcess, cpu_secs, flag, machine, number};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -178,7 +178,7 @@ fn main() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let engine = Engine::start_with_config(&format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let engine = EngineProcess::start_with_config(&format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"));
     let http_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let pid = engine.pid();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{Engine, cpu_secs, disk_bytes, flag, machine, number, settle_disk};
+use common::{EngineProcess, cpu_secs, disk_bytes, flag, machine, number, settle_disk};
 use hdrhistogram::Histogram;
 use qmesh::client::Client;
 use serde_json::{Value, json};
@@ -94,7 +94,7 @@ async fn stats(c: &Client, queue: &str) -> Value {
 }
 
 async fn end_to_end(
-    engine: &Engine,
+    engine: &EngineProcess,
     queue: &str,
     producers: &[Client],
     n_producers: usize,
@@ -176,7 +176,7 @@ async fn idle_latency(url: &str, producer: &Client, samples: usize) -> Value {
 
 async fn restart(n_producers: usize, jobs: u64) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut engine = Engine::start_in(dir.path());
+    let mut engine = EngineProcess::start_in(dir.path());
     let producers = clients(&engine.url, CONNECTIONS).await;
     let (elapsed, _) = produce(
         &producers,
@@ -192,7 +192,7 @@ async fn restart(n_producers: usize, jobs: u64) -> Value {
     engine.kill();
     let bytes = disk_bytes(&dir.path().join("store"));
     let t = Instant::now();
-    let engine = Engine::start_in(dir.path());
+    let engine = EngineProcess::start_in(dir.path());
     let listening = t.elapsed();
     let c = Client::connect(&engine.url)
         .await
@@ -222,7 +222,7 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
-    fn start(engine: &Engine) -> Self {
+    fn start(engine: &EngineProcess) -> Self {
         let pid = engine.pid().to_string();
         Self {
             engine: cpu_secs(&pid),
@@ -267,7 +267,7 @@ fn main() {
         .unwrap();
     let report = rt.block_on(async {
         settle_disk();
-        let engine = Engine::start_with_config(&format!(
+        let engine = EngineProcess::start_with_config(&format!(
             "[queue.queues.bench-e2e]\nconcurrency = {e2e_concurrency}\n"
         ));
         let producer_clients = clients(&engine.url, CONNECTIONS).await;

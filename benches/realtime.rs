@@ -17,6 +17,9 @@
 
 #[path = "common/mod.rs"]
 mod common;
+/// Binding handlers to routes, as the realtime tests do.
+#[path = "../tests/common/realtime.rs"]
+mod routes;
 
 use futures_util::{SinkExt, StreamExt};
 use qmesh::client::Client;
@@ -29,6 +32,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use routes::bind;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -60,15 +65,6 @@ impl Args {
             json: common::flag("--json"),
         }
     }
-}
-
-async fn bind(w: &Client, function_id: &str, config: Value) {
-    w.call(
-        "engine::register_trigger",
-        json!({"trigger_type": "websocket", "function_id": function_id, "config": config}),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("bind {function_id}: {e}"));
 }
 
 /// One worker serving the bench's handlers, with its routes bound.
@@ -298,7 +294,7 @@ fn round2(x: f64) -> f64 {
 
 fn main() {
     let a = Args::parse();
-    let engine = common::Engine::start();
+    let engine = common::EngineProcess::start();
     let base = engine.url.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::{Engine, cpu_secs, machine, rss_kib};
+use common::{EngineProcess, cpu_secs, machine, rss_kib};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use qmesh::client::Client;
@@ -120,7 +120,7 @@ impl Memory {
 
 /// Opens `n` raw worker sockets, each read up to its `workerregistered`, and
 /// compares the engine's RSS before and after.
-async fn measure_memory(engine: &Engine, n: usize) -> Memory {
+async fn measure_memory(engine: &EngineProcess, n: usize) -> Memory {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before_kib = rss_kib(engine.pid());
     let mut sockets = Vec::with_capacity(n);
@@ -334,7 +334,7 @@ async fn connect_clients(url: &str, callers: usize) -> (Client, Vec<Client>) {
 
 fn main() {
     let args = Args::parse();
-    let engine = Engine::start();
+    let engine = EngineProcess::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads)
         .enable_all()

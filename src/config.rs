@@ -144,6 +144,20 @@ impl Config {
         if l.max_pending_calls_per_connection == 0 {
             return bad("limits.max_pending_calls_per_connection");
         }
+        if l.max_handshakes == 0 {
+            return bad("limits.max_handshakes");
+        }
+        if l.max_handshakes_per_ip == 0 {
+            return bad("limits.max_handshakes_per_ip");
+        }
+        if l.memory_budget < l.max_message_size {
+            return Err(ConfigError::Invalid(
+                "limits.memory_budget must be at least limits.max_message_size".into(),
+            ));
+        }
+        if self.server.request_timeout.is_zero() {
+            return bad("server.request_timeout");
+        }
         if l.max_outbound_queue_bytes < l.max_message_size {
             return Err(ConfigError::Invalid(
                 "limits.max_outbound_queue_bytes must be at least limits.max_message_size".into(),

@@ -6,6 +6,7 @@
 //!
 //! - [`protocol`]: the wire protocol, whole: decoding worker frames, encoding
 //!   engine frames, every error and close code.
+//! - `budget`: the engine's one memory budget for bytes held for slow readers.
 //! - `store`: the embedded sled store: layout, record codec, schema
 //!   migrations, group commit. The one place that knows the bytes on disk.
 //! - `mesh`: the live registry and router: connections, functions, calls in
@@ -28,6 +29,7 @@
 //!   functions, channel ends), used by the CLI and the benches.
 //! - [`loadgen`]: the closed-loop load generator behind `qmesh bench`.
 
+mod budget;
 pub mod channels;
 pub mod client;
 pub mod config;

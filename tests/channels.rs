@@ -6,7 +6,7 @@
 mod common;
 
 use common::programs::Program;
-use common::{RawClient, TestEngine, test_config};
+use common::{RawClient, TestEngine, WAIT, test_config, wait_until};
 use futures_util::StreamExt;
 use qmesh::channels::frames::{CloseFrame, FrameReader, Incoming, Role, handshake};
 use qmesh::client::Client;
@@ -117,7 +117,10 @@ async fn refusals_come_before_the_upgrade() {
     let mut reader = reader;
     assert_eq!(reader.next().await, Ok(None));
     // Finished channels are removed at once; a late connect learns why.
-    engine.until("channel removed", |m| m.channels == 0).await;
+    wait_until("channel removed", WAIT, async || {
+        engine.binary_channel_count() == 0
+    })
+    .await;
     assert_eq!(refused(ChannelReader::open(url, &pair.reader).await), 410);
     engine.stop().await;
 }
@@ -150,7 +153,10 @@ async fn text_and_chunks_keep_their_order_and_a_normal_close_ends_the_stream() {
     }
     assert_eq!(reader.next().await, Ok(None), "close 1000 is the end");
     finished.await.unwrap().unwrap();
-    engine.until("channel removed", |m| m.channels == 0).await;
+    wait_until("channel removed", WAIT, async || {
+        engine.binary_channel_count() == 0
+    })
+    .await;
     engine.stop().await;
 }
 
@@ -165,7 +171,10 @@ async fn a_writer_that_vanishes_is_a_distinct_close_not_an_end() {
         Some(ChannelItem::Binary("partial".into()))
     );
     assert_eq!(reader.next().await, Err(ChannelError::WriterAborted));
-    engine.until("channel removed", |m| m.channels == 0).await;
+    wait_until("channel removed", WAIT, async || {
+        engine.binary_channel_count() == 0
+    })
+    .await;
     engine.stop().await;
 }
 
@@ -218,7 +227,10 @@ async fn a_reader_that_leaves_is_told_to_the_writer() {
     .await
     .expect("the writer is told");
     assert_eq!(close, Some(4410));
-    engine.until("channel removed", |m| m.channels == 0).await;
+    wait_until("channel removed", WAIT, async || {
+        engine.binary_channel_count() == 0
+    })
+    .await;
     engine.stop().await;
 }
 
@@ -239,7 +251,10 @@ async fn unconnected_channels_expire_and_a_waiting_end_is_told() {
             .unwrap(),
         Err(ChannelError::Abandoned)
     );
-    engine.until("both expired", |m| m.channels == 0).await;
+    wait_until("both expired", WAIT, async || {
+        engine.binary_channel_count() == 0
+    })
+    .await;
     assert_eq!(
         refused(ChannelWriter::open(&engine.url, &idle.writer).await),
         410
@@ -269,9 +284,10 @@ async fn a_departed_creators_unconnected_channels_go_with_it() {
     writer.write(b"kept").await.unwrap();
     writer.finish().await.unwrap();
     drop(creator);
-    engine
-        .until("the unused channel removed", |m| m.channels == 1)
-        .await;
+    wait_until("the unused channel removed", WAIT, async || {
+        engine.binary_channel_count() == 1
+    })
+    .await;
     assert_eq!(
         refused(ChannelReader::open(&engine.url, &unused.reader).await),
         410
@@ -382,7 +398,10 @@ async fn fragmented_messages_arrive_whole_and_pings_are_answered_on_both_ends() 
     assert_eq!(reader.next().await, Incoming::Text("héllo".into()));
     assert_eq!(close_code(&reader.next().await), Some(1000));
     reader.send(&[close_with(1000)]).await;
-    engine.until("channel removed", |m| m.channels == 0).await;
+    wait_until("channel removed", WAIT, async || {
+        engine.binary_channel_count() == 0
+    })
+    .await;
     engine.stop().await;
 }
 
@@ -447,6 +466,7 @@ async fn a_slow_reader_keeps_engine_memory_flat_while_a_writer_pushes_a_gib() {
     const TOTAL: usize = 1 << 30;
     const FRAME: usize = 64 << 10;
     const BUDGET: usize = 1 << 20;
+    const READER_PAUSE: Duration = Duration::from_micros(200);
     let mut config = test_config();
     config.channels.max_buffer_bytes = BUDGET;
     config.channels.max_frame_size = FRAME;
@@ -470,13 +490,17 @@ async fn a_slow_reader_keeps_engine_memory_flat_while_a_writer_pushes_a_gib() {
         };
         read += b.len();
         frames += 1;
-        // Slow: a pause every 256 KiB lets the writer fill the buffer each time.
+        // Slow: a pause every 256 KiB lets the writer fill the buffer each time
+        // (the reader's slowness is the scenario, not a settle).
         if frames % 4 == 0 {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-            if let Some(info) = engine.engine.channel_info(&id) {
-                let buffered = info["buffered_bytes"].as_u64().expect("buffered_bytes");
-                assert!(buffered <= BUDGET as u64, "{info}");
-                peak_seen = peak_seen.max(buffered);
+            tokio::time::sleep(READER_PAUSE).await;
+            let info = client
+                .call("engine::channels::info", json!({ "channel_id": id }))
+                .await;
+            if let Ok(info) = info {
+                let held = info["buffered_bytes"].as_u64().expect("buffered_bytes");
+                assert!(held <= BUDGET as u64, "{info}");
+                peak_seen = peak_seen.max(held);
             }
         }
     }
@@ -498,11 +522,10 @@ async fn stream_across_sdks(sender: (&str, &str), sink: (&str, &str), sink_fn: &
     let engine = TestEngine::start().await;
     let mut worker = Program::start(sink.0, sink.1, &[], &engine.url);
     worker.ready().await;
-    engine
-        .until("the sink function", move |m| {
-            m.function("default", sink_fn).is_some()
-        })
-        .await;
+    wait_until("the sink function", WAIT, async || {
+        !engine.providers(sink_fn).is_empty()
+    })
+    .await;
     let mut send = Program::start(
         sender.0,
         sender.1,
@@ -520,9 +543,10 @@ async fn stream_across_sdks(sender: (&str, &str), sink: (&str, &str), sink_fn: &
     assert_eq!(received["seqs"], Value::Array(in_order), "{out}");
     assert_eq!(received["misplaced"], 0, "{out}");
     assert_eq!(send.finish().await.0, 0);
-    engine
-        .until("the channel removed once done", |m| m.channels == 0)
-        .await;
+    wait_until("the channel removed once done", WAIT, async || {
+        engine.binary_channel_count() == 0
+    })
+    .await;
     assert_eq!(worker.finish().await.0, 0);
     engine.stop().await;
 }

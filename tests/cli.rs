@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::{TestEngine, test_config};
+use common::{TestEngine, test_config, wait_for};
 use qmesh::client::{Client, ErrorBody};
 use serde_json::{Value, json};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 struct Run {
@@ -97,7 +97,7 @@ async fn setup() -> (TestEngine, Client) {
         .unwrap();
     worker
         .register_function("t::slow", |_| async {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await; // slow work
             Ok(json!("late"))
         })
         .unwrap();
@@ -113,18 +113,15 @@ async fn setup() -> (TestEngine, Client) {
 
 /// Polls `qmesh ARGS --json` until `check` holds on its output.
 async fn until(url: &str, args: &[&str], check: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let v = ok_json(url, args).await;
-        if check(&v) {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{args:?} never matched: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        &format!("{args:?} to match"),
+        Duration::from_secs(10),
+        async || {
+            let v = ok_json(url, args).await;
+            if check(&v) { Ok(v) } else { Err(v.to_string()) }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,7 +324,7 @@ async fn queues_can_be_listed_inspected_paused_and_purged() {
     let job = ok_json(url, &["job", &receipts[0], "--json"]).await;
     assert_eq!(
         (job["state"].as_str(), job["queue"].as_str()),
-        (Some("ready"), Some("parked"))
+        (Some("waiting_for_worker"), Some("parked"))
     );
     assert!(
         job["explanation"]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::TestEngine;
+use common::{TestEngine, WAIT, wait_until};
 use qmesh::client::{Client, ClientError, ErrorBody};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -35,6 +35,7 @@ async fn pair(engine: &TestEngine) -> (Client, Client) {
         .unwrap();
     worker
         .register_function("math::slow", |input: Value| async move {
+            // Slow work, as long as the caller asks.
             tokio::time::sleep(Duration::from_millis(input["ms"].as_u64().unwrap_or(0))).await;
             Ok(json!("done"))
         })
@@ -225,7 +226,10 @@ async fn timeouts_disconnects_and_close() {
         let caller = caller.clone();
         async move { caller.call("math::slow", json!({"ms": 10_000})).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until("the call to reach the executor", WAIT, async || {
+        engine.pending_calls().await == 1
+    })
+    .await;
     worker.close().await;
     assert!(worker.is_closed());
     let err = tokio::time::timeout(READY, slow)
@@ -259,7 +263,10 @@ async fn the_engine_shutting_down_fails_calls_in_flight() {
         let caller = caller.clone();
         async move { caller.call("math::slow", json!({"ms": 60_000})).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until("the call to reach the executor", WAIT, async || {
+        engine.pending_calls().await == 1
+    })
+    .await;
     engine.stop().await;
     tokio::time::timeout(READY, caller.closed())
         .await

@@ -7,7 +7,7 @@ mod common;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use common::{RawClient, TestEngine, test_config};
+use common::{RawClient, TestEngine, WAIT, test_config, wait_until};
 use qmesh::client::channel::{ChannelReader, ChannelRef};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -20,7 +20,7 @@ fn http() -> reqwest::Client {
 }
 
 fn base(engine: &TestEngine) -> String {
-    format!("http://{}", engine.engine.http_addr())
+    format!("http://{}", engine.http_addr())
 }
 
 /// A raw worker providing `function` and binding an `http` trigger to it;
@@ -30,13 +30,10 @@ async fn route(engine: &TestEngine, function: &str, config: Value) -> RawClient 
         .worker_with(&format!("w-{function}"), &[function])
         .await;
     let id = uuid::Uuid::new_v4().to_string();
+    let before = engine.http_routes();
     w.send(json!({"type":"registertrigger","id":id,"trigger_type":"http","function_id":function,"config":config}))
         .await;
-    engine
-        .until("route bound", move |s| {
-            s.bindings.iter().any(|b| b.id == id && b.active)
-        })
-        .await;
+    wait_until("route live", WAIT, async || engine.http_routes() > before).await;
     w
 }
 
@@ -124,11 +121,10 @@ async fn unknown_paths_methods_and_departed_routes_get_iii_errors() {
         .unwrap();
     assert_eq!(r.status(), 405);
     drop(w);
-    engine
-        .until("route gone with its worker", |_| {
-            engine.engine.http_routes() == 0
-        })
-        .await;
+    wait_until("route gone with its worker", WAIT, async || {
+        engine.http_routes() == 0
+    })
+    .await;
     let r = http()
         .post(format!("{}/p", base(&engine)))
         .send()
@@ -172,9 +168,10 @@ async fn handler_errors_are_500_envelopes_and_silence_is_504() {
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
     assert!(r.bytes().await.unwrap().is_empty());
     assert!(started.elapsed() < Duration::from_secs(5));
-    engine
-        .until("no call in flight", |s| s.pending_calls == 0)
-        .await;
+    wait_until("no call in flight", WAIT, async || {
+        engine.pending_calls().await == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -237,11 +234,10 @@ async fn a_condition_answering_false_skips_with_422() {
     )
     .await;
     w.register_function("t::cond").await;
-    engine
-        .until("condition registered", |s| {
-            s.functions.iter().any(|f| f.id == "t::cond")
-        })
-        .await;
+    wait_until("condition registered", WAIT, async || {
+        !engine.providers("t::cond").is_empty()
+    })
+    .await;
     let req = tokio::spawn(http().get(format!("{}/g/1", base(&engine))).send());
     let cond_input = answer(&mut w, json!(false)).await;
     assert_eq!(cond_input["path_params"]["n"], "1");
@@ -305,11 +301,10 @@ async fn register_http_fn(engine: &TestEngine, w: &mut RawClient, id: &str, invo
     w.send(json!({"type":"registerfunction","id":id,"invocation":invocation}))
         .await;
     let id = id.to_owned();
-    engine
-        .until("http function registered", move |s| {
-            s.functions.iter().any(|f| f.id == id)
-        })
-        .await;
+    wait_until("http function registered", WAIT, async || {
+        !engine.providers(&id).is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -485,15 +480,7 @@ async fn node_and_python_sdk_workers_serve_routes() {
     let mut py = Program::start("python", "http_route.py", &[], &engine.url);
     node.ready().await;
     py.ready().await;
-    engine
-        .until("both routes live", |s| {
-            s.bindings
-                .iter()
-                .filter(|b| b.trigger_type == "http" && b.active)
-                .count()
-                == 2
-        })
-        .await;
+    wait_until("both routes live", WAIT, async || engine.http_routes() == 2).await;
 
     let r = http()
         .get(format!("{}/node/hello/ada?lang=en", base(&engine)))
@@ -530,7 +517,7 @@ async fn a_client_that_never_finishes_its_request_head_is_dropped() {
     let mut config = test_config();
     config.http.header_read_timeout = Duration::from_millis(200);
     let engine = TestEngine::start_with(config).await;
-    let mut tcp = tokio::net::TcpStream::connect(engine.engine.http_addr())
+    let mut tcp = tokio::net::TcpStream::connect(engine.http_addr())
         .await
         .unwrap();
     tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
@@ -640,9 +627,10 @@ async fn a_streamed_upload_is_read_whole_and_a_streamed_answer_arrives_whole() {
     assert_eq!(r.status(), 202);
     assert_eq!(r.headers()["content-type"], "text/plain");
     assert_eq!(r.text().await.unwrap(), format!("got {}", 6 * 1024 * 1024));
-    engine
-        .until("no call in flight", |s| s.pending_calls == 0)
-        .await;
+    wait_until("no call in flight", WAIT, async || {
+        engine.pending_calls().await == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -655,11 +643,10 @@ async fn global_middleware_runs_before_every_route_and_can_answer_for_it() {
     let engine = TestEngine::start_with(config).await;
     let mut w = route(&engine, "t::behind_gate", json!({"api_path": "gated/:id"})).await;
     w.register_function("mw::gate").await;
-    engine
-        .until("gate registered", |s| {
-            s.functions.iter().any(|f| f.id == "mw::gate")
-        })
-        .await;
+    wait_until("gate registered", WAIT, async || {
+        !engine.providers("mw::gate").is_empty()
+    })
+    .await;
 
     let req = tokio::spawn(http().get(format!("{}/gated/7?k=v", base(&engine))).send());
     let input = answer(

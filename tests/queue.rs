@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{RawClient, TestEngine, test_config};
+use common::{RawClient, TestEngine, WAIT, test_config, wait_for, wait_until};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -49,18 +49,28 @@ async fn op(c: &mut RawClient, f: &str, data: Value) -> Value {
 
 /// Polls `queue::get` until the job reaches `state`.
 async fn until_state(c: &mut RawClient, receipt: &str, state: &str) -> Value {
-    let start = std::time::Instant::now();
-    loop {
+    wait_for(&format!("job to reach {state}"), WAIT, async || {
         let job = op(c, "queue::get", json!({"receipt": receipt})).await;
         if job["state"] == state {
-            return job;
+            Ok(job)
+        } else {
+            Err(job.to_string())
         }
-        assert!(
-            start.elapsed() < common::WAIT,
-            "job never reached {state}: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
+}
+
+/// Polls `queue::stats` of `queue` until `check` holds on it.
+async fn until_stats(c: &mut RawClient, queue: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_for(&format!("stats of {queue}"), WAIT, async || {
+        let stats = op(c, "queue::stats", json!({ "queue": queue })).await;
+        if check(&stats) {
+            Ok(stats)
+        } else {
+            Err(stats.to_string())
+        }
+    })
+    .await
 }
 
 /// Answers invocations: `Ok` values become results, `Err` strings become errors.
@@ -94,8 +104,7 @@ async fn a_job_enqueued_before_any_worker_runs_when_one_registers() {
     let engine = TestEngine::start_with(fast_config()).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let receipt = enqueue(&mut caller, "jobs", "mail::send", json!({"to":"a@b"})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stats = op(&mut caller, "queue::stats", json!({"queue":"jobs"})).await;
+    let stats = until_stats(&mut caller, "jobs", |s| s["waiting_for_worker"] == 1).await;
     assert_eq!(stats["waiting_for_worker"], 1, "{stats}");
     let why = op(&mut caller, "queue::explain", json!({"receipt": receipt})).await;
     assert!(
@@ -108,7 +117,7 @@ async fn a_job_enqueued_before_any_worker_runs_when_one_registers() {
     let job = op(&mut caller, "queue::get", json!({"receipt": receipt})).await;
     assert_eq!(
         (job["state"].clone(), job["attempts"].clone()),
-        (json!("ready"), json!(0)),
+        (json!("waiting_for_worker"), json!(0)),
         "no attempt spent waiting"
     );
 
@@ -262,7 +271,7 @@ async fn an_attempt_past_its_lease_fails_with_timeout() {
     assert_eq!(job["history"][0]["outcome"], "timeout");
     assert_eq!(job["last_error"]["reason"], "timeout");
     assert_eq!(
-        engine.snapshot().pending_calls,
+        engine.pending_calls().await,
         0,
         "timed-out calls are cleaned up"
     );
@@ -284,12 +293,13 @@ async fn pause_resume_cancel_purge_and_delays() {
     op(&mut caller, "queue::pause", json!({"queue":"ops"})).await;
     let mut worker = RawClient::worker(&engine.url, "w").await;
     worker.register_function("ops::run").await;
-    engine
-        .until("registered", |m| {
-            m.functions.len() == 2 || m.functions.len() == 1
-        })
+    engine.wait_for_providers("ops::run", 1).await;
+    worker
+        .assert_not_invoked_for(
+            Duration::from_millis(200),
+            "a paused queue dispatches nothing",
+        )
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let why = op(&mut caller, "queue::explain", json!({"receipt": soon})).await;
     assert!(
         why["explanation"].as_str().unwrap().contains("paused"),
@@ -398,7 +408,10 @@ async fn a_restart_keeps_jobs_in_every_state() {
     let mut worker = RawClient::worker(&engine.url, "w").await;
     worker.register_function("f::done").await;
     worker.register_function("f::dead").await;
-    engine.until("registered", |m| m.functions.len() == 2).await;
+    wait_until("registered", WAIT, async || {
+        engine.function_count().await == 2
+    })
+    .await;
     let mut c = RawClient::worker(&engine.url, "c").await;
     let done = enqueue(&mut c, "q", "f::done", json!(1)).await;
     serve(&mut worker, 1, |_| Ok(json!("ok"))).await;
@@ -441,7 +454,7 @@ async fn a_restart_keeps_jobs_in_every_state() {
     assert_eq!(d["state"], "delayed");
     assert_eq!(
         op(&mut c, "queue::get", json!({"receipt": waiting})).await["state"],
-        "ready"
+        "waiting_for_worker"
     );
     let mut worker = RawClient::worker(&engine.url, "w2").await;
     worker.register_function("f::nobody").await;
@@ -604,7 +617,7 @@ async fn an_attempt_interrupted_by_a_stop_is_recorded_as_engine_restart() {
     let engine = TestEngine::start_with(config).await;
     let mut c = RawClient::worker(&engine.url, "c").await;
     let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
-    assert_eq!(job["state"], "ready", "{job}");
+    assert_eq!(job["state"], "waiting_for_worker", "{job}");
     assert_eq!(job["attempts"], 1);
     assert_eq!(job["history"][0]["outcome"], "engine_restart");
     let mut w = engine.worker_with("w", &["long::job"]).await;
@@ -651,18 +664,7 @@ async fn completed_jobs_are_pruned_after_their_queues_retention_only() {
     assert_eq!(listed.len(), 4, "{peek}");
     assert!(short.iter().all(|r| listed.contains(r)), "{peek}");
 
-    let start = std::time::Instant::now();
-    loop {
-        let stats = op(&mut c, "queue::stats", json!({"queue":"short"})).await;
-        if stats["completed"] == 0 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never pruned: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_stats(&mut c, "short", |s| s["completed"] == 0).await;
     for r in &short {
         let gone = c.call("queue::get", json!({"receipt": r})).await;
         assert_eq!(gone["error"]["code"], "NOT_FOUND", "{gone}");
@@ -674,5 +676,88 @@ async fn completed_jobs_are_pruned_after_their_queues_retention_only() {
     );
     let stats = op(&mut c, "queue::stats", json!({"queue":"kept"})).await;
     assert_eq!(stats["completed"], 1, "{stats}");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_queue_paused_before_its_first_job_stays_paused_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config();
+    config.data_dir = dir.path().to_owned();
+    let engine = TestEngine::start_with(config.clone()).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let p = op(&mut c, "queue::pause", json!({"queue":"fresh"})).await;
+    assert_eq!(p["paused"], true, "{p}");
+    drop(c);
+    engine.stop().await;
+
+    let engine = TestEngine::start_with(config).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let stats = op(&mut c, "queue::stats", json!({"queue":"fresh"})).await;
+    assert_eq!(stats["paused"], true, "{stats}");
+    let mut w = engine.worker_with("w", &["fresh::job"]).await;
+    let receipt = enqueue(&mut c, "fresh", "fresh::job", json!({})).await;
+    let why = op(&mut c, "queue::explain", json!({"receipt": receipt})).await;
+    assert!(
+        why["explanation"].as_str().unwrap().contains("paused"),
+        "{why}"
+    );
+    assert_eq!(why["state"], "ready", "a worker provides it: {why}");
+    op(&mut c, "queue::resume", json!({"queue":"fresh"})).await;
+    serve(&mut w, 1, |_| Ok(json!("ran"))).await;
+    until_state(&mut c, &receipt, "completed").await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn strict_mode_still_refuses_to_pause_an_undeclared_queue() {
+    let mut config = fast_config();
+    config.queue.strict = true;
+    let engine = TestEngine::start_with(config).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    for f in ["queue::pause", "queue::resume"] {
+        let r = c.call(f, json!({"queue":"undeclared"})).await;
+        assert_eq!(r["error"]["code"], "queue_not_found", "{f}: {r}");
+    }
+    engine.stop().await;
+}
+
+/// `queue::get`, `queue::peek` and `queue::explain` name a job's state the
+/// way `queue::stats` counts it.
+#[tokio::test]
+async fn a_job_is_shown_in_the_state_stats_counts_it_in() {
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    let receipt = enqueue(&mut c, "vocab", "vocab::nobody", json!({})).await;
+    let stats = op(&mut c, "queue::stats", json!({"queue":"vocab"})).await;
+    assert_eq!(
+        (stats["waiting_for_worker"].clone(), stats["ready"].clone()),
+        (json!(1), json!(0)),
+        "{stats}"
+    );
+    let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
+    assert_eq!(job["state"], "waiting_for_worker", "{job}");
+    let why = op(&mut c, "queue::explain", json!({"receipt": receipt})).await;
+    assert_eq!(why["state"], "waiting_for_worker", "{why}");
+    let page = op(
+        &mut c,
+        "queue::peek",
+        json!({"queue":"vocab","state":"ready"}),
+    )
+    .await;
+    assert_eq!(page["jobs"][0]["state"], "waiting_for_worker", "{page}");
+
+    // Once a worker provides the function (the queue paused so it stays put),
+    // the same job is ready in every view.
+    op(&mut c, "queue::pause", json!({"queue":"vocab"})).await;
+    let _w = engine.worker_with("w", &["vocab::nobody"]).await;
+    let stats = op(&mut c, "queue::stats", json!({"queue":"vocab"})).await;
+    assert_eq!(
+        (stats["waiting_for_worker"].clone(), stats["ready"].clone()),
+        (json!(0), json!(1)),
+        "{stats}"
+    );
+    let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
+    assert_eq!(job["state"], "ready", "{job}");
     engine.stop().await;
 }

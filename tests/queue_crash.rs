@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::RawClient;
 use common::sdk::{sdk_worker, stop};
+use common::{EngineProcess, RawClient, WAIT, wait_for, wait_until};
 use iii_sdk::protocol::TriggerRequest;
 use iii_sdk::{IIIClient, RegisterFunction, TriggerAction};
 use serde_json::{Value, json};
@@ -20,6 +20,13 @@ const JOBS: u64 = 10_000;
 const KILL_AFTER_ACKS: usize = 3_000;
 const PRODUCERS: usize = 64;
 
+/// How long after an attempt starts its start is on disk: the engine writes
+/// it 50 ms later (`START_RECORD_DELAY`) and sled flushes its log every
+/// 500 ms (`flush_every_ms` in `store::Store::open`). Nothing tells a client
+/// when a write is on disk, so a test that kills the engine after one waits
+/// this long, on purpose.
+const START_ON_DISK: Duration = Duration::from_millis(750);
+
 /// An SDK worker running `crash::work`, reporting each job's `n`; `pace`
 /// slows it so acknowledged jobs are still queued at the kill.
 fn worker(url: &str, ran: mpsc::UnboundedSender<u64>, pace: Duration) -> IIIClient {
@@ -29,7 +36,7 @@ fn worker(url: &str, ran: mpsc::UnboundedSender<u64>, pace: Duration) -> IIIClie
         RegisterFunction::new_async(move |input: Value| {
             let _ = ran.send(input["n"].as_u64().unwrap_or(u64::MAX));
             async move {
-                tokio::time::sleep(pace).await;
+                tokio::time::sleep(pace).await; // slow work
                 Ok::<_, iii_sdk::Error>(json!(true))
             }
         }),
@@ -39,29 +46,26 @@ fn worker(url: &str, ran: mpsc::UnboundedSender<u64>, pace: Duration) -> IIIClie
 
 /// Waits until the engine routes `crash::work`.
 async fn until_registered(client: &IIIClient) {
-    let start = Instant::now();
-    loop {
-        let listed = client
-            .trigger(TriggerRequest {
-                function_id: "engine::functions::list".into(),
-                payload: json!({}),
-                action: None,
-                timeout_ms: Some(2_000),
+    wait_until(
+        "crash::work to register",
+        Duration::from_secs(20),
+        async || {
+            let listed = client
+                .trigger(TriggerRequest {
+                    function_id: "engine::functions::list".into(),
+                    payload: json!({}),
+                    action: None,
+                    timeout_ms: Some(2_000),
+                })
+                .await;
+            listed.is_ok_and(|l| {
+                l["functions"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| f["function_id"] == "crash::work"))
             })
-            .await;
-        if listed.is_ok_and(|l| {
-            l["functions"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|f| f["function_id"] == "crash::work"))
-        }) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "crash::work never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        },
+    )
+    .await
 }
 
 /// `PRODUCERS` concurrent SDK enqueues until the engine dies or all are sent;
@@ -110,7 +114,8 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<u64>, into: &mut HashSet<u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_job_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut engine, url) = common::start_binary(dir.path());
+    let mut engine = EngineProcess::start_in(dir.path());
+    let url = engine.url.clone();
     let (tx, mut ran_rx) = mpsc::unbounded_channel();
     let first_worker = worker(&url, tx.clone(), Duration::from_millis(2));
     let producer = sdk_worker(&url, "crash-producer");
@@ -122,16 +127,13 @@ async fn every_acknowledged_job_survives_kill_9() {
         let (producer, acked, dead) = (producer.clone(), acked.clone(), dead.clone());
         tokio::spawn(async move { produce(&producer, acked, dead).await })
     };
-    let start = Instant::now();
-    while acked.lock().unwrap().len() < KILL_AFTER_ACKS {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "producers stalled before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    engine.kill().expect("SIGKILL");
-    engine.wait().unwrap();
+    wait_until(
+        "the producers' acknowledgements before the kill",
+        Duration::from_secs(60),
+        async || acked.lock().unwrap().len() >= KILL_AFTER_ACKS,
+    )
+    .await;
+    engine.kill();
     dead.store(true, Ordering::Relaxed);
     producing.await.unwrap();
     let acked: HashSet<u64> = acked.lock().unwrap().clone();
@@ -141,8 +143,8 @@ async fn every_acknowledged_job_survives_kill_9() {
     stop(first_worker).await;
     stop(producer).await;
 
-    let (mut engine, url) = common::start_binary(dir.path());
-    let second_worker = worker(&url, tx, Duration::ZERO);
+    let engine = EngineProcess::start_in(dir.path());
+    let second_worker = worker(&engine.url, tx, Duration::ZERO);
     let started = Instant::now();
     while !acked.is_subset(&ran) {
         assert!(
@@ -161,8 +163,7 @@ async fn every_acknowledged_job_survives_kill_9() {
         started.elapsed().as_millis()
     );
     stop(second_worker).await;
-    engine.kill().ok();
-    engine.wait().ok();
+    drop(engine); // killed
 }
 
 /// An attempt that has run a while when the engine is SIGKILLed is counted:
@@ -172,10 +173,10 @@ async fn every_acknowledged_job_survives_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_running_at_kill_9_counts_as_engine_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut engine, url) = common::start_binary(dir.path());
-    let mut w = RawClient::worker(&url, "w").await;
+    let mut engine = EngineProcess::start_in(dir.path());
+    let mut w = RawClient::worker(&engine.url, "w").await;
     w.register_function("slow::job").await;
-    let mut c = RawClient::worker(&url, "c").await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
     let r = c
         .call(
             "queue::enqueue",
@@ -185,35 +186,39 @@ async fn an_attempt_running_at_kill_9_counts_as_engine_restart() {
     let receipt = r["result"]["receipt"].as_str().expect("receipt").to_owned();
     w.recv_until("invoke", |v| v["type"] == "invokefunction")
         .await; // never answered
-    // Past the delay before a start is written and sled's own 500 ms flush.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    engine.kill().expect("SIGKILL");
-    engine.wait().unwrap();
+    wait_for("the attempt to be running", WAIT, async || {
+        let job = c.call("queue::get", json!({"receipt": receipt})).await;
+        if job["result"]["state"] == "running" {
+            Ok(())
+        } else {
+            Err(job.to_string())
+        }
+    })
+    .await;
+    tokio::time::sleep(START_ON_DISK).await;
+    engine.kill();
     drop((w, c));
 
-    let (mut engine, url) = common::start_binary(dir.path());
+    let engine = EngineProcess::start_in(dir.path());
+    let url = engine.url.clone();
     let mut c = RawClient::worker(&url, "c").await;
     let job = c.call("queue::get", json!({"receipt": receipt})).await;
     let job = &job["result"];
-    assert_eq!(job["state"], "ready", "{job}");
+    assert_eq!(job["state"], "waiting_for_worker", "{job}");
     assert_eq!(job["attempts"], 1, "{job}");
     assert_eq!(job["history"][0]["outcome"], "engine_restart", "{job}");
     let mut w = RawClient::worker(&url, "w").await;
     w.register_function("slow::job").await;
     w.serve(1, |_| json!("done")).await;
-    let start = Instant::now();
-    loop {
+    let job = wait_for("the job to complete", WAIT, async || {
         let job = c.call("queue::get", json!({"receipt": receipt})).await;
         if job["result"]["state"] == "completed" {
-            assert_eq!(job["result"]["history"][1]["outcome"], "completed", "{job}");
-            break;
+            Ok(job)
+        } else {
+            Err(job.to_string())
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never completed: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    engine.kill().ok();
-    engine.wait().ok();
+    })
+    .await;
+    assert_eq!(job["result"]["history"][1]["outcome"], "completed", "{job}");
+    drop(engine); // killed
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{RawClient, TestEngine, test_config};
+use common::{RawClient, TestEngine, WAIT, test_config, wait_until};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -18,9 +18,10 @@ async fn sync_call_round_trip_injects_caller_and_keeps_ids() {
     let engine = TestEngine::start().await;
     let mut exec = RawClient::worker(&engine.url, "exec").await;
     exec.register_function("math::add").await;
-    engine
-        .until("function registered", |m| m.functions.len() == 1)
-        .await;
+    wait_until("function registered", WAIT, async || {
+        engine.function_count().await == 1
+    })
+    .await;
 
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let caller_id = caller.worker_id.clone();
@@ -72,9 +73,10 @@ async fn void_calls_run_but_never_answer() {
     // The caller's next answer must be for its next call, not the void one.
     let r = caller.call("log::nothing", json!({})).await;
     assert_eq!(r["error"]["code"], "function_not_found");
-    engine
-        .until("void call settled", |m| m.pending_calls == 0)
-        .await;
+    wait_until("void call settled", WAIT, async || {
+        engine.pending_calls().await == 0
+    })
+    .await;
     engine.stop().await;
 }
 
@@ -88,7 +90,10 @@ async fn unknown_function_gets_function_not_found_with_a_hint() {
     )
     .await;
     exec.register_function("pay::charge").await;
-    engine.until("registered", |m| m.functions.len() == 1).await;
+    wait_until("registered", WAIT, async || {
+        engine.function_count().await == 1
+    })
+    .await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let r = caller.call("pay::charge", json!({})).await;
     assert_eq!(r["error"]["code"], "function_not_found");
@@ -140,7 +145,7 @@ async fn executor_dropping_mid_call_stops_the_call_at_once() {
         started.elapsed() < Duration::from_secs(2),
         "caller learns at once"
     );
-    assert_eq!(engine.snapshot().pending_calls, 0);
+    assert_eq!(engine.pending_calls().await, 0);
     engine.stop().await;
 }
 
@@ -151,12 +156,7 @@ async fn two_workers_share_one_function_id() {
     let mut b = RawClient::worker(&engine.url, "b").await;
     a.register_function("img::resize").await;
     b.register_function("img::resize").await;
-    engine
-        .until("both registered", |m| {
-            m.function("default", "img::resize")
-                .is_some_and(|f| f.providers.len() == 2)
-        })
-        .await;
+    engine.wait_for_providers("img::resize", 2).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     for _ in 0..4 {
         caller.send(json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":"img::resize","data":{}})).await;
@@ -168,11 +168,12 @@ async fn two_workers_share_one_function_id() {
                 .await;
         }
     }
-    let loads: Vec<usize> = engine
-        .snapshot()
-        .workers
+    let workers = caller.call("engine::workers::list", json!({})).await;
+    let loads: Vec<u64> = workers["result"]["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{workers}"))
         .iter()
-        .map(|w| w.executing)
+        .filter_map(|w| w["active_invocations"].as_u64())
         .filter(|n| *n > 0)
         .collect();
     assert_eq!(loads, vec![2, 2]);
@@ -184,11 +185,14 @@ async fn a_restarting_worker_is_invisible_to_callers() {
     let engine = TestEngine::start().await;
     let exec = engine.worker_with("exec", &["svc::ping"]).await;
     drop(exec);
-    engine.until("gone", |m| m.functions.is_empty()).await;
+    wait_until("gone", WAIT, async || engine.function_count().await == 0).await;
     // A call during the gap waits for the worker to come back instead of failing.
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let _id = caller.send_call("svc::ping", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until("the call to wait for svc::ping", WAIT, async || {
+        engine.calls_waiting_for("svc::ping") == 1
+    })
+    .await;
     let mut exec = RawClient::worker(&engine.url, "exec").await;
     exec.register_function("svc::ping").await;
     exec.serve(1, |_| json!("pong")).await;
@@ -298,7 +302,7 @@ async fn a_flood_of_calls_to_a_slow_worker_is_bounded_per_connection() {
         assert_eq!(r["error"]["code"], "too_many_pending_calls", "{r}");
         refused += 1;
     }
-    assert_eq!(engine.snapshot().pending_calls, 50);
+    assert_eq!(engine.pending_calls().await, 50);
     // Everyone else is unaffected.
     let mut other = RawClient::worker(&engine.url, "other").await;
     let call = tokio::spawn(async move { other.call("fast::op", json!(1)).await });
@@ -306,9 +310,10 @@ async fn a_flood_of_calls_to_a_slow_worker_is_bounded_per_connection() {
     assert_eq!(call.await.unwrap()["result"], 2);
     assert_eq!(engine.health().await["pending_invocations"], 50);
     drop(flood);
-    engine
-        .until("caller's calls forgotten", |m| m.pending_calls == 0)
-        .await;
+    wait_until("caller's calls forgotten", WAIT, async || {
+        engine.pending_calls().await == 0
+    })
+    .await;
     // The slow worker's late results are dropped quietly.
     let inv = slow
         .recv_until("invoke", |v| v["type"] == "invokefunction")
@@ -326,7 +331,7 @@ async fn the_engine_bounds_a_calls_life() {
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let r = caller.call("hung::op", json!({})).await;
     assert_eq!(r["error"]["code"], "invocation_timeout");
-    assert_eq!(engine.snapshot().pending_calls, 0);
+    assert_eq!(engine.pending_calls().await, 0);
     engine.stop().await;
 }
 
@@ -357,29 +362,25 @@ async fn reattach_tears_down_the_old_connection_first() {
     new.send(json!({"type":"reattach","previous_worker_id":old.worker_id,"reattach_token":old.reattach_token})).await;
     new.register_function("w::f").await;
     assert!(old.recv().await.is_none(), "the old connection is closed");
-    engine
-        .until("old gone, new serves", |m| {
-            m.workers.len() == 1
-                && m.function("default", "w::f")
-                    .is_some_and(|f| f.providers.len() == 1)
-        })
-        .await;
+    wait_until("old gone, new serves", WAIT, async || {
+        engine.worker_count().await == 1 && engine.providers("w::f").len() == 1
+    })
+    .await;
     engine.stop().await;
 }
 
 #[tokio::test]
 async fn graceful_shutdown_lets_calls_in_flight_finish() {
-    let engine = TestEngine::start().await;
+    let mut engine = TestEngine::start().await;
     let mut exec = engine.worker_with("exec", &["slow::op"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     let _id = caller.send_call("slow::op", json!({})).await;
     let inv = exec
         .recv_until("invoke", |v| v["type"] == "invokefunction")
         .await;
-    let handle = engine.engine.clone();
+    engine.request_stop();
+    wait_until("the engine to drain", WAIT, async || engine.is_draining()).await;
     let stopping = tokio::spawn(engine.stop());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(handle.snapshot().draining);
     exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"slow::op","result":"done"})).await;
     let r = caller.recv_until("result", is_result).await;
     assert_eq!(r["result"], "done");
@@ -426,9 +427,15 @@ async fn a_providers_refusal_reaches_the_binder_and_the_binding_parks() {
     );
     // The binder's disconnect unbinds it (parked bindings are simply dropped).
     drop(binder);
-    engine
-        .until("binding gone", |m| m.bindings.is_empty())
-        .await;
+    wait_until("binding gone", WAIT, async || {
+        let list = provider
+            .call("engine::registered-triggers::list", json!({}))
+            .await;
+        list["result"]["registered_triggers"]
+            .as_array()
+            .is_some_and(|l| l.is_empty())
+    })
+    .await;
     engine.stop().await;
 }
 
@@ -444,16 +451,100 @@ async fn connections_over_the_limit_are_refused_with_503() {
         other => panic!("expected a 503 refusal, got {other:?}"),
     }
     drop(a);
-    engine.until("slot freed", |m| m.workers.len() == 1).await;
-    let start = std::time::Instant::now();
-    loop {
-        // The slot is released when the closed socket's task ends.
-        if tokio_tungstenite::connect_async(&engine.url).await.is_ok() {
-            break;
-        }
-        assert!(start.elapsed() < common::WAIT, "slot never freed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("slot freed", WAIT, async || {
+        engine.worker_count().await == 1
+    })
+    .await;
+    // The slot is released when the closed socket's task ends.
+    wait_until("a connection to be accepted again", WAIT, async || {
+        tokio_tungstenite::connect_async(&engine.url).await.is_ok()
+    })
+    .await;
     assert_eq!(engine.health().await["status"], "ok");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_call_that_names_its_invocation_is_answered() {
+    let engine = TestEngine::start().await;
+    let mut exec = engine.worker_with("exec", &["echo::it"]).await;
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    // `action` as a string, `data` fine: the frame cannot be decoded, but its
+    // caller is told at once instead of waiting for its own timeout.
+    for bad in [
+        json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":"echo::it","action":"void"}),
+        json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":"echo::it","namespace":42}),
+    ] {
+        c.send(bad.clone()).await;
+        let r = c.recv_until("result", is_result).await;
+        assert_eq!(r["invocation_id"], bad["invocation_id"]);
+        assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{r}");
+    }
+    exec.assert_not_invoked_for(Duration::from_millis(100), "a malformed call never runs")
+        .await;
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn names_with_control_characters_and_runaway_delays_are_refused() {
+    let engine = TestEngine::start().await;
+    let mut w = RawClient::worker(&engine.url, "w").await;
+    // A function id with a NUL is rejected at registration; it never routes.
+    w.register_function("evil\u{0}::fn").await;
+    let rejected = w
+        .recv_until("rejection", |v| v["type"] == "registrationrejected")
+        .await;
+    assert_eq!(rejected["function_id"], "evil\u{0}::fn");
+    assert!(engine.providers("evil\u{0}::fn").is_empty());
+
+    let call = |f: &str, ns: Option<&str>, action: Value| {
+        let mut frame = json!({"type":"invokefunction","invocation_id":uuid::Uuid::new_v4(),"function_id":f,"data":{}});
+        if let Some(ns) = ns {
+            frame["namespace"] = json!(ns);
+        }
+        if !action.is_null() {
+            frame["action"] = action;
+        }
+        frame
+    };
+    for (frame, code) in [
+        (call("a\u{0}b", None, Value::Null), "INVALID_ARGUMENTS"),
+        (
+            call("a::b", Some("ns\u{0}"), Value::Null),
+            "INVALID_NAMESPACE",
+        ),
+        (
+            call("a::b", None, json!({"type":"enqueue","queue":"q\u{0}x"})),
+            "enqueue_error",
+        ),
+        (
+            call("a\u{7}::b", None, json!({"type":"enqueue","queue":"q"})),
+            "enqueue_error",
+        ),
+    ] {
+        w.send(frame.clone()).await;
+        let r = w
+            .recv_until("result", |v| {
+                is_result(v) && v["invocation_id"] == frame["invocation_id"]
+            })
+            .await;
+        assert_eq!(r["error"]["code"], code, "{frame} gave {r}");
+    }
+    // A delay that would overflow the clock is refused, not run at once.
+    for data in [
+        json!({"queue":"q","function_id":"a::b","delay": u64::MAX}),
+        json!({"queue":"q","function_id":"a::b","delay": "500000000 years"}),
+        json!({"queue":"q","function_id":"a::b","run_at": u64::MAX}),
+        json!({"queue":"q\u{0}","function_id":"a::b"}),
+    ] {
+        let r = w.call("queue::enqueue", data.clone()).await;
+        assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{data} gave {r}");
+    }
+    let stats = w.call("queue::list", json!({})).await;
+    assert_eq!(
+        stats["result"]["queues"],
+        json!([]),
+        "nothing was enqueued: {stats}"
+    );
     engine.stop().await;
 }

@@ -4,14 +4,14 @@
 //! both, and checks that a message typed in one appears in the other.
 //!
 //! Needs Node with `examples/chat/node_modules` (scripts/test installs it) and
-//! Chromium at /usr/bin/chromium or $CHROMIUM (`.ci/run` installs it).
+//! Chromium at $CHROMIUM or /usr/bin/chromium (scripts/test installs it).
 
 mod common;
 
-use common::{TestEngine, WAIT};
+use common::{TestEngine, WAIT, wait_until};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -52,14 +52,10 @@ async fn two_browsers_chat_through_the_example() {
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no page address in {line:?}"))
         .to_owned();
-    let started = Instant::now();
-    while engine.snapshot().route_handlers("/ws/chat") != 5 {
-        assert!(
-            started.elapsed() < WAIT,
-            "the chat worker's triggers never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the chat worker's five triggers", WAIT, async || {
+        engine.route_handlers("/ws/chat") == Some(5)
+    })
+    .await;
     let run = Command::new("node")
         .args(["browser-test.mjs", &page])
         .current_dir(chat_dir())

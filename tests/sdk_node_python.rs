@@ -4,12 +4,16 @@
 
 mod common;
 
-use common::TestEngine;
 use common::programs::Program;
+use common::{TestEngine, WAIT, wait_until};
 use serde_json::json;
 
-fn registered(ids: &'static [&'static str]) -> impl Fn(&qmesh::engine::Snapshot) -> bool {
-    move |m| ids.iter().all(|id| m.function("default", id).is_some())
+/// Waits until every function of `ids` has a worker.
+async fn registered(engine: &TestEngine, ids: &[&str]) {
+    wait_until(&format!("{ids:?} registered"), WAIT, async || {
+        ids.iter().all(|id| !engine.providers(id).is_empty())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,12 +23,7 @@ async fn a_node_worker_calls_a_python_function_and_back() {
     py.ready().await;
     let mut node = Program::start("node", "worker.mjs", &[], &engine.url);
     node.ready().await;
-    engine
-        .until(
-            "both workers' functions",
-            registered(&["py::add", "node::relay"]),
-        )
-        .await;
+    registered(&engine, &["py::add", "node::relay"]).await;
 
     // Python caller → engine → Node relay → engine → Python add → back the same way.
     let mut call = Program::start(
@@ -64,9 +63,7 @@ async fn handler_errors_cross_languages_with_their_code() {
     py.ready().await;
     let mut node = Program::start("node", "worker.mjs", &[], &engine.url);
     node.ready().await;
-    engine
-        .until("fail functions", registered(&["py::fail", "node::fail"]))
-        .await;
+    registered(&engine, &["py::fail", "node::fail"]).await;
 
     let mut call = Program::start("node", "call.mjs", &["py::fail", "{}"], &engine.url);
     let err = call.expect_json("error", |v| v.get("code").is_some()).await;
@@ -101,11 +98,10 @@ async fn trigger_type_lifecycle(provider_lang: &str, binder_lang: &str) {
     };
     let mut provider = Program::start(provider_lang, script, &[], &engine.url);
     provider.ready().await;
-    engine
-        .until("trigger type", |m| {
-            m.trigger_types.iter().any(|k| k.1 == ty)
-        })
-        .await;
+    wait_until("the trigger type", WAIT, async || {
+        engine.trigger_type_ids().iter().any(|id| id == ty)
+    })
+    .await;
 
     let binder_script = if binder_lang == "node" {
         "trigger_binder.mjs"

@@ -1,102 +1,16 @@
-//! Shared by the benchmarks: the real engine binary as a child process, and
-//! facts about the machine for the report.
+//! Shared by the benchmarks: the real engine binary as a child process (the
+//! launcher in `tests/common/launcher.rs`), and facts about the machine for
+//! the report.
 #![allow(dead_code)]
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-/// The engine binary under test (`QMESH_BENCH_ENGINE` runs another build).
-fn binary() -> String {
-    std::env::var("QMESH_BENCH_ENGINE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_qmesh").to_owned())
-}
-
-pub struct Engine {
-    pub child: Child,
-    pub url: String,
-    pub data_dir: PathBuf,
-    _owned: Option<tempfile::TempDir>,
-}
-
-impl Engine {
-    /// An engine with a fresh store in a temp dir.
-    pub fn start() -> Engine {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut e = Engine::start_in(dir.path());
-        e._owned = Some(dir);
-        e
-    }
-
-    /// An engine with a fresh store in a temp dir and `config` (TOML) as its config file.
-    pub fn start_with_config(config: &str) -> Engine {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = dir.path().join("qmesh.toml");
-        // HTTP trigger routes on a free port unless the bench says where.
-        let config = if config.contains("[http]") {
-            config.to_owned()
-        } else {
-            format!("{config}\n[http]\nlisten = \"127.0.0.1:0\"\n")
-        };
-        std::fs::write(&file, config).expect("write the config file");
-        let mut e = Engine::spawn(&dir.path().join("data"), Some(&file));
-        e._owned = Some(dir);
-        e
-    }
-
-    /// An engine on the store in `data_dir` (kept after it stops).
-    pub fn start_in(data_dir: &Path) -> Engine {
-        Engine::spawn(data_dir, None)
-    }
-
-    fn spawn(data_dir: &Path, config: Option<&Path>) -> Engine {
-        let mut cmd = Command::new(binary());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir);
-        match config {
-            Some(file) => cmd.arg("--config").arg(file),
-            // HTTP trigger routes on a free port (a config file says where).
-            None => cmd.args(["--http-listen", "127.0.0.1:0"]),
-        };
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the qmesh binary");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first)
-            .expect("read the engine's first line");
-        let url = first
-            .trim()
-            .strip_prefix("qmesh listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from the engine: {first:?}"))
-            .to_owned();
-        Engine {
-            child,
-            url,
-            data_dir: data_dir.to_owned(),
-            _owned: None,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+/// The engine binary as a child process: the same launcher the tests use.
+#[path = "../../tests/common/launcher.rs"]
+mod launcher;
+pub use launcher::EngineProcess;
 
 /// Resident set size of a process in KiB, from `/proc/<pid>/status`.
 pub fn rss_kib(pid: u32) -> u64 {

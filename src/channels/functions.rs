@@ -28,6 +28,12 @@ pub(crate) fn create(channels: &Channels, _: &Mesh, ctx: &CallCtx, input: Value)
             ));
         }
     };
+    if channels.budget_spent() {
+        return Err(ErrorBody::new(
+            codes::ENGINE_OVERLOADED,
+            "the engine's memory budget (limits.memory_budget) is spent; retry later",
+        ));
+    }
     let pair = channels.create(Some(ctx.caller), frames).ok_or_else(|| {
         ErrorBody::new(
             codes::TOO_MANY_CHANNELS,

@@ -1,5 +1,5 @@
 //! Binary channels: one-way byte pipes between workers, brokered by the
-//! engine (`worker-protocol.md` §6, `channels.md` §4.1).
+//! engine (`docs/protocol.md` §6, `docs/channels.md` §4.1).
 //!
 //! A worker calls `engine::channels::create` and gets two refs, one per end,
 //! each with its own key. Each end opens `/ws/channels/{id}?key=…&dir=…`
@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::budget::MemoryBudget;
 use crate::protocol::channel::{ChannelPair, ChannelRef, Direction};
 use keys::AccessKey;
 use pipe::{PipeRx, PipeTx, Stats};
@@ -50,6 +51,8 @@ pub struct Channels {
 
 struct Registry {
     config: ChannelConfig,
+    /// The engine-wide budget buffered frames count against.
+    budget: Arc<MemoryBudget>,
     table: Mutex<Table>,
     /// Parent of every channel's `abandoned` token: cancelled at shutdown.
     stopping: CancellationToken,
@@ -168,10 +171,11 @@ pub enum ClaimedEnd {
 }
 
 impl Channels {
-    pub fn new(config: ChannelConfig) -> Self {
+    pub fn new(config: ChannelConfig, budget: Arc<MemoryBudget>) -> Self {
         Channels {
             inner: Arc::new(Registry {
                 config,
+                budget,
                 table: Mutex::default(),
                 stopping: CancellationToken::new(),
             }),
@@ -180,6 +184,11 @@ impl Channels {
 
     pub fn config(&self) -> &ChannelConfig {
         &self.inner.config
+    }
+
+    /// Whether the engine's memory budget is spent (no new channels then).
+    pub fn budget_spent(&self) -> bool {
+        self.inner.budget.is_spent()
     }
 
     /// Never held across an await; a poisoned lock still holds sound tables.
@@ -195,7 +204,12 @@ impl Channels {
             .unwrap_or(c.default_buffer_frames)
             .clamp(1, c.max_buffer_frames);
         let stats = Arc::new(Stats::default());
-        let (tx, rx) = pipe::pipe(frames, c.max_buffer_bytes, stats.clone());
+        let (tx, rx) = pipe::pipe(
+            frames,
+            c.max_buffer_bytes,
+            stats.clone(),
+            self.inner.budget.clone(),
+        );
         let channel = Arc::new(Channel {
             id: Uuid::new_v4(),
             writer_key: AccessKey::random(),

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::budget::{Held, MemoryBudget};
 use tokio_util::sync::CancellationToken;
 
 /// What a channel carries, as it arrived from the writer's socket (the
@@ -47,6 +49,7 @@ pub struct Frame {
 pub struct Receipt {
     len: u64,
     _budget: OwnedSemaphorePermit,
+    _engine_budget: Held,
 }
 
 /// Counters shown by `engine::channels::info`. "In" is accepted from the
@@ -83,6 +86,7 @@ pub struct ReaderGone;
 pub struct PipeTx {
     tx: mpsc::Sender<Frame>,
     budget: Arc<Semaphore>,
+    engine_budget: Arc<MemoryBudget>,
     stats: Arc<Stats>,
     reader_gone: CancellationToken,
 }
@@ -95,7 +99,12 @@ pub struct PipeRx {
 }
 
 /// A pipe of at most `frames` frames and `max_bytes` bytes.
-pub fn pipe(frames: usize, max_bytes: usize, stats: Arc<Stats>) -> (PipeTx, PipeRx) {
+pub fn pipe(
+    frames: usize,
+    max_bytes: usize,
+    stats: Arc<Stats>,
+    engine_budget: Arc<MemoryBudget>,
+) -> (PipeTx, PipeRx) {
     let (tx, rx) = mpsc::channel(frames.max(1));
     let budget = Arc::new(Semaphore::new(max_bytes));
     let reader_gone = CancellationToken::new();
@@ -103,6 +112,7 @@ pub fn pipe(frames: usize, max_bytes: usize, stats: Arc<Stats>) -> (PipeTx, Pipe
         PipeTx {
             tx,
             budget: budget.clone(),
+            engine_budget,
             stats: stats.clone(),
             reader_gone: reader_gone.clone(),
         },
@@ -116,7 +126,8 @@ pub fn pipe(frames: usize, max_bytes: usize, stats: Arc<Stats>) -> (PipeTx, Pipe
 }
 
 impl PipeTx {
-    /// Waits for room (bytes, then a frame slot), then queues `data`.
+    /// Waits for room (the pipe's bytes, the engine's budget, then a frame
+    /// slot), then queues `data`.
     /// `data` must be no larger than the pipe's byte budget (the socket's
     /// frame limit guarantees it).
     pub async fn push(&self, data: Data) -> Result<(), ReaderGone> {
@@ -128,6 +139,10 @@ impl PipeTx {
             .acquire_many_owned(permits)
             .await
             .map_err(|_| ReaderGone)?;
+        tokio::select! {
+            () = self.engine_budget.room() => {}
+            () = self.reader_gone.cancelled() => return Err(ReaderGone),
+        }
         let slot = self.tx.reserve().await.map_err(|_| ReaderGone)?;
         let len = len as u64;
         let s = &self.stats;
@@ -140,6 +155,7 @@ impl PipeTx {
             receipt: Receipt {
                 len,
                 _budget: budget,
+                _engine_budget: self.engine_budget.hold(len as usize),
             },
         });
         Ok(())
@@ -191,7 +207,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_pipe_blocks_by_bytes_and_by_frames() {
         let stats = Arc::new(Stats::default());
-        let (tx, mut rx) = pipe(4, 100, stats.clone());
+        let (tx, mut rx) = pipe(4, 100, stats.clone(), MemoryBudget::new(1 << 20));
         tx.push(bin(60)).await.unwrap();
         // 60 + 60 > 100: the second push waits until the first is delivered.
         assert!(
@@ -219,7 +235,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_reader_fails_a_waiting_writer() {
-        let (tx, rx) = pipe(1, 10, Arc::default());
+        let (tx, rx) = pipe(1, 10, Arc::default(), MemoryBudget::new(1 << 20));
         tx.push(bin(10)).await.unwrap();
         let waiting = tokio::spawn(async move {
             let r = tx.push(bin(5)).await;

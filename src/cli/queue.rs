@@ -9,6 +9,7 @@ use super::confirm::confirm;
 use super::error::CliError;
 use super::output::{Table, age, cell, emit, list, pairs, when};
 use super::remote::{Remote, execute};
+use qmesh::queue::states::{COUNTED, ShownState};
 
 #[derive(Args, Debug)]
 pub struct QueuesArgs {
@@ -28,7 +29,8 @@ pub struct QueueArgs {
 enum QueueAction {
     /// Counts per state, age of the oldest ready job, and settings.
     Stats { queue: String },
-    /// A page of a queue's jobs in one state.
+    /// A page of a queue's jobs in one stored state (`ready` lists the jobs
+    /// waiting for a worker too, each shown as `waiting_for_worker`).
     Peek {
         queue: String,
         #[arg(long, default_value = "ready",
@@ -81,18 +83,12 @@ pub fn queues(args: QueuesArgs) -> ExitCode {
 }
 
 fn queues_table(out: &Value) -> String {
-    let mut t = Table::new(&[
-        "QUEUE",
-        "STATE",
-        "READY",
-        "NO WORKER",
-        "DELAYED",
-        "RUNNING",
-        "HELD",
-        "COMPLETED",
-        "DEAD",
-        "OLDEST READY",
-    ]);
+    // The count columns are the engine's state names, so a job's `qmesh job`
+    // state is the column that counts it.
+    let mut header = vec!["QUEUE", "STATE"];
+    header.extend(COUNTED.map(column));
+    header.push("OLDEST READY");
+    let mut t = Table::new(&header);
     for q in list(out, "queues") {
         let state = if q["paused"] == true {
             "paused"
@@ -100,21 +96,27 @@ fn queues_table(out: &Value) -> String {
             "active"
         };
         let mut row = vec![cell(&q["queue"]), state.to_owned()];
-        for k in [
-            "ready",
-            "waiting_for_worker",
-            "delayed",
-            "running",
-            "held",
-            "completed",
-            "dead",
-        ] {
-            row.push(cell(&q[k]));
+        for s in COUNTED {
+            row.push(cell(&q[s.as_str()]));
         }
         row.push(age(&q["oldest_ready_age_ms"]));
         t.row(row);
     }
     t.render()
+}
+
+/// A count's column: its state's name, in capitals.
+fn column(state: ShownState) -> &'static str {
+    match state {
+        ShownState::Ready => "READY",
+        ShownState::WaitingForWorker => "WAITING FOR WORKER",
+        ShownState::Delayed => "DELAYED",
+        ShownState::Running => "RUNNING",
+        ShownState::Held => "HELD",
+        ShownState::Completed => "COMPLETED",
+        ShownState::Dead => "DEAD",
+        ShownState::Cancelled => "CANCELLED",
+    }
 }
 
 pub fn queue(args: QueueArgs) -> ExitCode {
@@ -145,16 +147,8 @@ pub fn queue(args: QueueArgs) -> ExitCode {
 fn stats_text(q: &Value) -> String {
     let mut items: Vec<(&str, String)> =
         vec![("queue", cell(&q["queue"])), ("paused", cell(&q["paused"]))];
-    for k in [
-        "ready",
-        "waiting_for_worker",
-        "delayed",
-        "running",
-        "held",
-        "completed",
-        "dead",
-    ] {
-        items.push((k, cell(&q[k])));
+    for s in COUNTED {
+        items.push((s.as_str(), cell(&q[s.as_str()])));
     }
     items.push(("oldest_ready_age", age(&q["oldest_ready_age_ms"])));
     let settings = q["settings"].as_object().cloned().unwrap_or_default();
@@ -294,4 +288,16 @@ pub fn error_text(e: &Value) -> String {
         return "-".to_owned();
     }
     format!("{}: {}", cell(&e["code"]), cell(&e["message"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_columns_are_the_state_names() {
+        for s in COUNTED {
+            assert_eq!(column(s), s.as_str().replace('_', " ").to_uppercase());
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! Binary channels from the client side: create one, open its writer or
-//! reader (`worker-protocol.md` §6). Frames and close codes as the engine
+//! reader (`docs/protocol.md` §6). Frames and close codes as the engine
 //! speaks them: binary frames are the stream (64 KiB each, as the SDKs send),
 //! text frames are messages in order with it, a normal close is the end.
 //!

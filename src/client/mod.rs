@@ -34,7 +34,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Things worth knowing about the protocol (`worker-protocol.md` §2–§3):
+//! Things worth knowing about the protocol (`docs/protocol.md` §2–§3):
 //! - Registrations are never acknowledged, and the engine holds them until the
 //!   worker [announces](Client::announce) itself (or a grace period, 5 s by
 //!   default, passes). Register first, then announce, as the SDKs do; callers

@@ -24,6 +24,10 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             "workers": stats.workers,
             "functions": stats.functions,
             "pending_invocations": stats.pending_invocations,
+            "memory_budget": {
+                "used_bytes": app.mesh.budget().used(),
+                "limit_bytes": app.mesh.budget().limit(),
+            },
         })),
     )
 }

@@ -4,17 +4,26 @@
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 
+/// Telemetry sockets take a slot of `limits.max_connections` like worker
+/// sockets do: otherwise they would be an unbounded way to hold sockets open.
 pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>) -> Response {
+    let Ok(permit) = app.connection_slots.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    };
     let limit = app.mesh.config().limits.max_message_size;
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(16 << 10)
         .write_buffer_size(0)
-        .on_upgrade(discard)
+        .on_upgrade(move |socket| async move {
+            discard(socket).await;
+            drop(permit);
+        })
 }
 
 async fn discard(mut socket: WebSocket) {

@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::budget::MemoryBudget;
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::functions::Introspection;
@@ -80,10 +81,11 @@ impl Engine {
             source,
         })?;
         let store = Arc::new(store);
-        let mesh = Mesh::new(config.mesh());
+        let budget = MemoryBudget::new(config.limits.memory_budget);
+        let mesh = Mesh::new(config.mesh(), budget.clone());
 
         let introspection = Arc::new(Introspection::new(&mesh));
-        let channels = Channels::new(config.channels.clone());
+        let channels = Channels::new(config.channels.clone(), budget.clone());
         let queues = Queues::start(mesh.clone(), store.clone(), config.queue.clone())
             .map_err(EngineError::Queue)?;
         let realtime = Arc::new(RealtimeModule::new(
@@ -172,7 +174,8 @@ impl Engine {
             tracing::info!("shutdown requested: no new connections; finishing calls in flight");
             draining.start_draining();
         };
-        let served = crate::edge::serve(listener, app, stop).await;
+        let handshakes = crate::edge::Handshakes::of(&mesh);
+        let served = crate::edge::serve(listener, app, handshakes, stop).await;
         self.drain().await;
         served
     }
@@ -250,6 +253,11 @@ impl Engine {
                 })
                 .collect(),
             trigger_types: st.trigger_types.keys().cloned().collect(),
+            rebinding: st
+                .rebinding
+                .iter()
+                .map(|((ns, id), r)| (ns.clone(), id.clone(), r.waiters.len()))
+                .collect(),
             pending_calls: st.calls.len(),
             draining: self.inner.mesh.is_draining(),
             routes: Vec::new(),

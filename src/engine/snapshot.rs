@@ -13,6 +13,9 @@ pub struct Snapshot {
     pub bindings: Vec<BindingView>,
     /// Registered trigger types as (namespace, id).
     pub trigger_types: Vec<(String, String)>,
+    /// Calls waiting for a function's worker to come back (within
+    /// `rebind_grace` of its last one leaving), as (namespace, id, calls).
+    pub rebinding: Vec<(String, String, usize)>,
     /// Calls in flight (sent to an executor, not yet settled).
     pub pending_calls: usize,
     /// Shutdown has begun.
@@ -78,6 +81,14 @@ impl Snapshot {
     pub fn providers(&self, id: &str) -> usize {
         self.function(crate::protocol::DEFAULT_NAMESPACE, id)
             .map_or(0, |f| f.providers.len())
+    }
+
+    /// Calls waiting for `id` in `namespace` to get a worker again.
+    pub fn calls_waiting_for(&self, namespace: &str, id: &str) -> usize {
+        self.rebinding
+            .iter()
+            .find(|(ns, f, _)| ns == namespace && f == id)
+            .map_or(0, |(_, _, n)| *n)
     }
 
     /// Handlers of the realtime route `pattern` (0 when it does not exist).

@@ -1,4 +1,4 @@
-//! Read models of the registry, in iii's response shapes (`worker-protocol.md` §4).
+//! Read models of the registry, in iii's response shapes (`docs/protocol.md` §4).
 //! Built under the registry lock from plain data; no I/O.
 
 use serde::Deserialize;

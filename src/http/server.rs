@@ -222,7 +222,7 @@ fn is_json(h: &HeaderMap) -> bool {
 fn too_large(max: usize) -> Response {
     response::envelope(
         StatusCode::PAYLOAD_TOO_LARGE,
-        codes::PAYLOAD_TOO_LARGE,
+        codes::HTTP_PAYLOAD_TOO_LARGE,
         &format!("request body over http.max_body_bytes ({max} bytes)"),
     )
 }

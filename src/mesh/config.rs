@@ -25,6 +25,17 @@ pub struct Limits {
     pub max_pending_calls_per_connection: usize,
     /// Bytes queued for one connection that has stopped reading before it is closed with 1013.
     pub max_outbound_queue_bytes: usize,
+    /// Connections still sending their HTTP request (not yet upgraded or
+    /// answered); further ones are closed at once, so half-sent requests
+    /// cannot use up the engine's file descriptors.
+    pub max_handshakes: usize,
+    /// The same, per remote address: one client cannot take every slot.
+    pub max_handshakes_per_ip: usize,
+    /// Bytes the engine holds for readers, all together: frames queued for
+    /// worker and realtime sockets and binary channel buffers. While spent,
+    /// new calls get `engine_overloaded` and new channels and client sockets
+    /// are refused.
+    pub memory_budget: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +66,10 @@ pub struct ServerConfig {
     /// A connection silent for this long (no frame, not even a pong) is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How long a client has to send a whole HTTP request head (the upgrade
+    /// request included); a slower one is closed.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -64,6 +79,9 @@ impl Default for Limits {
             max_connections: 10_000,
             max_pending_calls_per_connection: 10_000,
             max_outbound_queue_bytes: 256 << 20,
+            max_handshakes: 1024,
+            max_handshakes_per_ip: 64,
+            memory_budget: 1 << 30,
         }
     }
 }
@@ -84,6 +102,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }

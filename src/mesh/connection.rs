@@ -7,12 +7,14 @@
 //! instead of growing the engine without limit.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::budget::MemoryBudget;
 use crate::protocol::codes::close;
 
 /// What the socket writer sends next.
@@ -39,6 +41,8 @@ pub struct Connection {
     outbox: mpsc::UnboundedSender<Outgoing>,
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
+    /// The engine-wide budget the queued bytes also count against.
+    budget: Arc<MemoryBudget>,
     /// Calls this connection is waiting on a re-registering worker for.
     pub(crate) waiting_calls: AtomicUsize,
     closed: CancellationToken,
@@ -48,6 +52,7 @@ impl Connection {
     pub(crate) fn new(
         remote_addr: Option<SocketAddr>,
         max_queued_bytes: usize,
+        budget: Arc<MemoryBudget>,
     ) -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Self {
@@ -58,6 +63,7 @@ impl Connection {
             outbox: tx,
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes,
+            budget,
             waiting_calls: AtomicUsize::new(0),
             closed: CancellationToken::new(),
         };
@@ -78,14 +84,20 @@ impl Connection {
             self.close(close::TRY_AGAIN_LATER, "outbound queue full: slow consumer");
             return Err(SendError::Full(queued));
         }
-        self.outbox
-            .send(Outgoing::Text(text))
-            .map_err(|_| SendError::Closed)
+        // Counted before it is queued: the writer may send it, and give the
+        // bytes back, before this thread runs another line.
+        self.budget.charge(len);
+        self.outbox.send(Outgoing::Text(text)).map_err(|_| {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.budget.release(len);
+            SendError::Closed
+        })
     }
 
     /// Called by the socket writer once a frame has left.
     pub(crate) fn sent(&self, bytes: usize) {
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.budget.release(bytes);
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -110,5 +122,13 @@ impl Connection {
     /// Resolves once [`Connection::close`] has been called.
     pub async fn closed(&self) {
         self.closed.cancelled().await
+    }
+}
+
+/// Frames still queued when the connection goes were never sent: their
+/// bytes leave the engine's budget with it.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.budget.release(*self.queued_bytes.get_mut());
     }
 }

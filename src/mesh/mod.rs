@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
+use crate::budget::MemoryBudget;
 pub use config::MeshConfig;
 pub(crate) use connection::{Connection, Outgoing};
 pub(crate) use provided::{CallCtx, Provided, Provisions, Reply};
@@ -63,6 +64,7 @@ struct Inner {
     /// Woken when the last call in flight settles or the last worker leaves
     /// (the engine's drain waits on it instead of polling).
     quiet: Arc<Notify>,
+    budget: Arc<MemoryBudget>,
 }
 
 /// Counts for `/health`.
@@ -74,7 +76,7 @@ pub(crate) struct MeshStats {
 }
 
 impl Mesh {
-    pub(crate) fn new(config: MeshConfig) -> Self {
+    pub(crate) fn new(config: MeshConfig, budget: Arc<MemoryBudget>) -> Self {
         let (events, _) = broadcast::channel(4096);
         let quiet = Arc::new(Notify::new());
         Self {
@@ -86,12 +88,18 @@ impl Mesh {
                 draining: AtomicBool::new(false),
                 provided: OnceLock::new(),
                 quiet,
+                budget,
             }),
         }
     }
 
     pub(crate) fn config(&self) -> &MeshConfig {
         &self.inner.config
+    }
+
+    /// The engine's memory budget (outboxes count against it).
+    pub(crate) fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.inner.budget
     }
 
     pub(crate) fn uptime(&self) -> Duration {

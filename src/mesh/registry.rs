@@ -16,7 +16,7 @@ use super::session::WORKERS_REGISTER;
 use super::state::{FunctionInfo, Key, Provider, Rebinding, State, Worker, WorkerMeta};
 use super::{Mesh, MeshEvent};
 use crate::protocol::inbound::FunctionRegistration;
-use crate::protocol::{ErrorBody, codes, outbound};
+use crate::protocol::{ErrorBody, codes, names, outbound};
 
 impl Mesh {
     /// Admits a new worker connection; its first frame is `workerregistered`.
@@ -24,8 +24,11 @@ impl Mesh {
         &self,
         remote_addr: Option<SocketAddr>,
     ) -> (Arc<Connection>, mpsc::UnboundedReceiver<Outgoing>) {
-        let (conn, rx) =
-            Connection::new(remote_addr, self.config().limits.max_outbound_queue_bytes);
+        let (conn, rx) = Connection::new(
+            remote_addr,
+            self.config().limits.max_outbound_queue_bytes,
+            self.budget().clone(),
+        );
         let conn = Arc::new(conn);
         let _ = conn.send(outbound::worker_registered(&conn.id, &conn.reattach_token));
         self.lock().workers.insert(
@@ -134,7 +137,7 @@ impl Mesh {
                 .namespace
                 .as_deref()
                 .map(str::trim)
-                .filter(|ns| !ns.is_empty())
+                .filter(|ns| names::check("namespace", ns).is_ok())
         {
             w.namespace = ns.to_owned();
         }
@@ -176,6 +179,13 @@ impl Mesh {
         let Some(worker) = st.workers.get_mut(&worker_id) else {
             return;
         };
+        if let Err(why) = names::check("function_id", &reg.id) {
+            tracing::warn!(worker_id = %worker_id, function_id = ?reg.id, why, "refused a function id");
+            let _ = worker
+                .conn
+                .send(outbound::function_rejected(namespace, &reg.id));
+            return;
+        }
         if self.is_reserved(&reg.id) {
             tracing::warn!(worker_id = %worker_id, function_id = %reg.id, "refused: the engine provides this function id");
             let _ = worker

@@ -79,6 +79,18 @@ impl Mesh {
                     ErrorBody::new(codes::TOO_MANY_PENDING_CALLS, msg),
                 );
             }
+            if self.budget().is_spent() {
+                let b = self.budget();
+                let msg = format!(
+                    "the engine holds {} bytes for slow readers (limits.memory_budget {}); retry later",
+                    b.used(),
+                    b.limit()
+                );
+                return Dispatch::Failed(
+                    Box::new(invoke),
+                    ErrorBody::new(codes::ENGINE_OVERLOADED, msg),
+                );
+            }
             if sync && st.calls.contains_key(&invocation_id) {
                 let msg = format!("invocation_id {invocation_id} is already in flight");
                 return Dispatch::Failed(

@@ -17,7 +17,7 @@ use super::router::Dispatch;
 use super::state::{BindingOwner, WorkerMeta};
 use super::{Connection, Mesh};
 use crate::protocol::inbound::{self, Inbound, Invoke};
-use crate::protocol::{Action, ErrorBody, codes, outbound, to_payload};
+use crate::protocol::{Action, ErrorBody, codes, names, outbound, to_payload};
 
 pub(crate) const WORKERS_REGISTER: &str = "engine::workers::register";
 
@@ -70,9 +70,21 @@ impl Session {
         }
         match inbound::decode(text) {
             Ok(msg) => self.handle(msg),
-            Err(e) => {
-                tracing::warn!(worker_id = %self.conn.id, error = %e, "dropped an undecodable frame")
-            }
+            Err(e) => match inbound::refused_call(text) {
+                // A call that cannot be read but names its invocation gets an
+                // answer: its caller would otherwise wait for its whole timeout.
+                Some((id, function_id)) => {
+                    tracing::debug!(worker_id = %self.conn.id, error = %e, "refused a malformed call");
+                    let err = ErrorBody::new(
+                        codes::INVALID_ARGUMENTS,
+                        format!("malformed invokefunction: {e}"),
+                    );
+                    reply_err(&self.conn, Some(id), &function_id, &err);
+                }
+                None => {
+                    tracing::warn!(worker_id = %self.conn.id, error = %e, "dropped an undecodable frame")
+                }
+            },
         }
     }
 
@@ -130,12 +142,12 @@ impl Session {
     }
 
     fn invoke(&mut self, invoke: Invoke) {
-        if invoke
+        if let Some(Err(why)) = invoke
             .namespace
             .as_deref()
-            .is_some_and(|ns| ns.trim().is_empty())
+            .map(|ns| names::check("namespace", ns))
         {
-            let err = ErrorBody::new(codes::INVALID_NAMESPACE, "namespace must not be blank");
+            let err = ErrorBody::new(codes::INVALID_NAMESPACE, why);
             return reply_err(&self.conn, invoke.invocation_id, &invoke.function_id, &err);
         }
         if invoke.function_id == WORKERS_REGISTER {
@@ -151,6 +163,10 @@ impl Session {
             }
             Action::Enqueue { .. } => return self.enqueue(invoke),
             Action::Sync | Action::Void => {}
+        }
+        if let Err(why) = names::check_content("function_id", &invoke.function_id) {
+            let err = ErrorBody::new(codes::INVALID_ARGUMENTS, why);
+            return reply_err(&self.conn, invoke.invocation_id, &invoke.function_id, &err);
         }
         if let Some(handler) = self.mesh.provided().function(&invoke.function_id) {
             return self.call_engine_function(handler, invoke);
@@ -236,8 +252,19 @@ impl Session {
             }).ok())
             .unwrap_or_default();
         tracing::info!(worker_id = %self.conn.id, name = ?meta.name, runtime = ?meta.runtime, version = ?meta.version, "worker registered");
+        let refused = meta
+            .namespace
+            .as_deref()
+            .map(str::trim)
+            .filter(|ns| !ns.is_empty()) // no namespace: `default`, as iii does
+            .and_then(|ns| names::check("namespace", ns).err());
         self.namespace = self.mesh.set_worker_meta(self.conn.id, meta);
         self.release_held();
+        if let Some(why) = refused {
+            tracing::warn!(worker_id = %self.conn.id, why, "namespace refused; registrations go to the default namespace");
+            let err = ErrorBody::new(codes::INVALID_NAMESPACE, why);
+            return reply_err(&self.conn, invoke.invocation_id, WORKERS_REGISTER, &err);
+        }
         if let Some(id) = invoke.invocation_id {
             let ok = to_payload(&serde_json::json!({ "success": true }));
             let _ = self.conn.send(outbound::result_ok(
@@ -254,7 +281,7 @@ impl Session {
 fn namespace_or<'a>(given: Option<&'a str>, fallback: &'a str) -> &'a str {
     given
         .map(str::trim)
-        .filter(|ns| !ns.is_empty())
+        .filter(|ns| names::check("namespace", ns).is_ok())
         .unwrap_or(fallback)
 }
 

@@ -1,4 +1,4 @@
-//! The wire shapes of binary channels (`worker-protocol.md` §6): the refs
+//! The wire shapes of binary channels (`docs/protocol.md` §6): the refs
 //! workers pass around inside payloads, and the query of the channel socket.
 //!
 //! Field names are iii's, because the SDKs recognise a ref inside any payload

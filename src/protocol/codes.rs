@@ -55,6 +55,9 @@ pub const INVALID_ACTION: &str = "invalid_action";
 pub const EXECUTOR_UNAVAILABLE: &str = "executor_unavailable";
 /// `engine::channels::create` refused: the engine holds `channels.max_channels`.
 pub const TOO_MANY_CHANNELS: &str = "too_many_channels";
+/// New work refused: the bytes the engine holds for slow readers reached
+/// `limits.memory_budget`.
+pub const ENGINE_OVERLOADED: &str = "engine_overloaded";
 
 // Realtime routes: what workers (`channel::*`) and clients see.
 /// No open client connection has this id.
@@ -126,6 +129,18 @@ pub mod close {
     pub const CHANNEL_WRITER_ABORTED: u16 = 4499;
 }
 
+// Durable queue (queue::*, enqueue)
+/// The queue is not known: never used, or undeclared while `[queue] strict` is on.
+pub const QUEUE_NOT_FOUND: &str = "queue_not_found";
+/// The payload is larger than the queue's `max_payload_bytes`.
+pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+/// An operator action does not apply to the job's state (e.g. cancelling a running job).
+pub const INVALID_STATE: &str = "invalid_state";
+/// An operator function failed inside the engine (the store refused a read or write).
+pub const QUEUE_ERROR: &str = "queue_error";
+/// The attempt ended because the engine stopped while it ran (an attempt's error code).
+pub const ENGINE_RESTART: &str = "engine_restart";
+
 // HTTP triggers and HTTP-invoked functions.
 /// HTTP error envelope: no route at that path, or its function is gone (404).
 pub const HTTP_NOT_FOUND: &str = NOT_FOUND;
@@ -136,7 +151,7 @@ pub const MIDDLEWARE_TIMEOUT: &str = "MIDDLEWARE_TIMEOUT";
 /// HTTP error envelope: the engine failed while handling the request (500).
 pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";
 /// HTTP error envelope: the request body is over `http.max_body_bytes` (413).
-pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+pub const HTTP_PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
 /// HTTP-invoked function: the endpoint answered with a status of 400 or more.
 pub const HTTP_ERROR: &str = "http_error";
 /// HTTP-invoked function: no response (connect error, reset, timeout).

@@ -1,6 +1,6 @@
 //! Decoding what workers send.
 //!
-//! Decoding is tolerant in exactly the ways `worker-protocol.md` §8 lists:
+//! Decoding is tolerant in exactly the ways `docs/protocol.md` §8 lists:
 //! unknown fields are ignored, `data`/`config` may be missing (null),
 //! `description` may be missing (""), `invocation_id` may be null or absent.
 //! A frame is parsed once into [`Frame`], a flat union of every message's
@@ -179,6 +179,23 @@ struct RawAction {
 pub fn decode(text: &str) -> Result<Inbound, DecodeError> {
     let frame: Frame<'_> = serde_json::from_str(text)?;
     frame.into_message()
+}
+
+/// For a call frame [`decode`] refused (a field of the wrong type, say): its
+/// invocation id and function id, when they can still be read, so the caller
+/// can be told instead of left waiting. `None` for anything else.
+pub fn refused_call(text: &str) -> Option<(Uuid, String)> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    if v.get("type")?.as_str()? != "invokefunction" {
+        return None;
+    }
+    let id = Uuid::parse_str(v.get("invocation_id")?.as_str()?).ok()?;
+    let function_id = v
+        .get("function_id")
+        .and_then(|f| f.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    Some((id, function_id))
 }
 
 /// Frames with nothing in them are skipped without a log line (SDKs send them).
@@ -384,5 +401,21 @@ mod tests {
     fn telemetry_prefix() {
         assert!(is_telemetry(b"OTLP{}"));
         assert!(!is_telemetry(b"{\"type\""));
+    }
+
+    #[test]
+    fn a_refused_call_still_names_its_invocation() {
+        let id = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+        let bad = format!(
+            r#"{{"type":"invokefunction","invocation_id":"{id}","function_id":"f","action":"void"}}"#
+        );
+        assert!(decode(&bad).is_err());
+        assert_eq!(
+            refused_call(&bad),
+            Some((Uuid::parse_str(id).unwrap(), "f".into()))
+        );
+        let no_id = r#"{"type":"invokefunction","function_id":"f","action":7}"#;
+        assert_eq!(refused_call(no_id), None);
+        assert_eq!(refused_call(r#"{"type":"registerfunction","id":7}"#), None);
     }
 }

@@ -4,7 +4,7 @@
 //! sends is built by [`outbound`]; the error and close codes both sides see live
 //! in [`codes`]; binary channels' refs and socket URLs in [`channel`]. Nothing
 //! else in the crate parses or writes protocol JSON, so this folder can be read
-//! whole against `worker-protocol.md`.
+//! whole against `docs/protocol.md`.
 //!
 //! Payloads (`data`, `result`, `config`, `metadata`) stay as raw JSON text from
 //! the moment they arrive until they leave: the engine routes them and never
@@ -13,6 +13,7 @@
 pub mod channel;
 pub mod codes;
 pub mod inbound;
+pub mod names;
 pub mod outbound;
 
 pub use codes::ErrorBody;
@@ -50,9 +51,12 @@ pub fn inject_caller(data: Option<Payload>, caller: &str) -> Payload {
     if !trimmed.starts_with('{') {
         return data;
     }
-    if text.contains("\"_caller_worker_id\"") {
-        // Rare: the payload already has the key. Parse so ours replaces it
-        // rather than producing a duplicate key whose winner depends on the parser.
+    if text.contains("\"_caller_worker_id\"") || text.contains("\\u") {
+        // The payload has the key, or a `\u` escape that could spell it
+        // (`"_caller\u005fworker_id"`): parse, so ours replaces it rather than
+        // leaving a duplicate key whose winner depends on the parser. Without
+        // a `\u` escape the key can only be written literally, so the
+        // common case stays a splice.
         return match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
             Ok(mut map) => {
                 map.insert("_caller_worker_id".into(), caller.into());
@@ -94,6 +98,28 @@ mod tests {
         assert_eq!(inject_caller(Some(raw("[1,2]")), id).get(), "[1,2]");
         assert_eq!(inject_caller(Some(raw("\"s\"")), id).get(), "\"s\"");
         assert_eq!(inject_caller(None, id).get(), "null");
+    }
+
+    #[test]
+    fn replaces_a_caller_id_spelled_with_escapes() {
+        let id = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+        for spoof in [
+            r#"{"\u005fcaller_worker_id":"me"}"#,
+            r#"{"x":1,"_caller\u005Fworker\u005fid":"me"}"#,
+            r#"{"_c\u0061ller_worker_id":"me","y":"\u00e9"}"#,
+        ] {
+            let out = inject_caller(Some(raw(spoof)), id);
+            let v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(out.get()).unwrap();
+            assert_eq!(v["_caller_worker_id"], id, "{spoof} gave {}", out.get());
+            // One key, whatever a parser does with duplicates.
+            assert_eq!(
+                out.get().matches("_caller_worker_id").count(),
+                1,
+                "{}",
+                out.get()
+            );
+        }
     }
 
     #[test]

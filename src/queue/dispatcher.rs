@@ -1,11 +1,9 @@
 //! How a running job's attempt ends: the outcome of its call, collected by
 //! the mesh on the scheduler's channel and tagged with the job id, or its
 //! lease running out first. There is no task or timer per running job: the
-//! scheduler keeps one clock for every lease ([`Leases`]).
+//! scheduler keeps one clock for every lease (`leases.rs`).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::mesh::state::Settled;
@@ -28,39 +26,6 @@ impl From<Settled> for Finished {
             invocation_id: s.invocation_id,
             outcome: s.outcome.map_err(classify),
         }
-    }
-}
-
-/// The leases of running attempts, soonest first.
-#[derive(Default)]
-pub struct Leases {
-    by_deadline: BTreeSet<(Instant, Uuid)>,
-}
-
-impl Leases {
-    pub fn add(&mut self, until: Instant, job: Uuid) {
-        self.by_deadline.insert((until, job));
-    }
-
-    pub fn remove(&mut self, until: Instant, job: Uuid) {
-        self.by_deadline.remove(&(until, job));
-    }
-
-    pub fn next(&self) -> Option<Instant> {
-        self.by_deadline.first().map(|(t, _)| *t)
-    }
-
-    /// Takes every lease that ran out by `now`.
-    pub fn expired(&mut self, now: Instant) -> Vec<Uuid> {
-        let mut out = Vec::new();
-        while let Some((t, job)) = self.by_deadline.first().copied() {
-            if t > now {
-                break;
-            }
-            self.by_deadline.pop_first();
-            out.push(job);
-        }
-        out
     }
 }
 
@@ -93,25 +58,5 @@ pub fn record(reason: FailReason, code: &str, message: &str) -> ErrorRecord {
         code: code.to_owned(),
         message: message.to_owned(),
         stacktrace: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leases_expire_in_deadline_order_and_once() {
-        let now = Instant::now();
-        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
-        let mut l = Leases::default();
-        l.add(now + Duration::from_secs(2), a);
-        l.add(now + Duration::from_secs(1), b);
-        l.add(now + Duration::from_secs(3), c);
-        l.remove(now + Duration::from_secs(3), c);
-        assert_eq!(l.next(), Some(now + Duration::from_secs(1)));
-        assert_eq!(l.expired(now + Duration::from_secs(2)), vec![b, a]);
-        assert!(l.expired(now + Duration::from_secs(9)).is_empty());
-        assert_eq!(l.next(), None);
     }
 }

@@ -15,8 +15,22 @@ use super::{EnqueueRequest, Queues, now_ms};
 use crate::mesh::provided::args;
 use crate::mesh::session::answer;
 use crate::mesh::{CallCtx, Connection, Mesh, Reply};
-use crate::protocol::{Action, ErrorBody, Invoke, codes, to_payload};
+use crate::protocol::{Action, ErrorBody, Invoke, codes, names, to_payload};
 use crate::store::records::JobState;
+
+/// How far ahead a job may be scheduled: beyond it a delay is a mistake
+/// (or an attempt to overflow a clock), refused rather than wrapped.
+const MAX_SCHEDULE_AHEAD_MS: u64 = 100 * 365 * 24 * 3_600_000;
+
+/// Names that become store keys: no control characters, not blank, bounded.
+fn check_names(queue: &str, function_id: &str, namespace: Option<&str>) -> Result<(), String> {
+    names::check("queue", queue)?;
+    names::check("function_id", function_id)?;
+    match namespace {
+        Some(ns) => names::check("namespace", ns),
+        None => Ok(()),
+    }
+}
 
 /// The shape of every queue engine function.
 pub(super) type QueueFn = fn(Queues, Mesh, CallCtx, Value) -> BoxFuture<'static, Reply>;
@@ -103,6 +117,7 @@ pub(super) fn enqueue(
             .function_id
             .filter(|f| !f.is_empty())
             .ok_or_else(|| invalid("missing function_id"))?;
+        check_names(&queue, &function_id, a.namespace.as_deref()).map_err(invalid)?;
         let delay = match a.delay {
             None => None,
             Some(Value::Number(n)) => Some(Duration::from_millis(
@@ -120,7 +135,22 @@ pub(super) fn enqueue(
         if delay.is_some() && a.run_at.is_some() {
             return Err(invalid("give delay or run_at, not both"));
         }
-        let run_at_ms = a.run_at.or(delay.map(|d| now_ms() + d.as_millis() as u64));
+        let now = now_ms();
+        let run_at_ms = match (a.run_at, delay) {
+            (Some(at), _) => Some(at),
+            (None, Some(d)) => Some(
+                u64::try_from(d.as_millis())
+                    .ok()
+                    .and_then(|d| now.checked_add(d))
+                    .ok_or_else(|| invalid("delay is too long"))?,
+            ),
+            (None, None) => None,
+        };
+        if run_at_ms.is_some_and(|at| at.saturating_sub(now) > MAX_SCHEDULE_AHEAD_MS) {
+            return Err(invalid(
+                "a job may be scheduled at most 100 years ahead (delay or run_at)",
+            ));
+        }
         let payload = to_payload(&a.data);
         warn_if_refs_enqueued(&queue, &function_id, payload.get());
         let e = queues
@@ -160,15 +190,17 @@ queue_fn!(
 );
 queue_fn!(
     /// `{queue, state, limit?, cursor?}` → a page of jobs in that state.
+    /// `ready` and `waiting_for_worker` page through the same stored jobs
+    /// (the store cannot tell them apart); each row names its shown state.
     peek, |mesh, a| {
         let state = match a.state.as_deref().unwrap_or("ready") {
-            "ready" => JobState::Ready,
+            "ready" | "waiting_for_worker" => JobState::Ready,
             "delayed" => JobState::Delayed,
             "running" => JobState::Running,
             "completed" => JobState::Completed,
             "dead" => JobState::Dead,
             "held" => JobState::Held,
-            other => return Err(invalid(format!("unknown state {other:?}; one of ready, delayed, running, completed, dead, held"))),
+            other => return Err(invalid(format!("unknown state {other:?}; one of ready, waiting_for_worker, delayed, running, completed, dead, held"))),
         };
         let after = a.cursor.as_deref().map(Uuid::parse_str).transpose().map_err(|_| invalid("cursor is a receipt"))?;
         run(mesh, Op::Peek { queue: a.queue()?, state, limit: a.limit.unwrap_or(50), after }).await
@@ -264,6 +296,10 @@ pub(super) fn take_enqueue(queues: &Queues, conn: &Arc<Connection>, invoke: Invo
     let Action::Enqueue { queue } = invoke.action.clone() else {
         return;
     };
+    if let Err(why) = check_names(&queue, &invoke.function_id, invoke.namespace.as_deref()) {
+        let err = ErrorBody::new(codes::ENQUEUE_ERROR, why);
+        return answer(conn, invoke.invocation_id, &invoke.function_id, Err(err));
+    }
     if let Some(data) = &invoke.data {
         warn_if_refs_enqueued(&queue, &invoke.function_id, data.get());
     }

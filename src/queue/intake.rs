@@ -9,9 +9,10 @@ use super::scheduler::{Scheduler, store_error};
 use super::settings::{Ordering, QueueSettings};
 use super::{EnqueueReply, EnqueueRequest, Enqueued, now_ms};
 use crate::protocol::{ErrorBody, codes};
-use crate::store::layout::{self, FnId, QueueId};
+use crate::store::StoreError;
+use crate::store::queue::Writes;
+use crate::store::queue::{FnId, QueueId};
 use crate::store::records::{JobRecord, JobState};
-use crate::store::{StoreError, record};
 
 /// What earlier jobs of the same (not yet applied) batch claimed.
 #[derive(Default)]
@@ -24,7 +25,7 @@ impl Scheduler {
     /// Writes every acceptable job of `group` in one batch, then answers each
     /// once a sync has covered it; refusals are answered at once.
     pub(super) fn enqueue_all(&mut self, group: Vec<(EnqueueRequest, EnqueueReply)>) {
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut seen = Seen::default();
         let mut accepted = Vec::with_capacity(group.len());
         for (req, reply) in group {
@@ -66,7 +67,7 @@ impl Scheduler {
     fn enqueue_into(
         &mut self,
         req: EnqueueRequest,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
         seen: &mut Seen,
     ) -> Result<Enqueued, ErrorBody> {
         let group = self.admit(&req)?;
@@ -78,18 +79,18 @@ impl Scheduler {
             });
         }
         let f = self.fn_id(&req.namespace, &req.function_id)?;
-        let seq = self.take_seq(batch);
+        let seq = self.seq.take(batch);
         let now = now_ms();
         let id = job_id(now, seq, self.id_salt);
         // A FIFO job waits behind any unfinished job of its group.
         let held = group.as_ref().is_some_and(|g| self.group_busy(q, g, seen));
         if let Some(g) = &group {
             seen.groups.insert((q, g.clone()));
-            batch.insert(layout::group_entry(q, g, seq), id.as_bytes());
+            batch.put_group_entry(q, g, seq, &id);
         }
         if let Some(key) = &req.idempotency_key {
             seen.keys.insert((q, key.clone()), id);
-            batch.insert(layout::idempotency(q, key), id.as_bytes());
+            batch.put_idempotency(q, key, &id);
         }
         let state = if held {
             JobState::Held
@@ -98,11 +99,11 @@ impl Scheduler {
         } else {
             JobState::Ready
         };
-        let max_attempts = self.queues[&req.queue].settings.max_attempts;
+        let max_attempts = self.queues[req.queue.as_str()].settings.max_attempts;
         let job = new_record(req, (q, f), seq, now, state, max_attempts, group);
         self.place(&id, &job, batch);
-        batch.insert(layout::job(&id), record(&job));
-        self.count(q, None, Some(job.state));
+        batch.put_job(&id, &job);
+        self.counters.count(q, None, Some(job.state));
         if job.state == JobState::Ready {
             self.mark_ready(q, f);
         }
@@ -133,7 +134,7 @@ impl Scheduler {
                 req.queue,
                 settings.max_payload_bytes
             );
-            return Err(ErrorBody::new("payload_too_large", msg));
+            return Err(ErrorBody::new(codes::PAYLOAD_TOO_LARGE, msg));
         }
         match settings.ordering {
             Ordering::Fifo => fifo_group(settings, req).map(Some),
@@ -161,21 +162,12 @@ impl Scheduler {
     /// Whether a FIFO group already has an unfinished job (in the store, or
     /// earlier in this batch).
     fn group_busy(&self, q: QueueId, group: &str, seen: &Seen) -> bool {
-        seen.groups.contains(&(q, group.to_owned()))
-            || self
-                .store
-                .tree()
-                .scan_prefix(layout::group_prefix(q, group))
-                .next()
-                .is_some()
+        seen.groups.contains(&(q, group.to_owned())) || self.store.group_busy(q, group)
     }
 
     /// An earlier job with this idempotency key, if still within retention.
     fn idempotent_match(&self, q: QueueId, key: &str) -> Result<Option<Uuid>, StoreError> {
-        let Some(v) = self.store.get_raw(&layout::idempotency(q, key))? else {
-            return Ok(None);
-        };
-        let Some(id) = layout::uuid_value(&v) else {
+        let Some(id) = self.store.idempotency(q, key)? else {
             return Ok(None);
         };
         Ok(self.load_job(&id)?.map(|_| id))

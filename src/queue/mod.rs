@@ -6,23 +6,36 @@
 //! - [`scheduler`]: the single task that owns every queue's state and every
 //!   write to the store (so transitions never race); its work is split into
 //!   `intake` (enqueues), `running` (dispatch passes, outcomes),
-//!   `transitions` (state moves, FIFO release) and `upkeep` (due jobs, pruning).
+//!   `transitions` (state moves, FIFO release) and `upkeep` (due jobs, pruning);
+//!   its state is made of parts with their own invariants: `queue_table`
+//!   (the queues by name and id), `ready` (a queue's ready index), `attempts` and `leases` (attempts in progress and
+//!   the one lease timer), `counters`, `sequence` and `fn_ids`.
 //! - [`recovery`]: what the scheduler reads at start, and crash repair.
 //! - [`dispatcher`]: how a running attempt ends: its call's outcome, collected
 //!   on the scheduler's channel, or its lease running out.
 //! - [`ops`]: operator views and actions (stats, peek, redrive, …).
+//! - [`states`]: the names of job states operators see, one vocabulary for
+//!   counts and views.
 //!
 //! Invariant: an enqueue is acknowledged only after its record is on disk.
 
+mod attempts;
+mod counters;
 pub(crate) mod dispatcher;
+mod fn_ids;
 mod functions;
 mod intake;
+mod leases;
 mod module;
 pub(crate) mod ops;
+mod queue_table;
+mod ready;
 pub(crate) mod recovery;
 mod running;
 pub(crate) mod scheduler;
+mod sequence;
 pub mod settings;
+pub mod states;
 mod transitions;
 mod upkeep;
 

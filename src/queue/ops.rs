@@ -6,11 +6,13 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::now_ms;
-use super::scheduler::{QueueRt, Scheduler};
+use super::queue_table::QueueRt;
+use super::scheduler::Scheduler;
+use super::states::{COUNTED, ShownState};
 use crate::protocol::{ErrorBody, codes};
-use crate::store::layout;
+use crate::store::queue::Writes;
 use crate::store::records::{ErrorRecord, JobRecord, JobState};
-use crate::store::{StoreError, Ticket, record};
+use crate::store::{StoreError, Ticket};
 
 #[derive(Debug)]
 pub enum Op {
@@ -24,6 +26,8 @@ pub enum Op {
     Explain {
         receipt: Uuid,
     },
+    /// A page of a queue's jobs in one stored state; each job is shown in
+    /// its operator state (`Ready` lists those waiting for a worker too).
     Peek {
         queue: String,
         state: JobState,
@@ -63,14 +67,14 @@ fn bad(code: &str, msg: impl Into<String>) -> ErrorBody {
 }
 
 fn internal(e: impl Into<StoreError>) -> ErrorBody {
-    bad("queue_error", e.into().to_string())
+    bad(codes::QUEUE_ERROR, e.into().to_string())
 }
 
 impl Scheduler {
     pub(super) fn op(&mut self, op: Op) -> OpResult {
         let res = match op {
             Op::List => Ok((
-                json!({ "queues": self.queues.values().map(|q| self.queue_view(q)).collect::<Vec<_>>() }),
+                json!({ "queues": self.queues.iter().map(|q| self.queue_view(q)).collect::<Vec<_>>() }),
                 None,
             )),
             Op::Stats { queue } => self.rt(&queue).map(|q| (self.queue_view(q), None)),
@@ -102,7 +106,7 @@ impl Scheduler {
     fn rt(&self, queue: &str) -> Result<&QueueRt, ErrorBody> {
         self.queues
             .get(queue)
-            .ok_or_else(|| bad("queue_not_found", format!("no queue {queue:?}")))
+            .ok_or_else(|| bad(codes::QUEUE_NOT_FOUND, format!("no queue {queue:?}")))
     }
 
     fn job(&self, id: &Uuid) -> Result<JobRecord, ErrorBody> {
@@ -116,20 +120,18 @@ impl Scheduler {
 
     /// Ready jobs whose function no connected worker provides.
     fn waiting_for_worker(&self, q: &QueueRt) -> u64 {
-        q.ready_fns
-            .iter()
+        q.ready
+            .functions()
             .filter(|f| {
-                let Some((ns, fid)) = self.fn_keys.get(f) else {
+                let Some((ns, fid)) = self.fn_ids.name(*f) else {
                     return false;
                 };
                 !self.mesh.inspect(|st| st.function(ns, fid).is_some())
             })
             .map(|f| {
                 self.store
-                    .tree()
-                    .scan_prefix(layout::ready_fn_prefix(q.id, *f))
-                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
-                    .filter(|id| !self.running.contains_key(id))
+                    .ready_of_function(q.id, f)
+                    .filter(|id| !self.attempts.contains(id))
                     .count() as u64
             })
             .sum()
@@ -137,15 +139,13 @@ impl Scheduler {
 
     fn oldest_ready_age_ms(&self, q: &QueueRt) -> Option<u64> {
         let now = now_ms();
-        q.ready_fns
-            .iter()
+        q.ready
+            .functions()
             .filter_map(|f| {
                 // Entries of jobs that just started may come first.
                 self.store
-                    .tree()
-                    .scan_prefix(layout::ready_fn_prefix(q.id, *f))
-                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
-                    .find(|id| !self.running.contains_key(id))
+                    .ready_of_function(q.id, f)
+                    .find(|id| !self.attempts.contains(id))
             })
             .filter_map(|id| self.load_job(&id).ok().flatten())
             .map(|j| now.saturating_sub(j.enqueued_ms))
@@ -155,16 +155,9 @@ impl Scheduler {
     pub(super) fn queue_view(&self, q: &QueueRt) -> Value {
         let waiting = self.waiting_for_worker(q);
         let s = &q.settings;
-        json!({
+        let mut view = json!({
             "queue": q.name,
             "paused": q.paused,
-            "ready": q.counts.ready.saturating_sub(waiting),
-            "waiting_for_worker": waiting,
-            "delayed": q.counts.delayed,
-            "running": q.counts.running,
-            "completed": q.counts.completed,
-            "dead": q.counts.dead,
-            "held": q.counts.held,
             "oldest_ready_age_ms": self.oldest_ready_age_ms(q),
             "settings": {
                 "concurrency": s.concurrency,
@@ -178,12 +171,41 @@ impl Scheduler {
                 "ordering": match s.ordering { crate::queue::settings::Ordering::Fifo => "fifo", _ => "standard" },
                 "group_field": s.group_field,
             },
-        })
+        });
+        let counts = self.counters.of(q.id);
+        for state in COUNTED {
+            let n = match state {
+                ShownState::Ready => counts.ready.saturating_sub(waiting),
+                ShownState::WaitingForWorker => waiting,
+                ShownState::Delayed => counts.delayed,
+                ShownState::Running => counts.running,
+                ShownState::Held => counts.held,
+                ShownState::Completed => counts.completed,
+                ShownState::Dead => counts.dead,
+                ShownState::Cancelled => continue,
+            };
+            view[state.as_str()] = n.into();
+        }
+        view
+    }
+
+    fn has_worker(&self, job: &JobRecord) -> bool {
+        self.mesh
+            .inspect(|st| st.function(&job.namespace, &job.function_id).is_some())
+    }
+
+    /// The job's state as `queue::stats` counts it.
+    fn shown(&self, job: &JobRecord) -> ShownState {
+        // Only a ready job's name depends on the mesh: skip the lock otherwise.
+        ShownState::of(
+            job.state,
+            job.state != JobState::Ready || self.has_worker(job),
+        )
     }
 
     /// Ended attempts from the record, then the one running now (kept in memory).
     fn attempts_of(&self, id: &Uuid, job: &JobRecord) -> Vec<Value> {
-        let running = self.running.get(id).map(|r| &r.record);
+        let running = self.attempts.get(id).map(|r| &r.record);
         job.history
             .iter()
             .chain(running)
@@ -214,7 +236,7 @@ impl Scheduler {
             "queue": job.queue,
             "namespace": job.namespace,
             "function_id": job.function_id,
-            "state": job.state.as_str(),
+            "state": self.shown(&job).as_str(),
             "attempts": job.attempts,
             "max_attempts": job.max_attempts,
             "priority": job.priority,
@@ -233,9 +255,7 @@ impl Scheduler {
     fn explain(&self, id: &Uuid) -> Result<Value, ErrorBody> {
         let job = self.job(id)?;
         let q = self.rt(&job.queue)?;
-        let has_worker = self
-            .mesh
-            .inspect(|st| st.function(&job.namespace, &job.function_id).is_some());
+        let has_worker = self.has_worker(&job);
         let why = match job.state {
             JobState::Running => "it is running now".to_owned(),
             JobState::Completed => "it has completed".to_owned(),
@@ -272,7 +292,8 @@ impl Scheduler {
             }
             JobState::Ready => "it is next in line and will start shortly".to_owned(),
         };
-        Ok(json!({ "receipt": id, "state": job.state.as_str(), "explanation": why }))
+        let state = ShownState::of(job.state, has_worker);
+        Ok(json!({ "receipt": id, "state": state.as_str(), "explanation": why }))
     }
 
     fn peek(
@@ -284,35 +305,24 @@ impl Scheduler {
     ) -> Result<Value, ErrorBody> {
         let q = self.rt(queue)?;
         let limit = limit.clamp(1, 1000);
-        let tree = self.store.tree();
+        let store = &self.store;
         let keys: Box<dyn Iterator<Item = Uuid>> = match state {
-            JobState::Ready => Box::new(
-                tree.scan_prefix(layout::ready_queue_prefix(q.id))
-                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v))),
-            ),
-            JobState::Dead => Box::new(
-                tree.scan_prefix(layout::dead_prefix(q.id))
-                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v))),
-            ),
-            JobState::Delayed => Box::new(tree.scan_prefix([layout::DUE]).filter_map(|kv| {
-                kv.ok()
-                    .and_then(|(k, _)| layout::parse_due(&k).map(|p| p.1))
-            })),
+            JobState::Ready => {
+                Box::new(store.ready_of_queue(q.id).filter_map(|r| r.ok().flatten()))
+            }
+            JobState::Dead => Box::new(store.dead(q.id).filter_map(|r| r.ok().flatten())),
+            JobState::Delayed => Box::new(store.due().filter_map(|r| r.ok().map(|(_, id)| id))),
             JobState::Completed => Box::new(
-                tree.scan_prefix([layout::COMPLETED])
-                    .filter_map(|kv| kv.ok())
-                    .flat_map(|(k, v)| layout::completed_ids(&k, &v)),
+                store
+                    .completed()
+                    .filter_map(|e| e.ok())
+                    .flat_map(|e| e.jobs),
             ),
             JobState::Running => {
                 // In memory: a start is written only once the attempt has run a while.
-                let mut ids: Vec<Uuid> = self.running.keys().copied().collect();
-                ids.sort_unstable();
-                Box::new(ids.into_iter())
+                Box::new(self.attempts.sorted_ids().into_iter())
             }
-            JobState::Held => Box::new(
-                tree.scan_prefix(layout::groups_of_queue(q.id))
-                    .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v))),
-            ),
+            JobState::Held => Box::new(store.grouped(q.id).filter_map(|r| r.ok().flatten())),
             JobState::Cancelled => Box::new(std::iter::empty()),
         };
         let mut skipping = after.is_some();
@@ -334,7 +344,7 @@ impl Scheduler {
                 break;
             }
             jobs.push(json!({
-                "receipt": id, "function_id": job.function_id, "state": job.state.as_str(),
+                "receipt": id, "function_id": job.function_id, "state": self.shown(&job).as_str(),
                 "attempts": job.attempts, "enqueued_at_ms": job.enqueued_ms,
                 "due_at_ms": (job.due_ms > 0).then_some(job.due_ms),
                 "last_error": job.last_error.as_ref().map(error_view),
@@ -343,15 +353,18 @@ impl Scheduler {
         Ok(json!({ "queue": q.name, "state": state.as_str(), "jobs": jobs, "next_cursor": next }))
     }
 
+    /// Pauses or resumes a queue. A queue never used yet is created first
+    /// (unless strict mode refuses it), so an operator can pause it before its
+    /// first job; the flag is stored and survives a restart.
     fn pause(&mut self, queue: &str, paused: bool) -> Result<(Value, Option<Ticket>), ErrorBody> {
-        let q = self.rt(queue)?;
+        let id = self.queue_for(queue)?;
         let rec = crate::store::records::QueueRecord {
-            id: q.id,
+            id,
             paused,
             created_ms: now_ms(),
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(layout::queue(queue), record(&rec));
+        let mut batch = Writes::default();
+        batch.put_queue(queue, &rec);
         let ticket = self.commit(batch).map_err(internal)?;
         if let Some(q) = self.queues.get_mut(queue) {
             q.paused = paused;
@@ -364,11 +377,11 @@ impl Scheduler {
         if !matches!(job.state, JobState::Ready | JobState::Delayed) {
             let msg = format!(
                 "job {id} is {}; only ready or delayed jobs can be cancelled",
-                job.state.as_str()
+                self.shown(&job).as_str()
             );
-            return Err(bad("invalid_state", msg));
+            return Err(bad(codes::INVALID_STATE, msg));
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         job.finished_ms = now_ms();
         self.transition(id, &mut job, JobState::Cancelled, &mut batch);
         let ticket = self.commit(batch).map_err(internal)?;
@@ -379,22 +392,16 @@ impl Scheduler {
     fn purge(&mut self, queue: &str) -> Result<(Value, Option<Ticket>), ErrorBody> {
         let qid = self.rt(queue)?.id;
         let mut victims = Vec::new();
-        for kv in self
-            .store
-            .tree()
-            .scan_prefix(layout::ready_queue_prefix(qid))
-        {
-            if let Some(id) = kv.map_err(internal).map(|(_, v)| layout::uuid_value(&v))? {
+        for r in self.store.ready_of_queue(qid) {
+            if let Some(id) = r.map_err(internal)? {
                 victims.push(id);
             }
         }
-        for kv in self.store.tree().scan_prefix([layout::DUE]) {
-            if let Some((_, id)) = layout::parse_due(&kv.map_err(internal)?.0) {
-                victims.push(id);
-            }
+        for r in self.store.due() {
+            victims.push(r.map_err(internal)?.1);
         }
-        for kv in self.store.tree().scan_prefix(layout::groups_of_queue(qid)) {
-            if let Some(id) = layout::uuid_value(&kv.map_err(internal)?.1) {
+        for r in self.store.grouped(qid) {
+            if let Some(id) = r.map_err(internal)? {
                 victims.push(id);
             }
         }
@@ -403,7 +410,7 @@ impl Scheduler {
         let mut purged = 0u64;
         let mut ticket = None;
         for chunk in victims.chunks(1000) {
-            let mut batch = sled::Batch::default();
+            let mut batch = Writes::default();
             for id in chunk {
                 let Ok(job) = self.job(id) else { continue };
                 if job.queue_id == qid
@@ -420,7 +427,7 @@ impl Scheduler {
             ticket = Some(self.commit(batch).map_err(internal)?);
         }
         if let Some(q) = self.queues.get_mut(queue) {
-            q.ready_fns.clear();
+            q.ready.clear();
         }
         Ok((json!({ "queue": queue, "purged": purged }), ticket))
     }
@@ -429,15 +436,14 @@ impl Scheduler {
         let q = self.rt(queue)?;
         let mut out = Vec::new();
         // Newest first, as iii lists them.
-        for kv in self
+        for r in self
             .store
-            .tree()
-            .scan_prefix(layout::dead_prefix(q.id))
+            .dead(q.id)
             .rev()
             .skip(offset)
             .take(limit.clamp(1, 1000))
         {
-            let Some(id) = layout::uuid_value(&kv.map_err(internal)?.1) else {
+            let Some(id) = r.map_err(internal)? else {
                 continue;
             };
             let Ok(job) = self.job(&id) else { continue };
@@ -467,9 +473,8 @@ impl Scheduler {
             Some(id) => vec![id],
             None => self
                 .store
-                .tree()
-                .scan_prefix(layout::dead_prefix(q.id))
-                .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+                .dead(q.id)
+                .filter_map(|r| r.ok().flatten())
                 .collect(),
         };
         Ok(ids
@@ -490,7 +495,7 @@ impl Scheduler {
         // FIFO groups a job of this redrive already re-entered (the batch is not applied yet).
         let mut entered = std::collections::HashSet::new();
         for chunk in jobs.chunks(1000) {
-            let mut batch = sled::Batch::default();
+            let mut batch = Writes::default();
             for (id, job) in chunk {
                 let mut job = job.clone();
                 job.attempts = 0;
@@ -499,17 +504,8 @@ impl Scheduler {
                 job.max_attempts = self.queues[queue].settings.max_attempts;
                 let to = match job.group.clone() {
                     Some(g) => {
-                        let busy = entered.contains(&g)
-                            || self
-                                .store
-                                .tree()
-                                .scan_prefix(layout::group_prefix(job.queue_id, &g))
-                                .next()
-                                .is_some();
-                        batch.insert(
-                            layout::group_entry(job.queue_id, &g, job.seq),
-                            id.as_bytes(),
-                        );
+                        let busy = entered.contains(&g) || self.store.group_busy(job.queue_id, &g);
+                        batch.put_group_entry(job.queue_id, &g, job.seq, id);
                         entered.insert(g);
                         if busy {
                             JobState::Held
@@ -537,7 +533,7 @@ impl Scheduler {
         receipt: &Uuid,
     ) -> Result<(Value, Option<Ticket>), ErrorBody> {
         let jobs = self.dead_ids(queue, Some(*receipt))?;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         for (id, job) in &jobs {
             self.delete_job(id, job, &mut batch, true)
                 .map_err(internal)?;

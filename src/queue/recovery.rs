@@ -6,83 +6,67 @@
 //! `START_RECORD_DELAY` before a crash is still ready in the store: it simply
 //! runs again.)
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::attempts::Attempts;
+use super::counters::Counters;
 use super::dispatcher::record as error_record;
+use super::fn_ids::FnIds;
 use super::now_ms;
-use super::scheduler::{Scheduler, new_queue_rt};
+use super::queue_table::{QueueRt, QueueTable};
+use super::scheduler::Scheduler;
+use super::sequence::Sequence;
 use super::settings::QueueConfig;
 use crate::mesh::Mesh;
-use crate::store::layout::{self, FnId};
-use crate::store::records::{AttemptRecord, Counts, FailReason, JobRecord, JobState, QueueRecord};
-use crate::store::{Store, StoreError, codec};
+use crate::protocol::codes;
+use crate::store::queue::{QueueStore, Writes};
+use crate::store::records::{AttemptRecord, FailReason, JobState};
+use crate::store::{Store, StoreError};
 
 impl Scheduler {
     pub fn load(mesh: Mesh, store: Arc<Store>, config: QueueConfig) -> Result<Self, StoreError> {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
-        let tree = store.tree().clone();
-        let next_seq = match tree.get(layout::seq())? {
-            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
-            _ => 0,
-        };
+        let store = QueueStore::new(store);
+        let seq = Sequence::after(store.seq_reservation()?);
         let mut s = Scheduler {
             mesh,
             store,
             config,
-            queues: HashMap::new(),
-            queue_names: HashMap::new(),
-            fn_ids: HashMap::new(),
-            fn_keys: HashMap::new(),
-            next_seq,
-            seq_reserved: next_seq,
-            running: HashMap::new(),
-            unrecorded_starts: Default::default(),
-            completing: Vec::new(),
-            dirty_counts: Default::default(),
+            queues: QueueTable::default(),
+            fn_ids: FnIds::default(),
+            seq,
+            attempts: Attempts::default(),
+            counters: Counters::default(),
             next_due_ms: None,
             finished_tx,
             finished_rx: Some(finished_rx),
             draining: false,
-            leases: Default::default(),
             id_salt: Uuid::new_v4().as_u128() as u16,
         };
-        for kv in tree.scan_prefix([layout::QUEUES]) {
-            let (k, v) = kv?;
-            let name = String::from_utf8_lossy(&k[1..]).into_owned();
-            let rec: QueueRecord = codec::decode(&v)?;
-            let counts: Counts = s.store.get(&layout::counts(rec.id))?.unwrap_or_default();
+        for (name, rec) in s.store.queues()? {
+            let counts = s.store.counts(rec.id)?.unwrap_or_default();
             // A queue in the store but no longer declared keeps the defaults: its jobs are not dropped.
             let settings = s
                 .config
                 .settings(&name)
                 .unwrap_or_else(|| s.config.defaults.clone());
-            s.queue_names.insert(rec.id, name.clone());
-            s.queues.insert(
-                name.clone(),
-                new_queue_rt(rec.id, &name, settings, rec.paused, counts),
-            );
+            s.counters.load(rec.id, counts);
+            s.queues
+                .add(QueueRt::new(rec.id, &name, settings, rec.paused));
         }
-        for kv in tree.scan_prefix([layout::FUNCTIONS]) {
-            let (k, v) = kv?;
-            let Some(sep) = k[1..].iter().position(|b| *b == 0) else {
-                continue;
-            };
-            let ns = String::from_utf8_lossy(&k[1..1 + sep]).into_owned();
-            let fid = String::from_utf8_lossy(&k[2 + sep..]).into_owned();
-            let id = FnId::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
-            s.intern_fn(ns, fid, id);
+        for (ns, fid, id) in s.store.functions()? {
+            s.fn_ids.intern(ns, fid, id);
         }
         s.requeue_interrupted()?;
         s.find_ready_functions()?;
-        if let Some(kv) = tree.scan_prefix([layout::DUE]).next() {
-            s.next_due_ms = layout::parse_due(&kv?.0).map(|(due, _)| due);
+        if let Some(kv) = s.store.due().next() {
+            s.next_due_ms = Some(kv?.0);
         }
         tracing::info!(
-            queues = s.queues.len(),
-            next_seq = s.next_seq,
+            queues = s.queues.iter().count(),
+            next_seq = s.seq.next(),
             "queue scheduler loaded"
         );
         Ok(s)
@@ -93,28 +77,24 @@ impl Scheduler {
     /// started; the `X` entry holds the interrupted attempt, now ended as
     /// `engine_restart`.
     fn requeue_interrupted(&mut self) -> Result<(), StoreError> {
-        let mut interrupted = Vec::new();
-        for kv in self.store.tree().scan_prefix([layout::RUNNING]) {
-            let (k, v) = kv?;
-            let Ok(id) = Uuid::from_slice(&k[1..]) else {
-                continue;
-            };
+        let mut interrupted: Vec<(Uuid, Option<AttemptRecord>)> = Vec::new();
+        for (id, attempt) in self.store.running()? {
             // An unreadable entry still marks an interrupted attempt: number it after the last.
-            let attempt = codec::decode::<AttemptRecord>(&v)
+            let attempt = attempt
                 .inspect_err(|e| tracing::error!(job = %id, error = %e, "unreadable running entry"))
                 .ok();
             interrupted.push((id, attempt));
         }
         for (id, attempt) in &interrupted {
-            let mut batch = sled::Batch::default();
-            let Some(mut job) = self.store.get::<JobRecord>(&layout::job(id))? else {
-                batch.remove(layout::running(id));
+            let mut batch = Writes::default();
+            let Some(mut job) = self.store.job(id)? else {
+                batch.remove_running(id);
                 self.commit(batch)?;
                 continue;
             };
             let err = error_record(
                 FailReason::EngineRestart,
-                "engine_restart",
+                codes::ENGINE_RESTART,
                 "the engine stopped while this attempt ran",
             );
             let mut attempt = attempt.clone().unwrap_or(AttemptRecord {
@@ -140,17 +120,8 @@ impl Scheduler {
         }
         // Attempts whose start was never written left the stored counters
         // saying `running` for jobs the store holds as ready: nothing runs now.
-        let mut stale = Vec::new();
-        for rt in self.queues.values_mut() {
-            if rt.counts.running > 0 {
-                rt.counts.ready += rt.counts.running;
-                rt.counts.running = 0;
-                stale.push(rt.id);
-            }
-        }
-        if !stale.is_empty() {
-            self.dirty_counts.extend(stale);
-            self.commit(sled::Batch::default())?;
+        if self.counters.requeue_running() {
+            self.commit(Writes::default())?;
         }
         if !interrupted.is_empty() {
             tracing::warn!(
@@ -163,18 +134,10 @@ impl Scheduler {
 
     /// Which functions have ready jobs in each queue: one seek per function, not per job.
     fn find_ready_functions(&mut self) -> Result<(), StoreError> {
-        let tree = self.store.tree().clone();
-        let ids: Vec<_> = self.queues.values().map(|q| q.id).collect();
+        let ids: Vec<_> = self.queues.iter().map(|q| q.id).collect();
         for q in ids {
-            let mut from = layout::ready_queue_prefix(q);
-            let end = layout::prefix_end(&from);
-            while let Some(kv) = tree.range(from.clone()..end.clone()).next() {
-                let (k, _) = kv?;
-                let Some(f) = layout::ready_key_fn(&k) else {
-                    break;
-                };
+            for f in self.store.ready_functions(q)? {
                 self.mark_ready(q, f);
-                from = layout::prefix_end(&layout::ready_fn_prefix(q, f));
             }
         }
         Ok(())

@@ -4,28 +4,22 @@
 //! sled blocks writers while it flushes, so fewer, larger batches keep the
 //! scheduler from stalling behind the syncer.
 //!
-//! Starting a job writes nothing at once. Most jobs end within milliseconds,
-//! and their end, written in one batch, is all the store needs to see.
-//! An attempt still running [`START_RECORD_DELAY`] later has its start
-//! written (its ready entry swapped for a running entry), as does every
-//! running attempt when the scheduler stops. Until then the store sees a
-//! ready job; a crash in that window runs it again without counting the
-//! attempt, which is at-least-once delivery all the same.
+//! Starting a job writes nothing at once (see [`super::attempts`] for when
+//! its start is written). Until then the store sees a ready job; a crash in
+//! that window runs it again without counting the attempt, which is
+//! at-least-once delivery all the same.
 
-use std::ops::Bound;
-use std::time::Duration;
 use uuid::Uuid;
 
+use super::attempts::RunningAttempt;
 use super::dispatcher::Finished;
 use super::now_ms;
-use super::scheduler::{RunningAttempt, Scheduler};
+use super::scheduler::Scheduler;
 use crate::mesh::router::{CallExtras, CallTarget};
-use crate::store::layout::{self, FnId};
-use crate::store::records::{AttemptRecord, JobRecord, JobState};
-use crate::store::{StoreError, record};
-
-/// How long an attempt runs before its start is written.
-pub const START_RECORD_DELAY: Duration = Duration::from_millis(50);
+use crate::store::StoreError;
+use crate::store::queue::FnId;
+use crate::store::queue::{ReadyPos, Writes};
+use crate::store::records::{AttemptRecord, JobState};
 
 impl Scheduler {
     /// Starts ready jobs while queues have free slots and their functions have workers.
@@ -34,9 +28,9 @@ impl Scheduler {
             return Ok(());
         }
         // Only entries found without their job are written here.
-        let mut orphans = sled::Batch::default();
+        let mut orphans = Writes::default();
         let mut any_orphan = false;
-        let names: Vec<String> = self.queues.keys().cloned().collect();
+        let names = self.queues.names();
         for name in names {
             let free = self.free_slots(&name);
             if free == 0 {
@@ -54,7 +48,7 @@ impl Scheduler {
 
     fn free_slots(&self, name: &str) -> usize {
         match self.queues.get(name) {
-            Some(q) if !q.paused && !q.ready_fns.is_empty() => {
+            Some(q) if !q.paused && !q.ready.is_empty() => {
                 q.settings.concurrency.saturating_sub(q.running)
             }
             _ => 0,
@@ -67,73 +61,41 @@ impl Scheduler {
     ///
     /// Ready entries of attempts whose start is not yet written stay in the
     /// store; each function's scan resumes after the last entry it took
-    /// (`QueueRt::ready_after`), so they are not walked over again.
+    /// (`ReadyIndex::resume_point`), so they are not walked over again.
     fn pick_ready(
         &mut self,
         name: &str,
         n: usize,
-    ) -> Result<Vec<(FnId, sled::IVec, Uuid)>, StoreError> {
-        let rt = &self.queues[name];
-        let (q, cursor) = (rt.id, rt.cursor);
-        let order: Vec<FnId> = rt
-            .ready_fns
-            .range(cursor..)
-            .chain(rt.ready_fns.range(..cursor))
-            .copied()
-            .collect();
+    ) -> Result<Vec<(FnId, ReadyPos, Uuid)>, StoreError> {
+        let q = self.queues[name].id;
         let mut picked = Vec::new();
-        let mut drained = Vec::new();
-        let mut after = Vec::new();
-        let mut last = None;
-        for f in order {
+        for f in self.queues[name].ready.round() {
             if picked.len() >= n {
                 break;
             }
-            let Some((ns, fid)) = self.fn_keys.get(&f) else {
+            let Some((ns, fid)) = self.fn_ids.name(f) else {
                 continue;
             };
             if !self.mesh.inspect(|st| st.function(ns, fid).is_some()) {
                 continue;
             }
             let before = picked.len();
-            let prefix = layout::ready_fn_prefix(q, f);
-            let from = match self.queues[name].ready_after.get(&f) {
-                Some(k) => Bound::Excluded(k.to_vec()),
-                None => Bound::Included(prefix.clone()),
-            };
+            let from = self.queues[name].ready.resume_point(f);
             let mut seen = None;
-            for kv in self
-                .store
-                .tree()
-                .range((from, Bound::Excluded(layout::prefix_end(&prefix))))
-            {
-                let (k, v) = kv?;
-                let id = layout::uuid_value(&v);
+            for kv in self.store.ready_after(q, f, from) {
+                let (k, id) = kv?;
                 seen = Some(k.clone());
                 match id {
-                    Some(id) if !self.running.contains_key(&id) => picked.push((f, k, id)),
+                    Some(id) if !self.attempts.contains(&id) => picked.push((f, k, id)),
                     _ => {}
                 }
                 if picked.len() >= n {
                     break;
                 }
             }
-            if let Some(k) = seen {
-                after.push((f, k));
-            }
-            if picked.len() == before {
-                drained.push(f);
-            } else {
-                last = Some(f);
-            }
-        }
-        if let Some(rt) = self.queues.get_mut(name) {
-            for f in drained {
-                rt.ready_fns.remove(&f);
-            }
-            rt.ready_after.extend(after);
-            if let Some(f) = last {
-                rt.cursor = f + 1;
+            let took = picked.len() > before;
+            if let Some(rt) = self.queues.get_mut(name) {
+                rt.ready.scanned(f, seen, took);
             }
         }
         Ok(picked)
@@ -146,18 +108,20 @@ impl Scheduler {
         &mut self,
         name: &str,
         f: FnId,
-        ready_key: sled::IVec,
+        ready_key: ReadyPos,
         id: Uuid,
-        orphans: &mut sled::Batch,
+        orphans: &mut Writes,
     ) -> Result<bool, StoreError> {
-        let Some(mut job) = self.store.get::<JobRecord>(&layout::job(&id))? else {
+        let Some(mut job) = self.store.job(&id)? else {
             // An index entry without its job cannot be run; drop it so it cannot block the queue.
             tracing::error!(job = %id, "ready entry without a job record; removed");
-            orphans.remove(ready_key);
+            orphans.remove_ready_at(&ready_key);
             return Ok(true);
         };
         let lease = self.queues[name].settings.lease;
-        let (ns, fid) = &self.fn_keys[&f];
+        let Some((ns, fid)) = self.fn_ids.name(f) else {
+            return Ok(false);
+        };
         let data = std::str::from_utf8(&job.payload)
             .ok()
             .and_then(|t| serde_json::value::RawValue::from_string(t.to_owned()).ok())
@@ -179,8 +143,8 @@ impl Scheduler {
         else {
             // The worker left between the check and now: the job stays ready,
             // and the next scan of its function must see it again.
-            if let Some(rt) = self.queue_mut(job.queue_id) {
-                rt.ready_after.remove(&f);
+            if let Some(rt) = self.queues.by_id_mut(job.queue_id) {
+                rt.ready.rescan(f);
             }
             return Ok(false);
         };
@@ -194,71 +158,47 @@ impl Scheduler {
             error: None,
         };
         let q = job.queue_id;
-        self.shift(q, Some(job.state), Some(JobState::Running));
+        self.counters
+            .shift(q, Some(job.state), Some(JobState::Running));
         job.state = JobState::Running;
         let now = tokio::time::Instant::now();
         let lease_until = now + lease;
-        self.leases.add(lease_until, id);
-        self.unrecorded_starts.push_back((now, id));
-        self.running.insert(
-            id,
-            RunningAttempt {
-                queue: q,
-                record: attempt,
-                job,
-                invocation_id,
-                lease_until,
-                start_recorded: false,
-            },
-        );
-        if let Some(rt) = self.queue_mut(q) {
+        let attempt = RunningAttempt {
+            queue: q,
+            record: attempt,
+            job,
+            invocation_id,
+            lease_until,
+            start_recorded: false,
+        };
+        self.attempts.begin(id, attempt, now);
+        if let Some(rt) = self.queues.by_id_mut(q) {
             rt.running += 1;
         }
         Ok(false)
     }
 
-    /// Writes the start of attempts running for [`START_RECORD_DELAY`] (or of
+    /// Writes the start of attempts running for [`super::attempts::START_RECORD_DELAY`] (or of
     /// all, when the scheduler stops): the ready entry gives way to a running
     /// entry holding the attempt, so a restart finds it interrupted.
     pub(super) fn record_starts(&mut self, all: bool) -> Result<(), StoreError> {
-        let now = tokio::time::Instant::now();
-        let mut batch = sled::Batch::default();
-        let mut queues = std::collections::BTreeSet::new();
-        while let Some(&(at, id)) = self.unrecorded_starts.front() {
-            if !all && now.duration_since(at) < START_RECORD_DELAY {
-                break;
-            }
-            self.unrecorded_starts.pop_front();
-            let Some(r) = self.running.get_mut(&id) else {
-                continue; // it ended already
-            };
-            if r.start_recorded {
-                continue;
-            }
-            r.start_recorded = true;
-            let job = &r.job;
-            batch.remove(layout::ready(
-                job.queue_id,
-                job.fn_id,
-                job.priority,
-                job.seq,
-            ));
-            batch.insert(layout::running(&id), record(&r.record));
-            queues.insert(job.queue_id);
-        }
+        let mut batch = Writes::default();
+        let queues = (self.attempts).record_starts(tokio::time::Instant::now(), all, &mut batch);
         if queues.is_empty() {
             return Ok(());
         }
         // The stored counters must count at least the stored running entries
         // (recovery moves the surplus back to ready).
-        self.dirty_counts.extend(queues);
+        for q in queues {
+            self.counters.touch(q);
+        }
         self.commit(batch)?;
         Ok(())
     }
 
     /// Records outcomes taken together in one batch.
     pub(super) fn finish_all(&mut self, outcomes: Vec<Finished>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         for f in outcomes {
             self.finish_into(f, &mut batch)?;
         }
@@ -267,32 +207,25 @@ impl Scheduler {
     }
 
     /// Records one attempt's outcome into `batch`: completed, retry later, or dead.
-    fn finish_into(&mut self, f: Finished, batch: &mut sled::Batch) -> Result<(), StoreError> {
-        if self
-            .running
-            .get(&f.job)
-            .is_none_or(|r| r.invocation_id != f.invocation_id)
-        {
-            return Ok(()); // not running, or the outcome of an attempt already ended
-        }
+    fn finish_into(&mut self, f: Finished, batch: &mut Writes) -> Result<(), StoreError> {
+        // Not running, or the outcome of an attempt already ended.
         let Some(RunningAttempt {
             queue: q,
             record: mut attempt,
             mut job,
-            lease_until,
             start_recorded,
             ..
-        }) = self.running.remove(&f.job)
+        }) = self.attempts.end(&f.job, f.invocation_id)
         else {
             return Ok(());
         };
         if !start_recorded {
             // In the store the job is still ready: it leaves from there.
-            self.shift(q, Some(JobState::Running), Some(JobState::Ready));
+            self.counters
+                .shift(q, Some(JobState::Running), Some(JobState::Ready));
             job.state = JobState::Ready;
         }
-        self.leases.remove(lease_until, f.job);
-        if let Some(rt) = self.queue_mut(q) {
+        if let Some(rt) = self.queues.by_id_mut(q) {
             rt.running = rt.running.saturating_sub(1);
         }
         let now = now_ms();

@@ -3,23 +3,32 @@
 //! race. It reacts to enqueues, attempt outcomes, due times, operator calls
 //! and workers registering functions (a waiting job starts as soon as a
 //! worker provides its function: no polling).
+//!
+//! Its state is made of parts, each with its own invariant, in its own file:
+//! the `QueueTable` (per queue its settings, pause flag, slots in use and
+//! `ReadyIndex`), the `Attempts` in progress with their `Leases`, the
+//! `Counters`, the `Sequence` and the interned `FnIds`. The scheduler
+//! composes them; every write goes through `Scheduler::commit`.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::dispatcher::{Finished, Leases, lease_expired};
+use super::attempts::{Attempts, Expired, START_RECORD_DELAY};
+use super::counters::Counters;
+use super::dispatcher::{Finished, lease_expired};
+use super::fn_ids::FnIds;
 use super::ops::Op;
-use super::settings::{QueueConfig, QueueSettings};
+use super::queue_table::{QueueRt, QueueTable};
+use super::sequence::Sequence;
+use super::settings::QueueConfig;
 use super::{EnqueueReply, EnqueueRequest, now_ms};
 use crate::mesh::state::Settled;
 use crate::mesh::{Mesh, MeshEvent};
 use crate::protocol::{ErrorBody, codes};
-use crate::store::layout::{self, FnId, QueueId};
-use crate::store::records::{AttemptRecord, Counts, JobRecord, JobState, QueueRecord};
-use crate::store::{Store, StoreError, Ticket, record};
+use crate::store::queue::{FnId, QueueId, QueueStore, Writes};
+use crate::store::records::{Counts, JobRecord, QueueRecord};
+use crate::store::{StoreError, Ticket};
 
 pub enum Command {
     Enqueue(EnqueueRequest, EnqueueReply),
@@ -34,70 +43,26 @@ pub enum Command {
 /// How often completed jobs past their retention are pruned, at most (a
 /// shorter retention prunes as often as it lasts, from 100 ms).
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
-/// How far each write of the sequence reservation reaches.
-const SEQ_STEP: u64 = 100_000;
 /// Most enqueues or outcomes written in one batch.
 const MAX_GROUP: usize = 1024;
 
-pub struct QueueRt {
-    pub id: QueueId,
-    pub name: String,
-    pub settings: QueueSettings,
-    pub paused: bool,
-    pub running: usize,
-    pub counts: Counts,
-    /// Functions that have ready jobs in this queue.
-    pub ready_fns: BTreeSet<FnId>,
-    /// Round-robin position among `ready_fns`.
-    pub cursor: FnId,
-    /// Per function, the last ready entry a dispatch scan took: entries up to
-    /// it belong to started jobs. Dropped when an entry is placed at or before it.
-    pub ready_after: HashMap<FnId, sled::IVec>,
-}
-
-/// A job being run. Its `J` record in the store is the one from before it
-/// started (see `store::layout`); this is the live one.
-pub struct RunningAttempt {
-    pub queue: QueueId,
-    pub record: AttemptRecord,
-    pub job: JobRecord,
-    pub invocation_id: Uuid,
-    pub lease_until: tokio::time::Instant,
-    /// Whether the store holds its running entry yet (see `running`'s notes):
-    /// until then it holds the job's ready entry.
-    pub start_recorded: bool,
-}
-
 pub struct Scheduler {
     pub(super) mesh: Mesh,
-    pub(super) store: Arc<Store>,
+    pub(super) store: QueueStore,
     pub(super) config: QueueConfig,
-    pub(super) queues: HashMap<String, QueueRt>,
-    pub(super) queue_names: HashMap<QueueId, String>,
-    /// Interned function ids by namespace, then function id (looked up by `&str`).
-    pub(super) fn_ids: HashMap<String, HashMap<String, FnId>>,
-    pub(super) fn_keys: HashMap<FnId, (String, String)>,
-    pub(super) next_seq: u64,
-    /// Every sequence number below this may be in use (see `take_seq`).
-    pub(super) seq_reserved: u64,
+    pub(super) queues: QueueTable,
+    pub(super) fn_ids: FnIds,
+    pub(super) seq: Sequence,
     /// Attempts in progress. Their record is written once, when they end
     /// (recovery writes it for attempts a stop interrupted).
-    pub(super) running: HashMap<Uuid, RunningAttempt>,
-    /// Jobs completed in the batch being built, with their end time (see
-    /// `write_completed`).
-    pub(super) completing: Vec<(u64, Uuid)>,
-    /// Queues whose counters changed since the last batch (see `commit`).
-    pub(super) dirty_counts: BTreeSet<QueueId>,
-    /// Attempts whose start is not written yet, oldest first.
-    pub(super) unrecorded_starts: VecDeque<(tokio::time::Instant, Uuid)>,
+    pub(super) attempts: Attempts,
+    pub(super) counters: Counters,
     pub(super) next_due_ms: Option<u64>,
     /// Attempt outcomes have their own channel, read first, so a flood of
     /// enqueues cannot starve completions (and with them free slots). The mesh
     /// sends each running job's call outcome here, tagged with the job id.
     pub(super) finished_tx: mpsc::UnboundedSender<Settled>,
     pub(super) finished_rx: Option<mpsc::UnboundedReceiver<Settled>>,
-    /// When each running attempt's lease runs out.
-    pub(super) leases: Leases,
     /// Set when the engine shuts down: no job is started any more.
     pub(super) draining: bool,
     /// Random bits drawn once per process for job ids (see `intake::job_id`).
@@ -116,21 +81,12 @@ impl Scheduler {
             .unwrap_or(PRUNE_EVERY);
         let mut prune =
             tokio::time::interval(shortest.clamp(Duration::from_millis(100), PRUNE_EVERY));
-        // One timer for every lease, re-armed only when a lease ends sooner
-        // than the one it waits for: creating a timer on each turn of the
-        // loop costs more than the rest of an outcome's handling.
-        let lease_timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(lease_timer);
-        let mut lease_armed: Option<tokio::time::Instant> = None;
-        let mut record_tick = tokio::time::interval(super::running::START_RECORD_DELAY);
+        let mut record_tick = tokio::time::interval(START_RECORD_DELAY);
         record_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            if let Some(next) = self.leases.next()
-                && lease_armed.is_none_or(|armed| next < armed)
-            {
-                lease_timer.as_mut().reset(next);
-                lease_armed = Some(next);
-            }
+            self.attempts.leases.arm();
+            let leases_armed = self.attempts.leases.is_armed();
+            let recording = self.attempts.has_unrecorded_starts();
             let due = self
                 .next_due_ms
                 .map(|ms| Duration::from_millis(ms.saturating_sub(now_ms())));
@@ -148,12 +104,9 @@ impl Scheduler {
                     Err(_) => return,
                 },
                 _ = sleep_for(due) => self.log_err("promoting due jobs", |s| s.promote_due()),
-                _ = &mut lease_timer, if lease_armed.is_some() => {
-                    lease_armed = None;
-                    self.expire_leases();
-                }
+                _ = self.attempts.leases.fired(), if leases_armed => self.expire_leases(),
                 _ = prune.tick() => self.log_err("pruning completed jobs", |s| s.prune_completed()),
-                _ = record_tick.tick(), if !self.unrecorded_starts.is_empty() => {
+                _ = record_tick.tick(), if recording => {
                     self.log_err("recording starts", |s| s.record_starts(false));
                 }
             }
@@ -209,25 +162,24 @@ impl Scheduler {
     /// Ends the calls of attempts whose lease ran out; their outcome (a
     /// timeout) comes back on the outcomes channel like any other.
     fn expire_leases(&mut self) {
-        for job in self.leases.expired(tokio::time::Instant::now()) {
-            let Some(r) = self.running.get(&job) else {
-                continue;
-            };
+        let now = tokio::time::Instant::now();
+        for Expired {
+            job,
+            queue,
+            invocation_id,
+        } in self.attempts.expired(now)
+        {
             let lease = self
-                .queue_names
-                .get(&r.queue)
-                .and_then(|name| self.queues.get(name))
+                .queues
+                .by_id(queue)
                 .map_or(Duration::ZERO, |q| q.settings.lease);
             let err = lease_expired(lease);
-            if !self
-                .mesh
-                .fail_call(r.invocation_id, &err.code, &err.message)
-            {
+            if !self.mesh.fail_call(invocation_id, &err.code, &err.message) {
                 // The call already ended and its outcome is on its way; were it
                 // lost, this makes sure the attempt still ends.
                 let _ = self.finished_tx.send(Settled {
                     tag: job,
-                    invocation_id: r.invocation_id,
+                    invocation_id,
                     outcome: Err(err),
                 });
             }
@@ -274,7 +226,7 @@ impl Scheduler {
         }
         let Some(settings) = self.config.settings(name) else {
             return Err(ErrorBody::new(
-                "queue_not_found",
+                codes::QUEUE_NOT_FOUND,
                 format!("queue {name:?} is not declared and the engine runs in strict mode"),
             ));
         };
@@ -284,118 +236,49 @@ impl Scheduler {
                 "a queue name is 1 to 200 bytes",
             ));
         }
-        let id = self.queue_names.keys().max().map_or(1, |m| m + 1);
+        let id = self.queues.next_id();
         let rec = QueueRecord {
             id,
             paused: false,
             created_ms: now_ms(),
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(layout::queue(name), record(&rec));
-        self.commit(batch).map_err(store_error)?;
-        self.queue_names.insert(id, name.to_owned());
-        self.queues.insert(
-            name.to_owned(),
-            new_queue_rt(id, name, settings, false, Counts::default()),
-        );
+        let mut writes = Writes::default();
+        writes.put_queue(name, &rec);
+        self.commit(writes).map_err(store_error)?;
+        self.counters.load(id, Counts::default());
+        self.queues.add(QueueRt::new(id, name, settings, false));
         Ok(id)
     }
 
     /// Interned id of a function for ready keys; persisted at once, like queues.
     pub(super) fn fn_id(&mut self, namespace: &str, function_id: &str) -> Result<FnId, ErrorBody> {
-        if let Some(id) = self.fn_ids.get(namespace).and_then(|m| m.get(function_id)) {
-            return Ok(*id);
+        if let Some(id) = self.fn_ids.id(namespace, function_id) {
+            return Ok(id);
         }
-        let id = self.fn_keys.keys().max().map_or(1, |m| m + 1);
-        let mut batch = sled::Batch::default();
-        batch.insert(layout::function(namespace, function_id), &id.to_be_bytes());
-        self.commit(batch).map_err(store_error)?;
-        self.intern_fn(namespace.to_owned(), function_id.to_owned(), id);
-        Ok(id)
-    }
-
-    pub(super) fn intern_fn(&mut self, namespace: String, function_id: String, id: FnId) {
+        let id = self.fn_ids.next_id();
+        let mut writes = Writes::default();
+        writes.put_function(namespace, function_id, id);
+        self.commit(writes).map_err(store_error)?;
         self.fn_ids
-            .entry(namespace.clone())
-            .or_default()
-            .insert(function_id.clone(), id);
-        self.fn_keys.insert(id, (namespace, function_id));
+            .intern(namespace.to_owned(), function_id.to_owned(), id);
+        Ok(id)
     }
 
     /// A job's current record: the live one while it runs, else the store's.
     pub(super) fn load_job(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
-        match self.running.get(id) {
+        match self.attempts.get(id) {
             Some(r) => Ok(Some(r.job.clone())),
-            None => self.store.get(&layout::job(id)),
+            None => self.store.job(id),
         }
     }
 
-    /// The next sequence number. The store keeps a reservation, not the
-    /// last number used: it is raised `SEQ_STEP` at a time, in the batch of
-    /// the first number past it, so most batches do not write it and a
-    /// restart continues after everything any stored job holds.
-    pub(super) fn take_seq(&mut self, batch: &mut sled::Batch) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        if self.next_seq > self.seq_reserved {
-            self.seq_reserved = self.next_seq + SEQ_STEP;
-            batch.insert(layout::seq(), &self.seq_reserved.to_be_bytes());
-        }
-        seq
-    }
-
-    pub(super) fn queue_mut(&mut self, id: QueueId) -> Option<&mut QueueRt> {
-        let name = self.queue_names.get(&id)?;
-        self.queues.get_mut(name)
-    }
-
-    /// Applies a state move to the queue's counters; [`Scheduler::commit`]
-    /// writes them with the batch that made the move.
-    pub(super) fn count(&mut self, q: QueueId, from: Option<JobState>, to: Option<JobState>) {
-        self.shift(q, from, to);
-        self.dirty_counts.insert(q);
-    }
-
-    /// Applies a state move to the queue's counters in memory only (the
-    /// stored ones follow with the next batch that counts).
-    pub(super) fn shift(&mut self, q: QueueId, from: Option<JobState>, to: Option<JobState>) {
-        if let Some(rt) = self.queue_mut(q) {
-            rt.counts.shift(from, to);
-        }
-    }
-
-    /// Applies `batch` with the counters of every queue it moved jobs in and
-    /// the completed entry of the jobs it completed: the scheduler's only way
-    /// to the store, so no batch leaves them behind. (Each is written once
-    /// per batch, not once per job.)
-    pub(super) fn commit(&mut self, mut batch: sled::Batch) -> Result<Ticket, StoreError> {
-        self.write_completed(&mut batch);
-        for q in std::mem::take(&mut self.dirty_counts) {
-            if let Some(rt) = self.queue_mut(q) {
-                batch.insert(layout::counts(q), record(&rt.counts));
-            }
-        }
+    /// Applies `batch` with the counters of every queue it moved jobs in
+    /// (the batch itself lists the jobs it completed in one entry): the
+    /// scheduler's only way to the store, so no batch leaves them behind.
+    /// (Each is written once per batch, not once per job.)
+    pub(super) fn commit(&mut self, mut batch: Writes) -> Result<Ticket, StoreError> {
+        self.counters.write_dirty(&mut batch);
         self.store.apply(batch)
-    }
-}
-
-pub(super) fn new_queue_rt(
-    id: QueueId,
-    name: &str,
-    settings: QueueSettings,
-    paused: bool,
-    counts: Counts,
-) -> QueueRt {
-    QueueRt {
-        id,
-        name: name.to_owned(),
-        settings,
-        paused,
-        running: 0,
-        counts,
-        ready_fns: BTreeSet::new(),
-        cursor: 0,
-        ready_after: HashMap::new(),
     }
 }
 

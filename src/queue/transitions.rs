@@ -6,58 +6,47 @@ use uuid::Uuid;
 
 use super::now_ms;
 use super::scheduler::{Scheduler, unit_random};
-use crate::store::layout::{self, FnId, QueueId};
+use crate::store::StoreError;
+use crate::store::queue::{FnId, QueueId};
+use crate::store::queue::{ReadySlot, Writes};
 use crate::store::records::{ErrorRecord, JobRecord, JobState};
-use crate::store::{StoreError, record};
 
 impl Scheduler {
     /// Writes the index entry for a job's current state.
-    pub(super) fn place(&mut self, id: &Uuid, job: &JobRecord, batch: &mut sled::Batch) {
+    pub(super) fn place(&mut self, id: &Uuid, job: &JobRecord, batch: &mut Writes) {
         match job.state {
             JobState::Ready => {
-                let key = layout::ready(job.queue_id, job.fn_id, job.priority, job.seq);
-                // A dispatch scan resumes after its last entry: one placed at or
-                // before it must be found.
-                if let Some(rt) = self.queue_mut(job.queue_id)
-                    && rt
-                        .ready_after
-                        .get(&job.fn_id)
-                        .is_some_and(|after| key.as_slice() <= after.as_ref())
-                {
-                    rt.ready_after.remove(&job.fn_id);
+                let slot = ReadySlot::of(job);
+                if let Some(rt) = self.queues.by_id_mut(job.queue_id) {
+                    rt.ready.placed(&slot);
                 }
-                batch.insert(key, id.as_bytes());
+                batch.put_ready(&slot, id);
             }
             JobState::Delayed => {
-                batch.insert(layout::due(job.due_ms, id), &[]);
+                batch.put_due(job.due_ms, id);
                 if self.next_due_ms.is_none_or(|d| job.due_ms < d) {
                     self.next_due_ms = Some(job.due_ms);
                 }
             }
             // Written by `record_starts`, with the attempt, once it has run a while.
             JobState::Running => {}
-            // Listed in one entry per batch by `write_completed` (from `commit`).
-            JobState::Completed => self.completing.push((job.finished_ms, *id)),
-            JobState::Dead => batch.insert(layout::dead(job.queue_id, job.dead_seq), id.as_bytes()),
+            // Listed in the one completed entry the batch writes.
+            JobState::Completed => batch.add_completed(job.finished_ms, id),
+            JobState::Dead => batch.put_dead(job.queue_id, job.dead_seq, id),
             // Held jobs live only in their group's list (written at enqueue).
             JobState::Cancelled | JobState::Held => {}
         }
     }
 
     /// Removes the index entry for a job's current state.
-    pub(super) fn unplace(id: &Uuid, job: &JobRecord, batch: &mut sled::Batch) {
+    pub(super) fn unplace(id: &Uuid, job: &JobRecord, batch: &mut Writes) {
         match job.state {
-            JobState::Ready => batch.remove(layout::ready(
-                job.queue_id,
-                job.fn_id,
-                job.priority,
-                job.seq,
-            )),
-            JobState::Delayed => batch.remove(layout::due(job.due_ms, id)),
-            JobState::Running => batch.remove(layout::running(id)),
+            JobState::Ready => batch.remove_ready(&ReadySlot::of(job)),
+            JobState::Delayed => batch.remove_due(job.due_ms, id),
+            JobState::Running => batch.remove_running(id),
             // Its batch's entry lists other jobs too: pruning rewrites it.
             JobState::Completed => {}
-            JobState::Dead => batch.remove(layout::dead(job.queue_id, job.dead_seq)),
+            JobState::Dead => batch.remove_dead(job.queue_id, job.dead_seq),
             JobState::Cancelled | JobState::Held => {}
         }
     }
@@ -68,14 +57,14 @@ impl Scheduler {
         id: &Uuid,
         job: &mut JobRecord,
         to: JobState,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
     ) {
         let from = job.state;
         Self::unplace(id, job, batch);
         job.state = to;
         self.place(id, job, batch);
-        batch.insert(layout::job(id), record(job));
-        self.count(job.queue_id, Some(from), Some(to));
+        batch.put_job(id, job);
+        self.counters.count(job.queue_id, Some(from), Some(to));
         if to == JobState::Ready {
             self.mark_ready(job.queue_id, job.fn_id);
         }
@@ -93,19 +82,17 @@ impl Scheduler {
         &mut self,
         id: &Uuid,
         job: &JobRecord,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
         promote: bool,
     ) {
         let Some(group) = &job.group else { return };
-        batch.remove(layout::group_entry(job.queue_id, group, job.seq));
+        batch.remove_group_entry(job.queue_id, group, job.seq);
         if !promote {
             return;
         }
         let next = self
             .store
-            .tree()
-            .scan_prefix(layout::group_prefix(job.queue_id, group))
-            .filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+            .group(job.queue_id, group)
             .find(|other| other != id);
         let Some(next_id) = next else { return };
         match self.load_job(&next_id) {
@@ -124,23 +111,9 @@ impl Scheduler {
         }
     }
 
-    /// One completed entry for every job that completed in `batch`.
-    pub(super) fn write_completed(&mut self, batch: &mut sled::Batch) {
-        let Some(&(_, first)) = self.completing.first() else {
-            return;
-        };
-        // The latest time: no job's retention is cut short.
-        let done = self.completing.iter().map(|(t, _)| *t).max().unwrap_or(0);
-        let ids: Vec<Uuid> = self.completing.drain(..).map(|(_, id)| id).collect();
-        batch.insert(
-            layout::completed(done, &first),
-            layout::completed_value(&ids),
-        );
-    }
-
     pub(super) fn mark_ready(&mut self, q: QueueId, f: FnId) {
-        if let Some(rt) = self.queue_mut(q) {
-            rt.ready_fns.insert(f);
+        if let Some(rt) = self.queues.by_id_mut(q) {
+            rt.ready.mark(f);
         }
     }
 
@@ -150,17 +123,17 @@ impl Scheduler {
         id: &Uuid,
         job: &mut JobRecord,
         err: ErrorRecord,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
     ) {
         tracing::debug!(job = %id, attempt = job.attempts, reason = err.reason.as_str(), "attempt failed");
         job.last_error = Some(err);
         if job.attempts >= job.max_attempts {
-            job.dead_seq = self.take_seq(batch);
+            job.dead_seq = self.seq.take(batch);
             job.finished_ms = now_ms();
             tracing::info!(job = %id, queue = %job.queue, attempts = job.attempts, "job dead-lettered");
             self.transition(id, job, JobState::Dead, batch);
         } else {
-            let settings = &self.queues[&job.queue].settings;
+            let settings = &self.queues[job.queue.as_str()].settings;
             let delay = settings.backoff(job.attempts, unit_random());
             job.due_ms = now_ms() + delay.as_millis() as u64;
             self.transition(id, job, JobState::Delayed, batch);
@@ -172,13 +145,13 @@ impl Scheduler {
         &mut self,
         id: &Uuid,
         job: &JobRecord,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
         promote: bool,
     ) -> Result<(), StoreError> {
         Self::unplace(id, job, batch);
-        batch.remove(layout::job(id));
+        batch.remove_job(id);
         if let Some(key) = &job.idempotency_key {
-            batch.remove(layout::idempotency(job.queue_id, key));
+            batch.remove_idempotency(job.queue_id, key);
         }
         // Deleting a group's active job lets the next one run; a held one just leaves.
         let was_head = !matches!(
@@ -186,7 +159,7 @@ impl Scheduler {
             JobState::Held | JobState::Completed | JobState::Dead | JobState::Cancelled
         );
         self.release_group(id, job, batch, promote && was_head);
-        self.count(job.queue_id, Some(job.state), None);
+        self.counters.count(job.queue_id, Some(job.state), None);
         Ok(())
     }
 }

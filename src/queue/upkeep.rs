@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use super::now_ms;
 use super::scheduler::Scheduler;
-use crate::store::layout;
+use crate::store::StoreError;
+use crate::store::queue::Writes;
 use crate::store::records::JobState;
-use crate::store::{StoreError, record};
 
 /// Most jobs promoted or pruned in one batch.
 const UPKEEP_BATCH: usize = 10_000;
@@ -18,13 +18,10 @@ impl Scheduler {
     pub(super) fn promote_due(&mut self) -> Result<(), StoreError> {
         let now = now_ms();
         self.next_due_ms = None;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut promoted = 0;
-        for kv in self.store.tree().scan_prefix([layout::DUE]) {
-            let (k, _) = kv?;
-            let Some((due, id)) = layout::parse_due(&k) else {
-                continue;
-            };
+        for kv in self.store.due() {
+            let (due, id) = kv?;
             if due > now || promoted >= UPKEEP_BATCH {
                 self.next_due_ms = Some(due.max(now));
                 break;
@@ -33,9 +30,9 @@ impl Scheduler {
                 Some(mut job) if job.state == JobState::Delayed => {
                     self.transition(&id, &mut job, JobState::Ready, &mut batch);
                     job.due_ms = 0;
-                    batch.insert(layout::job(&id), record(&job));
+                    batch.put_job(&id, &job);
                 }
-                _ => batch.remove(k),
+                _ => batch.remove_due(due, &id),
             }
             promoted += 1;
         }
@@ -52,23 +49,20 @@ impl Scheduler {
         let now = now_ms();
         let shortest = self
             .queues
-            .values()
+            .iter()
             .map(|q| q.settings.retention)
             .min()
             .unwrap_or(Duration::ZERO);
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let (mut pruned, mut changed) = (0, false);
-        for kv in self.store.tree().scan_prefix([layout::COMPLETED]) {
-            let (k, v) = kv?;
-            let Some((done, _)) = layout::parse_due(&k) else {
-                continue;
-            };
+        for entry in self.store.completed() {
+            let entry = entry?;
+            let done = entry.done_ms;
             if done + shortest.as_millis() as u64 > now || pruned >= UPKEEP_BATCH {
                 break;
             }
-            let ids = layout::completed_ids(&k, &v);
             let mut kept = Vec::new();
-            for id in &ids {
+            for id in &entry.jobs {
                 let Some(job) = self.load_job(id)? else {
                     continue;
                 };
@@ -86,11 +80,9 @@ impl Scheduler {
                 self.delete_job(id, &job, &mut batch, true)?;
                 pruned += 1;
             }
-            if kept.is_empty() {
-                batch.remove(k);
-                changed = true;
-            } else if kept.len() < ids.len() {
-                batch.insert(k, layout::completed_value(&kept));
+            // An entry listing no job any more goes; one that lost some is rewritten.
+            if kept.is_empty() || kept.len() < entry.jobs.len() {
+                batch.keep_completed(&entry, &kept);
                 changed = true;
             }
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{Channel, CloseReason, ClosedBy, Realtime, dispatch, persist};
+use super::{Client, CloseReason, ClosedBy, Realtime, dispatch, persist};
 use crate::mesh::Mesh;
 use crate::protocol::codes::close;
 
@@ -32,7 +32,7 @@ pub async fn serve(
     socket: WebSocket,
     mesh: Mesh,
     hub: Realtime,
-    ch: Arc<Channel>,
+    ch: Arc<Client>,
     outbox: super::Outbox,
 ) {
     hub.insert(ch.clone());
@@ -75,7 +75,7 @@ pub async fn serve(
 }
 
 /// Runs `fut`, but gives up `wait` after the channel starts closing.
-async fn until_closed_plus(ch: &Channel, wait: Duration, fut: impl Future<Output = ()>) {
+async fn until_closed_plus(ch: &Client, wait: Duration, fut: impl Future<Output = ()>) {
     tokio::select! {
         _ = fut => {}
         _ = async { ch.closed().await; tokio::time::sleep(wait).await } => {
@@ -84,7 +84,7 @@ async fn until_closed_plus(ch: &Channel, wait: Duration, fut: impl Future<Output
     }
 }
 
-async fn handle_one(mesh: Mesh, hub: Realtime, ch: Arc<Channel>, msg: Inbound) {
+async fn handle_one(mesh: Mesh, hub: Realtime, ch: Arc<Client>, msg: Inbound) {
     match msg {
         Inbound::Text(t) => dispatch::on_text(&mesh, &hub, &ch, t.as_str()).await,
         Inbound::Binary(b) => dispatch::on_binary(&mesh, &hub, &ch, b).await,
@@ -97,7 +97,7 @@ async fn handle_one(mesh: Mesh, hub: Realtime, ch: Arc<Channel>, msg: Inbound) {
 async fn handle_messages(
     mesh: &Mesh,
     hub: &Realtime,
-    ch: &Arc<Channel>,
+    ch: &Arc<Client>,
     mut in_rx: mpsc::Receiver<Inbound>,
     wait: Duration,
 ) {
@@ -134,7 +134,7 @@ async fn handle_messages(
 async fn read_loop(
     mut stream: SplitStream<WebSocket>,
     in_tx: mpsc::Sender<Inbound>,
-    ch: Arc<Channel>,
+    ch: Arc<Client>,
 ) {
     let idle = ch.limits.idle_timeout;
     loop {
@@ -184,7 +184,7 @@ async fn read_loop(
     }
 }
 
-fn on_read_error(ch: &Channel, e: axum::Error) {
+fn on_read_error(ch: &Client, e: axum::Error) {
     let inner = e.into_inner();
     match inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
         Some(tokio_tungstenite::tungstenite::Error::Capacity(cap)) => {
@@ -209,7 +209,7 @@ fn on_read_error(ch: &Channel, e: axum::Error) {
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Message>,
-    ch: Arc<Channel>,
+    ch: Arc<Client>,
 ) {
     let every = ch.limits.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -258,7 +258,7 @@ async fn write_loop(
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     rx: &mut mpsc::Receiver<Message>,
-    ch: &Channel,
+    ch: &Client,
     first: Message,
 ) -> bool {
     let mut next = Some(first);

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 use super::routes::{AuthMode, Event};
-use super::{Channel, CloseReason, ClosedBy, Realtime};
+use super::{Client, CloseReason, ClosedBy, Realtime};
 use crate::mesh::Mesh;
 use crate::protocol::codes::{self, close};
 use crate::protocol::{ErrorBody, Payload, to_payload};
@@ -30,7 +30,7 @@ pub enum Data {
 }
 
 /// The invocation payload: the same shape for every event.
-pub fn payload(ch: &Channel, d: &Delivery<'_>) -> Payload {
+pub fn payload(ch: &Client, d: &Delivery<'_>) -> Payload {
     let mut p = Map::new();
     p.insert("channel".into(), ch.snapshot());
     p.insert("event".into(), d.event.as_str().into());
@@ -76,7 +76,7 @@ pub struct RouteGone;
 /// itself is gone (its workers unbound it while the socket stayed open).
 pub fn target(
     hub: &Realtime,
-    ch: &Channel,
+    ch: &Client,
     event: Event,
     matched: Option<(&str, &Value)>,
 ) -> Result<Option<Target>, RouteGone> {
@@ -93,7 +93,7 @@ pub fn target(
 pub async fn invoke(
     mesh: &Mesh,
     hub: &Realtime,
-    ch: &Channel,
+    ch: &Client,
     t: &Target,
     d: &Delivery<'_>,
 ) -> Result<Value, ErrorBody> {
@@ -149,7 +149,7 @@ fn error_frame(id_key: &str, id: Option<&Value>, code: &str, message: String) ->
 }
 
 /// Handles one text message from the client, start to reply.
-pub async fn on_text(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>, text: &str) {
+pub async fn on_text(mesh: &Mesh, hub: &Realtime, ch: &Arc<Client>, text: &str) {
     let limits = ch.limits.clone();
     let (mut obj, non_object) = match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(obj)) => (obj, None),
@@ -199,7 +199,7 @@ pub async fn on_text(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>, text: &str)
 }
 
 /// Handles one binary message: the `binary` handler gets it as `data_b64`.
-pub async fn on_binary(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>, bytes: Vec<u8>) {
+pub async fn on_binary(mesh: &Mesh, hub: &Realtime, ch: &Arc<Client>, bytes: Vec<u8>) {
     let id_key = ch.limits.correlation_key.clone();
     let t = match target(hub, ch, Event::Binary, None) {
         Ok(Some(t)) => t,
@@ -222,7 +222,7 @@ pub async fn on_binary(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>, bytes: Ve
 
 /// Sends the reply (unless the client is gone) and applies `on_handler_error`.
 fn finish(
-    ch: &Channel,
+    ch: &Client,
     t: &Target,
     matched: Option<(&str, &Value)>,
     id_key: &str,
@@ -249,7 +249,7 @@ fn finish(
 
 /// Runs the connect handler; its return value is the client's first frame.
 /// An error is sent as an error frame and closes the socket (4403 when forbidden).
-pub async fn on_connect(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>) {
+pub async fn on_connect(mesh: &Mesh, hub: &Realtime, ch: &Arc<Client>) {
     let Ok(Some(t)) = target(hub, ch, Event::Connect, None) else {
         return;
     };
@@ -283,7 +283,7 @@ pub async fn on_connect(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>) {
 }
 
 /// Runs the disconnect handler (errors are only logged: the client is gone).
-pub async fn on_disconnect(mesh: &Mesh, hub: &Realtime, ch: &Arc<Channel>, reason: &CloseReason) {
+pub async fn on_disconnect(mesh: &Mesh, hub: &Realtime, ch: &Arc<Client>, reason: &CloseReason) {
     let Ok(Some(mut t)) = target(hub, ch, Event::Disconnect, None) else {
         return;
     };

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Channel, CloseReason, ClosedBy, Realtime, persist};
+use super::{Client, CloseReason, ClosedBy, Realtime, persist};
 use crate::mesh::provided::args;
 use crate::mesh::{CallCtx, Mesh, Reply};
 use crate::protocol::ErrorBody;
@@ -19,7 +19,7 @@ fn bad(msg: impl Into<String>) -> ErrorBody {
     ErrorBody::new(codes::INVALID_ARGUMENTS, msg)
 }
 
-fn channel(hub: &Realtime, id: Option<String>) -> Result<Arc<Channel>, ErrorBody> {
+fn channel(hub: &Realtime, id: Option<String>) -> Result<Arc<Client>, ErrorBody> {
     let id = id.ok_or_else(|| bad("missing channel_id"))?;
     hub.get(&id)
         .ok_or_else(|| ErrorBody::new(codes::CHANNEL_NOT_FOUND, format!("no open channel {id}")))
@@ -109,7 +109,7 @@ struct TopicArgs {
     topic: Option<String>,
 }
 
-fn topic_args(hub: &Realtime, input: Value) -> Result<(Arc<Channel>, String), ErrorBody> {
+fn topic_args(hub: &Realtime, input: Value) -> Result<(Arc<Client>, String), ErrorBody> {
     let a: TopicArgs = args(input)?;
     let topic = a
         .topic

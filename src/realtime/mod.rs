@@ -34,12 +34,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::MemoryBudget;
 use crate::mesh::state::Binding;
 use crate::mesh::state::TriggerTypeHandler;
 use crate::protocol::ErrorBody;
 use crate::protocol::codes::{self, close};
 use crate::queue::Queues;
-use crate::store::Store;
+use crate::store::realtime::ConnRows;
 pub use routes::TRIGGER_TYPE;
 
 /// `[realtime]`: defaults for every route; a route's `route_options` override them.
@@ -218,7 +219,7 @@ struct Live {
 
 /// One client connection, as handlers and engine functions see it.
 #[derive(Debug)]
-pub struct Channel {
+pub struct Client {
     pub id: String,
     /// The route pattern (`/ws/chat/:room`).
     pub route: String,
@@ -232,6 +233,8 @@ pub struct Channel {
     live: Mutex<Live>,
     outbox: mpsc::Sender<Message>,
     queued_bytes: AtomicUsize,
+    /// The engine-wide budget the queued bytes also count against.
+    budget: Arc<MemoryBudget>,
     closing: CancellationToken,
     reason: Mutex<Option<CloseReason>>,
     /// Numbers the events of this connection, in arrival order.
@@ -246,7 +249,7 @@ pub struct Outbox {
 }
 
 /// Everything needed to make a channel (filled in by the upgrade).
-pub struct ChannelInit {
+pub struct ClientInit {
     pub route: String,
     pub path: String,
     pub params: Map<String, Value>,
@@ -254,10 +257,11 @@ pub struct ChannelInit {
     pub opening_data: Map<String, Value>,
     pub auth: Option<Value>,
     pub limits: Arc<Limits>,
+    pub budget: Arc<MemoryBudget>,
 }
 
-impl Channel {
-    pub fn new(init: ChannelInit) -> (Arc<Self>, Outbox) {
+impl Client {
+    pub fn new(init: ClientInit) -> (Arc<Self>, Outbox) {
         let (tx, rx) = mpsc::channel(init.limits.outbound_messages);
         let ch = Arc::new(Self {
             id: uuid::Uuid::now_v7().to_string(),
@@ -275,6 +279,7 @@ impl Channel {
             }),
             outbox: tx,
             queued_bytes: AtomicUsize::new(0),
+            budget: init.budget,
             closing: CancellationToken::new(),
             reason: Mutex::new(None),
             seq: AtomicU64::new(0),
@@ -342,7 +347,10 @@ impl Channel {
             return Err(SendError::Closed);
         }
         let len = message_len(&msg);
+        // Counted before it is queued: the writer may send it, and give the
+        // bytes back, before this thread runs another line.
         let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        self.budget.charge(len);
         let full = if queued > self.limits.outbound_bytes {
             Some("bytes")
         } else {
@@ -351,6 +359,7 @@ impl Channel {
                 Err(mpsc::error::TrySendError::Full(_)) => Some("messages"),
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                    self.budget.release(len);
                     return Err(SendError::Closed);
                 }
             }
@@ -359,6 +368,7 @@ impl Channel {
             None => Ok(()),
             Some(what) => {
                 self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                self.budget.release(len);
                 tracing::warn!(channel_id = %self.id, route = %self.route, limit = what, "client is not reading; closing it as a slow consumer");
                 self.close(CloseReason::new(
                     close::TRY_AGAIN_LATER,
@@ -376,8 +386,9 @@ impl Channel {
 
     /// Called by the writer once a frame is on its way.
     fn sent(&self, msg: &Message) {
-        self.queued_bytes
-            .fetch_sub(message_len(msg), Ordering::Relaxed);
+        let len = message_len(msg);
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        self.budget.release(len);
     }
 
     /// Starts closing. The first reason wins; later calls change nothing.
@@ -415,6 +426,14 @@ fn message_len(msg: &Message) -> usize {
     }
 }
 
+/// Frames still queued when the client goes were never sent: their bytes
+/// leave the engine's budget with it.
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.budget.release(*self.queued_bytes.get_mut());
+    }
+}
+
 /// A one-use upgrade ticket (`channel::issue_ticket`).
 #[derive(Debug)]
 struct Ticket {
@@ -425,7 +444,7 @@ struct Ticket {
 
 #[derive(Default)]
 struct Tables {
-    channels: HashMap<String, Arc<Channel>>,
+    channels: HashMap<String, Arc<Client>>,
     /// topic → subscribed channel ids.
     topics: HashMap<String, HashSet<String>>,
     tickets: HashMap<String, Ticket>,
@@ -443,10 +462,12 @@ struct HubInner {
     /// mesh (under its lock) through [`TriggerTypeHandler`]; never held while
     /// calling into the mesh.
     routes: Mutex<routes::RouteTable>,
+    /// The engine-wide budget client outboxes count against.
+    budget: Arc<MemoryBudget>,
     /// Where disconnects owed after a crash are queued.
     queues: Option<Queues>,
-    /// Released at shutdown so the store can close with the queue.
-    store: Mutex<Option<Arc<Store>>>,
+    /// Open-connection rows. Released at shutdown so the store can close with the queue.
+    rows: Mutex<Option<ConnRows>>,
     config: RealtimeConfig,
     shutting_down: AtomicBool,
     /// Woken when the last open connection leaves (shutdown waits on it).
@@ -454,13 +475,19 @@ struct HubInner {
 }
 
 impl Realtime {
-    pub fn new(config: RealtimeConfig, store: Option<Arc<Store>>, queues: Option<Queues>) -> Self {
+    pub fn new(
+        config: RealtimeConfig,
+        rows: Option<ConnRows>,
+        queues: Option<Queues>,
+        budget: Arc<MemoryBudget>,
+    ) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 tables: Mutex::new(Tables::default()),
                 routes: Mutex::new(routes::RouteTable::default()),
+                budget,
                 queues,
-                store: Mutex::new(store),
+                rows: Mutex::new(rows),
                 config,
                 shutting_down: AtomicBool::new(false),
                 emptied: tokio::sync::Notify::new(),
@@ -472,9 +499,9 @@ impl Realtime {
         &self.inner.config
     }
 
-    pub(crate) fn store(&self) -> Option<Arc<Store>> {
+    pub(crate) fn rows(&self) -> Option<ConnRows> {
         self.inner
-            .store
+            .rows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -485,6 +512,10 @@ impl Realtime {
         self.inner.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(crate) fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.inner.budget
+    }
+
     pub(crate) fn queues(&self) -> Option<&Queues> {
         self.inner.queues.as_ref()
     }
@@ -493,7 +524,7 @@ impl Realtime {
         self.inner.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(&self, channel_id: &str) -> Option<Arc<Channel>> {
+    pub fn get(&self, channel_id: &str) -> Option<Arc<Client>> {
         self.tables().channels.get(channel_id).cloned()
     }
 
@@ -502,14 +533,9 @@ impl Realtime {
     }
 
     /// Open channels, optionally only those of `route` or subscribed to `topic`.
-    pub fn list(
-        &self,
-        route: Option<&str>,
-        topic: Option<&str>,
-        limit: usize,
-    ) -> Vec<Arc<Channel>> {
+    pub fn list(&self, route: Option<&str>, topic: Option<&str>, limit: usize) -> Vec<Arc<Client>> {
         let t = self.tables();
-        let mut out: Vec<Arc<Channel>> = match topic {
+        let mut out: Vec<Arc<Client>> = match topic {
             Some(topic) => t
                 .topics
                 .get(topic)
@@ -526,12 +552,12 @@ impl Realtime {
         out
     }
 
-    fn insert(&self, ch: Arc<Channel>) {
+    fn insert(&self, ch: Arc<Client>) {
         self.tables().channels.insert(ch.id.clone(), ch);
     }
 
     /// Forgets a channel and its subscriptions (after its disconnect ran).
-    fn remove(&self, ch: &Channel) {
+    fn remove(&self, ch: &Client) {
         let topics = ch.topics();
         let mut t = self.tables();
         t.channels.remove(&ch.id);
@@ -583,7 +609,7 @@ impl Realtime {
     /// `within`) until each one's disconnect handler has run.
     pub async fn shutdown(&self, within: Duration) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let open: Vec<Arc<Channel>> = self.tables().channels.values().cloned().collect();
+        let open: Vec<Arc<Client>> = self.tables().channels.values().cloned().collect();
         if !open.is_empty() {
             tracing::info!(
                 channels = open.len(),
@@ -611,7 +637,7 @@ impl Realtime {
         }
         let left = self.open_count();
         self.inner
-            .store
+            .rows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();

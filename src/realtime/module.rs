@@ -14,13 +14,14 @@ use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
 use crate::queue::Queues;
 use crate::store::Store;
+use crate::store::realtime::{ConnRows, LeftRow};
 
 pub(crate) struct RealtimeModule {
     mesh: Mesh,
     hub: Realtime,
     /// Rows the last run left, read before any connection can add one;
     /// queued as disconnects once the engine starts.
-    leftovers: Mutex<Vec<persist::Row>>,
+    leftovers: Mutex<Vec<LeftRow>>,
 }
 
 impl RealtimeModule {
@@ -30,7 +31,9 @@ impl RealtimeModule {
         store: Arc<Store>,
         queues: &Queues,
     ) -> Self {
-        let hub = Realtime::new(config, Some(store), Some(queues.clone()));
+        let budget = mesh.budget().clone();
+        let rows = ConnRows::new(store);
+        let hub = Realtime::new(config, Some(rows), Some(queues.clone()), budget);
         let leftovers = persist::leftovers(&hub);
         Self {
             mesh: mesh.clone(),

@@ -13,22 +13,17 @@ use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 use super::routes::Event;
-use super::{Channel, ClosedBy, Realtime, dispatch};
+use super::{Client, ClosedBy, Realtime, dispatch};
 use crate::protocol::codes::close;
 use crate::protocol::to_payload;
-use crate::store::layout;
+use crate::store::realtime::LeftRow;
 use crate::store::records::RealtimeConnRecord;
 
-/// A stored open-connection row: (key, record bytes).
-pub type Row = (sled::IVec, sled::IVec);
-
-fn key(ch: &Channel) -> Option<Vec<u8>> {
-    Uuid::parse_str(&ch.id)
-        .ok()
-        .map(|id| layout::realtime_conn(&id))
+fn id(ch: &Client) -> Option<Uuid> {
+    Uuid::parse_str(&ch.id).ok()
 }
 
-fn snapshot_bytes(ch: &Channel) -> Vec<u8> {
+fn snapshot_bytes(ch: &Client) -> Vec<u8> {
     let mut snap = ch.snapshot();
     if let Some(obj) = snap.as_object_mut() {
         obj.remove("state");
@@ -38,8 +33,8 @@ fn snapshot_bytes(ch: &Channel) -> Vec<u8> {
 
 /// Records an opening connection when its route has a disconnect handler.
 /// Returns whether a row was written (and made durable).
-pub async fn opened(hub: &Realtime, ch: &Channel) -> bool {
-    let (Some(store), Some(key)) = (hub.store(), key(ch)) else {
+pub async fn opened(hub: &Realtime, ch: &Client) -> bool {
+    let (Some(rows), Some(id)) = (hub.rows(), id(ch)) else {
         return false;
     };
     let Ok(Some(t)) = dispatch::target(hub, ch, Event::Disconnect, None) else {
@@ -51,9 +46,7 @@ pub async fn opened(hub: &Realtime, ch: &Channel) -> bool {
         function_id: t.function_id,
         opened_ms: ch.connected_at,
     };
-    let mut batch = sled::Batch::default();
-    batch.insert(key, crate::store::record(&rec));
-    let ticket = match store.apply(batch) {
+    let ticket = match rows.put(&id, &rec) {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(channel_id = %ch.id, error = %e, "cannot record the open connection; a crash would skip its disconnect");
@@ -61,7 +54,7 @@ pub async fn opened(hub: &Realtime, ch: &Channel) -> bool {
         }
     };
     ch.recorded.store(true, Ordering::Relaxed);
-    if let Err(e) = store.durable(ticket).await {
+    if let Err(e) = rows.durable(ticket).await {
         tracing::warn!(channel_id = %ch.id, error = %e, "open connection recorded but not synced");
     }
     true
@@ -69,61 +62,50 @@ pub async fn opened(hub: &Realtime, ch: &Channel) -> bool {
 
 /// Rewrites a recorded connection's row (topics or auth changed). Not awaited:
 /// what a crash loses here is only the newest topic or auth context.
-pub fn refresh(hub: &Realtime, ch: &Channel) {
+pub fn refresh(hub: &Realtime, ch: &Client) {
     if !ch.recorded.load(Ordering::Relaxed) {
         return;
     }
-    let (Some(store), Some(key)) = (hub.store(), key(ch)) else {
+    let (Some(rows), Some(id)) = (hub.rows(), id(ch)) else {
         return;
     };
-    let Ok(Some(mut rec)) = store.get::<RealtimeConnRecord>(&key) else {
+    let Ok(Some(mut rec)) = rows.get(&id) else {
         return;
     };
     rec.channel = snapshot_bytes(ch);
-    let mut batch = sled::Batch::default();
-    batch.insert(key, crate::store::record(&rec));
-    if let Err(e) = store.apply(batch) {
+    if let Err(e) = rows.put(&id, &rec) {
         tracing::warn!(channel_id = %ch.id, error = %e, "cannot update the open connection's row");
     }
 }
 
 /// Removes the row once the disconnect has run.
-pub fn closed(hub: &Realtime, ch: &Channel) {
-    let (Some(store), Some(key)) = (hub.store(), key(ch)) else {
+pub fn closed(hub: &Realtime, ch: &Client) {
+    let (Some(rows), Some(id)) = (hub.rows(), id(ch)) else {
         return;
     };
-    let mut batch = sled::Batch::default();
-    batch.remove(key);
-    if let Err(e) = store.apply(batch) {
+    if let Err(e) = rows.remove(&id) {
         tracing::warn!(channel_id = %ch.id, error = %e, "cannot remove the closed connection's row; it will get an extra disconnect after a restart");
     }
 }
 
 /// Rows the last run left: read at start, before any new connection can add one.
-pub fn leftovers(hub: &Realtime) -> Vec<Row> {
-    let Some(store) = hub.store() else {
-        return Vec::new();
-    };
-    store
-        .tree()
-        .scan_prefix([layout::REALTIME_CONNS])
-        .filter_map(|r| r.ok())
-        .collect()
+pub fn leftovers(hub: &Realtime) -> Vec<LeftRow> {
+    hub.rows().map(|rows| rows.all()).unwrap_or_default()
 }
 
 /// Turns the rows a crash left ([`leftovers`]) into `engine_restart`
 /// disconnects. Returns how many were queued.
-pub async fn recover(hub: &Realtime, rows: Vec<Row>) -> usize {
-    let (Some(store), Some(queues)) = (hub.store(), hub.queues()) else {
+pub async fn recover(hub: &Realtime, left: Vec<LeftRow>) -> usize {
+    let (Some(rows), Some(queues)) = (hub.rows(), hub.queues()) else {
         return 0;
     };
     let mut done = 0;
-    for (key, bytes) in rows {
-        let rec: RealtimeConnRecord = match crate::store::codec::decode(&bytes) {
+    for (id, rec) in left {
+        let rec = match rec {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "unreadable open-connection row; removed");
-                let _ = store.tree().remove(&key);
+                let _ = rows.remove(&id);
                 continue;
             }
         };
@@ -152,9 +134,7 @@ pub async fn recover(hub: &Realtime, rows: Vec<Row>) -> usize {
         };
         match queues.enqueue(req).await {
             Ok(_) => {
-                let mut batch = sled::Batch::default();
-                batch.remove(key);
-                if let Err(e) = store.apply(batch) {
+                if let Err(e) = rows.remove(&id) {
                     tracing::warn!(error = %e, "cannot remove a recovered connection row");
                 }
                 done += 1;

@@ -6,7 +6,7 @@ use axum::extract::ws::Message;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-use super::{Channel, Realtime, SendError};
+use super::{Client, Realtime, SendError};
 
 /// What a publish reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub struct Published {
 
 impl Realtime {
     /// Subscribes a channel; false if it was already subscribed.
-    pub fn subscribe(&self, ch: &Channel, topic: &str) -> Result<bool, SendError> {
+    pub fn subscribe(&self, ch: &Client, topic: &str) -> Result<bool, SendError> {
         if ch.is_closing() {
             return Err(SendError::Closed);
         }
@@ -33,7 +33,7 @@ impl Realtime {
         Ok(added)
     }
 
-    pub fn unsubscribe(&self, ch: &Channel, topic: &str) -> bool {
+    pub fn unsubscribe(&self, ch: &Client, topic: &str) -> bool {
         let mut t = self.tables();
         let removed = ch.remove_topic(topic);
         if let Some(set) = t.topics.get_mut(topic) {
@@ -54,7 +54,7 @@ impl Realtime {
         exclude: Option<&str>,
         raw: bool,
     ) -> Published {
-        let targets: Vec<Arc<Channel>> = {
+        let targets: Vec<Arc<Client>> = {
             let t = self.tables();
             t.topics
                 .get(topic)

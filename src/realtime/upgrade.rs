@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use super::Realtime;
 use super::routes::{AuthMode, Matched};
-use super::{Channel, ChannelInit, connection};
+use super::{Client, ClientInit, connection};
 use crate::mesh::Mesh;
 use crate::protocol::codes::{self, upgrade};
 
@@ -35,6 +35,8 @@ pub enum UpgradeError {
     ShuttingDown,
     #[error("too many client connections")]
     Full,
+    #[error("the engine's memory budget is spent; retry later")]
+    Overloaded,
     #[error("origin {0:?} is not allowed on this route")]
     Origin(String),
     #[error("{0}")]
@@ -55,6 +57,7 @@ impl UpgradeError {
             UpgradeError::NotFound => (StatusCode::NOT_FOUND, codes::ROUTE_NOT_FOUND),
             UpgradeError::Departed => (StatusCode::SERVICE_UNAVAILABLE, upgrade::ROUTE_UNAVAILABLE),
             UpgradeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, upgrade::SHUTTING_DOWN),
+            UpgradeError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, codes::ENGINE_OVERLOADED),
             UpgradeError::Full => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 upgrade::TOO_MANY_CONNECTIONS,
@@ -131,10 +134,10 @@ pub(crate) async fn handle(
     }
 }
 
-fn upgrade(ws: WebSocketUpgrade, app: Upgrades, init: ChannelInit) -> Response {
+fn upgrade(ws: WebSocketUpgrade, app: Upgrades, init: ClientInit) -> Response {
     let Upgrades { mesh, hub } = app;
     let max = init.limits.max_message_bytes;
-    let (ch, outbox) = Channel::new(init);
+    let (ch, outbox) = Client::new(init);
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(SOCKET_BUFFER)
@@ -147,7 +150,7 @@ async fn prepare(
     app: &Upgrades,
     parts: &Parts,
     addr: SocketAddr,
-) -> Result<ChannelInit, UpgradeError> {
+) -> Result<ClientInit, UpgradeError> {
     let (mesh, hub) = (&app.mesh, &app.hub);
     let path = parts.uri.path();
     let m: Matched = hub.routes().find(path).ok_or(UpgradeError::NotFound)?;
@@ -156,6 +159,9 @@ async fn prepare(
     }
     if hub.open_count() >= hub.config().max_connections {
         return Err(UpgradeError::Full);
+    }
+    if hub.budget().is_spent() {
+        return Err(UpgradeError::Overloaded);
     }
     check_origin(&m, parts)?;
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
@@ -182,7 +188,7 @@ async fn prepare(
             }
         }
     }
-    Ok(ChannelInit {
+    Ok(ClientInit {
         route: m.pattern,
         path: path.to_owned(),
         params: m.params,
@@ -190,6 +196,7 @@ async fn prepare(
         opening_data,
         auth,
         limits,
+        budget: hub.budget().clone(),
     })
 }
 

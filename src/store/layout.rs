@@ -74,6 +74,11 @@ pub fn queue(name: &str) -> Vec<u8> {
     key(QUEUES, &[name.as_bytes()])
 }
 
+/// The name in a queue key.
+pub fn parse_queue(k: &[u8]) -> String {
+    String::from_utf8_lossy(k.get(1..).unwrap_or_default()).into_owned()
+}
+
 pub fn job(id: &Uuid) -> Vec<u8> {
     key(JOBS, &[id.as_bytes()])
 }
@@ -119,6 +124,11 @@ pub fn running(id: &Uuid) -> Vec<u8> {
     key(RUNNING, &[id.as_bytes()])
 }
 
+/// The job id in a running key.
+pub fn parse_running(k: &[u8]) -> Option<Uuid> {
+    Uuid::from_slice(k.get(1..)?).ok()
+}
+
 pub fn dead(q: QueueId, seq: u64) -> Vec<u8> {
     key(DEAD, &[&q.to_be_bytes(), &seq.to_be_bytes()])
 }
@@ -157,6 +167,15 @@ pub fn function(namespace: &str, function_id: &str) -> Vec<u8> {
         FUNCTIONS,
         &[namespace.as_bytes(), &[0], function_id.as_bytes()],
     )
+}
+
+/// (namespace, function id) of a function key.
+pub fn parse_function(k: &[u8]) -> Option<(String, String)> {
+    let rest = k.get(1..)?;
+    let sep = rest.iter().position(|b| *b == 0)?;
+    let ns = String::from_utf8_lossy(&rest[..sep]).into_owned();
+    let fid = String::from_utf8_lossy(&rest[sep + 1..]).into_owned();
+    Some((ns, fid))
 }
 
 /// Every unfinished job of one FIFO group, in enqueue order.
@@ -221,6 +240,14 @@ pub const REALTIME_CONNS: u8 = b'w';
 
 pub fn realtime_conn(channel_id: &Uuid) -> Vec<u8> {
     key(REALTIME_CONNS, &[channel_id.as_bytes()])
+}
+
+/// The connection id of a [`realtime_conn`] key.
+pub fn parse_realtime_conn(key: &[u8]) -> Option<Uuid> {
+    match key {
+        [REALTIME_CONNS, id @ ..] => Uuid::from_slice(id).ok(),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

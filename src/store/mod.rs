@@ -1,5 +1,7 @@
 //! The embedded store: sled, laid out by [`layout`], records by [`codec`] and
-//! [`records`], schema steps by [`migrations`].
+//! [`records`], schema steps by [`migrations`]. The durable queue reaches it
+//! only through [`queue::QueueStore`] (typed writes and range reads; its
+//! contract is written there).
 //!
 //! Durability: sled's `flush` ends with `sync_file_range`, which neither
 //! flushes the drive's cache nor metadata, so after each flush the syncer also
@@ -13,6 +15,8 @@
 pub mod codec;
 pub mod layout;
 pub mod migrations;
+pub mod queue;
+pub mod realtime;
 pub mod records;
 
 use serde::Serialize;

@@ -1,28 +1,109 @@
-//! Shared test harness: a real engine on an ephemeral port, and a raw
-//! WebSocket client for speaking the protocol by hand.
+//! Shared test harness: a real engine on an ephemeral port ([`TestEngine`]),
+//! a raw WebSocket client for speaking the protocol by hand ([`RawClient`]),
+//! and the waits every test uses: [`wait_until`] / [`wait_for`] for a
+//! condition, [`assert_holds_for`] / [`assert_silent_for`] for the absence of
+//! something, the only timed waits a test makes on purpose.
+//!
+//! Tests observe the engine through the protocol, `/health` or the methods
+//! of [`TestEngine`]; the methods under "Engine internals" are the only code
+//! in `tests/` that reads the engine's in-process state.
 #![allow(dead_code)]
+
+pub mod launcher;
+pub mod programs;
+pub mod realtime;
+pub mod sdk;
+
+#[allow(unused_imports)] // not every test file starts the binary
+pub use launcher::EngineProcess;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
 
 use qmesh::config::Config;
 use qmesh::engine::{Engine, Snapshot};
 
-/// How long a test waits for any single expected frame.
+/// How long a test waits for any single expected frame or condition.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// How often [`wait_for`] re-checks a condition nothing signals.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Waits until `check` returns `Ok`, and returns its value; `Err` carries
+/// what was seen instead, shown if `within` runs out. For facts the engine
+/// does not signal (a count, a state), re-checked every few milliseconds.
+pub async fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = match check().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}; last seen: {seen}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until `cond` holds (see [`wait_for`]).
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    wait_for(what, within, async || {
+        if cond().await {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await
+}
+
+/// Asserts that `cond` holds for the whole of `window` (checked every few
+/// milliseconds, and at its end): that something does *not* happen can only
+/// be seen over a span of time, so this wait is on purpose.
+pub async fn assert_holds_for(what: &str, window: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + window;
+    loop {
+        assert!(cond(), "{what}: no longer true within {window:?}");
+        if Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(POLL.min(end - Instant::now())).await;
+    }
+}
+
+/// Asserts that nothing arrives on `rx` for `window` (a sender that went
+/// away counts as silence): the negative check of an event a test records.
+pub async fn assert_silent_for<T: std::fmt::Debug>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    window: Duration,
+    what: &str,
+) {
+    if let Ok(Some(v)) = tokio::time::timeout(window, rx.recv()).await {
+        panic!("{what}: received {v:?} within {window:?}");
+    }
+}
 
 /// An engine serving on 127.0.0.1:0 inside the test process.
 pub struct TestEngine {
     pub addr: SocketAddr,
+    /// `ws://127.0.0.1:<port>`
     pub url: String,
-    pub engine: Engine,
+    engine: Engine,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     /// The store's temp dir, when the test did not name one.
@@ -34,8 +115,10 @@ impl TestEngine {
         Self::start_with(test_config()).await
     }
 
-    /// Starts with `config`; a default `data_dir` is replaced by a fresh temp dir.
-    /// Returns once the engine is ready (store open, every module started).
+    /// Starts with `config`; a default `data_dir` is replaced by a fresh temp
+    /// dir. Returns once the engine is ready (`Engine::start` returned: the
+    /// store open, every module started): the one place a test waits for an
+    /// engine to start.
     pub async fn start_with(mut config: Config) -> Self {
         let mut dir = None;
         if config.data_dir == Config::default().data_dir {
@@ -43,11 +126,12 @@ impl TestEngine {
             config.data_dir = d.path().to_owned();
             dir = Some(d);
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
-        let engine = Engine::start(config).await.expect("engine starts");
+        let engine = tokio::time::timeout(WAIT, Engine::start(config))
+            .await
+            .expect("engine starts in time")
+            .expect("engine starts");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(engine.clone().serve(listener, async move {
             let _ = rx.await;
@@ -62,26 +146,17 @@ impl TestEngine {
         }
     }
 
-    /// A consistent picture of the engine's workers, functions, bindings and calls.
-    pub fn snapshot(&self) -> Snapshot {
-        self.engine.snapshot()
-    }
-
-    /// The id of the (first) open realtime connection on route `pattern`.
-    pub fn realtime_connection_on(&self, pattern: &str) -> String {
-        self.snapshot()
-            .realtime_connections
-            .into_iter()
-            .find(|(_, route)| route == pattern)
-            .unwrap_or_else(|| panic!("no open connection on {pattern}"))
-            .0
+    /// Asks for a graceful shutdown without waiting for it: the engine stops
+    /// accepting and lets calls in flight finish ([`TestEngine::is_draining`]).
+    pub fn request_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
     }
 
     /// Graceful shutdown; returns once the server has stopped.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.request_stop();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(20), task)
                 .await
@@ -91,6 +166,7 @@ impl TestEngine {
         }
     }
 
+    /// `GET /health`, as an operator sees it.
     pub async fn health(&self) -> Value {
         let mut stream = TcpStream::connect(self.addr).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -110,31 +186,141 @@ impl TestEngine {
         serde_json::from_str(json).expect("health is JSON")
     }
 
+    /// Calls in flight in the engine (`/health` `pending_invocations`).
+    pub async fn pending_calls(&self) -> u64 {
+        self.health().await["pending_invocations"]
+            .as_u64()
+            .expect("pending_invocations")
+    }
+
+    /// Connected workers (`/health` `workers`).
+    pub async fn worker_count(&self) -> u64 {
+        self.health().await["workers"].as_u64().expect("workers")
+    }
+
+    /// Function ids some worker provides (`/health` `functions`).
+    pub async fn function_count(&self) -> u64 {
+        self.health().await["functions"]
+            .as_u64()
+            .expect("functions")
+    }
+
     /// A raw worker named `name` providing `functions`, returned once they are routable.
     pub async fn worker_with(&self, name: &str, functions: &[&str]) -> RawClient {
         let mut w = RawClient::worker(&self.url, name).await;
         for f in functions {
             w.register_function(f).await;
         }
-        let wanted: Vec<String> = functions.iter().map(|f| f.to_string()).collect();
         let id = w.worker_id.clone();
-        self.until("functions registered", move |m| {
-            wanted.iter().all(|f| {
-                m.function("default", f)
-                    .is_some_and(|fun| fun.providers.iter().any(|p| p.to_string() == id))
-            })
+        wait_until("functions registered", WAIT, async || {
+            functions.iter().all(|f| self.providers(f).contains(&id))
         })
         .await;
         w
     }
 
-    /// Polls until `check` holds on the engine (registrations are asynchronous).
-    pub async fn until(&self, what: &str, check: impl Fn(&Snapshot) -> bool) {
-        let start = std::time::Instant::now();
-        while !check(&self.snapshot()) {
-            assert!(start.elapsed() < WAIT, "timed out waiting for: {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    /// Waits until `function_id` (namespace `default`) has exactly `n` providers.
+    pub async fn wait_for_providers(&self, function_id: &str, n: usize) {
+        wait_for(
+            &format!("{n} providers of {function_id}"),
+            WAIT,
+            async || {
+                let p = self.providers(function_id);
+                if p.len() == n {
+                    Ok(())
+                } else {
+                    Err(format!("{p:?}"))
+                }
+            },
+        )
+        .await
+    }
+
+    // ---- Engine internals -------------------------------------------------
+    // What the protocol and /health do not show, read from the engine's
+    // snapshot (what an embedder sees); the only such code in tests/.
+
+    fn snapshot(&self) -> Snapshot {
+        self.engine.snapshot()
+    }
+
+    /// Worker ids of the live providers of `function_id` in namespace `default`.
+    pub fn providers(&self, function_id: &str) -> Vec<String> {
+        self.snapshot()
+            .function("default", function_id)
+            .map(|f| f.providers.iter().map(Uuid::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Ids of the live connections whose worker announced `name`.
+    pub fn worker_ids_named(&self, name: &str) -> Vec<Uuid> {
+        self.snapshot().workers_named(name)
+    }
+
+    /// The id of the one live worker named `name`.
+    pub fn worker_id_named(&self, name: &str) -> Uuid {
+        let ids = self.worker_ids_named(name);
+        assert_eq!(ids.len(), 1, "workers named {name}: {ids:?}");
+        ids[0]
+    }
+
+    /// Whether the engine still holds connection `worker_id`.
+    pub fn has_worker(&self, worker_id: Uuid) -> bool {
+        self.snapshot().worker(worker_id).is_some()
+    }
+
+    /// The reattach token the engine gave connection `worker_id`.
+    pub fn reattach_token(&self, worker_id: Uuid) -> String {
+        self.snapshot()
+            .worker(worker_id)
+            .expect("a live worker")
+            .reattach_token
+            .to_string()
+    }
+
+    /// The engine closes connection `worker_id` with `code`, as it would on
+    /// an error of its own.
+    pub fn close_worker(&self, worker_id: Uuid, code: u16, reason: &str) {
+        assert!(
+            self.engine.close_worker(worker_id, code, reason),
+            "no live worker {worker_id}"
+        );
+    }
+
+    /// Calls waiting for `function_id` (namespace `default`) to get a worker
+    /// again, within `rebind_grace` of its last one leaving.
+    pub fn calls_waiting_for(&self, function_id: &str) -> usize {
+        self.snapshot().calls_waiting_for("default", function_id)
+    }
+
+    /// Ids of the trigger types some worker (or the engine) provides, any namespace.
+    pub fn trigger_type_ids(&self) -> Vec<String> {
+        self.snapshot()
+            .trigger_types
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    /// How many handlers the realtime route `pattern` has; `None` if there is
+    /// no such route (its last trigger went).
+    pub fn route_handlers(&self, pattern: &str) -> Option<usize> {
+        self.snapshot()
+            .routes
+            .into_iter()
+            .find(|(p, _)| p == pattern)
+            .map(|(_, n)| n)
+    }
+
+    /// Binary channels the engine holds (any state, until removed).
+    pub fn binary_channel_count(&self) -> usize {
+        self.snapshot().channels
+    }
+
+    /// Whether a graceful shutdown has begun (`/health` says `draining`, but
+    /// the listener no longer accepts anyone to ask it).
+    pub fn is_draining(&self) -> bool {
+        self.snapshot().draining
     }
 }
 
@@ -144,6 +330,25 @@ impl Drop for TestEngine {
             task.abort();
         }
     }
+}
+
+/// Waits until the engine lists `n` open realtime connections (of `route`,
+/// if given) to worker `w` and returns their ids: an answered upgrade is
+/// not yet a registered connection.
+pub async fn wait_for_open_channels(
+    w: &qmesh::client::Client,
+    route: Option<&str>,
+    n: usize,
+) -> Vec<String> {
+    wait_for(&format!("{n} open connections"), WAIT, async || {
+        let ids = realtime::open_channels(w, route).await;
+        if ids.len() == n {
+            Ok(ids)
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    })
+    .await
 }
 
 /// Test defaults: short namespace hold so raw clients need not announce themselves.
@@ -242,6 +447,22 @@ impl RawClient {
         .await
     }
 
+    /// Asserts that no `invokefunction` reaches this worker for `window`
+    /// (other frames are read and dropped): the negative check of a dispatch.
+    pub async fn assert_not_invoked_for(&mut self, window: Duration, why: &str) {
+        let end = Instant::now() + window;
+        while let Ok(frame) = tokio::time::timeout_at(end, self.ws.next()).await {
+            match frame {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("engine sends JSON");
+                    assert_ne!(v["type"], "invokefunction", "{why}: {v}");
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{why}: the socket ended: {other:?}"),
+            }
+        }
+    }
+
     /// Serves every `invokefunction` it receives with `handler` until `n` were answered.
     pub async fn serve(&mut self, n: usize, handler: impl Fn(&Value) -> Value) {
         for _ in 0..n {
@@ -272,60 +493,17 @@ async fn next_json(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) -> Optio
         }
     }
 }
-pub mod programs;
-pub mod sdk;
 
-/// A `qmesh` process a test started; killed when dropped, so a failing
-/// test leaves no engine behind (holding the harness's output open).
-pub struct EngineProcess(std::process::Child);
+// ---- HTTP trigger routes (tests/http.rs) ---------------------------------
 
-impl std::ops::Deref for EngineProcess {
-    type Target = std::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.0
+impl TestEngine {
+    /// Where the engine serves HTTP trigger routes (`[http] listen`, resolved).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.engine.http_addr()
     }
-}
 
-impl std::ops::DerefMut for EngineProcess {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
+    /// HTTP trigger routes the engine serves now.
+    pub fn http_routes(&self) -> usize {
+        self.engine.http_routes()
     }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the real `qmesh` binary on an ephemeral port with its store in
-/// `data_dir` (for tests that kill -9 it); returns the process and its URL.
-pub fn start_binary(data_dir: &std::path::Path) -> (EngineProcess, String) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qmesh"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("start qmesh");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .expect("ws:// in the first line")
-        .to_owned();
-    (EngineProcess(child), url)
 }

@@ -1,0 +1,89 @@
+//! The queues the scheduler knows, by name (enqueues and operators name
+//! them) and by id (store keys and job records carry ids).
+//!
+//! Invariant: both ways agree, ids are never reused, and every queue here is
+//! in the store: the scheduler writes a new queue in its own batch before it
+//! adds it, so no later failure leaves a queue known in memory only.
+
+use std::collections::HashMap;
+use std::ops::Index;
+
+use super::ready::ReadyIndex;
+use super::settings::QueueSettings;
+use crate::store::queue::QueueId;
+
+/// One queue's runtime state.
+pub struct QueueRt {
+    pub id: QueueId,
+    pub name: String,
+    pub settings: QueueSettings,
+    pub paused: bool,
+    /// Slots in use: its attempts in progress.
+    pub running: usize,
+    pub ready: ReadyIndex,
+}
+
+impl QueueRt {
+    pub fn new(id: QueueId, name: &str, settings: QueueSettings, paused: bool) -> Self {
+        Self {
+            id,
+            name: name.to_owned(),
+            settings,
+            paused,
+            running: 0,
+            ready: ReadyIndex::default(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct QueueTable {
+    by_name: HashMap<String, QueueRt>,
+    names: HashMap<QueueId, String>,
+}
+
+impl QueueTable {
+    pub fn get(&self, name: &str) -> Option<&QueueRt> {
+        self.by_name.get(name)
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut QueueRt> {
+        self.by_name.get_mut(name)
+    }
+
+    pub fn by_id(&self, id: QueueId) -> Option<&QueueRt> {
+        self.by_name.get(self.names.get(&id)?)
+    }
+
+    pub fn by_id_mut(&mut self, id: QueueId) -> Option<&mut QueueRt> {
+        self.by_name.get_mut(self.names.get(&id)?)
+    }
+
+    /// The id a new queue gets.
+    pub fn next_id(&self) -> QueueId {
+        self.names.keys().max().map_or(1, |m| m + 1)
+    }
+
+    /// Adds a queue already in the store.
+    pub fn add(&mut self, rt: QueueRt) {
+        self.names.insert(rt.id, rt.name.clone());
+        self.by_name.insert(rt.name.clone(), rt);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &QueueRt> {
+        self.by_name.values()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+}
+
+/// A queue the caller knows exists (panics otherwise, like a map's index).
+impl Index<&str> for QueueTable {
+    type Output = QueueRt;
+
+    fn index(&self, name: &str) -> &QueueRt {
+        &self.by_name[name]
+    }
+}

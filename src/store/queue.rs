@@ -1,0 +1,525 @@
+//! The durable queue's view of the store: typed writes gathered in a
+//! [`Writes`] batch and typed range reads, so the queue never sees a key, a
+//! tree or a sled type. The bytes behind them are [`layout`]'s and
+//! [`codec`]'s; another backend (NATS JetStream, later) would implement the
+//! same operations.
+//!
+//! # The contract (what an implementation must guarantee)
+//!
+//! 1. **Atomic batches.** [`QueueStore::apply`] applies every operation of a
+//!    [`Writes`] or none, even across a crash: a job is never found in two
+//!    states or none, its counters never disagree with its index entries
+//!    because of a torn batch.
+//! 2. **Read your writes.** A batch is visible to every read as soon as
+//!    `apply` returns, before it is durable.
+//! 3. **Tickets are ordered; a sync covers what came before it.** `apply`
+//!    returns a [`Ticket`] greater than every earlier one. [`QueueStore::durable`]
+//!    resolves once a sync covering that ticket has finished; a sync covers
+//!    every batch applied before it began, and a finished sync counts even if
+//!    nobody waited for it (group commit). A batch nobody waits for is made
+//!    durable by the next sync anyone waits for, or the backend's own
+//!    periodic flush (sled: 500 ms) — a crash may lose it, never tear it.
+//! 4. **Ordered ranges.** Reads return entries in these orders: ready entries
+//!    of a (queue, function) by priority (highest first), then sequence;
+//!    due and completed entries by time, then job id; dead letters by their
+//!    sequence; a FIFO group's entries by sequence. A [`ReadyPos`] stays
+//!    valid after its entry is removed: a scan after it resumes at the next
+//!    entry in that order.
+//! 5. **One writer.** The queue scheduler is the only writer of these
+//!    tables, and it does not apply a batch while it walks a range; an
+//!    implementation need not arbitrate concurrent writers, and a range read
+//!    need not reflect batches applied after it began.
+//!
+//! Architecture invariant: this module knows records and keys, nothing of
+//! the scheduler, the mesh or the protocol; the queue knows these operations,
+//! nothing of keys, trees or sled.
+//!
+//! # Cost (sled 0.34.7)
+//!
+//! Each typed write is one sled insert or remove in one tree, as the queue
+//! wrote them by hand before this interface. New keys and removals are what
+//! sled pays for (a leaf split every few inserts); overwrites are cheap. The
+//! queue keeps a quick job at two new keys (record, ready entry), one removal
+//! and one overwrite, plus its removal at pruning: keep it so. See
+//! [`layout`] for the keys.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use uuid::Uuid;
+
+use super::layout;
+pub use super::layout::{FnId, QueueId};
+use super::records::{AttemptRecord, Counts, JobRecord, QueueRecord};
+use super::{Store, StoreError, Ticket, codec};
+
+/// The queue tables of a [`Store`].
+#[derive(Clone)]
+pub struct QueueStore {
+    store: Arc<Store>,
+}
+
+/// Operations applied together by [`QueueStore::apply`] (atomically).
+/// Building one touches nothing: it is only a list of writes.
+#[derive(Default)]
+pub struct Writes {
+    batch: sled::Batch,
+    /// Jobs this batch completes: listed in one entry when it is applied.
+    completed: Vec<(u64, Uuid)>,
+    touched: bool,
+}
+
+/// Where a ready entry sits in its (queue, function)'s order: a scan can
+/// resume after it. Opaque: it is the entry's key in sled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyPos(sled::IVec);
+
+/// A ready entry's place: the job's queue, function, priority and sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadySlot {
+    pub queue: QueueId,
+    pub function: FnId,
+    pub priority: u8,
+    pub seq: u64,
+}
+
+impl ReadySlot {
+    pub fn of(job: &JobRecord) -> Self {
+        Self {
+            queue: job.queue_id,
+            function: job.fn_id,
+            priority: job.priority,
+            seq: job.seq,
+        }
+    }
+
+    fn key(&self) -> Vec<u8> {
+        layout::ready(self.queue, self.function, self.priority, self.seq)
+    }
+}
+
+impl ReadyPos {
+    /// Whether `slot` (of the same queue and function) is at or before this
+    /// position: a scan resuming here would miss it.
+    pub fn reaches(&self, slot: &ReadySlot) -> bool {
+        slot.key().as_slice() <= self.0.as_ref()
+    }
+}
+
+/// One completed entry: the jobs one batch completed, for retention.
+pub struct CompletedEntry {
+    key: sled::IVec,
+    pub done_ms: u64,
+    pub jobs: Vec<Uuid>,
+}
+
+/// An entry of the running index: the attempt in progress when it was
+/// written, or the reason it could not be read.
+pub type RunningEntry = (Uuid, Result<AttemptRecord, StoreError>);
+
+impl Writes {
+    /// Whether the batch holds no operation (tests).
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        !self.touched && self.completed.is_empty()
+    }
+
+    fn insert(&mut self, k: Vec<u8>, v: impl Into<sled::IVec>) {
+        self.touched = true;
+        self.batch.insert(k, v);
+    }
+
+    fn remove(&mut self, k: impl Into<sled::IVec>) {
+        self.touched = true;
+        self.batch.remove(k);
+    }
+
+    pub fn put_queue(&mut self, name: &str, rec: &QueueRecord) {
+        self.insert(layout::queue(name), codec::encode(rec));
+    }
+
+    pub fn put_function(&mut self, namespace: &str, function_id: &str, id: FnId) {
+        self.insert(
+            layout::function(namespace, function_id),
+            &id.to_be_bytes()[..],
+        );
+    }
+
+    /// Every sequence number below `reserved` may be in use.
+    pub fn put_seq_reservation(&mut self, reserved: u64) {
+        self.insert(layout::seq(), &reserved.to_be_bytes()[..]);
+    }
+
+    pub fn put_counts(&mut self, q: QueueId, counts: &Counts) {
+        self.insert(layout::counts(q), codec::encode(counts));
+    }
+
+    pub fn put_job(&mut self, id: &Uuid, job: &JobRecord) {
+        self.insert(layout::job(id), codec::encode(job));
+    }
+
+    pub fn remove_job(&mut self, id: &Uuid) {
+        self.remove(layout::job(id));
+    }
+
+    pub fn put_ready(&mut self, slot: &ReadySlot, id: &Uuid) {
+        self.insert(slot.key(), &id.as_bytes()[..]);
+    }
+
+    pub fn remove_ready(&mut self, slot: &ReadySlot) {
+        self.remove(slot.key());
+    }
+
+    /// Removes the ready entry found at `pos` (one whose job is gone).
+    pub fn remove_ready_at(&mut self, pos: &ReadyPos) {
+        self.remove(pos.0.clone());
+    }
+
+    pub fn put_due(&mut self, due_ms: u64, id: &Uuid) {
+        self.insert(layout::due(due_ms, id), &[][..]);
+    }
+
+    pub fn remove_due(&mut self, due_ms: u64, id: &Uuid) {
+        self.remove(layout::due(due_ms, id));
+    }
+
+    /// The attempt in progress, written once it has run a while.
+    pub fn put_running(&mut self, id: &Uuid, attempt: &AttemptRecord) {
+        self.insert(layout::running(id), codec::encode(attempt));
+    }
+
+    pub fn remove_running(&mut self, id: &Uuid) {
+        self.remove(layout::running(id));
+    }
+
+    pub fn put_dead(&mut self, q: QueueId, dead_seq: u64, id: &Uuid) {
+        self.insert(layout::dead(q, dead_seq), &id.as_bytes()[..]);
+    }
+
+    pub fn remove_dead(&mut self, q: QueueId, dead_seq: u64) {
+        self.remove(layout::dead(q, dead_seq));
+    }
+
+    /// Lists `id` in the one completed entry this batch writes (see
+    /// [`layout::completed_ids`]: one new key per batch, not per job).
+    pub fn add_completed(&mut self, done_ms: u64, id: &Uuid) {
+        self.completed.push((done_ms, *id));
+    }
+
+    /// Rewrites a completed entry to list only `kept`, or removes it when empty.
+    pub fn keep_completed(&mut self, entry: &CompletedEntry, kept: &[Uuid]) {
+        if kept.is_empty() {
+            self.remove(entry.key.clone());
+        } else {
+            let k = entry.key.to_vec();
+            self.insert(k, layout::completed_value(kept));
+        }
+    }
+
+    pub fn put_idempotency(&mut self, q: QueueId, key: &str, id: &Uuid) {
+        self.insert(layout::idempotency(q, key), &id.as_bytes()[..]);
+    }
+
+    pub fn remove_idempotency(&mut self, q: QueueId, key: &str) {
+        self.remove(layout::idempotency(q, key));
+    }
+
+    pub fn put_group_entry(&mut self, q: QueueId, group: &str, seq: u64, id: &Uuid) {
+        self.insert(layout::group_entry(q, group, seq), &id.as_bytes()[..]);
+    }
+
+    pub fn remove_group_entry(&mut self, q: QueueId, group: &str, seq: u64) {
+        self.remove(layout::group_entry(q, group, seq));
+    }
+
+    /// The completed entry: keyed by the latest end time (no job's retention
+    /// is cut short) and the first job.
+    fn finish(mut self) -> sled::Batch {
+        if let Some(&(_, first)) = self.completed.first() {
+            let done = self.completed.iter().map(|(t, _)| *t).max().unwrap_or(0);
+            let ids: Vec<Uuid> = self.completed.iter().map(|(_, id)| *id).collect();
+            self.batch.insert(
+                layout::completed(done, &first),
+                layout::completed_value(&ids),
+            );
+        }
+        self.batch
+    }
+}
+
+fn ids(iter: sled::Iter) -> impl DoubleEndedIterator<Item = Uuid> {
+    iter.filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
+}
+
+impl QueueStore {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    fn tree(&self) -> &sled::Tree {
+        self.store.tree()
+    }
+
+    /// Applies `writes` atomically (contract 1, 2); durable after [`Self::durable`].
+    pub fn apply(&self, writes: Writes) -> Result<Ticket, StoreError> {
+        self.store.apply(writes.finish())
+    }
+
+    /// Asks for a sync covering `ticket` now, before anyone waits for it.
+    pub fn want(&self, ticket: Ticket) {
+        self.store.want(ticket);
+    }
+
+    /// Resolves once a sync has covered `ticket` (contract 3).
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        self.store.durable(ticket).await
+    }
+
+    // Small tables, read whole at start.
+
+    /// Every queue ever used, with its name.
+    pub fn queues(&self) -> Result<Vec<(String, QueueRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree().scan_prefix([layout::QUEUES]) {
+            let (k, v) = kv?;
+            out.push((layout::parse_queue(&k), codec::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn counts(&self, q: QueueId) -> Result<Option<Counts>, StoreError> {
+        self.store.get(&layout::counts(q))
+    }
+
+    /// Interned functions: (namespace, function id, id).
+    pub fn functions(&self) -> Result<Vec<(String, String, FnId)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree().scan_prefix([layout::FUNCTIONS]) {
+            let (k, v) = kv?;
+            if let Some((ns, fid)) = layout::parse_function(&k) {
+                let id = FnId::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
+                out.push((ns, fid, id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sequence reservation (0 in a new store).
+    pub fn seq_reservation(&self) -> Result<u64, StoreError> {
+        Ok(match self.tree().get(layout::seq())? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
+            _ => 0,
+        })
+    }
+
+    // Jobs.
+
+    pub fn job(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
+        self.store.get(&layout::job(id))
+    }
+
+    /// The job an idempotency key names.
+    pub fn idempotency(&self, q: QueueId, key: &str) -> Result<Option<Uuid>, StoreError> {
+        Ok(self
+            .store
+            .get_raw(&layout::idempotency(q, key))?
+            .and_then(|v| layout::uuid_value(&v)))
+    }
+
+    // Ranges.
+
+    /// Ready entries of (queue, function) after `after` (from the first when
+    /// `None`), in dispatch order, with each entry's position.
+    pub fn ready_after(
+        &self,
+        q: QueueId,
+        f: FnId,
+        after: Option<&ReadyPos>,
+    ) -> impl Iterator<Item = Result<(ReadyPos, Option<Uuid>), StoreError>> + use<> {
+        let prefix = layout::ready_fn_prefix(q, f);
+        let end = Bound::Excluded(layout::prefix_end(&prefix));
+        let from = match after {
+            Some(pos) => Bound::Excluded(pos.0.to_vec()),
+            None => Bound::Included(prefix),
+        };
+        self.tree().range((from, end)).map(|kv| {
+            let (k, v) = kv?;
+            Ok((ReadyPos(k), layout::uuid_value(&v)))
+        })
+    }
+
+    /// Jobs of the ready entries of (queue, function), in dispatch order.
+    pub fn ready_of_function(&self, q: QueueId, f: FnId) -> impl Iterator<Item = Uuid> + use<> {
+        ids(self.tree().scan_prefix(layout::ready_fn_prefix(q, f)))
+    }
+
+    /// Jobs of every ready entry of a queue, function by function.
+    pub fn ready_of_queue(
+        &self,
+        q: QueueId,
+    ) -> impl Iterator<Item = Result<Option<Uuid>, StoreError>> + use<> {
+        self.tree()
+            .scan_prefix(layout::ready_queue_prefix(q))
+            .map(|kv| Ok(layout::uuid_value(&kv?.1)))
+    }
+
+    /// The functions with ready entries in a queue: one seek per function,
+    /// not one step per entry.
+    pub fn ready_functions(&self, q: QueueId) -> Result<Vec<FnId>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = layout::ready_queue_prefix(q);
+        let end = layout::prefix_end(&from);
+        while let Some(kv) = self.tree().range(from.clone()..end.clone()).next() {
+            let (k, _) = kv?;
+            let Some(f) = layout::ready_key_fn(&k) else {
+                break;
+            };
+            out.push(f);
+            from = layout::prefix_end(&layout::ready_fn_prefix(q, f));
+        }
+        Ok(out)
+    }
+
+    /// Due entries (delayed and backing-off jobs, every queue): (due_ms, job), soonest first.
+    pub fn due(&self) -> impl Iterator<Item = Result<(u64, Uuid), StoreError>> + use<> {
+        self.tree()
+            .scan_prefix([layout::DUE])
+            .filter_map(|kv| match kv {
+                Ok((k, _)) => layout::parse_due(&k).map(Ok),
+                Err(e) => Some(Err(e.into())),
+            })
+    }
+
+    /// The running index: attempts whose start was written and whose end was not.
+    pub fn running(&self) -> Result<Vec<RunningEntry>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree().scan_prefix([layout::RUNNING]) {
+            let (k, v) = kv?;
+            let Some(id) = layout::parse_running(&k) else {
+                continue;
+            };
+            out.push((id, codec::decode(&v).map_err(StoreError::from)));
+        }
+        Ok(out)
+    }
+
+    /// A queue's dead letters in the order they died (reversible: newest first).
+    pub fn dead(
+        &self,
+        q: QueueId,
+    ) -> impl DoubleEndedIterator<Item = Result<Option<Uuid>, StoreError>> + use<> {
+        self.tree()
+            .scan_prefix(layout::dead_prefix(q))
+            .map(|kv| Ok(layout::uuid_value(&kv?.1)))
+    }
+
+    /// Completed entries, oldest first (every queue).
+    pub fn completed(&self) -> impl Iterator<Item = Result<CompletedEntry, StoreError>> + use<> {
+        self.tree()
+            .scan_prefix([layout::COMPLETED])
+            .filter_map(|kv| match kv {
+                Ok((k, v)) => {
+                    let (done_ms, _) = layout::parse_due(&k)?;
+                    let jobs = layout::completed_ids(&k, &v);
+                    Some(Ok(CompletedEntry {
+                        key: k,
+                        done_ms,
+                        jobs,
+                    }))
+                }
+                Err(e) => Some(Err(e.into())),
+            })
+    }
+
+    /// A FIFO group's unfinished jobs, in enqueue order.
+    pub fn group(&self, q: QueueId, group: &str) -> impl Iterator<Item = Uuid> + use<> {
+        ids(self.tree().scan_prefix(layout::group_prefix(q, group)))
+    }
+
+    /// Whether a FIFO group has an unfinished job.
+    pub fn group_busy(&self, q: QueueId, group: &str) -> bool {
+        self.tree()
+            .scan_prefix(layout::group_prefix(q, group))
+            .next()
+            .is_some()
+    }
+
+    /// Every unfinished FIFO job of a queue (held ones included), group by group.
+    pub fn grouped(
+        &self,
+        q: QueueId,
+    ) -> impl Iterator<Item = Result<Option<Uuid>, StoreError>> + use<> {
+        self.tree()
+            .scan_prefix(layout::groups_of_queue(q))
+            .map(|kv| Ok(layout::uuid_value(&kv?.1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, QueueStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        (dir, QueueStore::new(store))
+    }
+
+    #[test]
+    fn ready_scans_resume_after_a_position_even_once_it_is_gone() {
+        let (_dir, qs) = open();
+        let slot = |priority, seq| ReadySlot {
+            queue: 1,
+            function: 2,
+            priority,
+            seq,
+        };
+        let ids: Vec<Uuid> = (1..=3).map(Uuid::from_u128).collect();
+        let mut w = Writes::default();
+        w.put_ready(&slot(0, 1), &ids[0]);
+        w.put_ready(&slot(5, 2), &ids[1]);
+        w.put_ready(&slot(0, 3), &ids[2]);
+        qs.apply(w).unwrap();
+        let all: Vec<_> = qs.ready_after(1, 2, None).map(|r| r.unwrap()).collect();
+        let order: Vec<_> = all.iter().map(|(_, id)| id.unwrap()).collect();
+        assert_eq!(
+            order,
+            vec![ids[1], ids[0], ids[2]],
+            "priority, then sequence"
+        );
+        let first = all[0].0.clone();
+        assert!(first.reaches(&slot(5, 2)) && !first.reaches(&slot(0, 1)));
+
+        let mut w = Writes::default();
+        w.remove_ready(&slot(5, 2));
+        qs.apply(w).unwrap();
+        let rest: Vec<_> = qs
+            .ready_after(1, 2, Some(&first))
+            .map(|r| r.unwrap().1.unwrap())
+            .collect();
+        assert_eq!(rest, vec![ids[0], ids[2]]);
+        assert_eq!(qs.ready_functions(1).unwrap(), vec![2]);
+    }
+
+    #[test]
+    fn one_completed_entry_per_batch_lists_its_jobs() {
+        let (_dir, qs) = open();
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut w = Writes::default();
+        assert!(w.is_empty());
+        w.add_completed(10, &a);
+        w.add_completed(12, &b);
+        assert!(!w.is_empty());
+        qs.apply(w).unwrap();
+        let entries: Vec<_> = qs.completed().map(|e| e.unwrap()).collect();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0].done_ms, entries[0].jobs.clone()),
+            (12, vec![a, b])
+        );
+        let mut w = Writes::default();
+        w.keep_completed(&entries[0], &[b]);
+        qs.apply(w).unwrap();
+        let left: Vec<_> = qs.completed().map(|e| e.unwrap().jobs).collect();
+        assert_eq!(left, vec![vec![b]]);
+    }
+}

@@ -1,0 +1,108 @@
+//! The real `qmesh` binary as a child process: for tests that kill -9 it and
+//! for the benchmarks. One file for both: tests reach it as
+//! `common::launcher`, benches include it with `#[path]`, so it uses nothing
+//! else from `tests/common`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The engine binary to run: the one cargo built for this package, or the
+/// one `QMESH_BENCH_ENGINE` names (the benches compare builds with it).
+fn binary() -> PathBuf {
+    std::env::var_os("QMESH_BENCH_ENGINE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_qmesh")))
+}
+
+/// A `qmesh serve` process on an ephemeral port. Killed (SIGKILL) when
+/// dropped, so a failing test leaves no engine behind holding its output open.
+pub struct EngineProcess {
+    child: Child,
+    /// `ws://127.0.0.1:<port>`, from the engine's first line on stdout.
+    pub url: String,
+    pub data_dir: PathBuf,
+    _owned: Option<tempfile::TempDir>,
+}
+
+impl EngineProcess {
+    /// An engine with a fresh store in a temp dir (removed when dropped).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut e = Self::spawn(dir.path(), None);
+        e._owned = Some(dir);
+        e
+    }
+
+    /// An engine on the store in `data_dir`, which outlives it (for restarts).
+    pub fn start_in(data_dir: &Path) -> Self {
+        Self::spawn(data_dir, None)
+    }
+
+    /// An engine with a fresh store in a temp dir and `config` (TOML) as its config file.
+    pub fn start_with_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("qmesh.toml");
+        // HTTP trigger routes on a free port unless the config says where.
+        let config = if config.contains("[http]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[http]\nlisten = \"127.0.0.1:0\"\n")
+        };
+        std::fs::write(&file, config).expect("write the config file");
+        let mut e = Self::spawn(&dir.path().join("data"), Some(&file));
+        e._owned = Some(dir);
+        e
+    }
+
+    /// Starts the binary and returns once it printed its address, which it
+    /// does when the store is open and the listener accepts.
+    fn spawn(data_dir: &Path, config: Option<&Path>) -> Self {
+        let mut cmd = Command::new(binary());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
+        match config {
+            Some(file) => cmd.arg("--config").arg(file),
+            // HTTP trigger routes on a free port (a config file says where).
+            None => cmd.args(["--http-listen", "127.0.0.1:0"]),
+        };
+        let mut child = cmd
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the qmesh binary");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("read the engine's first line");
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("ws://"))
+            .unwrap_or_else(|| panic!("no ws:// address in the engine's first line: {first:?}"))
+            .to_owned();
+        Self {
+            child,
+            url,
+            data_dir: data_dir.to_owned(),
+            _owned: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,146 @@
+//! The engine's defences against clients that do not play fair, each
+//! attack replayed against a real engine over real sockets.
+
+mod common;
+
+use common::{RawClient, TestEngine, WAIT, test_config};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A connection from `source` (another loopback address: a different
+/// client, as the engine sees it) that sends half an HTTP request and stops.
+async fn half_request(engine: SocketAddr, source: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(engine).await.expect("connect");
+    // Whether the engine kept or closed it, the write may or may not land.
+    let _ = s
+        .write_all(b"GET / HTTP/1.1\r\nHost: qmesh\r\nUpgrade: websocket\r\n")
+        .await;
+    s
+}
+
+/// Waits until the engine closes `s` (EOF or reset), at most `within`.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(within, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // an error response before the close
+        }
+    }
+}
+
+#[tokio::test]
+async fn half_sent_requests_from_one_client_cannot_lock_out_a_worker() {
+    let mut config = test_config();
+    config.limits.max_handshakes = 64;
+    config.limits.max_handshakes_per_ip = 16;
+    config.server.request_timeout = Duration::from_secs(2);
+    let engine = TestEngine::start_with(config).await;
+
+    // An attacker on 127.0.0.2 opens far more half-requests than its share.
+    let mut attack = Vec::new();
+    for _ in 0..400 {
+        attack.push(half_request(engine.addr, "127.0.0.2").await);
+    }
+
+    // A worker elsewhere still connects, registers and serves a call.
+    let mut exec = engine.worker_with("exec", &["echo::it"]).await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let id = caller.send_call("echo::it", json!({"x": 1})).await;
+    let inv = exec
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"echo::it","result":{"ok":true}})).await;
+    let r = caller
+        .recv_until("result", |v| v["invocation_id"] == id.as_str())
+        .await;
+    assert_eq!(r["result"], json!({"ok": true}));
+
+    // The attacker's connections beyond its share were closed at once, and
+    // the rest go when the request deadline passes: none stays open.
+    let mut closed = 0;
+    for s in &mut attack {
+        if closed_within(s, WAIT).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, attack.len(), "every half-sent request is closed");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn telemetry_sockets_count_toward_the_connection_limit() {
+    let mut config = test_config();
+    config.limits.max_connections = 2;
+    let engine = TestEngine::start_with(config).await;
+    let otel = format!("{}/otel", engine.url);
+    let (_a, _) = tokio_tungstenite::connect_async(&otel)
+        .await
+        .expect("first");
+    let (_b, _) = tokio_tungstenite::connect_async(&otel)
+        .await
+        .expect("second");
+    for url in [&otel, &engine.url] {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 503, "{url}")
+            }
+            other => panic!("{url}: expected a 503 refusal, got {other:?}"),
+        }
+    }
+    engine.stop().await;
+}
+
+/// `/health`'s count of bytes held for slow readers.
+async fn budget_used(engine: &TestEngine) -> u64 {
+    engine.health().await["memory_budget"]["used_bytes"]
+        .as_u64()
+        .expect("memory_budget.used_bytes")
+}
+
+#[tokio::test]
+async fn a_spent_memory_budget_refuses_new_calls_until_memory_is_freed() {
+    let mut config = test_config();
+    config.limits.max_message_size = 128 << 10;
+    config.limits.memory_budget = 1 << 20;
+    let engine = TestEngine::start_with(config).await;
+    // A worker that never reads its socket: calls to it pile up in the engine.
+    let stalled = engine.worker_with("stalled", &["slow::sink"]).await;
+    let mut echo = engine.worker_with("echo", &["echo::it"]).await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let pad = "x".repeat(60 << 10);
+    common::wait_until("the budget to be spent", WAIT, async || {
+        for _ in 0..16 {
+            caller.send_call("slow::sink", json!({ "pad": pad })).await;
+        }
+        budget_used(&engine).await >= 1 << 20
+    })
+    .await;
+
+    // New work is refused with a clear code, to any function...
+    let r = caller.call("echo::it", json!({"n": 1})).await;
+    assert_eq!(r["error"]["code"], "engine_overloaded", "{r}");
+
+    // ...until the memory is freed: the stalled worker goes, its frames with it.
+    drop(stalled);
+    common::wait_until("the budget to be freed", WAIT, async || {
+        budget_used(&engine).await < 1 << 20
+    })
+    .await;
+    let id = caller.send_call("echo::it", json!({"n": 2})).await;
+    let inv = echo
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    echo.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"echo::it","result":"ok"})).await;
+    let r = caller
+        .recv_until("result", |v| v["invocation_id"] == id.as_str())
+        .await;
+    assert_eq!(r["result"], "ok");
+    engine.stop().await;
+}
