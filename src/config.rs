@@ -28,6 +28,10 @@ pub struct Config {
     pub channels: crate::channels::ChannelConfig,
     /// Realtime channels: defaults for `websocket` routes (a route's options override them).
     pub realtime: crate::realtime::RealtimeConfig,
+    /// HTTP trigger routes: their own listener (iii's `iii-http`).
+    pub http: crate::http::HttpConfig,
+    /// HTTP-invoked functions: which URLs they may call.
+    pub http_functions: crate::http::HttpFunctionsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -59,6 +63,8 @@ impl Default for Config {
             queue: Default::default(),
             channels: Default::default(),
             realtime: Default::default(),
+            http: Default::default(),
+            http_functions: Default::default(),
         }
     }
 }
@@ -170,6 +176,7 @@ impl Config {
         self.queue.validate().map_err(ConfigError::Invalid)?;
         self.channels.validate().map_err(ConfigError::Invalid)?;
         self.realtime.validate().map_err(ConfigError::Invalid)?;
+        self.http.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

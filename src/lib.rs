@@ -17,7 +17,8 @@
 //! - Modules: `functions` (the mesh's own `engine::*` introspection
 //!   functions and trigger types), [`channels`] (binary channels between
 //!   workers), [`queue`] (the durable queue), `realtime` (client WebSockets
-//!   on routes, handled by worker functions).
+//!   on routes, handled by worker functions), `http` (HTTP trigger routes
+//!   on their own listener, and HTTP-invoked functions).
 //! - `edge`: the worker listener's own paths (`/`, `/otel`, `/health`) and
 //!   the server loop.
 //! - [`engine`]: the root: builds every part, serves, drains in order.
@@ -35,6 +36,7 @@ pub mod config;
 mod edge;
 pub mod engine;
 mod functions;
+mod http;
 pub mod loadgen;
 pub mod logging;
 mod mesh;

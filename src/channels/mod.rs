@@ -301,6 +301,24 @@ impl Channels {
         }
     }
 
+    /// The engine, holding the `engine_end` of a channel itself (an HTTP
+    /// request's body and response), is done with it. If the worker's end
+    /// never connected, the channel goes now and quietly: no tombstone, since
+    /// nobody was waiting for it and one per request would fill the table.
+    /// Otherwise it finishes as its ends finish.
+    pub(crate) fn release(&self, channel: &Channel, engine_end: Direction) {
+        let unclaimed = {
+            let e = channel.lock_ends();
+            match engine_end {
+                Direction::Write => e.reader == EndState::Waiting,
+                Direction::Read => e.writer == EndState::Waiting,
+            }
+        };
+        if unclaimed && self.table().live.remove(&channel.id).is_some() {
+            channel.abandoned.cancel();
+        }
+    }
+
     /// How the writer ended (read by the reader's pump at end of stream).
     pub fn writer_state(&self, channel: &Channel) -> EndState {
         channel.lock_ends().writer

@@ -13,6 +13,9 @@ pub struct ServeArgs {
     /// Address to listen on (worker sockets, /otel, /health). Use 0.0.0.0 to accept remote workers.
     #[arg(long, env = "QMESH_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Address of the HTTP trigger-route listener (`[http] listen`; default 127.0.0.1:3111).
+    #[arg(long, env = "QMESH_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
     /// Home of the embedded store.
     #[arg(long, env = "QMESH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -34,6 +37,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(listen) = args.http_listen {
+        config.http.listen = listen;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
@@ -57,16 +63,22 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
-            Ok(l) => l,
-            Err(e) => return fail(&format!("cannot listen on {}: {e}", config.listen)),
-        };
+        // The engine (and its HTTP listener) first: a client that waits for
+        // the worker port to accept (iii's CI polls it) then finds every
+        // other port bound too.
+        let listen = config.listen;
         let engine = match qmesh::Engine::start(config).await {
             Ok(engine) => engine,
             Err(e) => return fail(&e.to_string()),
         };
-        // Ready: the store is open and every module started.
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(&format!("cannot listen on {listen}: {e}")),
+        };
+        // Ready: the store is open, every module started, HTTP routes served.
         match listener.local_addr() {
+            // One line, read by scripts and tests (which may stop reading
+            // after it); the HTTP listener's address is in the log.
             Ok(addr) => println!("qmesh listening on ws://{addr}"),
             Err(e) => return fail(&format!("cannot read the listening address: {e}")),
         }

@@ -29,6 +29,7 @@ use crate::budget::MemoryBudget;
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::functions::Introspection;
+use crate::http::HttpModule;
 use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
 use crate::protocol::codes::close;
@@ -65,6 +66,7 @@ struct Inner {
     modules: Vec<Arc<dyn Module>>,
     channels: Channels,
     realtime: Arc<RealtimeModule>,
+    http: Arc<HttpModule>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -92,11 +94,21 @@ impl Engine {
             store,
             &queues,
         ));
+        let http = Arc::new(
+            HttpModule::bind(
+                &mesh,
+                &channels,
+                config.http.clone(),
+                &config.http_functions,
+            )
+            .await?,
+        );
         let modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),
             Arc::new(queues),
             realtime.clone(),
+            http.clone(),
         ];
 
         let mut provisions = Provisions::default();
@@ -122,6 +134,7 @@ impl Engine {
                 modules,
                 channels,
                 realtime,
+                http,
                 tasks: Mutex::new(tasks),
             }),
         })
@@ -129,6 +142,16 @@ impl Engine {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Where HTTP trigger routes are served (`http.listen`, resolved).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.inner.http.local_addr()
+    }
+
+    /// Live HTTP trigger routes.
+    pub fn http_routes(&self) -> usize {
+        self.inner.http.routes()
     }
 
     /// Serves the worker listener (and every module's routes on it) until

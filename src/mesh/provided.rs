@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use super::state::{Binding, TriggerTypeHandler};
+use super::state::{Binding, CallOutcome, TriggerTypeHandler};
 use super::{Connection, Mesh};
-use crate::protocol::{ErrorBody, Invoke, codes};
+use crate::protocol::{ErrorBody, Invoke, Payload, codes};
 
 /// What an engine function answers.
 pub(crate) type Reply = Result<Value, ErrorBody>;
@@ -51,6 +51,46 @@ impl TriggerTypeHandler for FiredByEngine {
     fn unbind(&self, _: &str) {}
 }
 
+/// Functions a worker registers but the engine calls itself, not through the
+/// worker's socket (a `registerfunction` with an `invocation` spec: iii's
+/// HTTP-invoked functions). The mesh keeps them like any function (owned by
+/// the registering worker, listed, routed, gone when it goes); only the last
+/// step of a call differs: it is handed to the [`ExternalTarget`].
+pub(crate) trait ExternalFunctions: Send + Sync {
+    /// A worker registers `function_id` with `spec`: accept it (what calls
+    /// go to) or refuse it (logged; the registration is dropped, as iii does).
+    fn accept(
+        &self,
+        function_id: &str,
+        spec: &Payload,
+    ) -> Result<Arc<dyn ExternalTarget>, ErrorBody>;
+}
+
+/// Where calls to one external function go.
+pub(crate) trait ExternalTarget: Send + Sync {
+    /// Starts the call and returns at once; the outcome comes later through
+    /// [`ExternalCall::settle`]. Runs under no lock.
+    fn invoke(&self, call: ExternalCall);
+}
+
+/// A call handed to an [`ExternalTarget`]. It is in the mesh's table of
+/// calls like any other, so deadlines, the queue's leases and a caller that
+/// goes away apply to it; settling a call that already ended is a no-op.
+pub(crate) struct ExternalCall {
+    pub invocation_id: Uuid,
+    pub function_id: String,
+    /// What a worker would receive (`_caller_worker_id` included for worker calls).
+    pub data: Payload,
+    pub(super) mesh: Mesh,
+}
+
+impl ExternalCall {
+    /// Delivers the outcome to the caller, like an `invocationresult` would.
+    pub(crate) fn settle(self, outcome: CallOutcome) {
+        self.mesh.settle_call(self.invocation_id, outcome);
+    }
+}
+
 pub(crate) struct EngineTriggerType {
     pub id: &'static str,
     pub description: &'static str,
@@ -64,6 +104,7 @@ pub(crate) struct Provisions {
     pub(super) trigger_types: Vec<EngineTriggerType>,
     pub(super) enqueue: Option<Box<EnqueueFn>>,
     pub(super) worker_gone: Vec<Box<WorkerGoneFn>>,
+    pub(super) external: Option<Arc<dyn ExternalFunctions>>,
 }
 
 impl Provisions {
@@ -148,6 +189,15 @@ impl Provisions {
         self.enqueue = Some(Box::new(f));
     }
 
+    /// Who accepts and calls external functions (at most one module).
+    pub(crate) fn external_functions(&mut self, f: Arc<dyn ExternalFunctions>) {
+        assert!(
+            self.external.is_none(),
+            "two modules take external functions"
+        );
+        self.external = Some(f);
+    }
+
     /// Runs after a worker's disconnect has been applied to the registry.
     pub(crate) fn on_worker_gone(&mut self, f: impl Fn(Uuid) + Send + Sync + 'static) {
         self.worker_gone.push(Box::new(f));
@@ -169,6 +219,7 @@ pub(crate) struct Provided {
     functions: HashMap<&'static str, Handler>,
     pub(super) enqueue: Option<Box<EnqueueFn>>,
     pub(super) worker_gone: Vec<Box<WorkerGoneFn>>,
+    pub(super) external: Option<Arc<dyn ExternalFunctions>>,
 }
 
 impl Provided {
@@ -177,6 +228,7 @@ impl Provided {
             functions: p.functions,
             enqueue: p.enqueue,
             worker_gone: p.worker_gone,
+            external: p.external,
         };
         (provided, p.trigger_types)
     }

@@ -156,6 +156,25 @@ impl Mesh {
         namespace: &str,
         reg: FunctionRegistration,
     ) {
+        // An external function is checked (URL, secrets) before the lock is taken.
+        let external = match (&reg.invocation, &self.provided().external) {
+            (None, _) => None,
+            (Some(spec), Some(ext)) => match ext.accept(&reg.id, spec) {
+                Ok(target) => Some(target),
+                Err(err) => {
+                    // iii only logs it; later calls get function_not_found.
+                    tracing::warn!(worker_id = %worker_id, function_id = %reg.id, error = %err, "external function refused; registration dropped");
+                    return;
+                }
+            },
+            (Some(_), None) => {
+                tracing::warn!(worker_id = %worker_id, function_id = %reg.id, "refused: this engine calls no external functions");
+                if let Some(w) = self.lock().workers.get(&worker_id) {
+                    let _ = w.conn.send(outbound::function_rejected(namespace, &reg.id));
+                }
+                return;
+            }
+        };
         let mut st = self.lock();
         let Some(worker) = st.workers.get_mut(&worker_id) else {
             return;
@@ -169,13 +188,6 @@ impl Mesh {
         }
         if self.is_reserved(&reg.id) {
             tracing::warn!(worker_id = %worker_id, function_id = %reg.id, "refused: the engine provides this function id");
-            let _ = worker
-                .conn
-                .send(outbound::function_rejected(namespace, &reg.id));
-            return;
-        }
-        if reg.http_invocation {
-            tracing::warn!(worker_id = %worker_id, function_id = %reg.id, "refused: HTTP-invoked functions are not supported");
             let _ = worker
                 .conn
                 .send(outbound::function_rejected(namespace, &reg.id));
@@ -201,10 +213,14 @@ impl Mesh {
             .iter_mut()
             .find(|p| p.worker == worker_id)
         {
-            Some(p) => p.info = info,
+            Some(p) => {
+                p.info = info;
+                p.external = external;
+            }
             None => function.providers.push(Provider {
                 worker: worker_id,
                 info,
+                external,
             }),
         }
         if first && let Some(waiting) = st.rebinding.remove(&key) {

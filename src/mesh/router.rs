@@ -5,13 +5,13 @@
 //! the table first, so an outcome is delivered at most once whatever races
 //! (result, executor disconnect, deadline) happen.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::state::{Call, CallOutcome, Caller, Function, Key, Settled, State, Worker};
-use super::{Connection, Mesh};
+use super::Mesh;
+use super::provided::ExternalCall;
+use super::state::{Call, CallOutcome, Caller, Executor, Function, Key, Settled, State, Worker};
 use crate::protocol::inbound::{InvocationResult, Invoke};
 use crate::protocol::outbound::{self, InvokeParts};
 use crate::protocol::{ErrorBody, Payload, codes, inject_caller};
@@ -111,7 +111,7 @@ impl Mesh {
                 deadline,
             );
             match started {
-                Some(conn) => {
+                Some((_, conn)) => {
                     if let Some(w) = st.workers.get_mut(&caller) {
                         w.calls_out.insert(invocation_id);
                     }
@@ -252,14 +252,13 @@ impl Mesh {
         } = target;
         let invocation_id = Uuid::new_v4();
         let deadline = Instant::now() + timeout.min(self.config().invocation.max_duration);
-        let conn = {
+        let (executor, conn) = {
             let mut st = self.lock();
             match st.start(invocation_id, namespace, function_id, caller, deadline) {
-                Some(conn) => conn,
+                Some(started) => started,
                 None => return Err(st.not_found(namespace, function_id)),
             }
         };
-        let executor = conn.id;
         self.deliver(
             &conn,
             InvokeParts {
@@ -316,26 +315,44 @@ impl Mesh {
             .is_ok()
     }
 
-    /// Puts a started call's frame in its executor's outbox; a connection
-    /// already closing fails the call at once.
-    fn deliver(&self, executor: &Connection, parts: InvokeParts<'_>) {
+    /// Puts a started call's frame in its executor's outbox (a connection
+    /// already closing fails the call at once), or hands it to its external
+    /// target.
+    fn deliver(&self, executor: &Executor, parts: InvokeParts<'_>) {
         let invocation_id = *parts.invocation_id;
-        if executor.send(outbound::invoke(parts)).is_err() {
-            self.fail_call(
+        match executor {
+            Executor::Worker(conn) => {
+                if conn.send(outbound::invoke(parts)).is_err() {
+                    self.fail_call(
+                        invocation_id,
+                        codes::INVOCATION_STOPPED,
+                        "the executing worker's connection is closing",
+                    );
+                }
+            }
+            Executor::External(target) => target.invoke(ExternalCall {
                 invocation_id,
-                codes::INVOCATION_STOPPED,
-                "the executing worker's connection is closing",
-            );
+                function_id: parts.function_id.to_owned(),
+                data: parts.data.to_owned(),
+                mesh: self.clone(),
+            }),
         }
     }
 
     /// Settles an in-flight call with an engine-made error, if it is still in
     /// flight. Returns whether it was.
     pub(crate) fn fail_call(&self, invocation_id: Uuid, code: &str, message: &str) -> bool {
+        self.settle_call(invocation_id, Err(ErrorBody::new(code, message)))
+    }
+
+    /// Settles an in-flight call with `outcome` (an external function's
+    /// result, an engine-made error), if it is still in flight. Returns
+    /// whether it was.
+    pub(crate) fn settle_call(&self, invocation_id: Uuid, outcome: CallOutcome) -> bool {
         let mut st = self.lock();
         match st.take_call(&invocation_id) {
             Some(call) => {
-                st.settle(invocation_id, call, Err(ErrorBody::new(code, message)));
+                st.settle(invocation_id, call, outcome);
                 true
             }
             None => false,
@@ -388,12 +405,10 @@ pub(crate) async fn expire_calls(mesh: Mesh) {
 }
 
 impl State {
-    /// Least in-flight first; round-robin among equals. Skips closing connections.
-    fn pick_executor(
-        &mut self,
-        namespace: &str,
-        function_id: &str,
-    ) -> Option<(Uuid, Arc<Connection>)> {
+    /// Least in-flight first; round-robin among equals. Skips closing
+    /// connections. An external function's calls go to its target; the
+    /// worker that registered it counts them as its own.
+    fn pick_executor(&mut self, namespace: &str, function_id: &str) -> Option<(Uuid, Executor)> {
         let workers = &self.workers;
         let function: &mut Function = self.functions.get_mut(namespace)?.get_mut(function_id)?;
         let n = function.providers.len();
@@ -414,11 +429,16 @@ impl State {
         }
         let (idx, w, _) = best?;
         function.cursor = idx + 1;
-        Some((w.conn.id, w.conn.clone()))
+        let executor = match &function.providers[idx].external {
+            Some(target) => Executor::External(target.clone()),
+            None => Executor::Worker(w.conn.clone()),
+        };
+        Some((w.conn.id, executor))
     }
 
     /// Picks an executor for the function and records the call on it.
-    /// `None` when no live worker provides it.
+    /// Returns the executing worker's id and where the call goes; `None`
+    /// when no live worker provides it.
     pub(super) fn start(
         &mut self,
         invocation_id: Uuid,
@@ -426,10 +446,10 @@ impl State {
         function_id: &str,
         caller: Caller,
         deadline: Instant,
-    ) -> Option<Arc<Connection>> {
-        let (executor, conn) = self.pick_executor(namespace, function_id)?;
+    ) -> Option<(Uuid, Executor)> {
+        let (executor, to) = self.pick_executor(namespace, function_id)?;
         self.begin(invocation_id, caller, executor, function_id, deadline);
-        Some(conn)
+        Some((executor, to))
     }
 
     fn begin(

@@ -10,6 +10,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::connection::Connection;
+use super::provided::ExternalTarget;
 use crate::protocol::{ErrorBody, Payload};
 
 /// (namespace, id) of a function or a trigger type.
@@ -72,6 +73,14 @@ pub struct Function {
 pub struct Provider {
     pub worker: Uuid,
     pub info: Arc<FunctionInfo>,
+    /// Set for an external function: calls go here, not to the worker's socket.
+    pub external: Option<Arc<dyn ExternalTarget>>,
+}
+
+/// Where a picked call goes.
+pub(crate) enum Executor {
+    Worker(Arc<Connection>),
+    External(Arc<dyn ExternalTarget>),
 }
 
 /// What a worker declared about a function when registering it.

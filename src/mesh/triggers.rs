@@ -227,9 +227,18 @@ impl State {
                     None => Ok(()),
                 };
                 if let Err(err) = verdict {
-                    // A bad or conflicting config: refuse it like a worker provider would.
+                    // A bad or conflicting config: refuse it like a worker
+                    // provider would, and keep no record of it (as iii: it is
+                    // not listed, and nothing replays it).
                     tracing::warn!(binding = %b.id, trigger_type = %b.trigger_type, function_id = %b.function_id, error = %err, "trigger refused by the engine");
-                    b.active_on = None;
+                    let Some(mut b) = self.bindings.remove(binding_id) else {
+                        return;
+                    };
+                    if let BindingOwner::Worker(w) = b.owner
+                        && let Some(w) = self.workers.get_mut(&w)
+                    {
+                        w.bindings.remove(binding_id);
+                    }
                     let frame = outbound::trigger_registration_result(
                         &b.id,
                         &b.trigger_type,

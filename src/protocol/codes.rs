@@ -140,3 +140,34 @@ pub const INVALID_STATE: &str = "invalid_state";
 pub const QUEUE_ERROR: &str = "queue_error";
 /// The attempt ended because the engine stopped while it ran (an attempt's error code).
 pub const ENGINE_RESTART: &str = "engine_restart";
+
+// HTTP triggers and HTTP-invoked functions.
+/// HTTP error envelope: no route at that path, or its function is gone (404).
+pub const HTTP_NOT_FOUND: &str = NOT_FOUND;
+/// HTTP error envelope: a route's condition function answered `false` (422).
+pub const CONDITION_NOT_MET: &str = "CONDITION_NOT_MET";
+/// HTTP error envelope: a middleware function did not answer in `http.default_timeout` (504).
+pub const MIDDLEWARE_TIMEOUT: &str = "MIDDLEWARE_TIMEOUT";
+/// HTTP error envelope: the engine failed while handling the request (500).
+pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";
+/// HTTP error envelope: the request body is over `http.max_body_bytes` (413).
+pub const HTTP_PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+/// HTTP-invoked function: the endpoint answered with a status of 400 or more.
+pub const HTTP_ERROR: &str = "http_error";
+/// HTTP-invoked function: no response (connect error, reset, timeout).
+pub const HTTP_REQUEST_FAILED: &str = "http_request_failed";
+/// HTTP-invoked function: the response body could not be read.
+pub const HTTP_RESPONSE_FAILED: &str = "http_response_failed";
+/// HTTP-invoked function: a 2xx response whose body is not JSON.
+pub const INVALID_RESPONSE: &str = "invalid_response";
+/// HTTP-invoked function: the URL breaks `[http_functions]` (scheme,
+/// allowlist, private address, DNS).
+pub const URL_VALIDATION_FAILED: &str = "url_validation_failed";
+/// HTTP-invoked function: its `invocation` spec cannot be read.
+pub const INVALID_INVOCATION: &str = "invalid_invocation";
+/// HTTP-invoked function: the `hmac` auth's `secret_key` names no environment variable.
+pub const SECRET_NOT_FOUND: &str = "secret_not_found";
+/// HTTP-invoked function: the `bearer` auth's `token_key` names no environment variable.
+pub const TOKEN_NOT_FOUND: &str = "token_not_found";
+/// HTTP-invoked function: the `api_key` auth's `value_key` names no environment variable.
+pub const API_KEY_NOT_FOUND: &str = "api_key_not_found";

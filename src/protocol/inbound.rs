@@ -51,8 +51,9 @@ pub struct FunctionRegistration {
     pub request_format: Option<Payload>,
     pub response_format: Option<Payload>,
     pub metadata: Option<Payload>,
-    /// Present for HTTP-invoked functions, which qmesh cannot call.
-    pub http_invocation: bool,
+    /// How the engine calls it itself (iii's HTTP-invoked functions:
+    /// `{url, method, timeout_ms, headers, auth}`); absent for worker functions.
+    pub invocation: Option<Payload>,
 }
 
 #[derive(Debug)]
@@ -228,7 +229,7 @@ impl Frame<'_> {
                 request_format: non_null(self.request_format),
                 response_format: non_null(self.response_format),
                 metadata: non_null(self.metadata),
-                http_invocation: non_null(self.invocation).is_some(),
+                invocation: non_null(self.invocation),
             }),
             "unregisterfunction" => Inbound::UnregisterFunction {
                 id: required(self.id, "unregisterfunction", "id")?,

@@ -44,6 +44,12 @@ impl EngineProcess {
     pub fn start_with_config(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("qmesh.toml");
+        // HTTP trigger routes on a free port unless the config says where.
+        let config = if config.contains("[http]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[http]\nlisten = \"127.0.0.1:0\"\n")
+        };
         std::fs::write(&file, config).expect("write the config file");
         let mut e = Self::spawn(&dir.path().join("data"), Some(&file));
         e._owned = Some(dir);
@@ -56,9 +62,11 @@ impl EngineProcess {
         let mut cmd = Command::new(binary());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir);
-        if let Some(file) = config {
-            cmd.arg("--config").arg(file);
-        }
+        match config {
+            Some(file) => cmd.arg("--config").arg(file),
+            // HTTP trigger routes on a free port (a config file says where).
+            None => cmd.args(["--http-listen", "127.0.0.1:0"]),
+        };
         let mut child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -358,6 +358,8 @@ pub fn test_config() -> Config {
     c.invocation.rebind_grace = Duration::from_secs(3);
     // Tests that leave calls unanswered should not wait the production grace period.
     c.server.shutdown_grace = Duration::from_secs(2);
+    // Engines run side by side: HTTP trigger routes on a free port each.
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 
@@ -489,5 +491,19 @@ async fn next_json(ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>) -> Optio
             }
             Some(Ok(_)) => continue,
         }
+    }
+}
+
+// ---- HTTP trigger routes (tests/http.rs) ---------------------------------
+
+impl TestEngine {
+    /// Where the engine serves HTTP trigger routes (`[http] listen`, resolved).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.engine.http_addr()
+    }
+
+    /// HTTP trigger routes the engine serves now.
+    pub fn http_routes(&self) -> usize {
+        self.engine.http_routes()
     }
 }

@@ -1,0 +1,116 @@
+//! HTTP as an engine module: the `http` trigger type, HTTP-invoked
+//! functions, and the trigger-route listener (bound when the module is
+//! built, so a port in use fails `Engine::start`; served from `start`;
+//! closed to new connections at `stop_intake`).
+
+use futures_util::future::BoxFuture;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::functions::HttpFunctions;
+use super::routes::Routes;
+use super::server::{self, Server};
+use super::{HttpConfig, HttpFunctionsConfig, TRIGGER_TYPE};
+use crate::channels::Channels;
+use crate::mesh::{Mesh, Provisions};
+use crate::module::Module;
+
+pub(crate) struct HttpModule {
+    server: Arc<Server>,
+    functions: Arc<HttpFunctions>,
+    addr: SocketAddr,
+    listener: Mutex<Option<TcpListener>>,
+    stop: CancellationToken,
+}
+
+impl HttpModule {
+    /// Binds `http.listen`.
+    pub(crate) async fn bind(
+        mesh: &Mesh,
+        channels: &Channels,
+        config: HttpConfig,
+        functions: &HttpFunctionsConfig,
+    ) -> std::io::Result<HttpModule> {
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen for HTTP on {}: {e}", config.listen),
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let mut middleware = config.middleware.clone();
+        middleware.sort_by_key(|m| m.priority);
+        let server = Arc::new(Server {
+            mesh: mesh.clone(),
+            channels: channels.clone(),
+            routes: Routes::default(),
+            slots: Arc::new(Semaphore::new(config.concurrency_request_limit.max(1))),
+            middleware,
+            config,
+        });
+        Ok(HttpModule {
+            server,
+            functions: Arc::new(HttpFunctions::new(functions)),
+            addr,
+            listener: Mutex::new(Some(listener)),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// Where trigger routes are served.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Live routes.
+    pub(crate) fn routes(&self) -> usize {
+        self.server.routes.len()
+    }
+}
+
+impl Module for HttpModule {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn provide(&self, p: &mut Provisions) {
+        p.trigger_type(
+            TRIGGER_TYPE,
+            "HTTP routes on the engine's HTTP listener (api_path, http_method, middleware, condition)",
+            Arc::new(self.server.routes.clone()),
+        );
+        p.external_functions(self.functions.clone());
+    }
+
+    fn start(&self) -> Vec<JoinHandle<()>> {
+        let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Vec::new();
+        };
+        tracing::info!(addr = %self.addr, "HTTP trigger routes listening");
+        let app = server::app(self.server.clone());
+        let timeout = self.server.config.header_read_timeout;
+        vec![tokio::spawn(server::run(
+            listener,
+            app,
+            timeout,
+            self.stop.clone(),
+        ))]
+    }
+
+    /// No new HTTP connections; requests in flight finish while workers are
+    /// still connected.
+    fn stop_intake(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        self.stop.cancel();
+        Box::pin(async {})
+    }
+}
