@@ -250,6 +250,46 @@ pub fn parse_realtime_conn(key: &[u8]) -> Option<Uuid> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// State (`crate::state`), kept apart from the job tables.
+//
+// | table | key | value |
+// |---|---|---|
+// | `v` state values | `v` scope_len(2) scope key | [`StateRecord`](super::records::StateRecord) |
+//
+// The scope's length comes first so one scope's keys are one contiguous,
+// exact prefix (scope `a` never scans scope `ab`), and a listing of scopes
+// can jump from one scope to the next. Scopes and keys are at most
+// `protocol::names::MAX_NAME_BYTES` long, so the length fits two bytes.
+
+pub const STATE_VALUES: u8 = b'v';
+
+/// Every key of one scope.
+pub fn state_scope(scope: &str) -> Vec<u8> {
+    let len = u16::try_from(scope.len()).unwrap_or(u16::MAX);
+    key(
+        STATE_VALUES,
+        &[&len.to_be_bytes(), &scope.as_bytes()[..len as usize]],
+    )
+}
+
+pub fn state_value(scope: &str, k: &str) -> Vec<u8> {
+    let mut out = state_scope(scope);
+    out.extend_from_slice(k.as_bytes());
+    out
+}
+
+/// (scope, key) of a [`state_value`] key.
+pub fn parse_state_value(k: &[u8]) -> Option<(String, String)> {
+    let [STATE_VALUES, a, b, rest @ ..] = k else {
+        return None;
+    };
+    let len = u16::from_be_bytes([*a, *b]) as usize;
+    let scope = std::str::from_utf8(rest.get(..len)?).ok()?;
+    let key = std::str::from_utf8(rest.get(len..)?).ok()?;
+    Some((scope.to_owned(), key.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +322,14 @@ mod tests {
             "an empty value is the key's job"
         );
         assert_eq!(completed_ids(&k, &completed_value(&[a, b])), vec![a, b]);
+    }
+
+    #[test]
+    fn state_keys_round_trip_and_scopes_do_not_overlap() {
+        let k = state_value("orders", "o-1");
+        assert_eq!(parse_state_value(&k), Some(("orders".into(), "o-1".into())));
+        assert!(k.starts_with(&state_scope("orders")));
+        assert!(!state_value("ordersx", "").starts_with(&state_scope("orders")));
     }
 
     #[test]

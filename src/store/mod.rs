@@ -18,6 +18,7 @@ pub mod migrations;
 pub mod queue;
 pub mod realtime;
 pub mod records;
+pub mod state;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
