@@ -28,6 +28,8 @@ pub struct Config {
     pub channels: crate::channels::ChannelConfig,
     /// Realtime channels: defaults for `websocket` routes (a route's options override them).
     pub realtime: crate::realtime::RealtimeConfig,
+    /// State: durability of writes, value and update limits, triggers.
+    pub state: crate::state::StateConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -59,6 +61,7 @@ impl Default for Config {
             queue: Default::default(),
             channels: Default::default(),
             realtime: Default::default(),
+            state: Default::default(),
         }
     }
 }
@@ -170,6 +173,7 @@ impl Config {
         self.queue.validate().map_err(ConfigError::Invalid)?;
         self.channels.validate().map_err(ConfigError::Invalid)?;
         self.realtime.validate().map_err(ConfigError::Invalid)?;
+        self.state.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

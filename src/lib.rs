@@ -17,7 +17,9 @@
 //! - Modules: `functions` (the mesh's own `engine::*` introspection
 //!   functions and trigger types), [`channels`] (binary channels between
 //!   workers), [`queue`] (the durable queue), `realtime` (client WebSockets
-//!   on routes, handled by worker functions).
+//!   on routes, handled by worker functions), `state` (JSON values by scope
+//!   and key in the store, and the `state` trigger type), `pubsub` (`publish`
+//!   and the `subscribe` trigger type).
 //! - `edge`: the worker listener's own paths (`/`, `/otel`, `/health`) and
 //!   the server loop.
 //! - [`engine`]: the root: builds every part, serves, drains in order.
@@ -40,8 +42,10 @@ pub mod logging;
 mod mesh;
 mod module;
 pub mod protocol;
+mod pubsub;
 pub mod queue;
 mod realtime;
+mod state;
 mod store;
 
 pub use config::Config;

@@ -32,8 +32,10 @@ use crate::functions::Introspection;
 use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
 use crate::protocol::codes::close;
+use crate::pubsub::PubSub;
 use crate::queue::Queues;
 use crate::realtime::RealtimeModule;
+use crate::state::StateModule;
 use crate::store::{Store, StoreError};
 pub use snapshot::{BindingView, FunctionView, Snapshot, WorkerView};
 
@@ -89,7 +91,7 @@ impl Engine {
         let realtime = Arc::new(RealtimeModule::new(
             &mesh,
             config.realtime.clone(),
-            store,
+            store.clone(),
             &queues,
         ));
         let modules: Vec<Arc<dyn Module>> = vec![
@@ -97,6 +99,8 @@ impl Engine {
             Arc::new(channels.clone()),
             Arc::new(queues),
             realtime.clone(),
+            Arc::new(StateModule::new(store, config.state.clone())),
+            Arc::new(PubSub::default()),
         ];
 
         let mut provisions = Provisions::default();
