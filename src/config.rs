@@ -30,6 +30,8 @@ pub struct Config {
     pub realtime: crate::realtime::RealtimeConfig,
     /// State: durability of writes, value and update limits, triggers.
     pub state: crate::state::StateConfig,
+    /// Streams: durability of writes, item and update limits.
+    pub streams: crate::stream::StreamsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -62,6 +64,7 @@ impl Default for Config {
             channels: Default::default(),
             realtime: Default::default(),
             state: Default::default(),
+            streams: Default::default(),
         }
     }
 }
@@ -174,6 +177,7 @@ impl Config {
         self.channels.validate().map_err(ConfigError::Invalid)?;
         self.realtime.validate().map_err(ConfigError::Invalid)?;
         self.state.validate().map_err(ConfigError::Invalid)?;
+        self.streams.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

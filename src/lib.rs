@@ -18,8 +18,9 @@
 //!   functions and trigger types), [`channels`] (binary channels between
 //!   workers), [`queue`] (the durable queue), `realtime` (client WebSockets
 //!   on routes, handled by worker functions), `state` (JSON values by scope
-//!   and key in the store, and the `state` trigger type), `pubsub` (`publish`
-//!   and the `subscribe` trigger type).
+//!   and key in the store, and the `state` trigger type), `stream` (items by
+//!   stream, group and item in the store, and the `stream` trigger type),
+//!   `pubsub` (`publish` and the `subscribe` trigger type).
 //! - `edge`: the worker listener's own paths (`/`, `/otel`, `/health`) and
 //!   the server loop.
 //! - [`engine`]: the root: builds every part, serves, drains in order.
@@ -47,6 +48,7 @@ pub mod queue;
 mod realtime;
 mod state;
 mod store;
+mod stream;
 
 pub use config::Config;
 pub use engine::{Engine, run};

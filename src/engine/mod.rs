@@ -37,6 +37,7 @@ use crate::queue::Queues;
 use crate::realtime::RealtimeModule;
 use crate::state::StateModule;
 use crate::store::{Store, StoreError};
+use crate::stream::StreamsModule;
 pub use snapshot::{BindingView, FunctionView, Snapshot, WorkerView};
 
 mod snapshot;
@@ -99,7 +100,8 @@ impl Engine {
             Arc::new(channels.clone()),
             Arc::new(queues),
             realtime.clone(),
-            Arc::new(StateModule::new(store, config.state.clone())),
+            Arc::new(StateModule::new(store.clone(), config.state.clone())),
+            Arc::new(StreamsModule::new(store, config.streams.clone())),
             Arc::new(PubSub::default()),
         ];
 

@@ -158,6 +158,22 @@ pub const UPDATE_ERROR: &str = "UPDATE_ERROR";
 pub const LIST_ERROR: &str = "LIST_ERROR";
 /// `state::list_groups` failed.
 pub const LIST_GROUPS_ERROR: &str = "LIST_GROUPS_ERROR";
+/// `stream::set` failed (bad names, an item too large, a store failure).
+pub const STREAM_SET_ERROR: &str = "STREAM_SET_ERROR";
+/// `stream::get` failed.
+pub const STREAM_GET_ERROR: &str = "STREAM_GET_ERROR";
+/// `stream::delete` failed.
+pub const STREAM_DELETE_ERROR: &str = "STREAM_DELETE_ERROR";
+/// `stream::list` failed.
+pub const STREAM_GET_GROUP_ERROR: &str = "STREAM_GET_GROUP_ERROR";
+/// `stream::list_groups` failed.
+pub const STREAM_LIST_GROUPS_ERROR: &str = "STREAM_LIST_GROUPS_ERROR";
+/// `stream::list_all` failed.
+pub const STREAM_LIST_ALL_ERROR: &str = "STREAM_LIST_ALL_ERROR";
+/// `stream::send` failed.
+pub const STREAM_SEND_ERROR: &str = "STREAM_SEND_ERROR";
+/// `stream::update` failed as a whole.
+pub const STREAM_UPDATE_ERROR: &str = "STREAM_UPDATE_ERROR";
 /// `publish` with an empty topic.
 pub const TOPIC_NOT_SET: &str = "topic_not_set";
 

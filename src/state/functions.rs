@@ -12,10 +12,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::State;
-use super::ops;
 use super::watchers::{Change, Event};
 use crate::mesh::{CallCtx, Mesh, Reply};
-use crate::protocol::{ErrorBody, codes, names};
+use crate::protocol::{ErrorBody, codes, names, update_ops};
 use crate::store::StoreError;
 use crate::store::state::Written;
 
@@ -234,7 +233,7 @@ pub(super) fn update(s: State, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'s
             Some(_) => parse(old),
             None => Value::Object(Default::default()),
         };
-        let errors = ops::apply(&mut value, &inp.ops);
+        let errors = update_ops::apply(&mut value, &inp.ops);
         let bytes = serde_json::to_vec(&value).unwrap_or_default();
         s.too_large(&bytes)?;
         outcome = Some((value, errors));

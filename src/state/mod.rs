@@ -4,7 +4,8 @@
 //!
 //! - `functions.rs`: `state::set/get/delete/update/list/list_groups`, with
 //!   iii's result shapes and error codes;
-//! - `ops.rs`: the update ops of `state::update`;
+//! - the update ops of `state::update` are `protocol::update_ops` (shared
+//!   with streams);
 //! - `watchers.rs`: the `state` trigger type's bindings and the fan-out of
 //!   `state:created|updated|deleted` events;
 //! - `module.rs`: its `Module` impl.
@@ -19,7 +20,6 @@
 
 mod functions;
 pub(crate) mod module;
-mod ops;
 mod watchers;
 
 use serde::Deserialize;

@@ -19,6 +19,7 @@ pub mod queue;
 pub mod realtime;
 pub mod records;
 pub mod state;
+pub mod stream;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -1,29 +1,30 @@
-//! The update ops of `state::update` (iii's `update_ops`), applied in order
-//! to one JSON value. An op that cannot apply is skipped and reported; the
+//! The update ops of `state::update` and `stream::update` (iii's
+//! `update_ops`), applied in order to one JSON value: what the ops on the
+//! wire mean, shared by both modules. An op that cannot apply is skipped and reported; the
 //! others still apply. Nothing here panics or recurses on caller input: paths
 //! and merged values are bounded before they are walked.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::protocol::codes::update_op as code;
+use super::codes::update_op as code;
 
 /// At most this many segments in a path.
-pub(crate) const MAX_PATH_SEGMENTS: usize = 32;
+pub const MAX_PATH_SEGMENTS: usize = 32;
 /// At most this many bytes in one path segment.
-pub(crate) const MAX_SEGMENT_BYTES: usize = 256;
+pub const MAX_SEGMENT_BYTES: usize = 256;
 /// A merged object has at most this many keys…
-pub(crate) const MAX_MERGE_KEYS: usize = 1024;
+pub const MAX_MERGE_KEYS: usize = 1024;
 /// …and nests at most this deep.
-pub(crate) const MAX_MERGE_DEPTH: usize = 16;
+pub const MAX_MERGE_DEPTH: usize = 16;
 /// Where the ops are described, for `errors[].doc_url`.
-pub(crate) const DOC_URL: &str = "README.md#state";
+pub const DOC_URL: &str = "README.md#state";
 
 const PROTOTYPE_KEYS: [&str; 3] = ["__proto__", "constructor", "prototype"];
 
 /// One op that was skipped, as `state::update` reports it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub(crate) struct OpError {
+pub struct OpError {
     pub op_index: usize,
     pub code: String,
     pub message: String,
@@ -31,7 +32,7 @@ pub(crate) struct OpError {
 }
 
 /// Applies `ops` to `root` in order; returns the ops that were skipped.
-pub(crate) fn apply(root: &mut Value, ops: &[Value]) -> Vec<OpError> {
+pub fn apply(root: &mut Value, ops: &[Value]) -> Vec<OpError> {
     let mut errors = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         if let Err((op_name, suffix, message)) = apply_one(root, op) {
