@@ -188,6 +188,19 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn state_and_streams_sections_are_read_and_checked() {
+        let c = Config::from_toml(
+            "[state]\ndurable = false\nmax_value_bytes = 10\n[streams]\ncondition_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert!(!c.state.durable && c.state.max_value_bytes == 10);
+        assert!(c.streams.durable, "each module has its own default");
+        assert_eq!(c.streams.condition_timeout, Duration::from_secs(2));
+        assert!(Config::from_toml("[state]\nmax_value_bytes = 0\n").is_err());
+        assert!(Config::from_toml("[state]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
     fn empty_file_is_all_defaults() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.listen.port(), DEFAULT_PORT);
