@@ -32,6 +32,10 @@ pub struct Config {
     pub http: crate::http::HttpConfig,
     /// HTTP-invoked functions: which URLs they may call.
     pub http_functions: crate::http::HttpFunctionsConfig,
+    /// State: durability of writes, value and update limits, triggers.
+    pub state: crate::state::StateConfig,
+    /// Streams: durability of writes, item and update limits.
+    pub streams: crate::stream::StreamsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -65,6 +69,8 @@ impl Default for Config {
             realtime: Default::default(),
             http: Default::default(),
             http_functions: Default::default(),
+            state: Default::default(),
+            streams: Default::default(),
         }
     }
 }
@@ -177,6 +183,8 @@ impl Config {
         self.channels.validate().map_err(ConfigError::Invalid)?;
         self.realtime.validate().map_err(ConfigError::Invalid)?;
         self.http.validate().map_err(ConfigError::Invalid)?;
+        self.state.validate().map_err(ConfigError::Invalid)?;
+        self.streams.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }
@@ -185,6 +193,19 @@ impl Config {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn state_and_streams_sections_are_read_and_checked() {
+        let c = Config::from_toml(
+            "[state]\ndurable = false\nmax_value_bytes = 10\n[streams]\ncondition_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert!(!c.state.durable && c.state.max_value_bytes == 10);
+        assert!(c.streams.durable, "each module has its own default");
+        assert_eq!(c.streams.condition_timeout, Duration::from_secs(2));
+        assert!(Config::from_toml("[state]\nmax_value_bytes = 0\n").is_err());
+        assert!(Config::from_toml("[state]\nbogus = 1\n").is_err());
+    }
 
     #[test]
     fn empty_file_is_all_defaults() {

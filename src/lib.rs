@@ -18,7 +18,10 @@
 //!   functions and trigger types), [`channels`] (binary channels between
 //!   workers), [`queue`] (the durable queue), `realtime` (client WebSockets
 //!   on routes, handled by worker functions), `http` (HTTP trigger routes
-//!   on their own listener, and HTTP-invoked functions).
+//!   on their own listener, and HTTP-invoked functions), `state` (JSON values by scope
+//!   and key in the store, and the `state` trigger type), `stream` (items by
+//!   stream, group and item in the store, and the `stream` trigger type),
+//!   `pubsub` (`publish` and the `subscribe` trigger type).
 //! - `edge`: the worker listener's own paths (`/`, `/otel`, `/health`) and
 //!   the server loop.
 //! - [`engine`]: the root: builds every part, serves, drains in order.
@@ -42,9 +45,12 @@ pub mod logging;
 mod mesh;
 mod module;
 pub mod protocol;
+mod pubsub;
 pub mod queue;
 mod realtime;
+mod state;
 mod store;
+mod stream;
 
 pub use config::Config;
 pub use engine::{Engine, run};

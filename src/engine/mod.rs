@@ -33,9 +33,12 @@ use crate::http::HttpModule;
 use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
 use crate::protocol::codes::close;
+use crate::pubsub::PubSub;
 use crate::queue::Queues;
 use crate::realtime::RealtimeModule;
+use crate::state::StateModule;
 use crate::store::{Store, StoreError};
+use crate::stream::StreamsModule;
 pub use snapshot::{BindingView, FunctionView, Snapshot, WorkerView};
 
 mod snapshot;
@@ -91,7 +94,7 @@ impl Engine {
         let realtime = Arc::new(RealtimeModule::new(
             &mesh,
             config.realtime.clone(),
-            store,
+            store.clone(),
             &queues,
         ));
         let http = Arc::new(
@@ -109,6 +112,9 @@ impl Engine {
             Arc::new(queues),
             realtime.clone(),
             http.clone(),
+            Arc::new(StateModule::new(store.clone(), config.state.clone())),
+            Arc::new(StreamsModule::new(store, config.streams.clone())),
+            Arc::new(PubSub::default()),
         ];
 
         let mut provisions = Provisions::default();

@@ -171,3 +171,69 @@ pub const SECRET_NOT_FOUND: &str = "secret_not_found";
 pub const TOKEN_NOT_FOUND: &str = "token_not_found";
 /// HTTP-invoked function: the `api_key` auth's `value_key` names no environment variable.
 pub const API_KEY_NOT_FOUND: &str = "api_key_not_found";
+// State, streams, pubsub
+/// A built-in's input does not deserialize (iii: "Failed to deserialize input for <id>: …").
+pub const DESERIALIZATION_ERROR: &str = "deserialization_error";
+/// `state::set`: the value is larger than `[state] max_value_bytes`.
+pub const VALUE_TOO_LARGE: &str = "VALUE_TOO_LARGE";
+/// `state::set` failed (a bad scope or key, or the store refused the write).
+pub const SET_ERROR: &str = "SET_ERROR";
+/// `state::get` (and the read half of `state::delete`) failed.
+pub const GET_ERROR: &str = "GET_ERROR";
+/// `state::delete` failed.
+pub const DELETE_ERROR: &str = "DELETE_ERROR";
+/// `state::update` failed as a whole (one bad op is reported in `errors`, not here).
+pub const UPDATE_ERROR: &str = "UPDATE_ERROR";
+/// `state::list` failed.
+pub const LIST_ERROR: &str = "LIST_ERROR";
+/// `state::list_groups` failed.
+pub const LIST_GROUPS_ERROR: &str = "LIST_GROUPS_ERROR";
+/// `stream::set` failed (bad names, an item too large, a store failure).
+pub const STREAM_SET_ERROR: &str = "STREAM_SET_ERROR";
+/// `stream::get` failed.
+pub const STREAM_GET_ERROR: &str = "STREAM_GET_ERROR";
+/// `stream::delete` failed.
+pub const STREAM_DELETE_ERROR: &str = "STREAM_DELETE_ERROR";
+/// `stream::list` failed.
+pub const STREAM_GET_GROUP_ERROR: &str = "STREAM_GET_GROUP_ERROR";
+/// `stream::list_groups` failed.
+pub const STREAM_LIST_GROUPS_ERROR: &str = "STREAM_LIST_GROUPS_ERROR";
+/// `stream::list_all` failed.
+pub const STREAM_LIST_ALL_ERROR: &str = "STREAM_LIST_ALL_ERROR";
+/// `stream::send` failed.
+pub const STREAM_SEND_ERROR: &str = "STREAM_SEND_ERROR";
+/// `stream::update` failed as a whole.
+pub const STREAM_UPDATE_ERROR: &str = "STREAM_UPDATE_ERROR";
+/// `publish` with an empty topic.
+pub const TOPIC_NOT_SET: &str = "topic_not_set";
+
+/// Per-op error codes of `state::update` (`errors[].code`): `<op>.<suffix>`,
+/// e.g. `merge.path.too_deep`, `increment.not_number`.
+pub mod update_op {
+    /// The path has more segments than allowed.
+    pub const PATH_TOO_DEEP: &str = "path.too_deep";
+    /// A path segment is longer than allowed.
+    pub const PATH_SEGMENT_TOO_LONG: &str = "path.segment_too_long";
+    /// A path has an empty segment.
+    pub const PATH_EMPTY_SEGMENT: &str = "path.empty_segment";
+    /// A path names `__proto__`, `constructor` or `prototype`.
+    pub const PATH_PROTOTYPE_KEY: &str = "path.prototype_key";
+    /// `set` on a root that is not an object.
+    pub const TARGET_NOT_OBJECT: &str = "target_not_object";
+    /// `merge` with a value that is not an object.
+    pub const VALUE_NOT_AN_OBJECT: &str = "value.not_an_object";
+    /// `merge` with a value of too many keys.
+    pub const VALUE_TOO_MANY_KEYS: &str = "value.too_many_keys";
+    /// `merge` with a value nested too deep.
+    pub const VALUE_TOO_DEEP: &str = "value.too_deep";
+    /// `merge` with a value holding `__proto__`, `constructor` or `prototype`.
+    pub const VALUE_PROTOTYPE_KEY: &str = "value.prototype_key";
+    /// `increment`/`decrement` of a field that is not a number (or overflow).
+    pub const NOT_NUMBER: &str = "not_number";
+    /// `append` to a target it cannot extend.
+    pub const TYPE_MISMATCH: &str = "type_mismatch";
+    /// The op's type is unknown or its fields do not parse.
+    pub const INVALID_OP: &str = "invalid_op";
+    /// More ops than `[state] max_update_ops` in one call.
+    pub const TOO_MANY_OPS: &str = "too_many_ops";
+}

@@ -15,6 +15,7 @@ pub mod codes;
 pub mod inbound;
 pub mod names;
 pub mod outbound;
+pub mod update_ops;
 
 pub use codes::ErrorBody;
 

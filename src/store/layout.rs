@@ -250,6 +250,102 @@ pub fn parse_realtime_conn(key: &[u8]) -> Option<Uuid> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// State (`crate::state`), kept apart from the job tables.
+//
+// | table | key | value |
+// |---|---|---|
+// | `v` state values | `v` scope_len(2) scope key | [`StateRecord`](super::records::StateRecord) |
+//
+// The scope's length comes first so one scope's keys are one contiguous,
+// exact prefix (scope `a` never scans scope `ab`), and a listing of scopes
+// can jump from one scope to the next. Scopes and keys are at most
+// `protocol::names::MAX_NAME_BYTES` long, so the length fits two bytes.
+
+pub const STATE_VALUES: u8 = b'v';
+
+/// Every key of one scope.
+pub fn state_scope(scope: &str) -> Vec<u8> {
+    let len = u16::try_from(scope.len()).unwrap_or(u16::MAX);
+    key(
+        STATE_VALUES,
+        &[&len.to_be_bytes(), &scope.as_bytes()[..len as usize]],
+    )
+}
+
+pub fn state_value(scope: &str, k: &str) -> Vec<u8> {
+    let mut out = state_scope(scope);
+    out.extend_from_slice(k.as_bytes());
+    out
+}
+
+/// (scope, key) of a [`state_value`] key.
+pub fn parse_state_value(k: &[u8]) -> Option<(String, String)> {
+    let [STATE_VALUES, a, b, rest @ ..] = k else {
+        return None;
+    };
+    let len = u16::from_be_bytes([*a, *b]) as usize;
+    let scope = std::str::from_utf8(rest.get(..len)?).ok()?;
+    let key = std::str::from_utf8(rest.get(len..)?).ok()?;
+    Some((scope.to_owned(), key.to_owned()))
+}
+
+// ---------------------------------------------------------------------------
+// Streams (`crate::stream`), kept apart from the job tables.
+//
+// | table | key | value |
+// |---|---|---|
+// | `m` stream items | `m` name_len(2) name group_len(2) group item | [`StateRecord`](super::records::StateRecord) |
+//
+// Lengths lead each name so a stream's groups and a group's items are exact,
+// contiguous prefixes, and listings can jump from one group (or stream) to
+// the next.
+
+pub const STREAM_ITEMS: u8 = b'm';
+
+fn len2(s: &str) -> ([u8; 2], &[u8]) {
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    (len.to_be_bytes(), &s.as_bytes()[..len as usize])
+}
+
+/// Every item of one stream.
+pub fn stream_prefix(stream: &str) -> Vec<u8> {
+    let (l, s) = len2(stream);
+    key(STREAM_ITEMS, &[&l, s])
+}
+
+/// Every item of one group.
+pub fn stream_group(stream: &str, group: &str) -> Vec<u8> {
+    let (l, g) = len2(group);
+    let mut out = stream_prefix(stream);
+    out.extend_from_slice(&l);
+    out.extend_from_slice(g);
+    out
+}
+
+pub fn stream_item(stream: &str, group: &str, item: &str) -> Vec<u8> {
+    let mut out = stream_group(stream, group);
+    out.extend_from_slice(item.as_bytes());
+    out
+}
+
+/// (stream, group, item) of a [`stream_item`] key.
+pub fn parse_stream_item(k: &[u8]) -> Option<(String, String, String)> {
+    let [STREAM_ITEMS, rest @ ..] = k else {
+        return None;
+    };
+    let take = |b: &[u8]| -> Option<(String, usize)> {
+        let len = u16::from_be_bytes([*b.first()?, *b.get(1)?]) as usize;
+        let s = std::str::from_utf8(b.get(2..2 + len)?).ok()?;
+        Some((s.to_owned(), 2 + len))
+    };
+    let (stream, n) = take(rest)?;
+    let rest = &rest[n..];
+    let (group, n) = take(rest)?;
+    let item = std::str::from_utf8(&rest[n..]).ok()?;
+    Some((stream, group, item.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +378,24 @@ mod tests {
             "an empty value is the key's job"
         );
         assert_eq!(completed_ids(&k, &completed_value(&[a, b])), vec![a, b]);
+    }
+
+    #[test]
+    fn state_keys_round_trip_and_scopes_do_not_overlap() {
+        let k = state_value("orders", "o-1");
+        assert_eq!(parse_state_value(&k), Some(("orders".into(), "o-1".into())));
+        assert!(k.starts_with(&state_scope("orders")));
+        assert!(!state_value("ordersx", "").starts_with(&state_scope("orders")));
+    }
+
+    #[test]
+    fn stream_keys_round_trip_and_nest() {
+        let k = stream_item("chat", "room-1", "m1");
+        let parsed = parse_stream_item(&k);
+        assert_eq!(parsed, Some(("chat".into(), "room-1".into(), "m1".into())));
+        assert!(k.starts_with(&stream_group("chat", "room-1")));
+        assert!(!stream_item("chatx", "g", "i").starts_with(&stream_prefix("chat")));
+        assert!(!stream_item("chat", "room-10", "").starts_with(&stream_group("chat", "room-1")));
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod migrations;
 pub mod queue;
 pub mod realtime;
 pub mod records;
+pub mod state;
+pub mod stream;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -175,3 +175,10 @@ pub struct RealtimeConnRecord {
     pub function_id: String,
     pub opened_ms: u64,
 }
+
+/// One state value (`layout::STATE_VALUES`): the JSON exactly as the caller
+/// sent it, as bytes (bincode cannot carry a `serde_json::Value`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRecord {
+    pub json: Vec<u8>,
+}

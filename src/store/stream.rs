@@ -1,0 +1,133 @@
+//! The streams module's items: one JSON value per (stream, group, item). The
+//! only door streams has to the store: it sees names and JSON bytes, never
+//! store keys or sled types. Like `state.rs`, a read-modify-write of one item
+//! is atomic (lock stripes), readers take no lock.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::records::StateRecord;
+use super::state::Written;
+use super::{Store, StoreError, Ticket, codec, layout};
+
+const STRIPES: usize = 256;
+
+/// Stream items, by stream, group and item id.
+#[derive(Clone)]
+pub struct StreamItems {
+    store: Arc<Store>,
+    stripes: Arc<[Mutex<()>]>,
+}
+
+impl StreamItems {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    fn stripe(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(key);
+        self.stripes[(h as usize) % STRIPES]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let rec: Option<StateRecord> = self.store.get(&layout::stream_item(stream, group, item))?;
+        Ok(rec.map(|r| r.json))
+    }
+
+    /// Replaces the item with what `change` makes of the current one (`None`
+    /// removes it), atomically; `change` may refuse with its own error.
+    pub fn modify<E: From<StoreError>>(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        change: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<Written, E> {
+        let k = layout::stream_item(stream, group, item);
+        let _held = self.stripe(&k);
+        let old = self
+            .store
+            .get::<StateRecord>(&k)
+            .map_err(E::from)?
+            .map(|r| r.json);
+        let new = change(old.as_deref())?;
+        let mut batch = sled::Batch::default();
+        match new {
+            Some(json) => batch.insert(k, super::record(&StateRecord { json })),
+            None if old.is_some() => batch.remove(k),
+            None => return Ok(Written { old, ticket: None }),
+        }
+        let ticket = self.store.apply(batch).map_err(E::from)?;
+        Ok(Written {
+            old,
+            ticket: Some(ticket),
+        })
+    }
+
+    /// Every item of one group, in item-id order.
+    pub fn list(&self, stream: &str, group: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self
+            .store
+            .tree()
+            .scan_prefix(layout::stream_group(stream, group))
+        {
+            let (_, bytes) = entry?;
+            let rec: StateRecord = codec::decode(&bytes)?;
+            out.push(rec.json);
+        }
+        Ok(out)
+    }
+
+    /// The groups of one stream that hold an item: one read per group.
+    pub fn groups(&self, stream: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = layout::stream_prefix(stream);
+        let end = layout::prefix_end(&prefix);
+        let mut from = prefix;
+        let mut out = Vec::new();
+        while let Some(entry) = self.store.tree().range(from.clone()..end.clone()).next() {
+            let (k, _) = entry?;
+            let Some((s, g, _)) = layout::parse_stream_item(&k) else {
+                break;
+            };
+            from = layout::prefix_end(&layout::stream_group(&s, &g));
+            out.push(g);
+        }
+        Ok(out)
+    }
+
+    /// Every stream that holds an item: one read per stream.
+    pub fn streams(&self) -> Result<Vec<String>, StoreError> {
+        let end = layout::prefix_end(&[layout::STREAM_ITEMS]);
+        let mut from = vec![layout::STREAM_ITEMS];
+        let mut out = Vec::new();
+        while let Some(entry) = self.store.tree().range(from.clone()..end.clone()).next() {
+            let (k, _) = entry?;
+            let Some((s, _, _)) = layout::parse_stream_item(&k) else {
+                break;
+            };
+            from = layout::prefix_end(&layout::stream_prefix(&s));
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    pub fn want(&self, ticket: Ticket) {
+        self.store.want(ticket);
+    }
+
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        self.store.durable(ticket).await
+    }
+}
