@@ -11,6 +11,17 @@
 //! A sync runs only when someone waits for one: batches nobody waits on
 //! (a job starting, an attempt's outcome) ride along with the next sync, or
 //! sled's own periodic flush.
+//!
+//! Large values: sled 0.34.7 writes any log item bigger than a quarter of its
+//! segment (512 KiB, so about 128 KiB: `pagecache/logger.rs`, `segment_size /
+//! MINIMUM_ITEMS_PER_SEGMENT - SEG_HEADER_LEN`) to its own file under
+//! `blobs/`, and never fsyncs it (`pagecache/blob_io.rs`); the log only holds
+//! a pointer. So a sync also fsyncs every blob file it has not synced yet and
+//! then the `blobs/` directory, before the log: the log never points at a
+//! blob that is not on disk when an acknowledgement goes out. (A bigger
+//! segment would keep values inline, but sled refuses to open a store whose
+//! segment size changed, and a leaf sled rewrites whole can hold several
+//! large values, so no segment size bounds it.)
 
 pub mod codec;
 pub mod layout;
@@ -21,8 +32,10 @@ pub mod records;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashSet;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::watch;
 
@@ -64,6 +77,9 @@ struct Syncer {
     state: Mutex<SyncState>,
     wake: Condvar,
     synced: watch::Sender<Result<Ticket, String>>,
+    /// The last ticket a sync covered, kept apart from `synced`, which holds
+    /// the error while syncs fail.
+    covered: AtomicU64,
 }
 
 struct SyncState {
@@ -85,6 +101,9 @@ impl Store {
         migrations::run(&db, dir, migrations::STEPS)?;
         let tree = db.open_tree(layout::QUEUE_TREE)?;
         let log = File::open(dir.join("db"))?;
+        sync_layout(dir)?;
+        let mut blobs = Blobs::new(dir.join("blobs"));
+        blobs.sync_new().map_err(StoreError::Io)?;
         let syncer = Arc::new(Syncer {
             state: Mutex::new(SyncState {
                 applied: 0,
@@ -93,11 +112,12 @@ impl Store {
             }),
             wake: Condvar::new(),
             synced: watch::channel(Ok(0)).0,
+            covered: AtomicU64::new(0),
         });
         let (s, d) = (syncer.clone(), db.clone());
         let sync_thread = std::thread::Builder::new()
             .name("qmesh-store-sync".into())
-            .spawn(move || sync_loop(&s, &d, &log))?;
+            .spawn(move || sync_loop(&s, &d, &log, &mut blobs))?;
         Ok(Self {
             db,
             tree,
@@ -153,6 +173,16 @@ impl Store {
         }
     }
 
+    /// The highest ticket a finished sync has covered.
+    pub fn synced(&self) -> Ticket {
+        self.syncer.covered.load(Ordering::Acquire)
+    }
+
+    /// Changes each time a sync finishes (or fails).
+    pub fn sync_events(&self) -> watch::Receiver<Result<Ticket, String>> {
+        self.syncer.synced.subscribe()
+    }
+
     pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
         match self.tree.get(key)? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
@@ -187,7 +217,85 @@ impl Drop for Store {
     }
 }
 
-fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
+/// sled creates its files and directories without ever fsyncing them or
+/// their entries: make the store's skeleton durable once, at open, before
+/// anything is acknowledged (the log's own entry included: `db` may be new).
+fn sync_layout(dir: &Path) -> Result<(), StoreError> {
+    for file in ["conf", "db"] {
+        let path = dir.join(file);
+        if path.exists() {
+            File::open(&path)?.sync_all()?;
+        }
+    }
+    let blobs = dir.join("blobs");
+    if blobs.is_dir() {
+        sync_dir(&blobs)?;
+    }
+    sync_dir(dir)?;
+    // The store directory's entry in the data directory, and the data
+    // directory's in its parent: `open` may have created both.
+    for up in dir.ancestors().skip(1).take(2) {
+        if !up.as_os_str().is_empty() {
+            sync_dir(up)?;
+        }
+    }
+    Ok(())
+}
+
+/// fsyncs a directory: its entries (new files, renames) become durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The blob files the syncer has made durable. Kept by name rather than by
+/// the highest number: sled may finish writing a blob with a lower number
+/// after one with a higher number (its IO buffers are written concurrently).
+struct Blobs {
+    dir: PathBuf,
+    synced: HashSet<std::ffi::OsString>,
+}
+
+impl Blobs {
+    fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            synced: HashSet::new(),
+        }
+    }
+
+    /// fdatasyncs every blob file not synced yet, then the directory if any
+    /// was new. Forgets blobs sled has removed. Returns how many it synced.
+    fn sync_new(&mut self) -> std::io::Result<usize> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            // sled creates the directory with the first blob.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut present = HashSet::with_capacity(self.synced.len());
+        let mut fresh = 0;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !self.synced.contains(&name) {
+                match File::open(self.dir.join(&name)) {
+                    Ok(f) => f.sync_data()?,
+                    // Removed by sled's garbage collection meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                fresh += 1;
+            }
+            present.insert(name);
+        }
+        if fresh > 0 {
+            sync_dir(&self.dir)?;
+        }
+        self.synced = present;
+        Ok(fresh)
+    }
+}
+
+fn sync_loop(s: &Syncer, db: &sled::Db, log: &File, blobs: &mut Blobs) {
     let mut synced: Ticket = 0;
     loop {
         let target = {
@@ -204,8 +312,11 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
         // sled holds its writers back while it flushes (apply_batch waits),
         // but not during the fdatasync: the two are timed apart.
         let mut flushed_us = 0;
+        let mut blob_files = 0;
         let result = db.flush().map_err(|e| e.to_string()).and_then(|_| {
             flushed_us = started.elapsed().as_micros() as u64;
+            // Blobs first: the log must not become durable pointing at a blob that is not.
+            blob_files = blobs.sync_new().map_err(|e| e.to_string())?;
             log.sync_data().map_err(|e| e.to_string())
         });
         match result {
@@ -213,10 +324,12 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
                 tracing::trace!(
                     batches = target - synced,
                     flush_us = flushed_us,
+                    blob_files,
                     micros = started.elapsed().as_micros() as u64,
                     "store synced"
                 );
                 synced = target;
+                s.covered.store(synced, Ordering::Release);
                 // `send` drops the value when nobody is subscribed, and a waiter
                 // arriving later would wait for a round that never comes.
                 let _previous = s.synced.send_replace(Ok(synced));

@@ -23,6 +23,8 @@ pub struct EngineProcess {
     /// `ws://127.0.0.1:<port>`, from the engine's first line on stdout.
     pub url: String,
     pub data_dir: PathBuf,
+    /// The engine's pid when `child` is `strace` running it.
+    traced: Option<u32>,
     _owned: Option<tempfile::TempDir>,
 }
 
@@ -50,10 +52,33 @@ impl EngineProcess {
         e
     }
 
+    /// An engine on the store in `data_dir`, run by `strace` with `args`
+    /// (its output in `log`): for tests that check the order of its system calls.
+    pub fn start_traced(data_dir: &Path, args: &[&str], log: &Path) -> Self {
+        let mut cmd = Command::new("strace");
+        cmd.args(args).arg("-o").arg(log).arg("--").arg(binary());
+        let mut e = Self::spawn_cmd(cmd, data_dir, None);
+        // strace runs the engine as its only child.
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", e.child.id()))
+                .expect("strace's children");
+        e.traced = Some(
+            children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("the traced engine's pid"),
+        );
+        e
+    }
+
     /// Starts the binary and returns once it printed its address, which it
     /// does when the store is open and the listener accepts.
     fn spawn(data_dir: &Path, config: Option<&Path>) -> Self {
-        let mut cmd = Command::new(binary());
+        Self::spawn_cmd(Command::new(binary()), data_dir, config)
+    }
+
+    fn spawn_cmd(mut cmd: Command, data_dir: &Path, config: Option<&Path>) -> Self {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir);
         if let Some(file) = config {
@@ -78,16 +103,21 @@ impl EngineProcess {
             child,
             url,
             data_dir: data_dir.to_owned(),
+            traced: None,
             _owned: None,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.traced.unwrap_or_else(|| self.child.id())
     }
 
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
+        if let Some(pid) = self.traced.take() {
+            // Killing strace would leave the engine running, detached.
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
