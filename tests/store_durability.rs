@@ -206,6 +206,7 @@ async fn every_file_of_a_job_is_synced_before_its_receipt_and_its_dispatch() {
     for ((id, function, size), marker) in jobs.iter().zip(&markers) {
         let from = socket_write(&calls, 0, &[marker.as_str()]).start;
         let receipt = socket_write(&calls, from, &[id.as_str()]).start;
+        let dispatch = socket_write(&calls, from, &["invokefunction", function]).start;
         let what = format!("{size} B job");
         let written = assert_synced_before(
             &calls,
@@ -224,5 +225,12 @@ async fn every_file_of_a_job_is_synced_before_its_receipt_and_its_dispatch() {
                 "{what}: sled is expected to write it to a blob: {written:?}"
             );
         }
+        assert_synced_before(
+            &calls,
+            data_dir,
+            from,
+            dispatch,
+            &format!("{what}'s dispatch"),
+        );
     }
 }

@@ -27,6 +27,7 @@ impl Scheduler {
     pub(super) fn enqueue_all(&mut self, group: Vec<(EnqueueRequest, EnqueueReply)>) {
         let mut batch = Writes::default();
         let mut seen = Seen::default();
+        let first_seq = self.seq.next();
         let mut accepted = Vec::with_capacity(group.len());
         for (req, reply) in group {
             match self.enqueue_into(req, &mut batch, &mut seen) {
@@ -49,6 +50,7 @@ impl Scheduler {
                 return;
             }
         };
+        self.unsynced.applied(ticket, first_seq);
         self.store.want(ticket);
         let store = self.store.clone();
         // Acknowledge only once the records are on disk; one sync serves them all.

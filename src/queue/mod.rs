@@ -37,6 +37,7 @@ mod sequence;
 pub mod settings;
 pub mod states;
 mod transitions;
+mod unsynced;
 mod upkeep;
 
 use serde_json::Value;
