@@ -171,7 +171,9 @@ async fn every_file_of_a_job_is_synced_before_its_receipt_and_its_dispatch() {
         "-qq",
         "-y",
         "-s",
-        "200",
+        // Whole buffers: the engine may write several frames (a 900 KB dispatch,
+        // then the receipt) in one call.
+        "2000000",
         "-e",
         "trace=openat,write,writev,pwrite64,pwritev,sendto,sendmsg,fsync,fdatasync",
     ];
