@@ -44,8 +44,9 @@ impl Scheduler {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write enqueued jobs");
+                let refused = store_error(e);
                 for (_, reply) in accepted {
-                    reply(Err(store_error(StoreError::Sync(e.to_string()))));
+                    reply(Err(refused.clone()));
                 }
                 return;
             }
@@ -55,11 +56,11 @@ impl Scheduler {
         let store = self.store.clone();
         // Acknowledge only once the records are on disk; one sync serves them all.
         tokio::spawn(async move {
-            let durable = store.durable(ticket).await.map_err(|e| e.to_string());
+            let durable = store.durable(ticket).await.map_err(store_error);
             for (e, reply) in accepted {
                 reply(match &durable {
                     Ok(()) => Ok(e),
-                    Err(msg) => Err(store_error(StoreError::Sync(msg.clone()))),
+                    Err(refused) => Err(refused.clone()),
                 });
             }
         });

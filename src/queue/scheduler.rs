@@ -291,6 +291,9 @@ impl Scheduler {
 }
 
 pub(super) fn store_error(e: StoreError) -> ErrorBody {
+    if e.is_full() {
+        return ErrorBody::new(codes::STORE_FULL, e.to_string());
+    }
     ErrorBody::new(codes::ENQUEUE_ERROR, e.to_string())
 }
 

@@ -59,8 +59,51 @@ pub enum StoreError {
     Migration { version: u32, reason: String },
     #[error("store sync failed: {0}")]
     Sync(String),
+    #[error("the store's disk is full: {0}")]
+    Full(String),
     #[error("store I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// Whether the error says the disk (or the process's file size limit)
+    /// has no room: sled reports its IO errors as `sled::Error::Io`.
+    pub fn is_full(&self) -> bool {
+        match self {
+            StoreError::Full(_) => true,
+            StoreError::Sled(sled::Error::Io(e)) | StoreError::Io(e) => io_is_full(e),
+            _ => false,
+        }
+    }
+}
+
+fn io_is_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+    matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge)
+}
+
+/// Why the last sync round failed, as every waiter for it sees it.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub full: bool,
+    pub message: String,
+}
+
+impl Fault {
+    fn of(e: &StoreError) -> Self {
+        Self {
+            full: e.is_full(),
+            message: e.to_string(),
+        }
+    }
+
+    fn to_error(&self) -> StoreError {
+        if self.full {
+            StoreError::Full(self.message.clone())
+        } else {
+            StoreError::Sync(self.message.clone())
+        }
+    }
 }
 
 /// Identifies an applied batch; durable once a sync has covered it.
@@ -76,7 +119,10 @@ pub struct Store {
 struct Syncer {
     state: Mutex<SyncState>,
     wake: Condvar,
-    synced: watch::Sender<Result<Ticket, String>>,
+    synced: watch::Sender<Result<Ticket, Fault>>,
+    /// The store's last failure (a write sled refused, or a sync), cleared
+    /// by the next sync that succeeds: what `/health` reports.
+    fault: Mutex<Option<Fault>>,
     /// The last ticket a sync covered, kept apart from `synced`, which holds
     /// the error while syncs fail.
     covered: AtomicU64,
@@ -113,6 +159,7 @@ impl Store {
             wake: Condvar::new(),
             synced: watch::channel(Ok(0)).0,
             covered: AtomicU64::new(0),
+            fault: Mutex::new(None),
         });
         let (s, d) = (syncer.clone(), db.clone());
         let sync_thread = std::thread::Builder::new()
@@ -133,7 +180,11 @@ impl Store {
     /// Applies a batch atomically. It is visible at once and durable after [`Store::durable`].
     pub fn apply(&self, batch: sled::Batch) -> Result<Ticket, StoreError> {
         let t = std::time::Instant::now();
-        self.tree.apply_batch(batch)?;
+        if let Err(e) = self.tree.apply_batch(batch) {
+            let e = StoreError::Sled(e);
+            *self.syncer.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fault::of(&e));
+            return Err(e);
+        }
         let us = t.elapsed().as_micros() as u64;
         if us > 300 {
             tracing::trace!(micros = us, "slow apply");
@@ -165,7 +216,7 @@ impl Store {
             match &*rx.borrow_and_update() {
                 Ok(done) if *done >= ticket => return Ok(()),
                 Ok(_) => {}
-                Err(e) => return Err(StoreError::Sync(e.clone())),
+                Err(fault) => return Err(fault.to_error()),
             }
             if rx.changed().await.is_err() {
                 return Err(StoreError::Sync("syncer stopped".into()));
@@ -179,8 +230,17 @@ impl Store {
     }
 
     /// Changes each time a sync finishes (or fails).
-    pub fn sync_events(&self) -> watch::Receiver<Result<Ticket, String>> {
+    pub fn sync_events(&self) -> watch::Receiver<Result<Ticket, Fault>> {
         self.syncer.synced.subscribe()
+    }
+
+    /// The store's last failure, until a sync succeeds after it.
+    pub fn fault(&self) -> Option<Fault> {
+        self.syncer
+            .fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -313,11 +373,11 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File, blobs: &mut Blobs) {
         // but not during the fdatasync: the two are timed apart.
         let mut flushed_us = 0;
         let mut blob_files = 0;
-        let result = db.flush().map_err(|e| e.to_string()).and_then(|_| {
+        let result = db.flush().map_err(StoreError::Sled).and_then(|_| {
             flushed_us = started.elapsed().as_micros() as u64;
             // Blobs first: the log must not become durable pointing at a blob that is not.
-            blob_files = blobs.sync_new().map_err(|e| e.to_string())?;
-            log.sync_data().map_err(|e| e.to_string())
+            blob_files = blobs.sync_new()?;
+            Ok(log.sync_data()?)
         });
         match result {
             Ok(()) => {
@@ -330,13 +390,16 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File, blobs: &mut Blobs) {
                 );
                 synced = target;
                 s.covered.store(synced, Ordering::Release);
+                *s.fault.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 // `send` drops the value when nobody is subscribed, and a waiter
                 // arriving later would wait for a round that never comes.
                 let _previous = s.synced.send_replace(Ok(synced));
             }
             Err(e) => {
                 tracing::error!(error = %e, "store sync failed; acknowledgements are held back");
-                let _previous = s.synced.send_replace(Err(e));
+                let fault = Fault::of(&e);
+                *s.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(fault.clone());
+                let _previous = s.synced.send_replace(Err(fault));
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }

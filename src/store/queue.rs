@@ -280,7 +280,7 @@ impl QueueStore {
     }
 
     /// Changes each time a sync finishes (or fails).
-    pub fn sync_events(&self) -> tokio::sync::watch::Receiver<Result<Ticket, String>> {
+    pub fn sync_events(&self) -> tokio::sync::watch::Receiver<Result<Ticket, super::Fault>> {
         self.store.sync_events()
     }
 

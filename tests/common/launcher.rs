@@ -72,6 +72,36 @@ impl EngineProcess {
         e
     }
 
+    /// An engine on the store in `data_dir` whose files cannot grow past
+    /// `fsize` bytes (`RLIMIT_FSIZE`, SIGXFSZ ignored so a write past it
+    /// fails with EFBIG like a full disk would with ENOSPC): a full disk
+    /// without root. `prlimit --pid` lifts it, as freeing space would.
+    pub fn start_with_file_limit(data_dir: &Path, fsize: u64) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; exec prlimit --fsize={fsize} -- \"$0\" \"$@\""
+            ))
+            .arg(binary());
+        Self::spawn_cmd(cmd, data_dir, None)
+    }
+
+    /// `GET /health` (HTTP/1.1 on the worker listener), its JSON body.
+    pub fn health(&self) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("ws://");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect for /health");
+        write!(
+            s,
+            "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read the answer");
+        let json = body.split("\r\n\r\n").nth(1).expect("an HTTP body");
+        serde_json::from_str(json).expect("health is JSON")
+    }
+
     /// Starts the binary and returns once it printed its address, which it
     /// does when the store is open and the listener accepts.
     fn spawn(data_dir: &Path, config: Option<&Path>) -> Self {
