@@ -10,6 +10,15 @@ use common::{EngineProcess, RawClient};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 
+/// The queue's job counts by state.
+async fn counts(c: &mut RawClient) -> Vec<Value> {
+    let s = c.call("queue::stats", json!({"queue": "full"})).await["result"].clone();
+    ["ready", "waiting_for_worker", "delayed", "held", "running"]
+        .iter()
+        .map(|k| s[*k].clone())
+        .collect()
+}
+
 /// An enqueue through the `Enqueue` action: `Ok(receipt)` or `Err(error)`.
 async fn enqueue(c: &mut RawClient, n: usize) -> Result<String, Value> {
     let id = uuid::Uuid::new_v4().to_string();
@@ -62,6 +71,12 @@ async fn a_full_disk_refuses_enqueues_clearly_and_loses_nothing_acknowledged() {
         )
         .await;
     assert_eq!(r["error"]["code"], "store_full", "{r}");
+    // Refused jobs are not counted: more refusals leave the counts as they were.
+    let before = counts(&mut c).await;
+    for n in 0..5 {
+        assert!(enqueue(&mut c, n).await.is_err(), "the store is still full");
+    }
+    assert_eq!(counts(&mut c).await, before, "refused jobs were counted");
 
     engine.kill();
     let engine = EngineProcess::start_in(&data_dir);

@@ -19,6 +19,8 @@ use crate::store::records::{JobRecord, JobState};
 pub(super) struct Seen {
     groups: HashSet<(QueueId, String)>,
     keys: HashMap<(QueueId, String), Uuid>,
+    /// The jobs the batch counted, so a batch the store refuses is uncounted.
+    counted: Vec<(QueueId, JobState)>,
 }
 
 impl Scheduler {
@@ -44,6 +46,10 @@ impl Scheduler {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write enqueued jobs");
+                // Nothing of the batch is stored: neither are its jobs counted.
+                for (q, state) in seen.counted {
+                    self.counters.count(q, Some(state), None);
+                }
                 let refused = store_error(e);
                 for (_, reply) in accepted {
                     reply(Err(refused.clone()));
@@ -107,6 +113,7 @@ impl Scheduler {
         self.place(&id, &job, batch);
         batch.put_job(&id, &job);
         self.counters.count(q, None, Some(job.state));
+        seen.counted.push((q, job.state));
         if job.state == JobState::Ready {
             self.mark_ready(q, f);
         }
