@@ -110,8 +110,11 @@ impl Scheduler {
                 _ = sleep_for(due) => self.log_err("promoting due jobs", |s| s.promote_due()),
                 _ = self.attempts.leases.fired(), if leases_armed => self.expire_leases(),
                 // A sync finished: jobs it made durable may start (below).
+                // (Forget the batches it covered here too: a paused queue
+                // never scans, and they would pile up.)
                 _ = syncs.changed(), if !self.unsynced.is_empty() => {
                     syncs.borrow_and_update();
+                    self.unsynced.first_waiting(self.store.synced());
                 }
                 _ = prune.tick() => self.log_err("pruning completed jobs", |s| s.prune_completed()),
                 _ = record_tick.tick(), if recording => {
