@@ -33,6 +33,12 @@ pub(crate) trait Module: Send + Sync {
         None
     }
 
+    /// A part of `GET /health`: its key and value (an object with a `state`
+    /// of `"ok"` or `"degraded"`). Called on every request: keep it cheap.
+    fn health(&self) -> Option<(&'static str, serde_json::Value)> {
+        None
+    }
+
     /// Background tasks, started once the provisions are installed and
     /// aborted when the engine has drained.
     fn start(&self) -> Vec<JoinHandle<()>> {

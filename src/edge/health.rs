@@ -15,10 +15,13 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::OK
     };
-    (
-        status,
-        Json(json!({
-            "status": if draining { "draining" } else { "ok" },
+    let parts = (app.health)();
+    // A degraded part (a full disk) keeps 200: the engine still routes calls,
+    // and a liveness probe restarting it cannot make room on the disk;
+    // `status` says `degraded`, and the part says why, for those who watch.
+    let degraded = parts.iter().any(|(_, v)| v["state"] == "degraded");
+    let mut body = json!({
+            "status": if draining { "draining" } else if degraded { "degraded" } else { "ok" },
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_ms": app.mesh.uptime().as_millis() as u64,
             "workers": stats.workers,
@@ -28,6 +31,9 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
                 "used_bytes": app.mesh.budget().used(),
                 "limit_bytes": app.mesh.budget().limit(),
             },
-        })),
-    )
+    });
+    for (key, value) in parts {
+        body[key] = value;
+    }
+    (status, Json(body))
 }

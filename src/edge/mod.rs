@@ -36,17 +36,23 @@ use tower::ServiceExt;
 
 use crate::mesh::Mesh;
 
+/// The modules' parts of `/health` (see `Module::health`), gathered by the
+/// engine root: the edge knows no module.
+pub(crate) type HealthParts = Arc<dyn Fn() -> Vec<(&'static str, serde_json::Value)> + Send + Sync>;
+
 /// What every request handler of the worker listener can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub mesh: Mesh,
+    pub health: HealthParts,
     /// One permit per open worker connection (`limits.max_connections`).
     pub connection_slots: Arc<Semaphore>,
 }
 
 /// The worker listener's own paths.
-pub(crate) fn router(mesh: &Mesh) -> Router {
+pub(crate) fn router(mesh: &Mesh, health: HealthParts) -> Router {
     let state = AppState {
+        health,
         connection_slots: Arc::new(Semaphore::new(mesh.config().limits.max_connections)),
         mesh: mesh.clone(),
     };

@@ -168,7 +168,10 @@ impl Engine {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let mesh = self.inner.mesh.clone();
-        let mut app = crate::edge::router(&mesh);
+        let modules = self.inner.modules.clone();
+        let health: crate::edge::HealthParts =
+            Arc::new(move || modules.iter().filter_map(|m| m.health()).collect());
+        let mut app = crate::edge::router(&mesh, health);
         for m in &self.inner.modules {
             if let Some(routes) = m.routes() {
                 app = app.merge(routes);

@@ -138,6 +138,10 @@ pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
 pub const INVALID_STATE: &str = "invalid_state";
 /// An operator function failed inside the engine (the store refused a read or write).
 pub const QUEUE_ERROR: &str = "queue_error";
+/// The store's disk (or the engine's file size limit) is full: nothing new
+/// is accepted until there is room again. (The `Enqueue` action answers
+/// `enqueue_error`, as iii SDKs expect, with this code in its message.)
+pub const STORE_FULL: &str = "store_full";
 /// The attempt ended because the engine stopped while it ran (an attempt's error code).
 pub const ENGINE_RESTART: &str = "engine_restart";
 

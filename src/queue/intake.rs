@@ -19,6 +19,8 @@ use crate::store::records::{JobRecord, JobState};
 pub(super) struct Seen {
     groups: HashSet<(QueueId, String)>,
     keys: HashMap<(QueueId, String), Uuid>,
+    /// The jobs the batch counted, so a batch the store refuses is uncounted.
+    counted: Vec<(QueueId, JobState)>,
 }
 
 impl Scheduler {
@@ -27,6 +29,7 @@ impl Scheduler {
     pub(super) fn enqueue_all(&mut self, group: Vec<(EnqueueRequest, EnqueueReply)>) {
         let mut batch = Writes::default();
         let mut seen = Seen::default();
+        let first_seq = self.seq.next();
         let mut accepted = Vec::with_capacity(group.len());
         for (req, reply) in group {
             match self.enqueue_into(req, &mut batch, &mut seen) {
@@ -43,21 +46,27 @@ impl Scheduler {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write enqueued jobs");
+                // Nothing of the batch is stored: neither are its jobs counted.
+                for (q, state) in seen.counted {
+                    self.counters.count(q, Some(state), None);
+                }
+                let refused = store_error(e);
                 for (_, reply) in accepted {
-                    reply(Err(store_error(StoreError::Sync(e.to_string()))));
+                    reply(Err(refused.clone()));
                 }
                 return;
             }
         };
+        self.unsynced.applied(ticket, first_seq);
         self.store.want(ticket);
         let store = self.store.clone();
         // Acknowledge only once the records are on disk; one sync serves them all.
         tokio::spawn(async move {
-            let durable = store.durable(ticket).await.map_err(|e| e.to_string());
+            let durable = store.durable(ticket).await.map_err(store_error);
             for (e, reply) in accepted {
                 reply(match &durable {
                     Ok(()) => Ok(e),
-                    Err(msg) => Err(store_error(StoreError::Sync(msg.clone()))),
+                    Err(refused) => Err(refused.clone()),
                 });
             }
         });
@@ -104,6 +113,7 @@ impl Scheduler {
         self.place(&id, &job, batch);
         batch.put_job(&id, &job);
         self.counters.count(q, None, Some(job.state));
+        seen.counted.push((q, job.state));
         if job.state == JobState::Ready {
             self.mark_ready(q, f);
         }

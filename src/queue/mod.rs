@@ -38,6 +38,7 @@ mod sequence;
 pub mod settings;
 pub mod states;
 mod transitions;
+mod unsynced;
 mod upkeep;
 
 use serde_json::Value;
@@ -80,6 +81,8 @@ pub(crate) struct Enqueued {
 pub(crate) struct Queues {
     tx: mpsc::UnboundedSender<Command>,
     task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// For `/health` only; weak, so the store still closes when the scheduler stops.
+    store: std::sync::Weak<Store>,
 }
 
 impl Queues {
@@ -91,11 +94,13 @@ impl Queues {
         config: settings::QueueConfig,
     ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let weak = Arc::downgrade(&store);
         let scheduler = scheduler::Scheduler::load(mesh, store, config)?;
         let task = tokio::spawn(scheduler.run(rx));
         Ok(Self {
             tx,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
+            store: weak,
         })
     }
 
@@ -122,6 +127,20 @@ impl Queues {
         {
             reply(Err(stopped()));
         }
+    }
+
+    /// The store's state for `/health`: `ok`, or `degraded` with the reason
+    /// of its last failure until a sync succeeds again.
+    pub fn store_health(&self) -> Option<serde_json::Value> {
+        let store = self.store.upgrade()?;
+        Some(match store.fault() {
+            None => serde_json::json!({"state": "ok"}),
+            Some(f) => serde_json::json!({
+                "state": "degraded",
+                "reason": if f.full { codes::STORE_FULL } else { "store_error" },
+                "message": f.message,
+            }),
+        })
     }
 
     /// Stops starting jobs (engine shutdown); running ones may still finish.

@@ -43,6 +43,10 @@ impl Module for Queues {
         }
     }
 
+    fn health(&self) -> Option<(&'static str, serde_json::Value)> {
+        self.store_health().map(|h| ("store", h))
+    }
+
     fn stop_intake(&self, _grace: Duration) -> BoxFuture<'_, ()> {
         self.stop_dispatching();
         Box::pin(async {})

@@ -19,6 +19,7 @@ use super::queue_table::{QueueRt, QueueTable};
 use super::scheduler::Scheduler;
 use super::sequence::Sequence;
 use super::settings::QueueConfig;
+use super::unsynced::Unsynced;
 use crate::mesh::Mesh;
 use crate::protocol::codes;
 use crate::store::queue::{QueueStore, Writes};
@@ -43,6 +44,7 @@ impl Scheduler {
             finished_tx,
             finished_rx: Some(finished_rx),
             draining: false,
+            unsynced: Unsynced::default(),
             id_salt: Uuid::new_v4().as_u128() as u16,
         };
         for (name, rec) in s.store.queues()? {

@@ -8,6 +8,10 @@
 //! its start is written). Until then the store sees a ready job; a crash in
 //! that window runs it again without counting the attempt, which is
 //! at-least-once delivery all the same.
+//!
+//! A job is started only once its enqueue is durable ([`super::unsynced`]):
+//! a dispatch scan stops at the first entry whose sync has not finished, and
+//! the scheduler scans again when it does.
 
 use uuid::Uuid;
 
@@ -69,6 +73,7 @@ impl Scheduler {
     ) -> Result<Vec<(FnId, ReadyPos, Uuid)>, StoreError> {
         let q = self.queues[name].id;
         let mut picked = Vec::new();
+        let waiting = self.unsynced.first_waiting(self.store.synced());
         for f in self.queues[name].ready.round() {
             if picked.len() >= n {
                 break;
@@ -82,8 +87,15 @@ impl Scheduler {
             let before = picked.len();
             let from = self.queues[name].ready.resume_point(f);
             let mut seen = None;
+            let mut blocked = false;
             for kv in self.store.ready_after(q, f, from) {
                 let (k, id) = kv?;
+                if waiting.is_some_and(|first| k.seq() >= first) {
+                    // Not durable yet: neither this job nor (to keep the
+                    // order) the ones after it start before the sync.
+                    blocked = true;
+                    break;
+                }
                 seen = Some(k.clone());
                 match id {
                     Some(id) if !self.attempts.contains(&id) => picked.push((f, k, id)),
@@ -93,7 +105,8 @@ impl Scheduler {
                     break;
                 }
             }
-            let took = picked.len() > before;
+            // A function blocked by a sync keeps its place in the round.
+            let took = picked.len() > before || blocked;
             if let Some(rt) = self.queues.get_mut(name) {
                 rt.ready.scanned(f, seen, took);
             }

@@ -22,6 +22,7 @@ use super::op::Op;
 use super::queue_table::{QueueRt, QueueTable};
 use super::sequence::Sequence;
 use super::settings::QueueConfig;
+use super::unsynced::Unsynced;
 use super::{EnqueueReply, EnqueueRequest, now_ms};
 use crate::mesh::state::Settled;
 use crate::mesh::{Mesh, MeshEvent};
@@ -65,6 +66,8 @@ pub struct Scheduler {
     pub(super) finished_rx: Option<mpsc::UnboundedReceiver<Settled>>,
     /// Set when the engine shuts down: no job is started any more.
     pub(super) draining: bool,
+    /// Enqueue batches not yet durable: their jobs are not started.
+    pub(super) unsynced: Unsynced,
     /// Random bits drawn once per process for job ids (see `intake::job_id`).
     pub(super) id_salt: u16,
 }
@@ -73,6 +76,7 @@ impl Scheduler {
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut finished = self.finished_rx.take().expect("run is called once");
         let mut events = self.mesh.subscribe();
+        let mut syncs = self.store.sync_events();
         let shortest = (self.config.queues.keys())
             .filter_map(|name| self.config.settings(name))
             .map(|s| s.retention)
@@ -105,6 +109,13 @@ impl Scheduler {
                 },
                 _ = sleep_for(due) => self.log_err("promoting due jobs", |s| s.promote_due()),
                 _ = self.attempts.leases.fired(), if leases_armed => self.expire_leases(),
+                // A sync finished: jobs it made durable may start (below).
+                // (Forget the batches it covered here too: a paused queue
+                // never scans, and they would pile up.)
+                _ = syncs.changed(), if !self.unsynced.is_empty() => {
+                    syncs.borrow_and_update();
+                    self.unsynced.first_waiting(self.store.synced());
+                }
                 _ = prune.tick() => self.log_err("pruning completed jobs", |s| s.prune_completed()),
                 _ = record_tick.tick(), if recording => {
                     self.log_err("recording starts", |s| s.record_starts(false));
@@ -283,6 +294,9 @@ impl Scheduler {
 }
 
 pub(super) fn store_error(e: StoreError) -> ErrorBody {
+    if e.is_full() {
+        return ErrorBody::new(codes::STORE_FULL, e.to_string());
+    }
     ErrorBody::new(codes::ENQUEUE_ERROR, e.to_string())
 }
 

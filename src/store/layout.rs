@@ -96,6 +96,12 @@ pub fn ready(q: QueueId, f: FnId, priority: u8, seq: u64) -> Vec<u8> {
     )
 }
 
+/// The sequence number of a ready key (its last eight bytes).
+pub fn ready_seq(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
+}
+
 pub fn ready_queue_prefix(q: QueueId) -> Vec<u8> {
     key(READY, &[&q.to_be_bytes()])
 }

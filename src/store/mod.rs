@@ -11,6 +11,17 @@
 //! A sync runs only when someone waits for one: batches nobody waits on
 //! (a job starting, an attempt's outcome) ride along with the next sync, or
 //! sled's own periodic flush.
+//!
+//! Large values: sled 0.34.7 writes any log item bigger than a quarter of its
+//! segment (512 KiB, so about 128 KiB: `pagecache/logger.rs`, `segment_size /
+//! MINIMUM_ITEMS_PER_SEGMENT - SEG_HEADER_LEN`) to its own file under
+//! `blobs/`, and never fsyncs it (`pagecache/blob_io.rs`); the log only holds
+//! a pointer. So a sync also fsyncs every blob file it has not synced yet and
+//! then the `blobs/` directory, before the log: the log never points at a
+//! blob that is not on disk when an acknowledgement goes out. (A bigger
+//! segment would keep values inline, but sled refuses to open a store whose
+//! segment size changed, and a leaf sled rewrites whole can hold several
+//! large values, so no segment size bounds it.)
 
 pub mod codec;
 pub mod layout;
@@ -23,8 +34,10 @@ pub mod stream;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashSet;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::watch;
 
@@ -48,8 +61,51 @@ pub enum StoreError {
     Migration { version: u32, reason: String },
     #[error("store sync failed: {0}")]
     Sync(String),
+    #[error("the store's disk is full: {0}")]
+    Full(String),
     #[error("store I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// Whether the error says the disk (or the process's file size limit)
+    /// has no room: sled reports its IO errors as `sled::Error::Io`.
+    pub fn is_full(&self) -> bool {
+        match self {
+            StoreError::Full(_) => true,
+            StoreError::Sled(sled::Error::Io(e)) | StoreError::Io(e) => io_is_full(e),
+            _ => false,
+        }
+    }
+}
+
+fn io_is_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+    matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge)
+}
+
+/// Why the last sync round failed, as every waiter for it sees it.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub full: bool,
+    pub message: String,
+}
+
+impl Fault {
+    fn of(e: &StoreError) -> Self {
+        Self {
+            full: e.is_full(),
+            message: e.to_string(),
+        }
+    }
+
+    fn to_error(&self) -> StoreError {
+        if self.full {
+            StoreError::Full(self.message.clone())
+        } else {
+            StoreError::Sync(self.message.clone())
+        }
+    }
 }
 
 /// Identifies an applied batch; durable once a sync has covered it.
@@ -65,7 +121,13 @@ pub struct Store {
 struct Syncer {
     state: Mutex<SyncState>,
     wake: Condvar,
-    synced: watch::Sender<Result<Ticket, String>>,
+    synced: watch::Sender<Result<Ticket, Fault>>,
+    /// The store's last failure (a write sled refused, or a sync), cleared
+    /// by the next sync that succeeds: what `/health` reports.
+    fault: Mutex<Option<Fault>>,
+    /// The last ticket a sync covered, kept apart from `synced`, which holds
+    /// the error while syncs fail.
+    covered: AtomicU64,
 }
 
 struct SyncState {
@@ -87,6 +149,9 @@ impl Store {
         migrations::run(&db, dir, migrations::STEPS)?;
         let tree = db.open_tree(layout::QUEUE_TREE)?;
         let log = File::open(dir.join("db"))?;
+        sync_layout(dir)?;
+        let mut blobs = Blobs::new(dir.join("blobs"));
+        blobs.sync_new().map_err(StoreError::Io)?;
         let syncer = Arc::new(Syncer {
             state: Mutex::new(SyncState {
                 applied: 0,
@@ -95,11 +160,13 @@ impl Store {
             }),
             wake: Condvar::new(),
             synced: watch::channel(Ok(0)).0,
+            covered: AtomicU64::new(0),
+            fault: Mutex::new(None),
         });
         let (s, d) = (syncer.clone(), db.clone());
         let sync_thread = std::thread::Builder::new()
             .name("qmesh-store-sync".into())
-            .spawn(move || sync_loop(&s, &d, &log))?;
+            .spawn(move || sync_loop(&s, &d, &log, &mut blobs))?;
         Ok(Self {
             db,
             tree,
@@ -115,7 +182,11 @@ impl Store {
     /// Applies a batch atomically. It is visible at once and durable after [`Store::durable`].
     pub fn apply(&self, batch: sled::Batch) -> Result<Ticket, StoreError> {
         let t = std::time::Instant::now();
-        self.tree.apply_batch(batch)?;
+        if let Err(e) = self.tree.apply_batch(batch) {
+            let e = StoreError::Sled(e);
+            *self.syncer.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fault::of(&e));
+            return Err(e);
+        }
         let us = t.elapsed().as_micros() as u64;
         if us > 300 {
             tracing::trace!(micros = us, "slow apply");
@@ -147,12 +218,31 @@ impl Store {
             match &*rx.borrow_and_update() {
                 Ok(done) if *done >= ticket => return Ok(()),
                 Ok(_) => {}
-                Err(e) => return Err(StoreError::Sync(e.clone())),
+                Err(fault) => return Err(fault.to_error()),
             }
             if rx.changed().await.is_err() {
                 return Err(StoreError::Sync("syncer stopped".into()));
             }
         }
+    }
+
+    /// The highest ticket a finished sync has covered.
+    pub fn synced(&self) -> Ticket {
+        self.syncer.covered.load(Ordering::Acquire)
+    }
+
+    /// Changes each time a sync finishes (or fails).
+    pub fn sync_events(&self) -> watch::Receiver<Result<Ticket, Fault>> {
+        self.syncer.synced.subscribe()
+    }
+
+    /// The store's last failure, until a sync succeeds after it.
+    pub fn fault(&self) -> Option<Fault> {
+        self.syncer
+            .fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -189,7 +279,85 @@ impl Drop for Store {
     }
 }
 
-fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
+/// sled creates its files and directories without ever fsyncing them or
+/// their entries: make the store's skeleton durable once, at open, before
+/// anything is acknowledged (the log's own entry included: `db` may be new).
+fn sync_layout(dir: &Path) -> Result<(), StoreError> {
+    for file in ["conf", "db"] {
+        let path = dir.join(file);
+        if path.exists() {
+            File::open(&path)?.sync_all()?;
+        }
+    }
+    let blobs = dir.join("blobs");
+    if blobs.is_dir() {
+        sync_dir(&blobs)?;
+    }
+    sync_dir(dir)?;
+    // The store directory's entry in the data directory, and the data
+    // directory's in its parent: `open` may have created both.
+    for up in dir.ancestors().skip(1).take(2) {
+        if !up.as_os_str().is_empty() {
+            sync_dir(up)?;
+        }
+    }
+    Ok(())
+}
+
+/// fsyncs a directory: its entries (new files, renames) become durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The blob files the syncer has made durable. Kept by name rather than by
+/// the highest number: sled may finish writing a blob with a lower number
+/// after one with a higher number (its IO buffers are written concurrently).
+struct Blobs {
+    dir: PathBuf,
+    synced: HashSet<std::ffi::OsString>,
+}
+
+impl Blobs {
+    fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            synced: HashSet::new(),
+        }
+    }
+
+    /// fdatasyncs every blob file not synced yet, then the directory if any
+    /// was new. Forgets blobs sled has removed. Returns how many it synced.
+    fn sync_new(&mut self) -> std::io::Result<usize> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            // sled creates the directory with the first blob.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut present = HashSet::with_capacity(self.synced.len());
+        let mut fresh = 0;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !self.synced.contains(&name) {
+                match File::open(self.dir.join(&name)) {
+                    Ok(f) => f.sync_data()?,
+                    // Removed by sled's garbage collection meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                fresh += 1;
+            }
+            present.insert(name);
+        }
+        if fresh > 0 {
+            sync_dir(&self.dir)?;
+        }
+        self.synced = present;
+        Ok(fresh)
+    }
+}
+
+fn sync_loop(s: &Syncer, db: &sled::Db, log: &File, blobs: &mut Blobs) {
     let mut synced: Ticket = 0;
     loop {
         let target = {
@@ -206,26 +374,34 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File) {
         // sled holds its writers back while it flushes (apply_batch waits),
         // but not during the fdatasync: the two are timed apart.
         let mut flushed_us = 0;
-        let result = db.flush().map_err(|e| e.to_string()).and_then(|_| {
+        let mut blob_files = 0;
+        let result = db.flush().map_err(StoreError::Sled).and_then(|_| {
             flushed_us = started.elapsed().as_micros() as u64;
-            log.sync_data().map_err(|e| e.to_string())
+            // Blobs first: the log must not become durable pointing at a blob that is not.
+            blob_files = blobs.sync_new()?;
+            Ok(log.sync_data()?)
         });
         match result {
             Ok(()) => {
                 tracing::trace!(
                     batches = target - synced,
                     flush_us = flushed_us,
+                    blob_files,
                     micros = started.elapsed().as_micros() as u64,
                     "store synced"
                 );
                 synced = target;
+                s.covered.store(synced, Ordering::Release);
+                *s.fault.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 // `send` drops the value when nobody is subscribed, and a waiter
                 // arriving later would wait for a round that never comes.
                 let _previous = s.synced.send_replace(Ok(synced));
             }
             Err(e) => {
                 tracing::error!(error = %e, "store sync failed; acknowledgements are held back");
-                let _previous = s.synced.send_replace(Err(e));
+                let fault = Fault::of(&e);
+                *s.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(fault.clone());
+                let _previous = s.synced.send_replace(Err(fault));
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }

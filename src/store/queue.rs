@@ -98,6 +98,11 @@ impl ReadySlot {
 }
 
 impl ReadyPos {
+    /// The sequence number of the job whose entry this is.
+    pub fn seq(&self) -> u64 {
+        layout::ready_seq(&self.0).unwrap_or(u64::MAX)
+    }
+
     /// Whether `slot` (of the same queue and function) is at or before this
     /// position: a scan resuming here would miss it.
     pub fn reaches(&self, slot: &ReadySlot) -> bool {
@@ -267,6 +272,16 @@ impl QueueStore {
     /// Asks for a sync covering `ticket` now, before anyone waits for it.
     pub fn want(&self, ticket: Ticket) {
         self.store.want(ticket);
+    }
+
+    /// The highest ticket a finished sync has covered.
+    pub fn synced(&self) -> Ticket {
+        self.store.synced()
+    }
+
+    /// Changes each time a sync finishes (or fails).
+    pub fn sync_events(&self) -> tokio::sync::watch::Receiver<Result<Ticket, super::Fault>> {
+        self.store.sync_events()
     }
 
     /// Resolves once a sync has covered `ticket` (contract 3).

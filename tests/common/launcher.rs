@@ -23,6 +23,8 @@ pub struct EngineProcess {
     /// `ws://127.0.0.1:<port>`, from the engine's first line on stdout.
     pub url: String,
     pub data_dir: PathBuf,
+    /// The engine's pid when `child` is `strace` running it.
+    traced: Option<u32>,
     _owned: Option<tempfile::TempDir>,
 }
 
@@ -56,10 +58,63 @@ impl EngineProcess {
         e
     }
 
+    /// An engine on the store in `data_dir`, run by `strace` with `args`
+    /// (its output in `log`): for tests that check the order of its system calls.
+    pub fn start_traced(data_dir: &Path, args: &[&str], log: &Path) -> Self {
+        let mut cmd = Command::new("strace");
+        cmd.args(args).arg("-o").arg(log).arg("--").arg(binary());
+        let mut e = Self::spawn_cmd(cmd, data_dir, None);
+        // strace runs the engine as its only child.
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", e.child.id()))
+                .expect("strace's children");
+        e.traced = Some(
+            children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("the traced engine's pid"),
+        );
+        e
+    }
+
+    /// An engine on the store in `data_dir` whose files cannot grow past
+    /// `fsize` bytes (`RLIMIT_FSIZE`, SIGXFSZ ignored so a write past it
+    /// fails with EFBIG like a full disk would with ENOSPC): a full disk
+    /// without root. `prlimit --pid` lifts it, as freeing space would.
+    pub fn start_with_file_limit(data_dir: &Path, fsize: u64) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; exec prlimit --fsize={fsize} -- \"$0\" \"$@\""
+            ))
+            .arg(binary());
+        Self::spawn_cmd(cmd, data_dir, None)
+    }
+
+    /// `GET /health` (HTTP/1.1 on the worker listener), its JSON body.
+    pub fn health(&self) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("ws://");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect for /health");
+        write!(
+            s,
+            "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read the answer");
+        let json = body.split("\r\n\r\n").nth(1).expect("an HTTP body");
+        serde_json::from_str(json).expect("health is JSON")
+    }
+
     /// Starts the binary and returns once it printed its address, which it
     /// does when the store is open and the listener accepts.
     fn spawn(data_dir: &Path, config: Option<&Path>) -> Self {
-        let mut cmd = Command::new(binary());
+        Self::spawn_cmd(Command::new(binary()), data_dir, config)
+    }
+
+    fn spawn_cmd(mut cmd: Command, data_dir: &Path, config: Option<&Path>) -> Self {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir);
         match config {
@@ -86,16 +141,21 @@ impl EngineProcess {
             child,
             url,
             data_dir: data_dir.to_owned(),
+            traced: None,
             _owned: None,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.traced.unwrap_or_else(|| self.child.id())
     }
 
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
+        if let Some(pid) = self.traced.take() {
+            // Killing strace would leave the engine running, detached.
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
