@@ -178,7 +178,8 @@ fn main() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let engine = EngineProcess::start_with_config(&format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let engine =
+        EngineProcess::start_with_config(&format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"));
     let http_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let pid = engine.pid();
     let runtime = tokio::runtime::Builder::new_multi_thread()
