@@ -1,8 +1,8 @@
 //! The seam where a built-in module plugs into the engine.
 //!
-//! A module (the durable queue, realtime routes, binary channels, the mesh's
-//! own introspection functions; HTTP, state, streams… tomorrow) says what it
-//! provides through [`Module`]; the engine root (`crate::engine`) builds each
+//! A module (the mesh's own introspection functions, binary channels, the
+//! durable queue, realtime routes, HTTP, state, streams, pub/sub) says what
+//! it provides through [`Module`]; the engine root (`crate::engine`) builds each
 //! one, installs what they provide into the mesh, mounts their routes, starts
 //! their background tasks and drains them in order at shutdown. Adding a
 //! module is a folder and one line in the engine root.
