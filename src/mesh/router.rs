@@ -315,6 +315,41 @@ impl Mesh {
             .is_ok()
     }
 
+    /// Fires a bound function with `payload`, after its binding's condition
+    /// function (if any) agrees: iii's rule is that only a result of exactly
+    /// `false`, an error or a timeout skips the event. Returns whether it fired.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn fire_if_condition_allows(
+        &self,
+        trigger_type: &str,
+        namespace: &str,
+        function_id: &str,
+        condition: Option<&str>,
+        payload: Payload,
+        metadata: Option<Payload>,
+        condition_timeout: Duration,
+    ) -> bool {
+        if let Some(cond) = condition {
+            match self
+                .call(namespace, cond, payload.clone(), condition_timeout)
+                .await
+            {
+                Ok(Some(r)) if r.get().trim() == "false" => return false,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(trigger_type, condition = %cond, function = %function_id, error = %e,
+                        "trigger condition failed; event skipped");
+                    return false;
+                }
+            }
+        }
+        let fired = self.fire(namespace, function_id, payload, metadata);
+        if !fired {
+            tracing::debug!(trigger_type, function = %function_id, "bound function has no worker; event skipped");
+        }
+        fired
+    }
+
     /// Puts a started call's frame in its executor's outbox (a connection
     /// already closing fails the call at once), or hands it to its external
     /// target.

@@ -143,28 +143,16 @@ impl Watchers {
         let mesh = mesh.clone();
         tokio::spawn(async move {
             for w in matching {
-                if let Some(cond) = &w.config.condition_function_id {
-                    match mesh
-                        .call(&w.namespace, cond, event.clone(), condition_timeout)
-                        .await
-                    {
-                        Ok(Some(r)) if r.get().trim() == "false" => continue,
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(condition = %cond, function = %w.function_id, error = %e,
-                                "state trigger condition failed; event skipped");
-                            continue;
-                        }
-                    }
-                }
-                if !mesh.fire(
+                mesh.fire_if_condition_allows(
+                    "state",
                     &w.namespace,
                     &w.function_id,
+                    w.config.condition_function_id.as_deref(),
                     event.clone(),
                     w.metadata.clone(),
-                ) {
-                    tracing::debug!(function = %w.function_id, "state trigger: no provider");
-                }
+                    condition_timeout,
+                )
+                .await;
             }
         });
     }

@@ -116,26 +116,16 @@ impl Watchers {
         let mesh = mesh.clone();
         tokio::spawn(async move {
             for w in matching {
-                if let Some(cond) = &w.config.condition_function_id {
-                    match mesh
-                        .call(&w.namespace, cond, envelope.clone(), condition_timeout)
-                        .await
-                    {
-                        Ok(Some(r)) if r.get().trim() == "false" => continue,
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(condition = %cond, function = %w.function_id, error = %e,
-                                "stream trigger condition failed; event skipped");
-                            continue;
-                        }
-                    }
-                }
-                mesh.fire(
+                mesh.fire_if_condition_allows(
+                    "stream",
                     &w.namespace,
                     &w.function_id,
+                    w.config.condition_function_id.as_deref(),
                     envelope.clone(),
                     w.metadata.clone(),
-                );
+                    condition_timeout,
+                )
+                .await;
             }
         });
     }
