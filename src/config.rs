@@ -6,6 +6,8 @@
 
 use serde::Deserialize;
 
+pub use crate::edge::auth::{AuthConfig, TokenConfig};
+pub use crate::mesh::access::{ExposeRule, RbacConfig, Role};
 pub use crate::mesh::config::{InvocationConfig, Limits, MeshConfig, ServerConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,27 @@ pub struct Config {
     pub state: crate::state::StateConfig,
     /// Streams: durability of writes, item and update limits.
     pub streams: crate::stream::StreamsConfig,
+    /// Worker tokens: who may connect to the worker listeners.
+    pub auth: crate::edge::auth::AuthConfig,
+    /// More worker listeners, each with its own address and policy (iii's
+    /// second `iii-worker-manager`, e.g. an RBAC listener for untrusted workers).
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// `[[listeners]]`: one more worker listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// For logs and principals; unique.
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Calls from this listener's connections to worker functions go to this
+    /// function instead (engine functions bypass it), as iii's listener-level
+    /// `middleware_function_id`.
+    pub middleware_function_id: Option<String>,
+    /// iii's RBAC: an auth function per connection, registration hooks,
+    /// exposed functions. Without it the listener admits like the main one.
+    pub rbac: Option<crate::mesh::access::RbacConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -71,6 +94,8 @@ impl Default for Config {
             http_functions: Default::default(),
             state: Default::default(),
             streams: Default::default(),
+            auth: Default::default(),
+            listeners: Vec::new(),
         }
     }
 }
@@ -185,6 +210,15 @@ impl Config {
         self.http.validate().map_err(ConfigError::Invalid)?;
         self.state.validate().map_err(ConfigError::Invalid)?;
         self.streams.validate().map_err(ConfigError::Invalid)?;
+        let mut names = std::collections::HashSet::from(["main"]);
+        for l in &self.listeners {
+            if l.name.trim().is_empty() || !names.insert(l.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[listeners]] name {:?} must be non-empty and unique (\"main\" is the `listen` listener)",
+                    l.name
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -231,6 +265,35 @@ mod tests {
         assert_eq!(Config::default().channels.ttl, Duration::from_secs(300));
         let e = Config::from_toml("[channels]\nmax_buffer_bytes = 10\n").unwrap_err();
         assert!(e.to_string().contains("max_buffer_bytes"), "{e}");
+    }
+
+    #[test]
+    fn listeners_and_tokens_are_read() {
+        let c = Config::from_toml(
+            r#"
+            [auth]
+            tokens = [{ name = "ops", role = "operator", sha256 = "00" }]
+            [[listeners]]
+            name = "rbac"
+            listen = "127.0.0.1:0"
+            middleware_function_id = "mw"
+            [listeners.rbac]
+            auth_function_id = "auth"
+            expose_functions = ['match("pub::*")', { metadata = { public = true } }]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.auth.tokens[0].name, "ops");
+        let l = &c.listeners[0];
+        assert_eq!(l.middleware_function_id.as_deref(), Some("mw"));
+        assert_eq!(l.rbac.as_ref().unwrap().expose_functions.len(), 2);
+        let twice = "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n";
+        assert!(Config::from_toml(twice).is_err());
+        assert!(
+            Config::from_toml("[[listeners]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\n")
+                .is_err()
+        );
+        assert!(Config::from_toml("[[listeners]]\nname = \"x\"\nlisten = \"127.0.0.1:0\"\n[listeners.rbac]\nbogus = 1\n").is_err());
     }
 
     #[test]

@@ -21,9 +21,10 @@
 //!   on their own listener, and HTTP-invoked functions), `state` (JSON values by scope
 //!   and key in the store, and the `state` trigger type), `stream` (items by
 //!   stream, group and item in the store, and the `stream` trigger type),
-//!   `pubsub` (`publish` and the `subscribe` trigger type).
-//! - `edge`: the worker listener's own paths (`/`, `/otel`, `/health`) and
-//!   the server loop.
+//!   `pubsub` (`publish` and the `subscribe` trigger type), `observability`
+//!   (`engine::log::*` into the engine's log).
+//! - `edge`: the worker listeners' own paths (`/`, `/otel`, `/health`), who
+//!   may connect (tokens, RBAC auth), and the server loop.
 //! - [`engine`]: the root: builds every part, serves, drains in order.
 //!   [`engine::run`] is the server; [`Engine`] a handle on a running one.
 //! - [`config`]: the TOML configuration and its defaults.
@@ -44,6 +45,7 @@ pub mod loadgen;
 pub mod logging;
 mod mesh;
 mod module;
+mod observability;
 pub mod protocol;
 mod pubsub;
 pub mod queue;
@@ -53,5 +55,6 @@ mod store;
 mod stream;
 
 pub use config::Config;
+pub use edge::auth::hash_hex as token_sha256;
 pub use engine::{Engine, run};
 pub use protocol::DEFAULT_NAMESPACE;

@@ -13,6 +13,7 @@ mod output;
 mod queue;
 mod remote;
 mod serve;
+mod token;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -63,6 +64,8 @@ enum Command {
     /// Load-test an engine: throughput and latency percentiles.
     #[command(after_help = error::EXIT_CODES_HELP)]
     Bench(bench::BenchArgs),
+    /// Make worker tokens for `[auth]` (the engine stores only their hash).
+    Token(token::TokenArgs),
 }
 
 impl Cli {
@@ -79,6 +82,7 @@ impl Cli {
             Command::Job(args) => queue::job(args),
             Command::Dlq(args) => dlq::dlq(args),
             Command::Bench(args) => bench::bench(args),
+            Command::Token(args) => token::token(args),
         }
     }
 }

@@ -23,6 +23,10 @@ pub struct Remote {
     /// How long to wait for the engine to connect and to answer.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub timeout: Duration,
+    /// Token for an engine with `[auth]` tokens (operator commands need an
+    /// operator's); the SDKs read the same variable.
+    #[arg(long, env = "III_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
 }
 
 impl Remote {
@@ -32,6 +36,7 @@ impl Remote {
         ClientOptions {
             call_timeout: self.timeout,
             connect_timeout: self.timeout.min(Duration::from_secs(10)),
+            token: self.token.clone().filter(|t| !t.trim().is_empty()),
         }
     }
 

@@ -86,6 +86,9 @@ pub struct ClientOptions {
     pub call_timeout: Duration,
     /// Bound on opening the socket and reading `workerregistered`.
     pub connect_timeout: Duration,
+    /// Sent as `Authorization: Bearer <token>` (an engine with `[auth]` tokens
+    /// refuses connections without one), as the SDKs send `III_TOKEN`.
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -93,6 +96,7 @@ impl Default for ClientOptions {
         Self {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            token: None,
         }
     }
 }
@@ -138,14 +142,17 @@ impl Client {
 
     /// [`connect`](Self::connect) with explicit timeouts.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
-        let (socket, worker_id) = tokio::time::timeout(options.connect_timeout, handshake(url))
-            .await
-            .map_err(|_| {
-                ClientError::connect(
-                    url,
-                    format!("no workerregistered within {:?}", options.connect_timeout),
-                )
-            })??;
+        let (socket, worker_id) = tokio::time::timeout(
+            options.connect_timeout,
+            handshake(url, options.token.as_deref()),
+        )
+        .await
+        .map_err(|_| {
+            ClientError::connect(
+                url,
+                format!("no workerregistered within {:?}", options.connect_timeout),
+            )
+        })??;
         let (shared, tasks) = connection::start(socket);
         Ok(Client {
             inner: Arc::new(Inner {
@@ -394,11 +401,24 @@ const SOCKET_BUFFER: usize = 16 << 10;
 
 /// Opens the socket (Nagle off: frames are small and latency matters) and
 /// reads the engine's first frame.
-async fn handshake(url: &str) -> Result<(Socket, Uuid), ClientError> {
+async fn handshake(url: &str, token: Option<&str>) -> Result<(Socket, Uuid), ClientError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let config = WebSocketConfig::default()
         .read_buffer_size(SOCKET_BUFFER)
         .write_buffer_size(SOCKET_BUFFER);
-    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| ClientError::connect(url, e))?;
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::connect(url, "the token is not a valid header value"))?;
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::header::AUTHORIZATION,
+            value,
+        );
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
         .await
         .map_err(|e| ClientError::connect(url, e))?;
     loop {

@@ -13,6 +13,7 @@
 //! Architecture invariant: the edge knows the mesh and the wire protocol; it
 //! knows no module and nothing of the store.
 
+pub(crate) mod auth;
 pub(crate) mod health;
 pub(crate) mod otel;
 pub(crate) mod worker_socket;
@@ -40,20 +41,34 @@ use crate::mesh::Mesh;
 /// engine root: the edge knows no module.
 pub(crate) type HealthParts = Arc<dyn Fn() -> Vec<(&'static str, serde_json::Value)> + Send + Sync>;
 
-/// What every request handler of the worker listener can reach.
+/// What every request handler of a worker listener can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub mesh: Mesh,
     pub health: HealthParts,
-    /// One permit per open worker connection (`limits.max_connections`).
+    /// One permit per open worker or telemetry socket, shared by every
+    /// worker listener (`limits.max_connections`).
     pub connection_slots: Arc<Semaphore>,
+    /// How this listener admits connections.
+    pub policy: Arc<auth::ListenerPolicy>,
 }
 
-/// The worker listener's own paths.
-pub(crate) fn router(mesh: &Mesh, health: HealthParts) -> Router {
+/// The permits of `limits.max_connections`, for [`router`].
+pub(crate) fn connection_slots(mesh: &Mesh) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(mesh.config().limits.max_connections))
+}
+
+/// A worker listener's own paths.
+pub(crate) fn router(
+    mesh: &Mesh,
+    health: HealthParts,
+    connection_slots: Arc<Semaphore>,
+    policy: Arc<auth::ListenerPolicy>,
+) -> Router {
     let state = AppState {
         health,
-        connection_slots: Arc::new(Semaphore::new(mesh.config().limits.max_connections)),
+        connection_slots,
+        policy,
         mesh: mesh.clone(),
     };
     Router::new()

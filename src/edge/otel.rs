@@ -2,16 +2,30 @@
 //! telemetry pipeline yet, so frames are read and dropped; accepting the
 //! socket keeps SDKs from reconnecting in a loop.
 
-use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
 
 use super::AppState;
+use super::worker_socket::{Admission, unauthorized};
 
 /// Telemetry sockets take a slot of `limits.max_connections` like worker
 /// sockets do: otherwise they would be an unbounded way to hold sockets open.
-pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>) -> Response {
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(app): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    // The same admission as worker sockets (iii runs the RBAC auth for
+    // `/otel` too): an anonymous peer cannot hold telemetry sockets open.
+    let admission = match Admission::check(&app, headers, query, addr) {
+        Ok(a) => a,
+        Err(why) => return unauthorized(&app, addr, why),
+    };
     let Ok(permit) = app.connection_slots.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
@@ -20,8 +34,10 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>) -> Respo
         .max_frame_size(limit)
         .read_buffer_size(16 << 10)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| async move {
-            discard(socket).await;
+        .on_upgrade(move |mut socket| async move {
+            if admission.finish(&app.mesh, &mut socket).await.is_some() {
+                discard(socket).await;
+            }
             drop(permit);
         })
 }

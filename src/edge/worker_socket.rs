@@ -2,8 +2,8 @@
 //! one writer task (drain the outbox, batch frames into one flush, ping).
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -13,10 +13,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::AppState;
+use super::auth::{ListenerPolicy, Refused, Upgrade};
+use crate::mesh::access::Access;
 use crate::mesh::session::Session;
 use crate::mesh::{Connection, Mesh, Outgoing};
-use crate::protocol::codes::close;
+use crate::protocol::codes::{self, close};
 use crate::protocol::inbound::is_telemetry;
+use crate::protocol::{ErrorBody, outbound};
 
 /// Socket buffers are allocated per connection; small ones keep idle workers cheap.
 const SOCKET_BUFFER: usize = 16 << 10;
@@ -27,10 +30,16 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(app): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
     if app.mesh.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "engine shutting down").into_response();
     }
+    let admission = match Admission::check(&app, headers, query, addr) {
+        Ok(a) => a,
+        Err(why) => return unauthorized(&app, addr, why),
+    };
     let Ok(permit) = app.connection_slots.clone().try_acquire_owned() else {
         tracing::warn!(remote = %addr, limit = app.mesh.config().limits.max_connections, "connection refused: limits.max_connections reached");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
@@ -41,14 +50,100 @@ pub async fn upgrade(
         .max_frame_size(limit)
         .read_buffer_size(SOCKET_BUFFER)
         .write_buffer_size(SOCKET_BUFFER)
-        .on_upgrade(move |socket| async move {
-            serve(socket, mesh, addr).await;
+        .on_upgrade(move |mut socket| async move {
+            if let Some(access) = admission.finish(&mesh, &mut socket).await {
+                serve(socket, mesh, addr, access).await;
+            }
             drop(permit);
         })
 }
 
-async fn serve(socket: WebSocket, mesh: Mesh, addr: SocketAddr) {
-    let (conn, outbox) = mesh.connect(Some(addr));
+/// Who a socket is, decided before the upgrade (tokens, trusted listener)
+/// or right after it (an RBAC listener's auth function, as iii does).
+pub(crate) enum Admission {
+    Decided(Access),
+    AfterUpgrade(PendingAuth),
+}
+
+/// What an RBAC listener's auth function is shown once the socket is open.
+pub(crate) struct PendingAuth {
+    policy: Arc<ListenerPolicy>,
+    headers: HeaderMap,
+    query: Vec<(String, String)>,
+    remote: SocketAddr,
+}
+
+/// A request without a valid token: 401, before any upgrade.
+pub(crate) fn unauthorized(app: &AppState, remote: SocketAddr, why: Refused) -> Response {
+    tracing::warn!(remote = %remote, listener = %app.policy.rules.name, "worker connection refused: {why}");
+    let body =
+        serde_json::json!({"error": {"code": codes::UNAUTHORIZED, "message": why.to_string()}});
+    (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+}
+
+impl Admission {
+    /// Decides what can be decided before the upgrade.
+    pub(crate) fn check(
+        app: &AppState,
+        headers: HeaderMap,
+        query: Vec<(String, String)>,
+        remote: SocketAddr,
+    ) -> Result<Self, Refused> {
+        let up = Upgrade {
+            headers: &headers,
+            query: &query,
+            remote,
+        };
+        Ok(match app.policy.admit_request(&up)? {
+            Some(access) => Admission::Decided(access),
+            None => Admission::AfterUpgrade(PendingAuth {
+                policy: app.policy.clone(),
+                headers,
+                query,
+                remote,
+            }),
+        })
+    }
+
+    /// The connection's access, or `None` after telling the socket why it
+    /// is refused (one `{"type":"error"}` frame with `AUTH_ERROR`, then a
+    /// close with 1008).
+    pub(crate) async fn finish(self, mesh: &Mesh, socket: &mut WebSocket) -> Option<Arc<Access>> {
+        let PendingAuth {
+            policy,
+            headers,
+            query,
+            remote,
+        } = match self {
+            Admission::Decided(access) => return Some(Arc::new(access)),
+            Admission::AfterUpgrade(pending) => pending,
+        };
+        let up = Upgrade {
+            headers: &headers,
+            query: &query,
+            remote,
+        };
+        match policy.admit_session(mesh, &up).await {
+            Ok(access) => Some(Arc::new(access)),
+            Err(e) => {
+                tracing::warn!(remote = %remote, listener = %policy.rules.name, error = %e, "worker connection refused by the auth function");
+                let err = ErrorBody::new(codes::AUTH_ERROR, e.to_string());
+                let _ = socket
+                    .send(Message::Text(outbound::connection_error(&err).into()))
+                    .await;
+                let frame = CloseFrame {
+                    code: close::POLICY_VIOLATION,
+                    reason: "authentication failed".into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                None
+            }
+        }
+    }
+}
+
+async fn serve(socket: WebSocket, mesh: Mesh, addr: SocketAddr, access: Arc<Access>) {
+    let (conn, outbox) = mesh.connect(Some(addr), access);
     let (sink, stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(
         sink,
@@ -75,7 +170,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &mut Session, id
         tokio::select! {
             biased;
             _ = conn.closed() => return,
-            _ = sleep_until(hold), if hold.is_some() => session.release_held(),
+            _ = sleep_until(hold), if hold.is_some() => session.release_held().await,
             next = tokio::time::timeout(idle, stream.next()) => match next {
                 Err(_) => {
                     tracing::info!(worker_id = %conn.id, "no frame within the idle timeout; closing");
@@ -88,10 +183,10 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &mut Session, id
                     return;
                 }
                 Ok(Some(Ok(msg))) => match msg {
-                    Message::Text(text) => session.handle_text(text.as_str()),
+                    Message::Text(text) => session.handle_text(text.as_str()).await,
                     Message::Binary(bytes) if is_telemetry(&bytes) => {}
                     Message::Binary(bytes) => match std::str::from_utf8(&bytes) {
-                        Ok(text) => session.handle_text(text),
+                        Ok(text) => session.handle_text(text).await,
                         Err(_) => tracing::warn!(worker_id = %conn.id, len = bytes.len(), "dropped a binary frame that is not UTF-8 JSON"),
                     },
                     Message::Ping(_) | Message::Pong(_) => {}

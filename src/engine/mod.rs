@@ -32,6 +32,7 @@ use crate::functions::Introspection;
 use crate::http::HttpModule;
 use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
+use crate::observability::Observability;
 use crate::protocol::codes::close;
 use crate::pubsub::PubSub;
 use crate::queue::Queues;
@@ -41,6 +42,7 @@ use crate::store::{Store, StoreError};
 use crate::stream::StreamsModule;
 pub use snapshot::{BindingView, FunctionView, Snapshot, WorkerView};
 
+mod listeners;
 mod snapshot;
 
 /// How long closed workers' writers get to put their close frames on the wire.
@@ -52,6 +54,8 @@ pub enum EngineError {
     Store { path: PathBuf, source: StoreError },
     #[error("cannot start the durable queue: {0}")]
     Queue(StoreError),
+    #[error("{0}")]
+    Tokens(crate::edge::auth::TokenError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -70,6 +74,7 @@ struct Inner {
     channels: Channels,
     realtime: Arc<RealtimeModule>,
     http: Arc<HttpModule>,
+    listeners: listeners::WorkerListeners,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -84,6 +89,7 @@ impl Engine {
             source,
         })?;
         let store = Arc::new(store);
+        let worker_listeners = listeners::WorkerListeners::bind(&config).await?;
         let budget = MemoryBudget::new(config.limits.memory_budget);
         let mesh = Mesh::new(config.mesh(), budget.clone());
 
@@ -115,6 +121,7 @@ impl Engine {
             Arc::new(StateModule::new(store.clone(), config.state.clone())),
             Arc::new(StreamsModule::new(store, config.streams.clone())),
             Arc::new(PubSub::default()),
+            Arc::new(Observability),
         ];
 
         let mut provisions = Provisions::default();
@@ -141,6 +148,7 @@ impl Engine {
                 channels,
                 realtime,
                 http,
+                listeners: worker_listeners,
                 tasks: Mutex::new(tasks),
             }),
         })
@@ -153,6 +161,12 @@ impl Engine {
     /// Where HTTP trigger routes are served (`http.listen`, resolved).
     pub fn http_addr(&self) -> std::net::SocketAddr {
         self.inner.http.local_addr()
+    }
+
+    /// Where each `[[listeners]]` entry listens (resolved), by name.
+    pub fn listener_addr(&self, name: &str) -> Option<std::net::SocketAddr> {
+        let addrs = &self.inner.listeners.addrs;
+        addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
     }
 
     /// Live HTTP trigger routes.
@@ -171,20 +185,41 @@ impl Engine {
         let modules = self.inner.modules.clone();
         let health: crate::edge::HealthParts =
             Arc::new(move || modules.iter().filter_map(|m| m.health()).collect());
-        let mut app = crate::edge::router(&mesh, health);
-        for m in &self.inner.modules {
-            if let Some(routes) = m.routes() {
-                app = app.merge(routes);
+        let slots = crate::edge::connection_slots(&mesh);
+        // Every worker listener serves the same paths; only its admission differs.
+        let app = |policy| {
+            let mut app = crate::edge::router(&mesh, health.clone(), slots.clone(), policy);
+            for m in &self.inner.modules {
+                if let Some(routes) = m.routes() {
+                    app = app.merge(routes);
+                }
             }
+            app
+        };
+        let main = self.inner.listeners.main.clone();
+        if let Ok(addr) = listener.local_addr() {
+            listeners::warn_if_open(&main, addr);
         }
+        let stopped = tokio_util::sync::CancellationToken::new();
+        let handshakes = crate::edge::Handshakes::of(&mesh);
+        let extra = self.inner.listeners.serve_extra(app, handshakes, &stopped);
         let draining = mesh.clone();
+        let stop_all = stopped.clone();
         let stop = async move {
             shutdown.await;
             tracing::info!("shutdown requested: no new connections; finishing calls in flight");
             draining.start_draining();
+            stop_all.cancel();
         };
-        let handshakes = crate::edge::Handshakes::of(&mesh);
-        let served = crate::edge::serve(listener, app, handshakes, stop).await;
+        let served = crate::edge::serve(listener, app(main), handshakes, stop).await;
+        stopped.cancel();
+        for task in extra {
+            match task.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "a worker listener stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "a worker listener task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
         self.drain().await;
         served
     }

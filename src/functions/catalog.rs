@@ -10,10 +10,20 @@ use crate::mesh::{CallCtx, Reply};
 use crate::protocol::{ErrorBody, codes};
 
 /// `{functions: [FunctionSummary]}`; engine functions only with `include_internal`.
-pub fn list(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+/// An RBAC session sees only what it may call (iii's filtered listing).
+pub fn list(mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
     let filter: FunctionFilter = args(input)?;
-    let mut functions = views::function_list(&mesh.lock(), &filter);
-    if filter.include_internal {
+    let st = mesh.lock();
+    let access = st.workers.get(&ctx.caller).map(|w| w.conn.access.clone());
+    let session = access.as_ref().and_then(|a| a.rbac.as_ref());
+    let mut functions = match session {
+        Some(s) => views::function_list(&st, &filter, &|ns, id, metadata| {
+            s.may_call(id, ns, metadata).is_ok()
+        }),
+        None => views::function_list(&st, &filter, &views::all_visible),
+    };
+    drop(st);
+    if filter.include_internal && session.is_none() {
         for id in mesh.engine_function_ids() {
             if filter
                 .prefix

@@ -41,7 +41,11 @@ pub(crate) async fn run(mesh: Mesh) {
             },
             _ = sleep => {
                 functions_due = None;
-                let list = super::views::function_list(&mesh.lock(), &Default::default());
+                let list = super::views::function_list(
+                    &mesh.lock(),
+                    &Default::default(),
+                    &super::views::all_visible,
+                );
                 let payload = to_payload(&serde_json::json!({ "event": "functions_changed", "functions": list }));
                 fire_all(&mesh, FUNCTIONS_AVAILABLE, payload);
             }

@@ -181,9 +181,30 @@ pub fn register(mesh: Mesh, _: CallCtx, input: Value) -> BoxFuture<'static, Repl
 }
 
 /// `{removed: bool}`; idempotent.
-pub fn unregister(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
+/// Anyone may remove their own binding; only an operator may remove
+/// another's (or one made with `engine::register_trigger`).
+pub fn unregister(mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
     let a: IdArgs = args(input)?;
     let id =
         a.id.ok_or_else(|| ErrorBody::new(codes::INVALID_ARGUMENTS, "missing id"))?;
-    Ok(json!({ "removed": mesh.unbind_trigger(None, &id) }))
+    let (operator, owner) = mesh.inspect(|st| {
+        let operator = st
+            .workers
+            .get(&ctx.caller)
+            .is_none_or(|w| w.conn.access.may_operate());
+        (operator, st.bindings.get(&id).map(|b| b.owner))
+    });
+    match owner {
+        None => Ok(json!({ "removed": false })),
+        Some(_) if operator => Ok(json!({ "removed": mesh.unbind_trigger(None, &id) })),
+        Some(BindingOwner::Worker(w)) if w == ctx.caller => {
+            Ok(json!({ "removed": mesh.unbind_trigger(Some(w), &id) }))
+        }
+        Some(_) => Err(ErrorBody::new(
+            codes::FORBIDDEN,
+            format!(
+                "trigger '{id}' belongs to another worker; removing it needs the operator role"
+            ),
+        )),
+    }
 }

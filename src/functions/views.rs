@@ -70,20 +70,29 @@ pub struct FunctionFilter {
     pub include_internal: bool,
 }
 
-/// FunctionSummary for every worker function that passes `filter`, sorted by id.
-/// qmesh adds `instances` (how many workers share the id) to iii's shape.
-pub fn function_list(st: &State, filter: &FunctionFilter) -> Vec<Value> {
+/// Which functions a listing may show: (namespace, id, registered metadata).
+pub type Visible<'a> = &'a dyn Fn(&str, &str, Option<&Value>) -> bool;
+
+/// Every function is visible (the engine's own listings, trusted callers).
+pub fn all_visible(_: &str, _: &str, _: Option<&Value>) -> bool {
+    true
+}
+
+/// FunctionSummary for every worker function that passes `filter` and
+/// `visible`, sorted by id. qmesh adds `instances` (how many workers share
+/// the id) to iii's shape.
+pub fn function_list(st: &State, filter: &FunctionFilter, visible: Visible<'_>) -> Vec<Value> {
     let mut out: Vec<(String, String, Value)> = Vec::new();
     for (ns, by_id) in &st.functions {
         for (id, f) in by_id {
             let providers: Vec<Uuid> = f.providers.iter().map(|p| p.worker).collect();
             let info = &f.providers[0].info;
-            let internal = info
-                .metadata
-                .as_ref()
-                .map(raw_to_value)
-                .is_some_and(|m| m["internal"] == true);
+            let metadata = info.metadata.as_ref().map(raw_to_value);
+            let internal = metadata.as_ref().is_some_and(|m| m["internal"] == true);
             if internal && !filter.include_internal {
+                continue;
+            }
+            if !visible(ns, id, metadata.as_ref()) {
                 continue;
             }
             if filter

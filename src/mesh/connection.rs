@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::access::Access;
 use crate::budget::MemoryBudget;
 use crate::protocol::codes::close;
 
@@ -38,6 +39,8 @@ pub struct Connection {
     pub reattach_token: Uuid,
     pub remote_addr: Option<SocketAddr>,
     pub connected_at: SystemTime,
+    /// Who this connection is and what it may do; fixed at connect.
+    pub access: Arc<Access>,
     outbox: mpsc::UnboundedSender<Outgoing>,
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
@@ -51,6 +54,7 @@ pub struct Connection {
 impl Connection {
     pub(crate) fn new(
         remote_addr: Option<SocketAddr>,
+        access: Arc<Access>,
         max_queued_bytes: usize,
         budget: Arc<MemoryBudget>,
     ) -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
@@ -60,6 +64,7 @@ impl Connection {
             reattach_token: Uuid::new_v4(),
             remote_addr,
             connected_at: SystemTime::now(),
+            access,
             outbox: tx,
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes,
@@ -92,6 +97,17 @@ impl Connection {
             self.budget.release(len);
             SendError::Closed
         })
+    }
+
+    /// The id this worker registered a function under: an RBAC session with
+    /// a registration prefix registered `x` as `<prefix>::x`, and is called
+    /// with `x` again.
+    pub(crate) fn local_function_id<'a>(&self, function_id: &'a str) -> &'a str {
+        self.access
+            .registration_prefix()
+            .and_then(|p| function_id.strip_prefix(p))
+            .and_then(|rest| rest.strip_prefix("::"))
+            .unwrap_or(function_id)
     }
 
     /// Called by the socket writer once a frame has left.

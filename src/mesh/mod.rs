@@ -11,14 +11,18 @@
 //! - [`provided`]: what the engine provides (engine functions, engine-served
 //!   trigger types, the Enqueue handler), installed once by the engine root.
 //! - [`session`]: what one connection's messages mean, in order.
+//! - [`access`]: who a connection is and what it may do (roles, iii's RBAC
+//!   rules); [`rbac`]: the auth call and registration hooks of an RBAC listener.
 //!
 //! Architecture invariant: the mesh knows no module by name. It routes calls
 //! between workers and to the table in [`provided`]; it knows nothing of the
 //! store, the queue, realtime routes, binary channels or the network edge.
 
+pub(crate) mod access;
 pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod provided;
+pub(crate) mod rbac;
 pub(crate) mod registry;
 pub(crate) mod router;
 pub(crate) mod session;

@@ -10,7 +10,7 @@
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -105,9 +105,17 @@ pub(crate) struct Provisions {
     pub(super) enqueue: Option<Box<EnqueueFn>>,
     pub(super) worker_gone: Vec<Box<WorkerGoneFn>>,
     pub(super) external: Option<Arc<dyn ExternalFunctions>>,
+    pub(super) operator_only: HashSet<&'static str>,
 }
 
 impl Provisions {
+    /// Engine functions only connections with the operator role may call
+    /// (they change or reveal what other principals own: pause, purge,
+    /// redrive, read payloads, message any client).
+    pub(crate) fn operator_only(&mut self, ids: &[&'static str]) {
+        self.operator_only.extend(ids.iter().copied());
+    }
+
     /// An engine function answered inline by `f` with the module handle `h`.
     pub(crate) fn sync_fn<H: Clone + Send + Sync + 'static>(
         &mut self,
@@ -220,17 +228,29 @@ pub(crate) struct Provided {
     pub(super) enqueue: Option<Box<EnqueueFn>>,
     pub(super) worker_gone: Vec<Box<WorkerGoneFn>>,
     pub(super) external: Option<Arc<dyn ExternalFunctions>>,
+    operator_only: HashSet<&'static str>,
 }
 
 impl Provided {
     pub(super) fn new(p: Provisions) -> (Self, Vec<EngineTriggerType>) {
+        for id in &p.operator_only {
+            assert!(
+                p.functions.contains_key(id),
+                "operator-only {id} is not an engine function"
+            );
+        }
         let provided = Self {
+            operator_only: p.operator_only,
             functions: p.functions,
             enqueue: p.enqueue,
             worker_gone: p.worker_gone,
             external: p.external,
         };
         (provided, p.trigger_types)
+    }
+
+    pub(crate) fn is_operator_only(&self, id: &str) -> bool {
+        self.operator_only.contains(id)
     }
 
     pub(crate) fn function(&self, id: &str) -> Option<&Handler> {

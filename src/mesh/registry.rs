@@ -11,6 +11,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::access::Access;
 use super::connection::{Connection, Outgoing};
 use super::session::WORKERS_REGISTER;
 use super::state::{FunctionInfo, Key, Provider, Rebinding, State, Worker, WorkerMeta};
@@ -23,9 +24,11 @@ impl Mesh {
     pub(crate) fn connect(
         &self,
         remote_addr: Option<SocketAddr>,
+        access: Arc<Access>,
     ) -> (Arc<Connection>, mpsc::UnboundedReceiver<Outgoing>) {
         let (conn, rx) = Connection::new(
             remote_addr,
+            access,
             self.config().limits.max_outbound_queue_bytes,
             self.budget().clone(),
         );
@@ -193,6 +196,16 @@ impl Mesh {
                 .send(outbound::function_rejected(namespace, &reg.id));
             return;
         }
+        if let Some(owner) = st.foreign_owner(namespace, &reg.id, worker_id) {
+            tracing::warn!(worker_id = %worker_id, function_id = %reg.id, owner, "refused: another principal serves this function id");
+            if let Some(w) = st.workers.get(&worker_id) {
+                let _ = w.conn.send(outbound::function_rejected(namespace, &reg.id));
+            }
+            return;
+        }
+        let Some(worker) = st.workers.get_mut(&worker_id) else {
+            return;
+        };
         let key: Key = (namespace.to_owned(), reg.id.clone());
         worker.functions.insert(key.clone());
         let info = Arc::new(FunctionInfo {
@@ -251,6 +264,21 @@ impl Mesh {
 }
 
 impl State {
+    /// The principal of a worker already serving `function_id`, when it is
+    /// not `worker_id`'s: sharing a function id (load balancing) is for
+    /// workers of one identity, so a stranger cannot take half of its calls.
+    fn foreign_owner(&self, namespace: &str, function_id: &str, worker_id: Uuid) -> Option<String> {
+        let mine = &self.workers.get(&worker_id)?.conn.access.principal;
+        let function = self.functions.get(namespace)?.get(function_id)?;
+        function
+            .providers
+            .iter()
+            .filter_map(|p| self.workers.get(&p.worker))
+            .map(|w| &w.conn.access.principal)
+            .find(|theirs| *theirs != mine)
+            .cloned()
+    }
+
     /// Removes one provider of `key`; returns true if the function is now gone.
     /// When it went because its worker vanished (not by choice), callers get a
     /// grace period to wait for a restarted worker.
@@ -288,6 +316,36 @@ impl Mesh {
         function_id.starts_with("engine::")
             || function_id == WORKERS_REGISTER
             || self.provided().function(function_id).is_some()
+    }
+
+    /// Whether the connection `worker_id` has the operator role. Engine-made
+    /// calls (no such worker) are the engine's own and may.
+    pub(crate) fn may_operate(&self, worker_id: Uuid) -> bool {
+        self.lock()
+            .workers
+            .get(&worker_id)
+            .is_none_or(|w| w.conn.access.may_operate())
+    }
+
+    /// Whether `worker_id` serves `function_id` in `namespace`.
+    pub(crate) fn provides(&self, worker_id: Uuid, namespace: &str, function_id: &str) -> bool {
+        let key: Key = (namespace.to_owned(), function_id.to_owned());
+        self.lock()
+            .workers
+            .get(&worker_id)
+            .is_some_and(|w| w.functions.contains(&key))
+    }
+
+    /// A worker function's registered metadata (RBAC `metadata` rules).
+    pub(crate) fn function_metadata(
+        &self,
+        namespace: &str,
+        function_id: &str,
+    ) -> Option<serde_json::Value> {
+        let st = self.lock();
+        let f = st.functions.get(namespace)?.get(function_id)?;
+        let raw = f.providers.first()?.info.metadata.as_ref()?;
+        serde_json::from_str(raw.get()).ok()
     }
 
     /// Ids of every engine function, for listings.

@@ -357,6 +357,10 @@ impl Mesh {
         let invocation_id = *parts.invocation_id;
         match executor {
             Executor::Worker(conn) => {
+                let parts = InvokeParts {
+                    function_id: conn.local_function_id(parts.function_id),
+                    ..parts
+                };
                 if conn.send(outbound::invoke(parts)).is_err() {
                     self.fail_call(
                         invocation_id,

@@ -15,7 +15,7 @@ use crate::protocol::inbound::{
     TriggerRegistration, TriggerRegistrationResult, TriggerTypeRegistration,
 };
 use crate::protocol::outbound::{self, BindingParts};
-use crate::protocol::{ErrorBody, null_payload};
+use crate::protocol::{ErrorBody, codes, null_payload};
 
 impl Mesh {
     /// `registertriggertype`: replaces any previous worker provider and replays
@@ -92,6 +92,25 @@ impl Mesh {
         ack: Option<oneshot::Sender<Result<(), ErrorBody>>>,
     ) {
         let mut st = self.lock();
+        if st.would_take_foreign_binding(owner, &reg.id) {
+            let msg = format!("trigger id '{}' belongs to another principal", reg.id);
+            let err = ErrorBody::new(codes::FORBIDDEN, msg);
+            tracing::warn!(binding = %reg.id, "refused a binding that would replace another principal's");
+            if let BindingOwner::Worker(w) = owner
+                && let Some(worker) = st.workers.get(&w)
+            {
+                let _ = worker.conn.send(outbound::trigger_registration_result(
+                    &reg.id,
+                    &reg.trigger_type,
+                    &reg.function_id,
+                    Some(&err),
+                ));
+            }
+            if let Some(ack) = ack {
+                let _ = ack.send(Err(err));
+            }
+            return;
+        }
         if let BindingOwner::Worker(w) = owner {
             let Some(worker) = st.workers.get_mut(&w) else {
                 return;
@@ -198,6 +217,29 @@ impl Mesh {
 }
 
 impl State {
+    /// Whether binding `id` for `owner` would replace a binding another
+    /// principal owns (a replay after a reconnect keeps its principal, so it
+    /// may; a stranger reusing the id may not). Engine-owned bindings are
+    /// replaced only by operators.
+    fn would_take_foreign_binding(&self, owner: BindingOwner, id: &str) -> bool {
+        let Some(existing) = self.bindings.get(id) else {
+            return false;
+        };
+        let BindingOwner::Worker(me) = owner else {
+            return false;
+        };
+        let Some(mine) = self.workers.get(&me).map(|w| &w.conn.access) else {
+            return false;
+        };
+        match existing.owner {
+            BindingOwner::Worker(them) => self
+                .workers
+                .get(&them)
+                .is_some_and(|w| w.conn.access.principal != mine.principal),
+            BindingOwner::Engine => !mine.may_operate(),
+        }
+    }
+
     /// Which registered trigger type serves a binding: the namespace it names,
     /// else the bound function's namespace, then `default`.
     pub(super) fn resolve_type(&self, b: &Binding) -> Option<Key> {

@@ -41,6 +41,12 @@ pub const INVALID_ARGUMENTS: &str = "INVALID_ARGUMENTS";
 pub const TRIGGER_REGISTRATION_FAILED: &str = "trigger_registration_failed";
 pub const TRIGGER_TYPE_NOT_FOUND: &str = "trigger_type_not_found";
 pub const FUNCTION_NAMESPACE_CONFLICT: &str = "FUNCTION_NAMESPACE_CONFLICT";
+/// The connection's session may not call this function (RBAC, or a role
+/// without the operator grant), or may not bind a trigger to it.
+pub const FORBIDDEN: &str = "FORBIDDEN";
+/// An RBAC listener's auth function refused the connection: sent in an
+/// `{"type":"error"}` frame, then the socket closes with `close::POLICY_VIOLATION`.
+pub const AUTH_ERROR: &str = "AUTH_ERROR";
 
 // qmesh codes.
 /// The engine's bound on a call's life ran out before the executor answered.
@@ -107,6 +113,8 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame on a channel socket was not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// An RBAC listener's auth function refused the connection.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A message exceeded the configured size limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// A realtime handler failed and the route says `on_handler_error: close`.

@@ -224,6 +224,12 @@ pub fn function_rejected(namespace: &str, function_id: &str) -> String {
     })
 }
 
+/// A connection-level error (iii's `{"type":"error"}`): sent once, before the
+/// engine closes a socket it refused, e.g. when auth failed.
+pub fn connection_error(error: &ErrorBody) -> String {
+    encode(&serde_json::json!({ "type": "error", "error": error }))
+}
+
 pub fn pong() -> String {
     r#"{"type":"pong"}"#.to_owned()
 }

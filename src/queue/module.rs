@@ -41,6 +41,19 @@ impl Module for Queues {
         ] {
             p.async_fn(id, self, handler);
         }
+        // Reading payloads and changing what others enqueued is for operators.
+        p.operator_only(&[
+            "queue::get",
+            "queue::peek",
+            "queue::pause",
+            "queue::resume",
+            "queue::purge",
+            "queue::cancel",
+            "engine::queue::dlq_messages",
+            "iii::queue::redrive",
+            "iii::queue::redrive_message",
+            "iii::queue::discard_message",
+        ]);
     }
 
     fn health(&self) -> Option<(&'static str, serde_json::Value)> {

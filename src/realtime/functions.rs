@@ -19,10 +19,53 @@ fn bad(msg: impl Into<String>) -> ErrorBody {
     ErrorBody::new(codes::INVALID_ARGUMENTS, msg)
 }
 
-fn channel(hub: &Realtime, id: Option<String>) -> Result<Arc<Client>, ErrorBody> {
+/// Who may act on a route's clients: an operator, or a worker that serves
+/// one of the route's handlers (its own application). Anyone else could
+/// read or message every browser connected to someone else's route.
+struct Caller<'a> {
+    mesh: &'a Mesh,
+    ctx: &'a CallCtx,
+}
+
+impl Caller<'_> {
+    fn may_act_on(&self, hub: &Realtime, pattern: &str) -> bool {
+        if self.mesh.may_operate(self.ctx.caller) {
+            return true;
+        }
+        let routes = hub.routes();
+        routes.route(pattern).is_some_and(|r| {
+            r.handlers.iter().any(|h| {
+                self.mesh
+                    .provides(self.ctx.caller, &h.namespace, &h.function_id)
+            })
+        })
+    }
+
+    fn check(&self, hub: &Realtime, pattern: &str) -> Result<(), ErrorBody> {
+        if self.may_act_on(hub, pattern) {
+            Ok(())
+        } else {
+            Err(ErrorBody::new(
+                codes::FORBIDDEN,
+                format!(
+                    "route {pattern} is served by other workers; acting on its clients needs the operator role"
+                ),
+            ))
+        }
+    }
+}
+
+fn channel(
+    hub: &Realtime,
+    caller: &Caller<'_>,
+    id: Option<String>,
+) -> Result<Arc<Client>, ErrorBody> {
     let id = id.ok_or_else(|| bad("missing channel_id"))?;
-    hub.get(&id)
-        .ok_or_else(|| ErrorBody::new(codes::CHANNEL_NOT_FOUND, format!("no open channel {id}")))
+    let ch = hub
+        .get(&id)
+        .ok_or_else(|| ErrorBody::new(codes::CHANNEL_NOT_FOUND, format!("no open channel {id}")))?;
+    caller.check(hub, &ch.route)?;
+    Ok(ch)
 }
 
 /// `data` as a JSON text frame, or `data_b64` as a binary frame.
@@ -46,10 +89,11 @@ struct SendArgs {
     data_b64: Option<String>,
 }
 
-pub(super) fn send(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn send(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
     let a: SendArgs = args(input)?;
     let msg = frame(a.data, a.data_b64)?;
-    channel(hub, a.channel_id)?.send(msg)?;
+    channel(hub, &caller, a.channel_id)?.send(msg)?;
     Ok(json!({ "delivered": true }))
 }
 
@@ -62,12 +106,14 @@ struct SendManyArgs {
 }
 
 /// `missing`: not open; `dropped`: open but too slow (now closed with 1013).
-pub(super) fn send_many(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn send_many(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
     let a: SendManyArgs = args(input)?;
     let msg = frame(a.data, a.data_b64)?;
     let (mut delivered, mut missing, mut dropped) = (0, Vec::new(), Vec::new());
     for id in a.channel_ids {
-        match hub.get(&id).map(|ch| ch.send(msg.clone())) {
+        let ours = hub.get(&id).filter(|ch| caller.may_act_on(hub, &ch.route));
+        match ours.map(|ch| ch.send(msg.clone())) {
             Some(Ok(())) => delivered += 1,
             Some(Err(crate::realtime::SendError::Backpressure(_))) => dropped.push(id),
             _ => missing.push(id),
@@ -85,14 +131,19 @@ struct CloseArgs {
 }
 
 /// Idempotent: `closed` is false when the channel was already gone or closing.
-pub(super) fn close(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn close(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
     let a: CloseArgs = args(input)?;
     let code = a.code.unwrap_or(close::NORMAL);
     if code != 1000 && !(3000..=4999).contains(&code) {
         return Err(bad("code must be 1000 or within 3000..=4999"));
     }
     let id = a.channel_id.ok_or_else(|| bad("missing channel_id"))?;
-    let closed = hub.get(&id).is_some_and(|ch| {
+    let ch = hub.get(&id);
+    if let Some(ch) = &ch {
+        caller.check(hub, &ch.route)?;
+    }
+    let closed = ch.is_some_and(|ch| {
         ch.close(CloseReason::new(
             code,
             a.reason.unwrap_or_default(),
@@ -109,24 +160,30 @@ struct TopicArgs {
     topic: Option<String>,
 }
 
-fn topic_args(hub: &Realtime, input: Value) -> Result<(Arc<Client>, String), ErrorBody> {
+fn topic_args(
+    hub: &Realtime,
+    caller: &Caller<'_>,
+    input: Value,
+) -> Result<(Arc<Client>, String), ErrorBody> {
     let a: TopicArgs = args(input)?;
     let topic = a
         .topic
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("missing topic"))?;
-    Ok((channel(hub, a.channel_id)?, topic))
+    Ok((channel(hub, caller, a.channel_id)?, topic))
 }
 
-pub(super) fn subscribe(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
-    let (ch, topic) = topic_args(hub, input)?;
+pub(super) fn subscribe(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
+    let (ch, topic) = topic_args(hub, &caller, input)?;
     hub.subscribe(&ch, &topic)?;
     persist::refresh(hub, &ch);
     Ok(json!({ "subscribed": true }))
 }
 
-pub(super) fn unsubscribe(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
-    let (ch, topic) = topic_args(hub, input)?;
+pub(super) fn unsubscribe(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
+    let (ch, topic) = topic_args(hub, &caller, input)?;
     let was = hub.unsubscribe(&ch, &topic);
     if was {
         persist::refresh(hub, &ch);
@@ -154,9 +211,10 @@ pub(super) fn publish(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Re
     Ok(json!({ "recipients": p.recipients, "dropped": p.dropped }))
 }
 
-pub(super) fn get(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn get(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
     let a: TopicArgs = args(input)?;
-    Ok(channel(hub, a.channel_id)?.snapshot())
+    Ok(channel(hub, &caller, a.channel_id)?.snapshot())
 }
 
 #[derive(Default, Deserialize)]
@@ -167,14 +225,19 @@ struct ListArgs {
     limit: Option<usize>,
 }
 
-pub(super) fn list(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn list(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
     let a: ListArgs = args(input)?;
     let chans = hub.list(
         a.route.as_deref(),
         a.topic.as_deref(),
         a.limit.unwrap_or(1000),
     );
-    let out: Vec<Value> = chans.iter().map(|c| c.snapshot()).collect();
+    let out: Vec<Value> = chans
+        .iter()
+        .filter(|c| caller.may_act_on(hub, &c.route))
+        .map(|c| c.snapshot())
+        .collect();
     Ok(json!({ "channels": out }))
 }
 
@@ -187,9 +250,10 @@ struct StateArgs {
 }
 
 /// Replaces (or with `merge`, shallow-merges into) the per-connection state.
-pub(super) fn set_state(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn set_state(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
     let a: StateArgs = args(input)?;
-    let ch = channel(hub, a.channel_id)?;
+    let ch = channel(hub, &caller, a.channel_id)?;
     let new = a.state.ok_or_else(|| bad("missing state"))?;
     let state = match (a.merge, ch.state(), new) {
         (true, Value::Object(mut old), Value::Object(add)) => {
@@ -209,9 +273,10 @@ pub(super) fn set_state(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> 
     Ok(json!({ "state": state }))
 }
 
-pub(super) fn get_state(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn get_state(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
     let a: StateArgs = args(input)?;
-    Ok(json!({ "state": channel(hub, a.channel_id)?.state() }))
+    Ok(json!({ "state": channel(hub, &caller, a.channel_id)?.state() }))
 }
 
 #[derive(Default, Deserialize)]
@@ -222,9 +287,10 @@ struct AuthArgs {
 }
 
 /// Login (or with a null context, logout) over the socket.
-pub(super) fn set_auth(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn set_auth(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
     let a: AuthArgs = args(input)?;
-    let ch = channel(hub, a.channel_id)?;
+    let ch = channel(hub, &caller, a.channel_id)?;
     let context = a.context.filter(|c| !c.is_null());
     let authenticated = context.is_some();
     ch.set_auth(context);
@@ -241,7 +307,8 @@ struct TicketArgs {
 }
 
 /// A one-use ticket for `?ticket=` on the route (a pattern or a concrete path).
-pub(super) fn issue_ticket(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+pub(super) fn issue_ticket(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
     let a: TicketArgs = args(input)?;
     let route = a.route.ok_or_else(|| bad("missing route"))?;
     let pattern = {
@@ -255,6 +322,7 @@ pub(super) fn issue_ticket(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) 
     let pattern = pattern.ok_or_else(|| {
         ErrorBody::new(codes::ROUTE_NOT_FOUND, format!("no realtime route {route}"))
     })?;
+    caller.check(hub, &pattern)?;
     let ttl = Duration::from_millis(a.ttl_ms.unwrap_or(30_000)).min(hub.config().max_ticket_ttl);
     if ttl.is_zero() {
         return Err(bad("ttl_ms must be greater than 0"));

@@ -252,6 +252,15 @@ impl TestEngine {
             .unwrap_or_default()
     }
 
+    /// The function a binding (trigger id) calls, while it exists.
+    pub fn bound_function(&self, binding_id: &str) -> Option<String> {
+        self.snapshot()
+            .bindings
+            .into_iter()
+            .find(|b| b.id == binding_id)
+            .map(|b| b.function_id)
+    }
+
     /// Ids of the live connections whose worker announced `name`.
     pub fn worker_ids_named(&self, name: &str) -> Vec<Uuid> {
         self.snapshot().workers_named(name)
@@ -373,9 +382,40 @@ pub struct RawClient {
 impl RawClient {
     /// Connects and reads `workerregistered`.
     pub async fn connect(url: &str) -> Self {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("connect");
+        Self::registered(ws).await
+    }
+
+    /// Connects with `Authorization: Bearer <token>` and reads `workerregistered`.
+    pub async fn connect_with_token(url: &str, token: &str) -> Self {
+        let ws = Self::open_with_token(url, token).await.expect("connect");
+        Self::registered(ws).await
+    }
+
+    /// Opens a worker socket with a bearer token; the HTTP status when refused.
+    pub async fn open_with_token(
+        url: &str,
+        token: &str,
+    ) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+
+    /// A socket already open (custom headers…); reads `workerregistered`.
+    pub async fn from_socket(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self::registered(ws).await
+    }
+
+    async fn registered(mut ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
         let first = next_json(&mut ws).await.expect("first frame");
         assert_eq!(first["type"], "workerregistered", "{first}");
         Self {
@@ -385,13 +425,18 @@ impl RawClient {
         }
     }
 
-    /// Connects and announces itself with `engine::workers::register`.
-    pub async fn worker(url: &str, name: &str) -> Self {
-        let mut c = Self::connect(url).await;
-        c.send(json!({"type":"invokefunction","function_id":"engine::workers::register",
+    /// Announces itself with `engine::workers::register` (void).
+    pub async fn announce(&mut self, name: &str) {
+        self.send(json!({"type":"invokefunction","function_id":"engine::workers::register",
             "data":{"name":name,"runtime":"rust","version":"test","pid":std::process::id(),"os":"linux"},
             "action":{"type":"void"}}))
             .await;
+    }
+
+    /// Connects and announces itself with `engine::workers::register`.
+    pub async fn worker(url: &str, name: &str) -> Self {
+        let mut c = Self::connect(url).await;
+        c.announce(name).await;
         c
     }
 
@@ -505,5 +550,18 @@ impl TestEngine {
     /// HTTP trigger routes the engine serves now.
     pub fn http_routes(&self) -> usize {
         self.engine.http_routes()
+    }
+}
+
+// ---- Extra worker listeners (tests/security.rs) --------------------------
+
+impl TestEngine {
+    /// `ws://` address of the `[[listeners]]` entry named `name`.
+    pub fn listener_url(&self, name: &str) -> String {
+        let addr = self
+            .engine
+            .listener_addr(name)
+            .unwrap_or_else(|| panic!("no listener named {name}"));
+        format!("ws://{addr}")
     }
 }

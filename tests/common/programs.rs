@@ -45,7 +45,19 @@ pub struct Program {
 impl Program {
     /// Starts `tests/<lang>/<script>` with `args` against the engine at `url`.
     pub fn start(lang: &str, script: &str, args: &[&str], url: &str) -> Self {
+        Self::start_with_env(lang, script, args, url, &[])
+    }
+
+    /// [`Program::start`] with more environment variables (`III_TOKEN`…).
+    pub fn start_with_env(
+        lang: &str,
+        script: &str,
+        args: &[&str],
+        url: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(interpreter(lang));
+        cmd.envs(env.iter().copied());
         cmd.arg(root().join("tests").join(lang).join(script))
             .args(args)
             .env("III_URL", url)
