@@ -9,6 +9,7 @@ use serde::Deserialize;
 pub use crate::edge::auth::{AuthConfig, TokenConfig};
 pub use crate::mesh::access::{ExposeRule, RbacConfig, Role};
 pub use crate::mesh::config::{InvocationConfig, Limits, MeshConfig, ServerConfig};
+pub use crate::net::TlsConfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -16,8 +17,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where the single listener binds. `0.0.0.0` only when asked.
+    /// Where the main worker listener binds. `0.0.0.0` only when asked.
     pub listen: SocketAddr,
+    /// TLS on the main worker listener (`wss://`).
+    pub tls: Option<crate::net::TlsConfig>,
     /// Home of the embedded store.
     pub data_dir: PathBuf,
     pub limits: Limits,
@@ -59,6 +62,8 @@ pub struct ListenerConfig {
     /// iii's RBAC: an auth function per connection, registration hooks,
     /// exposed functions. Without it the listener admits like the main one.
     pub rbac: Option<crate::mesh::access::RbacConfig>,
+    /// TLS on this listener.
+    pub tls: Option<crate::net::TlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -82,6 +87,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            tls: None,
             data_dir: PathBuf::from("data"),
             limits: Limits::default(),
             invocation: InvocationConfig::default(),

@@ -7,6 +7,8 @@
 //! - [`protocol`]: the wire protocol, whole: decoding worker frames, encoding
 //!   engine frames, every error and close code.
 //! - `budget`: the engine's one memory budget for bytes held for slow readers.
+//! - `net`: the HTTP/1.1 server loop every listener uses (handshake caps
+//!   and deadlines, TLS with reload, graceful stop).
 //! - `store`: the embedded sled store: layout, record codec, schema
 //!   migrations, group commit. The one place that knows the bytes on disk.
 //! - `mesh`: the live registry and router: connections, functions, calls in
@@ -45,6 +47,7 @@ pub mod loadgen;
 pub mod logging;
 mod mesh;
 mod module;
+mod net;
 mod observability;
 pub mod protocol;
 mod pubsub;

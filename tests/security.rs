@@ -261,6 +261,7 @@ async fn rbac_engine() -> (TestEngine, Client) {
         name: "untrusted".to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
         middleware_function_id: None,
+        tls: None,
         rbac: Some(
             toml::from_str(
                 r#"auth_function_id = "demo::auth"

@@ -14,11 +14,13 @@ use super::EngineError;
 use crate::config::Config;
 use crate::edge::auth::{ListenerPolicy, TokenTable};
 use crate::mesh::access::ListenerRules;
+use crate::net::{Handshakes, Tls};
 
 /// The policies of every worker listener, and the extra ones' sockets until
 /// [`super::Engine::serve`] takes them.
 pub(super) struct WorkerListeners {
     pub main: Arc<ListenerPolicy>,
+    pub main_tls: Option<Tls>,
     extra: Mutex<Vec<Extra>>,
     /// name → bound address, for operators and tests.
     pub addrs: Vec<(String, SocketAddr)>,
@@ -26,6 +28,7 @@ pub(super) struct WorkerListeners {
 
 struct Extra {
     policy: Arc<ListenerPolicy>,
+    tls: Option<Tls>,
     tcp: TcpListener,
 }
 
@@ -42,6 +45,7 @@ impl WorkerListeners {
             }),
             tokens: tokens.clone(),
         });
+        let main_tls = config.tls.as_ref().map(Tls::load).transpose()?;
         let mut extra = Vec::new();
         let mut addrs = Vec::new();
         for l in &config.listeners {
@@ -66,15 +70,27 @@ impl WorkerListeners {
                 }),
             });
             warn_if_open(&policy, addr);
-            tracing::info!(listener = %l.name, %addr, rbac = policy.rules.rbac.is_some(), "worker listener bound");
+            let tls = l.tls.as_ref().map(Tls::load).transpose()?;
+            tracing::info!(listener = %l.name, %addr, rbac = policy.rules.rbac.is_some(), tls = tls.is_some(), "worker listener bound");
             addrs.push((l.name.clone(), addr));
-            extra.push(Extra { policy, tcp });
+            extra.push(Extra { policy, tls, tcp });
         }
         Ok(Self {
             main,
+            main_tls,
             extra: Mutex::new(extra),
             addrs,
         })
+    }
+
+    /// Every worker listener's TLS (for reloads).
+    pub(super) fn tls(&self) -> Vec<Tls> {
+        let extra = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+        self.main_tls
+            .iter()
+            .cloned()
+            .chain(extra.iter().filter_map(|e| e.tls.clone()))
+            .collect()
     }
 
     /// Serves every extra listener with `app(policy)` until `stop` is
@@ -82,16 +98,16 @@ impl WorkerListeners {
     pub(super) fn serve_extra(
         &self,
         app: impl Fn(Arc<ListenerPolicy>) -> Router,
-        handshakes: crate::edge::Handshakes,
+        handshakes: Handshakes,
         stop: &CancellationToken,
     ) -> Vec<JoinHandle<std::io::Result<()>>> {
         let extra = std::mem::take(&mut *self.extra.lock().unwrap_or_else(|e| e.into_inner()));
         extra
             .into_iter()
-            .map(|Extra { policy, tcp }| {
+            .map(|Extra { policy, tls, tcp }| {
                 let router = app(policy);
                 let stop = stop.clone().cancelled_owned();
-                tokio::spawn(crate::edge::serve(tcp, router, handshakes, stop))
+                tokio::spawn(crate::net::serve(tcp, router, handshakes, tls, stop))
             })
             .collect()
     }

@@ -57,6 +57,8 @@ pub enum EngineError {
     #[error("{0}")]
     Tokens(crate::edge::auth::TokenError),
     #[error("{0}")]
+    Tls(#[from] crate::net::TlsError),
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -75,6 +77,8 @@ struct Inner {
     realtime: Arc<RealtimeModule>,
     http: Arc<HttpModule>,
     listeners: listeners::WorkerListeners,
+    /// Every listener's TLS, re-read by [`Engine::reload_tls`] (and SIGHUP).
+    tls: Vec<crate::net::Tls>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -129,9 +133,17 @@ impl Engine {
             m.provide(&mut provisions);
         }
         mesh.install(provisions);
+        let tls: Vec<_> = worker_listeners
+            .tls()
+            .into_iter()
+            .chain(http.tls())
+            .collect();
         let mut tasks = vec![tokio::spawn(crate::mesh::router::expire_calls(
             mesh.clone(),
         ))];
+        if !tls.is_empty() {
+            tasks.push(tokio::spawn(reload_tls_on_sighup(tls.clone())));
+        }
         for m in &modules {
             tasks.extend(m.start());
         }
@@ -149,6 +161,7 @@ impl Engine {
                 realtime,
                 http,
                 listeners: worker_listeners,
+                tls,
                 tasks: Mutex::new(tasks),
             }),
         })
@@ -161,6 +174,13 @@ impl Engine {
     /// Where HTTP trigger routes are served (`http.listen`, resolved).
     pub fn http_addr(&self) -> std::net::SocketAddr {
         self.inner.http.local_addr()
+    }
+
+    /// Re-reads every listener's certificate and key (what SIGHUP does).
+    /// Connections already open keep their session; new ones get the new
+    /// certificate. A listener whose files fail to load keeps its old one.
+    pub fn reload_tls(&self) -> Result<(), crate::net::TlsError> {
+        reload_all(&self.inner.tls)
     }
 
     /// Where each `[[listeners]]` entry listens (resolved), by name.
@@ -201,7 +221,7 @@ impl Engine {
             listeners::warn_if_open(&main, addr);
         }
         let stopped = tokio_util::sync::CancellationToken::new();
-        let handshakes = crate::edge::Handshakes::of(&mesh);
+        let handshakes = crate::edge::handshakes(&mesh);
         let extra = self.inner.listeners.serve_extra(app, handshakes, &stopped);
         let draining = mesh.clone();
         let stop_all = stopped.clone();
@@ -211,7 +231,8 @@ impl Engine {
             draining.start_draining();
             stop_all.cancel();
         };
-        let served = crate::edge::serve(listener, app(main), handshakes, stop).await;
+        let main_tls = self.inner.listeners.main_tls.clone();
+        let served = crate::net::serve(listener, app(main), handshakes, main_tls, stop).await;
         stopped.cancel();
         for task in extra {
             match task.await {
@@ -335,6 +356,35 @@ impl Engine {
     pub fn channel_info(&self, channel_id: &str) -> Option<serde_json::Value> {
         let info = self.inner.channels.info(channel_id)?;
         Some(serde_json::to_value(info).expect("channel info serializes"))
+    }
+}
+
+/// Reloads each TLS listener; the first failure is returned after all were tried.
+fn reload_all(tls: &[crate::net::Tls]) -> Result<(), crate::net::TlsError> {
+    let mut first_error = None;
+    for t in tls {
+        match t.reload() {
+            Ok(()) => tracing::info!(cert = %t.cert_path().display(), "TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in use");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// SIGHUP re-reads certificates: a renewed certificate without a restart.
+async fn reload_tls_on_sighup(tls: Vec<crate::net::Tls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "cannot listen for SIGHUP; TLS certificates reload only through Engine::reload_tls"
+        );
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let _ = reload_all(&tls);
     }
 }
 

@@ -55,6 +55,8 @@ pub struct HttpConfig {
     /// A client that has not sent its request head within this is dropped.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// TLS on the HTTP listener (`https://`).
+    pub tls: Option<crate::net::TlsConfig>,
 }
 
 /// `[http.cors]`: an empty list or `"*"` allows any value.
@@ -94,6 +96,7 @@ impl Default for HttpConfig {
             middleware: Vec::new(),
             max_body_bytes: 16 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }

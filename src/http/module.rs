@@ -19,12 +19,14 @@ use super::{HttpConfig, HttpFunctionsConfig, TRIGGER_TYPE};
 use crate::channels::Channels;
 use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
+use crate::net::{Handshakes, Tls};
 
 pub(crate) struct HttpModule {
     server: Arc<Server>,
     functions: Arc<HttpFunctions>,
     addr: SocketAddr,
     listener: Mutex<Option<TcpListener>>,
+    tls: Option<Tls>,
     stop: CancellationToken,
 }
 
@@ -43,6 +45,12 @@ impl HttpModule {
             )
         })?;
         let addr = listener.local_addr()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(Tls::load)
+            .transpose()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let mut middleware = config.middleware.clone();
         middleware.sort_by_key(|m| m.priority);
         let server = Arc::new(Server {
@@ -58,6 +66,7 @@ impl HttpModule {
             functions: Arc::new(HttpFunctions::new(functions)),
             addr,
             listener: Mutex::new(Some(listener)),
+            tls,
             stop: CancellationToken::new(),
         })
     }
@@ -65,6 +74,11 @@ impl HttpModule {
     /// Where trigger routes are served.
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The listener's TLS, for the engine's reload on SIGHUP.
+    pub(crate) fn tls(&self) -> Option<Tls> {
+        self.tls.clone()
     }
 
     /// Live routes.
@@ -96,15 +110,21 @@ impl Module for HttpModule {
         else {
             return Vec::new();
         };
-        tracing::info!(addr = %self.addr, "HTTP trigger routes listening");
+        tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "HTTP trigger routes listening");
         let app = server::app(self.server.clone());
-        let timeout = self.server.config.header_read_timeout;
-        vec![tokio::spawn(server::run(
-            listener,
-            app,
-            timeout,
-            self.stop.clone(),
-        ))]
+        let limits = &self.server.mesh.config().limits;
+        let handshakes = Handshakes {
+            timeout: self.server.config.header_read_timeout,
+            max: limits.max_handshakes,
+            max_per_ip: limits.max_handshakes_per_ip,
+        };
+        let stop = self.stop.clone().cancelled_owned();
+        let tls = self.tls.clone();
+        vec![tokio::spawn(async move {
+            if let Err(e) = crate::net::serve(listener, app, handshakes, tls, stop).await {
+                tracing::warn!(error = %e, "HTTP listener stopped with an error");
+            }
+        })]
     }
 
     /// No new HTTP connections; requests in flight finish while workers are

@@ -25,15 +25,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::response::{self, Head};
@@ -87,53 +83,6 @@ pub(crate) fn app(server: Arc<Server>) -> axum::Router {
         .fallback(handle)
         .with_state(server)
         .layer(cors)
-}
-
-/// Accepts connections until `stop` is cancelled; each connection is HTTP/1.1
-/// with keep-alive, and must send its request head within
-/// `http.header_read_timeout`. Open connections finish their request at stop.
-pub(crate) async fn run(
-    listener: TcpListener,
-    app: axum::Router,
-    header_read_timeout: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .keep_alive(true);
-            let conn = builder.serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            let served = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(remote = %remote, error = %e, "http connection ended with an error");
-            }
-        });
-    }
 }
 
 async fn handle(State(s): State<Arc<Server>>, req: Request) -> Response {

@@ -565,3 +565,12 @@ impl TestEngine {
         format!("ws://{addr}")
     }
 }
+
+// ---- TLS (tests/tls.rs) ---------------------------------------------------
+
+impl TestEngine {
+    /// Re-reads every listener's certificate (what SIGHUP does).
+    pub fn reload_tls(&self) -> Result<(), String> {
+        self.engine.reload_tls().map_err(|e| e.to_string())
+    }
+}
