@@ -296,16 +296,17 @@ fn main() {
     let a = Args::parse();
     let engine = common::EngineProcess::start();
     let base = engine.url.clone();
+    let public = engine.realtime_url.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let report = runtime.block_on(async {
         let w = worker(&base).await;
-        let (mem, idle) = memory(&base, &w, engine.pid(), a.idle).await;
+        let (mem, idle) = memory(&public, &w, engine.pid(), a.idle).await;
         drop(idle);
-        let tput = throughput(&base, &a).await;
-        let fan = fanout(&base, &w, &a).await;
+        let tput = throughput(&public, &a).await;
+        let fan = fanout(&public, &w, &a).await;
         json!({ "machine": common::machine(), "throughput": tput, "fanout": fan, "memory": mem })
     });
     if a.json {

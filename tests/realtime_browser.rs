@@ -35,6 +35,7 @@ async fn two_browsers_chat_through_the_example() {
         .arg("worker.mjs")
         .current_dir(chat_dir())
         .env("III_URL", &engine.url)
+        .env("QMESH_REALTIME_URL", engine.realtime_url())
         .env("PORT", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

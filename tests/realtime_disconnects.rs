@@ -58,7 +58,7 @@ async fn disconnect_fires_once_after_running_handlers_finish() {
     )
     .await;
 
-    let mut ws = open(&engine.url, "/ws/slow").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/slow").await;
     send(&mut ws, json!({"go": 1})).await;
     wait_until("the handler to start", WAIT, async || {
         !log.lock().unwrap().is_empty()
@@ -95,7 +95,7 @@ async fn disconnect_fires_once_after_running_handlers_finish() {
 
     // A server close: the handler sees `server`, the client the code asked for.
     log.lock().unwrap().clear();
-    let mut ws = open(&engine.url, "/ws/slow").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/slow").await;
     let id = wait_for_open_channels(&w, Some("/ws/slow"), 1)
         .await
         .remove(0);
@@ -148,7 +148,7 @@ async fn clean_shutdown_fires_disconnects_before_exit() {
         json!({"route": "/ws/bye", "on": "disconnect"}),
     )
     .await;
-    let mut ws = open(&engine.url, "/ws/bye").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/bye").await;
     wait_for_open_channels(&w, None, 1).await;
     engine.stop().await;
     let left = gone
@@ -206,7 +206,8 @@ async fn after_kill_9_each_open_connection_gets_one_engine_restart_disconnect() 
     let mut ids = Vec::new();
     let mut sockets = Vec::new();
     for room in ["lobby", "kitchen"] {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}/ws/presence/{room}"))
+        let public = &engine.realtime_url;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{public}/ws/presence/{room}"))
             .await
             .unwrap();
         // The connect handler ran, so the connection's row is on disk.
@@ -267,17 +268,20 @@ async fn a_route_whose_triggers_went_answers_503_and_open_sockets_survive() {
         )
         .await
         .unwrap();
-    let mut ws = open(&engine.url, "/ws/gone/1").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/gone/1").await;
     let id = r["id"].clone();
     w.call("engine::unregister_trigger", json!({"id": id}))
         .await
         .unwrap();
     assert_eq!(
-        refused(&engine.url, "/ws/gone/2", None).await,
+        refused(&engine.realtime_url(), "/ws/gone/2", None).await,
         503,
         "remembered, so: retry later"
     );
-    assert_eq!(refused(&engine.url, "/ws/never", None).await, 404);
+    assert_eq!(
+        refused(&engine.realtime_url(), "/ws/never", None).await,
+        404
+    );
     send(&mut ws, json!({"id": 1})).await;
     assert_eq!(
         recv(&mut ws).await["error"]["code"],

@@ -57,7 +57,7 @@ async fn publish_reaches_every_subscriber_while_one_is_stalled() {
 
     let mut clients = Vec::new();
     for _ in 0..6 {
-        let mut ws = open(&engine.url, "/ws/room").await;
+        let mut ws = open(&engine.realtime_url(), "/ws/room").await;
         send(&mut ws, json!({"action": "join"})).await;
         assert_eq!(recv(&mut ws).await["subscribed"], true);
         clients.push(ws);
@@ -124,7 +124,7 @@ async fn a_silent_client_is_closed_as_idle_and_a_live_one_is_kept() {
     )
     .await;
     // This one answers pings (tungstenite does, while it reads).
-    let mut live = open(&engine.url, "/ws/idle").await;
+    let mut live = open(&engine.realtime_url(), "/ws/idle").await;
     let reader = tokio::spawn(async move {
         let end = Instant::now() + Duration::from_millis(1200);
         let mut pings = 0;
@@ -135,7 +135,7 @@ async fn a_silent_client_is_closed_as_idle_and_a_live_one_is_kept() {
         }
         (pings, live)
     });
-    let _silent = open(&engine.url, "/ws/idle").await; // never read: no pongs
+    let _silent = open(&engine.realtime_url(), "/ws/idle").await; // never read: no pongs
     let left = tokio::time::timeout(WAIT, gone.recv())
         .await
         .unwrap()
@@ -160,9 +160,9 @@ async fn upgrades_past_max_connections_get_503() {
         json!({"route": "/ws/cap", "on": "message"}),
     )
     .await;
-    let _first = open(&engine.url, "/ws/cap").await;
+    let _first = open(&engine.realtime_url(), "/ws/cap").await;
     wait_for_open_channels(&w, None, 1).await;
-    assert_eq!(refused(&engine.url, "/ws/cap", None).await, 503);
+    assert_eq!(refused(&engine.realtime_url(), "/ws/cap", None).await, 503);
 }
 
 #[tokio::test]
@@ -184,7 +184,7 @@ async fn send_to_a_client_that_stopped_reading_reports_backpressure() {
         json!({"route": "/ws/bp", "on": "disconnect"}),
     )
     .await;
-    let _stalled = open(&engine.url, "/ws/bp").await; // never read
+    let _stalled = open(&engine.realtime_url(), "/ws/bp").await; // never read
     let id = wait_for_open_channels(&w, None, 1).await.remove(0);
     let pad = "x".repeat(64 << 10);
     let mut err = None;
@@ -242,7 +242,7 @@ async fn a_flooding_client_is_pushed_back_not_buffered() {
         json!({"route": "/ws/flood", "on": "message"}),
     )
     .await;
-    let ws = open(&engine.url, "/ws/flood").await;
+    let ws = open(&engine.realtime_url(), "/ws/flood").await;
     let (mut tx, _rx) = ws.split();
     const N: usize = 400; // × 64 KiB = 25 MiB, far more than the socket buffers hold
     let text = "z".repeat(64 << 10);

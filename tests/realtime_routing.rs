@@ -64,7 +64,7 @@ async fn routing_strips_the_key_and_replies_echo_it_with_the_id() {
     .await;
     bind(&w, "chat::hello", json!({"route": route, "on": "connect"})).await;
 
-    let mut ws = open(&engine.url, "/ws/chat/42?lang=en").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/chat/42?lang=en").await;
     let hello = recv(&mut ws).await;
     assert!(
         hello["welcome"].is_string(),
@@ -129,9 +129,12 @@ async fn unroutable_text_gets_an_error_frame_and_unknown_routes_404() {
         json!({"route": "/ws/strict", "on": "message", "match": {"action": "join"}}),
     )
     .await;
-    assert_eq!(refused(&engine.url, "/ws/nowhere", None).await, 404);
+    assert_eq!(
+        refused(&engine.realtime_url(), "/ws/nowhere", None).await,
+        404
+    );
 
-    let mut ws = open(&engine.url, "/ws/strict").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/strict").await;
     ws.send(Message::Text("not json".into())).await.unwrap();
     assert_eq!(recv(&mut ws).await["error"]["code"], "NO_HANDLER");
     send(&mut ws, json!({"action": "join", "id": 1})).await;
@@ -189,9 +192,12 @@ async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
     )
     .await;
 
-    assert_eq!(refused(&engine.url, "/ws/secure", None).await, 401);
     assert_eq!(
-        refused(&engine.url, "/ws/secure", Some("Bearer banned")).await,
+        refused(&engine.realtime_url(), "/ws/secure", None).await,
+        401
+    );
+    assert_eq!(
+        refused(&engine.realtime_url(), "/ws/secure", Some("Bearer banned")).await,
         403
     );
     let input = seen.recv().await.unwrap();
@@ -203,7 +209,7 @@ async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
             .starts_with("127.0.0.1:")
     );
 
-    let mut req = format!("ws://{}/ws/secure", engine.addr)
+    let mut req = format!("{}/ws/secure", engine.realtime_url())
         .into_client_request()
         .unwrap();
     req.headers_mut()
@@ -215,7 +221,7 @@ async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
         other => panic!("a foreign origin must be refused: {:?}", other.map(|_| ())),
     }
 
-    let mut req = format!("ws://{}/ws/secure", engine.addr)
+    let mut req = format!("{}/ws/secure", engine.realtime_url())
         .into_client_request()
         .unwrap();
     req.headers_mut()
@@ -239,7 +245,7 @@ async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
         .unwrap();
     let ticket = t["ticket"].as_str().unwrap().to_owned();
     let mut ws = open(
-        &engine.url,
+        &engine.realtime_url(),
         &format!("/ws/secure?ticket={ticket}&lang=fr&token=s3cret"),
     )
     .await;
@@ -253,7 +259,12 @@ async fn auth_is_decided_before_the_upgrade_and_tickets_work_once() {
     );
     assert_eq!(r["opening"], json!({"lang": "fr"}));
     assert_eq!(
-        refused(&engine.url, &format!("/ws/secure?ticket={ticket}"), None).await,
+        refused(
+            &engine.realtime_url(),
+            &format!("/ws/secure?ticket={ticket}"),
+            None
+        )
+        .await,
         401,
         "a ticket works once"
     );
@@ -276,7 +287,7 @@ async fn messages_of_one_connection_are_handled_in_order() {
         json!({"route": "/ws/order", "on": "message", "match": {"action": "step"}}),
     )
     .await;
-    let mut ws = open(&engine.url, "/ws/order").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/order").await;
     for n in 0..10 {
         send(&mut ws, json!({"action": "step", "n": n})).await;
     }
@@ -304,7 +315,7 @@ async fn engine_functions_reach_the_client() {
         json!({"route": "/ws/fn/:user", "on": "message"}),
     )
     .await;
-    let mut ws = open(&engine.url, "/ws/fn/ann").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/fn/ann").await;
     let id = wait_for_open_channels(&w, None, 1).await.remove(0);
     w.call(
         "channel::send",
@@ -429,7 +440,7 @@ async fn login_over_the_socket_unlocks_required_handlers() {
         json!({"route": route, "on": "message", "match": {"action": "me"}, "auth": "required"}),
     )
     .await;
-    let mut ws = open(&engine.url, route).await;
+    let mut ws = open(&engine.realtime_url(), route).await;
     send(&mut ws, json!({"action": "me", "id": 1})).await;
     assert_eq!(recv(&mut ws).await["error"]["code"], "UNAUTHORIZED");
     send(
@@ -463,7 +474,7 @@ async fn binary_frames_reach_the_binary_handler_as_base64() {
     })
     .await;
     bind(&w, "bin::size", json!({"route": "/ws/bin", "on": "binary"})).await;
-    let mut ws = open(&engine.url, "/ws/bin").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/bin").await;
     ws.send(Message::Binary(vec![1u8, 2, 3].into()))
         .await
         .unwrap();
@@ -495,7 +506,7 @@ async fn concurrent_routes_run_messages_side_by_side() {
         json!({"route": "/ws/par", "on": "message", "route_options": opts}),
     )
     .await;
-    let mut ws = open(&engine.url, "/ws/par").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/par").await;
     let t0 = Instant::now();
     for n in 0..8 {
         send(&mut ws, json!({"n": n, "id": n})).await;
@@ -537,7 +548,7 @@ async fn the_published_rust_sdk_binds_a_route_with_its_trigger_api() {
         engine.route_handlers("/ws/sdk/:room").is_some()
     })
     .await;
-    let mut ws = open(&engine.url, "/ws/sdk/blue").await;
+    let mut ws = open(&engine.realtime_url(), "/ws/sdk/blue").await;
     send(
         &mut ws,
         json!({"action": "greet", "id": "g1", "name": "ann"}),

@@ -200,7 +200,13 @@ async fn realtime_clients_are_reachable_only_by_the_workers_serving_their_route(
         json!({"route": "/ws/chat", "on": "connect"}),
     )
     .await;
-    let mut browser = open(&engine.url, "/ws/chat").await;
+    // Browsers reach routes on their own listener, never on the worker port.
+    assert_eq!(
+        common::realtime::refused(&engine.url, "/ws/chat", None).await,
+        404,
+        "realtime routes are not served on the worker listener"
+    );
+    let mut browser = open(&engine.realtime_url(), "/ws/chat").await;
     assert_eq!(recv(&mut browser).await, json!({"hi": true}));
     let listed = app.call("channel::list", json!({})).await.unwrap();
     let channel_id = listed["channels"][0]["channel_id"]

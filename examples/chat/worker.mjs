@@ -1,9 +1,12 @@
 // The chat example's worker: it handles the realtime route /ws/chat (rooms,
 // messages, presence) with ordinary functions, and serves the page.
 //
-//   III_URL=ws://127.0.0.1:49134 PORT=8080 node worker.mjs
+//   III_URL=ws://127.0.0.1:49134 QMESH_REALTIME_URL=ws://127.0.0.1:3113 PORT=8080 node worker.mjs
 //
-// Clients connect to ws://ENGINE/ws/chat?nick=ann and send
+// The worker talks to the engine's worker listener (III_URL); browsers reach
+// the route on the engine's realtime listener (QMESH_REALTIME_URL), a
+// separate port, so the worker port never has to be public.
+// Clients connect to ws://REALTIME/ws/chat?nick=ann and send
 //   {"action":"join","room":"lobby","id":1}
 //   {"action":"say","room":"lobby","text":"hi","id":2}
 //   {"action":"leave","room":"lobby","id":3}
@@ -14,6 +17,7 @@ import { createServer } from 'node:http'
 import { readFile } from 'node:fs/promises'
 
 const ENGINE = process.env.III_URL ?? 'ws://127.0.0.1:49134'
+const PUBLIC = process.env.QMESH_REALTIME_URL ?? 'ws://127.0.0.1:3113'
 const PORT = Number(process.env.PORT ?? 8080)
 const ROUTE = '/ws/chat'
 process.env.OTEL_ENABLED ??= 'false'
@@ -83,8 +87,8 @@ iii.registerFunction('chat::disconnect', async ({ channel }) => {
   for (const room of channel.state?.rooms ?? []) await presence(room, channel.channel_id)
 })
 
-// The page, with the engine's address filled in.
-const page = (await readFile(new URL('./index.html', import.meta.url), 'utf8')).replace('__ENGINE_URL__', ENGINE)
+// The page, with the engine's public (realtime) address filled in.
+const page = (await readFile(new URL('./index.html', import.meta.url), 'utf8')).replace('__ENGINE_URL__', PUBLIC)
 const server = createServer((req, res) => {
   if (req.url === '/' || req.url.startsWith('/?')) {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(page)
@@ -102,7 +106,7 @@ server.listen(PORT, '127.0.0.1', () => {
   bind('chat::leave', { route: ROUTE, on: 'message', match: { action: 'leave' } })
   bind('chat::say', { route: ROUTE, on: 'message', match: { action: 'say' } })
   bind('chat::disconnect', { route: ROUTE, on: 'disconnect' })
-  console.log(`chat page: http://127.0.0.1:${port}/ (engine ${ENGINE})`)
+  console.log(`chat page: http://127.0.0.1:${port}/ (engine ${ENGINE}, realtime ${PUBLIC})`)
 })
 
 for (const signal of ['SIGINT', 'SIGTERM']) {

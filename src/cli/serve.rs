@@ -16,6 +16,9 @@ pub struct ServeArgs {
     /// Address of the HTTP trigger-route listener (`[http] listen`; default 127.0.0.1:3111).
     #[arg(long, env = "QMESH_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// Address of the realtime-route listener for browsers (`[realtime] listen`; default 127.0.0.1:3113).
+    #[arg(long, env = "QMESH_REALTIME_LISTEN")]
+    realtime_listen: Option<SocketAddr>,
     /// Home of the embedded store.
     #[arg(long, env = "QMESH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -40,6 +43,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     if let Some(listen) = args.http_listen {
         config.http.listen = listen;
+    }
+    if let Some(listen) = args.realtime_listen {
+        config.realtime.listen = listen;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
@@ -78,8 +84,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
         // Ready: the store is open, every module started, HTTP routes served.
         match listener.local_addr() {
             // One line, read by scripts and tests (which may stop reading
-            // after it); the HTTP listener's address is in the log.
-            Ok(addr) => println!("qmesh listening on ws://{addr}"),
+            // after it): the worker listener first, then the public ones.
+            Ok(addr) => println!(
+                "qmesh listening on ws://{addr} realtime=ws://{} http=http://{}",
+                engine.realtime_addr(),
+                engine.http_addr()
+            ),
             Err(e) => return fail(&format!("cannot read the listening address: {e}")),
         }
         let _ = std::io::stdout().flush();

@@ -101,12 +101,9 @@ impl Engine {
         let channels = Channels::new(config.channels.clone(), budget.clone());
         let queues = Queues::start(mesh.clone(), store.clone(), config.queue.clone())
             .map_err(EngineError::Queue)?;
-        let realtime = Arc::new(RealtimeModule::new(
-            &mesh,
-            config.realtime.clone(),
-            store.clone(),
-            &queues,
-        ));
+        let realtime = Arc::new(
+            RealtimeModule::bind(&mesh, config.realtime.clone(), store.clone(), &queues).await?,
+        );
         let http = Arc::new(
             HttpModule::bind(
                 &mesh,
@@ -137,6 +134,7 @@ impl Engine {
             .tls()
             .into_iter()
             .chain(http.tls())
+            .chain(realtime.tls())
             .collect();
         let mut tasks = vec![tokio::spawn(crate::mesh::router::expire_calls(
             mesh.clone(),
@@ -174,6 +172,11 @@ impl Engine {
     /// Where HTTP trigger routes are served (`http.listen`, resolved).
     pub fn http_addr(&self) -> std::net::SocketAddr {
         self.inner.http.local_addr()
+    }
+
+    /// Where browsers reach realtime routes (`realtime.listen`, resolved).
+    pub fn realtime_addr(&self) -> std::net::SocketAddr {
+        self.inner.realtime.local_addr()
     }
 
     /// Re-reads every listener's certificate and key (what SIGHUP does).

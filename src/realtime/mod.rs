@@ -47,6 +47,11 @@ pub use routes::TRIGGER_TYPE;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RealtimeConfig {
+    /// Where browsers connect: its own listener, not the worker listener, so
+    /// exposing routes to the public never exposes the worker port.
+    pub listen: std::net::SocketAddr,
+    /// TLS on that listener (`wss://`).
+    pub tls: Option<crate::net::TlsConfig>,
     /// Open client connections; further upgrades are refused with 503.
     pub max_connections: usize,
     /// Largest client message; larger ones close the socket with 1009.
@@ -80,9 +85,14 @@ pub struct RealtimeConfig {
     pub restart_queue: String,
 }
 
+/// Next to iii's HTTP (3111) and streams (3112) ports.
+pub const DEFAULT_REALTIME_PORT: u16 = 3113;
+
 impl Default for RealtimeConfig {
     fn default() -> Self {
         Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_REALTIME_PORT)),
+            tls: None,
             max_connections: 100_000,
             max_message_bytes: 1 << 20,
             outbound_messages: 256,

@@ -1,17 +1,21 @@
 //! Realtime routes as an engine module: the `websocket` trigger type, the
-//! `channel::*` functions, the listener's fallback (any path may be a route),
-//! and the disconnects owed to connections a crash cut off.
+//! `channel::*` functions, its own listener (`[realtime] listen`; any path
+//! may be a route), and the disconnects owed to connections a crash cut off.
 
 use futures_util::future::BoxFuture;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::functions as f;
 use super::upgrade::{self, Upgrades};
 use super::{Realtime, RealtimeConfig, TRIGGER_TYPE, persist};
 use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
+use crate::net::{Handshakes, Tls};
 use crate::queue::Queues;
 use crate::store::Store;
 use crate::store::realtime::{ConnRows, LeftRow};
@@ -19,27 +23,63 @@ use crate::store::realtime::{ConnRows, LeftRow};
 pub(crate) struct RealtimeModule {
     mesh: Mesh,
     hub: Realtime,
+    /// Taken by `start`.
+    listener: Mutex<Option<TcpListener>>,
+    addr: SocketAddr,
+    tls: Option<Tls>,
+    stop: CancellationToken,
     /// Rows the last run left, read before any connection can add one;
     /// queued as disconnects once the engine starts.
     leftovers: Mutex<Vec<LeftRow>>,
 }
 
 impl RealtimeModule {
-    pub(crate) fn new(
+    /// Binds `realtime.listen` and reads what the last run left.
+    pub(crate) async fn bind(
         mesh: &Mesh,
         config: RealtimeConfig,
         store: Arc<Store>,
         queues: &Queues,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen for realtime clients on {}: {e}",
+                    config.listen
+                ),
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(Tls::load)
+            .transpose()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let budget = mesh.budget().clone();
         let rows = ConnRows::new(store);
         let hub = Realtime::new(config, Some(rows), Some(queues.clone()), budget);
         let leftovers = persist::leftovers(&hub);
-        Self {
+        Ok(Self {
             mesh: mesh.clone(),
             hub,
+            listener: Mutex::new(Some(listener)),
+            addr,
+            tls,
+            stop: CancellationToken::new(),
             leftovers: Mutex::new(leftovers),
-        }
+        })
+    }
+
+    /// Where clients connect (`realtime.listen`, resolved).
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The listener's TLS, for the engine's reload on SIGHUP.
+    pub(crate) fn tls(&self) -> Option<Tls> {
+        self.tls.clone()
     }
 
     /// The hub of open client connections (tests and benches inspect it).
@@ -74,31 +114,47 @@ impl Module for RealtimeModule {
         p.sync_fn("channel::issue_ticket", hub, f::issue_ticket);
     }
 
-    fn routes(&self) -> Option<axum::Router> {
-        let state = Upgrades {
-            mesh: self.mesh.clone(),
-            hub: self.hub.clone(),
-        };
-        Some(
-            axum::Router::new()
-                .fallback(upgrade::handle)
-                .with_state(state),
-        )
-    }
-
     fn start(&self) -> Vec<JoinHandle<()>> {
-        let rows = std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
-        if rows.is_empty() {
-            return Vec::new();
+        let mut tasks = Vec::new();
+        if let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "realtime routes listening");
+            let app = axum::Router::new()
+                .fallback(upgrade::handle)
+                .with_state(Upgrades {
+                    mesh: self.mesh.clone(),
+                    hub: self.hub.clone(),
+                });
+            let c = self.mesh.config();
+            let handshakes = Handshakes {
+                timeout: c.server.request_timeout,
+                max: c.limits.max_handshakes,
+                max_per_ip: c.limits.max_handshakes_per_ip,
+            };
+            let (tls, stop) = (self.tls.clone(), self.stop.clone().cancelled_owned());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::net::serve(listener, app, handshakes, tls, stop).await {
+                    tracing::warn!(error = %e, "realtime listener stopped with an error");
+                }
+            }));
         }
-        let hub = self.hub.clone();
-        vec![tokio::spawn(async move {
-            persist::recover(&hub, rows).await;
-        })]
+        let rows = std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
+        if !rows.is_empty() {
+            let hub = self.hub.clone();
+            tasks.push(tokio::spawn(async move {
+                persist::recover(&hub, rows).await;
+            }));
+        }
+        tasks
     }
 
     /// Client disconnect handlers run while their workers are still connected.
     fn stop_intake(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        self.stop.cancel();
         Box::pin(self.hub.shutdown(grace))
     }
 }

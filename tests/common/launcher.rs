@@ -22,6 +22,8 @@ pub struct EngineProcess {
     child: Child,
     /// `ws://127.0.0.1:<port>`, from the engine's first line on stdout.
     pub url: String,
+    /// Where browsers reach realtime routes (`realtime=` on that line).
+    pub realtime_url: String,
     pub data_dir: PathBuf,
     /// The engine's pid when `child` is `strace` running it.
     traced: Option<u32>,
@@ -46,12 +48,13 @@ impl EngineProcess {
     pub fn start_with_config(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("qmesh.toml");
-        // HTTP trigger routes on a free port unless the config says where.
-        let config = if config.contains("[http]") {
-            config.to_owned()
-        } else {
-            format!("{config}\n[http]\nlisten = \"127.0.0.1:0\"\n")
-        };
+        // HTTP and realtime routes on free ports unless the config says where.
+        let mut config = config.to_owned();
+        for section in ["http", "realtime"] {
+            if !config.contains(&format!("[{section}]")) {
+                config.push_str(&format!("\n[{section}]\nlisten = \"127.0.0.1:0\"\n"));
+            }
+        }
         std::fs::write(&file, config).expect("write the config file");
         let mut e = Self::spawn(&dir.path().join("data"), Some(&file));
         e._owned = Some(dir);
@@ -119,8 +122,13 @@ impl EngineProcess {
             .arg(data_dir);
         match config {
             Some(file) => cmd.arg("--config").arg(file),
-            // HTTP trigger routes on a free port (a config file says where).
-            None => cmd.args(["--http-listen", "127.0.0.1:0"]),
+            // HTTP and realtime routes on free ports (a config file says where).
+            None => cmd.args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--realtime-listen",
+                "127.0.0.1:0",
+            ]),
         };
         let mut child = cmd
             .env("RUST_LOG", "warn")
@@ -137,9 +145,15 @@ impl EngineProcess {
             .find(|w| w.starts_with("ws://"))
             .unwrap_or_else(|| panic!("no ws:// address in the engine's first line: {first:?}"))
             .to_owned();
+        let realtime_url = first
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("realtime="))
+            .unwrap_or_else(|| panic!("no realtime= address in the engine's first line: {first:?}"))
+            .to_owned();
         Self {
             child,
             url,
+            realtime_url,
             data_dir: data_dir.to_owned(),
             traced: None,
             _owned: None,

@@ -367,8 +367,9 @@ pub fn test_config() -> Config {
     c.invocation.rebind_grace = Duration::from_secs(3);
     // Tests that leave calls unanswered should not wait the production grace period.
     c.server.shutdown_grace = Duration::from_secs(2);
-    // Engines run side by side: HTTP trigger routes on a free port each.
+    // Engines run side by side: HTTP and realtime routes on free ports each.
     c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.realtime.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 
@@ -545,6 +546,11 @@ impl TestEngine {
     /// Where the engine serves HTTP trigger routes (`[http] listen`, resolved).
     pub fn http_addr(&self) -> SocketAddr {
         self.engine.http_addr()
+    }
+
+    /// `ws://` address of the realtime-route listener (`[realtime] listen`).
+    pub fn realtime_url(&self) -> String {
+        format!("ws://{}", self.engine.realtime_addr())
     }
 
     /// HTTP trigger routes the engine serves now.
