@@ -363,18 +363,23 @@ async fn an_rbac_session_calls_only_what_its_grant_allows() {
 }
 
 #[tokio::test]
-async fn the_python_sdk_connects_with_iii_token() {
+async fn the_python_and_node_sdks_connect_with_a_token() {
     let engine = TestEngine::start_with(with_tokens()).await;
-    let mut py = Program::start_with_env(
-        "python",
-        "worker.py",
-        &[],
-        &engine.url,
-        &[("III_TOKEN", BILLING)],
-    );
-    py.ready().await;
-    engine.wait_for_providers("py::add", 1).await;
     let mut ops = RawClient::connect_with_token(&engine.url, OPS).await;
-    let r = ops.call("py::add", json!({"a": 2, "b": 3})).await;
-    assert_eq!(r["result"]["sum"], 5, "{r}");
+    for (lang, script, function) in [
+        ("python", "worker.py", "py::add"),
+        ("node", "worker.mjs", "node::add"),
+    ] {
+        let mut sdk = Program::start_with_env(
+            lang,
+            script,
+            &[],
+            &engine.url,
+            &[("III_TOKEN", BILLING)],
+        );
+        sdk.ready().await;
+        engine.wait_for_providers(function, 1).await;
+        let r = ops.call(function, json!({"a": 2, "b": 3})).await;
+        assert_eq!(r["result"]["sum"], 5, "{lang}: {r}");
+    }
 }

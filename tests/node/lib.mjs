@@ -24,10 +24,14 @@ export function connect(name) {
   const url = process.env.III_URL
   if (!url) fail('III_URL is not set (e.g. ws://127.0.0.1:49134)')
   process.env.OTEL_ENABLED ??= 'false'
+  // The Node SDK (0.22.1) does not read III_TOKEN itself as Python's and
+  // Rust's do; this is how a Node worker presents one.
+  const token = process.env.III_TOKEN?.trim()
   return registerWorker(url, {
     workerName: `${name}-${process.pid}`,
     otel: { enabled: false },
     enableMetricsReporting: false,
+    ...(token ? { headers: { authorization: `Bearer ${token}` } } : {}),
   })
 }
 
