@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::programs::Program;
 use common::{RawClient, TestEngine, WAIT, test_config};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -71,6 +72,60 @@ async fn half_sent_requests_from_one_client_cannot_lock_out_a_worker() {
         }
     }
     assert_eq!(closed, attack.len(), "every half-sent request is closed");
+    engine.stop().await;
+}
+
+/// The attack of the issue at full size: 20,000 half-sent requests from
+/// twenty addresses (two attacker processes, each under its own descriptor
+/// limit), while a worker holding a token connects, registers and serves.
+#[tokio::test]
+async fn twenty_thousand_half_open_connections_do_not_lock_out_an_authenticated_worker() {
+    let mut config = test_config();
+    config.auth.tokens = vec![qmesh::config::TokenConfig {
+        name: "worker".into(),
+        role: qmesh::config::Role::Operator,
+        sha256: qmesh::token_sha256("t0ken"),
+    }];
+    let engine = TestEngine::start_with(config).await;
+
+    let mut attackers = Vec::new();
+    for first in ["2", "12"] {
+        attackers.push(Program::start(
+            "python",
+            "half_open.py",
+            &["10000", first, "10"],
+            &engine.url,
+        ));
+    }
+    let mut opened = 0;
+    for a in &mut attackers {
+        let report = a
+            .expect_json("the attack's report", |v| v["opened"].is_u64())
+            .await;
+        a.ready().await;
+        opened += report["opened"].as_u64().unwrap();
+    }
+    assert!(
+        opened >= 19_000,
+        "the attack opened only {opened} connections"
+    );
+
+    // With every one of them still held, a worker gets in and serves a call.
+    let mut exec = RawClient::connect_with_token(&engine.url, "t0ken").await;
+    exec.announce("exec").await;
+    exec.register_function("echo::it").await;
+    engine.wait_for_providers("echo::it", 1).await;
+    let mut caller = RawClient::connect_with_token(&engine.url, "t0ken").await;
+    let id = caller.send_call("echo::it", json!({"x": 1})).await;
+    let inv = exec
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"echo::it","result":{"ok":true}})).await;
+    let r = caller
+        .recv_until("result", |v| v["invocation_id"] == id.as_str())
+        .await;
+    assert_eq!(r["result"], json!({"ok": true}));
+    drop(attackers);
     engine.stop().await;
 }
 

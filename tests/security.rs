@@ -370,13 +370,8 @@ async fn the_python_and_node_sdks_connect_with_a_token() {
         ("python", "worker.py", "py::add"),
         ("node", "worker.mjs", "node::add"),
     ] {
-        let mut sdk = Program::start_with_env(
-            lang,
-            script,
-            &[],
-            &engine.url,
-            &[("III_TOKEN", BILLING)],
-        );
+        let mut sdk =
+            Program::start_with_env(lang, script, &[], &engine.url, &[("III_TOKEN", BILLING)]);
         sdk.ready().await;
         engine.wait_for_providers(function, 1).await;
         let r = ops.call(function, json!({"a": 2, "b": 3})).await;

@@ -13,15 +13,16 @@ use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 pub(crate) use tls::Tls;
@@ -34,7 +35,10 @@ pub(crate) struct Handshakes {
     /// Time to finish the TLS handshake, and then to send each request head;
     /// a slower client is closed.
     pub timeout: Duration,
-    /// Connections allowed in that phase at once; more are closed at accept.
+    /// Connections allowed in that phase at once; when full, the oldest of
+    /// them is closed to make room (a client that completes its request in
+    /// milliseconds is never the oldest, so a flood of half-sent requests
+    /// cannot lock it out).
     pub max: usize,
     /// The same, per remote IP address.
     pub max_per_ip: usize,
@@ -87,6 +91,52 @@ impl Drop for IpSlot {
     }
 }
 
+/// The connections still in their handshake phase, oldest first.
+#[derive(Clone, Default)]
+struct InHandshake {
+    inner: Arc<std::sync::Mutex<(u64, BTreeMap<u64, CancellationToken>)>>,
+}
+
+/// A connection's place among them; given back on drop.
+struct HandshakeSlot {
+    id: u64,
+    of: InHandshake,
+    evicted: CancellationToken,
+}
+
+impl InHandshake {
+    /// Takes a place, closing the oldest connection first when `max` are
+    /// there. Returns the place and whether one was evicted.
+    fn enter(&self, max: usize) -> (HandshakeSlot, bool) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, live) = &mut *guard;
+        let mut evicted = false;
+        while live.len() >= max {
+            if let Some((_, oldest)) = live.pop_first() {
+                oldest.cancel();
+                evicted = true;
+            }
+        }
+        let id = *next;
+        *next += 1;
+        let token = CancellationToken::new();
+        live.insert(id, token.clone());
+        let slot = HandshakeSlot {
+            id,
+            of: self.clone(),
+            evicted: token,
+        };
+        (slot, evicted)
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut guard = self.of.inner.lock().unwrap_or_else(|e| e.into_inner());
+        guard.1.remove(&self.id);
+    }
+}
+
 /// A pause after an accept error (out of file descriptors, say), so the
 /// loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -108,7 +158,7 @@ pub(crate) async fn serve(
     tls: Option<Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(handshakes.max));
+    let in_handshake = InHandshake::default();
     let per_ip = PerIp::new(handshakes.max_per_ip);
     let (stopping, stop) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -127,42 +177,59 @@ pub(crate) async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
-        let (Some(ip_slot), Ok(permit)) = (
-            per_ip.take(remote.ip()),
-            permits.clone().try_acquire_owned(),
-        ) else {
-            // Logged once per episode, not per refused socket.
+        // One address may not hold more than its share; beyond that its new
+        // connections are closed (not others': it cannot evict anyone).
+        let Some(ip_slot) = per_ip.take(remote.ip()) else {
             if !refusing {
-                tracing::warn!(limit = handshakes.max, per_ip = handshakes.max_per_ip, remote = %remote, "too many connections still sending their request (limits.max_handshakes, max_handshakes_per_ip); closing new ones");
+                tracing::warn!(per_ip = handshakes.max_per_ip, remote = %remote, "too many connections from one address still sending their request (limits.max_handshakes_per_ip); closing its new ones");
                 refusing = true;
             }
             drop(tcp);
             continue;
         };
-        refusing = false;
+        let (slot, evicted) = in_handshake.enter(handshakes.max);
+        // Logged once per episode, not per socket.
+        if evicted && !refusing {
+            tracing::warn!(
+                limit = handshakes.max,
+                "too many connections still sending their request (limits.max_handshakes); closing the oldest of them to make room"
+            );
+            refusing = true;
+        } else if !evicted {
+            refusing = false;
+        }
         // Calls are small frames answered at once: Nagle's algorithm would hold
         // a reply back until the previous frame is acknowledged (up to ~40 ms).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
         }
+        let evicted = slot.evicted.clone();
         let conn = Conn {
             app: app.clone(),
             remote,
             timeout: handshakes.timeout,
             stop: stop.clone(),
-            slots: (permit, ip_slot),
+            slots: Arc::new(std::sync::Mutex::new(Some((slot, ip_slot)))),
         };
         let tls = tls.clone();
         connections.spawn(async move {
-            match tls {
-                None => conn.serve(tcp).await,
-                Some(tls) => match tokio::time::timeout(conn.timeout, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => conn.serve(stream).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!(remote = %remote, "TLS handshake timed out"),
-                },
+            let served = async move {
+                match tls {
+                    None => conn.serve(tcp).await,
+                    Some(tls) => match tokio::time::timeout(conn.timeout, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => conn.serve(stream).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(remote = %remote, "TLS handshake timed out"),
+                    },
+                }
+            };
+            tokio::select! {
+                () = served => {}
+                () = evicted.cancelled() => {
+                    tracing::debug!(remote = %remote, "closed to make room for newer handshakes");
+                }
             }
         });
     }
@@ -178,7 +245,10 @@ struct Conn {
     remote: SocketAddr,
     timeout: Duration,
     stop: watch::Receiver<bool>,
-    slots: (OwnedSemaphorePermit, IpSlot),
+    /// Given back when the first request head has arrived (the handshake
+    /// phase is over; an upgrade, or a request being served, is never
+    /// evicted), or when the connection ends.
+    slots: Arc<std::sync::Mutex<Option<(HandshakeSlot, IpSlot)>>>,
 }
 
 impl Conn {
@@ -193,7 +263,9 @@ impl Conn {
             mut stop,
             slots,
         } = self;
+        let held = slots.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            held.lock().unwrap_or_else(|e| e.into_inner()).take();
             req.extensions_mut().insert(ConnectInfo(remote));
             app.clone().oneshot(req.map(axum::body::Body::new))
         });
