@@ -4,12 +4,14 @@
 mod common;
 
 use common::programs::Program;
-use common::{RawClient, TestEngine, WAIT, test_config};
+use common::{EngineProcess, RawClient, TestEngine, WAIT, test_config};
+use futures_util::StreamExt;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
 
 /// A connection from `source` (another loopback address: a different
 /// client, as the engine sees it) that sends half an HTTP request and stops.
@@ -150,6 +152,91 @@ async fn telemetry_sockets_count_toward_the_connection_limit() {
         }
     }
     engine.stop().await;
+}
+
+/// The engine process's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS");
+    kb << 10
+}
+
+/// The budget's promise in bytes of RSS, on the real binary: a worker that
+/// stops reading while callers push ~1 MiB calls at it grows the engine by
+/// less than 2.5 times the budget (the frames held, plus the allocator's
+/// arenas of transient copies), and it levels off however long they keep
+/// pushing (the rest is refused with engine_overloaded).
+#[tokio::test]
+async fn rss_stays_within_a_bound_of_the_memory_budget_while_a_worker_stops_reading() {
+    const BUDGET: u64 = 16 << 20;
+    let engine = EngineProcess::start_with_config(&format!(
+        "[limits]\nmemory_budget = {BUDGET}\nmax_message_size = {}\nmax_outbound_queue_bytes = {}\n",
+        2 << 20,
+        1u64 << 30
+    ));
+    let _stalled = {
+        let mut w = RawClient::worker(&engine.url, "stalled").await;
+        w.register_function("slow::sink").await;
+        w
+    };
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let pad = "x".repeat(900 << 10);
+    // Fill the sockets' kernel buffers until the engine itself holds frames:
+    // the baseline is taken on that path, warmed up.
+    let used = |e: &EngineProcess| e.health()["memory_budget"]["used_bytes"].as_u64().unwrap();
+    common::wait_until("frames held in the engine", WAIT, async || {
+        caller.send_call("slow::sink", json!({ "pad": pad })).await;
+        used(&engine) > 0
+    })
+    .await;
+    let baseline = rss(engine.pid());
+
+    // Push until 32 calls were refused, then 160 more: memory must level
+    // off, not grow with what the callers keep sending.
+    let mut refused = 0;
+    let mut sent = 0;
+    let mut at_spent = None;
+    while refused < 192 {
+        caller.send_call("slow::sink", json!({ "pad": pad })).await;
+        sent += 1;
+        assert!(sent < 10_000, "the budget never ran out");
+        // Read the refusals that came back; the stalled worker never answers.
+        while let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(std::time::Duration::from_millis(1), caller.ws.next()).await
+        {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["error"]["code"] == "engine_overloaded" {
+                refused += 1;
+            }
+        }
+        if refused >= 32 && at_spent.is_none() {
+            at_spent = Some(rss(engine.pid()));
+        }
+    }
+    let at_spent = at_spent.unwrap().saturating_sub(baseline);
+    let grown = rss(engine.pid()).saturating_sub(baseline);
+    let held = used(&engine);
+    eprintln!(
+        "memory budget {} MiB: {} MiB held for the stalled worker; RSS grew {} MiB when it ran out, {} MiB after {refused} refusals ({sent} calls)",
+        BUDGET >> 20,
+        held >> 20,
+        at_spent >> 20,
+        grown >> 20
+    );
+    assert!(held <= BUDGET + (2 << 20), "held {held}");
+    assert!(
+        grown < BUDGET * 5 / 2,
+        "RSS grew {grown} bytes for a budget of {BUDGET}"
+    );
+    assert!(
+        grown < at_spent + (8 << 20),
+        "RSS kept growing with refused calls: {at_spent} then {grown}"
+    );
 }
 
 /// `/health`'s count of bytes held for slow readers.
