@@ -14,6 +14,7 @@
 
 use axum::Router;
 use futures_util::future::BoxFuture;
+use prometheus_client::registry::Registry;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -37,6 +38,13 @@ pub(crate) trait Module: Send + Sync {
     /// of `"ok"` or `"degraded"`). Called on every request: keep it cheap.
     fn health(&self) -> Option<(&'static str, serde_json::Value)> {
         None
+    }
+
+    /// Its part of `GET /metrics`, gathered at scrape time into `registry`
+    /// (prefixed `qmesh_`). Bounded cardinality: no per-job or
+    /// per-connection labels.
+    fn metrics<'a>(&'a self, _registry: &'a mut Registry) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
     }
 
     /// Background tasks, started once the provisions are installed and

@@ -573,6 +573,15 @@ impl crate::module::Module for Channels {
         p.on_worker_gone(move |worker| channels.creator_left(worker));
     }
 
+    fn metrics<'a>(
+        &'a self,
+        r: &'a mut prometheus_client::registry::Registry,
+    ) -> futures_util::future::BoxFuture<'a, ()> {
+        let open = self.len();
+        crate::mesh::metrics::gauge(r, "binary_channels", "Open binary channels", None, open);
+        Box::pin(async {})
+    }
+
     fn routes(&self) -> Option<axum::Router> {
         let route = axum::routing::get(socket::upgrade);
         Some(

@@ -172,17 +172,7 @@ impl ListenerPolicy {
         let Some(tokens) = &self.tokens else {
             return Ok(Some(Access::trusted(self.rules.clone())));
         };
-        let bearer = up
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        let (name, role) = bearer
+        let (name, role) = bearer(up.headers)
             .and_then(|t| tokens.holder(t))
             .ok_or(Refused::NoToken)?;
         Ok(Some(Access {
@@ -191,6 +181,15 @@ impl ListenerPolicy {
             listener: self.rules.clone(),
             rbac: None,
         }))
+    }
+
+    /// Whether a request may read `/metrics`: any token holder, or anyone
+    /// on a listener without tokens.
+    pub(crate) fn may_read_metrics(&self, headers: &HeaderMap) -> bool {
+        match &self.tokens {
+            None => true,
+            Some(tokens) => bearer(headers).is_some_and(|t| tokens.holder(t).is_some()),
+        }
     }
 
     /// An RBAC listener's decision, once the socket is open (iii accepts
@@ -220,6 +219,19 @@ impl ListenerPolicy {
             rbac: Some(RbacSession { config, grant }),
         })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// iii's `AuthInput`: every header (lower-case names; values that are not

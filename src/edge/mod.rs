@@ -5,6 +5,7 @@
 //! | `/` | the worker WebSocket ([`worker_socket`]) |
 //! | `/otel` | SDK telemetry sockets, accepted and discarded ([`otel`]) |
 //! | `/health` | JSON health and counts ([`health`]) |
+//! | `/metrics` | Prometheus / OpenMetrics text ([`metrics`]) |
 //!
 //! Modules mount their own paths beside these (binary channel sockets,
 //! realtime routes); the engine root merges them into one router and serves
@@ -15,6 +16,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod health;
+pub(crate) mod metrics;
 pub(crate) mod otel;
 pub(crate) mod worker_socket;
 
@@ -30,11 +32,17 @@ use crate::net::Handshakes;
 /// engine root: the edge knows no module.
 pub(crate) type HealthParts = Arc<dyn Fn() -> Vec<(&'static str, serde_json::Value)> + Send + Sync>;
 
+/// The text of `/metrics`, gathered by the engine root from the mesh and
+/// every module at scrape time.
+pub(crate) type MetricsSource =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, String> + Send + Sync>;
+
 /// What every request handler of a worker listener can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub mesh: Mesh,
     pub health: HealthParts,
+    pub metrics: MetricsSource,
     /// One permit per open worker or telemetry socket, shared by every
     /// worker listener (`limits.max_connections`).
     pub connection_slots: Arc<Semaphore>,
@@ -50,12 +58,13 @@ pub(crate) fn connection_slots(mesh: &Mesh) -> Arc<Semaphore> {
 /// A worker listener's own paths.
 pub(crate) fn router(
     mesh: &Mesh,
-    health: HealthParts,
+    (health, metrics): (HealthParts, MetricsSource),
     connection_slots: Arc<Semaphore>,
     policy: Arc<auth::ListenerPolicy>,
 ) -> Router {
     let state = AppState {
         health,
+        metrics,
         connection_slots,
         policy,
         mesh: mesh.clone(),
@@ -64,6 +73,7 @@ pub(crate) fn router(
         .route("/", get(worker_socket::upgrade))
         .route("/otel", get(otel::upgrade))
         .route("/health", get(health::health))
+        .route("/metrics", get(metrics::metrics))
         .with_state(state)
 }
 

@@ -208,10 +208,28 @@ impl Engine {
         let modules = self.inner.modules.clone();
         let health: crate::edge::HealthParts =
             Arc::new(move || modules.iter().filter_map(|m| m.health()).collect());
+        let modules = self.inner.modules.clone();
+        let scraped = mesh.clone();
+        let metrics: crate::edge::MetricsSource = Arc::new(move || {
+            let (modules, mesh) = (modules.clone(), scraped.clone());
+            Box::pin(async move {
+                let mut registry = prometheus_client::registry::Registry::with_prefix("qmesh");
+                mesh.describe_metrics(&mut registry);
+                for m in modules.iter() {
+                    m.metrics(&mut registry).await;
+                }
+                let mut text = String::new();
+                if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+                    tracing::warn!(error = %e, "cannot encode /metrics");
+                }
+                text
+            })
+        });
         let slots = crate::edge::connection_slots(&mesh);
         // Every worker listener serves the same paths; only its admission differs.
         let app = |policy| {
-            let mut app = crate::edge::router(&mesh, health.clone(), slots.clone(), policy);
+            let views = (health.clone(), metrics.clone());
+            let mut app = crate::edge::router(&mesh, views, slots.clone(), policy);
             for m in &self.inner.modules {
                 if let Some(routes) = m.routes() {
                     app = app.merge(routes);

@@ -92,6 +92,15 @@ impl Module for HttpModule {
         "http"
     }
 
+    fn metrics<'a>(
+        &'a self,
+        r: &'a mut prometheus_client::registry::Registry,
+    ) -> BoxFuture<'a, ()> {
+        let routes = self.routes();
+        crate::mesh::metrics::gauge(r, "http_routes", "HTTP trigger routes served", None, routes);
+        Box::pin(async {})
+    }
+
     fn provide(&self, p: &mut Provisions) {
         p.trigger_type(
             TRIGGER_TYPE,

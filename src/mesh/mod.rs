@@ -11,6 +11,7 @@
 //! - [`provided`]: what the engine provides (engine functions, engine-served
 //!   trigger types, the Enqueue handler), installed once by the engine root.
 //! - [`session`]: what one connection's messages mean, in order.
+//! - [`metrics`]: calls by function and outcome, for `/metrics`.
 //! - [`access`]: who a connection is and what it may do (roles, iii's RBAC
 //!   rules); [`rbac`]: the auth call and registration hooks of an RBAC listener.
 //!
@@ -21,6 +22,7 @@
 pub(crate) mod access;
 pub(crate) mod config;
 pub(crate) mod connection;
+pub(crate) mod metrics;
 pub(crate) mod provided;
 pub(crate) mod rbac;
 pub(crate) mod registry;
@@ -69,6 +71,7 @@ struct Inner {
     /// (the engine's drain waits on it instead of polling).
     quiet: Arc<Notify>,
     budget: Arc<MemoryBudget>,
+    calls: Arc<metrics::CallMetrics>,
 }
 
 /// Counts for `/health`.
@@ -83,9 +86,10 @@ impl Mesh {
     pub(crate) fn new(config: MeshConfig, budget: Arc<MemoryBudget>) -> Self {
         let (events, _) = broadcast::channel(4096);
         let quiet = Arc::new(Notify::new());
+        let calls = Arc::new(metrics::CallMetrics::default());
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(state::State::new(quiet.clone())),
+                state: Mutex::new(state::State::new(quiet.clone(), calls.clone())),
                 config,
                 started: Instant::now(),
                 events,
@@ -93,12 +97,18 @@ impl Mesh {
                 provided: OnceLock::new(),
                 quiet,
                 budget,
+                calls,
             }),
         }
     }
 
     pub(crate) fn config(&self) -> &MeshConfig {
         &self.inner.config
+    }
+
+    /// Calls by function and outcome (`/metrics`).
+    pub(crate) fn call_metrics(&self) -> &metrics::CallMetrics {
+        &self.inner.calls
     }
 
     /// The engine's memory budget (outboxes count against it).

@@ -165,6 +165,11 @@ impl Mesh {
             }
         }
         let call = st.take_call(&result.invocation_id).expect("checked above");
+        self.call_metrics().record(
+            &call.function_id,
+            super::metrics::outcome_of(result.error.as_ref().map(|e| e.code.as_str())),
+            call.started.elapsed(),
+        );
         if let Some(exec) = st.workers.get_mut(&from) {
             exec.calls_in.remove(&result.invocation_id);
         }
@@ -508,6 +513,7 @@ impl State {
                 caller,
                 executor,
                 function_id: function_id.to_owned(),
+                started: Instant::now(),
                 deadline,
             },
         );
@@ -515,6 +521,11 @@ impl State {
 
     /// Delivers an outcome for a call already removed from `calls`.
     pub(super) fn settle(&mut self, id: Uuid, call: Call, outcome: CallOutcome) {
+        self.call_metrics.record(
+            &call.function_id,
+            super::metrics::outcome_of(outcome.as_ref().err().map(|e| e.code.as_str())),
+            call.started.elapsed(),
+        );
         if let Some(exec) = self.workers.get_mut(&call.executor) {
             exec.calls_in.remove(&id);
         }

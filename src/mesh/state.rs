@@ -30,6 +30,8 @@ pub struct State {
     pub engine_types: HashMap<String, Arc<dyn TriggerTypeHandler>>,
     /// Woken when `calls` or `workers` becomes empty.
     quiet: Arc<Notify>,
+    /// Where settled calls are counted.
+    pub(super) call_metrics: Arc<super::metrics::CallMetrics>,
 }
 
 pub struct Worker {
@@ -96,6 +98,7 @@ pub struct Call {
     pub caller: Caller,
     pub executor: Uuid,
     pub function_id: String,
+    pub started: Instant,
     pub deadline: Instant,
 }
 
@@ -201,7 +204,7 @@ pub enum BindingOwner {
 }
 
 impl State {
-    pub(super) fn new(quiet: Arc<Notify>) -> Self {
+    pub(super) fn new(quiet: Arc<Notify>, call_metrics: Arc<super::metrics::CallMetrics>) -> Self {
         Self {
             workers: HashMap::new(),
             functions: HashMap::new(),
@@ -211,6 +214,7 @@ impl State {
             rebinding: HashMap::new(),
             engine_types: HashMap::new(),
             quiet,
+            call_metrics,
         }
     }
 

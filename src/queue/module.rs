@@ -5,12 +5,28 @@
 //! `engine_restart` at the next start rather than as lost workers.
 
 use futures_util::future::BoxFuture;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use super::Queues;
 use super::functions as f;
 use crate::mesh::Provisions;
 use crate::module::Module;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueState {
+    queue: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
 
 impl Module for Queues {
     fn name(&self) -> &'static str {
@@ -54,6 +70,38 @@ impl Module for Queues {
             "iii::queue::redrive_message",
             "iii::queue::discard_message",
         ]);
+    }
+
+    /// Jobs per queue and state, and the age of each queue's oldest ready
+    /// job: what the alert rules watch (dead letters growing, work waiting).
+    fn metrics<'a>(&'a self, r: &'a mut Registry) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Ok(list) = self.op(super::op::Op::List).await else {
+                return;
+            };
+            let jobs = Family::<QueueState, Gauge>::default();
+            let oldest = Family::<QueueLabel, Gauge<f64, AtomicU64>>::default();
+            for q in list["queues"].as_array().into_iter().flatten() {
+                let queue = q["queue"].as_str().unwrap_or_default().to_owned();
+                for state in super::states::COUNTED {
+                    let n = q[state.as_str()].as_i64().unwrap_or(0);
+                    jobs.get_or_create(&QueueState {
+                        queue: queue.clone(),
+                        state: state.as_str(),
+                    })
+                    .set(n);
+                }
+                let age = q["oldest_ready_age_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+                oldest.get_or_create(&QueueLabel { queue }).set(age);
+            }
+            r.register("queue_jobs", "Jobs per queue and state", jobs);
+            r.register_with_unit(
+                "queue_oldest_ready_age",
+                "Age of each queue's oldest job ready to run (0 when none)",
+                Unit::Seconds,
+                oldest,
+            );
+        })
     }
 
     fn health(&self) -> Option<(&'static str, serde_json::Value)> {

@@ -13,12 +13,14 @@ use tokio_util::sync::CancellationToken;
 use super::functions as f;
 use super::upgrade::{self, Upgrades};
 use super::{Realtime, RealtimeConfig, TRIGGER_TYPE, persist};
+use crate::mesh::metrics::gauge;
 use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
 use crate::net::{Handshakes, Tls};
 use crate::queue::Queues;
 use crate::store::Store;
 use crate::store::realtime::{ConnRows, LeftRow};
+use prometheus_client::registry::Registry;
 
 pub(crate) struct RealtimeModule {
     mesh: Mesh,
@@ -150,6 +152,24 @@ impl Module for RealtimeModule {
             }));
         }
         tasks
+    }
+
+    fn metrics<'a>(&'a self, r: &'a mut Registry) -> BoxFuture<'a, ()> {
+        gauge(
+            r,
+            "realtime_connections",
+            "Open realtime client connections",
+            None,
+            self.hub.open_count(),
+        );
+        gauge(
+            r,
+            "realtime_routes",
+            "Realtime routes with at least one handler",
+            None,
+            self.hub.routes().summary().len(),
+        );
+        Box::pin(async {})
     }
 
     /// Client disconnect handlers run while their workers are still connected.

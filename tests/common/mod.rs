@@ -168,22 +168,32 @@ impl TestEngine {
 
     /// `GET /health`, as an operator sees it.
     pub async fn health(&self) -> Value {
+        let (_, body) = self.get("/health", None).await;
+        serde_json::from_str(&body).expect("health is JSON")
+    }
+
+    /// `GET path` on the worker listener (with a bearer token if given):
+    /// (status, body).
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let mut stream = TcpStream::connect(self.addr).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(
-                format!(
-                    "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                    self.addr
-                )
-                .as_bytes(),
-            )
-            .await
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.unwrap();
-        let json = body.split("\r\n\r\n").nth(1).expect("http body");
-        serde_json::from_str(json).expect("health is JSON")
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
+            self.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("an HTTP status");
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        (status, body.to_owned())
     }
 
     /// Calls in flight in the engine (`/health` `pending_invocations`).

@@ -1,0 +1,113 @@
+//! `GET /metrics` read back with a parser of the Prometheus exposition
+//! format, and checked against activity the test caused: calls by function
+//! and outcome with their latency histogram, live gauges, jobs per queue and
+//! state; and, with tokens, only for token holders.
+
+mod common;
+
+use common::{RawClient, TestEngine, WAIT, test_config, wait_for};
+use prometheus_parse::{Sample, Scrape, Value};
+use serde_json::json;
+
+async fn scrape(engine: &TestEngine, token: Option<&str>) -> Scrape {
+    let (status, body) = engine.get("/metrics", token).await;
+    assert_eq!(status, 200, "{body}");
+    Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("exposition format")
+}
+
+fn find<'a>(s: &'a Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+}
+
+fn number(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    match find(s, metric, labels).map(|x| &x.value) {
+        Some(Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v)) => *v,
+        other => panic!("{metric}{labels:?}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn calls_workers_and_queues_are_counted_as_they_happen() {
+    let engine = TestEngine::start().await;
+    let mut exec = engine.worker_with("exec", &["m::echo", "m::fail"]).await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    for i in 0..3 {
+        let id = caller.send_call("m::echo", json!({"i": i})).await;
+        let inv = exec
+            .recv_until("invoke", |v| v["type"] == "invokefunction")
+            .await;
+        exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"m::echo","result":{"ok":i}})).await;
+        caller
+            .recv_until("result", |v| v["invocation_id"] == id.as_str())
+            .await;
+    }
+    let id = caller.send_call("m::fail", json!({})).await;
+    let inv = exec
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"m::fail","error":{"code":"NOPE","message":"no"}})).await;
+    caller
+        .recv_until("result", |v| v["invocation_id"] == id.as_str())
+        .await;
+    // Two jobs for a function nobody serves: they wait for a worker.
+    for _ in 0..2 {
+        let r = caller
+            .call(
+                "queue::enqueue",
+                json!({"queue": "mail", "function_id": "m::nobody", "data": {}}),
+            )
+            .await;
+        assert!(r["error"].is_null(), "{r}");
+    }
+
+    let s = scrape(&engine, None).await;
+    let ok = [("function", "m::echo"), ("outcome", "ok")];
+    assert_eq!(number(&s, "qmesh_calls_total", &ok), 3.0);
+    let failed = [("function", "m::fail"), ("outcome", "error")];
+    assert_eq!(number(&s, "qmesh_calls_total", &failed), 1.0);
+    let Some(Value::Histogram(buckets)) = find(
+        &s,
+        "qmesh_call_duration_seconds",
+        &[("function", "m::echo")],
+    )
+    .map(|x| &x.value) else {
+        panic!("no latency histogram for m::echo");
+    };
+    let all = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
+    assert_eq!(all, 3.0, "every call observed once: {buckets:?}");
+    assert_eq!(number(&s, "qmesh_workers", &[]), 2.0);
+    assert_eq!(number(&s, "qmesh_functions", &[]), 2.0);
+    assert_eq!(number(&s, "qmesh_pending_calls", &[]), 0.0);
+    let waiting = [("queue", "mail"), ("state", "waiting_for_worker")];
+    let n = wait_for("the jobs counted", WAIT, async || {
+        let s = scrape(&engine, None).await;
+        match find(&s, "qmesh_queue_jobs", &waiting).map(|x| x.value.clone()) {
+            Some(Value::Gauge(2.0)) => Ok(2.0),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(n, 2.0);
+    assert!(find(&s, "qmesh_memory_budget_limit_bytes", &[]).is_some());
+    assert!(find(&s, "qmesh_realtime_connections", &[]).is_some());
+    assert!(find(&s, "qmesh_binary_channels", &[]).is_some());
+}
+
+#[tokio::test]
+async fn with_tokens_only_a_token_holder_may_scrape() {
+    let mut config = test_config();
+    config.auth.tokens = vec![qmesh::config::TokenConfig {
+        name: "prometheus".into(),
+        role: qmesh::config::Role::Worker,
+        sha256: qmesh::token_sha256("scrape-me"),
+    }];
+    let engine = TestEngine::start_with(config).await;
+    let (status, _) = engine.get("/metrics", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = engine.get("/metrics", Some("wrong")).await;
+    assert_eq!(status, 401);
+    let s = scrape(&engine, Some("scrape-me")).await;
+    assert_eq!(number(&s, "qmesh_workers", &[]), 0.0);
+}
