@@ -621,3 +621,60 @@ async fn bench_channel_reports_the_frames_and_bytes_its_readers_verified() {
     let usage = qmesh(url, &["bench", "channel", "-s", "8"]).await;
     assert_eq!(usage.code, 2, "{usage:?}");
 }
+
+#[tokio::test]
+async fn top_shows_queues_with_their_rates_and_the_workers() {
+    let (engine, worker) = setup().await;
+    let url = engine.url.as_str();
+    for i in 0..3 {
+        ok_json(
+            url,
+            &[
+                "enqueue",
+                "waiting",
+                "t::nobody",
+                &format!(r#"{{"i":{i}}}"#),
+                "--json",
+            ],
+        )
+        .await;
+    }
+    // Jobs complete while top runs, so its second frame has a rate.
+    let busy = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let _ = worker.enqueue("busy", "t::echo", json!({"i": i})).await;
+                tokio::time::sleep(Duration::from_millis(2)).await; // a steady trickle
+            }
+        })
+    };
+    let run = qmesh(url, &["top", "--frames", "2", "--interval", "300ms"]).await;
+    busy.abort();
+    assert_eq!(run.code, 0, "{run:?}");
+    let frames: Vec<&str> = run.stdout.split("qmesh top").skip(1).collect();
+    assert_eq!(frames.len(), 2, "{run:?}");
+    let waiting = frames[1]
+        .lines()
+        .find(|l| l.starts_with("waiting "))
+        .unwrap_or_else(|| panic!("no row for the queue: {run:?}"));
+    let cells: Vec<&str> = waiting.split_whitespace().collect();
+    assert_eq!(
+        cells[1..7],
+        ["active", "0", "3", "0", "0", "0"],
+        "{waiting}"
+    );
+    let busy_row = frames[1]
+        .lines()
+        .find(|l| l.starts_with("busy "))
+        .unwrap_or_else(|| panic!("no row for busy: {run:?}"));
+    let done_per_sec: f64 = busy_row.split_whitespace().nth(7).unwrap().parse().unwrap();
+    assert!(
+        done_per_sec > 0.0,
+        "jobs completed between frames: {busy_row}"
+    );
+    assert!(
+        frames[1].contains("cli-test"),
+        "the worker is listed: {run:?}"
+    );
+}

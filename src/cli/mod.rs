@@ -14,6 +14,7 @@ mod queue;
 mod remote;
 mod serve;
 mod token;
+mod top;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -64,6 +65,9 @@ enum Command {
     /// Load-test an engine: throughput and latency percentiles.
     #[command(after_help = error::EXIT_CODES_HELP)]
     Bench(bench::BenchArgs),
+    /// A live view of queues (counts, rates, oldest ready job) and workers.
+    #[command(after_help = error::EXIT_CODES_HELP)]
+    Top(top::TopArgs),
     /// Make worker tokens for `[auth]` (the engine stores only their hash).
     Token(token::TokenArgs),
 }
@@ -83,6 +87,7 @@ impl Cli {
             Command::Dlq(args) => dlq::dlq(args),
             Command::Bench(args) => bench::bench(args),
             Command::Token(args) => token::token(args),
+            Command::Top(args) => top::top(args),
         }
     }
 }
