@@ -68,17 +68,23 @@ async fn until_registered(client: &IIIClient) {
     .await
 }
 
-/// `PRODUCERS` concurrent SDK enqueues until the engine dies or all are sent;
-/// returns the `n` of every acknowledged job.
-async fn produce(producer: &IIIClient, acked: Arc<Mutex<HashSet<u64>>>, dead: Arc<AtomicBool>) {
-    let next = Arc::new(AtomicU64::new(0));
+/// `PRODUCERS` concurrent SDK enqueues of jobs `ns` until the engine dies or
+/// all are sent; records the `n` of every acknowledged job.
+async fn produce(
+    producer: &IIIClient,
+    ns: std::ops::Range<u64>,
+    acked: Arc<Mutex<HashSet<u64>>>,
+    dead: Arc<AtomicBool>,
+) {
+    let next = Arc::new(AtomicU64::new(ns.start));
     let mut tasks = Vec::new();
     for _ in 0..PRODUCERS {
         let (p, next, acked, dead) = (producer.clone(), next.clone(), acked.clone(), dead.clone());
+        let ns = ns.clone();
         tasks.push(tokio::spawn(async move {
             while !dead.load(Ordering::Relaxed) {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= JOBS {
+                if n >= ns.end {
                     return;
                 }
                 let r = p
@@ -125,7 +131,7 @@ async fn every_acknowledged_job_survives_kill_9() {
     let dead = Arc::new(AtomicBool::new(false));
     let producing = {
         let (producer, acked, dead) = (producer.clone(), acked.clone(), dead.clone());
-        tokio::spawn(async move { produce(&producer, acked, dead).await })
+        tokio::spawn(async move { produce(&producer, 0..JOBS, acked, dead).await })
     };
     wait_until(
         "the producers' acknowledgements before the kill",
@@ -221,4 +227,78 @@ async fn an_attempt_running_at_kill_9_counts_as_engine_restart() {
     .await;
     assert_eq!(job["result"]["history"][1]["outcome"], "completed", "{job}");
     drop(engine); // killed
+}
+
+/// `queue::stats` of the queue `crash`: its completed count.
+async fn completed(url: &str) -> u64 {
+    let mut c = RawClient::connect(url).await;
+    let r = c.call("queue::stats", json!({"queue": "crash"})).await;
+    r["result"]["completed"].as_u64().unwrap_or(0)
+}
+
+/// The crash loop: six kill -9s under load on one store, each while 64 SDK
+/// producers enqueue and a worker runs jobs. Then: every acknowledged job
+/// ran, and no job ran that the engine forgot (a job dispatched before its
+/// enqueue was durable, and lost in the crash, would have run yet be
+/// missing from the store): the store's completed count ends equal to the
+/// number of distinct jobs that ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_loses_no_acknowledged_job_and_runs_none_it_forgets() {
+    const CYCLES: u64 = 6;
+    const PER_CYCLE: u64 = 2_000;
+    const KILL_AFTER: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut ran_rx) = mpsc::unbounded_channel();
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let mut ran = HashSet::new();
+    for cycle in 0..CYCLES {
+        let mut engine = EngineProcess::start_in(dir.path());
+        let w = worker(&engine.url, tx.clone(), Duration::from_millis(1));
+        let producer = sdk_worker(&engine.url, "crash-producer");
+        until_registered(&producer).await;
+        let before = acked.lock().unwrap().len();
+        let dead = Arc::new(AtomicBool::new(false));
+        let producing = {
+            let (producer, acked, dead) = (producer.clone(), acked.clone(), dead.clone());
+            let ns = cycle * PER_CYCLE..(cycle + 1) * PER_CYCLE;
+            tokio::spawn(async move { produce(&producer, ns, acked, dead).await })
+        };
+        wait_until(
+            "acknowledgements in this cycle",
+            Duration::from_secs(60),
+            async || acked.lock().unwrap().len() >= before + KILL_AFTER,
+        )
+        .await;
+        engine.kill();
+        dead.store(true, Ordering::Relaxed);
+        producing.await.unwrap();
+        drain(&mut ran_rx, &mut ran);
+        stop(w).await;
+        stop(producer).await;
+    }
+
+    let engine = EngineProcess::start_in(dir.path());
+    let last = worker(&engine.url, tx, Duration::ZERO);
+    let acked: HashSet<u64> = acked.lock().unwrap().clone();
+    let done = wait_for("every job to run to completion", Duration::from_secs(120), async || {
+        drain(&mut ran_rx, &mut ran);
+        let done = completed(&engine.url).await;
+        if acked.is_subset(&ran) && done == ran.len() as u64 {
+            Ok(done)
+        } else {
+            Err(format!(
+                "{} acknowledged jobs not run yet; {} distinct jobs ran, {done} completed in the store",
+                acked.difference(&ran).count(),
+                ran.len()
+            ))
+        }
+    })
+    .await;
+    eprintln!(
+        "{CYCLES} kill -9 cycles: {} acknowledged, {} ran, {done} completed",
+        acked.len(),
+        ran.len()
+    );
+    stop(last).await;
+    drop(engine);
 }
