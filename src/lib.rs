@@ -20,7 +20,9 @@
 //!   on routes, handled by worker functions), `http` (HTTP trigger routes
 //!   on their own listener, and HTTP-invoked functions), `state` (JSON values by scope
 //!   and key in the store, and the `state` trigger type), `stream` (items by
-//!   stream, group and item in the store, and the `stream` trigger type),
+//!   stream, group and item in the store or a worker's custom provider, the
+//!   `stream`, `stream:join` and `stream:leave` trigger types, and the client
+//!   socket browsers join groups on, on its own listener),
 //!   `pubsub` (`publish` and the `subscribe` trigger type).
 //! - `edge`: the worker listener's own paths (`/`, `/otel`, `/health`) and
 //!   the server loop.

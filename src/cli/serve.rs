@@ -16,6 +16,9 @@ pub struct ServeArgs {
     /// Address of the HTTP trigger-route listener (`[http] listen`; default 127.0.0.1:3111).
     #[arg(long, env = "QMESH_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// Address of the streams client socket (`[streams] listen`; default 127.0.0.1:3112).
+    #[arg(long, env = "QMESH_STREAMS_LISTEN")]
+    streams_listen: Option<SocketAddr>,
     /// Home of the embedded store.
     #[arg(long, env = "QMESH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -40,6 +43,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     if let Some(listen) = args.http_listen {
         config.http.listen = listen;
+    }
+    if let Some(listen) = args.streams_listen {
+        config.streams.listen = listen;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;

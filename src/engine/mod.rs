@@ -9,7 +9,8 @@
 //! 1. the listener stops accepting; new upgrades get 503;
 //! 2. each module stops taking new work ([`Module::stop_intake`]: the queue
 //!    stops starting jobs, realtime runs its clients' disconnect handlers
-//!    while workers are still connected);
+//!    and streams fires its clients' `stream:leave` handlers while workers
+//!    are still connected);
 //! 3. calls in flight get `server.shutdown_grace` to finish;
 //! 4. each module stops, in reverse order ([`Module::stop`]: the queue
 //!    scheduler lets go of the store; channel sockets close with 1001);
@@ -70,6 +71,7 @@ struct Inner {
     channels: Channels,
     realtime: Arc<RealtimeModule>,
     http: Arc<HttpModule>,
+    streams: Arc<StreamsModule>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -106,14 +108,16 @@ impl Engine {
             )
             .await?,
         );
+        let streams =
+            Arc::new(StreamsModule::bind(&mesh, store.clone(), config.streams.clone()).await?);
         let modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),
             Arc::new(queues),
             realtime.clone(),
             http.clone(),
-            Arc::new(StateModule::new(store.clone(), config.state.clone())),
-            Arc::new(StreamsModule::new(store, config.streams.clone())),
+            Arc::new(StateModule::new(store, config.state.clone())),
+            streams.clone(),
             Arc::new(PubSub::default()),
         ];
 
@@ -141,6 +145,7 @@ impl Engine {
                 channels,
                 realtime,
                 http,
+                streams,
                 tasks: Mutex::new(tasks),
             }),
         })
@@ -158,6 +163,16 @@ impl Engine {
     /// Live HTTP trigger routes.
     pub fn http_routes(&self) -> usize {
         self.inner.http.routes()
+    }
+
+    /// Where stream clients connect (`streams.listen`, resolved).
+    pub fn streams_addr(&self) -> std::net::SocketAddr {
+        self.inner.streams.local_addr()
+    }
+
+    /// Open stream client sockets.
+    pub fn stream_clients(&self) -> usize {
+        self.inner.streams.clients()
     }
 
     /// Serves the worker listener (and every module's routes on it) until

@@ -47,11 +47,14 @@ impl EngineProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("qmesh.toml");
         // HTTP trigger routes on a free port unless the config says where.
-        let config = if config.contains("[http]") {
-            config.to_owned()
-        } else {
-            format!("{config}\n[http]\nlisten = \"127.0.0.1:0\"\n")
-        };
+        let mut config = config.to_owned();
+        if !config.contains("[http]") {
+            config.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
+        }
+        // The streams client socket too.
+        if !config.contains("[streams]") {
+            config.push_str("\n[streams]\nlisten = \"127.0.0.1:0\"\n");
+        }
         std::fs::write(&file, config).expect("write the config file");
         let mut e = Self::spawn(&dir.path().join("data"), Some(&file));
         e._owned = Some(dir);
@@ -119,8 +122,13 @@ impl EngineProcess {
             .arg(data_dir);
         match config {
             Some(file) => cmd.arg("--config").arg(file),
-            // HTTP trigger routes on a free port (a config file says where).
-            None => cmd.args(["--http-listen", "127.0.0.1:0"]),
+            // HTTP trigger routes and stream clients on free ports (a config file says where).
+            None => cmd.args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--streams-listen",
+                "127.0.0.1:0",
+            ]),
         };
         let mut child = cmd
             .env("RUST_LOG", "warn")
