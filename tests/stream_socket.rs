@@ -490,6 +490,8 @@ async fn the_socket_is_capped_and_the_shutdown_closes_clients_with_1001() {
     })
     .await;
     assert_eq!(refused(&url, "/", None).await, 503, "max_connections");
+    let health = engine.health().await;
+    assert_eq!(health["streams"]["clients"], 1, "{health}");
     send(&mut ws, join("a", "s", "g", None)).await;
     envelope(&mut ws, "s", "g").await;
     send(&mut ws, join("b", "s", "g", None)).await;

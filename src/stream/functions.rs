@@ -168,7 +168,7 @@ impl Streams {
             serde_json::value::RawValue::from_string(text.clone()).expect("an envelope is JSON");
         self.watchers
             .fire(mesh, self.config.condition_timeout, &ev, &payload);
-        self.hub.publish(ev.stream, ev.group, ev.item, &text);
+        self.hub.publish(ev.stream, ev.group, ev.item, text);
     }
 
     /// One item (`id`) or the group's items: what a socket's `sync` carries

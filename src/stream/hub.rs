@@ -288,7 +288,7 @@ impl Hub {
 
     /// Queues `frame` for every subscription matching the event: same stream
     /// and group, and no item or the event's item. Once per subscription.
-    pub(super) fn publish(&self, stream: &str, group: &str, item: Option<&str>, frame: &str) {
+    pub(super) fn publish(&self, stream: &str, group: &str, item: Option<&str>, frame: String) {
         let targets: Vec<Arc<Client>> = {
             let t = self.tables();
             let Some(subs) = t.groups.get(stream).and_then(|g| g.get(group)) else {
@@ -303,7 +303,7 @@ impl Hub {
             return;
         }
         // Encoded once: every send clones a reference to the same bytes.
-        let frame = Utf8Bytes::from(frame.to_owned());
+        let frame = Utf8Bytes::from(frame);
         for client in targets {
             client.send(frame.clone());
         }

@@ -104,6 +104,16 @@ impl Module for StreamsModule {
         p.sync_fn("stream::send", s, f::send);
     }
 
+    /// Where clients connect and how many are open.
+    fn health(&self) -> Option<(&'static str, serde_json::Value)> {
+        let clients = self.streams.hub.open_count();
+        let listen = self.addr.to_string();
+        Some((
+            "streams",
+            serde_json::json!({ "state": "ok", "listen": listen, "clients": clients }),
+        ))
+    }
+
     fn start(&self) -> Vec<JoinHandle<()>> {
         let Some(listener) = self
             .listener

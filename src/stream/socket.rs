@@ -446,8 +446,10 @@ async fn handle(app: &SocketApp, client: &Arc<Client>, bytes: &[u8]) {
     }
 }
 
-async fn join(app: &SocketApp, client: &Arc<Client>, d: SubscriptionData) {
+async fn join(app: &SocketApp, client: &Arc<Client>, mut d: SubscriptionData) {
     let streams = &app.streams;
+    // An empty id is no id (the whole group), as in a `stream` trigger's filter.
+    d.id = d.id.filter(|i| !i.is_empty());
     let checked = names::check("subscriptionId", &d.subscription_id)
         .and_then(|_| names::check("streamName", &d.stream_name))
         .and_then(|_| names::check("groupId", &d.group_id))
