@@ -15,6 +15,7 @@
 use axum::Router;
 use futures_util::future::BoxFuture;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::mesh::Provisions;
@@ -30,6 +31,16 @@ pub(crate) trait Module: Send + Sync {
     /// Routes served on the worker listener, beside `/`, `/otel` and `/health`
     /// (at most one module may set a fallback).
     fn routes(&self) -> Option<Router> {
+        None
+    }
+
+    /// A listener of the module's own (bound when the module was built, so a
+    /// port in use fails the start) and what it serves. The engine root
+    /// serves it with the worker listener's defences (handshake permits per
+    /// listener and per address, the request-head deadline) and stops it
+    /// accepting when the drain begins; upgraded sockets are the module's
+    /// to close. Taken once.
+    fn listener(&self) -> Option<(TcpListener, Router)> {
         None
     }
 

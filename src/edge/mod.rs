@@ -8,7 +8,8 @@
 //!
 //! Modules mount their own paths beside these (binary channel sockets,
 //! realtime routes); the engine root merges them into one router and hands
-//! it to [`serve`].
+//! it to [`serve`]. A module with a listener of its own (the streams client
+//! socket) gets the same [`serve`], and so the same handshake defences.
 //!
 //! Architecture invariant: the edge knows the mesh and the wire protocol; it
 //! knows no module and nothing of the store.

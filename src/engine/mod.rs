@@ -6,7 +6,8 @@
 //! its address then, tests connect then). [`Engine::serve`] serves the
 //! worker listener until `shutdown` resolves and then drains, in order:
 //!
-//! 1. the listener stops accepting; new upgrades get 503;
+//! 1. the listeners stop accepting (the worker listener and modules' own);
+//!    new upgrades get 503;
 //! 2. each module stops taking new work ([`Module::stop_intake`]: the queue
 //!    stops starting jobs, realtime runs its clients' disconnect handlers
 //!    and streams fires its clients' `stream:leave` handlers while workers
@@ -72,6 +73,8 @@ struct Inner {
     realtime: Arc<RealtimeModule>,
     http: Arc<HttpModule>,
     streams: Arc<StreamsModule>,
+    /// Cancelled when the drain begins: modules' own listeners stop accepting.
+    listeners_stop: tokio_util::sync::CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -132,6 +135,20 @@ impl Engine {
         for m in &modules {
             tasks.extend(m.start());
         }
+        // Modules' own listeners get the worker listener's defences.
+        let listeners_stop = tokio_util::sync::CancellationToken::new();
+        for m in &modules {
+            if let Some((listener, app)) = m.listener() {
+                let stop = listeners_stop.clone().cancelled_owned();
+                let handshakes = crate::edge::Handshakes::of(&mesh);
+                let name = m.name();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = crate::edge::serve(listener, app, handshakes, stop).await {
+                        tracing::error!(module = name, error = %e, "a module's listener failed");
+                    }
+                }));
+            }
+        }
         tracing::info!(
             modules = ?modules.iter().map(|m| m.name()).collect::<Vec<_>>(),
             data_dir = %config.data_dir.display(),
@@ -146,6 +163,7 @@ impl Engine {
                 realtime,
                 http,
                 streams,
+                listeners_stop,
                 tasks: Mutex::new(tasks),
             }),
         })
@@ -212,6 +230,7 @@ impl Engine {
             ..
         } = &*self.inner;
         mesh.start_draining();
+        self.inner.listeners_stop.cancel();
         let grace = config.server.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         for m in modules {

@@ -1,17 +1,15 @@
 //! Streams as an engine module: the `stream::*` functions, the `stream`,
 //! `stream:join` and `stream:leave` trigger types, and the client socket's
 //! listener (bound when the module is built, so a port in use fails
-//! `Engine::start`; served from `start`; at `stop_intake` it stops accepting
-//! and every client is closed with 1001, its leaves fired while workers are
-//! still connected).
+//! `Engine::start`; served by the engine root with the edge's defences; at
+//! `stop_intake` every client is closed with 1001, its leaves fired while
+//! workers are still connected).
 
 use futures_util::future::BoxFuture;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::functions as f;
 use super::hub::Hub;
@@ -28,7 +26,6 @@ pub(crate) struct StreamsModule {
     streams: Streams,
     addr: SocketAddr,
     listener: Mutex<Option<TcpListener>>,
-    stop: CancellationToken,
 }
 
 impl StreamsModule {
@@ -57,7 +54,6 @@ impl StreamsModule {
             },
             addr,
             listener: Mutex::new(Some(listener)),
-            stop: CancellationToken::new(),
         })
     }
 
@@ -114,34 +110,24 @@ impl Module for StreamsModule {
         ))
     }
 
-    fn start(&self) -> Vec<JoinHandle<()>> {
-        let Some(listener) = self
+    fn listener(&self) -> Option<(TcpListener, axum::Router)> {
+        let listener = self
             .listener
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return Vec::new();
-        };
+            .take()?;
         tracing::info!(addr = %self.addr, "stream clients listening");
         let app = socket::router(SocketApp {
             mesh: self.mesh.clone(),
             streams: self.streams.clone(),
         });
-        let limits = &self.mesh.config().limits;
-        vec![tokio::spawn(socket::run(
-            listener,
-            app,
-            limits.max_handshakes,
-            self.mesh.config().server.request_timeout,
-            self.stop.clone(),
-        ))]
+        Some((listener, app))
     }
 
-    /// No new clients; every open one is closed with 1001 and its
-    /// `stream:leave` handlers fire while their workers are still connected.
+    /// The listener stopped accepting already; every open client is closed
+    /// with 1001 and its `stream:leave` handlers fire while their workers
+    /// are still connected.
     fn stop_intake(&self, grace: Duration) -> BoxFuture<'_, ()> {
-        self.stop.cancel();
         Box::pin(self.streams.hub.shutdown(grace))
     }
 }

@@ -18,11 +18,11 @@
 //! `sync` carries. A leave, or the socket's end, fires `stream:leave` for each
 //! subscription it ends.
 //!
-//! Defences: the listener bounds connections still in their HTTP phase
-//! (`limits.max_handshakes`) and how long a request head may take
-//! (`server.request_timeout`); a socket has an idle timeout, a message size
-//! limit (1009), a subscription cap, and an outbox bounded by frames and
-//! bytes (a client that stops reading is closed with 1013, never waited for).
+//! Defences: the engine root serves this router with the worker listener's
+//! (handshake permits, per address too, and the request-head deadline); a
+//! socket has an idle timeout, a message size limit (1009), a subscription
+//! cap, and an outbox bounded by frames and bytes (a client that stops
+//! reading is closed with 1013, never waited for).
 
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -31,19 +31,13 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tokio::sync::mpsc;
 
 use super::Streams;
 use super::hub::{Client, Closed, Slot, Subscription};
@@ -59,8 +53,6 @@ const SOCKET_BUFFER: usize = 4 << 10;
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Recorded (never sent) for a socket that vanished without a close frame.
 const ABNORMAL: u16 = 1006;
-/// A pause after an accept error, so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What the upgrade handler and every socket reach.
 #[derive(Clone)]
@@ -124,71 +116,6 @@ impl IntoResponse for Refusal {
 
 pub(super) fn router(app: SocketApp) -> Router {
     Router::new().route("/", get(upgrade)).with_state(app)
-}
-
-/// Serves `app` on `listener` until `stop` is cancelled. A connection holds
-/// one of `max_handshakes` permits until its HTTP phase is over (upgraded or
-/// closed) and must send its request head within `request_timeout`.
-pub(super) async fn run(
-    listener: TcpListener,
-    app: Router,
-    max_handshakes: usize,
-    request_timeout: Duration,
-    stop: CancellationToken,
-) {
-    let permits = Arc::new(Semaphore::new(max_handshakes));
-    let mut connections = JoinSet::new();
-    let mut refusing = false;
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = stop.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "stream socket accept failed; retrying shortly");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if !refusing {
-                tracing::warn!(limit = max_handshakes, remote = %remote, "too many stream socket connections still sending their request (limits.max_handshakes); closing new ones");
-                refusing = true;
-            }
-            continue;
-        };
-        refusing = false;
-        let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(remote));
-            app.clone().oneshot(req.map(axum::body::Body::new))
-        });
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(request_timeout)
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let outcome = tokio::select! {
-                outcome = conn.as_mut() => outcome,
-                _ = stop.cancelled().map(drop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = outcome {
-                tracing::debug!(remote = %remote, error = %e, "stream socket connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
 }
 
 async fn upgrade(
