@@ -6,7 +6,8 @@
 //! `{"unauthorized": true}` refuses the subscription. Unlike iii, a join
 //! handler that fails or does not answer in `join_timeout` refuses it too:
 //! these handlers are the authorisation of a subscription, so they fail
-//! closed. Leaves are fire and forget.
+//! closed. Leaves are fire and forget. Both carry the binding's metadata,
+//! as iii's module fires do.
 //!
 //! `bind`/`unbind` run under the mesh lock and touch only this table.
 
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::mesh::Mesh;
+use crate::mesh::router::CallExtras;
 use crate::mesh::state::{Binding, TriggerTypeHandler};
 use crate::protocol::{ErrorBody, Payload};
 
@@ -89,8 +91,18 @@ impl Lifecycle {
     /// Asks every `stream:join` handler, in turn, until one refuses.
     pub(super) async fn join(&self, mesh: &Mesh, payload: &Payload, timeout: Duration) -> Verdict {
         for h in self.joins.handlers() {
+            let extras = CallExtras {
+                metadata: h.metadata.clone(),
+                ..CallExtras::default()
+            };
             match mesh
-                .call(&h.namespace, &h.function_id, payload.clone(), timeout)
+                .call_with(
+                    &h.namespace,
+                    &h.function_id,
+                    payload.clone(),
+                    extras,
+                    timeout,
+                )
                 .await
             {
                 Ok(answer) if !unauthorized(answer.as_deref()) => continue,
