@@ -540,3 +540,64 @@ async fn a_silent_handshake_is_dropped_after_the_request_timeout() {
     assert!(read.is_ok(), "a connection that sends nothing is closed");
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_gets_1009_and_a_silent_client_is_closed_as_idle() {
+    let mut config = test_config();
+    config.streams.max_message_bytes = 1024;
+    config.streams.ping_interval = Duration::from_millis(100);
+    config.streams.idle_timeout = Duration::from_millis(400);
+    let engine = TestEngine::start_with(config).await;
+    let url = engine.streams_url();
+
+    let mut big = open(&url, "/").await;
+    let id = "x".repeat(2048);
+    send(&mut big, join("s", "big", &id, None)).await;
+    assert_eq!(close_code(&mut big).await, 1009);
+
+    // A client whose socket is never read answers no ping: idle, closed with 1001.
+    // Raw bytes: a WebSocket client library would answer the pings when read.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("ws://").to_owned();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let upgrade = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    silent.write_all(upgrade.as_bytes()).await.unwrap();
+    wait_until("the silent client is open", WAIT, async || {
+        engine.stream_clients() == 1
+    })
+    .await;
+    wait_until("the silent client is closed", WAIT, async || {
+        engine.stream_clients() == 0
+    })
+    .await;
+    let mut bytes = Vec::new();
+    tokio::time::timeout(WAIT, silent.read_to_end(&mut bytes))
+        .await
+        .expect("the engine ends the connection")
+        .unwrap();
+    let head = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a 101 head")
+        + 4;
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    // Server frames are unmasked and small here: opcode, length, payload.
+    let mut frames = &bytes[head..];
+    let mut close = None;
+    while frames.len() >= 2 {
+        let (opcode, len) = (frames[0] & 0x0f, (frames[1] & 0x7f) as usize);
+        if opcode == 0x8 {
+            close = Some(u16::from_be_bytes([frames[2], frames[3]]));
+        }
+        frames = &frames[(2 + len).min(frames.len())..];
+    }
+    assert_eq!(close, Some(1001), "pings, then the close frame");
+    engine.stop().await;
+}
