@@ -1,6 +1,6 @@
 //! The engine's one memory budget for bytes it holds on behalf of others:
 //! frames queued for worker sockets, binary channel buffers, frames queued
-//! for realtime clients. Each of those is also bounded per connection; this
+//! for realtime and stream socket clients. Each of those is also bounded per connection; this
 //! bounds them all together, so many slow readers cannot add up to more than
 //! the machine has.
 //!

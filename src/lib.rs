@@ -22,11 +22,13 @@
 //!   on routes, handled by worker functions), `http` (HTTP trigger routes
 //!   on their own listener, and HTTP-invoked functions), `state` (JSON values by scope
 //!   and key in the store, and the `state` trigger type), `stream` (items by
-//!   stream, group and item in the store, and the `stream` trigger type),
+//!   stream, group and item in the store or a worker's custom provider, the
+//!   `stream`, `stream:join` and `stream:leave` trigger types, and the client
+//!   socket browsers join groups on, on its own listener),
 //!   `pubsub` (`publish` and the `subscribe` trigger type), `observability`
 //!   (`engine::log::*` into the engine's log).
-//! - `edge`: the worker listeners' own paths (`/`, `/otel`, `/health`), who
-//!   may connect (tokens, RBAC auth), and the server loop.
+//! - `edge`: the worker listeners' own paths (`/`, `/otel`, `/health`,
+//!   `/metrics`) and who may connect (tokens, RBAC auth).
 //! - [`engine`]: the root: builds every part, serves, drains in order.
 //!   [`engine::run`] is the server; [`Engine`] a handle on a running one.
 //! - [`config`]: the TOML configuration and its defaults.

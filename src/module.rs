@@ -16,9 +16,21 @@ use axum::Router;
 use futures_util::future::BoxFuture;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::mesh::Provisions;
+use crate::net::Tls;
+
+/// A module's own listener (HTTP routes, realtime routes, the streams socket).
+pub(crate) struct ModuleListener {
+    pub tcp: TcpListener,
+    pub app: Router,
+    /// TLS, from the module's `tls` setting.
+    pub tls: Option<Tls>,
+    /// The handshake phase's deadline when it is not `server.request_timeout`.
+    pub request_timeout: Option<Duration>,
+}
 
 pub(crate) trait Module: Send + Sync {
     /// For logs.
@@ -31,6 +43,16 @@ pub(crate) trait Module: Send + Sync {
     /// Routes served on the worker listener, beside `/`, `/otel` and `/health`
     /// (at most one module may set a fallback).
     fn routes(&self) -> Option<Router> {
+        None
+    }
+
+    /// A listener of the module's own (bound when the module was built, so a
+    /// port in use fails the start) and what it serves. The engine root
+    /// serves it with `net::serve` (the handshake caps and deadline every
+    /// listener has, its TLS, reloaded on SIGHUP) and stops it accepting
+    /// when the drain begins; upgraded sockets are the module's to close.
+    /// Taken once.
+    fn listener(&self) -> Option<ModuleListener> {
         None
     }
 

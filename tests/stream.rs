@@ -1,7 +1,7 @@
 //! Streams (`stream::*` and the `stream` trigger type) against a real
 //! engine: the behaviours the published Rust SDK's own `tests/stream.rs`
 //! checks, called the same way, plus `list_all`, `send` and the trigger's
-//! envelopes. The client WebSocket is not served yet.
+//! envelopes. The client socket and custom providers: `stream_socket.rs`.
 
 // The trigger APIs are deprecated in 0.25 in favour of observe (which this
 // engine does not advertise); they keep working and are what we test.

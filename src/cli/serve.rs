@@ -19,6 +19,9 @@ pub struct ServeArgs {
     /// Address of the realtime-route listener for browsers (`[realtime] listen`; default 127.0.0.1:3113).
     #[arg(long, env = "QMESH_REALTIME_LISTEN")]
     realtime_listen: Option<SocketAddr>,
+    /// Address of the streams client socket (`[streams] listen`; default 127.0.0.1:3112).
+    #[arg(long, env = "QMESH_STREAMS_LISTEN")]
+    streams_listen: Option<SocketAddr>,
     /// Home of the embedded store.
     #[arg(long, env = "QMESH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -46,6 +49,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     if let Some(listen) = args.realtime_listen {
         config.realtime.listen = listen;
+    }
+    if let Some(listen) = args.streams_listen {
+        config.streams.listen = listen;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;

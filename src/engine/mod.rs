@@ -6,10 +6,12 @@
 //! its address then, tests connect then). [`Engine::serve`] serves the
 //! worker listener until `shutdown` resolves and then drains, in order:
 //!
-//! 1. the listener stops accepting; new upgrades get 503;
+//! 1. the listeners stop accepting (the worker listener and modules' own);
+//!    new upgrades get 503;
 //! 2. each module stops taking new work ([`Module::stop_intake`]: the queue
 //!    stops starting jobs, realtime runs its clients' disconnect handlers
-//!    while workers are still connected);
+//!    and streams fires its clients' `stream:leave` handlers while workers
+//!    are still connected);
 //! 3. calls in flight get `server.shutdown_grace` to finish;
 //! 4. each module stops, in reverse order ([`Module::stop`]: the queue
 //!    scheduler lets go of the store; channel sockets close with 1001);
@@ -79,6 +81,9 @@ struct Inner {
     listeners: listeners::WorkerListeners,
     /// Every listener's TLS, re-read by [`Engine::reload_tls`] (and SIGHUP).
     tls: Vec<crate::net::Tls>,
+    streams: Arc<StreamsModule>,
+    /// Cancelled when the drain begins: modules' own listeners stop accepting.
+    listeners_stop: tokio_util::sync::CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -113,14 +118,16 @@ impl Engine {
             )
             .await?,
         );
+        let streams =
+            Arc::new(StreamsModule::bind(&mesh, store.clone(), config.streams.clone()).await?);
         let modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),
             Arc::new(queues),
             realtime.clone(),
             http.clone(),
-            Arc::new(StateModule::new(store.clone(), config.state.clone())),
-            Arc::new(StreamsModule::new(store, config.streams.clone())),
+            Arc::new(StateModule::new(store, config.state.clone())),
+            streams.clone(),
             Arc::new(PubSub::default()),
             Arc::new(Observability),
         ];
@@ -130,20 +137,32 @@ impl Engine {
             m.provide(&mut provisions);
         }
         mesh.install(provisions);
-        let tls: Vec<_> = worker_listeners
-            .tls()
-            .into_iter()
-            .chain(http.tls())
-            .chain(realtime.tls())
-            .collect();
         let mut tasks = vec![tokio::spawn(crate::mesh::router::expire_calls(
             mesh.clone(),
         ))];
-        if !tls.is_empty() {
-            tasks.push(tokio::spawn(reload_tls_on_sighup(tls.clone())));
-        }
         for m in &modules {
             tasks.extend(m.start());
+        }
+        // Modules' own listeners get every listener's defences and TLS.
+        let listeners_stop = tokio_util::sync::CancellationToken::new();
+        let mut tls = worker_listeners.tls();
+        for m in &modules {
+            let Some(l) = m.listener() else { continue };
+            tls.extend(l.tls.clone());
+            let mut handshakes = crate::edge::handshakes(&mesh);
+            if let Some(timeout) = l.request_timeout {
+                handshakes.timeout = timeout;
+            }
+            let stop = listeners_stop.clone().cancelled_owned();
+            let name = m.name();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::net::serve(l.tcp, l.app, handshakes, l.tls, stop).await {
+                    tracing::error!(module = name, error = %e, "a module's listener failed");
+                }
+            }));
+        }
+        if !tls.is_empty() {
+            tasks.push(tokio::spawn(reload_tls_on_sighup(tls.clone())));
         }
         tracing::info!(
             modules = ?modules.iter().map(|m| m.name()).collect::<Vec<_>>(),
@@ -160,6 +179,8 @@ impl Engine {
                 http,
                 listeners: worker_listeners,
                 tls,
+                streams,
+                listeners_stop,
                 tasks: Mutex::new(tasks),
             }),
         })
@@ -195,6 +216,16 @@ impl Engine {
     /// Live HTTP trigger routes.
     pub fn http_routes(&self) -> usize {
         self.inner.http.routes()
+    }
+
+    /// Where stream clients connect (`streams.listen`, resolved).
+    pub fn streams_addr(&self) -> std::net::SocketAddr {
+        self.inner.streams.local_addr()
+    }
+
+    /// Open stream client sockets.
+    pub fn stream_clients(&self) -> usize {
+        self.inner.streams.clients()
     }
 
     /// Serves the worker listener (and every module's routes on it) until
@@ -274,6 +305,7 @@ impl Engine {
             ..
         } = &*self.inner;
         mesh.start_draining();
+        self.inner.listeners_stop.cancel();
         let grace = config.server.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         for m in modules {

@@ -6,11 +6,8 @@
 use futures_util::future::BoxFuture;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::functions::HttpFunctions;
 use super::routes::Routes;
@@ -18,8 +15,8 @@ use super::server::{self, Server};
 use super::{HttpConfig, HttpFunctionsConfig, TRIGGER_TYPE};
 use crate::channels::Channels;
 use crate::mesh::{Mesh, Provisions};
-use crate::module::Module;
-use crate::net::{Handshakes, Tls};
+use crate::module::{Module, ModuleListener};
+use crate::net::Tls;
 
 pub(crate) struct HttpModule {
     server: Arc<Server>,
@@ -27,7 +24,6 @@ pub(crate) struct HttpModule {
     addr: SocketAddr,
     listener: Mutex<Option<TcpListener>>,
     tls: Option<Tls>,
-    stop: CancellationToken,
 }
 
 impl HttpModule {
@@ -38,19 +34,9 @@ impl HttpModule {
         config: HttpConfig,
         functions: &HttpFunctionsConfig,
     ) -> std::io::Result<HttpModule> {
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot listen for HTTP on {}: {e}", config.listen),
-            )
-        })?;
+        let listener = crate::net::bind(config.listen, "HTTP").await?;
         let addr = listener.local_addr()?;
-        let tls = config
-            .tls
-            .as_ref()
-            .map(Tls::load)
-            .transpose()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let tls = crate::net::tls(config.tls.as_ref())?;
         let mut middleware = config.middleware.clone();
         middleware.sort_by_key(|m| m.priority);
         let server = Arc::new(Server {
@@ -67,18 +53,12 @@ impl HttpModule {
             addr,
             listener: Mutex::new(Some(listener)),
             tls,
-            stop: CancellationToken::new(),
         })
     }
 
     /// Where trigger routes are served.
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// The listener's TLS, for the engine's reload on SIGHUP.
-    pub(crate) fn tls(&self) -> Option<Tls> {
-        self.tls.clone()
     }
 
     /// Live routes.
@@ -110,36 +90,18 @@ impl Module for HttpModule {
         p.external_functions(self.functions.clone());
     }
 
-    fn start(&self) -> Vec<JoinHandle<()>> {
-        let Some(listener) = self
+    fn listener(&self) -> Option<ModuleListener> {
+        let tcp = self
             .listener
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return Vec::new();
-        };
+            .take()?;
         tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "HTTP trigger routes listening");
-        let app = server::app(self.server.clone());
-        let limits = &self.server.mesh.config().limits;
-        let handshakes = Handshakes {
-            timeout: self.server.config.header_read_timeout,
-            max: limits.max_handshakes,
-            max_per_ip: limits.max_handshakes_per_ip,
-        };
-        let stop = self.stop.clone().cancelled_owned();
-        let tls = self.tls.clone();
-        vec![tokio::spawn(async move {
-            if let Err(e) = crate::net::serve(listener, app, handshakes, tls, stop).await {
-                tracing::warn!(error = %e, "HTTP listener stopped with an error");
-            }
-        })]
-    }
-
-    /// No new HTTP connections; requests in flight finish while workers are
-    /// still connected.
-    fn stop_intake(&self, _grace: Duration) -> BoxFuture<'_, ()> {
-        self.stop.cancel();
-        Box::pin(async {})
+        Some(ModuleListener {
+            tcp,
+            app: server::app(self.server.clone()),
+            tls: self.tls.clone(),
+            request_timeout: Some(self.server.config.header_read_timeout),
+        })
     }
 }

@@ -286,8 +286,21 @@ impl Mesh {
         data: Payload,
         timeout: Duration,
     ) -> CallOutcome {
-        let call =
-            self.start_internal_call(namespace, function_id, data, CallExtras::default(), timeout)?;
+        self.call_with(namespace, function_id, data, CallExtras::default(), timeout)
+            .await
+    }
+
+    /// [`Mesh::call`] with extras (a binding's metadata, for a trigger whose
+    /// handler answers).
+    pub(crate) async fn call_with(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: Payload,
+        extras: CallExtras,
+        timeout: Duration,
+    ) -> CallOutcome {
+        let call = self.start_internal_call(namespace, function_id, data, extras, timeout)?;
         match tokio::time::timeout(timeout, call.outcome).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ErrorBody::new(codes::INVOCATION_STOPPED, "call abandoned")),

@@ -287,7 +287,13 @@ impl Session {
                 f(&self.mesh, &ctx, input),
             ),
             Handler::Async(f) => {
-                let fut = f(&self.mesh, ctx, input);
+                let mut fut = f(&self.mesh, ctx, input);
+                // Already done (a refusal, or a read with nothing to wait
+                // for): answered inline, in order, without a task.
+                if let Some(reply) = futures_util::FutureExt::now_or_never(&mut fut) {
+                    answer(&self.conn, invoke.invocation_id, &invoke.function_id, reply);
+                    return;
+                }
                 let conn = self.conn.clone();
                 tokio::spawn(async move {
                     let reply = fut.await;

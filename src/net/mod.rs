@@ -28,6 +28,22 @@ use tower::ServiceExt;
 pub(crate) use tls::Tls;
 pub use tls::{TlsConfig, TlsError};
 
+/// Binds a module's listener; the error names what it is for.
+pub(crate) async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"))
+    })
+}
+
+/// A listener's TLS from its optional `tls` setting; a bad certificate is
+/// an error at start, as an unusable port is.
+pub(crate) fn tls(config: Option<&TlsConfig>) -> std::io::Result<Option<Tls>> {
+    config
+        .map(Tls::load)
+        .transpose()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+}
+
 /// How a listener treats connections that have not finished their HTTP
 /// request yet (an upgrade request, and a TLS handshake, included).
 #[derive(Debug, Clone, Copy)]

@@ -83,17 +83,18 @@ pub const STATE_TOO_LARGE: &str = "STATE_TOO_LARGE";
 /// No realtime route at that path (a ticket's route, or the upgrade's 404).
 pub const ROUTE_NOT_FOUND: &str = "ROUTE_NOT_FOUND";
 
-/// Refusals of a realtime upgrade, sent as `{"error":{"code",..}}` with an HTTP status.
+/// Refusals of a client socket upgrade (realtime routes, the streams socket),
+/// sent as `{"error":{"code",..}}` with an HTTP status.
 pub mod upgrade {
     /// 503: the route's triggers all went (its worker restarting); retry.
     pub const ROUTE_UNAVAILABLE: &str = "ROUTE_UNAVAILABLE";
     /// 503: the engine is shutting down.
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
-    /// 503: `realtime.max_connections` reached.
+    /// 503: `realtime.max_connections` (or `streams.max_connections`) reached.
     pub const TOO_MANY_CONNECTIONS: &str = "TOO_MANY_CONNECTIONS";
     /// 403: `Origin` is not in the route's `allowed_origins`.
     pub const ORIGIN_NOT_ALLOWED: &str = "ORIGIN_NOT_ALLOWED";
-    /// 403: the auth function answered with a `FORBIDDEN` error.
+    /// 403: the auth function answered with a `FORBIDDEN` error (streams: or `{"unauthorized": true}`).
     pub const FORBIDDEN: &str = "FORBIDDEN";
     /// 503: the auth function did not answer.
     pub const AUTH_UNAVAILABLE: &str = "AUTH_UNAVAILABLE";
@@ -216,6 +217,23 @@ pub const STREAM_LIST_ALL_ERROR: &str = "STREAM_LIST_ALL_ERROR";
 pub const STREAM_SEND_ERROR: &str = "STREAM_SEND_ERROR";
 /// `stream::update` failed as a whole.
 pub const STREAM_UPDATE_ERROR: &str = "STREAM_UPDATE_ERROR";
+/// A custom stream provider (`stream::<op>(<name>)`) answered something the
+/// op cannot read (iii's code).
+pub const JSON_ERROR: &str = "JSON_ERROR";
+
+/// Streams client socket: the `code` of an `error` event (a join or leave the
+/// engine could not take; a join handler's refusal is iii's `unauthorized`
+/// event instead).
+pub mod stream_socket {
+    /// Not `{"type":"join"|"leave","data":{..}}`, or a name that cannot be used.
+    pub const BAD_MESSAGE: &str = "BAD_MESSAGE";
+    /// The socket holds `streams.max_subscriptions_per_connection` already.
+    pub const TOO_MANY_SUBSCRIPTIONS: &str = "TOO_MANY_SUBSCRIPTIONS";
+    /// A join reused a `subscriptionId` this socket still holds.
+    pub const SUBSCRIPTION_EXISTS: &str = "SUBSCRIPTION_EXISTS";
+    /// The subscription is recorded, but reading its item or group failed.
+    pub const SYNC_FAILED: &str = "SYNC_FAILED";
+}
 /// `publish` with an empty topic.
 pub const TOPIC_NOT_SET: &str = "topic_not_set";
 

@@ -8,15 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::functions as f;
 use super::upgrade::{self, Upgrades};
 use super::{Realtime, RealtimeConfig, TRIGGER_TYPE, persist};
 use crate::mesh::metrics::gauge;
 use crate::mesh::{Mesh, Provisions};
-use crate::module::Module;
-use crate::net::{Handshakes, Tls};
+use crate::module::{Module, ModuleListener};
+use crate::net::Tls;
 use crate::queue::Queues;
 use crate::store::Store;
 use crate::store::realtime::{ConnRows, LeftRow};
@@ -29,7 +28,6 @@ pub(crate) struct RealtimeModule {
     listener: Mutex<Option<TcpListener>>,
     addr: SocketAddr,
     tls: Option<Tls>,
-    stop: CancellationToken,
     /// Rows the last run left, read before any connection can add one;
     /// queued as disconnects once the engine starts.
     leftovers: Mutex<Vec<LeftRow>>,
@@ -43,22 +41,9 @@ impl RealtimeModule {
         store: Arc<Store>,
         queues: &Queues,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot listen for realtime clients on {}: {e}",
-                    config.listen
-                ),
-            )
-        })?;
+        let listener = crate::net::bind(config.listen, "realtime clients").await?;
         let addr = listener.local_addr()?;
-        let tls = config
-            .tls
-            .as_ref()
-            .map(Tls::load)
-            .transpose()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let tls = crate::net::tls(config.tls.as_ref())?;
         let budget = mesh.budget().clone();
         let rows = ConnRows::new(store);
         let hub = Realtime::new(config, Some(rows), Some(queues.clone()), budget);
@@ -69,7 +54,6 @@ impl RealtimeModule {
             listener: Mutex::new(Some(listener)),
             addr,
             tls,
-            stop: CancellationToken::new(),
             leftovers: Mutex::new(leftovers),
         })
     }
@@ -77,11 +61,6 @@ impl RealtimeModule {
     /// Where clients connect (`realtime.listen`, resolved).
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// The listener's TLS, for the engine's reload on SIGHUP.
-    pub(crate) fn tls(&self) -> Option<Tls> {
-        self.tls.clone()
     }
 
     /// The hub of open client connections (tests and benches inspect it).
@@ -116,44 +95,39 @@ impl Module for RealtimeModule {
         p.sync_fn("channel::issue_ticket", hub, f::issue_ticket);
     }
 
-    fn start(&self) -> Vec<JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        if let Some(listener) = self
+    fn listener(&self) -> Option<ModuleListener> {
+        let tcp = self
             .listener
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "realtime routes listening");
-            let app = axum::Router::new()
-                .fallback(upgrade::handle)
-                .with_state(Upgrades {
-                    mesh: self.mesh.clone(),
-                    hub: self.hub.clone(),
-                });
-            let c = self.mesh.config();
-            let handshakes = Handshakes {
-                timeout: c.server.request_timeout,
-                max: c.limits.max_handshakes,
-                max_per_ip: c.limits.max_handshakes_per_ip,
-            };
-            let (tls, stop) = (self.tls.clone(), self.stop.clone().cancelled_owned());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::net::serve(listener, app, handshakes, tls, stop).await {
-                    tracing::warn!(error = %e, "realtime listener stopped with an error");
-                }
-            }));
-        }
-        let rows = std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
-        if !rows.is_empty() {
-            let hub = self.hub.clone();
-            tasks.push(tokio::spawn(async move {
-                persist::recover(&hub, rows).await;
-            }));
-        }
-        tasks
+            .take()?;
+        tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "realtime routes listening");
+        let app = axum::Router::new()
+            .fallback(upgrade::handle)
+            .with_state(Upgrades {
+                mesh: self.mesh.clone(),
+                hub: self.hub.clone(),
+            });
+        Some(ModuleListener {
+            tcp,
+            app,
+            tls: self.tls.clone(),
+            request_timeout: None,
+        })
     }
 
+    fn start(&self) -> Vec<JoinHandle<()>> {
+        let rows = std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        let hub = self.hub.clone();
+        vec![tokio::spawn(async move {
+            persist::recover(&hub, rows).await;
+        })]
+    }
+
+    /// Client disconnect handlers run while their workers are still connected.
     fn metrics<'a>(&'a self, r: &'a mut Registry) -> BoxFuture<'a, ()> {
         gauge(
             r,
@@ -172,9 +146,9 @@ impl Module for RealtimeModule {
         Box::pin(async {})
     }
 
-    /// Client disconnect handlers run while their workers are still connected.
+    /// The listener stopped accepting already; client disconnect handlers
+    /// run while their workers are still connected.
     fn stop_intake(&self, grace: Duration) -> BoxFuture<'_, ()> {
-        self.stop.cancel();
         Box::pin(self.hub.shutdown(grace))
     }
 }

@@ -4,53 +4,61 @@
 //! `{stream: [{id, groups}], count}`; `send` null.
 //!
 //! As in state, writes are applied inline, in order with the caller's other
-//! messages; only the durable wait happens in a task.
+//! messages; only the durable wait happens in a task. A stream with a custom
+//! provider (`providers.rs`) is answered from a task instead, once the
+//! provider has answered.
 
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Streams;
-use super::watchers::Event;
+use super::providers::{self, Deleted, Written as ProviderWritten};
+use super::watchers::{Event, envelope};
 use crate::mesh::{CallCtx, Mesh, Reply};
 use crate::protocol::{ErrorBody, codes, names, update_ops};
 use crate::store::StoreError;
 use crate::store::state::Written;
 
-#[derive(Deserialize)]
+// The inputs serialise back to iii's fields only: what a custom provider gets.
+
+#[derive(Deserialize, Serialize)]
 struct ItemInput {
     stream_name: String,
     group_id: String,
     item_id: String,
+    #[serde(skip_serializing)]
     durable: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct SetInput {
     stream_name: String,
     group_id: String,
     item_id: String,
     data: Option<Value>,
+    #[serde(skip_serializing)]
     durable: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct UpdateInput {
     stream_name: String,
     group_id: String,
     item_id: String,
     ops: Vec<Value>,
+    #[serde(skip_serializing)]
     durable: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct GroupInput {
     stream_name: String,
     group_id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct StreamInput {
     stream_name: String,
 }
@@ -151,8 +159,46 @@ impl Streams {
         }
     }
 
-    fn fire(&self, mesh: &Mesh, ev: Event<'_>) {
-        self.watchers.fire(mesh, self.config.condition_timeout, ev);
+    /// An event: its envelope, encoded once, goes to the matching `stream`
+    /// bindings (from a task) and then to the matching socket subscriptions
+    /// (queued without waiting).
+    pub(super) fn fire(&self, mesh: &Mesh, ev: Event<'_>) {
+        let text = envelope(ev.stream, ev.group, ev.item, &ev.event);
+        let payload =
+            serde_json::value::RawValue::from_string(text.clone()).expect("an envelope is JSON");
+        self.watchers
+            .fire(mesh, self.config.condition_timeout, &ev, &payload);
+        self.hub.publish(ev.stream, ev.group, ev.item, text);
+    }
+
+    /// One item (`id`) or the group's items: what a socket's `sync` carries
+    /// and what `stream::get` / `stream::list` answer, through the stream's
+    /// provider if it has one.
+    pub(super) fn read(
+        &self,
+        mesh: &Mesh,
+        stream: &str,
+        group: &str,
+        item: Option<&str>,
+    ) -> BoxFuture<'static, Reply> {
+        match item {
+            Some(item) => {
+                let inp = ItemInput {
+                    stream_name: stream.to_owned(),
+                    group_id: group.to_owned(),
+                    item_id: item.to_owned(),
+                    durable: None,
+                };
+                read_item(self, mesh, inp)
+            }
+            None => {
+                let inp = GroupInput {
+                    stream_name: stream.to_owned(),
+                    group_id: group.to_owned(),
+                };
+                read_group(self, mesh, inp)
+            }
+        }
     }
 }
 
@@ -170,6 +216,22 @@ pub(super) fn set(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'st
     };
     if let Err(e) = check(CODE, &inp.stream_name, &inp.group_id, Some(&inp.item_id)) {
         return ready(Err(e));
+    }
+    if let Some(p) = providers::find(&mesh, "set", &inp.stream_name) {
+        return Box::pin(async move {
+            let out: ProviderWritten = p.call_as(&mesh, &inp, s.config.provider_timeout).await?;
+            let old_value = out.old_value.unwrap_or(Value::Null);
+            s.fire(
+                &mesh,
+                Event {
+                    stream: &inp.stream_name,
+                    group: &inp.group_id,
+                    item: Some(&inp.item_id),
+                    event: write_event(!old_value.is_null(), &out.new_value),
+                },
+            );
+            Ok(json!({ "old_value": old_value, "new_value": out.new_value }))
+        });
     }
     let new_value = inp.data.unwrap_or(Value::Null);
     let bytes = serde_json::to_vec(&new_value).unwrap_or_default();
@@ -198,15 +260,27 @@ pub(super) fn set(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'st
     s.reply_after(&written, inp.durable, CODE, reply)
 }
 
-pub(super) fn get(s: &Streams, _: &Mesh, _: &CallCtx, v: Value) -> Reply {
+pub(super) fn get(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
+    match input::<ItemInput>("stream::get", v) {
+        Ok(inp) => read_item(&s, &mesh, inp),
+        Err(e) => ready(Err(e)),
+    }
+}
+
+fn read_item(s: &Streams, mesh: &Mesh, inp: ItemInput) -> BoxFuture<'static, Reply> {
     const CODE: &str = codes::STREAM_GET_ERROR;
-    let inp: ItemInput = input("stream::get", v)?;
-    check(CODE, &inp.stream_name, &inp.group_id, Some(&inp.item_id))?;
+    if let Err(e) = check(CODE, &inp.stream_name, &inp.group_id, Some(&inp.item_id)) {
+        return ready(Err(e));
+    }
+    if let Some(p) = providers::find(mesh, "get", &inp.stream_name) {
+        let (mesh, timeout) = (mesh.clone(), s.config.provider_timeout);
+        return Box::pin(async move { p.call(&mesh, &inp, timeout).await });
+    }
     let found = s
         .items
         .get(&inp.stream_name, &inp.group_id, &inp.item_id)
-        .map_err(|e| ErrorBody::new(CODE, e.to_string()))?;
-    Ok(parse(found.as_deref()))
+        .map_err(|e| ErrorBody::new(CODE, e.to_string()));
+    ready(found.map(|f| parse(f.as_deref())))
 }
 
 pub(super) fn delete(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
@@ -217,6 +291,16 @@ pub(super) fn delete(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<
     };
     if let Err(e) = check(CODE, &inp.stream_name, &inp.group_id, Some(&inp.item_id)) {
         return ready(Err(e));
+    }
+    if let Some(p) = providers::find(&mesh, "delete", &inp.stream_name) {
+        return Box::pin(async move {
+            let out: Deleted = p.call_as(&mesh, &inp, s.config.provider_timeout).await?;
+            let old_value = out.old_value.unwrap_or(Value::Null);
+            if !old_value.is_null() {
+                s.fire(&mesh, deleted(&inp, &old_value));
+            }
+            Ok(json!({ "old_value": old_value }))
+        });
     }
     let written = match s
         .items
@@ -229,18 +313,19 @@ pub(super) fn delete(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<
     let old_value = parse(written.old.as_deref());
     // Only a removal is an event (iii's rule).
     if written.old.is_some() {
-        s.fire(
-            &mesh,
-            Event {
-                stream: &inp.stream_name,
-                group: &inp.group_id,
-                item: Some(&inp.item_id),
-                event: json!({ "type": "delete", "data": old_value }),
-            },
-        );
+        s.fire(&mesh, deleted(&inp, &old_value));
     }
     let reply = json!({ "old_value": old_value });
     s.reply_after(&written, inp.durable, CODE, reply)
+}
+
+fn deleted<'a>(inp: &'a ItemInput, old_value: &Value) -> Event<'a> {
+    Event {
+        stream: &inp.stream_name,
+        group: &inp.group_id,
+        item: Some(&inp.item_id),
+        event: json!({ "type": "delete", "data": old_value }),
+    }
 }
 
 pub(super) fn update(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
@@ -261,6 +346,26 @@ pub(super) fn update(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<
                 inp.ops.len()
             ),
         )));
+    }
+    if let Some(p) = providers::find(&mesh, "update", &inp.stream_name) {
+        return Box::pin(async move {
+            let out: ProviderWritten = p.call_as(&mesh, &inp, s.config.provider_timeout).await?;
+            let old_value = out.old_value.unwrap_or(Value::Null);
+            s.fire(
+                &mesh,
+                Event {
+                    stream: &inp.stream_name,
+                    group: &inp.group_id,
+                    item: Some(&inp.item_id),
+                    event: write_event(!old_value.is_null(), &out.new_value),
+                },
+            );
+            let mut reply = json!({ "old_value": old_value, "new_value": out.new_value });
+            if let Some(errors) = out.errors.filter(|e| !e.is_null()) {
+                reply["errors"] = errors;
+            }
+            Ok(reply)
+        });
     }
     let mut outcome = None;
     let written = s
@@ -298,27 +403,54 @@ pub(super) fn update(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<
     s.reply_after(&written, inp.durable, CODE, reply)
 }
 
-pub(super) fn list(s: &Streams, _: &Mesh, _: &CallCtx, v: Value) -> Reply {
+pub(super) fn list(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
+    match input::<GroupInput>("stream::list", v) {
+        Ok(inp) => read_group(&s, &mesh, inp),
+        Err(e) => ready(Err(e)),
+    }
+}
+
+fn read_group(s: &Streams, mesh: &Mesh, inp: GroupInput) -> BoxFuture<'static, Reply> {
     const CODE: &str = codes::STREAM_GET_GROUP_ERROR;
-    let inp: GroupInput = input("stream::list", v)?;
-    check(CODE, &inp.stream_name, &inp.group_id, None)?;
+    if let Err(e) = check(CODE, &inp.stream_name, &inp.group_id, None) {
+        return ready(Err(e));
+    }
+    if let Some(p) = providers::find(mesh, "list", &inp.stream_name) {
+        let (mesh, timeout) = (mesh.clone(), s.config.provider_timeout);
+        return Box::pin(async move { p.call(&mesh, &inp, timeout).await });
+    }
     let items = s
         .items
         .list(&inp.stream_name, &inp.group_id)
-        .map_err(|e| ErrorBody::new(CODE, e.to_string()))?;
-    Ok(Value::Array(items.iter().map(|b| parse(Some(b))).collect()))
+        .map_err(|e| ErrorBody::new(CODE, e.to_string()));
+    ready(items.map(|items| Value::Array(items.iter().map(|b| parse(Some(b))).collect())))
 }
 
-pub(super) fn list_groups(s: &Streams, _: &Mesh, _: &CallCtx, v: Value) -> Reply {
+pub(super) fn list_groups(
+    s: Streams,
+    mesh: Mesh,
+    _: CallCtx,
+    v: Value,
+) -> BoxFuture<'static, Reply> {
     const CODE: &str = codes::STREAM_LIST_GROUPS_ERROR;
-    let inp: StreamInput = input("stream::list_groups", v)?;
-    names::check("stream_name", &inp.stream_name).map_err(|m| ErrorBody::new(CODE, m))?;
-    let mut groups = s
+    let inp: StreamInput = match input("stream::list_groups", v) {
+        Ok(i) => i,
+        Err(e) => return ready(Err(e)),
+    };
+    if let Err(m) = names::check("stream_name", &inp.stream_name) {
+        return ready(Err(ErrorBody::new(CODE, m)));
+    }
+    if let Some(p) = providers::find(&mesh, "list_groups", &inp.stream_name) {
+        return Box::pin(async move { p.call(&mesh, &inp, s.config.provider_timeout).await });
+    }
+    let groups = s
         .items
         .groups(&inp.stream_name)
-        .map_err(|e| ErrorBody::new(CODE, e.to_string()))?;
-    groups.sort();
-    Ok(json!(groups))
+        .map_err(|e| ErrorBody::new(CODE, e.to_string()));
+    ready(groups.map(|mut g| {
+        g.sort();
+        json!(g)
+    }))
 }
 
 pub(super) fn list_all(s: &Streams, _: &Mesh, _: &CallCtx, _: Value) -> Reply {

@@ -1,29 +1,69 @@
-//! Streams as an engine module: the `stream::*` functions and the `stream`,
-//! `stream:join` and `stream:leave` trigger types.
+//! Streams as an engine module: the `stream::*` functions, the `stream`,
+//! `stream:join` and `stream:leave` trigger types, and the client socket's
+//! listener (bound when the module is built, so a port in use fails
+//! `Engine::start`; served by the engine root with the edge's defences; at
+//! `stop_intake` every client is closed with 1001, its leaves fired while
+//! workers are still connected).
 
-use std::sync::Arc;
+use futures_util::future::BoxFuture;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
 
 use super::functions as f;
+use super::hub::Hub;
+use super::lifecycle::{JOIN, LEAVE, Lifecycle};
+use super::socket::{self, SocketApp};
 use super::{Streams, StreamsConfig, watchers::Watchers};
-use crate::mesh::Provisions;
-use crate::mesh::provided::FiredByEngine;
-use crate::module::Module;
+use crate::mesh::{Mesh, Provisions};
+use crate::module::{Module, ModuleListener};
+use crate::net::Tls;
 use crate::store::Store;
 use crate::store::stream::StreamItems;
 
 pub(crate) struct StreamsModule {
+    mesh: Mesh,
     streams: Streams,
+    addr: SocketAddr,
+    listener: Mutex<Option<TcpListener>>,
+    tls: Option<Tls>,
 }
 
 impl StreamsModule {
-    pub(crate) fn new(store: Arc<Store>, config: StreamsConfig) -> Self {
-        Self {
+    /// Builds the module and binds `streams.listen`.
+    pub(crate) async fn bind(
+        mesh: &Mesh,
+        store: Arc<Store>,
+        config: StreamsConfig,
+    ) -> std::io::Result<Self> {
+        let listener = crate::net::bind(config.listen, "stream clients").await?;
+        let addr = listener.local_addr()?;
+        let tls = crate::net::tls(config.tls.as_ref())?;
+        let hub = Hub::new(mesh.budget().clone(), config.max_connections);
+        Ok(Self {
+            mesh: mesh.clone(),
             streams: Streams {
                 items: StreamItems::new(store),
                 config: Arc::new(config),
                 watchers: Watchers::default(),
+                lifecycle: Lifecycle::default(),
+                hub,
             },
-        }
+            addr,
+            listener: Mutex::new(Some(listener)),
+            tls,
+        })
+    }
+
+    /// Where stream clients connect (`streams.listen`, resolved).
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Open client sockets.
+    pub(crate) fn clients(&self) -> usize {
+        self.streams.hub.open_count()
     }
 }
 
@@ -38,26 +78,60 @@ impl Module for StreamsModule {
             "Fires on stream item changes and custom events (create, update, delete, event)",
             Arc::new(self.streams.watchers.clone()),
         );
-        // Fired when a client joins or leaves a group on the client socket,
-        // which is not served yet: bindings are accepted and never fire.
         p.trigger_type(
-            "stream:join",
-            "A client joins a stream group",
-            Arc::new(FiredByEngine),
+            JOIN,
+            "A client joins a stream group on the client socket; {\"unauthorized\": true} refuses it",
+            Arc::new(self.streams.lifecycle.joins.clone()),
         );
         p.trigger_type(
-            "stream:leave",
-            "A client leaves a stream group",
-            Arc::new(FiredByEngine),
+            LEAVE,
+            "A client leaves a stream group, or its socket closes",
+            Arc::new(self.streams.lifecycle.leaves.clone()),
         );
         let s = &self.streams;
         p.async_fn("stream::set", s, f::set);
-        p.sync_fn("stream::get", s, f::get);
+        p.async_fn("stream::get", s, f::get);
         p.async_fn("stream::delete", s, f::delete);
         p.async_fn("stream::update", s, f::update);
-        p.sync_fn("stream::list", s, f::list);
-        p.sync_fn("stream::list_groups", s, f::list_groups);
+        p.async_fn("stream::list", s, f::list);
+        p.async_fn("stream::list_groups", s, f::list_groups);
         p.sync_fn("stream::list_all", s, f::list_all);
         p.sync_fn("stream::send", s, f::send);
+    }
+
+    /// Where clients connect and how many are open.
+    fn health(&self) -> Option<(&'static str, serde_json::Value)> {
+        let clients = self.streams.hub.open_count();
+        let listen = self.addr.to_string();
+        Some((
+            "streams",
+            serde_json::json!({ "state": "ok", "listen": listen, "clients": clients }),
+        ))
+    }
+
+    fn listener(&self) -> Option<ModuleListener> {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        tracing::info!(addr = %self.addr, "stream clients listening");
+        let app = socket::router(SocketApp {
+            mesh: self.mesh.clone(),
+            streams: self.streams.clone(),
+        });
+        Some(ModuleListener {
+            tcp: listener,
+            app,
+            tls: self.tls.clone(),
+            request_timeout: None,
+        })
+    }
+
+    /// The listener stopped accepting already; every open client is closed
+    /// with 1001 and its `stream:leave` handlers fire while their workers
+    /// are still connected.
+    fn stop_intake(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(self.streams.hub.shutdown(grace))
     }
 }

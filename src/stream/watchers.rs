@@ -1,6 +1,6 @@
 //! The `stream` trigger type: bindings filtered by stream (required), group
 //! and item (when non-empty), each with an optional condition function; and
-//! the fan-out of the envelope clients and handlers receive:
+//! the envelope clients and handlers receive:
 //! `{type: "stream", timestamp, streamName, groupId, id, event}`.
 //!
 //! `bind`/`unbind` run under the mesh lock and touch only this table.
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::mesh::Mesh;
 use crate::mesh::state::{Binding, TriggerTypeHandler};
-use crate::protocol::{ErrorBody, Payload, codes, to_payload};
+use crate::protocol::{ErrorBody, Payload, codes};
 
 #[derive(Debug, Clone, Deserialize)]
 struct WatchConfig {
@@ -92,7 +92,13 @@ impl Watchers {
     /// Calls every matching binding with the envelope, from a task; each
     /// binding's condition first (only exactly `false`, an error or a timeout
     /// skips it).
-    pub(super) fn fire(&self, mesh: &Mesh, condition_timeout: Duration, ev: Event<'_>) {
+    pub(super) fn fire(
+        &self,
+        mesh: &Mesh,
+        condition_timeout: Duration,
+        ev: &Event<'_>,
+        envelope: &Payload,
+    ) {
         let matching: Vec<Watcher> = self
             .lock()
             .values()
@@ -102,17 +108,7 @@ impl Watchers {
         if matching.is_empty() {
             return;
         }
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let envelope = to_payload(&json!({
-            "type": "stream",
-            "timestamp": timestamp,
-            "streamName": ev.stream,
-            "groupId": ev.group,
-            "id": ev.item,
-            "event": ev.event,
-        }));
+        let envelope = envelope.clone();
         let mesh = mesh.clone();
         tokio::spawn(async move {
             for w in matching {
@@ -129,4 +125,25 @@ impl Watchers {
             }
         });
     }
+}
+
+/// The envelope handlers and socket clients get, as JSON text:
+/// `{type: "stream", timestamp, streamName, groupId, id, event}`.
+pub(super) fn envelope(stream: &str, group: &str, item: Option<&str>, event: &Value) -> String {
+    json!({
+        "type": "stream",
+        "timestamp": now_ms(),
+        "streamName": stream,
+        "groupId": group,
+        "id": item,
+        "event": event,
+    })
+    .to_string()
+}
+
+/// Milliseconds since the Unix epoch: the envelope's `timestamp`.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -48,9 +48,9 @@ impl EngineProcess {
     pub fn start_with_config(config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("qmesh.toml");
-        // HTTP and realtime routes on free ports unless the config says where.
+        // HTTP, realtime and streams listeners on free ports unless the config says where.
         let mut config = config.to_owned();
-        for section in ["http", "realtime"] {
+        for section in ["http", "realtime", "streams"] {
             if !config.contains(&format!("[{section}]")) {
                 config.push_str(&format!("\n[{section}]\nlisten = \"127.0.0.1:0\"\n"));
             }
@@ -122,11 +122,13 @@ impl EngineProcess {
             .arg(data_dir);
         match config {
             Some(file) => cmd.arg("--config").arg(file),
-            // HTTP and realtime routes on free ports (a config file says where).
+            // HTTP, realtime and streams listeners on free ports (a config file says where).
             None => cmd.args([
                 "--http-listen",
                 "127.0.0.1:0",
                 "--realtime-listen",
+                "127.0.0.1:0",
+                "--streams-listen",
                 "127.0.0.1:0",
             ]),
         };

@@ -336,6 +336,25 @@ impl TestEngine {
         self.snapshot().channels
     }
 
+    /// `ws://<streams.listen>`: the streams client socket is its path `/`.
+    pub fn streams_url(&self) -> String {
+        format!("ws://{}", self.engine.streams_addr())
+    }
+
+    /// Open stream client sockets.
+    pub fn stream_clients(&self) -> usize {
+        self.engine.stream_clients()
+    }
+
+    /// Active bindings of `trigger_type` (any function).
+    pub fn active_bindings(&self, trigger_type: &str) -> usize {
+        self.snapshot()
+            .bindings
+            .iter()
+            .filter(|b| b.trigger_type == trigger_type && b.active)
+            .count()
+    }
+
     /// Whether a graceful shutdown has begun (`/health` says `draining`, but
     /// the listener no longer accepts anyone to ask it).
     pub fn is_draining(&self) -> bool {
@@ -380,6 +399,7 @@ pub fn test_config() -> Config {
     // Engines run side by side: HTTP and realtime routes on free ports each.
     c.http.listen = "127.0.0.1:0".parse().unwrap();
     c.realtime.listen = "127.0.0.1:0".parse().unwrap();
+    c.streams.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 
