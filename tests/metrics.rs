@@ -111,3 +111,56 @@ async fn with_tokens_only_a_token_holder_may_scrape() {
     let s = scrape(&engine, Some("scrape-me")).await;
     assert_eq!(number(&s, "qmesh_workers", &[]), 0.0);
 }
+
+/// Every `qmesh_*` name the shipped alert rules and Grafana dashboard read
+/// (`examples/monitoring`), histogram series included.
+fn names_in_examples() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/monitoring");
+    let mut names = Vec::new();
+    for file in ["alerts.yml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("qmesh_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.push(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test]
+async fn the_shipped_alerts_and_dashboard_read_metrics_the_engine_exports() {
+    let engine = TestEngine::start().await;
+    let mut exec = engine.worker_with("exec", &["m::echo"]).await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    let id = caller.send_call("m::echo", json!({})).await;
+    let inv = exec
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"m::echo","result":1})).await;
+    caller
+        .recv_until("result", |v| v["invocation_id"] == id.as_str())
+        .await;
+    caller
+        .call(
+            "queue::enqueue",
+            json!({"queue": "q", "function_id": "m::echo", "data": {}}),
+        )
+        .await;
+    let (_, text) = engine.get("/metrics", None).await;
+    let names = names_in_examples();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{"))),
+            "{name} is read by examples/monitoring but not exported"
+        );
+    }
+}
