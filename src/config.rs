@@ -36,6 +36,8 @@ pub struct Config {
     pub state: crate::state::StateConfig,
     /// Streams: durability of writes, item and update limits.
     pub streams: crate::stream::StreamsConfig,
+    /// Cron: the condition functions' time limit.
+    pub cron: crate::cron::CronConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -71,6 +73,7 @@ impl Default for Config {
             http_functions: Default::default(),
             state: Default::default(),
             streams: Default::default(),
+            cron: Default::default(),
         }
     }
 }
@@ -185,6 +188,7 @@ impl Config {
         self.http.validate().map_err(ConfigError::Invalid)?;
         self.state.validate().map_err(ConfigError::Invalid)?;
         self.streams.validate().map_err(ConfigError::Invalid)?;
+        self.cron.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }
@@ -205,6 +209,14 @@ mod tests {
         assert_eq!(c.streams.condition_timeout, Duration::from_secs(2));
         assert!(Config::from_toml("[state]\nmax_value_bytes = 0\n").is_err());
         assert!(Config::from_toml("[state]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn the_cron_section_is_read_and_checked() {
+        let c = Config::from_toml("[cron]\ncondition_timeout = \"2s\"\n").unwrap();
+        assert_eq!(c.cron.condition_timeout, Duration::from_secs(2));
+        assert!(Config::from_toml("[cron]\ncondition_timeout = \"0s\"\n").is_err());
+        assert!(Config::from_toml("[cron]\nbogus = 1\n").is_err());
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //!   on their own listener, and HTTP-invoked functions), `state` (JSON values by scope
 //!   and key in the store, and the `state` trigger type), `stream` (items by
 //!   stream, group and item in the store, and the `stream` trigger type),
-//!   `pubsub` (`publish` and the `subscribe` trigger type).
+//!   `pubsub` (`publish` and the `subscribe` trigger type), `cron` (the
+//!   `cron` trigger type, its schedule's position durable in the store).
 //! - `edge`: the worker listener's own paths (`/`, `/otel`, `/health`) and
 //!   the server loop.
 //! - [`engine`]: the root: builds every part, serves, drains in order.
@@ -36,6 +37,7 @@ mod budget;
 pub mod channels;
 pub mod client;
 pub mod config;
+mod cron;
 mod edge;
 pub mod engine;
 mod functions;

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use crate::budget::MemoryBudget;
 use crate::channels::Channels;
 use crate::config::Config;
+use crate::cron::CronModule;
 use crate::functions::Introspection;
 use crate::http::HttpModule;
 use crate::mesh::{Mesh, Provisions};
@@ -113,8 +114,9 @@ impl Engine {
             realtime.clone(),
             http.clone(),
             Arc::new(StateModule::new(store.clone(), config.state.clone())),
-            Arc::new(StreamsModule::new(store, config.streams.clone())),
+            Arc::new(StreamsModule::new(store.clone(), config.streams.clone())),
             Arc::new(PubSub::default()),
+            Arc::new(CronModule::new(&mesh, store, config.cron.clone())),
         ];
 
         let mut provisions = Provisions::default();

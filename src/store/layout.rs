@@ -352,6 +352,26 @@ pub fn parse_stream_item(k: &[u8]) -> Option<(String, String, String)> {
     Some((stream, group, item.to_owned()))
 }
 
+// ---------------------------------------------------------------------------
+// Cron (`crate::cron`), kept apart from the job tables.
+//
+// | table | key | value |
+// |---|---|---|
+// | `c` cron positions | `c` trigger_id | [`CronRecord`](super::records::CronRecord) |
+//
+// One entry per cron trigger id ever bound: the last slot the engine decided
+// (fired, or skipped by policy), written and synced before the slot's fire,
+// so a restart neither fires that slot again nor forgets the slots after it.
+// Keyed by trigger id, not by worker: a worker that binds the same id after
+// a restart resumes the schedule. Entries are not removed on unbind (a
+// worker's disconnect unbinds too); each is a few dozen bytes.
+
+pub const CRON_POSITIONS: u8 = b'c';
+
+pub fn cron_position(trigger_id: &str) -> Vec<u8> {
+    key(CRON_POSITIONS, &[trigger_id.as_bytes()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +422,13 @@ mod tests {
         assert!(k.starts_with(&stream_group("chat", "room-1")));
         assert!(!stream_item("chatx", "g", "i").starts_with(&stream_prefix("chat")));
         assert!(!stream_item("chat", "room-10", "").starts_with(&stream_group("chat", "room-1")));
+    }
+
+    #[test]
+    fn cron_positions_have_their_own_table() {
+        let k = cron_position("nightly");
+        assert_eq!(k[0], CRON_POSITIONS);
+        assert_eq!(&k[1..], b"nightly");
     }
 
     #[test]

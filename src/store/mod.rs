@@ -24,6 +24,7 @@
 //! large values, so no segment size bounds it.)
 
 pub mod codec;
+pub mod cron;
 pub mod layout;
 pub mod migrations;
 pub mod queue;

@@ -182,3 +182,10 @@ pub struct RealtimeConnRecord {
 pub struct StateRecord {
     pub json: Vec<u8>,
 }
+
+/// Where one cron trigger's schedule stands (`layout::CRON_POSITIONS`): the
+/// last slot decided, in ms since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronRecord {
+    pub last_slot_ms: u64,
+}
