@@ -51,7 +51,10 @@ pub(super) struct Jobs {
 }
 
 struct Inner {
-    mesh: Mesh,
+    /// Taken at drain: the mesh holds this table (as a trigger type's
+    /// handler), so keeping the mesh past the drain would be a cycle that
+    /// never frees either (nor the store they hold).
+    mesh: Mutex<Option<Mesh>>,
     positions: CronPositions,
     condition_timeout: Duration,
     table: Mutex<HashMap<String, Entry>>,
@@ -63,7 +66,7 @@ impl Jobs {
     pub(super) fn new(mesh: Mesh, positions: CronPositions, condition_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
-                mesh,
+                mesh: Mutex::new(Some(mesh)),
                 positions,
                 condition_timeout,
                 table: Mutex::new(HashMap::new()),
@@ -82,6 +85,11 @@ impl Jobs {
         for e in self.lock().values() {
             e.task.abort();
         }
+        self.inner
+            .mesh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// What `engine::cron::list` shows: every live job, by id.
@@ -140,10 +148,15 @@ impl TriggerTypeHandler for Jobs {
             skipped_missed: AtomicU64::new(0),
             caught_up: AtomicU64::new(0),
         });
-        let task = if self.inner.stopped.load(Ordering::SeqCst) {
-            tokio::spawn(async {})
-        } else {
-            tokio::spawn(run(self.inner.clone(), job.clone()))
+        let mesh = self
+            .inner
+            .mesh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let task = match mesh {
+            Some(mesh) => tokio::spawn(run(self.inner.clone(), mesh, job.clone())),
+            None => tokio::spawn(async {}), // draining: nothing fires any more
         };
         table.insert(b.id.clone(), Entry { job, task });
         Ok(())
@@ -157,7 +170,7 @@ impl TriggerTypeHandler for Jobs {
 }
 
 /// A job's life: catch up by policy, then every slot of its schedule.
-async fn run(inner: Arc<Inner>, job: Arc<Job>) {
+async fn run(inner: Arc<Inner>, mesh: Mesh, job: Arc<Job>) {
     let now = Utc::now();
     let last = match inner.positions.last_slot(&job.id) {
         Ok(last) => last.map(schedule::from_ms),
@@ -169,7 +182,7 @@ async fn run(inner: Arc<Inner>, job: Arc<Job>) {
     if let Some(last) = last {
         job.last_slot_ms
             .store(schedule::to_ms(last), Ordering::Relaxed);
-        catch_up(&inner, &job, last, now).await;
+        catch_up(&inner, &mesh, &job, last, now).await;
     }
     // Slots come from the schedule, never from when a run ended: no drift.
     let mut cursor = last.map_or(now, |l| l.max(now));
@@ -186,13 +199,19 @@ async fn run(inner: Arc<Inner>, job: Arc<Job>) {
                 "cron: the previous run is still going; slot skipped");
             continue;
         }
-        start_run(&inner, &job, slot);
+        start_run(&inner, &mesh, &job, slot);
     }
     tracing::info!(job = %job.id, "cron: the schedule has no further slot");
 }
 
 /// Applies the job's `missed` policy to the slots after `last` up to `now`.
-async fn catch_up(inner: &Arc<Inner>, job: &Arc<Job>, last: DateTime<Utc>, now: DateTime<Utc>) {
+async fn catch_up(
+    inner: &Arc<Inner>,
+    mesh: &Mesh,
+    job: &Arc<Job>,
+    last: DateTime<Utc>,
+    now: DateTime<Utc>,
+) {
     let Some(missed) = schedule::missed_since(&job.config.schedule, last, now) else {
         return;
     };
@@ -212,7 +231,7 @@ async fn catch_up(inner: &Arc<Inner>, job: &Arc<Job>, last: DateTime<Utc>, now: 
             job.caught_up.fetch_add(1, Ordering::Relaxed);
             tracing::info!(job = %job.id, missed = missed.count, latest = %schedule::rfc3339(missed.latest),
                 "cron: slots passed while the job could not fire; firing once (missed = \"fire_once\")");
-            start_run(inner, job, missed.latest);
+            start_run(inner, mesh, job, missed.latest);
         }
     }
 }
@@ -241,9 +260,9 @@ async fn decide(inner: &Inner, job: &Job, slot: DateTime<Utc>) -> bool {
 
 /// Fires one slot from its own task (condition first), marking the job
 /// running until the handler's outcome is in.
-fn start_run(inner: &Arc<Inner>, job: &Arc<Job>, slot: DateTime<Utc>) {
+fn start_run(inner: &Arc<Inner>, mesh: &Mesh, job: &Arc<Job>, slot: DateTime<Utc>) {
     job.running.store(true, Ordering::Release);
-    let (inner, job) = (inner.clone(), job.clone());
+    let (inner, mesh, job) = (inner.clone(), mesh.clone(), job.clone());
     tokio::spawn(async move {
         let payload = to_payload(&json!({
             "trigger": "cron",
@@ -251,8 +270,7 @@ fn start_run(inner: &Arc<Inner>, job: &Arc<Job>, slot: DateTime<Utc>) {
             "scheduled_time": schedule::rfc3339(slot),
             "actual_time": schedule::rfc3339(Utc::now()),
         }));
-        let outcome = inner
-            .mesh
+        let outcome = mesh
             .call_if_condition_allows(
                 TRIGGER_TYPE,
                 &job.namespace,
