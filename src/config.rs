@@ -38,6 +38,8 @@ pub struct Config {
     pub streams: crate::stream::StreamsConfig,
     /// Cron: the condition functions' time limit.
     pub cron: crate::cron::CronConfig,
+    /// Durable topics: how long subscriptions outlive their bindings.
+    pub topics: crate::topics::TopicsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -74,6 +76,7 @@ impl Default for Config {
             state: Default::default(),
             streams: Default::default(),
             cron: Default::default(),
+            topics: Default::default(),
         }
     }
 }
@@ -189,6 +192,7 @@ impl Config {
         self.state.validate().map_err(ConfigError::Invalid)?;
         self.streams.validate().map_err(ConfigError::Invalid)?;
         self.cron.validate().map_err(ConfigError::Invalid)?;
+        self.topics.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }
@@ -217,6 +221,14 @@ mod tests {
         assert_eq!(c.cron.condition_timeout, Duration::from_secs(2));
         assert!(Config::from_toml("[cron]\ncondition_timeout = \"0s\"\n").is_err());
         assert!(Config::from_toml("[cron]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn the_topics_section_is_read_and_checked() {
+        let c = Config::from_toml("[topics]\nkeep_unbound = \"10m\"\n").unwrap();
+        assert_eq!(c.topics.keep_unbound, Duration::from_secs(600));
+        assert!(Config::from_toml("[topics]\ncondition_timeout = \"0s\"\n").is_err());
+        assert!(Config::from_toml("[topics]\nbogus = 1\n").is_err());
     }
 
     #[test]

@@ -22,7 +22,9 @@
 //!   and key in the store, and the `state` trigger type), `stream` (items by
 //!   stream, group and item in the store, and the `stream` trigger type),
 //!   `pubsub` (`publish` and the `subscribe` trigger type), `cron` (the
-//!   `cron` trigger type, its schedule's position durable in the store).
+//!   `cron` trigger type, its schedule's position durable in the store),
+//!   `topics` (durable topics: `iii::durable::publish` and the
+//!   `durable:subscriber` trigger type, one queue job per subscriber).
 //! - `edge`: the worker listener's own paths (`/`, `/otel`, `/health`) and
 //!   the server loop.
 //! - [`engine`]: the root: builds every part, serves, drains in order.
@@ -53,6 +55,7 @@ mod realtime;
 mod state;
 mod store;
 mod stream;
+mod topics;
 
 pub use config::Config;
 pub use engine::{Engine, run};

@@ -40,6 +40,7 @@ use crate::realtime::RealtimeModule;
 use crate::state::StateModule;
 use crate::store::{Store, StoreError};
 use crate::stream::StreamsModule;
+use crate::topics::TopicsModule;
 pub use snapshot::{BindingView, FunctionView, Snapshot, WorkerView};
 
 mod snapshot;
@@ -107,6 +108,7 @@ impl Engine {
             )
             .await?,
         );
+        let topics = TopicsModule::new(store.clone(), &queues, config.topics.clone());
         let modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),
@@ -117,6 +119,7 @@ impl Engine {
             Arc::new(StreamsModule::new(store.clone(), config.streams.clone())),
             Arc::new(PubSub::default()),
             Arc::new(CronModule::new(&mesh, store, config.cron.clone())),
+            Arc::new(topics),
         ];
 
         let mut provisions = Provisions::default();

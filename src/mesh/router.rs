@@ -396,7 +396,7 @@ impl Mesh {
 
     /// iii's condition rule, once for every trigger type: no condition, or
     /// one whose result is anything but exactly `false`, lets the event through.
-    async fn condition_allows(
+    pub(crate) async fn condition_allows(
         &self,
         trigger_type: &str,
         namespace: &str,

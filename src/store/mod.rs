@@ -32,6 +32,7 @@ pub mod realtime;
 pub mod records;
 pub mod state;
 pub mod stream;
+pub mod topics;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
