@@ -304,3 +304,78 @@ async fn bad_input_gets_clear_errors() {
     }
     assert!(subscriptions(&mut c).await.is_empty());
 }
+
+/// Two bindings of one function (on two workers) share its queue: each
+/// message runs once, on either of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_of_one_function_compete() {
+    let engine = TestEngine::start().await;
+    let mut workers = Vec::new();
+    for name in ["w1", "w2"] {
+        let mut w = RawClient::worker(&engine.url, name).await;
+        w.register_function("compete::f").await;
+        w.send(
+            json!({"type":"registertrigger","id":format!("compete-{name}"),
+            "trigger_type":"durable:subscriber","function_id":"compete::f",
+            "config":{"topic":"compete"}}),
+        )
+        .await;
+        workers.push(w);
+    }
+    let mut c = RawClient::worker(&engine.url, "c").await;
+    wait_for("both bindings", Duration::from_secs(10), async || {
+        let subs = subscriptions(&mut c).await;
+        match subs.as_slice() {
+            [s] if s["bindings"] == 2 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for n in 0..10 {
+        let r = c
+            .call(
+                "iii::durable::publish",
+                json!({"topic":"compete","data":{"n":n}}),
+            )
+            .await;
+        assert!(r["error"].is_null(), "{r}");
+    }
+    // Both workers serve until the queue has completed all ten.
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let serving: Vec<_> = workers
+        .into_iter()
+        .map(|mut w| {
+            let ran = ran.clone();
+            tokio::spawn(async move {
+                while let Some(inv) = w.recv().await {
+                    if inv["type"] != "invokefunction" {
+                        continue;
+                    }
+                    ran.lock().unwrap().push(inv["data"]["n"].as_u64().unwrap());
+                    w.send(
+                        json!({"type":"invocationresult","invocation_id":inv["invocation_id"],
+                        "function_id":"compete::f","result":null}),
+                    )
+                    .await;
+                }
+            })
+        })
+        .collect();
+    wait_for("ten completed jobs", Duration::from_secs(20), async || {
+        let s = c
+            .call("queue::stats", json!({"queue": "topic:compete>compete::f"}))
+            .await;
+        if s["result"]["completed"] == 10 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    let mut ran = ran.lock().unwrap().clone();
+    ran.sort_unstable();
+    assert_eq!(ran, (0..10).collect::<Vec<u64>>(), "each message once");
+    for s in serving {
+        s.abort();
+    }
+}
