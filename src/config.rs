@@ -41,6 +41,10 @@ pub struct Config {
     pub state: crate::state::StateConfig,
     /// Streams: durability of writes, item and update limits.
     pub streams: crate::stream::StreamsConfig,
+    /// Cron: the condition functions' time limit.
+    pub cron: crate::cron::CronConfig,
+    /// Durable topics: how long subscriptions outlive their bindings.
+    pub topics: crate::topics::TopicsConfig,
     /// Worker tokens: who may connect to the worker listeners.
     pub auth: crate::edge::auth::AuthConfig,
     /// More worker listeners, each with its own address and policy (iii's
@@ -102,6 +106,8 @@ impl Default for Config {
             streams: Default::default(),
             auth: Default::default(),
             listeners: Vec::new(),
+            cron: Default::default(),
+            topics: Default::default(),
         }
     }
 }
@@ -216,6 +222,8 @@ impl Config {
         self.http.validate().map_err(ConfigError::Invalid)?;
         self.state.validate().map_err(ConfigError::Invalid)?;
         self.streams.validate().map_err(ConfigError::Invalid)?;
+        self.cron.validate().map_err(ConfigError::Invalid)?;
+        self.topics.validate().map_err(ConfigError::Invalid)?;
         let mut names = std::collections::HashSet::from(["main"]);
         for l in &self.listeners {
             if l.name.trim().is_empty() || !names.insert(l.name.as_str()) {
@@ -245,6 +253,22 @@ mod tests {
         assert_eq!(c.streams.condition_timeout, Duration::from_secs(2));
         assert!(Config::from_toml("[state]\nmax_value_bytes = 0\n").is_err());
         assert!(Config::from_toml("[state]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn the_cron_section_is_read_and_checked() {
+        let c = Config::from_toml("[cron]\ncondition_timeout = \"2s\"\n").unwrap();
+        assert_eq!(c.cron.condition_timeout, Duration::from_secs(2));
+        assert!(Config::from_toml("[cron]\ncondition_timeout = \"0s\"\n").is_err());
+        assert!(Config::from_toml("[cron]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn the_topics_section_is_read_and_checked() {
+        let c = Config::from_toml("[topics]\nkeep_unbound = \"10m\"\n").unwrap();
+        assert_eq!(c.topics.keep_unbound, Duration::from_secs(600));
+        assert!(Config::from_toml("[topics]\ncondition_timeout = \"0s\"\n").is_err());
+        assert!(Config::from_toml("[topics]\nbogus = 1\n").is_err());
     }
 
     #[test]

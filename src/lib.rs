@@ -25,8 +25,11 @@
 //!   stream, group and item in the store or a worker's custom provider, the
 //!   `stream`, `stream:join` and `stream:leave` trigger types, and the client
 //!   socket browsers join groups on, on its own listener),
-//!   `pubsub` (`publish` and the `subscribe` trigger type), `observability`
-//!   (`engine::log::*` into the engine's log).
+//!   `pubsub` (`publish` and the `subscribe` trigger type), `cron` (the
+//!   `cron` trigger type, its schedule's position durable in the store),
+//!   `topics` (durable topics: `iii::durable::publish` and the
+//!   `durable:subscriber` trigger type, one queue job per subscriber),
+//!   `observability` (`engine::log::*` into the engine's log).
 //! - `edge`: the worker listeners' own paths (`/`, `/otel`, `/health`,
 //!   `/metrics`) and who may connect (tokens, RBAC auth).
 //! - [`engine`]: the root: builds every part, serves, drains in order.
@@ -41,6 +44,7 @@ mod budget;
 pub mod channels;
 pub mod client;
 pub mod config;
+mod cron;
 mod edge;
 pub mod engine;
 mod functions;
@@ -58,6 +62,7 @@ mod realtime;
 mod state;
 mod store;
 mod stream;
+mod topics;
 
 pub use config::Config;
 pub use edge::auth::hash_hex as token_sha256;

@@ -1,7 +1,8 @@
 //! The seam where a built-in module plugs into the engine.
 //!
 //! A module (the mesh's own introspection functions, binary channels, the
-//! durable queue, realtime routes, HTTP, state, streams, pub/sub) says what
+//! durable queue, realtime routes, HTTP, state, streams, pub/sub, cron,
+//! durable topics) says what
 //! it provides through [`Module`]; the engine root (`crate::engine`) builds each
 //! one, installs what they provide into the mesh, mounts their routes, starts
 //! their background tasks and drains them in order at shutdown. Adding a

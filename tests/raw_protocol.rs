@@ -392,11 +392,11 @@ async fn a_providers_refusal_reaches_the_binder_and_the_binding_parks() {
     let engine = TestEngine::start().await;
     let mut provider = RawClient::worker(&engine.url, "provider").await;
     provider
-        .send(json!({"type":"registertriggertype","id":"cron","description":"every so often"}))
+        .send(json!({"type":"registertriggertype","id":"ticker","description":"every so often"}))
         .await;
     let mut binder = engine.worker_with("binder", &["jobs::tick"]).await;
     binder
-        .send(json!({"type":"registertrigger","id":"b1","trigger_type":"cron","function_id":"jobs::tick","config":{"expression":"nonsense"}}))
+        .send(json!({"type":"registertrigger","id":"b1","trigger_type":"ticker","function_id":"jobs::tick","config":{"expression":"nonsense"}}))
         .await;
     let fwd = provider
         .recv_until("registertrigger", |v| v["type"] == "registertrigger")
@@ -405,10 +405,10 @@ async fn a_providers_refusal_reaches_the_binder_and_the_binding_parks() {
     assert_eq!(fwd["config"], json!({"expression":"nonsense"}));
     // A result from someone who is not the provider is ignored.
     binder
-        .send(json!({"type":"triggerregistrationresult","id":"b1","trigger_type":"cron","function_id":"jobs::tick","error":{"code":"x","message":"spoof"}}))
+        .send(json!({"type":"triggerregistrationresult","id":"b1","trigger_type":"ticker","function_id":"jobs::tick","error":{"code":"x","message":"spoof"}}))
         .await;
     provider
-        .send(json!({"type":"triggerregistrationresult","id":"b1","trigger_type":"cron","function_id":"jobs::tick",
+        .send(json!({"type":"triggerregistrationresult","id":"b1","trigger_type":"ticker","function_id":"jobs::tick",
             "error":{"code":"bad_expression","message":"cannot parse nonsense"}}))
         .await;
     let relayed = binder

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use crate::budget::MemoryBudget;
 use crate::channels::Channels;
 use crate::config::Config;
+use crate::cron::CronModule;
 use crate::functions::Introspection;
 use crate::http::HttpModule;
 use crate::mesh::{Mesh, Provisions};
@@ -42,6 +43,7 @@ use crate::realtime::RealtimeModule;
 use crate::state::StateModule;
 use crate::store::{Store, StoreError};
 use crate::stream::StreamsModule;
+use crate::topics::TopicsModule;
 pub use snapshot::{BindingView, FunctionView, Snapshot, WorkerView};
 
 mod listeners;
@@ -120,15 +122,18 @@ impl Engine {
         );
         let streams =
             Arc::new(StreamsModule::bind(&mesh, store.clone(), config.streams.clone()).await?);
+        let topics = TopicsModule::new(store.clone(), &queues, config.topics.clone());
         let modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),
             Arc::new(queues),
             realtime.clone(),
             http.clone(),
-            Arc::new(StateModule::new(store, config.state.clone())),
+            Arc::new(StateModule::new(store.clone(), config.state.clone())),
             streams.clone(),
             Arc::new(PubSub::default()),
+            Arc::new(CronModule::new(&mesh, store, config.cron.clone())),
+            Arc::new(topics),
             Arc::new(Observability),
         ];
 

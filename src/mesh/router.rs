@@ -301,6 +301,11 @@ impl Mesh {
         timeout: Duration,
     ) -> CallOutcome {
         let call = self.start_internal_call(namespace, function_id, data, extras, timeout)?;
+        self.outcome_within(call, timeout).await
+    }
+
+    /// An internal call's outcome, or a timeout that ends it.
+    async fn outcome_within(&self, call: InternalCall, timeout: Duration) -> CallOutcome {
         match tokio::time::timeout(timeout, call.outcome).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ErrorBody::new(codes::INVOCATION_STOPPED, "call abandoned")),
@@ -347,25 +352,92 @@ impl Mesh {
         metadata: Option<Payload>,
         condition_timeout: Duration,
     ) -> bool {
-        if let Some(cond) = condition {
-            match self
-                .call(namespace, cond, payload.clone(), condition_timeout)
-                .await
-            {
-                Ok(Some(r)) if r.get().trim() == "false" => return false,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(trigger_type, condition = %cond, function = %function_id, error = %e,
-                        "trigger condition failed; event skipped");
-                    return false;
-                }
-            }
+        let allowed = self
+            .condition_allows(
+                trigger_type,
+                namespace,
+                function_id,
+                condition,
+                &payload,
+                condition_timeout,
+            )
+            .await;
+        if !allowed {
+            return false;
         }
         let fired = self.fire(namespace, function_id, payload, metadata);
         if !fired {
             tracing::debug!(trigger_type, function = %function_id, "bound function has no worker; event skipped");
         }
         fired
+    }
+
+    /// Like [`Mesh::fire_if_condition_allows`], but waits for the handler:
+    /// `None` when the condition refused the event, else the call's outcome
+    /// (for a trigger type that must know when a run ends: cron).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn call_if_condition_allows(
+        &self,
+        trigger_type: &str,
+        namespace: &str,
+        function_id: &str,
+        condition: Option<&str>,
+        payload: Payload,
+        metadata: Option<Payload>,
+        condition_timeout: Duration,
+    ) -> Option<CallOutcome> {
+        let allowed = self
+            .condition_allows(
+                trigger_type,
+                namespace,
+                function_id,
+                condition,
+                &payload,
+                condition_timeout,
+            )
+            .await;
+        if !allowed {
+            return None;
+        }
+        let timeout = self.config().invocation.max_duration;
+        let extras = CallExtras {
+            metadata,
+            ..CallExtras::default()
+        };
+        Some(
+            match self.start_internal_call(namespace, function_id, payload, extras, timeout) {
+                Ok(call) => self.outcome_within(call, timeout).await,
+                Err(e) => Err(e),
+            },
+        )
+    }
+
+    /// iii's condition rule, once for every trigger type: no condition, or
+    /// one whose result is anything but exactly `false`, lets the event through.
+    pub(crate) async fn condition_allows(
+        &self,
+        trigger_type: &str,
+        namespace: &str,
+        function_id: &str,
+        condition: Option<&str>,
+        payload: &Payload,
+        condition_timeout: Duration,
+    ) -> bool {
+        let Some(cond) = condition else {
+            return true;
+        };
+        match self
+            .call(namespace, cond, payload.clone(), condition_timeout)
+            .await
+        {
+            Ok(Some(r)) if r.get().trim() == "false" => false,
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(trigger_type, condition = %cond, function = %function_id, error = %e,
+                    "trigger condition failed; event skipped");
+                false
+            }
+        }
     }
 
     /// Puts a started call's frame in its executor's outbox (a connection

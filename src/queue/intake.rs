@@ -236,7 +236,11 @@ fn new_record(
 
 /// The FIFO group named by the queue's `group_field` (a string or number; required).
 fn fifo_group(settings: &QueueSettings, req: &EnqueueRequest) -> Result<String, ErrorBody> {
-    let field = settings.group_field.as_deref().unwrap_or_default();
+    // No group field (a queue defined at run time, e.g. a durable topic's fifo
+    // subscriber): the whole queue is one group, in enqueue order.
+    let Some(field) = settings.group_field.as_deref().filter(|f| !f.is_empty()) else {
+        return Ok(String::new());
+    };
     let missing = || {
         ErrorBody::new(
             codes::INVALID_ARGUMENTS,

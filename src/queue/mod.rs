@@ -129,6 +129,44 @@ impl Queues {
         }
     }
 
+    /// Persists jobs in ONE batch, acknowledged by one sync; resolves once
+    /// all are durable, or with the first refusal (the accepted ones stand).
+    pub async fn enqueue_many(
+        &self,
+        reqs: Vec<EnqueueRequest>,
+    ) -> Result<Vec<Enqueued>, ErrorBody> {
+        let mut waits = Vec::with_capacity(reqs.len());
+        let mut jobs: Vec<(EnqueueRequest, EnqueueReply)> = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let (tx, rx) = oneshot::channel();
+            waits.push(rx);
+            jobs.push((
+                req,
+                Box::new(move |res| {
+                    let _ = tx.send(res);
+                }),
+            ));
+        }
+        if let Err(mpsc::error::SendError(Command::EnqueueMany(jobs))) =
+            self.tx.send(Command::EnqueueMany(jobs))
+        {
+            for (_, reply) in jobs {
+                reply(Err(stopped()));
+            }
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for rx in waits {
+            out.push(rx.await.map_err(|_| stopped())??);
+        }
+        Ok(out)
+    }
+
+    /// Gives queue `name` these settings (over the defaults), replacing what
+    /// the config says: for queues other modules make at run time.
+    pub fn define(&self, name: String, overrides: settings::QueueOverrides) {
+        let _ = self.tx.send(Command::Define(name, overrides));
+    }
+
     /// The store's state for `/health`: `ok`, or `degraded` with the reason
     /// of its last failure until a sync succeeds again.
     pub fn store_health(&self) -> Option<serde_json::Value> {

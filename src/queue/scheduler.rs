@@ -21,7 +21,7 @@ use super::fn_ids::FnIds;
 use super::op::Op;
 use super::queue_table::{QueueRt, QueueTable};
 use super::sequence::Sequence;
-use super::settings::QueueConfig;
+use super::settings::{QueueConfig, QueueOverrides};
 use super::unsynced::Unsynced;
 use super::{EnqueueReply, EnqueueRequest, now_ms};
 use crate::mesh::state::Settled;
@@ -33,6 +33,12 @@ use crate::store::{StoreError, Ticket};
 
 pub enum Command {
     Enqueue(EnqueueRequest, EnqueueReply),
+    /// Jobs that must share one batch and one sync (a durable topic's fan-out):
+    /// never split across batches.
+    EnqueueMany(Vec<(EnqueueRequest, EnqueueReply)>),
+    /// Settings for a queue made at run time (a durable topic subscriber's
+    /// queue): they replace the config's for that name, now and at creation.
+    Define(String, QueueOverrides),
     Op(Op, oneshot::Sender<Result<serde_json::Value, ErrorBody>>),
     /// Stop: the scheduler (and its handle on the store) goes away; running
     /// attempts are left `running` and go back to ready at the next start.
@@ -151,14 +157,16 @@ impl Scheduler {
     /// Handles `first`; an enqueue takes every enqueue already waiting with it
     /// (one batch, one sync). Returns false when the scheduler must stop.
     fn on_commands(&mut self, first: Command, rx: &mut mpsc::UnboundedReceiver<Command>) -> bool {
-        let Command::Enqueue(req, reply) = first else {
-            return self.handle(first);
+        let mut group = match first {
+            Command::Enqueue(req, reply) => vec![(req, reply)],
+            Command::EnqueueMany(jobs) => jobs,
+            other => return self.handle(other),
         };
-        let mut group = vec![(req, reply)];
         let mut next = None;
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(Command::Enqueue(r, t)) => group.push((r, t)),
+                Ok(Command::EnqueueMany(jobs)) => group.extend(jobs),
                 Ok(other) => {
                     next = Some(other);
                     break;
@@ -207,6 +215,14 @@ impl Scheduler {
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Enqueue(req, reply) => self.enqueue_all(vec![(req, reply)]),
+            Command::EnqueueMany(jobs) => self.enqueue_all(jobs),
+            Command::Define(name, overrides) => {
+                let settings = overrides.apply(&self.config.defaults);
+                if let Some(q) = self.queues.get_mut(&name) {
+                    q.settings = settings;
+                }
+                self.config.queues.insert(name, overrides);
+            }
             Command::Shutdown => {
                 // A restart must find every attempt in progress interrupted.
                 self.log_err("recording starts", |s| s.record_starts(true));

@@ -110,7 +110,7 @@ impl QueueConfig {
 }
 
 impl QueueOverrides {
-    fn apply(&self, d: &QueueSettings) -> QueueSettings {
+    pub(crate) fn apply(&self, d: &QueueSettings) -> QueueSettings {
         QueueSettings {
             concurrency: self.concurrency.unwrap_or(d.concurrency),
             lease: self.lease.unwrap_or(d.lease),

@@ -352,6 +352,72 @@ pub fn parse_stream_item(k: &[u8]) -> Option<(String, String, String)> {
     Some((stream, group, item.to_owned()))
 }
 
+// ---------------------------------------------------------------------------
+// Cron (`crate::cron`), kept apart from the job tables.
+//
+// | table | key | value |
+// |---|---|---|
+// | `c` cron positions | `c` trigger_id | [`CronRecord`](super::records::CronRecord) |
+//
+// One entry per cron trigger id ever bound: the last slot the engine decided
+// (fired, or skipped by policy), written and synced before the slot's fire,
+// so a restart neither fires that slot again nor forgets the slots after it.
+// Keyed by trigger id, not by worker: a worker that binds the same id after
+// a restart resumes the schedule. Entries are not removed on unbind (a
+// worker's disconnect unbinds too); each is a few dozen bytes.
+
+pub const CRON_POSITIONS: u8 = b'c';
+
+pub fn cron_position(trigger_id: &str) -> Vec<u8> {
+    key(CRON_POSITIONS, &[trigger_id.as_bytes()])
+}
+
+// ---------------------------------------------------------------------------
+// Durable topics (`crate::topics`), kept apart from the job tables.
+//
+// | table | key | value |
+// |---|---|---|
+// | `u` topic subscriptions | `u` topic_len(2) topic ns_len(2) namespace function_id | [`TopicSubRecord`](super::records::TopicSubRecord) |
+//
+// One entry per (topic, namespace, function) that a `durable:subscriber`
+// binding ever named, kept after its bindings go (with the time they went)
+// so publishes while its worker is away still get a job each. The messages
+// themselves are jobs in the queue tables, one queue per entry.
+
+pub const TOPIC_SUBS: u8 = b'u';
+
+/// Every subscription of one topic.
+pub fn topic_prefix(topic: &str) -> Vec<u8> {
+    let (l, t) = len2(topic);
+    key(TOPIC_SUBS, &[&l, t])
+}
+
+pub fn topic_sub(topic: &str, namespace: &str, function_id: &str) -> Vec<u8> {
+    let (l, ns) = len2(namespace);
+    let mut out = topic_prefix(topic);
+    out.extend_from_slice(&l);
+    out.extend_from_slice(ns);
+    out.extend_from_slice(function_id.as_bytes());
+    out
+}
+
+/// (topic, namespace, function id) of a [`topic_sub`] key.
+pub fn parse_topic_sub(k: &[u8]) -> Option<(String, String, String)> {
+    let [TOPIC_SUBS, rest @ ..] = k else {
+        return None;
+    };
+    let take = |b: &[u8]| -> Option<(String, usize)> {
+        let len = u16::from_be_bytes([*b.first()?, *b.get(1)?]) as usize;
+        let s = std::str::from_utf8(b.get(2..2 + len)?).ok()?;
+        Some((s.to_owned(), 2 + len))
+    };
+    let (topic, n) = take(rest)?;
+    let rest = &rest[n..];
+    let (ns, n) = take(rest)?;
+    let function_id = std::str::from_utf8(&rest[n..]).ok()?;
+    Some((topic, ns, function_id.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +468,25 @@ mod tests {
         assert!(k.starts_with(&stream_group("chat", "room-1")));
         assert!(!stream_item("chatx", "g", "i").starts_with(&stream_prefix("chat")));
         assert!(!stream_item("chat", "room-10", "").starts_with(&stream_group("chat", "room-1")));
+    }
+
+    #[test]
+    fn cron_positions_have_their_own_table() {
+        let k = cron_position("nightly");
+        assert_eq!(k[0], CRON_POSITIONS);
+        assert_eq!(&k[1..], b"nightly");
+    }
+
+    #[test]
+    fn topic_subscription_keys_round_trip_and_topics_do_not_overlap() {
+        let k = topic_sub("orders", "default", "billing::charge");
+        let parsed = parse_topic_sub(&k);
+        assert_eq!(
+            parsed,
+            Some(("orders".into(), "default".into(), "billing::charge".into()))
+        );
+        assert!(k.starts_with(&topic_prefix("orders")));
+        assert!(!topic_sub("ordersx", "default", "f").starts_with(&topic_prefix("orders")));
     }
 
     #[test]

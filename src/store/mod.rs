@@ -24,6 +24,7 @@
 //! large values, so no segment size bounds it.)
 
 pub mod codec;
+pub mod cron;
 pub mod layout;
 pub mod migrations;
 pub mod queue;
@@ -31,6 +32,7 @@ pub mod realtime;
 pub mod records;
 pub mod state;
 pub mod stream;
+pub mod topics;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -182,3 +182,20 @@ pub struct RealtimeConnRecord {
 pub struct StateRecord {
     pub json: Vec<u8>,
 }
+
+/// Where one cron trigger's schedule stands (`layout::CRON_POSITIONS`): the
+/// last slot decided, in ms since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronRecord {
+    pub last_slot_ms: u64,
+}
+
+/// A durable topic's subscriber (`layout::TOPIC_SUBS`): the binding's
+/// `queue_config` as sent (mapped onto queue settings again at start), its
+/// condition function, and since when no binding names it (0 while bound).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSubRecord {
+    pub queue_config: Vec<u8>,
+    pub condition_function_id: Option<String>,
+    pub unbound_since_ms: u64,
+}

@@ -5,9 +5,12 @@
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -139,5 +142,63 @@ impl Program {
             .expect("wait");
         let seen = std::mem::take(&mut self.seen);
         (status.code().unwrap_or(-1), seen)
+    }
+}
+
+/// A program whose JSON lines are read as they come (a busy program never
+/// blocks on a full pipe), for tests that count what it reports.
+pub struct Collected {
+    pub lines: Arc<Mutex<Vec<Value>>>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<(i32, Vec<Value>)>,
+}
+
+impl Program {
+    /// Reads every JSON line into [`Collected::lines`] from a task.
+    pub fn collect(mut self) -> Collected {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = oneshot::channel();
+        let into = lines.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    line = self.lines.next_line() => match line {
+                        Ok(Some(l)) => {
+                            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                                into.lock().unwrap().push(v);
+                            }
+                        }
+                        _ => break,
+                    },
+                }
+            }
+            let (code, rest) = self.finish().await;
+            let mut all = into.lock().unwrap();
+            all.extend(
+                rest.iter()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok()),
+            );
+            (code, all.clone())
+        });
+        Collected { lines, stop, task }
+    }
+}
+
+impl Collected {
+    /// How many lines so far satisfy `pred`.
+    pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| pred(v))
+            .count()
+    }
+
+    /// Stops the program (stdin closed) and returns its exit code and every JSON line.
+    pub async fn finish(self) -> (i32, Vec<Value>) {
+        let _ = self.stop.send(());
+        self.task.await.expect("collector task")
     }
 }

@@ -1,0 +1,55 @@
+//! Durable topics as an engine module: the `durable:subscriber` trigger
+//! type, `iii::durable::publish` and `engine::topics::list`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::subscriptions::Subscriptions;
+use super::{TRIGGER_TYPE, TopicsConfig, functions as f};
+use crate::mesh::Provisions;
+use crate::module::Module;
+use crate::queue::Queues;
+use crate::store::Store;
+use crate::store::topics::TopicSubscriptions;
+
+/// The module's handle, shared by its functions and its trigger type.
+#[derive(Clone)]
+pub(super) struct Topics {
+    pub subs: Subscriptions,
+    pub condition_timeout: Duration,
+}
+
+pub(crate) struct TopicsModule {
+    topics: Topics,
+}
+
+impl TopicsModule {
+    /// Reads the subscriptions the last run left and gives their queues
+    /// their settings (before any worker connects).
+    pub(crate) fn new(store: Arc<Store>, queues: &Queues, config: TopicsConfig) -> Self {
+        let rows = TopicSubscriptions::new(store);
+        Self {
+            topics: Topics {
+                subs: Subscriptions::load(rows, queues.clone(), config.keep_unbound),
+                condition_timeout: config.condition_timeout,
+            },
+        }
+    }
+}
+
+impl Module for TopicsModule {
+    fn name(&self) -> &'static str {
+        "topics"
+    }
+
+    fn provide(&self, p: &mut Provisions) {
+        p.trigger_type(
+            TRIGGER_TYPE,
+            "Receives every message published to a durable topic, as a queue job",
+            Arc::new(self.topics.subs.clone()),
+        );
+        let t = &self.topics;
+        p.async_fn("iii::durable::publish", t, f::publish);
+        p.sync_fn("engine::topics::list", t, f::list);
+    }
+}
