@@ -19,8 +19,7 @@
 
 mod common;
 
-use common::{EngineProcess, cpu_secs, flag, machine, number};
-use hdrhistogram::Histogram;
+use common::{EngineProcess, Phase, closed_loop, cpu_secs, flag, machine, number};
 use qmesh::client::Client;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -32,65 +31,13 @@ const TARGET_SET_PER_SEC: f64 = 15_000.0;
 const SUBSCRIBERS: usize = 10;
 const KEYS: u64 = 10_000;
 
-struct Phase {
-    ops: u64,
-    secs: f64,
-    hist: Histogram<u64>,
-}
-
-impl Phase {
-    fn report(&self, name: &str, target: Option<f64>) -> Value {
-        let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
-        json!({
-            "phase": name,
-            "ops_per_sec": (self.ops as f64 / self.secs).round(),
-            "p50_ms": ms(0.50), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
-            "target_ops_per_sec": target,
-        })
-    }
-}
-
-/// Latencies are recorded in microseconds, up to 60 s.
-/// `callers` closed loops over `clients` for `duration`, each running `op(n)`.
-async fn closed_loop(
-    clients: &[Client],
-    callers: usize,
-    duration: Duration,
-    op: impl Fn(u64) -> (&'static str, Value) + Send + Sync + Clone + 'static,
-) -> Phase {
-    let end = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let client = clients[c % clients.len()].clone();
-        let op = op.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-            let mut n = c as u64;
-            let mut ops = 0;
-            while Instant::now() < end {
-                let (f, input) = op(n);
-                let t = Instant::now();
-                client.call(f, input).await.expect("call");
-                hist.record(t.elapsed().as_micros() as u64).ok();
-                n += callers as u64;
-                ops += 1;
-            }
-            (ops, hist)
-        }));
-    }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let mut ops = 0;
-    for t in tasks {
-        let (n, h) = t.await.expect("caller");
-        ops += n;
-        all.add(h).unwrap();
-    }
-    Phase {
-        ops,
-        secs: started.elapsed().as_secs_f64(),
-        hist: all,
-    }
+fn report(phase: &Phase, name: &str, target: Option<f64>) -> Value {
+    json!({
+        "phase": name,
+        "ops_per_sec": phase.per_sec(),
+        "p50_ms": phase.ms(0.50), "p99_ms": phase.ms(0.99), "p999_ms": phase.ms(0.999),
+        "target_ops_per_sec": target,
+    })
 }
 
 #[tokio::main]
@@ -169,10 +116,10 @@ async fn main() {
     let report = json!({
         "machine": machine(),
         "callers": callers, "conns": conns, "duration_s": secs,
-        "set_durable": set_durable.report("state::set durable", Some(TARGET_SET_PER_SEC)),
-        "set_not_durable": set_fast.report("state::set durable:false", Some(TARGET_SET_PER_SEC)),
-        "get": get.report("state::get", Some(TARGET_GET_PER_SEC)),
-        "publish": publish.report("publish (10 subscribers)", None),
+        "set_durable": report(&set_durable, "state::set durable", Some(TARGET_SET_PER_SEC)),
+        "set_not_durable": report(&set_fast, "state::set durable:false", Some(TARGET_SET_PER_SEC)),
+        "get": report(&get, "state::get", Some(TARGET_GET_PER_SEC)),
+        "publish": report(&publish, "publish (10 subscribers)", None),
         "fanout": {
             "subscribers": SUBSCRIBERS,
             "delivered": got,

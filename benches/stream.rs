@@ -21,9 +21,8 @@
 
 mod common;
 
-use common::{EngineProcess, cpu_secs, flag, machine, number};
+use common::{EngineProcess, Phase, closed_loop, cpu_secs, flag, machine, number};
 use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
 use qmesh::client::Client;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -38,45 +37,18 @@ fn join() -> Message {
     Message::Text(j.to_string().into())
 }
 
-/// `callers` closed loops of `stream::set` for `duration` → (ops, seconds, latencies in µs).
-async fn sets(
-    clients: &[Client],
-    callers: usize,
-    duration: Duration,
-) -> (u64, f64, Histogram<u64>) {
-    let end = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let client = clients[c % clients.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-            let (mut n, mut ops) = (c as u64, 0);
-            while Instant::now() < end {
-                let input = json!({"stream_name": "bench", "group_id": "g", "item_id": format!("i{}", n % ITEMS),
-                    "data": {"n": n, "name": "bench", "tags": ["a", "b", "c"]}, "durable": false});
-                let t = Instant::now();
-                client.call("stream::set", input).await.expect("stream::set");
-                hist.record(t.elapsed().as_micros() as u64).ok();
-                n += callers as u64;
-                ops += 1;
-            }
-            (ops, hist)
-        }));
-    }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let mut ops = 0;
-    for t in tasks {
-        let (n, h) = t.await.expect("caller");
-        ops += n;
-        all.add(h).unwrap();
-    }
-    (ops, started.elapsed().as_secs_f64(), all)
+/// `callers` closed loops of `stream::set` for `duration`.
+async fn sets(clients: &[Client], callers: usize, duration: Duration) -> Phase {
+    closed_loop(clients, callers, duration, |n| {
+        let input = json!({"stream_name": "bench", "group_id": "g", "item_id": format!("i{}", n % ITEMS),
+            "data": {"n": n, "name": "bench", "tags": ["a", "b", "c"]}, "durable": false});
+        ("stream::set", input)
+    })
+    .await
 }
 
-fn report(name: &str, (ops, secs, hist): &(u64, f64, Histogram<u64>)) -> Value {
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    json!({"phase": name, "ops_per_sec": (*ops as f64 / secs).round(), "p50_ms": ms(0.50), "p99_ms": ms(0.99)})
+fn report(name: &str, phase: &Phase) -> Value {
+    json!({"phase": name, "ops_per_sec": phase.per_sec(), "p50_ms": phase.ms(0.50), "p99_ms": phase.ms(0.99)})
 }
 
 /// Waits until `expected` more envelopes than `base` arrived (at most 60 s)
@@ -131,7 +103,7 @@ async fn main() {
     }
     let from = Instant::now();
     let fanned = sets(&clients, callers, duration).await;
-    let (got, per_sec) = drained(&delivered, 0, fanned.0 * subscribers as u64, from).await;
+    let (got, per_sec) = drained(&delivered, 0, fanned.ops * subscribers as u64, from).await;
 
     // One more subscriber that never reads.
     let tcp = tokio::net::TcpSocket::new_v4().unwrap();
@@ -150,7 +122,7 @@ async fn main() {
     let (got2, per_sec2) = drained(
         &delivered,
         before,
-        with_stalled.0 * subscribers as u64,
+        with_stalled.ops * subscribers as u64,
         from,
     )
     .await;
@@ -162,9 +134,9 @@ async fn main() {
         "callers": callers, "conns": conns, "duration_s": secs, "subscribers": subscribers,
         "alone": report("stream::set, no subscriber", &alone),
         "fanned": report("stream::set, subscribers", &fanned),
-        "fanout": {"delivered": got, "expected": fanned.0 * subscribers as u64, "delivered_per_sec": per_sec},
+        "fanout": {"delivered": got, "expected": fanned.ops * subscribers as u64, "delivered_per_sec": per_sec},
         "with_stalled": report("stream::set, subscribers + 1 that never reads", &with_stalled),
-        "fanout_with_stalled": {"delivered": got2, "expected": with_stalled.0 * subscribers as u64, "delivered_per_sec": per_sec2},
+        "fanout_with_stalled": {"delivered": got2, "expected": with_stalled.ops * subscribers as u64, "delivered_per_sec": per_sec2},
         // Closed only if its queue filled: the kernel's buffers take a few MB first.
         "stalled_client_closed": open == Some(subscribers as u64),
         "engine_cpu_s": (cpu * 100.0).round() / 100.0,

@@ -20,8 +20,7 @@
 
 mod common;
 
-use common::{EngineProcess, cpu_secs, flag, machine, number, settle_disk};
-use hdrhistogram::Histogram;
+use common::{EngineProcess, Phase, closed_loop, cpu_secs, flag, machine, number, settle_disk};
 use qmesh::client::Client;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -30,67 +29,30 @@ use std::time::{Duration, Instant};
 
 const TARGET_PUBLISH_PER_SEC: f64 = 10_000.0;
 
-struct Phase {
-    ops: u64,
-    secs: f64,
-    hist: Histogram<u64>,
+fn report(phase: &Phase, name: &str) -> Value {
+    json!({
+        "phase": name,
+        "publishes_per_sec": phase.per_sec(),
+        "p50_ms": phase.ms(0.50), "p99_ms": phase.ms(0.99), "p999_ms": phase.ms(0.999),
+        "target_per_sec": TARGET_PUBLISH_PER_SEC,
+    })
 }
 
-impl Phase {
-    fn report(&self, name: &str) -> Value {
-        let ms = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
-        json!({
-            "phase": name,
-            "publishes_per_sec": (self.ops as f64 / self.secs).round(),
-            "p50_ms": ms(0.50), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
-            "target_per_sec": TARGET_PUBLISH_PER_SEC,
-        })
-    }
-}
-
-/// `callers` closed loops over `clients` publishing to `topic` for
-/// `duration`; latencies in microseconds, up to 60 s.
+/// `callers` closed loops over `clients` publishing to `topic` for `duration`.
 async fn publish_loop(
     clients: &[Client],
     callers: usize,
     duration: Duration,
     topic: &'static str,
 ) -> Phase {
-    let end = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let client = clients[c % clients.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-            let mut n = c as u64;
-            let mut ops = 0;
-            while Instant::now() < end {
-                let input = json!({"topic": topic, "data": {"n": n, "note": "a durable message"}});
-                let t = Instant::now();
-                client
-                    .call("iii::durable::publish", input)
-                    .await
-                    .expect("publish");
-                hist.record(t.elapsed().as_micros() as u64).ok();
-                n += callers as u64;
-                ops += 1;
-            }
-            (ops, hist)
-        }));
-    }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let mut ops = 0;
-    for t in tasks {
-        let (n, h) = t.await.expect("caller");
-        ops += n;
-        all.add(h).unwrap();
-    }
-    Phase {
-        ops,
-        secs: started.elapsed().as_secs_f64(),
-        hist: all,
-    }
+    closed_loop(clients, callers, duration, move |n| {
+        let data = json!({"n": n, "note": "a durable message"});
+        (
+            "iii::durable::publish",
+            json!({"topic": topic, "data": data}),
+        )
+    })
+    .await
 }
 
 async fn subscribe(c: &Client, topic: &str, function_id: &str) {
@@ -156,10 +118,10 @@ async fn main() {
     let report = json!({
         "machine": machine(),
         "callers": callers, "conns": conns, "duration_s": secs, "subscribers": 2,
-        "acknowledged": acks.report("durable publish, 2 subscribers, acknowledged"),
+        "acknowledged": report(&acks, "durable publish, 2 subscribers, acknowledged"),
         "engine_cpu_us_per_publish": (cpu_acks * 1e6 / acks.ops.max(1) as f64).round(),
         "end_to_end": {
-            "publish": live.report("durable publish, 2 subscribers served"),
+            "publish": report(&live, "durable publish, 2 subscribers served"),
             "jobs_run": got,
             "jobs_expected": expected,
             "jobs_per_sec": (got as f64 / e2e_secs).round(),

@@ -17,21 +17,10 @@ use axum::Router;
 use futures_util::future::BoxFuture;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::mesh::Provisions;
-use crate::net::Tls;
-
-/// A module's own listener (HTTP routes, realtime routes, the streams socket).
-pub(crate) struct ModuleListener {
-    pub tcp: TcpListener,
-    pub app: Router,
-    /// TLS, from the module's `tls` setting.
-    pub tls: Option<Tls>,
-    /// The handshake phase's deadline when it is not `server.request_timeout`.
-    pub request_timeout: Option<Duration>,
-}
+use crate::net::Listener;
 
 pub(crate) trait Module: Send + Sync {
     /// For logs.
@@ -53,7 +42,7 @@ pub(crate) trait Module: Send + Sync {
     /// listener has, its TLS, reloaded on SIGHUP) and stops it accepting
     /// when the drain begins; upgraded sockets are the module's to close.
     /// Taken once.
-    fn listener(&self) -> Option<ModuleListener> {
+    fn listener(&self) -> Option<Listener> {
         None
     }
 

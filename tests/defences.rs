@@ -4,7 +4,7 @@
 mod common;
 
 use common::programs::Program;
-use common::{EngineProcess, RawClient, TestEngine, WAIT, test_config};
+use common::{EngineProcess, RawClient, TestEngine, WAIT, round_trip, test_config};
 use futures_util::StreamExt;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -55,14 +55,8 @@ async fn half_sent_requests_from_one_client_cannot_lock_out_a_worker() {
     // A worker elsewhere still connects, registers and serves a call.
     let mut exec = engine.worker_with("exec", &["echo::it"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
-    let id = caller.send_call("echo::it", json!({"x": 1})).await;
-    let inv = exec
-        .recv_until("invoke", |v| v["type"] == "invokefunction")
-        .await;
-    exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"echo::it","result":{"ok":true}})).await;
-    let r = caller
-        .recv_until("result", |v| v["invocation_id"] == id.as_str())
-        .await;
+    let ok = json!({"result": {"ok": true}});
+    let r = round_trip(&mut caller, &mut exec, "echo::it", json!({"x": 1}), ok).await;
     assert_eq!(r["result"], json!({"ok": true}));
 
     // The attacker's connections beyond its share were closed at once, and
@@ -118,14 +112,8 @@ async fn twenty_thousand_half_open_connections_do_not_lock_out_an_authenticated_
     exec.register_function("echo::it").await;
     engine.wait_for_providers("echo::it", 1).await;
     let mut caller = RawClient::connect_with_token(&engine.url, "t0ken").await;
-    let id = caller.send_call("echo::it", json!({"x": 1})).await;
-    let inv = exec
-        .recv_until("invoke", |v| v["type"] == "invokefunction")
-        .await;
-    exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"echo::it","result":{"ok":true}})).await;
-    let r = caller
-        .recv_until("result", |v| v["invocation_id"] == id.as_str())
-        .await;
+    let ok = json!({"result": {"ok": true}});
+    let r = round_trip(&mut caller, &mut exec, "echo::it", json!({"x": 1}), ok).await;
     assert_eq!(r["result"], json!({"ok": true}));
     drop(attackers);
     engine.stop().await;

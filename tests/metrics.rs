@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{RawClient, TestEngine, WAIT, test_config, wait_for};
+use common::{RawClient, TestEngine, WAIT, round_trip, test_config, wait_for};
 use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::json;
 
@@ -34,23 +34,11 @@ async fn calls_workers_and_queues_are_counted_as_they_happen() {
     let mut exec = engine.worker_with("exec", &["m::echo", "m::fail"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
     for i in 0..3 {
-        let id = caller.send_call("m::echo", json!({"i": i})).await;
-        let inv = exec
-            .recv_until("invoke", |v| v["type"] == "invokefunction")
-            .await;
-        exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"m::echo","result":{"ok":i}})).await;
-        caller
-            .recv_until("result", |v| v["invocation_id"] == id.as_str())
-            .await;
+        let ok = json!({"result": {"ok": i}});
+        round_trip(&mut caller, &mut exec, "m::echo", json!({"i": i}), ok).await;
     }
-    let id = caller.send_call("m::fail", json!({})).await;
-    let inv = exec
-        .recv_until("invoke", |v| v["type"] == "invokefunction")
-        .await;
-    exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"m::fail","error":{"code":"NOPE","message":"no"}})).await;
-    caller
-        .recv_until("result", |v| v["invocation_id"] == id.as_str())
-        .await;
+    let no = json!({"error": {"code": "NOPE", "message": "no"}});
+    round_trip(&mut caller, &mut exec, "m::fail", json!({}), no).await;
     // Two jobs for a function nobody serves: they wait for a worker.
     for _ in 0..2 {
         let r = caller
@@ -139,14 +127,14 @@ async fn the_shipped_alerts_and_dashboard_read_metrics_the_engine_exports() {
     let engine = TestEngine::start().await;
     let mut exec = engine.worker_with("exec", &["m::echo"]).await;
     let mut caller = RawClient::worker(&engine.url, "caller").await;
-    let id = caller.send_call("m::echo", json!({})).await;
-    let inv = exec
-        .recv_until("invoke", |v| v["type"] == "invokefunction")
-        .await;
-    exec.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"m::echo","result":1})).await;
-    caller
-        .recv_until("result", |v| v["invocation_id"] == id.as_str())
-        .await;
+    round_trip(
+        &mut caller,
+        &mut exec,
+        "m::echo",
+        json!({}),
+        json!({"result": 1}),
+    )
+    .await;
     caller
         .call(
             "queue::enqueue",

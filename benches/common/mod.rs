@@ -3,9 +3,12 @@
 //! the report.
 #![allow(dead_code)]
 
+use hdrhistogram::Histogram;
+use qmesh::client::Client;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// The engine binary as a child process: the same launcher the tests use.
 #[path = "../../tests/common/launcher.rs"]
@@ -90,4 +93,66 @@ pub fn number(name: &str, default: f64) -> f64 {
                 .unwrap_or_else(|_| panic!("{name} needs a number"))
         })
         .unwrap_or(default)
+}
+
+/// What a closed-loop phase did: operations, seconds, latencies in µs.
+pub struct Phase {
+    pub ops: u64,
+    pub secs: f64,
+    pub hist: Histogram<u64>,
+}
+
+impl Phase {
+    pub fn per_sec(&self) -> f64 {
+        (self.ops as f64 / self.secs).round()
+    }
+
+    /// A latency quantile, in milliseconds.
+    pub fn ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// `callers` closed loops over `clients` for `duration`, each calling
+/// `op(n)` (n = the caller's index, then stepping by `callers`) and waiting
+/// for its answer. Latencies are recorded in microseconds, up to 60 s.
+pub async fn closed_loop(
+    clients: &[Client],
+    callers: usize,
+    duration: Duration,
+    op: impl Fn(u64) -> (&'static str, Value) + Send + Sync + Clone + 'static,
+) -> Phase {
+    let end = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let client = clients[c % clients.len()].clone();
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut n = c as u64;
+            let mut ops = 0;
+            while Instant::now() < end {
+                let (f, input) = op(n);
+                let t = Instant::now();
+                client.call(f, input).await.expect("call");
+                hist.record(t.elapsed().as_micros() as u64).ok();
+                n += callers as u64;
+                ops += 1;
+            }
+            (ops, hist)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut ops = 0;
+    for t in tasks {
+        let (n, h) = t.await.expect("caller");
+        ops += n;
+        all.add(h).unwrap();
+    }
+    Phase {
+        ops,
+        secs: started.elapsed().as_secs_f64(),
+        hist: all,
+    }
 }

@@ -4,12 +4,12 @@
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use std::net::SocketAddr;
 
 use super::AppState;
-use super::worker_socket::{Admission, unauthorized};
+use super::worker_socket::Admission;
 
 /// Telemetry sockets take a slot of `limits.max_connections` like worker
 /// sockets do: otherwise they would be an unbounded way to hold sockets open.
@@ -22,12 +22,9 @@ pub async fn upgrade(
 ) -> Response {
     // The same admission as worker sockets (iii runs the RBAC auth for
     // `/otel` too): an anonymous peer cannot hold telemetry sockets open.
-    let admission = match Admission::check(&app, headers, query, addr) {
-        Ok(a) => a,
-        Err(why) => return unauthorized(&app, addr, why),
-    };
-    let Ok(permit) = app.connection_slots.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    let (admission, permit) = match Admission::with_slot(&app, headers, query, addr) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
     };
     let limit = app.mesh.config().limits.max_message_size;
     ws.max_message_size(limit)

@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::AppState;
 use super::auth::{ListenerPolicy, Refused, Upgrade};
@@ -36,13 +36,9 @@ pub async fn upgrade(
     if app.mesh.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "engine shutting down").into_response();
     }
-    let admission = match Admission::check(&app, headers, query, addr) {
-        Ok(a) => a,
-        Err(why) => return unauthorized(&app, addr, why),
-    };
-    let Ok(permit) = app.connection_slots.clone().try_acquire_owned() else {
-        tracing::warn!(remote = %addr, limit = app.mesh.config().limits.max_connections, "connection refused: limits.max_connections reached");
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    let (admission, permit) = match Admission::with_slot(&app, headers, query, addr) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
     };
     let limit = app.mesh.config().limits.max_message_size;
     let mesh = app.mesh;
@@ -74,7 +70,7 @@ pub(crate) struct PendingAuth {
 }
 
 /// A request without a valid token: 401, before any upgrade.
-pub(crate) fn unauthorized(app: &AppState, remote: SocketAddr, why: Refused) -> Response {
+fn unauthorized(app: &AppState, remote: SocketAddr, why: Refused) -> Response {
     tracing::warn!(remote = %remote, listener = %app.policy.rules.name, "worker connection refused: {why}");
     let body =
         serde_json::json!({"error": {"code": codes::UNAUTHORIZED, "message": why.to_string()}});
@@ -82,6 +78,25 @@ pub(crate) fn unauthorized(app: &AppState, remote: SocketAddr, why: Refused) -> 
 }
 
 impl Admission {
+    /// What every socket of a worker listener (`/`, `/otel`) goes through
+    /// before its upgrade: admission (401 without a valid token), then a
+    /// slot of `limits.max_connections` (503 when none is left).
+    pub(crate) fn with_slot(
+        app: &AppState,
+        headers: HeaderMap,
+        query: Vec<(String, String)>,
+        remote: SocketAddr,
+    ) -> Result<(Self, OwnedSemaphorePermit), Box<Response>> {
+        let admission = Self::check(app, headers, query, remote)
+            .map_err(|why| Box::new(unauthorized(app, remote, why)))?;
+        let Ok(permit) = app.connection_slots.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %remote, limit = app.mesh.config().limits.max_connections, "connection refused: limits.max_connections reached");
+            let refusal = (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+            return Err(Box::new(refusal));
+        };
+        Ok((admission, permit))
+    }
+
     /// Decides what can be decided before the upgrade.
     pub(crate) fn check(
         app: &AppState,

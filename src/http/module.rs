@@ -5,8 +5,7 @@
 
 use futures_util::future::BoxFuture;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use tokio::net::TcpListener;
+use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use super::functions::HttpFunctions;
@@ -15,15 +14,13 @@ use super::server::{self, Server};
 use super::{HttpConfig, HttpFunctionsConfig, TRIGGER_TYPE};
 use crate::channels::Channels;
 use crate::mesh::{Mesh, Provisions};
-use crate::module::{Module, ModuleListener};
-use crate::net::Tls;
+use crate::module::Module;
+use crate::net::{Bound, Listener};
 
 pub(crate) struct HttpModule {
     server: Arc<Server>,
     functions: Arc<HttpFunctions>,
-    addr: SocketAddr,
-    listener: Mutex<Option<TcpListener>>,
-    tls: Option<Tls>,
+    listener: Bound,
 }
 
 impl HttpModule {
@@ -34,9 +31,8 @@ impl HttpModule {
         config: HttpConfig,
         functions: &HttpFunctionsConfig,
     ) -> std::io::Result<HttpModule> {
-        let listener = crate::net::bind(config.listen, "HTTP").await?;
-        let addr = listener.local_addr()?;
-        let tls = crate::net::tls(config.tls.as_ref())?;
+        let listener =
+            Bound::bind(config.listen, "HTTP trigger routes", config.tls.as_ref()).await?;
         let mut middleware = config.middleware.clone();
         middleware.sort_by_key(|m| m.priority);
         let server = Arc::new(Server {
@@ -50,15 +46,13 @@ impl HttpModule {
         Ok(HttpModule {
             server,
             functions: Arc::new(HttpFunctions::new(functions)),
-            addr,
-            listener: Mutex::new(Some(listener)),
-            tls,
+            listener,
         })
     }
 
     /// Where trigger routes are served.
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr()
     }
 
     /// Live routes.
@@ -90,18 +84,9 @@ impl Module for HttpModule {
         p.external_functions(self.functions.clone());
     }
 
-    fn listener(&self) -> Option<ModuleListener> {
-        let tcp = self
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "HTTP trigger routes listening");
-        Some(ModuleListener {
-            tcp,
-            app: server::app(self.server.clone()),
-            tls: self.tls.clone(),
-            request_timeout: Some(self.server.config.header_read_timeout),
-        })
+    fn listener(&self) -> Option<Listener> {
+        let app = server::app(self.server.clone());
+        let timeout = self.server.config.header_read_timeout;
+        self.listener.take(app, Some(timeout))
     }
 }

@@ -28,20 +28,63 @@ use tower::ServiceExt;
 pub(crate) use tls::Tls;
 pub use tls::{TlsConfig, TlsError};
 
-/// Binds a module's listener; the error names what it is for.
-pub(crate) async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"))
-    })
+/// A socket with what it serves: handed to [`serve`] by whoever runs it.
+pub(crate) struct Listener {
+    pub tcp: TcpListener,
+    pub app: Router,
+    pub tls: Option<Tls>,
+    /// The handshake phase's deadline when it is not the engine's default.
+    pub request_timeout: Option<Duration>,
 }
 
-/// A listener's TLS from its optional `tls` setting; a bad certificate is
-/// an error at start, as an unusable port is.
-pub(crate) fn tls(config: Option<&TlsConfig>) -> std::io::Result<Option<Tls>> {
-    config
-        .map(Tls::load)
-        .transpose()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+/// A listener bound when its owner is built (so a port in use fails the
+/// start) and served later, once: a module's own listener.
+pub(crate) struct Bound {
+    what: &'static str,
+    addr: SocketAddr,
+    tls: Option<Tls>,
+    tcp: std::sync::Mutex<Option<TcpListener>>,
+}
+
+impl Bound {
+    /// Binds `addr` and reads its certificate, if any; the errors name `what`
+    /// the listener is for.
+    pub(crate) async fn bind(
+        addr: SocketAddr,
+        what: &'static str,
+        tls: Option<&TlsConfig>,
+    ) -> std::io::Result<Self> {
+        let tcp = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"))
+        })?;
+        let tls = tls
+            .map(Tls::load)
+            .transpose()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        Ok(Self {
+            what,
+            addr: tcp.local_addr()?,
+            tls,
+            tcp: std::sync::Mutex::new(Some(tcp)),
+        })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The socket with `app`, the first time it is asked for.
+    pub(crate) fn take(&self, app: Router, request_timeout: Option<Duration>) -> Option<Listener> {
+        let tcp = self.tcp.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "{} listening", self.what);
+        Some(Listener {
+            tcp,
+            app,
+            tls: self.tls.clone(),
+            request_timeout,
+        })
+    }
 }
 
 /// How a listener treats connections that have not finished their HTTP

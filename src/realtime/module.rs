@@ -6,7 +6,6 @@ use futures_util::future::BoxFuture;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::functions as f;
@@ -14,8 +13,8 @@ use super::upgrade::{self, Upgrades};
 use super::{Realtime, RealtimeConfig, TRIGGER_TYPE, persist};
 use crate::mesh::metrics::gauge;
 use crate::mesh::{Mesh, Provisions};
-use crate::module::{Module, ModuleListener};
-use crate::net::Tls;
+use crate::module::Module;
+use crate::net::{Bound, Listener};
 use crate::queue::Queues;
 use crate::store::Store;
 use crate::store::realtime::{ConnRows, LeftRow};
@@ -24,10 +23,7 @@ use prometheus_client::registry::Registry;
 pub(crate) struct RealtimeModule {
     mesh: Mesh,
     hub: Realtime,
-    /// Taken by `start`.
-    listener: Mutex<Option<TcpListener>>,
-    addr: SocketAddr,
-    tls: Option<Tls>,
+    listener: Bound,
     /// Rows the last run left, read before any connection can add one;
     /// queued as disconnects once the engine starts.
     leftovers: Mutex<Vec<LeftRow>>,
@@ -41,9 +37,7 @@ impl RealtimeModule {
         store: Arc<Store>,
         queues: &Queues,
     ) -> std::io::Result<Self> {
-        let listener = crate::net::bind(config.listen, "realtime clients").await?;
-        let addr = listener.local_addr()?;
-        let tls = crate::net::tls(config.tls.as_ref())?;
+        let listener = Bound::bind(config.listen, "realtime routes", config.tls.as_ref()).await?;
         let budget = mesh.budget().clone();
         let rows = ConnRows::new(store);
         let hub = Realtime::new(config, Some(rows), Some(queues.clone()), budget);
@@ -51,16 +45,14 @@ impl RealtimeModule {
         Ok(Self {
             mesh: mesh.clone(),
             hub,
-            listener: Mutex::new(Some(listener)),
-            addr,
-            tls,
+            listener,
             leftovers: Mutex::new(leftovers),
         })
     }
 
     /// Where clients connect (`realtime.listen`, resolved).
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr()
     }
 
     /// The hub of open client connections (tests and benches inspect it).
@@ -95,25 +87,14 @@ impl Module for RealtimeModule {
         p.sync_fn("channel::issue_ticket", hub, f::issue_ticket);
     }
 
-    fn listener(&self) -> Option<ModuleListener> {
-        let tcp = self
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "realtime routes listening");
+    fn listener(&self) -> Option<Listener> {
         let app = axum::Router::new()
             .fallback(upgrade::handle)
             .with_state(Upgrades {
                 mesh: self.mesh.clone(),
                 hub: self.hub.clone(),
             });
-        Some(ModuleListener {
-            tcp,
-            app,
-            tls: self.tls.clone(),
-            request_timeout: None,
-        })
+        self.listener.take(app, None)
     }
 
     fn start(&self) -> Vec<JoinHandle<()>> {

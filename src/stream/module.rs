@@ -7,9 +7,8 @@
 
 use futures_util::future::BoxFuture;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 use super::functions as f;
 use super::hub::Hub;
@@ -17,17 +16,15 @@ use super::lifecycle::{JOIN, LEAVE, Lifecycle};
 use super::socket::{self, SocketApp};
 use super::{Streams, StreamsConfig, watchers::Watchers};
 use crate::mesh::{Mesh, Provisions};
-use crate::module::{Module, ModuleListener};
-use crate::net::Tls;
+use crate::module::Module;
+use crate::net::{Bound, Listener};
 use crate::store::Store;
 use crate::store::stream::StreamItems;
 
 pub(crate) struct StreamsModule {
     mesh: Mesh,
     streams: Streams,
-    addr: SocketAddr,
-    listener: Mutex<Option<TcpListener>>,
-    tls: Option<Tls>,
+    listener: Bound,
 }
 
 impl StreamsModule {
@@ -37,9 +34,7 @@ impl StreamsModule {
         store: Arc<Store>,
         config: StreamsConfig,
     ) -> std::io::Result<Self> {
-        let listener = crate::net::bind(config.listen, "stream clients").await?;
-        let addr = listener.local_addr()?;
-        let tls = crate::net::tls(config.tls.as_ref())?;
+        let listener = Bound::bind(config.listen, "stream clients", config.tls.as_ref()).await?;
         let hub = Hub::new(mesh.budget().clone(), config.max_connections);
         Ok(Self {
             mesh: mesh.clone(),
@@ -50,15 +45,13 @@ impl StreamsModule {
                 lifecycle: Lifecycle::default(),
                 hub,
             },
-            addr,
-            listener: Mutex::new(Some(listener)),
-            tls,
+            listener,
         })
     }
 
     /// Where stream clients connect (`streams.listen`, resolved).
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr()
     }
 
     /// Open client sockets.
@@ -102,30 +95,19 @@ impl Module for StreamsModule {
     /// Where clients connect and how many are open.
     fn health(&self) -> Option<(&'static str, serde_json::Value)> {
         let clients = self.streams.hub.open_count();
-        let listen = self.addr.to_string();
+        let listen = self.listener.addr().to_string();
         Some((
             "streams",
             serde_json::json!({ "state": "ok", "listen": listen, "clients": clients }),
         ))
     }
 
-    fn listener(&self) -> Option<ModuleListener> {
-        let listener = self
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
-        tracing::info!(addr = %self.addr, "stream clients listening");
+    fn listener(&self) -> Option<Listener> {
         let app = socket::router(SocketApp {
             mesh: self.mesh.clone(),
             streams: self.streams.clone(),
         });
-        Some(ModuleListener {
-            tcp: listener,
-            app,
-            tls: self.tls.clone(),
-            request_timeout: None,
-        })
+        self.listener.take(app, None)
     }
 
     /// The listener stopped accepting already; every open client is closed

@@ -539,6 +539,21 @@ impl RawClient {
         }
     }
 
+    /// Reads the next `invokefunction` and answers it with `reply` (a
+    /// `{"result": ..}` or `{"error": ..}` object); returns the invocation.
+    pub async fn answer_next(&mut self, reply: Value) -> Value {
+        let inv = self
+            .recv_until("invokefunction", |v| v["type"] == "invokefunction")
+            .await;
+        let mut frame = json!({"type": "invocationresult",
+            "invocation_id": inv["invocation_id"], "function_id": inv["function_id"]});
+        if let (Some(frame), Value::Object(reply)) = (frame.as_object_mut(), reply) {
+            frame.extend(reply);
+        }
+        self.send(frame).await;
+        inv
+    }
+
     /// Serves every `invokefunction` it receives with `handler` until `n` were answered.
     pub async fn serve(&mut self, n: usize, handler: impl Fn(&Value) -> Value) {
         for _ in 0..n {
@@ -609,4 +624,20 @@ impl TestEngine {
     pub fn reload_tls(&self) -> Result<(), String> {
         self.engine.reload_tls().map_err(|e| e.to_string())
     }
+}
+
+/// One sync call from `caller`, served by `exec` with `reply` (`{"result":
+/// ..}` or `{"error": ..}`); returns the caller's `invocationresult`.
+pub async fn round_trip(
+    caller: &mut RawClient,
+    exec: &mut RawClient,
+    function_id: &str,
+    data: Value,
+    reply: Value,
+) -> Value {
+    let id = caller.send_call(function_id, data).await;
+    exec.answer_next(reply).await;
+    caller
+        .recv_until("invocationresult", |v| v["invocation_id"] == id.as_str())
+        .await
 }
