@@ -6,6 +6,7 @@
 //! knows no mesh, no module and no route; callers hand it a `Router`.
 
 pub(crate) mod tls;
+pub(crate) mod ws;
 
 use axum::Router;
 use axum::extract::ConnectInfo;

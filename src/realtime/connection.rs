@@ -4,9 +4,9 @@
 //! then each message, then disconnect exactly once, after the handlers still
 //! running have finished (or `disconnect_wait` ran out).
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use super::{Client, CloseReason, ClosedBy, Realtime, dispatch, persist};
 use crate::mesh::Mesh;
+use crate::net::ws::Ending;
 use crate::protocol::codes::close;
 
 /// How long a closing socket's writer may take to put its last frames out.
@@ -47,7 +48,13 @@ pub async fn serve(
     let recorded = persist::opened(&hub, &ch).await;
     tracing::debug!(channel_id = %ch.id, route = %ch.route, path = %ch.path, "realtime channel open");
     let (sink, stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, outbox.rx, ch.clone()));
+    let ping = ch.limits.ping_interval;
+    let mut writer = tokio::spawn(crate::net::ws::write_loop(
+        sink,
+        outbox.rx,
+        ch.clone(),
+        ping,
+    ));
     let (in_tx, in_rx) = mpsc::channel(hub.config().inbound_messages);
     let reader = tokio::spawn(read_loop(stream, in_tx, ch.clone()));
     let wait = hub.config().disconnect_wait;
@@ -206,68 +213,33 @@ fn on_read_error(ch: &Client, e: axum::Error) {
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
-    ch: Arc<Client>,
-) {
-    let every = ch.limits.ping_interval;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = ch.closed() => break,
-            m = rx.recv() => match m { Some(m) => m, None => break },
-            _ = ping.tick() => Message::Ping(Default::default()),
-        };
-        if !write_batch(&mut sink, &mut rx, &ch, msg).await {
-            ch.close(CloseReason::new(ABNORMAL, "write failed", ClosedBy::Client));
-            return;
-        }
+impl crate::net::ws::ClientSocket for Client {
+    fn sent(&self, msg: &Message) {
+        Client::sent(self, msg)
     }
-    let reason = ch.close_reason();
-    let by = reason.as_ref().map(|r| r.by);
-    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-        // A slow consumer's queue is dropped; anyone else gets what was sent before the close.
-        if by != Some(ClosedBy::SlowConsumer) && by != Some(ClosedBy::Client) {
-            while let Ok(m) = rx.try_recv() {
-                ch.sent(&m);
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-            }
-        }
-        match reason.filter(|r| r.by != ClosedBy::Client) {
-            Some(r) => {
-                let frame = CloseFrame {
+
+    fn closed(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(Client::closed(self))
+    }
+
+    fn lost(&self) {
+        self.close(CloseReason::new(ABNORMAL, "write failed", ClosedBy::Client));
+    }
+
+    fn ending(&self) -> Ending {
+        match self.close_reason() {
+            None => Ending::ByClient,
+            Some(r) => match r.by {
+                ClosedBy::Client => Ending::ByClient,
+                ClosedBy::SlowConsumer => Ending::SlowConsumer {
                     code: r.code,
                     reason: r.text.into(),
-                };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-            }
-            // tungstenite queued the answer to the client's close frame; flush it out.
-            None => {
-                let _ = sink.close().await;
-            }
+                },
+                _ => Ending::ByServer {
+                    code: r.code,
+                    reason: r.text.into(),
+                },
+            },
         }
-    })
-    .await;
-}
-
-/// Writes `first` and whatever else is already queued, then flushes once.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Message>,
-    ch: &Client,
-    first: Message,
-) -> bool {
-    let mut next = Some(first);
-    while let Some(m) = next {
-        ch.sent(&m);
-        if sink.feed(m).await.is_err() {
-            return false;
-        }
-        next = rx.try_recv().ok();
     }
-    sink.flush().await.is_ok()
 }

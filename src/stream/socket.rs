@@ -25,25 +25,25 @@
 //! reading is closed with 1013, never waited for).
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 use super::Streams;
 use super::hub::{Client, Closed, Slot, Subscription};
 use super::lifecycle::Verdict;
 use super::watchers::{envelope, now_ms};
 use crate::mesh::Mesh;
+use crate::net::ws::Ending;
 use crate::protocol::codes::{self, close, stream_socket, upgrade};
 use crate::protocol::{DEFAULT_NAMESPACE, names, to_payload};
 
@@ -261,7 +261,7 @@ async fn serve(socket: WebSocket, app: SocketApp, context: Value, _slot: Slot) {
     let (client, outbox) = hub.open(context, config.outbound_messages, config.outbound_bytes);
     tracing::debug!(client = client.id, "stream client open");
     let (sink, stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(
+    let mut writer = tokio::spawn(crate::net::ws::write_loop(
         sink,
         outbox,
         client.clone(),
@@ -484,77 +484,31 @@ fn send_error(client: &Client, d: Option<&SubscriptionData>, code: &str, message
     client.send(text.into());
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
-    client: Arc<Client>,
-    every: Duration,
-) {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = client.closed() => break,
-            m = rx.recv() => match m { Some(m) => m, None => break },
-            _ = ping.tick() => Message::Ping(Default::default()),
-        };
-        // A client that stops reading blocks the write: its close (1013, or
-        // the shutdown) must not wait for it.
-        let written = tokio::select! {
-            ok = write_batch(&mut sink, &mut rx, &client, msg) => ok,
-            _ = client.closed() => true,
-        };
-        if !written {
-            client.close(lost());
-            return;
-        }
+impl crate::net::ws::ClientSocket for Client {
+    fn sent(&self, msg: &Message) {
+        Client::sent(self, msg)
     }
-    let reason = client.reason();
-    let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-        let slow = reason
-            .as_ref()
-            .is_some_and(|r| r.code == close::TRY_AGAIN_LATER);
-        let by_client = reason.as_ref().is_none_or(|r| r.by_client);
-        // A slow consumer's queue is dropped; anyone else gets what was queued before the close.
-        if !slow && !by_client {
-            while let Ok(m) = rx.try_recv() {
-                client.sent(&m);
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-            }
-        }
-        match reason.filter(|r| !r.by_client) {
-            Some(r) => {
-                let frame = CloseFrame {
-                    code: r.code,
-                    reason: Utf8Bytes::from_static(r.text),
-                };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-            }
-            // tungstenite queued the answer to the client's close frame; flush it out.
-            None => {
-                let _ = sink.close().await;
-            }
-        }
-    })
-    .await;
-}
 
-/// Writes `first` and whatever else is already queued, then flushes once.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Message>,
-    client: &Client,
-    first: Message,
-) -> bool {
-    let mut next = Some(first);
-    while let Some(m) = next {
-        client.sent(&m);
-        if sink.feed(m).await.is_err() {
-            return false;
-        }
-        next = rx.try_recv().ok();
+    fn closed(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(Client::closed(self))
     }
-    sink.flush().await.is_ok()
+
+    fn lost(&self) {
+        self.close(lost())
+    }
+
+    fn ending(&self) -> Ending {
+        match self.reason() {
+            None => Ending::ByClient,
+            Some(r) if r.by_client => Ending::ByClient,
+            Some(r) if r.code == close::TRY_AGAIN_LATER => Ending::SlowConsumer {
+                code: r.code,
+                reason: Utf8Bytes::from_static(r.text),
+            },
+            Some(r) => Ending::ByServer {
+                code: r.code,
+                reason: Utf8Bytes::from_static(r.text),
+            },
+        }
+    }
 }
