@@ -208,6 +208,28 @@ fn write_event(had_old: bool, new: &Value) -> Value {
     json!({ "type": kind, "data": new })
 }
 
+/// A custom provider's write: the event fires as for the store, and the
+/// caller gets iii's `{old_value, new_value}` (and the provider's `errors`).
+fn provider_wrote(
+    s: &Streams,
+    mesh: &Mesh,
+    (stream, group, item): (&str, &str, &str),
+    out: ProviderWritten,
+) -> (Value, Option<Value>) {
+    let old_value = out.old_value.unwrap_or(Value::Null);
+    s.fire(
+        mesh,
+        Event {
+            stream,
+            group,
+            item: Some(item),
+            event: write_event(!old_value.is_null(), &out.new_value),
+        },
+    );
+    let reply = json!({ "old_value": old_value, "new_value": out.new_value });
+    (reply, out.errors)
+}
+
 pub(super) fn set(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
     const CODE: &str = codes::STREAM_SET_ERROR;
     let inp: SetInput = match input("stream::set", v) {
@@ -220,17 +242,13 @@ pub(super) fn set(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'st
     if let Some(p) = providers::find(&mesh, "set", &inp.stream_name) {
         return Box::pin(async move {
             let out: ProviderWritten = p.call_as(&mesh, &inp, s.config.provider_timeout).await?;
-            let old_value = out.old_value.unwrap_or(Value::Null);
-            s.fire(
+            let (reply, _) = provider_wrote(
+                &s,
                 &mesh,
-                Event {
-                    stream: &inp.stream_name,
-                    group: &inp.group_id,
-                    item: Some(&inp.item_id),
-                    event: write_event(!old_value.is_null(), &out.new_value),
-                },
+                (&inp.stream_name, &inp.group_id, &inp.item_id),
+                out,
             );
-            Ok(json!({ "old_value": old_value, "new_value": out.new_value }))
+            Ok(reply)
         });
     }
     let new_value = inp.data.unwrap_or(Value::Null);
@@ -350,18 +368,13 @@ pub(super) fn update(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<
     if let Some(p) = providers::find(&mesh, "update", &inp.stream_name) {
         return Box::pin(async move {
             let out: ProviderWritten = p.call_as(&mesh, &inp, s.config.provider_timeout).await?;
-            let old_value = out.old_value.unwrap_or(Value::Null);
-            s.fire(
+            let (mut reply, errors) = provider_wrote(
+                &s,
                 &mesh,
-                Event {
-                    stream: &inp.stream_name,
-                    group: &inp.group_id,
-                    item: Some(&inp.item_id),
-                    event: write_event(!old_value.is_null(), &out.new_value),
-                },
+                (&inp.stream_name, &inp.group_id, &inp.item_id),
+                out,
             );
-            let mut reply = json!({ "old_value": old_value, "new_value": out.new_value });
-            if let Some(errors) = out.errors.filter(|e| !e.is_null()) {
+            if let Some(errors) = errors.filter(|e| !e.is_null()) {
                 reply["errors"] = errors;
             }
             Ok(reply)
