@@ -678,3 +678,36 @@ async fn top_shows_queues_with_their_rates_and_the_workers() {
         "the worker is listed: {run:?}"
     );
 }
+
+#[tokio::test]
+async fn enqueue_each_line_writes_a_file_of_jobs_in_batches() {
+    let (engine, _worker) = setup().await;
+    let url = engine.url.as_str();
+    let lines: String = (0..12_001).map(|i| format!("{{\"i\":{i}}}\n")).collect();
+    let run = qmesh_with_stdin(
+        url,
+        &[
+            "enqueue",
+            "lines",
+            "t::nobody",
+            "--each-line",
+            "-",
+            "--json",
+        ],
+        Some(&lines),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["enqueued"], 12_001, "{run:?}");
+    let stats = ok_json(url, &["queue", "stats", "lines", "--json"]).await;
+    assert_eq!(stats["waiting_for_worker"], 12_001, "{stats}");
+
+    let bad = qmesh_with_stdin(
+        url,
+        &["enqueue", "lines", "t::nobody", "--each-line", "-"],
+        Some("{}\nnot json\n"),
+    )
+    .await;
+    assert_eq!(bad.code, 2, "a bad line is a usage error: {bad:?}");
+    assert!(bad.stderr.contains("line 2"), "{bad:?}");
+}

@@ -761,3 +761,55 @@ async fn a_job_is_shown_in_the_state_stats_counts_it_in() {
     assert_eq!(job["state"], "ready", "{job}");
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn enqueue_many_writes_a_whole_batch_or_refuses_it() {
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut c = RawClient::worker(&engine.url, "producer").await;
+    let jobs: Vec<Value> = (0..500).map(|i| json!({"data": {"i": i}})).collect();
+    let r = op(
+        &mut c,
+        "queue::enqueue_many",
+        json!({"queue": "bulk", "function_id": "bulk::run", "jobs": jobs}),
+    )
+    .await;
+    let receipts = r["receipts"].as_array().unwrap();
+    assert_eq!(receipts.len(), 500, "{r}");
+    assert_eq!(r["duplicates"], 0);
+    until_stats(&mut c, "bulk", |s| s["waiting_for_worker"] == 500).await;
+
+    // One bad job refuses the call, naming it; nothing of it is written.
+    let bad = c
+        .call(
+            "queue::enqueue_many",
+            json!({"queue": "bulk", "function_id": "bulk::run",
+                "jobs": [{"data": 1}, {"data": 2, "delay": "soon"}]}),
+        )
+        .await;
+    assert_eq!(bad["error"]["code"], "INVALID_ARGUMENTS", "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("jobs[1]:"),
+        "{bad}"
+    );
+    for wrong in [
+        json!({"queue": "bulk", "jobs": []}),
+        json!({"queue": "bulk", "jobs": [{"data": 1}]}),
+        json!({"queue": "bulk", "function_id": "f", "jobs": [{"queue": "other", "data": 1}]}),
+    ] {
+        let r = c.call("queue::enqueue_many", wrong).await;
+        assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{r}");
+    }
+    let stats = op(&mut c, "queue::stats", json!({"queue": "bulk"})).await;
+    assert_eq!(stats["waiting_for_worker"], 500, "{stats}");
+
+    // A worker runs every job of the batch, each with its own data.
+    let mut w = RawClient::worker(&engine.url, "runner").await;
+    w.register_function("bulk::run").await;
+    let seen = serve(&mut w, 500, |_| Ok(json!(true))).await;
+    let mut ids: Vec<u64> = seen.iter().map(|d| d["i"].as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..500).collect::<Vec<_>>());
+}

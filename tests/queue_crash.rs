@@ -302,3 +302,31 @@ async fn a_crash_loop_loses_no_acknowledged_job_and_runs_none_it_forgets() {
     stop(last).await;
     drop(engine);
 }
+
+/// A batch is acknowledged after the one sync that covers all of it: kill
+/// -9 right after the acknowledgement, and every job is there after the
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_batch_survives_kill_9_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = EngineProcess::start_in(dir.path());
+    let mut c = RawClient::connect(&engine.url).await;
+    let jobs: Vec<Value> = (0..2_000).map(|i| json!({"data": {"i": i}})).collect();
+    let r = c
+        .call(
+            "queue::enqueue_many",
+            json!({"queue": "crash", "function_id": "crash::nobody", "jobs": jobs}),
+        )
+        .await;
+    assert_eq!(
+        r["result"]["receipts"].as_array().map(Vec::len),
+        Some(2_000),
+        "{r}"
+    );
+    engine.kill();
+
+    let engine = EngineProcess::start_in(dir.path());
+    let mut c = RawClient::connect(&engine.url).await;
+    let stats = c.call("queue::stats", json!({"queue": "crash"})).await;
+    assert_eq!(stats["result"]["waiting_for_worker"], 2_000, "{stats}");
+}

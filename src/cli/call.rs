@@ -38,6 +38,11 @@ pub struct EnqueueArgs {
     /// A repeated key returns the first job's receipt instead of enqueuing again.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// One job per line of FILE (- for stdin), each line its JSON input,
+    /// written in batches of up to 10,000 (`queue::enqueue_many`, one sync
+    /// each); prints how many were enqueued.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["payload", "idempotency_key"])]
+    each_line: Option<String>,
     #[command(flatten)]
     remote: Remote,
 }
@@ -56,6 +61,9 @@ pub fn call(args: CallArgs) -> ExitCode {
 }
 
 pub fn enqueue(args: EnqueueArgs) -> ExitCode {
+    if let Some(file) = args.each_line.clone() {
+        return enqueue_lines(args, &file);
+    }
     let data = match payload(args.payload.as_deref()) {
         Ok(v) => v,
         Err(e) => return e.report(args.remote.json),
@@ -80,6 +88,65 @@ pub fn enqueue(args: EnqueueArgs) -> ExitCode {
             } else {
                 format!("enqueued {receipt} on {}", args.queue)
             }
+        });
+        Ok(())
+    })
+}
+
+/// Jobs a `--each-line` batch holds (the engine's most per call).
+const BATCH: usize = 10_000;
+
+/// `--each-line`: every line a job, batch by batch; a bad line stops the
+/// run before its batch is sent (the batches before it are enqueued).
+fn enqueue_lines(args: EnqueueArgs, file: &str) -> ExitCode {
+    let text = if file == "-" {
+        let mut t = String::new();
+        std::io::stdin().lock().read_to_string(&mut t).map(|_| t)
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            return CliError::usage(format!("--each-line {file}: {e}")).report(args.remote.json);
+        }
+    };
+    let mut jobs = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        match serde_json::from_str::<Value>(line) {
+            Ok(data) => {
+                let mut job = json!({ "data": data });
+                if let Some(d) = args.delay {
+                    job["delay"] = json!(d.as_millis() as u64);
+                }
+                if let Some(p) = args.priority {
+                    job["priority"] = json!(p);
+                }
+                jobs.push(job);
+            }
+            Err(e) => {
+                let msg = format!("--each-line {file}: line {} is not JSON: {e}", n + 1);
+                return CliError::usage(msg).report(args.remote.json);
+            }
+        }
+    }
+    let json = args.remote.json;
+    execute(&args.remote, async move |s| {
+        let mut enqueued = 0;
+        let mut duplicates = 0;
+        for batch in jobs.chunks(BATCH) {
+            let input = json!({ "queue": args.queue, "function_id": args.function, "jobs": batch });
+            let out = s.call("queue::enqueue_many", input).await?;
+            enqueued += batch.len();
+            duplicates += out["duplicates"].as_u64().unwrap_or(0);
+        }
+        let out = json!({ "queue": args.queue, "enqueued": enqueued, "duplicates": duplicates });
+        emit(json, &out, || {
+            format!("enqueued {enqueued} jobs on {}", args.queue)
         });
         Ok(())
     })

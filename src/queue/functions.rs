@@ -111,64 +111,124 @@ pub(super) fn enqueue(
         let a: EnqueueArgs = args(input)?;
         let queue = a
             .queue
+            .clone()
             .filter(|q| !q.is_empty())
             .ok_or_else(|| invalid("missing queue"))?;
-        let function_id = a
-            .function_id
-            .filter(|f| !f.is_empty())
-            .ok_or_else(|| invalid("missing function_id"))?;
-        check_names(&queue, &function_id, a.namespace.as_deref()).map_err(invalid)?;
-        let delay = match a.delay {
-            None => None,
-            Some(Value::Number(n)) => Some(Duration::from_millis(
-                n.as_u64().ok_or_else(|| invalid("delay must be >= 0"))?,
-            )),
-            Some(Value::String(s)) => Some(
-                humantime::parse_duration(&s).map_err(|e| invalid(format!("delay {s:?}: {e}")))?,
-            ),
-            Some(_) => {
-                return Err(invalid(
-                    "delay is a duration string like \"30s\" or milliseconds",
-                ));
-            }
-        };
-        if delay.is_some() && a.run_at.is_some() {
-            return Err(invalid("give delay or run_at, not both"));
+        let e = queues.enqueue(request(queue, a, now_ms())?).await?;
+        Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
+    })
+}
+
+/// Most jobs one `queue::enqueue_many` may carry.
+const MAX_BATCH: usize = 10_000;
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct EnqueueManyArgs {
+    queue: Option<String>,
+    /// Each job's fields as for `queue::enqueue`; `function_id` and
+    /// `namespace` default to the call's.
+    jobs: Vec<EnqueueArgs>,
+    function_id: Option<String>,
+    namespace: Option<String>,
+}
+
+/// `queue::enqueue_many {queue, jobs: [{function_id?, data, delay?, run_at?,
+/// priority?, idempotency_key?}], function_id?}`: every job is checked
+/// first (one bad job refuses the call, naming its index), then the whole
+/// batch is written and acknowledged after one sync.
+pub(super) fn enqueue_many(
+    queues: Queues,
+    _: Mesh,
+    _: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    Box::pin(async move {
+        let a: EnqueueManyArgs = args(input)?;
+        let queue = a
+            .queue
+            .filter(|q| !q.is_empty())
+            .ok_or_else(|| invalid("missing queue"))?;
+        if a.jobs.is_empty() || a.jobs.len() > MAX_BATCH {
+            return Err(invalid(format!(
+                "jobs must hold 1 to {MAX_BATCH} jobs (got {})",
+                a.jobs.len()
+            )));
         }
         let now = now_ms();
-        let run_at_ms = match (a.run_at, delay) {
-            (Some(at), _) => Some(at),
-            (None, Some(d)) => Some(
-                u64::try_from(d.as_millis())
-                    .ok()
-                    .and_then(|d| now.checked_add(d))
-                    .ok_or_else(|| invalid("delay is too long"))?,
-            ),
-            (None, None) => None,
-        };
-        if run_at_ms.is_some_and(|at| at.saturating_sub(now) > MAX_SCHEDULE_AHEAD_MS) {
+        let mut reqs = Vec::with_capacity(a.jobs.len());
+        for (i, mut job) in a.jobs.into_iter().enumerate() {
+            if job.queue.as_ref().is_some_and(|q| *q != queue) {
+                return Err(invalid(format!(
+                    "jobs[{i}]: every job of a batch goes to the call's queue {queue:?}"
+                )));
+            }
+            job.function_id = job.function_id.or_else(|| a.function_id.clone());
+            job.namespace = job.namespace.or_else(|| a.namespace.clone());
+            let req = request(queue.clone(), job, now)
+                .map_err(|e| invalid(format!("jobs[{i}]: {}", e.message)))?;
+            reqs.push(req);
+        }
+        let done = queues.enqueue_many(reqs).await?;
+        let duplicates = done.iter().filter(|e| e.duplicate).count();
+        let receipts: Vec<Value> = done.iter().map(|e| json!(e.receipt)).collect();
+        Ok(json!({ "queue": queue, "receipts": receipts, "duplicates": duplicates }))
+    })
+}
+
+/// One job of `queue::enqueue` or `queue::enqueue_many`, checked.
+fn request(queue: String, a: EnqueueArgs, now: u64) -> Result<EnqueueRequest, ErrorBody> {
+    let function_id = a
+        .function_id
+        .filter(|f| !f.is_empty())
+        .ok_or_else(|| invalid("missing function_id"))?;
+    check_names(&queue, &function_id, a.namespace.as_deref()).map_err(invalid)?;
+    let delay = match a.delay {
+        None => None,
+        Some(Value::Number(n)) => Some(Duration::from_millis(
+            n.as_u64().ok_or_else(|| invalid("delay must be >= 0"))?,
+        )),
+        Some(Value::String(s)) => {
+            Some(humantime::parse_duration(&s).map_err(|e| invalid(format!("delay {s:?}: {e}")))?)
+        }
+        Some(_) => {
             return Err(invalid(
-                "a job may be scheduled at most 100 years ahead (delay or run_at)",
+                "delay is a duration string like \"30s\" or milliseconds",
             ));
         }
-        let payload = to_payload(&a.data);
-        warn_if_refs_enqueued(&queue, &function_id, payload.get());
-        let e = queues
-            .enqueue(EnqueueRequest {
-                queue,
-                namespace: a
-                    .namespace
-                    .unwrap_or_else(|| crate::protocol::DEFAULT_NAMESPACE.to_owned()),
-                function_id,
-                payload,
-                traceparent: None,
-                baggage: None,
-                run_at_ms,
-                priority: a.priority.unwrap_or(0),
-                idempotency_key: a.idempotency_key,
-            })
-            .await?;
-        Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
+    };
+    if delay.is_some() && a.run_at.is_some() {
+        return Err(invalid("give delay or run_at, not both"));
+    }
+    let run_at_ms = match (a.run_at, delay) {
+        (Some(at), _) => Some(at),
+        (None, Some(d)) => Some(
+            u64::try_from(d.as_millis())
+                .ok()
+                .and_then(|d| now.checked_add(d))
+                .ok_or_else(|| invalid("delay is too long"))?,
+        ),
+        (None, None) => None,
+    };
+    if run_at_ms.is_some_and(|at| at.saturating_sub(now) > MAX_SCHEDULE_AHEAD_MS) {
+        return Err(invalid(
+            "a job may be scheduled at most 100 years ahead (delay or run_at)",
+        ));
+    }
+    let payload = to_payload(&a.data);
+    warn_if_refs_enqueued(&queue, &function_id, payload.get());
+    Ok(EnqueueRequest {
+        queue,
+        namespace: a
+            .namespace
+            .unwrap_or_else(|| crate::protocol::DEFAULT_NAMESPACE.to_owned()),
+        function_id,
+        payload,
+        traceparent: None,
+        baggage: None,
+        run_at_ms,
+        priority: a.priority.unwrap_or(0),
+        idempotency_key: a.idempotency_key,
     })
 }
 

@@ -38,6 +38,7 @@ impl Module for Queues {
         p.enqueue(move |_, conn, invoke| f::take_enqueue(&queues, conn, invoke));
         for (id, handler) in [
             ("queue::enqueue", f::enqueue as f::QueueFn),
+            ("queue::enqueue_many", f::enqueue_many),
             ("queue::list", f::list),
             ("queue::stats", f::stats),
             ("queue::get", f::get),
