@@ -813,3 +813,72 @@ async fn enqueue_many_writes_a_whole_batch_or_refuses_it() {
     ids.sort_unstable();
     assert_eq!(ids, (0..500).collect::<Vec<_>>());
 }
+
+/// The next job delivered to `w`: its invocation frame.
+async fn next_job(w: &mut RawClient) -> Value {
+    w.recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await
+}
+
+#[tokio::test]
+async fn a_handler_knows_its_job_and_heartbeats_keep_it_running_past_its_lease() {
+    // fast_config: a 1 s lease, 3 attempts.
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut producer = RawClient::worker(&engine.url, "producer").await;
+    let mut w = RawClient::worker(&engine.url, "long").await;
+    w.register_function("long::run").await;
+    engine.wait_for_providers("long::run", 1).await;
+    let receipt = enqueue(&mut producer, "long", "long::run", json!({"n": 1})).await;
+
+    let inv = next_job(&mut w).await;
+    let job = &inv["metadata"]["job"];
+    assert_eq!(job["receipt"], receipt.as_str(), "{inv}");
+    assert_eq!(job["queue"], "long");
+    assert_eq!(job["attempt"], 1);
+    assert_eq!(job["max_attempts"], 3);
+
+    // Three leases long, beating every 400 ms: never redelivered.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(3_000) {
+        let r = w
+            .call(
+                "queue::heartbeat",
+                json!({"receipt": receipt, "extend": "1s"}),
+            )
+            .await;
+        assert_eq!(r["result"]["attempt"], 1, "{r}");
+        tokio::time::sleep(Duration::from_millis(400)).await; // the handler's work between beats
+    }
+    w.send(json!({"type":"invocationresult","invocation_id":inv["invocation_id"],"function_id":"long::run","result":"done"})).await;
+    let done = until_state(&mut producer, &receipt, "completed").await;
+    assert_eq!(done["attempts"], 1, "one attempt, no redelivery: {done}");
+
+    // A job whose handler stops beating times out one lease after its last beat.
+    let receipt = enqueue(&mut producer, "long", "long::run", json!({"n": 2})).await;
+    let first = next_job(&mut w).await;
+    let r = w
+        .call(
+            "queue::heartbeat",
+            json!({"receipt": receipt, "extend": 500}),
+        )
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let again = next_job(&mut w).await;
+    assert_eq!(
+        again["metadata"]["job"]["attempt"], 2,
+        "redelivered: {again}"
+    );
+    assert_ne!(again["invocation_id"], first["invocation_id"]);
+    let job = op(&mut producer, "queue::get", json!({"receipt": receipt})).await;
+    let history = job["history"].as_array().expect("history");
+    assert_eq!(history[0]["outcome"], "timeout", "{job}");
+
+    // Heartbeats for jobs that are not running are refused.
+    let r = w
+        .call(
+            "queue::heartbeat",
+            json!({"receipt": uuid::Uuid::new_v4().to_string()}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "invalid_state", "{r}");
+}

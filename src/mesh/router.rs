@@ -468,6 +468,20 @@ impl Mesh {
         }
     }
 
+    /// Moves a call's deadline to `deadline` if that is later: its caller
+    /// knows it is alive (a queue job's heartbeat), so the engine's bound on
+    /// a call's life gives way. Returns whether the call is in flight.
+    pub(crate) fn extend_call(&self, invocation_id: Uuid, deadline: Instant) -> bool {
+        let mut st = self.lock();
+        match st.calls.get_mut(&invocation_id) {
+            Some(call) => {
+                call.deadline = call.deadline.max(deadline);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Settles an in-flight call with an engine-made error, if it is still in
     /// flight. Returns whether it was.
     pub(crate) fn fail_call(&self, invocation_id: Uuid, code: &str, message: &str) -> bool {

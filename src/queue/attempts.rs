@@ -67,6 +67,16 @@ impl Attempts {
         self.by_job.get(id)
     }
 
+    /// Moves a running attempt's lease to `until` (a heartbeat); its one
+    /// lease stays its only one. Returns the attempt.
+    pub fn extend(&mut self, id: &Uuid, until: Instant) -> Option<&RunningAttempt> {
+        let a = self.by_job.get_mut(id)?;
+        self.leases.remove(a.lease_until, *id);
+        a.lease_until = until;
+        self.leases.add(until, *id);
+        Some(a)
+    }
+
     pub fn contains(&self, id: &Uuid) -> bool {
         self.by_job.contains_key(id)
     }

@@ -119,6 +119,46 @@ pub(super) fn enqueue(
     })
 }
 
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct HeartbeatArgs {
+    receipt: Option<String>,
+    /// How long the lease runs from now: `"5m"` or milliseconds (default:
+    /// the queue's lease).
+    extend: Option<Value>,
+}
+
+/// `queue::heartbeat {receipt, extend?}`, from a running job's handler.
+pub(super) fn heartbeat(
+    queues: Queues,
+    mesh: Mesh,
+    ctx: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    let operator = mesh.may_operate(ctx.caller);
+    Box::pin(async move {
+        let a: HeartbeatArgs = args(input)?;
+        let receipt = receipt(a.receipt)?;
+        let extend = match a.extend {
+            None => None,
+            Some(Value::Number(n)) => Some(Duration::from_millis(
+                n.as_u64().ok_or_else(|| invalid("extend must be >= 0"))?,
+            )),
+            Some(Value::String(s)) => Some(
+                humantime::parse_duration(&s).map_err(|e| invalid(format!("extend {s:?}: {e}")))?,
+            ),
+            Some(_) => return Err(invalid("extend is a duration like \"5m\" or milliseconds")),
+        };
+        let op = Op::Heartbeat {
+            receipt,
+            extend,
+            caller: ctx.caller,
+            operator,
+        };
+        run(&queues, op).await
+    })
+}
+
 /// Most jobs one `queue::enqueue_many` may carry.
 const MAX_BATCH: usize = 10_000;
 

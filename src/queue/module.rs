@@ -39,6 +39,7 @@ impl Module for Queues {
         for (id, handler) in [
             ("queue::enqueue", f::enqueue as f::QueueFn),
             ("queue::enqueue_many", f::enqueue_many),
+            ("queue::heartbeat", f::heartbeat),
             ("queue::list", f::list),
             ("queue::stats", f::stats),
             ("queue::get", f::get),

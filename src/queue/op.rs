@@ -51,4 +51,12 @@ pub enum Op {
         queue: String,
         receipt: Uuid,
     },
+    /// A running job's handler is alive: its lease runs `extend` (or the
+    /// queue's lease) from now. Only its executing worker may, or an operator.
+    Heartbeat {
+        receipt: Uuid,
+        extend: Option<std::time::Duration>,
+        caller: Uuid,
+        operator: bool,
+    },
 }

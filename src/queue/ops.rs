@@ -17,6 +17,10 @@ use crate::store::{StoreError, Ticket};
 
 type OpResult = (Result<Value, ErrorBody>, Option<Ticket>);
 
+/// The longest one heartbeat may extend a lease by: a handler beats again
+/// long before; a value past this is a unit mistake, not a plan.
+const MAX_HEARTBEAT_EXTEND: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 fn bad(code: &str, msg: impl Into<String>) -> ErrorBody {
     ErrorBody::new(code, msg)
 }
@@ -51,6 +55,14 @@ impl Scheduler {
             } => self.dead_letters(&queue, offset, limit).map(|v| (v, None)),
             Op::Redrive { queue, receipt } => self.redrive(&queue, receipt),
             Op::Discard { queue, receipt } => self.discard(&queue, &receipt),
+            Op::Heartbeat {
+                receipt,
+                extend,
+                caller,
+                operator,
+            } => self
+                .heartbeat(&receipt, extend, caller, operator)
+                .map(|v| (v, None)),
         };
         match res {
             Ok((v, t)) => (Ok(v), t),
@@ -325,6 +337,47 @@ impl Scheduler {
             q.paused = paused;
         }
         Ok((json!({ "queue": queue, "paused": paused }), Some(ticket)))
+    }
+
+    /// A heartbeat: the attempt's lease (and the call's deadline in the
+    /// mesh, which would otherwise end it at `invocation.max_duration`) run
+    /// `extend` from now. Nothing is written: a restart ends the attempt as
+    /// `engine_restart` whatever its lease.
+    fn heartbeat(
+        &mut self,
+        id: &Uuid,
+        extend: Option<std::time::Duration>,
+        caller: Uuid,
+        operator: bool,
+    ) -> Result<Value, ErrorBody> {
+        let Some(a) = self.attempts.get(id) else {
+            let msg =
+                format!("job {id} is not running (a heartbeat extends a running job's lease)");
+            return Err(bad(codes::INVALID_STATE, msg));
+        };
+        if !operator && a.record.worker_id != Some(caller) {
+            let msg = format!("job {id} runs on another worker; only it may extend the lease");
+            return Err(bad(codes::FORBIDDEN, msg));
+        }
+        let lease = self
+            .queues
+            .by_id(a.queue)
+            .map(|q| q.settings.lease)
+            .unwrap_or_default();
+        let by = extend.unwrap_or(lease).min(MAX_HEARTBEAT_EXTEND);
+        let until = tokio::time::Instant::now() + by;
+        let Some(a) = self.attempts.extend(id, until) else {
+            return Err(bad(
+                codes::INVALID_STATE,
+                format!("job {id} is not running"),
+            ));
+        };
+        self.mesh.extend_call(a.invocation_id, until.into_std());
+        Ok(json!({
+            "receipt": id,
+            "attempt": a.record.attempt,
+            "lease_ms": by.as_millis() as u64,
+        }))
     }
 
     fn cancel(&mut self, id: &Uuid) -> Result<(Value, Option<Ticket>), ErrorBody> {

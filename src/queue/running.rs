@@ -139,8 +139,17 @@ impl Scheduler {
             .ok()
             .and_then(|t| serde_json::value::RawValue::from_string(t.to_owned()).ok())
             .unwrap_or_else(crate::protocol::null_payload);
+        // The job's context, handed to the handler with the call (the SDKs
+        // pass metadata as the handler's second argument): what it needs to
+        // call queue::heartbeat about its own job.
+        let context = serde_json::json!({"job": {
+            "receipt": id,
+            "queue": name,
+            "attempt": job.attempts + 1,
+            "max_attempts": self.queues[name].settings.max_attempts,
+        }});
         let extras = CallExtras {
-            metadata: None,
+            metadata: Some(crate::protocol::to_payload(&context)),
             traceparent: job.traceparent.clone(),
             baggage: job.baggage.clone(),
         };
