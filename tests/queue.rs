@@ -882,3 +882,102 @@ async fn a_handler_knows_its_job_and_heartbeats_keep_it_running_past_its_lease()
         .await;
     assert_eq!(r["error"]["code"], "invalid_state", "{r}");
 }
+
+#[tokio::test]
+async fn a_rate_limit_holds_across_workers_and_a_throttle_pauses_dispatch() {
+    let mut config = fast_config();
+    config.queue.queues.insert(
+        "limited".into(),
+        toml::from_str("rate = \"20/1s\"\nconcurrency = 50").unwrap(),
+    );
+    let engine = TestEngine::start_with(config).await;
+    let mut producer = RawClient::worker(&engine.url, "producer").await;
+    let jobs: Vec<Value> = (0..200).map(|i| json!({"data": {"i": i}})).collect();
+    op(
+        &mut producer,
+        "queue::enqueue_many",
+        json!({"queue": "limited", "function_id": "lim::run", "jobs": jobs}),
+    )
+    .await;
+    // Two workers answer at once: only the rate limit holds them back.
+    let mut workers = Vec::new();
+    for n in 0..2 {
+        let mut w = RawClient::worker(&engine.url, &format!("w{n}")).await;
+        w.register_function("lim::run").await;
+        workers.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut seen = 0;
+            while started.elapsed() < Duration::from_millis(3_000) {
+                let Ok(Some(v)) = tokio::time::timeout(Duration::from_millis(100), w.recv()).await
+                else {
+                    continue;
+                };
+                if v["type"] == "invokefunction" {
+                    w.send(json!({"type":"invocationresult","invocation_id":v["invocation_id"],"function_id":"lim::run","result":true})).await;
+                    seen += 1;
+                }
+            }
+            (seen, w)
+        }));
+    }
+    let mut ran = 0;
+    let mut connected = Vec::new();
+    for w in workers {
+        let (seen, w) = w.await.unwrap();
+        ran += seen;
+        connected.push(w);
+    }
+    // A full bucket (20) at once, then 20/s for the rest of the 3 s window.
+    assert!(
+        (70..=82).contains(&ran),
+        "{ran} jobs started in 3 s at 20/s"
+    );
+    let why = op(
+        &mut producer,
+        "queue::peek",
+        json!({"queue": "limited", "limit": 1}),
+    )
+    .await;
+    let receipt = why["jobs"][0]["receipt"].as_str().unwrap().to_owned();
+    let explained = op(&mut producer, "queue::explain", json!({"receipt": receipt})).await;
+    assert!(
+        explained["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit"),
+        "{explained}"
+    );
+
+    // A throttle stops every start for its duration.
+    let r = op(
+        &mut producer,
+        "queue::throttle",
+        json!({"queue": "limited", "for": "60s"}),
+    )
+    .await;
+    assert_eq!(r["throttled_for_ms"], 60_000, "{r}");
+    let explained = op(&mut producer, "queue::explain", json!({"receipt": receipt})).await;
+    assert!(
+        explained["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("throttled"),
+        "{explained}"
+    );
+    // Jobs started before the throttle may still be on their way: answer
+    // what arrives in the next moment, then nothing more may come.
+    for w in &mut connected {
+        while let Ok(Some(v)) = tokio::time::timeout(Duration::from_millis(200), w.recv()).await {
+            if v["type"] == "invokefunction" {
+                w.send(json!({"type":"invocationresult","invocation_id":v["invocation_id"],"function_id":"lim::run","result":true})).await;
+            }
+        }
+    }
+    for w in &mut connected {
+        w.assert_not_invoked_for(
+            Duration::from_millis(1_000),
+            "a throttled queue starts nothing",
+        )
+        .await;
+    }
+}

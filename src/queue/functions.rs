@@ -139,16 +139,7 @@ pub(super) fn heartbeat(
     Box::pin(async move {
         let a: HeartbeatArgs = args(input)?;
         let receipt = receipt(a.receipt)?;
-        let extend = match a.extend {
-            None => None,
-            Some(Value::Number(n)) => Some(Duration::from_millis(
-                n.as_u64().ok_or_else(|| invalid("extend must be >= 0"))?,
-            )),
-            Some(Value::String(s)) => Some(
-                humantime::parse_duration(&s).map_err(|e| invalid(format!("extend {s:?}: {e}")))?,
-            ),
-            Some(_) => return Err(invalid("extend is a duration like \"5m\" or milliseconds")),
-        };
+        let extend = a.extend.map(|v| duration_arg("extend", v)).transpose()?;
         let op = Op::Heartbeat {
             receipt,
             extend,
@@ -156,6 +147,49 @@ pub(super) fn heartbeat(
             operator,
         };
         run(&queues, op).await
+    })
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ThrottleArgs {
+    queue: Option<String>,
+    /// `"30s"` or milliseconds.
+    #[serde(rename = "for")]
+    pause: Option<Value>,
+}
+
+/// A duration given as `"30s"` or milliseconds.
+fn duration_arg(name: &str, v: Value) -> Result<Duration, ErrorBody> {
+    match v {
+        Value::Number(n) => Ok(Duration::from_millis(
+            n.as_u64()
+                .ok_or_else(|| invalid(format!("{name} must be >= 0")))?,
+        )),
+        Value::String(s) => {
+            humantime::parse_duration(&s).map_err(|e| invalid(format!("{name} {s:?}: {e}")))
+        }
+        _ => Err(invalid(format!(
+            "{name} is a duration like \"30s\" or milliseconds"
+        ))),
+    }
+}
+
+/// `queue::throttle {queue, for}`: pause the queue's dispatch for a while.
+pub(super) fn throttle(
+    queues: Queues,
+    _: Mesh,
+    _: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    Box::pin(async move {
+        let a: ThrottleArgs = args(input)?;
+        let queue = a
+            .queue
+            .filter(|q| !q.is_empty())
+            .ok_or_else(|| invalid("missing queue"))?;
+        let pause = duration_arg("for", a.pause.ok_or_else(|| invalid("missing for"))?)?;
+        run(&queues, Op::Throttle { queue, pause }).await
     })
 }
 

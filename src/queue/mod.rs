@@ -30,6 +30,7 @@ mod module;
 pub(crate) mod op;
 pub(crate) mod ops;
 mod queue_table;
+pub mod rate;
 mod ready;
 pub(crate) mod recovery;
 mod running;

@@ -40,6 +40,7 @@ impl Module for Queues {
             ("queue::enqueue", f::enqueue as f::QueueFn),
             ("queue::enqueue_many", f::enqueue_many),
             ("queue::heartbeat", f::heartbeat),
+            ("queue::throttle", f::throttle),
             ("queue::list", f::list),
             ("queue::stats", f::stats),
             ("queue::get", f::get),

@@ -51,6 +51,11 @@ pub enum Op {
         queue: String,
         receipt: Uuid,
     },
+    /// No job of the queue starts for this long.
+    Throttle {
+        queue: String,
+        pause: std::time::Duration,
+    },
     /// A running job's handler is alive: its lease runs `extend` (or the
     /// queue's lease) from now. Only its executing worker may, or an operator.
     Heartbeat {

@@ -55,6 +55,7 @@ impl Scheduler {
             } => self.dead_letters(&queue, offset, limit).map(|v| (v, None)),
             Op::Redrive { queue, receipt } => self.redrive(&queue, receipt),
             Op::Discard { queue, receipt } => self.discard(&queue, &receipt),
+            Op::Throttle { queue, pause } => self.throttle(&queue, pause).map(|v| (v, None)),
             Op::Heartbeat {
                 receipt,
                 extend,
@@ -251,10 +252,33 @@ impl Scheduler {
                     job.function_id, job.namespace
                 )
             }
+            JobState::Ready
+                if q.throttled_until
+                    .is_some_and(|t| t > tokio::time::Instant::now()) =>
+            {
+                let left = q
+                    .throttled_until
+                    .map(|t| t.saturating_duration_since(tokio::time::Instant::now()))
+                    .unwrap_or_default();
+                format!(
+                    "queue {:?} is throttled (queue::throttle) for {} ms more",
+                    q.name,
+                    left.as_millis()
+                )
+            }
             JobState::Ready if q.running >= q.settings.concurrency => {
                 format!(
                     "queue {:?} is at its concurrency limit ({})",
                     q.name, q.settings.concurrency
+                )
+            }
+            JobState::Ready if q.settings.rate.is_some() => {
+                let r = q.settings.rate.expect("checked");
+                format!(
+                    "it is in line; queue {:?} starts at most {} jobs per {} (its rate limit)",
+                    q.name,
+                    r.starts,
+                    humantime::format_duration(r.per)
                 )
             }
             JobState::Ready => "it is next in line and will start shortly".to_owned(),
@@ -378,6 +402,17 @@ impl Scheduler {
             "attempt": a.record.attempt,
             "lease_ms": by.as_millis() as u64,
         }))
+    }
+
+    /// `queue::throttle`: no job of the queue starts for `pause` (a handler
+    /// that met a 429 backs the whole queue off without spending attempts).
+    /// In memory: a restart lifts it.
+    fn throttle(&mut self, queue: &str, pause: std::time::Duration) -> Result<Value, ErrorBody> {
+        self.rt(queue)?;
+        let until = tokio::time::Instant::now() + pause.min(MAX_HEARTBEAT_EXTEND);
+        let q = self.queues.get_mut(queue).expect("checked");
+        q.throttled_until = Some(q.throttled_until.map_or(until, |t| t.max(until)));
+        Ok(json!({ "queue": queue, "throttled_for_ms": pause.as_millis() as u64 }))
     }
 
     fn cancel(&mut self, id: &Uuid) -> Result<(Value, Option<Ticket>), ErrorBody> {

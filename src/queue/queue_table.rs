@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::ops::Index;
 
+use super::rate::Limiter;
 use super::ready::ReadyIndex;
 use super::settings::QueueSettings;
 use crate::store::queue::QueueId;
@@ -21,10 +22,15 @@ pub struct QueueRt {
     /// Slots in use: its attempts in progress.
     pub running: usize,
     pub ready: ReadyIndex,
+    /// `settings.rate`'s bucket (in memory: it starts full after a restart).
+    pub limiter: Option<Limiter>,
+    /// `queue::throttle`: no job starts before this (in memory).
+    pub throttled_until: Option<tokio::time::Instant>,
 }
 
 impl QueueRt {
     pub fn new(id: QueueId, name: &str, settings: QueueSettings, paused: bool) -> Self {
+        let limiter = settings.rate.map(Limiter::new);
         Self {
             id,
             name: name.to_owned(),
@@ -32,6 +38,32 @@ impl QueueRt {
             paused,
             running: 0,
             ready: ReadyIndex::default(),
+            limiter,
+            throttled_until: None,
+        }
+    }
+
+    /// New settings (a queue defined at run time): its bucket follows them.
+    pub fn set_settings(&mut self, settings: QueueSettings) {
+        self.limiter = settings.rate.map(Limiter::new);
+        self.settings = settings;
+    }
+
+    /// Jobs that may start now by its rate limit and throttle (before
+    /// concurrency), and when more may, if none can now.
+    pub fn startable(
+        &mut self,
+        now: tokio::time::Instant,
+    ) -> (usize, Option<tokio::time::Instant>) {
+        if let Some(until) = self.throttled_until {
+            if now < until {
+                return (0, Some(until));
+            }
+            self.throttled_until = None;
+        }
+        match &mut self.limiter {
+            None => (usize::MAX, None),
+            Some(l) => (l.available(now), l.next_start(now)),
         }
     }
 }

@@ -41,6 +41,7 @@ impl Scheduler {
             attempts: Attempts::default(),
             counters: Counters::default(),
             next_due_ms: None,
+            limited_until: None,
             finished_tx,
             finished_rx: Some(finished_rx),
             draining: false,

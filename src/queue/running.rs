@@ -35,13 +35,32 @@ impl Scheduler {
         let mut orphans = Writes::default();
         let mut any_orphan = false;
         let names = self.queues.names();
+        let now = tokio::time::Instant::now();
+        self.limited_until = None;
         for name in names {
             let free = self.free_slots(&name);
             if free == 0 {
                 continue;
             }
-            for (f, key, id) in self.pick_ready(&name, free)? {
+            // A rate limit or a throttle holds the queue back: wake when it lets go.
+            let Some(q) = self.queues.get_mut(&name) else {
+                continue;
+            };
+            let (allowed, next) = q.startable(now);
+            if let Some(at) = next.filter(|_| allowed < free) {
+                self.limited_until = Some(self.limited_until.map_or(at, |t| t.min(at)));
+            }
+            let n = free.min(allowed);
+            if n == 0 {
+                continue;
+            }
+            let mut started = 0;
+            for (f, key, id) in self.pick_ready(&name, n)? {
                 any_orphan |= self.start(&name, f, key, id, &mut orphans)?;
+                started += 1;
+            }
+            if let Some(l) = self.queues.get_mut(&name).and_then(|q| q.limiter.as_mut()) {
+                l.take(started);
             }
         }
         if any_orphan {

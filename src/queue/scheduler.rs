@@ -64,6 +64,9 @@ pub struct Scheduler {
     /// (recovery writes it for attempts a stop interrupted).
     pub(super) attempts: Attempts,
     pub(super) counters: Counters,
+    /// When a queue held back by its rate limit or a throttle may start
+    /// jobs again (the soonest), so the loop wakes then.
+    pub(super) limited_until: Option<tokio::time::Instant>,
     pub(super) next_due_ms: Option<u64>,
     /// Attempt outcomes have their own channel, read first, so a flood of
     /// enqueues cannot starve completions (and with them free slots). The mesh
@@ -114,6 +117,8 @@ impl Scheduler {
                     Err(_) => return,
                 },
                 _ = sleep_for(due) => self.log_err("promoting due jobs", |s| s.promote_due()),
+                // A rate limit's next token, or a throttle's end: dispatch (below).
+                _ = sleep_until(self.limited_until) => {}
                 _ = self.attempts.leases.fired(), if leases_armed => self.expire_leases(),
                 // A sync finished: jobs it made durable may start (below).
                 // (Forget the batches it covered here too: a paused queue
@@ -219,7 +224,7 @@ impl Scheduler {
             Command::Define(name, overrides) => {
                 let settings = overrides.apply(&self.config.defaults);
                 if let Some(q) = self.queues.get_mut(&name) {
-                    q.settings = settings;
+                    q.set_settings(settings);
                 }
                 self.config.queues.insert(name, overrides);
             }
@@ -319,6 +324,13 @@ pub(super) fn store_error(e: StoreError) -> ErrorBody {
 /// A uniform number in [0, 1) for backoff jitter.
 pub(super) fn unit_random() -> f64 {
     (Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_for(d: Option<Duration>) {

@@ -39,6 +39,8 @@ pub struct QueueSettings {
     pub ordering: Ordering,
     /// FIFO: the top-level payload field whose value names a job's group.
     pub group_field: Option<String>,
+    /// At most this many job starts per period (`"100/1s"`), across every worker.
+    pub rate: Option<super::rate::Rate>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -67,6 +69,7 @@ pub struct QueueOverrides {
     pub max_payload_bytes: Option<usize>,
     pub ordering: Option<Ordering>,
     pub group_field: Option<String>,
+    pub rate: Option<super::rate::Rate>,
 }
 
 impl Default for QueueSettings {
@@ -82,6 +85,7 @@ impl Default for QueueSettings {
             max_payload_bytes: 1 << 20,
             ordering: Ordering::Standard,
             group_field: None,
+            rate: None,
         }
     }
 }
@@ -122,6 +126,7 @@ impl QueueOverrides {
             max_payload_bytes: self.max_payload_bytes.unwrap_or(d.max_payload_bytes),
             ordering: self.ordering.unwrap_or(d.ordering),
             group_field: self.group_field.clone().or_else(|| d.group_field.clone()),
+            rate: self.rate.or(d.rate),
         }
     }
 }
