@@ -64,11 +64,7 @@ struct QueueArgs {
 
 impl QueueArgs {
     fn queue(&self) -> Result<String, ErrorBody> {
-        self.queue
-            .clone()
-            .or_else(|| self.topic.clone())
-            .filter(|q| !q.is_empty())
-            .ok_or_else(|| invalid("missing queue"))
+        queue_name(self.queue.clone().or_else(|| self.topic.clone()))
     }
 }
 
@@ -109,11 +105,7 @@ pub(super) fn enqueue(
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
         let a: EnqueueArgs = args(input)?;
-        let queue = a
-            .queue
-            .clone()
-            .filter(|q| !q.is_empty())
-            .ok_or_else(|| invalid("missing queue"))?;
+        let queue = queue_name(a.queue.clone())?;
         let e = queues.enqueue(request(queue, a, now_ms())?).await?;
         Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
     })
@@ -184,13 +176,17 @@ pub(super) fn throttle(
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
         let a: ThrottleArgs = args(input)?;
-        let queue = a
-            .queue
-            .filter(|q| !q.is_empty())
-            .ok_or_else(|| invalid("missing queue"))?;
+        let queue = queue_name(a.queue)?;
         let pause = duration_arg("for", a.pause.ok_or_else(|| invalid("missing for"))?)?;
         run(&queues, Op::Throttle { queue, pause }).await
     })
+}
+
+/// A call's `queue`, present and not empty.
+fn queue_name(queue: Option<String>) -> Result<String, ErrorBody> {
+    queue
+        .filter(|q| !q.is_empty())
+        .ok_or_else(|| invalid("missing queue"))
 }
 
 /// Most jobs one `queue::enqueue_many` may carry.
@@ -219,10 +215,7 @@ pub(super) fn enqueue_many(
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
         let a: EnqueueManyArgs = args(input)?;
-        let queue = a
-            .queue
-            .filter(|q| !q.is_empty())
-            .ok_or_else(|| invalid("missing queue"))?;
+        let queue = queue_name(a.queue)?;
         if a.jobs.is_empty() || a.jobs.len() > MAX_BATCH {
             return Err(invalid(format!(
                 "jobs must hold 1 to {MAX_BATCH} jobs (got {})",
