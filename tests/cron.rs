@@ -1,5 +1,5 @@
 //! Cron (the `cron` trigger type) against a real engine: fires on a seconds
-//! schedule to a Node SDK worker; iii's registration errors; the condition
+//! schedule to a Node and a Python SDK worker; iii's registration errors; the condition
 //! function; a slow handler does not drift the schedule (overlapping slots
 //! are skipped and counted); and across a real kill -9 of the engine no slot
 //! fires twice and the `missed` policy (`skip`, `fire_once`) is honoured.
@@ -77,25 +77,23 @@ async fn fires(w: &mut RawClient, n: usize) -> Vec<DateTime<Utc>> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_worker_is_fired_every_second_with_iiis_payload() {
+/// An SDK worker (`tests/<lang>/<script>`) binds `function` to a cron
+/// trigger on `*/1 * * * * *`: three fires, one job, whole-second slots on
+/// the grid, iii's payload, and the job listed by `engine::cron::list`.
+async fn an_sdk_worker_is_fired_every_second(lang: &str, script: &str, function: &str) {
     let engine = TestEngine::start().await;
-    let mut node = Program::start(
-        "node",
-        "cron_worker.mjs",
-        &["node-every-second", "*/1 * * * * *"],
-        &engine.url,
-    );
-    node.ready().await;
+    let id = format!("{lang}-every-second");
+    let mut sdk = Program::start(lang, script, &[&id, "*/1 * * * * *"], &engine.url);
+    sdk.ready().await;
     let mut scheduled = Vec::new();
     let mut job_ids = HashSet::new();
     for _ in 0..3 {
-        let tick = node
+        let tick = sdk
             .expect_json("a cron tick", |v| v["event"] == "tick")
             .await;
         let data = &tick["data"];
         assert_eq!(data["trigger"], "cron", "{data}");
-        // The Node SDK 0.22.1 draws its own trigger id (a UUID) per registration.
+        // The SDKs (Node 0.22.1, Python 0.25) may draw their own trigger id per registration.
         job_ids.insert(data["job_id"].as_str().expect("job_id").to_owned());
         let (s, a) = (time(&data["scheduled_time"]), time(&data["actual_time"]));
         assert_eq!(s.nanosecond(), 0, "slots are whole seconds: {data}");
@@ -106,7 +104,7 @@ async fn a_node_worker_is_fired_every_second_with_iiis_payload() {
     let mut c = RawClient::worker(&engine.url, "c").await;
     let id = job_ids.iter().next().unwrap();
     let row = job(&mut c, id).await;
-    assert_eq!(row["function_id"], "node::cron_tick", "{row}");
+    assert_eq!(row["function_id"], function, "{row}");
     assert_eq!(row["expression"], "*/1 * * * * *", "{row}");
     for pair in scheduled.windows(2) {
         assert_eq!(
@@ -115,8 +113,18 @@ async fn a_node_worker_is_fired_every_second_with_iiis_payload() {
             "{scheduled:?}"
         );
     }
-    let (code, _) = node.finish().await;
+    let (code, _) = sdk.finish().await;
     assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_worker_is_fired_every_second_with_iiis_payload() {
+    an_sdk_worker_is_fired_every_second("node", "cron_worker.mjs", "node::cron_tick").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_worker_is_fired_every_second_with_iiis_payload() {
+    an_sdk_worker_is_fired_every_second("python", "cron_worker.py", "py::cron_tick").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
