@@ -711,3 +711,23 @@ async fn enqueue_each_line_writes_a_file_of_jobs_in_batches() {
     assert_eq!(bad.code, 2, "a bad line is a usage error: {bad:?}");
     assert!(bad.stderr.contains("line 2"), "{bad:?}");
 }
+
+#[tokio::test]
+async fn queue_throttle_holds_back_a_queue() {
+    let (engine, _worker) = setup().await;
+    let url = engine.url.as_str();
+    let e = ok_json(url, &["enqueue", "held-back", "t::echo", "{}", "--json"]).await;
+    let receipt = e["receipt"].as_str().unwrap().to_owned();
+    until(url, &["job", &receipt, "--json"], |j| {
+        j["state"] == "completed"
+    })
+    .await;
+    let out = ok_json(url, &["queue", "throttle", "held-back", "1m", "--json"]).await;
+    assert_eq!(out["throttled_for_ms"], 60_000, "{out}");
+    let e = ok_json(url, &["enqueue", "held-back", "t::echo", "{}", "--json"]).await;
+    let receipt = e["receipt"].as_str().unwrap();
+    let why = qmesh(url, &["job", receipt]).await;
+    assert!(why.stdout.contains("throttled"), "{why:?}");
+    let unknown = qmesh(url, &["queue", "throttle", "no-such-queue", "1m"]).await;
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+}

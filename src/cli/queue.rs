@@ -47,6 +47,13 @@ enum QueueAction {
     Pause { queue: String },
     /// Dispatch the queue's jobs again.
     Resume { queue: String },
+    /// Start none of the queue's jobs for a while (a rate-limited API said 429); no attempt is spent.
+    Throttle {
+        queue: String,
+        /// How long (e.g. 30s, 5m).
+        #[arg(value_parser = humantime::parse_duration)]
+        pause: std::time::Duration,
+    },
     /// Delete the queue's ready, delayed and held jobs (running jobs finish, dead letters stay).
     Purge {
         queue: String,
@@ -140,6 +147,19 @@ pub fn queue(args: QueueArgs) -> ExitCode {
         }
         QueueAction::Pause { queue } => pause(s, json, &queue, true).await,
         QueueAction::Resume { queue } => pause(s, json, &queue, false).await,
+        QueueAction::Throttle { queue, pause } => {
+            let ms = pause.as_millis() as u64;
+            let out = s
+                .call("queue::throttle", json!({ "queue": queue, "for": ms }))
+                .await?;
+            emit(json, &out, || {
+                format!(
+                    "{queue}: no job starts for {}",
+                    humantime::format_duration(pause)
+                )
+            });
+            Ok(())
+        }
         QueueAction::Purge { queue, yes } => purge(s, json, &queue, yes).await,
     })
 }
