@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{EngineProcess, Phase, closed_loop, cpu_secs, flag, machine, number};
+use common::{EngineProcess, LoadOptions, Phase, closed_loop, cpu_secs, machine, print_report};
 use qmesh::client::Client;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -42,11 +42,13 @@ fn report(phase: &Phase, name: &str, target: Option<f64>) -> Value {
 
 #[tokio::main]
 async fn main() {
-    let quick = flag("--quick");
-    let secs = number("--duration", if quick { 1.0 } else { 5.0 });
-    let duration = Duration::from_secs_f64(secs);
-    let callers = number("--callers", 64.0) as usize;
-    let conns = number("--conns", 4.0) as usize;
+    let LoadOptions {
+        secs,
+        duration,
+        callers,
+        conns,
+        ..
+    } = LoadOptions::parse();
 
     let engine = EngineProcess::start();
     let mut clients = Vec::new();
@@ -128,11 +130,7 @@ async fn main() {
         },
         "engine_cpu_s": (cpu * 100.0).round() / 100.0,
     });
-    if flag("--json") {
-        println!("{report}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    }
+    print_report(&report);
     worker.close().await;
     for c in clients {
         c.close().await;

@@ -21,7 +21,9 @@
 
 mod common;
 
-use common::{EngineProcess, Phase, closed_loop, cpu_secs, flag, machine, number};
+use common::{
+    EngineProcess, LoadOptions, Phase, closed_loop, cpu_secs, machine, number, print_report,
+};
 use futures_util::{SinkExt, StreamExt};
 use qmesh::client::Client;
 use serde_json::{Value, json};
@@ -64,11 +66,13 @@ async fn drained(delivered: &AtomicU64, base: u64, expected: u64, from: Instant)
 
 #[tokio::main]
 async fn main() {
-    let quick = flag("--quick");
-    let secs = number("--duration", if quick { 1.0 } else { 5.0 });
-    let duration = Duration::from_secs_f64(secs);
-    let callers = number("--callers", 64.0) as usize;
-    let conns = number("--conns", 4.0) as usize;
+    let LoadOptions {
+        quick,
+        secs,
+        duration,
+        callers,
+        conns,
+    } = LoadOptions::parse();
     let subscribers = number("--subscribers", if quick { 10.0 } else { 100.0 }) as usize;
 
     let engine = EngineProcess::start_with_config("");
@@ -141,11 +145,7 @@ async fn main() {
         "stalled_client_closed": open == Some(subscribers as u64),
         "engine_cpu_s": (cpu * 100.0).round() / 100.0,
     });
-    if flag("--json") {
-        println!("{out}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&out).unwrap());
-    }
+    print_report(&out);
     drop(stalled);
     for c in clients {
         c.close().await;

@@ -20,7 +20,9 @@
 
 mod common;
 
-use common::{EngineProcess, Phase, closed_loop, cpu_secs, flag, machine, number, settle_disk};
+use common::{
+    EngineProcess, LoadOptions, Phase, closed_loop, cpu_secs, machine, print_report, settle_disk,
+};
 use qmesh::client::Client;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -67,11 +69,13 @@ async fn subscribe(c: &Client, topic: &str, function_id: &str) {
 
 #[tokio::main]
 async fn main() {
-    let quick = flag("--quick");
-    let secs = number("--duration", if quick { 1.0 } else { 5.0 });
-    let duration = Duration::from_secs_f64(secs);
-    let callers = number("--callers", 64.0) as usize;
-    let conns = number("--conns", 4.0) as usize;
+    let LoadOptions {
+        secs,
+        duration,
+        callers,
+        conns,
+        ..
+    } = LoadOptions::parse();
 
     settle_disk();
     let engine = EngineProcess::start();
@@ -127,11 +131,7 @@ async fn main() {
             "jobs_per_sec": (got as f64 / e2e_secs).round(),
         },
     });
-    if flag("--json") {
-        println!("{report}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    }
+    print_report(&report);
     worker.close().await;
     for c in clients {
         c.close().await;

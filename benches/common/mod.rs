@@ -95,6 +95,39 @@ pub fn number(name: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
+/// The closed-loop benches' options: `--quick` (1 s phases), `--duration`
+/// (seconds per phase, default 5), `--callers` (64), `--conns` (4).
+pub struct LoadOptions {
+    pub quick: bool,
+    pub secs: f64,
+    pub duration: Duration,
+    pub callers: usize,
+    pub conns: usize,
+}
+
+impl LoadOptions {
+    pub fn parse() -> Self {
+        let quick = flag("--quick");
+        let secs = number("--duration", if quick { 1.0 } else { 5.0 });
+        Self {
+            quick,
+            secs,
+            duration: Duration::from_secs_f64(secs),
+            callers: number("--callers", 64.0) as usize,
+            conns: number("--conns", 4.0) as usize,
+        }
+    }
+}
+
+/// Prints a bench's report: one JSON line with `--json`, else indented.
+pub fn print_report(report: &Value) {
+    if flag("--json") {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(report).unwrap());
+    }
+}
+
 /// What a closed-loop phase did: operations, seconds, latencies in µs.
 pub struct Phase {
     pub ops: u64,
