@@ -12,6 +12,8 @@
 //!   trigger types, the Enqueue handler), installed once by the engine root.
 //! - [`session`]: what one connection's messages mean, in order.
 //! - [`metrics`]: calls by function and outcome, for `/metrics`.
+//! - [`watchers`]: the bindings of an engine trigger type that fires on
+//!   events, and their fan-out (state, streams).
 //! - [`access`]: who a connection is and what it may do (roles, iii's RBAC
 //!   rules); [`rbac`]: the auth call and registration hooks of an RBAC listener.
 //!
@@ -30,6 +32,7 @@ pub(crate) mod router;
 pub(crate) mod session;
 pub(crate) mod state;
 pub(crate) mod triggers;
+pub(crate) mod watchers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

@@ -293,7 +293,7 @@ pub(super) fn list_groups(s: &State, _: &Mesh, _: &CallCtx, _: Value) -> Reply {
 impl State {
     fn fire(&self, mesh: &Mesh, ev: Event<'_>) {
         if self.config.triggers_enabled {
-            self.watchers.fire(mesh, self.config.condition_timeout, ev);
+            super::watchers::fire(&self.watchers, mesh, self.config.condition_timeout, ev);
         }
     }
 }

@@ -20,7 +20,7 @@ impl StateModule {
             state: State {
                 values: StateValues::new(store),
                 config: Arc::new(config),
-                watchers: Watchers::default(),
+                watchers: Watchers::new(TRIGGER_TYPE),
             },
         }
     }

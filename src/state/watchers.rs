@@ -2,48 +2,45 @@
 //! and `key` filters and a condition function) and the fan-out of change
 //! events to them.
 //!
-//! `bind`/`unbind` run under the mesh lock and touch only this table; the
-//! fan-out copies the matching bindings out before it calls the mesh.
+//! The table and the fan-out are `mesh::watchers`'; this file says what a
+//! binding asks for and what the event looks like.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::mesh::Mesh;
-use crate::mesh::state::{Binding, TriggerTypeHandler};
-use crate::protocol::{ErrorBody, Payload, codes, to_payload};
+use crate::mesh::watchers::WatchConfig;
+use crate::protocol::to_payload;
 
 /// What a `state` binding asked for.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-struct WatchConfig {
+pub(super) struct StateWatch {
     scope: Option<String>,
     key: Option<String>,
     condition_function_id: Option<String>,
 }
 
-#[derive(Debug, Clone)]
-struct Watcher {
-    namespace: String,
-    function_id: String,
-    metadata: Option<Payload>,
-    config: WatchConfig,
-}
+impl WatchConfig for StateWatch {
+    fn when_absent() -> Option<Self> {
+        Some(Self::default())
+    }
 
-impl Watcher {
-    fn wants(&self, scope: &str, key: &str) -> bool {
-        self.config.scope.as_deref().is_none_or(|s| s == scope)
-            && self.config.key.as_deref().is_none_or(|k| k == key)
+    fn condition(&self) -> Option<&str> {
+        self.condition_function_id.as_deref()
     }
 }
 
-/// Every live `state` binding, by binding id.
-#[derive(Clone, Default)]
-pub(super) struct Watchers {
-    table: Arc<Mutex<HashMap<String, Watcher>>>,
+impl StateWatch {
+    fn wants(&self, scope: &str, key: &str) -> bool {
+        self.scope.as_deref().is_none_or(|s| s == scope)
+            && self.key.as_deref().is_none_or(|k| k == key)
+    }
 }
+
+/// Every live `state` binding.
+pub(super) type Watchers = crate::mesh::watchers::Watchers<StateWatch>;
 
 /// One change, about to be reported.
 pub(super) struct Event<'a> {
@@ -80,80 +77,29 @@ impl Change {
     }
 }
 
-impl TriggerTypeHandler for Watchers {
-    fn bind(&self, b: &Binding) -> Result<(), ErrorBody> {
-        let config: WatchConfig = match b.config.get().trim() {
-            "null" => WatchConfig::default(),
-            text => serde_json::from_str(text).map_err(|e| {
-                ErrorBody::new(
-                    codes::TRIGGER_REGISTRATION_FAILED,
-                    format!("Failed to parse trigger config: {e}"),
-                )
-            })?,
-        };
-        let watcher = Watcher {
-            namespace: b.namespace.clone(),
-            function_id: b.function_id.clone(),
-            metadata: b.metadata.clone(),
-            config,
-        };
-        self.lock().insert(b.id.clone(), watcher);
-        Ok(())
-    }
-
-    fn unbind(&self, binding_id: &str) {
-        self.lock().remove(binding_id);
-    }
-}
-
-impl Watchers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watcher>> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Tells every matching binding about a change, from a task: the write's
-    /// reply does not wait for handlers. Each binding's condition function
-    /// (if any) runs first; only a result of exactly `false`, an error or a
-    /// timeout skips the event.
-    pub(super) fn fire(&self, mesh: &Mesh, condition_timeout: Duration, ev: Event<'_>) {
-        let Event {
-            change,
-            scope,
-            key,
-            old,
-            new,
-        } = ev;
-        let matching: Vec<Watcher> = self
-            .lock()
-            .values()
-            .filter(|w| w.wants(scope, key))
-            .cloned()
-            .collect();
-        if matching.is_empty() {
-            return;
-        }
-        let event = to_payload(&json!({
-            "type": "state",
-            "event_type": change.event_type(),
-            "scope": scope,
-            "key": key,
-            "old_value": old,
-            "new_value": new,
-        }));
-        let mesh = mesh.clone();
-        tokio::spawn(async move {
-            for w in matching {
-                mesh.fire_if_condition_allows(
-                    "state",
-                    &w.namespace,
-                    &w.function_id,
-                    w.config.condition_function_id.as_deref(),
-                    event.clone(),
-                    w.metadata.clone(),
-                    condition_timeout,
-                )
-                .await;
-            }
-        });
-    }
+/// Tells every matching binding about a change, from a task: the write's
+/// reply does not wait for handlers.
+pub(super) fn fire(watchers: &Watchers, mesh: &Mesh, condition_timeout: Duration, ev: Event<'_>) {
+    let Event {
+        change,
+        scope,
+        key,
+        old,
+        new,
+    } = ev;
+    watchers.fire(
+        mesh,
+        condition_timeout,
+        |w| w.wants(scope, key),
+        || {
+            to_payload(&json!({
+                "type": "state",
+                "event_type": change.event_type(),
+                "scope": scope,
+                "key": key,
+                "old_value": old,
+                "new_value": new,
+            }))
+        },
+    );
 }

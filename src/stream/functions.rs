@@ -166,8 +166,13 @@ impl Streams {
         let text = envelope(ev.stream, ev.group, ev.item, &ev.event);
         let payload =
             serde_json::value::RawValue::from_string(text.clone()).expect("an envelope is JSON");
-        self.watchers
-            .fire(mesh, self.config.condition_timeout, &ev, &payload);
+        super::watchers::fire(
+            &self.watchers,
+            mesh,
+            self.config.condition_timeout,
+            &ev,
+            &payload,
+        );
         self.hub.publish(ev.stream, ev.group, ev.item, text);
     }
 

@@ -41,7 +41,7 @@ impl StreamsModule {
             streams: Streams {
                 items: StreamItems::new(store),
                 config: Arc::new(config),
-                watchers: Watchers::default(),
+                watchers: Watchers::new(super::watchers::TRIGGER_TYPE),
                 lifecycle: Lifecycle::default(),
                 hub,
             },
@@ -67,7 +67,7 @@ impl Module for StreamsModule {
 
     fn provide(&self, p: &mut Provisions) {
         p.trigger_type(
-            "stream",
+            super::watchers::TRIGGER_TYPE,
             "Fires on stream item changes and custom events (create, update, delete, event)",
             Arc::new(self.streams.watchers.clone()),
         );
