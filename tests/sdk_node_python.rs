@@ -150,3 +150,38 @@ async fn trigger_types_work_across_languages() {
     trigger_type_lifecycle("node", "python").await;
     trigger_type_lifecycle("python", "node").await;
 }
+
+/// A queued job's handler, written with each SDK, receives its job in the
+/// metadata (`{job: {receipt, queue, attempt, max_attempts}}`) and can beat
+/// for it with `queue::heartbeat`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_handlers_receive_their_job_and_heartbeat_with_it() {
+    let engine = TestEngine::start().await;
+    let mut producer = common::RawClient::worker(&engine.url, "producer").await;
+    for (lang, script, function) in [
+        ("node", "job_context.mjs", "node::job"),
+        ("python", "job_context.py", "py::job"),
+    ] {
+        let mut sdk = Program::start(lang, script, &[], &engine.url);
+        sdk.ready().await;
+        registered(&engine, &[function]).await;
+        let r = producer
+            .call(
+                "queue::enqueue",
+                json!({"queue": "ctx", "function_id": function, "data": {"n": 1}}),
+            )
+            .await;
+        let receipt = r["result"]["receipt"].as_str().expect("receipt").to_owned();
+        let seen = sdk
+            .expect_json("the handler's report", |v| v["event"] == "job")
+            .await;
+        let job = &seen["metadata"]["job"];
+        assert_eq!(job["receipt"], receipt.as_str(), "{lang}: {seen}");
+        assert_eq!(job["queue"], "ctx", "{lang}: {seen}");
+        assert_eq!(job["attempt"], 1, "{lang}: {seen}");
+        assert_eq!(
+            seen["beat"]["attempt"], 1,
+            "{lang}: the heartbeat was taken: {seen}"
+        );
+    }
+}
