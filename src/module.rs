@@ -22,6 +22,29 @@ use tokio::task::JoinHandle;
 use crate::mesh::Provisions;
 use crate::net::Listener;
 
+/// Why a module's write did not happen: the store failed (answered with the
+/// function's own error code) or a check refused it (its own error body).
+/// `?` on a store call makes the first.
+pub(crate) enum Refused {
+    Store(crate::store::StoreError),
+    Body(crate::protocol::ErrorBody),
+}
+
+impl From<crate::store::StoreError> for Refused {
+    fn from(e: crate::store::StoreError) -> Self {
+        Refused::Store(e)
+    }
+}
+
+impl Refused {
+    pub(crate) fn into_body(self, code: &str) -> crate::protocol::ErrorBody {
+        match self {
+            Refused::Store(e) => crate::protocol::ErrorBody::new(code, e.to_string()),
+            Refused::Body(b) => b,
+        }
+    }
+}
+
 pub(crate) trait Module: Send + Sync {
     /// For logs.
     fn name(&self) -> &'static str;

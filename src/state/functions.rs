@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::State;
 use super::watchers::{Change, Event};
 use crate::mesh::{CallCtx, Mesh, Reply};
+use crate::module::Refused;
 use crate::protocol::{ErrorBody, codes, names, update_ops};
-use crate::store::StoreError;
 use crate::store::state::Written;
 
 #[derive(Deserialize)]
@@ -68,27 +68,6 @@ fn parse(bytes: Option<&[u8]>) -> Value {
     bytes
         .and_then(|b| serde_json::from_slice(b).ok())
         .unwrap_or(Value::Null)
-}
-
-/// Why a write did not happen.
-enum Refused {
-    Store(StoreError),
-    Body(ErrorBody),
-}
-
-impl From<StoreError> for Refused {
-    fn from(e: StoreError) -> Self {
-        Refused::Store(e)
-    }
-}
-
-impl Refused {
-    fn into_body(self, code: &str) -> ErrorBody {
-        match self {
-            Refused::Store(e) => ErrorBody::new(code, e.to_string()),
-            Refused::Body(b) => b,
-        }
-    }
 }
 
 impl State {

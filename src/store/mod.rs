@@ -257,6 +257,28 @@ impl Store {
     pub fn get_raw(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
         Ok(self.tree.get(key)?)
     }
+
+    /// The distinct leading parts of the keys under `prefix` (scopes,
+    /// streams, groups), one read each: `part` names a key's part and the
+    /// prefix of every key sharing it, which the scan then skips past.
+    pub(crate) fn distinct<T>(
+        &self,
+        prefix: Vec<u8>,
+        part: impl Fn(&[u8]) -> Option<(T, Vec<u8>)>,
+    ) -> Result<Vec<T>, StoreError> {
+        let end = layout::prefix_end(&prefix);
+        let mut from = prefix;
+        let mut out = Vec::new();
+        while let Some(entry) = self.tree.range(from.clone()..end.clone()).next() {
+            let (k, _) = entry?;
+            let Some((value, shared)) = part(&k) else {
+                break;
+            };
+            from = layout::prefix_end(&shared);
+            out.push(value);
+        }
+        Ok(out)
+    }
 }
 
 /// Encodes a record for a batch.

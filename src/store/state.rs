@@ -96,18 +96,11 @@ impl StateValues {
     /// Every scope holding at least one value, sorted (by length, then bytes:
     /// callers sort as they need). One read per scope, not per value.
     pub fn scopes(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        let mut from = vec![layout::STATE_VALUES];
-        let end = layout::prefix_end(&[layout::STATE_VALUES]);
-        while let Some(item) = self.store.tree().range(from.clone()..end.clone()).next() {
-            let (k, _) = item?;
-            let Some((scope, _)) = layout::parse_state_value(&k) else {
-                break;
-            };
-            from = layout::prefix_end(&layout::state_scope(&scope));
-            out.push(scope);
-        }
-        Ok(out)
+        self.store.distinct(vec![layout::STATE_VALUES], |k| {
+            let (scope, _) = layout::parse_state_value(k)?;
+            let shared = layout::state_scope(&scope);
+            Some((scope, shared))
+        })
     }
 
     /// Asks for a sync covering `ticket` now.

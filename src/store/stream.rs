@@ -92,35 +92,20 @@ impl StreamItems {
 
     /// The groups of one stream that hold an item: one read per group.
     pub fn groups(&self, stream: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = layout::stream_prefix(stream);
-        let end = layout::prefix_end(&prefix);
-        let mut from = prefix;
-        let mut out = Vec::new();
-        while let Some(entry) = self.store.tree().range(from.clone()..end.clone()).next() {
-            let (k, _) = entry?;
-            let Some((s, g, _)) = layout::parse_stream_item(&k) else {
-                break;
-            };
-            from = layout::prefix_end(&layout::stream_group(&s, &g));
-            out.push(g);
-        }
-        Ok(out)
+        self.store.distinct(layout::stream_prefix(stream), |k| {
+            let (s, g, _) = layout::parse_stream_item(k)?;
+            let shared = layout::stream_group(&s, &g);
+            Some((g, shared))
+        })
     }
 
     /// Every stream that holds an item: one read per stream.
     pub fn streams(&self) -> Result<Vec<String>, StoreError> {
-        let end = layout::prefix_end(&[layout::STREAM_ITEMS]);
-        let mut from = vec![layout::STREAM_ITEMS];
-        let mut out = Vec::new();
-        while let Some(entry) = self.store.tree().range(from.clone()..end.clone()).next() {
-            let (k, _) = entry?;
-            let Some((s, _, _)) = layout::parse_stream_item(&k) else {
-                break;
-            };
-            from = layout::prefix_end(&layout::stream_prefix(&s));
-            out.push(s);
-        }
-        Ok(out)
+        self.store.distinct(vec![layout::STREAM_ITEMS], |k| {
+            let (s, _, _) = layout::parse_stream_item(k)?;
+            let shared = layout::stream_prefix(&s);
+            Some((s, shared))
+        })
     }
 
     pub fn want(&self, ticket: Ticket) {

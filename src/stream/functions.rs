@@ -17,6 +17,7 @@ use super::Streams;
 use super::providers::{self, Deleted, Written as ProviderWritten};
 use super::watchers::{Event, envelope};
 use crate::mesh::{CallCtx, Mesh, Reply};
+use crate::module::Refused;
 use crate::protocol::{ErrorBody, codes, names, update_ops};
 use crate::store::StoreError;
 use crate::store::state::Written;
@@ -98,26 +99,6 @@ fn parse(bytes: Option<&[u8]>) -> Value {
 
 fn ready(reply: Reply) -> BoxFuture<'static, Reply> {
     Box::pin(std::future::ready(reply))
-}
-
-enum Refused {
-    Store(StoreError),
-    Body(ErrorBody),
-}
-
-impl From<StoreError> for Refused {
-    fn from(e: StoreError) -> Self {
-        Refused::Store(e)
-    }
-}
-
-impl Refused {
-    fn into_body(self, code: &str) -> ErrorBody {
-        match self {
-            Refused::Store(e) => ErrorBody::new(code, e.to_string()),
-            Refused::Body(b) => b,
-        }
-    }
 }
 
 impl Streams {
