@@ -4,8 +4,9 @@
 use uuid::Uuid;
 
 use super::m0002_payload_in_job::JobRecordV2;
+use super::m0004_job_features::JobRecordV3;
 use crate::store::layout;
-use crate::store::records::{AttemptRecord, JobRecord};
+use crate::store::records::AttemptRecord;
 use crate::store::{StoreError, codec};
 
 /// Jobs rewritten per atomic batch.
@@ -43,7 +44,7 @@ pub fn apply(db: &sled::Db) -> Result<(), StoreError> {
             }
             history.sort_by_key(|a| a.attempt);
             let job = upgrade(codec::decode(bytes)?, history);
-            batch.insert(key.clone(), codec::encode(&job));
+            batch.insert(key.clone(), codec::encode_as(3, &job));
             moved += 1;
         }
         tree.apply_batch(batch)?;
@@ -71,8 +72,8 @@ pub fn attempts_prefix(id: &Uuid) -> Vec<u8> {
     k
 }
 
-fn upgrade(v2: JobRecordV2, history: Vec<AttemptRecord>) -> JobRecord {
-    JobRecord {
+fn upgrade(v2: JobRecordV2, history: Vec<AttemptRecord>) -> JobRecordV3 {
+    JobRecordV3 {
         queue: v2.queue,
         queue_id: v2.queue_id,
         namespace: v2.namespace,

@@ -34,7 +34,7 @@ enum QueueAction {
     Peek {
         queue: String,
         #[arg(long, default_value = "ready",
-              value_parser = ["ready", "delayed", "running", "held", "completed", "dead"])]
+              value_parser = ["ready", "delayed", "running", "held", "waiting_for_children", "completed", "dead"])]
         state: String,
         /// Jobs per page (1-1000).
         #[arg(long, default_value_t = 20)]
@@ -120,6 +120,7 @@ fn column(state: ShownState) -> &'static str {
         ShownState::Delayed => "DELAYED",
         ShownState::Running => "RUNNING",
         ShownState::Held => "HELD",
+        ShownState::WaitingForChildren => "WAITING FOR CHILDREN",
         ShownState::Completed => "COMPLETED",
         ShownState::Dead => "DEAD",
         ShownState::Cancelled => "CANCELLED",

@@ -67,6 +67,12 @@ impl Attempts {
         self.by_job.get(id)
     }
 
+    /// A running job's live record (a handler's progress and log lines go
+    /// into it as well as into the stored one).
+    pub fn job_mut(&mut self, id: &Uuid) -> Option<&mut JobRecord> {
+        self.by_job.get_mut(id).map(|a| &mut a.job)
+    }
+
     /// Moves a running attempt's lease to `until` (a heartbeat); its one
     /// lease stays its only one. Returns the attempt.
     pub fn extend(&mut self, id: &Uuid, until: Instant) -> Option<&RunningAttempt> {

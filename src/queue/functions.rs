@@ -10,13 +10,14 @@ use uuid::Uuid;
 
 use std::sync::Arc;
 
+use super::flows::FlowNode;
 use super::op::Op;
 use super::{EnqueueRequest, Queues, now_ms};
 use crate::mesh::provided::args;
 use crate::mesh::session::answer;
 use crate::mesh::{CallCtx, Connection, Mesh, Reply};
 use crate::protocol::{Action, ErrorBody, Invoke, codes, names, to_payload};
-use crate::store::records::JobState;
+use crate::store::records::{ChildFailure, JobState};
 
 /// How far ahead a job may be scheduled: beyond it a delay is a mistake
 /// (or an attempt to overflow a clock), refused rather than wrapped.
@@ -94,9 +95,15 @@ struct EnqueueArgs {
     run_at: Option<u64>,
     priority: Option<u8>,
     idempotency_key: Option<String>,
+    /// humantime (`"10m"`) or milliseconds from now: not started by then, the
+    /// job is dead-lettered with reason `expired` instead of running late.
+    expires_in: Option<Value>,
+    /// The same, as milliseconds since the Unix epoch.
+    expires_at: Option<u64>,
 }
 
-/// `queue::enqueue {queue, function_id, data, delay?, run_at?, priority?, idempotency_key?}`.
+/// `queue::enqueue {queue, function_id, data, delay?, run_at?, priority?,
+/// idempotency_key?, expires_in?, expires_at?}`.
 pub(super) fn enqueue(
     queues: Queues,
     _: Mesh,
@@ -139,6 +146,81 @@ pub(super) fn heartbeat(
             operator,
         };
         run(&queues, op).await
+    })
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct ReportArgs {
+    receipt: Option<String>,
+    progress: Option<Value>,
+    line: Option<Value>,
+}
+
+/// `queue::progress {receipt, progress}`: a running job's progress (a
+/// number or a small JSON value), kept in its record and fired to
+/// `queue:progress` bindings.
+pub(super) fn progress(
+    queues: Queues,
+    mesh: Mesh,
+    ctx: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    let operator = mesh.may_operate(ctx.caller);
+    Box::pin(async move {
+        let a: ReportArgs = args(input)?;
+        let receipt = receipt(a.receipt)?;
+        let value = a.progress.ok_or_else(|| invalid("missing progress"))?;
+        let raw = serde_json::to_vec(&value).expect("a Value encodes");
+        if raw.len() > super::progress::MAX_PROGRESS_BYTES {
+            return Err(invalid(format!(
+                "progress is {} bytes of JSON; at most {}",
+                raw.len(),
+                super::progress::MAX_PROGRESS_BYTES
+            )));
+        }
+        let report = super::progress::Report::Progress(raw);
+        run(
+            &queues,
+            Op::Report {
+                receipt,
+                report,
+                caller: ctx.caller,
+                operator,
+            },
+        )
+        .await
+    })
+}
+
+/// `queue::log {receipt, line}`: a line in a running job's log (the queue's
+/// `max_log_lines` newest are kept; longer lines are cut).
+pub(super) fn log(
+    queues: Queues,
+    mesh: Mesh,
+    ctx: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    let operator = mesh.may_operate(ctx.caller);
+    Box::pin(async move {
+        let a: ReportArgs = args(input)?;
+        let receipt = receipt(a.receipt)?;
+        let line = match a.line {
+            Some(Value::String(s)) => s,
+            Some(Value::Null) | None => return Err(invalid("missing line")),
+            Some(other) => other.to_string(),
+        };
+        let report = super::progress::Report::Log(super::progress::bounded_line(line));
+        run(
+            &queues,
+            Op::Report {
+                receipt,
+                report,
+                caller: ctx.caller,
+                operator,
+            },
+        )
+        .await
     })
 }
 
@@ -243,6 +325,61 @@ pub(super) fn enqueue_many(
     })
 }
 
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct FlowArgs {
+    #[serde(flatten)]
+    job: EnqueueArgs,
+    /// `fail_parent` (default) or `ignore`: what a dead child does to this job.
+    on_child_failure: Option<String>,
+    children: Vec<FlowArgs>,
+}
+
+/// `queue::enqueue_flow {queue, function_id, data, …, on_child_failure?,
+/// children: [{queue?, function_id, data, …, children?}]}`: a parent that
+/// runs once its children (any depth, any queues; a child's queue defaults
+/// to its parent's) have finished, receiving their outcomes in
+/// `metadata.job.children`. All of it is acknowledged after one sync, or
+/// refused whole.
+pub(super) fn enqueue_flow(
+    queues: Queues,
+    _: Mesh,
+    _: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    Box::pin(async move {
+        let a: FlowArgs = args(input)?;
+        let queue = queue_name(a.job.queue.clone())?;
+        let root = flow_node(queue, a, now_ms(), "flow")?;
+        queues.enqueue_flow(root).await
+    })
+}
+
+/// One node of a flow, checked; `at` names it in errors (`flow.children[1]`).
+fn flow_node(queue: String, a: FlowArgs, now: u64, at: &str) -> Result<FlowNode, ErrorBody> {
+    let on_child_failure = match a.on_child_failure.as_deref() {
+        None | Some("fail_parent") => ChildFailure::FailParent,
+        Some("ignore") => ChildFailure::Ignore,
+        Some(other) => {
+            return Err(invalid(format!(
+                "{at}: on_child_failure {other:?} is not fail_parent or ignore"
+            )));
+        }
+    };
+    let req =
+        request(queue.clone(), a.job, now).map_err(|e| invalid(format!("{at}: {}", e.message)))?;
+    let mut children = Vec::with_capacity(a.children.len());
+    for (i, child) in a.children.into_iter().enumerate() {
+        let q = child.job.queue.clone().unwrap_or_else(|| queue.clone());
+        children.push(flow_node(q, child, now, &format!("{at}.children[{i}]"))?);
+    }
+    Ok(FlowNode {
+        req,
+        on_child_failure,
+        children,
+    })
+}
+
 /// One job of `queue::enqueue` or `queue::enqueue_many`, checked.
 fn request(queue: String, a: EnqueueArgs, now: u64) -> Result<EnqueueRequest, ErrorBody> {
     let function_id = a
@@ -267,6 +404,14 @@ fn request(queue: String, a: EnqueueArgs, now: u64) -> Result<EnqueueRequest, Er
     if delay.is_some() && a.run_at.is_some() {
         return Err(invalid("give delay or run_at, not both"));
     }
+    let expires_at_ms = match (a.expires_at, a.expires_in) {
+        (Some(_), Some(_)) => return Err(invalid("give expires_in or expires_at, not both")),
+        (Some(at), None) => Some(at),
+        (None, Some(v)) => {
+            Some(now.saturating_add(duration_arg("expires_in", v)?.as_millis() as u64))
+        }
+        (None, None) => None,
+    };
     let run_at_ms = match (a.run_at, delay) {
         (Some(at), _) => Some(at),
         (None, Some(d)) => Some(
@@ -282,6 +427,18 @@ fn request(queue: String, a: EnqueueArgs, now: u64) -> Result<EnqueueRequest, Er
             "a job may be scheduled at most 100 years ahead (delay or run_at)",
         ));
     }
+    if let Some(exp) = expires_at_ms {
+        if exp <= now {
+            return Err(invalid(
+                "the job would expire before it is enqueued (expires_at is past)",
+            ));
+        }
+        if run_at_ms.is_some_and(|at| at >= exp) {
+            return Err(invalid(
+                "the job would expire before it may run (delay or run_at is at or after its expiry)",
+            ));
+        }
+    }
     let payload = to_payload(&a.data);
     warn_if_refs_enqueued(&queue, &function_id, payload.get());
     Ok(EnqueueRequest {
@@ -296,6 +453,7 @@ fn request(queue: String, a: EnqueueArgs, now: u64) -> Result<EnqueueRequest, Er
         run_at_ms,
         priority: a.priority.unwrap_or(0),
         idempotency_key: a.idempotency_key,
+        expires_at_ms,
     })
 }
 
@@ -327,7 +485,8 @@ queue_fn!(
             "completed" => JobState::Completed,
             "dead" => JobState::Dead,
             "held" => JobState::Held,
-            other => return Err(invalid(format!("unknown state {other:?}; one of ready, waiting_for_worker, delayed, running, completed, dead, held"))),
+            "waiting_for_children" => JobState::Waiting,
+            other => return Err(invalid(format!("unknown state {other:?}; one of ready, waiting_for_worker, delayed, running, completed, dead, held, waiting_for_children"))),
         };
         let after = a.cursor.as_deref().map(Uuid::parse_str).transpose().map_err(|_| invalid("cursor is a receipt"))?;
         run(mesh, Op::Peek { queue: a.queue()?, state, limit: a.limit.unwrap_or(50), after }).await
@@ -377,7 +536,7 @@ queue_fn!(
         let q = run(mesh, Op::Stats { queue: a.queue()? }).await?;
         let n = |k: &str| q[k].as_u64().unwrap_or(0);
         Ok(json!({
-            "depth": n("ready") + n("waiting_for_worker") + n("delayed") + n("running") + n("held"),
+            "depth": n("ready") + n("waiting_for_worker") + n("delayed") + n("running") + n("held") + n("waiting_for_children"),
             "consumer_count": q["settings"]["concurrency"],
             "dlq_depth": n("dead"),
             "delivered": n("completed"),
@@ -441,6 +600,7 @@ pub(super) fn take_enqueue(queues: &Queues, conn: &Arc<Connection>, invoke: Invo
         traceparent: invoke.traceparent,
         baggage: invoke.baggage,
         run_at_ms: None,
+        expires_at_ms: None,
         priority: 0,
         idempotency_key: None,
     };

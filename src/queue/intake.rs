@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
+use super::flows::Plan;
 use super::scheduler::{Scheduler, store_error};
 use super::settings::{Ordering, QueueSettings};
 use super::{EnqueueReply, EnqueueRequest, Enqueued, now_ms};
@@ -14,6 +15,13 @@ use crate::store::queue::Writes;
 use crate::store::queue::{FnId, QueueId};
 use crate::store::records::{JobRecord, JobState};
 
+/// Where the queue's settings put a job: its FIFO group and fair lane.
+#[derive(Default)]
+pub(super) struct Admitted {
+    group: Option<String>,
+    lane: Option<String>,
+}
+
 /// What earlier jobs of the same (not yet applied) batch claimed.
 #[derive(Default)]
 pub(super) struct Seen {
@@ -21,6 +29,15 @@ pub(super) struct Seen {
     keys: HashMap<(QueueId, String), Uuid>,
     /// The jobs the batch counted, so a batch the store refuses is uncounted.
     counted: Vec<(QueueId, JobState)>,
+}
+
+impl Seen {
+    /// The batch was not written: its jobs are not counted either.
+    pub(super) fn uncount(self, s: &mut Scheduler) {
+        for (q, state) in self.counted {
+            s.counters.count(q, Some(state), None);
+        }
+    }
 }
 
 impl Scheduler {
@@ -47,9 +64,7 @@ impl Scheduler {
             Err(e) => {
                 tracing::error!(error = %e, "cannot write enqueued jobs");
                 // Nothing of the batch is stored: neither are its jobs counted.
-                for (q, state) in seen.counted {
-                    self.counters.count(q, Some(state), None);
-                }
+                seen.uncount(self);
                 let refused = store_error(e);
                 for (_, reply) in accepted {
                     reply(Err(refused.clone()));
@@ -57,18 +72,30 @@ impl Scheduler {
                 return;
             }
         };
-        self.unsynced.applied(ticket, first_seq);
-        self.store.want(ticket);
-        let store = self.store.clone();
-        // Acknowledge only once the records are on disk; one sync serves them all.
-        tokio::spawn(async move {
-            let durable = store.durable(ticket).await.map_err(store_error);
+        self.acknowledge(ticket, first_seq, move |durable| {
             for (e, reply) in accepted {
                 reply(match &durable {
                     Ok(()) => Ok(e),
                     Err(refused) => Err(refused.clone()),
                 });
             }
+        });
+    }
+
+    /// Calls `then` once the batch of `ticket` is on disk (one sync serves
+    /// every job in it); until then, its jobs (sequence numbers from
+    /// `first_seq`) do not start.
+    pub(super) fn acknowledge(
+        &mut self,
+        ticket: crate::store::Ticket,
+        first_seq: u64,
+        then: impl FnOnce(Result<(), ErrorBody>) + Send + 'static,
+    ) {
+        self.unsynced.applied(ticket, first_seq);
+        self.store.want(ticket);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            then(store.durable(ticket).await.map_err(store_error));
         });
     }
 
@@ -79,7 +106,19 @@ impl Scheduler {
         batch: &mut Writes,
         seen: &mut Seen,
     ) -> Result<Enqueued, ErrorBody> {
-        let group = self.admit(&req)?;
+        self.write_job(req, batch, seen, None)
+    }
+
+    /// Writes one job into `batch`: a plain enqueue (`plan` = `None`), or a
+    /// flow's node with its identity and links decided by the flow.
+    pub(super) fn write_job(
+        &mut self,
+        req: EnqueueRequest,
+        batch: &mut Writes,
+        seen: &mut Seen,
+        plan: Option<Plan>,
+    ) -> Result<Enqueued, ErrorBody> {
+        let Admitted { group, lane } = self.admit(&req)?;
         let q = self.queue_for(&req.queue)?;
         if let Some(receipt) = self.earlier_receipt(q, &req, seen)? {
             return Ok(Enqueued {
@@ -87,10 +126,15 @@ impl Scheduler {
                 duplicate: true,
             });
         }
-        let f = self.fn_id(&req.namespace, &req.function_id)?;
-        let seq = self.seq.take(batch);
+        let f = self.fn_id(&req.namespace, &req.function_id, lane.as_deref())?;
         let now = now_ms();
-        let id = job_id(now, seq, self.id_salt);
+        let (seq, id, flow, waits) = match plan {
+            Some(p) => (p.seq, p.id, Some(p.flow), p.waits),
+            None => {
+                let seq = self.seq.take(batch);
+                (seq, job_id(now, seq, self.id_salt), None, false)
+            }
+        };
         // A FIFO job waits behind any unfinished job of its group.
         let held = group.as_ref().is_some_and(|g| self.group_busy(q, g, seen));
         if let Some(g) = &group {
@@ -101,7 +145,9 @@ impl Scheduler {
             seen.keys.insert((q, key.clone()), id);
             batch.put_idempotency(q, key, &id);
         }
-        let state = if held {
+        let state = if waits {
+            JobState::Waiting
+        } else if held {
             JobState::Held
         } else if req.run_at_ms.is_some_and(|t| t > now) {
             JobState::Delayed
@@ -109,9 +155,13 @@ impl Scheduler {
             JobState::Ready
         };
         let max_attempts = self.queues[req.queue.as_str()].settings.max_attempts;
-        let job = new_record(req, (q, f), seq, now, state, max_attempts, group);
+        let mut job = new_record(req, (q, f), seq, now, state, max_attempts, group);
+        job.flow = flow;
         self.place(&id, &job, batch);
         batch.put_job(&id, &job);
+        if job.expires_ms > 0 {
+            self.watch_expiry(job.expires_ms, &id, batch);
+        }
         self.counters.count(q, None, Some(job.state));
         seen.counted.push((q, job.state));
         if job.state == JobState::Ready {
@@ -124,8 +174,8 @@ impl Scheduler {
     }
 
     /// Checks what the queue's settings ask of the job (payload size, a FIFO
-    /// group); returns its group.
-    fn admit(&self, req: &EnqueueRequest) -> Result<Option<String>, ErrorBody> {
+    /// group, a fair key); returns its group and lane.
+    pub(super) fn admit(&self, req: &EnqueueRequest) -> Result<Admitted, ErrorBody> {
         let declared;
         let settings = match self.queues.get(&req.queue) {
             Some(rt) => &rt.settings,
@@ -134,7 +184,8 @@ impl Scheduler {
                     declared = s;
                     &declared
                 }
-                None => return Ok(None), // strict mode: queue_for refuses it with queue_not_found
+                // strict mode: queue_for refuses it with queue_not_found
+                None => return Ok(Admitted::default()),
             },
         };
         if req.payload.get().len() > settings.max_payload_bytes {
@@ -146,10 +197,15 @@ impl Scheduler {
             );
             return Err(ErrorBody::new(codes::PAYLOAD_TOO_LARGE, msg));
         }
-        match settings.ordering {
-            Ordering::Fifo => fifo_group(settings, req).map(Some),
-            _ => Ok(None),
-        }
+        let group = match settings.ordering {
+            Ordering::Fifo => Some(fifo_group(settings, req)?),
+            Ordering::Standard => None,
+        };
+        let lane = match settings.fair_by.as_deref().filter(|f| !f.is_empty()) {
+            Some(field) => Some(fair_key(field, req)?),
+            None => None,
+        };
+        Ok(Admitted { group, lane })
     }
 
     /// The receipt of an earlier job with the request's idempotency key: one
@@ -188,7 +244,7 @@ impl Scheduler {
 /// time) whose other bits are this process's salt and the job's sequence
 /// number, unique in the store. No entropy is drawn per job: `Uuid::now_v7`
 /// asks the kernel for random bytes on every call.
-fn job_id(now_ms: u64, seq: u64, salt: u16) -> Uuid {
+pub(super) fn job_id(now_ms: u64, seq: u64, salt: u16) -> Uuid {
     let mut bits = [0u8; 10];
     bits[..2].copy_from_slice(&salt.to_be_bytes());
     bits[2..].copy_from_slice(&seq.to_be_bytes());
@@ -231,7 +287,42 @@ fn new_record(
         dead_seq: 0,
         payload: req.payload.get().as_bytes().to_vec(),
         history: Vec::new(),
+        expires_ms: req.expires_at_ms.unwrap_or(0),
+        progress: None,
+        logs: Vec::new(),
+        logs_dropped: 0,
+        flow: None,
     }
+}
+
+/// Longest fair key: it becomes part of a store key.
+const MAX_FAIR_KEY: usize = 256;
+
+/// A job's fair key: the payload's `field`, a string or number; a job
+/// without it shares the lane of every other keyless job.
+fn fair_key(field: &str, req: &EnqueueRequest) -> Result<String, ErrorBody> {
+    let payload: serde_json::Value = serde_json::from_str(req.payload.get()).unwrap_or_default();
+    let key = match payload.get(field) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(_) => {
+            return Err(ErrorBody::new(
+                codes::INVALID_ARGUMENTS,
+                format!(
+                    "queue {:?} is fair by {field:?}: that payload field must be a string or number",
+                    req.queue
+                ),
+            ));
+        }
+    };
+    if key.len() > MAX_FAIR_KEY || key.contains('\0') {
+        return Err(ErrorBody::new(
+            codes::INVALID_ARGUMENTS,
+            format!("fair key {field:?} is at most {MAX_FAIR_KEY} bytes, without NUL"),
+        ));
+    }
+    Ok(key)
 }
 
 /// The FIFO group named by the queue's `group_field` (a string or number; required).
@@ -257,6 +348,24 @@ fn fifo_group(settings: &QueueSettings, req: &EnqueueRequest) -> Result<String, 
         Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
         _ => Err(missing()),
     }
+}
+
+/// A ready job's record, for unit tests of the scheduler's parts.
+#[cfg(test)]
+pub(super) fn sample_record() -> JobRecord {
+    let req = EnqueueRequest {
+        queue: "q".into(),
+        namespace: String::new(),
+        function_id: "svc::f".into(),
+        payload: crate::protocol::to_payload(&serde_json::json!({"n": 1})),
+        traceparent: None,
+        baggage: None,
+        run_at_ms: None,
+        priority: 0,
+        idempotency_key: None,
+        expires_at_ms: None,
+    };
+    new_record(req, (1, 1), 1, 1, JobState::Ready, 3, None)
 }
 
 #[cfg(test)]

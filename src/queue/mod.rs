@@ -13,7 +13,10 @@
 //! - [`recovery`]: what the scheduler reads at start, and crash repair.
 //! - [`dispatcher`]: how a running attempt ends: its call's outcome, collected
 //!   on the scheduler's channel, or its lease running out.
+//! - [`flows`]: parents that wait for their children (`queue::enqueue_flow`).
 //! - [`ops`]: operator views and actions (stats, peek, redrive, …).
+//! - [`progress`]: what a running handler reports (progress, log lines),
+//!   and the `queue:progress` trigger type.
 //! - [`states`]: the names of job states operators see, one vocabulary for
 //!   counts and views.
 //!
@@ -22,6 +25,7 @@
 mod attempts;
 mod counters;
 pub(crate) mod dispatcher;
+pub(crate) mod flows;
 mod fn_ids;
 mod functions;
 mod intake;
@@ -29,6 +33,7 @@ mod leases;
 mod module;
 pub(crate) mod op;
 pub(crate) mod ops;
+pub(crate) mod progress;
 mod queue_table;
 pub mod rate;
 mod ready;
@@ -68,6 +73,8 @@ pub(crate) struct EnqueueRequest {
     pub run_at_ms: Option<u64>,
     pub priority: u8,
     pub idempotency_key: Option<String>,
+    /// No attempt starts after this (ms since the epoch); `None` = never expires.
+    pub expires_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +91,8 @@ pub(crate) struct Queues {
     task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     /// For `/health` only; weak, so the store still closes when the scheduler stops.
     store: std::sync::Weak<Store>,
+    /// The `queue:progress` bindings; the scheduler fires them.
+    pub(crate) progress_watchers: progress::ProgressWatchers,
 }
 
 impl Queues {
@@ -97,11 +106,13 @@ impl Queues {
         let (tx, rx) = mpsc::unbounded_channel();
         let weak = Arc::downgrade(&store);
         let scheduler = scheduler::Scheduler::load(mesh, store, config)?;
+        let progress_watchers = scheduler.progress_watchers.clone();
         let task = tokio::spawn(scheduler.run(rx));
         Ok(Self {
             tx,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
             store: weak,
+            progress_watchers,
         })
     }
 
@@ -160,6 +171,21 @@ impl Queues {
             out.push(rx.await.map_err(|_| stopped())??);
         }
         Ok(out)
+    }
+
+    /// Persists a flow (a parent and its children, any depth) in one batch;
+    /// resolves with its receipts once all of it is durable, or with its refusal.
+    pub async fn enqueue_flow(&self, root: flows::FlowNode) -> Result<Value, ErrorBody> {
+        let (tx, rx) = oneshot::channel();
+        let reply: flows::FlowReply = Box::new(move |res| {
+            let _ = tx.send(res);
+        });
+        if let Err(mpsc::error::SendError(Command::EnqueueFlow(_, reply))) =
+            self.tx.send(Command::EnqueueFlow(root, reply))
+        {
+            reply(Err(stopped()));
+        }
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Gives queue `name` these settings (over the defaults), replacing what

@@ -34,13 +34,21 @@ impl Module for Queues {
     }
 
     fn provide(&self, p: &mut Provisions) {
+        p.trigger_type(
+            super::progress::PROGRESS_TRIGGER,
+            "Fires when a queued job reports progress (config: queue?, receipt?, condition_function_id?)",
+            std::sync::Arc::new(self.progress_watchers.clone()),
+        );
         let queues = self.clone();
         p.enqueue(move |_, conn, invoke| f::take_enqueue(&queues, conn, invoke));
         for (id, handler) in [
             ("queue::enqueue", f::enqueue as f::QueueFn),
             ("queue::enqueue_many", f::enqueue_many),
+            ("queue::enqueue_flow", f::enqueue_flow),
             ("queue::heartbeat", f::heartbeat),
             ("queue::throttle", f::throttle),
+            ("queue::progress", f::progress),
+            ("queue::log", f::log),
             ("queue::list", f::list),
             ("queue::stats", f::stats),
             ("queue::get", f::get),

@@ -64,4 +64,12 @@ pub enum Op {
         caller: Uuid,
         operator: bool,
     },
+    /// A running job's handler reports progress or a log line. Only its
+    /// executing worker may, or an operator.
+    Report {
+        receipt: Uuid,
+        report: super::progress::Report,
+        caller: Uuid,
+        operator: bool,
+    },
 }

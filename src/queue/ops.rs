@@ -12,7 +12,7 @@ use super::scheduler::Scheduler;
 use super::states::{COUNTED, ShownState};
 use crate::protocol::{ErrorBody, codes};
 use crate::store::queue::Writes;
-use crate::store::records::{ErrorRecord, JobRecord, JobState};
+use crate::store::records::{ErrorRecord, FailReason, JobRecord, JobState};
 use crate::store::{StoreError, Ticket};
 
 type OpResult = (Result<Value, ErrorBody>, Option<Ticket>);
@@ -64,6 +64,12 @@ impl Scheduler {
             } => self
                 .heartbeat(&receipt, extend, caller, operator)
                 .map(|v| (v, None)),
+            Op::Report {
+                receipt,
+                report,
+                caller,
+                operator,
+            } => self.report(&receipt, report, caller, operator),
         };
         match res {
             Ok((v, t)) => (Ok(v), t),
@@ -138,6 +144,9 @@ impl Scheduler {
                 "max_payload_bytes": s.max_payload_bytes,
                 "ordering": match s.ordering { crate::queue::settings::Ordering::Fifo => "fifo", _ => "standard" },
                 "group_field": s.group_field,
+                "fair_by": s.fair_by,
+                "rate": s.rate.map(|r| r.to_string()),
+                "rate_per_key": s.rate_per_key.map(|r| r.to_string()),
             },
         });
         let counts = self.counters.of(q.id);
@@ -148,6 +157,7 @@ impl Scheduler {
                 ShownState::Delayed => counts.delayed,
                 ShownState::Running => counts.running,
                 ShownState::Held => counts.held,
+                ShownState::WaitingForChildren => counts.waiting,
                 ShownState::Completed => counts.completed,
                 ShownState::Dead => counts.dead,
                 ShownState::Cancelled => continue,
@@ -163,7 +173,7 @@ impl Scheduler {
     }
 
     /// The job's state as `queue::stats` counts it.
-    fn shown(&self, job: &JobRecord) -> ShownState {
+    pub(super) fn shown(&self, job: &JobRecord) -> ShownState {
         // Only a ready job's name depends on the mesh: skip the lock otherwise.
         ShownState::of(
             job.state,
@@ -216,6 +226,13 @@ impl Scheduler {
             "result": job.result.as_deref().map(raw),
             "last_error": job.last_error.as_ref().map(error_view),
             "history": self.attempts_of(id, &job),
+            "expires_at_ms": (job.expires_ms > 0).then_some(job.expires_ms),
+            "fair_key": self.fn_ids.lane_key(job.fn_id),
+            "progress": job.progress.as_deref().map(raw),
+            "logs": job.logs.iter().map(|l| json!({"at_ms": l.at_ms, "line": l.line})).collect::<Vec<_>>(),
+            "logs_dropped": job.logs_dropped,
+            "trace_id": job.traceparent.as_deref().and_then(trace_id),
+            "flow": self.flow_view(id, &job),
         }))
     }
 
@@ -232,10 +249,23 @@ impl Scheduler {
                 "it is held by its FIFO group {:?}: an earlier job of the group has not finished",
                 job.group.as_deref().unwrap_or_default()
             ),
-            JobState::Dead => format!(
-                "it is dead-lettered after {} attempts; redrive it to run it again",
-                job.attempts
-            ),
+            JobState::Dead => match &job.last_error {
+                Some(e) if e.reason == FailReason::Expired => {
+                    "it expired before it started; redrive it to run it anyway".to_owned()
+                }
+                Some(e) if e.reason == FailReason::ChildFailed => format!(
+                    "it is dead-lettered because a child of its flow failed ({}); redrive it to run it anyway",
+                    e.message
+                ),
+                _ => format!(
+                    "it is dead-lettered after {} attempts; redrive it to run it again",
+                    job.attempts
+                ),
+            },
+            JobState::Waiting => {
+                let pending = job.flow.as_ref().map_or(0, |f| f.waiting_on.len());
+                format!("it is a flow's parent waiting for {pending} of its children to finish")
+            }
             JobState::Delayed => {
                 let wait = job.due_ms.saturating_sub(now_ms());
                 let kind = if job.attempts > 0 {
@@ -314,6 +344,7 @@ impl Scheduler {
                 Box::new(self.attempts.sorted_ids().into_iter())
             }
             JobState::Held => Box::new(store.grouped(q.id).filter_map(|r| r.ok().flatten())),
+            JobState::Waiting => Box::new(store.waiting(q.id)),
             JobState::Cancelled => Box::new(std::iter::empty()),
         };
         let mut skipping = after.is_some();
@@ -544,6 +575,8 @@ impl Scheduler {
                 job.attempts = 0;
                 job.redrives += 1;
                 job.finished_ms = 0;
+                // An operator's redrive runs it, however late.
+                job.expires_ms = 0;
                 job.max_attempts = self.queues[queue].settings.max_attempts;
                 let to = match job.group.clone() {
                     Some(g) => {
@@ -588,6 +621,11 @@ impl Scheduler {
             Some(ticket),
         ))
     }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+fn trace_id(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1).filter(|t| t.len() == 32)
 }
 
 fn error_view(e: &ErrorRecord) -> Value {

@@ -11,7 +11,7 @@ use std::ops::Index;
 use super::rate::Limiter;
 use super::ready::ReadyIndex;
 use super::settings::QueueSettings;
-use crate::store::queue::QueueId;
+use crate::store::queue::{FnId, QueueId};
 
 /// One queue's runtime state.
 pub struct QueueRt {
@@ -26,6 +26,9 @@ pub struct QueueRt {
     pub limiter: Option<Limiter>,
     /// `queue::throttle`: no job starts before this (in memory).
     pub throttled_until: Option<tokio::time::Instant>,
+    /// `settings.rate_per_key`'s buckets, one per lane (fair key) that
+    /// started jobs lately; full ones are dropped by [`Self::forget_full_buckets`].
+    pub lane_limiters: HashMap<FnId, Limiter>,
 }
 
 impl QueueRt {
@@ -40,13 +43,43 @@ impl QueueRt {
             ready: ReadyIndex::default(),
             limiter,
             throttled_until: None,
+            lane_limiters: HashMap::new(),
         }
     }
 
     /// New settings (a queue defined at run time): its bucket follows them.
     pub fn set_settings(&mut self, settings: QueueSettings) {
         self.limiter = settings.rate.map(Limiter::new);
+        self.lane_limiters.clear();
         self.settings = settings;
+    }
+
+    /// Jobs lane `f` may start now by `rate_per_key`, and when more may, if none can now.
+    pub fn lane_startable(
+        &mut self,
+        f: FnId,
+        now: tokio::time::Instant,
+    ) -> (usize, Option<tokio::time::Instant>) {
+        let Some(rate) = self.settings.rate_per_key else {
+            return (usize::MAX, None);
+        };
+        let l = self
+            .lane_limiters
+            .entry(f)
+            .or_insert_with(|| Limiter::new(rate));
+        (l.available(now), l.next_start(now))
+    }
+
+    /// Lane `f` started `n` jobs.
+    pub fn lane_started(&mut self, f: FnId, n: usize) {
+        if let Some(l) = self.lane_limiters.get_mut(&f) {
+            l.take(n);
+        }
+    }
+
+    /// Drops the buckets that have refilled: a new one would be the same.
+    pub fn forget_full_buckets(&mut self, now: tokio::time::Instant) {
+        self.lane_limiters.retain(|_, l| !l.is_full(now));
     }
 
     /// Jobs that may start now by its rate limit and throttle (before
@@ -104,6 +137,10 @@ impl QueueTable {
 
     pub fn iter(&self) -> impl Iterator<Item = &QueueRt> {
         self.by_name.values()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut QueueRt> {
+        self.by_name.values_mut()
     }
 
     pub fn names(&self) -> Vec<String> {

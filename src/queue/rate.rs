@@ -32,6 +32,17 @@ impl std::str::FromStr for Rate {
     }
 }
 
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.starts,
+            humantime::format_duration(self.per)
+        )
+    }
+}
+
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?
@@ -68,6 +79,12 @@ impl Limiter {
     pub fn available(&mut self, now: Instant) -> usize {
         self.refill(now);
         self.tokens.floor() as usize
+    }
+
+    /// Whether it holds a whole period's starts again (as a new bucket would).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= f64::from(self.rate.starts)
     }
 
     /// `n` jobs started.

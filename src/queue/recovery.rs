@@ -41,12 +41,17 @@ impl Scheduler {
             attempts: Attempts::default(),
             counters: Counters::default(),
             next_due_ms: None,
+            next_expiry_ms: None,
             limited_until: None,
             finished_tx,
             finished_rx: Some(finished_rx),
             draining: false,
             unsynced: Unsynced::default(),
             id_salt: Uuid::new_v4().as_u128() as u16,
+            flow_settles: Default::default(),
+            progress_watchers: super::progress::ProgressWatchers::new(
+                super::progress::PROGRESS_TRIGGER,
+            ),
         };
         for (name, rec) in s.store.queues()? {
             let counts = s.store.counts(rec.id)?.unwrap_or_default();
@@ -59,13 +64,16 @@ impl Scheduler {
             s.queues
                 .add(QueueRt::new(rec.id, &name, settings, rec.paused));
         }
-        for (ns, fid, id) in s.store.functions()? {
-            s.fn_ids.intern(ns, fid, id);
+        for (ns, fid, lane, id) in s.store.functions()? {
+            s.fn_ids.intern(ns, fid, lane, id);
         }
         s.requeue_interrupted()?;
         s.find_ready_functions()?;
         if let Some(kv) = s.store.due().next() {
             s.next_due_ms = Some(kv?.0);
+        }
+        if let Some(kv) = s.store.expiries().next() {
+            s.next_expiry_ms = Some(kv?.0);
         }
         tracing::info!(
             queues = s.queues.iter().count(),

@@ -25,15 +25,26 @@ use crate::store::queue::FnId;
 use crate::store::queue::{ReadyPos, Writes};
 use crate::store::records::{AttemptRecord, JobState};
 
+/// What [`Scheduler::start`] did with a picked job.
+enum Start {
+    /// Its attempt is running.
+    Running,
+    /// Left ready (its worker left meanwhile).
+    Skipped,
+    /// Something was written to the pass's batch (an orphan entry removed,
+    /// an expired job dead-lettered).
+    Written,
+}
+
 impl Scheduler {
     /// Starts ready jobs while queues have free slots and their functions have workers.
     pub(super) fn dispatch(&mut self) -> Result<(), StoreError> {
         if self.draining {
             return Ok(());
         }
-        // Only entries found without their job are written here.
-        let mut orphans = Writes::default();
-        let mut any_orphan = false;
+        // Only entries found without their job, and jobs found expired, are written here.
+        let mut writes = Writes::default();
+        let mut any_write = false;
         let names = self.queues.names();
         let now = tokio::time::Instant::now();
         self.limited_until = None;
@@ -56,15 +67,18 @@ impl Scheduler {
             }
             let mut started = 0;
             for (f, key, id) in self.pick_ready(&name, n)? {
-                any_orphan |= self.start(&name, f, key, id, &mut orphans)?;
-                started += 1;
+                match self.start(&name, f, key, id, &mut writes)? {
+                    Start::Running => started += 1,
+                    Start::Skipped => {}
+                    Start::Written => any_write = true,
+                }
             }
             if let Some(l) = self.queues.get_mut(&name).and_then(|q| q.limiter.as_mut()) {
                 l.take(started);
             }
         }
-        if any_orphan {
-            self.commit(orphans)?;
+        if any_write {
+            self.commit(writes)?;
         }
         Ok(())
     }
@@ -81,6 +95,10 @@ impl Scheduler {
     /// Up to `n` distinct ready jobs of the queue whose function some worker
     /// provides: functions in round-robin order, priority then enqueue order
     /// within one. A function with no worker is skipped (no attempt is spent).
+    /// On a `fair_by` queue each lane (function and fair key) gives at most
+    /// one job per sweep, and sweeps repeat until `n` are picked or no lane
+    /// gives more: a tenant's burst takes its turn like every other key; a
+    /// lane over its `rate_per_key` sits out until its bucket refills.
     ///
     /// Ready entries of attempts whose start is not yet written stay in the
     /// store; each function's scan resumes after the last entry it took
@@ -91,43 +109,68 @@ impl Scheduler {
         n: usize,
     ) -> Result<Vec<(FnId, ReadyPos, Uuid)>, StoreError> {
         let q = self.queues[name].id;
+        let fair = self.queues[name].settings.fair_by.is_some();
+        let per_sweep = if fair { 1 } else { n };
         let mut picked = Vec::new();
         let waiting = self.unsynced.first_waiting(self.store.synced());
-        for f in self.queues[name].ready.round() {
-            if picked.len() >= n {
-                break;
-            }
-            let Some((ns, fid)) = self.fn_ids.name(f) else {
-                continue;
-            };
-            if !self.mesh.inspect(|st| st.function(ns, fid).is_some()) {
-                continue;
-            }
-            let before = picked.len();
-            let from = self.queues[name].ready.resume_point(f);
-            let mut seen = None;
-            let mut blocked = false;
-            for kv in self.store.ready_after(q, f, from) {
-                let (k, id) = kv?;
-                if waiting.is_some_and(|first| k.seq() >= first) {
-                    // Not durable yet: neither this job nor (to keep the
-                    // order) the ones after it start before the sync.
-                    blocked = true;
-                    break;
-                }
-                seen = Some(k.clone());
-                match id {
-                    Some(id) if !self.attempts.contains(&id) => picked.push((f, k, id)),
-                    _ => {}
-                }
+        let now = tokio::time::Instant::now();
+        loop {
+            let before_sweep = picked.len();
+            for f in self.queues[name].ready.round() {
                 if picked.len() >= n {
                     break;
                 }
+                let Some((ns, fid)) = self.fn_ids.name(f) else {
+                    continue;
+                };
+                if !self.mesh.inspect(|st| st.function(ns, fid).is_some()) {
+                    continue;
+                }
+                let Some((allowed, next)) = self
+                    .queues
+                    .get_mut(name)
+                    .map(|rt| rt.lane_startable(f, now))
+                else {
+                    break;
+                };
+                if allowed == 0 {
+                    // Keeps its place in the round: its jobs are still ready.
+                    if let Some(at) = next {
+                        self.limited_until = Some(self.limited_until.map_or(at, |t| t.min(at)));
+                    }
+                    continue;
+                }
+                let take = per_sweep.min(allowed).min(n - picked.len());
+                let before = picked.len();
+                let from = self.queues[name].ready.resume_point(f);
+                let mut seen = None;
+                let mut blocked = false;
+                for kv in self.store.ready_after(q, f, from) {
+                    let (k, id) = kv?;
+                    if waiting.is_some_and(|first| k.seq() >= first) {
+                        // Not durable yet: neither this job nor (to keep the
+                        // order) the ones after it start before the sync.
+                        blocked = true;
+                        break;
+                    }
+                    seen = Some(k.clone());
+                    match id {
+                        Some(id) if !self.attempts.contains(&id) => picked.push((f, k, id)),
+                        _ => {}
+                    }
+                    if picked.len() - before >= take {
+                        break;
+                    }
+                }
+                // A function blocked by a sync keeps its place in the round.
+                let took = picked.len() > before || blocked;
+                if let Some(rt) = self.queues.get_mut(name) {
+                    rt.lane_started(f, picked.len() - before);
+                    rt.ready.scanned(f, seen, took);
+                }
             }
-            // A function blocked by a sync keeps its place in the round.
-            let took = picked.len() > before || blocked;
-            if let Some(rt) = self.queues.get_mut(name) {
-                rt.ready.scanned(f, seen, took);
+            if !fair || picked.len() >= n || picked.len() == before_sweep {
+                break;
             }
         }
         Ok(picked)
@@ -135,24 +178,29 @@ impl Scheduler {
 
     /// Starts one ready job: the call goes out now; nothing is written (see
     /// the module's notes) and the live record stays in memory until the
-    /// attempt ends. Returns whether `orphans` got an entry to remove.
+    /// attempt ends. A job past its expiry is dead-lettered into `writes`
+    /// instead, and an entry without its job removed there.
     fn start(
         &mut self,
         name: &str,
         f: FnId,
         ready_key: ReadyPos,
         id: Uuid,
-        orphans: &mut Writes,
-    ) -> Result<bool, StoreError> {
+        writes: &mut Writes,
+    ) -> Result<Start, StoreError> {
         let Some(mut job) = self.store.job(&id)? else {
             // An index entry without its job cannot be run; drop it so it cannot block the queue.
             tracing::error!(job = %id, "ready entry without a job record; removed");
-            orphans.remove_ready_at(&ready_key);
-            return Ok(true);
+            writes.remove_ready_at(&ready_key);
+            return Ok(Start::Written);
         };
+        if job.expires_ms > 0 && now_ms() >= job.expires_ms {
+            self.expire(&id, &mut job, writes);
+            return Ok(Start::Written);
+        }
         let lease = self.queues[name].settings.lease;
         let Some((ns, fid)) = self.fn_ids.name(f) else {
-            return Ok(false);
+            return Ok(Start::Skipped);
         };
         let data = std::str::from_utf8(&job.payload)
             .ok()
@@ -161,12 +209,19 @@ impl Scheduler {
         // The job's context, handed to the handler with the call (the SDKs
         // pass metadata as the handler's second argument): what it needs to
         // call queue::heartbeat about its own job.
-        let context = serde_json::json!({"job": {
+        let mut context = serde_json::json!({"job": {
             "receipt": id,
             "queue": name,
             "attempt": job.attempts + 1,
             "max_attempts": self.queues[name].settings.max_attempts,
         }});
+        // A flow's parent receives how each of its children ended.
+        if let Some(flow) = job.flow.as_ref().filter(|f| !f.children.is_empty()) {
+            context["job"]["children"] = super::flows::outcomes_view(&flow.outcomes).into();
+        }
+        if let Some(parent) = job.flow.as_ref().and_then(|f| f.parent) {
+            context["job"]["parent"] = parent.to_string().into();
+        }
         let extras = CallExtras {
             metadata: Some(crate::protocol::to_payload(&context)),
             traceparent: job.traceparent.clone(),
@@ -187,7 +242,7 @@ impl Scheduler {
             if let Some(rt) = self.queues.by_id_mut(job.queue_id) {
                 rt.ready.rescan(f);
             }
-            return Ok(false);
+            return Ok(Start::Skipped);
         };
         job.attempts += 1;
         job.history_len += 1;
@@ -216,7 +271,7 @@ impl Scheduler {
         if let Some(rt) = self.queues.by_id_mut(q) {
             rt.running += 1;
         }
-        Ok(false)
+        Ok(Start::Running)
     }
 
     /// Writes the start of attempts running for [`super::attempts::START_RECORD_DELAY`] (or of

@@ -39,6 +39,8 @@ pub enum Command {
     /// Settings for a queue made at run time (a durable topic subscriber's
     /// queue): they replace the config's for that name, now and at creation.
     Define(String, QueueOverrides),
+    /// A flow: every job in one batch and one sync, or none.
+    EnqueueFlow(super::flows::FlowNode, super::flows::FlowReply),
     Op(Op, oneshot::Sender<Result<serde_json::Value, ErrorBody>>),
     /// Stop: the scheduler (and its handle on the store) goes away; running
     /// attempts are left `running` and go back to ready at the next start.
@@ -68,6 +70,8 @@ pub struct Scheduler {
     /// jobs again (the soonest), so the loop wakes then.
     pub(super) limited_until: Option<tokio::time::Instant>,
     pub(super) next_due_ms: Option<u64>,
+    /// The soonest expiry entry (`E`): when unstarted jobs may need dropping.
+    pub(super) next_expiry_ms: Option<u64>,
     /// Attempt outcomes have their own channel, read first, so a flood of
     /// enqueues cannot starve completions (and with them free slots). The mesh
     /// sends each running job's call outcome here, tagged with the job id.
@@ -79,6 +83,11 @@ pub struct Scheduler {
     pub(super) unsynced: Unsynced,
     /// Random bits drawn once per process for job ids (see `intake::job_id`).
     pub(super) id_salt: u16,
+    /// Flow children that reached a final state in the batch being built:
+    /// their parents are updated in the same batch (`flows::settle_flows`).
+    pub(super) flow_settles: super::flows::FlowSettles,
+    /// The `queue:progress` bindings (shared with the module, which provides the type).
+    pub(super) progress_watchers: super::progress::ProgressWatchers,
 }
 
 impl Scheduler {
@@ -103,6 +112,9 @@ impl Scheduler {
             let due = self
                 .next_due_ms
                 .map(|ms| Duration::from_millis(ms.saturating_sub(now_ms())));
+            let expiry = self
+                .next_expiry_ms
+                .map(|ms| Duration::from_millis(ms.saturating_sub(now_ms())));
             tokio::select! {
                 biased;
                 Some(f) = finished.recv() => self.on_outcomes(f, &mut finished),
@@ -117,6 +129,7 @@ impl Scheduler {
                     Err(_) => return,
                 },
                 _ = sleep_for(due) => self.log_err("promoting due jobs", |s| s.promote_due()),
+                _ = sleep_for(expiry) => self.log_err("expiring jobs", |s| s.expire_due()),
                 // A rate limit's next token, or a throttle's end: dispatch (below).
                 _ = sleep_until(self.limited_until) => {}
                 _ = self.attempts.leases.fired(), if leases_armed => self.expire_leases(),
@@ -234,6 +247,7 @@ impl Scheduler {
                 return false;
             }
             Command::Drain => self.draining = true,
+            Command::EnqueueFlow(root, reply) => self.enqueue_flow(root, reply),
             Command::Op(op, reply) => {
                 let (result, ticket) = self.op(op);
                 let store = self.store.clone();
@@ -282,17 +296,27 @@ impl Scheduler {
         Ok(id)
     }
 
-    /// Interned id of a function for ready keys; persisted at once, like queues.
-    pub(super) fn fn_id(&mut self, namespace: &str, function_id: &str) -> Result<FnId, ErrorBody> {
-        if let Some(id) = self.fn_ids.id(namespace, function_id) {
+    /// Interned id of a function (or of its lane for a fair key) for ready
+    /// keys; persisted at once, like queues.
+    pub(super) fn fn_id(
+        &mut self,
+        namespace: &str,
+        function_id: &str,
+        lane: Option<&str>,
+    ) -> Result<FnId, ErrorBody> {
+        if let Some(id) = self.fn_ids.id(namespace, function_id, lane) {
             return Ok(id);
         }
         let id = self.fn_ids.next_id();
         let mut writes = Writes::default();
-        writes.put_function(namespace, function_id, id);
+        writes.put_function(namespace, function_id, lane, id);
         self.commit(writes).map_err(store_error)?;
-        self.fn_ids
-            .intern(namespace.to_owned(), function_id.to_owned(), id);
+        self.fn_ids.intern(
+            namespace.to_owned(),
+            function_id.to_owned(),
+            lane.map(str::to_owned),
+            id,
+        );
         Ok(id)
     }
 
@@ -309,6 +333,7 @@ impl Scheduler {
     /// scheduler's only way to the store, so no batch leaves them behind.
     /// (Each is written once per batch, not once per job.)
     pub(super) fn commit(&mut self, mut batch: Writes) -> Result<Ticket, StoreError> {
+        self.settle_flows(&mut batch);
         self.counters.write_dirty(&mut batch);
         self.store.apply(batch)
     }

@@ -41,6 +41,14 @@ pub struct QueueSettings {
     pub group_field: Option<String>,
     /// At most this many job starts per period (`"100/1s"`), across every worker.
     pub rate: Option<super::rate::Rate>,
+    /// The top-level payload field whose value is a job's fair key: ready
+    /// jobs are dispatched round-robin across keys (one tenant's burst waits
+    /// its turn behind every other tenant's next job).
+    pub fair_by: Option<String>,
+    /// With `fair_by`: at most this many starts per period for each key.
+    pub rate_per_key: Option<super::rate::Rate>,
+    /// Lines `queue::log` keeps per job (older ones are dropped and counted).
+    pub max_log_lines: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -70,6 +78,9 @@ pub struct QueueOverrides {
     pub ordering: Option<Ordering>,
     pub group_field: Option<String>,
     pub rate: Option<super::rate::Rate>,
+    pub fair_by: Option<String>,
+    pub rate_per_key: Option<super::rate::Rate>,
+    pub max_log_lines: Option<usize>,
 }
 
 impl Default for QueueSettings {
@@ -86,6 +97,9 @@ impl Default for QueueSettings {
             ordering: Ordering::Standard,
             group_field: None,
             rate: None,
+            fair_by: None,
+            rate_per_key: None,
+            max_log_lines: 100,
         }
     }
 }
@@ -127,6 +141,9 @@ impl QueueOverrides {
             ordering: self.ordering.unwrap_or(d.ordering),
             group_field: self.group_field.clone().or_else(|| d.group_field.clone()),
             rate: self.rate.or(d.rate),
+            fair_by: self.fair_by.clone().or_else(|| d.fair_by.clone()),
+            rate_per_key: self.rate_per_key.or(d.rate_per_key),
+            max_log_lines: self.max_log_lines.unwrap_or(d.max_log_lines),
         }
     }
 }
@@ -143,6 +160,14 @@ impl QueueSettings {
             return Err(format!(
                 "{at}: a fifo queue needs group_field (the payload field naming a job's group)"
             ));
+        }
+        if self.rate_per_key.is_some() && self.fair_by.as_deref().is_none_or(str::is_empty) {
+            return Err(format!(
+                "{at}: rate_per_key needs fair_by (the payload field naming a job's key)"
+            ));
+        }
+        if self.max_log_lines > 10_000 {
+            return Err(format!("{at}: max_log_lines is at most 10000"));
         }
         if !(self.backoff_multiplier >= 1.0 && self.backoff_multiplier.is_finite()) {
             return Err(format!("{at}: backoff_multiplier must be a number >= 1"));

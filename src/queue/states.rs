@@ -17,18 +17,20 @@ pub enum ShownState {
     Delayed,
     Running,
     Held,
+    WaitingForChildren,
     Completed,
     Dead,
     Cancelled,
 }
 
 /// The states `queue::stats` counts, in the order the CLI shows them.
-pub const COUNTED: [ShownState; 7] = [
+pub const COUNTED: [ShownState; 8] = [
     ShownState::Ready,
     ShownState::WaitingForWorker,
     ShownState::Delayed,
     ShownState::Running,
     ShownState::Held,
+    ShownState::WaitingForChildren,
     ShownState::Completed,
     ShownState::Dead,
 ];
@@ -43,6 +45,7 @@ impl ShownState {
             JobState::Delayed => ShownState::Delayed,
             JobState::Running => ShownState::Running,
             JobState::Held => ShownState::Held,
+            JobState::Waiting => ShownState::WaitingForChildren,
             JobState::Completed => ShownState::Completed,
             JobState::Dead => ShownState::Dead,
             JobState::Cancelled => ShownState::Cancelled,
@@ -56,6 +59,7 @@ impl ShownState {
             ShownState::Delayed => "delayed",
             ShownState::Running => "running",
             ShownState::Held => "held",
+            ShownState::WaitingForChildren => "waiting_for_children",
             ShownState::Completed => "completed",
             ShownState::Dead => "dead",
             ShownState::Cancelled => "cancelled",

@@ -9,7 +9,7 @@ use super::scheduler::{Scheduler, unit_random};
 use crate::store::StoreError;
 use crate::store::queue::{FnId, QueueId};
 use crate::store::queue::{ReadySlot, Writes};
-use crate::store::records::{ErrorRecord, JobRecord, JobState};
+use crate::store::records::{ErrorRecord, FailReason, JobRecord, JobState};
 
 impl Scheduler {
     /// Writes the index entry for a job's current state.
@@ -33,6 +33,7 @@ impl Scheduler {
             // Listed in the one completed entry the batch writes.
             JobState::Completed => batch.add_completed(job.finished_ms, id),
             JobState::Dead => batch.put_dead(job.queue_id, job.dead_seq, id),
+            JobState::Waiting => batch.put_waiting(job.queue_id, job.seq, id),
             // Held jobs live only in their group's list (written at enqueue).
             JobState::Cancelled | JobState::Held => {}
         }
@@ -47,6 +48,7 @@ impl Scheduler {
             // Its batch's entry lists other jobs too: pruning rewrites it.
             JobState::Completed => {}
             JobState::Dead => batch.remove_dead(job.queue_id, job.dead_seq),
+            JobState::Waiting => batch.remove_waiting(job.queue_id, job.seq),
             JobState::Cancelled | JobState::Held => {}
         }
     }
@@ -73,6 +75,7 @@ impl Scheduler {
             JobState::Completed | JobState::Dead | JobState::Cancelled
         ) {
             self.release_group(id, job, batch, true);
+            self.child_finished(id, job, to);
         }
     }
 
@@ -140,6 +143,24 @@ impl Scheduler {
         }
     }
 
+    /// A job not started by its expiry: dead-lettered with reason `expired`
+    /// (no attempt is spent; redrive runs it, without the expiry).
+    pub(super) fn expire(&mut self, id: &Uuid, job: &mut JobRecord, batch: &mut Writes) {
+        tracing::info!(job = %id, queue = %job.queue, "job expired before it started");
+        job.last_error = Some(ErrorRecord {
+            reason: FailReason::Expired,
+            code: FailReason::Expired.as_str().to_owned(),
+            message: format!(
+                "not started before its expiry ({} ms since the epoch)",
+                job.expires_ms
+            ),
+            stacktrace: None,
+        });
+        job.dead_seq = self.seq.take(batch);
+        job.finished_ms = now_ms();
+        self.transition(id, job, JobState::Dead, batch);
+    }
+
     /// Removes every trace of a job (index, record with its payload and history, idempotency key).
     pub(super) fn delete_job(
         &mut self,
@@ -159,6 +180,13 @@ impl Scheduler {
             JobState::Held | JobState::Completed | JobState::Dead | JobState::Cancelled
         );
         self.release_group(id, job, batch, promote && was_head);
+        if !matches!(
+            job.state,
+            JobState::Completed | JobState::Dead | JobState::Cancelled
+        ) {
+            // A flow's child deleted unfinished (purged) ends for its parent.
+            self.child_finished(id, job, JobState::Cancelled);
+        }
         self.counters.count(job.queue_id, Some(job.state), None);
         Ok(())
     }

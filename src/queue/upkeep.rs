@@ -1,5 +1,6 @@
-//! Time-driven work: delayed and backing-off jobs becoming ready, and
-//! completed jobs pruned after their queue's retention.
+//! Time-driven work: delayed and backing-off jobs becoming ready, jobs not
+//! started by their expiry dead-lettered, and completed jobs pruned after
+//! their queue's retention.
 
 use std::time::Duration;
 
@@ -42,10 +43,61 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Lists a job in the expiry table: [`Self::expire_due`] looks at it then.
+    pub(super) fn watch_expiry(&mut self, expires_ms: u64, id: &uuid::Uuid, batch: &mut Writes) {
+        batch.put_expiry(expires_ms, id);
+        if self.next_expiry_ms.is_none_or(|t| expires_ms < t) {
+            self.next_expiry_ms = Some(expires_ms);
+        }
+    }
+
+    /// Jobs whose expiry has passed and that have not started (ready,
+    /// delayed, held, waiting for children) are dead-lettered with reason
+    /// `expired`; a running one is left to end (its retry will not start).
+    /// Each expiry entry is removed once its time has passed, whatever the
+    /// job became: entries are not removed when jobs finish, to keep that
+    /// path free of an extra write.
+    pub(super) fn expire_due(&mut self) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.next_expiry_ms = None;
+        let mut batch = Writes::default();
+        let mut seen = 0;
+        for kv in self.store.expiries() {
+            let (at, id) = kv?;
+            if at > now || seen >= UPKEEP_BATCH {
+                self.next_expiry_ms = Some(at.max(now));
+                break;
+            }
+            seen += 1;
+            batch.remove_expiry(at, &id);
+            if self.attempts.contains(&id) {
+                continue;
+            }
+            if let Some(mut job) = self.store.job(&id)?
+                && matches!(
+                    job.state,
+                    JobState::Ready | JobState::Delayed | JobState::Held | JobState::Waiting
+                )
+                && job.expires_ms == at
+            {
+                self.expire(&id, &mut job, &mut batch);
+            }
+        }
+        if seen > 0 {
+            self.commit(batch)?;
+        }
+        Ok(())
+    }
+
     /// Deletes completed jobs (record, payload, history) past their queue's
     /// retention. Completed entries are in completion order across queues, so
     /// the scan stops at the first one even the shortest retention keeps.
     pub(super) fn prune_completed(&mut self) -> Result<(), StoreError> {
+        // Per-key rate buckets are upkeep too: full ones go, as often as pruning runs.
+        let instant = tokio::time::Instant::now();
+        self.queues
+            .iter_mut()
+            .for_each(|q| q.forget_full_buckets(instant));
         let now = now_ms();
         let shortest = self
             .queues

@@ -131,6 +131,7 @@ pub async fn recover(hub: &Realtime, left: Vec<LeftRow>) -> usize {
             run_at_ms: None,
             priority: 0,
             idempotency_key: Some(format!("disconnect:{channel_id}")),
+            expires_at_ms: None,
         };
         match queues.enqueue(req).await {
             Ok(_) => {

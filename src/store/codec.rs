@@ -10,9 +10,10 @@ use serde::de::DeserializeOwned;
 /// Byte 0 of every record: which codec wrote the body.
 pub const CODEC_BINCODE1: u8 = 1;
 /// Bytes 1–2: the version of the record layout. Versions 2 and 3 changed
-/// only `JobRecord` (migrations 0002 and 0003 rewrote every job); the other
-/// records read the same at versions 1 to 3.
-pub const RECORD_VERSION: u16 = 3;
+/// only `JobRecord` (migrations 0002 and 0003 rewrote every job), version 4
+/// `JobRecord` and `Counts` (migration 0004); the other records read the
+/// same at versions 1 to 4.
+pub const RECORD_VERSION: u16 = 4;
 
 const MAX_RECORD: u64 = 256 << 20;
 
@@ -95,8 +96,8 @@ mod tests {
             c: b"{\"x\":1}".to_vec(),
         };
         let mut bytes = encode(&r);
-        assert_eq!(&bytes[..3], &[1, 0, 3]);
-        assert_eq!(version(&bytes).unwrap(), 3);
+        assert_eq!(&bytes[..3], &[1, 0, 4]);
+        assert_eq!(version(&bytes).unwrap(), 4);
         assert_eq!(decode::<R>(&bytes).unwrap(), r);
         bytes.push(0);
         assert!(decode::<R>(&bytes).is_err(), "trailing bytes are refused");

@@ -19,10 +19,12 @@
 //! | `Z` dead | `Z` queue(4) seq(8) | job_id — dead letters in order |
 //! | `C` completed | `C` done_ms(8) job_id | job_ids (16 bytes each) — the jobs one batch completed, for retention; an empty value (as entries were first written) = the key's own job |
 //! | `K` idempotency | `K` queue(4) key | job_id |
-//! | `N` functions | `N` namespace 0x00 function_id | fn(4) — interned ids for `R` keys |
+//! | `N` functions | `N` namespace 0x00 function_id [0x00 lane] | fn(4) — interned ids for `R` keys: one per function, and one per (function, fair key) on `fair_by` queues |
 //! | `S` seq | `S` | seq(8) — a reservation: every sequence number in use is below it (raised 100,000 at a time) |
 //! | `G` groups | `G` queue(4) len(2) group seq(8) | job_id — a FIFO group's unfinished jobs in order |
 //! | `T` counts | `T` queue(4) | [`Counts`](super::records::Counts) per state |
+//! | `W` waiting | `W` queue(4) seq(8) | job_id — flow parents waiting for their children |
+//! | `E` expiry | `E` expires_ms(8) job_id | empty — jobs with an expiry, until it passes (then checked and removed) |
 //!
 //! A running job's `J` record is left as it was when the job started (state
 //! `ready`, attempts not yet counted), and the scheduler keeps the live record
@@ -56,6 +58,8 @@ pub const FUNCTIONS: u8 = b'N';
 pub const SEQ: u8 = b'S';
 pub const COUNTS: u8 = b'T';
 pub const GROUPS: u8 = b'G';
+pub const WAITING: u8 = b'W';
+pub const EXPIRY: u8 = b'E';
 
 pub type QueueId = u32;
 pub type FnId = u32;
@@ -168,20 +172,50 @@ pub fn idempotency(q: QueueId, k: &str) -> Vec<u8> {
     key(IDEMPOTENCY, &[&q.to_be_bytes(), k.as_bytes()])
 }
 
-pub fn function(namespace: &str, function_id: &str) -> Vec<u8> {
-    key(
-        FUNCTIONS,
-        &[namespace.as_bytes(), &[0], function_id.as_bytes()],
-    )
+/// A function's key, or one of its fair lanes' (`lane` = the job's fair key).
+pub fn function(namespace: &str, function_id: &str, lane: Option<&str>) -> Vec<u8> {
+    match lane {
+        None => key(
+            FUNCTIONS,
+            &[namespace.as_bytes(), &[0], function_id.as_bytes()],
+        ),
+        Some(lane) => key(
+            FUNCTIONS,
+            &[
+                namespace.as_bytes(),
+                &[0],
+                function_id.as_bytes(),
+                &[0],
+                lane.as_bytes(),
+            ],
+        ),
+    }
 }
 
-/// (namespace, function id) of a function key.
-pub fn parse_function(k: &[u8]) -> Option<(String, String)> {
+/// (namespace, function id, lane) of a function key.
+pub fn parse_function(k: &[u8]) -> Option<(String, String, Option<String>)> {
     let rest = k.get(1..)?;
     let sep = rest.iter().position(|b| *b == 0)?;
     let ns = String::from_utf8_lossy(&rest[..sep]).into_owned();
-    let fid = String::from_utf8_lossy(&rest[sep + 1..]).into_owned();
-    Some((ns, fid))
+    let rest = &rest[sep + 1..];
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Some(match rest.iter().position(|b| *b == 0) {
+        None => (ns, text(rest), None),
+        Some(sep) => (ns, text(&rest[..sep]), Some(text(&rest[sep + 1..]))),
+    })
+}
+
+/// A flow parent waiting for its children.
+pub fn waiting(q: QueueId, seq: u64) -> Vec<u8> {
+    key(WAITING, &[&q.to_be_bytes(), &seq.to_be_bytes()])
+}
+
+pub fn waiting_of_queue(q: QueueId) -> Vec<u8> {
+    key(WAITING, &[&q.to_be_bytes()])
+}
+
+pub fn expiry(expires_ms: u64, id: &Uuid) -> Vec<u8> {
+    key(EXPIRY, &[&expires_ms.to_be_bytes(), id.as_bytes()])
 }
 
 /// Every unfinished job of one FIFO group, in enqueue order.

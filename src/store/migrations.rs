@@ -25,6 +25,8 @@ mod m0001_initial;
 mod m0002_payload_in_job;
 #[path = "../../migrations/0003_history_in_job.rs"]
 mod m0003_history_in_job;
+#[path = "../../migrations/0004_job_features.rs"]
+mod m0004_job_features;
 
 /// Every step, in order. The last one's version is the engine's schema version.
 pub const STEPS: &[Step] = &[
@@ -42,6 +44,11 @@ pub const STEPS: &[Step] = &[
         version: 3,
         name: "history in job",
         apply: m0003_history_in_job::apply,
+    },
+    Step {
+        version: 4,
+        name: "job features",
+        apply: m0004_job_features::apply,
     },
 ];
 
@@ -257,10 +264,11 @@ mod tests {
     mod v2_to_v3 {
         use super::super::m0002_payload_in_job::JobRecordV2;
         use super::super::m0003_history_in_job::attempts_prefix;
+        use super::super::m0004_job_features::JobRecordV3;
         use super::super::*;
         use crate::store::codec;
         use crate::store::layout;
-        use crate::store::records::{AttemptRecord, JobRecord, JobState};
+        use crate::store::records::{AttemptRecord, JobState};
         use uuid::Uuid;
 
         fn v2_job(state: JobState, history_len: u32) -> JobRecordV2 {
@@ -330,12 +338,12 @@ mod tests {
             tree.insert(a_key(&gone, 1), codec::encode_as(2, &attempt(1)))
                 .unwrap();
 
-            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 3);
+            assert_eq!(run(&db, dir.path(), &STEPS[..3]).unwrap(), 3);
             assert!(
                 tree.scan_prefix([layout::ATTEMPTS_V2]).next().is_none(),
                 "no attempt rows are left"
             );
-            let get = |id: &Uuid| -> JobRecord {
+            let get = |id: &Uuid| -> JobRecordV3 {
                 codec::decode(&tree.get(layout::job(id)).unwrap().unwrap()).unwrap()
             };
             let d = get(&dead);
@@ -350,8 +358,94 @@ mod tests {
                 .unwrap()
                 .insert(layout::SCHEMA_VERSION_KEY, &2u32.to_be_bytes())
                 .unwrap();
-            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 3);
+            assert_eq!(run(&db, dir.path(), &STEPS[..3]).unwrap(), 3);
             assert_eq!(get(&dead), d);
+        }
+    }
+
+    mod v3_to_v4 {
+        use super::super::m0004_job_features::{CountsV3, JobRecordV3};
+        use super::super::*;
+        use crate::store::codec;
+        use crate::store::layout;
+        use crate::store::records::{Counts, JobRecord, JobState};
+        use uuid::Uuid;
+
+        fn v3_job() -> JobRecordV3 {
+            JobRecordV3 {
+                queue: "q".into(),
+                queue_id: 1,
+                namespace: String::new(),
+                function_id: "svc::f".into(),
+                fn_id: 1,
+                state: JobState::Ready,
+                priority: 3,
+                seq: 7,
+                attempts: 1,
+                history_len: 1,
+                max_attempts: 2,
+                enqueued_ms: 1,
+                due_ms: 0,
+                finished_ms: 0,
+                traceparent: Some("00-a-b-01".into()),
+                baggage: None,
+                group: Some("g".into()),
+                idempotency_key: None,
+                result: None,
+                last_error: None,
+                redrives: 0,
+                dead_seq: 0,
+                payload: b"{\"n\":1}".to_vec(),
+                history: Vec::new(),
+            }
+        }
+
+        /// A store as a schema 3 engine left it: a job and a queue's counts.
+        #[test]
+        fn jobs_and_counts_gain_the_new_fields() {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::open(dir.path()).unwrap();
+            run(&db, dir.path(), &STEPS[..3]).unwrap();
+            let tree = db.open_tree(layout::QUEUE_TREE).unwrap();
+            let id = Uuid::now_v7();
+            tree.insert(layout::job(&id), codec::encode_as(3, &v3_job()))
+                .unwrap();
+            let counts = CountsV3 {
+                ready: 1,
+                held: 2,
+                ..CountsV3::default()
+            };
+            tree.insert(layout::counts(1), codec::encode_as(3, &counts))
+                .unwrap();
+
+            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 4);
+            let job: JobRecord =
+                codec::decode(&tree.get(layout::job(&id)).unwrap().unwrap()).unwrap();
+            assert_eq!(
+                (
+                    job.seq,
+                    job.priority,
+                    &job.payload[..],
+                    job.group.as_deref()
+                ),
+                (7, 3, &b"{\"n\":1}"[..], Some("g"))
+            );
+            assert_eq!(
+                (job.expires_ms, &job.progress, &job.flow),
+                (0, &None, &None)
+            );
+            assert!(job.logs.is_empty());
+            let c: Counts = codec::decode(&tree.get(layout::counts(1)).unwrap().unwrap()).unwrap();
+            assert_eq!((c.ready, c.held, c.waiting), (1, 2, 0));
+            // Run again (as after a crash mid-step): records already rewritten are kept.
+            db.open_tree(layout::META_TREE)
+                .unwrap()
+                .insert(layout::SCHEMA_VERSION_KEY, &3u32.to_be_bytes())
+                .unwrap();
+            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 4);
+            let again: JobRecord =
+                codec::decode(&tree.get(layout::job(&id)).unwrap().unwrap()).unwrap();
+            assert_eq!(again, job);
         }
     }
 }

@@ -117,6 +117,9 @@ pub struct CompletedEntry {
     pub jobs: Vec<Uuid>,
 }
 
+/// An interned function or lane: (namespace, function id, fair key, id).
+pub type InternedFn = (String, String, Option<String>, FnId);
+
 /// An entry of the running index: the attempt in progress when it was
 /// written, or the reason it could not be read.
 pub type RunningEntry = (Uuid, Result<AttemptRecord, StoreError>);
@@ -142,9 +145,16 @@ impl Writes {
         self.insert(layout::queue(name), codec::encode(rec));
     }
 
-    pub fn put_function(&mut self, namespace: &str, function_id: &str, id: FnId) {
+    /// Interns a function (`lane` = `None`) or one of its fair lanes.
+    pub fn put_function(
+        &mut self,
+        namespace: &str,
+        function_id: &str,
+        lane: Option<&str>,
+        id: FnId,
+    ) {
         self.insert(
-            layout::function(namespace, function_id),
+            layout::function(namespace, function_id, lane),
             &id.to_be_bytes()[..],
         );
     }
@@ -236,6 +246,22 @@ impl Writes {
         self.remove(layout::group_entry(q, group, seq));
     }
 
+    pub fn put_waiting(&mut self, q: QueueId, seq: u64, id: &Uuid) {
+        self.insert(layout::waiting(q, seq), &id.as_bytes()[..]);
+    }
+
+    pub fn remove_waiting(&mut self, q: QueueId, seq: u64) {
+        self.remove(layout::waiting(q, seq));
+    }
+
+    pub fn put_expiry(&mut self, expires_ms: u64, id: &Uuid) {
+        self.insert(layout::expiry(expires_ms, id), &[][..]);
+    }
+
+    pub fn remove_expiry(&mut self, expires_ms: u64, id: &Uuid) {
+        self.remove(layout::expiry(expires_ms, id));
+    }
+
     /// The completed entry: keyed by the latest end time (no job's retention
     /// is cut short) and the first job.
     fn finish(mut self) -> sled::Batch {
@@ -305,14 +331,14 @@ impl QueueStore {
         self.store.get(&layout::counts(q))
     }
 
-    /// Interned functions: (namespace, function id, id).
-    pub fn functions(&self) -> Result<Vec<(String, String, FnId)>, StoreError> {
+    /// Interned functions and lanes: (namespace, function id, lane, id).
+    pub fn functions(&self) -> Result<Vec<InternedFn>, StoreError> {
         let mut out = Vec::new();
         for kv in self.tree().scan_prefix([layout::FUNCTIONS]) {
             let (k, v) = kv?;
-            if let Some((ns, fid)) = layout::parse_function(&k) {
+            if let Some((ns, fid, lane)) = layout::parse_function(&k) {
                 let id = FnId::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
-                out.push((ns, fid, id));
+                out.push((ns, fid, lane, id));
             }
         }
         Ok(out)
@@ -456,6 +482,22 @@ impl QueueStore {
             .scan_prefix(layout::group_prefix(q, group))
             .next()
             .is_some()
+    }
+
+    /// A queue's flow parents waiting for their children, in enqueue order.
+    pub fn waiting(&self, q: QueueId) -> impl Iterator<Item = Uuid> + use<> {
+        ids(self.tree().scan_prefix(layout::waiting_of_queue(q)))
+    }
+
+    /// Jobs with an expiry, soonest first: (expires_ms, job id).
+    pub fn expiries(&self) -> impl Iterator<Item = Result<(u64, Uuid), StoreError>> + use<> {
+        self.tree()
+            .scan_prefix([layout::EXPIRY])
+            .filter_map(|kv| match kv {
+                // The same shape as a due key: a time, then a job id.
+                Ok((k, _)) => layout::parse_due(&k).map(Ok),
+                Err(e) => Some(Err(e.into())),
+            })
     }
 
     /// Every unfinished FIFO job of a queue (held ones included), group by group.

@@ -1,6 +1,7 @@
-//! What the store keeps per queue, job and attempt (record version 3: the
-//! job's payload (version 2) and its ended attempts (version 3) live in
-//! [`JobRecord`]).
+//! What the store keeps per queue, job and attempt (record version 4: the
+//! job's payload (version 2), its ended attempts (version 3), and its
+//! expiry, progress, log lines and flow links (version 4) live in
+//! [`JobRecord`]; [`Counts`] counts waiting flow parents since version 4).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -27,6 +28,8 @@ pub enum JobState {
     Cancelled,
     /// FIFO: waiting behind an earlier job of its group.
     Held,
+    /// A flow's parent: waiting until its children have finished.
+    Waiting,
 }
 
 impl JobState {
@@ -39,6 +42,7 @@ impl JobState {
             JobState::Dead => "dead",
             JobState::Cancelled => "cancelled",
             JobState::Held => "held",
+            JobState::Waiting => "waiting_for_children",
         }
     }
 }
@@ -54,6 +58,10 @@ pub enum FailReason {
     WorkerLost,
     /// The engine stopped (crash or kill) while it ran.
     EngineRestart,
+    /// Not started before its `expires_ms`: dropped, never run late.
+    Expired,
+    /// A flow parent whose child dead-lettered (policy `fail_parent`).
+    ChildFailed,
 }
 
 impl FailReason {
@@ -63,6 +71,8 @@ impl FailReason {
             FailReason::Timeout => "timeout",
             FailReason::WorkerLost => "worker_lost",
             FailReason::EngineRestart => "engine_restart",
+            FailReason::Expired => "expired",
+            FailReason::ChildFailed => "child_failed",
         }
     }
 }
@@ -112,6 +122,61 @@ pub struct JobRecord {
     /// In the record (not a table of its own) because a new key costs sled far
     /// more than a longer value, and the record is rewritten at each end anyway.
     pub history: Vec<AttemptRecord>,
+    /// No attempt starts after this (ms since the epoch; 0 = never expires).
+    pub expires_ms: u64,
+    /// The last progress its handler reported, raw JSON.
+    pub progress: Option<Vec<u8>>,
+    /// Its handler's log lines, oldest first, at most the queue's bound.
+    pub logs: Vec<JobLogLine>,
+    /// Lines dropped from the front of `logs` to keep it bounded.
+    pub logs_dropped: u32,
+    /// Its place in a flow, if it belongs to one.
+    pub flow: Option<FlowLinks>,
+}
+
+/// One line a handler logged about its job (`queue::log`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLogLine {
+    pub at_ms: u64,
+    pub line: String,
+}
+
+/// A job's links in a flow: its parent, its children, the ones it still
+/// waits for, and what the finished ones ended with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowLinks {
+    pub parent: Option<Uuid>,
+    pub children: Vec<Uuid>,
+    /// Children not finished yet. A list, not a count, so a child that ends
+    /// twice (dead, redriven, completed) is settled once.
+    pub waiting_on: Vec<Uuid>,
+    pub on_child_failure: ChildFailure,
+    /// How each finished child ended, in the order they did: what the
+    /// parent receives when it runs (kept here, so a child's own record may
+    /// be pruned first).
+    pub outcomes: Vec<ChildOutcome>,
+}
+
+/// How one child of a flow ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildOutcome {
+    pub child: Uuid,
+    pub queue: String,
+    pub function_id: String,
+    /// `Completed`, `Dead` or `Cancelled` (a deleted child counts as cancelled).
+    pub state: JobState,
+    /// Its result, raw JSON, when it completed.
+    pub result: Option<Vec<u8>>,
+    pub error: Option<ErrorRecord>,
+}
+
+/// What a dead child does to its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChildFailure {
+    /// The parent is dead-lettered with reason `child_failed`.
+    FailParent,
+    /// The parent runs once its other children finish.
+    Ignore,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +200,7 @@ pub struct Counts {
     pub completed: u64,
     pub dead: u64,
     pub held: u64,
+    pub waiting: u64,
 }
 
 impl Counts {
@@ -146,6 +212,7 @@ impl Counts {
             JobState::Completed => Some(&mut self.completed),
             JobState::Dead => Some(&mut self.dead),
             JobState::Held => Some(&mut self.held),
+            JobState::Waiting => Some(&mut self.waiting),
             JobState::Cancelled => None,
         }
     }

@@ -81,6 +81,7 @@ pub(super) fn publish(t: Topics, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<
                     run_at_ms: None,
                     priority: 0,
                     idempotency_key: None,
+                    expires_at_ms: None,
                 });
             }
         }
