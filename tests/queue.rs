@@ -4,74 +4,10 @@
 
 mod common;
 
-use common::{RawClient, TestEngine, WAIT, test_config, wait_for, wait_until};
+use common::queue::{enqueue, fast_config, next_job, op, until_state, until_stats};
+use common::{RawClient, TestEngine, WAIT, wait_until};
 use serde_json::{Value, json};
 use std::time::Duration;
-
-fn is_result(v: &Value) -> bool {
-    v["type"] == "invocationresult"
-}
-
-/// Fast retries for tests: 3 attempts, 20 ms backoff, 1 s lease.
-fn fast_config() -> qmesh::Config {
-    let mut c = test_config();
-    let d = &mut c.queue.defaults;
-    d.max_attempts = 3;
-    d.backoff_initial = Duration::from_millis(20);
-    d.backoff_max = Duration::from_millis(100);
-    d.lease = Duration::from_secs(1);
-    c
-}
-
-async fn enqueue(c: &mut RawClient, queue: &str, function_id: &str, data: Value) -> String {
-    let id = uuid::Uuid::new_v4().to_string();
-    c.send(
-        json!({"type":"invokefunction","invocation_id":id,"function_id":function_id,"data":data,
-        "action":{"type":"enqueue","queue":queue}}),
-    )
-    .await;
-    let r = c
-        .recv_until("receipt", |v| {
-            is_result(v) && v["invocation_id"] == id.as_str()
-        })
-        .await;
-    r["result"]["messageReceiptId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no receipt: {r}"))
-        .to_owned()
-}
-
-async fn op(c: &mut RawClient, f: &str, data: Value) -> Value {
-    let r = c.call(f, data).await;
-    assert!(r.get("error").is_none(), "{f}: {r}");
-    r["result"].clone()
-}
-
-/// Polls `queue::get` until the job reaches `state`.
-async fn until_state(c: &mut RawClient, receipt: &str, state: &str) -> Value {
-    wait_for(&format!("job to reach {state}"), WAIT, async || {
-        let job = op(c, "queue::get", json!({"receipt": receipt})).await;
-        if job["state"] == state {
-            Ok(job)
-        } else {
-            Err(job.to_string())
-        }
-    })
-    .await
-}
-
-/// Polls `queue::stats` of `queue` until `check` holds on it.
-async fn until_stats(c: &mut RawClient, queue: &str, check: impl Fn(&Value) -> bool) -> Value {
-    wait_for(&format!("stats of {queue}"), WAIT, async || {
-        let stats = op(c, "queue::stats", json!({ "queue": queue })).await;
-        if check(&stats) {
-            Ok(stats)
-        } else {
-            Err(stats.to_string())
-        }
-    })
-    .await
-}
 
 /// Answers invocations: `Ok` values become results, `Err` strings become errors.
 async fn serve(
@@ -812,12 +748,6 @@ async fn enqueue_many_writes_a_whole_batch_or_refuses_it() {
     let mut ids: Vec<u64> = seen.iter().map(|d| d["i"].as_u64().unwrap()).collect();
     ids.sort_unstable();
     assert_eq!(ids, (0..500).collect::<Vec<_>>());
-}
-
-/// The next job delivered to `w`: its invocation frame.
-async fn next_job(w: &mut RawClient) -> Value {
-    w.recv_until("invoke", |v| v["type"] == "invokefunction")
-        .await
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 
 pub mod launcher;
 pub mod programs;
+pub mod queue;
 pub mod realtime;
 pub mod sdk;
 

@@ -1,0 +1,99 @@
+//! Helpers for queue tests with raw clients: fast retry settings, enqueue
+//! and operator calls, and waits on a job's state or a queue's stats.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+
+use super::{RawClient, WAIT, test_config, wait_for};
+
+pub fn is_result(v: &Value) -> bool {
+    v["type"] == "invocationresult"
+}
+
+/// Fast retries for tests: 3 attempts, 20 ms backoff, 1 s lease.
+pub fn fast_config() -> qmesh::Config {
+    let mut c = test_config();
+    let d = &mut c.queue.defaults;
+    d.max_attempts = 3;
+    d.backoff_initial = Duration::from_millis(20);
+    d.backoff_max = Duration::from_millis(100);
+    d.lease = Duration::from_secs(1);
+    c
+}
+
+/// Enqueues with `action: enqueue`, as an SDK does; returns the receipt.
+pub async fn enqueue(c: &mut RawClient, queue: &str, function_id: &str, data: Value) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    c.send(
+        json!({"type":"invokefunction","invocation_id":id,"function_id":function_id,"data":data,
+        "action":{"type":"enqueue","queue":queue}}),
+    )
+    .await;
+    let r = c
+        .recv_until("receipt", |v| {
+            is_result(v) && v["invocation_id"] == id.as_str()
+        })
+        .await;
+    r["result"]["messageReceiptId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no receipt: {r}"))
+        .to_owned()
+}
+
+/// Calls an engine function that must succeed; returns its result.
+pub async fn op(c: &mut RawClient, f: &str, data: Value) -> Value {
+    let r = c.call(f, data).await;
+    assert!(r.get("error").is_none(), "{f}: {r}");
+    r["result"].clone()
+}
+
+/// Polls `queue::get` until the job reaches `state`.
+pub async fn until_state(c: &mut RawClient, receipt: &str, state: &str) -> Value {
+    wait_for(&format!("job to reach {state}"), WAIT, async || {
+        let job = op(c, "queue::get", json!({"receipt": receipt})).await;
+        if job["state"] == state {
+            Ok(job)
+        } else {
+            Err(job.to_string())
+        }
+    })
+    .await
+}
+
+/// Polls `queue::stats` of `queue` until `check` holds on it.
+pub async fn until_stats(c: &mut RawClient, queue: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_for(&format!("stats of {queue}"), WAIT, async || {
+        let stats = op(c, "queue::stats", json!({ "queue": queue })).await;
+        if check(&stats) {
+            Ok(stats)
+        } else {
+            Err(stats.to_string())
+        }
+    })
+    .await
+}
+
+/// The next job delivered to `w`: its invocation frame.
+pub async fn next_job(w: &mut RawClient) -> Value {
+    w.recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await
+}
+
+/// Answers a delivered job with `result`.
+pub async fn complete(w: &mut RawClient, inv: &Value, result: Value) {
+    w.send(
+        json!({"type":"invocationresult","invocation_id":inv["invocation_id"],
+        "function_id":inv["function_id"],"result":result}),
+    )
+    .await;
+}
+
+/// Answers a delivered job with an error.
+pub async fn fail(w: &mut RawClient, inv: &Value, message: &str) {
+    w.send(
+        json!({"type":"invocationresult","invocation_id":inv["invocation_id"],
+        "function_id":inv["function_id"],
+        "error":{"code":"invocation_failed","message":message,"stacktrace":"at handler"}}),
+    )
+    .await;
+}
