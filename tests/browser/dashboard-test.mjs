@@ -87,6 +87,13 @@ async function queues() {
   await page.waitForSelector('#attempts tr[data-attempt="3"] .badge.completed')
   await shot('job-completed')
 
+  step('find it again by its receipt')
+  await page.goto(`${url}#/queues`)
+  await page.fill('#lookup-receipt', receipt)
+  await page.press('#lookup-receipt', 'Enter')
+  await page.waitForSelector('#job-state .badge.completed')
+  await expectText('h1', receipt)
+
   step('pause and resume the queue')
   await page.goto(`${url}#/queues`)
   await page.click('tr[data-queue="emails"] button.pause')
@@ -106,13 +113,20 @@ async function queues() {
   await page.click('button.prev')
   await page.waitForFunction(() => document.querySelectorAll('tr[data-receipt]').length === 50)
 
+  step('cancel one of them (confirmed)')
+  await page.click('tr[data-receipt] a.job-link')
+  await page.waitForSelector('#job-state .badge.ready')
+  await page.click('button.cancel')
+  await confirmDialog()
+  await page.waitForSelector('#job-state .badge.cancelled')
+
   step('purge, only once the queue name is typed')
   await page.goto(`${url}#/queues`)
-  await expectText('tr[data-queue="reports"] td[data-state="ready"]', '60')
+  await expectText('tr[data-queue="reports"] td[data-state="ready"]', '59')
   await page.click('tr[data-queue="reports"] button.purge')
   await page.click('#confirm-cancel')
   await page.waitForSelector('#confirm', { state: 'hidden' })
-  await expectText('tr[data-queue="reports"] td[data-state="ready"]', '60')
+  await expectText('tr[data-queue="reports"] td[data-state="ready"]', '59')
   await page.click('tr[data-queue="reports"] button.purge')
   await confirmDialog('reports')
   await page.waitForFunction(() =>
