@@ -29,7 +29,8 @@
 //!   `cron` trigger type, its schedule's position durable in the store),
 //!   `topics` (durable topics: `iii::durable::publish` and the
 //!   `durable:subscriber` trigger type, one queue job per subscriber),
-//!   `observability` (`engine::log::*` into the engine's log).
+//!   `observability` (`engine::log::*` into the engine's log), `dashboard`
+//!   (the web page at `/ui/`, a client of the worker socket like any other).
 //! - `edge`: the worker listeners' own paths (`/`, `/otel`, `/health`,
 //!   `/metrics`) and who may connect (tokens, RBAC auth).
 //! - [`engine`]: the root: builds every part, serves, drains in order.
@@ -45,6 +46,7 @@ pub mod channels;
 pub mod client;
 pub mod config;
 mod cron;
+mod dashboard;
 mod edge;
 pub mod engine;
 mod functions;

@@ -378,3 +378,58 @@ async fn the_python_and_node_sdks_connect_with_a_token() {
         assert_eq!(r["result"]["sum"], 5, "{lang}: {r}");
     }
 }
+
+/// Opens a worker socket offering `secret` as the browser dashboard does
+/// (`Sec-WebSocket-Protocol: qmesh, qmesh.bearer.<base64url>`): the socket
+/// and the subprotocol the engine chose, or the HTTP status of a refusal.
+async fn open_offering_token(url: &str, secret: &str) -> Result<(RawClient, Option<String>), u16> {
+    use base64::Engine as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let mut req = url.into_client_request().unwrap();
+    let offered = format!("qmesh, qmesh.bearer.{encoded}");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", offered.parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, resp)) => {
+            let chosen = resp
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap().to_owned());
+            Ok((RawClient::from_socket(ws).await, chosen))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_token_offered_as_a_subprotocol_admits_like_a_bearer_header() {
+    let engine = TestEngine::start_with(with_tokens()).await;
+    let (mut ops, chosen) = open_offering_token(&engine.url, OPS)
+        .await
+        .expect("admitted");
+    assert_eq!(
+        chosen.as_deref(),
+        Some("qmesh"),
+        "the engine answers the plain subprotocol, never the one holding the token"
+    );
+    let r = ops.call("queue::pause", json!({"queue": "emails"})).await;
+    assert!(r["error"].is_null(), "an operator token works so: {r}");
+
+    let (mut billing, _) = open_offering_token(&engine.url, BILLING)
+        .await
+        .expect("a worker token is admitted");
+    for (f, data) in [
+        ("queue::peek", json!({"queue": "emails"})),
+        ("queue::purge", json!({"queue": "emails"})),
+    ] {
+        let r = billing.call(f, data).await;
+        assert_eq!(code(&r), "FORBIDDEN", "{f} stays operator-only: {r}");
+    }
+    assert_eq!(
+        open_offering_token(&engine.url, "guess").await.err(),
+        Some(401),
+        "a wrong token offered so gets 401"
+    );
+}

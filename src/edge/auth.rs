@@ -7,6 +7,13 @@
 //! |---|---|---|
 //! | plain (`listen`, `[[listeners]]` without `rbac`) | anonymous operator | a valid `Authorization: Bearer` token (401 otherwise); its role |
 //! | RBAC (`[listeners.rbac]`) | the auth function's session (iii's semantics) | the same: the auth function sees the `authorization` header |
+//!
+//! A browser cannot set headers on a WebSocket, so a page (the dashboard at
+//! `/ui`) offers its token as a subprotocol instead: `Sec-WebSocket-Protocol:
+//! qmesh, qmesh.bearer.<base64url of the token>`. It is read exactly like an
+//! `Authorization: Bearer` header; the engine answers with the subprotocol
+//! `qmesh` only ([`SUBPROTOCOL`]), never echoing the token. Not a query
+//! parameter: URLs end up in logs and browser history.
 
 use axum::http::HeaderMap;
 use serde::Deserialize;
@@ -141,6 +148,14 @@ fn parse_hash(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The subprotocol the engine selects when a client offers it (browsers
+/// fail a socket whose offered subprotocols all went unanswered).
+pub(crate) const SUBPROTOCOL: &str = "qmesh";
+
+/// The prefix of the subprotocol that carries a token, base64url-encoded
+/// (a subprotocol is an HTTP token: no spaces, no `=`, `/`, `+`).
+const BEARER_SUBPROTOCOL: &str = "qmesh.bearer.";
+
 /// How one worker listener admits connections.
 pub(crate) struct ListenerPolicy {
     pub rules: Arc<ListenerRules>,
@@ -172,8 +187,11 @@ impl ListenerPolicy {
         let Some(tokens) = &self.tokens else {
             return Ok(Some(Access::trusted(self.rules.clone())));
         };
-        let (name, role) = bearer(up.headers)
-            .and_then(|t| tokens.holder(t))
+        let shown = bearer(up.headers)
+            .map(str::to_owned)
+            .or_else(|| subprotocol_bearer(up.headers));
+        let (name, role) = shown
+            .and_then(|t| tokens.holder(&t))
             .ok_or(Refused::NoToken)?;
         Ok(Some(Access {
             principal: format!("token:{name}"),
@@ -234,6 +252,22 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The token a browser offered as `qmesh.bearer.<base64url>` in
+/// `Sec-WebSocket-Protocol` (padding optional), if any.
+fn subprotocol_bearer(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(BEARER_SUBPROTOCOL))
+        .and_then(|b64| URL_SAFE_NO_PAD.decode(b64.trim_end_matches('=')).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|t| !t.is_empty())
+}
+
 /// iii's `AuthInput`: every header (lower-case names; values that are not
 /// UTF-8 are dropped), the query parameters as lists, the peer's IP.
 fn auth_input(up: &Upgrade<'_>) -> Value {
@@ -284,6 +318,25 @@ mod tests {
         assert_eq!(t.holder("s3cret").map(|h| h.0.as_str()), Some("billing"));
         assert!(t.holder("s3cret ").is_none());
         assert!(t.holder("").is_none());
+    }
+
+    #[test]
+    fn a_token_offered_as_a_subprotocol_is_read() {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("s3cret/+=");
+        let mut headers = HeaderMap::new();
+        let offered = format!("qmesh, qmesh.bearer.{encoded}");
+        headers.insert("sec-websocket-protocol", offered.parse().unwrap());
+        assert_eq!(subprotocol_bearer(&headers).as_deref(), Some("s3cret/+="));
+        let mut other = HeaderMap::new();
+        other.insert("sec-websocket-protocol", "qmesh, chat".parse().unwrap());
+        assert_eq!(subprotocol_bearer(&other), None);
+        let mut garbage = HeaderMap::new();
+        garbage.insert(
+            "sec-websocket-protocol",
+            "qmesh.bearer.%%%".parse().unwrap(),
+        );
+        assert_eq!(subprotocol_bearer(&garbage), None);
     }
 
     #[test]

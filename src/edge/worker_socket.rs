@@ -42,7 +42,9 @@ pub async fn upgrade(
     };
     let limit = app.mesh.config().limits.max_message_size;
     let mesh = app.mesh;
-    ws.max_message_size(limit)
+    // A page that offered its token as a subprotocol is answered `qmesh`.
+    ws.protocols([super::auth::SUBPROTOCOL])
+        .max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(SOCKET_BUFFER)
         .write_buffer_size(SOCKET_BUFFER)

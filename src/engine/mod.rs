@@ -31,6 +31,7 @@ use crate::budget::MemoryBudget;
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::cron::CronModule;
+use crate::dashboard::Dashboard;
 use crate::functions::Introspection;
 use crate::http::HttpModule;
 use crate::mesh::{Mesh, Provisions};
@@ -135,6 +136,7 @@ impl Engine {
             Arc::new(CronModule::new(&mesh, store, config.cron.clone())),
             Arc::new(topics),
             Arc::new(Observability),
+            Arc::new(Dashboard),
         ];
 
         let mut provisions = Provisions::default();

@@ -241,6 +241,25 @@ pub(super) fn list(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> 
     Ok(json!({ "channels": out }))
 }
 
+/// `channel::routes` → `{routes: [{route, handlers, connections}]}`: every
+/// route with its handler count and open connections, without listing the
+/// connections (dashboards). Like `channel::list`, a worker sees only the
+/// routes it serves; an operator sees all.
+pub(super) fn routes(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, _: Value) -> Reply {
+    let caller = Caller { mesh, ctx };
+    let summary = hub.routes().summary();
+    let counts = hub.connections_by_route();
+    let out: Vec<Value> = summary
+        .into_iter()
+        .filter(|(route, _)| caller.may_act_on(hub, route))
+        .map(|(route, handlers)| {
+            let connections = counts.get(&route).copied().unwrap_or(0);
+            json!({ "route": route, "handlers": handlers, "connections": connections })
+        })
+        .collect();
+    Ok(json!({ "routes": out }))
+}
+
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct StateArgs {

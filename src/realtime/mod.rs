@@ -543,6 +543,15 @@ impl Realtime {
     }
 
     /// Open channels, optionally only those of `route` or subscribed to `topic`.
+    /// Open connections per route pattern (routes without any are absent).
+    pub fn connections_by_route(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for c in self.tables().channels.values() {
+            *counts.entry(c.route.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
     pub fn list(&self, route: Option<&str>, topic: Option<&str>, limit: usize) -> Vec<Arc<Client>> {
         let t = self.tables();
         let mut out: Vec<Arc<Client>> = match topic {

@@ -81,6 +81,7 @@ impl Module for RealtimeModule {
         p.sync_fn("channel::publish", hub, f::publish);
         p.sync_fn("channel::get", hub, f::get);
         p.sync_fn("channel::list", hub, f::list);
+        p.sync_fn("channel::routes", hub, f::routes);
         p.sync_fn("channel::set_state", hub, f::set_state);
         p.sync_fn("channel::get_state", hub, f::get_state);
         p.sync_fn("channel::set_auth", hub, f::set_auth);
