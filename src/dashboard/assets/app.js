@@ -13,7 +13,26 @@ const TOKEN_KEY = 'qmesh.dashboard.token'
 const POLL_MS = 2000
 const CALL_TIMEOUT_MS = 15000
 const PAGE_SIZES = [25, 50, 100, 250]
-const STATES = ['ready', 'waiting_for_worker', 'delayed', 'running', 'held', 'completed', 'dead']
+// A job's flow: its root and parent, and its children's subtree with states.
+function flowPanel(flow) {
+  const rows = []
+  const walk = (nodes, depth) => nodes.forEach((c) => {
+    rows.push(h('tr', {},
+      h('td', {}, '\u00a0'.repeat(depth * 3), link(`#/job/${c.receipt}`, c.receipt, { class: 'mono job-link' })),
+      h('td', {}, c.function_id ?? ''), h('td', {}, c.state)))
+    walk(c.children ?? [], depth + 1)
+  })
+  walk(flow.children ?? [], 0)
+  return h('section', { class: 'panel', id: 'flow' }, h('h2', {}, 'Flow'),
+    h('dl', {},
+      h('dt', {}, 'Root'), h('dd', {}, link(`#/job/${flow.root}`, flow.root, { class: 'mono job-link' })),
+      h('dt', {}, 'Parent'), h('dd', {}, flow.parent ? link(`#/job/${flow.parent}`, flow.parent, { class: 'mono job-link' }) : '–'),
+      h('dt', {}, 'On child failure'), h('dd', {}, flow.on_child_failure),
+      h('dt', {}, 'Waiting on'), h('dd', {}, String(flow.waiting_on))),
+    table(['Child', 'Function', 'State'], rows, 'No children.'))
+}
+
+const STATES = ['ready', 'waiting_for_worker', 'delayed', 'running', 'held', 'waiting_for_children', 'completed', 'dead']
 
 // ---------------------------------------------------------------- helpers
 
@@ -540,11 +559,12 @@ views.job = {
         h('p', { class: 'error', text: `${job.last_error.code}: ${job.last_error.message} (${job.last_error.reason})` })) : null,
       h('section', { class: 'panel', id: 'attempts' }, h('h2', {}, `Attempts (${(job.history ?? []).length})`),
         table(['Attempt#', 'Worker', 'Started', 'Ended', 'Took#', 'Outcome', 'Error'], history, 'Not started yet.')),
-      logs ? h('section', { class: 'panel', id: 'logs' }, h('h2', {}, `Logs (${logs.length})`),
-        table(['When', 'Level', 'Message'], logs.map((l) => h('tr', {},
-          h('td', {}, fmtTime(l.at_ms ?? l.timestamp_ms ?? l.time_ms)),
-          h('td', {}, l.level ?? ''),
-          h('td', {}, typeof l === 'string' ? l : (l.message ?? json(l))))), 'No log line.')) : null)
+      job.flow ? flowPanel(job.flow) : null,
+      logs ? h('section', { class: 'panel', id: 'logs' },
+        h('h2', {}, `Logs (${logs.length}${job.logs_dropped ? `, ${job.logs_dropped} older dropped` : ''})`),
+        table(['When', 'Line'], logs.map((l) => h('tr', {},
+          h('td', {}, fmtTime(l.at_ms)),
+          h('td', { class: 'mono' }, l.line))), 'No log line.')) : null)
   },
 }
 
