@@ -330,3 +330,91 @@ async fn an_acknowledged_batch_survives_kill_9_whole() {
     let stats = c.call("queue::stats", json!({"queue": "crash"})).await;
     assert_eq!(stats["result"]["waiting_for_worker"], 2_000, "{stats}");
 }
+
+/// A three-level flow across kill -9: enqueued (acknowledged after its
+/// sync), two leaves completed, the engine killed; after the restart the
+/// flow carries on where it stood and the root receives every child's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_carries_on_across_kill_9() {
+    use common::queue::{complete, next_job, op, until_state};
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = EngineProcess::start_in(dir.path());
+    let mut c = RawClient::connect(&engine.url).await;
+    let flow = json!({
+        "queue": "flows", "function_id": "flow::root", "data": {},
+        "children": [
+            {"function_id": "flow::mid", "data": {}, "children": [
+                {"function_id": "flow::leaf", "data": {"n": 1}},
+                {"function_id": "flow::leaf", "data": {"n": 2}},
+            ]},
+            {"function_id": "flow::leaf", "data": {"n": 3}},
+        ]
+    });
+    let tree = op(&mut c, "queue::enqueue_flow", flow).await;
+    let root = tree["receipt"].as_str().unwrap().to_owned();
+    let mut w = RawClient::worker(&engine.url, "before").await;
+    w.register_function("flow::leaf").await;
+    let mut done = Vec::new();
+    for _ in 0..2 {
+        let inv = next_job(&mut w).await;
+        complete(&mut w, &inv, inv["data"]["n"].clone()).await;
+        done.push(inv["data"]["n"].as_u64().unwrap());
+    }
+    // The two outcomes reach the store's log before the kill (see START_ON_DISK).
+    let mut c2 = RawClient::connect(&engine.url).await;
+    wait_for("both leaves recorded", WAIT, async || {
+        let j = op(&mut c2, "queue::get", json!({"receipt": root})).await;
+        let mid_waits = j["flow"]["children"][0]["children"]
+            .as_array()
+            .map(|k| k.iter().filter(|k| k["state"] == "completed").count())
+            .unwrap_or(0);
+        let direct = (j["flow"]["children"][1]["state"] == "completed") as usize;
+        if mid_waits + direct == 2 {
+            Ok(())
+        } else {
+            Err(j.to_string())
+        }
+    })
+    .await;
+    tokio::time::sleep(START_ON_DISK).await;
+    engine.kill();
+
+    let engine = EngineProcess::start_in(dir.path());
+    let mut c = RawClient::connect(&engine.url).await;
+    let job = op(&mut c, "queue::get", json!({"receipt": root})).await;
+    assert_eq!(job["state"], "waiting_for_children", "{job}");
+    let mut w = RawClient::worker(&engine.url, "after").await;
+    for f in ["flow::leaf", "flow::mid", "flow::root"] {
+        w.register_function(f).await;
+    }
+    // Whatever is left runs, the root last; a leaf may run again (at least once).
+    loop {
+        let inv = next_job(&mut w).await;
+        let kids = inv["metadata"]["job"]["children"].clone();
+        match inv["function_id"].as_str().unwrap() {
+            "flow::leaf" => complete(&mut w, &inv, inv["data"]["n"].clone()).await,
+            "flow::mid" => {
+                let sum: u64 = kids
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k["result"].as_u64().unwrap())
+                    .sum();
+                complete(&mut w, &inv, json!(sum)).await;
+            }
+            _ => {
+                let mut results: Vec<u64> = kids
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k["result"].as_u64().unwrap())
+                    .collect();
+                results.sort();
+                assert_eq!(results, [3, 3], "mid's 1+2 and the leaf's 3: {inv}");
+                complete(&mut w, &inv, json!("all in")).await;
+                break;
+            }
+        }
+    }
+    until_state(&mut c, &root, "completed").await;
+}
