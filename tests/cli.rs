@@ -731,3 +731,54 @@ async fn queue_throttle_holds_back_a_queue() {
     let unknown = qmesh(url, &["queue", "throttle", "no-such-queue", "1m"]).await;
     assert_eq!(unknown.code, 1, "{unknown:?}");
 }
+
+#[tokio::test]
+async fn job_shows_expiry_progress_and_log_lines() {
+    use common::queue::{complete, next_job, op};
+    let (engine, _worker) = setup().await;
+    let url = engine.url.as_str();
+    let mut w = common::RawClient::worker(url, "reporter").await;
+    w.register_function("t::report").await;
+    engine.wait_for_providers("t::report", 1).await;
+    let e = ok_json(
+        url,
+        &[
+            "enqueue",
+            "reports",
+            "t::report",
+            "{}",
+            "--expires-in",
+            "10m",
+            "--json",
+        ],
+    )
+    .await;
+    let receipt = e["receipt"].as_str().unwrap().to_owned();
+    let inv = next_job(&mut w).await;
+    op(
+        &mut w,
+        "queue::progress",
+        json!({"receipt": receipt, "progress": 75}),
+    )
+    .await;
+    op(
+        &mut w,
+        "queue::log",
+        json!({"receipt": receipt, "line": "three quarters done"}),
+    )
+    .await;
+    complete(&mut w, &inv, json!("ok")).await;
+    until(url, &["job", &receipt, "--json"], |j| {
+        j["state"] == "completed"
+    })
+    .await;
+    let text = qmesh(url, &["job", &receipt]).await;
+    assert_eq!(text.code, 0, "{text:?}");
+    for want in ["expires", "progress", "75", "logs", "three quarters done"] {
+        assert!(
+            text.stdout.contains(want),
+            "{want:?} missing: {}",
+            text.stdout
+        );
+    }
+}

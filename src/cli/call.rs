@@ -38,6 +38,9 @@ pub struct EnqueueArgs {
     /// A repeated key returns the first job's receipt instead of enqueuing again.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Not started within this (e.g. 10m), the job is dead-lettered as `expired`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    expires_in: Option<std::time::Duration>,
     /// One job per line of FILE (- for stdin), each line its JSON input,
     /// written in batches of up to 10,000 (`queue::enqueue_many`, one sync
     /// each); prints how many were enqueued.
@@ -74,6 +77,9 @@ pub fn enqueue(args: EnqueueArgs) -> ExitCode {
     }
     if let Some(p) = args.priority {
         input["priority"] = json!(p);
+    }
+    if let Some(e) = args.expires_in {
+        input["expires_in"] = json!(e.as_millis() as u64);
     }
     if let Some(k) = &args.idempotency_key {
         input["idempotency_key"] = json!(k);
@@ -125,6 +131,9 @@ fn enqueue_lines(args: EnqueueArgs, file: &str) -> ExitCode {
                 }
                 if let Some(p) = args.priority {
                     job["priority"] = json!(p);
+                }
+                if let Some(e) = args.expires_in {
+                    job["expires_in"] = json!(e.as_millis() as u64);
                 }
                 jobs.push(job);
             }

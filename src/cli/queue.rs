@@ -288,6 +288,10 @@ fn job_text(j: &Value) -> String {
         ("data", cell(&j["data"])),
         ("result", cell(&j["result"])),
         ("last error", error_text(&j["last_error"])),
+        ("expires", when(&j["expires_at_ms"])),
+        ("fair key", cell(&j["fair_key"])),
+        ("progress", cell(&j["progress"])),
+        ("flow", flow_text(&j["flow"])),
     ];
     let mut t = Table::new(&["ATTEMPT", "STARTED", "ENDED", "WORKER", "OUTCOME", "ERROR"]);
     for a in list(j, "history") {
@@ -300,7 +304,38 @@ fn job_text(j: &Value) -> String {
             error_text(&a["error"]),
         ]);
     }
-    format!("{}\nattempts\n{}", pairs(&items), t.render())
+    let mut out = format!("{}\nattempts\n{}", pairs(&items), t.render());
+    let logs = list(j, "logs");
+    if !logs.is_empty() {
+        let mut l = Table::new(&["AT", "LINE"]);
+        for line in logs {
+            l.row(vec![when(&line["at_ms"]), cell(&line["line"])]);
+        }
+        let dropped = j["logs_dropped"].as_u64().unwrap_or(0);
+        let note = if dropped > 0 {
+            format!(" ({dropped} older lines dropped)")
+        } else {
+            String::new()
+        };
+        out.push_str(&format!("\nlogs{note}\n{}", l.render()));
+    }
+    out
+}
+
+/// A job's place in a flow: its parent, and how many children it still waits on.
+fn flow_text(f: &Value) -> String {
+    if f.is_null() {
+        return "-".to_owned();
+    }
+    let children = f["children"].as_array().map_or(0, Vec::len);
+    format!(
+        "root {}, parent {}, {} children ({} pending), on child failure: {}",
+        cell(&f["root"]),
+        cell(&f["parent"]),
+        children,
+        cell(&f["waiting_on"]),
+        cell(&f["on_child_failure"])
+    )
 }
 
 /// An error record `{reason, code, message}` as `code: message`.
