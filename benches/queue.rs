@@ -21,76 +21,17 @@
 
 mod common;
 
-use common::{EngineProcess, cpu_secs, disk_bytes, flag, machine, number, settle_disk};
+use common::queue::{CpuMeter, clients, ms, produce, round2, stats, until_completed};
+use common::{EngineProcess, disk_bytes, flag, machine, number, settle_disk};
 use hdrhistogram::Histogram;
 use qmesh::client::Client;
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const CONNECTIONS: usize = 8;
 
 fn payload(i: u64) -> Value {
     json!({ "order": i, "sku": "A-100", "qty": 2 })
-}
-
-async fn clients(url: &str, n: usize) -> Vec<Client> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let c = Client::connect(url).await.expect("connect");
-        c.announce(&format!("bench-producer-{i}"))
-            .expect("announce");
-        out.push(c);
-    }
-    out
-}
-
-/// `producers` tasks enqueue until `total` jobs are acknowledged; returns
-/// (elapsed, acknowledgement latency histogram in µs).
-async fn produce(
-    clients: &[Client],
-    producers: usize,
-    total: u64,
-    queue: &str,
-    function: &str,
-) -> (Duration, Histogram<u64>) {
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for p in 0..producers {
-        let (c, next, queue, function) = (
-            clients[p % clients.len()].clone(),
-            next.clone(),
-            queue.to_owned(),
-            function.to_owned(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3).unwrap();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return h;
-                }
-                let t = Instant::now();
-                c.enqueue(&queue, &function, payload(i))
-                    .await
-                    .expect("enqueue acknowledged");
-                let _ = h.record(t.elapsed().as_micros() as u64);
-            }
-        }));
-    }
-    let mut all = Histogram::<u64>::new(3).unwrap();
-    for t in tasks {
-        all.add(t.await.unwrap()).unwrap();
-    }
-    (started.elapsed(), all)
-}
-
-async fn stats(c: &Client, queue: &str) -> Value {
-    c.call("queue::stats", json!({ "queue": queue }))
-        .await
-        .expect("queue::stats")
 }
 
 async fn end_to_end(
@@ -115,14 +56,9 @@ async fn end_to_end(
         .expect("registered");
     let cpu = CpuMeter::start(engine);
     let started = Instant::now();
-    let (enqueued_in, _) = produce(producers, n_producers, jobs, queue, "bench::work").await;
-    loop {
-        let s = stats(&producers[0], queue).await;
-        if s["completed"].as_u64().unwrap_or(0) >= jobs {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (enqueued_in, _) =
+        produce(producers, n_producers, jobs, queue, "bench::work", payload).await;
+    until_completed(&producers[0], queue, jobs).await;
     let elapsed = started.elapsed();
     let (engine_us, client_us) = cpu.per_item_us(jobs);
     worker.close().await;
@@ -184,6 +120,7 @@ async fn restart(n_producers: usize, jobs: u64) -> Value {
         jobs,
         "bench-restart",
         "bench::nobody",
+        payload,
     )
     .await;
     for p in &producers {
@@ -211,42 +148,6 @@ async fn restart(n_producers: usize, jobs: u64) -> Value {
         "disk_bytes": bytes,
         "disk_bytes_per_job": bytes / jobs.max(1),
     })
-}
-
-/// CPU time the engine and this process spend over a phase: a figure the
-/// other load on a 2-core machine distorts far less than throughput.
-struct CpuMeter {
-    pid: String,
-    engine: f64,
-    client: f64,
-}
-
-impl CpuMeter {
-    fn start(engine: &EngineProcess) -> Self {
-        let pid = engine.pid().to_string();
-        Self {
-            engine: cpu_secs(&pid),
-            client: cpu_secs("self"),
-            pid,
-        }
-    }
-
-    /// (engine, client) CPU µs per item since `start`.
-    fn per_item_us(&self, items: u64) -> (f64, f64) {
-        let per = |secs: f64| round2(secs * 1e6 / items.max(1) as f64);
-        (
-            per(cpu_secs(&self.pid) - self.engine),
-            per(cpu_secs("self") - self.client),
-        )
-    }
-}
-
-fn ms(us: u64) -> f64 {
-    round2(us as f64 / 1000.0)
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 fn main() {
@@ -278,6 +179,7 @@ fn main() {
             enqueue_jobs,
             "bench-enqueue",
             "bench::nobody",
+            payload,
         )
         .await;
         let (engine_us, client_us) = cpu.per_item_us(enqueue_jobs);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 /// The engine binary as a child process: the same launcher the tests use.
 #[path = "../../tests/common/launcher.rs"]
 mod launcher;
+pub mod queue;
 pub use launcher::EngineProcess;
 
 /// Resident set size of a process in KiB, from `/proc/<pid>/status`.

@@ -27,9 +27,10 @@ use crate::protocol::{ErrorBody, codes};
 
 pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A registered function's handler, boxed.
+/// A registered function's handler, boxed: it gets the input and the
+/// invocation's metadata (`Value::Null` when none came).
 pub(super) type Handler =
-    Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value, ErrorBody>> + Send + Sync>;
+    Arc<dyn Fn(Value, Value) -> BoxFuture<'static, Result<Value, ErrorBody>> + Send + Sync>;
 
 /// State both socket tasks and every client handle share.
 pub(super) struct Shared {
@@ -186,7 +187,8 @@ impl Shared {
                 invocation_id,
                 function_id,
                 data,
-            } => self.run_handler(invocation_id, function_id, data),
+                metadata,
+            } => self.run_handler(invocation_id, function_id, data, metadata),
             FromEngine::Ping => {
                 let _ = self.send(wire::pong());
             }
@@ -206,6 +208,7 @@ impl Shared {
         invocation_id: Option<Uuid>,
         function_id: String,
         data: Option<Box<RawValue>>,
+        metadata: Option<Box<RawValue>>,
     ) {
         let Some(handler) = self.handler(&function_id) else {
             if let Some(id) = invocation_id {
@@ -219,7 +222,7 @@ impl Shared {
         };
         let shared = self.clone();
         tokio::spawn(async move {
-            let outcome = call_handler(handler, data).await;
+            let outcome = call_handler(handler, data, metadata).await;
             if let Some(id) = invocation_id {
                 let _ = shared.send(wire::result(&id, &function_id, &outcome));
             }
@@ -228,7 +231,14 @@ impl Shared {
 }
 
 /// Parses the input, runs the handler, and turns a panic into `invocation_failed`.
-async fn call_handler(handler: Handler, data: Option<Box<RawValue>>) -> Result<Value, ErrorBody> {
+async fn call_handler(
+    handler: Handler,
+    data: Option<Box<RawValue>>,
+    metadata: Option<Box<RawValue>>,
+) -> Result<Value, ErrorBody> {
+    let metadata = metadata
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or(Value::Null);
     let input = match data.as_deref().map(|raw| serde_json::from_str(raw.get())) {
         None => Value::Null,
         Some(Ok(v)) => v,
@@ -239,7 +249,7 @@ async fn call_handler(handler: Handler, data: Option<Box<RawValue>>) -> Result<V
             ));
         }
     };
-    match AssertUnwindSafe(async move { handler(input).await })
+    match AssertUnwindSafe(async move { handler(input, metadata).await })
         .catch_unwind()
         .await
     {
@@ -314,7 +324,7 @@ mod tests {
 
     fn handler(f: impl Fn(Value) -> Result<Value, ErrorBody> + Send + Sync + 'static) -> Handler {
         let f = Arc::new(f);
-        Arc::new(move |v| {
+        Arc::new(move |v, _| {
             let f = f.clone();
             async move { f(v) }.boxed()
         })
@@ -328,12 +338,12 @@ mod tests {
     async fn handlers_get_parsed_input_and_panics_become_errors() {
         let echo = handler(Ok);
         assert_eq!(
-            call_handler(echo.clone(), raw(r#"{"a":1}"#)).await,
+            call_handler(echo.clone(), raw(r#"{"a":1}"#), None).await,
             Ok(json!({"a":1}))
         );
-        assert_eq!(call_handler(echo, None).await, Ok(Value::Null));
+        assert_eq!(call_handler(echo, None, None).await, Ok(Value::Null));
         let boom = handler(|_| panic!("kaboom"));
-        let err = call_handler(boom, raw("1")).await.unwrap_err();
+        let err = call_handler(boom, raw("1"), None).await.unwrap_err();
         assert_eq!(
             (err.code.as_str(), err.message.as_str()),
             (INVOCATION_FAILED, "kaboom")

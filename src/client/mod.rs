@@ -253,8 +253,23 @@ impl Client {
         F: Fn(Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, ErrorBody>> + Send + 'static,
     {
+        self.register_function_with_metadata(function_id, move |input, _| handler(input))
+    }
+
+    /// [`register_function`](Self::register_function) for a handler that
+    /// also reads the invocation's metadata (a queued job's context:
+    /// `{job: {receipt, queue, attempt, …}}`; `Value::Null` when none came).
+    pub fn register_function_with_metadata<F, Fut>(
+        &self,
+        function_id: impl Into<String>,
+        handler: F,
+    ) -> Result<(), ClientError>
+    where
+        F: Fn(Value, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, ErrorBody>> + Send + 'static,
+    {
         let id = function_id.into();
-        let boxed: Handler = Arc::new(move |input| handler(input).boxed());
+        let boxed: Handler = Arc::new(move |input, metadata| handler(input, metadata).boxed());
         // The handler is in place before the engine can route anything here.
         self.inner.shared.set_handler(id.clone(), boxed);
         self.inner.shared.send(wire::register_function(&id))

@@ -150,6 +150,8 @@ pub enum FromEngine {
         invocation_id: Option<Uuid>,
         function_id: String,
         data: Option<Box<RawValue>>,
+        /// What the caller (or the engine: a queued job's context) attached.
+        metadata: Option<Box<RawValue>>,
     },
     Rejected {
         code: String,
@@ -172,6 +174,7 @@ struct Frame<'a> {
     invocation_id: Option<Uuid>,
     function_id: Option<String>,
     data: Option<Box<RawValue>>,
+    metadata: Option<Box<RawValue>>,
     result: Option<Box<RawValue>>,
     error: Option<ErrorBody>,
     worker_id: Option<Uuid>,
@@ -199,6 +202,7 @@ pub fn decode(text: &str) -> Result<FromEngine, String> {
             function_id: f.function_id.ok_or_else(|| missing("function_id"))?,
             invocation_id: f.invocation_id,
             data: f.data,
+            metadata: f.metadata,
         },
         "registrationrejected" => FromEngine::Rejected {
             code: f.code.unwrap_or_default(),
@@ -293,18 +297,20 @@ mod tests {
             data: &raw,
             traceparent: None,
             baggage: None,
-            metadata: None,
+            metadata: Some(&raw),
         });
         let FromEngine::Invoke {
             invocation_id,
             function_id,
             data,
+            metadata,
         } = decode(&text).unwrap()
         else {
             panic!()
         };
         assert_eq!((invocation_id, function_id.as_str()), (Some(t), "m::f"));
         assert_eq!(data.unwrap().get(), r#"{"x":2}"#);
+        assert_eq!(metadata.unwrap().get(), r#"{"x":2}"#);
 
         let FromEngine::Result { outcome, .. } =
             decode(&outbound::result_ok(&t, "f", Some(&raw), None, None)).unwrap()
