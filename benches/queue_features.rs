@@ -29,18 +29,40 @@ use std::time::{Duration, Instant};
 const PRODUCERS: usize = 64;
 const CONNECTIONS: usize = 8;
 
-/// (name, queue settings, payload, what the handler does besides returning).
-const VARIANTS: [(&str, &str, fn(u64) -> Value, Handler); 5] = [
-    ("off", "", plain, Handler::Nothing),
-    ("rate", "rate = \"10000000/1s\"\n", plain, Handler::Nothing),
-    (
+/// One variant: its queue's extra settings, its jobs' payload, and what the
+/// handler does besides returning.
+struct Variant {
+    name: &'static str,
+    settings: &'static str,
+    payload: fn(u64) -> Value,
+    handler: Handler,
+}
+
+const fn variant(
+    name: &'static str,
+    settings: &'static str,
+    payload: fn(u64) -> Value,
+    handler: Handler,
+) -> Variant {
+    Variant {
+        name,
+        settings,
+        payload,
+        handler,
+    }
+}
+
+const VARIANTS: [Variant; 5] = [
+    variant("off", "", plain, Handler::Nothing),
+    variant("rate", "rate = \"10000000/1s\"\n", plain, Handler::Nothing),
+    variant(
         "fair_1000",
         "fair_by = \"tenant\"\n",
         tenant,
         Handler::Nothing,
     ),
-    ("heartbeat", "", plain, Handler::Heartbeat),
-    ("progress", "", plain, Handler::Progress),
+    variant("heartbeat", "", plain, Handler::Heartbeat),
+    variant("progress", "", plain, Handler::Progress),
 ];
 
 #[derive(Clone, Copy)]
@@ -139,26 +161,21 @@ fn main() {
     let report = rt.block_on(async {
         settle_disk();
         let mut config = String::new();
-        for (name, settings, _, _) in VARIANTS {
+        for v in &VARIANTS {
             // Retention short enough that completed jobs do not pile up between rounds.
             config.push_str(&format!(
-                "[queue.queues.feat-{name}]\nconcurrency = 64\nretention = \"30s\"\n{settings}"
+                "[queue.queues.feat-{}]\nconcurrency = 64\nretention = \"30s\"\n{}",
+                v.name, v.settings
             ));
         }
         let engine = EngineProcess::start_with_config(&config);
         let producers = clients(&engine.url, CONNECTIONS).await;
         let mut per: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); VARIANTS.len()];
         for _ in 0..rounds {
-            for (i, (name, _, payload, what)) in VARIANTS.iter().enumerate() {
-                let (rate, cpu) = run(
-                    &engine,
-                    &producers,
-                    &format!("feat-{name}"),
-                    *payload,
-                    *what,
-                    jobs,
-                )
-                .await;
+            for (i, v) in VARIANTS.iter().enumerate() {
+                let queue = format!("feat-{}", v.name);
+                let (rate, cpu) =
+                    run(&engine, &producers, &queue, v.payload, v.handler, jobs).await;
                 per[i].0.push(rate);
                 per[i].1.push(cpu);
             }
@@ -167,10 +184,10 @@ fn main() {
         let variants: Vec<Value> = VARIANTS
             .iter()
             .zip(per)
-            .map(|((name, ..), (rates, cpus))| {
+            .map(|(v, (rates, cpus))| {
                 let m = median(rates.clone());
                 json!({
-                    "variant": name,
+                    "variant": v.name,
                     "jobs_per_sec": rates,
                     "median_jobs_per_sec": m,
                     "ratio_to_off": round2(m / off),
