@@ -132,10 +132,14 @@ async fn run(
         .expect("registered");
     let cpu = CpuMeter::start(engine);
     let started = Instant::now();
-    // Each run adds `jobs` completions to the queue's count.
-    let before = common::queue::stats(&producers[0], queue).await["completed"]
-        .as_u64()
-        .unwrap_or(0);
+    // Each run adds `jobs` completions to the queue's count (none before its first enqueue).
+    let before = match producers[0]
+        .call("queue::stats", json!({ "queue": queue }))
+        .await
+    {
+        Ok(s) => s["completed"].as_u64().unwrap_or(0),
+        Err(_) => 0,
+    };
     produce(producers, PRODUCERS, jobs, queue, &function, payload).await;
     until_completed(&producers[0], queue, before + jobs).await;
     let elapsed = started.elapsed();

@@ -45,6 +45,29 @@ impl ReadyIndex {
             .collect()
     }
 
+    /// The function the round-robin is at (the first at or after the cursor).
+    pub fn current(&self) -> Option<FnId> {
+        self.next_from(self.cursor)
+    }
+
+    /// The function after `f` in round-robin order, wrapping around: a fair
+    /// queue walks its lanes one by one without listing them all.
+    pub fn after(&self, f: FnId) -> Option<FnId> {
+        self.next_from(f.saturating_add(1))
+    }
+
+    fn next_from(&self, at: FnId) -> Option<FnId> {
+        self.fns
+            .range(at..)
+            .next()
+            .or_else(|| self.fns.iter().next())
+            .copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.fns.len()
+    }
+
     /// Where the next scan of `f` starts (after this entry; from the first when `None`).
     pub fn resume_point(&self, f: FnId) -> Option<&ReadyPos> {
         self.after.get(&f)
@@ -103,6 +126,11 @@ mod tests {
             r.round(),
             vec![3, 1],
             "a function with nothing left is dropped"
+        );
+        assert_eq!(
+            (r.current(), r.after(3), r.after(1)),
+            (Some(3), Some(1), Some(3)),
+            "wraps"
         );
     }
 }

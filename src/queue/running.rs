@@ -21,7 +21,7 @@ use super::now_ms;
 use super::scheduler::Scheduler;
 use crate::mesh::router::{CallExtras, CallTarget};
 use crate::store::StoreError;
-use crate::store::queue::FnId;
+use crate::store::queue::{FnId, QueueId};
 use crate::store::queue::{ReadyPos, Writes};
 use crate::store::records::{AttemptRecord, JobState};
 
@@ -95,10 +95,11 @@ impl Scheduler {
     /// Up to `n` distinct ready jobs of the queue whose function some worker
     /// provides: functions in round-robin order, priority then enqueue order
     /// within one. A function with no worker is skipped (no attempt is spent).
-    /// On a `fair_by` queue each lane (function and fair key) gives at most
-    /// one job per sweep, and sweeps repeat until `n` are picked or no lane
-    /// gives more: a tenant's burst takes its turn like every other key; a
-    /// lane over its `rate_per_key` sits out until its bucket refills.
+    /// On a `fair_by` queue each lane (function and fair key) gives one job
+    /// per visit, the lanes visited in a circle until `n` are picked or a
+    /// whole circle gave none: a tenant's burst takes its turn like every
+    /// other key; a lane over its `rate_per_key` sits out until its bucket
+    /// refills.
     ///
     /// Ready entries of attempts whose start is not yet written stay in the
     /// store; each function's scan resumes after the last entry it took
@@ -110,70 +111,99 @@ impl Scheduler {
     ) -> Result<Vec<(FnId, ReadyPos, Uuid)>, StoreError> {
         let q = self.queues[name].id;
         let fair = self.queues[name].settings.fair_by.is_some();
-        let per_sweep = if fair { 1 } else { n };
         let mut picked = Vec::new();
         let waiting = self.unsynced.first_waiting(self.store.synced());
         let now = tokio::time::Instant::now();
-        loop {
-            let before_sweep = picked.len();
+        if !fair {
             for f in self.queues[name].ready.round() {
                 if picked.len() >= n {
                     break;
                 }
-                let Some((ns, fid)) = self.fn_ids.name(f) else {
-                    continue;
-                };
-                if !self.mesh.inspect(|st| st.function(ns, fid).is_some()) {
-                    continue;
-                }
-                let Some((allowed, next)) = self
-                    .queues
-                    .get_mut(name)
-                    .map(|rt| rt.lane_startable(f, now))
-                else {
-                    break;
-                };
-                if allowed == 0 {
-                    // Keeps its place in the round: its jobs are still ready.
-                    if let Some(at) = next {
-                        self.limited_until = Some(self.limited_until.map_or(at, |t| t.min(at)));
-                    }
-                    continue;
-                }
-                let take = per_sweep.min(allowed).min(n - picked.len());
-                let before = picked.len();
-                let from = self.queues[name].ready.resume_point(f);
-                let mut seen = None;
-                let mut blocked = false;
-                for kv in self.store.ready_after(q, f, from) {
-                    let (k, id) = kv?;
-                    if waiting.is_some_and(|first| k.seq() >= first) {
-                        // Not durable yet: neither this job nor (to keep the
-                        // order) the ones after it start before the sync.
-                        blocked = true;
-                        break;
-                    }
-                    seen = Some(k.clone());
-                    match id {
-                        Some(id) if !self.attempts.contains(&id) => picked.push((f, k, id)),
-                        _ => {}
-                    }
-                    if picked.len() - before >= take {
-                        break;
-                    }
-                }
-                // A function blocked by a sync keeps its place in the round.
-                let took = picked.len() > before || blocked;
-                if let Some(rt) = self.queues.get_mut(name) {
-                    rt.lane_started(f, picked.len() - before);
-                    rt.ready.scanned(f, seen, took);
-                }
+                self.pick_from_lane(name, q, f, n - picked.len(), waiting, now, &mut picked)?;
             }
-            if !fair || picked.len() >= n || picked.len() == before_sweep {
+            return Ok(picked);
+        }
+        // Fair: one job per lane per visit, walking the lanes in a circle
+        // from the cursor until the slots are filled or a whole circle gave
+        // nothing (the lanes are never all listed: there may be thousands).
+        let mut next = self.queues[name].ready.current();
+        let mut idle = 0;
+        while picked.len() < n {
+            let Some(f) = next else { break };
+            next = self.queues[name].ready.after(f);
+            let before = picked.len();
+            self.pick_from_lane(name, q, f, 1, waiting, now, &mut picked)?;
+            idle = if picked.len() > before { 0 } else { idle + 1 };
+            if idle > self.queues[name].ready.len() {
                 break;
             }
         }
         Ok(picked)
+    }
+
+    /// Picks up to `take` jobs of lane `f` into `picked` (fewer when its
+    /// function has no worker, its `rate_per_key` bucket runs dry, or it has
+    /// no more durable ready jobs), and records the scan in the ready index.
+    #[allow(clippy::too_many_arguments)]
+    fn pick_from_lane(
+        &mut self,
+        name: &str,
+        q: QueueId,
+        f: FnId,
+        take: usize,
+        waiting: Option<u64>,
+        now: tokio::time::Instant,
+        picked: &mut Vec<(FnId, ReadyPos, Uuid)>,
+    ) -> Result<(), StoreError> {
+        let Some((ns, fid)) = self.fn_ids.name(f) else {
+            return Ok(());
+        };
+        if !self.mesh.inspect(|st| st.function(ns, fid).is_some()) {
+            return Ok(());
+        }
+        let Some((allowed, next)) = self
+            .queues
+            .get_mut(name)
+            .map(|rt| rt.lane_startable(f, now))
+        else {
+            return Ok(());
+        };
+        if allowed == 0 {
+            // Keeps its place in the round: its jobs are still ready.
+            if let Some(at) = next {
+                self.limited_until = Some(self.limited_until.map_or(at, |t| t.min(at)));
+            }
+            return Ok(());
+        }
+        let take = take.min(allowed);
+        let before = picked.len();
+        let from = self.queues[name].ready.resume_point(f);
+        let mut seen = None;
+        let mut blocked = false;
+        for kv in self.store.ready_after(q, f, from) {
+            let (k, id) = kv?;
+            if waiting.is_some_and(|first| k.seq() >= first) {
+                // Not durable yet: neither this job nor (to keep the
+                // order) the ones after it start before the sync.
+                blocked = true;
+                break;
+            }
+            seen = Some(k.clone());
+            match id {
+                Some(id) if !self.attempts.contains(&id) => picked.push((f, k, id)),
+                _ => {}
+            }
+            if picked.len() - before >= take {
+                break;
+            }
+        }
+        // A function blocked by a sync keeps its place in the round.
+        let took = picked.len() > before || blocked;
+        if let Some(rt) = self.queues.get_mut(name) {
+            rt.lane_started(f, picked.len() - before);
+            rt.ready.scanned(f, seen, took);
+        }
+        Ok(())
     }
 
     /// Starts one ready job: the call goes out now; nothing is written (see
