@@ -166,9 +166,10 @@ fn main() {
         settle_disk();
         let mut config = String::new();
         for v in &VARIANTS {
-            // Retention short enough that completed jobs do not pile up between rounds.
+            // Completed jobs are kept for the whole bench: each run waits for
+            // its queue's completed count to grow by its jobs.
             config.push_str(&format!(
-                "[queue.queues.feat-{}]\nconcurrency = 64\nretention = \"30s\"\n{}",
+                "[queue.queues.feat-{}]\nconcurrency = 64\nretention = \"1h\"\n{}",
                 v.name, v.settings
             ));
         }

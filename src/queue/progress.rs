@@ -1,8 +1,14 @@
 //! What a running job's handler reports about itself: its progress (a number
 //! or a small JSON value) and log lines (bounded per job by the queue's
-//! `max_log_lines`). Both are kept in the job record, durable before the
-//! handler's call returns, and shown by `queue::get`; a progress change
-//! fires the `queue:progress` trigger type.
+//! `max_log_lines`). Both are kept in the job record and shown by
+//! `queue::get`; a progress change fires the `queue:progress` trigger type.
+//!
+//! A report is written to the store before the handler's call returns, and
+//! is on disk within the store's flush interval (500 ms), like an attempt's
+//! start and outcome: the reply does not wait for an fsync, which would
+//! cost a handler that reports per item far more than its work (measured in
+//! BENCHMARKS.md). A kill -9 may thus lose the last half second of reports
+//! of an attempt that the restart runs again anyway.
 //!
 //! A running job's stored record is the one from before it started (see
 //! [`super::attempts`]): a report rewrites that stored record with the new
@@ -97,7 +103,7 @@ impl Scheduler {
             (live.queue.clone(), live.function_id.clone(), live.attempts);
         let mut batch = Writes::default();
         batch.put_job(id, &stored);
-        let ticket = self.commit(batch).map_err(super::scheduler::store_error)?;
+        self.commit(batch).map_err(super::scheduler::store_error)?;
         let answer = match report {
             Report::Progress(raw) => {
                 let progress: serde_json::Value = serde_json::from_slice(&raw).unwrap_or_default();
@@ -129,7 +135,7 @@ impl Scheduler {
                 json!({ "receipt": id, "lines": j.logs.len(), "dropped": j.logs_dropped })
             }
         };
-        Ok((answer, Some(ticket)))
+        Ok((answer, None))
     }
 }
 

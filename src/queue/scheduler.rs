@@ -248,17 +248,19 @@ impl Scheduler {
             }
             Command::Drain => self.draining = true,
             Command::EnqueueFlow(root, reply) => self.enqueue_flow(root, reply),
-            Command::Op(op, reply) => {
-                let (result, ticket) = self.op(op);
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    let res = match (result, ticket) {
-                        (Ok(v), Some(t)) => store.durable(t).await.map(|_| v).map_err(store_error),
-                        (other, _) => other,
-                    };
+            Command::Op(op, reply) => match self.op(op) {
+                // A write answers once it is durable; anything else at once.
+                (Ok(v), Some(t)) => {
+                    let store = self.store.clone();
+                    tokio::spawn(async move {
+                        let res = store.durable(t).await.map(|_| v).map_err(store_error);
+                        let _ = reply.send(res);
+                    });
+                }
+                (res, _) => {
                     let _ = reply.send(res);
-                });
-            }
+                }
+            },
         }
         true
     }
