@@ -123,6 +123,7 @@ impl Engine {
         let streams =
             Arc::new(StreamsModule::bind(&mesh, store.clone(), config.streams.clone()).await?);
         let topics = TopicsModule::new(store.clone(), &queues, config.topics.clone());
+        let observability = Observability::new(config.observability.clone(), &config.otel);
         let modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),
@@ -134,7 +135,7 @@ impl Engine {
             Arc::new(PubSub::default()),
             Arc::new(CronModule::new(&mesh, store, config.cron.clone())),
             Arc::new(topics),
-            Arc::new(Observability),
+            Arc::new(observability),
         ];
 
         let mut provisions = Provisions::default();
