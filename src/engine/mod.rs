@@ -64,6 +64,8 @@ pub enum EngineError {
     Tls(#[from] crate::net::TlsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Observability(#[from] crate::observability::ObservabilityError),
 }
 
 /// A running engine: a cheap, cloneable handle.
@@ -123,7 +125,7 @@ impl Engine {
         let streams =
             Arc::new(StreamsModule::bind(&mesh, store.clone(), config.streams.clone()).await?);
         let topics = TopicsModule::new(store.clone(), &queues, config.topics.clone());
-        let observability = Observability::new(config.observability.clone(), &config.otel);
+        let observability = Observability::new(config.observability.clone(), &config.otel)?;
         let modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),

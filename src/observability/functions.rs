@@ -461,7 +461,17 @@ fn health_check(o: &Observability, _: &Mesh, _: &CallCtx, input: Value) -> Reply
     let _: Empty = args(input)?;
     let t = &o.inner;
     let healthy = |details: Value| json!({"status": "healthy", "details": details});
-    let otel = json!({"status": "disabled", "details": null});
+    let otel = match &t.exporter {
+        Some(x) => healthy(json!({
+            "enabled": true,
+            "service_name": t.service,
+            "exporter": "otlp_http",
+            "exported_spans": x.counts.exported.load(Ordering::Relaxed),
+            "dropped_spans": x.counts.dropped.load(Ordering::Relaxed),
+            "failed_spans": x.counts.failed.load(Ordering::Relaxed),
+        })),
+        None => json!({"status": "disabled", "details": null}),
+    };
     let (spans, logs, metrics) = (
         lock(&t.spans).len(),
         lock(&t.logs).len(),

@@ -2,14 +2,16 @@
 //! telemetry (spans, logs and metrics from `/otel`) and the engine's own
 //! span for each routed call, kept in bounded memory and served with iii's
 //! shapes (`engine::traces::*`, `engine::logs::*`, `engine::metrics::list`,
-//! `engine::health::check`, `engine::baggage::*`), and `engine::log::*` (the
-//! SDK loggers' functions, into the engine's log and `engine::logs::list`).
+//! `engine::health::check`, `engine::baggage::*`), `engine::log::*` (the SDK
+//! loggers' functions, into the engine's log and `engine::logs::list`), and
+//! OTLP/HTTP export to a collector when `[otel] endpoint` is set.
 //!
 //! - `config`: `[observability]` and `[otel]`.
 //! - `ingest`: telemetry frames → records (opentelemetry-proto's types).
 //! - `records`: what is kept, in iii's shapes.
 //! - `recent`: the bounded, time-limited windows they are kept in.
 //! - `functions`: the engine functions.
+//! - `export`: the OTLP exporter and its drop counters.
 //!
 //! Architecture invariant: this module reaches the mesh only through what
 //! it provides (engine functions, the call tracer, the telemetry intake) and
@@ -17,6 +19,7 @@
 //! its own locks (the mesh may record a span under its lock).
 
 mod config;
+mod export;
 mod functions;
 mod ingest;
 mod recent;
@@ -42,6 +45,16 @@ use records::{SpanRecord, StoredLog, StoredMetric};
 /// Where worker log lines go in the engine's log (filter on it with `RUST_LOG`).
 pub(crate) const WORKER_LOG_TARGET: &str = "qmesh::worker_log";
 
+/// Why the module could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ObservabilityError {
+    #[error("cannot build the OTLP exporter for {url}: {source}")]
+    Exporter {
+        url: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
 /// The module: a cheap handle on the telemetry it keeps.
 #[derive(Clone)]
 pub(crate) struct Observability {
@@ -56,6 +69,9 @@ struct Telemetry {
     logs: Mutex<Recent<StoredLog>>,
     metrics: Mutex<Recent<StoredMetric>>,
     counts: Counts,
+    exporter: Option<export::Exporter>,
+    /// The exporter's sending task, taken by `start`.
+    export_task: Mutex<Option<BoxFuture<'static, ()>>>,
 }
 
 #[derive(Default)]
@@ -79,8 +95,21 @@ fn index(kind: Kind) -> usize {
 }
 
 impl Observability {
-    pub(crate) fn new(config: ObservabilityConfig, otel: &OtelConfig) -> Self {
-        Self {
+    pub(crate) fn new(
+        config: ObservabilityConfig,
+        otel: &OtelConfig,
+    ) -> Result<Self, ObservabilityError> {
+        let (exporter, task) = match otel.endpoint {
+            Some(_) => {
+                let (exporter, task) = export::start(otel)?;
+                (
+                    Some(exporter),
+                    Some(Box::pin(task) as BoxFuture<'static, ()>),
+                )
+            }
+            None => (None, None),
+        };
+        Ok(Self {
             inner: Arc::new(Telemetry {
                 spans: Mutex::new(Recent::new(config.max_spans, config.max_age)),
                 logs: Mutex::new(Recent::new(config.max_logs, config.max_age)),
@@ -88,8 +117,10 @@ impl Observability {
                 config,
                 service: otel.service_name.clone(),
                 counts: Counts::default(),
+                exporter,
+                export_task: Mutex::new(task),
             }),
-        }
+        })
     }
 
     /// An SDK telemetry frame from `/otel` (or `/`, from older SDKs).
@@ -117,9 +148,14 @@ impl Observability {
             Frame::Traces(req) => {
                 t.counts.frames[0].fetch_add(1, Ordering::Relaxed);
                 let spans = ingest::spans(&req);
-                let mut kept = lock(&t.spans);
-                for s in spans {
-                    kept.push(SpanRecord::Worker(Box::new(s)));
+                {
+                    let mut kept = lock(&t.spans);
+                    for s in spans {
+                        kept.push(SpanRecord::Worker(Box::new(s)));
+                    }
+                }
+                if let Some(x) = &t.exporter {
+                    x.offer(export::Outgoing::Workers(Box::new(req)));
                 }
             }
             Frame::Metrics(req) => {
@@ -156,6 +192,9 @@ impl CallTracer for Telemetry {
             Ended::Abandoned => 2,
         };
         self.counts.calls[slot].fetch_add(1, Ordering::Relaxed);
+        if let Some(x) = &self.exporter {
+            x.offer(export::Outgoing::Engine(span.clone()));
+        }
         lock(&self.spans).push(SpanRecord::Engine(span));
     }
 }
@@ -163,6 +202,11 @@ impl CallTracer for Telemetry {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FrameLabels {
     kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExportLabels {
     outcome: &'static str,
 }
 
@@ -236,6 +280,31 @@ impl Module for Observability {
             None,
             metrics,
         );
+        if let Some(x) = &self.inner.exporter {
+            let exported = Family::<ExportLabels, Counter>::default();
+            for (outcome, n) in [
+                ("exported", &x.counts.exported),
+                ("dropped", &x.counts.dropped),
+                ("failed", &x.counts.failed),
+            ] {
+                exported
+                    .get_or_create(&ExportLabels { outcome })
+                    .inc_by(n.load(Ordering::Relaxed));
+            }
+            r.register(
+                "otlp_spans",
+                "Spans offered to OTLP export: exported, dropped (queue full) or failed (collector down or refusing)",
+                exported,
+            );
+        }
         Box::pin(async {})
+    }
+
+    fn start(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        lock(&self.inner.export_task)
+            .take()
+            .map(tokio::spawn)
+            .into_iter()
+            .collect()
     }
 }
