@@ -15,6 +15,7 @@ use super::spans::{self, CallSpan, Origin};
 use super::state::{Call, CallOutcome, Caller, Executor, Function, Key, Settled, State, Worker};
 use crate::protocol::inbound::{InvocationResult, Invoke};
 use crate::protocol::outbound::{self, InvokeParts};
+use crate::protocol::trace_context::Header;
 use crate::protocol::{ErrorBody, Payload, codes, inject_caller};
 
 /// What became of a worker's call.
@@ -144,7 +145,10 @@ impl Mesh {
                 invocation_id: &invocation_id,
                 function_id: &invoke.function_id,
                 data: &inject_caller(invoke.data, &caller_id),
-                traceparent: traceparent.as_deref().or(invoke.traceparent.as_deref()),
+                traceparent: traceparent
+                    .as_ref()
+                    .map(Header::as_str)
+                    .or(invoke.traceparent.as_deref()),
                 baggage: invoke.baggage.as_deref(),
                 metadata: invoke.metadata.as_deref(),
             },
@@ -285,7 +289,10 @@ impl Mesh {
                 invocation_id: &invocation_id,
                 function_id,
                 data: &data,
-                traceparent: traceparent.as_deref().or(extras.traceparent.as_deref()),
+                traceparent: traceparent
+                    .as_ref()
+                    .map(Header::as_str)
+                    .or(extras.traceparent.as_deref()),
                 baggage: extras.baggage.as_deref(),
                 metadata: extras.metadata.as_deref(),
             },

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::protocol::trace_context::{SAMPLED, TraceParent};
+use crate::protocol::trace_context::{Header, SAMPLED, TraceParent};
 
 /// Who made the call a span covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,14 +32,13 @@ pub(crate) enum Ended {
     Abandoned,
 }
 
-/// A routed call's span, ended.
+/// A routed call's span, ended (its function id comes beside it).
 #[derive(Debug, Clone)]
 pub(crate) struct FinishedSpan {
     pub context: TraceParent,
     pub parent_span_id: Option<u64>,
     pub start: SystemTime,
     pub end: SystemTime,
-    pub function_id: String,
     pub origin: Origin,
     pub ended: Ended,
 }
@@ -47,7 +46,7 @@ pub(crate) struct FinishedSpan {
 /// Where ended spans go. Called once per routed call, possibly under the
 /// mesh's lock: keep it short and never call back into the mesh.
 pub(crate) trait CallTracer: Send + Sync {
-    fn record(&self, span: FinishedSpan);
+    fn record(&self, function_id: &str, span: FinishedSpan);
 }
 
 /// A call's open span, kept with the call until it settles.
@@ -83,21 +82,21 @@ impl CallSpan {
     }
 
     /// What the executor receives as its `traceparent`.
-    pub(crate) fn traceparent(&self) -> String {
+    pub(crate) fn traceparent(&self) -> Header {
         self.context.header()
     }
 
     /// Ends the span with the call's outcome.
     pub(crate) fn end(self, function_id: &str, ended: Ended) {
-        self.tracer.record(FinishedSpan {
+        let span = FinishedSpan {
             context: self.context,
             parent_span_id: self.parent_span_id,
             start: self.start,
             end: SystemTime::now(),
-            function_id: function_id.to_owned(),
             origin: self.origin,
             ended,
-        });
+        };
+        self.tracer.record(function_id, span);
     }
 }
 

@@ -24,12 +24,12 @@ use tokio::sync::mpsc;
 
 use super::ObservabilityError;
 use super::config::OtelConfig;
-use super::records::ENGINE_SCOPE;
-use crate::mesh::spans::{Ended, FinishedSpan, Origin};
+use super::records::{ENGINE_SCOPE, EngineSpan};
+use crate::mesh::spans::{Ended, Origin};
 
 /// What waits for export.
 pub(crate) enum Outgoing {
-    Engine(FinishedSpan),
+    Engine(EngineSpan),
     Workers(Box<ExportTraceServiceRequest>),
 }
 
@@ -196,7 +196,12 @@ impl Sender {
     }
 }
 
-fn engine_span(s: FinishedSpan) -> SpanData {
+fn engine_span(
+    EngineSpan {
+        function_id,
+        span: s,
+    }: EngineSpan,
+) -> SpanData {
     let status = match &s.ended {
         Ended::Ok => Status::Ok,
         Ended::Error(code) => Status::error(code.clone()),
@@ -217,10 +222,10 @@ fn engine_span(s: FinishedSpan) -> SpanData {
         parent_span_id: s.parent_span_id.map_or(SpanId::INVALID, SpanId::from),
         parent_span_is_remote: s.parent_span_id.is_some(),
         span_kind: kind,
-        name: Cow::Owned(format!("call {}", s.function_id)),
+        name: Cow::Owned(format!("call {function_id}")),
         start_time: s.start,
         end_time: s.end,
-        attributes: vec![KeyValue::new("function_id", s.function_id)],
+        attributes: vec![KeyValue::new("function_id", function_id.to_string())],
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
         links: SpanLinks::default(),

@@ -409,9 +409,9 @@ fn metrics_list(o: &Observability, mesh: &Mesh, _: &CallCtx, input: Value) -> Re
     let (mut durations, mut by_function) = (Vec::new(), BTreeMap::<String, u64>::new());
     for r in lock(&o.inner.spans).iter() {
         if let SpanRecord::Engine(s) = r {
-            let took = s.end.duration_since(s.start).unwrap_or_default();
+            let took = s.span.end.duration_since(s.span.start).unwrap_or_default();
             durations.push(took.as_secs_f64() * 1000.0);
-            *by_function.entry(s.function_id.clone()).or_default() += 1;
+            *by_function.entry(s.function_id.to_string()).or_default() += 1;
         }
     }
     durations.sort_by(f64::total_cmp);

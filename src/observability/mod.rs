@@ -40,7 +40,7 @@ use crate::mesh::spans::{CallTracer, Ended, FinishedSpan};
 use crate::module::Module;
 use ingest::{Frame, Kind};
 use recent::Recent;
-use records::{SpanRecord, StoredLog, StoredMetric};
+use records::{EngineSpan, Names, SpanRecord, StoredLog, StoredMetric};
 
 /// Where worker log lines go in the engine's log (filter on it with `RUST_LOG`).
 pub(crate) const WORKER_LOG_TARGET: &str = "qmesh::worker_log";
@@ -66,6 +66,7 @@ struct Telemetry {
     /// `service.name` of the engine's own spans.
     service: String,
     spans: Mutex<Recent<SpanRecord>>,
+    names: Mutex<Names>,
     logs: Mutex<Recent<StoredLog>>,
     metrics: Mutex<Recent<StoredMetric>>,
     counts: Counts,
@@ -112,6 +113,7 @@ impl Observability {
         Ok(Self {
             inner: Arc::new(Telemetry {
                 spans: Mutex::new(Recent::new(config.max_spans, config.max_age)),
+                names: Mutex::default(),
                 logs: Mutex::new(Recent::new(config.max_logs, config.max_age)),
                 metrics: Mutex::new(Recent::new(config.max_metrics, config.max_age)),
                 config,
@@ -185,13 +187,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl CallTracer for Telemetry {
-    fn record(&self, span: FinishedSpan) {
+    fn record(&self, function_id: &str, span: FinishedSpan) {
         let slot = match span.ended {
             Ended::Ok => 0,
             Ended::Error(_) => 1,
             Ended::Abandoned => 2,
         };
         self.counts.calls[slot].fetch_add(1, Ordering::Relaxed);
+        let function_id = lock(&self.names).get(function_id);
+        let span = EngineSpan { function_id, span };
         if let Some(x) = &self.exporter {
             x.offer(export::Outgoing::Engine(span.clone()));
         }

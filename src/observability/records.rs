@@ -4,6 +4,7 @@
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::mesh::spans::{Ended, FinishedSpan, Origin};
@@ -65,8 +66,16 @@ impl StoredSpan {
 /// A span as kept: the engine's own stay compact until someone reads them
 /// (one per routed call, so they cost a copy of the function id and no more).
 pub(crate) enum SpanRecord {
-    Engine(FinishedSpan),
+    Engine(EngineSpan),
     Worker(Box<StoredSpan>),
+}
+
+/// The engine's span for one routed call, with its function id (shared
+/// between the spans of one function: see `Names`).
+#[derive(Debug, Clone)]
+pub(crate) struct EngineSpan {
+    pub function_id: Arc<str>,
+    pub span: FinishedSpan,
 }
 
 /// Names the engine's spans carry, the way iii names its invocation spans.
@@ -84,12 +93,13 @@ impl SpanRecord {
         match self {
             SpanRecord::Worker(s) => s.trace_id == trace_id,
             SpanRecord::Engine(s) => u128::from_str_radix(trace_id, 16)
-                .is_ok_and(|id| id == s.context.trace_id && trace_id.len() == 32),
+                .is_ok_and(|id| id == s.span.context.trace_id && trace_id.len() == 32),
         }
     }
 }
 
-fn engine_span_view(s: &FinishedSpan, service: &str) -> StoredSpan {
+fn engine_span_view(e: &EngineSpan, service: &str) -> StoredSpan {
+    let s = &e.span;
     let (status, status_description) = match &s.ended {
         Ended::Ok => ("ok", None),
         Ended::Error(code) => ("error", Some(code.clone())),
@@ -103,13 +113,13 @@ fn engine_span_view(s: &FinishedSpan, service: &str) -> StoredSpan {
         trace_id: format!("{:032x}", s.context.trace_id),
         span_id: format!("{:016x}", s.context.span_id),
         parent_span_id: s.parent_span_id.map(|p| format!("{p:016x}")),
-        name: format!("call {}", s.function_id),
+        name: format!("call {}", e.function_id),
         start_time_unix_nano: unix_nanos(s.start),
         end_time_unix_nano: unix_nanos(s.end),
         status: status.to_owned(),
         status_description,
         attributes: vec![
-            ("function_id".to_owned(), s.function_id.clone()),
+            ("function_id".to_owned(), e.function_id.to_string()),
             ("span.kind".to_owned(), kind.to_owned()),
         ],
         service_name: service.to_owned(),
@@ -191,4 +201,25 @@ pub(crate) struct HistogramPoint {
     pub max: Option<f64>,
     pub attributes: Vec<(String, String)>,
     pub timestamp_unix_nano: u64,
+}
+
+/// Function ids shared by the spans that name them, so ending a span
+/// allocates nothing for a function seen before. Bounded: past `MAX`
+/// distinct ids a span gets its own copy.
+#[derive(Default)]
+pub(crate) struct Names(HashMap<Box<str>, Arc<str>>);
+
+impl Names {
+    const MAX: usize = 10_000;
+
+    pub(crate) fn get(&mut self, id: &str) -> Arc<str> {
+        if let Some(name) = self.0.get(id) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(id);
+        if self.0.len() < Self::MAX {
+            self.0.insert(Box::from(id), name.clone());
+        }
+        name
+    }
 }

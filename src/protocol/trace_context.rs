@@ -54,9 +54,36 @@ impl TraceParent {
         })
     }
 
-    /// The header naming this span as the parent of the next one.
-    pub fn header(&self) -> String {
-        self.to_string()
+    /// The header naming this span as the parent of the next one, written
+    /// on the stack (one per routed call: no allocation).
+    pub fn header(&self) -> Header {
+        let mut b = [b'-'; HEADER_LEN];
+        b[..2].copy_from_slice(b"00");
+        hex_into(&mut b[3..35], self.trace_id);
+        hex_into(&mut b[36..52], u128::from(self.span_id));
+        hex_into(&mut b[53..55], u128::from(self.flags));
+        Header(b)
+    }
+}
+
+const HEADER_LEN: usize = 55;
+
+/// A version-00 `traceparent` header's text.
+#[derive(Clone, Copy)]
+pub struct Header([u8; HEADER_LEN]);
+
+impl Header {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits and dashes")
+    }
+}
+
+/// The low `out.len()` hex digits of `v`, most significant first.
+fn hex_into(out: &mut [u8], mut v: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
     }
 }
 
@@ -86,7 +113,8 @@ mod tests {
         assert_eq!(tp.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(tp.span_id, 0x00f067aa0ba902b7);
         assert_eq!(tp.flags, SAMPLED);
-        assert_eq!(tp.header(), h);
+        assert_eq!(tp.header().as_str(), h);
+        assert_eq!(tp.to_string(), h);
     }
 
     #[test]
