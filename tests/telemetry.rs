@@ -273,6 +273,57 @@ async fn a_call_without_traceparent_starts_a_trace_and_a_failure_is_an_error_spa
 }
 
 #[tokio::test]
+async fn an_http_request_continues_the_clients_trace_to_its_handler() {
+    let engine = TestEngine::start().await;
+    let mut w = engine.worker_with("web", &["web::hello"]).await;
+    let before = engine.http_routes();
+    w.send(
+        json!({"type":"registertrigger","id":uuid::Uuid::new_v4().to_string(),"trigger_type":"http",
+        "function_id":"web::hello","config":{"api_path":"hello","http_method":"GET"}}),
+    )
+    .await;
+    wait_until("route live", WAIT, async || engine.http_routes() > before).await;
+
+    let client_span = "00f067aa0ba902b7";
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let request = reqwest::Client::new()
+        .get(format!("http://{}/hello", engine.http_addr()))
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .header("baggage", "tenant=acme")
+        .send();
+    let served = tokio::spawn(request);
+    let inv = w
+        .recv_until("invoke", |v| v["type"] == "invokefunction")
+        .await;
+    let tp = inv["traceparent"].as_str().expect("traceparent").to_owned();
+    assert_eq!(tp.split('-').nth(1), Some(trace_id), "{tp}");
+    assert_eq!(inv["baggage"], "tenant=acme");
+    w.send(
+        json!({"type":"invocationresult","invocation_id":inv["invocation_id"],
+        "function_id":"web::hello","result":{"status_code":200,"body":{"hi":true}}}),
+    )
+    .await;
+    assert_eq!(served.await.unwrap().unwrap().status(), 200);
+
+    // The engine's span for the request: the client's span is its parent,
+    // and it is the handler's parent.
+    let tree = engine_fn(
+        &mut w,
+        "engine::traces::tree",
+        json!({"trace_id": trace_id}),
+    )
+    .await;
+    let span = &tree["roots"][0];
+    assert_eq!(span["name"], "call web::hello", "{tree}");
+    assert_eq!(span["parent_span_id"], client_span);
+    assert_eq!(
+        Some(span["span_id"].as_str().unwrap()),
+        tp.split('-').nth(2)
+    );
+    engine.stop().await;
+}
+
+#[tokio::test]
 async fn engine_log_lines_are_listed_with_their_trace() {
     let engine = TestEngine::start().await;
     let mut w = RawClient::worker(&engine.url, "logger").await;
