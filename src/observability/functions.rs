@@ -160,12 +160,13 @@ struct TracesList {
 }
 
 fn spans_of(o: &Observability, trace_id: Option<&str>) -> Vec<StoredSpan> {
-    let service = &o.inner.service;
-    let mut kept = lock(&o.inner.spans);
-    kept.iter()
+    let records: Vec<SpanRecord> = lock(&o.inner.spans)
+        .iter()
         .filter(|r| trace_id.is_none_or(|t| r.trace_id_is(t)))
-        .map(|r: &SpanRecord| r.view(service))
-        .collect()
+        .cloned()
+        .collect();
+    let service = &o.inner.service;
+    records.iter().map(|r| r.view(service)).collect()
 }
 
 fn contains(haystack: &str, needle: &str) -> bool {
@@ -406,12 +407,17 @@ fn metrics_list(o: &Observability, mesh: &Mesh, _: &CallCtx, input: Value) -> Re
     let c = &o.inner.counts;
     let [ok, error, abandoned] = [0, 1, 2].map(|i| c.calls[i].load(Ordering::Relaxed));
     // Durations and per-function counts from the engine's spans still kept.
-    let (mut durations, mut by_function) = (Vec::new(), BTreeMap::<String, u64>::new());
-    for r in lock(&o.inner.spans).iter() {
+    let engine_spans: Vec<SpanRecord> = lock(&o.inner.spans)
+        .iter()
+        .filter(|r| matches!(r, SpanRecord::Engine(_)))
+        .cloned()
+        .collect();
+    let (mut durations, mut by_function) = (Vec::new(), BTreeMap::<&str, u64>::new());
+    for r in &engine_spans {
         if let SpanRecord::Engine(s) = r {
             let took = s.span.end.duration_since(s.span.start).unwrap_or_default();
             durations.push(took.as_secs_f64() * 1000.0);
-            *by_function.entry(s.function_id.to_string()).or_default() += 1;
+            *by_function.entry(&s.function_id).or_default() += 1;
         }
     }
     durations.sort_by(f64::total_cmp);

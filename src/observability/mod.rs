@@ -153,7 +153,7 @@ impl Observability {
                 {
                     let mut kept = lock(&t.spans);
                     for s in spans {
-                        kept.push(SpanRecord::Worker(Box::new(s)));
+                        kept.push(SpanRecord::Worker(Arc::new(s)));
                     }
                 }
                 if let Some(x) = &t.exporter {

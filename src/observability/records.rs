@@ -64,10 +64,13 @@ impl StoredSpan {
 }
 
 /// A span as kept: the engine's own stay compact until someone reads them
-/// (one per routed call, so they cost a copy of the function id and no more).
+/// (one per routed call). Cheap to clone, so a reader copies what it needs
+/// under the lock and builds views after releasing it: the router records
+/// spans under the mesh's lock and must not wait behind a long read.
+#[derive(Clone)]
 pub(crate) enum SpanRecord {
     Engine(EngineSpan),
-    Worker(Box<StoredSpan>),
+    Worker(Arc<StoredSpan>),
 }
 
 /// The engine's span for one routed call, with its function id (shared
