@@ -479,6 +479,66 @@ async fn bad_telemetry_frames_are_refused_and_counted_good_ones_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_logs_and_metrics_are_relayed_to_the_collector_with_their_resource() {
+    let receiver = OtlpReceiver::start().await;
+    let engine = engine_exporting_to(&receiver).await;
+    let (mut otel, _) = tokio_tungstenite::connect_async(format!("{}/otel", engine.url))
+        .await
+        .expect("/otel");
+    let resource = r#"{"attributes":[{"key":"service.name","value":{"stringValue":"billing"}}]}"#;
+    let logs = format!(
+        r#"LOGS{{"resourceLogs":[{{"resource":{resource},"scopeLogs":[{{"logRecords":[{{"timeUnixNano":"5","severityNumber":13,"severityText":"WARN","body":{{"stringValue":"card declined"}}}}]}}]}}]}}"#
+    );
+    // As the Python SDK writes them: 64-bit integers as strings.
+    let metrics = format!(
+        r#"MTRC{{"resourceMetrics":[{{"resource":{resource},"scopeMetrics":[{{"metrics":[{{"name":"charges","sum":{{"dataPoints":[{{"timeUnixNano":"6","asInt":"41"}}],"aggregationTemporality":2,"isMonotonic":true}}}}]}}]}}]}}"#
+    );
+    for frame in [logs, metrics] {
+        otel.send(Message::Binary(frame.into_bytes().into()))
+            .await
+            .unwrap();
+    }
+    let service = |r: Option<&opentelemetry_proto::tonic::resource::v1::Resource>| {
+        r.and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+            .and_then(|kv| kv.value.as_ref())
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default()
+    };
+    let (logs, metrics) = wait_for("logs and metrics at the collector", WAIT, async || {
+        match (receiver.logs(), receiver.metrics()) {
+            (l, m) if !l.is_empty() && !m.is_empty() => Ok((l, m)),
+            (l, m) => Err(format!("{} logs, {} metrics requests", l.len(), m.len())),
+        }
+    })
+    .await;
+    let rl = &logs[0].resource_logs[0];
+    assert!(service(rl.resource.as_ref()).contains("billing"));
+    let record = &rl.scope_logs[0].log_records[0];
+    assert_eq!(record.severity_text, "WARN");
+    assert!(format!("{:?}", record.body).contains("card declined"));
+    let rm = &metrics[0].resource_metrics[0];
+    assert!(service(rm.resource.as_ref()).contains("billing"));
+    let metric = &rm.scope_metrics[0].metrics[0];
+    assert_eq!(metric.name, "charges");
+    assert!(
+        format!("{:?}", metric.data).contains("AsInt(41)"),
+        "{:?}",
+        metric.data
+    );
+
+    let s = scrape(&engine).await;
+    for signal in ["logs", "metrics"] {
+        let exported = [("signal", signal), ("outcome", "exported")];
+        assert_eq!(
+            counter(&s, "qmesh_otlp_records_total", &exported),
+            1.0,
+            "{signal}"
+        );
+    }
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_costs_spans_never_calls() {
     // A port nothing listens on: every export fails fast.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -511,17 +571,16 @@ async fn a_collector_that_is_down_costs_spans_never_calls() {
         WAIT,
         async || {
             let s = scrape(&engine).await;
-            let lost = counter(&s, "qmesh_otlp_spans_total", &[("outcome", "failed")])
-                + counter(&s, "qmesh_otlp_spans_total", &[("outcome", "dropped")]);
+            let spans = |outcome| [("signal", "spans"), ("outcome", outcome)];
+            let lost = counter(&s, "qmesh_otlp_records_total", &spans("failed"))
+                + counter(&s, "qmesh_otlp_records_total", &spans("dropped"));
             lost == f64::from(calls)
         },
     )
     .await;
     let s = scrape(&engine).await;
-    assert_eq!(
-        counter(&s, "qmesh_otlp_spans_total", &[("outcome", "exported")]),
-        0.0
-    );
+    let exported = [("signal", "spans"), ("outcome", "exported")];
+    assert_eq!(counter(&s, "qmesh_otlp_records_total", &exported), 0.0);
     let health = engine_fn(&mut caller, "engine::health::check", json!({})).await;
     assert_eq!(
         health["components"]["otel"]["status"], "healthy",

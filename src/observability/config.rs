@@ -52,16 +52,18 @@ impl ObservabilityConfig {
     }
 }
 
-/// `[otel]`: OTLP/HTTP export of the engine's spans and the workers'.
+/// `[otel]`: OTLP/HTTP export of the engine's spans and the workers' spans,
+/// logs and metrics.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OtelConfig {
-    /// The collector's OTLP/HTTP base address (`http://collector:4318`);
-    /// spans go to `<endpoint>/v1/traces`. Unset: no export.
+    /// The collector's OTLP/HTTP base address (`http://collector:4318`):
+    /// `<endpoint>/v1/traces`, `/v1/logs`, `/v1/metrics`. Unset: no export.
     pub endpoint: Option<String>,
     /// `service.name` of the engine's own spans.
     pub service_name: String,
-    /// Spans waiting for export; past it, new ones are dropped (and counted).
+    /// Engine spans and workers' requests waiting for export; past it, new
+    /// ones are dropped (and counted).
     pub queue_size: usize,
     /// Spans sent in one request.
     pub batch_size: usize,

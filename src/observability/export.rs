@@ -1,24 +1,37 @@
-//! OTLP/HTTP export (`[otel] endpoint`): the engine's spans and the spans
-//! workers send on `/otel`, through opentelemetry-otlp's span exporter
-//! (protobuf over the hyper client).
+//! OTLP/HTTP export (`[otel] endpoint`): the engine's spans, and what
+//! workers send on `/otel`. Spans go through opentelemetry-otlp's span
+//! exporter (protobuf over the hyper client; a worker's keep its resource).
+//! The workers' logs and metrics arrive as whole OTLP export requests,
+//! already decoded into opentelemetry-proto's messages: they are relayed as
+//! they came (protobuf, to `/v1/logs` and `/v1/metrics`) with the same HTTP
+//! client, since the SDK's log and metric exporters only take records made
+//! by its own providers.
 //!
-//! Routing never waits for it: spans are offered to a bounded queue with
-//! `try_send`; when the queue is full (the collector is slow or down) they
-//! are dropped and counted, and a batch the collector refuses is counted as
-//! failed. Both counts are on `/metrics`.
+//! Routing never waits for it: everything is offered to a bounded queue
+//! with `try_send` (and workers' requests also to a bound on their bytes);
+//! what does not fit is dropped and counted, and what the collector does
+//! not take (down, refusing, too slow) is counted as failed. The counts are
+//! on `/metrics`, per signal.
 
+use axum::http::{Request, header};
+use bytes::Bytes;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_http::HttpClient;
+use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use prost::Message;
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
@@ -27,51 +40,138 @@ use super::config::OtelConfig;
 use super::records::{ENGINE_SCOPE, EngineSpan};
 use crate::mesh::spans::{Ended, Origin};
 
-/// What waits for export.
+/// Bytes of workers' requests waiting for export, at most (a request is
+/// up to a WebSocket message; the item bound alone would not bound memory).
+const MAX_QUEUED_BYTES: usize = 32 << 20;
+
+/// What waits for export. A worker's request carries its frame's size.
 pub(crate) enum Outgoing {
     Engine(EngineSpan),
-    Workers(Box<ExportTraceServiceRequest>),
+    Spans(Box<ExportTraceServiceRequest>, usize),
+    Logs(Box<ExportLogsServiceRequest>, usize),
+    Metrics(Box<ExportMetricsServiceRequest>, usize),
 }
 
-impl Outgoing {
-    fn spans(&self) -> u64 {
+/// What is exported: the label of the counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Signal {
+    Spans,
+    Logs,
+    Metrics,
+}
+
+impl Signal {
+    pub(crate) const ALL: [Signal; 3] = [Signal::Spans, Signal::Logs, Signal::Metrics];
+
+    pub(crate) fn label(self) -> &'static str {
         match self {
-            Outgoing::Engine(_) => 1,
-            Outgoing::Workers(req) => req
-                .resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .map(|s| s.spans.len() as u64)
-                .sum(),
+            Signal::Spans => "spans",
+            Signal::Logs => "logs",
+            Signal::Metrics => "metrics",
         }
     }
 }
 
+impl Outgoing {
+    fn signal(&self) -> Signal {
+        match self {
+            Outgoing::Engine(_) | Outgoing::Spans(..) => Signal::Spans,
+            Outgoing::Logs(..) => Signal::Logs,
+            Outgoing::Metrics(..) => Signal::Metrics,
+        }
+    }
+
+    /// Records it carries (spans, log records, metric data points).
+    fn records(&self) -> u64 {
+        match self {
+            Outgoing::Engine(_) => 1,
+            Outgoing::Spans(req, _) => spans_in(req),
+            Outgoing::Logs(req, _) => req
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .map(|s| s.log_records.len() as u64)
+                .sum(),
+            Outgoing::Metrics(req, _) => req
+                .resource_metrics
+                .iter()
+                .flat_map(|r| &r.scope_metrics)
+                .map(|s| s.metrics.len() as u64)
+                .sum(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Outgoing::Engine(_) => 0,
+            Outgoing::Spans(_, n) | Outgoing::Logs(_, n) | Outgoing::Metrics(_, n) => *n,
+        }
+    }
+}
+
+fn spans_in(req: &ExportTraceServiceRequest) -> u64 {
+    req.resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len() as u64)
+        .sum()
+}
+
+/// Records of one signal: exported, dropped (the queue was full) and
+/// failed (the collector did not take them).
+#[derive(Default)]
+pub(crate) struct SignalCounts {
+    pub exported: AtomicU64,
+    pub dropped: AtomicU64,
+    pub failed: AtomicU64,
+}
+
 #[derive(Default)]
 pub(crate) struct ExportCounts {
-    pub exported: AtomicU64,
-    /// Dropped because the queue was full.
-    pub dropped: AtomicU64,
-    /// In batches the collector did not take (down, refused, timed out).
-    pub failed: AtomicU64,
+    spans: SignalCounts,
+    logs: SignalCounts,
+    metrics: SignalCounts,
+}
+
+impl ExportCounts {
+    pub(crate) fn of(&self, signal: Signal) -> &SignalCounts {
+        match signal {
+            Signal::Spans => &self.spans,
+            Signal::Logs => &self.logs,
+            Signal::Metrics => &self.metrics,
+        }
+    }
 }
 
 /// The producers' end: cheap to offer to, never blocks.
 pub(crate) struct Exporter {
     tx: mpsc::Sender<Outgoing>,
+    queued_bytes: Arc<AtomicUsize>,
     pub counts: Arc<ExportCounts>,
 }
 
 impl Exporter {
     pub(crate) fn offer(&self, item: Outgoing) {
+        let bytes = item.bytes();
+        if bytes > 0 {
+            let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+            if before + bytes > MAX_QUEUED_BYTES {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                return self.drop_counted(&item);
+            }
+        }
         if let Err(e) = self.tx.try_send(item) {
             let item = match e {
                 mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
             };
-            self.counts
-                .dropped
-                .fetch_add(item.spans(), Ordering::Relaxed);
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.drop_counted(&item);
         }
+    }
+
+    fn drop_counted(&self, item: &Outgoing) {
+        let counts = self.counts.of(item.signal());
+        counts.dropped.fetch_add(item.records(), Ordering::Relaxed);
     }
 }
 
@@ -92,25 +192,47 @@ pub(crate) fn start(
         })?;
     let (tx, rx) = mpsc::channel(config.queue_size);
     let counts = Arc::new(ExportCounts::default());
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let base = config
+        .endpoint
+        .as_deref()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_owned();
     let engine = Resource::builder_empty()
         .with_service_name(config.service_name.clone())
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
     let sender = Sender {
         exporter,
+        relay: HyperClient::with_default_connector(config.timeout, None),
+        base,
         engine,
         counts: counts.clone(),
+        queued_bytes: queued_bytes.clone(),
         url,
         failing: false,
     };
     let task = sender.run(rx, config.batch_size, config.flush_interval);
-    Ok((Exporter { tx, counts }, task))
+    Ok((
+        Exporter {
+            tx,
+            queued_bytes,
+            counts,
+        },
+        task,
+    ))
 }
 
 struct Sender {
     exporter: opentelemetry_otlp::SpanExporter,
+    /// Posts workers' logs and metrics as they came.
+    relay: HyperClient,
+    /// The collector's base address (`[otel] endpoint`).
+    base: String,
     engine: Resource,
     counts: Arc<ExportCounts>,
+    queued_bytes: Arc<AtomicUsize>,
     url: String,
     /// Whether the last batch failed (logged on change only).
     failing: bool,
@@ -138,9 +260,20 @@ impl Sender {
         let mut engine = Vec::new();
         let mut workers = Vec::new();
         for item in items {
+            self.queued_bytes.fetch_sub(item.bytes(), Ordering::Relaxed);
+            let records = item.records();
             match item {
                 Outgoing::Engine(s) => engine.push(engine_span(s)),
-                Outgoing::Workers(req) => workers.push(req),
+                Outgoing::Spans(req, _) => workers.push(req),
+                Outgoing::Logs(req, _) => {
+                    let body = req.encode_to_vec();
+                    self.post("/v1/logs", body, Signal::Logs, records).await;
+                }
+                Outgoing::Metrics(req, _) => {
+                    let body = req.encode_to_vec();
+                    self.post("/v1/metrics", body, Signal::Metrics, records)
+                        .await;
+                }
             }
         }
         if !engine.is_empty() {
@@ -177,18 +310,41 @@ impl Sender {
 
     async fn export(&mut self, spans: Vec<SpanData>) {
         let n = spans.len() as u64;
-        match self.exporter.export(spans).await {
+        let outcome = self.exporter.export(spans).await.map_err(|e| e.to_string());
+        self.count(Signal::Spans, n, outcome);
+    }
+
+    /// Relays a worker's export request (protobuf) to `<endpoint><path>`.
+    async fn post(&mut self, path: &str, body: Vec<u8>, signal: Signal, records: u64) {
+        let url = format!("{}{path}", self.base);
+        let request = Request::post(&url)
+            .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Bytes::from(body));
+        let outcome = match request {
+            Err(e) => Err(e.to_string()),
+            Ok(request) => match self.relay.send_bytes(request).await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("{url} answered {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        self.count(signal, records, outcome);
+    }
+
+    fn count(&mut self, signal: Signal, records: u64, outcome: Result<(), String>) {
+        let counts = self.counts.of(signal);
+        match outcome {
             Ok(()) => {
-                self.counts.exported.fetch_add(n, Ordering::Relaxed);
+                counts.exported.fetch_add(records, Ordering::Relaxed);
                 if self.failing {
                     tracing::info!(url = %self.url, "OTLP export works again");
                     self.failing = false;
                 }
             }
             Err(e) => {
-                self.counts.failed.fetch_add(n, Ordering::Relaxed);
+                counts.failed.fetch_add(records, Ordering::Relaxed);
                 if !self.failing {
-                    tracing::warn!(url = %self.url, error = %e, "OTLP export failed; spans are dropped (and counted) until it works");
+                    tracing::warn!(url = %self.url, error = %e, "OTLP export failed; telemetry is dropped (and counted) until it works");
                     self.failing = true;
                 }
             }

@@ -472,9 +472,15 @@ fn health_check(o: &Observability, _: &Mesh, _: &CallCtx, input: Value) -> Reply
             "enabled": true,
             "service_name": t.service,
             "exporter": "otlp_http",
-            "exported_spans": x.counts.exported.load(Ordering::Relaxed),
-            "dropped_spans": x.counts.dropped.load(Ordering::Relaxed),
-            "failed_spans": x.counts.failed.load(Ordering::Relaxed),
+            "records": super::export::Signal::ALL.map(|s| {
+                let c = x.counts.of(s);
+                json!({
+                    "signal": s.label(),
+                    "exported": c.exported.load(Ordering::Relaxed),
+                    "dropped": c.dropped.load(Ordering::Relaxed),
+                    "failed": c.failed.load(Ordering::Relaxed),
+                })
+            }),
         })),
         None => json!({"status": "disabled", "details": null}),
     };

@@ -157,21 +157,31 @@ impl Observability {
                     }
                 }
                 if let Some(x) = &t.exporter {
-                    x.offer(export::Outgoing::Workers(Box::new(req)));
+                    x.offer(export::Outgoing::Spans(Box::new(req), frame.len()));
                 }
             }
             Frame::Metrics(req) => {
                 t.counts.frames[1].fetch_add(1, Ordering::Relaxed);
-                let mut kept = lock(&t.metrics);
-                for m in ingest::metrics(&req) {
-                    kept.push(m);
+                {
+                    let mut kept = lock(&t.metrics);
+                    for m in ingest::metrics(&req) {
+                        kept.push(m);
+                    }
+                }
+                if let Some(x) = &t.exporter {
+                    x.offer(export::Outgoing::Metrics(Box::new(req), frame.len()));
                 }
             }
             Frame::Logs(req) => {
                 t.counts.frames[2].fetch_add(1, Ordering::Relaxed);
-                let mut kept = lock(&t.logs);
-                for l in ingest::logs(&req) {
-                    kept.push(l);
+                {
+                    let mut kept = lock(&t.logs);
+                    for l in ingest::logs(&req) {
+                        kept.push(l);
+                    }
+                }
+                if let Some(x) = &t.exporter {
+                    x.offer(export::Outgoing::Logs(Box::new(req), frame.len()));
                 }
             }
         }
@@ -211,6 +221,7 @@ struct FrameLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExportLabels {
+    signal: &'static str,
     outcome: &'static str,
 }
 
@@ -286,18 +297,24 @@ impl Module for Observability {
         );
         if let Some(x) = &self.inner.exporter {
             let exported = Family::<ExportLabels, Counter>::default();
-            for (outcome, n) in [
-                ("exported", &x.counts.exported),
-                ("dropped", &x.counts.dropped),
-                ("failed", &x.counts.failed),
-            ] {
-                exported
-                    .get_or_create(&ExportLabels { outcome })
-                    .inc_by(n.load(Ordering::Relaxed));
+            for signal in export::Signal::ALL {
+                let counts = x.counts.of(signal);
+                for (outcome, n) in [
+                    ("exported", &counts.exported),
+                    ("dropped", &counts.dropped),
+                    ("failed", &counts.failed),
+                ] {
+                    exported
+                        .get_or_create(&ExportLabels {
+                            signal: signal.label(),
+                            outcome,
+                        })
+                        .inc_by(n.load(Ordering::Relaxed));
+                }
             }
             r.register(
-                "otlp_spans",
-                "Spans offered to OTLP export: exported, dropped (queue full) or failed (collector down or refusing)",
+                "otlp_records",
+                "Telemetry offered to OTLP export (spans, log records, metrics), by outcome: exported, dropped (the queue was full) or failed (the collector was down or refused it)",
                 exported,
             );
         }

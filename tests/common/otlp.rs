@@ -1,12 +1,15 @@
 //! An OTLP/HTTP receiver for the tests: a collector's `POST /v1/traces`,
-//! decoding each protobuf body with the OpenTelemetry project's own types
-//! (opentelemetry-proto, prost) and keeping every span with its service.
+//! `/v1/logs` and `/v1/metrics`, decoding each protobuf body with the
+//! OpenTelemetry project's own types (opentelemetry-proto, prost) and keeping
+//! every span with its service, and every log and metrics request whole.
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -38,24 +41,35 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+#[derive(Default)]
+struct Kept {
+    spans: Vec<Received>,
+    logs: Vec<ExportLogsServiceRequest>,
+    metrics: Vec<ExportMetricsServiceRequest>,
+}
+
+type Shared = Arc<Mutex<Kept>>;
+
 pub struct OtlpReceiver {
     pub addr: SocketAddr,
-    spans: Arc<Mutex<Vec<Received>>>,
+    kept: Shared,
     task: JoinHandle<()>,
 }
 
 impl OtlpReceiver {
     pub async fn start() -> Self {
-        let spans = Arc::new(Mutex::new(Vec::new()));
+        let kept = Shared::default();
         let app = Router::new()
             .route("/v1/traces", post(traces))
-            .with_state(spans.clone());
+            .route("/v1/logs", post(logs))
+            .route("/v1/metrics", post(metrics))
+            .with_state(kept.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("OTLP receiver");
         });
-        Self { addr, spans, task }
+        Self { addr, kept, task }
     }
 
     /// `[otel] endpoint` for an engine exporting here.
@@ -65,7 +79,17 @@ impl OtlpReceiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Received> {
-        self.spans.lock().unwrap().clone()
+        self.kept.lock().unwrap().spans.clone()
+    }
+
+    /// Every logs request received so far.
+    pub fn logs(&self) -> Vec<ExportLogsServiceRequest> {
+        self.kept.lock().unwrap().logs.clone()
+    }
+
+    /// Every metrics request received so far.
+    pub fn metrics(&self) -> Vec<ExportMetricsServiceRequest> {
+        self.kept.lock().unwrap().metrics.clone()
     }
 }
 
@@ -75,11 +99,31 @@ impl Drop for OtlpReceiver {
     }
 }
 
-async fn traces(State(spans): State<Arc<Mutex<Vec<Received>>>>, body: Bytes) -> StatusCode {
+async fn logs(State(kept): State<Shared>, body: Bytes) -> StatusCode {
+    match ExportLogsServiceRequest::decode(body) {
+        Ok(req) => {
+            kept.lock().unwrap().logs.push(req);
+            StatusCode::OK
+        }
+        Err(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+async fn metrics(State(kept): State<Shared>, body: Bytes) -> StatusCode {
+    match ExportMetricsServiceRequest::decode(body) {
+        Ok(req) => {
+            kept.lock().unwrap().metrics.push(req);
+            StatusCode::OK
+        }
+        Err(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+async fn traces(State(kept): State<Shared>, body: Bytes) -> StatusCode {
     let Ok(req) = ExportTraceServiceRequest::decode(body) else {
         return StatusCode::BAD_REQUEST;
     };
-    let mut kept = spans.lock().unwrap();
+    let mut kept = kept.lock().unwrap();
     for rs in req.resource_spans {
         let service = rs
             .resource
@@ -93,7 +137,7 @@ async fn traces(State(spans): State<Arc<Mutex<Vec<Received>>>>, body: Bytes) -> 
             .unwrap_or_default();
         for ss in rs.scope_spans {
             for span in ss.spans {
-                kept.push(Received {
+                kept.spans.push(Received {
                     service: service.clone(),
                     span,
                 });
