@@ -479,7 +479,7 @@ async fn bad_telemetry_frames_are_refused_and_counted_good_ones_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_logs_and_metrics_are_relayed_to_the_collector_with_their_resource() {
+async fn logs_and_metrics_reach_the_collector_with_their_resource() {
     let receiver = OtlpReceiver::start().await;
     let engine = engine_exporting_to(&receiver).await;
     let (mut otel, _) = tokio_tungstenite::connect_async(format!("{}/otel", engine.url))
@@ -498,6 +498,16 @@ async fn workers_logs_and_metrics_are_relayed_to_the_collector_with_their_resour
             .await
             .unwrap();
     }
+    // And an engine::log line, exported under the calling worker's name.
+    let mut w = RawClient::worker(&engine.url, "ledger").await;
+    let r = w
+        .call(
+            "engine::log::error",
+            json!({"message": "ledger out of balance", "data": {"delta": 3},
+                "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
     let service = |r: Option<&opentelemetry_proto::tonic::resource::v1::Resource>| {
         r.and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
             .and_then(|kv| kv.value.as_ref())
@@ -506,12 +516,29 @@ async fn workers_logs_and_metrics_are_relayed_to_the_collector_with_their_resour
     };
     let (logs, metrics) = wait_for("logs and metrics at the collector", WAIT, async || {
         match (receiver.logs(), receiver.metrics()) {
-            (l, m) if !l.is_empty() && !m.is_empty() => Ok((l, m)),
+            (l, m) if l.len() == 2 && !m.is_empty() => Ok((l, m)),
             (l, m) => Err(format!("{} logs, {} metrics requests", l.len(), m.len())),
         }
     })
     .await;
-    let rl = &logs[0].resource_logs[0];
+    let of = |name: &str| {
+        logs.iter()
+            .flat_map(|r| &r.resource_logs)
+            .find(|rl| service(rl.resource.as_ref()).contains(name))
+            .unwrap_or_else(|| panic!("no logs of {name}: {logs:?}"))
+    };
+    let line = &of("ledger").scope_logs[0].log_records[0];
+    assert_eq!(
+        (line.severity_number, line.severity_text.as_str()),
+        (17, "ERROR")
+    );
+    assert!(format!("{:?}", line.body).contains("ledger out of balance"));
+    assert_eq!(
+        common::otlp::hex(&line.trace_id),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert!(line.attributes.iter().any(|kv| kv.key == "delta"));
+    let rl = of("billing");
     assert!(service(rl.resource.as_ref()).contains("billing"));
     let record = &rl.scope_logs[0].log_records[0];
     assert_eq!(record.severity_text, "WARN");
@@ -527,11 +554,11 @@ async fn workers_logs_and_metrics_are_relayed_to_the_collector_with_their_resour
     );
 
     let s = scrape(&engine).await;
-    for signal in ["logs", "metrics"] {
+    for (signal, records) in [("logs", 2.0), ("metrics", 1.0)] {
         let exported = [("signal", signal), ("outcome", "exported")];
         assert_eq!(
             counter(&s, "qmesh_otlp_records_total", &exported),
-            1.0,
+            records,
             "{signal}"
         );
     }

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use super::ObservabilityError;
 use super::config::OtelConfig;
-use super::records::{ENGINE_SCOPE, EngineSpan};
+use super::records::{ENGINE_SCOPE, EngineSpan, StoredLog};
 use crate::mesh::spans::{Ended, Origin};
 
 /// Bytes of workers' requests waiting for export, at most (a request is
@@ -50,6 +50,8 @@ pub(crate) enum Outgoing {
     Spans(Box<ExportTraceServiceRequest>, usize),
     Logs(Box<ExportLogsServiceRequest>, usize),
     Metrics(Box<ExportMetricsServiceRequest>, usize),
+    /// An `engine::log::*` line.
+    EngineLog(Box<StoredLog>),
 }
 
 /// What is exported: the label of the counts.
@@ -76,7 +78,7 @@ impl Outgoing {
     fn signal(&self) -> Signal {
         match self {
             Outgoing::Engine(_) | Outgoing::Spans(..) => Signal::Spans,
-            Outgoing::Logs(..) => Signal::Logs,
+            Outgoing::Logs(..) | Outgoing::EngineLog(_) => Signal::Logs,
             Outgoing::Metrics(..) => Signal::Metrics,
         }
     }
@@ -84,7 +86,7 @@ impl Outgoing {
     /// Records it carries (spans, log records, metric data points).
     fn records(&self) -> u64 {
         match self {
-            Outgoing::Engine(_) => 1,
+            Outgoing::Engine(_) | Outgoing::EngineLog(_) => 1,
             Outgoing::Spans(req, _) => spans_in(req),
             Outgoing::Logs(req, _) => req
                 .resource_logs
@@ -104,6 +106,7 @@ impl Outgoing {
     fn bytes(&self) -> usize {
         match self {
             Outgoing::Engine(_) => 0,
+            Outgoing::EngineLog(log) => log.body.len(),
             Outgoing::Spans(_, n) | Outgoing::Logs(_, n) | Outgoing::Metrics(_, n) => *n,
         }
     }
@@ -259,6 +262,7 @@ impl Sender {
     async fn send(&mut self, items: Vec<Outgoing>) {
         let mut engine = Vec::new();
         let mut workers = Vec::new();
+        let mut lines = Vec::new();
         for item in items {
             self.queued_bytes.fetch_sub(item.bytes(), Ordering::Relaxed);
             let records = item.records();
@@ -274,7 +278,13 @@ impl Sender {
                     self.post("/v1/metrics", body, Signal::Metrics, records)
                         .await;
                 }
+                Outgoing::EngineLog(log) => lines.push(*log),
             }
+        }
+        if !lines.is_empty() {
+            let n = lines.len() as u64;
+            let body = log_request(lines).encode_to_vec();
+            self.post("/v1/logs", body, Signal::Logs, n).await;
         }
         if !engine.is_empty() {
             self.export(engine).await;
@@ -477,4 +487,95 @@ fn worker_span(
         status,
         instrumentation_scope: scope.unwrap_or_default(),
     })
+}
+
+/// `engine::log::*` lines as one OTLP logs request, a resource per
+/// service (the calling worker's name).
+fn log_request(lines: Vec<StoredLog>) -> ExportLogsServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::{InstrumentationScope as Scope, KeyValue as Kv};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+    use std::collections::BTreeMap;
+
+    let text = |s: String| AnyValue {
+        value: Some(any_value::Value::StringValue(s)),
+    };
+    let mut by_service: BTreeMap<String, Vec<LogRecord>> = BTreeMap::new();
+    for l in lines {
+        let attributes = l
+            .attributes
+            .into_iter()
+            .map(|(key, v)| {
+                let value = match v {
+                    serde_json::Value::String(s) => any_value::Value::StringValue(s),
+                    serde_json::Value::Bool(b) => any_value::Value::BoolValue(b),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => any_value::Value::IntValue(i),
+                        None => any_value::Value::DoubleValue(n.as_f64().unwrap_or(f64::NAN)),
+                    },
+                    other => any_value::Value::StringValue(other.to_string()),
+                };
+                Kv {
+                    key,
+                    value: Some(AnyValue { value: Some(value) }),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let record = LogRecord {
+            time_unix_nano: l.timestamp_unix_nano,
+            observed_time_unix_nano: l.observed_timestamp_unix_nano,
+            severity_number: l.severity_number,
+            severity_text: l.severity_text,
+            body: Some(text(l.body)),
+            attributes,
+            trace_id: l
+                .trace_id
+                .as_deref()
+                .and_then(|t| unhex(t, 16))
+                .unwrap_or_default(),
+            span_id: l
+                .span_id
+                .as_deref()
+                .and_then(|s| unhex(s, 8))
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        by_service.entry(l.service_name).or_default().push(record);
+    }
+    ExportLogsServiceRequest {
+        resource_logs: by_service
+            .into_iter()
+            .map(|(service, log_records)| ResourceLogs {
+                resource: Some(ProtoResource {
+                    attributes: vec![Kv {
+                        key: "service.name".into(),
+                        value: Some(text(service)),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(Scope {
+                        name: ENGINE_SCOPE.into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    log_records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// `len` bytes from their hex text; `None` if it is not exactly that.
+fn unhex(s: &str, len: usize) -> Option<Vec<u8>> {
+    if s.len() != len * 2 {
+        return None;
+    }
+    (0..len)
+        .map(|i| u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok())
+        .collect()
 }

@@ -187,7 +187,11 @@ impl Observability {
         }
     }
 
+    /// An `engine::log::*` line: kept, and offered to export.
     fn keep_log(&self, log: StoredLog) {
+        if let Some(x) = &self.inner.exporter {
+            x.offer(export::Outgoing::EngineLog(Box::new(log.clone())));
+        }
         lock(&self.inner.logs).push(log);
     }
 }
