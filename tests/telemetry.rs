@@ -159,68 +159,68 @@ async fn check_trace(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_caller_traced_through_the_engine_to_a_python_worker() {
+/// A caller program (language, script) calls `<prefix>::traced`, served by a
+/// worker program in the other language, both with OpenTelemetry on, then
+/// the trace is checked both ways.
+async fn traced_across(caller: (&str, &str), worker: (&str, &str), prefix: &str) {
     let receiver = OtlpReceiver::start().await;
     let engine = engine_exporting_to(&receiver).await;
-    let mut py = Program::start("python", "otel_worker.py", &[], &engine.url);
-    py.ready().await;
-    engine.wait_for_providers("py::traced", 1).await;
+    let function_id = format!("{prefix}::traced");
+    let mut served = Program::start(worker.0, worker.1, &[], &engine.url);
+    served.ready().await;
+    engine.wait_for_providers(&function_id, 1).await;
 
     let mut call = Program::start(
-        "node",
-        "otel_call.mjs",
-        &["py::traced", r#"{"n":7}"#],
+        caller.0,
+        caller.1,
+        &[&function_id, r#"{"n":7}"#],
         &engine.url,
     );
     let out = call
         .expect_json("traced result", |v| v.get("trace_id").is_some())
         .await;
-    assert_eq!(out["result"], json!({"traced": "python", "n": 7}));
+    assert_eq!(out["result"], json!({"traced": worker.0, "n": 7}));
     assert_eq!(call.finish().await.0, 0);
 
+    let services = (
+        format!("{}-otel-call", short(caller.0)),
+        format!("{}-otel-worker", short(worker.0)),
+    );
     check_trace(
         &engine,
         &receiver,
         &out,
-        "py::traced",
-        ("node-otel-call", "py-otel-worker"),
+        &function_id,
+        (&services.0, &services.1),
     )
     .await;
-    assert_eq!(py.finish().await.0, 0);
+    assert_eq!(served.finish().await.0, 0);
     engine.stop().await;
+}
+
+/// The service-name prefix each test program uses.
+fn short(lang: &str) -> &str {
+    if lang == "python" { "py" } else { lang }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_caller_traced_through_the_engine_to_a_python_worker() {
+    traced_across(
+        ("node", "otel_call.mjs"),
+        ("python", "otel_worker.py"),
+        "py",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_caller_traced_through_the_engine_to_a_node_worker() {
-    let receiver = OtlpReceiver::start().await;
-    let engine = engine_exporting_to(&receiver).await;
-    let mut node = Program::start("node", "otel_worker.mjs", &[], &engine.url);
-    node.ready().await;
-    engine.wait_for_providers("node::traced", 1).await;
-
-    let mut call = Program::start(
-        "python",
-        "otel_call.py",
-        &["node::traced", r#"{"n":3}"#],
-        &engine.url,
-    );
-    let out = call
-        .expect_json("traced result", |v| v.get("trace_id").is_some())
-        .await;
-    assert_eq!(out["result"], json!({"traced": "node", "n": 3}));
-    assert_eq!(call.finish().await.0, 0);
-
-    check_trace(
-        &engine,
-        &receiver,
-        &out,
-        "node::traced",
-        ("py-otel-call", "node-otel-worker"),
+    traced_across(
+        ("python", "otel_call.py"),
+        ("node", "otel_worker.mjs"),
+        "node",
     )
     .await;
-    assert_eq!(node.finish().await.0, 0);
-    engine.stop().await;
 }
 
 #[tokio::test]

@@ -337,16 +337,14 @@ fn points(data: &metric::Data) -> (MetricType, Vec<DataPoint>) {
             h.data_points
                 .iter()
                 .map(|p| {
-                    DataPoint::Histogram(HistogramPoint {
-                        count: p.count,
-                        sum: p.sum,
-                        bucket_counts: p.bucket_counts.clone(),
-                        explicit_bounds: p.explicit_bounds.clone(),
-                        min: p.min,
-                        max: p.max,
-                        attributes: pairs(&p.attributes),
-                        timestamp_unix_nano: p.time_unix_nano,
-                    })
+                    let mut point = histogram(
+                        (p.count, p.sum, p.min, p.max),
+                        &p.attributes,
+                        p.time_unix_nano,
+                    );
+                    point.bucket_counts.clone_from(&p.bucket_counts);
+                    point.explicit_bounds.clone_from(&p.explicit_bounds);
+                    DataPoint::Histogram(point)
                 })
                 .collect(),
         ),
@@ -355,16 +353,11 @@ fn points(data: &metric::Data) -> (MetricType, Vec<DataPoint>) {
             h.data_points
                 .iter()
                 .map(|p| {
-                    DataPoint::Histogram(HistogramPoint {
-                        count: p.count,
-                        sum: p.sum,
-                        bucket_counts: Vec::new(),
-                        explicit_bounds: Vec::new(),
-                        min: p.min,
-                        max: p.max,
-                        attributes: pairs(&p.attributes),
-                        timestamp_unix_nano: p.time_unix_nano,
-                    })
+                    DataPoint::Histogram(histogram(
+                        (p.count, p.sum, p.min, p.max),
+                        &p.attributes,
+                        p.time_unix_nano,
+                    ))
                 })
                 .collect(),
         ),
@@ -373,19 +366,32 @@ fn points(data: &metric::Data) -> (MetricType, Vec<DataPoint>) {
             s.data_points
                 .iter()
                 .map(|p| {
-                    DataPoint::Histogram(HistogramPoint {
-                        count: p.count,
-                        sum: Some(p.sum),
-                        bucket_counts: Vec::new(),
-                        explicit_bounds: Vec::new(),
-                        min: None,
-                        max: None,
-                        attributes: pairs(&p.attributes),
-                        timestamp_unix_nano: p.time_unix_nano,
-                    })
+                    DataPoint::Histogram(histogram(
+                        (p.count, Some(p.sum), None, None),
+                        &p.attributes,
+                        p.time_unix_nano,
+                    ))
                 })
                 .collect(),
         ),
+    }
+}
+
+/// A distribution's point without its buckets: (count, sum, min, max).
+fn histogram(
+    (count, sum, min, max): (u64, Option<f64>, Option<f64>, Option<f64>),
+    attributes: &[KeyValue],
+    time_unix_nano: u64,
+) -> HistogramPoint {
+    HistogramPoint {
+        count,
+        sum,
+        bucket_counts: Vec::new(),
+        explicit_bounds: Vec::new(),
+        min,
+        max,
+        attributes: pairs(attributes),
+        timestamp_unix_nano: time_unix_nano,
     }
 }
 
