@@ -45,6 +45,10 @@ pub struct Config {
     pub cron: crate::cron::CronConfig,
     /// Durable topics: how long subscriptions outlive their bindings.
     pub topics: crate::topics::TopicsConfig,
+    /// Telemetry kept in memory (spans, logs, metrics): how much, how long.
+    pub observability: crate::observability::ObservabilityConfig,
+    /// OTLP export of spans to a collector (off unless `endpoint` is set).
+    pub otel: crate::observability::OtelConfig,
     /// Worker tokens: who may connect to the worker listeners.
     pub auth: crate::edge::auth::AuthConfig,
     /// More worker listeners, each with its own address and policy (iii's
@@ -108,6 +112,8 @@ impl Default for Config {
             listeners: Vec::new(),
             cron: Default::default(),
             topics: Default::default(),
+            observability: Default::default(),
+            otel: Default::default(),
         }
     }
 }
@@ -224,6 +230,10 @@ impl Config {
         self.streams.validate().map_err(ConfigError::Invalid)?;
         self.cron.validate().map_err(ConfigError::Invalid)?;
         self.topics.validate().map_err(ConfigError::Invalid)?;
+        self.observability
+            .validate()
+            .map_err(ConfigError::Invalid)?;
+        self.otel.validate().map_err(ConfigError::Invalid)?;
         let mut names = std::collections::HashSet::from(["main"]);
         for l in &self.listeners {
             if l.name.trim().is_empty() || !names.insert(l.name.as_str()) {

@@ -29,8 +29,12 @@
 //!   `cron` trigger type, its schedule's position durable in the store),
 //!   `topics` (durable topics: `iii::durable::publish` and the
 //!   `durable:subscriber` trigger type, one queue job per subscriber),
-//!   `observability` (`engine::log::*` into the engine's log), `dashboard`
-//!   (the web page at `/ui/`, a client of the worker socket like any other).
+//!   `observability` (the SDKs' telemetry from `/otel` and the engine's
+//!   span per routed call, kept in bounded memory and served as iii's
+//!   `engine::traces::*`, `engine::logs::*`, `engine::metrics::list`,
+//!   `engine::health::check`, `engine::baggage::*`, `engine::log::*`),
+//!   `dashboard` (the web page at `/ui/`, a client of the worker socket like
+//!   any other).
 //! - `edge`: the worker listeners' own paths (`/`, `/otel`, `/health`,
 //!   `/metrics`) and who may connect (tokens, RBAC auth).
 //! - [`engine`]: the root: builds every part, serves, drains in order.

@@ -28,7 +28,7 @@ async fn sync_call_round_trip_injects_caller_and_keeps_ids() {
     let id = uuid::Uuid::new_v4().to_string();
     caller
         .send(json!({"type":"invokefunction","invocation_id":id,"function_id":"math::add","data":{"a":2,"b":3},
-            "traceparent":"00-abc-def-01","metadata":{"m":1}}))
+            "traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","metadata":{"m":1}}))
         .await;
     let inv = exec
         .recv_until("invoke", |v| v["type"] == "invokefunction")
@@ -40,7 +40,16 @@ async fn sync_call_round_trip_injects_caller_and_keeps_ids() {
     );
     assert_eq!(inv["data"]["_caller_worker_id"], caller_id.as_str());
     assert_eq!(inv["data"]["a"], 2);
-    assert_eq!(inv["traceparent"], "00-abc-def-01");
+    // The executor's parent is the engine's span for the call, in the caller's trace.
+    let tp = inv["traceparent"].as_str().expect("traceparent");
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "the engine's span, not the caller's"
+    );
+    assert_eq!(parts[3], "01");
     assert_eq!(inv["metadata"], json!({"m":1}));
     assert!(inv.get("action").is_none() && inv.get("namespace").is_none());
     exec.send(json!({"type":"invocationresult","invocation_id":id,"function_id":"math::add","result":{"sum":5}}))

@@ -3,7 +3,7 @@
 //! | path | what |
 //! |---|---|
 //! | `/` | the worker WebSocket ([`worker_socket`]) |
-//! | `/otel` | SDK telemetry sockets, accepted and discarded ([`otel`]) |
+//! | `/otel` | SDK telemetry sockets, relayed to whoever takes telemetry ([`otel`]) |
 //! | `/health` | JSON health and counts ([`health`]) |
 //! | `/metrics` | Prometheus / OpenMetrics text ([`metrics`]) |
 //!

@@ -1,6 +1,7 @@
-//! `/otel`: the SDKs' telemetry socket (OTLP/MTRC/LOGS frames). qmesh has no
-//! telemetry pipeline yet, so frames are read and dropped; accepting the
-//! socket keeps SDKs from reconnecting in a loop.
+//! `/otel`: the SDKs' telemetry socket. Each binary frame (`OTLP`, `MTRC` or
+//! `LOGS` and OTLP-JSON) goes to whoever takes telemetry in the mesh's table
+//! of what the engine provides (the observability module); the edge neither
+//! reads nor keeps it. Nothing is ever sent back.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
@@ -33,17 +34,20 @@ pub async fn upgrade(
         .write_buffer_size(0)
         .on_upgrade(move |mut socket| async move {
             if admission.finish(&app.mesh, &mut socket).await.is_some() {
-                discard(socket).await;
+                relay(socket, &app.mesh).await;
             }
             drop(permit);
         })
 }
 
-async fn discard(mut socket: WebSocket) {
+async fn relay(mut socket: WebSocket, mesh: &crate::mesh::Mesh) {
     let mut frames = 0u64;
     while let Some(Ok(msg)) = socket.recv().await {
-        if matches!(msg, Message::Close(_)) {
-            break;
+        match msg {
+            Message::Close(_) => break,
+            Message::Binary(bytes) => mesh.provided().telemetry(&bytes),
+            // The SDKs send binary frames only; text is not telemetry.
+            Message::Text(_) | Message::Ping(_) | Message::Pong(_) => continue,
         }
         frames += 1;
     }

@@ -201,7 +201,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &mut Session, id
                 }
                 Ok(Some(Ok(msg))) => match msg {
                     Message::Text(text) => session.handle_text(text.as_str()).await,
-                    Message::Binary(bytes) if is_telemetry(&bytes) => {}
+                    Message::Binary(bytes) if is_telemetry(&bytes) => session.mesh().provided().telemetry(&bytes),
                     Message::Binary(bytes) => match std::str::from_utf8(&bytes) {
                         Ok(text) => session.handle_text(text).await,
                         Err(_) => tracing::warn!(worker_id = %conn.id, len = bytes.len(), "dropped a binary frame that is not UTF-8 JSON"),

@@ -65,6 +65,8 @@ pub enum EngineError {
     Tls(#[from] crate::net::TlsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Observability(#[from] crate::observability::ObservabilityError),
 }
 
 /// A running engine: a cheap, cloneable handle.
@@ -124,6 +126,7 @@ impl Engine {
         let streams =
             Arc::new(StreamsModule::bind(&mesh, store.clone(), config.streams.clone()).await?);
         let topics = TopicsModule::new(store.clone(), &queues, config.topics.clone());
+        let observability = Observability::new(config.observability.clone(), &config.otel)?;
         let modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),
@@ -135,7 +138,7 @@ impl Engine {
             Arc::new(PubSub::default()),
             Arc::new(CronModule::new(&mesh, store, config.cron.clone())),
             Arc::new(topics),
-            Arc::new(Observability),
+            Arc::new(observability),
             Arc::new(Dashboard),
         ];
 

@@ -104,6 +104,16 @@ struct RequestView {
 }
 
 impl RequestView {
+    /// The request's W3C `traceparent` and `baggage`: the handler's call
+    /// continues the client's trace.
+    fn trace_context(&self) -> (Option<String>, Option<String>) {
+        let header = |name| {
+            let value = self.headers.0.get(name)?.to_str().ok()?;
+            Some(value.to_owned())
+        };
+        (header("traceparent"), header("baggage"))
+    }
+
     fn middleware_input(&self) -> Value {
         json!({
             "phase": "preHandler",
@@ -303,7 +313,10 @@ impl Server {
         }
         payload.request_body = Some(&req_ref);
         payload.response = Some(&resp_ref);
-        let r = self.invoke(&route, to_payload(&payload), &mut resp).await;
+        let trace = view.trace_context();
+        let r = self
+            .invoke(&route, to_payload(&payload), &mut resp, trace)
+            .await;
         drop(req_chan);
         r
     }
@@ -371,10 +384,12 @@ impl Server {
         route: &Route,
         payload: crate::protocol::Payload,
         resp: &mut ResponseEnd,
+        (traceparent, baggage): (Option<String>, Option<String>),
     ) -> Response {
         let extras = CallExtras {
             metadata: route.metadata.clone(),
-            ..CallExtras::default()
+            traceparent,
+            baggage,
         };
         let call = match self.mesh.start_internal_call(
             &route.namespace,

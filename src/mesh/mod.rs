@@ -12,6 +12,8 @@
 //!   trigger types, the Enqueue handler), installed once by the engine root.
 //! - [`session`]: what one connection's messages mean, in order.
 //! - [`metrics`]: calls by function and outcome, for `/metrics`.
+//! - [`spans`]: the span the engine opens for each routed call (W3C
+//!   `traceparent` in, the engine's span out to the executor).
 //! - [`watchers`]: the bindings of an engine trigger type that fires on
 //!   events, and their fan-out (state, streams).
 //! - [`access`]: who a connection is and what it may do (roles, iii's RBAC
@@ -30,6 +32,7 @@ pub(crate) mod rbac;
 pub(crate) mod registry;
 pub(crate) mod router;
 pub(crate) mod session;
+pub(crate) mod spans;
 pub(crate) mod state;
 pub(crate) mod triggers;
 pub(crate) mod watchers;

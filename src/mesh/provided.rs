@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
+use super::spans::CallTracer;
 use super::state::{Binding, CallOutcome, TriggerTypeHandler};
 use super::{Connection, Mesh};
 use crate::protocol::{ErrorBody, Invoke, Payload, codes};
@@ -22,9 +23,11 @@ use crate::protocol::{ErrorBody, Invoke, Payload, codes};
 pub(crate) type Reply = Result<Value, ErrorBody>;
 
 /// Who is calling an engine function.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct CallCtx {
     pub caller: Uuid,
+    /// The call's W3C `baggage` header, as the caller sent it.
+    pub baggage: Option<String>,
 }
 
 type SyncFn = dyn Fn(&Mesh, &CallCtx, Value) -> Reply + Send + Sync;
@@ -32,6 +35,8 @@ type AsyncFn = dyn Fn(&Mesh, CallCtx, Value) -> BoxFuture<'static, Reply> + Send
 /// Takes an `Enqueue` call and answers it when the job is durable (or refused).
 pub(crate) type EnqueueFn = dyn Fn(&Mesh, &Arc<Connection>, Invoke) + Send + Sync;
 type WorkerGoneFn = dyn Fn(Uuid) + Send + Sync;
+/// Takes an SDK telemetry frame (`OTLP`, `MTRC` or `LOGS` and OTLP-JSON).
+type TelemetryFn = dyn Fn(&[u8]) + Send + Sync;
 
 /// How an engine function answers.
 pub(crate) enum Handler {
@@ -106,6 +111,8 @@ pub(crate) struct Provisions {
     pub(super) worker_gone: Vec<Box<WorkerGoneFn>>,
     pub(super) external: Option<Arc<dyn ExternalFunctions>>,
     pub(super) operator_only: HashSet<&'static str>,
+    pub(super) tracer: Option<Arc<dyn CallTracer>>,
+    pub(super) telemetry: Option<Box<TelemetryFn>>,
 }
 
 impl Provisions {
@@ -206,6 +213,20 @@ impl Provisions {
         self.external = Some(f);
     }
 
+    /// Who keeps the spans of routed calls (at most one module). Without
+    /// one, calls open no span.
+    pub(crate) fn call_tracer(&mut self, t: Arc<dyn CallTracer>) {
+        assert!(self.tracer.is_none(), "two modules trace calls");
+        self.tracer = Some(t);
+    }
+
+    /// Who takes the SDKs' telemetry frames, from `/otel` and `/` (at most
+    /// one module). Without one they are dropped.
+    pub(crate) fn telemetry(&mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) {
+        assert!(self.telemetry.is_none(), "two modules take telemetry");
+        self.telemetry = Some(Box::new(f));
+    }
+
     /// Runs after a worker's disconnect has been applied to the registry.
     pub(crate) fn on_worker_gone(&mut self, f: impl Fn(Uuid) + Send + Sync + 'static) {
         self.worker_gone.push(Box::new(f));
@@ -229,6 +250,8 @@ pub(crate) struct Provided {
     pub(super) worker_gone: Vec<Box<WorkerGoneFn>>,
     pub(super) external: Option<Arc<dyn ExternalFunctions>>,
     operator_only: HashSet<&'static str>,
+    pub(super) tracer: Option<Arc<dyn CallTracer>>,
+    telemetry: Option<Box<TelemetryFn>>,
 }
 
 impl Provided {
@@ -245,6 +268,8 @@ impl Provided {
             enqueue: p.enqueue,
             worker_gone: p.worker_gone,
             external: p.external,
+            tracer: p.tracer,
+            telemetry: p.telemetry,
         };
         (provided, p.trigger_types)
     }
@@ -255,6 +280,13 @@ impl Provided {
 
     pub(crate) fn function(&self, id: &str) -> Option<&Handler> {
         self.functions.get(id)
+    }
+
+    /// Hands an SDK telemetry frame to whoever takes them; dropped if nobody does.
+    pub(crate) fn telemetry(&self, frame: &[u8]) {
+        if let Some(take) = &self.telemetry {
+            take(frame);
+        }
     }
 
     /// Every engine function id, sorted (listings).

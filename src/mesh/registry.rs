@@ -78,10 +78,13 @@ impl Mesh {
             }
         }
         for id in &worker.calls_out {
-            if let Some(call) = st.take_call(id)
-                && let Some(exec) = st.workers.get_mut(&call.executor)
-            {
-                exec.calls_in.remove(id);
+            if let Some(mut call) = st.take_call(id) {
+                if let Some(span) = call.span.take() {
+                    span.end(&call.function_id, super::spans::Ended::Abandoned);
+                }
+                if let Some(exec) = st.workers.get_mut(&call.executor) {
+                    exec.calls_in.remove(id);
+                }
             }
         }
         for key in &worker.trigger_types {

@@ -11,9 +11,11 @@ use uuid::Uuid;
 
 use super::Mesh;
 use super::provided::ExternalCall;
+use super::spans::{self, CallSpan, Origin};
 use super::state::{Call, CallOutcome, Caller, Executor, Function, Key, Settled, State, Worker};
 use crate::protocol::inbound::{InvocationResult, Invoke};
 use crate::protocol::outbound::{self, InvokeParts};
+use crate::protocol::trace_context::Header;
 use crate::protocol::{ErrorBody, Payload, codes, inject_caller};
 
 /// What became of a worker's call.
@@ -61,6 +63,8 @@ impl Mesh {
         let limit = self.config().limits.max_pending_calls_per_connection;
         let deadline = Instant::now() + self.config().invocation.max_duration;
         let grace = self.config().invocation.rebind_grace;
+        let span = self.open_span(invoke.traceparent.as_deref(), Origin::Worker);
+        let traceparent = span.as_ref().map(CallSpan::traceparent);
         let executor = {
             let mut st = self.lock();
             let Some(w) = st.workers.get(&caller) else {
@@ -108,7 +112,7 @@ impl Mesh {
                 namespace,
                 &invoke.function_id,
                 caller_kind,
-                deadline,
+                (deadline, span),
             );
             match started {
                 Some((_, conn)) => {
@@ -141,7 +145,10 @@ impl Mesh {
                 invocation_id: &invocation_id,
                 function_id: &invoke.function_id,
                 data: &inject_caller(invoke.data, &caller_id),
-                traceparent: invoke.traceparent.as_deref(),
+                traceparent: traceparent
+                    .as_ref()
+                    .map(Header::as_str)
+                    .or(invoke.traceparent.as_deref()),
                 baggage: invoke.baggage.as_deref(),
                 metadata: invoke.metadata.as_deref(),
             },
@@ -164,7 +171,11 @@ impl Mesh {
                 return;
             }
         }
-        let call = st.take_call(&result.invocation_id).expect("checked above");
+        let mut call = st.take_call(&result.invocation_id).expect("checked above");
+        if let Some(span) = call.span.take() {
+            let error = result.error.as_ref().map(|e| e.code.as_str());
+            span.end(&call.function_id, spans::ended_by(error));
+        }
         self.call_metrics().record(
             &call.function_id,
             super::metrics::outcome_of(result.error.as_ref().map(|e| e.code.as_str())),
@@ -257,9 +268,17 @@ impl Mesh {
         } = target;
         let invocation_id = Uuid::new_v4();
         let deadline = Instant::now() + timeout.min(self.config().invocation.max_duration);
+        let span = self.open_span(extras.traceparent.as_deref(), Origin::Engine);
+        let traceparent = span.as_ref().map(CallSpan::traceparent);
         let (executor, conn) = {
             let mut st = self.lock();
-            match st.start(invocation_id, namespace, function_id, caller, deadline) {
+            match st.start(
+                invocation_id,
+                namespace,
+                function_id,
+                caller,
+                (deadline, span),
+            ) {
                 Some(started) => started,
                 None => return Err(st.not_found(namespace, function_id)),
             }
@@ -270,7 +289,10 @@ impl Mesh {
                 invocation_id: &invocation_id,
                 function_id,
                 data: &data,
-                traceparent: extras.traceparent.as_deref(),
+                traceparent: traceparent
+                    .as_ref()
+                    .map(Header::as_str)
+                    .or(extras.traceparent.as_deref()),
                 baggage: extras.baggage.as_deref(),
                 metadata: extras.metadata.as_deref(),
             },
@@ -440,6 +462,12 @@ impl Mesh {
         }
     }
 
+    /// The span of a call about to be routed, when a tracer is installed.
+    fn open_span(&self, traceparent: Option<&str>, origin: Origin) -> Option<CallSpan> {
+        let tracer = self.provided().tracer.as_ref()?;
+        Some(CallSpan::begin(tracer, traceparent, origin))
+    }
+
     /// Puts a started call's frame in its executor's outbox (a connection
     /// already closing fails the call at once), or hands it to its external
     /// target.
@@ -588,10 +616,16 @@ impl State {
         namespace: &str,
         function_id: &str,
         caller: Caller,
-        deadline: Instant,
+        (deadline, span): (Instant, Option<CallSpan>),
     ) -> Option<(Uuid, Executor)> {
         let (executor, to) = self.pick_executor(namespace, function_id)?;
-        self.begin(invocation_id, caller, executor, function_id, deadline);
+        self.begin(
+            invocation_id,
+            caller,
+            executor,
+            function_id,
+            (deadline, span),
+        );
         Some((executor, to))
     }
 
@@ -601,7 +635,7 @@ impl State {
         caller: Caller,
         executor: Uuid,
         function_id: &str,
-        deadline: Instant,
+        (deadline, span): (Instant, Option<CallSpan>),
     ) {
         if let Some(exec) = self.workers.get_mut(&executor) {
             exec.calls_in.insert(id);
@@ -614,12 +648,17 @@ impl State {
                 function_id: function_id.to_owned(),
                 started: Instant::now(),
                 deadline,
+                span,
             },
         );
     }
 
     /// Delivers an outcome for a call already removed from `calls`.
-    pub(super) fn settle(&mut self, id: Uuid, call: Call, outcome: CallOutcome) {
+    pub(super) fn settle(&mut self, id: Uuid, mut call: Call, outcome: CallOutcome) {
+        if let Some(span) = call.span.take() {
+            let error = outcome.as_ref().err().map(|e| e.code.as_str());
+            span.end(&call.function_id, spans::ended_by(error));
+        }
         self.call_metrics.record(
             &call.function_id,
             super::metrics::outcome_of(outcome.as_ref().err().map(|e| e.code.as_str())),

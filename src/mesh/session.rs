@@ -54,6 +54,10 @@ impl Session {
         &self.conn
     }
 
+    pub(crate) fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
     /// When held registrations must be applied even without a namespace.
     pub(crate) fn hold_deadline(&self) -> Option<Instant> {
         self.held.as_ref().map(|_| self.hold_until)
@@ -273,6 +277,7 @@ impl Session {
     fn call_engine_function(&self, handler: &Handler, invoke: Invoke) {
         let ctx = CallCtx {
             caller: self.conn.id,
+            baggage: invoke.baggage.clone(),
         };
         let input = invoke
             .data

@@ -100,6 +100,8 @@ pub struct Call {
     pub function_id: String,
     pub started: Instant,
     pub deadline: Instant,
+    /// The engine's span for this call, when calls are traced.
+    pub span: Option<super::spans::CallSpan>,
 }
 
 /// Who gets a call's outcome.

@@ -2,9 +2,10 @@
 //!
 //! Every frame a worker sends is decoded by [`inbound`]; every frame the engine
 //! sends is built by [`outbound`]; the error and close codes both sides see live
-//! in [`codes`]; binary channels' refs and socket URLs in [`channel`]. Nothing
-//! else in the crate parses or writes protocol JSON, so this folder can be read
-//! whole against `docs/protocol.md`.
+//! in [`codes`]; binary channels' refs and socket URLs in [`channel`]; the
+//! W3C `traceparent` field in [`trace_context`]. Nothing else in the crate
+//! parses or writes protocol JSON, so this folder can be read whole against
+//! `docs/protocol.md`.
 //!
 //! Payloads (`data`, `result`, `config`, `metadata`) stay as raw JSON text from
 //! the moment they arrive until they leave: the engine routes them and never
@@ -15,6 +16,7 @@ pub mod codes;
 pub mod inbound;
 pub mod names;
 pub mod outbound;
+pub mod trace_context;
 pub mod update_ops;
 
 pub use codes::ErrorBody;

@@ -19,8 +19,11 @@ export function deadline(seconds, what) {
   setTimeout(() => fail(`${what}: deadline of ${seconds}s reached`, 2), seconds * 1000).unref()
 }
 
-/** Connects to the engine at III_URL (0.22.1 does not read III_URL itself). */
-export function connect(name) {
+/**
+ * Connects to the engine at III_URL (0.22.1 does not read III_URL itself).
+ * OTel stays off unless `otel` (the SDK's OTel options) turns it on.
+ */
+export function connect(name, { otel = { enabled: false } } = {}) {
   const url = process.env.III_URL
   if (!url) fail('III_URL is not set (e.g. ws://127.0.0.1:49134)')
   process.env.OTEL_ENABLED ??= 'false'
@@ -29,7 +32,7 @@ export function connect(name) {
   const token = process.env.III_TOKEN?.trim()
   return registerWorker(url, {
     workerName: `${name}-${process.pid}`,
-    otel: { enabled: false },
+    otel,
     enableMetricsReporting: false,
     ...(token ? { headers: { authorization: `Bearer ${token}` } } : {}),
   })

@@ -51,14 +51,15 @@ def deadline(seconds: float, what: str) -> None:
     timer.start()
 
 
-def connect(name: str):
-    """Connects to III_URL; register_worker blocks until the socket is open (max 30 s)."""
+def connect(name: str, otel: dict | None = None):
+    """Connects to III_URL; register_worker blocks until the socket is open (max 30 s).
+    OTel stays off unless `otel` (the SDK's OtelConfig fields) turns it on."""
     url = os.environ.get("III_URL")
     if not url:
         fail("III_URL is not set (e.g. ws://127.0.0.1:49134)")
     options = InitOptions(
         worker_name=f"{name}-{os.getpid()}",
-        otel={"enabled": False},
+        otel=otel or {"enabled": False},
         enable_metrics_reporting=False,
     )
     iii = register_worker(url, options)
