@@ -615,3 +615,77 @@ async fn a_collector_that_is_down_costs_spans_never_calls() {
     );
     engine.stop().await;
 }
+
+/// A queued job's attempts join the enqueuer's trace: enqueue → attempt 1
+/// (failed) → retry → attempt 2, each attempt an engine span under the
+/// enqueuer's span and the worker's parent; `queue::get` names the trace.
+#[tokio::test]
+async fn a_retried_job_s_attempts_are_spans_of_the_enqueuer_s_trace() {
+    use common::queue::{complete, fail, fast_config, next_job, op, until_state};
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut w = engine.worker_with("exec", &["job::run"]).await;
+    let mut producer = RawClient::worker(&engine.url, "producer").await;
+    let (trace_id, enqueuer_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let id = uuid::Uuid::new_v4().to_string();
+    producer
+        .send(
+            json!({"type":"invokefunction","invocation_id":id,"function_id":"job::run","data":{},
+            "traceparent": format!("00-{trace_id}-{enqueuer_span}-01"),
+            "action":{"type":"enqueue","queue":"traced"}}),
+        )
+        .await;
+    let ack = producer
+        .recv_until("receipt", |v| v["invocation_id"] == id.as_str())
+        .await;
+    let receipt = ack["result"]["messageReceiptId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut attempt_spans = Vec::new();
+    for attempt in 1..=2 {
+        let inv = next_job(&mut w).await;
+        let tp = inv["traceparent"]
+            .as_str()
+            .expect("a traceparent")
+            .to_owned();
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(
+            parts[1], trace_id,
+            "attempt {attempt} in the enqueuer's trace: {inv}"
+        );
+        attempt_spans.push(parts[2].to_owned());
+        if attempt == 1 {
+            fail(&mut w, &inv, "first try fails").await;
+        } else {
+            complete(&mut w, &inv, json!("ok")).await;
+        }
+    }
+    assert_ne!(attempt_spans[0], attempt_spans[1], "one span per attempt");
+    let job = until_state(&mut producer, &receipt, "completed").await;
+    assert_eq!(job["trace_id"], trace_id, "{job}");
+    let tree = op(
+        &mut producer,
+        "engine::traces::tree",
+        json!({"trace_id": trace_id}),
+    )
+    .await;
+    let mut all = Vec::new();
+    flatten(tree["roots"].as_array().unwrap(), &mut all);
+    for span_id in &attempt_spans {
+        let span = all
+            .iter()
+            .find(|s| s["span_id"] == span_id.as_str())
+            .expect("an attempt's span");
+        assert_eq!(span["name"], "call job::run", "{span}");
+        assert_eq!(span["parent_span_id"], enqueuer_span, "{span}");
+    }
+    let statuses: Vec<&str> = attempt_spans
+        .iter()
+        .map(|id| {
+            all.iter().find(|s| s["span_id"] == id.as_str()).unwrap()["status"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(statuses, ["error", "ok"], "{tree}");
+}

@@ -26,6 +26,9 @@ pub(crate) type Reply = Result<Value, ErrorBody>;
 #[derive(Debug, Clone)]
 pub(crate) struct CallCtx {
     pub caller: Uuid,
+    /// The call's W3C `traceparent` header, as the caller sent it (a queued
+    /// job keeps it, so its attempts join the enqueuer's trace).
+    pub traceparent: Option<String>,
     /// The call's W3C `baggage` header, as the caller sent it.
     pub baggage: Option<String>,
 }

@@ -277,6 +277,7 @@ impl Session {
     fn call_engine_function(&self, handler: &Handler, invoke: Invoke) {
         let ctx = CallCtx {
             caller: self.conn.id,
+            traceparent: invoke.traceparent.clone(),
             baggage: invoke.baggage.clone(),
         };
         let input = invoke

@@ -107,13 +107,15 @@ struct EnqueueArgs {
 pub(super) fn enqueue(
     queues: Queues,
     _: Mesh,
-    _: CallCtx,
+    ctx: CallCtx,
     input: Value,
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
         let a: EnqueueArgs = args(input)?;
         let queue = queue_name(a.queue.clone())?;
-        let e = queues.enqueue(request(queue, a, now_ms())?).await?;
+        let mut req = request(queue, a, now_ms())?;
+        traced(&mut req, &ctx);
+        let e = queues.enqueue(req).await?;
         Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
     })
 }
@@ -292,7 +294,7 @@ struct EnqueueManyArgs {
 pub(super) fn enqueue_many(
     queues: Queues,
     _: Mesh,
-    _: CallCtx,
+    ctx: CallCtx,
     input: Value,
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
@@ -314,8 +316,9 @@ pub(super) fn enqueue_many(
             }
             job.function_id = job.function_id.or_else(|| a.function_id.clone());
             job.namespace = job.namespace.or_else(|| a.namespace.clone());
-            let req = request(queue.clone(), job, now)
+            let mut req = request(queue.clone(), job, now)
                 .map_err(|e| invalid(format!("jobs[{i}]: {}", e.message)))?;
+            traced(&mut req, &ctx);
             reqs.push(req);
         }
         let done = queues.enqueue_many(reqs).await?;
@@ -344,13 +347,18 @@ struct FlowArgs {
 pub(super) fn enqueue_flow(
     queues: Queues,
     _: Mesh,
-    _: CallCtx,
+    ctx: CallCtx,
     input: Value,
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
         let a: FlowArgs = args(input)?;
         let queue = queue_name(a.job.queue.clone())?;
-        let root = flow_node(queue, a, now_ms(), "flow")?;
+        let mut root = flow_node(queue, a, now_ms(), "flow")?;
+        let mut stack = vec![&mut root];
+        while let Some(node) = stack.pop() {
+            traced(&mut node.req, &ctx);
+            stack.extend(node.children.iter_mut());
+        }
         queues.enqueue_flow(root).await
     })
 }
@@ -378,6 +386,13 @@ fn flow_node(queue: String, a: FlowArgs, now: u64, at: &str) -> Result<FlowNode,
         on_child_failure,
         children,
     })
+}
+
+/// A job enqueued by a call keeps the call's trace context: its attempts
+/// join the enqueuer's trace.
+fn traced(req: &mut EnqueueRequest, ctx: &CallCtx) {
+    req.traceparent = ctx.traceparent.clone();
+    req.baggage = ctx.baggage.clone();
 }
 
 /// One job of `queue::enqueue` or `queue::enqueue_many`, checked.
