@@ -418,3 +418,44 @@ async fn a_flow_carries_on_across_kill_9() {
     }
     until_state(&mut c, &root, "completed").await;
 }
+
+/// A running job's progress and log lines survive kill -9: written with the
+/// next 50 ms tick, on disk within the store's flush (see START_ON_DISK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_s_progress_and_logs_survive_kill_9() {
+    use common::queue::{next_job, op};
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = EngineProcess::start_in(dir.path());
+    let mut c = RawClient::connect(&engine.url).await;
+    let mut w = RawClient::worker(&engine.url, "reporter").await;
+    w.register_function("slow::report").await;
+    let r = op(
+        &mut c,
+        "queue::enqueue",
+        json!({"queue": "reports", "function_id": "slow::report", "data": {}}),
+    )
+    .await;
+    let receipt = r["receipt"].as_str().unwrap().to_owned();
+    let _running = next_job(&mut w).await;
+    op(
+        &mut w,
+        "queue::progress",
+        json!({"receipt": receipt, "progress": {"done": 3}}),
+    )
+    .await;
+    op(
+        &mut w,
+        "queue::log",
+        json!({"receipt": receipt, "line": "3 of 10"}),
+    )
+    .await;
+    tokio::time::sleep(START_ON_DISK).await;
+    engine.kill();
+
+    let engine = EngineProcess::start_in(dir.path());
+    let mut c = RawClient::connect(&engine.url).await;
+    let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
+    assert_eq!(job["progress"], json!({"done": 3}), "{job}");
+    assert_eq!(job["logs"][0]["line"], "3 of 10", "{job}");
+    assert_eq!(job["history"][0]["outcome"], "engine_restart", "{job}");
+}

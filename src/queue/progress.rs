@@ -3,17 +3,18 @@
 //! `max_log_lines`). Both are kept in the job record and shown by
 //! `queue::get`; a progress change fires the `queue:progress` trigger type.
 //!
-//! A report is written to the store before the handler's call returns, and
-//! is on disk within the store's flush interval (500 ms), like an attempt's
-//! start and outcome: the reply does not wait for an fsync, which would
-//! cost a handler that reports per item far more than its work (measured in
-//! BENCHMARKS.md). A kill -9 may thus lose the last half second of reports
-//! of an attempt that the restart runs again anyway.
+//! A report goes into the live record at once (`queue::get` shows it) and
+//! into the stored one with the attempt's end, or at the next 50 ms tick
+//! while the attempt runs on (`write_reports`, one batch for every job that
+//! reported): a handler reporting per item costs one write per tick, not
+//! one per report, and no fsync (measured in BENCHMARKS.md). It is then on
+//! disk within the store's flush interval (500 ms), like an attempt's start
+//! and outcome: a kill -9 may lose the last half second of reports of an
+//! attempt that the restart runs again anyway.
 //!
 //! A running job's stored record is the one from before it started (see
-//! [`super::attempts`]): a report rewrites that stored record with the new
-//! field only, and the live record in memory gets the same change, so the
-//! attempt's end writes it too.
+//! [`super::attempts`]): writing reports rewrites that stored record with
+//! the reported fields only.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -23,9 +24,9 @@ use super::now_ms;
 use super::scheduler::Scheduler;
 use crate::mesh::watchers::WatchConfig;
 use crate::protocol::{ErrorBody, codes, to_payload};
-use crate::store::Ticket;
 use crate::store::queue::Writes;
 use crate::store::records::{JobLogLine, JobRecord};
+use crate::store::{StoreError, Ticket};
 
 /// Largest progress value, as JSON text.
 pub const MAX_PROGRESS_BYTES: usize = 4096;
@@ -91,19 +92,11 @@ impl Scheduler {
             ));
         }
         let max_lines = (self.queues.by_id(a.queue)).map_or(100, |q| q.settings.max_log_lines);
-        let stored = self.store.job(id).map_err(super::scheduler::store_error)?;
-        let Some(mut stored) = stored else {
-            return Err(bad(codes::INVALID_STATE, format!("job {id} is gone")));
-        };
-        let now = now_ms();
-        apply(&mut stored, &report, max_lines, now);
         let live = self.attempts.job_mut(id).expect("checked above");
-        apply(live, &report, max_lines, now);
+        apply(live, &report, max_lines, now_ms());
         let (queue, function_id, attempt) =
             (live.queue.clone(), live.function_id.clone(), live.attempts);
-        let mut batch = Writes::default();
-        batch.put_job(id, &stored);
-        self.commit(batch).map_err(super::scheduler::store_error)?;
+        self.unwritten_reports.insert(*id);
         let answer = match report {
             Report::Progress(raw) => {
                 let progress: serde_json::Value = serde_json::from_slice(&raw).unwrap_or_default();
@@ -136,6 +129,35 @@ impl Scheduler {
             }
         };
         Ok((answer, None))
+    }
+
+    /// Writes the reports of jobs still running into their stored records
+    /// (only the reported fields: the rest stays as before the start), in
+    /// one batch. A job whose attempt ended meanwhile was written whole.
+    pub(super) fn write_reports(&mut self) -> Result<(), StoreError> {
+        if self.unwritten_reports.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Writes::default();
+        let mut any = false;
+        for id in std::mem::take(&mut self.unwritten_reports) {
+            let Some(live) = self.attempts.get(&id).map(|a| &a.job) else {
+                continue;
+            };
+            let (progress, logs, dropped) =
+                (live.progress.clone(), live.logs.clone(), live.logs_dropped);
+            if let Some(mut stored) = self.store.job(&id)? {
+                stored.progress = progress;
+                stored.logs = logs;
+                stored.logs_dropped = dropped;
+                batch.put_job(&id, &stored);
+                any = true;
+            }
+        }
+        if any {
+            self.commit(batch)?;
+        }
+        Ok(())
     }
 }
 

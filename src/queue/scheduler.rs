@@ -86,6 +86,9 @@ pub struct Scheduler {
     /// Flow children that reached a final state in the batch being built:
     /// their parents are updated in the same batch (`flows::settle_flows`).
     pub(super) flow_settles: super::flows::FlowSettles,
+    /// Running jobs whose handler reported progress or log lines not yet in
+    /// their stored record (`progress::write_reports`).
+    pub(super) unwritten_reports: std::collections::HashSet<Uuid>,
     /// The `queue:progress` bindings (shared with the module, which provides the type).
     pub(super) progress_watchers: super::progress::ProgressWatchers,
 }
@@ -108,7 +111,8 @@ impl Scheduler {
         loop {
             self.attempts.leases.arm();
             let leases_armed = self.attempts.leases.is_armed();
-            let recording = self.attempts.has_unrecorded_starts();
+            let recording =
+                self.attempts.has_unrecorded_starts() || !self.unwritten_reports.is_empty();
             let due = self
                 .next_due_ms
                 .map(|ms| Duration::from_millis(ms.saturating_sub(now_ms())));
@@ -143,6 +147,7 @@ impl Scheduler {
                 _ = prune.tick() => self.log_err("pruning completed jobs", |s| s.prune_completed()),
                 _ = record_tick.tick(), if recording => {
                     self.log_err("recording starts", |s| s.record_starts(false));
+                    self.log_err("writing reports", |s| s.write_reports());
                 }
             }
             // Whatever woke the loop, also take what waits on the other channel:
@@ -244,6 +249,7 @@ impl Scheduler {
             Command::Shutdown => {
                 // A restart must find every attempt in progress interrupted.
                 self.log_err("recording starts", |s| s.record_starts(true));
+                self.log_err("writing reports", |s| s.write_reports());
                 return false;
             }
             Command::Drain => self.draining = true,
