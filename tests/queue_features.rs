@@ -259,6 +259,21 @@ async fn each_key_has_its_own_rate_limit() {
     // Refills at 5/s per key: 4 more each within about 800 ms.
     let more = keys_of_next(&mut w, 8).await;
     assert_eq!(more.iter().filter(|k| *k == "A").count(), 4, "{more:?}");
+    let waiting = op(
+        &mut c,
+        "queue::peek",
+        json!({"queue": "per_key", "limit": 1}),
+    )
+    .await;
+    let receipt = waiting["jobs"][0]["receipt"].as_str().unwrap().to_owned();
+    let why = op(&mut c, "queue::explain", json!({"receipt": receipt})).await;
+    assert!(
+        why["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("for each tenant"),
+        "{why}"
+    );
     // A config with rate_per_key but no fair_by is refused.
     let mut bad = fast_config();
     bad.queue.queues.insert(

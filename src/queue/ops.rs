@@ -302,6 +302,17 @@ impl Scheduler {
                     q.name, q.settings.concurrency
                 )
             }
+            JobState::Ready if q.settings.rate_per_key.is_some() => {
+                let r = q.settings.rate_per_key.expect("checked");
+                format!(
+                    "it is in line; queue {:?} starts at most {} jobs per {} for each {} (its key is {:?})",
+                    q.name,
+                    r.starts,
+                    humantime::format_duration(r.per),
+                    q.settings.fair_by.as_deref().unwrap_or("key"),
+                    self.fn_ids.lane_key(job.fn_id).unwrap_or_default()
+                )
+            }
             JobState::Ready if q.settings.rate.is_some() => {
                 let r = q.settings.rate.expect("checked");
                 format!(
