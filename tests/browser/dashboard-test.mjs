@@ -149,6 +149,14 @@ async function queues() {
   await shot('channels')
   await page.goto(`${url}#/dlq`)
   await expectText('main', 'No queue has dead letters.')
+
+  step('telemetry: recent traces, one opened as its tree of spans')
+  await page.goto(`${url}#/telemetry`)
+  await expectText('main h2', 'Recent traces')
+  await page.click('tr:has(td:text("call mail::send")) a.trace-link')
+  await page.waitForSelector('#trace-tree tr[data-span]')
+  await expectText('#trace-tree', 'call mail::send')
+  await shot('trace')
 }
 
 async function auth() {

@@ -319,7 +319,8 @@ function route() {
   const parts = (location.hash.replace(/^#\/?/, '') || 'queues').split('/').map(decodeURIComponent)
   const name = views[parts[0]] ? parts[0] : 'queues'
   for (const a of document.querySelectorAll('header nav a')) {
-    const on = a.dataset.nav === name || (a.dataset.nav === 'queues' && (name === 'queue' || name === 'job'))
+    const on = a.dataset.nav === name || (a.dataset.nav === 'queues' && (name === 'queue' || name === 'job')) ||
+      (a.dataset.nav === 'telemetry' && name === 'trace')
     if (on) a.setAttribute('aria-current', 'page')
     else a.removeAttribute('aria-current')
   }
@@ -546,7 +547,7 @@ views.job = {
           h('dt', {}, 'Due'), h('dd', {}, fmtTime(job.due_at_ms)),
           h('dt', {}, 'Finished'), h('dd', {}, fmtTime(job.finished_at_ms)),
           h('dt', {}, 'Redrives'), h('dd', {}, job.redrives),
-          h('dt', {}, 'Trace id'), h('dd', { class: 'mono', id: 'trace-id' }, traceId ?? '–')),
+          h('dt', {}, 'Trace id'), h('dd', { class: 'mono', id: 'trace-id' }, traceId ? link(`#/trace/${traceId}`, traceId) : '–')),
         actions.length ? h('p', { class: 'actions' }, actions) : null),
       progress !== null ? h('section', { class: 'panel', id: 'progress' }, h('h2', {}, 'Progress'),
         typeof progress === 'number' ? h('progress', { max: 100, value: progress }, `${progress}%`) : null,
@@ -722,6 +723,58 @@ views.channels = {
       h('section', { class: 'panel' }, table(['Route', 'Handlers#', 'Connections#'], routeRows, 'No realtime route.')),
       h('h2', {}, `Binary channels (${channels.length})`),
       h('section', { class: 'panel' }, table(['Id', 'Owner', 'Age', 'Ends (writer → reader)', 'In (frames / bytes)#', 'Out#', 'Buffered#'], channelRows, 'No binary channel open.')))
+  },
+}
+
+// Unix nanoseconds (as the telemetry functions give them) → a readable time.
+const fromNanos = (ns) => fmtTime(Math.floor(Number(ns) / 1e6))
+const spanMs = (s) => `${((Number(s.end_time_unix_nano) - Number(s.start_time_unix_nano)) / 1e6).toFixed(2)} ms`
+
+// Recent traces (one row per trace: its root span) and log lines, kept in
+// the engine's bounded memory (engine::traces::list, engine::logs::list).
+views.telemetry = {
+  async load() {
+    const [traces, logs] = await Promise.all([
+      call('engine::traces::list', { limit: 50 }),
+      call('engine::logs::list', { limit: 100 }),
+    ])
+    return { traces: traces.spans ?? [], total: traces.total ?? 0, logs: logs.logs ?? [] }
+  },
+  render({ traces, total, logs }) {
+    const traceRows = traces.map((s) => h('tr', { 'data-trace': s.trace_id },
+      h('td', {}, link(`#/trace/${s.trace_id}`, s.trace_id, { class: 'mono trace-link' })),
+      h('td', {}, s.name), h('td', {}, s.service_name), h('td', {}, badge(s.status)),
+      h('td', {}, fromNanos(s.start_time_unix_nano)), h('td', { class: 'num' }, spanMs(s))))
+    const logRows = logs.map((l) => h('tr', {},
+      h('td', {}, fromNanos(l.timestamp_unix_nano)), h('td', {}, l.severity_text),
+      h('td', {}, l.service_name), h('td', { class: 'mono' }, l.body),
+      h('td', {}, l.trace_id ? link(`#/trace/${l.trace_id}`, shortId(l.trace_id), { class: 'mono' }) : '')))
+    return h('div', {}, h('h1', {}, 'Telemetry'),
+      h('h2', {}, `Recent traces (${traces.length} of ${fmtNum(total)})`),
+      h('section', { class: 'panel' }, table(['Trace', 'Root span', 'Service', 'Status', 'Started', 'Took#'], traceRows, 'No trace kept.')),
+      h('h2', {}, `Recent logs (${logs.length})`),
+      h('section', { class: 'panel' }, table(['When', 'Level', 'Service', 'Message', 'Trace'], logRows, 'No log line kept.')))
+  },
+}
+
+// One trace, its spans nested under their parents (engine::traces::tree).
+views.trace = {
+  async load([traceId]) {
+    return call('engine::traces::tree', { trace_id: traceId })
+  },
+  render(tree, [traceId]) {
+    const rows = []
+    const walk = (nodes, depth) => nodes.forEach((s) => {
+      rows.push(h('tr', { 'data-span': s.span_id },
+        h('td', {}, '\u00a0'.repeat(depth * 3), s.name), h('td', {}, s.service_name),
+        h('td', {}, badge(s.status)), h('td', {}, s.status_description ?? ''),
+        h('td', {}, fromNanos(s.start_time_unix_nano)), h('td', { class: 'num' }, spanMs(s))))
+      walk(s.children ?? [], depth + 1)
+    })
+    walk(tree.roots ?? [], 0)
+    return h('div', {}, h('h1', {}, 'Trace'), h('p', { class: 'mono', text: traceId }),
+      h('section', { class: 'panel', id: 'trace-tree' },
+        table(['Span', 'Service', 'Status', 'Detail', 'Started', 'Took#'], rows, 'No span of this trace is kept.')))
   },
 }
 
