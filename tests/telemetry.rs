@@ -616,9 +616,10 @@ async fn a_collector_that_is_down_costs_spans_never_calls() {
     engine.stop().await;
 }
 
-/// A queued job's attempts join the enqueuer's trace: enqueue → attempt 1
-/// (failed) → retry → attempt 2, each attempt an engine span under the
-/// enqueuer's span and the worker's parent; `queue::get` names the trace.
+/// A queued job's attempts join the enqueuer's trace: the enqueuer's span →
+/// the engine's `enqueue` span → attempt 1 (failed) → retry → attempt 2,
+/// each attempt an engine span under the enqueue span and the worker's
+/// parent; `queue::get` names the trace.
 #[tokio::test]
 async fn a_retried_job_s_attempts_are_spans_of_the_enqueuer_s_trace() {
     use common::queue::{complete, fail, fast_config, next_job, op, until_state};
@@ -671,13 +672,20 @@ async fn a_retried_job_s_attempts_are_spans_of_the_enqueuer_s_trace() {
     .await;
     let mut all = Vec::new();
     flatten(tree["roots"].as_array().unwrap(), &mut all);
+    // The engine's enqueue span sits under the enqueuer's, and each attempt under it.
+    let enqueue = all
+        .iter()
+        .find(|s| s["name"] == "enqueue job::run")
+        .unwrap_or_else(|| panic!("an enqueue span: {tree}"));
+    assert_eq!(enqueue["parent_span_id"], enqueuer_span, "{enqueue}");
+    assert_eq!(enqueue["status"], "ok", "{enqueue}");
     for span_id in &attempt_spans {
         let span = all
             .iter()
             .find(|s| s["span_id"] == span_id.as_str())
             .expect("an attempt's span");
         assert_eq!(span["name"], "call job::run", "{span}");
-        assert_eq!(span["parent_span_id"], enqueuer_span, "{span}");
+        assert_eq!(span["parent_span_id"], enqueue["span_id"], "{span}");
     }
     let statuses: Vec<&str> = attempt_spans
         .iter()

@@ -462,8 +462,10 @@ impl Mesh {
         }
     }
 
-    /// The span of a call about to be routed, when a tracer is installed.
-    fn open_span(&self, traceparent: Option<&str>, origin: Origin) -> Option<CallSpan> {
+    /// A span under `traceparent` (or a new trace), when a tracer is
+    /// installed: a call about to be routed, or a module's own step (a job
+    /// enqueued).
+    pub(crate) fn open_span(&self, traceparent: Option<&str>, origin: Origin) -> Option<CallSpan> {
         let tracer = self.provided().tracer.as_ref()?;
         Some(CallSpan::begin(tracer, traceparent, origin))
     }

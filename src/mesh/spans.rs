@@ -20,6 +20,19 @@ pub(crate) enum Origin {
     Worker,
     /// The engine itself: a trigger firing, a queue attempt, an HTTP request.
     Engine,
+    /// A job put on the durable queue: its attempts are this span's
+    /// children, so one trace reads enqueue → attempt 1 → retry → attempt 2.
+    Enqueue,
+}
+
+impl Origin {
+    /// The span's name for `function_id`, as iii names invocation spans.
+    pub(crate) fn span_name(self, function_id: &str) -> String {
+        match self {
+            Origin::Worker | Origin::Engine => format!("call {function_id}"),
+            Origin::Enqueue => format!("enqueue {function_id}"),
+        }
+    }
 }
 
 /// How a call ended.

@@ -376,6 +376,7 @@ fn engine_span(
     let kind = match s.origin {
         Origin::Worker => SpanKind::Server,
         Origin::Engine => SpanKind::Internal,
+        Origin::Enqueue => SpanKind::Producer,
     };
     SpanData {
         span_context: SpanContext::new(
@@ -388,7 +389,7 @@ fn engine_span(
         parent_span_id: s.parent_span_id.map_or(SpanId::INVALID, SpanId::from),
         parent_span_is_remote: s.parent_span_id.is_some(),
         span_kind: kind,
-        name: Cow::Owned(format!("call {function_id}")),
+        name: Cow::Owned(s.origin.span_name(&function_id)),
         start_time: s.start,
         end_time: s.end,
         attributes: vec![KeyValue::new("function_id", function_id.to_string())],

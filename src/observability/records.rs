@@ -111,12 +111,13 @@ fn engine_span_view(e: &EngineSpan, service: &str) -> StoredSpan {
     let kind = match s.origin {
         Origin::Worker => "server",
         Origin::Engine => "internal",
+        Origin::Enqueue => "producer",
     };
     StoredSpan {
         trace_id: format!("{:032x}", s.context.trace_id),
         span_id: format!("{:016x}", s.context.span_id),
         parent_span_id: s.parent_span_id.map(|p| format!("{p:016x}")),
-        name: format!("call {}", e.function_id),
+        name: s.origin.span_name(&e.function_id),
         start_time_unix_nano: unix_nanos(s.start),
         end_time_unix_nano: unix_nanos(s.end),
         status: status.to_owned(),

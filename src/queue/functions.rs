@@ -15,6 +15,7 @@ use super::op::Op;
 use super::{EnqueueRequest, Queues, now_ms};
 use crate::mesh::provided::args;
 use crate::mesh::session::answer;
+use crate::mesh::spans::{CallSpan, Origin, ended_by};
 use crate::mesh::{CallCtx, Connection, Mesh, Reply};
 use crate::protocol::{Action, ErrorBody, Invoke, codes, names, to_payload};
 use crate::store::records::{ChildFailure, JobState};
@@ -106,7 +107,7 @@ struct EnqueueArgs {
 /// idempotency_key?, expires_in?, expires_at?}`.
 pub(super) fn enqueue(
     queues: Queues,
-    _: Mesh,
+    mesh: Mesh,
     ctx: CallCtx,
     input: Value,
 ) -> BoxFuture<'static, Reply> {
@@ -114,8 +115,9 @@ pub(super) fn enqueue(
         let a: EnqueueArgs = args(input)?;
         let queue = queue_name(a.queue.clone())?;
         let mut req = request(queue, a, now_ms())?;
-        traced(&mut req, &ctx);
-        let e = queues.enqueue(req).await?;
+        let span = EnqueueSpan::open(&mesh, &ctx, req.function_id.clone());
+        span.trace(&mut req, &ctx);
+        let e = span.closes(queues.enqueue(req).await)?;
         Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
     })
 }
@@ -293,7 +295,7 @@ struct EnqueueManyArgs {
 /// batch is written and acknowledged after one sync.
 pub(super) fn enqueue_many(
     queues: Queues,
-    _: Mesh,
+    mesh: Mesh,
     ctx: CallCtx,
     input: Value,
 ) -> BoxFuture<'static, Reply> {
@@ -307,6 +309,11 @@ pub(super) fn enqueue_many(
             )));
         }
         let now = now_ms();
+        let name = a
+            .function_id
+            .clone()
+            .unwrap_or_else(|| format!("{queue} (batch)"));
+        let span = EnqueueSpan::open(&mesh, &ctx, name);
         let mut reqs = Vec::with_capacity(a.jobs.len());
         for (i, mut job) in a.jobs.into_iter().enumerate() {
             if job.queue.as_ref().is_some_and(|q| *q != queue) {
@@ -318,10 +325,10 @@ pub(super) fn enqueue_many(
             job.namespace = job.namespace.or_else(|| a.namespace.clone());
             let mut req = request(queue.clone(), job, now)
                 .map_err(|e| invalid(format!("jobs[{i}]: {}", e.message)))?;
-            traced(&mut req, &ctx);
+            span.trace(&mut req, &ctx);
             reqs.push(req);
         }
-        let done = queues.enqueue_many(reqs).await?;
+        let done = span.closes(queues.enqueue_many(reqs).await)?;
         let duplicates = done.iter().filter(|e| e.duplicate).count();
         let receipts: Vec<Value> = done.iter().map(|e| json!(e.receipt)).collect();
         Ok(json!({ "queue": queue, "receipts": receipts, "duplicates": duplicates }))
@@ -346,7 +353,7 @@ struct FlowArgs {
 /// refused whole.
 pub(super) fn enqueue_flow(
     queues: Queues,
-    _: Mesh,
+    mesh: Mesh,
     ctx: CallCtx,
     input: Value,
 ) -> BoxFuture<'static, Reply> {
@@ -354,12 +361,13 @@ pub(super) fn enqueue_flow(
         let a: FlowArgs = args(input)?;
         let queue = queue_name(a.job.queue.clone())?;
         let mut root = flow_node(queue, a, now_ms(), "flow")?;
+        let span = EnqueueSpan::open(&mesh, &ctx, root.req.function_id.clone());
         let mut stack = vec![&mut root];
         while let Some(node) = stack.pop() {
-            traced(&mut node.req, &ctx);
+            span.trace(&mut node.req, &ctx);
             stack.extend(node.children.iter_mut());
         }
-        queues.enqueue_flow(root).await
+        span.closes(queues.enqueue_flow(root).await)
     })
 }
 
@@ -388,11 +396,40 @@ fn flow_node(queue: String, a: FlowArgs, now: u64, at: &str) -> Result<FlowNode,
     })
 }
 
-/// A job enqueued by a call keeps the call's trace context: its attempts
-/// join the enqueuer's trace.
-fn traced(req: &mut EnqueueRequest, ctx: &CallCtx) {
-    req.traceparent = ctx.traceparent.clone();
-    req.baggage = ctx.baggage.clone();
+/// The engine's span of one enqueue (`enqueue <function_id>`, a producer
+/// span under the caller's `traceparent`, or a new trace): the job keeps it
+/// as its `traceparent`, so every attempt is a child of it, and it ends
+/// with the enqueue's outcome. Without a tracer (spans off) the job keeps
+/// the caller's `traceparent` as it came.
+struct EnqueueSpan {
+    span: Option<CallSpan>,
+    name: String,
+}
+
+impl EnqueueSpan {
+    fn open(mesh: &Mesh, ctx: &CallCtx, name: String) -> Self {
+        Self {
+            span: mesh.open_span(ctx.traceparent.as_deref(), Origin::Enqueue),
+            name,
+        }
+    }
+
+    fn trace(&self, req: &mut EnqueueRequest, ctx: &CallCtx) {
+        req.traceparent = match &self.span {
+            Some(s) => Some(s.traceparent().as_str().to_owned()),
+            None => ctx.traceparent.clone(),
+        };
+        req.baggage = ctx.baggage.clone();
+    }
+
+    /// Ends the span with `outcome`, and hands it on.
+    fn closes<T>(self, outcome: Result<T, ErrorBody>) -> Result<T, ErrorBody> {
+        if let Some(span) = self.span {
+            let code = outcome.as_ref().err().map(|e| e.code.as_str());
+            span.end(&self.name, ended_by(code));
+        }
+        outcome
+    }
 }
 
 /// One job of `queue::enqueue` or `queue::enqueue_many`, checked.
@@ -593,7 +630,7 @@ queue_fn!(
 );
 
 /// `action: enqueue`: persist the job, then answer `{messageReceiptId}` (only once it is on disk).
-pub(super) fn take_enqueue(queues: &Queues, conn: &Arc<Connection>, invoke: Invoke) {
+pub(super) fn take_enqueue(queues: &Queues, mesh: &Mesh, conn: &Arc<Connection>, invoke: Invoke) {
     let Action::Enqueue { queue } = invoke.action.clone() else {
         return;
     };
@@ -604,7 +641,13 @@ pub(super) fn take_enqueue(queues: &Queues, conn: &Arc<Connection>, invoke: Invo
     if let Some(data) = &invoke.data {
         warn_if_refs_enqueued(&queue, &invoke.function_id, data.get());
     }
-    let req = EnqueueRequest {
+    let ctx = CallCtx {
+        caller: conn.id,
+        traceparent: invoke.traceparent.clone(),
+        baggage: invoke.baggage.clone(),
+    };
+    let span = EnqueueSpan::open(mesh, &ctx, invoke.function_id.clone());
+    let mut req = EnqueueRequest {
         queue,
         namespace: invoke
             .namespace
@@ -619,9 +662,11 @@ pub(super) fn take_enqueue(queues: &Queues, conn: &Arc<Connection>, invoke: Invo
         priority: 0,
         idempotency_key: None,
     };
+    span.trace(&mut req, &ctx);
     let conn = conn.clone();
     let (invocation_id, function_id) = (invoke.invocation_id, invoke.function_id);
     queues.enqueue_then(req, move |outcome| {
+        let outcome = span.closes(outcome);
         // iii answers every refused enqueue with `enqueue_error`, and SDK code
         // matches on it; the specific reason stays in the message.
         let reply = match outcome {

@@ -40,7 +40,7 @@ impl Module for Queues {
             std::sync::Arc::new(self.progress_watchers.clone()),
         );
         let queues = self.clone();
-        p.enqueue(move |_, conn, invoke| f::take_enqueue(&queues, conn, invoke));
+        p.enqueue(move |mesh, conn, invoke| f::take_enqueue(&queues, mesh, conn, invoke));
         for (id, handler) in [
             ("queue::enqueue", f::enqueue as f::QueueFn),
             ("queue::enqueue_many", f::enqueue_many),
