@@ -697,3 +697,62 @@ async fn a_retried_job_s_attempts_are_spans_of_the_enqueuer_s_trace() {
         .collect();
     assert_eq!(statuses, ["error", "ok"], "{tree}");
 }
+
+/// An `https://` collector with a private CA (`ca_file`) and an API key
+/// header (`headers`): the engine's spans reach it, each request with the key.
+#[tokio::test]
+async fn spans_reach_an_https_collector_with_its_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = OtlpReceiver::start_tls(dir.path()).await;
+    let mut config = test_config();
+    config.otel.endpoint = Some(receiver.endpoint());
+    config.otel.flush_interval = Duration::from_millis(50);
+    config.otel.ca_file = Some(dir.path().join("ca.pem"));
+    config
+        .otel
+        .headers
+        .insert("x-api-key".into(), "k-123".into());
+    let engine = TestEngine::start_with(config).await;
+    let mut exec = engine.worker_with("exec", &["tls::echo"]).await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    caller.send_call("tls::echo", json!({})).await;
+    exec.answer_next(json!({"result": true})).await;
+    wait_until(
+        "the engine's span at the https collector",
+        SPANS_WAIT,
+        async || {
+            receiver
+                .spans()
+                .iter()
+                .any(|s| s.span.name == "call tls::echo")
+        },
+    )
+    .await;
+    let keys = receiver.api_keys();
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k.as_deref() == Some("k-123")),
+        "{keys:?}"
+    );
+
+    // Without the CA the collector is not trusted: nothing arrives, the failure is counted.
+    let other = tempfile::tempdir().unwrap();
+    let untrusted = OtlpReceiver::start_tls(other.path()).await;
+    let mut config = test_config();
+    config.otel.endpoint = Some(untrusted.endpoint());
+    config.otel.flush_interval = Duration::from_millis(50);
+    let engine = TestEngine::start_with(config).await;
+    let mut exec = engine.worker_with("exec", &["tls::echo"]).await;
+    let mut caller = RawClient::worker(&engine.url, "caller").await;
+    caller.send_call("tls::echo", json!({})).await;
+    exec.answer_next(json!({"result": true})).await;
+    wait_until("the failed export counted", SPANS_WAIT, async || {
+        let s = scrape(&engine).await;
+        counter(
+            &s,
+            "qmesh_otlp_records_total",
+            &[("signal", "spans"), ("outcome", "failed")],
+        ) >= 1.0
+    })
+    .await;
+    assert!(untrusted.spans().is_empty());
+}

@@ -73,6 +73,12 @@ pub struct OtelConfig {
     /// How long one export request may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Headers sent with every export request (a hosted collector's API
+    /// key, a tenant id).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// PEM file of CA certificates trusted for an `https://` endpoint
+    /// besides the public roots (a collector with a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for OtelConfig {
@@ -84,6 +90,8 @@ impl Default for OtelConfig {
             batch_size: 512,
             flush_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(10),
+            headers: Default::default(),
+            ca_file: None,
         }
     }
 }
@@ -91,19 +99,26 @@ impl Default for OtelConfig {
 impl OtelConfig {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(endpoint) = &self.endpoint {
-            // The exporter's HTTP client speaks plain HTTP (a collector or
-            // agent beside the engine); refuse what it could never reach.
-            let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
-                format!(
-                    "otel.endpoint {endpoint:?} must start with http:// (OTLP/HTTP to a collector \
-                     or agent; https is not supported)"
-                )
-            })?;
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"))
+                .ok_or_else(|| {
+                    format!("otel.endpoint {endpoint:?} must start with http:// or https://")
+                })?;
             if rest.trim_matches('/').is_empty() {
                 return Err(format!("otel.endpoint {endpoint:?} has no host"));
             }
             if let Err(e) = endpoint.parse::<axum::http::Uri>() {
                 return Err(format!("otel.endpoint {endpoint:?} is not a URL: {e}"));
+            }
+        }
+        for (name, value) in &self.headers {
+            if name.parse::<axum::http::HeaderName>().is_err()
+                || value.parse::<axum::http::HeaderValue>().is_err()
+            {
+                return Err(format!(
+                    "otel.headers: {name:?} is not a valid header name and value"
+                ));
             }
         }
         if self.service_name.trim().is_empty() {

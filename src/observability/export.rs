@@ -21,7 +21,7 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_http::HttpClient;
 use opentelemetry_http::hyper::HyperClient;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -30,6 +30,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use prost::Message;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -183,8 +184,12 @@ pub(crate) fn start(
     config: &OtelConfig,
 ) -> Result<(Exporter, impl Future<Output = ()> + Send + 'static), ObservabilityError> {
     let url = config.traces_url().unwrap_or_default();
+    let client = HyperClient::new(connector(config)?, config.timeout, None);
+    let headers: HashMap<String, String> = config.headers.clone().into_iter().collect();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(client.clone())
+        .with_headers(headers)
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(url.clone())
         .with_timeout(config.timeout)
@@ -208,7 +213,8 @@ pub(crate) fn start(
         .build();
     let sender = Sender {
         exporter,
-        relay: HyperClient::with_default_connector(config.timeout, None),
+        relay: client,
+        headers: config.headers.clone(),
         base,
         engine,
         counts: counts.clone(),
@@ -227,10 +233,55 @@ pub(crate) fn start(
     ))
 }
 
+/// The export's connector: plain HTTP, or rustls for `https://` (public
+/// roots, plus `ca_file`'s).
+type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+fn connector(config: &OtelConfig) -> Result<Connector, ObservabilityError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &config.ca_file {
+        let bad = |reason: String| ObservabilityError::CaFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ObservabilityError::CaFile {
+        path: String::new(),
+        reason: e.to_string(),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build())
+}
+
 struct Sender {
     exporter: opentelemetry_otlp::SpanExporter,
     /// Posts workers' logs and metrics as they came.
-    relay: HyperClient,
+    relay: HyperClient<Connector>,
+    /// `[otel] headers`, on every relayed request too.
+    headers: std::collections::BTreeMap<String, String>,
     /// The collector's base address (`[otel] endpoint`).
     base: String,
     engine: Resource,
@@ -327,9 +378,12 @@ impl Sender {
     /// Relays a worker's export request (protobuf) to `<endpoint><path>`.
     async fn post(&mut self, path: &str, body: Vec<u8>, signal: Signal, records: u64) {
         let url = format!("{}{path}", self.base);
-        let request = Request::post(&url)
-            .header(header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Bytes::from(body));
+        let mut request =
+            Request::post(&url).header(header::CONTENT_TYPE, "application/x-protobuf");
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request.body(Bytes::from(body));
         let outcome = match request {
             Err(e) => Err(e.to_string()),
             Ok(request) => match self.relay.send_bytes(request).await {

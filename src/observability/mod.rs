@@ -53,6 +53,8 @@ pub enum ObservabilityError {
         url: String,
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    #[error("otel.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
 }
 
 /// The module: a cheap handle on the telemetry it keeps.

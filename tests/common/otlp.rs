@@ -43,6 +43,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 #[derive(Default)]
 struct Kept {
+    /// Each request's `x-api-key` header (`[otel] headers` in the tests).
+    api_keys: Vec<Option<String>>,
     spans: Vec<Received>,
     logs: Vec<ExportLogsServiceRequest>,
     metrics: Vec<ExportMetricsServiceRequest>,
@@ -54,27 +56,105 @@ pub struct OtlpReceiver {
     pub addr: SocketAddr,
     kept: Shared,
     task: JoinHandle<()>,
+    tls: bool,
+}
+
+fn app(kept: Shared) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/logs", post(logs))
+        .route("/v1/metrics", post(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            kept.clone(),
+            note_api_key,
+        ))
+        .with_state(kept)
+}
+
+async fn note_api_key(
+    State(kept): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let key = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    kept.lock().unwrap().api_keys.push(key);
+    next.run(request).await
 }
 
 impl OtlpReceiver {
     pub async fn start() -> Self {
         let kept = Shared::default();
-        let app = Router::new()
-            .route("/v1/traces", post(traces))
-            .route("/v1/logs", post(logs))
-            .route("/v1/metrics", post(metrics))
-            .with_state(kept.clone());
+        let app = app(kept.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("OTLP receiver");
         });
-        Self { addr, kept, task }
+        Self {
+            addr,
+            kept,
+            task,
+            tls: false,
+        }
+    }
+
+    /// The same over TLS, with a fresh self-signed certificate for
+    /// `localhost` written to `dir/ca.pem` (what the engine must trust).
+    pub async fn start_tls(dir: &std::path::Path) -> Self {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join("ca.pem"), ck.cert.pem()).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let kept = Shared::default();
+        let app = app(kept.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            kept,
+            task,
+            tls: true,
+        }
+    }
+
+    /// Each request's `x-api-key` header, in arrival order.
+    pub fn api_keys(&self) -> Vec<Option<String>> {
+        self.kept.lock().unwrap().api_keys.clone()
     }
 
     /// `[otel] endpoint` for an engine exporting here.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            true => format!("https://localhost:{}", self.addr.port()),
+            false => format!("http://{}", self.addr),
+        }
     }
 
     /// Every span received so far.
