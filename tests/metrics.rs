@@ -152,3 +152,48 @@ async fn the_shipped_alerts_and_dashboard_read_metrics_the_engine_exports() {
         );
     }
 }
+
+/// The queue's counters and histograms follow what its jobs did: enqueued,
+/// completed, failed attempts, dead letters, attempt durations and waits;
+/// and the store's sync rounds and size on disk.
+#[tokio::test]
+async fn queue_totals_histograms_and_the_store_are_exported() {
+    use common::queue::{complete, enqueue, fail, fast_config, next_job, until_state};
+    // fast_config: 3 attempts, short backoff.
+    let engine = TestEngine::start_with(fast_config()).await;
+    let mut w = engine.worker_with("w", &["m::job"]).await;
+    let mut c = RawClient::worker(&engine.url, "producer").await;
+    let good = enqueue(&mut c, "jobs", "m::job", json!({"n": 1})).await;
+    let inv = next_job(&mut w).await;
+    complete(&mut w, &inv, json!(true)).await;
+    until_state(&mut c, &good, "completed").await;
+    let bad = enqueue(&mut c, "jobs", "m::job", json!({"n": 2})).await;
+    for _ in 0..3 {
+        let inv = next_job(&mut w).await;
+        fail(&mut w, &inv, "broken").await;
+    }
+    until_state(&mut c, &bad, "dead").await;
+
+    let s = scrape(&engine, None).await;
+    let q = [("queue", "jobs")];
+    assert_eq!(number(&s, "qmesh_queue_enqueued_total", &q), 2.0);
+    assert_eq!(number(&s, "qmesh_queue_completed_total", &q), 1.0);
+    assert_eq!(number(&s, "qmesh_queue_attempts_failed_total", &q), 3.0);
+    assert_eq!(number(&s, "qmesh_queue_dead_lettered_total", &q), 1.0);
+    for (histogram, observed) in [
+        ("qmesh_queue_attempt_duration_seconds", 4.0),
+        ("qmesh_queue_wait_seconds", 2.0),
+    ] {
+        let Some(Value::Histogram(buckets)) = find(&s, histogram, &q).map(|x| &x.value) else {
+            panic!("no {histogram}");
+        };
+        let all = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
+        assert_eq!(all, observed, "{histogram}: {buckets:?}");
+    }
+    assert!(
+        number(&s, "qmesh_store_syncs_total", &[]) >= 2.0,
+        "each enqueue waited for a sync"
+    );
+    assert!(number(&s, "qmesh_store_sync_seconds_total", &[]) > 0.0);
+    assert!(number(&s, "qmesh_store_disk_bytes", &[]) > 0.0);
+}

@@ -97,6 +97,7 @@ impl Scheduler {
         }
         let tree = receipts(&root, &mut nodes.iter().map(|(_, p)| p.id));
         let mut ids = Vec::with_capacity(nodes.len());
+        let queues: Vec<String> = nodes.iter().map(|(n, _)| n.req.queue.clone()).collect();
         for (node, planned) in nodes {
             let plan = Plan {
                 seq: planned.seq,
@@ -119,7 +120,11 @@ impl Scheduler {
                 return reply(Err(store_error(e)));
             }
         };
+        let metrics = self.metrics.clone();
         self.acknowledge(ticket, first_seq, move |durable| {
+            if durable.is_ok() {
+                super::intake::count_enqueued(&metrics, &queues);
+            }
             reply(durable.map(|()| tree));
         });
     }

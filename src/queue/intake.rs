@@ -48,9 +48,16 @@ impl Scheduler {
         let mut seen = Seen::default();
         let first_seq = self.seq.next();
         let mut accepted = Vec::with_capacity(group.len());
+        let mut queues: Vec<String> = Vec::with_capacity(group.len());
         for (req, reply) in group {
+            let queue = req.queue.clone();
             match self.enqueue_into(req, &mut batch, &mut seen) {
-                Ok(e) => accepted.push((e, reply)),
+                Ok(e) => {
+                    if !e.duplicate {
+                        queues.push(queue);
+                    }
+                    accepted.push((e, reply));
+                }
                 Err(e) => {
                     reply(Err(e));
                 }
@@ -72,7 +79,11 @@ impl Scheduler {
                 return;
             }
         };
+        let metrics = self.metrics.clone();
         self.acknowledge(ticket, first_seq, move |durable| {
+            if durable.is_ok() {
+                count_enqueued(&metrics, &queues);
+            }
             for (e, reply) in accepted {
                 reply(match &durable {
                     Ok(()) => Ok(e),
@@ -237,6 +248,25 @@ impl Scheduler {
             return Ok(None);
         };
         Ok(self.load_job(&id)?.map(|_| id))
+    }
+}
+
+/// Counts acknowledged jobs per queue (a batch's jobs mostly share one).
+pub(super) fn count_enqueued(metrics: &super::metrics::QueueMetrics, queues: &[String]) {
+    let mut run: Option<(&str, u64)> = None;
+    for q in queues {
+        match &mut run {
+            Some((name, n)) if *name == q.as_str() => *n += 1,
+            _ => {
+                if let Some((name, n)) = run {
+                    metrics.enqueued(name, n);
+                }
+                run = Some((q.as_str(), 1));
+            }
+        }
+    }
+    if let Some((name, n)) = run {
+        metrics.enqueued(name, n);
     }
 }
 

@@ -30,6 +30,7 @@ mod fn_ids;
 mod functions;
 mod intake;
 mod leases;
+pub(crate) mod metrics;
 mod module;
 pub(crate) mod op;
 pub(crate) mod ops;
@@ -93,6 +94,8 @@ pub(crate) struct Queues {
     store: std::sync::Weak<Store>,
     /// The `queue:progress` bindings; the scheduler fires them.
     pub(crate) progress_watchers: progress::ProgressWatchers,
+    /// Counters and histograms the scheduler records, for `/metrics`.
+    pub(crate) metrics: metrics::QueueMetrics,
 }
 
 impl Queues {
@@ -107,12 +110,14 @@ impl Queues {
         let weak = Arc::downgrade(&store);
         let scheduler = scheduler::Scheduler::load(mesh, store, config)?;
         let progress_watchers = scheduler.progress_watchers.clone();
+        let metrics = scheduler.metrics.clone();
         let task = tokio::spawn(scheduler.run(rx));
         Ok(Self {
             tx,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
             store: weak,
             progress_watchers,
+            metrics,
         })
     }
 

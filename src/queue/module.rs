@@ -28,6 +28,30 @@ struct QueueLabel {
     queue: String,
 }
 
+/// The store's sync rounds (a counter of rounds and one of their seconds:
+/// `rate(sum) / rate(count)` is the mean sync latency) and its size on disk.
+fn store_metrics(r: &mut Registry, store: &crate::store::Store) {
+    let stats = store.sync_stats();
+    let rounds = prometheus_client::metrics::counter::Counter::<u64>::default();
+    rounds.inc_by(stats.rounds);
+    let seconds = prometheus_client::metrics::counter::Counter::<f64, AtomicU64>::default();
+    seconds.inc_by(stats.seconds);
+    let bytes = Gauge::<i64>::default();
+    bytes.set(i64::try_from(store.bytes_on_disk()).unwrap_or(i64::MAX));
+    r.register(
+        "store_syncs",
+        "Sync rounds (flush and fdatasync) that succeeded",
+        rounds,
+    );
+    r.register_with_unit(
+        "store_sync",
+        "Time spent in sync rounds",
+        Unit::Seconds,
+        seconds,
+    );
+    r.register_with_unit("store_disk", "The store's size on disk", Unit::Bytes, bytes);
+}
+
 impl Module for Queues {
     fn name(&self) -> &'static str {
         "queue"
@@ -106,6 +130,10 @@ impl Module for Queues {
                 oldest.get_or_create(&QueueLabel { queue }).set(age);
             }
             r.register("queue_jobs", "Jobs per queue and state", jobs);
+            self.metrics.register(r);
+            if let Some(store) = self.store.upgrade() {
+                store_metrics(r, &store);
+            }
             r.register_with_unit(
                 "queue_oldest_ready_age",
                 "Age of each queue's oldest job ready to run (0 when none)",

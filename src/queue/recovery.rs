@@ -50,6 +50,7 @@ impl Scheduler {
             id_salt: Uuid::new_v4().as_u128() as u16,
             flow_settles: Default::default(),
             unwritten_reports: Default::default(),
+            metrics: Default::default(),
             progress_watchers: super::progress::ProgressWatchers::new(
                 super::progress::PROGRESS_TRIGGER,
             ),

@@ -274,6 +274,10 @@ impl Scheduler {
             }
             return Ok(Start::Skipped);
         };
+        if job.history_len == 0 {
+            self.metrics
+                .first_start(name, now_ms().saturating_sub(job.enqueued_ms));
+        }
         job.attempts += 1;
         job.history_len += 1;
         let attempt = AttemptRecord {
@@ -356,6 +360,11 @@ impl Scheduler {
         }
         let now = now_ms();
         attempt.ended_ms = now;
+        (self.metrics).attempt_ended(
+            &job.queue,
+            f.outcome.is_ok(),
+            now.saturating_sub(attempt.started_ms),
+        );
         match f.outcome {
             Ok(result) => {
                 job.history.push(attempt);

@@ -89,6 +89,8 @@ pub struct Scheduler {
     /// Running jobs whose handler reported progress or log lines not yet in
     /// their stored record (`progress::write_reports`).
     pub(super) unwritten_reports: std::collections::HashSet<Uuid>,
+    /// What `/metrics` shows beside the counts (shared with the module).
+    pub(super) metrics: super::metrics::QueueMetrics,
     /// The `queue:progress` bindings (shared with the module, which provides the type).
     pub(super) progress_watchers: super::progress::ProgressWatchers,
 }

@@ -62,6 +62,9 @@ impl Scheduler {
         batch: &mut Writes,
     ) {
         let from = job.state;
+        if to == JobState::Dead && from != JobState::Dead {
+            self.metrics.dead_lettered(&job.queue);
+        }
         Self::unplace(id, job, batch);
         job.state = to;
         self.place(id, job, batch);

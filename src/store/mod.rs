@@ -130,6 +130,17 @@ struct Syncer {
     /// The last ticket a sync covered, kept apart from `synced`, which holds
     /// the error while syncs fail.
     covered: AtomicU64,
+    /// Sync rounds that succeeded, and the time they took (for `/metrics`).
+    rounds: AtomicU64,
+    round_micros: AtomicU64,
+}
+
+/// What the syncer has done since the store opened: rounds that succeeded
+/// and the time they took (flush, blob fsyncs and the log's fdatasync).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncStats {
+    pub rounds: u64,
+    pub seconds: f64,
 }
 
 struct SyncState {
@@ -164,6 +175,8 @@ impl Store {
             synced: watch::channel(Ok(0)).0,
             covered: AtomicU64::new(0),
             fault: Mutex::new(None),
+            rounds: AtomicU64::new(0),
+            round_micros: AtomicU64::new(0),
         });
         let (s, d) = (syncer.clone(), db.clone());
         let sync_thread = std::thread::Builder::new()
@@ -239,6 +252,19 @@ impl Store {
     }
 
     /// The store's last failure, until a sync succeeds after it.
+    /// Sync rounds so far and their total time.
+    pub fn sync_stats(&self) -> SyncStats {
+        SyncStats {
+            rounds: self.syncer.rounds.load(Ordering::Relaxed),
+            seconds: self.syncer.round_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+
+    /// The store's size on disk, as sled counts it (log, snapshots, blobs).
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     pub fn fault(&self) -> Option<Fault> {
         self.syncer
             .fault
@@ -416,6 +442,8 @@ fn sync_loop(s: &Syncer, db: &sled::Db, log: &File, blobs: &mut Blobs) {
                 );
                 synced = target;
                 s.covered.store(synced, Ordering::Release);
+                s.rounds.fetch_add(1, Ordering::Relaxed);
+                (s.round_micros).fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 *s.fault.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 // `send` drops the value when nobody is subscribed, and a waiter
                 // arriving later would wait for a round that never comes.

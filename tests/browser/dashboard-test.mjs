@@ -153,8 +153,10 @@ async function queues() {
   step('telemetry: recent traces, one opened as its tree of spans')
   await page.goto(`${url}#/telemetry`)
   await expectText('main h2', 'Recent traces')
-  await page.click('tr:has(td:text("call mail::send")) a.trace-link')
+  // A job's trace starts at its enqueue; each attempt is a span under it.
+  await page.click('tr:has(td:text("enqueue mail::send")) a.trace-link')
   await page.waitForSelector('#trace-tree tr[data-span]')
+  await expectText('#trace-tree', 'enqueue mail::send')
   await expectText('#trace-tree', 'call mail::send')
   await shot('trace')
 }
