@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::queue::{complete, enqueue, fail, fast_config, next_job, op, until_state};
+use common::queue::{
+    complete, enqueue, enqueue_burst, fail, fast_config, next_job, op, until_state,
+};
 use common::{RawClient, TestEngine, WAIT, wait_for};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -190,17 +192,7 @@ async fn a_fair_queue_serves_a_lone_tenant_within_one_round_of_a_burst() {
     let engine = TestEngine::start_with(config).await;
     let mut c = RawClient::worker(&engine.url, "producer").await;
     // Tenant A's burst of 10,000 first, then one job each from B and C.
-    for chunk in 0..10 {
-        let jobs: Vec<Value> = (0..1000)
-            .map(|i| json!({"data": {"tenant": "A", "i": chunk * 1000 + i}}))
-            .collect();
-        op(
-            &mut c,
-            "queue::enqueue_many",
-            json!({"queue": "shared", "function_id": "fair::run", "jobs": jobs}),
-        )
-        .await;
-    }
+    enqueue_burst(&mut c, "shared", "fair::run", "A", 10_000).await;
     enqueue(&mut c, "shared", "fair::run", json!({"tenant": "B"})).await;
     enqueue(&mut c, "shared", "fair::run", json!({"tenant": "C"})).await;
     let mut w = RawClient::worker(&engine.url, "w").await;

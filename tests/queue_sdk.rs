@@ -7,7 +7,7 @@
 mod common;
 
 use common::programs::Program;
-use common::queue::{fast_config, op, until_state, until_stats};
+use common::queue::{enqueue_burst, fast_config, op, until_state, until_stats};
 use common::{RawClient, TestEngine};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -215,17 +215,7 @@ async fn a_fair_queue_serves_a_lone_tenant_behind_a_burst_to_sdk_workers() {
     // Paused while a worker starts: jobs it ran before printing READY would
     // not be in its collected output.
     op(&mut c, "queue::pause", json!({"queue": "fair"})).await;
-    for chunk in 0..10 {
-        let jobs: Vec<Value> = (0..1000)
-            .map(|i| json!({"data": {"tenant": "A", "i": chunk * 1000 + i}}))
-            .collect();
-        op(
-            &mut c,
-            "queue::enqueue_many",
-            json!({"queue": "fair", "function_id": "fair::limited", "jobs": jobs}),
-        )
-        .await;
-    }
+    enqueue_burst(&mut c, "fair", "fair::limited", "A", 10_000).await;
     for (lang, b) in [("node", -1), ("python", -2)] {
         // A fresh B, behind (the rest of) A's burst.
         op(

@@ -170,10 +170,7 @@ pub(super) fn progress(
     ctx: CallCtx,
     input: Value,
 ) -> BoxFuture<'static, Reply> {
-    let operator = mesh.may_operate(ctx.caller);
-    Box::pin(async move {
-        let a: ReportArgs = args(input)?;
-        let receipt = receipt(a.receipt)?;
+    report(queues, mesh, ctx, input, |a| {
         let value = a.progress.ok_or_else(|| invalid("missing progress"))?;
         let raw = serde_json::to_vec(&value).expect("a Value encodes");
         if raw.len() > super::progress::MAX_PROGRESS_BYTES {
@@ -183,17 +180,7 @@ pub(super) fn progress(
                 super::progress::MAX_PROGRESS_BYTES
             )));
         }
-        let report = super::progress::Report::Progress(raw);
-        run(
-            &queues,
-            Op::Report {
-                receipt,
-                report,
-                caller: ctx.caller,
-                operator,
-            },
-        )
-        .await
+        Ok(super::progress::Report::Progress(raw))
     })
 }
 
@@ -205,22 +192,39 @@ pub(super) fn log(
     ctx: CallCtx,
     input: Value,
 ) -> BoxFuture<'static, Reply> {
-    let operator = mesh.may_operate(ctx.caller);
-    Box::pin(async move {
-        let a: ReportArgs = args(input)?;
-        let receipt = receipt(a.receipt)?;
+    report(queues, mesh, ctx, input, |a| {
         let line = match a.line {
             Some(Value::String(s)) => s,
             Some(Value::Null) | None => return Err(invalid("missing line")),
             Some(other) => other.to_string(),
         };
-        let report = super::progress::Report::Log(super::progress::bounded_line(line));
+        Ok(super::progress::Report::Log(super::progress::bounded_line(
+            line,
+        )))
+    })
+}
+
+/// A handler's report about its running job: `what` reads it from the
+/// arguments; the scheduler checks the caller runs the job (or operates).
+fn report(
+    queues: Queues,
+    mesh: Mesh,
+    ctx: CallCtx,
+    input: Value,
+    what: fn(ReportArgs) -> Result<super::progress::Report, ErrorBody>,
+) -> BoxFuture<'static, Reply> {
+    let operator = mesh.may_operate(ctx.caller);
+    Box::pin(async move {
+        let mut a: ReportArgs = args(input)?;
+        let receipt = receipt(a.receipt.take())?;
+        let report = what(a)?;
+        let caller = ctx.caller;
         run(
             &queues,
             Op::Report {
                 receipt,
                 report,
-                caller: ctx.caller,
+                caller,
                 operator,
             },
         )

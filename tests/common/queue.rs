@@ -97,3 +97,25 @@ pub async fn fail(w: &mut RawClient, inv: &Value, message: &str) {
     )
     .await;
 }
+
+/// A fair queue's test load: one tenant's burst of `n` jobs for
+/// `function_id` (`{"tenant", "i"}`), written 1,000 per `queue::enqueue_many`.
+pub async fn enqueue_burst(
+    c: &mut RawClient,
+    queue: &str,
+    function_id: &str,
+    tenant: &str,
+    n: u64,
+) {
+    for chunk in 0..n.div_ceil(1000) {
+        let jobs: Vec<Value> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|i| json!({"data": {"tenant": tenant, "i": i}}))
+            .collect();
+        op(
+            c,
+            "queue::enqueue_many",
+            json!({"queue": queue, "function_id": function_id, "jobs": jobs}),
+        )
+        .await;
+    }
+}
