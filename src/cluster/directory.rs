@@ -39,8 +39,9 @@ pub(crate) struct Directory {
     /// Other engines as peers of this mesh: engine id → its peer's worker id
     /// and the functions it serves.
     peers: Mutex<HashMap<String, Peer>>,
-    /// What this engine has put in the bucket.
-    announced: tokio::sync::Mutex<HashSet<Key>>,
+    /// What this engine has put in the bucket; `None` once withdrawn (at
+    /// drain: nothing is announced again, whatever its workers still do).
+    announced: tokio::sync::Mutex<Option<HashSet<Key>>>,
 }
 
 struct Peer {
@@ -76,7 +77,7 @@ impl Directory {
             kv,
             names: names.clone(),
             peers: Mutex::new(HashMap::new()),
-            announced: tokio::sync::Mutex::new(HashSet::new()),
+            announced: tokio::sync::Mutex::new(Some(HashSet::new())),
         };
         directory.clear_previous_run().await;
         Ok(directory)
@@ -108,8 +109,10 @@ impl Directory {
 
     /// Deletes every key of this engine (at drain).
     pub(super) async fn withdraw(&self) {
-        let mut announced = self.announced.lock().await;
-        for key in announced.drain() {
+        let Some(announced) = self.announced.lock().await.take() else {
+            return;
+        };
+        for key in announced {
             if let Err(e) = self.kv.delete(self.key(&key)).await {
                 tracing::warn!(function_id = %key.1, error = %e, "cannot withdraw a function from the cluster");
             }
@@ -157,7 +160,10 @@ impl Directory {
                 }
                 out
             });
-            let mut announced = self.announced.lock().await;
+            let mut guard = self.announced.lock().await;
+            let Some(announced) = guard.as_mut() else {
+                return;
+            };
             for (key, description) in &now {
                 if announced.contains(key) {
                     continue;
@@ -187,7 +193,7 @@ impl Directory {
                     }
                 }
             }
-            drop(announced);
+            drop(guard);
             match events.recv().await {
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -229,6 +235,9 @@ impl Directory {
                 _ => self.remove(&engine, &key),
             }
         }
+        tracing::error!(
+            "the cluster's function directory watch ended; other engines' changes are no longer seen"
+        );
     }
 
     fn add(self: &Arc<Self>, engine: String, key: Key, description: Option<String>) {
