@@ -54,6 +54,7 @@ pub struct Config {
     /// More worker listeners, each with its own address and policy (iii's
     /// second `iii-worker-manager`, e.g. an RBAC listener for untrusted workers).
     pub listeners: Vec<ListenerConfig>,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[[listeners]]`: one more worker listener.
@@ -114,6 +115,7 @@ impl Default for Config {
             topics: Default::default(),
             observability: Default::default(),
             otel: Default::default(),
+            cluster: Default::default(),
         }
     }
 }

@@ -34,7 +34,9 @@
 //!   `engine::traces::*`, `engine::logs::*`, `engine::metrics::list`,
 //!   `engine::health::check`, `engine::baggage::*`, `engine::log::*`),
 //!   `dashboard` (the web page at `/ui/`, a client of the worker socket like
-//!   any other).
+//!   any other), `cluster` (cluster mode on NATS, first slice: engines
+//!   share which functions their workers serve and route sync calls to
+//!   each other).
 //! - `edge`: the worker listeners' own paths (`/`, `/otel`, `/health`,
 //!   `/metrics`) and who may connect (tokens, RBAC auth).
 //! - [`engine`]: the root: builds every part, serves, drains in order.
@@ -48,6 +50,7 @@
 mod budget;
 pub mod channels;
 pub mod client;
+mod cluster;
 pub mod config;
 mod cron;
 mod dashboard;

@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "QMESH_LOG_FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Join a cluster on these NATS servers (`[cluster] urls`; repeat or
+    /// comma-separate). Off by default: one engine on its embedded store.
+    #[arg(long, env = "QMESH_CLUSTER", value_delimiter = ',')]
+    cluster: Vec<String>,
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -55,6 +59,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if !args.cluster.is_empty() {
+        config.cluster.urls = args.cluster;
     }
     if let Some(f) = args.log_format.as_deref() {
         config.log.format = if f == "json" {

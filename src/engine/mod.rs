@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::budget::MemoryBudget;
 use crate::channels::Channels;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::cron::CronModule;
 use crate::dashboard::Dashboard;
@@ -67,6 +68,8 @@ pub enum EngineError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Observability(#[from] crate::observability::ObservabilityError),
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A running engine: a cheap, cloneable handle.
@@ -127,7 +130,11 @@ impl Engine {
             Arc::new(StreamsModule::bind(&mesh, store.clone(), config.streams.clone()).await?);
         let topics = TopicsModule::new(store.clone(), &queues, config.topics.clone());
         let observability = Observability::new(config.observability.clone(), &config.otel)?;
-        let modules: Vec<Arc<dyn Module>> = vec![
+        let cluster = match config.cluster.enabled() {
+            true => Some(Cluster::join(&mesh, &config.cluster).await?),
+            false => None,
+        };
+        let mut modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),
             Arc::new(queues),
@@ -141,6 +148,9 @@ impl Engine {
             Arc::new(observability),
             Arc::new(Dashboard),
         ];
+        if let Some(cluster) = cluster {
+            modules.push(Arc::new(cluster));
+        }
 
         let mut provisions = Provisions::default();
         for m in &modules {

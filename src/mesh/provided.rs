@@ -89,6 +89,9 @@ pub(crate) struct ExternalCall {
     pub function_id: String,
     /// What a worker would receive (`_caller_worker_id` included for worker calls).
     pub data: Payload,
+    /// When the mesh fails the call if it has not settled (its caller's
+    /// timeout, within the engine's bound): a target need not wait longer.
+    pub deadline: std::time::Instant,
     pub(super) mesh: Mesh,
 }
 

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::access::Access;
 use super::connection::{Connection, Outgoing};
+use super::provided::ExternalTarget;
 use super::session::WORKERS_REGISTER;
 use super::state::{FunctionInfo, Key, Provider, Rebinding, State, Worker, WorkerMeta};
 use super::{Mesh, MeshEvent};
@@ -181,6 +182,29 @@ impl Mesh {
                 return;
             }
         };
+        self.add_provider(worker_id, namespace, reg, external);
+    }
+
+    /// Registers a function of `worker_id` whose calls go to `target` (set by
+    /// engine code, not by a worker's `invocation` spec): a function served
+    /// somewhere the engine reaches itself, such as another engine.
+    pub(crate) fn register_external(
+        &self,
+        worker_id: Uuid,
+        namespace: &str,
+        reg: FunctionRegistration,
+        target: Arc<dyn ExternalTarget>,
+    ) {
+        self.add_provider(worker_id, namespace, reg, Some(target));
+    }
+
+    fn add_provider(
+        &self,
+        worker_id: Uuid,
+        namespace: &str,
+        reg: FunctionRegistration,
+        external: Option<Arc<dyn ExternalTarget>>,
+    ) {
         let mut st = self.lock();
         let Some(worker) = st.workers.get_mut(&worker_id) else {
             return;

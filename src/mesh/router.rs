@@ -141,6 +141,7 @@ impl Mesh {
         let caller_id = caller.to_string();
         self.deliver(
             &executor,
+            deadline,
             InvokeParts {
                 invocation_id: &invocation_id,
                 function_id: &invoke.function_id,
@@ -285,6 +286,7 @@ impl Mesh {
         };
         self.deliver(
             &conn,
+            deadline,
             InvokeParts {
                 invocation_id: &invocation_id,
                 function_id,
@@ -473,7 +475,7 @@ impl Mesh {
     /// Puts a started call's frame in its executor's outbox (a connection
     /// already closing fails the call at once), or hands it to its external
     /// target.
-    fn deliver(&self, executor: &Executor, parts: InvokeParts<'_>) {
+    fn deliver(&self, executor: &Executor, deadline: Instant, parts: InvokeParts<'_>) {
         let invocation_id = *parts.invocation_id;
         match executor {
             Executor::Worker(conn) => {
@@ -493,6 +495,7 @@ impl Mesh {
                 invocation_id,
                 function_id: parts.function_id.to_owned(),
                 data: parts.data.to_owned(),
+                deadline,
                 mesh: self.clone(),
             }),
         }

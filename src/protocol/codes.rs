@@ -51,6 +51,9 @@ pub const AUTH_ERROR: &str = "AUTH_ERROR";
 // qmesh codes.
 /// The engine's bound on a call's life ran out before the executor answered.
 pub const INVOCATION_TIMEOUT: &str = "invocation_timeout";
+/// A call could not be carried to its executor or back (another engine of
+/// the cluster answered garbage, or NATS failed); the message names where.
+pub const INVOCATION_FAILED: &str = "invocation_failed";
 /// The caller already has the configured maximum of calls in flight.
 pub const TOO_MANY_PENDING_CALLS: &str = "too_many_pending_calls";
 /// The caller reused an `invocation_id` that is still in flight.

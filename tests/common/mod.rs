@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod launcher;
+pub mod nats;
 pub mod otlp;
 pub mod programs;
 pub mod queue;

@@ -1,0 +1,48 @@
+//! `[cluster]`: which NATS cluster this engine joins, under which names.
+
+use serde::Deserialize;
+
+/// `[cluster]` (or `qmesh serve --cluster nats://…`). Off while `urls` is
+/// empty: the engine is alone, on its embedded store.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers to connect to (`nats://host:4222`); any one is enough,
+    /// the client learns the others from the server.
+    pub urls: Vec<String>,
+    /// The qmesh cluster's name: engines with the same name on one NATS
+    /// cluster form one mesh. In subjects and bucket names, so
+    /// `[A-Za-z0-9_-]` only.
+    pub name: String,
+    /// This engine's id in the cluster (`[A-Za-z0-9_-]`). Absent: a fresh
+    /// one per start. Give a stable one so a restarted engine clears what
+    /// its previous run announced.
+    pub engine_id: Option<String>,
+    /// Replicas of the cluster's JetStream buckets (3 on a 3-node NATS
+    /// cluster; 1 on a single server).
+    pub replicas: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            name: "qmesh".to_owned(),
+            engine_id: None,
+            replicas: 3,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub(crate) fn enabled(&self) -> bool {
+        !self.urls.is_empty()
+    }
+}
+
+/// Whether `s` may be part of a NATS subject token and a bucket name.
+pub(crate) fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}

@@ -1,0 +1,187 @@
+//! Cluster mode, first slice: engines on one NATS cluster route sync calls
+//! to each other's workers.
+//!
+//! - `directory.rs`: which engine's workers serve which functions, in the
+//!   JetStream KV bucket `qmesh_<cluster>_functions` (one key per engine and
+//!   function, written by that engine, watched by every other one). Each
+//!   other engine is one peer in the mesh (a connection with no socket,
+//!   named `engine:<id>`) whose functions are external functions.
+//! - `remote.rs`: the calls themselves, core NATS request/reply on
+//!   `qmesh.<cluster>.engine.<id>.call`: a call to a peer's function goes
+//!   out as a request, and the peer answers it from its own workers.
+//! - `config.rs`: `[cluster]`.
+//!
+//! The mesh knows none of this by name: a peer's functions are registered
+//! with [`crate::mesh::provided::ExternalTarget`]s, as HTTP-invoked
+//! functions are. Queues, state, streams, pub/sub, cron and topics stay per
+//! engine for now.
+
+mod config;
+mod directory;
+mod remote;
+
+pub use config::ClusterConfig;
+
+use futures_util::future::BoxFuture;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+use crate::mesh::Mesh;
+use crate::module::Module;
+
+/// Why an engine could not join its cluster (the engine does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("[cluster] {field} {value:?} may hold only letters, digits, '_' and '-'")]
+    Name { field: &'static str, value: String },
+    #[error("[cluster] urls: {url:?} is not a NATS URL: {source}")]
+    Url { url: String, source: std::io::Error },
+    #[error("cannot connect to NATS at {urls}: {source}")]
+    Connect {
+        urls: String,
+        source: async_nats::ConnectError,
+    },
+    #[error(
+        "cannot open the JetStream bucket {bucket} (is JetStream on, with {replicas} replica(s) possible?): {source}"
+    )]
+    Bucket {
+        bucket: String,
+        replicas: usize,
+        source: async_nats::jetstream::context::CreateKeyValueError,
+    },
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        source: async_nats::SubscribeError,
+    },
+}
+
+/// Names every engine of one cluster derives from its `[cluster] name`.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    pub cluster: String,
+    pub engine_id: String,
+}
+
+impl Names {
+    pub(crate) fn bucket(&self) -> String {
+        format!("qmesh_{}_functions", self.cluster)
+    }
+    pub(crate) fn call_subject(&self, engine_id: &str) -> String {
+        format!("qmesh.{}.engine.{engine_id}.call", self.cluster)
+    }
+}
+
+/// This engine's membership of a cluster: a module of the engine root.
+pub(crate) struct Cluster {
+    names: Names,
+    client: async_nats::Client,
+    directory: Arc<directory::Directory>,
+    mesh: Mesh,
+    /// This engine's call subject, until [`Module::start`] serves it.
+    calls: std::sync::Mutex<Option<async_nats::Subscriber>>,
+}
+
+impl Cluster {
+    /// Connects to NATS, opens the function directory and subscribes to
+    /// this engine's call subject. Nothing is announced or routed until
+    /// [`Module::start`].
+    pub(crate) async fn join(mesh: &Mesh, config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+        let engine_id = config
+            .engine_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        for (field, value) in [("name", &config.name), ("engine_id", &engine_id)] {
+            if !config::is_plain_name(value) {
+                return Err(ClusterError::Name {
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+        let names = Names {
+            cluster: config.name.clone(),
+            engine_id,
+        };
+        let urls = config.urls.join(",");
+        let addrs = config
+            .urls
+            .iter()
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|source| ClusterError::Url {
+                        url: u.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("qmesh engine {}", names.engine_id))
+            .connect(addrs)
+            .await
+            .map_err(|source| ClusterError::Connect {
+                urls: urls.clone(),
+                source,
+            })?;
+        let directory = directory::Directory::open(mesh, &client, &names, config.replicas).await?;
+        let subject = names.call_subject(&names.engine_id);
+        let calls = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|source| ClusterError::Subscribe { subject, source })?;
+        tracing::info!(cluster = %names.cluster, engine_id = %names.engine_id, nats = %urls, "joined the cluster");
+        Ok(Cluster {
+            names,
+            client,
+            directory: Arc::new(directory),
+            mesh: mesh.clone(),
+            calls: std::sync::Mutex::new(Some(calls)),
+        })
+    }
+}
+
+impl Module for Cluster {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn health(&self) -> Option<(&'static str, serde_json::Value)> {
+        let state = self.client.connection_state();
+        let ok = matches!(state, async_nats::connection::State::Connected);
+        Some((
+            "cluster",
+            serde_json::json!({
+                "state": if ok { "ok" } else { "degraded" },
+                "engine_id": self.names.engine_id,
+                "nats": state.to_string(),
+            }),
+        ))
+    }
+
+    fn start(&self) -> Vec<JoinHandle<()>> {
+        let mut tasks = self.directory.clone().start();
+        if let Some(calls) = self.calls.lock().expect("not poisoned").take() {
+            tasks.push(tokio::spawn(remote::serve(
+                self.mesh.clone(),
+                self.client.clone(),
+                self.directory.clone(),
+                calls,
+            )));
+        }
+        tasks
+    }
+
+    /// Other engines stop routing here: this engine's entries leave the
+    /// directory (its workers are about to be closed).
+    fn stop_intake(&self, _grace: std::time::Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.directory.withdraw().await })
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.client.flush().await {
+                tracing::debug!(error = %e, "NATS flush at stop failed");
+            }
+        })
+    }
+}

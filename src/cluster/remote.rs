@@ -1,0 +1,178 @@
+//! Calls between engines: core NATS request/reply.
+//!
+//! A call to a peer's function is a request on the peer's subject
+//! `qmesh.<cluster>.engine.<id>.call` ([`RemoteFunction`]); the peer takes
+//! it in [`serve`], calls the function on its own workers and replies. The
+//! request's timeout is what is left of the caller's; the mesh fails the
+//! call at its deadline in any case.
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::directory::Directory;
+use crate::mesh::Mesh;
+use crate::mesh::provided::{ExternalCall, ExternalTarget};
+use crate::protocol::{ErrorBody, Payload, codes};
+
+/// What one engine asks another.
+#[derive(Serialize, Deserialize)]
+struct CallRequest {
+    namespace: String,
+    function_id: String,
+    data: Payload,
+    /// What is left of the caller's timeout.
+    timeout_ms: u64,
+}
+
+/// What it answers: `result` (maybe null) or `error`.
+#[derive(Serialize, Deserialize)]
+struct CallReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<Payload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorBody>,
+}
+
+/// Why a call to another engine failed before it answered.
+#[derive(Debug, thiserror::Error)]
+enum RemoteError {
+    #[error(
+        "engine {engine} is not answering on the cluster (no responders): it stopped or lost NATS"
+    )]
+    Gone { engine: String },
+    #[error("engine {engine} did not answer within {timeout:?}")]
+    TimedOut { engine: String, timeout: Duration },
+    #[error("request to engine {engine} failed: {source}")]
+    Request {
+        engine: String,
+        source: async_nats::RequestError,
+    },
+    #[error("engine {engine} answered something that is not a call reply: {source}")]
+    Reply {
+        engine: String,
+        source: serde_json::Error,
+    },
+}
+
+impl RemoteError {
+    fn into_body(self) -> ErrorBody {
+        let code = match &self {
+            RemoteError::Gone { .. } => codes::FUNCTION_NOT_FOUND,
+            RemoteError::TimedOut { .. } => codes::INVOCATION_TIMEOUT,
+            RemoteError::Request { .. } | RemoteError::Reply { .. } => codes::INVOCATION_FAILED,
+        };
+        ErrorBody::new(code, self.to_string())
+    }
+}
+
+/// Where calls to one function of another engine go.
+pub(super) struct RemoteFunction {
+    pub client: async_nats::Client,
+    pub engine_id: String,
+    pub subject: String,
+    pub namespace: String,
+}
+
+impl ExternalTarget for RemoteFunction {
+    fn invoke(&self, call: ExternalCall) {
+        let (client, subject, engine) = (
+            self.client.clone(),
+            self.subject.clone(),
+            self.engine_id.clone(),
+        );
+        let timeout = call.deadline.saturating_duration_since(Instant::now());
+        let request = CallRequest {
+            namespace: self.namespace.clone(),
+            function_id: call.function_id.clone(),
+            data: call.data.clone(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let body = serde_json::to_vec(&request).expect("a request encodes");
+        tokio::spawn(async move {
+            let sent = client
+                .send_request(
+                    subject,
+                    async_nats::Request::new()
+                        .payload(body.into())
+                        .timeout(Some(timeout)),
+                )
+                .await;
+            let outcome = match sent {
+                Ok(msg) => match serde_json::from_slice::<CallReply>(&msg.payload) {
+                    Ok(CallReply { error: Some(e), .. }) => Err(e),
+                    Ok(CallReply { result, .. }) => Ok(result),
+                    Err(source) => Err(RemoteError::Reply { engine, source }.into_body()),
+                },
+                Err(e) => {
+                    use async_nats::RequestErrorKind as K;
+                    let err = match e.kind() {
+                        K::NoResponders => RemoteError::Gone { engine },
+                        K::TimedOut => RemoteError::TimedOut { engine, timeout },
+                        _ => RemoteError::Request { engine, source: e },
+                    };
+                    tracing::debug!(function_id = %call.function_id, error = %err, "call to another engine failed");
+                    Err(err.into_body())
+                }
+            };
+            call.settle(outcome);
+        });
+    }
+}
+
+/// Answers other engines' calls on this engine's subject until the
+/// subscription ends: each from a task, on this engine's own workers only
+/// (never forwarded again: directory entries may be a moment stale, and a
+/// call must not travel in circles).
+pub(super) async fn serve(
+    mesh: Mesh,
+    client: async_nats::Client,
+    directory: Arc<Directory>,
+    mut calls: async_nats::Subscriber,
+) {
+    while let Some(msg) = calls.next().await {
+        let Some(reply_to) = msg.reply.clone() else {
+            continue;
+        };
+        let (mesh, client, directory) = (mesh.clone(), client.clone(), directory.clone());
+        tokio::spawn(async move {
+            let reply = match serde_json::from_slice::<CallRequest>(&msg.payload) {
+                Err(e) => CallReply {
+                    result: None,
+                    error: Some(ErrorBody::new(
+                        codes::INVALID_ARGUMENTS,
+                        format!("not a call request: {e}"),
+                    )),
+                },
+                Ok(req) if !directory.served_here(&req.namespace, &req.function_id) => CallReply {
+                    result: None,
+                    error: Some(ErrorBody::new(
+                        codes::FUNCTION_NOT_FOUND,
+                        format!("no worker on this engine serves {}", req.function_id),
+                    )),
+                },
+                Ok(req) => {
+                    let timeout = Duration::from_millis(req.timeout_ms);
+                    match mesh
+                        .call(&req.namespace, &req.function_id, req.data, timeout)
+                        .await
+                    {
+                        Ok(result) => CallReply {
+                            result,
+                            error: None,
+                        },
+                        Err(e) => CallReply {
+                            result: None,
+                            error: Some(e),
+                        },
+                    }
+                }
+            };
+            let body = serde_json::to_vec(&reply).expect("a reply encodes");
+            if let Err(e) = client.publish(reply_to, body.into()).await {
+                tracing::warn!(error = %e, "cannot answer another engine's call");
+            }
+        });
+    }
+}

