@@ -11,7 +11,7 @@ use super::queue_table::QueueRt;
 use super::scheduler::Scheduler;
 use super::states::{COUNTED, ShownState};
 use crate::protocol::{ErrorBody, codes};
-use crate::store::queue::Writes;
+use crate::store::queue::{FnId, Writes};
 use crate::store::records::{ErrorRecord, FailReason, JobRecord, JobState};
 use crate::store::{StoreError, Ticket};
 
@@ -92,16 +92,26 @@ impl Scheduler {
         })
     }
 
-    /// Ready jobs whose function no connected worker provides.
+    /// Ready jobs whose function no connected worker provides. When no lane
+    /// of the queue has a worker (a million jobs queued before any worker
+    /// came), that is every ready job: the counters say how many, with no
+    /// scan; otherwise only the lanes without a worker are counted.
     fn waiting_for_worker(&self, q: &QueueRt) -> u64 {
-        q.ready
-            .functions()
-            .filter(|f| {
-                let Some((ns, fid)) = self.fn_ids.name(*f) else {
-                    return false;
-                };
-                !self.mesh.inspect(|st| st.function(ns, fid).is_some())
-            })
+        let has_worker = |f: &FnId| {
+            self.fn_ids
+                .name(*f)
+                .is_some_and(|(ns, fid)| self.mesh.inspect(|st| st.function(ns, fid).is_some()))
+        };
+        let unserved: Vec<FnId> = q.ready.functions().filter(|f| !has_worker(f)).collect();
+        if unserved.is_empty() {
+            return 0;
+        }
+        if unserved.len() == q.ready.len() {
+            // Every ready job not running is in a lane of the index.
+            return self.counters.of(q.id).ready;
+        }
+        unserved
+            .into_iter()
             .map(|f| {
                 self.store
                     .ready_of_function(q.id, f)
