@@ -49,6 +49,9 @@ struct Peer {
     functions: HashSet<Key>,
 }
 
+/// How soon a refused announcement is tried again.
+const ANNOUNCE_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl Directory {
     pub(super) async fn open(
         mesh: &Mesh,
@@ -160,6 +163,10 @@ impl Directory {
                 }
                 out
             });
+            // A put or delete NATS refused (a stream still electing its
+            // leader, a node restarting) is retried without waiting for
+            // the next mesh event, which may never come.
+            let mut failed = false;
             let mut guard = self.announced.lock().await;
             let Some(announced) = guard.as_mut() else {
                 return;
@@ -174,7 +181,8 @@ impl Directory {
                         announced.insert(key.clone());
                     }
                     Err(e) => {
-                        tracing::warn!(function_id = %key.1, error = %e, "cannot announce a function to the cluster")
+                        failed = true;
+                        tracing::warn!(function_id = %key.1, error = %e, "cannot announce a function to the cluster; retrying")
                     }
                 }
             }
@@ -189,12 +197,21 @@ impl Directory {
                         announced.remove(&key);
                     }
                     Err(e) => {
-                        tracing::warn!(function_id = %key.1, error = %e, "cannot withdraw a function from the cluster")
+                        failed = true;
+                        tracing::warn!(function_id = %key.1, error = %e, "cannot withdraw a function from the cluster; retrying")
                     }
                 }
             }
             drop(guard);
-            match events.recv().await {
+            let next = if failed {
+                match tokio::time::timeout(ANNOUNCE_RETRY, events.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => continue,
+                }
+            } else {
+                events.recv().await
+            };
+            match next {
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
@@ -202,42 +219,47 @@ impl Directory {
     }
 
     /// Mirrors other engines' keys into the mesh, from the bucket's current
-    /// contents on.
+    /// contents on. A watch NATS refuses or ends (a node restarting, the
+    /// bucket's stream still electing a leader) is opened again: its history
+    /// replays every current key and delete marker, and adding or removing
+    /// twice changes nothing.
     async fn watch(self: Arc<Self>) {
-        let mut watch = match self.kv.watch_with_history(">").await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the cluster's function directory; no calls will reach other engines");
-                return;
-            }
-        };
-        while let Some(entry) = watch.next().await {
-            let entry = match entry {
-                Ok(e) => e,
+        loop {
+            let mut watch = match self.kv.watch_with_history(">").await {
+                Ok(w) => w,
                 Err(e) => {
-                    tracing::warn!(error = %e, "the cluster's function directory watch failed");
+                    tracing::warn!(error = %e, "cannot watch the cluster's function directory; retrying");
+                    tokio::time::sleep(ANNOUNCE_RETRY).await;
                     continue;
                 }
             };
-            let Some((engine, key)) = parse_key(&entry.key) else {
-                tracing::warn!(key = %entry.key, "ignored a malformed directory key");
-                continue;
-            };
-            if engine == self.names.engine_id {
-                continue;
-            }
-            match entry.operation {
-                async_nats::jetstream::kv::Operation::Put => {
-                    let description: Option<String> =
-                        serde_json::from_slice(&entry.value).unwrap_or(None);
-                    self.add(engine, key, description);
+            while let Some(entry) = watch.next().await {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the cluster's function directory watch failed");
+                        continue;
+                    }
+                };
+                let Some((engine, key)) = parse_key(&entry.key) else {
+                    tracing::warn!(key = %entry.key, "ignored a malformed directory key");
+                    continue;
+                };
+                if engine == self.names.engine_id {
+                    continue;
                 }
-                _ => self.remove(&engine, &key),
+                match entry.operation {
+                    async_nats::jetstream::kv::Operation::Put => {
+                        let description: Option<String> =
+                            serde_json::from_slice(&entry.value).unwrap_or(None);
+                        self.add(engine, key, description);
+                    }
+                    _ => self.remove(&engine, &key),
+                }
             }
+            tracing::warn!("the cluster's function directory watch ended; opening it again");
+            tokio::time::sleep(ANNOUNCE_RETRY).await;
         }
-        tracing::error!(
-            "the cluster's function directory watch ended; other engines' changes are no longer seen"
-        );
     }
 
     fn add(self: &Arc<Self>, engine: String, key: Key, description: Option<String>) {
