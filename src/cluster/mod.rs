@@ -123,6 +123,15 @@ impl Cluster {
                 urls: urls.clone(),
                 source,
             })?;
+        let version = client.server_info().version;
+        if !syncs_every_write(&version) {
+            tracing::warn!(
+                nats_version = %version,
+                "this NATS server cannot fsync every JetStream write before acknowledging it \
+                 (sync_interval: always needs 2.10 or later; 2.15.1 is what qmesh tests): \
+                 what the cluster stores may be lost on power failure"
+            );
+        }
         let directory = directory::Directory::open(mesh, &client, &names, config.replicas).await?;
         let subject = names.call_subject(&names.engine_id);
         let calls = client
@@ -183,5 +192,33 @@ impl Module for Cluster {
                 tracing::debug!(error = %e, "NATS flush at stop failed");
             }
         })
+    }
+}
+
+/// Whether a NATS server of `version` can be configured to fsync every
+/// JetStream write before acknowledging it (`jetstream { sync_interval:
+/// always }`, unknown to 2.9 and earlier). Its configuration is not visible
+/// to clients: this is the check a client can make.
+fn syncs_every_write(version: &str) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 10)
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::syncs_every_write;
+
+    #[test]
+    fn servers_older_than_2_10_cannot_sync_every_write() {
+        for old in ["2.9.10", "2.2.0", "1.4.1", "garbage"] {
+            assert!(!syncs_every_write(old), "{old}");
+        }
+        for new in ["2.10.0", "2.15.1", "v2.12.3-beta", "3.0.0"] {
+            assert!(syncs_every_write(new), "{new}");
+        }
     }
 }
