@@ -5,7 +5,7 @@
 mod common;
 
 use common::queue::{
-    complete, enqueue, enqueue_burst, fail, fast_config, next_job, op, until_state,
+    complete, enqueue, enqueue_burst, fail, fast_config, log_lines, next_job, op, until_state,
 };
 use common::{RawClient, TestEngine, WAIT, wait_for};
 use serde_json::{Value, json};
@@ -131,12 +131,7 @@ async fn progress_and_logs_are_kept_with_the_job_and_progress_fires_its_trigger(
     // Visible while it runs, and after.
     let job = op(&mut c, "queue::get", json!({"receipt": receipt})).await;
     assert_eq!(job["progress"], json!({"done": 5, "of": 10}), "{job}");
-    let lines: Vec<&str> = job["logs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["line"].as_str().unwrap())
-        .collect();
+    let lines = log_lines(&job);
     assert_eq!(
         lines,
         ["step 2", "step 3", "step 4"],

@@ -7,7 +7,7 @@
 mod common;
 
 use common::programs::Program;
-use common::queue::{enqueue_burst, fast_config, op, until_state, until_stats};
+use common::queue::{enqueue_burst, fast_config, log_lines, op, until_state, until_stats};
 use common::{RawClient, TestEngine};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -43,12 +43,7 @@ async fn sdk_handlers_report_progress_and_logs_and_run_flows() {
             json!({"percent": 100, "stage": "done"}),
             "{lang}: {job}"
         );
-        let lines: Vec<&str> = job["logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["line"].as_str().unwrap())
-            .collect();
+        let lines = log_lines(&job);
         assert_eq!(
             lines,
             [format!("{p} halfway"), format!("{p} finished")],

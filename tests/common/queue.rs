@@ -119,3 +119,11 @@ pub async fn enqueue_burst(
         .await;
     }
 }
+
+/// The lines of a job's log, as `queue::get` shows them.
+pub fn log_lines(job: &Value) -> Vec<&str> {
+    job["logs"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|l| l["line"].as_str()).collect())
+        .unwrap_or_default()
+}
