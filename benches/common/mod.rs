@@ -169,7 +169,10 @@ pub async fn closed_loop(
             while Instant::now() < end {
                 let (f, input) = op(n);
                 let t = Instant::now();
-                client.call(f, input).await.expect("call");
+                client
+                    .call(f, input)
+                    .await
+                    .unwrap_or_else(|e| panic!("call {f}: {e:?}"));
                 hist.record(t.elapsed().as_micros() as u64).ok();
                 n += callers as u64;
                 ops += 1;

@@ -27,14 +27,12 @@ impl CronPositions {
     /// Records `slot_ms` as decided and asks for a sync; durable once the
     /// returned ticket is.
     pub fn decide(&self, trigger_id: &str, slot_ms: u64) -> Result<Ticket, StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(
+        let ticket = self.store.put(
             layout::cron_position(trigger_id),
             super::record(&CronRecord {
                 last_slot_ms: slot_ms,
             }),
-        );
-        let ticket = self.store.apply(batch)?;
+        )?;
         self.store.want(ticket);
         Ok(ticket)
     }

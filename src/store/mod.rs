@@ -195,16 +195,40 @@ impl Store {
     }
 
     /// Applies a batch atomically. It is visible at once and durable after [`Store::durable`].
+    ///
+    /// sled holds every batch back while a sync's flush writes and waits
+    /// for the disk (its batch lock is exclusive, its flush shares it). A
+    /// write of one key needs no batch: [`Store::put`] and [`Store::remove`]
+    /// go past a flush in progress.
     pub fn apply(&self, batch: sled::Batch) -> Result<Ticket, StoreError> {
         let t = std::time::Instant::now();
-        if let Err(e) = self.tree.apply_batch(batch) {
-            let e = StoreError::Sled(e);
-            *self.syncer.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fault::of(&e));
-            return Err(e);
-        }
+        let applied = self.tree.apply_batch(batch);
         let us = t.elapsed().as_micros() as u64;
         if us > 300 {
             tracing::trace!(micros = us, "slow apply");
+        }
+        self.written(applied)
+    }
+
+    /// Writes one key (atomic on its own), not held back by a flush.
+    /// Visible at once and durable after [`Store::durable`].
+    pub fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<Ticket, StoreError> {
+        self.written(self.tree.insert(key, value).map(drop))
+    }
+
+    /// Removes one key, as [`Store::put`] writes one.
+    pub fn remove(&self, key: Vec<u8>) -> Result<Ticket, StoreError> {
+        self.written(self.tree.remove(key).map(drop))
+    }
+
+    /// The ticket of a write sled took, or its error, kept for `/health`.
+    /// The ticket is drawn after the write: a sync that reads `applied`
+    /// afterwards flushes past it.
+    fn written(&self, result: sled::Result<()>) -> Result<Ticket, StoreError> {
+        if let Err(e) = result {
+            let e = StoreError::Sled(e);
+            *self.syncer.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fault::of(&e));
+            return Err(e);
         }
         let mut st = self.syncer.state.lock().unwrap_or_else(|e| e.into_inner());
         st.applied += 1;

@@ -24,9 +24,7 @@ impl ConnRows {
 
     /// Writes (or rewrites) a connection's row; durable once `ticket` is.
     pub fn put(&self, id: &Uuid, rec: &RealtimeConnRecord) -> Result<Ticket, StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(layout::realtime_conn(id), super::record(rec));
-        self.store.apply(batch)
+        self.store.put(layout::realtime_conn(id), super::record(rec))
     }
 
     pub fn get(&self, id: &Uuid) -> Result<Option<RealtimeConnRecord>, StoreError> {
@@ -34,9 +32,7 @@ impl ConnRows {
     }
 
     pub fn remove(&self, id: &Uuid) -> Result<Ticket, StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.remove(layout::realtime_conn(id));
-        self.store.apply(batch)
+        self.store.remove(layout::realtime_conn(id))
     }
 
     /// Waits until `ticket`'s writes are on disk.

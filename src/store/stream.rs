@@ -62,13 +62,12 @@ impl StreamItems {
             .map_err(E::from)?
             .map(|r| r.json);
         let new = change(old.as_deref())?;
-        let mut batch = sled::Batch::default();
-        match new {
-            Some(json) => batch.insert(k, super::record(&StateRecord { json })),
-            None if old.is_some() => batch.remove(k),
+        let written = match new {
+            Some(json) => self.store.put(k, super::record(&StateRecord { json })),
+            None if old.is_some() => self.store.remove(k),
             None => return Ok(Written { old, ticket: None }),
-        }
-        let ticket = self.store.apply(batch).map_err(E::from)?;
+        };
+        let ticket = written.map_err(E::from)?;
         Ok(Written {
             old,
             ticket: Some(ticket),

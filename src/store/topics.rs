@@ -24,15 +24,12 @@ impl TopicSubscriptions {
     /// Writes (or rewrites) a subscription; durable with the next sync (a
     /// publish that saw it waits for a sync that covers it).
     pub fn put(&self, k: &SubKey, rec: &TopicSubRecord) -> Result<Ticket, StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(layout::topic_sub(&k.0, &k.1, &k.2), super::record(rec));
-        self.store.apply(batch)
+        self.store
+            .put(layout::topic_sub(&k.0, &k.1, &k.2), super::record(rec))
     }
 
     pub fn remove(&self, k: &SubKey) -> Result<Ticket, StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.remove(layout::topic_sub(&k.0, &k.1, &k.2));
-        self.store.apply(batch)
+        self.store.remove(layout::topic_sub(&k.0, &k.1, &k.2))
     }
 
     /// Every row, as the last run left them (unreadable ones skipped, logged).

@@ -133,7 +133,11 @@ impl EngineProcess {
             ]),
         };
         let mut child = cmd
-            .env("RUST_LOG", "warn")
+            // `QMESH_ENGINE_LOG` overrides the engine's log filter, to trace a bench's engine.
+            .env(
+                "RUST_LOG",
+                std::env::var("QMESH_ENGINE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
