@@ -21,12 +21,30 @@ use super::sequence::Sequence;
 use super::settings::QueueConfig;
 use super::unsynced::Unsynced;
 use crate::mesh::Mesh;
+use crate::mesh::state::Settled;
 use crate::protocol::codes;
 use crate::store::queue::{QueueStore, Writes};
 use crate::store::records::{AttemptRecord, FailReason, JobState};
 use crate::store::{Store, StoreError};
 
 impl Scheduler {
+    /// The store was reopened after a failure: this scheduler's memory may
+    /// hold writes the store lost, so it is rebuilt from the store as at a
+    /// start (attempts in progress go back to ready and run again; their
+    /// outcomes, if they still come, go to the old channel and are dropped).
+    /// Returns the new outcomes channel. Runtime queue settings are kept.
+    pub(super) fn reload(&mut self) -> Result<mpsc::UnboundedReceiver<Settled>, StoreError> {
+        let mut fresh =
+            Scheduler::load(self.mesh.clone(), self.store.store(), self.config.clone())?;
+        fresh.progress_watchers = self.progress_watchers.clone();
+        fresh.metrics = self.metrics.clone();
+        fresh.draining = self.draining;
+        let finished = fresh.finished_rx.take().expect("a fresh scheduler");
+        *self = fresh;
+        tracing::warn!("queue: state reloaded from the reopened store");
+        Ok(finished)
+    }
+
     pub fn load(mesh: Mesh, store: Arc<Store>, config: QueueConfig) -> Result<Self, StoreError> {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         let store = QueueStore::new(store);

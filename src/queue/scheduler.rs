@@ -100,6 +100,7 @@ impl Scheduler {
         let mut finished = self.finished_rx.take().expect("run is called once");
         let mut events = self.mesh.subscribe();
         let mut syncs = self.store.sync_events();
+        let mut reopenings = self.store.reopenings();
         let shortest = (self.config.queues.keys())
             .filter_map(|name| self.config.settings(name))
             .map(|s| s.retention)
@@ -146,7 +147,14 @@ impl Scheduler {
                     syncs.borrow_and_update();
                     self.unsynced.first_waiting(self.store.synced());
                 }
-                _ = prune.tick() => self.log_err("pruning completed jobs", |s| s.prune_completed()),
+                // The store failed and was reopened: what it holds now is the truth.
+                Ok(()) = reopenings.changed() => match self.reload() {
+                    Ok(fresh) => finished = fresh,
+                    Err(e) => tracing::error!(error = %e, "queue: reading the reopened store failed"),
+                },
+                // A failed store refuses reads and writes until it is reopened:
+                // nothing below may run meanwhile.
+                _ = prune.tick(), if !self.store.is_broken() => self.log_err("pruning completed jobs", |s| s.prune_completed()),
                 _ = record_tick.tick(), if recording => {
                     self.log_err("recording starts", |s| s.record_starts(false));
                     self.log_err("writing reports", |s| s.write_reports());
@@ -163,7 +171,9 @@ impl Scheduler {
             {
                 return;
             }
-            self.log_err("dispatching", |s| s.dispatch());
+            if !self.store.is_broken() {
+                self.log_err("dispatching", |s| s.dispatch());
+            }
         }
     }
 
@@ -256,6 +266,10 @@ impl Scheduler {
             }
             Command::Drain => self.draining = true,
             Command::EnqueueFlow(root, reply) => self.enqueue_flow(root, reply),
+            // Listings would read a failed store as empty: refuse instead.
+            Command::Op(_, reply) if self.store.is_broken() => {
+                let _ = reply.send(Err(store_error(self.store.refusal())));
+            }
             Command::Op(op, reply) => match self.op(op) {
                 // A write answers once it is durable; anything else at once.
                 (Ok(v), Some(t)) => {

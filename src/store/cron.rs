@@ -43,7 +43,7 @@ impl CronPositions {
     pub fn forget_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for item in self.store.tree().scan_prefix([layout::CRON_POSITIONS]) {
+        for item in self.store.scan([layout::CRON_POSITIONS]) {
             let (k, v) = item?;
             let rec: CronRecord = super::codec::decode(&v)?;
             if rec.last_slot_ms < cutoff_ms {

@@ -10,7 +10,10 @@
 //! One sync covers every batch applied before it started: group commit.
 //! A sync runs only when someone waits for one: batches nobody waits on
 //! (a job starting, an attempt's outcome) ride along with the next sync, or
-//! sled's own periodic flush.
+//! sled's own periodic flush. The syncer is `syncer.rs`.
+//!
+//! Failure: a write or sync that fails breaks the store (it refuses reads
+//! and writes), and `mender.rs` reopens it once the disk has room again.
 //!
 //! Large values: sled 0.34.7 writes any log item bigger than a quarter of its
 //! segment (512 KiB, so about 128 KiB: `pagecache/logger.rs`, `segment_size /
@@ -26,21 +29,22 @@
 pub mod codec;
 pub mod cron;
 pub mod layout;
+mod mender;
 pub mod migrations;
 pub mod queue;
 pub mod realtime;
 pub mod records;
 pub mod state;
 pub mod stream;
+mod syncer;
 pub mod topics;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use tokio::sync::watch;
 
 pub use codec::CodecError;
@@ -114,18 +118,31 @@ impl Fault {
 pub type Ticket = u64;
 
 pub struct Store {
-    db: sled::Db,
-    tree: sled::Tree,
-    syncer: Arc<Syncer>,
-    sync_thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-struct Syncer {
+/// What the store's threads (syncer, mender) share with it.
+struct Shared {
+    dir: PathBuf,
+    /// The open sled instance; `None` while the mender swaps a broken one
+    /// for a fresh one.
+    live: RwLock<Option<Arc<Sled>>>,
+    /// A write or a sync failed: sled 0.34.7 keeps an IO error for good
+    /// (every later write fails, and a read that must split a node retries
+    /// its log write forever), so the store refuses reads and writes until
+    /// the mender has reopened it.
+    broken: AtomicBool,
     state: Mutex<SyncState>,
+    /// Wakes the syncer (a sync is wanted, the store reopened or closes).
     wake: Condvar,
+    /// Wakes the mender (the store broke or closes).
+    mend: Condvar,
     synced: watch::Sender<Result<Ticket, Fault>>,
+    /// Counts reopenings: whoever keeps state derived from the store reloads it.
+    reopened: watch::Sender<u64>,
     /// The store's last failure (a write sled refused, or a sync), cleared
-    /// by the next sync that succeeds: what `/health` reports.
+    /// by the next sync that succeeds or by a reopening: what `/health` reports.
     fault: Mutex<Option<Fault>>,
     /// The last ticket a sync covered, kept apart from `synced`, which holds
     /// the error while syncs fail.
@@ -133,6 +150,32 @@ struct Syncer {
     /// Sync rounds that succeeded, and the time they took (for `/metrics`).
     rounds: AtomicU64,
     round_micros: AtomicU64,
+}
+
+/// One open sled instance: the database, the queue tree, and its log file
+/// (which the syncer fdatasyncs after sled's flush).
+struct Sled {
+    db: sled::Db,
+    tree: sled::Tree,
+    log: File,
+}
+
+impl Sled {
+    /// Opens (or creates) sled in `dir`, brings the schema up to date and
+    /// makes the files sled created durable.
+    fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(128 << 20)
+            .flush_every_ms(Some(500))
+            .open()?;
+        migrations::run(&db, dir, migrations::STEPS)?;
+        let tree = db.open_tree(layout::QUEUE_TREE)?;
+        let log = File::open(dir.join("db"))?;
+        syncer::sync_layout(dir)?;
+        Ok(Self { db, tree, log })
+    }
 }
 
 /// What the syncer has done since the store opened: rounds that succeeded
@@ -147,51 +190,91 @@ struct SyncState {
     applied: Ticket,
     /// The highest ticket someone waits for.
     wanted: Ticket,
+    /// Tickets applied to an instance that broke before a sync covered
+    /// them: never durable, whatever a later sync covers. (first, last, why)
+    lost: Vec<(Ticket, Ticket, Fault)>,
     closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open instance, or why there is none to use.
+    fn live(&self) -> Result<Arc<Sled>, StoreError> {
+        if !self.broken.load(Ordering::Acquire) {
+            let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(sled) = &*live {
+                return Ok(sled.clone());
+            }
+        }
+        Err(self.fault_error())
+    }
+
+    fn fault_error(&self) -> StoreError {
+        match &*self.fault.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(f) => f.to_error(),
+            None => StoreError::Sync("the store is being reopened".into()),
+        }
+    }
+
+    /// A write or sync failed: keep why, close the store to reads and
+    /// writes, and wake the mender.
+    fn broke(&self, e: &StoreError) -> Fault {
+        let fault = Fault::of(e);
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(fault.clone());
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %e, "the store failed; it refuses reads and writes until it is reopened");
+        }
+        let _state = self.lock();
+        self.mend.notify_one();
+        fault
+    }
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir` and brings its schema up to date.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(128 << 20)
-            .flush_every_ms(Some(500))
-            .open()?;
-        migrations::run(&db, dir, migrations::STEPS)?;
-        let tree = db.open_tree(layout::QUEUE_TREE)?;
-        let log = File::open(dir.join("db"))?;
-        sync_layout(dir)?;
-        let mut blobs = Blobs::new(dir.join("blobs"));
+        let sled = Sled::open(dir)?;
+        let mut blobs = syncer::Blobs::new(dir.join("blobs"));
         blobs.sync_new().map_err(StoreError::Io)?;
-        let syncer = Arc::new(Syncer {
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            live: RwLock::new(Some(Arc::new(sled))),
+            broken: AtomicBool::new(false),
             state: Mutex::new(SyncState {
                 applied: 0,
                 wanted: 0,
+                lost: Vec::new(),
                 closed: false,
             }),
             wake: Condvar::new(),
+            mend: Condvar::new(),
             synced: watch::channel(Ok(0)).0,
+            reopened: watch::channel(0).0,
             covered: AtomicU64::new(0),
             fault: Mutex::new(None),
             rounds: AtomicU64::new(0),
             round_micros: AtomicU64::new(0),
         });
-        let (s, d) = (syncer.clone(), db.clone());
-        let sync_thread = std::thread::Builder::new()
+        let s = shared.clone();
+        let sync = std::thread::Builder::new()
             .name("qmesh-store-sync".into())
-            .spawn(move || sync_loop(&s, &d, &log, &mut blobs))?;
+            .spawn(move || syncer::run(&s, &mut blobs))?;
+        let s = shared.clone();
+        let mend = std::thread::Builder::new()
+            .name("qmesh-store-mend".into())
+            .spawn(move || mender::run(&s))?;
         Ok(Self {
-            db,
-            tree,
-            syncer,
-            sync_thread: Some(sync_thread),
+            shared,
+            threads: vec![sync, mend],
         })
     }
 
-    pub fn tree(&self) -> &sled::Tree {
-        &self.tree
+    /// The queue tree of the open instance, or why it may not be read.
+    pub(crate) fn tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.shared.live()?.tree.clone())
     }
 
     /// Applies a batch atomically. It is visible at once and durable after [`Store::durable`].
@@ -201,8 +284,9 @@ impl Store {
     /// write of one key needs no batch: [`Store::put`] and [`Store::remove`]
     /// go past a flush in progress.
     pub fn apply(&self, batch: sled::Batch) -> Result<Ticket, StoreError> {
+        let sled = self.shared.live()?;
         let t = std::time::Instant::now();
-        let applied = self.tree.apply_batch(batch);
+        let applied = sled.tree.apply_batch(batch);
         let us = t.elapsed().as_micros() as u64;
         if us > 300 {
             tracing::trace!(micros = us, "slow apply");
@@ -213,24 +297,26 @@ impl Store {
     /// Writes one key (atomic on its own), not held back by a flush.
     /// Visible at once and durable after [`Store::durable`].
     pub fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<Ticket, StoreError> {
-        self.written(self.tree.insert(key, value).map(drop))
+        let sled = self.shared.live()?;
+        self.written(sled.tree.insert(key, value).map(drop))
     }
 
     /// Removes one key, as [`Store::put`] writes one.
     pub fn remove(&self, key: Vec<u8>) -> Result<Ticket, StoreError> {
-        self.written(self.tree.remove(key).map(drop))
+        let sled = self.shared.live()?;
+        self.written(sled.tree.remove(key).map(drop))
     }
 
-    /// The ticket of a write sled took, or its error, kept for `/health`.
-    /// The ticket is drawn after the write: a sync that reads `applied`
-    /// afterwards flushes past it.
+    /// The ticket of a write sled took, or its error (which breaks the
+    /// store). The ticket is drawn after the write: a sync that reads
+    /// `applied` afterwards flushes past it.
     fn written(&self, result: sled::Result<()>) -> Result<Ticket, StoreError> {
         if let Err(e) = result {
             let e = StoreError::Sled(e);
-            *self.syncer.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fault::of(&e));
+            self.shared.broke(&e);
             return Err(e);
         }
-        let mut st = self.syncer.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.shared.lock();
         st.applied += 1;
         Ok(st.applied)
     }
@@ -240,20 +326,26 @@ impl Store {
     /// idle until that task is polled.
     pub fn want(&self, ticket: Ticket) {
         {
-            let mut st = self.syncer.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.shared.lock();
             if st.wanted >= ticket {
                 return;
             }
             st.wanted = ticket;
         }
-        self.syncer.wake.notify_one();
+        self.shared.wake.notify_one();
     }
 
-    /// Resolves once everything up to `ticket` is on disk (flushed and fdatasync'ed).
+    /// Resolves once everything up to `ticket` is on disk (flushed and
+    /// fdatasync'ed); fails if the store broke before a sync covered it.
     pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
-        let mut rx = self.syncer.synced.subscribe();
+        let mut rx = self.shared.synced.subscribe();
         self.want(ticket);
         loop {
+            if let Some((_, _, why)) = (self.shared.lock().lost.iter())
+                .find(|(first, last, _)| (*first..=*last).contains(&ticket))
+            {
+                return Err(why.to_error());
+            }
             match &*rx.borrow_and_update() {
                 Ok(done) if *done >= ticket => return Ok(()),
                 Ok(_) => {}
@@ -267,30 +359,52 @@ impl Store {
 
     /// The highest ticket a finished sync has covered.
     pub fn synced(&self) -> Ticket {
-        self.syncer.covered.load(Ordering::Acquire)
+        self.shared.covered.load(Ordering::Acquire)
     }
 
     /// Changes each time a sync finishes (or fails).
     pub fn sync_events(&self) -> watch::Receiver<Result<Ticket, Fault>> {
-        self.syncer.synced.subscribe()
+        self.shared.synced.subscribe()
     }
 
-    /// The store's last failure, until a sync succeeds after it.
+    /// Changes each time the store is reopened after a failure: what was
+    /// applied but not synced before it is gone, so state kept in memory
+    /// from the store must be read again.
+    pub fn reopenings(&self) -> watch::Receiver<u64> {
+        self.shared.reopened.subscribe()
+    }
+
+    /// Whether the store refuses reads and writes (it failed and is not
+    /// reopened yet).
+    pub fn is_broken(&self) -> bool {
+        self.shared.broken.load(Ordering::Acquire)
+    }
+
+    /// Why the store refuses reads and writes now (its last failure).
+    pub fn refusal(&self) -> StoreError {
+        self.shared.fault_error()
+    }
+
     /// Sync rounds so far and their total time.
     pub fn sync_stats(&self) -> SyncStats {
         SyncStats {
-            rounds: self.syncer.rounds.load(Ordering::Relaxed),
-            seconds: self.syncer.round_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            rounds: self.shared.rounds.load(Ordering::Relaxed),
+            seconds: self.shared.round_micros.load(Ordering::Relaxed) as f64 / 1e6,
         }
     }
 
     /// The store's size on disk, as sled counts it (log, snapshots, blobs).
     pub fn bytes_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        let live = self.shared.live.read().unwrap_or_else(|e| e.into_inner());
+        live.as_ref()
+            .and_then(|s| s.db.size_on_disk().ok())
+            .unwrap_or(0)
     }
 
+    /// The store's last failure, until a sync succeeds after it or the
+    /// store is reopened.
     pub fn fault(&self) -> Option<Fault> {
-        self.syncer
+        self.shared
             .fault
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -298,14 +412,14 @@ impl Store {
     }
 
     pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.tree.get(key)? {
+        match self.tree()?.get(key)? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
     }
 
     pub fn get_raw(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(self.tree.get(key)?)
+        Ok(self.tree()?.get(key)?)
     }
 
     /// The distinct leading parts of the keys under `prefix` (scopes,
@@ -319,7 +433,7 @@ impl Store {
         let end = layout::prefix_end(&prefix);
         let mut from = prefix;
         let mut out = Vec::new();
-        while let Some(entry) = self.tree.range(from.clone()..end.clone()).next() {
+        while let Some(entry) = self.range(from.clone()..end.clone()).next() {
             let (k, _) = entry?;
             let Some((value, shared)) = part(&k) else {
                 break;
@@ -331,6 +445,53 @@ impl Store {
     }
 }
 
+/// Entries of a scan, in key order: sled's iterator, or the one error that
+/// says why the store may not be read now.
+#[allow(clippy::large_enum_variant)] // one per scan, never stored: boxing would cost an allocation each
+pub(crate) enum Entries {
+    Open(sled::Iter),
+    Refused(Option<StoreError>),
+}
+
+type Entry = Result<(sled::IVec, sled::IVec), StoreError>;
+
+impl Iterator for Entries {
+    type Item = Entry;
+    fn next(&mut self) -> Option<Entry> {
+        match self {
+            Entries::Open(it) => it.next().map(|r| r.map_err(StoreError::from)),
+            Entries::Refused(e) => e.take().map(Err),
+        }
+    }
+}
+
+impl DoubleEndedIterator for Entries {
+    fn next_back(&mut self) -> Option<Entry> {
+        match self {
+            Entries::Open(it) => it.next_back().map(|r| r.map_err(StoreError::from)),
+            Entries::Refused(e) => e.take().map(Err),
+        }
+    }
+}
+
+impl Store {
+    /// The entries whose keys start with `prefix`.
+    pub(crate) fn scan(&self, prefix: impl AsRef<[u8]>) -> Entries {
+        match self.tree() {
+            Ok(t) => Entries::Open(t.scan_prefix(prefix)),
+            Err(e) => Entries::Refused(Some(e)),
+        }
+    }
+
+    /// The entries whose keys are in `range`.
+    pub(crate) fn range(&self, range: impl std::ops::RangeBounds<Vec<u8>>) -> Entries {
+        match self.tree() {
+            Ok(t) => Entries::Open(t.range(range)),
+            Err(e) => Entries::Refused(Some(e)),
+        }
+    }
+}
+
 /// Encodes a record for a batch.
 pub fn record<T: Serialize>(value: &T) -> Vec<u8> {
     codec::encode(value)
@@ -338,148 +499,23 @@ pub fn record<T: Serialize>(value: &T) -> Vec<u8> {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.syncer
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .closed = true;
-        self.syncer.wake.notify_one();
-        let _ = self.db.flush();
-        // The thread holds a handle on the database; join it so the file lock is
-        // released when the store is dropped (a restart in the same process reopens it).
-        if let Some(t) = self.sync_thread.take() {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+        self.shared.mend.notify_one();
+        // The threads hold the instance too; join them, then let go of it,
+        // so its file lock is released when the store is dropped (a restart
+        // in the same process reopens it).
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
-    }
-}
-
-/// sled creates its files and directories without ever fsyncing them or
-/// their entries: make the store's skeleton durable once, at open, before
-/// anything is acknowledged (the log's own entry included: `db` may be new).
-fn sync_layout(dir: &Path) -> Result<(), StoreError> {
-    for file in ["conf", "db"] {
-        let path = dir.join(file);
-        if path.exists() {
-            File::open(&path)?.sync_all()?;
-        }
-    }
-    let blobs = dir.join("blobs");
-    if blobs.is_dir() {
-        sync_dir(&blobs)?;
-    }
-    sync_dir(dir)?;
-    // The store directory's entry in the data directory, and the data
-    // directory's in its parent: `open` may have created both.
-    for up in dir.ancestors().skip(1).take(2) {
-        if !up.as_os_str().is_empty() {
-            sync_dir(up)?;
-        }
-    }
-    Ok(())
-}
-
-/// fsyncs a directory: its entries (new files, renames) become durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// The blob files the syncer has made durable. Kept by name rather than by
-/// the highest number: sled may finish writing a blob with a lower number
-/// after one with a higher number (its IO buffers are written concurrently).
-struct Blobs {
-    dir: PathBuf,
-    synced: HashSet<std::ffi::OsString>,
-}
-
-impl Blobs {
-    fn new(dir: PathBuf) -> Self {
-        Self {
-            dir,
-            synced: HashSet::new(),
-        }
-    }
-
-    /// fdatasyncs every blob file not synced yet, then the directory if any
-    /// was new. Forgets blobs sled has removed. Returns how many it synced.
-    fn sync_new(&mut self) -> std::io::Result<usize> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            // sled creates the directory with the first blob.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        let mut present = HashSet::with_capacity(self.synced.len());
-        let mut fresh = 0;
-        for entry in entries {
-            let name = entry?.file_name();
-            if !self.synced.contains(&name) {
-                match File::open(self.dir.join(&name)) {
-                    Ok(f) => f.sync_data()?,
-                    // Removed by sled's garbage collection meanwhile.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                }
-                fresh += 1;
-            }
-            present.insert(name);
-        }
-        if fresh > 0 {
-            sync_dir(&self.dir)?;
-        }
-        self.synced = present;
-        Ok(fresh)
-    }
-}
-
-fn sync_loop(s: &Syncer, db: &sled::Db, log: &File, blobs: &mut Blobs) {
-    let mut synced: Ticket = 0;
-    loop {
-        let target = {
-            let mut st = s.state.lock().unwrap_or_else(|e| e.into_inner());
-            while st.wanted <= synced && !st.closed {
-                st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
-            if st.closed {
-                return;
-            }
-            st.applied
-        };
-        let started = std::time::Instant::now();
-        // sled holds its writers back while it flushes (apply_batch waits),
-        // but not during the fdatasync: the two are timed apart.
-        let mut flushed_us = 0;
-        let mut blob_files = 0;
-        let result = db.flush().map_err(StoreError::Sled).and_then(|_| {
-            flushed_us = started.elapsed().as_micros() as u64;
-            // Blobs first: the log must not become durable pointing at a blob that is not.
-            blob_files = blobs.sync_new()?;
-            Ok(log.sync_data()?)
-        });
-        match result {
-            Ok(()) => {
-                tracing::trace!(
-                    batches = target - synced,
-                    flush_us = flushed_us,
-                    blob_files,
-                    micros = started.elapsed().as_micros() as u64,
-                    "store synced"
-                );
-                synced = target;
-                s.covered.store(synced, Ordering::Release);
-                s.rounds.fetch_add(1, Ordering::Relaxed);
-                (s.round_micros).fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                *s.fault.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                // `send` drops the value when nobody is subscribed, and a waiter
-                // arriving later would wait for a round that never comes.
-                let _previous = s.synced.send_replace(Ok(synced));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store sync failed; acknowledgements are held back");
-                let fault = Fault::of(&e);
-                *s.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(fault.clone());
-                let _previous = s.synced.send_replace(Err(fault));
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
+        let live = self
+            .shared
+            .live
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(sled) = live {
+            let _ = sled.db.flush();
         }
     }
 }

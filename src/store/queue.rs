@@ -277,7 +277,7 @@ impl Writes {
     }
 }
 
-fn ids(iter: sled::Iter) -> impl DoubleEndedIterator<Item = Uuid> {
+fn ids(iter: super::Entries) -> impl DoubleEndedIterator<Item = Uuid> {
     iter.filter_map(|kv| kv.ok().and_then(|(_, v)| layout::uuid_value(&v)))
 }
 
@@ -286,8 +286,24 @@ impl QueueStore {
         Self { store }
     }
 
-    fn tree(&self) -> &sled::Tree {
-        self.store.tree()
+    /// The store itself (to rebuild from it).
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Whether the store refuses reads and writes until it is reopened.
+    pub fn is_broken(&self) -> bool {
+        self.store.is_broken()
+    }
+
+    /// Why the store refuses now.
+    pub fn refusal(&self) -> StoreError {
+        self.store.refusal()
+    }
+
+    /// Changes each time the store is reopened after a failure.
+    pub fn reopenings(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.reopenings()
     }
 
     /// Applies `writes` atomically (contract 1, 2); durable after [`Self::durable`].
@@ -320,7 +336,7 @@ impl QueueStore {
     /// Every queue ever used, with its name.
     pub fn queues(&self) -> Result<Vec<(String, QueueRecord)>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.tree().scan_prefix([layout::QUEUES]) {
+        for kv in self.store.scan([layout::QUEUES]) {
             let (k, v) = kv?;
             out.push((layout::parse_queue(&k), codec::decode(&v)?));
         }
@@ -334,7 +350,7 @@ impl QueueStore {
     /// Interned functions and lanes: (namespace, function id, lane, id).
     pub fn functions(&self) -> Result<Vec<InternedFn>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.tree().scan_prefix([layout::FUNCTIONS]) {
+        for kv in self.store.scan([layout::FUNCTIONS]) {
             let (k, v) = kv?;
             if let Some((ns, fid, lane)) = layout::parse_function(&k) {
                 let id = FnId::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
@@ -346,7 +362,7 @@ impl QueueStore {
 
     /// The sequence reservation (0 in a new store).
     pub fn seq_reservation(&self) -> Result<u64, StoreError> {
-        Ok(match self.tree().get(layout::seq())? {
+        Ok(match self.store.get_raw(&layout::seq())? {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
             _ => 0,
         })
@@ -382,7 +398,7 @@ impl QueueStore {
             Some(pos) => Bound::Excluded(pos.0.to_vec()),
             None => Bound::Included(prefix),
         };
-        self.tree().range((from, end)).map(|kv| {
+        self.store.range((from, end)).map(|kv| {
             let (k, v) = kv?;
             Ok((ReadyPos(k), layout::uuid_value(&v)))
         })
@@ -390,7 +406,7 @@ impl QueueStore {
 
     /// Jobs of the ready entries of (queue, function), in dispatch order.
     pub fn ready_of_function(&self, q: QueueId, f: FnId) -> impl Iterator<Item = Uuid> + use<> {
-        ids(self.tree().scan_prefix(layout::ready_fn_prefix(q, f)))
+        ids(self.store.scan(layout::ready_fn_prefix(q, f)))
     }
 
     /// Jobs of every ready entry of a queue, function by function.
@@ -398,8 +414,8 @@ impl QueueStore {
         &self,
         q: QueueId,
     ) -> impl Iterator<Item = Result<Option<Uuid>, StoreError>> + use<> {
-        self.tree()
-            .scan_prefix(layout::ready_queue_prefix(q))
+        self.store
+            .scan(layout::ready_queue_prefix(q))
             .map(|kv| Ok(layout::uuid_value(&kv?.1)))
     }
 
@@ -409,7 +425,7 @@ impl QueueStore {
         let mut out = Vec::new();
         let mut from = layout::ready_queue_prefix(q);
         let end = layout::prefix_end(&from);
-        while let Some(kv) = self.tree().range(from.clone()..end.clone()).next() {
+        while let Some(kv) = self.store.range(from.clone()..end.clone()).next() {
             let (k, _) = kv?;
             let Some(f) = layout::ready_key_fn(&k) else {
                 break;
@@ -422,18 +438,16 @@ impl QueueStore {
 
     /// Due entries (delayed and backing-off jobs, every queue): (due_ms, job), soonest first.
     pub fn due(&self) -> impl Iterator<Item = Result<(u64, Uuid), StoreError>> + use<> {
-        self.tree()
-            .scan_prefix([layout::DUE])
-            .filter_map(|kv| match kv {
-                Ok((k, _)) => layout::parse_due(&k).map(Ok),
-                Err(e) => Some(Err(e.into())),
-            })
+        self.store.scan([layout::DUE]).filter_map(|kv| match kv {
+            Ok((k, _)) => layout::parse_due(&k).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
     }
 
     /// The running index: attempts whose start was written and whose end was not.
     pub fn running(&self) -> Result<Vec<RunningEntry>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.tree().scan_prefix([layout::RUNNING]) {
+        for kv in self.store.scan([layout::RUNNING]) {
             let (k, v) = kv?;
             let Some(id) = layout::parse_running(&k) else {
                 continue;
@@ -448,15 +462,15 @@ impl QueueStore {
         &self,
         q: QueueId,
     ) -> impl DoubleEndedIterator<Item = Result<Option<Uuid>, StoreError>> + use<> {
-        self.tree()
-            .scan_prefix(layout::dead_prefix(q))
+        self.store
+            .scan(layout::dead_prefix(q))
             .map(|kv| Ok(layout::uuid_value(&kv?.1)))
     }
 
     /// Completed entries, oldest first (every queue).
     pub fn completed(&self) -> impl Iterator<Item = Result<CompletedEntry, StoreError>> + use<> {
-        self.tree()
-            .scan_prefix([layout::COMPLETED])
+        self.store
+            .scan([layout::COMPLETED])
             .filter_map(|kv| match kv {
                 Ok((k, v)) => {
                     let (done_ms, _) = layout::parse_due(&k)?;
@@ -467,37 +481,35 @@ impl QueueStore {
                         jobs,
                     }))
                 }
-                Err(e) => Some(Err(e.into())),
+                Err(e) => Some(Err(e)),
             })
     }
 
     /// A FIFO group's unfinished jobs, in enqueue order.
     pub fn group(&self, q: QueueId, group: &str) -> impl Iterator<Item = Uuid> + use<> {
-        ids(self.tree().scan_prefix(layout::group_prefix(q, group)))
+        ids(self.store.scan(layout::group_prefix(q, group)))
     }
 
     /// Whether a FIFO group has an unfinished job.
     pub fn group_busy(&self, q: QueueId, group: &str) -> bool {
-        self.tree()
-            .scan_prefix(layout::group_prefix(q, group))
+        self.store
+            .scan(layout::group_prefix(q, group))
             .next()
             .is_some()
     }
 
     /// A queue's flow parents waiting for their children, in enqueue order.
     pub fn waiting(&self, q: QueueId) -> impl Iterator<Item = Uuid> + use<> {
-        ids(self.tree().scan_prefix(layout::waiting_of_queue(q)))
+        ids(self.store.scan(layout::waiting_of_queue(q)))
     }
 
     /// Jobs with an expiry, soonest first: (expires_ms, job id).
     pub fn expiries(&self) -> impl Iterator<Item = Result<(u64, Uuid), StoreError>> + use<> {
-        self.tree()
-            .scan_prefix([layout::EXPIRY])
-            .filter_map(|kv| match kv {
-                // The same shape as a due key: a time, then a job id.
-                Ok((k, _)) => layout::parse_due(&k).map(Ok),
-                Err(e) => Some(Err(e.into())),
-            })
+        self.store.scan([layout::EXPIRY]).filter_map(|kv| match kv {
+            // The same shape as a due key: a time, then a job id.
+            Ok((k, _)) => layout::parse_due(&k).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
     }
 
     /// Every unfinished FIFO job of a queue (held ones included), group by group.
@@ -505,8 +517,8 @@ impl QueueStore {
         &self,
         q: QueueId,
     ) -> impl Iterator<Item = Result<Option<Uuid>, StoreError>> + use<> {
-        self.tree()
-            .scan_prefix(layout::groups_of_queue(q))
+        self.store
+            .scan(layout::groups_of_queue(q))
             .map(|kv| Ok(layout::uuid_value(&kv?.1)))
     }
 }

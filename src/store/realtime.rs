@@ -24,7 +24,8 @@ impl ConnRows {
 
     /// Writes (or rewrites) a connection's row; durable once `ticket` is.
     pub fn put(&self, id: &Uuid, rec: &RealtimeConnRecord) -> Result<Ticket, StoreError> {
-        self.store.put(layout::realtime_conn(id), super::record(rec))
+        self.store
+            .put(layout::realtime_conn(id), super::record(rec))
     }
 
     pub fn get(&self, id: &Uuid) -> Result<Option<RealtimeConnRecord>, StoreError> {
@@ -43,8 +44,7 @@ impl ConnRows {
     /// Every row, as the last run left them.
     pub fn all(&self) -> Vec<LeftRow> {
         self.store
-            .tree()
-            .scan_prefix([layout::REALTIME_CONNS])
+            .scan([layout::REALTIME_CONNS])
             .filter_map(|r| r.ok())
             .filter_map(|(key, bytes)| {
                 let id = layout::parse_realtime_conn(&key)?;

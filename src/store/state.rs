@@ -86,7 +86,7 @@ impl StateValues {
     /// Every value of one scope, in key order.
     pub fn list(&self, scope: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
-        for item in self.store.tree().scan_prefix(layout::state_scope(scope)) {
+        for item in self.store.scan(layout::state_scope(scope)) {
             let (_, bytes) = item?;
             let rec: StateRecord = codec::decode(&bytes)?;
             out.push(rec.json);

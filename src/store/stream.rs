@@ -77,11 +77,7 @@ impl StreamItems {
     /// Every item of one group, in item-id order.
     pub fn list(&self, stream: &str, group: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
-        for entry in self
-            .store
-            .tree()
-            .scan_prefix(layout::stream_group(stream, group))
-        {
+        for entry in self.store.scan(layout::stream_group(stream, group)) {
             let (_, bytes) = entry?;
             let rec: StateRecord = codec::decode(&bytes)?;
             out.push(rec.json);

@@ -35,7 +35,7 @@ impl TopicSubscriptions {
     /// Every row, as the last run left them (unreadable ones skipped, logged).
     pub fn all(&self) -> Vec<(SubKey, TopicSubRecord)> {
         let mut out = Vec::new();
-        for item in self.store.tree().scan_prefix([layout::TOPIC_SUBS]) {
+        for item in self.store.scan([layout::TOPIC_SUBS]) {
             let Ok((k, v)) = item else { continue };
             let Some(key) = layout::parse_topic_sub(&k) else {
                 continue;

@@ -84,15 +84,28 @@ impl EngineProcess {
     /// An engine on the store in `data_dir` whose files cannot grow past
     /// `fsize` bytes (`RLIMIT_FSIZE`, SIGXFSZ ignored so a write past it
     /// fails with EFBIG like a full disk would with ENOSPC): a full disk
-    /// without root. `prlimit --pid` lifts it, as freeing space would.
+    /// without root. Only the soft limit is set, so
+    /// [`EngineProcess::lift_file_limit`] can lift it as freeing space would.
     pub fn start_with_file_limit(data_dir: &Path, fsize: u64) -> Self {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(format!(
-                "trap '' XFSZ; exec prlimit --fsize={fsize} -- \"$0\" \"$@\""
+                "trap '' XFSZ; exec prlimit --fsize={fsize}:unlimited -- \"$0\" \"$@\""
             ))
             .arg(binary());
         Self::spawn_cmd(cmd, data_dir, None)
+    }
+
+    /// Lifts the limit [`EngineProcess::start_with_file_limit`] set: room again.
+    pub fn lift_file_limit(&self) {
+        let lifted = Command::new("prlimit")
+            .args(["--fsize=unlimited", "--pid", &self.pid().to_string()])
+            .status()
+            .expect("run prlimit");
+        assert!(
+            lifted.success(),
+            "prlimit could not lift the file size limit"
+        );
     }
 
     /// `GET /health` (HTTP/1.1 on the worker listener), its JSON body.
