@@ -1,6 +1,7 @@
 //! `[cluster]`: which NATS cluster this engine joins, under which names.
 
 use serde::Deserialize;
+use std::time::Duration;
 
 /// `[cluster]` (or `qmesh serve --cluster nats://…`). Off while `urls` is
 /// empty: the engine is alone, on its embedded store.
@@ -18,9 +19,26 @@ pub struct ClusterConfig {
     /// one per start. Give a stable one so a restarted engine clears what
     /// its previous run announced.
     pub engine_id: Option<String>,
-    /// Replicas of the cluster's JetStream buckets (3 on a 3-node NATS
-    /// cluster; 1 on a single server).
+    /// Replicas of the cluster's JetStream buckets and streams (3 on a
+    /// 3-node NATS cluster; 1 on a single server).
     pub replicas: usize,
+    /// Where `Enqueue` calls and `queue::enqueue` go: `local` (each engine's
+    /// embedded store, the default while JetStream queues lack most operator
+    /// functions) or `jetstream` (the cluster's replicated job stream, run by
+    /// any engine with a worker for the function).
+    pub queues: QueueBackend,
+    /// With `queues = "jetstream"`: how long an idempotency key is
+    /// remembered (the job stream's duplicate window).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    #[default]
+    Local,
+    Jetstream,
 }
 
 impl Default for ClusterConfig {
@@ -30,6 +48,8 @@ impl Default for ClusterConfig {
             name: "qmesh".to_owned(),
             engine_id: None,
             replicas: 3,
+            queues: QueueBackend::Local,
+            idempotency_window: Duration::from_secs(3600),
         }
     }
 }
@@ -37,6 +57,11 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     pub(crate) fn enabled(&self) -> bool {
         !self.urls.is_empty()
+    }
+
+    /// Whether `Enqueue` calls go to the cluster's JetStream queues.
+    pub(crate) fn jetstream_queues(&self) -> bool {
+        self.enabled() && self.queues == QueueBackend::Jetstream
     }
 }
 

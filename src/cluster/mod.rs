@@ -18,9 +18,10 @@
 
 mod config;
 mod directory;
+mod queue;
 mod remote;
 
-pub use config::ClusterConfig;
+pub use config::{ClusterConfig, QueueBackend};
 
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
@@ -48,6 +49,14 @@ pub enum ClusterError {
         bucket: String,
         replicas: usize,
         source: async_nats::jetstream::context::CreateKeyValueError,
+    },
+    #[error(
+        "cannot open the cluster's queue stream or bucket {name} (is JetStream on, with {replicas} replica(s) possible?): {message}"
+    )]
+    Queues {
+        name: String,
+        replicas: usize,
+        message: String,
     },
     #[error("cannot subscribe to {subject}: {source}")]
     Subscribe {

@@ -76,6 +76,10 @@ pub(super) struct RemoteFunction {
 }
 
 impl ExternalTarget for RemoteFunction {
+    fn runs_elsewhere(&self) -> bool {
+        true
+    }
+
     fn invoke(&self, call: ExternalCall) {
         let (client, subject, engine) = (
             self.client.clone(),

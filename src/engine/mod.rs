@@ -134,6 +134,19 @@ impl Engine {
             true => Some(Cluster::join(&mesh, &config.cluster).await?),
             false => None,
         };
+        // With the cluster's JetStream queues, workers' enqueues and the
+        // queue functions go there; the local queue keeps what other modules
+        // enqueue (realtime disconnects, durable topics).
+        let cluster_queues = match &cluster {
+            Some(c) if config.cluster.jetstream_queues() => {
+                Some(c.queues(&config.cluster, config.queue.clone()).await?)
+            }
+            _ => None,
+        };
+        let queues = match cluster_queues {
+            Some(_) => queues.serving_no_workers(),
+            None => queues,
+        };
         let mut modules: Vec<Arc<dyn Module>> = vec![
             introspection,
             Arc::new(channels.clone()),
@@ -150,6 +163,9 @@ impl Engine {
         ];
         if let Some(cluster) = cluster {
             modules.push(Arc::new(cluster));
+        }
+        if let Some(q) = cluster_queues {
+            modules.push(Arc::new(q));
         }
 
         let mut provisions = Provisions::default();

@@ -79,6 +79,13 @@ pub(crate) trait ExternalTarget: Send + Sync {
     /// Starts the call and returns at once; the outcome comes later through
     /// [`ExternalCall::settle`]. Runs under no lock.
     fn invoke(&self, call: ExternalCall);
+
+    /// Whether the call is carried to another engine (a cluster peer's
+    /// function) rather than served from this one (an HTTP-invoked
+    /// function): [`Mesh::call_here_with`] skips such targets.
+    fn runs_elsewhere(&self) -> bool {
+        false
+    }
 }
 
 /// A call handed to an [`ExternalTarget`]. It is in the mesh's table of

@@ -43,6 +43,15 @@ pub(crate) struct CallTarget<'a> {
     pub timeout: Duration,
 }
 
+/// Which providers a call may go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// Any: this engine's workers and external targets alike.
+    Anywhere,
+    /// Not an external target that runs on another engine.
+    Here,
+}
+
 /// A call the engine itself made, awaiting its outcome.
 pub(crate) struct InternalCall {
     pub invocation_id: Uuid,
@@ -113,6 +122,7 @@ impl Mesh {
                 &invoke.function_id,
                 caller_kind,
                 (deadline, span),
+                Reach::Anywhere,
             );
             match started {
                 Some((_, conn)) => {
@@ -234,11 +244,38 @@ impl Mesh {
             timeout,
         };
         let (invocation_id, _executor) =
-            self.start_call(target, data, extras, Caller::Internal(tx))?;
+            self.start_call(target, data, extras, Caller::Internal(tx), Reach::Anywhere)?;
         Ok(InternalCall {
             invocation_id,
             outcome: rx,
         })
+    }
+
+    /// [`Mesh::call_with`] on this engine's own workers only, never on an
+    /// external target that runs elsewhere ([`ExternalTarget::runs_elsewhere`]):
+    /// for work this engine took on itself (a cluster's queued job it
+    /// pulled), which must not be handed to another engine that may be gone.
+    pub(crate) async fn call_here_with(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: Payload,
+        extras: CallExtras,
+        timeout: Duration,
+    ) -> CallOutcome {
+        let (tx, rx) = oneshot::channel();
+        let target = CallTarget {
+            namespace,
+            function_id,
+            timeout,
+        };
+        let (invocation_id, _executor) =
+            self.start_call(target, data, extras, Caller::Internal(tx), Reach::Here)?;
+        let call = InternalCall {
+            invocation_id,
+            outcome: rx,
+        };
+        self.outcome_within(call, timeout).await
     }
 
     /// Starts a call whose outcome is sent, tagged with `tag`, on `tx`.
@@ -252,7 +289,13 @@ impl Mesh {
         extras: CallExtras,
         (tx, tag): (mpsc::UnboundedSender<Settled>, Uuid),
     ) -> Result<(Uuid, Uuid), ErrorBody> {
-        self.start_call(target, data, extras, Caller::Collect { tx, tag })
+        self.start_call(
+            target,
+            data,
+            extras,
+            Caller::Collect { tx, tag },
+            Reach::Anywhere,
+        )
     }
 
     fn start_call(
@@ -261,6 +304,7 @@ impl Mesh {
         data: Payload,
         extras: CallExtras,
         caller: Caller,
+        reach: Reach,
     ) -> Result<(Uuid, Uuid), ErrorBody> {
         let CallTarget {
             namespace,
@@ -279,6 +323,7 @@ impl Mesh {
                 function_id,
                 caller,
                 (deadline, span),
+                reach,
             ) {
                 Some(started) => started,
                 None => return Err(st.not_found(namespace, function_id)),
@@ -358,7 +403,7 @@ impl Mesh {
             metadata,
             ..CallExtras::default()
         };
-        self.start_call(target, data, extras, Caller::Discard)
+        self.start_call(target, data, extras, Caller::Discard, Reach::Anywhere)
             .is_ok()
     }
 
@@ -584,7 +629,12 @@ impl State {
     /// Least in-flight first; round-robin among equals. Skips closing
     /// connections. An external function's calls go to its target; the
     /// worker that registered it counts them as its own.
-    fn pick_executor(&mut self, namespace: &str, function_id: &str) -> Option<(Uuid, Executor)> {
+    fn pick_executor(
+        &mut self,
+        namespace: &str,
+        function_id: &str,
+        reach: Reach,
+    ) -> Option<(Uuid, Executor)> {
         let workers = &self.workers;
         let function: &mut Function = self.functions.get_mut(namespace)?.get_mut(function_id)?;
         let n = function.providers.len();
@@ -596,6 +646,14 @@ impl State {
                 continue;
             };
             if w.conn.is_closed() {
+                continue;
+            }
+            if reach == Reach::Here
+                && function.providers[idx]
+                    .external
+                    .as_ref()
+                    .is_some_and(|t| t.runs_elsewhere())
+            {
                 continue;
             }
             let load = w.calls_in.len();
@@ -622,8 +680,9 @@ impl State {
         function_id: &str,
         caller: Caller,
         (deadline, span): (Instant, Option<CallSpan>),
+        reach: Reach,
     ) -> Option<(Uuid, Executor)> {
-        let (executor, to) = self.pick_executor(namespace, function_id)?;
+        let (executor, to) = self.pick_executor(namespace, function_id, reach)?;
         self.begin(
             invocation_id,
             caller,

@@ -150,6 +150,9 @@ pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
 pub const INVALID_STATE: &str = "invalid_state";
 /// An operator function failed inside the engine (the store refused a read or write).
 pub const QUEUE_ERROR: &str = "queue_error";
+/// The queue feature or operation asked for is not supported where the
+/// engine keeps this queue's jobs (the cluster's JetStream queues, so far).
+pub const NOT_SUPPORTED: &str = "not_supported";
 /// The store's disk (or the engine's file size limit) is full: nothing new
 /// is accepted until there is room again. (The `Enqueue` action answers
 /// `enqueue_error`, as iii SDKs expect, with this code in its message.)

@@ -25,7 +25,11 @@ use crate::store::records::{ChildFailure, JobState};
 const MAX_SCHEDULE_AHEAD_MS: u64 = 100 * 365 * 24 * 3_600_000;
 
 /// Names that become store keys: no control characters, not blank, bounded.
-fn check_names(queue: &str, function_id: &str, namespace: Option<&str>) -> Result<(), String> {
+pub(crate) fn check_names(
+    queue: &str,
+    function_id: &str,
+    namespace: Option<&str>,
+) -> Result<(), String> {
     names::check("queue", queue)?;
     names::check("function_id", function_id)?;
     match namespace {
@@ -101,6 +105,14 @@ struct EnqueueArgs {
     expires_in: Option<Value>,
     /// The same, as milliseconds since the Unix epoch.
     expires_at: Option<u64>,
+}
+
+/// The job a `queue::enqueue` input describes, checked (names, delay,
+/// expiry), for another home of queued jobs (the cluster's JetStream queues).
+pub(crate) fn parse_enqueue(input: Value) -> Result<EnqueueRequest, ErrorBody> {
+    let a: EnqueueArgs = args(input)?;
+    let queue = queue_name(a.queue.clone())?;
+    request(queue, a, now_ms())
 }
 
 /// `queue::enqueue {queue, function_id, data, delay?, run_at?, priority?,

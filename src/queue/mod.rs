@@ -58,6 +58,9 @@ use crate::protocol::{ErrorBody, Payload, codes};
 use crate::store::{Store, StoreError};
 use scheduler::Command;
 
+pub(crate) use functions::{check_names, parse_enqueue};
+pub(crate) use module::{OPERATOR_ONLY, function_ids};
+
 /// Called once with an enqueue's outcome, after the sync that made it durable.
 pub(crate) type EnqueueReply = Box<dyn FnOnce(Result<Enqueued, ErrorBody>) + Send>;
 
@@ -96,6 +99,10 @@ pub(crate) struct Queues {
     pub(crate) progress_watchers: progress::ProgressWatchers,
     /// Counters and histograms the scheduler records, for `/metrics`.
     pub(crate) metrics: metrics::QueueMetrics,
+    /// Whether this module takes workers' `Enqueue` calls and serves them the
+    /// queue functions (false when the cluster's JetStream queues do; other
+    /// modules still enqueue here through this handle).
+    serves_workers: bool,
 }
 
 impl Queues {
@@ -118,7 +125,16 @@ impl Queues {
             store: weak,
             progress_watchers,
             metrics,
+            serves_workers: true,
         })
+    }
+
+    /// This queue as a module that leaves `Enqueue` calls and the queue
+    /// functions to another (the cluster's JetStream queues); realtime and
+    /// topics keep enqueueing here through their handles.
+    pub(crate) fn serving_no_workers(mut self) -> Self {
+        self.serves_workers = false;
+        self
     }
 
     /// Persists a job; resolves once it is durable.

@@ -52,6 +52,53 @@ fn store_metrics(r: &mut Registry, store: &crate::store::Store) {
     r.register_with_unit("store_disk", "The store's size on disk", Unit::Bytes, bytes);
 }
 
+/// The queue functions workers call, and what serves each.
+const FUNCTIONS: [(&str, f::QueueFn); 23] = [
+    ("queue::enqueue", f::enqueue),
+    ("queue::enqueue_many", f::enqueue_many),
+    ("queue::enqueue_flow", f::enqueue_flow),
+    ("queue::heartbeat", f::heartbeat),
+    ("queue::throttle", f::throttle),
+    ("queue::progress", f::progress),
+    ("queue::log", f::log),
+    ("queue::list", f::list),
+    ("queue::stats", f::stats),
+    ("queue::get", f::get),
+    ("queue::explain", f::explain),
+    ("queue::peek", f::peek),
+    ("queue::pause", f::pause),
+    ("queue::resume", f::resume),
+    ("queue::purge", f::purge),
+    ("queue::cancel", f::cancel),
+    ("engine::queue::list_topics", f::list_topics),
+    ("engine::queue::topic_stats", f::topic_stats),
+    ("engine::queue::dlq_topics", f::dlq_topics),
+    ("engine::queue::dlq_messages", f::dlq_messages),
+    ("iii::queue::redrive", f::redrive),
+    ("iii::queue::redrive_message", f::redrive_message),
+    ("iii::queue::discard_message", f::discard_message),
+];
+
+/// The ids of the queue functions workers call (another home of queued jobs
+/// serves the same set).
+pub(crate) fn function_ids() -> impl Iterator<Item = &'static str> {
+    FUNCTIONS.iter().map(|(id, _)| *id)
+}
+
+/// Reading payloads and changing what others enqueued is for operators.
+pub(crate) const OPERATOR_ONLY: &[&str] = &[
+    "queue::get",
+    "queue::peek",
+    "queue::pause",
+    "queue::resume",
+    "queue::purge",
+    "queue::cancel",
+    "engine::queue::dlq_messages",
+    "iii::queue::redrive",
+    "iii::queue::redrive_message",
+    "iii::queue::discard_message",
+];
+
 impl Module for Queues {
     fn name(&self) -> &'static str {
         "queue"
@@ -63,48 +110,15 @@ impl Module for Queues {
             "Fires when a queued job reports progress (config: queue?, receipt?, condition_function_id?)",
             std::sync::Arc::new(self.progress_watchers.clone()),
         );
+        if !self.serves_workers {
+            return;
+        }
         let queues = self.clone();
         p.enqueue(move |mesh, conn, invoke| f::take_enqueue(&queues, mesh, conn, invoke));
-        for (id, handler) in [
-            ("queue::enqueue", f::enqueue as f::QueueFn),
-            ("queue::enqueue_many", f::enqueue_many),
-            ("queue::enqueue_flow", f::enqueue_flow),
-            ("queue::heartbeat", f::heartbeat),
-            ("queue::throttle", f::throttle),
-            ("queue::progress", f::progress),
-            ("queue::log", f::log),
-            ("queue::list", f::list),
-            ("queue::stats", f::stats),
-            ("queue::get", f::get),
-            ("queue::explain", f::explain),
-            ("queue::peek", f::peek),
-            ("queue::pause", f::pause),
-            ("queue::resume", f::resume),
-            ("queue::purge", f::purge),
-            ("queue::cancel", f::cancel),
-            ("engine::queue::list_topics", f::list_topics),
-            ("engine::queue::topic_stats", f::topic_stats),
-            ("engine::queue::dlq_topics", f::dlq_topics),
-            ("engine::queue::dlq_messages", f::dlq_messages),
-            ("iii::queue::redrive", f::redrive),
-            ("iii::queue::redrive_message", f::redrive_message),
-            ("iii::queue::discard_message", f::discard_message),
-        ] {
+        for (id, handler) in FUNCTIONS {
             p.async_fn(id, self, handler);
         }
-        // Reading payloads and changing what others enqueued is for operators.
-        p.operator_only(&[
-            "queue::get",
-            "queue::peek",
-            "queue::pause",
-            "queue::resume",
-            "queue::purge",
-            "queue::cancel",
-            "engine::queue::dlq_messages",
-            "iii::queue::redrive",
-            "iii::queue::redrive_message",
-            "iii::queue::discard_message",
-        ]);
+        p.operator_only(OPERATOR_ONLY);
     }
 
     /// Jobs per queue and state, and the age of each queue's oldest ready

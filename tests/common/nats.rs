@@ -101,6 +101,30 @@ impl NatsCluster {
     }
 }
 
+impl NatsCluster {
+    /// `base` as engine `engine_id` of qmesh cluster `name` on these servers.
+    pub fn engine_config(
+        &self,
+        mut base: qmesh::Config,
+        name: &str,
+        engine_id: &str,
+    ) -> qmesh::Config {
+        base.cluster.urls = self.urls.clone();
+        base.cluster.name = name.to_owned();
+        base.cluster.engine_id = Some(engine_id.to_owned());
+        base
+    }
+
+    /// The `[cluster]` section of a config file for the real binary.
+    pub fn cluster_toml(&self, name: &str, engine_id: &str) -> String {
+        let urls: Vec<String> = self.urls.iter().map(|u| format!("{u:?}")).collect();
+        format!(
+            "[cluster]\nurls = [{}]\nname = {name:?}\nengine_id = {engine_id:?}\n",
+            urls.join(", ")
+        )
+    }
+}
+
 impl Drop for NatsCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {

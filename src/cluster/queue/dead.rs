@@ -1,0 +1,220 @@
+//! Attempt histories and dead letters of the cluster's JetStream queues.
+//!
+//! A job's failed attempts are kept in the bucket `qmesh_<cluster>_attempts`
+//! under its receipt while it retries (the next attempt may run on another
+//! engine), and deleted when it succeeds. A job out of attempts becomes one
+//! message on the dead-letter stream (`qmesh.<cluster>.dead.<queue>`), in
+//! the shape `engine::queue::dlq_messages` answers with, history included;
+//! its job message is acknowledged only once the dead letter is stored.
+
+use base64::Engine as _;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use uuid::Uuid;
+
+use super::{JobKey, Shared, b64};
+use crate::mesh::provided::args;
+use crate::mesh::{CallCtx, Mesh, Reply};
+use crate::protocol::{ErrorBody, codes};
+use async_nats::jetstream;
+
+/// Most dead letters one `engine::queue::dlq_messages` reads.
+const MAX_READ: usize = 10_000;
+
+/// One failed attempt, as the history shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Attempt {
+    pub attempt: u32,
+    /// The engine that ran it.
+    pub engine: String,
+    pub ended_at_ms: u64,
+    pub error: ErrorBody,
+}
+
+fn dead_subject(shared: &Shared, queue: &str) -> String {
+    format!(
+        "qmesh.{}.dead.{}",
+        shared.names.cluster,
+        b64().encode(queue)
+    )
+}
+
+impl Shared {
+    /// Appends `entry` to the job's stored history and returns all of it.
+    /// One engine holds a job at a time, so a plain read then write is
+    /// enough; a failure to store it is logged (the attempt still counts).
+    pub(super) async fn append_attempt(&self, receipt: Uuid, entry: Attempt) -> Vec<Attempt> {
+        let key = receipt.to_string();
+        let mut history: Vec<Attempt> = match self.attempts.get(&key).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(%receipt, error = %e, "cannot read a job's attempt history");
+                Vec::new()
+            }
+        };
+        history.push(entry);
+        let bytes = serde_json::to_vec(&history).expect("a history encodes");
+        if let Err(e) = self.attempts.put(&key, bytes.into()).await {
+            tracing::warn!(%receipt, error = %e, "cannot store a job's attempt history");
+        }
+        history
+    }
+
+    pub(super) async fn forget_attempts(&self, receipt: Uuid) {
+        if let Err(e) = self.attempts.purge(receipt.to_string()).await {
+            tracing::debug!(%receipt, error = %e, "cannot delete a finished job's attempt history");
+        }
+    }
+
+    /// Stores the job as a dead letter, then acknowledges its job message.
+    /// A dead letter NATS refuses leaves the job to be delivered again after
+    /// a short delay (its next delivery is past its last attempt, so it is
+    /// dead-lettered then, without running).
+    pub(super) async fn dead_letter(
+        &self,
+        key: &JobKey,
+        msg: &jetstream::Message,
+        receipt: Uuid,
+        history: Vec<Attempt>,
+    ) {
+        let payload: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
+        let last = history.last().map(|a| a.error.clone());
+        let now = crate::queue::now_ms();
+        let letter = json!({
+            "id": receipt,
+            "queue": key.queue,
+            "namespace": key.namespace,
+            "function_id": key.function_id,
+            "payload": payload,
+            "error": last.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
+            "last_error": last,
+            "failed_at": now / 1000,
+            "failed_at_ms": now,
+            "retries": history.iter().map(|a| a.attempt).max().unwrap_or(0),
+            "size_bytes": msg.payload.len(),
+            "history": history,
+        });
+        let body = serde_json::to_vec(&letter).expect("a dead letter encodes");
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(body.into())
+            .message_id(receipt.to_string());
+        let stored = match self
+            .js
+            .send_publish(dead_subject(self, &key.queue), publish)
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => {
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(%receipt, error = %e, "a dead-lettered job's ack failed: it will be dead-lettered again");
+                }
+                self.forget_attempts(receipt).await;
+                tracing::info!(%receipt, queue = %key.queue, "a job ran out of attempts: dead-lettered");
+            }
+            Err(e) => {
+                tracing::warn!(%receipt, error = %e, "cannot store a dead letter; the job is delivered again");
+                let _ = msg
+                    .ack_with(jetstream::AckKind::Nak(Some(
+                        std::time::Duration::from_secs(1),
+                    )))
+                    .await;
+            }
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct DeadArgs {
+    queue: Option<String>,
+    topic: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+fn queue_error(e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(
+        codes::QUEUE_ERROR,
+        format!("cannot read the cluster's dead letters: {e}"),
+    )
+}
+
+/// iii: `[{topic, broker_type, message_count}]` for queues with dead letters.
+pub(super) fn dlq_topics(
+    shared: Arc<Shared>,
+    _: Mesh,
+    _: CallCtx,
+    _: Value,
+) -> BoxFuture<'static, Reply> {
+    Box::pin(async move {
+        let dead = shared.dead.clone();
+        let prefix = format!("qmesh.{}.dead.", shared.names.cluster);
+        let mut subjects = dead
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(queue_error)?;
+        let mut out = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, count) = entry.map_err(queue_error)?;
+            let queue = subject
+                .strip_prefix(&prefix)
+                .and_then(|q| b64().decode(q).ok())
+                .and_then(|q| String::from_utf8(q).ok());
+            if let Some(queue) = queue {
+                out.push(json!({"topic": queue, "broker_type": "qmesh-jetstream", "message_count": count}));
+            }
+        }
+        Ok(Value::Array(out))
+    })
+}
+
+/// iii: `[{id, payload, error, failed_at, retries, size_bytes}]`, newest
+/// first; qmesh adds the history (each attempt's engine and error).
+pub(super) fn dlq_messages(
+    shared: Arc<Shared>,
+    _: Mesh,
+    _: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    Box::pin(async move {
+        let a: DeadArgs = args(input)?;
+        let queue = a
+            .queue
+            .or(a.topic)
+            .filter(|q| !q.is_empty())
+            .ok_or_else(|| ErrorBody::new(codes::INVALID_ARGUMENTS, "missing queue"))?;
+        let (offset, limit) = (a.offset.unwrap_or(0), a.limit.unwrap_or(50));
+        let subject = dead_subject(&shared, &queue);
+        let mut letters = Vec::new();
+        let mut next = 1;
+        while letters.len() < MAX_READ {
+            match shared
+                .dead
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                Ok(m) => {
+                    next = m.sequence + 1;
+                    if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
+                        letters.push(v);
+                    }
+                }
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                    break;
+                }
+                Err(e) => return Err(queue_error(e)),
+            }
+        }
+        letters.reverse();
+        Ok(Value::Array(
+            letters.into_iter().skip(offset).take(limit).collect(),
+        ))
+    })
+}
