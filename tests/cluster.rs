@@ -1,20 +1,17 @@
-//! Cluster mode, first slice: two engines on a 3-node NATS cluster route a
-//! worker's sync call to a function served only on the other engine, and
-//! fail it cleanly once nobody serves it.
+//! Cluster mode: engines on a 3-node NATS cluster route a worker's sync call
+//! to a function served only on another engine, fail it cleanly once nobody
+//! serves it, and forget an engine that died.
 
 mod common;
 
-use common::nats::NatsCluster;
-use common::{RawClient, TestEngine, WAIT, test_config, wait_until};
+use common::launcher::EngineProcess;
+use common::nats::{self, NatsCluster};
+use common::{RawClient, TestEngine, WAIT, wait_until};
 use qmesh::config::Config;
 use serde_json::json;
 
 fn engine_config(nats: &NatsCluster, engine_id: &str) -> Config {
-    let mut c = test_config();
-    c.cluster.urls = nats.urls.clone();
-    c.cluster.name = "test".to_owned();
-    c.cluster.engine_id = Some(engine_id.to_owned());
-    c
+    nats.engine_config(engine_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,21 +81,21 @@ async fn an_engine_that_stops_withdraws_its_functions() {
     assert_eq!(failed["error"]["code"], "function_not_found", "{failed}");
 }
 
-/// An engine that died without draining leaves its directory entries: a
-/// call routed to it fails at once (NATS has no responder on its subject),
-/// naming the engine, instead of waiting out the call's timeout.
+/// Until an engine that died without draining is declared dead, its
+/// directory entries stay: a call routed to it meanwhile fails at once (NATS
+/// has no responder on its subject), naming the engine, instead of waiting
+/// out the call's timeout. (A ghost that never beats, and an engine timeout
+/// long enough for the call to go first.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_to_an_engine_that_no_longer_answers_fails_at_once() {
     use base64::Engine as _;
     let nats = NatsCluster::start().await;
-    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
+    let mut config = engine_config(&nats, "a");
+    config.cluster.engine_timeout = std::time::Duration::from_secs(60);
+    let a = TestEngine::start_with(config).await;
 
     // What a dead engine "ghost" left in the directory.
-    let client = async_nats::connect(nats.urls[0].as_str()).await.unwrap();
-    let kv = async_nats::jetstream::new(client)
-        .get_key_value("qmesh_test_functions")
-        .await
-        .unwrap();
+    let kv = nats.directory().await;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let key = format!(
         "ghost.{}.{}",
@@ -109,14 +106,56 @@ async fn a_call_to_an_engine_that_no_longer_answers_fails_at_once() {
     a.wait_for_providers("svc::gone", 1).await;
 
     let mut caller = RawClient::worker(&a.url, "caller").await;
-    let started = std::time::Instant::now();
     let failed = caller.call("svc::gone", json!({})).await;
     assert_eq!(failed["error"]["code"], "function_not_found", "{failed}");
     let message = failed["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("ghost"), "{failed}");
+}
+
+/// An engine killed with -9 stops beating: the others drop its functions
+/// and delete its directory entries within `engine_timeout`, and its worker,
+/// reconnected to a surviving engine, is reachable again from the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_engine_is_forgotten_and_its_worker_is_reached_on_another() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
+    let c = TestEngine::start_with(engine_config(&nats, "c")).await;
+    let mut b = EngineProcess::start_with_config(&nats.engine_toml("b"));
+
+    let mut worker = RawClient::worker(&b.url, "echo-worker").await;
+    worker.register_function("svc::echo").await;
+    a.wait_for_providers("svc::echo", 1).await;
+    c.wait_for_providers("svc::echo", 1).await;
+    let kv = nats.directory().await;
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
+        nats::keys(&kv).await.iter().any(|k| k.starts_with("b.")),
+        "b announced svc::echo"
     );
+
+    b.kill();
+    for (name, engine) in [("A", &a), ("C", &c)] {
+        wait_until(&format!("{name} drops b's svc::echo"), WAIT, async || {
+            engine.providers("svc::echo").is_empty()
+        })
+        .await;
+    }
+    wait_until("b's entries leave the directory", WAIT, async || {
+        !nats::keys(&kv).await.iter().any(|k| k.starts_with("b."))
+    })
+    .await;
+
+    // The worker reconnects to C; A's callers reach it there.
+    drop(worker);
+    let mut worker = RawClient::worker(&c.url, "echo-worker").await;
+    worker.register_function("svc::echo").await;
+    a.wait_for_providers("svc::echo", 1).await;
+    let mut caller = RawClient::worker(&a.url, "caller").await;
+    let id = caller.send_call("svc::echo", json!({"n": 1})).await;
+    worker.answer_next(json!({"result": {"echo": 1}})).await;
+    let result = caller
+        .recv_until("the result", |v| {
+            v["type"] == "invocationresult" && v["invocation_id"] == id.as_str()
+        })
+        .await;
+    assert_eq!(result["result"], json!({"echo": 1}), "{result}");
 }

@@ -1,6 +1,7 @@
 //! `[cluster]`: which NATS cluster this engine joins, under which names.
 
 use serde::Deserialize;
+use std::time::Duration;
 
 /// `[cluster]` (or `qmesh serve --cluster nats://…`). Off while `urls` is
 /// empty: the engine is alone, on its embedded store.
@@ -21,6 +22,14 @@ pub struct ClusterConfig {
     /// Replicas of the cluster's JetStream buckets (3 on a 3-node NATS
     /// cluster; 1 on a single server).
     pub replicas: usize,
+    /// How often this engine tells the others it is alive (core NATS).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How long another engine may go unheard before it is declared dead
+    /// and its functions leave this engine's mesh. More than `heartbeat`
+    /// (a few beats, so one late beat is not a death).
+    #[serde(with = "humantime_serde")]
+    pub engine_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -30,6 +39,8 @@ impl Default for ClusterConfig {
             name: "qmesh".to_owned(),
             engine_id: None,
             replicas: 3,
+            heartbeat: Duration::from_secs(1),
+            engine_timeout: Duration::from_secs(4),
         }
     }
 }

@@ -3,22 +3,31 @@
 //! One JetStream KV bucket per cluster, `qmesh_<cluster>_functions`, one key
 //! per (engine, namespace, function): `<engine>.<b64(namespace)>.<b64(id)>`
 //! (base64url, since function ids hold `::`), the value the function's
-//! description. An engine writes only its own keys: it puts a key when its
+//! description. An engine writes its own keys: it puts a key when its
 //! workers start serving a function and deletes it when the last one stops
 //! (and all of them at drain, and at start those a previous run under the
 //! same engine id left). Every engine watches the whole bucket and mirrors
-//! other engines' keys into its mesh: one peer per engine, whose functions
-//! are external functions calling that engine (`remote.rs`).
+//! other engines' keys into its mesh: one peer per live engine, whose
+//! functions are external functions calling that engine (`remote.rs`).
 //!
-//! Known gap: an engine that dies without draining leaves its keys until it
-//! starts again under the same `engine_id`; calls routed to it meanwhile fail
-//! at once (NATS has no responder), they do not hang.
+//! Liveness (`liveness.rs`) decides which engines are live: an engine whose
+//! heartbeats stop for `engine_timeout` is dead. Its peer leaves the mesh as
+//! a vanished worker does (callers wait `rebind_grace` for its functions to
+//! come back, from whichever engine its workers reconnect to), and every
+//! engine that saw it die deletes its keys, so the bucket does not keep the
+//! dead for ever. An engine wrongly declared dead (it lost NATS for longer
+//! than the timeout) sees its own keys deleted by others and puts them again;
+//! its heartbeats bring its peer back on every other engine.
+//!
+//! Lock order: `members` may be held while calling the mesh, never the other
+//! way round (nothing the mesh runs takes `members`).
 
 use base64::Engine as _;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -36,21 +45,46 @@ pub(crate) struct Directory {
     client: async_nats::Client,
     kv: async_nats::jetstream::kv::Store,
     names: Names,
-    /// Other engines as peers of this mesh: engine id → its peer's worker id
-    /// and the functions it serves.
-    peers: Mutex<HashMap<String, Peer>>,
+    /// The other engines this one knows of, live or declared dead.
+    members: Mutex<HashMap<String, Member>>,
     /// What this engine has put in the bucket; `None` once withdrawn (at
     /// drain: nothing is announced again, whatever its workers still do).
     announced: tokio::sync::Mutex<Option<HashSet<Key>>>,
+    /// Own keys someone else deleted (this engine was declared dead): the
+    /// announcer forgets them and puts them again.
+    deleted_by_others: Mutex<HashSet<Key>>,
+    /// Wakes the announcer for `deleted_by_others`.
+    resync: Notify,
 }
 
-struct Peer {
-    worker: Uuid,
-    functions: HashSet<Key>,
+/// Another engine, as this one sees it.
+struct Member {
+    /// When it was last heard from: its last heartbeat, or its first
+    /// directory entry before any heartbeat (an engine announces as it
+    /// starts beating; a fresh watcher replays entries first).
+    last_seen: Instant,
+    /// False once its heartbeats stopped for `engine_timeout`: its entries
+    /// stay out of the mesh until it is heard from again.
+    alive: bool,
+    /// Its functions as the directory says, with their descriptions.
+    functions: HashMap<Key, Option<String>>,
+    /// Its peer in this mesh, while it is alive and serves something.
+    peer: Option<Uuid>,
+}
+
+impl Member {
+    fn new() -> Self {
+        Member {
+            last_seen: Instant::now(),
+            alive: true,
+            functions: HashMap::new(),
+            peer: None,
+        }
+    }
 }
 
 /// How soon a refused announcement is tried again.
-const ANNOUNCE_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+const ANNOUNCE_RETRY: Duration = Duration::from_millis(250);
 
 impl Directory {
     pub(super) async fn open(
@@ -79,8 +113,10 @@ impl Directory {
             client: client.clone(),
             kv,
             names: names.clone(),
-            peers: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
             announced: tokio::sync::Mutex::new(Some(HashSet::new())),
+            deleted_by_others: Mutex::new(HashSet::new()),
+            resync: Notify::new(),
         };
         directory.clear_previous_run().await;
         Ok(directory)
@@ -92,6 +128,10 @@ impl Directory {
             tokio::spawn(self.clone().announce()),
             tokio::spawn(self.watch()),
         ]
+    }
+
+    fn members(&self) -> std::sync::MutexGuard<'_, HashMap<String, Member>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether one of this engine's own workers serves the function.
@@ -106,8 +146,7 @@ impl Directory {
     }
 
     fn peer_workers(&self) -> HashSet<Uuid> {
-        let peers = self.peers.lock().expect("not poisoned");
-        peers.values().map(|p| p.worker).collect()
+        self.members().values().filter_map(|m| m.peer).collect()
     }
 
     /// Deletes every key of this engine (at drain).
@@ -116,20 +155,15 @@ impl Directory {
             return;
         };
         for key in announced {
-            if let Err(e) = self.kv.delete(self.key(&key)).await {
+            if let Err(e) = self.kv.delete(self.key(&self.names.engine_id, &key)).await {
                 tracing::warn!(function_id = %key.1, error = %e, "cannot withdraw a function from the cluster");
             }
         }
     }
 
-    fn key(&self, (namespace, id): &Key) -> String {
+    fn key(&self, engine: &str, (namespace, id): &Key) -> String {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!(
-            "{}.{}.{}",
-            self.names.engine_id,
-            b64.encode(namespace),
-            b64.encode(id)
-        )
+        format!("{engine}.{}.{}", b64.encode(namespace), b64.encode(id))
     }
 
     /// Keys a previous run under this engine id left (it did not drain).
@@ -171,12 +205,19 @@ impl Directory {
             let Some(announced) = guard.as_mut() else {
                 return;
             };
+            for key in std::mem::take(&mut *self.deleted_by_others.lock().expect("not poisoned")) {
+                announced.remove(&key);
+            }
             for (key, description) in &now {
                 if announced.contains(key) {
                     continue;
                 }
                 let value = serde_json::to_vec(description).expect("a string encodes");
-                match self.kv.put(self.key(key), value.into()).await {
+                match self
+                    .kv
+                    .put(self.key(&self.names.engine_id, key), value.into())
+                    .await
+                {
                     Ok(_) => {
                         announced.insert(key.clone());
                     }
@@ -192,7 +233,7 @@ impl Directory {
                 .cloned()
                 .collect();
             for key in gone {
-                match self.kv.delete(self.key(&key)).await {
+                match self.kv.delete(self.key(&self.names.engine_id, &key)).await {
                     Ok(()) => {
                         announced.remove(&key);
                     }
@@ -203,17 +244,19 @@ impl Directory {
                 }
             }
             drop(guard);
-            let next = if failed {
-                match tokio::time::timeout(ANNOUNCE_RETRY, events.recv()).await {
-                    Ok(event) => event,
-                    Err(_) => continue,
+            let retry = async {
+                match failed {
+                    true => tokio::time::sleep(ANNOUNCE_RETRY).await,
+                    false => std::future::pending().await,
                 }
-            } else {
-                events.recv().await
             };
-            match next {
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                () = self.resync.notified() => {}
+                () = retry => {}
             }
         }
     }
@@ -245,16 +288,25 @@ impl Directory {
                     tracing::warn!(key = %entry.key, "ignored a malformed directory key");
                     continue;
                 };
+                let put = matches!(entry.operation, async_nats::jetstream::kv::Operation::Put);
                 if engine == self.names.engine_id {
+                    if !put {
+                        // Deleted by an engine that thought this one dead,
+                        // or by this one (putting it again is harmless).
+                        self.deleted_by_others
+                            .lock()
+                            .expect("not poisoned")
+                            .insert(key);
+                        self.resync.notify_one();
+                    }
                     continue;
                 }
-                match entry.operation {
-                    async_nats::jetstream::kv::Operation::Put => {
-                        let description: Option<String> =
-                            serde_json::from_slice(&entry.value).unwrap_or(None);
-                        self.add(engine, key, description);
-                    }
-                    _ => self.remove(&engine, &key),
+                if put {
+                    let description: Option<String> =
+                        serde_json::from_slice(&entry.value).unwrap_or(None);
+                    self.add(engine, key, description);
+                } else {
+                    self.remove(&engine, &key);
                 }
             }
             tracing::warn!("the cluster's function directory watch ended; opening it again");
@@ -262,32 +314,108 @@ impl Directory {
         }
     }
 
-    fn add(self: &Arc<Self>, engine: String, key: Key, description: Option<String>) {
-        let worker = {
-            let mut peers = self.peers.lock().expect("not poisoned");
-            match peers.get(&engine) {
-                Some(p) => p.worker,
-                None => {
-                    let worker = self.connect_peer(&engine);
-                    peers.insert(
-                        engine.clone(),
-                        Peer {
-                            worker,
-                            functions: HashSet::new(),
-                        },
-                    );
-                    worker
+    fn add(&self, engine: String, key: Key, description: Option<String>) {
+        let mut members = self.members();
+        let member = members.entry(engine.clone()).or_insert_with(Member::new);
+        member.functions.insert(key.clone(), description.clone());
+        if member.alive {
+            let worker = *member
+                .peer
+                .get_or_insert_with(|| self.connect_peer(&engine));
+            self.register(worker, &engine, key, description);
+        }
+    }
+
+    fn remove(&self, engine: &str, key: &Key) {
+        let mut members = self.members();
+        let Some(member) = members.get_mut(engine) else {
+            return;
+        };
+        member.functions.remove(key);
+        if let Some(worker) = member.peer {
+            // Withdrawn by choice: callers get function_not_found at once,
+            // not the grace period a vanished worker's callers wait.
+            self.mesh.unregister_function(worker, &key.0, &key.1);
+            if member.functions.is_empty() {
+                member.peer = None;
+                self.mesh.disconnect(worker);
+            }
+        }
+        if !member.alive && member.functions.is_empty() {
+            members.remove(engine);
+        }
+    }
+
+    /// A heartbeat from `engine`: it is alive, and back in the mesh if it
+    /// had been declared dead.
+    pub(super) fn heard_from(&self, engine: &str) {
+        if engine == self.names.engine_id {
+            return;
+        }
+        let mut members = self.members();
+        let member = members.entry(engine.to_owned()).or_insert_with(Member::new);
+        member.last_seen = Instant::now();
+        if member.alive {
+            return;
+        }
+        member.alive = true;
+        tracing::info!(engine_id = %engine, "an engine declared dead is heard from again");
+        if member.functions.is_empty() {
+            return;
+        }
+        let worker = self.connect_peer(engine);
+        member.peer = Some(worker);
+        for (key, description) in member.functions.clone() {
+            self.register(worker, engine, key, description);
+        }
+    }
+
+    /// Declares dead every live engine not heard from for `timeout` since
+    /// `since` (when this engine's NATS connection last came up: while it is
+    /// down nobody can be heard, so nobody is judged).
+    pub(super) fn sweep(&self, timeout: Duration, since: Instant) {
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        let mut members = self.members();
+        for (engine, member) in members.iter_mut() {
+            if !member.alive || now.duration_since(member.last_seen.max(since)) < timeout {
+                continue;
+            }
+            member.alive = false;
+            tracing::warn!(engine_id = %engine, timeout = ?timeout, "an engine of the cluster stopped beating: dropping its functions");
+            if let Some(worker) = member.peer.take() {
+                // As a vanished worker: its callers wait for the functions
+                // to come back, from wherever its workers reconnect.
+                self.mesh.disconnect(worker);
+            }
+            dead.extend(member.functions.keys().map(|k| self.key(engine, k)));
+        }
+        members.retain(|_, m| m.alive || !m.functions.is_empty());
+        drop(members);
+        if dead.is_empty() {
+            return;
+        }
+        // Every engine that saw it die deletes its keys; deleting twice is
+        // harmless, and an engine wrongly judged puts its keys again.
+        let kv = self.kv.clone();
+        tokio::spawn(async move {
+            for key in dead {
+                if let Err(e) = kv.delete(&key).await {
+                    tracing::debug!(key, error = %e, "cannot delete a dead engine's directory entry");
                 }
             }
-        };
+        });
+    }
+
+    fn register(&self, worker: Uuid, engine: &str, key: Key, description: Option<String>) {
         let target = Arc::new(remote::RemoteFunction {
             client: self.client.clone(),
-            engine_id: engine.clone(),
-            subject: self.names.call_subject(&engine),
+            engine_id: engine.to_owned(),
+            subject: self.names.call_subject(engine),
             namespace: key.0.clone(),
         });
         let reg = FunctionRegistration {
-            id: key.1.clone(),
+            id: key.1,
             description,
             request_format: None,
             response_format: None,
@@ -295,29 +423,6 @@ impl Directory {
             invocation: None,
         };
         self.mesh.register_external(worker, &key.0, reg, target);
-        if let Some(p) = self.peers.lock().expect("not poisoned").get_mut(&engine) {
-            p.functions.insert(key);
-        }
-    }
-
-    fn remove(&self, engine: &str, key: &Key) {
-        let mut peers = self.peers.lock().expect("not poisoned");
-        let Some(peer) = peers.get_mut(engine) else {
-            return;
-        };
-        peer.functions.remove(key);
-        let worker = peer.worker;
-        let last = peer.functions.is_empty();
-        if last {
-            peers.remove(engine);
-        }
-        drop(peers);
-        // Withdrawn by choice: callers get function_not_found at once, not
-        // the grace period a vanished worker's callers wait.
-        self.mesh.unregister_function(worker, &key.0, &key.1);
-        if last {
-            self.mesh.disconnect(worker);
-        }
     }
 
     /// A peer in the mesh for `engine`: a connection with no socket (what

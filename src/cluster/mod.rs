@@ -1,11 +1,13 @@
-//! Cluster mode, first slice: engines on one NATS cluster route sync calls
-//! to each other's workers.
+//! Cluster mode: engines on one NATS cluster route sync calls to each
+//! other's workers.
 //!
 //! - `directory.rs`: which engine's workers serve which functions, in the
 //!   JetStream KV bucket `qmesh_<cluster>_functions` (one key per engine and
 //!   function, written by that engine, watched by every other one). Each
-//!   other engine is one peer in the mesh (a connection with no socket,
+//!   other live engine is one peer in the mesh (a connection with no socket,
 //!   named `engine:<id>`) whose functions are external functions.
+//! - `liveness.rs`: heartbeats on core NATS, `qmesh.<cluster>.heartbeat.<id>`;
+//!   an engine unheard for `engine_timeout` is dead and leaves the directory.
 //! - `remote.rs`: the calls themselves, core NATS request/reply on
 //!   `qmesh.<cluster>.engine.<id>.call`: a call to a peer's function goes
 //!   out as a request, and the peer answers it from its own workers.
@@ -13,11 +15,12 @@
 //!
 //! The mesh knows none of this by name: a peer's functions are registered
 //! with [`crate::mesh::provided::ExternalTarget`]s, as HTTP-invoked
-//! functions are. Queues, state, streams, pub/sub, cron and topics stay per
-//! engine for now.
+//! functions are. Queues, state, streams, cron and topics stay per engine
+//! for now.
 
 mod config;
 mod directory;
+mod liveness;
 mod remote;
 
 pub use config::ClusterConfig;
@@ -49,12 +52,22 @@ pub enum ClusterError {
         replicas: usize,
         source: async_nats::jetstream::context::CreateKeyValueError,
     },
+    #[error(
+        "[cluster] engine_timeout ({timeout:?}) must be longer than heartbeat ({heartbeat:?}), which must not be zero"
+    )]
+    Timing {
+        heartbeat: std::time::Duration,
+        timeout: std::time::Duration,
+    },
     #[error("cannot subscribe to {subject}: {source}")]
     Subscribe {
         subject: String,
         source: async_nats::SubscribeError,
     },
 }
+
+/// The longest wait between two attempts to reach NATS again.
+const RECONNECT_DELAY_MAX_MS: u64 = 1000;
 
 /// Names every engine of one cluster derives from its `[cluster] name`.
 #[derive(Debug, Clone)]
@@ -70,6 +83,9 @@ impl Names {
     pub(crate) fn call_subject(&self, engine_id: &str) -> String {
         format!("qmesh.{}.engine.{engine_id}.call", self.cluster)
     }
+    pub(crate) fn heartbeat_subject(&self, engine_id: &str) -> String {
+        format!("qmesh.{}.heartbeat.{engine_id}", self.cluster)
+    }
 }
 
 /// This engine's membership of a cluster: a module of the engine root.
@@ -78,8 +94,16 @@ pub(crate) struct Cluster {
     client: async_nats::Client,
     directory: Arc<directory::Directory>,
     mesh: Mesh,
-    /// This engine's call subject, until [`Module::start`] serves it.
-    calls: std::sync::Mutex<Option<async_nats::Subscriber>>,
+    /// This engine's call subject and everyone's heartbeats, until
+    /// [`Module::start`] serves them.
+    subscriptions: std::sync::Mutex<Option<Subscriptions>>,
+    heartbeat: std::time::Duration,
+    engine_timeout: std::time::Duration,
+}
+
+struct Subscriptions {
+    calls: async_nats::Subscriber,
+    beats: async_nats::Subscriber,
 }
 
 impl Cluster {
@@ -99,6 +123,12 @@ impl Cluster {
                 });
             }
         }
+        if config.heartbeat.is_zero() || config.engine_timeout <= config.heartbeat {
+            return Err(ClusterError::Timing {
+                heartbeat: config.heartbeat,
+                timeout: config.engine_timeout,
+            });
+        }
         let names = Names {
             cluster: config.name.clone(),
             engine_id,
@@ -117,6 +147,14 @@ impl Cluster {
             .collect::<Result<Vec<_>, _>>()?;
         let client = async_nats::ConnectOptions::new()
             .name(format!("qmesh engine {}", names.engine_id))
+            // The client's default backs off to 4 s between attempts; an
+            // engine cut off from NATS is cut off from its cluster, so it
+            // tries again sooner.
+            .reconnect_delay_callback(|attempts| {
+                std::time::Duration::from_millis(
+                    (50u64 << attempts.min(5)).min(RECONNECT_DELAY_MAX_MS),
+                )
+            })
             .connect(addrs)
             .await
             .map_err(|source| ClusterError::Connect {
@@ -133,18 +171,23 @@ impl Cluster {
             );
         }
         let directory = directory::Directory::open(mesh, &client, &names, config.replicas).await?;
-        let subject = names.call_subject(&names.engine_id);
-        let calls = client
-            .subscribe(subject.clone())
-            .await
-            .map_err(|source| ClusterError::Subscribe { subject, source })?;
+        let subscribe = async |subject: String| {
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|source| ClusterError::Subscribe { subject, source })
+        };
+        let calls = subscribe(names.call_subject(&names.engine_id)).await?;
+        let beats = subscribe(names.heartbeat_subject("*")).await?;
         tracing::info!(cluster = %names.cluster, engine_id = %names.engine_id, nats = %urls, "joined the cluster");
         Ok(Cluster {
             names,
             client,
             directory: Arc::new(directory),
             mesh: mesh.clone(),
-            calls: std::sync::Mutex::new(Some(calls)),
+            subscriptions: std::sync::Mutex::new(Some(Subscriptions { calls, beats })),
+            heartbeat: config.heartbeat,
+            engine_timeout: config.engine_timeout,
         })
     }
 }
@@ -168,15 +211,31 @@ impl Module for Cluster {
     }
 
     fn start(&self) -> Vec<JoinHandle<()>> {
-        let mut tasks = self.directory.clone().start();
-        if let Some(calls) = self.calls.lock().expect("not poisoned").take() {
-            tasks.push(tokio::spawn(remote::serve(
-                self.mesh.clone(),
+        let Some(subs) = self.subscriptions.lock().expect("not poisoned").take() else {
+            return Vec::new();
+        };
+        // Beating before announcing: others meet this engine alive.
+        let mut tasks = vec![
+            tokio::spawn(liveness::beat(
                 self.client.clone(),
+                self.names.heartbeat_subject(&self.names.engine_id),
+                self.heartbeat,
+            )),
+            tokio::spawn(liveness::listen(self.directory.clone(), subs.beats)),
+            tokio::spawn(liveness::sweep(
                 self.directory.clone(),
-                calls,
-            )));
-        }
+                self.client.clone(),
+                self.heartbeat,
+                self.engine_timeout,
+            )),
+        ];
+        tasks.extend(self.directory.clone().start());
+        tasks.push(tokio::spawn(remote::serve(
+            self.mesh.clone(),
+            self.client.clone(),
+            self.directory.clone(),
+            subs.calls,
+        )));
         tasks
     }
 

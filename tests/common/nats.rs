@@ -101,6 +101,54 @@ impl NatsCluster {
     }
 }
 
+/// Heartbeats for tests: a killed engine is declared dead within a second.
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
+pub const ENGINE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl NatsCluster {
+    /// An in-process engine's config (`test_config`) joining cluster `test`
+    /// on these nodes as `engine_id`, with the tests' heartbeats.
+    pub fn engine_config(&self, engine_id: &str) -> qmesh::config::Config {
+        let mut c = super::test_config();
+        c.cluster.urls = self.urls.clone();
+        c.cluster.name = "test".to_owned();
+        c.cluster.engine_id = Some(engine_id.to_owned());
+        c.cluster.heartbeat = HEARTBEAT;
+        c.cluster.engine_timeout = ENGINE_TIMEOUT;
+        c
+    }
+
+    /// The same as a config file, for the real binary (`EngineProcess`).
+    pub fn engine_toml(&self, engine_id: &str) -> String {
+        let urls: Vec<String> = self.urls.iter().map(|u| format!("{u:?}")).collect();
+        format!(
+            "[cluster]\nurls = [{}]\nname = \"test\"\nengine_id = \"{engine_id}\"\n\
+             heartbeat = \"{}ms\"\nengine_timeout = \"{}ms\"\n",
+            urls.join(", "),
+            HEARTBEAT.as_millis(),
+            ENGINE_TIMEOUT.as_millis(),
+        )
+    }
+
+    /// The cluster's function directory bucket, read through a client of its own.
+    pub async fn directory(&self) -> async_nats::jetstream::kv::Store {
+        let client = async_nats::connect(self.urls[0].as_str()).await.unwrap();
+        async_nats::jetstream::new(client)
+            .get_key_value("qmesh_test_functions")
+            .await
+            .unwrap()
+    }
+}
+
+/// The keys of `kv` (deleted ones excluded).
+pub async fn keys(kv: &async_nats::jetstream::kv::Store) -> Vec<String> {
+    use futures_util::StreamExt;
+    match kv.keys().await {
+        Ok(keys) => keys.filter_map(async |k| k.ok()).collect().await,
+        Err(_) => Vec::new(),
+    }
+}
+
 impl Drop for NatsCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
