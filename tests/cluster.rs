@@ -95,7 +95,7 @@ async fn a_call_to_an_engine_that_no_longer_answers_fails_at_once() {
     let a = TestEngine::start_with(config).await;
 
     // What a dead engine "ghost" left in the directory.
-    let kv = nats.directory().await;
+    let kv = nats.bucket("functions").await;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let key = format!(
         "ghost.{}.{}",
@@ -126,11 +126,13 @@ async fn a_killed_engine_is_forgotten_and_its_worker_is_reached_on_another() {
     worker.register_function("svc::echo").await;
     a.wait_for_providers("svc::echo", 1).await;
     c.wait_for_providers("svc::echo", 1).await;
-    let kv = nats.directory().await;
-    assert!(
-        nats::keys(&kv).await.iter().any(|k| k.starts_with("b.")),
-        "b announced svc::echo"
-    );
+    let buckets = [nats.bucket("functions").await, nats.bucket("workers").await];
+    for kv in &buckets {
+        wait_until("b announced its worker and svc::echo", WAIT, async || {
+            nats::keys(kv).await.iter().any(|k| k.starts_with("b."))
+        })
+        .await;
+    }
 
     b.kill();
     for (name, engine) in [("A", &a), ("C", &c)] {
@@ -139,10 +141,12 @@ async fn a_killed_engine_is_forgotten_and_its_worker_is_reached_on_another() {
         })
         .await;
     }
-    wait_until("b's entries leave the directory", WAIT, async || {
-        !nats::keys(&kv).await.iter().any(|k| k.starts_with("b."))
-    })
-    .await;
+    for kv in &buckets {
+        wait_until("b's entries leave the directory", WAIT, async || {
+            !nats::keys(kv).await.iter().any(|k| k.starts_with("b."))
+        })
+        .await;
+    }
 
     // The worker reconnects to C; A's callers reach it there.
     drop(worker);
@@ -158,4 +162,102 @@ async fn a_killed_engine_is_forgotten_and_its_worker_is_reached_on_another() {
         })
         .await;
     assert_eq!(result["result"], json!({"echo": 1}), "{result}");
+}
+
+/// The rows of `list[field]` whose `key` is `value`.
+fn rows<'a>(
+    list: &'a serde_json::Value,
+    field: &str,
+    key: &str,
+    value: &str,
+) -> Vec<&'a serde_json::Value> {
+    list["result"][field]
+        .as_array()
+        .map(|a| a.iter().filter(|r| r[key] == value).collect())
+        .unwrap_or_default()
+}
+
+/// `engine::workers::list` and `engine::functions::list` on one engine show
+/// the other engines' workers and functions, each row naming its engine;
+/// a worker that leaves its engine leaves every listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_the_whole_cluster_each_row_naming_its_engine() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
+    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let mut alpha = RawClient::worker(&a.url, "alpha").await;
+    alpha.register_function("svc::shared").await;
+    let mut beta = RawClient::worker(&b.url, "beta").await;
+    beta.register_function("svc::b").await;
+    beta.register_function("svc::shared").await;
+    a.wait_for_providers("svc::b", 1).await;
+    a.wait_for_providers("svc::shared", 2).await;
+
+    let mut caller = RawClient::worker(&a.url, "caller").await;
+    let workers = wait_for_listing(&mut caller, "engine::workers::list", |list| {
+        rows(list, "workers", "name", "beta").len() == 1
+    })
+    .await;
+    let beta_row = rows(&workers, "workers", "name", "beta")[0];
+    assert_eq!(beta_row["engine_id"], "b", "{beta_row}");
+    assert_eq!(beta_row["id"], beta.worker_id.as_str(), "{beta_row}");
+    assert_eq!(beta_row["runtime"], "rust", "{beta_row}");
+    assert_eq!(beta_row["status"], "available", "{beta_row}");
+    assert_eq!(beta_row["function_count"], 2, "{beta_row}");
+    assert_eq!(
+        beta_row["functions"],
+        json!(["svc::b", "svc::shared"]),
+        "{beta_row}"
+    );
+    let alpha_row = rows(&workers, "workers", "name", "alpha")[0];
+    assert_eq!(alpha_row["engine_id"], "a", "{alpha_row}");
+    let engine_row = rows(&workers, "workers", "runtime", "engine");
+    assert_eq!(
+        engine_row.len(),
+        1,
+        "this engine lists itself once: {workers}"
+    );
+    assert_eq!(engine_row[0]["engine_id"], "a");
+    // B's peer on A is not a worker anyone connected.
+    assert!(
+        rows(&workers, "workers", "name", "engine:b").is_empty(),
+        "{workers}"
+    );
+
+    let functions = caller.call("engine::functions::list", json!({})).await;
+    let engines_of =
+        |id: &str| rows(&functions, "functions", "function_id", id)[0]["engine_ids"].clone();
+    assert_eq!(engines_of("svc::b"), json!(["b"]), "{functions}");
+    assert_eq!(engines_of("svc::shared"), json!(["a", "b"]), "{functions}");
+
+    // Beta leaves B: A's listings forget it.
+    beta.ws.close(None).await.unwrap();
+    wait_for_listing(&mut caller, "engine::workers::list", |list| {
+        rows(list, "workers", "name", "beta").is_empty()
+    })
+    .await;
+    let functions = wait_for_listing(&mut caller, "engine::functions::list", |list| {
+        rows(list, "functions", "function_id", "svc::b").is_empty()
+    })
+    .await;
+    assert_eq!(
+        rows(&functions, "functions", "function_id", "svc::shared")[0]["engine_ids"],
+        json!(["a"]),
+        "{functions}"
+    );
+}
+
+/// Calls `function_id` until its answer satisfies `done`; returns that answer.
+async fn wait_for_listing(
+    caller: &mut RawClient,
+    function_id: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_until(&format!("{function_id} as wanted"), WAIT, async || {
+        last = caller.call(function_id, json!({})).await;
+        done(&last)
+    })
+    .await;
+    last
 }

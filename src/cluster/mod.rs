@@ -77,8 +77,11 @@ pub(crate) struct Names {
 }
 
 impl Names {
-    pub(crate) fn bucket(&self) -> String {
+    pub(crate) fn functions_bucket(&self) -> String {
         format!("qmesh_{}_functions", self.cluster)
+    }
+    pub(crate) fn workers_bucket(&self) -> String {
+        format!("qmesh_{}_workers", self.cluster)
     }
     pub(crate) fn call_subject(&self, engine_id: &str) -> String {
         format!("qmesh.{}.engine.{engine_id}.call", self.cluster)
@@ -195,6 +198,10 @@ impl Cluster {
 impl Module for Cluster {
     fn name(&self) -> &'static str {
         "cluster"
+    }
+
+    fn provide(&self, p: &mut crate::mesh::Provisions) {
+        p.other_engines(self.directory.clone());
     }
 
     fn health(&self) -> Option<(&'static str, serde_json::Value)> {

@@ -102,6 +102,17 @@ impl ExternalCall {
     }
 }
 
+/// The other engines this one shares its mesh with (cluster mode), as the
+/// listings show them. Their functions are in the mesh already (peer
+/// connections, [`super::state::WorkerMeta::engine`]); their workers are not.
+pub(crate) trait OtherEngines: Send + Sync {
+    /// This engine's id among them.
+    fn this_engine(&self) -> &str;
+    /// The workers connected to the other live engines, as WorkerSummary
+    /// rows with their `engine_id`. Never called under the mesh lock.
+    fn workers(&self) -> Vec<Value>;
+}
+
 pub(crate) struct EngineTriggerType {
     pub id: &'static str,
     pub description: &'static str,
@@ -119,6 +130,7 @@ pub(crate) struct Provisions {
     pub(super) operator_only: HashSet<&'static str>,
     pub(super) tracer: Option<Arc<dyn CallTracer>>,
     pub(super) telemetry: Option<Box<TelemetryFn>>,
+    pub(super) other_engines: Option<Arc<dyn OtherEngines>>,
 }
 
 impl Provisions {
@@ -233,6 +245,15 @@ impl Provisions {
         self.telemetry = Some(Box::new(f));
     }
 
+    /// Who knows the other engines of a cluster (at most one module).
+    pub(crate) fn other_engines(&mut self, o: Arc<dyn OtherEngines>) {
+        assert!(
+            self.other_engines.is_none(),
+            "two modules know other engines"
+        );
+        self.other_engines = Some(o);
+    }
+
     /// Runs after a worker's disconnect has been applied to the registry.
     pub(crate) fn on_worker_gone(&mut self, f: impl Fn(Uuid) + Send + Sync + 'static) {
         self.worker_gone.push(Box::new(f));
@@ -258,6 +279,7 @@ pub(crate) struct Provided {
     operator_only: HashSet<&'static str>,
     pub(super) tracer: Option<Arc<dyn CallTracer>>,
     telemetry: Option<Box<TelemetryFn>>,
+    other_engines: Option<Arc<dyn OtherEngines>>,
 }
 
 impl Provided {
@@ -276,6 +298,7 @@ impl Provided {
             external: p.external,
             tracer: p.tracer,
             telemetry: p.telemetry,
+            other_engines: p.other_engines,
         };
         (provided, p.trigger_types)
     }
@@ -293,6 +316,11 @@ impl Provided {
         if let Some(take) = &self.telemetry {
             take(frame);
         }
+    }
+
+    /// The other engines of a cluster; `None` when this engine is alone.
+    pub(crate) fn other_engines(&self) -> Option<&Arc<dyn OtherEngines>> {
+        self.other_engines.as_ref()
     }
 
     /// Every engine function id, sorted (listings).

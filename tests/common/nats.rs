@@ -130,11 +130,12 @@ impl NatsCluster {
         )
     }
 
-    /// The cluster's function directory bucket, read through a client of its own.
-    pub async fn directory(&self) -> async_nats::jetstream::kv::Store {
+    /// Cluster `test`'s directory bucket `name` (`functions`, `workers`),
+    /// read through a client of its own.
+    pub async fn bucket(&self, name: &str) -> async_nats::jetstream::kv::Store {
         let client = async_nats::connect(self.urls[0].as_str()).await.unwrap();
         async_nats::jetstream::new(client)
-            .get_key_value("qmesh_test_functions")
+            .get_key_value(format!("qmesh_test_{name}"))
             .await
             .unwrap()
     }
