@@ -261,3 +261,74 @@ async fn wait_for_listing(
     .await;
     last
 }
+
+/// Binds `function_id` to pub/sub `topic` under binding `id`.
+async fn subscribe(worker: &mut RawClient, id: &str, function_id: &str, topic: &str) {
+    worker.register_function(function_id).await;
+    worker
+        .send(
+            json!({"type": "registertrigger", "id": id, "trigger_type": "subscribe",
+            "function_id": function_id, "config": {"topic": topic}}),
+        )
+        .await;
+}
+
+/// The next `n` invocations `worker` receives, as (function id, data).
+async fn invocations(worker: &mut RawClient, n: usize) -> Vec<(String, serde_json::Value)> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let inv = worker
+            .recv_until("invokefunction", |v| v["type"] == "invokefunction")
+            .await;
+        got.push((
+            inv["function_id"].as_str().unwrap().to_owned(),
+            inv["data"].clone(),
+        ));
+    }
+    got.sort_by_key(|(id, _)| id.clone());
+    got
+}
+
+/// A publish on either engine reaches every `subscribe` binding of the
+/// topic on both engines, once each: delivered locally by the publishing
+/// engine and relayed to the other, never back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_reaches_subscribers_on_every_engine_once() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
+    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let mut on_a = RawClient::worker(&a.url, "subscriber-a").await;
+    subscribe(&mut on_a, "ta", "sub::a", "news").await;
+    let mut on_b = RawClient::worker(&b.url, "subscriber-b").await;
+    subscribe(&mut on_b, "tb1", "sub::b1", "news").await;
+    subscribe(&mut on_b, "tb2", "sub::b2", "news").await;
+    subscribe(&mut on_b, "tb3", "sub::other", "sports").await;
+    wait_until("the bindings are live", WAIT, async || {
+        a.active_bindings("subscribe") == 1 && b.active_bindings("subscribe") == 3
+    })
+    .await;
+
+    let mut publisher_a = RawClient::worker(&a.url, "publisher-a").await;
+    let mut publisher_b = RawClient::worker(&b.url, "publisher-b").await;
+    for (n, publisher) in [(1, &mut publisher_a), (2, &mut publisher_b)] {
+        let published = publisher
+            .call("publish", json!({"topic": "news", "data": {"n": n}}))
+            .await;
+        assert!(published["error"].is_null(), "{published}");
+        assert_eq!(
+            invocations(&mut on_a, 1).await,
+            vec![("sub::a".to_owned(), json!({"n": n}))]
+        );
+        assert_eq!(
+            invocations(&mut on_b, 2).await,
+            vec![
+                ("sub::b1".to_owned(), json!({"n": n})),
+                ("sub::b2".to_owned(), json!({"n": n})),
+            ]
+        );
+    }
+    let once = std::time::Duration::from_millis(300);
+    on_a.assert_not_invoked_for(once, "each message once").await;
+    on_b.assert_not_invoked_for(once, "each message once, none on another topic")
+        .await;
+}

@@ -8,6 +8,8 @@
 //!   named `engine:<id>`) whose functions are external functions.
 //! - `liveness.rs`: heartbeats on core NATS, `qmesh.<cluster>.heartbeat.<id>`;
 //!   an engine unheard for `engine_timeout` is dead and leaves the directory.
+//! - `relay.rs`: what modules share with the same module on other engines
+//!   (pub/sub's publishes), core NATS on `qmesh.<cluster>.relay.<channel>.<id>`.
 //! - `remote.rs`: the calls themselves, core NATS request/reply on
 //!   `qmesh.<cluster>.engine.<id>.call`: a call to a peer's function goes
 //!   out as a request, and the peer answers it from its own workers.
@@ -21,6 +23,7 @@
 mod config;
 mod directory;
 mod liveness;
+mod relay;
 mod remote;
 
 pub use config::ClusterConfig;
@@ -89,6 +92,9 @@ impl Names {
     pub(crate) fn heartbeat_subject(&self, engine_id: &str) -> String {
         format!("qmesh.{}.heartbeat.{engine_id}", self.cluster)
     }
+    pub(crate) fn relay_subject(&self, channel: &str, engine_id: &str) -> String {
+        format!("qmesh.{}.relay.{channel}.{engine_id}", self.cluster)
+    }
 }
 
 /// This engine's membership of a cluster: a module of the engine root.
@@ -102,11 +108,15 @@ pub(crate) struct Cluster {
     subscriptions: std::sync::Mutex<Option<Subscriptions>>,
     heartbeat: std::time::Duration,
     engine_timeout: std::time::Duration,
+    relay: Arc<relay::NatsRelay>,
 }
 
 struct Subscriptions {
     calls: async_nats::Subscriber,
     beats: async_nats::Subscriber,
+    relayed: async_nats::Subscriber,
+    /// What the relay queues for NATS.
+    to_relay: tokio::sync::mpsc::Receiver<(&'static str, Vec<u8>)>,
 }
 
 impl Cluster {
@@ -182,13 +192,21 @@ impl Cluster {
         };
         let calls = subscribe(names.call_subject(&names.engine_id)).await?;
         let beats = subscribe(names.heartbeat_subject("*")).await?;
+        let relayed = subscribe(names.relay_subject("*", "*")).await?;
+        let (relay, to_relay) = relay::NatsRelay::new();
         tracing::info!(cluster = %names.cluster, engine_id = %names.engine_id, nats = %urls, "joined the cluster");
         Ok(Cluster {
             names,
             client,
             directory: Arc::new(directory),
             mesh: mesh.clone(),
-            subscriptions: std::sync::Mutex::new(Some(Subscriptions { calls, beats })),
+            subscriptions: std::sync::Mutex::new(Some(Subscriptions {
+                calls,
+                beats,
+                relayed,
+                to_relay,
+            })),
+            relay: Arc::new(relay),
             heartbeat: config.heartbeat,
             engine_timeout: config.engine_timeout,
         })
@@ -202,6 +220,7 @@ impl Module for Cluster {
 
     fn provide(&self, p: &mut crate::mesh::Provisions) {
         p.other_engines(self.directory.clone());
+        p.relay(self.relay.clone());
     }
 
     fn health(&self) -> Option<(&'static str, serde_json::Value)> {
@@ -237,6 +256,16 @@ impl Module for Cluster {
             )),
         ];
         tasks.extend(self.directory.clone().start());
+        tasks.push(tokio::spawn(relay::publish(
+            self.client.clone(),
+            self.names.clone(),
+            subs.to_relay,
+        )));
+        tasks.push(tokio::spawn(relay::receive(
+            self.mesh.clone(),
+            self.names.clone(),
+            subs.relayed,
+        )));
         tasks.push(tokio::spawn(remote::serve(
             self.mesh.clone(),
             self.client.clone(),

@@ -113,6 +113,18 @@ pub(crate) trait OtherEngines: Send + Sync {
     fn workers(&self) -> Vec<Value>;
 }
 
+/// Carries a module's messages to the same module on every other engine of
+/// a cluster (pub/sub's publishes): best effort, like the messages it carries.
+pub(crate) trait Relay: Send + Sync {
+    /// Sends `message` to the other engines' handler of `channel`
+    /// ([`Provisions::on_relayed`]); never back to this engine's. Must not
+    /// block: it runs inside engine functions.
+    fn send(&self, channel: &'static str, message: Vec<u8>);
+}
+
+/// Takes a message another engine relayed on one channel.
+type RelayedFn = dyn Fn(&Mesh, &[u8]) + Send + Sync;
+
 pub(crate) struct EngineTriggerType {
     pub id: &'static str,
     pub description: &'static str,
@@ -131,6 +143,8 @@ pub(crate) struct Provisions {
     pub(super) tracer: Option<Arc<dyn CallTracer>>,
     pub(super) telemetry: Option<Box<TelemetryFn>>,
     pub(super) other_engines: Option<Arc<dyn OtherEngines>>,
+    pub(super) relay: Option<Arc<dyn Relay>>,
+    pub(super) relayed: HashMap<&'static str, Box<RelayedFn>>,
 }
 
 impl Provisions {
@@ -254,6 +268,23 @@ impl Provisions {
         self.other_engines = Some(o);
     }
 
+    /// Who relays messages to other engines (at most one module).
+    pub(crate) fn relay(&mut self, r: Arc<dyn Relay>) {
+        assert!(self.relay.is_none(), "two modules relay to other engines");
+        self.relay = Some(r);
+    }
+
+    /// Who takes what other engines relay on `channel` (at most one module
+    /// per channel).
+    pub(crate) fn on_relayed(
+        &mut self,
+        channel: &'static str,
+        f: impl Fn(&Mesh, &[u8]) + Send + Sync + 'static,
+    ) {
+        let previous = self.relayed.insert(channel, Box::new(f));
+        assert!(previous.is_none(), "relay channel {channel} taken twice");
+    }
+
     /// Runs after a worker's disconnect has been applied to the registry.
     pub(crate) fn on_worker_gone(&mut self, f: impl Fn(Uuid) + Send + Sync + 'static) {
         self.worker_gone.push(Box::new(f));
@@ -280,6 +311,8 @@ pub(crate) struct Provided {
     pub(super) tracer: Option<Arc<dyn CallTracer>>,
     telemetry: Option<Box<TelemetryFn>>,
     other_engines: Option<Arc<dyn OtherEngines>>,
+    relay: Option<Arc<dyn Relay>>,
+    relayed: HashMap<&'static str, Box<RelayedFn>>,
 }
 
 impl Provided {
@@ -299,6 +332,8 @@ impl Provided {
             tracer: p.tracer,
             telemetry: p.telemetry,
             other_engines: p.other_engines,
+            relay: p.relay,
+            relayed: p.relayed,
         };
         (provided, p.trigger_types)
     }
@@ -321,6 +356,25 @@ impl Provided {
     /// The other engines of a cluster; `None` when this engine is alone.
     pub(crate) fn other_engines(&self) -> Option<&Arc<dyn OtherEngines>> {
         self.other_engines.as_ref()
+    }
+
+    /// Sends `message` on `channel` to the other engines, if this one has any.
+    pub(crate) fn relay(&self, channel: &'static str, message: impl FnOnce() -> Vec<u8>) {
+        if let Some(r) = &self.relay {
+            r.send(channel, message());
+        }
+    }
+
+    /// Hands a message another engine relayed to its channel's taker;
+    /// whether there was one.
+    pub(crate) fn relayed(&self, mesh: &Mesh, channel: &str, message: &[u8]) -> bool {
+        match self.relayed.get(channel) {
+            Some(take) => {
+                take(mesh, message);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Every engine function id, sorted (listings).
