@@ -52,6 +52,8 @@ pub(crate) struct Directory {
     functions_kv: async_nats::jetstream::kv::Store,
     workers_kv: async_nats::jetstream::kv::Store,
     names: Names,
+    /// Counts this engine's NATS disconnections (calls on their way fail).
+    disconnects: tokio::sync::watch::Receiver<u64>,
     /// The other engines this one knows of, live or declared dead.
     members: Mutex<HashMap<String, Member>>,
     /// What this engine has put in the buckets; `None` once withdrawn (at
@@ -124,6 +126,7 @@ impl Directory {
         client: &async_nats::Client,
         names: &Names,
         replicas: usize,
+        disconnects: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Directory, ClusterError> {
         let js = async_nats::jetstream::new(client.clone());
         let open = async |bucket: String| {
@@ -146,6 +149,7 @@ impl Directory {
             functions_kv: open(names.functions_bucket()).await?,
             workers_kv: open(names.workers_bucket()).await?,
             names: names.clone(),
+            disconnects,
             members: Mutex::new(HashMap::new()),
             announced: tokio::sync::Mutex::new(Some(Published::default())),
             deleted_by_others: Mutex::new(Vec::new()),
@@ -489,6 +493,7 @@ impl Directory {
             engine_id: engine.to_owned(),
             subject: self.names.call_subject(engine),
             namespace: key.0.clone(),
+            disconnects: self.disconnects.clone(),
         });
         let reg = FunctionRegistration {
             id: key.1,

@@ -158,8 +158,15 @@ impl Cluster {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let (disconnected, disconnects) = tokio::sync::watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .name(format!("qmesh engine {}", names.engine_id))
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    disconnected.send_modify(|n| *n += 1);
+                }
+                async {}
+            })
             // The client's default backs off to 4 s between attempts; an
             // engine cut off from NATS is cut off from its cluster, so it
             // tries again sooner.
@@ -183,7 +190,8 @@ impl Cluster {
                  what the cluster stores may be lost on power failure"
             );
         }
-        let directory = directory::Directory::open(mesh, &client, &names, config.replicas).await?;
+        let directory =
+            directory::Directory::open(mesh, &client, &names, config.replicas, disconnects).await?;
         let subscribe = async |subject: String| {
             client
                 .subscribe(subject.clone())

@@ -20,7 +20,12 @@ use std::time::Duration;
 const READY_WITHIN: Duration = Duration::from_secs(20);
 
 pub struct NatsCluster {
-    nodes: Vec<Child>,
+    /// Each node's process; `None` while it is killed.
+    nodes: Vec<Option<Child>>,
+    /// Each node's config file and monitoring port, to start it again.
+    confs: Vec<PathBuf>,
+    monitors: Vec<u16>,
+    bin: PathBuf,
     /// `nats://127.0.0.1:<client port>` of each node.
     pub urls: Vec<String>,
     _dir: tempfile::TempDir,
@@ -49,7 +54,7 @@ impl NatsCluster {
             .iter()
             .map(|p| format!("\"nats://127.0.0.1:{}\"", p.cluster))
             .collect();
-        let mut nodes = Vec::new();
+        let mut confs = Vec::new();
         for (i, p) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
             let store = dir.path().join(&name);
@@ -69,35 +74,70 @@ impl NatsCluster {
                 ),
             )
             .expect("write the NATS config");
-            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-            let child = Command::new(&bin)
-                .arg("-js")
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            nodes.push(child);
+            confs.push(conf);
         }
-        let cluster = NatsCluster {
-            nodes,
+        let mut cluster = NatsCluster {
+            nodes: Vec::new(),
+            confs,
+            monitors: ports.iter().map(|p| p.monitor).collect(),
+            bin,
             urls: ports
                 .iter()
                 .map(|p| format!("nats://127.0.0.1:{}", p.client))
                 .collect(),
             _dir: dir,
         };
+        cluster.nodes = (0..3).map(|i| Some(cluster.spawn(i))).collect();
+        cluster.wait_healthy(&[0, 1, 2]).await;
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let conf = &self.confs[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(conf.with_extension("log"))
+            .unwrap();
+        Command::new(&self.bin)
+            .arg("-js")
+            .arg("-c")
+            .arg(conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()))
+    }
+
+    /// Waits until each of `nodes` says its JetStream is healthy.
+    async fn wait_healthy(&self, nodes: &[usize]) {
         let http = reqwest::Client::new();
-        for p in &ports {
-            let url = format!("http://127.0.0.1:{}/healthz", p.monitor);
+        for &i in nodes {
+            let url = format!("http://127.0.0.1:{}/healthz", self.monitors[i]);
             let healthy = || async {
                 matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
             };
             super::wait_until(&format!("NATS healthy at {url}"), READY_WITHIN, healthy).await;
         }
-        cluster
+    }
+
+    /// Kills node `i` (0-based) with SIGKILL and waits until it is gone.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut node) = self.nodes[i].take() {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+
+    /// Starts killed nodes again (same ports, same store) and waits until
+    /// every one is healthy.
+    pub async fn restart(&mut self, nodes: &[usize]) {
+        for &i in nodes {
+            assert!(self.nodes[i].is_none(), "node {i} is running");
+            self.nodes[i] = Some(self.spawn(i));
+        }
+        self.wait_healthy(nodes).await;
     }
 }
 
@@ -152,9 +192,8 @@ pub async fn keys(kv: &async_nats::jetstream::kv::Store) -> Vec<String> {
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
+        for i in 0..self.nodes.len() {
+            self.kill(i);
         }
     }
 }
