@@ -1,11 +1,13 @@
 //! Cluster mode: engines on one NATS cluster route sync calls to each
-//! other's workers.
+//! other's workers, list each other's functions and workers, relay pub/sub
+//! publishes, and forget an engine that stops beating.
 //!
 //! - `directory.rs`: which engine's workers serve which functions, in the
 //!   JetStream KV bucket `qmesh_<cluster>_functions` (one key per engine and
-//!   function, written by that engine, watched by every other one). Each
-//!   other live engine is one peer in the mesh (a connection with no socket,
-//!   named `engine:<id>`) whose functions are external functions.
+//!   function, written by that engine, watched by every other one), and its
+//!   registered workers' rows in `qmesh_<cluster>_workers`. Each other live
+//!   engine is one peer in the mesh (a connection with no socket, named
+//!   `engine:<id>`) whose functions are external functions.
 //! - `liveness.rs`: heartbeats on core NATS, `qmesh.<cluster>.heartbeat.<id>`;
 //!   an engine unheard for `engine_timeout` is dead and leaves the directory.
 //! - `relay.rs`: what modules share with the same module on other engines
@@ -17,7 +19,8 @@
 //!
 //! The mesh knows none of this by name: a peer's functions are registered
 //! with [`crate::mesh::provided::ExternalTarget`]s, as HTTP-invoked
-//! functions are. Queues, state, streams, cron and topics stay per engine
+//! functions are; the listings and pub/sub reach other engines through the
+//! mesh's `OtherEngines` and `Relay` seams. Queues, state, streams, cron and topics stay per engine
 //! for now.
 
 mod config;
@@ -103,8 +106,8 @@ pub(crate) struct Cluster {
     client: async_nats::Client,
     directory: Arc<directory::Directory>,
     mesh: Mesh,
-    /// This engine's call subject and everyone's heartbeats, until
-    /// [`Module::start`] serves them.
+    /// This engine's call subject, everyone's heartbeats and relayed
+    /// messages, and the relay's queue, until [`Module::start`] serves them.
     subscriptions: std::sync::Mutex<Option<Subscriptions>>,
     heartbeat: std::time::Duration,
     engine_timeout: std::time::Duration,
