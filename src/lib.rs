@@ -34,9 +34,9 @@
 //!   `engine::traces::*`, `engine::logs::*`, `engine::metrics::list`,
 //!   `engine::health::check`, `engine::baggage::*`, `engine::log::*`),
 //!   `dashboard` (the web page at `/ui/`, a client of the worker socket like
-//!   any other), `cluster` (cluster mode on NATS, first slice: engines
-//!   share which functions their workers serve and route sync calls to
-//!   each other).
+//!   any other), `cluster` (cluster mode on NATS: engines share which functions and
+//!   workers they serve, route sync calls to each other, relay pub/sub
+//!   publishes, and forget an engine whose heartbeats stop).
 //! - `edge`: the worker listeners' own paths (`/`, `/otel`, `/health`,
 //!   `/metrics`) and who may connect (tokens, RBAC auth).
 //! - [`engine`]: the root: builds every part, serves, drains in order.

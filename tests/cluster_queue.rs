@@ -20,7 +20,7 @@ use std::time::Duration;
 /// Engine `id` of cluster "test" with its queues on JetStream (3 attempts,
 /// 20 ms backoff, 1 s lease).
 fn engine_config(nats: &NatsCluster, id: &str) -> qmesh::Config {
-    let mut c = nats.engine_config(fast_config(), "test", id);
+    let mut c = nats.engine_config(fast_config(), id);
     c.cluster.queues = QueueBackend::Jetstream;
     c
 }
@@ -186,7 +186,7 @@ async fn every_acknowledged_job_runs_after_a_kill_9_of_the_engine_running_them()
     let config = |id: &str| {
         format!(
             "{}queues = \"jetstream\"\n[queue.defaults]\nlease = \"2s\"\nmax_attempts = 5\n",
-            nats.cluster_toml("crash", id)
+            nats.engine_toml(id)
         )
     };
     let a = EngineProcess::start_with_config(&config("a"));

@@ -31,6 +31,14 @@ pub struct ClusterConfig {
     /// remembered (the job stream's duplicate window).
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
+    /// How often this engine tells the others it is alive (core NATS).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How long another engine may go unheard before it is declared dead
+    /// and its functions leave this engine's mesh. More than `heartbeat`
+    /// (a few beats, so one late beat is not a death).
+    #[serde(with = "humantime_serde")]
+    pub engine_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -50,6 +58,8 @@ impl Default for ClusterConfig {
             replicas: 3,
             queues: QueueBackend::Local,
             idempotency_window: Duration::from_secs(3600),
+            heartbeat: Duration::from_secs(1),
+            engine_timeout: Duration::from_secs(4),
         }
     }
 }

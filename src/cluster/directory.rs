@@ -1,31 +1,46 @@
-//! The cluster's directory of functions: which engine's workers serve what.
+//! The cluster's directory: which engine's workers serve what.
 //!
-//! One JetStream KV bucket per cluster, `qmesh_<cluster>_functions`, one key
-//! per (engine, namespace, function): `<engine>.<b64(namespace)>.<b64(id)>`
+//! Two JetStream KV buckets per cluster. `qmesh_<cluster>_functions` has one
+//! key per (engine, namespace, function): `<engine>.<b64(namespace)>.<b64(id)>`
 //! (base64url, since function ids hold `::`), the value the function's
-//! description. An engine writes only its own keys: it puts a key when its
-//! workers start serving a function and deletes it when the last one stops
-//! (and all of them at drain, and at start those a previous run under the
-//! same engine id left). Every engine watches the whole bucket and mirrors
-//! other engines' keys into its mesh: one peer per engine, whose functions
-//! are external functions calling that engine (`remote.rs`).
+//! description. `qmesh_<cluster>_workers` has one key per registered worker
+//! (one that reported a pid, as `engine::workers::list` shows):
+//! `<engine>.<worker id>`, the value its row (id, name, runtime, functions…).
+//! An engine writes its own keys: it puts a key when its workers start
+//! serving a function (or a worker registers or changes) and deletes it when
+//! that ends (and all of them at drain, and at start those a previous run
+//! under the same engine id left). Every engine watches both buckets and
+//! mirrors other engines' keys: functions into its mesh, one peer per live
+//! engine whose functions are external functions calling that engine
+//! (`remote.rs`); workers into its members, for `engine::workers::list`
+//! ([`OtherEngines`]).
 //!
-//! Known gap: an engine that dies without draining leaves its keys until it
-//! starts again under the same `engine_id`; calls routed to it meanwhile fail
-//! at once (NATS has no responder), they do not hang.
+//! Liveness (`liveness.rs`) decides which engines are live: an engine whose
+//! heartbeats stop for `engine_timeout` is dead. Its peer leaves the mesh as
+//! a vanished worker does (callers wait `rebind_grace` for its functions to
+//! come back, from whichever engine its workers reconnect to), and every
+//! engine that saw it die deletes its keys, so the bucket does not keep the
+//! dead for ever. An engine wrongly declared dead (it lost NATS for longer
+//! than the timeout) sees its own keys deleted by others and puts them again;
+//! its heartbeats bring its peer back on every other engine.
+//!
+//! Lock order: `members` may be held while calling the mesh, never the other
+//! way round (nothing the mesh runs takes `members`).
 
 use base64::Engine as _;
 use futures_util::StreamExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{ClusterError, Names, remote};
 use crate::mesh::Mesh;
 use crate::mesh::access::{Access, ListenerRules};
-use crate::mesh::state::WorkerMeta;
+use crate::mesh::provided::OtherEngines;
+use crate::mesh::state::{State, Worker, WorkerMeta};
 use crate::protocol::inbound::FunctionRegistration;
 
 /// (namespace, function id)
@@ -34,23 +49,76 @@ type Key = (String, String);
 pub(crate) struct Directory {
     mesh: Mesh,
     client: async_nats::Client,
-    kv: async_nats::jetstream::kv::Store,
+    functions_kv: async_nats::jetstream::kv::Store,
+    workers_kv: async_nats::jetstream::kv::Store,
     names: Names,
-    /// Other engines as peers of this mesh: engine id → its peer's worker id
-    /// and the functions it serves.
-    peers: Mutex<HashMap<String, Peer>>,
-    /// What this engine has put in the bucket; `None` once withdrawn (at
+    /// Counts this engine's NATS disconnections (calls on their way fail).
+    disconnects: tokio::sync::watch::Receiver<u64>,
+    /// The other engines this one knows of, live or declared dead.
+    members: Mutex<HashMap<String, Member>>,
+    /// What this engine has put in the buckets; `None` once withdrawn (at
     /// drain: nothing is announced again, whatever its workers still do).
-    announced: tokio::sync::Mutex<Option<HashSet<Key>>>,
+    announced: tokio::sync::Mutex<Option<Published>>,
+    /// Own keys someone else deleted (this engine was declared dead): the
+    /// announcer forgets them and puts them again.
+    deleted_by_others: Mutex<Vec<(Bucket, String)>>,
+    /// Wakes the announcer for `deleted_by_others`.
+    resync: Notify,
 }
 
-struct Peer {
-    worker: Uuid,
-    functions: HashSet<Key>,
+/// Another engine, as this one sees it.
+struct Member {
+    /// When it was last heard from: its last heartbeat, or its first
+    /// directory entry before any heartbeat (an engine announces as it
+    /// starts beating; a fresh watcher replays entries first).
+    last_seen: Instant,
+    /// False once its heartbeats stopped for `engine_timeout`: its entries
+    /// stay out of the mesh until it is heard from again.
+    alive: bool,
+    /// Its functions as the directory says, with their descriptions.
+    functions: HashMap<Key, Option<String>>,
+    /// Its peer in this mesh, while it is alive and serves something.
+    peer: Option<Uuid>,
+    /// Its workers' rows by worker id, as the directory says.
+    workers: HashMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bucket {
+    Functions,
+    Workers,
+}
+
+/// What this engine put in each bucket: key → value.
+#[derive(Default)]
+struct Published {
+    functions: HashMap<String, Vec<u8>>,
+    workers: HashMap<String, Vec<u8>>,
+}
+
+impl Published {
+    fn of(&mut self, bucket: Bucket) -> &mut HashMap<String, Vec<u8>> {
+        match bucket {
+            Bucket::Functions => &mut self.functions,
+            Bucket::Workers => &mut self.workers,
+        }
+    }
+}
+
+impl Member {
+    fn new() -> Self {
+        Member {
+            last_seen: Instant::now(),
+            alive: true,
+            functions: HashMap::new(),
+            peer: None,
+            workers: HashMap::new(),
+        }
+    }
 }
 
 /// How soon a refused announcement is tried again.
-const ANNOUNCE_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+const ANNOUNCE_RETRY: Duration = Duration::from_millis(250);
 
 impl Directory {
     pub(super) async fn open(
@@ -58,11 +126,11 @@ impl Directory {
         client: &async_nats::Client,
         names: &Names,
         replicas: usize,
+        disconnects: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Directory, ClusterError> {
         let js = async_nats::jetstream::new(client.clone());
-        let bucket = names.bucket();
-        let kv = js
-            .create_key_value(async_nats::jetstream::kv::Config {
+        let open = async |bucket: String| {
+            js.create_key_value(async_nats::jetstream::kv::Config {
                 bucket: bucket.clone(),
                 history: 1,
                 num_replicas: replicas,
@@ -73,76 +141,110 @@ impl Directory {
                 bucket,
                 replicas,
                 source,
-            })?;
+            })
+        };
         let directory = Directory {
             mesh: mesh.clone(),
             client: client.clone(),
-            kv,
+            functions_kv: open(names.functions_bucket()).await?,
+            workers_kv: open(names.workers_bucket()).await?,
             names: names.clone(),
-            peers: Mutex::new(HashMap::new()),
-            announced: tokio::sync::Mutex::new(Some(HashSet::new())),
+            disconnects,
+            members: Mutex::new(HashMap::new()),
+            announced: tokio::sync::Mutex::new(Some(Published::default())),
+            deleted_by_others: Mutex::new(Vec::new()),
+            resync: Notify::new(),
         };
-        directory.clear_previous_run().await;
+        for bucket in [Bucket::Functions, Bucket::Workers] {
+            directory.clear_previous_run(bucket).await;
+        }
         Ok(directory)
     }
 
-    /// The tasks: announcing this engine's functions, mirroring the others'.
+    /// The tasks: announcing this engine's functions and workers, mirroring
+    /// the others'.
     pub(super) fn start(self: Arc<Self>) -> Vec<JoinHandle<()>> {
         vec![
             tokio::spawn(self.clone().announce()),
-            tokio::spawn(self.watch()),
+            tokio::spawn(self.clone().watch(Bucket::Functions)),
+            tokio::spawn(self.watch(Bucket::Workers)),
         ]
+    }
+
+    fn kv(&self, bucket: Bucket) -> &async_nats::jetstream::kv::Store {
+        match bucket {
+            Bucket::Functions => &self.functions_kv,
+            Bucket::Workers => &self.workers_kv,
+        }
+    }
+
+    fn members(&self) -> std::sync::MutexGuard<'_, HashMap<String, Member>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether one of this engine's own workers serves the function.
     pub(super) fn served_here(&self, namespace: &str, function_id: &str) -> bool {
-        let peers = self.peer_workers();
         self.mesh.inspect(|st| {
             st.functions
                 .get(namespace)
                 .and_then(|f| f.get(function_id))
-                .is_some_and(|f| f.providers.iter().any(|p| !peers.contains(&p.worker)))
+                .is_some_and(|f| f.providers.iter().any(|p| !is_peer(st, p.worker)))
         })
-    }
-
-    fn peer_workers(&self) -> HashSet<Uuid> {
-        let peers = self.peers.lock().expect("not poisoned");
-        peers.values().map(|p| p.worker).collect()
     }
 
     /// Deletes every key of this engine (at drain).
     pub(super) async fn withdraw(&self) {
-        let Some(announced) = self.announced.lock().await.take() else {
+        let Some(mut announced) = self.announced.lock().await.take() else {
             return;
         };
-        for key in announced {
-            if let Err(e) = self.kv.delete(self.key(&key)).await {
-                tracing::warn!(function_id = %key.1, error = %e, "cannot withdraw a function from the cluster");
+        for bucket in [Bucket::Functions, Bucket::Workers] {
+            for key in announced.of(bucket).keys() {
+                if let Err(e) = self.kv(bucket).delete(key).await {
+                    tracing::warn!(key, error = %e, "cannot withdraw an entry from the cluster's directory");
+                }
             }
         }
     }
 
-    fn key(&self, (namespace, id): &Key) -> String {
+    fn key(&self, engine: &str, (namespace, id): &Key) -> String {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!(
-            "{}.{}.{}",
-            self.names.engine_id,
-            b64.encode(namespace),
-            b64.encode(id)
-        )
+        format!("{engine}.{}.{}", b64.encode(namespace), b64.encode(id))
     }
 
     /// Keys a previous run under this engine id left (it did not drain).
-    async fn clear_previous_run(&self) {
-        let Ok(mut keys) = self.kv.keys().await else {
+    async fn clear_previous_run(&self, bucket: Bucket) {
+        let kv = self.kv(bucket);
+        let Ok(mut keys) = kv.keys().await else {
             return;
         };
         let mine = format!("{}.", self.names.engine_id);
         while let Some(Ok(key)) = keys.next().await {
             if key.starts_with(&mine) {
-                let _ = self.kv.delete(&key).await;
+                let _ = kv.delete(&key).await;
             }
         }
+    }
+
+    /// What this engine's own workers serve and are, as directory entries.
+    fn desired(&self, st: &State) -> Published {
+        let mut out = Published::default();
+        for (ns, by_id) in &st.functions {
+            for (id, f) in by_id {
+                if let Some(p) = f.providers.iter().find(|p| !is_peer(st, p.worker)) {
+                    let key = self.key(&self.names.engine_id, &(ns.clone(), id.clone()));
+                    let value = serde_json::to_vec(&p.info.description).expect("a string encodes");
+                    out.functions.insert(key, value);
+                }
+            }
+        }
+        for w in st.workers.values() {
+            if let Some(row) = worker_row(w) {
+                let key = format!("{}.{}", self.names.engine_id, w.conn.id);
+                out.workers
+                    .insert(key, serde_json::to_vec(&row).expect("a row encodes"));
+            }
+        }
+        out
     }
 
     /// Keeps the bucket in step with the functions this engine's own
@@ -151,18 +253,7 @@ impl Directory {
     async fn announce(self: Arc<Self>) {
         let mut events = self.mesh.subscribe();
         loop {
-            let peers = self.peer_workers();
-            let now: HashMap<Key, Option<String>> = self.mesh.inspect(|st| {
-                let mut out = HashMap::new();
-                for (ns, by_id) in &st.functions {
-                    for (id, f) in by_id {
-                        if let Some(p) = f.providers.iter().find(|p| !peers.contains(&p.worker)) {
-                            out.insert((ns.clone(), id.clone()), p.info.description.clone());
-                        }
-                    }
-                }
-                out
-            });
+            let mut desired = self.mesh.inspect(|st| self.desired(st));
             // A put or delete NATS refused (a stream still electing its
             // leader, a node restarting) is retried without waiting for
             // the next mesh event, which may never come.
@@ -171,49 +262,28 @@ impl Directory {
             let Some(announced) = guard.as_mut() else {
                 return;
             };
-            for (key, description) in &now {
-                if announced.contains(key) {
-                    continue;
-                }
-                let value = serde_json::to_vec(description).expect("a string encodes");
-                match self.kv.put(self.key(key), value.into()).await {
-                    Ok(_) => {
-                        announced.insert(key.clone());
-                    }
-                    Err(e) => {
-                        failed = true;
-                        tracing::warn!(function_id = %key.1, error = %e, "cannot announce a function to the cluster; retrying")
-                    }
-                }
+            let forgotten =
+                std::mem::take(&mut *self.deleted_by_others.lock().expect("not poisoned"));
+            for (bucket, key) in forgotten {
+                announced.of(bucket).remove(&key);
             }
-            let gone: Vec<Key> = announced
-                .iter()
-                .filter(|k| !now.contains_key(*k))
-                .cloned()
-                .collect();
-            for key in gone {
-                match self.kv.delete(self.key(&key)).await {
-                    Ok(()) => {
-                        announced.remove(&key);
-                    }
-                    Err(e) => {
-                        failed = true;
-                        tracing::warn!(function_id = %key.1, error = %e, "cannot withdraw a function from the cluster; retrying")
-                    }
-                }
+            for bucket in [Bucket::Functions, Bucket::Workers] {
+                failed |= sync(self.kv(bucket), announced.of(bucket), desired.of(bucket)).await;
             }
             drop(guard);
-            let next = if failed {
-                match tokio::time::timeout(ANNOUNCE_RETRY, events.recv()).await {
-                    Ok(event) => event,
-                    Err(_) => continue,
+            let retry = async {
+                match failed {
+                    true => tokio::time::sleep(ANNOUNCE_RETRY).await,
+                    false => std::future::pending().await,
                 }
-            } else {
-                events.recv().await
             };
-            match next {
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                () = self.resync.notified() => {}
+                () = retry => {}
             }
         }
     }
@@ -223,12 +293,12 @@ impl Directory {
     /// bucket's stream still electing a leader) is opened again: its history
     /// replays every current key and delete marker, and adding or removing
     /// twice changes nothing.
-    async fn watch(self: Arc<Self>) {
+    async fn watch(self: Arc<Self>, bucket: Bucket) {
         loop {
-            let mut watch = match self.kv.watch_with_history(">").await {
+            let mut watch = match self.kv(bucket).watch_with_history(">").await {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch the cluster's function directory; retrying");
+                    tracing::warn!(error = %e, ?bucket, "cannot watch the cluster's directory; retrying");
                     tokio::time::sleep(ANNOUNCE_RETRY).await;
                     continue;
                 }
@@ -237,57 +307,196 @@ impl Directory {
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
-                        tracing::warn!(error = %e, "the cluster's function directory watch failed");
+                        tracing::warn!(error = %e, ?bucket, "the cluster's directory watch failed");
                         continue;
                     }
                 };
-                let Some((engine, key)) = parse_key(&entry.key) else {
+                let put = matches!(entry.operation, async_nats::jetstream::kv::Operation::Put);
+                let Some((engine, rest)) = entry.key.split_once('.') else {
                     tracing::warn!(key = %entry.key, "ignored a malformed directory key");
                     continue;
                 };
                 if engine == self.names.engine_id {
+                    if !put {
+                        // Deleted by an engine that thought this one dead,
+                        // or by this one (putting it again is harmless).
+                        self.deleted_by_others
+                            .lock()
+                            .expect("not poisoned")
+                            .push((bucket, entry.key.clone()));
+                        self.resync.notify_one();
+                    }
                     continue;
                 }
-                match entry.operation {
-                    async_nats::jetstream::kv::Operation::Put => {
-                        let description: Option<String> =
-                            serde_json::from_slice(&entry.value).unwrap_or(None);
-                        self.add(engine, key, description);
+                match bucket {
+                    Bucket::Functions => {
+                        let Some((engine, key)) = parse_key(&entry.key) else {
+                            tracing::warn!(key = %entry.key, "ignored a malformed directory key");
+                            continue;
+                        };
+                        if put {
+                            let description: Option<String> =
+                                serde_json::from_slice(&entry.value).unwrap_or(None);
+                            self.add(engine, key, description);
+                        } else {
+                            self.remove(&engine, &key);
+                        }
                     }
-                    _ => self.remove(&engine, &key),
+                    Bucket::Workers => {
+                        let row = match put {
+                            true => serde_json::from_slice(&entry.value).ok(),
+                            false => None,
+                        };
+                        self.set_worker(engine, rest, row);
+                    }
                 }
             }
-            tracing::warn!("the cluster's function directory watch ended; opening it again");
+            tracing::warn!(
+                ?bucket,
+                "the cluster's directory watch ended; opening it again"
+            );
             tokio::time::sleep(ANNOUNCE_RETRY).await;
         }
     }
 
-    fn add(self: &Arc<Self>, engine: String, key: Key, description: Option<String>) {
-        let worker = {
-            let mut peers = self.peers.lock().expect("not poisoned");
-            match peers.get(&engine) {
-                Some(p) => p.worker,
-                None => {
-                    let worker = self.connect_peer(&engine);
-                    peers.insert(
-                        engine.clone(),
-                        Peer {
-                            worker,
-                            functions: HashSet::new(),
-                        },
-                    );
-                    worker
+    /// Another engine's worker row, or its removal (`None`).
+    fn set_worker(&self, engine: &str, worker: &str, row: Option<serde_json::Value>) {
+        let mut members = self.members();
+        match row {
+            Some(row) => {
+                let member = members.entry(engine.to_owned()).or_insert_with(Member::new);
+                member.workers.insert(worker.to_owned(), row);
+            }
+            None => {
+                let Some(member) = members.get_mut(engine) else {
+                    return;
+                };
+                member.workers.remove(worker);
+                if member.is_forgettable() {
+                    members.remove(engine);
                 }
             }
+        }
+    }
+
+    fn add(&self, engine: String, key: Key, description: Option<String>) {
+        let mut members = self.members();
+        let member = members.entry(engine.clone()).or_insert_with(Member::new);
+        member.functions.insert(key.clone(), description.clone());
+        if member.alive {
+            let worker = *member
+                .peer
+                .get_or_insert_with(|| self.connect_peer(&engine));
+            self.register(worker, &engine, key, description);
+        }
+    }
+
+    fn remove(&self, engine: &str, key: &Key) {
+        let mut members = self.members();
+        let Some(member) = members.get_mut(engine) else {
+            return;
         };
+        member.functions.remove(key);
+        if let Some(worker) = member.peer {
+            // Withdrawn by choice: callers get function_not_found at once,
+            // not the grace period a vanished worker's callers wait.
+            self.mesh.unregister_function(worker, &key.0, &key.1);
+            if member.functions.is_empty() {
+                member.peer = None;
+                self.mesh.disconnect(worker);
+            }
+        }
+        if member.is_forgettable() {
+            members.remove(engine);
+        }
+    }
+
+    /// A heartbeat from `engine`: it is alive, and back in the mesh if it
+    /// had been declared dead.
+    pub(super) fn heard_from(&self, engine: &str) {
+        if engine == self.names.engine_id {
+            return;
+        }
+        let mut members = self.members();
+        let member = members.entry(engine.to_owned()).or_insert_with(Member::new);
+        member.last_seen = Instant::now();
+        if member.alive {
+            return;
+        }
+        member.alive = true;
+        tracing::info!(engine_id = %engine, "an engine declared dead is heard from again");
+        if member.functions.is_empty() {
+            return;
+        }
+        let worker = self.connect_peer(engine);
+        member.peer = Some(worker);
+        for (key, description) in member.functions.clone() {
+            self.register(worker, engine, key, description);
+        }
+    }
+
+    /// Declares dead every live engine not heard from for `timeout` since
+    /// `since` (when this engine's NATS connection last came up: while it is
+    /// down nobody can be heard, so nobody is judged).
+    pub(super) fn sweep(&self, timeout: Duration, since: Instant) {
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        let mut members = self.members();
+        for (engine, member) in members.iter_mut() {
+            if !member.alive || now.duration_since(member.last_seen.max(since)) < timeout {
+                continue;
+            }
+            member.alive = false;
+            tracing::warn!(engine_id = %engine, timeout = ?timeout, "an engine of the cluster stopped beating: dropping its functions");
+            if let Some(worker) = member.peer.take() {
+                // As a vanished worker: its callers wait for the functions
+                // to come back, from wherever its workers reconnect.
+                self.mesh.disconnect(worker);
+            }
+            dead.extend(
+                member
+                    .functions
+                    .keys()
+                    .map(|k| (Bucket::Functions, self.key(engine, k))),
+            );
+            dead.extend(
+                member
+                    .workers
+                    .keys()
+                    .map(|w| (Bucket::Workers, format!("{engine}.{w}"))),
+            );
+        }
+        members.retain(|_, m| !m.is_forgettable());
+        drop(members);
+        if dead.is_empty() {
+            return;
+        }
+        // Every engine that saw it die deletes its keys; deleting twice is
+        // harmless, and an engine wrongly judged puts its keys again.
+        let kvs = (self.functions_kv.clone(), self.workers_kv.clone());
+        tokio::spawn(async move {
+            for (bucket, key) in dead {
+                let kv = match bucket {
+                    Bucket::Functions => &kvs.0,
+                    Bucket::Workers => &kvs.1,
+                };
+                if let Err(e) = kv.delete(&key).await {
+                    tracing::debug!(key, error = %e, "cannot delete a dead engine's directory entry");
+                }
+            }
+        });
+    }
+
+    fn register(&self, worker: Uuid, engine: &str, key: Key, description: Option<String>) {
         let target = Arc::new(remote::RemoteFunction {
             client: self.client.clone(),
-            engine_id: engine.clone(),
-            subject: self.names.call_subject(&engine),
+            engine_id: engine.to_owned(),
+            subject: self.names.call_subject(engine),
             namespace: key.0.clone(),
+            disconnects: self.disconnects.clone(),
         });
         let reg = FunctionRegistration {
-            id: key.1.clone(),
+            id: key.1,
             description,
             request_format: None,
             response_format: None,
@@ -295,29 +504,6 @@ impl Directory {
             invocation: None,
         };
         self.mesh.register_external(worker, &key.0, reg, target);
-        if let Some(p) = self.peers.lock().expect("not poisoned").get_mut(&engine) {
-            p.functions.insert(key);
-        }
-    }
-
-    fn remove(&self, engine: &str, key: &Key) {
-        let mut peers = self.peers.lock().expect("not poisoned");
-        let Some(peer) = peers.get_mut(engine) else {
-            return;
-        };
-        peer.functions.remove(key);
-        let worker = peer.worker;
-        let last = peer.functions.is_empty();
-        if last {
-            peers.remove(engine);
-        }
-        drop(peers);
-        // Withdrawn by choice: callers get function_not_found at once, not
-        // the grace period a vanished worker's callers wait.
-        self.mesh.unregister_function(worker, &key.0, &key.1);
-        if last {
-            self.mesh.disconnect(worker);
-        }
     }
 
     /// A peer in the mesh for `engine`: a connection with no socket (what
@@ -336,12 +522,130 @@ impl Directory {
             WorkerMeta {
                 name: Some(format!("engine:{engine}")),
                 runtime: Some("qmesh".to_owned()),
+                engine: Some(engine.to_owned()),
                 ..WorkerMeta::default()
             },
         );
         tracing::info!(engine_id = %engine, worker_id = %conn.id, "an engine of the cluster joined this mesh as a peer");
         conn.id
     }
+}
+
+impl Member {
+    /// Dead and nothing of it left in the directory: no need to remember it
+    /// (a heartbeat would bring it back as new).
+    fn is_forgettable(&self) -> bool {
+        !self.alive && self.functions.is_empty() && self.workers.is_empty()
+    }
+}
+
+impl OtherEngines for Directory {
+    fn this_engine(&self) -> &str {
+        &self.names.engine_id
+    }
+
+    /// Rows as their engines published them, plus where they are. Their
+    /// load is not published (it changes with every call): listed here,
+    /// they are `available` with no active invocations.
+    fn workers(&self) -> Vec<serde_json::Value> {
+        let members = self.members();
+        let mut rows = Vec::new();
+        for (engine, member) in members.iter().filter(|(_, m)| m.alive) {
+            for row in member.workers.values() {
+                let mut row = row.clone();
+                if let Some(m) = row.as_object_mut() {
+                    m.insert("engine_id".into(), engine.as_str().into());
+                    m.insert("status".into(), "available".into());
+                    m.insert("active_invocations".into(), 0.into());
+                }
+                rows.push(row);
+            }
+        }
+        rows
+    }
+}
+
+/// Whether `worker` is a peer: a connection standing for another engine.
+fn is_peer(st: &State, worker: Uuid) -> bool {
+    st.workers
+        .get(&worker)
+        .and_then(|w| w.meta.as_ref())
+        .is_some_and(|m| m.engine.is_some())
+}
+
+/// The row another engine lists for one of this engine's workers: what
+/// changes only when it registers, changes its metadata or its functions
+/// (load is left out). `None` for connections `engine::workers::list` hides
+/// (no pid reported) and for peers.
+fn worker_row(w: &Worker) -> Option<serde_json::Value> {
+    let meta = w
+        .meta
+        .as_ref()
+        .filter(|m| m.pid.is_some() && m.engine.is_none())?;
+    let mut functions: Vec<&str> = w.functions.iter().map(|(_, id)| id.as_str()).collect();
+    functions.sort_unstable();
+    let connected_at_ms = w
+        .conn
+        .connected_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Some(serde_json::json!({
+        "id": w.conn.id,
+        "name": meta.name.clone().unwrap_or_default(),
+        "description": meta.description.clone().unwrap_or_default(),
+        "version": meta.version.clone().unwrap_or_default(),
+        "namespace": w.namespace,
+        "runtime": meta.runtime.clone().unwrap_or_default(),
+        "os": meta.os.clone().unwrap_or_default(),
+        "function_count": w.functions.len(),
+        "functions": functions,
+        "connected_at_ms": connected_at_ms,
+        "isolation": meta.isolation.clone().unwrap_or(serde_json::Value::Null),
+        "ip_address": w.conn.remote_addr.map(|a| a.ip().to_string()),
+    }))
+}
+
+/// Puts what `desired` has that `published` has not (or has otherwise) and
+/// deletes what `published` has that `desired` has not, keeping `published`
+/// true to what NATS took. Returns whether NATS refused any of it.
+async fn sync(
+    kv: &async_nats::jetstream::kv::Store,
+    published: &mut HashMap<String, Vec<u8>>,
+    desired: &mut HashMap<String, Vec<u8>>,
+) -> bool {
+    let mut failed = false;
+    for (key, value) in desired.iter() {
+        if published.get(key) == Some(value) {
+            continue;
+        }
+        match kv.put(key, value.clone().into()).await {
+            Ok(_) => {
+                published.insert(key.clone(), value.clone());
+            }
+            Err(e) => {
+                failed = true;
+                tracing::warn!(key, error = %e, "cannot announce to the cluster's directory; retrying");
+            }
+        }
+    }
+    let gone: Vec<String> = published
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .cloned()
+        .collect();
+    for key in gone {
+        match kv.delete(&key).await {
+            Ok(()) => {
+                published.remove(&key);
+            }
+            Err(e) => {
+                failed = true;
+                tracing::warn!(key, error = %e, "cannot withdraw from the cluster's directory; retrying");
+            }
+        }
+    }
+    failed
 }
 
 async fn drain(mut rx: mpsc::UnboundedReceiver<crate::mesh::Outgoing>) {

@@ -1,11 +1,17 @@
-//! Cluster mode, first slice: engines on one NATS cluster route sync calls
-//! to each other's workers.
+//! Cluster mode: engines on one NATS cluster route sync calls to each
+//! other's workers, list each other's functions and workers, relay pub/sub
+//! publishes, and forget an engine that stops beating.
 //!
 //! - `directory.rs`: which engine's workers serve which functions, in the
 //!   JetStream KV bucket `qmesh_<cluster>_functions` (one key per engine and
-//!   function, written by that engine, watched by every other one). Each
-//!   other engine is one peer in the mesh (a connection with no socket,
-//!   named `engine:<id>`) whose functions are external functions.
+//!   function, written by that engine, watched by every other one), and its
+//!   registered workers' rows in `qmesh_<cluster>_workers`. Each other live
+//!   engine is one peer in the mesh (a connection with no socket, named
+//!   `engine:<id>`) whose functions are external functions.
+//! - `liveness.rs`: heartbeats on core NATS, `qmesh.<cluster>.heartbeat.<id>`;
+//!   an engine unheard for `engine_timeout` is dead and leaves the directory.
+//! - `relay.rs`: what modules share with the same module on other engines
+//!   (pub/sub's publishes), core NATS on `qmesh.<cluster>.relay.<channel>.<id>`.
 //! - `remote.rs`: the calls themselves, core NATS request/reply on
 //!   `qmesh.<cluster>.engine.<id>.call`: a call to a peer's function goes
 //!   out as a request, and the peer answers it from its own workers.
@@ -13,12 +19,15 @@
 //!
 //! The mesh knows none of this by name: a peer's functions are registered
 //! with [`crate::mesh::provided::ExternalTarget`]s, as HTTP-invoked
-//! functions are. Queues, state, streams, pub/sub, cron and topics stay per
-//! engine for now.
+//! functions are; the listings and pub/sub reach other engines through the
+//! mesh's `OtherEngines` and `Relay` seams. Queues, state, streams, cron and topics stay per engine
+//! for now.
 
 mod config;
 mod directory;
+mod liveness;
 mod queue;
+mod relay;
 mod remote;
 
 pub use config::{ClusterConfig, QueueBackend};
@@ -58,12 +67,22 @@ pub enum ClusterError {
         replicas: usize,
         message: String,
     },
+    #[error(
+        "[cluster] engine_timeout ({timeout:?}) must be longer than heartbeat ({heartbeat:?}), which must not be zero"
+    )]
+    Timing {
+        heartbeat: std::time::Duration,
+        timeout: std::time::Duration,
+    },
     #[error("cannot subscribe to {subject}: {source}")]
     Subscribe {
         subject: String,
         source: async_nats::SubscribeError,
     },
 }
+
+/// The longest wait between two attempts to reach NATS again.
+const RECONNECT_DELAY_MAX_MS: u64 = 1000;
 
 /// Names every engine of one cluster derives from its `[cluster] name`.
 #[derive(Debug, Clone)]
@@ -73,11 +92,20 @@ pub(crate) struct Names {
 }
 
 impl Names {
-    pub(crate) fn bucket(&self) -> String {
+    pub(crate) fn functions_bucket(&self) -> String {
         format!("qmesh_{}_functions", self.cluster)
+    }
+    pub(crate) fn workers_bucket(&self) -> String {
+        format!("qmesh_{}_workers", self.cluster)
     }
     pub(crate) fn call_subject(&self, engine_id: &str) -> String {
         format!("qmesh.{}.engine.{engine_id}.call", self.cluster)
+    }
+    pub(crate) fn heartbeat_subject(&self, engine_id: &str) -> String {
+        format!("qmesh.{}.heartbeat.{engine_id}", self.cluster)
+    }
+    pub(crate) fn relay_subject(&self, channel: &str, engine_id: &str) -> String {
+        format!("qmesh.{}.relay.{channel}.{engine_id}", self.cluster)
     }
 }
 
@@ -87,8 +115,20 @@ pub(crate) struct Cluster {
     client: async_nats::Client,
     directory: Arc<directory::Directory>,
     mesh: Mesh,
-    /// This engine's call subject, until [`Module::start`] serves it.
-    calls: std::sync::Mutex<Option<async_nats::Subscriber>>,
+    /// This engine's call subject, everyone's heartbeats and relayed
+    /// messages, and the relay's queue, until [`Module::start`] serves them.
+    subscriptions: std::sync::Mutex<Option<Subscriptions>>,
+    heartbeat: std::time::Duration,
+    engine_timeout: std::time::Duration,
+    relay: Arc<relay::NatsRelay>,
+}
+
+struct Subscriptions {
+    calls: async_nats::Subscriber,
+    beats: async_nats::Subscriber,
+    relayed: async_nats::Subscriber,
+    /// What the relay queues for NATS.
+    to_relay: tokio::sync::mpsc::Receiver<(&'static str, Vec<u8>)>,
 }
 
 impl Cluster {
@@ -108,6 +148,12 @@ impl Cluster {
                 });
             }
         }
+        if config.heartbeat.is_zero() || config.engine_timeout <= config.heartbeat {
+            return Err(ClusterError::Timing {
+                heartbeat: config.heartbeat,
+                timeout: config.engine_timeout,
+            });
+        }
         let names = Names {
             cluster: config.name.clone(),
             engine_id,
@@ -124,8 +170,23 @@ impl Cluster {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let (disconnected, disconnects) = tokio::sync::watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .name(format!("qmesh engine {}", names.engine_id))
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    disconnected.send_modify(|n| *n += 1);
+                }
+                async {}
+            })
+            // The client's default backs off to 4 s between attempts; an
+            // engine cut off from NATS is cut off from its cluster, so it
+            // tries again sooner.
+            .reconnect_delay_callback(|attempts| {
+                std::time::Duration::from_millis(
+                    (50u64 << attempts.min(5)).min(RECONNECT_DELAY_MAX_MS),
+                )
+            })
             .connect(addrs)
             .await
             .map_err(|source| ClusterError::Connect {
@@ -141,19 +202,33 @@ impl Cluster {
                  what the cluster stores may be lost on power failure"
             );
         }
-        let directory = directory::Directory::open(mesh, &client, &names, config.replicas).await?;
-        let subject = names.call_subject(&names.engine_id);
-        let calls = client
-            .subscribe(subject.clone())
-            .await
-            .map_err(|source| ClusterError::Subscribe { subject, source })?;
+        let directory =
+            directory::Directory::open(mesh, &client, &names, config.replicas, disconnects).await?;
+        let subscribe = async |subject: String| {
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|source| ClusterError::Subscribe { subject, source })
+        };
+        let calls = subscribe(names.call_subject(&names.engine_id)).await?;
+        let beats = subscribe(names.heartbeat_subject("*")).await?;
+        let relayed = subscribe(names.relay_subject("*", "*")).await?;
+        let (relay, to_relay) = relay::NatsRelay::new();
         tracing::info!(cluster = %names.cluster, engine_id = %names.engine_id, nats = %urls, "joined the cluster");
         Ok(Cluster {
             names,
             client,
             directory: Arc::new(directory),
             mesh: mesh.clone(),
-            calls: std::sync::Mutex::new(Some(calls)),
+            subscriptions: std::sync::Mutex::new(Some(Subscriptions {
+                calls,
+                beats,
+                relayed,
+                to_relay,
+            })),
+            relay: Arc::new(relay),
+            heartbeat: config.heartbeat,
+            engine_timeout: config.engine_timeout,
         })
     }
 }
@@ -161,6 +236,11 @@ impl Cluster {
 impl Module for Cluster {
     fn name(&self) -> &'static str {
         "cluster"
+    }
+
+    fn provide(&self, p: &mut crate::mesh::Provisions) {
+        p.other_engines(self.directory.clone());
+        p.relay(self.relay.clone());
     }
 
     fn health(&self) -> Option<(&'static str, serde_json::Value)> {
@@ -177,15 +257,41 @@ impl Module for Cluster {
     }
 
     fn start(&self) -> Vec<JoinHandle<()>> {
-        let mut tasks = self.directory.clone().start();
-        if let Some(calls) = self.calls.lock().expect("not poisoned").take() {
-            tasks.push(tokio::spawn(remote::serve(
-                self.mesh.clone(),
+        let Some(subs) = self.subscriptions.lock().expect("not poisoned").take() else {
+            return Vec::new();
+        };
+        // Beating before announcing: others meet this engine alive.
+        let mut tasks = vec![
+            tokio::spawn(liveness::beat(
                 self.client.clone(),
+                self.names.heartbeat_subject(&self.names.engine_id),
+                self.heartbeat,
+            )),
+            tokio::spawn(liveness::listen(self.directory.clone(), subs.beats)),
+            tokio::spawn(liveness::sweep(
                 self.directory.clone(),
-                calls,
-            )));
-        }
+                self.client.clone(),
+                self.heartbeat,
+                self.engine_timeout,
+            )),
+        ];
+        tasks.extend(self.directory.clone().start());
+        tasks.push(tokio::spawn(relay::publish(
+            self.client.clone(),
+            self.names.clone(),
+            subs.to_relay,
+        )));
+        tasks.push(tokio::spawn(relay::receive(
+            self.mesh.clone(),
+            self.names.clone(),
+            subs.relayed,
+        )));
+        tasks.push(tokio::spawn(remote::serve(
+            self.mesh.clone(),
+            self.client.clone(),
+            self.directory.clone(),
+            subs.calls,
+        )));
         tasks
     }
 

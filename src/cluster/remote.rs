@@ -5,6 +5,11 @@
 //! it in [`serve`], calls the function on its own workers and replies. The
 //! request's timeout is what is left of the caller's; the mesh fails the
 //! call at its deadline in any case.
+//!
+//! While this engine is not connected to NATS a call to another engine
+//! fails at once, saying so; a call on its way when the connection drops
+//! fails then (its reply would be lost with the connection), rather than
+//! waiting out its deadline.
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -39,6 +44,14 @@ struct CallReply {
 #[derive(Debug, thiserror::Error)]
 enum RemoteError {
     #[error(
+        "this engine is not connected to NATS ({state}): engine {engine} cannot be reached until it reconnects"
+    )]
+    Offline { engine: String, state: String },
+    #[error(
+        "this engine lost its NATS connection while a call to engine {engine} was on its way (it may have run there)"
+    )]
+    Disconnected { engine: String },
+    #[error(
         "engine {engine} is not answering on the cluster (no responders): it stopped or lost NATS"
     )]
     Gone { engine: String },
@@ -61,7 +74,10 @@ impl RemoteError {
         let code = match &self {
             RemoteError::Gone { .. } => codes::FUNCTION_NOT_FOUND,
             RemoteError::TimedOut { .. } => codes::INVOCATION_TIMEOUT,
-            RemoteError::Request { .. } | RemoteError::Reply { .. } => codes::INVOCATION_FAILED,
+            RemoteError::Offline { .. }
+            | RemoteError::Disconnected { .. }
+            | RemoteError::Request { .. }
+            | RemoteError::Reply { .. } => codes::INVOCATION_FAILED,
         };
         ErrorBody::new(code, self.to_string())
     }
@@ -73,6 +89,8 @@ pub(super) struct RemoteFunction {
     pub engine_id: String,
     pub subject: String,
     pub namespace: String,
+    /// Counts this engine's NATS disconnections.
+    pub disconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 impl ExternalTarget for RemoteFunction {
@@ -86,6 +104,18 @@ impl ExternalTarget for RemoteFunction {
             self.subject.clone(),
             self.engine_id.clone(),
         );
+        let state = client.connection_state();
+        if !matches!(state, async_nats::connection::State::Connected) {
+            let err = RemoteError::Offline {
+                engine,
+                state: state.to_string(),
+            };
+            tracing::debug!(function_id = %call.function_id, error = %err, "call to another engine refused");
+            call.settle(Err(err.into_body()));
+            return;
+        }
+        let mut disconnects = self.disconnects.clone();
+        disconnects.borrow_and_update();
         let timeout = call.deadline.saturating_duration_since(Instant::now());
         let request = CallRequest {
             namespace: self.namespace.clone(),
@@ -95,14 +125,21 @@ impl ExternalTarget for RemoteFunction {
         };
         let body = serde_json::to_vec(&request).expect("a request encodes");
         tokio::spawn(async move {
-            let sent = client
-                .send_request(
-                    subject,
-                    async_nats::Request::new()
-                        .payload(body.into())
-                        .timeout(Some(timeout)),
-                )
-                .await;
+            let request = client.send_request(
+                subject,
+                async_nats::Request::new()
+                    .payload(body.into())
+                    .timeout(Some(timeout)),
+            );
+            let sent = tokio::select! {
+                sent = request => sent,
+                Ok(()) = disconnects.changed() => {
+                    let err = RemoteError::Disconnected { engine };
+                    tracing::debug!(function_id = %call.function_id, error = %err, "call to another engine failed");
+                    call.settle(Err(err.into_body()));
+                    return;
+                }
+            };
             let outcome = match sent {
                 Ok(msg) => match serde_json::from_slice::<CallReply>(&msg.payload) {
                     Ok(CallReply { error: Some(e), .. }) => Err(e),
@@ -158,8 +195,11 @@ pub(super) async fn serve(
                 },
                 Ok(req) => {
                     let timeout = Duration::from_millis(req.timeout_ms);
+                    // Here only: the directory check above may be a moment
+                    // stale, and the mesh could otherwise pick another peer.
+                    let extras = crate::mesh::router::CallExtras::default();
                     match mesh
-                        .call(&req.namespace, &req.function_id, req.data, timeout)
+                        .call_here_with(&req.namespace, &req.function_id, req.data, extras, timeout)
                         .await
                     {
                         Ok(result) => CallReply {

@@ -13,14 +13,15 @@ use crate::protocol::{ErrorBody, codes};
 /// An RBAC session sees only what it may call (iii's filtered listing).
 pub fn list(mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
     let filter: FunctionFilter = args(input)?;
+    let here = views::this_engine(mesh);
     let st = mesh.lock();
     let access = st.workers.get(&ctx.caller).map(|w| w.conn.access.clone());
     let session = access.as_ref().and_then(|a| a.rbac.as_ref());
     let mut functions = match session {
-        Some(s) => views::function_list(&st, &filter, &|ns, id, metadata| {
+        Some(s) => views::function_list(&st, here, &filter, &|ns, id, metadata| {
             s.may_call(id, ns, metadata).is_ok()
         }),
-        None => views::function_list(&st, &filter, &views::all_visible),
+        None => views::function_list(&st, here, &filter, &views::all_visible),
     };
     drop(st);
     if filter.include_internal && session.is_none() {
@@ -30,13 +31,17 @@ pub fn list(mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
                 .as_ref()
                 .is_none_or(|p| id.starts_with(p.as_str()))
             {
-                functions.push(json!({
+                let mut row = json!({
                     "function_id": id,
                     "namespace": crate::protocol::DEFAULT_NAMESPACE,
                     "worker_name": ENGINE_WORKER_NAME,
                     "metadata": {"internal": true},
                     "instances": 1,
-                }));
+                });
+                if let Some(here) = here {
+                    row["engine_ids"] = json!([here]);
+                }
+                functions.push(row);
             }
         }
     }
@@ -58,9 +63,10 @@ pub fn info(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
         .namespace
         .as_deref()
         .unwrap_or(crate::protocol::DEFAULT_NAMESPACE);
+    let here = views::this_engine(mesh);
     let st = mesh.lock();
     match (a.function_id, a.function_ids) {
-        (Some(id), None) => views::function_detail(&st, ns, &id).ok_or_else(|| {
+        (Some(id), None) => views::function_detail(&st, here, ns, &id).ok_or_else(|| {
             ErrorBody::new(
                 codes::NOT_FOUND,
                 format!("Function {id} not found in namespace {ns}."),
@@ -70,7 +76,7 @@ pub fn info(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
             let functions: Vec<Value> = ids
                 .iter()
                 .map(|id| {
-                    views::function_detail(&st, ns, id)
+                    views::function_detail(&st, here, ns, id)
                         .unwrap_or_else(|| json!({ "function_id": id, "error": "not_found" }))
                 })
                 .collect();

@@ -43,6 +43,7 @@ pub(crate) async fn run(mesh: Mesh) {
                 functions_due = None;
                 let list = super::views::function_list(
                     &mesh.lock(),
+                    super::views::this_engine(&mesh),
                     &Default::default(),
                     &super::views::all_visible,
                 );

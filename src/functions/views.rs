@@ -6,11 +6,18 @@ use serde_json::{Map, Value, json};
 use std::time::UNIX_EPOCH;
 use uuid::Uuid;
 
+use crate::mesh::Mesh;
 use crate::mesh::state::{Binding, BindingOwner, Key, State, TriggerType, TypeProvider, Worker};
 use crate::protocol::Payload;
 
 /// Name shown for things the engine itself provides.
 pub const ENGINE_WORKER_NAME: &str = "qmesh";
+
+/// This engine's id in its cluster; `None` when it is alone. Listings then
+/// say which engine each row is on (`engine_id`, `engine_ids`).
+pub fn this_engine(mesh: &Mesh) -> Option<&str> {
+    mesh.provided().other_engines().map(|o| o.this_engine())
+}
 
 pub fn raw_to_value(raw: &Payload) -> Value {
     serde_json::from_str(raw.get()).unwrap_or(Value::Null)
@@ -81,7 +88,12 @@ pub fn all_visible(_: &str, _: &str, _: Option<&Value>) -> bool {
 /// FunctionSummary for every worker function that passes `filter` and
 /// `visible`, sorted by id. qmesh adds `instances` (how many workers share
 /// the id) to iii's shape.
-pub fn function_list(st: &State, filter: &FunctionFilter, visible: Visible<'_>) -> Vec<Value> {
+pub fn function_list(
+    st: &State,
+    here: Option<&str>,
+    filter: &FunctionFilter,
+    visible: Visible<'_>,
+) -> Vec<Value> {
     let mut out: Vec<(String, String, Value)> = Vec::new();
     for (ns, by_id) in &st.functions {
         for (id, f) in by_id {
@@ -122,7 +134,7 @@ pub fn function_list(st: &State, filter: &FunctionFilter, visible: Visible<'_>) 
             out.push((
                 id.clone(),
                 ns.clone(),
-                summary(st, ns, id, &providers, info),
+                summary(st, here, (ns, id), &providers, info),
             ));
         }
     }
@@ -130,10 +142,12 @@ pub fn function_list(st: &State, filter: &FunctionFilter, visible: Visible<'_>) 
     out.into_iter().map(|(_, _, v)| v).collect()
 }
 
+/// FunctionSummary; in a cluster (`here`), with the ids of the engines whose
+/// workers serve it, this one's for its own workers.
 fn summary(
     st: &State,
-    ns: &str,
-    id: &str,
+    here: Option<&str>,
+    (ns, id): (&str, &str),
     providers: &[Uuid],
     info: &crate::mesh::state::FunctionInfo,
 ) -> Value {
@@ -151,15 +165,29 @@ fn summary(
         m.insert("metadata".into(), raw_to_value(meta));
     }
     m.insert("instances".into(), providers.len().into());
+    if let Some(here) = here {
+        let mut engines: Vec<&str> = providers
+            .iter()
+            .map(|p| {
+                st.workers
+                    .get(p)
+                    .and_then(|w| w.meta.as_ref()?.engine.as_deref())
+                    .unwrap_or(here)
+            })
+            .collect();
+        engines.sort_unstable();
+        engines.dedup();
+        m.insert("engine_ids".into(), engines.into());
+    }
     Value::Object(m)
 }
 
 /// FunctionDetail, or `None` if nothing provides the function.
-pub fn function_detail(st: &State, ns: &str, id: &str) -> Option<Value> {
+pub fn function_detail(st: &State, here: Option<&str>, ns: &str, id: &str) -> Option<Value> {
     let f = st.function(ns, id)?;
     let providers: Vec<Uuid> = f.providers.iter().map(|p| p.worker).collect();
     let info = &f.providers.first()?.info;
-    let mut v = summary(st, ns, id, &providers, info);
+    let mut v = summary(st, here, (ns, id), &providers, info);
     let m = v.as_object_mut().expect("summary is an object");
     if let Some(s) = &info.request_format {
         m.insert("request_schema".into(), raw_to_value(s));
@@ -306,7 +334,7 @@ pub fn binding_detail(st: &State, b: &Binding) -> Value {
     m.insert("trigger".into(), trigger.unwrap_or(Value::Null));
     m.insert(
         "function".into(),
-        function_detail(st, &b.namespace, &b.function_id).unwrap_or(Value::Null),
+        function_detail(st, None, &b.namespace, &b.function_id).unwrap_or(Value::Null),
     );
     v
 }

@@ -19,6 +19,8 @@ struct ListArgs {
 
 /// `{workers: [WorkerSummary]}`. Connections that never reported a pid are
 /// hidden, as iii does (CLI probes, raw sockets); the engine lists itself.
+/// In a cluster, the other live engines' workers too, and every row says
+/// which engine it is on (`engine_id`).
 pub fn list(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: ListArgs = args(input)?;
     let st = mesh.lock();
@@ -28,6 +30,7 @@ pub fn list(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
         .filter(|w| w.meta.as_ref().is_some_and(|m| m.pid.is_some()))
         .map(|w| views::worker_view(w, false))
         .collect();
+    drop(st);
     workers.push(json!({
         "id": uuid::Uuid::nil(),
         "name": ENGINE_WORKER_NAME,
@@ -43,6 +46,13 @@ pub fn list(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
         "isolation": Value::Null,
         "ip_address": Value::Null,
     }));
+    if let Some(others) = mesh.provided().other_engines() {
+        let here = others.this_engine();
+        for w in &mut workers {
+            w["engine_id"] = here.into();
+        }
+        workers.extend(others.workers());
+    }
     let text = |w: &Value, k: &str| w[k].as_str().unwrap_or_default().to_lowercase();
     workers.retain(|w| {
         a.runtime
@@ -103,7 +113,7 @@ pub fn info(mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let mut functions: Vec<Value> = w
         .functions
         .iter()
-        .filter_map(|(ns, id)| views::function_detail(&st, ns, id))
+        .filter_map(|(ns, id)| views::function_detail(&st, None, ns, id))
         .collect();
     functions.sort_by_key(|f| f["function_id"].as_str().unwrap_or_default().to_owned());
     let trigger_types: Vec<Value> = w

@@ -109,6 +109,29 @@ impl ExternalCall {
     }
 }
 
+/// The other engines this one shares its mesh with (cluster mode), as the
+/// listings show them. Their functions are in the mesh already (peer
+/// connections, [`super::state::WorkerMeta::engine`]); their workers are not.
+pub(crate) trait OtherEngines: Send + Sync {
+    /// This engine's id among them.
+    fn this_engine(&self) -> &str;
+    /// The workers connected to the other live engines, as WorkerSummary
+    /// rows with their `engine_id`. Never called under the mesh lock.
+    fn workers(&self) -> Vec<Value>;
+}
+
+/// Carries a module's messages to the same module on every other engine of
+/// a cluster (pub/sub's publishes): best effort, like the messages it carries.
+pub(crate) trait Relay: Send + Sync {
+    /// Sends `message` to the other engines' handler of `channel`
+    /// ([`Provisions::on_relayed`]); never back to this engine's. Must not
+    /// block: it runs inside engine functions.
+    fn send(&self, channel: &'static str, message: Vec<u8>);
+}
+
+/// Takes a message another engine relayed on one channel.
+type RelayedFn = dyn Fn(&Mesh, &[u8]) + Send + Sync;
+
 pub(crate) struct EngineTriggerType {
     pub id: &'static str,
     pub description: &'static str,
@@ -126,6 +149,9 @@ pub(crate) struct Provisions {
     pub(super) operator_only: HashSet<&'static str>,
     pub(super) tracer: Option<Arc<dyn CallTracer>>,
     pub(super) telemetry: Option<Box<TelemetryFn>>,
+    pub(super) other_engines: Option<Arc<dyn OtherEngines>>,
+    pub(super) relay: Option<Arc<dyn Relay>>,
+    pub(super) relayed: HashMap<&'static str, Box<RelayedFn>>,
 }
 
 impl Provisions {
@@ -240,6 +266,32 @@ impl Provisions {
         self.telemetry = Some(Box::new(f));
     }
 
+    /// Who knows the other engines of a cluster (at most one module).
+    pub(crate) fn other_engines(&mut self, o: Arc<dyn OtherEngines>) {
+        assert!(
+            self.other_engines.is_none(),
+            "two modules know other engines"
+        );
+        self.other_engines = Some(o);
+    }
+
+    /// Who relays messages to other engines (at most one module).
+    pub(crate) fn relay(&mut self, r: Arc<dyn Relay>) {
+        assert!(self.relay.is_none(), "two modules relay to other engines");
+        self.relay = Some(r);
+    }
+
+    /// Who takes what other engines relay on `channel` (at most one module
+    /// per channel).
+    pub(crate) fn on_relayed(
+        &mut self,
+        channel: &'static str,
+        f: impl Fn(&Mesh, &[u8]) + Send + Sync + 'static,
+    ) {
+        let previous = self.relayed.insert(channel, Box::new(f));
+        assert!(previous.is_none(), "relay channel {channel} taken twice");
+    }
+
     /// Runs after a worker's disconnect has been applied to the registry.
     pub(crate) fn on_worker_gone(&mut self, f: impl Fn(Uuid) + Send + Sync + 'static) {
         self.worker_gone.push(Box::new(f));
@@ -265,6 +317,9 @@ pub(crate) struct Provided {
     operator_only: HashSet<&'static str>,
     pub(super) tracer: Option<Arc<dyn CallTracer>>,
     telemetry: Option<Box<TelemetryFn>>,
+    other_engines: Option<Arc<dyn OtherEngines>>,
+    relay: Option<Arc<dyn Relay>>,
+    relayed: HashMap<&'static str, Box<RelayedFn>>,
 }
 
 impl Provided {
@@ -283,6 +338,9 @@ impl Provided {
             external: p.external,
             tracer: p.tracer,
             telemetry: p.telemetry,
+            other_engines: p.other_engines,
+            relay: p.relay,
+            relayed: p.relayed,
         };
         (provided, p.trigger_types)
     }
@@ -299,6 +357,30 @@ impl Provided {
     pub(crate) fn telemetry(&self, frame: &[u8]) {
         if let Some(take) = &self.telemetry {
             take(frame);
+        }
+    }
+
+    /// The other engines of a cluster; `None` when this engine is alone.
+    pub(crate) fn other_engines(&self) -> Option<&Arc<dyn OtherEngines>> {
+        self.other_engines.as_ref()
+    }
+
+    /// Sends `message` on `channel` to the other engines, if this one has any.
+    pub(crate) fn relay(&self, channel: &'static str, message: impl FnOnce() -> Vec<u8>) {
+        if let Some(r) = &self.relay {
+            r.send(channel, message());
+        }
+    }
+
+    /// Hands a message another engine relayed to its channel's taker;
+    /// whether there was one.
+    pub(crate) fn relayed(&self, mesh: &Mesh, channel: &str, message: &[u8]) -> bool {
+        match self.relayed.get(channel) {
+            Some(take) => {
+                take(mesh, message);
+                true
+            }
+            None => false,
         }
     }
 

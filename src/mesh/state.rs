@@ -63,6 +63,10 @@ pub struct WorkerMeta {
     pub namespace: Option<String>,
     pub telemetry: Option<serde_json::Value>,
     pub features: Option<Vec<String>>,
+    /// Set by engine code, never by a worker: the connection stands for
+    /// this other engine of the cluster (its functions are served there).
+    #[serde(skip)]
+    pub engine: Option<String>,
 }
 
 #[derive(Default)]

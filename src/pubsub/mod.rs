@@ -6,6 +6,12 @@
 //! Bindings are kept one by one (not one entry per topic), so unbinding one
 //! subscriber never drops another's subscription (iii's local adapter does).
 //!
+//! In a cluster a publish also reaches the bindings on every other engine:
+//! the publishing engine delivers to its own bindings and hands `{topic,
+//! data}` to the mesh's relay (channel [`RELAY_CHANNEL`]); each other
+//! engine delivers what it is relayed to its own bindings only, relaying
+//! nothing again. So each binding gets a message once, wherever it is.
+//!
 //! Architecture invariant: pubsub knows the mesh and `module.rs`; it keeps
 //! nothing in the store (a message reaches the bindings live when it is
 //! published, or nobody).
@@ -22,6 +28,9 @@ use crate::protocol::{ErrorBody, codes, to_payload};
 
 /// The trigger type subscribers bind.
 pub(crate) const TRIGGER_TYPE: &str = "subscribe";
+
+/// Where publishes go to the other engines of a cluster.
+const RELAY_CHANNEL: &str = "pubsub";
 
 #[derive(Debug, Clone)]
 struct Subscriber {
@@ -47,6 +56,14 @@ pub(crate) struct PubSub {
 struct PublishInput {
     topic: String,
     data: Value,
+}
+
+/// A publish as relayed to other engines: `data` stays raw JSON.
+#[derive(serde::Serialize, Deserialize)]
+struct Relayed<'a> {
+    topic: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,8 +124,9 @@ fn remove(by_topic: &mut HashMap<String, Vec<Subscriber>>, topic: &str, binding_
     }
 }
 
-/// `publish {topic, data}`: one call per binding of `topic`; answers null
-/// without waiting for any handler.
+/// `publish {topic, data}`: one call per binding of `topic`, here and (in a
+/// cluster) on every other engine; answers null without waiting for any
+/// handler.
 fn publish(p: &PubSub, mesh: &Mesh, _: &CallCtx, v: Value) -> Reply {
     let inp: PublishInput = serde_json::from_value(v).map_err(|e| {
         ErrorBody::new(
@@ -119,22 +137,36 @@ fn publish(p: &PubSub, mesh: &Mesh, _: &CallCtx, v: Value) -> Reply {
     if inp.topic.is_empty() {
         return Err(ErrorBody::new(codes::TOPIC_NOT_SET, "Topic is not set"));
     }
-    let subs = p
-        .lock()
-        .by_topic
-        .get(&inp.topic)
-        .cloned()
-        .unwrap_or_default();
-    if subs.is_empty() {
-        return Ok(Value::Null);
-    }
     let payload = to_payload(&inp.data);
-    for s in subs {
-        if !mesh.fire(&s.namespace, &s.function_id, payload.clone(), None) {
-            tracing::debug!(topic = %inp.topic, function = %s.function_id, "publish: no provider");
+    p.deliver(mesh, &inp.topic, &payload);
+    mesh.provided().relay(RELAY_CHANNEL, || {
+        let relayed = Relayed {
+            topic: inp.topic.as_str().into(),
+            data: &payload,
+        };
+        serde_json::to_vec(&relayed).expect("a publish encodes")
+    });
+    Ok(Value::Null)
+}
+
+impl PubSub {
+    /// One call per binding of `topic` on this engine.
+    fn deliver(&self, mesh: &Mesh, topic: &str, payload: &crate::protocol::Payload) {
+        let subs = self.lock().by_topic.get(topic).cloned().unwrap_or_default();
+        for s in subs {
+            if !mesh.fire(&s.namespace, &s.function_id, payload.clone(), None) {
+                tracing::debug!(topic, function = %s.function_id, "publish: no provider");
+            }
         }
     }
-    Ok(Value::Null)
+
+    /// A publish another engine relayed: to this engine's bindings only.
+    fn take_relayed(&self, mesh: &Mesh, message: &[u8]) {
+        match serde_json::from_slice::<Relayed<'_>>(message) {
+            Ok(r) => self.deliver(mesh, &r.topic, &r.data.to_owned()),
+            Err(e) => tracing::warn!(error = %e, "ignored a relayed publish that does not parse"),
+        }
+    }
 }
 
 impl Module for PubSub {
@@ -149,6 +181,10 @@ impl Module for PubSub {
             Arc::new(self.clone()),
         );
         p.sync_fn("publish", self, publish);
+        let me = self.clone();
+        p.on_relayed(RELAY_CHANNEL, move |mesh, message| {
+            me.take_relayed(mesh, message)
+        });
     }
 }
 

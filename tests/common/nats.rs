@@ -20,7 +20,12 @@ use std::time::Duration;
 const READY_WITHIN: Duration = Duration::from_secs(20);
 
 pub struct NatsCluster {
-    nodes: Vec<Child>,
+    /// Each node's process; `None` while it is killed.
+    nodes: Vec<Option<Child>>,
+    /// Each node's config file and monitoring port, to start it again.
+    confs: Vec<PathBuf>,
+    monitors: Vec<u16>,
+    bin: PathBuf,
     /// `nats://127.0.0.1:<client port>` of each node.
     pub urls: Vec<String>,
     _dir: tempfile::TempDir,
@@ -49,7 +54,7 @@ impl NatsCluster {
             .iter()
             .map(|p| format!("\"nats://127.0.0.1:{}\"", p.cluster))
             .collect();
-        let mut nodes = Vec::new();
+        let mut confs = Vec::new();
         for (i, p) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
             let store = dir.path().join(&name);
@@ -69,67 +74,130 @@ impl NatsCluster {
                 ),
             )
             .expect("write the NATS config");
-            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-            let child = Command::new(&bin)
-                .arg("-js")
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            nodes.push(child);
+            confs.push(conf);
         }
-        let cluster = NatsCluster {
-            nodes,
+        let mut cluster = NatsCluster {
+            nodes: Vec::new(),
+            confs,
+            monitors: ports.iter().map(|p| p.monitor).collect(),
+            bin,
             urls: ports
                 .iter()
                 .map(|p| format!("nats://127.0.0.1:{}", p.client))
                 .collect(),
             _dir: dir,
         };
+        cluster.nodes = (0..3).map(|i| Some(cluster.spawn(i))).collect();
+        cluster.wait_healthy(&[0, 1, 2]).await;
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let conf = &self.confs[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(conf.with_extension("log"))
+            .unwrap();
+        Command::new(&self.bin)
+            .arg("-js")
+            .arg("-c")
+            .arg(conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()))
+    }
+
+    /// Waits until each of `nodes` says its JetStream is healthy.
+    async fn wait_healthy(&self, nodes: &[usize]) {
         let http = reqwest::Client::new();
-        for p in &ports {
-            let url = format!("http://127.0.0.1:{}/healthz", p.monitor);
+        for &i in nodes {
+            let url = format!("http://127.0.0.1:{}/healthz", self.monitors[i]);
             let healthy = || async {
                 matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
             };
             super::wait_until(&format!("NATS healthy at {url}"), READY_WITHIN, healthy).await;
         }
-        cluster
+    }
+
+    /// Kills node `i` (0-based) with SIGKILL and waits until it is gone.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut node) = self.nodes[i].take() {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+
+    /// Starts killed nodes again (same ports, same store) and waits until
+    /// every one is healthy.
+    pub async fn restart(&mut self, nodes: &[usize]) {
+        for &i in nodes {
+            assert!(self.nodes[i].is_none(), "node {i} is running");
+            self.nodes[i] = Some(self.spawn(i));
+        }
+        self.wait_healthy(nodes).await;
     }
 }
 
+/// Heartbeats for tests: a killed engine is declared dead within a second.
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
+pub const ENGINE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl NatsCluster {
-    /// `base` as engine `engine_id` of qmesh cluster `name` on these servers.
+    /// `base` (an in-process engine's config) joining cluster `test` on
+    /// these nodes as `engine_id`, with the tests' heartbeats.
     pub fn engine_config(
         &self,
-        mut base: qmesh::Config,
-        name: &str,
+        mut base: qmesh::config::Config,
         engine_id: &str,
-    ) -> qmesh::Config {
-        base.cluster.urls = self.urls.clone();
-        base.cluster.name = name.to_owned();
-        base.cluster.engine_id = Some(engine_id.to_owned());
+    ) -> qmesh::config::Config {
+        let c = &mut base;
+        c.cluster.urls = self.urls.clone();
+        c.cluster.name = "test".to_owned();
+        c.cluster.engine_id = Some(engine_id.to_owned());
+        c.cluster.heartbeat = HEARTBEAT;
+        c.cluster.engine_timeout = ENGINE_TIMEOUT;
         base
     }
 
-    /// The `[cluster]` section of a config file for the real binary.
-    pub fn cluster_toml(&self, name: &str, engine_id: &str) -> String {
+    /// The same as a config file, for the real binary (`EngineProcess`).
+    pub fn engine_toml(&self, engine_id: &str) -> String {
         let urls: Vec<String> = self.urls.iter().map(|u| format!("{u:?}")).collect();
         format!(
-            "[cluster]\nurls = [{}]\nname = {name:?}\nengine_id = {engine_id:?}\n",
-            urls.join(", ")
+            "[cluster]\nurls = [{}]\nname = \"test\"\nengine_id = \"{engine_id}\"\n\
+             heartbeat = \"{}ms\"\nengine_timeout = \"{}ms\"\n",
+            urls.join(", "),
+            HEARTBEAT.as_millis(),
+            ENGINE_TIMEOUT.as_millis(),
         )
+    }
+
+    /// Cluster `test`'s directory bucket `name` (`functions`, `workers`),
+    /// read through a client of its own.
+    pub async fn bucket(&self, name: &str) -> async_nats::jetstream::kv::Store {
+        let client = async_nats::connect(self.urls[0].as_str()).await.unwrap();
+        async_nats::jetstream::new(client)
+            .get_key_value(format!("qmesh_test_{name}"))
+            .await
+            .unwrap()
+    }
+}
+
+/// The keys of `kv` (deleted ones excluded).
+pub async fn keys(kv: &async_nats::jetstream::kv::Store) -> Vec<String> {
+    use futures_util::StreamExt;
+    match kv.keys().await {
+        Ok(keys) => keys.filter_map(async |k| k.ok()).collect().await,
+        Err(_) => Vec::new(),
     }
 }
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
+        for i in 0..self.nodes.len() {
+            self.kill(i);
         }
     }
 }
