@@ -286,10 +286,11 @@ impl Module for Cluster {
             self.names.clone(),
             subs.relayed,
         )));
+        let directory = self.directory.clone();
         tasks.push(tokio::spawn(remote::serve(
             self.mesh.clone(),
             self.client.clone(),
-            self.directory.clone(),
+            move |namespace: &str, function_id: &str| directory.served_here(namespace, function_id),
             subs.calls,
         )));
         tasks

@@ -13,10 +13,8 @@
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::directory::Directory;
 use crate::mesh::Mesh;
 use crate::mesh::provided::{ExternalCall, ExternalTarget};
 use crate::protocol::{ErrorBody, Payload, codes};
@@ -169,14 +167,14 @@ impl ExternalTarget for RemoteFunction {
 pub(super) async fn serve(
     mesh: Mesh,
     client: async_nats::Client,
-    directory: Arc<Directory>,
+    served_here: impl Fn(&str, &str) -> bool + Clone + Send + 'static,
     mut calls: async_nats::Subscriber,
 ) {
     while let Some(msg) = calls.next().await {
         let Some(reply_to) = msg.reply.clone() else {
             continue;
         };
-        let (mesh, client, directory) = (mesh.clone(), client.clone(), directory.clone());
+        let (mesh, client, served_here) = (mesh.clone(), client.clone(), served_here.clone());
         tokio::spawn(async move {
             let reply = match serde_json::from_slice::<CallRequest>(&msg.payload) {
                 Err(e) => CallReply {
@@ -186,7 +184,7 @@ pub(super) async fn serve(
                         format!("not a call request: {e}"),
                     )),
                 },
-                Ok(req) if !directory.served_here(&req.namespace, &req.function_id) => CallReply {
+                Ok(req) if !served_here(&req.namespace, &req.function_id) => CallReply {
                     result: None,
                     error: Some(ErrorBody::new(
                         codes::FUNCTION_NOT_FOUND,

@@ -4,8 +4,7 @@ use futures_util::future::{BoxFuture, ready};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::module::Topics;
-use super::{TRIGGER_TYPE, subscriptions::Sub};
+use super::{TRIGGER_TYPE, Topics, subscriptions::Sub};
 use crate::mesh::{CallCtx, Mesh, Reply};
 use crate::protocol::{ErrorBody, codes, names, to_payload};
 use crate::queue::EnqueueRequest;

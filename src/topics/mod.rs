@@ -35,6 +35,13 @@ use std::time::Duration;
 
 pub(crate) use module::TopicsModule;
 
+/// The module's handle, shared by its functions and its trigger type.
+#[derive(Clone)]
+struct Topics {
+    subs: subscriptions::Subscriptions,
+    condition_timeout: Duration,
+}
+
 /// The trigger type subscribers bind.
 pub(crate) const TRIGGER_TYPE: &str = "durable:subscriber";
 

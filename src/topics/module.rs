@@ -2,22 +2,14 @@
 //! type, `iii::durable::publish` and `engine::topics::list`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::subscriptions::Subscriptions;
-use super::{TRIGGER_TYPE, TopicsConfig, functions as f};
+use super::{TRIGGER_TYPE, Topics, TopicsConfig, functions as f};
 use crate::mesh::Provisions;
 use crate::module::Module;
 use crate::queue::Queues;
 use crate::store::Store;
 use crate::store::topics::TopicSubscriptions;
-
-/// The module's handle, shared by its functions and its trigger type.
-#[derive(Clone)]
-pub(super) struct Topics {
-    pub subs: Subscriptions,
-    pub condition_timeout: Duration,
-}
 
 pub(crate) struct TopicsModule {
     topics: Topics,
