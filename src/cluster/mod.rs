@@ -15,13 +15,17 @@
 //! - `remote.rs`: the calls themselves, core NATS request/reply on
 //!   `qmesh.<cluster>.engine.<id>.call`: a call to a peer's function goes
 //!   out as a request, and the peer answers it from its own workers.
+//! - `slots.rs`: which engine fires a slot of a schedule several engines
+//!   share (cron's), a KV create per slot in `qmesh_<cluster>_cron`: the
+//!   mesh's `SlotClaims` seam.
 //! - `config.rs`: `[cluster]`.
 //!
 //! The mesh knows none of this by name: a peer's functions are registered
 //! with [`crate::mesh::provided::ExternalTarget`]s, as HTTP-invoked
 //! functions are; the listings and pub/sub reach other engines through the
-//! mesh's `OtherEngines` and `Relay` seams. Queues, state, streams, cron and topics stay per engine
-//! for now.
+//! mesh's `OtherEngines` and `Relay` seams, and cron's slots are claimed
+//! through its `SlotClaims` seam. Queues, state, streams and topics stay per
+//! engine for now.
 
 mod config;
 mod directory;
@@ -29,6 +33,7 @@ mod liveness;
 mod queue;
 mod relay;
 mod remote;
+mod slots;
 
 pub use config::{ClusterConfig, QueueBackend};
 
@@ -98,6 +103,9 @@ impl Names {
     pub(crate) fn workers_bucket(&self) -> String {
         format!("qmesh_{}_workers", self.cluster)
     }
+    pub(crate) fn cron_bucket(&self) -> String {
+        format!("qmesh_{}_cron", self.cluster)
+    }
     pub(crate) fn call_subject(&self, engine_id: &str) -> String {
         format!("qmesh.{}.engine.{engine_id}.call", self.cluster)
     }
@@ -121,6 +129,7 @@ pub(crate) struct Cluster {
     heartbeat: std::time::Duration,
     engine_timeout: std::time::Duration,
     relay: Arc<relay::NatsRelay>,
+    slots: Arc<slots::NatsSlotClaims>,
 }
 
 struct Subscriptions {
@@ -204,6 +213,7 @@ impl Cluster {
         }
         let directory =
             directory::Directory::open(mesh, &client, &names, config.replicas, disconnects).await?;
+        let slots = slots::NatsSlotClaims::open(&client, &names, config.replicas).await?;
         let subscribe = async |subject: String| {
             client
                 .subscribe(subject.clone())
@@ -227,6 +237,7 @@ impl Cluster {
                 to_relay,
             })),
             relay: Arc::new(relay),
+            slots: Arc::new(slots),
             heartbeat: config.heartbeat,
             engine_timeout: config.engine_timeout,
         })
@@ -241,6 +252,7 @@ impl Module for Cluster {
     fn provide(&self, p: &mut crate::mesh::Provisions) {
         p.other_engines(self.directory.clone());
         p.relay(self.relay.clone());
+        p.slot_claims(self.slots.clone());
     }
 
     fn health(&self) -> Option<(&'static str, serde_json::Value)> {

@@ -28,6 +28,11 @@ struct Job {
     function_id: String,
     metadata: Option<Payload>,
     config: JobConfig,
+    /// What names this schedule on every engine of a cluster, for claiming
+    /// its slots: (namespace, function, expression), not the trigger id,
+    /// since the SDKs draw a new trigger id per registration and each
+    /// engine's workers register their own.
+    schedule_key: String,
     /// A run (condition and handler) is in progress.
     running: AtomicBool,
     last_slot_ms: AtomicU64,
@@ -37,6 +42,10 @@ struct Job {
     /// Slots that passed while the job could not fire, skipped by policy.
     skipped_missed: AtomicU64,
     caught_up: AtomicU64,
+    /// Slots another engine of the cluster claimed (and fired).
+    claimed_elsewhere: AtomicU64,
+    /// Slots not fired because the claim could not be made (NATS unreachable).
+    skipped_unclaimed: AtomicU64,
 }
 
 struct Entry {
@@ -118,6 +127,8 @@ impl Jobs {
                     "skipped_overlap": j.skipped_overlap.load(Ordering::Relaxed),
                     "skipped_missed": j.skipped_missed.load(Ordering::Relaxed),
                     "caught_up": j.caught_up.load(Ordering::Relaxed),
+                    "claimed_elsewhere": j.claimed_elsewhere.load(Ordering::Relaxed),
+                    "skipped_unclaimed": j.skipped_unclaimed.load(Ordering::Relaxed),
                 })
             })
             .collect();
@@ -135,7 +146,14 @@ impl TriggerTypeHandler for Jobs {
         if table.contains_key(&b.id) {
             return Err(refuse(BindError::AlreadyRegistered(b.id.clone())));
         }
+        let schedule_key = format!(
+            "{}\0{}\0{}",
+            b.namespace,
+            b.function_id,
+            config.schedule.source()
+        );
         let job = Arc::new(Job {
+            schedule_key,
             id: b.id.clone(),
             namespace: b.namespace.clone(),
             function_id: b.function_id.clone(),
@@ -147,6 +165,8 @@ impl TriggerTypeHandler for Jobs {
             skipped_overlap: AtomicU64::new(0),
             skipped_missed: AtomicU64::new(0),
             caught_up: AtomicU64::new(0),
+            claimed_elsewhere: AtomicU64::new(0),
+            skipped_unclaimed: AtomicU64::new(0),
         });
         let mesh = self
             .inner
@@ -199,7 +219,9 @@ async fn run(inner: Arc<Inner>, mesh: Mesh, job: Arc<Job>) {
                 "cron: the previous run is still going; slot skipped");
             continue;
         }
-        start_run(&inner, &mesh, &job, slot);
+        if claim(&mesh, &job, slot).await {
+            start_run(&inner, &mesh, &job, slot);
+        }
     }
     tracing::info!(job = %job.id, "cron: the schedule has no further slot");
 }
@@ -228,6 +250,10 @@ async fn catch_up(
         Missed::FireOnce => {
             job.skipped_missed
                 .fetch_add(missed.count as u64 - 1, Ordering::Relaxed);
+            // In a cluster another engine may have fired it meanwhile.
+            if !claim(mesh, job, missed.latest).await {
+                return;
+            }
             job.caught_up.fetch_add(1, Ordering::Relaxed);
             tracing::info!(job = %job.id, missed = missed.count, latest = %schedule::rfc3339(missed.latest),
                 "cron: slots passed while the job could not fire; firing once (missed = \"fire_once\")");
@@ -253,6 +279,30 @@ async fn decide(inner: &Inner, job: &Job, slot: DateTime<Utc>) -> bool {
         Err(e) => {
             tracing::error!(job = %job.id, slot = %schedule::rfc3339(slot), error = %e,
                 "cron: cannot record the slot; not fired");
+            false
+        }
+    }
+}
+
+/// Whether this engine is the one to fire `slot`: always when it is alone;
+/// in a cluster, when its claim (durable before it answers) is the one that
+/// won. Decided after the local position, so a restart never claims again
+/// what was decided here; a claim that cannot be made is not fired (it may
+/// have been stored), so a slot fires at most once across the cluster.
+async fn claim(mesh: &Mesh, job: &Job, slot: DateTime<Utc>) -> bool {
+    let Some(claims) = mesh.provided().slot_claims().cloned() else {
+        return true;
+    };
+    match claims.claim(&job.schedule_key, schedule::to_ms(slot)).await {
+        Ok(true) => true,
+        Ok(false) => {
+            job.claimed_elsewhere.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Err(e) => {
+            let n = job.skipped_unclaimed.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(job = %job.id, slot = %schedule::rfc3339(slot), error = %e, skipped = n,
+                "cron: cannot claim the slot in the cluster; not fired");
             false
         }
     }

@@ -17,6 +17,11 @@
 //! instant between a slot's sync and its call leaving loses that one fire:
 //! at most once per slot is the promise.
 //!
+//! In a cluster, the engine that owns coordination (the mesh's `SlotClaims`)
+//! decides which engine fires each slot: one claim per (namespace, function,
+//! expression) and slot wins, cluster-wide, after the local position is
+//! durable. Alone, every slot of every job is this engine's.
+//!
 //! Runs never overlap: iii awaits the handler, so a slow handler delays every
 //! later slot. Here the next slot always comes from the schedule (a slow
 //! handler does not drift it), and a slot that comes while the previous run

@@ -129,6 +129,27 @@ pub(crate) trait Relay: Send + Sync {
     fn send(&self, channel: &'static str, message: Vec<u8>);
 }
 
+/// Decides which engine of a cluster fires one slot of a schedule that
+/// several engines share (cron): the first to claim it. Without one, every
+/// engine fires its own schedules.
+pub(crate) trait SlotClaims: Send + Sync {
+    /// Claims slot `slot_ms` of schedule `schedule` (any text naming the
+    /// same schedule on every engine) for this engine: `Ok(true)` once, to
+    /// one engine of the cluster, after the claim is durable; `Ok(false)` if
+    /// another engine holds it (or it is too old to claim safely); an error
+    /// when nobody can be told (the slot must then not fire).
+    fn claim<'a>(
+        &'a self,
+        schedule: &'a str,
+        slot_ms: u64,
+    ) -> BoxFuture<'a, Result<bool, SlotClaimError>>;
+}
+
+/// Why a slot could not be claimed (the cluster's store is unreachable).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot claim the slot: {0}")]
+pub(crate) struct SlotClaimError(pub String);
+
 /// Takes a message another engine relayed on one channel.
 type RelayedFn = dyn Fn(&Mesh, &[u8]) + Send + Sync;
 
@@ -152,6 +173,7 @@ pub(crate) struct Provisions {
     pub(super) other_engines: Option<Arc<dyn OtherEngines>>,
     pub(super) relay: Option<Arc<dyn Relay>>,
     pub(super) relayed: HashMap<&'static str, Box<RelayedFn>>,
+    pub(super) slot_claims: Option<Arc<dyn SlotClaims>>,
 }
 
 impl Provisions {
@@ -292,6 +314,12 @@ impl Provisions {
         assert!(previous.is_none(), "relay channel {channel} taken twice");
     }
 
+    /// Who decides which engine fires a shared schedule's slot (at most one module).
+    pub(crate) fn slot_claims(&mut self, c: Arc<dyn SlotClaims>) {
+        assert!(self.slot_claims.is_none(), "two modules claim slots");
+        self.slot_claims = Some(c);
+    }
+
     /// Runs after a worker's disconnect has been applied to the registry.
     pub(crate) fn on_worker_gone(&mut self, f: impl Fn(Uuid) + Send + Sync + 'static) {
         self.worker_gone.push(Box::new(f));
@@ -320,6 +348,7 @@ pub(crate) struct Provided {
     other_engines: Option<Arc<dyn OtherEngines>>,
     relay: Option<Arc<dyn Relay>>,
     relayed: HashMap<&'static str, Box<RelayedFn>>,
+    slot_claims: Option<Arc<dyn SlotClaims>>,
 }
 
 impl Provided {
@@ -341,6 +370,7 @@ impl Provided {
             other_engines: p.other_engines,
             relay: p.relay,
             relayed: p.relayed,
+            slot_claims: p.slot_claims,
         };
         (provided, p.trigger_types)
     }
@@ -370,6 +400,11 @@ impl Provided {
         if let Some(r) = &self.relay {
             r.send(channel, message());
         }
+    }
+
+    /// Who claims shared schedules' slots; `None` when this engine is alone.
+    pub(crate) fn slot_claims(&self) -> Option<&Arc<dyn SlotClaims>> {
+        self.slot_claims.as_ref()
     }
 
     /// Hands a message another engine relayed to its channel's taker;
