@@ -15,13 +15,16 @@
 //! - `remote.rs`: the calls themselves, core NATS request/reply on
 //!   `qmesh.<cluster>.engine.<id>.call`: a call to a peer's function goes
 //!   out as a request, and the peer answers it from its own workers.
+//! - `state.rs`: the state module's values in the KV bucket
+//!   `qmesh_<cluster>_state` (`[cluster] state = "jetstream"`), behind
+//!   `module::StateBackend`.
 //! - `config.rs`: `[cluster]`.
 //!
 //! The mesh knows none of this by name: a peer's functions are registered
 //! with [`crate::mesh::provided::ExternalTarget`]s, as HTTP-invoked
 //! functions are; the listings and pub/sub reach other engines through the
-//! mesh's `OtherEngines` and `Relay` seams. Queues, state, streams, cron and topics stay per engine
-//! for now.
+//! mesh's `OtherEngines` and `Relay` seams. Streams, cron and topics stay per engine
+//! for now (queues and state unless configured otherwise).
 
 mod config;
 mod directory;
@@ -29,8 +32,9 @@ mod liveness;
 mod queue;
 mod relay;
 mod remote;
+mod state;
 
-pub use config::{ClusterConfig, QueueBackend};
+pub use config::{ClusterConfig, QueueBackend, StateBackendKind};
 
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
