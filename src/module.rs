@@ -28,6 +28,8 @@ use crate::net::Listener;
 pub(crate) enum Refused {
     Store(crate::store::StoreError),
     Body(crate::protocol::ErrorBody),
+    /// A backend other than the store failed (a shared one out of reach).
+    Backend(BackendError),
 }
 
 impl From<crate::store::StoreError> for Refused {
@@ -41,7 +43,82 @@ impl Refused {
         match self {
             Refused::Store(e) => crate::protocol::ErrorBody::new(code, e.to_string()),
             Refused::Body(b) => b,
+            Refused::Backend(e) => crate::protocol::ErrorBody::new(code, e.to_string()),
         }
+    }
+}
+
+impl From<BackendError> for Refused {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Store(e) => Refused::Store(e),
+            other => Refused::Backend(other),
+        }
+    }
+}
+
+/// Why a [`StateBackend`] could not read or write.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BackendError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A store shared by several engines failed or is out of reach; the
+    /// message says which and why.
+    #[error("{0}")]
+    Shared(String),
+}
+
+/// What a state write makes of the current value (`None` removes it), or
+/// why it refuses (nothing is written then). A shared backend may run it
+/// more than once (a compare-and-set lost to another engine): the last run
+/// is the one written.
+pub(crate) type StateChange =
+    Box<dyn FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, Refused> + Send>;
+
+/// What a state write did: the value before it, and, when the write is not
+/// yet as durable as asked, what to wait for.
+pub(crate) struct StateWritten {
+    pub old: Option<Vec<u8>>,
+    pub until_durable: Option<BoxFuture<'static, Result<(), BackendError>>>,
+}
+
+/// Where the state module keeps its values, one JSON value per (scope,
+/// key): the engine's own store, or a store every engine of a cluster
+/// shares. The engine root picks one; the state module sees only this.
+///
+/// Each method starts its work when called: a backend that can answer at
+/// once (the embedded store) does all of it before returning a ready future,
+/// so writes apply in order with the caller's next messages.
+pub(crate) trait StateBackend: Send + Sync {
+    /// The JSON stored under (scope, key).
+    fn get(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, BackendError>>;
+
+    /// Replaces the value with what `change` makes of it, atomically for
+    /// this key (across engines, for a shared backend). With `durable`, a
+    /// backend that acknowledges before its write is durable returns what
+    /// to wait for.
+    fn modify(
+        &self,
+        scope: &str,
+        key: &str,
+        durable: bool,
+        change: StateChange,
+    ) -> BoxFuture<'static, Result<StateWritten, Refused>>;
+
+    /// Every value of one scope, in key order.
+    fn list(&self, scope: &str) -> BoxFuture<'static, Result<Vec<Vec<u8>>, BackendError>>;
+
+    /// Every scope holding at least one value, in any order.
+    fn scopes(&self) -> BoxFuture<'static, Result<Vec<String>, BackendError>>;
+
+    /// Whether other engines read and write these same values: their
+    /// changes must then fire this engine's `state` bindings too.
+    fn shared(&self) -> bool {
+        false
     }
 }
 

@@ -27,6 +27,10 @@ pub struct ClusterConfig {
     /// functions) or `jetstream` (the cluster's replicated job stream, run by
     /// any engine with a worker for the function).
     pub queues: QueueBackend,
+    /// Where `state::*` values live: `local` (each engine's embedded store,
+    /// the default: no NATS round trip per read or write) or `jetstream`
+    /// (one KV bucket shared by every engine).
+    pub state: StateBackendKind,
     /// With `queues = "jetstream"`: how long an idempotency key is
     /// remembered (the job stream's duplicate window).
     #[serde(with = "humantime_serde")]
@@ -49,6 +53,14 @@ pub enum QueueBackend {
     Jetstream,
 }
 
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackendKind {
+    #[default]
+    Local,
+    Jetstream,
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
@@ -57,6 +69,7 @@ impl Default for ClusterConfig {
             engine_id: None,
             replicas: 3,
             queues: QueueBackend::Local,
+            state: StateBackendKind::Local,
             idempotency_window: Duration::from_secs(3600),
             heartbeat: Duration::from_secs(1),
             engine_timeout: Duration::from_secs(4),
@@ -67,6 +80,11 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     pub(crate) fn enabled(&self) -> bool {
         !self.urls.is_empty()
+    }
+
+    /// Whether `state::*` values are the cluster's JetStream KV bucket.
+    pub(crate) fn jetstream_state(&self) -> bool {
+        self.enabled() && self.state == StateBackendKind::Jetstream
     }
 
     /// Whether `Enqueue` calls go to the cluster's JetStream queues.

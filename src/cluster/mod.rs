@@ -18,24 +18,31 @@
 //! - `slots.rs`: which engine fires a slot of a schedule several engines
 //!   share (cron's), a KV create per slot in `qmesh_<cluster>_cron`: the
 //!   mesh's `SlotClaims` seam.
+//! - `state.rs`: the state module's values in the KV bucket
+//!   `qmesh_<cluster>_state` (`[cluster] state = "jetstream"`), behind
+//!   `module::StateBackend`.
+//! - `kv.rs`: what a refused KV compare-and-set means (async-nats 0.52
+//!   knows only the older server's code for it).
 //! - `config.rs`: `[cluster]`.
 //!
 //! The mesh knows none of this by name: a peer's functions are registered
 //! with [`crate::mesh::provided::ExternalTarget`]s, as HTTP-invoked
 //! functions are; the listings and pub/sub reach other engines through the
 //! mesh's `OtherEngines` and `Relay` seams, and cron's slots are claimed
-//! through its `SlotClaims` seam. Queues, state, streams and topics stay per
-//! engine for now.
+//! through its `SlotClaims` seam. Streams and topics stay per engine for
+//! now (queues and state unless configured otherwise).
 
 mod config;
 mod directory;
+mod kv;
 mod liveness;
 mod queue;
 mod relay;
 mod remote;
 mod slots;
+mod state;
 
-pub use config::{ClusterConfig, QueueBackend};
+pub use config::{ClusterConfig, QueueBackend, StateBackendKind};
 
 use futures_util::future::BoxFuture;
 use std::sync::Arc;

@@ -18,8 +18,6 @@ use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
-use async_nats::jetstream::kv::UpdateErrorKind;
-
 use super::{ClusterError, Names};
 use crate::mesh::provided::{SlotClaimError, SlotClaims};
 
@@ -72,29 +70,6 @@ fn key(schedule: &str, slot_ms: u64) -> String {
     format!("{hash}.{slot_ms}")
 }
 
-/// Whether an update expecting no revision was refused because the key
-/// holds one. Servers since 2.12 answer that with error 10164, which
-/// async-nats 0.52 does not map to `WrongLastRevision` (only 10071): the
-/// server's error is read from the chain.
-fn held_by_another(e: &async_nats::jetstream::kv::UpdateError) -> bool {
-    use async_nats::jetstream::ErrorCode;
-    if e.kind() == UpdateErrorKind::WrongLastRevision {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(js) = err.downcast_ref::<async_nats::jetstream::Error>() {
-            return matches!(
-                js.error_code(),
-                ErrorCode::STREAM_WRONG_LAST_SEQUENCE
-                    | ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
-            );
-        }
-        source = err.source();
-    }
-    false
-}
-
 impl SlotClaims for NatsSlotClaims {
     fn claim<'a>(
         &'a self,
@@ -117,7 +92,8 @@ impl SlotClaims for NatsSlotClaims {
             let value = self.engine_id.clone().into_bytes().into();
             match self.kv.update(key(schedule, slot_ms), value, 0).await {
                 Ok(_) => Ok(true),
-                Err(e) if held_by_another(&e) => Ok(false),
+                // The key holds a claim: another engine came first.
+                Err(e) if super::kv::revision_moved(&e) => Ok(false),
                 Err(e) => Err(SlotClaimError(e.to_string())),
             }
         })

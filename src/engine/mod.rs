@@ -36,13 +36,14 @@ use crate::dashboard::Dashboard;
 use crate::functions::Introspection;
 use crate::http::HttpModule;
 use crate::mesh::{Mesh, Provisions};
-use crate::module::Module;
+use crate::module::{Module, StateBackend};
 use crate::observability::Observability;
 use crate::protocol::codes::close;
 use crate::pubsub::PubSub;
 use crate::queue::Queues;
 use crate::realtime::RealtimeModule;
 use crate::state::StateModule;
+use crate::store::state::StateValues;
 use crate::store::{Store, StoreError};
 use crate::stream::StreamsModule;
 use crate::topics::TopicsModule;
@@ -143,6 +144,12 @@ impl Engine {
             }
             _ => None,
         };
+        // With the cluster's state, every engine reads and writes one
+        // JetStream KV bucket; otherwise each keeps its own in its store.
+        let state_values: Arc<dyn StateBackend> = match &cluster {
+            Some(c) if config.cluster.jetstream_state() => c.state(&config.cluster).await?,
+            _ => Arc::new(StateValues::new(store.clone())),
+        };
         let queues = match cluster_queues {
             Some(_) => queues.serving_no_workers(),
             None => queues,
@@ -153,7 +160,7 @@ impl Engine {
             Arc::new(queues),
             realtime.clone(),
             http.clone(),
-            Arc::new(StateModule::new(store.clone(), config.state.clone())),
+            Arc::new(StateModule::new(state_values, config.state.clone())),
             streams.clone(),
             Arc::new(PubSub::default()),
             Arc::new(CronModule::new(&mesh, store, config.cron.clone())),

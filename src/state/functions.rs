@@ -2,21 +2,24 @@
 //! and no more; `delete` answers the removed value itself; `list` a bare
 //! array; `list_groups` `{groups}`.
 //!
-//! Writes are applied inline, in order with the caller's other messages
-//! (a `get` sent right after a `set` sees it); only the wait for the disk,
-//! when the write is durable, happens in a task.
+//! Every function asks the backend at once: on the embedded store a write
+//! is applied inline, in order with the caller's other messages (a `get`
+//! sent right after a `set` sees it), and only the wait for the disk, when
+//! the write is durable, happens in a task. On a shared backend the whole
+//! call waits for NATS: a caller awaits its `set` before reading it.
 
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
 
 use super::State;
 use super::watchers::{Change, Event};
 use crate::mesh::{CallCtx, Mesh, Reply};
 use crate::module::Refused;
+use crate::module::StateWritten;
 use crate::protocol::{ErrorBody, codes, names, update_ops};
-use crate::store::state::Written;
 
 #[derive(Deserialize)]
 struct KeyInput {
@@ -70,44 +73,32 @@ fn parse(bytes: Option<&[u8]>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-impl State {
-    fn too_large(&self, bytes: &[u8]) -> Result<(), Refused> {
-        let limit = self.config.max_value_bytes;
-        if bytes.len() > limit {
-            return Err(Refused::Body(ErrorBody::new(
-                codes::VALUE_TOO_LARGE,
-                format!(
-                    "the value is {} bytes; at most {limit} are allowed",
-                    bytes.len()
-                ),
-            )));
-        }
-        Ok(())
+/// A value over `limit` bytes is refused with `VALUE_TOO_LARGE`.
+fn too_large(limit: usize, bytes: &[u8]) -> Result<(), Refused> {
+    if bytes.len() > limit {
+        return Err(Refused::Body(ErrorBody::new(
+            codes::VALUE_TOO_LARGE,
+            format!(
+                "the value is {} bytes; at most {limit} are allowed",
+                bytes.len()
+            ),
+        )));
     }
+    Ok(())
+}
 
-    /// The reply, once the write is as durable as asked.
-    fn reply_after(
-        &self,
-        written: &Written,
-        durable: Option<bool>,
-        code: &'static str,
-        reply: Value,
-    ) -> BoxFuture<'static, Reply> {
-        let wait = durable.unwrap_or(self.config.durable);
-        match written.ticket.filter(|_| wait) {
-            None => Box::pin(std::future::ready(Ok(reply))),
-            Some(ticket) => {
-                let values = self.values.clone();
-                values.want(ticket);
-                Box::pin(async move {
-                    values
-                        .durable(ticket)
-                        .await
-                        .map_err(|e| ErrorBody::new(code, e.to_string()))?;
-                    Ok(reply)
-                })
-            }
-        }
+impl State {
+    /// Whether a write's reply waits until it is durable.
+    fn durable(&self, asked: Option<bool>) -> bool {
+        asked.unwrap_or(self.config.durable)
+    }
+}
+
+/// Waits until a write is as durable as asked.
+async fn settle(written: &mut StateWritten, code: &'static str) -> Result<(), ErrorBody> {
+    match written.until_durable.take() {
+        Some(wait) => wait.await.map_err(|e| ErrorBody::new(code, e.to_string())),
+        None => Ok(()),
     }
 }
 
@@ -125,38 +116,48 @@ pub(super) fn set(s: State, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'stat
     }
     let new_value = inp.value.unwrap_or(Value::Null);
     let bytes = serde_json::to_vec(&new_value).unwrap_or_default();
-    let written = s.values.modify(&inp.scope, &inp.key, |_| {
-        s.too_large(&bytes)?;
-        Ok::<_, Refused>(Some(bytes))
-    });
-    let written = match written {
-        Ok(w) => w,
-        Err(e) => return ready(Err(e.into_body(codes::SET_ERROR))),
-    };
-    let old_value = parse(written.old.as_deref());
-    let change = Change::of_write(written.old.is_some());
-    s.fire(
-        &mesh,
-        Event {
-            change,
-            scope: &inp.scope,
-            key: &inp.key,
-            old: &old_value,
-            new: &new_value,
-        },
+    if let Err(e) = too_large(s.config.max_value_bytes, &bytes) {
+        return ready(Err(e.into_body(codes::SET_ERROR)));
+    }
+    let write = s.values.modify(
+        &inp.scope,
+        &inp.key,
+        s.durable(inp.durable),
+        Box::new(move |_| Ok(Some(bytes.clone()))),
     );
-    let reply = json!({ "old_value": old_value, "new_value": new_value });
-    s.reply_after(&written, inp.durable, codes::SET_ERROR, reply)
+    Box::pin(async move {
+        let mut written = write.await.map_err(|e| e.into_body(codes::SET_ERROR))?;
+        let old_value = parse(written.old.as_deref());
+        s.fire(
+            &mesh,
+            Event {
+                change: Change::of_write(written.old.is_some()),
+                scope: &inp.scope,
+                key: &inp.key,
+                old: &old_value,
+                new: &new_value,
+            },
+        );
+        settle(&mut written, codes::SET_ERROR).await?;
+        Ok(json!({ "old_value": old_value, "new_value": new_value }))
+    })
 }
 
-pub(super) fn get(s: &State, _: &Mesh, _: &CallCtx, v: Value) -> Reply {
-    let inp: KeyInput = input("state::get", v)?;
-    check(codes::GET_ERROR, &inp.scope, &inp.key)?;
-    let found = s
-        .values
-        .get(&inp.scope, &inp.key)
-        .map_err(|e| ErrorBody::new(codes::GET_ERROR, e.to_string()))?;
-    Ok(parse(found.as_deref()))
+pub(super) fn get(s: State, _: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
+    let inp: KeyInput = match input("state::get", v) {
+        Ok(i) => i,
+        Err(e) => return ready(Err(e)),
+    };
+    if let Err(e) = check(codes::GET_ERROR, &inp.scope, &inp.key) {
+        return ready(Err(e));
+    }
+    let read = s.values.get(&inp.scope, &inp.key);
+    Box::pin(async move {
+        let found = read
+            .await
+            .map_err(|e| ErrorBody::new(codes::GET_ERROR, e.to_string()))?;
+        Ok(parse(found.as_deref()))
+    })
 }
 
 pub(super) fn delete(s: State, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
@@ -167,26 +168,33 @@ pub(super) fn delete(s: State, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'s
     if let Err(e) = check(codes::DELETE_ERROR, &inp.scope, &inp.key) {
         return ready(Err(e));
     }
-    let written = match s
-        .values
-        .modify(&inp.scope, &inp.key, |_| Ok::<_, Refused>(None))
-    {
-        Ok(w) => w,
-        Err(e) => return ready(Err(e.into_body(codes::DELETE_ERROR))),
-    };
-    let old_value = parse(written.old.as_deref());
-    s.fire(
-        &mesh,
-        Event {
-            change: Change::Deleted,
-            scope: &inp.scope,
-            key: &inp.key,
-            old: &old_value,
-            new: &Value::Null,
-        },
+    let write = s.values.modify(
+        &inp.scope,
+        &inp.key,
+        s.durable(inp.durable),
+        Box::new(|_| Ok(None)),
     );
-    s.reply_after(&written, inp.durable, codes::DELETE_ERROR, old_value)
+    Box::pin(async move {
+        let mut written = write.await.map_err(|e| e.into_body(codes::DELETE_ERROR))?;
+        let old_value = parse(written.old.as_deref());
+        s.fire(
+            &mesh,
+            Event {
+                change: Change::Deleted,
+                scope: &inp.scope,
+                key: &inp.key,
+                old: &old_value,
+                new: &Value::Null,
+            },
+        );
+        settle(&mut written, codes::DELETE_ERROR).await?;
+        Ok(old_value)
+    })
 }
+
+/// What the last run of an update's change made: the value and the ops'
+/// errors.
+type Outcome = Arc<Mutex<Option<(Value, Vec<update_ops::OpError>)>>>;
 
 pub(super) fn update(s: State, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
     let inp: UpdateInput = match input("state::update", v) {
@@ -206,71 +214,98 @@ pub(super) fn update(s: State, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'s
             ),
         )));
     }
-    let mut outcome = None;
-    let written = s.values.modify(&inp.scope, &inp.key, |old| {
-        let mut value = match old {
-            Some(_) => parse(old),
-            None => Value::Object(Default::default()),
-        };
-        let errors = update_ops::apply(&mut value, &inp.ops);
-        let bytes = serde_json::to_vec(&value).unwrap_or_default();
-        s.too_large(&bytes)?;
-        outcome = Some((value, errors));
-        Ok::<_, Refused>(Some(bytes))
-    });
-    let (written, (new_value, errors)) = match (written, outcome) {
-        (Ok(w), Some(o)) => (w, o),
-        (Err(e), _) => return ready(Err(e.into_body(codes::UPDATE_ERROR))),
-        (Ok(_), None) => {
-            return ready(Err(ErrorBody::new(
+    let outcome: Outcome = Arc::default();
+    let (limit, ops, last) = (s.config.max_value_bytes, inp.ops, outcome.clone());
+    let write = s.values.modify(
+        &inp.scope,
+        &inp.key,
+        s.durable(inp.durable),
+        Box::new(move |old| {
+            let mut value = match old {
+                Some(_) => parse(old),
+                None => Value::Object(Default::default()),
+            };
+            let errors = update_ops::apply(&mut value, &ops);
+            let bytes = serde_json::to_vec(&value).unwrap_or_default();
+            too_large(limit, &bytes)?;
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = Some((value, errors));
+            Ok(Some(bytes))
+        }),
+    );
+    let (scope, key) = (inp.scope, inp.key);
+    Box::pin(async move {
+        let mut written = write.await.map_err(|e| e.into_body(codes::UPDATE_ERROR))?;
+        let taken = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((new_value, errors)) = taken else {
+            return Err(ErrorBody::new(
                 codes::UPDATE_ERROR,
                 "the update did not run",
-            )));
+            ));
+        };
+        let old_value = parse(written.old.as_deref());
+        s.fire(
+            &mesh,
+            Event {
+                change: Change::of_write(written.old.is_some()),
+                scope: &scope,
+                key: &key,
+                old: &old_value,
+                new: &new_value,
+            },
+        );
+        settle(&mut written, codes::UPDATE_ERROR).await?;
+        let mut reply = json!({ "old_value": old_value, "new_value": new_value });
+        if !errors.is_empty() {
+            reply["errors"] = serde_json::to_value(errors).unwrap_or_default();
         }
+        Ok(reply)
+    })
+}
+
+pub(super) fn list(s: State, _: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
+    let inp: ScopeInput = match input("state::list", v) {
+        Ok(i) => i,
+        Err(e) => return ready(Err(e)),
     };
-    let old_value = parse(written.old.as_deref());
-    let change = Change::of_write(written.old.is_some());
-    s.fire(
-        &mesh,
-        Event {
-            change,
-            scope: &inp.scope,
-            key: &inp.key,
-            old: &old_value,
-            new: &new_value,
-        },
-    );
-    let mut reply = json!({ "old_value": old_value, "new_value": new_value });
-    if !errors.is_empty() {
-        reply["errors"] = serde_json::to_value(errors).unwrap_or_default();
+    if let Err(m) = names::check("scope", &inp.scope) {
+        return ready(Err(ErrorBody::new(codes::LIST_ERROR, m)));
     }
-    s.reply_after(&written, inp.durable, codes::UPDATE_ERROR, reply)
+    let read = s.values.list(&inp.scope);
+    Box::pin(async move {
+        let values = read
+            .await
+            .map_err(|e| ErrorBody::new(codes::LIST_ERROR, e.to_string()))?;
+        Ok(Value::Array(
+            values.iter().map(|b| parse(Some(b))).collect(),
+        ))
+    })
 }
 
-pub(super) fn list(s: &State, _: &Mesh, _: &CallCtx, v: Value) -> Reply {
-    let inp: ScopeInput = input("state::list", v)?;
-    names::check("scope", &inp.scope).map_err(|m| ErrorBody::new(codes::LIST_ERROR, m))?;
-    let values = s
-        .values
-        .list(&inp.scope)
-        .map_err(|e| ErrorBody::new(codes::LIST_ERROR, e.to_string()))?;
-    Ok(Value::Array(
-        values.iter().map(|b| parse(Some(b))).collect(),
-    ))
-}
-
-pub(super) fn list_groups(s: &State, _: &Mesh, _: &CallCtx, _: Value) -> Reply {
-    let mut groups = s
-        .values
-        .scopes()
-        .map_err(|e| ErrorBody::new(codes::LIST_GROUPS_ERROR, e.to_string()))?;
-    groups.sort();
-    groups.dedup();
-    Ok(json!({ "groups": groups }))
+pub(super) fn list_groups(s: State, _: Mesh, _: CallCtx, _: Value) -> BoxFuture<'static, Reply> {
+    let read = s.values.scopes();
+    Box::pin(async move {
+        let mut groups = read
+            .await
+            .map_err(|e| ErrorBody::new(codes::LIST_GROUPS_ERROR, e.to_string()))?;
+        groups.sort();
+        groups.dedup();
+        Ok(json!({ "groups": groups }))
+    })
 }
 
 impl State {
+    /// Tells this engine's bindings about a change and, when the values
+    /// are shared with other engines, those engines' bindings too.
     fn fire(&self, mesh: &Mesh, ev: Event<'_>) {
+        if self.values.shared() {
+            mesh.provided()
+                .relay(super::RELAY_CHANNEL, || super::watchers::encode(&ev));
+        }
+        self.fire_here(mesh, ev);
+    }
+
+    /// Tells this engine's bindings only.
+    pub(super) fn fire_here(&self, mesh: &Mesh, ev: Event<'_>) {
         if self.config.triggers_enabled {
             super::watchers::fire(&self.watchers, mesh, self.config.condition_timeout, ev);
         }

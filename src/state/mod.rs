@@ -8,7 +8,14 @@
 //!   with streams);
 //! - `watchers.rs`: the `state` trigger type's bindings and the fan-out of
 //!   `state:created|updated|deleted` events;
-//! - `module.rs`: its `Module` impl.
+//! - `module.rs`: its `Module` impl;
+//! - `local.rs`: the embedded store (`store::state::StateValues`) as its
+//!   backend.
+//!
+//! Values live behind `module::StateBackend`, which the engine root picks:
+//! the embedded store, or (`[cluster] state = "jetstream"`) a store every
+//! engine of a cluster shares, whose changes are relayed to the other
+//! engines' bindings through the mesh's `Relay` (channel `state`).
 //!
 //! Durability: a write is applied to the store before its reply; with
 //! `durable` (the default, or per call) the reply also waits for the sync
@@ -16,9 +23,11 @@
 //!
 //! Architecture invariant: state knows the mesh (to call condition and
 //! handler functions), its store door (`store::state::StateValues`) and
-//! `module.rs`; nothing of the engine root, the edge or other modules.
+//! `module.rs`; nothing of the engine root, the edge or other modules (the
+//! cluster included).
 
 mod functions;
+mod local;
 pub(crate) mod module;
 mod watchers;
 
@@ -26,11 +35,14 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::state::StateValues;
+use crate::module::StateBackend;
 pub(crate) use module::StateModule;
 
 /// The trigger type state changes fire.
 pub(crate) const TRIGGER_TYPE: &str = "state";
+
+/// The relay channel a change goes out on to other engines' bindings.
+const RELAY_CHANNEL: &str = "state";
 
 /// `[state]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,7 +93,7 @@ impl StateConfig {
 /// The module's handle, shared by its functions and its trigger type.
 #[derive(Clone)]
 pub(crate) struct State {
-    values: StateValues,
+    values: Arc<dyn StateBackend>,
     config: Arc<StateConfig>,
     watchers: watchers::Watchers,
 }

@@ -4,21 +4,22 @@
 use std::sync::Arc;
 
 use super::functions as f;
-use super::{State, StateConfig, TRIGGER_TYPE, watchers::Watchers};
+use super::watchers::{Relayed, Watchers};
+use super::{State, StateConfig, TRIGGER_TYPE};
 use crate::mesh::Provisions;
-use crate::module::Module;
-use crate::store::Store;
-use crate::store::state::StateValues;
+use crate::module::{Module, StateBackend};
 
 pub(crate) struct StateModule {
     state: State,
 }
 
 impl StateModule {
-    pub(crate) fn new(store: Arc<Store>, config: StateConfig) -> Self {
+    /// State kept in `values`: the engine's store, or a backend shared with
+    /// other engines (whose changes then fire this engine's bindings too).
+    pub(crate) fn new(values: Arc<dyn StateBackend>, config: StateConfig) -> Self {
         Self {
             state: State {
-                values: StateValues::new(store),
+                values,
                 config: Arc::new(config),
                 watchers: Watchers::new(TRIGGER_TYPE),
             },
@@ -39,10 +40,18 @@ impl Module for StateModule {
         );
         let s = &self.state;
         p.async_fn("state::set", s, f::set);
-        p.sync_fn("state::get", s, f::get);
+        p.async_fn("state::get", s, f::get);
         p.async_fn("state::delete", s, f::delete);
         p.async_fn("state::update", s, f::update);
-        p.sync_fn("state::list", s, f::list);
-        p.sync_fn("state::list_groups", s, f::list_groups);
+        p.async_fn("state::list", s, f::list);
+        p.async_fn("state::list_groups", s, f::list_groups);
+        if s.values.shared() {
+            let s = s.clone();
+            p.on_relayed(super::RELAY_CHANNEL, move |mesh, message| {
+                if let Some(change) = Relayed::decode(message) {
+                    s.fire_here(mesh, change.event());
+                }
+            });
+        }
     }
 }

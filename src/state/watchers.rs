@@ -5,7 +5,7 @@
 //! The table and the fan-out are `mesh::watchers`'; this file says what a
 //! binding asks for and what the event looks like.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -68,6 +68,15 @@ impl Change {
         }
     }
 
+    fn from_event_type(t: &str) -> Option<Self> {
+        Some(match t {
+            "state:created" => Change::Created,
+            "state:updated" => Change::Updated,
+            "state:deleted" => Change::Deleted,
+            _ => return None,
+        })
+    }
+
     fn event_type(&self) -> &'static str {
         match self {
             Change::Created => "state:created",
@@ -102,4 +111,51 @@ pub(super) fn fire(watchers: &Watchers, mesh: &Mesh, condition_timeout: Duration
             }))
         },
     );
+}
+
+/// A change as one engine relays it to the others (state shared by a
+/// cluster): what the event says, so their bindings get the same event.
+#[derive(Serialize, Deserialize)]
+pub(super) struct Relayed {
+    event_type: String,
+    scope: String,
+    key: String,
+    old_value: Value,
+    new_value: Value,
+}
+
+/// The relayed form of a change.
+pub(super) fn encode(ev: &Event<'_>) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_type": ev.change.event_type(),
+        "scope": ev.scope,
+        "key": ev.key,
+        "old_value": ev.old,
+        "new_value": ev.new,
+    }))
+    .unwrap_or_default()
+}
+
+impl Relayed {
+    /// Reads what another engine relayed; `None` (logged) if it is not a change.
+    pub(super) fn decode(message: &[u8]) -> Option<Relayed> {
+        match serde_json::from_slice::<Relayed>(message) {
+            Ok(r) if Change::from_event_type(&r.event_type).is_some() => Some(r),
+            _ => {
+                tracing::warn!("a relayed state change that does not parse was dropped");
+                None
+            }
+        }
+    }
+
+    /// The change as an event (the type was checked by `decode`).
+    pub(super) fn event(&self) -> Event<'_> {
+        Event {
+            change: Change::from_event_type(&self.event_type).unwrap_or(Change::Updated),
+            scope: &self.scope,
+            key: &self.key,
+            old: &self.old_value,
+            new: &self.new_value,
+        }
+    }
 }

@@ -1,0 +1,35 @@
+//! What a refused KV compare-and-set means. A write expecting a revision
+//! (none, for a create) that the key no longer has is refused by the server
+//! with 10071 in older releases, 10164 since 2.12, or 10163 while the stream
+//! leader cannot check it yet; async-nats 0.52 maps only 10071 to
+//! `WrongLastRevision`, so the server's own error is read from the chain.
+
+use async_nats::jetstream::kv::{UpdateError, UpdateErrorKind};
+use async_nats::jetstream::{Error, ErrorCode};
+
+/// The key's revision is not the one the write expected: another writer
+/// came first.
+pub(super) fn revision_moved(e: &UpdateError) -> bool {
+    e.kind() == UpdateErrorKind::WrongLastRevision
+        || server_code(e).is_some_and(|c| {
+            c == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || c == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+        })
+}
+
+/// The leader could not check the expected revision yet: the same write,
+/// read again, may succeed.
+pub(super) fn revision_not_checked(e: &UpdateError) -> bool {
+    server_code(e) == Some(ErrorCode::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_NOT_READY)
+}
+
+fn server_code(e: &UpdateError) -> Option<ErrorCode> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(js) = err.downcast_ref::<Error>() {
+            return Some(js.error_code());
+        }
+        source = err.source();
+    }
+    None
+}

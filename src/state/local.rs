@@ -1,0 +1,55 @@
+//! The embedded store as the state module's backend (the default, and the
+//! only one without `[cluster] state = "jetstream"`): every operation is done
+//! before the call returns, so the futures it returns are ready, except the
+//! wait for the sync that makes a durable write safe.
+
+use futures_util::future::BoxFuture;
+
+use crate::module::{BackendError, Refused, StateBackend, StateChange, StateWritten};
+use crate::store::state::StateValues;
+
+fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(v))
+}
+
+impl StateBackend for StateValues {
+    fn get(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, BackendError>> {
+        ready(StateValues::get(self, scope, key).map_err(BackendError::from))
+    }
+
+    fn modify(
+        &self,
+        scope: &str,
+        key: &str,
+        durable: bool,
+        change: StateChange,
+    ) -> BoxFuture<'static, Result<StateWritten, Refused>> {
+        let written = match StateValues::modify(self, scope, key, change) {
+            Ok(w) => w,
+            Err(e) => return ready(Err(e)),
+        };
+        let until_durable = written.ticket.filter(|_| durable).map(|ticket| {
+            // Asked now, so the sync starts while the caller fires triggers.
+            self.want(ticket);
+            let values = self.clone();
+            Box::pin(async move { values.durable(ticket).await.map_err(BackendError::from) })
+                as BoxFuture<'static, _>
+        });
+        ready(Ok(StateWritten {
+            old: written.old,
+            until_durable,
+        }))
+    }
+
+    fn list(&self, scope: &str) -> BoxFuture<'static, Result<Vec<Vec<u8>>, BackendError>> {
+        ready(StateValues::list(self, scope).map_err(BackendError::from))
+    }
+
+    fn scopes(&self) -> BoxFuture<'static, Result<Vec<String>, BackendError>> {
+        ready(StateValues::scopes(self).map_err(BackendError::from))
+    }
+}
