@@ -128,20 +128,8 @@ impl Directory {
         replicas: usize,
         disconnects: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Directory, ClusterError> {
-        let js = async_nats::jetstream::new(client.clone());
         let open = async |bucket: String| {
-            js.create_key_value(async_nats::jetstream::kv::Config {
-                bucket: bucket.clone(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|source| ClusterError::Bucket {
-                bucket,
-                replicas,
-                source,
-            })
+            super::kv::open_bucket(client, bucket, replicas, Duration::ZERO).await
         };
         let directory = Directory {
             mesh: mesh.clone(),

@@ -1,11 +1,39 @@
-//! What a refused KV compare-and-set means. A write expecting a revision
+//! The cluster's KV buckets: how they are opened, and what a refused
+//! compare-and-set means. A write expecting a revision
 //! (none, for a create) that the key no longer has is refused by the server
 //! with 10071 in older releases, 10164 since 2.12, or 10163 while the stream
 //! leader cannot check it yet; async-nats 0.52 maps only 10071 to
 //! `WrongLastRevision`, so the server's own error is read from the chain.
 
-use async_nats::jetstream::kv::{UpdateError, UpdateErrorKind};
+use async_nats::jetstream::kv::{Config, Store, UpdateError, UpdateErrorKind};
 use async_nats::jetstream::{Error, ErrorCode};
+use std::time::Duration;
+
+use super::ClusterError;
+
+/// Opens (or creates) `bucket` with `replicas`, keeping one value per key,
+/// each for `max_age` (zero: for good).
+pub(super) async fn open_bucket(
+    client: &async_nats::Client,
+    bucket: String,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<Store, ClusterError> {
+    async_nats::jetstream::new(client.clone())
+        .create_key_value(Config {
+            bucket: bucket.clone(),
+            history: 1,
+            max_age,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|source| ClusterError::Bucket {
+            bucket,
+            replicas,
+            source,
+        })
+}
 
 /// The key's revision is not the one the write expected: another writer
 /// came first.

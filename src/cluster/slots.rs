@@ -39,20 +39,7 @@ impl NatsSlotClaims {
         replicas: usize,
     ) -> Result<Self, ClusterError> {
         let bucket = names.cron_bucket();
-        let kv = async_nats::jetstream::new(client.clone())
-            .create_key_value(async_nats::jetstream::kv::Config {
-                bucket: bucket.clone(),
-                history: 1,
-                max_age: KEEP,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|source| ClusterError::Bucket {
-                bucket,
-                replicas,
-                source,
-            })?;
+        let kv = super::kv::open_bucket(client, bucket, replicas, KEEP).await?;
         Ok(Self {
             kv,
             engine_id: names.engine_id.clone(),

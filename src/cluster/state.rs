@@ -66,22 +66,10 @@ impl Cluster {
         &self,
         config: &ClusterConfig,
     ) -> Result<Arc<dyn StateBackend>, ClusterError> {
-        let js = async_nats::jetstream::new(self.client.clone());
         let bucket = format!("qmesh_{}_state", self.names.cluster);
         let replicas = config.replicas;
-        let kv = js
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|source| ClusterError::Bucket {
-                bucket: bucket.clone(),
-                replicas,
-                source,
-            })?;
+        let kv =
+            super::kv::open_bucket(&self.client, bucket.clone(), replicas, Duration::ZERO).await?;
         tracing::info!(%bucket, replicas, "state on the cluster's JetStream");
         Ok(Arc::new(SharedState(Arc::new(KvState {
             kv,
