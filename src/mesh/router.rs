@@ -237,14 +237,24 @@ impl Mesh {
         extras: CallExtras,
         timeout: Duration,
     ) -> Result<InternalCall, ErrorBody> {
-        let (tx, rx) = oneshot::channel();
         let target = CallTarget {
             namespace,
             function_id,
             timeout,
         };
+        self.start_reaching(target, data, extras, Reach::Anywhere)
+    }
+
+    fn start_reaching(
+        &self,
+        target: CallTarget<'_>,
+        data: Payload,
+        extras: CallExtras,
+        reach: Reach,
+    ) -> Result<InternalCall, ErrorBody> {
+        let (tx, rx) = oneshot::channel();
         let (invocation_id, _executor) =
-            self.start_call(target, data, extras, Caller::Internal(tx), Reach::Anywhere)?;
+            self.start_call(target, data, extras, Caller::Internal(tx), reach)?;
         Ok(InternalCall {
             invocation_id,
             outcome: rx,
@@ -263,18 +273,12 @@ impl Mesh {
         extras: CallExtras,
         timeout: Duration,
     ) -> CallOutcome {
-        let (tx, rx) = oneshot::channel();
         let target = CallTarget {
             namespace,
             function_id,
             timeout,
         };
-        let (invocation_id, _executor) =
-            self.start_call(target, data, extras, Caller::Internal(tx), Reach::Here)?;
-        let call = InternalCall {
-            invocation_id,
-            outcome: rx,
-        };
+        let call = self.start_reaching(target, data, extras, Reach::Here)?;
         self.outcome_within(call, timeout).await
     }
 
