@@ -13,7 +13,12 @@ use std::time::{Duration, Instant};
 /// The engine binary as a child process: the same launcher the tests use.
 #[path = "../../tests/common/launcher.rs"]
 mod launcher;
+#[allow(dead_code)]
+#[path = "../../tests/common/nats.rs"]
+pub mod nats;
 pub mod queue;
+#[path = "../../tests/common/wait.rs"]
+pub mod wait;
 pub use launcher::EngineProcess;
 
 /// Resident set size of a process in KiB, from `/proc/<pid>/status`.

@@ -16,9 +16,11 @@ pub mod programs;
 pub mod queue;
 pub mod realtime;
 pub mod sdk;
+pub mod wait;
 
 #[allow(unused_imports)] // not every test file starts the binary
 pub use launcher::EngineProcess;
+pub use wait::{POLL, wait_for, wait_until};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -37,43 +39,6 @@ use qmesh::engine::{Engine, Snapshot};
 
 /// How long a test waits for any single expected frame or condition.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-/// How often [`wait_for`] re-checks a condition nothing signals.
-const POLL: Duration = Duration::from_millis(5);
-
-/// Waits until `check` returns `Ok`, and returns its value; `Err` carries
-/// what was seen instead, shown if `within` runs out. For facts the engine
-/// does not signal (a count, a state), re-checked every few milliseconds.
-pub async fn wait_for<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        let seen = match check().await {
-            Ok(v) => return v,
-            Err(seen) => seen,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}; last seen: {seen}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Waits until `cond` holds (see [`wait_for`]).
-pub async fn wait_until(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
-    wait_for(what, within, async || {
-        if cond().await {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    })
-    .await
-}
 
 /// Asserts that `cond` holds for the whole of `window` (checked every few
 /// milliseconds, and at its end): that something does *not* happen can only

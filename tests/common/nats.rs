@@ -38,6 +38,11 @@ struct Ports {
 }
 
 impl NatsCluster {
+    /// The pids of the nodes running now (for the benches' CPU figures).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().flatten().map(Child::id).collect()
+    }
+
     /// Starts three nodes named `n1`..`n3` in cluster `qmesh-test` and waits
     /// until each one's JetStream is healthy.
     pub async fn start() -> Self {
@@ -118,7 +123,7 @@ impl NatsCluster {
             let healthy = || async {
                 matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
             };
-            super::wait_until(&format!("NATS healthy at {url}"), READY_WITHIN, healthy).await;
+            super::wait::wait_until(&format!("NATS healthy at {url}"), READY_WITHIN, healthy).await;
         }
     }
 
