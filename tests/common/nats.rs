@@ -18,6 +18,8 @@ use std::time::Duration;
 
 /// How long the cluster gets to become healthy.
 const READY_WITHIN: Duration = Duration::from_secs(20);
+/// How many times [`NatsCluster::start`] tries fresh ports.
+const START_ATTEMPTS: u32 = 3;
 
 pub struct NatsCluster {
     /// Each node's process; `None` while it is killed.
@@ -44,15 +46,34 @@ impl NatsCluster {
     }
 
     /// Starts three nodes named `n1`..`n3` in cluster `qmesh-test` and waits
-    /// until each one's JetStream is healthy.
+    /// until each one's JetStream is healthy. A node that exits before then
+    /// (a port taken between choosing and binding it) costs one more try on
+    /// fresh ports.
     pub async fn start() -> Self {
+        let mut attempt = 1;
+        loop {
+            let cluster = Self::launch();
+            match cluster.wait_healthy(&[0, 1, 2]).await {
+                Ok(()) => return cluster,
+                Err(exited) if attempt < START_ATTEMPTS => {
+                    eprintln!("NATS attempt {attempt} failed, trying fresh ports: {exited}");
+                    attempt += 1;
+                }
+                Err(exited) => panic!("NATS did not start in {attempt} attempts: {exited}"),
+            }
+        }
+    }
+
+    /// Writes the three configs on fresh ports and spawns the nodes.
+    fn launch() -> Self {
         let bin = server_binary();
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut chosen = Vec::new();
         let ports: Vec<Ports> = (0..3)
             .map(|_| Ports {
-                client: free_port(),
-                cluster: free_port(),
-                monitor: free_port(),
+                client: free_port(&mut chosen),
+                cluster: free_port(&mut chosen),
+                monitor: free_port(&mut chosen),
             })
             .collect();
         let routes: Vec<String> = ports
@@ -93,7 +114,6 @@ impl NatsCluster {
             _dir: dir,
         };
         cluster.nodes = (0..3).map(|i| Some(cluster.spawn(i))).collect();
-        cluster.wait_healthy(&[0, 1, 2]).await;
         cluster
     }
 
@@ -115,16 +135,52 @@ impl NatsCluster {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()))
     }
 
-    /// Waits until each of `nodes` says its JetStream is healthy.
-    async fn wait_healthy(&self, nodes: &[usize]) {
+    /// Waits until each of `nodes` says its JetStream is healthy; `Err` with
+    /// the node's log if one exits first.
+    async fn wait_healthy(&self, nodes: &[usize]) -> Result<(), String> {
         let http = reqwest::Client::new();
         for &i in nodes {
             let url = format!("http://127.0.0.1:{}/healthz", self.monitors[i]);
-            let healthy = || async {
-                matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
-            };
-            super::wait::wait_until(&format!("NATS healthy at {url}"), READY_WITHIN, healthy).await;
+            // `Ok(Err(log))` ends the wait early: the node is gone.
+            super::wait::wait_for(
+                &format!("NATS healthy at {url}"),
+                READY_WITHIN,
+                async || {
+                    if let Some(log) = nodes.iter().find_map(|&n| self.exited(n)) {
+                        return Ok(Err(log));
+                    }
+                    match http.get(&url).send().await {
+                        // NATS answers `{"status":"ok"}`; anything else on this
+                        // port is not our node.
+                        Ok(r) if r.status().is_success() => match r.text().await {
+                            Ok(body) if body.contains("\"ok\"") => Ok(Ok(())),
+                            Ok(body) => Err(format!("answer {body:?}")),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        Ok(r) => Err(format!("status {}", r.status())),
+                        Err(e) => Err(e.to_string()),
+                    }
+                },
+            )
+            .await?;
         }
+        Ok(())
+    }
+
+    /// Node `i`'s log, if its process has exited.
+    fn exited(&self, i: usize) -> Option<String> {
+        let node = self.nodes[i].as_ref()?;
+        // `try_wait` needs `&mut`; /proc says the same without reaping.
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", node.id())).ok();
+        let gone = state.is_none_or(|s| s.contains(") Z "));
+        gone.then(|| {
+            let log = std::fs::read_to_string(self.confs[i].with_extension("log"));
+            format!(
+                "node n{} exited; its log: {}",
+                i + 1,
+                log.unwrap_or_default()
+            )
+        })
     }
 
     /// Kills node `i` (0-based) with SIGKILL and waits until it is gone.
@@ -142,7 +198,9 @@ impl NatsCluster {
             assert!(self.nodes[i].is_none(), "node {i} is running");
             self.nodes[i] = Some(self.spawn(i));
         }
-        self.wait_healthy(nodes).await;
+        if let Err(exited) = self.wait_healthy(nodes).await {
+            panic!("a restarted NATS node did not come back: {exited}");
+        }
     }
 }
 
@@ -221,10 +279,21 @@ fn server_binary() -> PathBuf {
     bin
 }
 
-/// A loopback port free now (the OS picks it; the listener is dropped).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// A loopback port free now, not in `taken`, chosen at random below the
+/// kernel's ephemeral range: ports the OS hands out (for bind(0) and for every
+/// outgoing connection the tests make) cannot take it in the time between
+/// this check and the node binding it.
+fn free_port(taken: &mut Vec<u16>) -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_low / 2);
+    loop {
+        let port = rand::random_range(low..ephemeral_low);
+        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
 }
