@@ -308,20 +308,29 @@ async fn a_client_that_stops_reading_is_closed_and_the_others_get_every_event() 
         fast
     });
     let blob = "x".repeat(60 << 10);
-    for i in 0..n {
-        let e = json!({"stream_name": "feed", "group_id": "g", "type": "tick", "data": {"i": i, "blob": blob}});
-        ok(&iii, "stream::send", e).await;
-    }
+    let send_all = async {
+        for i in 0..n {
+            let e = json!({"stream_name": "feed", "group_id": "g", "type": "tick", "data": {"i": i, "blob": blob}});
+            ok(&iii, "stream::send", e).await;
+        }
+    };
+    // Once the engine has closed it, the slow client reads at once: the
+    // engine gives a closed client's writer a short while to flush, then
+    // drops the connection (a client that never reads holds nothing for long).
+    let slow_closed = async {
+        wait_until("the slow client is closed", WAIT, async || {
+            engine.stream_clients() == 1
+        })
+        .await;
+        close_code(&mut slow).await
+    };
+    let ((), code) = tokio::join!(send_all, slow_closed);
+    // What was on the wire arrives, then the close: 1013, a slow consumer.
+    assert_eq!(code, 1013);
     let mut fast = tokio::time::timeout(WAIT, reader)
         .await
         .expect("the fast client got every event")
         .unwrap();
-    wait_until("the slow client is closed", WAIT, async || {
-        engine.stream_clients() == 1
-    })
-    .await;
-    // What was on the wire arrives, then the close: 1013, a slow consumer.
-    assert_eq!(close_code(&mut slow).await, 1013);
     // The fast client still gets events.
     ok(
         &iii,
