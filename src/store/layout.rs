@@ -1,10 +1,14 @@
 //! The store's layout, whole: which keyspace holds what, and how keys are built.
 //!
 //! Everything that must change together lives in ONE sled tree (`queue`),
-//! split into tables by a one-byte prefix, so a state change is one atomic
-//! `apply_batch`. sled has no atomic batch across trees except transactions,
-//! which serialise the whole process and have open deadlock reports; one tree
-//! avoids both. The `meta` tree holds the schema version only.
+//! split into tables by a one-byte prefix, so a state change is one unit a
+//! crash cannot tear: a `U` undo entry holds what the batch's keys held
+//! before, the batch is written key by key, and the entry removed
+//! (`Store::apply_logged`); an entry found at open is undone. sled's own
+//! `apply_batch` would do it in one call, but it waits for every flush in
+//! progress (its lock is exclusive), and transactions serialise the whole
+//! process and have open deadlock reports. The `meta` tree holds the schema
+//! version only.
 //!
 //! After the prefix, keys are fixed-width big-endian so byte order is logical
 //! order (bincode's little-endian integers would not sort).
@@ -25,6 +29,7 @@
 //! | `T` counts | `T` queue(4) | [`Counts`](super::records::Counts) per state |
 //! | `W` waiting | `W` queue(4) seq(8) | job_id — flow parents waiting for their children |
 //! | `E` expiry | `E` expires_ms(8) job_id | empty — jobs with an expiry, until it passes (then checked and removed) |
+//! | `U` undo | `U` n(8) | [`UndoRecord`](super::records::UndoRecord) — what the keys of the batch being written held before: at most one, while its writes go on; one left by a crash is undone at open |
 //!
 //! A running job's `J` record is left as it was when the job started (state
 //! `ready`, attempts not yet counted), and the scheduler keeps the live record
@@ -60,6 +65,7 @@ pub const COUNTS: u8 = b'T';
 pub const GROUPS: u8 = b'G';
 pub const WAITING: u8 = b'W';
 pub const EXPIRY: u8 = b'E';
+pub const UNDO: u8 = b'U';
 
 pub type QueueId = u32;
 pub type FnId = u32;
@@ -239,6 +245,10 @@ pub fn group_entry(q: QueueId, group: &str, seq: u64) -> Vec<u8> {
 
 pub fn groups_of_queue(q: QueueId) -> Vec<u8> {
     key(GROUPS, &[&q.to_be_bytes()])
+}
+
+pub fn undo(n: u64) -> Vec<u8> {
+    key(UNDO, &[&n.to_be_bytes()])
 }
 
 pub fn counts(q: QueueId) -> Vec<u8> {

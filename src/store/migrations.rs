@@ -27,6 +27,8 @@ mod m0002_payload_in_job;
 mod m0003_history_in_job;
 #[path = "../../migrations/0004_job_features.rs"]
 mod m0004_job_features;
+#[path = "../../migrations/0005_batch_undo.rs"]
+mod m0005_batch_undo;
 
 /// Every step, in order. The last one's version is the engine's schema version.
 pub const STEPS: &[Step] = &[
@@ -49,6 +51,11 @@ pub const STEPS: &[Step] = &[
         version: 4,
         name: "job features",
         apply: m0004_job_features::apply,
+    },
+    Step {
+        version: 5,
+        name: "batch undo",
+        apply: m0005_batch_undo::apply,
     },
 ];
 
@@ -418,7 +425,7 @@ mod tests {
             tree.insert(layout::counts(1), codec::encode_as(3, &counts))
                 .unwrap();
 
-            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 4);
+            assert_eq!(run(&db, dir.path(), &STEPS[..4]).unwrap(), 4);
             let job: JobRecord =
                 codec::decode(&tree.get(layout::job(&id)).unwrap().unwrap()).unwrap();
             assert_eq!(
@@ -442,7 +449,7 @@ mod tests {
                 .unwrap()
                 .insert(layout::SCHEMA_VERSION_KEY, &3u32.to_be_bytes())
                 .unwrap();
-            assert_eq!(run(&db, dir.path(), STEPS).unwrap(), 4);
+            assert_eq!(run(&db, dir.path(), &STEPS[..4]).unwrap(), 4);
             let again: JobRecord =
                 codec::decode(&tree.get(layout::job(&id)).unwrap().unwrap()).unwrap();
             assert_eq!(again, job);

@@ -147,6 +147,8 @@ struct Shared {
     /// The last ticket a sync covered, kept apart from `synced`, which holds
     /// the error while syncs fail.
     covered: AtomicU64,
+    /// Serialises [`Store::apply_logged`] calls and numbers their undo entries.
+    undo: Mutex<u64>,
     /// Sync rounds that succeeded, and the time they took (for `/metrics`).
     rounds: AtomicU64,
     round_micros: AtomicU64,
@@ -172,10 +174,59 @@ impl Sled {
             .open()?;
         migrations::run(&db, dir, migrations::STEPS)?;
         let tree = db.open_tree(layout::QUEUE_TREE)?;
+        if undo_interrupted(&tree)? > 0 {
+            db.flush()?;
+        }
         let log = File::open(dir.join("db"))?;
         syncer::sync_layout(dir)?;
         Ok(Self { db, tree, log })
     }
+}
+
+/// Undoes the batch a crash interrupted in `tree`, if any (see
+/// [`Store::apply_logged`]): every key back to what its undo entry says,
+/// and the entry removed, in one batch. Returns how many entries it undid.
+fn undo_interrupted(tree: &sled::Tree) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for entry in tree.scan_prefix([layout::UNDO]) {
+        let (key, value) = entry?;
+        let record: records::UndoRecord = codec::decode(&value)?;
+        let mut batch = sled::Batch::default();
+        for before in record.before {
+            match before.value {
+                Some(v) => batch.insert(before.key, v),
+                None => batch.remove(before.key),
+            }
+        }
+        batch.remove(key);
+        tree.apply_batch(batch)?;
+        n += 1;
+    }
+    if n > 0 {
+        tracing::info!(
+            batches = n,
+            "store: undid the batch a crash interrupted (it was never acknowledged)"
+        );
+    }
+    Ok(n)
+}
+
+/// What each key `ops` writes holds now (its first write's "before").
+fn before_images(
+    tree: &sled::Tree,
+    ops: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> sled::Result<records::UndoRecord> {
+    let mut seen = std::collections::HashSet::with_capacity(ops.len());
+    let mut before = Vec::with_capacity(ops.len());
+    for (key, _) in ops {
+        if seen.insert(key.as_slice()) {
+            before.push(records::UndoEntry {
+                key: key.clone(),
+                value: tree.get(key)?.map(|v| v.to_vec()),
+            });
+        }
+    }
+    Ok(records::UndoRecord { before })
 }
 
 /// What the syncer has done since the store opened: rounds that succeeded
@@ -255,6 +306,7 @@ impl Store {
             reopened: watch::channel(0).0,
             covered: AtomicU64::new(0),
             fault: Mutex::new(None),
+            undo: Mutex::new(0),
             rounds: AtomicU64::new(0),
             round_micros: AtomicU64::new(0),
         });
@@ -292,6 +344,45 @@ impl Store {
             tracing::trace!(micros = us, "slow apply");
         }
         self.written(applied)
+    }
+
+    /// Applies `ops` (key, value or `None` to remove) as one unit a crash
+    /// cannot tear, without [`Store::apply`]'s wait for a flush in progress:
+    /// what each key held before is stored as one undo entry, then the ops
+    /// are written key by key, then the entry is removed, each write one that
+    /// goes past a flush. sled recovers a prefix of its log, so after a crash
+    /// either the entry is gone (and every write before its removal is
+    /// there) or it is found at open and the batch undone
+    /// ([`undo_interrupted`]): never acknowledged, since the ticket is drawn
+    /// after the removal. A single op needs no entry.
+    ///
+    /// Readers in this process may see the ops half written while this
+    /// runs: the tables written this way have one writer, which is their
+    /// only reader. Visible when it returns; durable after [`Store::durable`].
+    pub fn apply_logged(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Ticket, StoreError> {
+        let sled = self.shared.live()?;
+        let mut next = self.shared.undo.lock().unwrap_or_else(|e| e.into_inner());
+        let t = std::time::Instant::now();
+        let tree = &sled.tree;
+        let write = |(k, v): (Vec<u8>, Option<Vec<u8>>)| match v {
+            Some(v) => tree.insert(k, v).map(drop),
+            None => tree.remove(k).map(drop),
+        };
+        let result = if ops.len() <= 1 {
+            ops.into_iter().try_for_each(write)
+        } else {
+            let undo = layout::undo(*next);
+            *next += 1;
+            before_images(tree, &ops)
+                .and_then(|record| tree.insert(undo.clone(), codec::encode(&record)))
+                .and_then(|_| ops.into_iter().try_for_each(write))
+                .and_then(|()| tree.remove(undo).map(drop))
+        };
+        let us = t.elapsed().as_micros() as u64;
+        if us > 300 {
+            tracing::trace!(micros = us, "slow apply");
+        }
+        self.written(result)
     }
 
     /// Writes one key (atomic on its own), not held back by a flush.
@@ -524,6 +615,50 @@ impl Drop for Store {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A crash between a logged batch's first and last write leaves its
+    /// undo entry behind: the next open puts every key back as it was
+    /// before the batch and removes the entry.
+    #[test]
+    fn a_batch_a_crash_interrupted_is_undone_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let tree = store.tree().unwrap();
+            tree.insert(b"Xb", b"old").unwrap();
+            tree.insert(b"Xc", b"kept").unwrap();
+            let ops = vec![
+                (b"Xa".to_vec(), Some(b"1".to_vec())),
+                (b"Xb".to_vec(), None),
+                (b"Xa".to_vec(), Some(b"2".to_vec())),
+            ];
+            // What a crash after the undo entry and two writes leaves.
+            let record = before_images(&tree, &ops).unwrap();
+            assert_eq!(record.before.len(), 2, "one entry per key");
+            tree.insert(layout::undo(7), codec::encode(&record))
+                .unwrap();
+            tree.insert(b"Xa", b"1").unwrap();
+            tree.remove(b"Xb").unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.tree().unwrap();
+        assert_eq!(tree.get(b"Xa").unwrap(), None);
+        assert_eq!(tree.get(b"Xb").unwrap().as_deref(), Some(&b"old"[..]));
+        assert_eq!(tree.get(b"Xc").unwrap().as_deref(), Some(&b"kept"[..]));
+        assert_eq!(tree.scan_prefix([layout::UNDO]).count(), 0);
+
+        // A batch written whole leaves no entry, and reads as written.
+        let t = store
+            .apply_logged(vec![
+                (b"Xd".to_vec(), Some(b"4".to_vec())),
+                (b"Xb".to_vec(), None),
+            ])
+            .unwrap();
+        assert!(t > 0);
+        assert_eq!(tree.get(b"Xd").unwrap().as_deref(), Some(&b"4"[..]));
+        assert_eq!(tree.get(b"Xb").unwrap(), None);
+        assert_eq!(tree.scan_prefix([layout::UNDO]).count(), 0);
+    }
 
     /// Acknowledgements must not depend on who happened to be waiting when a
     /// sync finished. Batches applied while the syncer is busy are covered by

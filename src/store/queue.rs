@@ -6,10 +6,11 @@
 //!
 //! # The contract (what an implementation must guarantee)
 //!
-//! 1. **Atomic batches.** [`QueueStore::apply`] applies every operation of a
-//!    [`Writes`] or none, even across a crash: a job is never found in two
-//!    states or none, its counters never disagree with its index entries
-//!    because of a torn batch.
+//! 1. **Atomic batches.** After a crash, every operation of a [`Writes`]
+//!    [`QueueStore::apply`] began is found, or none: a job is never found in
+//!    two states or none, its counters never disagree with its index entries
+//!    because of a torn batch. (Within the process, a batch is visible once
+//!    `apply` returns; contract 5 keeps anyone from reading it half done.)
 //! 2. **Read your writes.** A batch is visible to every read as soon as
 //!    `apply` returns, before it is durable.
 //! 3. **Tickets are ordered; a sync covers what came before it.** `apply`
@@ -36,11 +37,13 @@
 //!
 //! # Cost (sled 0.34.7)
 //!
-//! Each typed write is one sled insert or remove in one tree, as the queue
-//! wrote them by hand before this interface. New keys and removals are what
-//! sled pays for (a leaf split every few inserts); overwrites are cheap. The
-//! queue keeps a quick job at two new keys (record, ready entry), one removal
-//! and one overwrite, plus its removal at pruning: keep it so. See
+//! Each typed write is one sled insert or remove in one tree. New keys and
+//! removals are what sled pays for (a leaf split every few inserts);
+//! overwrites are cheap. The queue keeps a quick job at two new keys
+//! (record, ready entry), one removal and one overwrite, plus its removal at
+//! pruning: keep it so. A batch of more than one write adds one read per key
+//! (what it held before), its undo entry and that entry's removal
+//! ([`Store::apply_logged`]): the entry once per batch, not per job. See
 //! [`layout`] for the keys.
 
 use std::ops::Bound;
@@ -62,7 +65,8 @@ pub struct QueueStore {
 /// Building one touches nothing: it is only a list of writes.
 #[derive(Default)]
 pub struct Writes {
-    batch: sled::Batch,
+    /// (key, value, or `None` to remove), in order.
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Jobs this batch completes: listed in one entry when it is applied.
     completed: Vec<(u64, Uuid)>,
     touched: bool,
@@ -131,14 +135,14 @@ impl Writes {
         !self.touched && self.completed.is_empty()
     }
 
-    fn insert(&mut self, k: Vec<u8>, v: impl Into<sled::IVec>) {
+    fn insert(&mut self, k: Vec<u8>, v: impl Into<Vec<u8>>) {
         self.touched = true;
-        self.batch.insert(k, v);
+        self.ops.push((k, Some(v.into())));
     }
 
-    fn remove(&mut self, k: impl Into<sled::IVec>) {
+    fn remove(&mut self, k: impl Into<Vec<u8>>) {
         self.touched = true;
-        self.batch.remove(k);
+        self.ops.push((k.into(), None));
     }
 
     pub fn put_queue(&mut self, name: &str, rec: &QueueRecord) {
@@ -186,7 +190,7 @@ impl Writes {
 
     /// Removes the ready entry found at `pos` (one whose job is gone).
     pub fn remove_ready_at(&mut self, pos: &ReadyPos) {
-        self.remove(pos.0.clone());
+        self.remove(pos.0.to_vec());
     }
 
     pub fn put_due(&mut self, due_ms: u64, id: &Uuid) {
@@ -223,7 +227,7 @@ impl Writes {
     /// Rewrites a completed entry to list only `kept`, or removes it when empty.
     pub fn keep_completed(&mut self, entry: &CompletedEntry, kept: &[Uuid]) {
         if kept.is_empty() {
-            self.remove(entry.key.clone());
+            self.remove(entry.key.to_vec());
         } else {
             let k = entry.key.to_vec();
             self.insert(k, layout::completed_value(kept));
@@ -264,16 +268,16 @@ impl Writes {
 
     /// The completed entry: keyed by the latest end time (no job's retention
     /// is cut short) and the first job.
-    fn finish(mut self) -> sled::Batch {
+    fn finish(mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         if let Some(&(_, first)) = self.completed.first() {
             let done = self.completed.iter().map(|(t, _)| *t).max().unwrap_or(0);
             let ids: Vec<Uuid> = self.completed.iter().map(|(_, id)| *id).collect();
-            self.batch.insert(
+            self.ops.push((
                 layout::completed(done, &first),
-                layout::completed_value(&ids),
-            );
+                Some(layout::completed_value(&ids)),
+            ));
         }
-        self.batch
+        self.ops
     }
 }
 
@@ -308,7 +312,7 @@ impl QueueStore {
 
     /// Applies `writes` atomically (contract 1, 2); durable after [`Self::durable`].
     pub fn apply(&self, writes: Writes) -> Result<Ticket, StoreError> {
-        self.store.apply(writes.finish())
+        self.store.apply_logged(writes.finish())
     }
 
     /// Asks for a sync covering `ticket` now, before anyone waits for it.

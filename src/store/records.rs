@@ -190,6 +190,24 @@ pub struct AttemptRecord {
     pub error: Option<ErrorRecord>,
 }
 
+/// What the keys of one queue batch held before it, stored before its
+/// writes (see `Store::apply_logged`): present after a crash, the batch is
+/// undone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndoRecord {
+    /// Each key the batch writes, once, with its value before the batch
+    /// (`None`: the key did not exist).
+    pub before: Vec<UndoEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndoEntry {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+}
+
 /// Jobs of one queue per stored state, kept in the same batches as the
 /// transitions so startup reads them instead of scanning jobs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
