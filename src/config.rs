@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-pub use crate::cluster::{QueueBackend, StateBackendKind};
+pub use crate::cluster::{ClusterConfig, QueueBackend, Secret, StateBackendKind};
 pub use crate::edge::auth::{AuthConfig, TokenConfig};
 pub use crate::mesh::access::{ExposeRule, RbacConfig, Role};
 pub use crate::mesh::config::{InvocationConfig, Limits, MeshConfig, ServerConfig};
@@ -237,6 +237,7 @@ impl Config {
             .validate()
             .map_err(ConfigError::Invalid)?;
         self.otel.validate().map_err(ConfigError::Invalid)?;
+        self.cluster.validate().map_err(ConfigError::Invalid)?;
         let mut names = std::collections::HashSet::from(["main"]);
         for l in &self.listeners {
             if l.name.trim().is_empty() || !names.insert(l.name.as_str()) {

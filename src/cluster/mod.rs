@@ -23,7 +23,9 @@
 //!   `module::StateBackend`.
 //! - `kv.rs`: what a refused KV compare-and-set means (async-nats 0.52
 //!   knows only the older server's code for it).
-//! - `config.rs`: `[cluster]`.
+//! - `config.rs`: `[cluster]`, its credentials and TLS files checked.
+//! - `connect.rs`: the NATS client's options from `[cluster]` (auth, TLS,
+//!   reconnects), built in one place, and what a refused connection says.
 //!
 //! The mesh knows none of this by name: a peer's functions are registered
 //! with [`crate::mesh::provided::ExternalTarget`]s, as HTTP-invoked
@@ -33,6 +35,7 @@
 //! now (queues and state unless configured otherwise).
 
 mod config;
+mod connect;
 mod directory;
 mod kv;
 mod liveness;
@@ -42,7 +45,7 @@ mod remote;
 mod slots;
 mod state;
 
-pub use config::{ClusterConfig, QueueBackend, StateBackendKind};
+pub use config::{ClusterConfig, QueueBackend, Secret, StateBackendKind};
 
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
@@ -56,12 +59,15 @@ use crate::module::Module;
 pub enum ClusterError {
     #[error("[cluster] {field} {value:?} may hold only letters, digits, '_' and '-'")]
     Name { field: &'static str, value: String },
-    #[error("[cluster] urls: {url:?} is not a NATS URL: {source}")]
-    Url { url: String, source: std::io::Error },
-    #[error("cannot connect to NATS at {urls}: {source}")]
+    /// `[cluster]` URLs, credentials or TLS files (the message names the key).
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot connect to NATS at {urls}: {source}{hint}")]
     Connect {
         urls: String,
         source: async_nats::ConnectError,
+        /// What to check, or nothing.
+        hint: String,
     },
     #[error(
         "cannot open the JetStream bucket {bucket} (is JetStream on, with {replicas} replica(s) possible?): {source}"
@@ -92,9 +98,6 @@ pub enum ClusterError {
         source: async_nats::SubscribeError,
     },
 }
-
-/// The longest wait between two attempts to reach NATS again.
-const RECONNECT_DELAY_MAX_MS: u64 = 1000;
 
 /// Names every engine of one cluster derives from its `[cluster] name`.
 #[derive(Debug, Clone)]
@@ -174,20 +177,11 @@ impl Cluster {
             cluster: config.name.clone(),
             engine_id,
         };
+        // URLs never carry credentials (refused): safe to log and show.
         let urls = config.urls.join(",");
-        let addrs = config
-            .urls
-            .iter()
-            .map(|u| {
-                u.parse::<async_nats::ServerAddr>()
-                    .map_err(|source| ClusterError::Url {
-                        url: u.clone(),
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let addrs = config.addrs().map_err(ClusterError::Config)?;
         let (disconnected, disconnects) = tokio::sync::watch::channel(0u64);
-        let client = async_nats::ConnectOptions::new()
+        let client = connect::options(config)?
             .name(format!("qmesh engine {}", names.engine_id))
             .event_callback(move |event| {
                 if matches!(event, async_nats::Event::Disconnected) {
@@ -195,18 +189,11 @@ impl Cluster {
                 }
                 async {}
             })
-            // The client's default backs off to 4 s between attempts; an
-            // engine cut off from NATS is cut off from its cluster, so it
-            // tries again sooner.
-            .reconnect_delay_callback(|attempts| {
-                std::time::Duration::from_millis(
-                    (50u64 << attempts.min(5)).min(RECONNECT_DELAY_MAX_MS),
-                )
-            })
             .connect(addrs)
             .await
             .map_err(|source| ClusterError::Connect {
                 urls: urls.clone(),
+                hint: connect::hint(config, &source),
                 source,
             })?;
         let version = client.server_info().version;
@@ -231,7 +218,14 @@ impl Cluster {
         let beats = subscribe(names.heartbeat_subject("*")).await?;
         let relayed = subscribe(names.relay_subject("*", "*")).await?;
         let (relay, to_relay) = relay::NatsRelay::new();
-        tracing::info!(cluster = %names.cluster, engine_id = %names.engine_id, nats = %urls, "joined the cluster");
+        tracing::info!(
+            cluster = %names.cluster,
+            engine_id = %names.engine_id,
+            nats = %urls,
+            auth = connect::auth_kind(config),
+            tls = config.tls_wanted() || client.server_info().tls_required,
+            "joined the cluster"
+        );
         Ok(Cluster {
             names,
             client,

@@ -114,6 +114,22 @@ impl TestEngine {
         }
     }
 
+    /// Starts with `config` expecting the engine to refuse, and returns why
+    /// (what `qmesh serve` prints before exiting).
+    pub async fn start_error(mut config: Config) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if config.data_dir == Config::default().data_dir {
+            config.data_dir = dir.path().to_owned();
+        }
+        match tokio::time::timeout(WAIT, Engine::start(config))
+            .await
+            .expect("the engine answers in time")
+        {
+            Ok(_) => panic!("the engine started"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Asks for a graceful shutdown without waiting for it: the engine stops
     /// accepting and lets calls in flight finish ([`TestEngine::is_draining`]).
     pub fn request_stop(&mut self) {

