@@ -2,8 +2,8 @@
 //!
 //! Everything that must change together lives in ONE sled tree (`queue`),
 //! split into tables by a one-byte prefix, so a state change is one unit a
-//! crash cannot tear: a `U` undo entry holds what the batch's keys held
-//! before, the batch is written key by key, and the entry removed
+//! crash cannot tear: an undo entry (tree `undo`) holds what the batch's
+//! keys held before, the batch is written key by key, and the entry removed
 //! (`Store::apply_logged`); an entry found at open is undone. sled's own
 //! `apply_batch` would do it in one call, but it waits for every flush in
 //! progress (its lock is exclusive), and transactions serialise the whole
@@ -29,7 +29,6 @@
 //! | `T` counts | `T` queue(4) | [`Counts`](super::records::Counts) per state |
 //! | `W` waiting | `W` queue(4) seq(8) | job_id — flow parents waiting for their children |
 //! | `E` expiry | `E` expires_ms(8) job_id | empty — jobs with an expiry, until it passes (then checked and removed) |
-//! | `U` undo | `U` n(8) | [`UndoRecord`](super::records::UndoRecord) — what the keys of the batch being written held before: at most one, while its writes go on; one left by a crash is undone at open |
 //!
 //! A running job's `J` record is left as it was when the job started (state
 //! `ready`, attempts not yet counted), and the scheduler keeps the live record
@@ -38,6 +37,13 @@
 //! is rewritten when the attempt ends, or by recovery from the `X` entry after
 //! a crash; a job whose start was never written is simply ready again.
 //!
+//! The `undo` tree holds one entry, `n(8)` → [`UndoRecord`](super::records::UndoRecord),
+//! while a queue batch is being written: what its keys held before. One
+//! left by a crash is undone at open. A tree of its own, because a leaf
+//! holding it is rewritten whole at each split, and ready entries are
+//! appended next to where a `U` table would sit: a 10,000-job batch's entry
+//! (hundreds of KB, a blob) was rewritten at every split.
+//!
 //! Retired: `P` (payloads, schema 1) — moved into `J` by migration 0002;
 //! `A` (ended attempts, schema 2) — moved into `J` by migration 0003.
 
@@ -45,6 +51,7 @@ use uuid::Uuid;
 
 pub const QUEUE_TREE: &str = "queue";
 pub const META_TREE: &str = "meta";
+pub const UNDO_TREE: &str = "undo";
 pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
 pub const QUEUES: u8 = b'Q';
@@ -65,7 +72,6 @@ pub const COUNTS: u8 = b'T';
 pub const GROUPS: u8 = b'G';
 pub const WAITING: u8 = b'W';
 pub const EXPIRY: u8 = b'E';
-pub const UNDO: u8 = b'U';
 
 pub type QueueId = u32;
 pub type FnId = u32;
@@ -247,8 +253,9 @@ pub fn groups_of_queue(q: QueueId) -> Vec<u8> {
     key(GROUPS, &[&q.to_be_bytes()])
 }
 
+/// An entry of the `undo` tree.
 pub fn undo(n: u64) -> Vec<u8> {
-    key(UNDO, &[&n.to_be_bytes()])
+    n.to_be_bytes().to_vec()
 }
 
 pub fn counts(q: QueueId) -> Vec<u8> {

@@ -159,6 +159,8 @@ struct Shared {
 struct Sled {
     db: sled::Db,
     tree: sled::Tree,
+    /// The undo entry of the queue batch being written (see [`Store::apply_logged`]).
+    undo: sled::Tree,
     log: File,
 }
 
@@ -174,21 +176,28 @@ impl Sled {
             .open()?;
         migrations::run(&db, dir, migrations::STEPS)?;
         let tree = db.open_tree(layout::QUEUE_TREE)?;
-        if undo_interrupted(&tree)? > 0 {
+        let undo = db.open_tree(layout::UNDO_TREE)?;
+        if undo_interrupted(&tree, &undo)? > 0 {
             db.flush()?;
         }
         let log = File::open(dir.join("db"))?;
         syncer::sync_layout(dir)?;
-        Ok(Self { db, tree, log })
+        Ok(Self {
+            db,
+            tree,
+            undo,
+            log,
+        })
     }
 }
 
 /// Undoes the batch a crash interrupted in `tree`, if any (see
-/// [`Store::apply_logged`]): every key back to what its undo entry says,
-/// and the entry removed, in one batch. Returns how many entries it undid.
-fn undo_interrupted(tree: &sled::Tree) -> Result<usize, StoreError> {
+/// [`Store::apply_logged`]): every key back to what its entry in `undo`
+/// says, in one batch, then the entry removed (a crash in between undoes it
+/// again, to the same values). Returns how many entries it undid.
+fn undo_interrupted(tree: &sled::Tree, undo: &sled::Tree) -> Result<usize, StoreError> {
     let mut n = 0;
-    for entry in tree.scan_prefix([layout::UNDO]) {
+    for entry in undo.iter() {
         let (key, value) = entry?;
         let record: records::UndoRecord = codec::decode(&value)?;
         let mut batch = sled::Batch::default();
@@ -198,8 +207,8 @@ fn undo_interrupted(tree: &sled::Tree) -> Result<usize, StoreError> {
                 None => batch.remove(before.key),
             }
         }
-        batch.remove(key);
         tree.apply_batch(batch)?;
+        undo.remove(key)?;
         n += 1;
     }
     if n > 0 {
@@ -374,9 +383,9 @@ impl Store {
             let undo = layout::undo(*next);
             *next += 1;
             before_images(tree, &ops)
-                .and_then(|record| tree.insert(undo.clone(), codec::encode(&record)))
+                .and_then(|record| sled.undo.insert(undo.clone(), codec::encode(&record)))
                 .and_then(|_| ops.into_iter().try_for_each(write))
-                .and_then(|()| tree.remove(undo).map(drop))
+                .and_then(|()| sled.undo.remove(undo).map(drop))
         };
         let us = t.elapsed().as_micros() as u64;
         if us > 300 {
@@ -635,7 +644,8 @@ mod tests {
             // What a crash after the undo entry and two writes leaves.
             let record = before_images(&tree, &ops).unwrap();
             assert_eq!(record.before.len(), 2, "one entry per key");
-            tree.insert(layout::undo(7), codec::encode(&record))
+            let undo = store.shared.live().unwrap().undo.clone();
+            undo.insert(layout::undo(7), codec::encode(&record))
                 .unwrap();
             tree.insert(b"Xa", b"1").unwrap();
             tree.remove(b"Xb").unwrap();
@@ -645,7 +655,8 @@ mod tests {
         assert_eq!(tree.get(b"Xa").unwrap(), None);
         assert_eq!(tree.get(b"Xb").unwrap().as_deref(), Some(&b"old"[..]));
         assert_eq!(tree.get(b"Xc").unwrap().as_deref(), Some(&b"kept"[..]));
-        assert_eq!(tree.scan_prefix([layout::UNDO]).count(), 0);
+        let undo = store.shared.live().unwrap().undo.clone();
+        assert!(undo.is_empty());
 
         // A batch written whole leaves no entry, and reads as written.
         let t = store
@@ -657,7 +668,7 @@ mod tests {
         assert!(t > 0);
         assert_eq!(tree.get(b"Xd").unwrap().as_deref(), Some(&b"4"[..]));
         assert_eq!(tree.get(b"Xb").unwrap(), None);
-        assert_eq!(tree.scan_prefix([layout::UNDO]).count(), 0);
+        assert!(undo.is_empty());
     }
 
     /// Acknowledgements must not depend on who happened to be waiting when a
