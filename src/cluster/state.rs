@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Cluster, ClusterConfig, ClusterError};
-use crate::module::{BackendError, Refused, StateBackend, StateChange, StateWritten};
+use crate::module::{BackendError, Refused, StateBackend, ValueChange, ValueWritten};
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 
@@ -143,7 +143,7 @@ impl KvState {
         }
     }
 
-    async fn modify(&self, key: String, mut change: StateChange) -> Result<StateWritten, Refused> {
+    async fn modify(&self, key: String, mut change: ValueChange) -> Result<ValueWritten, Refused> {
         self.connected("write")?;
         let stripe = self.stripe(&key);
         let _held = stripe.lock().await;
@@ -166,7 +166,7 @@ impl KvState {
             };
             match wrote {
                 Ok(()) => {
-                    return Ok(StateWritten {
+                    return Ok(ValueWritten {
                         old,
                         until_durable: None,
                     });
@@ -247,8 +247,8 @@ impl StateBackend for SharedState {
         scope: &str,
         key: &str,
         _durable: bool,
-        change: StateChange,
-    ) -> BoxFuture<'static, Result<StateWritten, Refused>> {
+        change: ValueChange,
+    ) -> BoxFuture<'static, Result<ValueWritten, Refused>> {
         let (this, key) = (self.0.clone(), kv_key(scope, key));
         Box::pin(async move { this.modify(key, change).await })
     }

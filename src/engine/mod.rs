@@ -44,6 +44,7 @@ use crate::queue::Queues;
 use crate::realtime::RealtimeModule;
 use crate::state::StateModule;
 use crate::store::state::StateValues;
+use crate::store::stream::StreamItems;
 use crate::store::{Store, StoreError};
 use crate::stream::StreamsModule;
 use crate::topics::TopicsModule;
@@ -127,8 +128,14 @@ impl Engine {
             )
             .await?,
         );
-        let streams =
-            Arc::new(StreamsModule::bind(&mesh, store.clone(), config.streams.clone()).await?);
+        let streams = Arc::new(
+            StreamsModule::bind(
+                &mesh,
+                Arc::new(StreamItems::new(store.clone())),
+                config.streams.clone(),
+            )
+            .await?,
+        );
         let topics = TopicsModule::new(store.clone(), &queues, config.topics.clone());
         let observability = Observability::new(config.observability.clone(), &config.otel)?;
         let cluster = match config.cluster.enabled() {
