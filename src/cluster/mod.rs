@@ -20,7 +20,10 @@
 //!   mesh's `SlotClaims` seam.
 //! - `state.rs`: the state module's values in the KV bucket
 //!   `qmesh_<cluster>_state` (`[cluster] state = "jetstream"`), behind
-//!   `module::StateBackend`.
+//!   `module::StateBackend`;
+//! - `values.rs`: JSON values in a KV bucket every engine reads and writes
+//!   (key encoding, compare-and-set writes, reads from the stream leader,
+//!   listings by key prefix), what shared state is made of.
 //! - `kv.rs`: what a refused KV compare-and-set means (async-nats 0.52
 //!   knows only the older server's code for it).
 //! - `config.rs`: `[cluster]`, its credentials and TLS files checked.
@@ -44,6 +47,7 @@ mod relay;
 mod remote;
 mod slots;
 mod state;
+mod values;
 
 pub use config::{ClusterConfig, QueueBackend, Secret, StateBackendKind};
 
