@@ -10,7 +10,8 @@
 //!   revision) from the stream leader, apply the change, then `update` with
 //!   that revision (revision 0: the key must not exist) or
 //!   `delete_expect_revision`. A conflict (another engine wrote first) reads
-//!   again and retries, up to [`MAX_TRIES`]; writers of one key on this
+//!   again and retries, up to [`MAX_TRIES`], and so does a write no stream
+//!   took (NATS found no responder: not stored); writers of one key on this
 //!   engine take a lock stripe first, so only engines race each other.
 //! - A write is answered once JetStream acknowledged it: stored on the
 //!   bucket's replicas (fsync'ed first with `sync_interval: always`), so
@@ -184,6 +185,8 @@ impl KvValues {
         self.connected("write")?;
         let stripe = self.stripe(&key);
         let _held = stripe.lock().await;
+        // Why the last attempt did not write, once one did not.
+        let mut last_miss = String::new();
         for attempt in 1..=MAX_TRIES {
             let current = self.current(&key).await?;
             let old = current.value.map(|b| b.to_vec());
@@ -208,9 +211,15 @@ impl KvValues {
                         until_durable: None,
                     });
                 }
-                Err(e) if super::kv::revision_moved(&e) || super::kv::revision_not_checked(&e) => {
-                    // Another engine wrote first: read again, after a short,
-                    // random pause so the two do not meet again at once.
+                Err(e)
+                    if super::kv::revision_moved(&e)
+                        || super::kv::revision_not_checked(&e)
+                        || super::kv::reached_no_stream(&e) =>
+                {
+                    // Another engine wrote first (or nothing took the write):
+                    // read again, after a short, random pause so the two do
+                    // not meet again at once.
+                    last_miss = e.to_string();
                     let pause = rand::rng().random_range(0..=attempt.min(10) * 2);
                     tokio::time::sleep(Duration::from_millis(u64::from(pause))).await;
                 }
@@ -228,7 +237,10 @@ impl KvValues {
         Err(self
             .shared(
                 "write",
-                format!("{MAX_TRIES} compare-and-set attempts lost to other writers of the key; nothing was written"),
+                format!(
+                    "{MAX_TRIES} attempts lost to other writers of the key or found no \
+                     stream (the last: {last_miss}); nothing was written"
+                ),
             )
             .into())
     }
