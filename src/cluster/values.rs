@@ -1,5 +1,6 @@
 //! JSON values in a JetStream KV bucket every engine of a cluster reads and
-//! writes: what shared state (`state.rs`) is made of, apart from its keys.
+//! writes: what shared state (`state.rs`) and shared streams (`streams.rs`)
+//! have in common.
 //!
 //! - Keys: a value's path of names, each base64url (no padding: KV keys
 //!   allow only `[-/_=.A-Za-z0-9]`) as one token, then `k` and its last
@@ -77,7 +78,7 @@ fn last_of(key: &str) -> Vec<u8> {
 
 /// One KV bucket of JSON values.
 pub(super) struct KvValues {
-    /// What the bucket holds, for messages ("state").
+    /// What the bucket holds, for messages ("state", "streams").
     what: &'static str,
     kv: kv::Store,
     client: async_nats::Client,

@@ -16,6 +16,7 @@ pub mod programs;
 pub mod queue;
 pub mod realtime;
 pub mod sdk;
+pub mod streams;
 pub mod wait;
 
 #[allow(unused_imports)] // not every test file starts the binary
@@ -505,6 +506,56 @@ impl RawClient {
             v["type"] == "invocationresult" && v["invocation_id"] == id.as_str()
         })
         .await
+    }
+
+    /// Sync call that must succeed; returns its `result`.
+    pub async fn call_ok(&mut self, function_id: &str, data: Value) -> Value {
+        let reply = self.call(function_id, data).await;
+        assert!(reply["error"].is_null(), "{function_id}: {reply}");
+        reply["result"].clone()
+    }
+
+    /// Sends `n` copies of one call at once, then reads their `n` results
+    /// (each must succeed), in the order they came.
+    pub async fn calls_at_once(&mut self, function_id: &str, data: Value, n: usize) -> Vec<Value> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(self.send_call(function_id, data.clone()).await);
+        }
+        let mut results = Vec::new();
+        while results.len() < n {
+            let reply = self
+                .recv_until("a call's result", |v| v["type"] == "invocationresult")
+                .await;
+            assert!(
+                ids.contains(
+                    &reply["invocation_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                )
+            );
+            assert!(reply["error"].is_null(), "{function_id}: {reply}");
+            results.push(reply["result"].clone());
+        }
+        results
+    }
+
+    /// Registers `function_id` and binds it to `trigger_type` with `config`
+    /// under trigger id `id`.
+    pub async fn bind(&mut self, id: &str, trigger_type: &str, function_id: &str, config: Value) {
+        self.register_function(function_id).await;
+        self.send(
+            json!({"type": "registertrigger", "id": id, "trigger_type": trigger_type,
+            "function_id": function_id, "config": config}),
+        )
+        .await;
+    }
+
+    /// The data of the next invocation of this worker (answered with null):
+    /// a trigger's event.
+    pub async fn next_event(&mut self) -> Value {
+        self.answer_next(json!({"result": null})).await["data"].clone()
     }
 
     /// Asserts that no `invokefunction` reaches this worker for `window`
