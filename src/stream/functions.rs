@@ -188,30 +188,40 @@ impl Streams {
     }
 }
 
-/// `create` or `update`, from whether there was an item before.
-fn write_event(had_old: bool, new: &Value) -> Value {
-    let kind = if had_old { "update" } else { "create" };
-    json!({ "type": kind, "data": new })
-}
-
-/// A custom provider's write: the event fires as for the store, and the
-/// caller gets iii's `{old_value, new_value}` (and the provider's `errors`).
-fn provider_wrote(
+/// A write's event, `create` or `update` from whether there was an item
+/// before, fired for `item`.
+fn fire_write(
     s: &Streams,
     mesh: &Mesh,
-    (stream, group, item): (&str, &str, &str),
-    out: ProviderWritten,
-) -> (Value, Option<Value>) {
-    let old_value = out.old_value.unwrap_or(Value::Null);
+    (stream, group, item): Item<'_>,
+    had_old: bool,
+    new: &Value,
+) {
+    let kind = if had_old { "update" } else { "create" };
     s.fire(
         mesh,
         Event {
             stream,
             group,
             item: Some(item),
-            event: write_event(!old_value.is_null(), &out.new_value),
+            event: json!({ "type": kind, "data": new }),
         },
     );
+}
+
+/// An item's stream, group and id.
+type Item<'a> = (&'a str, &'a str, &'a str);
+
+/// A custom provider's write: the event fires as for the store, and the
+/// caller gets iii's `{old_value, new_value}` (and the provider's `errors`).
+fn provider_wrote(
+    s: &Streams,
+    mesh: &Mesh,
+    at: Item<'_>,
+    out: ProviderWritten,
+) -> (Value, Option<Value>) {
+    let old_value = out.old_value.unwrap_or(Value::Null);
+    fire_write(s, mesh, at, !old_value.is_null(), &out.new_value);
     let reply = json!({ "old_value": old_value, "new_value": out.new_value });
     (reply, out.errors)
 }
@@ -260,16 +270,8 @@ pub(super) fn set(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'st
     Box::pin(async move {
         let mut written = write.await.map_err(|e| e.into_body(CODE))?;
         let old_value = parse(written.old.as_deref());
-        let event = write_event(written.old.is_some(), &new_value);
-        s.fire(
-            &mesh,
-            Event {
-                stream: &inp.stream_name,
-                group: &inp.group_id,
-                item: Some(&inp.item_id),
-                event,
-            },
-        );
+        let at = (&*inp.stream_name, &*inp.group_id, &*inp.item_id);
+        fire_write(&s, &mesh, at, written.old.is_some(), &new_value);
         settle(&mut written, CODE).await?;
         Ok(json!({ "old_value": old_value, "new_value": new_value }))
     })
@@ -412,15 +414,8 @@ pub(super) fn update(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<
             return Err(ErrorBody::new(CODE, "the update did not run"));
         };
         let old_value = parse(written.old.as_deref());
-        s.fire(
-            &mesh,
-            Event {
-                stream: &inp.stream_name,
-                group: &inp.group_id,
-                item: Some(&inp.item_id),
-                event: write_event(written.old.is_some(), &new_value),
-            },
-        );
+        let at = (&*inp.stream_name, &*inp.group_id, &*inp.item_id);
+        fire_write(&s, &mesh, at, written.old.is_some(), &new_value);
         settle(&mut written, CODE).await?;
         let mut reply = json!({ "old_value": old_value, "new_value": new_value });
         if !errors.is_empty() {
