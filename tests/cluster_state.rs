@@ -7,7 +7,7 @@ mod common;
 
 use common::launcher::EngineProcess;
 use common::nats::{self, NatsCluster};
-use common::{RawClient, TestEngine, WAIT, test_config, wait_until};
+use common::{RawClient, TestEngine, WAIT, increments_from_each, test_config, wait_until};
 use qmesh::config::{BackendKind, Config};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -77,19 +77,6 @@ async fn a_value_written_on_one_engine_is_read_listed_and_deleted_on_another() {
     assert_eq!(nats::keys(&bucket).await.len(), 2);
 }
 
-/// Sends `n` increments of `counter` at once and returns each reply's
-/// value before the increment.
-async fn increments(url: String, n: usize) -> Vec<i64> {
-    let mut client = RawClient::worker(&url, "incrementer").await;
-    let op = json!({"type": "increment", "path": "count", "by": 1});
-    let data = json!({"scope": "race", "key": "counter", "ops": [op]});
-    let results = client.calls_at_once("state::update", data, n).await;
-    results
-        .iter()
-        .map(|r| r["old_value"]["count"].as_i64().unwrap_or(0))
-        .collect()
-}
-
 /// 2 × 50 increments sent at once from two engines: each sees a distinct
 /// value before it (none lost to a race), and the counter ends at 100.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,11 +85,9 @@ async fn concurrent_updates_from_two_engines_all_count() {
     let nats = NatsCluster::start().await;
     let a = TestEngine::start_with(engine_config(&nats, "a")).await;
     let b = TestEngine::start_with(engine_config(&nats, "b")).await;
-    let from_a = tokio::spawn(increments(a.url.clone(), EACH));
-    let from_b = tokio::spawn(increments(b.url.clone(), EACH));
-    let mut before: Vec<i64> = from_a.await.unwrap();
-    before.extend(from_b.await.unwrap());
-    before.sort_unstable();
+    let op = json!({"type": "increment", "path": "count", "by": 1});
+    let data = json!({"scope": "race", "key": "counter", "ops": [op]});
+    let before = increments_from_each(&[&a.url, &b.url], "state::update", data, EACH).await;
     assert_eq!(before, (0..2 * EACH as i64).collect::<Vec<_>>());
 
     let mut reader = RawClient::worker(&a.url, "reader").await;
@@ -207,13 +192,8 @@ async fn without_nats_a_write_is_refused_with_its_code() {
     client
         .call_ok("state::set", json!({"scope": "s", "key": "k", "value": 1}))
         .await;
-    for i in 0..3 {
-        nats.kill(i);
-    }
-    wait_until("the engine sees NATS gone", WAIT, async || {
-        a.health().await["cluster"]["state"] == "degraded"
-    })
-    .await;
+    nats.kill_all();
+    a.until_cut_off_from_nats().await;
     for (function_id, code) in [
         ("state::set", "SET_ERROR"),
         ("state::update", "UPDATE_ERROR"),

@@ -10,7 +10,7 @@ use common::launcher::EngineProcess;
 use common::nats::{self, NatsCluster};
 use common::realtime::{Ws, open, recv, send};
 use common::streams::{assert_no_frame_for, envelope, item, join, with_data};
-use common::{RawClient, TestEngine, WAIT, test_config, wait_until};
+use common::{RawClient, TestEngine, WAIT, increments_from_each, test_config, wait_until};
 use qmesh::config::{BackendKind, Config};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -185,19 +185,6 @@ async fn clients_and_bindings_on_every_engine_see_each_change_once() {
     }
 }
 
-/// Sends `n` increments of one item's `count` at once and returns each
-/// reply's value before the increment.
-async fn increments(url: String, n: usize) -> Vec<i64> {
-    let mut client = RawClient::worker(&url, "incrementer").await;
-    let mut data = item("race", "g", "counter");
-    data["ops"] = json!([{"type": "increment", "path": "count", "by": 1}]);
-    let results = client.calls_at_once("stream::update", data, n).await;
-    results
-        .iter()
-        .map(|r| r["old_value"]["count"].as_i64().unwrap_or(0))
-        .collect()
-}
-
 /// 2 × 50 updates sent at once from two engines: each sees a distinct
 /// value before it (none lost to a race), and the count ends at 100.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,11 +193,9 @@ async fn concurrent_updates_from_two_engines_all_count() {
     let nats = NatsCluster::start().await;
     let a = TestEngine::start_with(engine_config(&nats, "a")).await;
     let b = TestEngine::start_with(engine_config(&nats, "b")).await;
-    let from_a = tokio::spawn(increments(a.url.clone(), EACH));
-    let from_b = tokio::spawn(increments(b.url.clone(), EACH));
-    let mut before: Vec<i64> = from_a.await.unwrap();
-    before.extend(from_b.await.unwrap());
-    before.sort_unstable();
+    let mut data = item("race", "g", "counter");
+    data["ops"] = json!([{"type": "increment", "path": "count", "by": 1}]);
+    let before = increments_from_each(&[&a.url, &b.url], "stream::update", data, EACH).await;
     assert_eq!(before, (0..2 * EACH as i64).collect::<Vec<_>>());
 
     let mut reader = RawClient::worker(&b.url, "reader").await;
@@ -261,13 +246,8 @@ async fn without_nats_a_write_is_refused_with_its_code() {
     client
         .call_ok("stream::set", with_data("s", "g", "i", json!(1)))
         .await;
-    for i in 0..3 {
-        nats.kill(i);
-    }
-    wait_until("the engine sees NATS gone", WAIT, async || {
-        a.health().await["cluster"]["state"] == "degraded"
-    })
-    .await;
+    nats.kill_all();
+    a.until_cut_off_from_nats().await;
     for (function_id, code) in [
         ("stream::set", "STREAM_SET_ERROR"),
         ("stream::update", "STREAM_UPDATE_ERROR"),

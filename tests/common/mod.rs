@@ -157,6 +157,15 @@ impl TestEngine {
         serde_json::from_str(&body).expect("health is JSON")
     }
 
+    /// Waits until the engine says it is cut off from NATS (`/health`: the
+    /// cluster `degraded`).
+    pub async fn until_cut_off_from_nats(&self) {
+        wait_until("the engine sees NATS gone", WAIT, async || {
+            self.health().await["cluster"]["state"] == "degraded"
+        })
+        .await;
+    }
+
     /// `GET path` on the worker listener (with a bearer token if given):
     /// (status, body).
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
@@ -372,6 +381,39 @@ pub async fn wait_for_open_channels(
         }
     })
     .await
+}
+
+/// Sends `n` copies of `function_id` with `data` (an update incrementing
+/// `count`) from a client of each engine at `urls`, all at once, and returns
+/// every reply's `old_value.count`, sorted: with no update lost to a race,
+/// `0..n * urls.len()`.
+pub async fn increments_from_each(
+    urls: &[&str],
+    function_id: &'static str,
+    data: Value,
+    n: usize,
+) -> Vec<i64> {
+    let racers: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            let (url, data) = (url.to_string(), data.clone());
+            tokio::spawn(async move {
+                let mut client = RawClient::worker(&url, "incrementer").await;
+                client.calls_at_once(function_id, data, n).await
+            })
+        })
+        .collect();
+    let mut before = Vec::new();
+    for racer in racers {
+        let results = racer.await.expect("a racer panicked");
+        before.extend(
+            results
+                .iter()
+                .map(|r| r["old_value"]["count"].as_i64().unwrap_or(0)),
+        );
+    }
+    before.sort_unstable();
+    before
 }
 
 /// Test defaults: short namespace hold so raw clients need not announce themselves.
