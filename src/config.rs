@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-pub use crate::cluster::{ClusterConfig, QueueBackend, Secret, StateBackendKind};
+pub use crate::cluster::{BackendKind, ClusterConfig, QueueBackend, Secret};
 pub use crate::edge::auth::{AuthConfig, TokenConfig};
 pub use crate::mesh::access::{ExposeRule, RbacConfig, Role};
 pub use crate::mesh::config::{InvocationConfig, Limits, MeshConfig, ServerConfig};
@@ -267,6 +267,14 @@ mod tests {
         assert_eq!(c.streams.condition_timeout, Duration::from_secs(2));
         assert!(Config::from_toml("[state]\nmax_value_bytes = 0\n").is_err());
         assert!(Config::from_toml("[state]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn the_cluster_picks_where_state_and_streams_live_each_on_its_own() {
+        let c = Config::from_toml("[cluster]\nstreams = \"jetstream\"\n").unwrap();
+        assert_eq!(c.cluster.streams, BackendKind::Jetstream);
+        assert_eq!(c.cluster.state, BackendKind::Local, "local by default");
+        assert!(Config::from_toml("[cluster]\nstreams = \"nats\"\n").is_err());
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl From<BackendError> for Refused {
     }
 }
 
-/// Why a [`StateBackend`] could not read or write.
+/// Why a [`StateBackend`] or a [`StreamBackend`] could not read or write.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BackendError {
     #[error(transparent)]
@@ -68,16 +68,16 @@ pub(crate) enum BackendError {
     Shared(String),
 }
 
-/// What a state write makes of the current value (`None` removes it), or
-/// why it refuses (nothing is written then). A shared backend may run it
-/// more than once (a compare-and-set lost to another engine): the last run
-/// is the one written.
-pub(crate) type StateChange =
+/// What a write makes of the current value (`None` removes it), or why it
+/// refuses (nothing is written then): a state value's or a stream item's. A
+/// shared backend may run it more than once (a compare-and-set lost to
+/// another engine): the last run is the one written.
+pub(crate) type ValueChange =
     Box<dyn FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, Refused> + Send>;
 
-/// What a state write did: the value before it, and, when the write is not
-/// yet as durable as asked, what to wait for.
-pub(crate) struct StateWritten {
+/// What a write did: the value before it, and, when the write is not yet as
+/// durable as asked, what to wait for.
+pub(crate) struct ValueWritten {
     pub old: Option<Vec<u8>>,
     pub until_durable: Option<BoxFuture<'static, Result<(), BackendError>>>,
 }
@@ -106,8 +106,8 @@ pub(crate) trait StateBackend: Send + Sync {
         scope: &str,
         key: &str,
         durable: bool,
-        change: StateChange,
-    ) -> BoxFuture<'static, Result<StateWritten, Refused>>;
+        change: ValueChange,
+    ) -> BoxFuture<'static, Result<ValueWritten, Refused>>;
 
     /// Every value of one scope, in key order.
     fn list(&self, scope: &str) -> BoxFuture<'static, Result<Vec<Vec<u8>>, BackendError>>;
@@ -117,6 +117,57 @@ pub(crate) trait StateBackend: Send + Sync {
 
     /// Whether other engines read and write these same values: their
     /// changes must then fire this engine's `state` bindings too.
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+/// Streams by name, each with its groups' ids.
+pub(crate) type StreamGroups = Vec<(String, Vec<String>)>;
+
+/// Where the streams module keeps its items, one JSON value per (stream,
+/// group, item): the engine's own store, or a store every engine of a
+/// cluster shares. The engine root picks one; the streams module sees only
+/// this. Its methods start their work when called, as [`StateBackend`]'s
+/// do: the embedded store answers with ready futures.
+pub(crate) trait StreamBackend: Send + Sync {
+    /// The JSON stored under (stream, group, item).
+    fn get(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, BackendError>>;
+
+    /// Replaces the item with what `change` makes of it, atomically for
+    /// this item (across engines, for a shared backend). With `durable`, a
+    /// backend that acknowledges before its write is durable returns what
+    /// to wait for.
+    fn modify(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        durable: bool,
+        change: ValueChange,
+    ) -> BoxFuture<'static, Result<ValueWritten, Refused>>;
+
+    /// Every item of one group, in item-id order.
+    fn list(
+        &self,
+        stream: &str,
+        group: &str,
+    ) -> BoxFuture<'static, Result<Vec<Vec<u8>>, BackendError>>;
+
+    /// The groups of one stream holding at least one item, in any order.
+    fn groups(&self, stream: &str) -> BoxFuture<'static, Result<Vec<String>, BackendError>>;
+
+    /// Every stream holding at least one item, with those groups, in any
+    /// order.
+    fn streams(&self) -> BoxFuture<'static, Result<StreamGroups, BackendError>>;
+
+    /// Whether other engines read and write these same items: every stream
+    /// event must then reach their `stream` bindings and socket clients too.
     fn shared(&self) -> bool {
         false
     }

@@ -7,22 +7,15 @@ mod common;
 
 use common::launcher::EngineProcess;
 use common::nats::{self, NatsCluster};
-use common::{RawClient, TestEngine, WAIT, test_config, wait_until};
-use qmesh::config::{Config, StateBackendKind};
+use common::{RawClient, TestEngine, WAIT, increments_from_each, test_config, wait_until};
+use qmesh::config::{BackendKind, Config};
 use serde_json::{Value, json};
 use std::time::Duration;
 
 fn engine_config(nats: &NatsCluster, engine_id: &str) -> Config {
     let mut c = nats.engine_config(test_config(), engine_id);
-    c.cluster.state = StateBackendKind::Jetstream;
+    c.cluster.state = BackendKind::Jetstream;
     c
-}
-
-/// A call's result, asserting it did not fail.
-async fn ok(client: &mut RawClient, function_id: &str, data: Value) -> Value {
-    let reply = client.call(function_id, data).await;
-    assert!(reply["error"].is_null(), "{function_id}: {reply}");
-    reply["result"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,83 +27,54 @@ async fn a_value_written_on_one_engine_is_read_listed_and_deleted_on_another() {
     let mut on_b = RawClient::worker(&b.url, "client-b").await;
 
     let set = json!({"scope": "orders.eu", "key": "k.1", "value": {"n": 1}});
-    let first = ok(&mut on_a, "state::set", set).await;
+    let first = on_a.call_ok("state::set", set).await;
     assert_eq!(first, json!({"old_value": null, "new_value": {"n": 1}}));
     // Acknowledged means stored: B reads it at once.
-    let got = ok(
-        &mut on_b,
-        "state::get",
-        json!({"scope": "orders.eu", "key": "k.1"}),
-    )
-    .await;
+    let got = on_b
+        .call_ok("state::get", json!({"scope": "orders.eu", "key": "k.1"}))
+        .await;
     assert_eq!(got, json!({"n": 1}));
     // B's set answers A's value as the old one.
-    let second = ok(
-        &mut on_b,
-        "state::set",
-        json!({"scope": "orders.eu", "key": "k.1", "value": {"n": 2}}),
-    )
-    .await;
+    let second = on_b
+        .call_ok(
+            "state::set",
+            json!({"scope": "orders.eu", "key": "k.1", "value": {"n": 2}}),
+        )
+        .await;
     assert_eq!(second["old_value"], json!({"n": 1}), "{second}");
-    ok(
-        &mut on_b,
+    on_b.call_ok(
         "state::set",
         json!({"scope": "orders.eu", "key": "", "value": 0}),
     )
     .await;
-    ok(
-        &mut on_b,
+    on_b.call_ok(
         "state::set",
         json!({"scope": "orders", "key": "x", "value": "other scope"}),
     )
     .await;
 
-    let listed = ok(&mut on_a, "state::list", json!({"scope": "orders.eu"})).await;
+    let listed = on_a
+        .call_ok("state::list", json!({"scope": "orders.eu"}))
+        .await;
     assert_eq!(listed, json!([0, {"n": 2}]), "in key order");
-    let groups = ok(&mut on_a, "state::list_groups", json!({})).await;
+    let groups = on_a.call_ok("state::list_groups", json!({})).await;
     assert_eq!(groups, json!({"groups": ["orders", "orders.eu"]}));
 
-    let deleted = ok(
-        &mut on_a,
-        "state::delete",
-        json!({"scope": "orders.eu", "key": "k.1"}),
-    )
-    .await;
+    let deleted = on_a
+        .call_ok("state::delete", json!({"scope": "orders.eu", "key": "k.1"}))
+        .await;
     assert_eq!(deleted, json!({"n": 2}));
-    let gone = ok(
-        &mut on_b,
-        "state::get",
-        json!({"scope": "orders.eu", "key": "k.1"}),
-    )
-    .await;
+    let gone = on_b
+        .call_ok("state::get", json!({"scope": "orders.eu", "key": "k.1"}))
+        .await;
     assert_eq!(gone, Value::Null);
-    let listed = ok(&mut on_b, "state::list", json!({"scope": "orders.eu"})).await;
+    let listed = on_b
+        .call_ok("state::list", json!({"scope": "orders.eu"}))
+        .await;
     assert_eq!(listed, json!([0]));
     // In the bucket: one key per live value.
     let bucket = nats.bucket("state").await;
     assert_eq!(nats::keys(&bucket).await.len(), 2);
-}
-
-/// Sends `n` increments of `counter` at once and returns each reply's
-/// value before the increment.
-async fn increments(url: String, n: usize) -> Vec<i64> {
-    let mut client = RawClient::worker(&url, "incrementer").await;
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        let op = json!({"type": "increment", "path": "count", "by": 1});
-        let data = json!({"scope": "race", "key": "counter", "ops": [op]});
-        ids.push(client.send_call("state::update", data).await);
-    }
-    let mut before = Vec::new();
-    while before.len() < n {
-        let reply = client
-            .recv_until("an update's result", |v| v["type"] == "invocationresult")
-            .await;
-        assert!(ids.contains(&reply["invocation_id"].as_str().unwrap().to_owned()));
-        assert!(reply["error"].is_null(), "{reply}");
-        before.push(reply["result"]["old_value"]["count"].as_i64().unwrap_or(0));
-    }
-    before
 }
 
 /// 2 × 50 increments sent at once from two engines: each sees a distinct
@@ -121,38 +85,16 @@ async fn concurrent_updates_from_two_engines_all_count() {
     let nats = NatsCluster::start().await;
     let a = TestEngine::start_with(engine_config(&nats, "a")).await;
     let b = TestEngine::start_with(engine_config(&nats, "b")).await;
-    let from_a = tokio::spawn(increments(a.url.clone(), EACH));
-    let from_b = tokio::spawn(increments(b.url.clone(), EACH));
-    let mut before: Vec<i64> = from_a.await.unwrap();
-    before.extend(from_b.await.unwrap());
-    before.sort_unstable();
+    let op = json!({"type": "increment", "path": "count", "by": 1});
+    let data = json!({"scope": "race", "key": "counter", "ops": [op]});
+    let before = increments_from_each(&[&a.url, &b.url], "state::update", data, EACH).await;
     assert_eq!(before, (0..2 * EACH as i64).collect::<Vec<_>>());
 
     let mut reader = RawClient::worker(&a.url, "reader").await;
-    let got = ok(
-        &mut reader,
-        "state::get",
-        json!({"scope": "race", "key": "counter"}),
-    )
-    .await;
-    assert_eq!(got, json!({"count": 2 * EACH}));
-}
-
-/// Binds `function_id` to `state` changes of `scope` under binding `id`.
-async fn bind_state(worker: &mut RawClient, id: &str, function_id: &str, scope: &str) {
-    worker.register_function(function_id).await;
-    worker
-        .send(
-            json!({"type": "registertrigger", "id": id, "trigger_type": "state",
-            "function_id": function_id, "config": {"scope": scope}}),
-        )
+    let got = reader
+        .call_ok("state::get", json!({"scope": "race", "key": "counter"}))
         .await;
-}
-
-/// The next change event `worker` is invoked with (answered with null).
-async fn next_event(worker: &mut RawClient) -> Value {
-    let inv = worker.answer_next(json!({"result": null})).await;
-    inv["data"].clone()
+    assert_eq!(got, json!({"count": 2 * EACH}));
 }
 
 /// A write on engine A fires the `state` binding on B once, with the event
@@ -163,37 +105,40 @@ async fn a_state_binding_on_one_engine_fires_once_for_a_write_on_another() {
     let a = TestEngine::start_with(engine_config(&nats, "a")).await;
     let b = TestEngine::start_with(engine_config(&nats, "b")).await;
     let mut watcher_b = RawClient::worker(&b.url, "watcher-b").await;
-    bind_state(&mut watcher_b, "wb", "watch::b", "carts").await;
+    let carts = json!({"scope": "carts"});
+    watcher_b
+        .bind("wb", "state", "watch::b", carts.clone())
+        .await;
     let mut watcher_a = RawClient::worker(&a.url, "watcher-a").await;
-    bind_state(&mut watcher_a, "wa", "watch::a", "carts").await;
+    watcher_a.bind("wa", "state", "watch::a", carts).await;
     wait_until("the bindings are live", WAIT, async || {
         a.active_bindings("state") == 1 && b.active_bindings("state") == 1
     })
     .await;
 
     let mut writer = RawClient::worker(&a.url, "writer").await;
-    ok(
-        &mut writer,
-        "state::set",
-        json!({"scope": "carts", "key": "c1", "value": {"items": 1}}),
-    )
-    .await;
+    writer
+        .call_ok(
+            "state::set",
+            json!({"scope": "carts", "key": "c1", "value": {"items": 1}}),
+        )
+        .await;
     let created = json!({"type": "state", "event_type": "state:created", "scope": "carts",
         "key": "c1", "old_value": null, "new_value": {"items": 1}});
-    assert_eq!(next_event(&mut watcher_b).await, created);
-    assert_eq!(next_event(&mut watcher_a).await, created);
+    assert_eq!(watcher_b.next_event().await, created);
+    assert_eq!(watcher_a.next_event().await, created);
 
     let op = json!({"type": "increment", "path": "items", "by": 2});
-    ok(
-        &mut writer,
-        "state::update",
-        json!({"scope": "carts", "key": "c1", "ops": [op]}),
-    )
-    .await;
+    writer
+        .call_ok(
+            "state::update",
+            json!({"scope": "carts", "key": "c1", "ops": [op]}),
+        )
+        .await;
     let updated = json!({"type": "state", "event_type": "state:updated", "scope": "carts",
         "key": "c1", "old_value": {"items": 1}, "new_value": {"items": 3}});
-    assert_eq!(next_event(&mut watcher_b).await, updated);
-    assert_eq!(next_event(&mut watcher_a).await, updated);
+    assert_eq!(watcher_b.next_event().await, updated);
+    assert_eq!(watcher_a.next_event().await, updated);
 
     let once = Duration::from_millis(300);
     watcher_b
@@ -216,25 +161,24 @@ async fn acknowledged_values_survive_a_kill_9_of_the_engine_that_wrote_them() {
 
     let mut writer = RawClient::worker(&b.url, "writer").await;
     for i in 0..VALUES {
-        ok(
-            &mut writer,
-            "state::set",
-            json!({"scope": "kept", "key": format!("k{i:02}"), "value": i}),
-        )
-        .await;
+        writer
+            .call_ok(
+                "state::set",
+                json!({"scope": "kept", "key": format!("k{i:02}"), "value": i}),
+            )
+            .await;
     }
     b.kill();
 
     let mut reader = RawClient::worker(&a.url, "reader").await;
-    let listed = ok(&mut reader, "state::list", json!({"scope": "kept"})).await;
+    let listed = reader
+        .call_ok("state::list", json!({"scope": "kept"}))
+        .await;
     assert_eq!(listed, json!((0..VALUES).collect::<Vec<_>>()));
     let last = format!("k{:02}", VALUES - 1);
-    let got = ok(
-        &mut reader,
-        "state::get",
-        json!({"scope": "kept", "key": last}),
-    )
-    .await;
+    let got = reader
+        .call_ok("state::get", json!({"scope": "kept", "key": last}))
+        .await;
     assert_eq!(got, json!(VALUES - 1));
 }
 
@@ -245,19 +189,11 @@ async fn without_nats_a_write_is_refused_with_its_code() {
     let mut nats = NatsCluster::start().await;
     let a = TestEngine::start_with(engine_config(&nats, "a")).await;
     let mut client = RawClient::worker(&a.url, "client").await;
-    ok(
-        &mut client,
-        "state::set",
-        json!({"scope": "s", "key": "k", "value": 1}),
-    )
-    .await;
-    for i in 0..3 {
-        nats.kill(i);
-    }
-    wait_until("the engine sees NATS gone", WAIT, async || {
-        a.health().await["cluster"]["state"] == "degraded"
-    })
-    .await;
+    client
+        .call_ok("state::set", json!({"scope": "s", "key": "k", "value": 1}))
+        .await;
+    nats.kill_all();
+    a.until_cut_off_from_nats().await;
     for (function_id, code) in [
         ("state::set", "SET_ERROR"),
         ("state::update", "UPDATE_ERROR"),

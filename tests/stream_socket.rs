@@ -14,6 +14,7 @@ mod common;
 use common::programs::Program;
 use common::realtime::{Ws, close_code, open, recv, refused, send};
 use common::sdk::{call, remote_code, sdk_worker, stop};
+use common::streams::{envelope, item, join, with_data};
 use common::{TestEngine, WAIT, test_config, wait_until};
 use futures_util::SinkExt;
 use iii_sdk::IIIClient;
@@ -27,35 +28,8 @@ async fn ok(iii: &IIIClient, function_id: &str, payload: Value) -> Value {
         .unwrap_or_else(|e| panic!("{function_id}: {e:?}"))
 }
 
-fn item(stream: &str, group: &str, id: &str) -> Value {
-    json!({"stream_name": stream, "group_id": group, "item_id": id})
-}
-
-fn with_data(stream: &str, group: &str, id: &str, data: Value) -> Value {
-    let mut v = item(stream, group, id);
-    v["data"] = data;
-    v
-}
-
-fn join(sub: &str, stream: &str, group: &str, id: Option<&str>) -> Value {
-    json!({"type": "join", "data": {"subscriptionId": sub, "streamName": stream, "groupId": group, "id": id}})
-}
-
 fn leave(sub: &str) -> Value {
     json!({"type": "leave", "data": {"subscriptionId": sub}})
-}
-
-/// The next envelope, checked to be about `stream`/`group`; returns its `id` and `event`.
-async fn envelope(ws: &mut Ws, stream: &str, group: &str) -> (Value, Value) {
-    let e = recv(ws).await;
-    assert_eq!(e["type"], "stream", "{e}");
-    assert!(e["timestamp"].as_u64().is_some(), "{e}");
-    assert_eq!(
-        (e["streamName"].as_str(), e["groupId"].as_str()),
-        (Some(stream), Some(group)),
-        "{e}"
-    );
-    (e["id"].clone(), e["event"].clone())
 }
 
 /// Joins a throwaway group and waits for its sync: every message the client

@@ -32,7 +32,12 @@ pub struct ClusterConfig {
     /// Where `state::*` values live: `local` (each engine's embedded store,
     /// the default: no NATS round trip per read or write) or `jetstream`
     /// (one KV bucket shared by every engine).
-    pub state: StateBackendKind,
+    pub state: BackendKind,
+    /// Where `stream::*` items live: `local` (each engine's embedded store,
+    /// its events for its own bindings and clients only) or `jetstream`
+    /// (one KV bucket shared by every engine, each event reaching every
+    /// engine's bindings and clients).
+    pub streams: BackendKind,
     /// With `queues = "jetstream"`: how long an idempotency key is
     /// remembered (the job stream's duplicate window).
     #[serde(with = "humantime_serde")]
@@ -104,9 +109,11 @@ pub enum QueueBackend {
     Jetstream,
 }
 
+/// Where a module's values live (`state`, `streams`): each engine's own
+/// store, or the cluster's JetStream KV.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum StateBackendKind {
+pub enum BackendKind {
     #[default]
     Local,
     Jetstream,
@@ -120,7 +127,8 @@ impl Default for ClusterConfig {
             engine_id: None,
             replicas: 3,
             queues: QueueBackend::Local,
-            state: StateBackendKind::Local,
+            state: BackendKind::Local,
+            streams: BackendKind::Local,
             idempotency_window: Duration::from_secs(3600),
             heartbeat: Duration::from_secs(1),
             engine_timeout: Duration::from_secs(4),
@@ -146,7 +154,12 @@ impl ClusterConfig {
 
     /// Whether `state::*` values are the cluster's JetStream KV bucket.
     pub(crate) fn jetstream_state(&self) -> bool {
-        self.enabled() && self.state == StateBackendKind::Jetstream
+        self.enabled() && self.state == BackendKind::Jetstream
+    }
+
+    /// Whether `stream::*` items are the cluster's JetStream KV bucket.
+    pub(crate) fn jetstream_streams(&self) -> bool {
+        self.enabled() && self.streams == BackendKind::Jetstream
     }
 
     /// Whether `Enqueue` calls go to the cluster's JetStream queues.

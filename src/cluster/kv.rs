@@ -4,7 +4,11 @@
 //! with 10071 in older releases, 10164 since 2.12, or 10163 while the stream
 //! leader cannot check it yet; async-nats 0.52 maps only 10071 to
 //! `WrongLastRevision`, so the server's own error is read from the chain.
+//! A write that no server took at all (NATS answered "no responders": just
+//! after a bucket is created, the stream's interest in its subjects may not
+//! have reached the node this engine is connected to yet) was not stored.
 
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::kv::{Config, Store, UpdateError, UpdateErrorKind};
 use async_nats::jetstream::{Error, ErrorCode};
 use std::time::Duration;
@@ -49,6 +53,19 @@ pub(super) fn revision_moved(e: &UpdateError) -> bool {
 /// read again, may succeed.
 pub(super) fn revision_not_checked(e: &UpdateError) -> bool {
     server_code(e) == Some(ErrorCode::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_NOT_READY)
+}
+
+/// No stream took the write (NATS had no responder for its subject): it
+/// was not stored, and the same write may be sent again.
+pub(super) fn reached_no_stream(e: &UpdateError) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(p) = err.downcast_ref::<PublishError>() {
+            return p.kind() == PublishErrorKind::StreamNotFound;
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn server_code(e: &UpdateError) -> Option<ErrorCode> {

@@ -11,7 +11,8 @@
 //! - `liveness.rs`: heartbeats on core NATS, `qmesh.<cluster>.heartbeat.<id>`;
 //!   an engine unheard for `engine_timeout` is dead and leaves the directory.
 //! - `relay.rs`: what modules share with the same module on other engines
-//!   (pub/sub's publishes), core NATS on `qmesh.<cluster>.relay.<channel>.<id>`.
+//!   (pub/sub's publishes, shared state's changes and shared streams'
+//!   events), core NATS on `qmesh.<cluster>.relay.<channel>.<id>`.
 //! - `remote.rs`: the calls themselves, core NATS request/reply on
 //!   `qmesh.<cluster>.engine.<id>.call`: a call to a peer's function goes
 //!   out as a request, and the peer answers it from its own workers.
@@ -21,8 +22,15 @@
 //! - `state.rs`: the state module's values in the KV bucket
 //!   `qmesh_<cluster>_state` (`[cluster] state = "jetstream"`), behind
 //!   `module::StateBackend`.
-//! - `kv.rs`: what a refused KV compare-and-set means (async-nats 0.52
-//!   knows only the older server's code for it).
+//! - `streams.rs`: the streams module's items in the KV bucket
+//!   `qmesh_<cluster>_streams` (`[cluster] streams = "jetstream"`), behind
+//!   `module::StreamBackend`.
+//! - `values.rs`: JSON values in a KV bucket every engine reads and writes
+//!   (key encoding, compare-and-set writes, reads from the stream leader,
+//!   listings by key prefix), what shared state and streams are made of.
+//! - `kv.rs`: how a bucket is opened, and what a refused KV write means
+//!   (async-nats 0.52 knows only the older server's code for a lost
+//!   compare-and-set; "no responders" means no stream took it).
 //! - `config.rs`: `[cluster]`, its credentials and TLS files checked.
 //! - `connect.rs`: the NATS client's options from `[cluster]` (auth, TLS,
 //!   reconnects), built in one place, and what a refused connection says.
@@ -31,8 +39,8 @@
 //! with [`crate::mesh::provided::ExternalTarget`]s, as HTTP-invoked
 //! functions are; the listings and pub/sub reach other engines through the
 //! mesh's `OtherEngines` and `Relay` seams, and cron's slots are claimed
-//! through its `SlotClaims` seam. Streams and topics stay per engine for
-//! now (queues and state unless configured otherwise).
+//! through its `SlotClaims` seam. Topics stay per engine for now (queues,
+//! state and streams unless configured otherwise).
 
 mod config;
 mod connect;
@@ -44,8 +52,10 @@ mod relay;
 mod remote;
 mod slots;
 mod state;
+mod streams;
+mod values;
 
-pub use config::{ClusterConfig, QueueBackend, Secret, StateBackendKind};
+pub use config::{BackendKind, ClusterConfig, QueueBackend, Secret};
 
 use futures_util::future::BoxFuture;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! What modules share with the same module on the other engines (pub/sub's
-//! publishes), on core NATS: `qmesh.<cluster>.relay.<channel>.<engine id>`,
-//! one subject per channel and sending engine. Every engine subscribes to
+//! publishes, shared state's changes, shared streams' events), on core
+//! NATS: `qmesh.<cluster>.relay.<channel>.<engine id>`, one subject per
+//! channel and sending engine. Every engine subscribes to
 //! all of them and hands what another engine sent to the mesh's taker of
 //! that channel; what it sent itself comes back to it too and is skipped,
 //! so each message is delivered once per engine.

@@ -36,7 +36,7 @@ use crate::dashboard::Dashboard;
 use crate::functions::Introspection;
 use crate::http::HttpModule;
 use crate::mesh::{Mesh, Provisions};
-use crate::module::{Module, StateBackend};
+use crate::module::{Module, StateBackend, StreamBackend};
 use crate::observability::Observability;
 use crate::protocol::codes::close;
 use crate::pubsub::PubSub;
@@ -44,6 +44,7 @@ use crate::queue::Queues;
 use crate::realtime::RealtimeModule;
 use crate::state::StateModule;
 use crate::store::state::StateValues;
+use crate::store::stream::StreamItems;
 use crate::store::{Store, StoreError};
 use crate::stream::StreamsModule;
 use crate::topics::TopicsModule;
@@ -127,8 +128,6 @@ impl Engine {
             )
             .await?,
         );
-        let streams =
-            Arc::new(StreamsModule::bind(&mesh, store.clone(), config.streams.clone()).await?);
         let topics = TopicsModule::new(store.clone(), &queues, config.topics.clone());
         let observability = Observability::new(config.observability.clone(), &config.otel)?;
         let cluster = match config.cluster.enabled() {
@@ -150,6 +149,14 @@ impl Engine {
             Some(c) if config.cluster.jetstream_state() => c.state(&config.cluster).await?,
             _ => Arc::new(StateValues::new(store.clone())),
         };
+        // The same for stream items: shared ones also carry each event to
+        // the other engines' bindings and socket clients.
+        let stream_items: Arc<dyn StreamBackend> = match &cluster {
+            Some(c) if config.cluster.jetstream_streams() => c.streams(&config.cluster).await?,
+            _ => Arc::new(StreamItems::new(store.clone())),
+        };
+        let streams =
+            Arc::new(StreamsModule::bind(&mesh, stream_items, config.streams.clone()).await?);
         let queues = match cluster_queues {
             Some(_) => queues.serving_no_workers(),
             None => queues,

@@ -121,7 +121,8 @@ pub(crate) trait OtherEngines: Send + Sync {
 }
 
 /// Carries a module's messages to the same module on every other engine of
-/// a cluster (pub/sub's publishes): best effort, like the messages it carries.
+/// a cluster (pub/sub's publishes, shared state's changes, shared streams'
+/// events): best effort, like the messages it carries.
 pub(crate) trait Relay: Send + Sync {
     /// Sends `message` to the other engines' handler of `channel`
     /// ([`Provisions::on_relayed`]); never back to this engine's. Must not

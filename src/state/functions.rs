@@ -18,7 +18,7 @@ use super::State;
 use super::watchers::{Change, Event};
 use crate::mesh::{CallCtx, Mesh, Reply};
 use crate::module::Refused;
-use crate::module::StateWritten;
+use crate::module::ValueWritten;
 use crate::protocol::{ErrorBody, codes, names, update_ops};
 
 #[derive(Deserialize)]
@@ -95,7 +95,7 @@ impl State {
 }
 
 /// Waits until a write is as durable as asked.
-async fn settle(written: &mut StateWritten, code: &'static str) -> Result<(), ErrorBody> {
+async fn settle(written: &mut ValueWritten, code: &'static str) -> Result<(), ErrorBody> {
     match written.until_durable.take() {
         Some(wait) => wait.await.map_err(|e| ErrorBody::new(code, e.to_string())),
         None => Ok(()),

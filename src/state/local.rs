@@ -5,7 +5,7 @@
 
 use futures_util::future::BoxFuture;
 
-use crate::module::{BackendError, Refused, StateBackend, StateChange, StateWritten};
+use crate::module::{BackendError, Refused, StateBackend, ValueChange, ValueWritten};
 use crate::store::state::StateValues;
 
 fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, T> {
@@ -26,8 +26,8 @@ impl StateBackend for StateValues {
         scope: &str,
         key: &str,
         durable: bool,
-        change: StateChange,
-    ) -> BoxFuture<'static, Result<StateWritten, Refused>> {
+        change: ValueChange,
+    ) -> BoxFuture<'static, Result<ValueWritten, Refused>> {
         let written = match StateValues::modify(self, scope, key, change) {
             Ok(w) => w,
             Err(e) => return ready(Err(e)),
@@ -39,7 +39,7 @@ impl StateBackend for StateValues {
             Box::pin(async move { values.durable(ticket).await.map_err(BackendError::from) })
                 as BoxFuture<'static, _>
         });
-        ready(Ok(StateWritten {
+        ready(Ok(ValueWritten {
             old: written.old,
             until_durable,
         }))

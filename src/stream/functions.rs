@@ -3,24 +3,25 @@
 //! `state::delete`); `list` and `list_groups` bare arrays; `list_all`
 //! `{stream: [{id, groups}], count}`; `send` null.
 //!
-//! As in state, writes are applied inline, in order with the caller's other
-//! messages; only the durable wait happens in a task. A stream with a custom
-//! provider (`providers.rs`) is answered from a task instead, once the
-//! provider has answered.
+//! As in state, every function asks the backend at once: on the embedded
+//! store a write is applied inline, in order with the caller's other
+//! messages, and only the durable wait happens in a task; on a backend
+//! shared by a cluster the whole call waits for NATS. A stream with a custom
+//! provider (`providers.rs`) is answered from a task, once the provider has
+//! answered.
 
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
 
 use super::Streams;
 use super::providers::{self, Deleted, Written as ProviderWritten};
-use super::watchers::{Event, envelope};
+use super::watchers::{Event, Where, envelope};
 use crate::mesh::{CallCtx, Mesh, Reply};
-use crate::module::Refused;
+use crate::module::{Refused, ValueWritten};
 use crate::protocol::{ErrorBody, codes, names, update_ops};
-use crate::store::StoreError;
-use crate::store::state::Written;
 
 // The inputs serialise back to iii's fields only: what a custom provider gets.
 
@@ -101,60 +102,59 @@ fn ready(reply: Reply) -> BoxFuture<'static, Reply> {
     Box::pin(std::future::ready(reply))
 }
 
-impl Streams {
-    fn too_large(&self, code: &str, bytes: &[u8]) -> Result<(), Refused> {
-        let limit = self.config.max_item_bytes;
-        if bytes.len() > limit {
-            return Err(Refused::Body(ErrorBody::new(
-                code,
-                format!(
-                    "the item is {} bytes; at most {limit} are allowed",
-                    bytes.len()
-                ),
-            )));
-        }
-        Ok(())
+/// An item over `limit` bytes is refused with `code`.
+fn too_large(limit: usize, code: &str, bytes: &[u8]) -> Result<(), Refused> {
+    if bytes.len() > limit {
+        return Err(Refused::Body(ErrorBody::new(
+            code,
+            format!(
+                "the item is {} bytes; at most {limit} are allowed",
+                bytes.len()
+            ),
+        )));
     }
+    Ok(())
+}
 
-    fn reply_after(
-        &self,
-        written: &Written,
-        durable: Option<bool>,
-        code: &'static str,
-        reply: Value,
-    ) -> BoxFuture<'static, Reply> {
-        let wait = durable.unwrap_or(self.config.durable);
-        match written.ticket.filter(|_| wait) {
-            None => ready(Ok(reply)),
-            Some(ticket) => {
-                let items = self.items.clone();
-                items.want(ticket);
-                Box::pin(async move {
-                    items
-                        .durable(ticket)
-                        .await
-                        .map_err(|e| ErrorBody::new(code, e.to_string()))?;
-                    Ok(reply)
-                })
-            }
-        }
+impl Streams {
+    /// Whether a write's reply waits until it is durable.
+    fn durable(&self, asked: Option<bool>) -> bool {
+        asked.unwrap_or(self.config.durable)
     }
 
     /// An event: its envelope, encoded once, goes to the matching `stream`
     /// bindings (from a task) and then to the matching socket subscriptions
-    /// (queued without waiting).
+    /// (queued without waiting); when the items are shared with other
+    /// engines, the same envelope is relayed to theirs.
     pub(super) fn fire(&self, mesh: &Mesh, ev: Event<'_>) {
         let text = envelope(ev.stream, ev.group, ev.item, &ev.event);
+        if self.items.shared() {
+            mesh.provided()
+                .relay(super::RELAY_CHANNEL, || text.clone().into_bytes());
+        }
+        self.fire_here(
+            mesh,
+            Where {
+                stream: ev.stream,
+                group: ev.group,
+                item: ev.item,
+            },
+            text,
+        );
+    }
+
+    /// An envelope to this engine's bindings and socket subscriptions only.
+    pub(super) fn fire_here(&self, mesh: &Mesh, at: Where<'_>, text: String) {
         let payload =
             serde_json::value::RawValue::from_string(text.clone()).expect("an envelope is JSON");
         super::watchers::fire(
             &self.watchers,
             mesh,
             self.config.condition_timeout,
-            &ev,
+            &at,
             &payload,
         );
-        self.hub.publish(ev.stream, ev.group, ev.item, text);
+        self.hub.publish(at.stream, at.group, at.item, text);
     }
 
     /// One item (`id`) or the group's items: what a socket's `sync` carries
@@ -188,32 +188,50 @@ impl Streams {
     }
 }
 
-/// `create` or `update`, from whether there was an item before.
-fn write_event(had_old: bool, new: &Value) -> Value {
-    let kind = if had_old { "update" } else { "create" };
-    json!({ "type": kind, "data": new })
-}
-
-/// A custom provider's write: the event fires as for the store, and the
-/// caller gets iii's `{old_value, new_value}` (and the provider's `errors`).
-fn provider_wrote(
+/// A write's event, `create` or `update` from whether there was an item
+/// before, fired for `item`.
+fn fire_write(
     s: &Streams,
     mesh: &Mesh,
-    (stream, group, item): (&str, &str, &str),
-    out: ProviderWritten,
-) -> (Value, Option<Value>) {
-    let old_value = out.old_value.unwrap_or(Value::Null);
+    (stream, group, item): Item<'_>,
+    had_old: bool,
+    new: &Value,
+) {
+    let kind = if had_old { "update" } else { "create" };
     s.fire(
         mesh,
         Event {
             stream,
             group,
             item: Some(item),
-            event: write_event(!old_value.is_null(), &out.new_value),
+            event: json!({ "type": kind, "data": new }),
         },
     );
+}
+
+/// An item's stream, group and id.
+type Item<'a> = (&'a str, &'a str, &'a str);
+
+/// A custom provider's write: the event fires as for the store, and the
+/// caller gets iii's `{old_value, new_value}` (and the provider's `errors`).
+fn provider_wrote(
+    s: &Streams,
+    mesh: &Mesh,
+    at: Item<'_>,
+    out: ProviderWritten,
+) -> (Value, Option<Value>) {
+    let old_value = out.old_value.unwrap_or(Value::Null);
+    fire_write(s, mesh, at, !old_value.is_null(), &out.new_value);
     let reply = json!({ "old_value": old_value, "new_value": out.new_value });
     (reply, out.errors)
+}
+
+/// Waits until a write is as durable as asked.
+async fn settle(written: &mut ValueWritten, code: &'static str) -> Result<(), ErrorBody> {
+    match written.until_durable.take() {
+        Some(wait) => wait.await.map_err(|e| ErrorBody::new(code, e.to_string())),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn set(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
@@ -239,29 +257,24 @@ pub(super) fn set(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'st
     }
     let new_value = inp.data.unwrap_or(Value::Null);
     let bytes = serde_json::to_vec(&new_value).unwrap_or_default();
-    let written = s
-        .items
-        .modify(&inp.stream_name, &inp.group_id, &inp.item_id, |_| {
-            s.too_large(CODE, &bytes)?;
-            Ok::<_, Refused>(Some(bytes))
-        });
-    let written = match written {
-        Ok(w) => w,
-        Err(e) => return ready(Err(e.into_body(CODE))),
-    };
-    let old_value = parse(written.old.as_deref());
-    let event = write_event(written.old.is_some(), &new_value);
-    s.fire(
-        &mesh,
-        Event {
-            stream: &inp.stream_name,
-            group: &inp.group_id,
-            item: Some(&inp.item_id),
-            event,
-        },
+    if let Err(e) = too_large(s.config.max_item_bytes, CODE, &bytes) {
+        return ready(Err(e.into_body(CODE)));
+    }
+    let write = s.items.modify(
+        &inp.stream_name,
+        &inp.group_id,
+        &inp.item_id,
+        s.durable(inp.durable),
+        Box::new(move |_| Ok(Some(bytes.clone()))),
     );
-    let reply = json!({ "old_value": old_value, "new_value": new_value });
-    s.reply_after(&written, inp.durable, CODE, reply)
+    Box::pin(async move {
+        let mut written = write.await.map_err(|e| e.into_body(CODE))?;
+        let old_value = parse(written.old.as_deref());
+        let at = (&*inp.stream_name, &*inp.group_id, &*inp.item_id);
+        fire_write(&s, &mesh, at, written.old.is_some(), &new_value);
+        settle(&mut written, CODE).await?;
+        Ok(json!({ "old_value": old_value, "new_value": new_value }))
+    })
 }
 
 pub(super) fn get(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
@@ -280,11 +293,13 @@ fn read_item(s: &Streams, mesh: &Mesh, inp: ItemInput) -> BoxFuture<'static, Rep
         let (mesh, timeout) = (mesh.clone(), s.config.provider_timeout);
         return Box::pin(async move { p.call(&mesh, &inp, timeout).await });
     }
-    let found = s
-        .items
-        .get(&inp.stream_name, &inp.group_id, &inp.item_id)
-        .map_err(|e| ErrorBody::new(CODE, e.to_string()));
-    ready(found.map(|f| parse(f.as_deref())))
+    let read = s.items.get(&inp.stream_name, &inp.group_id, &inp.item_id);
+    Box::pin(async move {
+        let found = read
+            .await
+            .map_err(|e| ErrorBody::new(CODE, e.to_string()))?;
+        Ok(parse(found.as_deref()))
+    })
 }
 
 pub(super) fn delete(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
@@ -306,21 +321,23 @@ pub(super) fn delete(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<
             Ok(json!({ "old_value": old_value }))
         });
     }
-    let written = match s
-        .items
-        .modify(&inp.stream_name, &inp.group_id, &inp.item_id, |_| {
-            Ok::<_, Refused>(None)
-        }) {
-        Ok(w) => w,
-        Err(e) => return ready(Err(e.into_body(CODE))),
-    };
-    let old_value = parse(written.old.as_deref());
-    // Only a removal is an event (iii's rule).
-    if written.old.is_some() {
-        s.fire(&mesh, deleted(&inp, &old_value));
-    }
-    let reply = json!({ "old_value": old_value });
-    s.reply_after(&written, inp.durable, CODE, reply)
+    let write = s.items.modify(
+        &inp.stream_name,
+        &inp.group_id,
+        &inp.item_id,
+        s.durable(inp.durable),
+        Box::new(|_| Ok(None)),
+    );
+    Box::pin(async move {
+        let mut written = write.await.map_err(|e| e.into_body(CODE))?;
+        let old_value = parse(written.old.as_deref());
+        // Only a removal is an event (iii's rule).
+        if written.old.is_some() {
+            s.fire(&mesh, deleted(&inp, &old_value));
+        }
+        settle(&mut written, CODE).await?;
+        Ok(json!({ "old_value": old_value }))
+    })
 }
 
 fn deleted<'a>(inp: &'a ItemInput, old_value: &Value) -> Event<'a> {
@@ -332,9 +349,13 @@ fn deleted<'a>(inp: &'a ItemInput, old_value: &Value) -> Event<'a> {
     }
 }
 
+/// What the last run of an update's change made: the item and the ops'
+/// errors.
+type Outcome = Arc<Mutex<Option<(Value, Vec<update_ops::OpError>)>>>;
+
 pub(super) fn update(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
     const CODE: &str = codes::STREAM_UPDATE_ERROR;
-    let inp: UpdateInput = match input("stream::update", v) {
+    let mut inp: UpdateInput = match input("stream::update", v) {
         Ok(i) => i,
         Err(e) => return ready(Err(e)),
     };
@@ -366,40 +387,42 @@ pub(super) fn update(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<
             Ok(reply)
         });
     }
-    let mut outcome = None;
-    let written = s
-        .items
-        .modify(&inp.stream_name, &inp.group_id, &inp.item_id, |old| {
+    let outcome: Outcome = Arc::default();
+    let (limit, last) = (s.config.max_item_bytes, outcome.clone());
+    let ops = std::mem::take(&mut inp.ops);
+    let write = s.items.modify(
+        &inp.stream_name,
+        &inp.group_id,
+        &inp.item_id,
+        s.durable(inp.durable),
+        Box::new(move |old| {
             let mut value = match old {
                 Some(_) => parse(old),
                 None => Value::Object(Default::default()),
             };
-            let errors = update_ops::apply(&mut value, &inp.ops);
+            let errors = update_ops::apply(&mut value, &ops);
             let bytes = serde_json::to_vec(&value).unwrap_or_default();
-            s.too_large(CODE, &bytes)?;
-            outcome = Some((value, errors));
-            Ok::<_, Refused>(Some(bytes))
-        });
-    let (written, (new_value, errors)) = match (written, outcome) {
-        (Ok(w), Some(o)) => (w, o),
-        (Err(e), _) => return ready(Err(e.into_body(CODE))),
-        (Ok(_), None) => return ready(Err(ErrorBody::new(CODE, "the update did not run"))),
-    };
-    let old_value = parse(written.old.as_deref());
-    s.fire(
-        &mesh,
-        Event {
-            stream: &inp.stream_name,
-            group: &inp.group_id,
-            item: Some(&inp.item_id),
-            event: write_event(written.old.is_some(), &new_value),
-        },
+            too_large(limit, CODE, &bytes)?;
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = Some((value, errors));
+            Ok(Some(bytes))
+        }),
     );
-    let mut reply = json!({ "old_value": old_value, "new_value": new_value });
-    if !errors.is_empty() {
-        reply["errors"] = serde_json::to_value(errors).unwrap_or_default();
-    }
-    s.reply_after(&written, inp.durable, CODE, reply)
+    Box::pin(async move {
+        let mut written = write.await.map_err(|e| e.into_body(CODE))?;
+        let taken = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((new_value, errors)) = taken else {
+            return Err(ErrorBody::new(CODE, "the update did not run"));
+        };
+        let old_value = parse(written.old.as_deref());
+        let at = (&*inp.stream_name, &*inp.group_id, &*inp.item_id);
+        fire_write(&s, &mesh, at, written.old.is_some(), &new_value);
+        settle(&mut written, CODE).await?;
+        let mut reply = json!({ "old_value": old_value, "new_value": new_value });
+        if !errors.is_empty() {
+            reply["errors"] = serde_json::to_value(errors).unwrap_or_default();
+        }
+        Ok(reply)
+    })
 }
 
 pub(super) fn list(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
@@ -418,11 +441,13 @@ fn read_group(s: &Streams, mesh: &Mesh, inp: GroupInput) -> BoxFuture<'static, R
         let (mesh, timeout) = (mesh.clone(), s.config.provider_timeout);
         return Box::pin(async move { p.call(&mesh, &inp, timeout).await });
     }
-    let items = s
-        .items
-        .list(&inp.stream_name, &inp.group_id)
-        .map_err(|e| ErrorBody::new(CODE, e.to_string()));
-    ready(items.map(|items| Value::Array(items.iter().map(|b| parse(Some(b))).collect())))
+    let read = s.items.list(&inp.stream_name, &inp.group_id);
+    Box::pin(async move {
+        let items = read
+            .await
+            .map_err(|e| ErrorBody::new(CODE, e.to_string()))?;
+        Ok(Value::Array(items.iter().map(|b| parse(Some(b))).collect()))
+    })
 }
 
 pub(super) fn list_groups(
@@ -442,29 +467,34 @@ pub(super) fn list_groups(
     if let Some(p) = providers::find(&mesh, "list_groups", &inp.stream_name) {
         return Box::pin(async move { p.call(&mesh, &inp, s.config.provider_timeout).await });
     }
-    let groups = s
-        .items
-        .groups(&inp.stream_name)
-        .map_err(|e| ErrorBody::new(CODE, e.to_string()));
-    ready(groups.map(|mut g| {
-        g.sort();
-        json!(g)
-    }))
+    let read = s.items.groups(&inp.stream_name);
+    Box::pin(async move {
+        let mut groups = read
+            .await
+            .map_err(|e| ErrorBody::new(CODE, e.to_string()))?;
+        groups.sort();
+        Ok(json!(groups))
+    })
 }
 
-pub(super) fn list_all(s: &Streams, _: &Mesh, _: &CallCtx, _: Value) -> Reply {
+pub(super) fn list_all(s: Streams, _: Mesh, _: CallCtx, _: Value) -> BoxFuture<'static, Reply> {
     const CODE: &str = codes::STREAM_LIST_ALL_ERROR;
-    let fail = |e: StoreError| ErrorBody::new(CODE, e.to_string());
-    let mut names = s.items.streams().map_err(fail)?;
-    names.sort();
-    let mut streams = Vec::with_capacity(names.len());
-    for name in names {
-        let mut groups = s.items.groups(&name).map_err(fail)?;
-        groups.sort();
-        streams.push(json!({ "id": name, "groups": groups }));
-    }
-    let count = streams.len();
-    Ok(json!({ "stream": streams, "count": count }))
+    let read = s.items.streams();
+    Box::pin(async move {
+        let mut all = read
+            .await
+            .map_err(|e| ErrorBody::new(CODE, e.to_string()))?;
+        all.sort();
+        let streams: Vec<Value> = all
+            .into_iter()
+            .map(|(name, mut groups)| {
+                groups.sort();
+                json!({ "id": name, "groups": groups })
+            })
+            .collect();
+        let count = streams.len();
+        Ok(json!({ "stream": streams, "count": count }))
+    })
 }
 
 pub(super) fn send(s: &Streams, mesh: &Mesh, _: &CallCtx, v: Value) -> Reply {

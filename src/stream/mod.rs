@@ -15,7 +15,15 @@
 //!   envelopes to them (never waiting on one), the shutdown;
 //! - `socket.rs`: the client listener (`[streams] listen`): handshake bounds,
 //!   the auth function before the upgrade, one socket's reader and writer;
-//! - `module.rs`: its `Module` impl.
+//! - `module.rs`: its `Module` impl;
+//! - `local.rs`: the embedded store (`store::stream::StreamItems`) as its
+//!   backend.
+//!
+//! Items live behind `module::StreamBackend`, which the engine root picks:
+//! the embedded store, or (`[cluster] streams = "jetstream"`) a store every
+//! engine of a cluster shares, whose events (writes, and `stream::send`'s)
+//! are relayed to the other engines' bindings and socket clients through
+//! the mesh's `Relay` (channel `stream`).
 //!
 //! Durability is state's: writes are applied before the reply, and a durable
 //! call (the default) waits for the sync that covers it. Subscriptions live in
@@ -24,12 +32,13 @@
 //! Architecture invariant: streams know the mesh, their store door
 //! (`store::stream::StreamItems`), the update ops in `protocol::update_ops`,
 //! the memory budget and `module.rs`; nothing of the engine root, the edge or
-//! other modules. No stream lock is held across an await or while calling
-//! the mesh.
+//! other modules (the cluster included). No stream lock is held across an
+//! await or while calling the mesh.
 
 mod functions;
 mod hub;
 mod lifecycle;
+mod local;
 pub(crate) mod module;
 mod providers;
 mod socket;
@@ -40,11 +49,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::stream::StreamItems;
+use crate::module::StreamBackend;
 pub(crate) use module::StreamsModule;
 
 /// iii's port for the streams client socket.
 pub const DEFAULT_STREAMS_PORT: u16 = 3112;
+
+/// The relay channel an event goes out on to other engines' bindings and
+/// socket clients.
+const RELAY_CHANNEL: &str = "stream";
 
 /// `[streams]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -167,7 +180,7 @@ impl StreamsConfig {
 /// The module's handle, shared by its functions, its trigger types and the socket.
 #[derive(Clone)]
 pub(crate) struct Streams {
-    items: StreamItems,
+    items: Arc<dyn StreamBackend>,
     config: Arc<StreamsConfig>,
     watchers: watchers::Watchers,
     lifecycle: lifecycle::Lifecycle,

@@ -14,12 +14,11 @@ use super::functions as f;
 use super::hub::Hub;
 use super::lifecycle::{JOIN, LEAVE, Lifecycle};
 use super::socket::{self, SocketApp};
-use super::{Streams, StreamsConfig, watchers::Watchers};
+use super::watchers::{Relayed, Watchers};
+use super::{Streams, StreamsConfig};
 use crate::mesh::{Mesh, Provisions};
-use crate::module::Module;
+use crate::module::{Module, StreamBackend};
 use crate::net::{Bound, Listener};
-use crate::store::Store;
-use crate::store::stream::StreamItems;
 
 pub(crate) struct StreamsModule {
     mesh: Mesh,
@@ -28,10 +27,12 @@ pub(crate) struct StreamsModule {
 }
 
 impl StreamsModule {
-    /// Builds the module and binds `streams.listen`.
+    /// Builds the module, its items kept in `items` (the engine's store, or
+    /// a backend shared with other engines, whose events then reach this
+    /// engine's bindings and clients too), and binds `streams.listen`.
     pub(crate) async fn bind(
         mesh: &Mesh,
-        store: Arc<Store>,
+        items: Arc<dyn StreamBackend>,
         config: StreamsConfig,
     ) -> std::io::Result<Self> {
         let listener = Bound::bind(config.listen, "stream clients", config.tls.as_ref()).await?;
@@ -39,7 +40,7 @@ impl StreamsModule {
         Ok(Self {
             mesh: mesh.clone(),
             streams: Streams {
-                items: StreamItems::new(store),
+                items,
                 config: Arc::new(config),
                 watchers: Watchers::new(super::watchers::TRIGGER_TYPE),
                 lifecycle: Lifecycle::default(),
@@ -88,8 +89,16 @@ impl Module for StreamsModule {
         p.async_fn("stream::update", s, f::update);
         p.async_fn("stream::list", s, f::list);
         p.async_fn("stream::list_groups", s, f::list_groups);
-        p.sync_fn("stream::list_all", s, f::list_all);
+        p.async_fn("stream::list_all", s, f::list_all);
         p.sync_fn("stream::send", s, f::send);
+        if s.items.shared() {
+            let s = s.clone();
+            p.on_relayed(super::RELAY_CHANNEL, move |mesh, message| {
+                if let Some((relayed, text)) = Relayed::decode(message) {
+                    s.fire_here(mesh, relayed.at(), text);
+                }
+            });
+        }
     }
 
     /// Where clients connect and how many are open.

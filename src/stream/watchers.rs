@@ -63,21 +63,63 @@ pub(super) struct Event<'a> {
     pub event: Value,
 }
 
+/// Where an event happened: what bindings and subscriptions match on.
+pub(super) struct Where<'a> {
+    pub stream: &'a str,
+    pub group: &'a str,
+    pub item: Option<&'a str>,
+}
+
 /// Calls every matching binding with the envelope, from a task; each
 /// binding's condition first.
 pub(super) fn fire(
     watchers: &Watchers,
     mesh: &Mesh,
     condition_timeout: Duration,
-    ev: &Event<'_>,
+    at: &Where<'_>,
     envelope: &Payload,
 ) {
     watchers.fire(
         mesh,
         condition_timeout,
-        |w| w.wants(ev.stream, ev.group, ev.item),
+        |w| w.wants(at.stream, at.group, at.item),
         || envelope.clone(),
     );
+}
+
+/// An envelope another engine relayed (items shared by a cluster): the
+/// envelope itself is the message, and where it happened is read back from
+/// it, so this engine's bindings and clients get the very same bytes.
+#[derive(Deserialize)]
+pub(super) struct Relayed {
+    #[serde(rename = "streamName")]
+    stream: String,
+    #[serde(rename = "groupId")]
+    group: String,
+    id: Option<String>,
+}
+
+impl Relayed {
+    /// Reads what another engine relayed; `None` (logged) if it is not an
+    /// envelope.
+    pub(super) fn decode(message: &[u8]) -> Option<(Relayed, String)> {
+        let text = std::str::from_utf8(message).ok();
+        match text.map(|t| (serde_json::from_str::<Relayed>(t), t)) {
+            Some((Ok(r), t)) => Some((r, t.to_owned())),
+            _ => {
+                tracing::warn!("a relayed stream event that does not parse was dropped");
+                None
+            }
+        }
+    }
+
+    pub(super) fn at(&self) -> Where<'_> {
+        Where {
+            stream: &self.stream,
+            group: &self.group,
+            item: self.id.as_deref(),
+        }
+    }
 }
 
 /// The envelope handlers and socket clients get, as JSON text:

@@ -16,6 +16,7 @@ pub mod programs;
 pub mod queue;
 pub mod realtime;
 pub mod sdk;
+pub mod streams;
 pub mod wait;
 
 #[allow(unused_imports)] // not every test file starts the binary
@@ -154,6 +155,15 @@ impl TestEngine {
     pub async fn health(&self) -> Value {
         let (_, body) = self.get("/health", None).await;
         serde_json::from_str(&body).expect("health is JSON")
+    }
+
+    /// Waits until the engine says it is cut off from NATS (`/health`: the
+    /// cluster `degraded`).
+    pub async fn until_cut_off_from_nats(&self) {
+        wait_until("the engine sees NATS gone", WAIT, async || {
+            self.health().await["cluster"]["state"] == "degraded"
+        })
+        .await;
     }
 
     /// `GET path` on the worker listener (with a bearer token if given):
@@ -373,6 +383,39 @@ pub async fn wait_for_open_channels(
     .await
 }
 
+/// Sends `n` copies of `function_id` with `data` (an update incrementing
+/// `count`) from a client of each engine at `urls`, all at once, and returns
+/// every reply's `old_value.count`, sorted: with no update lost to a race,
+/// `0..n * urls.len()`.
+pub async fn increments_from_each(
+    urls: &[&str],
+    function_id: &'static str,
+    data: Value,
+    n: usize,
+) -> Vec<i64> {
+    let racers: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            let (url, data) = (url.to_string(), data.clone());
+            tokio::spawn(async move {
+                let mut client = RawClient::worker(&url, "incrementer").await;
+                client.calls_at_once(function_id, data, n).await
+            })
+        })
+        .collect();
+    let mut before = Vec::new();
+    for racer in racers {
+        let results = racer.await.expect("a racer panicked");
+        before.extend(
+            results
+                .iter()
+                .map(|r| r["old_value"]["count"].as_i64().unwrap_or(0)),
+        );
+    }
+    before.sort_unstable();
+    before
+}
+
 /// Test defaults: short namespace hold so raw clients need not announce themselves.
 pub fn test_config() -> Config {
     let mut c = Config::default();
@@ -505,6 +548,56 @@ impl RawClient {
             v["type"] == "invocationresult" && v["invocation_id"] == id.as_str()
         })
         .await
+    }
+
+    /// Sync call that must succeed; returns its `result`.
+    pub async fn call_ok(&mut self, function_id: &str, data: Value) -> Value {
+        let reply = self.call(function_id, data).await;
+        assert!(reply["error"].is_null(), "{function_id}: {reply}");
+        reply["result"].clone()
+    }
+
+    /// Sends `n` copies of one call at once, then reads their `n` results
+    /// (each must succeed), in the order they came.
+    pub async fn calls_at_once(&mut self, function_id: &str, data: Value, n: usize) -> Vec<Value> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(self.send_call(function_id, data.clone()).await);
+        }
+        let mut results = Vec::new();
+        while results.len() < n {
+            let reply = self
+                .recv_until("a call's result", |v| v["type"] == "invocationresult")
+                .await;
+            assert!(
+                ids.contains(
+                    &reply["invocation_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                )
+            );
+            assert!(reply["error"].is_null(), "{function_id}: {reply}");
+            results.push(reply["result"].clone());
+        }
+        results
+    }
+
+    /// Registers `function_id` and binds it to `trigger_type` with `config`
+    /// under trigger id `id`.
+    pub async fn bind(&mut self, id: &str, trigger_type: &str, function_id: &str, config: Value) {
+        self.register_function(function_id).await;
+        self.send(
+            json!({"type": "registertrigger", "id": id, "trigger_type": trigger_type,
+            "function_id": function_id, "config": config}),
+        )
+        .await;
+    }
+
+    /// The data of the next invocation of this worker (answered with null):
+    /// a trigger's event.
+    pub async fn next_event(&mut self) -> Value {
+        self.answer_next(json!({"result": null})).await["data"].clone()
     }
 
     /// Asserts that no `invokefunction` reaches this worker for `window`

@@ -217,6 +217,13 @@ impl NatsCluster {
         }
     }
 
+    /// Kills every node (SIGKILL) and waits until each is gone.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+
     /// Starts killed nodes again (same ports, same store) and waits until
     /// every one is healthy.
     pub async fn restart(&mut self, nodes: &[usize]) {
@@ -289,9 +296,7 @@ pub async fn keys(kv: &async_nats::jetstream::kv::Store) -> Vec<String> {
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill(i);
-        }
+        self.kill_all();
     }
 }
 
