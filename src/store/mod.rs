@@ -221,21 +221,34 @@ fn undo_interrupted(tree: &sled::Tree, undo: &sled::Tree) -> Result<usize, Store
 }
 
 /// What each key `ops` writes holds now (its first write's "before").
-fn before_images(
-    tree: &sled::Tree,
-    ops: &[(Vec<u8>, Option<Vec<u8>>)],
-) -> sled::Result<records::UndoRecord> {
+fn before_images(tree: &sled::Tree, ops: &[Write]) -> sled::Result<records::UndoRecord> {
     let mut seen = std::collections::HashSet::with_capacity(ops.len());
     let mut before = Vec::with_capacity(ops.len());
-    for (key, _) in ops {
-        if seen.insert(key.as_slice()) {
+    for op in ops {
+        if seen.insert(op.key.as_slice()) {
+            let value = match op.new_key {
+                true => None,
+                false => tree.get(&op.key)?.map(|v| v.to_vec()),
+            };
             before.push(records::UndoEntry {
-                key: key.clone(),
-                value: tree.get(key)?.map(|v| v.to_vec()),
+                key: op.key.clone(),
+                value,
             });
         }
     }
     Ok(records::UndoRecord { before })
+}
+
+/// One write of a batch given to [`Store::apply_logged`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub key: Vec<u8>,
+    /// `None` removes the key.
+    pub value: Option<Vec<u8>>,
+    /// The writer knows the key does not exist yet (it holds an id or a
+    /// sequence number drawn for this batch): its undo is a removal, with
+    /// no read of what it held.
+    pub new_key: bool,
 }
 
 /// What the syncer has done since the store opened: rounds that succeeded
@@ -368,14 +381,14 @@ impl Store {
     /// Readers in this process may see the ops half written while this
     /// runs: the tables written this way have one writer, which is their
     /// only reader. Visible when it returns; durable after [`Store::durable`].
-    pub fn apply_logged(&self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Ticket, StoreError> {
+    pub fn apply_logged(&self, ops: Vec<Write>) -> Result<Ticket, StoreError> {
         let sled = self.shared.live()?;
         let mut next = self.shared.undo.lock().unwrap_or_else(|e| e.into_inner());
         let t = std::time::Instant::now();
         let tree = &sled.tree;
-        let write = |(k, v): (Vec<u8>, Option<Vec<u8>>)| match v {
-            Some(v) => tree.insert(k, v).map(drop),
-            None => tree.remove(k).map(drop),
+        let write = |op: Write| match op.value {
+            Some(v) => tree.insert(op.key, v).map(drop),
+            None => tree.remove(op.key).map(drop),
         };
         let result = if ops.len() <= 1 {
             ops.into_iter().try_for_each(write)
@@ -636,10 +649,15 @@ mod tests {
             let tree = store.tree().unwrap();
             tree.insert(b"Xb", b"old").unwrap();
             tree.insert(b"Xc", b"kept").unwrap();
+            let w = |k: &[u8], v: Option<&[u8]>, new_key| Write {
+                key: k.to_vec(),
+                value: v.map(<[u8]>::to_vec),
+                new_key,
+            };
             let ops = vec![
-                (b"Xa".to_vec(), Some(b"1".to_vec())),
-                (b"Xb".to_vec(), None),
-                (b"Xa".to_vec(), Some(b"2".to_vec())),
+                w(b"Xa", Some(b"1"), true),
+                w(b"Xb", None, false),
+                w(b"Xa", Some(b"2"), false),
             ];
             // What a crash after the undo entry and two writes leaves.
             let record = before_images(&tree, &ops).unwrap();
@@ -661,8 +679,16 @@ mod tests {
         // A batch written whole leaves no entry, and reads as written.
         let t = store
             .apply_logged(vec![
-                (b"Xd".to_vec(), Some(b"4".to_vec())),
-                (b"Xb".to_vec(), None),
+                Write {
+                    key: b"Xd".to_vec(),
+                    value: Some(b"4".to_vec()),
+                    new_key: true,
+                },
+                Write {
+                    key: b"Xb".to_vec(),
+                    value: None,
+                    new_key: false,
+                },
             ])
             .unwrap();
         assert!(t > 0);

@@ -53,7 +53,7 @@ use uuid::Uuid;
 use super::layout;
 pub use super::layout::{FnId, QueueId};
 use super::records::{AttemptRecord, Counts, JobRecord, QueueRecord};
-use super::{Store, StoreError, Ticket, codec};
+use super::{Store, StoreError, Ticket, Write, codec};
 
 /// The queue tables of a [`Store`].
 #[derive(Clone)]
@@ -65,8 +65,7 @@ pub struct QueueStore {
 /// Building one touches nothing: it is only a list of writes.
 #[derive(Default)]
 pub struct Writes {
-    /// (key, value, or `None` to remove), in order.
-    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<Write>,
     /// Jobs this batch completes: listed in one entry when it is applied.
     completed: Vec<(u64, Uuid)>,
     touched: bool,
@@ -137,12 +136,35 @@ impl Writes {
 
     fn insert(&mut self, k: Vec<u8>, v: impl Into<Vec<u8>>) {
         self.touched = true;
-        self.ops.push((k, Some(v.into())));
+        self.ops.push(Write {
+            key: k,
+            value: Some(v.into()),
+            new_key: false,
+        });
     }
 
     fn remove(&mut self, k: impl Into<Vec<u8>>) {
         self.touched = true;
-        self.ops.push((k.into(), None));
+        self.ops.push(Write {
+            key: k.into(),
+            value: None,
+            new_key: false,
+        });
+    }
+
+    /// Where the next write goes: with [`Writes::new_keys_since`], marks
+    /// the writes of a job just enqueued.
+    pub fn mark(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Declares the puts since `mark` new keys: a job just enqueued, whose
+    /// keys hold its fresh id or sequence number. A crash mid-batch then
+    /// undoes them without a read of what they held (nothing).
+    pub fn new_keys_since(&mut self, mark: usize) {
+        for op in self.ops.iter_mut().skip(mark) {
+            op.new_key = op.value.is_some();
+        }
     }
 
     pub fn put_queue(&mut self, name: &str, rec: &QueueRecord) {
@@ -268,14 +290,15 @@ impl Writes {
 
     /// The completed entry: keyed by the latest end time (no job's retention
     /// is cut short) and the first job.
-    fn finish(mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    fn finish(mut self) -> Vec<Write> {
         if let Some(&(_, first)) = self.completed.first() {
             let done = self.completed.iter().map(|(t, _)| *t).max().unwrap_or(0);
             let ids: Vec<Uuid> = self.completed.iter().map(|(_, id)| *id).collect();
-            self.ops.push((
-                layout::completed(done, &first),
-                Some(layout::completed_value(&ids)),
-            ));
+            self.ops.push(Write {
+                key: layout::completed(done, &first),
+                value: Some(layout::completed_value(&ids)),
+                new_key: false,
+            });
         }
         self.ops
     }
