@@ -43,7 +43,9 @@ pub struct EnqueueArgs {
     expires_in: Option<std::time::Duration>,
     /// One job per line of FILE (- for stdin), each line its JSON input,
     /// written in batches of up to 10,000 (`queue::enqueue_many`, one sync
-    /// each); prints how many were enqueued.
+    /// each, two in flight); prints how many were enqueued. A failed batch
+    /// stops the run: the batches before it are enqueued, the one sent after
+    /// it may be.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["payload", "idempotency_key"])]
     each_line: Option<String>,
     #[command(flatten)]
@@ -101,6 +103,8 @@ pub fn enqueue(args: EnqueueArgs) -> ExitCode {
 
 /// Jobs a `--each-line` batch holds (the engine's most per call).
 const BATCH: usize = 10_000;
+/// `--each-line` batches sent before the first is acknowledged.
+const IN_FLIGHT: usize = 2;
 
 /// `--each-line`: every line a job, batch by batch; a bad line stops the
 /// run before its batch is sent (the batches before it are enqueued).
@@ -145,12 +149,28 @@ fn enqueue_lines(args: EnqueueArgs, file: &str) -> ExitCode {
     }
     let json = args.remote.json;
     execute(&args.remote, async move |s| {
+        use futures_util::StreamExt;
         let mut enqueued = 0;
         let mut duplicates = 0;
-        for batch in jobs.chunks(BATCH) {
-            let input = json!({ "queue": args.queue, "function_id": args.function, "jobs": batch });
-            let out = s.call("queue::enqueue_many", input).await?;
-            enqueued += batch.len();
+        // Two batches in flight: the engine writes one while the next is
+        // encoded and sent, and while the first one's sync runs.
+        let calls = futures_util::stream::iter(jobs.chunks(BATCH))
+            .map(|batch| {
+                let input =
+                    json!({ "queue": args.queue, "function_id": args.function, "jobs": batch });
+                async move { (batch.len(), s.call("queue::enqueue_many", input).await) }
+            })
+            .buffered(IN_FLIGHT);
+        futures_util::pin_mut!(calls);
+        while let Some((n, out)) = calls.next().await {
+            if out.is_err() {
+                eprintln!(
+                    "qmesh: {enqueued} jobs were enqueued before the batch that failed; \
+                     the batch sent after it may have been enqueued too"
+                );
+            }
+            let out = out?;
+            enqueued += n;
             duplicates += out["duplicates"].as_u64().unwrap_or(0);
         }
         let out = json!({ "queue": args.queue, "enqueued": enqueued, "duplicates": duplicates });
