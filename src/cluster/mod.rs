@@ -123,6 +123,12 @@ impl Names {
     pub(crate) fn workers_bucket(&self) -> String {
         format!("qmesh_{}_workers", self.cluster)
     }
+    pub(crate) fn trigger_types_bucket(&self) -> String {
+        format!("qmesh_{}_trigger_types", self.cluster)
+    }
+    pub(crate) fn bindings_bucket(&self) -> String {
+        format!("qmesh_{}_bindings", self.cluster)
+    }
     pub(crate) fn cron_bucket(&self) -> String {
         format!("qmesh_{}_cron", self.cluster)
     }
