@@ -24,8 +24,15 @@
 //! than the timeout) sees its own keys deleted by others and puts them again;
 //! its heartbeats bring its peer back on every other engine.
 //!
+//! Trigger types and bindings cross engines through two more buckets
+//! (`triggers.rs`): the types this engine's workers provide, and the
+//! bindings made here that another engine's type serves, each key read by
+//! the engine that provides it.
+//!
 //! Lock order: `members` may be held while calling the mesh, never the other
 //! way round (nothing the mesh runs takes `members`).
+
+mod triggers;
 
 use base64::Engine as _;
 use futures_util::StreamExt;
@@ -51,6 +58,8 @@ pub(crate) struct Directory {
     client: async_nats::Client,
     functions_kv: async_nats::jetstream::kv::Store,
     workers_kv: async_nats::jetstream::kv::Store,
+    trigger_types_kv: async_nats::jetstream::kv::Store,
+    bindings_kv: async_nats::jetstream::kv::Store,
     names: Names,
     /// Counts this engine's NATS disconnections (calls on their way fail).
     disconnects: tokio::sync::watch::Receiver<u64>,
@@ -81,19 +90,35 @@ struct Member {
     peer: Option<Uuid>,
     /// Its workers' rows by worker id, as the directory says.
     workers: HashMap<String, serde_json::Value>,
+    /// The trigger types its workers provide (their entries, encoded).
+    trigger_types: HashMap<Key, Vec<u8>>,
+    /// Its bindings that this engine's types serve, by binding id (their
+    /// entries, encoded).
+    bindings: HashMap<String, Vec<u8>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Bucket {
     Functions,
     Workers,
+    TriggerTypes,
+    Bindings,
 }
+
+const BUCKETS: [Bucket; 4] = [
+    Bucket::Functions,
+    Bucket::Workers,
+    Bucket::TriggerTypes,
+    Bucket::Bindings,
+];
 
 /// What this engine put in each bucket: key → value.
 #[derive(Default)]
 struct Published {
     functions: HashMap<String, Vec<u8>>,
     workers: HashMap<String, Vec<u8>>,
+    trigger_types: HashMap<String, Vec<u8>>,
+    bindings: HashMap<String, Vec<u8>>,
 }
 
 impl Published {
@@ -101,6 +126,8 @@ impl Published {
         match bucket {
             Bucket::Functions => &mut self.functions,
             Bucket::Workers => &mut self.workers,
+            Bucket::TriggerTypes => &mut self.trigger_types,
+            Bucket::Bindings => &mut self.bindings,
         }
     }
 }
@@ -113,7 +140,14 @@ impl Member {
             functions: HashMap::new(),
             peer: None,
             workers: HashMap::new(),
+            trigger_types: HashMap::new(),
+            bindings: HashMap::new(),
         }
+    }
+
+    /// Nothing of it is in this engine's mesh: its peer can go.
+    fn holds_nothing(&self) -> bool {
+        self.functions.is_empty() && self.trigger_types.is_empty() && self.bindings.is_empty()
     }
 }
 
@@ -136,6 +170,8 @@ impl Directory {
             client: client.clone(),
             functions_kv: open(names.functions_bucket()).await?,
             workers_kv: open(names.workers_bucket()).await?,
+            trigger_types_kv: open(names.trigger_types_bucket()).await?,
+            bindings_kv: open(names.bindings_bucket()).await?,
             names: names.clone(),
             disconnects,
             members: Mutex::new(HashMap::new()),
@@ -143,7 +179,7 @@ impl Directory {
             deleted_by_others: Mutex::new(Vec::new()),
             resync: Notify::new(),
         };
-        for bucket in [Bucket::Functions, Bucket::Workers] {
+        for bucket in BUCKETS {
             directory.clear_previous_run(bucket).await;
         }
         Ok(directory)
@@ -152,17 +188,19 @@ impl Directory {
     /// The tasks: announcing this engine's functions and workers, mirroring
     /// the others'.
     pub(super) fn start(self: Arc<Self>) -> Vec<JoinHandle<()>> {
-        vec![
-            tokio::spawn(self.clone().announce()),
-            tokio::spawn(self.clone().watch(Bucket::Functions)),
-            tokio::spawn(self.watch(Bucket::Workers)),
-        ]
+        let mut tasks = vec![tokio::spawn(self.clone().announce())];
+        for bucket in BUCKETS {
+            tasks.push(tokio::spawn(self.clone().watch(bucket)));
+        }
+        tasks
     }
 
     fn kv(&self, bucket: Bucket) -> &async_nats::jetstream::kv::Store {
         match bucket {
             Bucket::Functions => &self.functions_kv,
             Bucket::Workers => &self.workers_kv,
+            Bucket::TriggerTypes => &self.trigger_types_kv,
+            Bucket::Bindings => &self.bindings_kv,
         }
     }
 
@@ -185,7 +223,7 @@ impl Directory {
         let Some(mut announced) = self.announced.lock().await.take() else {
             return;
         };
-        for bucket in [Bucket::Functions, Bucket::Workers] {
+        for bucket in BUCKETS {
             for key in announced.of(bucket).keys() {
                 if let Err(e) = self.kv(bucket).delete(key).await {
                     tracing::warn!(key, error = %e, "cannot withdraw an entry from the cluster's directory");
@@ -232,6 +270,7 @@ impl Directory {
                     .insert(key, serde_json::to_vec(&row).expect("a row encodes"));
             }
         }
+        self.desired_triggers(st, &mut out);
         out
     }
 
@@ -241,6 +280,9 @@ impl Directory {
     async fn announce(self: Arc<Self>) {
         let mut events = self.mesh.subscribe();
         loop {
+            // A type another engine provides takes the place of one that
+            // went here (or on the engine that provided it first).
+            self.offer_trigger_types();
             let mut desired = self.mesh.inspect(|st| self.desired(st));
             // A put or delete NATS refused (a stream still electing its
             // leader, a node restarting) is retried without waiting for
@@ -255,7 +297,7 @@ impl Directory {
             for (bucket, key) in forgotten {
                 announced.of(bucket).remove(&key);
             }
-            for bucket in [Bucket::Functions, Bucket::Workers] {
+            for bucket in BUCKETS {
                 failed |= sync(self.kv(bucket), announced.of(bucket), desired.of(bucket)).await;
             }
             drop(guard);
@@ -337,6 +379,23 @@ impl Directory {
                         };
                         self.set_worker(engine, rest, row);
                     }
+                    Bucket::TriggerTypes => {
+                        let Some((engine, key)) = parse_key(&entry.key) else {
+                            tracing::warn!(key = %entry.key, "ignored a malformed directory key");
+                            continue;
+                        };
+                        self.set_trigger_type(engine, key, put.then(|| entry.value.to_vec()));
+                    }
+                    Bucket::Bindings => {
+                        let Some((owner, provider, id)) = triggers::parse_binding_key(&entry.key)
+                        else {
+                            tracing::warn!(key = %entry.key, "ignored a malformed directory key");
+                            continue;
+                        };
+                        if provider == self.names.engine_id {
+                            self.set_binding(owner, id, put.then(|| entry.value.to_vec()));
+                        }
+                    }
                 }
             }
             tracing::warn!(
@@ -389,14 +448,29 @@ impl Directory {
             // Withdrawn by choice: callers get function_not_found at once,
             // not the grace period a vanished worker's callers wait.
             self.mesh.unregister_function(worker, &key.0, &key.1);
-            if member.functions.is_empty() {
-                member.peer = None;
-                self.mesh.disconnect(worker);
-            }
+        }
+        self.let_go(engine, &mut members);
+    }
+
+    /// `engine`'s peer leaves the mesh once nothing of it is there, and the
+    /// engine is forgotten once nothing of it is left.
+    fn let_go(&self, engine: &str, members: &mut HashMap<String, Member>) {
+        let Some(member) = members.get_mut(engine) else {
+            return;
+        };
+        if member.holds_nothing()
+            && let Some(worker) = member.peer.take()
+        {
+            self.mesh.disconnect(worker);
         }
         if member.is_forgettable() {
             members.remove(engine);
         }
+    }
+
+    /// `engine`'s peer in this mesh, joined now if it has none.
+    fn peer_of(&self, engine: &str, member: &mut Member) -> Uuid {
+        *member.peer.get_or_insert_with(|| self.connect_peer(engine))
     }
 
     /// A heartbeat from `engine`: it is alive, and back in the mesh if it
@@ -413,7 +487,7 @@ impl Directory {
         }
         member.alive = true;
         tracing::info!(engine_id = %engine, "an engine declared dead is heard from again");
-        if member.functions.is_empty() {
+        if member.holds_nothing() {
             return;
         }
         let worker = self.connect_peer(engine);
@@ -421,6 +495,7 @@ impl Directory {
         for (key, description) in member.functions.clone() {
             self.register(worker, engine, key, description);
         }
+        self.restore_triggers(worker, member);
     }
 
     /// Declares dead every live engine not heard from for `timeout` since
@@ -453,6 +528,16 @@ impl Directory {
                     .keys()
                     .map(|w| (Bucket::Workers, format!("{engine}.{w}"))),
             );
+            dead.extend(
+                member
+                    .trigger_types
+                    .keys()
+                    .map(|k| (Bucket::TriggerTypes, self.key(engine, k))),
+            );
+            dead.extend(member.bindings.keys().map(|id| {
+                let key = triggers::binding_key(engine, &self.names.engine_id, id);
+                (Bucket::Bindings, key)
+            }));
         }
         members.retain(|_, m| !m.is_forgettable());
         drop(members);
@@ -461,14 +546,11 @@ impl Directory {
         }
         // Every engine that saw it die deletes its keys; deleting twice is
         // harmless, and an engine wrongly judged puts its keys again.
-        let kvs = (self.functions_kv.clone(), self.workers_kv.clone());
+        let kvs: HashMap<Bucket, async_nats::jetstream::kv::Store> =
+            BUCKETS.map(|b| (b, self.kv(b).clone())).into();
         tokio::spawn(async move {
             for (bucket, key) in dead {
-                let kv = match bucket {
-                    Bucket::Functions => &kvs.0,
-                    Bucket::Workers => &kvs.1,
-                };
-                if let Err(e) = kv.delete(&key).await {
+                if let Err(e) = kvs[&bucket].delete(&key).await {
                     tracing::debug!(key, error = %e, "cannot delete a dead engine's directory entry");
                 }
             }
@@ -523,7 +605,7 @@ impl Member {
     /// Dead and nothing of it left in the directory: no need to remember it
     /// (a heartbeat would bring it back as new).
     fn is_forgettable(&self) -> bool {
-        !self.alive && self.functions.is_empty() && self.workers.is_empty()
+        !self.alive && self.holds_nothing() && self.workers.is_empty()
     }
 }
 

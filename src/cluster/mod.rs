@@ -7,7 +7,11 @@
 //!   function, written by that engine, watched by every other one), and its
 //!   registered workers' rows in `qmesh_<cluster>_workers`. Each other live
 //!   engine is one peer in the mesh (a connection with no socket, named
-//!   `engine:<id>`) whose functions are external functions.
+//!   `engine:<id>`) whose functions are external functions. Its
+//!   `triggers.rs` shares trigger types (`qmesh_<cluster>_trigger_types`)
+//!   and the bindings one engine makes that another's type serves
+//!   (`qmesh_<cluster>_bindings`): the peer provides the type, or owns the
+//!   binding, in the other engine's mesh.
 //! - `liveness.rs`: heartbeats on core NATS, `qmesh.<cluster>.heartbeat.<id>`;
 //!   an engine unheard for `engine_timeout` is dead and leaves the directory.
 //! - `relay.rs`: what modules share with the same module on other engines
@@ -39,8 +43,9 @@
 //! with [`crate::mesh::provided::ExternalTarget`]s, as HTTP-invoked
 //! functions are; the listings and pub/sub reach other engines through the
 //! mesh's `OtherEngines` and `Relay` seams, and cron's slots are claimed
-//! through its `SlotClaims` seam. Topics stay per engine for now (queues,
-//! state and streams unless configured otherwise).
+//! through its `SlotClaims` seam; peers' trigger types and bindings are
+//! registered like a worker's. Durable topics stay per engine for now
+//! (queues, state and streams unless configured otherwise).
 
 mod config;
 mod connect;
@@ -122,6 +127,12 @@ impl Names {
     }
     pub(crate) fn workers_bucket(&self) -> String {
         format!("qmesh_{}_workers", self.cluster)
+    }
+    pub(crate) fn trigger_types_bucket(&self) -> String {
+        format!("qmesh_{}_trigger_types", self.cluster)
+    }
+    pub(crate) fn bindings_bucket(&self) -> String {
+        format!("qmesh_{}_bindings", self.cluster)
     }
     pub(crate) fn cron_bucket(&self) -> String {
         format!("qmesh_{}_cron", self.cluster)

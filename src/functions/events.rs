@@ -36,7 +36,7 @@ pub(crate) async fn run(mesh: Mesh) {
                 Ok(MeshEvent::FunctionsChanged) | Err(RecvError::Lagged(_)) => {
                     functions_due.get_or_insert_with(|| Instant::now() + COALESCE);
                 }
-                Ok(MeshEvent::FunctionAvailable) => {}
+                Ok(MeshEvent::FunctionAvailable | MeshEvent::TriggersChanged) => {}
                 Err(RecvError::Closed) => return,
             },
             _ = sleep => {

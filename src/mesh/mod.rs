@@ -58,6 +58,8 @@ pub(crate) enum MeshEvent {
     FunctionsChanged,
     /// A function now has at least one provider.
     FunctionAvailable,
+    /// A trigger type or a binding came, went, or moved to another provider.
+    TriggersChanged,
 }
 
 /// A cheap, cloneable handle on the mesh.

@@ -265,6 +265,15 @@ impl State {
         self.functions.get(namespace)?.get(id)
     }
 
+    /// Whether `worker` is a connection standing for another engine
+    /// ([`WorkerMeta::engine`]): what it provides is served there.
+    pub fn stands_elsewhere(&self, worker: Uuid) -> bool {
+        self.workers
+            .get(&worker)
+            .and_then(|w| w.meta.as_ref())
+            .is_some_and(|m| m.engine.is_some())
+    }
+
     pub fn worker_name(&self, id: &Uuid) -> Option<&str> {
         self.workers.get(id)?.meta.as_ref()?.name.as_deref()
     }

@@ -5,12 +5,20 @@
 //! With no provider it is *parked*, never refused: it activates when a
 //! provider registers, and every re-registration of a type replays all its
 //! bindings, which is how bindings survive a provider restart.
+//!
+//! A connection standing for another engine (`WorkerMeta::engine`) may
+//! provide a type too: its bindings are served there. Such a type never
+//! takes over one already provided (here, or first by another engine), a
+//! binding such a connection owns is served only by a type provided here (a
+//! binding is handed on once, never along a chain), and a binding handed to
+//! it is acknowledged at once (its provider's verdict does not come back).
+//! Every change emits [`MeshEvent::TriggersChanged`].
 
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::Mesh;
 use super::state::{Binding, BindingOwner, Key, State, TriggerType, TypeProvider};
+use super::{Mesh, MeshEvent};
 use crate::protocol::inbound::{
     TriggerRegistration, TriggerRegistrationResult, TriggerTypeRegistration,
 };
@@ -37,6 +45,10 @@ impl Mesh {
                 return;
             }
             Some(TypeProvider::Worker(old)) if old != worker_id => {
+                if st.stands_elsewhere(worker_id) {
+                    tracing::debug!(trigger_type = %key.1, "a type provided on another engine leaves the present provider in place");
+                    return;
+                }
                 if let Some(w) = st.workers.get_mut(&old) {
                     w.trigger_types.remove(&key);
                 }
@@ -69,6 +81,8 @@ impl Mesh {
         for id in replay {
             st.activate(&id, key.clone());
         }
+        drop(st);
+        self.emit(MeshEvent::TriggersChanged);
     }
 
     /// `unregistertriggertype` (iii ignores it; qmesh honours it): the type goes
@@ -80,6 +94,8 @@ impl Mesh {
             w.trigger_types.remove(&key);
         }
         st.remove_trigger_type(&key, worker_id);
+        drop(st);
+        self.emit(MeshEvent::TriggersChanged);
     }
 
     /// Binds a trigger. `namespace` is the bound function's namespace when the
@@ -156,6 +172,8 @@ impl Mesh {
                 }
             }
         }
+        drop(st);
+        self.emit(MeshEvent::TriggersChanged);
     }
 
     /// Removes a binding. A worker may remove only its own; `None` is the engine
@@ -172,6 +190,8 @@ impl Mesh {
             return false;
         }
         st.remove_binding(id);
+        drop(st);
+        self.emit(MeshEvent::TriggersChanged);
         true
     }
 
@@ -213,6 +233,8 @@ impl Mesh {
         {
             let _ = w.conn.send(frame);
         }
+        drop(st);
+        self.emit(MeshEvent::TriggersChanged);
     }
 }
 
@@ -241,16 +263,22 @@ impl State {
     }
 
     /// Which registered trigger type serves a binding: the namespace it names,
-    /// else the bound function's namespace, then `default`.
+    /// else the bound function's namespace, then `default`. A binding handed
+    /// on from another engine is served only by a type provided here.
     pub(super) fn resolve_type(&self, b: &Binding) -> Option<Key> {
         let candidates: Vec<&str> = match &b.trigger_namespace {
             Some(ns) => vec![ns.as_str()],
             None => vec![b.namespace.as_str(), crate::protocol::DEFAULT_NAMESPACE],
         };
+        let from_elsewhere = matches!(b.owner, BindingOwner::Worker(w) if self.stands_elsewhere(w));
         candidates
             .into_iter()
             .map(|ns| (ns.to_owned(), b.trigger_type.clone()))
-            .find(|k| self.trigger_types.contains_key(k))
+            .find(|k| match self.trigger_types.get(k).map(|t| t.provider) {
+                None => false,
+                Some(TypeProvider::Worker(p)) => !(from_elsewhere && self.stands_elsewhere(p)),
+                Some(TypeProvider::Engine) => true,
+            })
     }
 
     /// Puts a binding on `key`'s provider, forwarding it to a worker provider.
@@ -258,6 +286,7 @@ impl State {
         let Some(provider) = self.trigger_types.get(&key).map(|t| t.provider) else {
             return;
         };
+        let elsewhere = matches!(provider, TypeProvider::Worker(w) if self.stands_elsewhere(w));
         let Some(b) = self.bindings.get_mut(binding_id) else {
             return;
         };
@@ -303,6 +332,11 @@ impl State {
                 }
             }
             TypeProvider::Worker(w) => {
+                if elsewhere && let Some(ack) = b.ack.take() {
+                    // Handed on to another engine, whose provider's verdict
+                    // does not come back: the binding stands, as when parked.
+                    let _ = ack.send(Ok(()));
+                }
                 let frame = outbound::register_trigger(BindingParts {
                     id: &b.id,
                     trigger_type: &b.trigger_type,
