@@ -2,16 +2,17 @@
 //! (3-node NATS): a channel created on engine A whose reader connects to
 //! engine B carries every byte, in order, with backpressure reaching the
 //! writer through the link; a killed engine or a NATS outage ends the other
-//! side with the documented close code.
+//! side with the documented close code; `channel::publish` on one engine
+//! reaches a client subscribed on another, once.
 
 mod common;
 
 use common::launcher::EngineProcess;
 use common::nats::NatsCluster;
-use common::realtime as rt;
+use common::realtime::{self as rt, recv};
 use common::{RawClient, TestEngine, WAIT, test_config, wait_until};
-use qmesh::client::Client;
 use qmesh::client::channel::{ChannelError, ChannelItem, ChannelReader, ChannelWriter};
+use qmesh::client::{Client, ErrorBody};
 use qmesh::config::Config;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -319,4 +320,76 @@ async fn connects_on_another_engine_are_refused_as_on_one() {
     let _reader = ChannelReader::open(&b.url, &pair.reader).await.unwrap();
     assert_eq!(status(ChannelReader::open(&b.url, &pair.reader).await), 409);
     assert_eq!(status(ChannelReader::open(&a.url, &pair.reader).await), 409);
+}
+
+/// `channel::publish` from a worker on A reaches a client subscribed on B,
+/// and one subscribed on A, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realtime_publish_reaches_clients_on_every_engine_once() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
+    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let _met = engines_meet(&a, &b.url, Some(&b)).await;
+
+    // Each engine's route subscribes its clients to "news" on connect.
+    let mut clients = Vec::new();
+    let mut handlers = Vec::new();
+    for (engine, name) in [(&a, "a"), (&b, "b")] {
+        let w = rt::worker(&engine.url).await;
+        let function_id = format!("news::join_{name}");
+        let subscriber = w.clone();
+        rt::serve(&w, &function_id, move |data: Value| {
+            let subscriber = subscriber.clone();
+            async move {
+                let id = data["channel"]["channel_id"].clone();
+                subscriber
+                    .call(
+                        "channel::subscribe",
+                        json!({"channel_id": id, "topic": "news"}),
+                    )
+                    .await
+                    .map_err(|e| ErrorBody::new("subscribe_failed", e.to_string()))?;
+                Ok(json!({"joined": true}))
+            }
+        })
+        .await;
+        rt::bind(
+            &w,
+            &function_id,
+            json!({"route": "/ws/news", "on": "connect"}),
+        )
+        .await;
+        let mut ws = rt::open(&engine.realtime_url(), "/ws/news").await;
+        assert_eq!(recv(&mut ws).await, json!({"joined": true}));
+        clients.push(ws);
+        handlers.push(w);
+    }
+
+    let publisher = worker(&a.url, "publisher").await;
+    let out = publisher
+        .call(
+            "channel::publish",
+            json!({"topic": "news", "data": {"n": 1}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        json!({"recipients": 1, "dropped": 0}),
+        "A's own clients"
+    );
+    for ws in &mut clients {
+        assert_eq!(recv(ws).await, json!({"topic": "news", "data": {"n": 1}}));
+    }
+    // Once: the next frame each client gets is the next publish.
+    publisher
+        .call(
+            "channel::publish",
+            json!({"topic": "news", "data": {"n": 2}}),
+        )
+        .await
+        .unwrap();
+    for ws in &mut clients {
+        assert_eq!(recv(ws).await, json!({"topic": "news", "data": {"n": 2}}));
+    }
 }

@@ -1,6 +1,7 @@
 //! Cluster mode: engines on one NATS cluster route sync calls to each
 //! other's workers, list each other's functions and workers, relay pub/sub
-//! publishes, and forget an engine that stops beating.
+//! and realtime publishes, link a binary channel's ends connected to
+//! different engines, and forget an engine that stops beating.
 //!
 //! - `directory.rs`: which engine's workers serve which functions, in the
 //!   JetStream KV bucket `qmesh_<cluster>_functions` (one key per engine and
@@ -11,8 +12,8 @@
 //! - `liveness.rs`: heartbeats on core NATS, `qmesh.<cluster>.heartbeat.<id>`;
 //!   an engine unheard for `engine_timeout` is dead and leaves the directory.
 //! - `relay.rs`: what modules share with the same module on other engines
-//!   (pub/sub's publishes, shared state's changes and shared streams'
-//!   events), core NATS on `qmesh.<cluster>.relay.<channel>.<id>`.
+//!   (pub/sub's and realtime's publishes, shared state's changes and shared
+//!   streams' events), core NATS on `qmesh.<cluster>.relay.<channel>.<id>`.
 //! - `links.rs`: binary channels whose writer and reader are connected to
 //!   different engines: opens on `qmesh.<cluster>.engine.<id>.channel`,
 //!   then the frames on `qmesh.<cluster>.link.<link>.{owner,peer}` with
