@@ -35,8 +35,9 @@
 //!   `engine::health::check`, `engine::baggage::*`, `engine::log::*`),
 //!   `dashboard` (the web page at `/ui/`, a client of the worker socket like
 //!   any other), `cluster` (cluster mode on NATS: engines share which functions and
-//!   workers they serve, route sync calls to each other, relay pub/sub
-//!   publishes, claim cron slots, and forget an engine whose heartbeats stop;
+//!   workers they serve, route sync calls to each other, relay pub/sub and realtime
+//!   publishes, link a binary channel's ends connected to different
+//!   engines, claim cron slots, and forget an engine whose heartbeats stop;
 //!   when configured, they share durable queues, state and stream items on
 //!   JetStream).
 //! - `edge`: the worker listeners' own paths (`/`, `/otel`, `/health`,

@@ -12,6 +12,13 @@
 //! engine root, the edge or another module's internals; when it needs another
 //! module (realtime enqueues disconnects on the queue), the engine root hands
 //! it that module's handle.
+//!
+//! Besides [`Module`], the seams a module and the cluster meet at without
+//! naming each other, each handed over by the engine root: where state
+//! values and stream items live ([`StateBackend`], [`StreamBackend`]), and
+//! binary channels whose ends are on different engines ([`ChannelPeers`]
+//! for the channels module, [`ChannelEnds`] for the cluster, and the
+//! frame-level [`FrameSource`] / [`FrameSink`] halves they pass).
 
 use axum::Router;
 use futures_util::future::BoxFuture;
@@ -171,6 +178,109 @@ pub(crate) trait StreamBackend: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+}
+
+/// A frame of a binary channel crossing to or from another engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ChannelData {
+    /// A chunk of the byte stream.
+    Binary(bytes::Bytes),
+    /// A message in order with the chunks (valid UTF-8).
+    Text(bytes::Bytes),
+}
+
+impl ChannelData {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ChannelData::Binary(b) | ChannelData::Text(b) => b.len(),
+        }
+    }
+}
+
+/// How one side of a channel split across engines ended, as the other side
+/// must learn it: two outcomes only, because the other engine's sockets
+/// need no more (the end of the stream, or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndOutcome {
+    /// Writer: a normal end of the stream. Reader: it took everything.
+    Done,
+    /// Anything else: the stream is truncated (to a reader) or nobody reads
+    /// any more (to a writer).
+    Aborted,
+}
+
+/// A writer's frames, for a reader on another engine: the channels module
+/// hands one to whoever carries them ([`ChannelPeers`]).
+pub(crate) trait FrameSource: Send + Sync {
+    /// The next frame, or how the writer ended. Cancel-safe.
+    fn next(&mut self) -> BoxFuture<'_, Result<ChannelData, EndOutcome>>;
+    /// The reader, elsewhere, is over: how.
+    fn finish(self: Box<Self>, how: EndOutcome);
+}
+
+/// Where frames from a writer on another engine go, toward a reader here.
+pub(crate) trait FrameSink: Send + Sync {
+    /// Waits for room (this engine's pipe bounds what it holds), then
+    /// queues `data`; `Err` once the reader is gone. Cancel-safe.
+    fn push(&self, data: ChannelData) -> BoxFuture<'_, Result<(), ()>>;
+    /// Resolves once the reader is gone (or the channel abandoned).
+    fn gone(&self) -> BoxFuture<'_, ()>;
+    /// The writer, elsewhere, is over: how.
+    fn finish(self: Box<Self>, how: EndOutcome);
+}
+
+/// One end of a channel, driven by another engine instead of a socket.
+pub(crate) enum LocalEnd {
+    /// What a writer here sends, for a reader there.
+    Source(Box<dyn FrameSource>),
+    /// Where a writer there sends, for a reader here.
+    Sink(Box<dyn FrameSink>),
+}
+
+/// Why another engine would not open a channel end for a socket here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PeerRefusal {
+    /// No engine holds the channel, or the key does not open that end.
+    NotFound,
+    /// That end is already connected.
+    Taken,
+    /// The channel is gone (finished, expired, its creator left): why.
+    Gone(String),
+    /// The engines cannot be asked now (this one is cut off from NATS).
+    Unreachable(String),
+}
+
+/// Binary channels whose ends are on different engines of a cluster, seen
+/// from the channels module: a socket here for a channel another engine
+/// holds. The engine root hands the cluster's to the channels module;
+/// without one, a channel lives and dies on the engine that created it.
+pub(crate) trait ChannelPeers: Send + Sync {
+    /// Asks the engine holding `channel_id` to open its end `dir` with
+    /// `key` for a socket here, and, once it has, carries frames between
+    /// that end and `here` (this engine's half of the proxy pipe the
+    /// socket uses) until either side ends.
+    fn open(
+        &self,
+        channel_id: &str,
+        dir: crate::protocol::channel::Direction,
+        key: &str,
+        here: LocalEnd,
+    ) -> BoxFuture<'static, Result<(), PeerRefusal>>;
+}
+
+/// The channels this engine holds, seen from the cluster: another engine's
+/// socket asks for one of their ends. The engine root hands the channels
+/// module's to the cluster.
+pub(crate) trait ChannelEnds: Send + Sync {
+    /// Claims end `dir` of a channel held here (checking `key`), for a
+    /// socket on another engine; the end is then open, driven through the
+    /// returned half (a `Source` for a reader there, a `Sink` for a writer).
+    fn claim_for_peer(
+        &self,
+        channel_id: &str,
+        dir: crate::protocol::channel::Direction,
+        key: &str,
+    ) -> Result<LocalEnd, PeerRefusal>;
 }
 
 pub(crate) trait Module: Send + Sync {

@@ -12,9 +12,14 @@
 //!   which moves payloads without copying them.
 //! - [`config`]: the `[channels]` settings.
 //! - [`functions`]: `engine::channels::*`; [`socket`]: the channel socket route.
+//! - [`bridged`]: ends driven by another engine instead of a socket (in a
+//!   cluster, through the `module::ChannelPeers` and `ChannelEnds` seams):
+//!   a socket here for a channel another engine holds uses a *proxy*, a
+//!   pipe of its own whose other half the cluster carries to that engine.
 //! - this file: the registry of live channels, who may claim which end, and
 //!   when a channel goes (finished, expired, creator gone, engine stopping).
 
+pub(crate) mod bridged;
 pub mod config;
 pub mod frames;
 pub(crate) mod functions;
@@ -33,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::budget::MemoryBudget;
+use crate::module::{ChannelPeers, PeerRefusal};
 use crate::protocol::channel::{ChannelPair, ChannelRef, Direction};
 use keys::AccessKey;
 use pipe::{PipeRx, PipeTx, Stats};
@@ -56,6 +62,8 @@ struct Registry {
     table: Mutex<Table>,
     /// Parent of every channel's `abandoned` token: cancelled at shutdown.
     stopping: CancellationToken,
+    /// The engines that may hold a channel this one does not (a cluster).
+    peers: Option<Arc<dyn ChannelPeers>>,
 }
 
 #[derive(Default)]
@@ -163,6 +171,9 @@ pub struct Claim {
     pub channel: Arc<Channel>,
     pub dir: Direction,
     end: Option<ClaimedEnd>,
+    /// A proxy's end (its channel is on another engine): unused, it is
+    /// dropped rather than given back, which ends the proxy.
+    proxy: bool,
 }
 
 pub enum ClaimedEnd {
@@ -171,13 +182,20 @@ pub enum ClaimedEnd {
 }
 
 impl Channels {
-    pub fn new(config: ChannelConfig, budget: Arc<MemoryBudget>) -> Self {
+    /// The engine's channels; with `peers`, a socket for a channel held by
+    /// another engine of the cluster is connected to it.
+    pub(crate) fn new(
+        config: ChannelConfig,
+        budget: Arc<MemoryBudget>,
+        peers: Option<Arc<dyn ChannelPeers>>,
+    ) -> Self {
         Channels {
             inner: Arc::new(Registry {
                 config,
                 budget,
                 table: Mutex::default(),
                 stopping: CancellationToken::new(),
+                peers,
             }),
         }
     }
@@ -278,7 +296,88 @@ impl Channels {
             channel,
             dir,
             end: Some(end),
+            proxy: false,
         })
+    }
+
+    /// Whether another engine may hold channel `id`: this engine knows
+    /// nothing of it (neither live nor remembered) and has peers to ask.
+    pub(crate) fn may_be_elsewhere(&self, id: &str) -> bool {
+        let Ok(id) = Uuid::parse_str(id) else {
+            return false;
+        };
+        let table = self.table();
+        self.inner.peers.is_some() && !table.live.contains_key(&id) && !table.gone.contains_key(&id)
+    }
+
+    /// End `dir` of a channel another engine holds, for a socket here:
+    /// that engine opens its end (checking `key`), and a proxy pipe here
+    /// carries the frames between this socket and the cluster's link.
+    pub(crate) async fn claim_elsewhere(
+        &self,
+        id: &str,
+        dir: Direction,
+        key: &str,
+    ) -> Result<Claim, PeerRefusal> {
+        let peers = self.inner.peers.clone().ok_or(PeerRefusal::NotFound)?;
+        let parsed = Uuid::parse_str(id).map_err(|_| PeerRefusal::NotFound)?;
+        let (claim, here) = self.proxy(parsed, dir);
+        peers.open(id, dir, key, here).await?;
+        Ok(claim)
+    }
+
+    /// A proxy of channel `id`: its `dir` end for this engine's socket, the
+    /// other half for the link to the engine holding the channel. Never in
+    /// the table (the channel is that engine's); it ends with its halves.
+    fn proxy(&self, id: Uuid, dir: Direction) -> (Claim, crate::module::LocalEnd) {
+        let c = &self.inner.config;
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = pipe::pipe(
+            c.default_buffer_frames,
+            c.max_buffer_bytes,
+            stats.clone(),
+            self.inner.budget.clone(),
+        );
+        // The link's half is open from the start; the socket's is being upgraded.
+        let (writer, reader) = match dir {
+            Direction::Read => (EndState::Open, EndState::Connecting),
+            Direction::Write => (EndState::Connecting, EndState::Open),
+        };
+        let channel = Arc::new(Channel {
+            id,
+            writer_key: AccessKey::random(),
+            reader_key: AccessKey::random(),
+            owner: None,
+            created: Instant::now(),
+            buffer_frames: c.default_buffer_frames,
+            max_bytes: c.max_buffer_bytes,
+            stats,
+            abandoned: self.inner.stopping.child_token(),
+            ends: Mutex::new(Ends {
+                writer,
+                reader,
+                tx: None,
+                rx: None,
+            }),
+        });
+        let (socket_end, link_half) = match dir {
+            Direction::Read => (
+                ClaimedEnd::Reader(rx),
+                bridged::sink(self, channel.clone(), tx),
+            ),
+            Direction::Write => (
+                ClaimedEnd::Writer(tx),
+                bridged::source(self, channel.clone(), rx),
+            ),
+        };
+        let claim = Claim {
+            channels: self.clone(),
+            channel,
+            dir,
+            end: Some(socket_end),
+            proxy: true,
+        };
+        (claim, link_half)
     }
 
     /// Records that an end's socket is over. The writer's outcome is recorded
@@ -534,6 +633,13 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         let Some(end) = self.end.take() else { return };
+        if self.proxy {
+            // Nobody else may take it: dropping the end ends the link.
+            drop(end);
+            self.channels
+                .end_over(&self.channel, self.dir, EndState::Aborted);
+            return;
+        }
         let mut ends = self.channel.lock_ends();
         match end {
             ClaimedEnd::Writer(tx) => {

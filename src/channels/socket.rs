@@ -2,8 +2,11 @@
 //! channel (`crate::channels`).
 //!
 //! Every refusal happens before the upgrade, as a plain HTTP status (404
-//! unknown channel or wrong key, 409 end taken, 410 gone, 400 bad query), so
-//! a client never mistakes a refusal for an empty stream. Keys never reach a
+//! unknown channel or wrong key, 409 end taken, 410 gone, 400 bad query; in
+//! a cluster, 503 when the engine holding the channel cannot be asked), so
+//! a client never mistakes a refusal for an empty stream. A channel this
+//! engine does not know is looked for on the cluster's other engines
+//! (`Channels::claim_elsewhere`) before the upgrade too. Keys never reach a
 //! log line: only the channel id and direction do.
 //!
 //! The socket is framed by `channels::frames`, not by the WebSocket library
@@ -38,6 +41,7 @@ use crate::channels::frames::handshake::{ServerUpgrade, Upgraded};
 use crate::channels::frames::{FrameError, FrameReader, FrameWriter, Incoming, OpCode, Role};
 use crate::channels::pipe::{Data, PipeRx, PipeTx};
 use crate::channels::{Channel, Channels, ClaimError, ClaimedEnd, EndState};
+use crate::module::PeerRefusal;
 use crate::protocol::channel::Direction;
 use crate::protocol::codes::close;
 
@@ -75,6 +79,26 @@ pub(crate) async fn upgrade(
     }
     let claim = match channels.claim(&channel_id, dir, key) {
         Ok(claim) => claim,
+        // Unknown here: in a cluster, the engine holding it opens the end.
+        Err(ClaimError::NotFound(_)) if channels.may_be_elsewhere(&channel_id) => {
+            match channels.claim_elsewhere(&channel_id, dir, key).await {
+                Ok(claim) => claim,
+                Err(refusal) => {
+                    let (status, why) = match refusal {
+                        PeerRefusal::NotFound => {
+                            (StatusCode::NOT_FOUND, ClaimError::NotFound(dir).to_string())
+                        }
+                        PeerRefusal::Taken => {
+                            (StatusCode::CONFLICT, ClaimError::Taken(dir).to_string())
+                        }
+                        PeerRefusal::Gone(why) => (StatusCode::GONE, why),
+                        PeerRefusal::Unreachable(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                    };
+                    tracing::info!(channel_id = %channel_id, dir = %dir, remote = %addr, status = status.as_u16(), reason = %why, "channel connect refused by the cluster");
+                    return refuse(status, &why);
+                }
+            }
+        }
         Err(e) => {
             let status = match e {
                 ClaimError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -208,6 +208,16 @@ impl Directory {
         self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The other engines heard from lately (alive), by id.
+    pub(super) fn live_engines(&self) -> Vec<String> {
+        let members = self.members();
+        members
+            .iter()
+            .filter(|(_, m)| m.alive)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Whether one of this engine's own workers serves the function.
     pub(super) fn served_here(&self, namespace: &str, function_id: &str) -> bool {
         self.mesh.inspect(|st| {

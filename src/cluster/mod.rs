@@ -1,6 +1,7 @@
 //! Cluster mode: engines on one NATS cluster route sync calls to each
 //! other's workers, list each other's functions and workers, relay pub/sub
-//! publishes, and forget an engine that stops beating.
+//! and realtime publishes, link a binary channel's ends connected to
+//! different engines, and forget an engine that stops beating.
 //!
 //! - `directory.rs`: which engine's workers serve which functions, in the
 //!   JetStream KV bucket `qmesh_<cluster>_functions` (one key per engine and
@@ -15,8 +16,13 @@
 //! - `liveness.rs`: heartbeats on core NATS, `qmesh.<cluster>.heartbeat.<id>`;
 //!   an engine unheard for `engine_timeout` is dead and leaves the directory.
 //! - `relay.rs`: what modules share with the same module on other engines
-//!   (pub/sub's publishes, shared state's changes and shared streams'
-//!   events), core NATS on `qmesh.<cluster>.relay.<channel>.<id>`.
+//!   (pub/sub's and realtime's publishes, shared state's changes and shared
+//!   streams' events), core NATS on `qmesh.<cluster>.relay.<channel>.<id>`.
+//! - `links.rs`: binary channels whose writer and reader are connected to
+//!   different engines: opens on `qmesh.<cluster>.engine.<id>.channel`,
+//!   then the frames on `qmesh.<cluster>.link.<link>.{owner,peer}` with
+//!   credit-based flow control, behind `module::ChannelPeers` (and the
+//!   channels module's `module::ChannelEnds`).
 //! - `remote.rs`: the calls themselves, core NATS request/reply on
 //!   `qmesh.<cluster>.engine.<id>.call`: a call to a peer's function goes
 //!   out as a request, and the peer answers it from its own workers.
@@ -51,6 +57,7 @@ mod config;
 mod connect;
 mod directory;
 mod kv;
+mod links;
 mod liveness;
 mod queue;
 mod relay;
@@ -67,7 +74,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use crate::mesh::Mesh;
-use crate::module::Module;
+use crate::module::{ChannelEnds, ChannelPeers, Module};
 
 /// Why an engine could not join its cluster (the engine does not start).
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +153,12 @@ impl Names {
     pub(crate) fn relay_subject(&self, channel: &str, engine_id: &str) -> String {
         format!("qmesh.{}.relay.{channel}.{engine_id}", self.cluster)
     }
+    pub(crate) fn channel_subject(&self, engine_id: &str) -> String {
+        format!("qmesh.{}.engine.{engine_id}.channel", self.cluster)
+    }
+    pub(crate) fn link_subject(&self, link: &str, side: &str) -> String {
+        format!("qmesh.{}.link.{link}.{side}", self.cluster)
+    }
 }
 
 /// This engine's membership of a cluster: a module of the engine root.
@@ -161,12 +174,19 @@ pub(crate) struct Cluster {
     engine_timeout: std::time::Duration,
     relay: Arc<relay::NatsRelay>,
     slots: Arc<slots::NatsSlotClaims>,
+    /// Counts this engine's NATS disconnections (links fail on one).
+    disconnects: tokio::sync::watch::Receiver<u64>,
+    /// This engine's channels, for other engines' sockets: handed over by
+    /// the engine root ([`Cluster::serve_channels`]), served from `start`.
+    channel_ends: std::sync::Mutex<Option<(Arc<dyn ChannelEnds>, usize)>>,
 }
 
 struct Subscriptions {
     calls: async_nats::Subscriber,
     beats: async_nats::Subscriber,
     relayed: async_nats::Subscriber,
+    /// Other engines' opens of this engine's channels.
+    channel_opens: async_nats::Subscriber,
     /// What the relay queues for NATS.
     to_relay: tokio::sync::mpsc::Receiver<(&'static str, Vec<u8>)>,
 }
@@ -227,7 +247,8 @@ impl Cluster {
             );
         }
         let directory =
-            directory::Directory::open(mesh, &client, &names, config.replicas, disconnects).await?;
+            directory::Directory::open(mesh, &client, &names, config.replicas, disconnects.clone())
+                .await?;
         let slots = slots::NatsSlotClaims::open(&client, &names, config.replicas).await?;
         let subscribe = async |subject: String| {
             client
@@ -238,6 +259,7 @@ impl Cluster {
         let calls = subscribe(names.call_subject(&names.engine_id)).await?;
         let beats = subscribe(names.heartbeat_subject("*")).await?;
         let relayed = subscribe(names.relay_subject("*", "*")).await?;
+        let channel_opens = subscribe(names.channel_subject(&names.engine_id)).await?;
         let (relay, to_relay) = relay::NatsRelay::new();
         tracing::info!(
             cluster = %names.cluster,
@@ -256,13 +278,45 @@ impl Cluster {
                 calls,
                 beats,
                 relayed,
+                channel_opens,
                 to_relay,
             })),
+            disconnects,
+            channel_ends: std::sync::Mutex::new(None),
             relay: Arc::new(relay),
             slots: Arc::new(slots),
             heartbeat: config.heartbeat,
             engine_timeout: config.engine_timeout,
         })
+    }
+}
+
+impl Cluster {
+    fn link_timing(&self) -> links::Timing {
+        links::Timing {
+            tick: self.heartbeat,
+            timeout: self.engine_timeout,
+        }
+    }
+
+    /// What the channels module asks for a socket connected here to a
+    /// channel another engine holds. `max_frame_size` is
+    /// `channels.max_frame_size` (the largest text message a link reassembles).
+    pub(crate) fn channel_peers(&self, max_frame_size: usize) -> Arc<dyn ChannelPeers> {
+        Arc::new(links::NatsChannelPeers {
+            client: self.client.clone(),
+            names: self.names.clone(),
+            directory: self.directory.clone(),
+            disconnects: self.disconnects.clone(),
+            timing: self.link_timing(),
+            max_text: max_frame_size,
+        })
+    }
+
+    /// This engine's channels, whose ends other engines' sockets may ask
+    /// for (served once the module starts).
+    pub(crate) fn serve_channels(&self, ends: Arc<dyn ChannelEnds>, max_frame_size: usize) {
+        *self.channel_ends.lock().expect("not poisoned") = Some((ends, max_frame_size));
     }
 }
 
@@ -320,6 +374,17 @@ impl Module for Cluster {
             self.names.clone(),
             subs.relayed,
         )));
+        if let Some((ends, max_text)) = self.channel_ends.lock().expect("not poisoned").take() {
+            tasks.push(tokio::spawn(links::serve(
+                ends,
+                self.client.clone(),
+                self.names.clone(),
+                self.disconnects.clone(),
+                self.link_timing(),
+                max_text,
+                subs.channel_opens,
+            )));
+        }
         let directory = self.directory.clone();
         tasks.push(tokio::spawn(remote::serve(
             self.mesh.clone(),

@@ -1,5 +1,5 @@
 //! What modules share with the same module on the other engines (pub/sub's
-//! publishes, shared state's changes, shared streams' events), on core
+//! and realtime's publishes, shared state's changes, shared streams' events), on core
 //! NATS: `qmesh.<cluster>.relay.<channel>.<engine id>`, one subject per
 //! channel and sending engine. Every engine subscribes to
 //! all of them and hands what another engine sent to the mesh's taker of

@@ -113,7 +113,18 @@ impl Engine {
         let mesh = Mesh::new(config.mesh(), budget.clone());
 
         let introspection = Arc::new(Introspection::new(&mesh));
-        let channels = Channels::new(config.channels.clone(), budget.clone());
+        let cluster = match config.cluster.enabled() {
+            true => Some(Cluster::join(&mesh, &config.cluster).await?),
+            false => None,
+        };
+        // In a cluster, a socket here for a channel another engine holds is
+        // linked to it, and other engines' sockets to channels held here.
+        let max_frame = config.channels.max_frame_size;
+        let channel_peers = cluster.as_ref().map(|c| c.channel_peers(max_frame));
+        let channels = Channels::new(config.channels.clone(), budget.clone(), channel_peers);
+        if let Some(c) = &cluster {
+            c.serve_channels(Arc::new(channels.clone()), max_frame);
+        }
         let queues = Queues::start(mesh.clone(), store.clone(), config.queue.clone())
             .map_err(EngineError::Queue)?;
         let realtime = Arc::new(
@@ -130,10 +141,6 @@ impl Engine {
         );
         let topics = TopicsModule::new(store.clone(), &queues, config.topics.clone());
         let observability = Observability::new(config.observability.clone(), &config.otel)?;
-        let cluster = match config.cluster.enabled() {
-            true => Some(Cluster::join(&mesh, &config.cluster).await?),
-            false => None,
-        };
         // With the cluster's JetStream queues, workers' enqueues and the
         // queue functions go there; the local queue keeps what other modules
         // enqueue (realtime disconnects, durable topics).

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Client, CloseReason, ClosedBy, Realtime, persist};
+use super::{Client, CloseReason, ClosedBy, Realtime, persist, topics};
 use crate::mesh::provided::args;
 use crate::mesh::{CallCtx, Mesh, Reply};
 use crate::protocol::ErrorBody;
@@ -200,14 +200,25 @@ struct PublishArgs {
     raw: bool,
 }
 
-/// Never waits on a subscriber: a full client is closed and counted in `dropped`.
-pub(super) fn publish(hub: &Realtime, _: &Mesh, _: &CallCtx, input: Value) -> Reply {
+/// Never waits on a subscriber: a full client is closed and counted in
+/// `dropped`. In a cluster the publish is also relayed to the other
+/// engines' subscribers; the counts are this engine's clients only.
+pub(super) fn publish(hub: &Realtime, mesh: &Mesh, _: &CallCtx, input: Value) -> Reply {
     let a: PublishArgs = args(input)?;
     let topic = a
         .topic
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("missing topic"))?;
     let p = hub.publish(&topic, &a.data, a.exclude_channel_id.as_deref(), a.raw);
+    mesh.provided().relay(topics::RELAY_CHANNEL, || {
+        let relayed = topics::Relayed {
+            topic,
+            data: a.data,
+            exclude_channel_id: a.exclude_channel_id,
+            raw: a.raw,
+        };
+        serde_json::to_vec(&relayed).expect("a publish encodes")
+    });
     Ok(json!({ "recipients": p.recipients, "dropped": p.dropped }))
 }
 

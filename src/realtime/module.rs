@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use super::functions as f;
 use super::upgrade::{self, Upgrades};
-use super::{Realtime, RealtimeConfig, TRIGGER_TYPE, persist};
+use super::{Realtime, RealtimeConfig, TRIGGER_TYPE, persist, topics};
 use crate::mesh::metrics::gauge;
 use crate::mesh::{Mesh, Provisions};
 use crate::module::Module;
@@ -86,6 +86,16 @@ impl Module for RealtimeModule {
         p.sync_fn("channel::get_state", hub, f::get_state);
         p.sync_fn("channel::set_auth", hub, f::set_auth);
         p.sync_fn("channel::issue_ticket", hub, f::issue_ticket);
+        let relayed = hub.clone();
+        p.on_relayed(topics::RELAY_CHANNEL, move |_, message| {
+            match serde_json::from_slice::<topics::Relayed>(message) {
+                Ok(r) => {
+                    let exclude = r.exclude_channel_id.as_deref();
+                    relayed.publish(&r.topic, &r.data, exclude, r.raw);
+                }
+                Err(e) => tracing::warn!(error = %e, "ignored a relayed realtime publish that does not parse"),
+            }
+        });
     }
 
     fn listener(&self) -> Option<Listener> {

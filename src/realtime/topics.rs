@@ -1,12 +1,34 @@
 //! Pub/sub: channels subscribe to topics; a publish encodes its frame once and
 //! offers it to every subscriber without waiting, so one stalled client never
 //! delays the others (it is closed as a slow consumer and counted as dropped).
+//!
+//! In a cluster a publish also reaches the subscribers on every other
+//! engine: the publishing engine offers it to its own clients and hands
+//! `{topic, data, exclude_channel_id, raw}` to the mesh's relay (channel
+//! [`RELAY_CHANNEL`]); each other engine offers what it is relayed to its
+//! own clients only, relaying nothing again. So each subscribed client gets
+//! a publish once, wherever it is connected (best effort across engines,
+//! like the relay: an engine cut off from NATS then misses it).
 
 use axum::extract::ws::Message;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 use super::{Client, Realtime, SendError};
+
+/// Where publishes go to the other engines of a cluster.
+pub(super) const RELAY_CHANNEL: &str = "realtime";
+
+/// A publish as relayed to other engines.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct Relayed {
+    pub topic: String,
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_channel_id: Option<String>,
+    #[serde(default)]
+    pub raw: bool,
+}
 
 /// What a publish reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

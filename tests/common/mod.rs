@@ -40,6 +40,8 @@ use qmesh::engine::{Engine, Snapshot};
 
 /// How long a test waits for any single expected frame or condition.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// How long an in-process engine may take to start.
+pub const START_WITHIN: Duration = Duration::from_secs(60);
 
 /// Asserts that `cond` holds for the whole of `window` (checked every few
 /// milliseconds, and at its end): that something does *not* happen can only
@@ -97,7 +99,9 @@ impl TestEngine {
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
-        let engine = tokio::time::timeout(WAIT, Engine::start(config))
+        // A bound, not a wait: an engine joining a cluster creates its
+        // buckets (replicated, fsync'ed) and may take long on a loaded machine.
+        let engine = tokio::time::timeout(START_WITHIN, Engine::start(config))
             .await
             .expect("engine starts in time")
             .expect("engine starts");

@@ -26,6 +26,12 @@ const READY_WITHIN: Duration = Duration::from_secs(20);
 /// How many times [`NatsCluster::start`] tries fresh ports.
 const START_ATTEMPTS: u32 = 3;
 
+/// NATS clusters one test process runs at once: a test file's tests run in
+/// parallel, each with three fsync-every-write servers and two engines, and
+/// on two cores (CI) seven of them at once starved engine starts past their
+/// timeout. The others wait for a turn.
+static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+
 pub struct NatsCluster {
     /// Each node's process; `None` while it is killed.
     nodes: Vec<Option<Child>>,
@@ -36,6 +42,8 @@ pub struct NatsCluster {
     /// `nats://127.0.0.1:<client port>` of each node.
     pub urls: Vec<String>,
     _dir: tempfile::TempDir,
+    /// This cluster's turn among [`TURNS`], given back when it is dropped.
+    _turn: Option<tokio::sync::SemaphorePermit<'static>>,
 }
 
 struct Ports {
@@ -67,12 +75,16 @@ impl NatsCluster {
     }
 
     async fn start_nodes(count: usize, extra: &str) -> Self {
+        let turn = TURNS.acquire().await.expect("the turns are never closed");
         let all: Vec<usize> = (0..count).collect();
         let mut attempt = 1;
         loop {
-            let cluster = Self::launch(count, extra);
+            let mut cluster = Self::launch(count, extra);
             match cluster.wait_healthy(&all).await {
-                Ok(()) => return cluster,
+                Ok(()) => {
+                    cluster._turn = Some(turn);
+                    return cluster;
+                }
                 Err(exited) if attempt < START_ATTEMPTS => {
                     eprintln!("NATS attempt {attempt} failed, trying fresh ports: {exited}");
                     attempt += 1;
@@ -138,6 +150,7 @@ impl NatsCluster {
                 .map(|p| format!("nats://127.0.0.1:{}", p.client))
                 .collect(),
             _dir: dir,
+            _turn: None,
         };
         cluster.nodes = (0..count).map(|i| Some(cluster.spawn(i))).collect();
         cluster
