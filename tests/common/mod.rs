@@ -126,7 +126,7 @@ impl TestEngine {
         if config.data_dir == Config::default().data_dir {
             config.data_dir = dir.path().to_owned();
         }
-        match tokio::time::timeout(WAIT, Engine::start(config))
+        match tokio::time::timeout(START_WITHIN, Engine::start(config))
             .await
             .expect("the engine answers in time")
         {
