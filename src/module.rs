@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::mesh::Provisions;
 use crate::net::Listener;
+use crate::protocol::update_ops;
 
 /// Why a module's write did not happen: the store failed (answered with the
 /// function's own error code) or a check refused it (its own error body).
@@ -81,6 +82,32 @@ pub(crate) enum BackendError {
 /// another engine): the last run is the one written.
 pub(crate) type ValueChange =
     Box<dyn FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, Refused> + Send>;
+
+/// What the last run of an update's change made: the value and the ops'
+/// errors, for the reply.
+pub(crate) type Updated =
+    std::sync::Arc<std::sync::Mutex<Option<(serde_json::Value, Vec<update_ops::OpError>)>>>;
+
+/// The change `state::update` and `stream::update` make: `ops` applied to
+/// the stored JSON (an empty object when there is none), the bytes passed
+/// to `check` (a size limit), and what it made left in `updated`.
+pub(crate) fn update_change(
+    ops: Vec<serde_json::Value>,
+    check: impl Fn(&[u8]) -> Result<(), Refused> + Send + 'static,
+    updated: Updated,
+) -> ValueChange {
+    Box::new(move |old| {
+        let mut value = match old {
+            Some(bytes) => serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null),
+            None => serde_json::Value::Object(Default::default()),
+        };
+        let errors = update_ops::apply(&mut value, &ops);
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        check(&bytes)?;
+        *updated.lock().unwrap_or_else(|e| e.into_inner()) = Some((value, errors));
+        Ok(Some(bytes))
+    })
+}
 
 /// What a write did: the value before it, and, when the write is not yet as
 /// durable as asked, what to wait for.

@@ -12,14 +12,12 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
 
 use super::State;
 use super::watchers::{Change, Event};
 use crate::mesh::{CallCtx, Mesh, Reply};
-use crate::module::Refused;
-use crate::module::ValueWritten;
-use crate::protocol::{ErrorBody, codes, names, update_ops};
+use crate::module::{Refused, Updated, ValueWritten, update_change};
+use crate::protocol::{ErrorBody, codes, names};
 
 #[derive(Deserialize)]
 struct KeyInput {
@@ -192,10 +190,6 @@ pub(super) fn delete(s: State, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'s
     })
 }
 
-/// What the last run of an update's change made: the value and the ops'
-/// errors.
-type Outcome = Arc<Mutex<Option<(Value, Vec<update_ops::OpError>)>>>;
-
 pub(super) fn update(s: State, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
     let inp: UpdateInput = match input("state::update", v) {
         Ok(i) => i,
@@ -214,23 +208,13 @@ pub(super) fn update(s: State, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'s
             ),
         )));
     }
-    let outcome: Outcome = Arc::default();
-    let (limit, ops, last) = (s.config.max_value_bytes, inp.ops, outcome.clone());
+    let outcome = Updated::default();
+    let limit = s.config.max_value_bytes;
     let write = s.values.modify(
         &inp.scope,
         &inp.key,
         s.durable(inp.durable),
-        Box::new(move |old| {
-            let mut value = match old {
-                Some(_) => parse(old),
-                None => Value::Object(Default::default()),
-            };
-            let errors = update_ops::apply(&mut value, &ops);
-            let bytes = serde_json::to_vec(&value).unwrap_or_default();
-            too_large(limit, &bytes)?;
-            *last.lock().unwrap_or_else(|e| e.into_inner()) = Some((value, errors));
-            Ok(Some(bytes))
-        }),
+        update_change(inp.ops, move |b| too_large(limit, b), outcome.clone()),
     );
     let (scope, key) = (inp.scope, inp.key);
     Box::pin(async move {

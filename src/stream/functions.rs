@@ -14,14 +14,13 @@ use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
 
 use super::Streams;
 use super::providers::{self, Deleted, Written as ProviderWritten};
 use super::watchers::{Event, Where, envelope};
 use crate::mesh::{CallCtx, Mesh, Reply};
-use crate::module::{Refused, ValueWritten};
-use crate::protocol::{ErrorBody, codes, names, update_ops};
+use crate::module::{Refused, Updated, ValueWritten, update_change};
+use crate::protocol::{ErrorBody, codes, names};
 
 // The inputs serialise back to iii's fields only: what a custom provider gets.
 
@@ -349,10 +348,6 @@ fn deleted<'a>(inp: &'a ItemInput, old_value: &Value) -> Event<'a> {
     }
 }
 
-/// What the last run of an update's change made: the item and the ops'
-/// errors.
-type Outcome = Arc<Mutex<Option<(Value, Vec<update_ops::OpError>)>>>;
-
 pub(super) fn update(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<'static, Reply> {
     const CODE: &str = codes::STREAM_UPDATE_ERROR;
     let mut inp: UpdateInput = match input("stream::update", v) {
@@ -387,25 +382,18 @@ pub(super) fn update(s: Streams, mesh: Mesh, _: CallCtx, v: Value) -> BoxFuture<
             Ok(reply)
         });
     }
-    let outcome: Outcome = Arc::default();
-    let (limit, last) = (s.config.max_item_bytes, outcome.clone());
-    let ops = std::mem::take(&mut inp.ops);
+    let outcome = Updated::default();
+    let limit = s.config.max_item_bytes;
     let write = s.items.modify(
         &inp.stream_name,
         &inp.group_id,
         &inp.item_id,
         s.durable(inp.durable),
-        Box::new(move |old| {
-            let mut value = match old {
-                Some(_) => parse(old),
-                None => Value::Object(Default::default()),
-            };
-            let errors = update_ops::apply(&mut value, &ops);
-            let bytes = serde_json::to_vec(&value).unwrap_or_default();
-            too_large(limit, CODE, &bytes)?;
-            *last.lock().unwrap_or_else(|e| e.into_inner()) = Some((value, errors));
-            Ok(Some(bytes))
-        }),
+        update_change(
+            std::mem::take(&mut inp.ops),
+            move |b| too_large(limit, CODE, b),
+            outcome.clone(),
+        ),
     );
     Box::pin(async move {
         let mut written = write.await.map_err(|e| e.into_body(CODE))?;
