@@ -1,0 +1,110 @@
+//! Realtime client functions across the engines of a cluster (3-node NATS):
+//! a worker on engine A acts on a browser-style client connected to engine B
+//! (`channel::send`, `send_many`, `get`, `set_state`, `close`) as if it were
+//! A's own, and an id no engine holds is `not found` as on one engine.
+
+mod common;
+
+use common::nats::NatsCluster;
+use common::realtime::{self as rt, recv};
+use common::{TestEngine, test_config};
+use qmesh::client::{Client, ClientError};
+use serde_json::{Value, json};
+
+/// The error code of a call that must fail.
+async fn refusal(w: &Client, function_id: &str, data: Value) -> String {
+    match w.call(function_id, data).await {
+        Err(ClientError::Remote { code, .. }) => code,
+        other => panic!("{function_id}: expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_one_engine_acts_on_a_client_of_another() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(nats.engine_config(test_config(), "a")).await;
+    let b = TestEngine::start_with(nats.engine_config(test_config(), "b")).await;
+
+    // B's route greets each client; A learns of B from B's function.
+    let on_b = rt::worker(&b.url).await;
+    rt::serve(&on_b, "chat::hello", |_| async { Ok(json!({"hi": true})) }).await;
+    rt::bind(
+        &on_b,
+        "chat::hello",
+        json!({"route": "/ws/chat", "on": "connect"}),
+    )
+    .await;
+    a.wait_for_providers("chat::hello", 1).await;
+
+    let mut ws = rt::open(&b.realtime_url(), "/ws/chat").await;
+    assert_eq!(recv(&mut ws).await, json!({"hi": true}));
+    let ids = rt::open_channels(&on_b, Some("/ws/chat")).await;
+    assert_eq!(ids.len(), 1, "one client on B");
+    let id = ids[0].clone();
+
+    let on_a = rt::worker(&a.url).await;
+    assert!(
+        rt::open_channels(&on_a, None).await.is_empty(),
+        "channel::list stays per engine"
+    );
+    let sent = on_a
+        .call("channel::send", json!({"channel_id": id, "data": {"n": 1}}))
+        .await
+        .unwrap();
+    assert_eq!(sent, json!({"delivered": true}));
+    assert_eq!(recv(&mut ws).await, json!({"n": 1}));
+
+    let many = on_a
+        .call(
+            "channel::send_many",
+            json!({"channel_ids": [id, "nobody"], "data": {"n": 2}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        many,
+        json!({"delivered": 1, "missing": ["nobody"], "dropped": []})
+    );
+    assert_eq!(recv(&mut ws).await, json!({"n": 2}));
+
+    let state = on_a
+        .call(
+            "channel::set_state",
+            json!({"channel_id": id, "state": {"room": "lobby"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, json!({"state": {"room": "lobby"}}));
+    let got = on_a
+        .call("channel::get", json!({"channel_id": id}))
+        .await
+        .unwrap();
+    assert_eq!(got["channel_id"], json!(id));
+    assert_eq!(got["route"], json!("/ws/chat"));
+    assert_eq!(got["state"], json!({"room": "lobby"}));
+
+    // Unknown everywhere: the same code as on the engine itself.
+    let unknown = json!({"channel_id": "nobody", "data": {}});
+    let here = refusal(&on_b, "channel::send", unknown.clone()).await;
+    let across = refusal(&on_a, "channel::send", unknown).await;
+    assert_eq!(here, "CHANNEL_NOT_FOUND");
+    assert_eq!(across, here);
+    // An error from the engine holding the client comes back unchanged.
+    let bad_state = refusal(
+        &on_a,
+        "channel::set_state",
+        json!({"channel_id": id, "state": 1, "merge": true}),
+    )
+    .await;
+    assert_eq!(bad_state, "INVALID_ARGUMENTS");
+
+    let closed = on_a
+        .call(
+            "channel::close",
+            json!({"channel_id": id, "code": 4001, "reason": "bye"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(closed, json!({"closed": true}));
+    assert_eq!(rt::close_code(&mut ws).await, 4001);
+}
