@@ -8,8 +8,37 @@ mod common;
 use common::nats::NatsCluster;
 use common::realtime::{self as rt, recv};
 use common::{TestEngine, test_config};
-use qmesh::client::{Client, ClientError};
+use qmesh::client::{Client, ClientError, ClientOptions};
+use qmesh::config::{Config, Role, TokenConfig};
 use serde_json::{Value, json};
+
+const CHAT: &str = "chat-secret";
+const STRANGER: &str = "stranger-secret";
+
+/// Two worker principals, neither an operator: the chat application's and
+/// a stranger's.
+fn with_tokens(nats: &NatsCluster, engine_id: &str) -> Config {
+    let mut c = nats.engine_config(test_config(), engine_id);
+    c.auth.tokens = [("chat", CHAT), ("stranger", STRANGER)]
+        .into_iter()
+        .map(|(name, secret)| TokenConfig {
+            name: name.to_owned(),
+            role: Role::Worker,
+            sha256: qmesh::token_sha256(secret),
+        })
+        .collect();
+    c
+}
+
+async fn worker_with(url: &str, secret: &str) -> Client {
+    let options = ClientOptions {
+        token: Some(secret.to_owned()),
+        ..ClientOptions::default()
+    };
+    let w = Client::connect_with(url, options).await.expect("connects");
+    w.announce("realtime-test").unwrap();
+    w
+}
 
 /// The error code of a call that must fail.
 async fn refusal(w: &Client, function_id: &str, data: Value) -> String {
@@ -107,4 +136,55 @@ async fn a_worker_on_one_engine_acts_on_a_client_of_another() {
         .unwrap();
     assert_eq!(closed, json!({"closed": true}));
     assert_eq!(rt::close_code(&mut ws).await, 4001);
+}
+
+/// The engine holding the client checks the rights the caller's engine
+/// vouches for, as for its own workers: a worker serving one of the route's
+/// handlers may act on its clients from another engine, a stranger may not.
+/// (One function id cannot be served on both engines by one principal with
+/// tokens on: the other engine's peer owns it there. Hence a handler served
+/// on A, bound on B.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_engines_caller_needs_the_same_rights_as_a_local_one() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(with_tokens(&nats, "a")).await;
+    let b = TestEngine::start_with(with_tokens(&nats, "b")).await;
+
+    let chat_b = worker_with(&b.url, CHAT).await;
+    rt::serve(&chat_b, "chat::hello", |_| async {
+        Ok(json!({"hi": true}))
+    })
+    .await;
+    rt::bind(
+        &chat_b,
+        "chat::hello",
+        json!({"route": "/ws/chat", "on": "connect"}),
+    )
+    .await;
+    a.wait_for_providers("chat::hello", 1).await;
+    let mut ws = rt::open(&b.realtime_url(), "/ws/chat").await;
+    assert_eq!(recv(&mut ws).await, json!({"hi": true}));
+    let id = rt::open_channels(&chat_b, Some("/ws/chat")).await[0].clone();
+
+    let stranger_a = worker_with(&a.url, STRANGER).await;
+    let send = json!({"channel_id": id, "data": {"n": 1}});
+    assert_eq!(
+        refusal(&stranger_a, "channel::send", send.clone()).await,
+        "FORBIDDEN"
+    );
+
+    // A worker on A serving one of the route's handlers (bound on B to a
+    // function served on A) acts on the route's clients.
+    let chat_a = worker_with(&a.url, CHAT).await;
+    rt::serve(&chat_a, "chat::said", |_| async { Ok(Value::Null) }).await;
+    b.wait_for_providers("chat::said", 1).await;
+    rt::bind(
+        &chat_b,
+        "chat::said",
+        json!({"route": "/ws/chat", "on": "message"}),
+    )
+    .await;
+    let sent = chat_a.call("channel::send", send).await.unwrap();
+    assert_eq!(sent, json!({"delivered": true}));
+    assert_eq!(recv(&mut ws).await, json!({"n": 1}));
 }
