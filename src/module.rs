@@ -18,7 +18,9 @@
 //! values and stream items live ([`StateBackend`], [`StreamBackend`]), and
 //! binary channels whose ends are on different engines ([`ChannelPeers`]
 //! for the channels module, [`ChannelEnds`] for the cluster, and the
-//! frame-level [`FrameSource`] / [`FrameSink`] halves they pass).
+//! frame-level [`FrameSource`] / [`FrameSink`] halves they pass), and
+//! realtime clients connected to another engine ([`RealtimePeers`] for the
+//! realtime module, [`RealtimeClients`] for the cluster).
 
 use axum::Router;
 use futures_util::future::BoxFuture;
@@ -364,4 +366,50 @@ pub(crate) trait Module: Send + Sync {
     fn stop(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+}
+
+/// Who acts on a realtime client held by another engine, as the caller's
+/// engine vouches for it: the engine holding the client checks these rights
+/// against the client's route as it checks its own workers'.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ClientCaller {
+    /// The caller has the operator role.
+    pub operator: bool,
+    /// The functions the caller serves, as (namespace, function id).
+    pub functions: Vec<(String, String)>,
+}
+
+/// What one engine answered about a realtime client function: `None` when
+/// it holds none of the clients named.
+pub(crate) type PeerAnswer = Option<crate::mesh::Reply>;
+
+/// Realtime clients connected to other engines of a cluster, seen from the
+/// realtime module: a `channel::*` function naming a client this engine does
+/// not hold. The engine root hands the cluster's to the realtime module;
+/// without one, a client is reached from its own engine only.
+pub(crate) trait RealtimePeers: Send + Sync {
+    /// Asks every other live engine to run `function` (a `channel::*` id)
+    /// with `input` for `caller`: each answers what it did, or `None` when it
+    /// holds none of the clients named. `Err` for an engine that could not
+    /// be asked or did not answer: why.
+    fn ask(
+        &self,
+        function: &str,
+        caller: ClientCaller,
+        input: serde_json::Value,
+    ) -> BoxFuture<'static, Vec<Result<PeerAnswer, String>>>;
+}
+
+/// The realtime clients this engine holds, seen from the cluster: another
+/// engine's worker acts on one. The engine root hands the realtime module's
+/// to the cluster.
+pub(crate) trait RealtimeClients: Send + Sync {
+    /// Runs `function` with `input` for a caller on another engine, on the
+    /// clients held here; `None` when none of the clients named is here.
+    fn act_for_peer(
+        &self,
+        function: &str,
+        caller: &ClientCaller,
+        input: serde_json::Value,
+    ) -> PeerAnswer;
 }

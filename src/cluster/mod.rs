@@ -53,6 +53,7 @@
 //! registered like a worker's. Durable topics stay per engine for now
 //! (queues, state and streams unless configured otherwise).
 
+mod clients;
 mod config;
 mod connect;
 mod directory;
@@ -74,7 +75,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use crate::mesh::Mesh;
-use crate::module::{ChannelEnds, ChannelPeers, Module};
+use crate::module::{ChannelEnds, ChannelPeers, Module, RealtimeClients, RealtimePeers};
 
 /// Why an engine could not join its cluster (the engine does not start).
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +157,9 @@ impl Names {
     pub(crate) fn channel_subject(&self, engine_id: &str) -> String {
         format!("qmesh.{}.engine.{engine_id}.channel", self.cluster)
     }
+    pub(crate) fn realtime_subject(&self, engine_id: &str) -> String {
+        format!("qmesh.{}.engine.{engine_id}.realtime", self.cluster)
+    }
     pub(crate) fn link_subject(&self, link: &str, side: &str) -> String {
         format!("qmesh.{}.link.{link}.{side}", self.cluster)
     }
@@ -179,6 +183,9 @@ pub(crate) struct Cluster {
     /// This engine's channels, for other engines' sockets: handed over by
     /// the engine root ([`Cluster::serve_channels`]), served from `start`.
     channel_ends: std::sync::Mutex<Option<(Arc<dyn ChannelEnds>, usize)>>,
+    /// The realtime module's clients, handed over by the engine root
+    /// ([`Cluster::serve_realtime`]), served from `start`.
+    realtime_clients: std::sync::Mutex<Option<Arc<dyn RealtimeClients>>>,
 }
 
 struct Subscriptions {
@@ -187,6 +194,8 @@ struct Subscriptions {
     relayed: async_nats::Subscriber,
     /// Other engines' opens of this engine's channels.
     channel_opens: async_nats::Subscriber,
+    /// Other engines' functions on this engine's realtime clients.
+    realtime_asks: async_nats::Subscriber,
     /// What the relay queues for NATS.
     to_relay: tokio::sync::mpsc::Receiver<(&'static str, Vec<u8>)>,
 }
@@ -260,6 +269,7 @@ impl Cluster {
         let beats = subscribe(names.heartbeat_subject("*")).await?;
         let relayed = subscribe(names.relay_subject("*", "*")).await?;
         let channel_opens = subscribe(names.channel_subject(&names.engine_id)).await?;
+        let realtime_asks = subscribe(names.realtime_subject(&names.engine_id)).await?;
         let (relay, to_relay) = relay::NatsRelay::new();
         tracing::info!(
             cluster = %names.cluster,
@@ -279,10 +289,12 @@ impl Cluster {
                 beats,
                 relayed,
                 channel_opens,
+                realtime_asks,
                 to_relay,
             })),
             disconnects,
             channel_ends: std::sync::Mutex::new(None),
+            realtime_clients: std::sync::Mutex::new(None),
             relay: Arc::new(relay),
             slots: Arc::new(slots),
             heartbeat: config.heartbeat,
@@ -317,6 +329,21 @@ impl Cluster {
     /// for (served once the module starts).
     pub(crate) fn serve_channels(&self, ends: Arc<dyn ChannelEnds>, max_frame_size: usize) {
         *self.channel_ends.lock().expect("not poisoned") = Some((ends, max_frame_size));
+    }
+
+    /// The realtime module's way to clients connected to other engines.
+    pub(crate) fn realtime_peers(&self) -> Arc<dyn RealtimePeers> {
+        Arc::new(clients::NatsRealtimePeers {
+            client: self.client.clone(),
+            names: self.names.clone(),
+            directory: self.directory.clone(),
+        })
+    }
+
+    /// This engine's realtime clients, which other engines' workers may act
+    /// on (served once the module starts).
+    pub(crate) fn serve_realtime(&self, clients: Arc<dyn RealtimeClients>) {
+        *self.realtime_clients.lock().expect("not poisoned") = Some(clients);
     }
 }
 
@@ -383,6 +410,13 @@ impl Module for Cluster {
                 self.link_timing(),
                 max_text,
                 subs.channel_opens,
+            )));
+        }
+        if let Some(held) = self.realtime_clients.lock().expect("not poisoned").take() {
+            tasks.push(tokio::spawn(clients::serve(
+                held,
+                self.client.clone(),
+                subs.realtime_asks,
             )));
         }
         let directory = self.directory.clone();

@@ -127,9 +127,22 @@ impl Engine {
         }
         let queues = Queues::start(mesh.clone(), store.clone(), config.queue.clone())
             .map_err(EngineError::Queue)?;
+        // In a cluster, a worker here may act on a client connected to
+        // another engine, and other engines' workers on clients here.
+        let realtime_peers = cluster.as_ref().map(|c| c.realtime_peers());
         let realtime = Arc::new(
-            RealtimeModule::bind(&mesh, config.realtime.clone(), store.clone(), &queues).await?,
+            RealtimeModule::bind(
+                &mesh,
+                config.realtime.clone(),
+                store.clone(),
+                &queues,
+                realtime_peers,
+            )
+            .await?,
         );
+        if let Some(c) = &cluster {
+            c.serve_realtime(realtime.held_clients());
+        }
         let http = Arc::new(
             HttpModule::bind(
                 &mesh,

@@ -363,6 +363,16 @@ impl Mesh {
             .is_some_and(|w| w.functions.contains(&key))
     }
 
+    /// The functions `worker_id` serves, as (namespace, function id): what
+    /// its engine vouches for when it acts on another engine's clients.
+    pub(crate) fn functions_of(&self, worker_id: Uuid) -> Vec<(String, String)> {
+        self.lock()
+            .workers
+            .get(&worker_id)
+            .map(|w| w.functions.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// A worker function's registered metadata (RBAC `metadata` rules).
     pub(crate) fn function_metadata(
         &self,

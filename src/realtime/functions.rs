@@ -1,9 +1,11 @@
 //! `channel::*`: what workers do to realtime client connections (send, close,
 //! topics, per-connection state, login over the socket, upgrade tickets).
-//! All of them answer inline: nothing here waits on a client.
+//! All of them answer inline: nothing here waits on a client. In a cluster, one
+//! acting on a client another engine holds waits for that engine's answer.
 
 use axum::extract::ws::Message;
 use base64::Engine as _;
+use futures_util::future::{BoxFuture, ready};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use super::{Client, CloseReason, ClosedBy, Realtime, persist, topics};
 use crate::mesh::provided::args;
 use crate::mesh::{CallCtx, Mesh, Reply};
+use crate::module::{ClientCaller, PeerAnswer, RealtimeClients, RealtimePeers};
 use crate::protocol::ErrorBody;
 use crate::protocol::codes::{self, close};
 
@@ -21,23 +24,34 @@ fn bad(msg: impl Into<String>) -> ErrorBody {
 
 /// Who may act on a route's clients: an operator, or a worker that serves
 /// one of the route's handlers (its own application). Anyone else could
-/// read or message every browser connected to someone else's route.
-struct Caller<'a> {
-    mesh: &'a Mesh,
-    ctx: &'a CallCtx,
+/// read or message every browser connected to someone else's route. A
+/// caller on another engine comes with the rights its engine vouches for.
+pub(super) enum Caller<'a> {
+    Here { mesh: &'a Mesh, ctx: &'a CallCtx },
+    Elsewhere(&'a ClientCaller),
 }
 
 impl Caller<'_> {
     fn may_act_on(&self, hub: &Realtime, pattern: &str) -> bool {
-        if self.mesh.may_operate(self.ctx.caller) {
+        let serves = |namespace: &str, function_id: &str| match self {
+            Caller::Here { mesh, ctx } => mesh.provides(ctx.caller, namespace, function_id),
+            Caller::Elsewhere(c) => c
+                .functions
+                .iter()
+                .any(|(ns, f)| ns == namespace && f == function_id),
+        };
+        let operator = match self {
+            Caller::Here { mesh, ctx } => mesh.may_operate(ctx.caller),
+            Caller::Elsewhere(c) => c.operator,
+        };
+        if operator {
             return true;
         }
         let routes = hub.routes();
         routes.route(pattern).is_some_and(|r| {
-            r.handlers.iter().any(|h| {
-                self.mesh
-                    .provides(self.ctx.caller, &h.namespace, &h.function_id)
-            })
+            r.handlers
+                .iter()
+                .any(|h| serves(&h.namespace, &h.function_id))
         })
     }
 
@@ -51,6 +65,14 @@ impl Caller<'_> {
                     "route {pattern} is served by other workers; acting on its clients needs the operator role"
                 ),
             ))
+        }
+    }
+
+    /// What this engine vouches for when the client is on another engine.
+    fn rights(mesh: &Mesh, ctx: &CallCtx) -> ClientCaller {
+        ClientCaller {
+            operator: mesh.may_operate(ctx.caller),
+            functions: mesh.functions_of(ctx.caller),
         }
     }
 }
@@ -89,11 +111,10 @@ struct SendArgs {
     data_b64: Option<String>,
 }
 
-pub(super) fn send(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
+fn send(hub: &Realtime, caller: &Caller<'_>, input: Value) -> Reply {
     let a: SendArgs = args(input)?;
     let msg = frame(a.data, a.data_b64)?;
-    channel(hub, &caller, a.channel_id)?.send(msg)?;
+    channel(hub, caller, a.channel_id)?.send(msg)?;
     Ok(json!({ "delivered": true }))
 }
 
@@ -106,8 +127,7 @@ struct SendManyArgs {
 }
 
 /// `missing`: not open; `dropped`: open but too slow (now closed with 1013).
-pub(super) fn send_many(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
+fn send_many(hub: &Realtime, caller: &Caller<'_>, input: Value) -> Reply {
     let a: SendManyArgs = args(input)?;
     let msg = frame(a.data, a.data_b64)?;
     let (mut delivered, mut missing, mut dropped) = (0, Vec::new(), Vec::new());
@@ -131,8 +151,7 @@ struct CloseArgs {
 }
 
 /// Idempotent: `closed` is false when the channel was already gone or closing.
-pub(super) fn close(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
+fn close(hub: &Realtime, caller: &Caller<'_>, input: Value) -> Reply {
     let a: CloseArgs = args(input)?;
     let code = a.code.unwrap_or(close::NORMAL);
     if code != 1000 && !(3000..=4999).contains(&code) {
@@ -173,17 +192,15 @@ fn topic_args(
     Ok((channel(hub, caller, a.channel_id)?, topic))
 }
 
-pub(super) fn subscribe(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
-    let (ch, topic) = topic_args(hub, &caller, input)?;
+fn subscribe(hub: &Realtime, caller: &Caller<'_>, input: Value) -> Reply {
+    let (ch, topic) = topic_args(hub, caller, input)?;
     hub.subscribe(&ch, &topic)?;
     persist::refresh(hub, &ch);
     Ok(json!({ "subscribed": true }))
 }
 
-pub(super) fn unsubscribe(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
-    let (ch, topic) = topic_args(hub, &caller, input)?;
+fn unsubscribe(hub: &Realtime, caller: &Caller<'_>, input: Value) -> Reply {
+    let (ch, topic) = topic_args(hub, caller, input)?;
     let was = hub.unsubscribe(&ch, &topic);
     if was {
         persist::refresh(hub, &ch);
@@ -222,10 +239,9 @@ pub(super) fn publish(hub: &Realtime, mesh: &Mesh, _: &CallCtx, input: Value) ->
     Ok(json!({ "recipients": p.recipients, "dropped": p.dropped }))
 }
 
-pub(super) fn get(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
+fn get(hub: &Realtime, caller: &Caller<'_>, input: Value) -> Reply {
     let a: TopicArgs = args(input)?;
-    Ok(channel(hub, &caller, a.channel_id)?.snapshot())
+    Ok(channel(hub, caller, a.channel_id)?.snapshot())
 }
 
 #[derive(Default, Deserialize)]
@@ -237,7 +253,7 @@ struct ListArgs {
 }
 
 pub(super) fn list(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
+    let caller = Caller::Here { mesh, ctx };
     let a: ListArgs = args(input)?;
     let chans = hub.list(
         a.route.as_deref(),
@@ -257,7 +273,7 @@ pub(super) fn list(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> 
 /// connections (dashboards). Like `channel::list`, a worker sees only the
 /// routes it serves; an operator sees all.
 pub(super) fn routes(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, _: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
+    let caller = Caller::Here { mesh, ctx };
     let summary = hub.routes().summary();
     let counts = hub.connections_by_route();
     let out: Vec<Value> = summary
@@ -280,10 +296,9 @@ struct StateArgs {
 }
 
 /// Replaces (or with `merge`, shallow-merges into) the per-connection state.
-pub(super) fn set_state(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
+fn set_state(hub: &Realtime, caller: &Caller<'_>, input: Value) -> Reply {
     let a: StateArgs = args(input)?;
-    let ch = channel(hub, &caller, a.channel_id)?;
+    let ch = channel(hub, caller, a.channel_id)?;
     let new = a.state.ok_or_else(|| bad("missing state"))?;
     let state = match (a.merge, ch.state(), new) {
         (true, Value::Object(mut old), Value::Object(add)) => {
@@ -303,10 +318,9 @@ pub(super) fn set_state(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value
     Ok(json!({ "state": state }))
 }
 
-pub(super) fn get_state(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
+fn get_state(hub: &Realtime, caller: &Caller<'_>, input: Value) -> Reply {
     let a: StateArgs = args(input)?;
-    Ok(json!({ "state": channel(hub, &caller, a.channel_id)?.state() }))
+    Ok(json!({ "state": channel(hub, caller, a.channel_id)?.state() }))
 }
 
 #[derive(Default, Deserialize)]
@@ -317,10 +331,9 @@ struct AuthArgs {
 }
 
 /// Login (or with a null context, logout) over the socket.
-pub(super) fn set_auth(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
+fn set_auth(hub: &Realtime, caller: &Caller<'_>, input: Value) -> Reply {
     let a: AuthArgs = args(input)?;
-    let ch = channel(hub, &caller, a.channel_id)?;
+    let ch = channel(hub, caller, a.channel_id)?;
     let context = a.context.filter(|c| !c.is_null());
     let authenticated = context.is_some();
     ch.set_auth(context);
@@ -338,7 +351,7 @@ struct TicketArgs {
 
 /// A one-use ticket for `?ticket=` on the route (a pattern or a concrete path).
 pub(super) fn issue_ticket(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Value) -> Reply {
-    let caller = Caller { mesh, ctx };
+    let caller = Caller::Here { mesh, ctx };
     let a: TicketArgs = args(input)?;
     let route = a.route.ok_or_else(|| bad("missing route"))?;
     let pattern = {
@@ -364,4 +377,154 @@ pub(super) fn issue_ticket(hub: &Realtime, mesh: &Mesh, ctx: &CallCtx, input: Va
     };
     let ticket = hub.issue_ticket(&pattern, context, ttl);
     Ok(json!({ "ticket": ticket, "route": pattern, "expires_in_ms": ttl.as_millis() as u64 }))
+}
+
+type Op = fn(&Realtime, &Caller<'_>, Value) -> Reply;
+
+/// The functions acting on one client (`send_many`: on each client named).
+/// In a cluster, a client another engine holds is acted on there.
+pub(super) const ON_CLIENTS: &[(&str, Op)] = &[
+    ("channel::send", send),
+    (SEND_MANY, send_many),
+    ("channel::close", close),
+    ("channel::subscribe", subscribe),
+    ("channel::unsubscribe", unsubscribe),
+    ("channel::get", get),
+    ("channel::set_state", set_state),
+    ("channel::get_state", get_state),
+    ("channel::set_auth", set_auth),
+];
+
+const SEND_MANY: &str = "channel::send_many";
+
+/// One of [`ON_CLIENTS`], with what it needs to reach another engine's client.
+#[derive(Clone)]
+pub(super) struct OnClient {
+    pub hub: Realtime,
+    pub peers: Option<Arc<dyn RealtimePeers>>,
+    pub id: &'static str,
+    pub op: Op,
+}
+
+/// Acts here when this engine holds the client: answered inline, in order
+/// with the caller's other messages. Otherwise asks the other engines and
+/// answers what the one holding it answered, unchanged; when none does,
+/// this engine's own answer for a client it does not know (`not found`).
+pub(super) fn on_client(
+    h: OnClient,
+    mesh: Mesh,
+    ctx: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    let here = Caller::Here {
+        mesh: &mesh,
+        ctx: &ctx,
+    };
+    let Some(peers) = h.peers.clone() else {
+        return Box::pin(ready((h.op)(&h.hub, &here, input)));
+    };
+    if h.id == SEND_MANY {
+        return send_many_across(&h.hub, peers, &here, input);
+    }
+    let elsewhere = match input.get("channel_id").and_then(Value::as_str) {
+        Some(id) => h.hub.get(id).is_none(),
+        None => false,
+    };
+    if !elsewhere {
+        return Box::pin(ready((h.op)(&h.hub, &here, input)));
+    }
+    let asked = peers.ask(h.id, Caller::rights(&mesh, &ctx), input.clone());
+    Box::pin(async move {
+        let mut unanswered = Vec::new();
+        for answer in asked.await {
+            match answer {
+                Ok(Some(reply)) => return reply,
+                Ok(None) => {}
+                Err(why) => unanswered.push(why),
+            }
+        }
+        let here = Caller::Here {
+            mesh: &mesh,
+            ctx: &ctx,
+        };
+        match (h.op)(&h.hub, &here, input) {
+            Err(mut e) if !unanswered.is_empty() => {
+                e.message = format!(
+                    "{} (nor on the engines that answered; {})",
+                    e.message,
+                    unanswered.join("; ")
+                );
+                Err(e)
+            }
+            reply => reply,
+        }
+    })
+}
+
+/// `send_many` here, then the ids missing here on the other engines: one
+/// answer, as if every engine's clients were this engine's.
+fn send_many_across(
+    hub: &Realtime,
+    peers: Arc<dyn RealtimePeers>,
+    here: &Caller<'_>,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    let Caller::Here { mesh, ctx } = here else {
+        unreachable!("send_many across engines starts here");
+    };
+    let mut rest = input.clone();
+    let local = match send_many(hub, here, input) {
+        Ok(local) => local,
+        refused => return Box::pin(ready(refused)),
+    };
+    let missing: Vec<String> = serde_json::from_value(local["missing"].clone()).unwrap_or_default();
+    if missing.is_empty() {
+        return Box::pin(ready(Ok(local)));
+    }
+    rest["channel_ids"] = json!(missing);
+    let asked = peers.ask(SEND_MANY, Caller::rights(mesh, ctx), rest);
+    Box::pin(async move {
+        let mut delivered = local["delivered"].as_u64().unwrap_or(0);
+        let mut dropped: Vec<Value> = local["dropped"].as_array().cloned().unwrap_or_default();
+        let mut found = std::collections::HashSet::new();
+        for answer in asked.await {
+            let Ok(Some(Ok(theirs))) = answer else {
+                continue;
+            };
+            delivered += theirs["delivered"].as_u64().unwrap_or(0);
+            let their_missing: Vec<String> =
+                serde_json::from_value(theirs["missing"].clone()).unwrap_or_default();
+            found.extend(
+                missing
+                    .iter()
+                    .filter(|id| !their_missing.contains(id))
+                    .cloned(),
+            );
+            dropped.extend(theirs["dropped"].as_array().cloned().unwrap_or_default());
+        }
+        let missing: Vec<&String> = missing.iter().filter(|id| !found.contains(*id)).collect();
+        Ok(json!({ "delivered": delivered, "missing": missing, "dropped": dropped }))
+    })
+}
+
+/// This engine's clients, acted on for callers on other engines.
+pub(crate) struct HeldClients(pub Realtime);
+
+impl RealtimeClients for HeldClients {
+    fn act_for_peer(&self, function: &str, caller: &ClientCaller, input: Value) -> PeerAnswer {
+        let hub = &self.0;
+        let Some((_, op)) = ON_CLIENTS.iter().find(|(id, _)| *id == function) else {
+            let msg = format!("{function} does not act on realtime clients");
+            return Some(Err(ErrorBody::new(codes::FUNCTION_NOT_FOUND, msg)));
+        };
+        let held = |id: &Value| id.as_str().is_some_and(|id| hub.get(id).is_some());
+        let here = if function == SEND_MANY {
+            input["channel_ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(held))
+        } else {
+            held(&input["channel_id"])
+        };
+        here.then(|| op(hub, &Caller::Elsewhere(caller), input))
+    }
 }

@@ -13,7 +13,7 @@ use super::upgrade::{self, Upgrades};
 use super::{Realtime, RealtimeConfig, TRIGGER_TYPE, persist, topics};
 use crate::mesh::metrics::gauge;
 use crate::mesh::{Mesh, Provisions};
-use crate::module::Module;
+use crate::module::{Module, RealtimeClients, RealtimePeers};
 use crate::net::{Bound, Listener};
 use crate::queue::Queues;
 use crate::store::Store;
@@ -24,6 +24,8 @@ pub(crate) struct RealtimeModule {
     mesh: Mesh,
     hub: Realtime,
     listener: Bound,
+    /// In a cluster: the other engines, asked for clients not held here.
+    peers: Option<Arc<dyn RealtimePeers>>,
     /// Rows the last run left, read before any connection can add one;
     /// queued as disconnects once the engine starts.
     leftovers: Mutex<Vec<LeftRow>>,
@@ -36,6 +38,7 @@ impl RealtimeModule {
         config: RealtimeConfig,
         store: Arc<Store>,
         queues: &Queues,
+        peers: Option<Arc<dyn RealtimePeers>>,
     ) -> std::io::Result<Self> {
         let listener = Bound::bind(config.listen, "realtime routes", config.tls.as_ref()).await?;
         let budget = mesh.budget().clone();
@@ -46,6 +49,7 @@ impl RealtimeModule {
             mesh: mesh.clone(),
             hub,
             listener,
+            peers,
             leftovers: Mutex::new(leftovers),
         })
     }
@@ -53,6 +57,11 @@ impl RealtimeModule {
     /// Where clients connect (`realtime.listen`, resolved).
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.listener.addr()
+    }
+
+    /// This engine's clients, for other engines' callers (the cluster's).
+    pub(crate) fn held_clients(&self) -> Arc<dyn RealtimeClients> {
+        Arc::new(f::HeldClients(self.hub.clone()))
     }
 
     /// The hub of open client connections (tests and benches inspect it).
@@ -73,18 +82,20 @@ impl Module for RealtimeModule {
             Arc::new(self.hub.clone()),
         );
         let hub = &self.hub;
-        p.sync_fn("channel::send", hub, f::send);
-        p.sync_fn("channel::send_many", hub, f::send_many);
-        p.sync_fn("channel::close", hub, f::close);
-        p.sync_fn("channel::subscribe", hub, f::subscribe);
-        p.sync_fn("channel::unsubscribe", hub, f::unsubscribe);
+        // A client another engine holds is acted on there: these answer
+        // inline for this engine's clients, from a task for another's.
+        for &(id, op) in f::ON_CLIENTS {
+            let on = f::OnClient {
+                hub: hub.clone(),
+                peers: self.peers.clone(),
+                id,
+                op,
+            };
+            p.async_fn(id, &on, f::on_client);
+        }
         p.sync_fn("channel::publish", hub, f::publish);
-        p.sync_fn("channel::get", hub, f::get);
         p.sync_fn("channel::list", hub, f::list);
         p.sync_fn("channel::routes", hub, f::routes);
-        p.sync_fn("channel::set_state", hub, f::set_state);
-        p.sync_fn("channel::get_state", hub, f::get_state);
-        p.sync_fn("channel::set_auth", hub, f::set_auth);
         p.sync_fn("channel::issue_ticket", hub, f::issue_ticket);
         let relayed = hub.clone();
         p.on_relayed(topics::RELAY_CHANNEL, move |_, message| {
