@@ -307,9 +307,24 @@ impl Directory {
             for (bucket, key) in forgotten {
                 announced.of(bucket).remove(&key);
             }
-            for bucket in BUCKETS {
-                failed |= sync(self.kv(bucket), announced.of(bucket), desired.of(bucket)).await;
-            }
+            // Each bucket on its own: one whose stream is electing a leader
+            // (a node died) must not hold back the others' changes.
+            let (d, a) = (&mut desired, announced);
+            let (fs, ws, ts, bs) = tokio::join!(
+                sync(
+                    self.kv(Bucket::Functions),
+                    &mut a.functions,
+                    &mut d.functions
+                ),
+                sync(self.kv(Bucket::Workers), &mut a.workers, &mut d.workers),
+                sync(
+                    self.kv(Bucket::TriggerTypes),
+                    &mut a.trigger_types,
+                    &mut d.trigger_types
+                ),
+                sync(self.kv(Bucket::Bindings), &mut a.bindings, &mut d.bindings),
+            );
+            failed |= fs || ws || ts || bs;
             drop(guard);
             let retry = async {
                 match failed {

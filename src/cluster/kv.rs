@@ -15,28 +15,78 @@ use std::time::Duration;
 
 use super::ClusterError;
 
+/// How long opening a bucket retries while the NATS cluster cannot place
+/// it yet (its nodes still forming, or one restarting).
+const PLACEMENT_WITHIN: Duration = Duration::from_secs(15);
+
 /// Opens (or creates) `bucket` with `replicas`, keeping one value per key,
-/// each for `max_age` (zero: for good).
+/// each for `max_age` (zero: for good). A cluster that has no peers for
+/// the replicas yet ("no suitable peers for placement") or no meta leader
+/// is asked again for a while: right after a start or a node's restart its
+/// `/healthz` can be ok before JetStream counts every peer.
 pub(super) async fn open_bucket(
     client: &async_nats::Client,
     bucket: String,
     replicas: usize,
     max_age: Duration,
 ) -> Result<Store, ClusterError> {
-    async_nats::jetstream::new(client.clone())
-        .create_key_value(Config {
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + PLACEMENT_WITHIN;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let config = Config {
             bucket: bucket.clone(),
             history: 1,
             max_age,
             num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .map_err(|source| ClusterError::Bucket {
-            bucket,
-            replicas,
-            source,
-        })
+        };
+        match js.create_key_value(config).await {
+            Ok(store) => return Ok(store),
+            Err(e) if not_placed_yet(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(bucket, replicas, error = %e, "NATS cannot place the bucket yet; asking again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(source) => {
+                return Err(ClusterError::Bucket {
+                    bucket,
+                    replicas,
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// The cluster could not place a bucket now, but may in a moment. (The
+/// server's code rides in the kind of the stream-creation error underneath.)
+fn not_placed_yet(e: &async_nats::jetstream::context::CreateKeyValueError) -> bool {
+    use async_nats::jetstream::context::{
+        CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+    };
+    if e.kind() == CreateKeyValueErrorKind::TimedOut {
+        return true;
+    }
+    let transient =
+        |c: ErrorCode| c == ErrorCode::CLUSTER_NO_PEERS || c == ErrorCode::CLUSTER_NOT_AVAILABLE;
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(create) = err.downcast_ref::<CreateStreamError>() {
+            return match create.kind() {
+                CreateStreamErrorKind::JetStream(js) => transient(js.error_code()),
+                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => {
+                    true
+                }
+                _ => false,
+            };
+        }
+        if let Some(js) = err.downcast_ref::<Error>() {
+            return transient(js.error_code());
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The key's revision is not the one the write expected: another writer
