@@ -118,6 +118,25 @@ pub(crate) struct ValueWritten {
     pub until_durable: Option<BoxFuture<'static, Result<(), BackendError>>>,
 }
 
+impl ValueWritten {
+    /// A write the embedded store has done: `old`, and with a `ticket`, the
+    /// wait for the sync covering it, asked for now so it starts while the
+    /// caller fires the write's events.
+    pub(crate) fn stored(
+        old: Option<Vec<u8>>,
+        ticket: Option<crate::store::Ticket>,
+        store: &std::sync::Arc<crate::store::Store>,
+    ) -> Self {
+        let until_durable = ticket.map(|ticket| {
+            store.want(ticket);
+            let store = store.clone();
+            Box::pin(async move { store.durable(ticket).await.map_err(BackendError::from) })
+                as BoxFuture<'static, _>
+        });
+        Self { old, until_durable }
+    }
+}
+
 /// Where the state module keeps its values, one JSON value per (scope,
 /// key): the engine's own store, or a store every engine of a cluster
 /// shares. The engine root picks one; the state module sees only this.

@@ -32,17 +32,11 @@ impl StateBackend for StateValues {
             Ok(w) => w,
             Err(e) => return ready(Err(e)),
         };
-        let until_durable = written.ticket.filter(|_| durable).map(|ticket| {
-            // Asked now, so the sync starts while the caller fires triggers.
-            self.want(ticket);
-            let values = self.clone();
-            Box::pin(async move { values.durable(ticket).await.map_err(BackendError::from) })
-                as BoxFuture<'static, _>
-        });
-        ready(Ok(ValueWritten {
-            old: written.old,
-            until_durable,
-        }))
+        ready(Ok(ValueWritten::stored(
+            written.old,
+            written.ticket.filter(|_| durable),
+            self.store(),
+        )))
     }
 
     fn list(&self, scope: &str) -> BoxFuture<'static, Result<Vec<Vec<u8>>, BackendError>> {

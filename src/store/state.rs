@@ -104,14 +104,9 @@ impl StateValues {
         })
     }
 
-    /// Asks for a sync covering `ticket` now.
-    pub fn want(&self, ticket: Ticket) {
-        self.store.want(ticket);
-    }
-
-    /// Waits until `ticket`'s writes are on disk.
-    pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
-        self.store.durable(ticket).await
+    /// The store under these values (to wait for a write's sync).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::records::StateRecord;
 use super::state::Written;
-use super::{Store, StoreError, Ticket, codec, layout};
+use super::{Store, StoreError, codec, layout};
 
 const STRIPES: usize = 256;
 
@@ -103,11 +103,8 @@ impl StreamItems {
         })
     }
 
-    pub fn want(&self, ticket: Ticket) {
-        self.store.want(ticket);
-    }
-
-    pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
-        self.store.durable(ticket).await
+    /// The store under these items (to wait for a write's sync).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 }

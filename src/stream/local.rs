@@ -37,17 +37,11 @@ impl StreamBackend for StreamItems {
             Ok(w) => w,
             Err(e) => return ready(Err(e)),
         };
-        let until_durable = written.ticket.filter(|_| durable).map(|ticket| {
-            // Asked now, so the sync starts while the caller fires the event.
-            self.want(ticket);
-            let items = self.clone();
-            Box::pin(async move { items.durable(ticket).await.map_err(BackendError::from) })
-                as BoxFuture<'static, _>
-        });
-        ready(Ok(ValueWritten {
-            old: written.old,
-            until_durable,
-        }))
+        ready(Ok(ValueWritten::stored(
+            written.old,
+            written.ticket.filter(|_| durable),
+            self.store(),
+        )))
     }
 
     fn list(
