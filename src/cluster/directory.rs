@@ -92,9 +92,10 @@ struct Member {
     workers: HashMap<String, serde_json::Value>,
     /// The trigger types its workers provide (their entries, encoded).
     trigger_types: HashMap<Key, Vec<u8>>,
-    /// Its bindings that this engine's types serve, by binding id (their
-    /// entries, encoded).
-    bindings: HashMap<String, Vec<u8>>,
+    /// Its bindings that this engine's types serve, by binding id: the
+    /// provider their key names (this engine, or every engine) and their
+    /// entries, encoded.
+    bindings: HashMap<String, (String, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -417,8 +418,9 @@ impl Directory {
                             tracing::warn!(key = %entry.key, "ignored a malformed directory key");
                             continue;
                         };
-                        if provider == self.names.engine_id {
-                            self.set_binding(owner, id, put.then(|| entry.value.to_vec()));
+                        if provider == self.names.engine_id || provider == triggers::EVERY_ENGINE {
+                            let entry = put.then(|| entry.value.to_vec());
+                            self.set_binding(owner, provider, id, entry);
                         }
                     }
                 }
@@ -559,8 +561,8 @@ impl Directory {
                     .keys()
                     .map(|k| (Bucket::TriggerTypes, self.key(engine, k))),
             );
-            dead.extend(member.bindings.keys().map(|id| {
-                let key = triggers::binding_key(engine, &self.names.engine_id, id);
+            dead.extend(member.bindings.iter().map(|(id, (provider, _))| {
+                let key = triggers::binding_key(engine, provider, id);
                 (Bucket::Bindings, key)
             }));
         }

@@ -50,8 +50,10 @@
 //! functions are; the listings and pub/sub reach other engines through the
 //! mesh's `OtherEngines` and `Relay` seams, and cron's slots are claimed
 //! through its `SlotClaims` seam; peers' trigger types and bindings are
-//! registered like a worker's. Durable topics stay per engine for now
-//! (queues, state and streams unless configured otherwise).
+//! registered like a worker's, and durable topics' subscribers are shared
+//! as bindings every engine serves (`TriggerTypeHandler::cluster_wide`);
+//! their messages, like queues, state and streams unless configured
+//! otherwise, stay in each engine's store.
 
 mod clients;
 mod config;

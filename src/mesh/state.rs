@@ -169,6 +169,13 @@ pub(crate) trait TriggerTypeHandler: Send + Sync {
     fn bind(&self, binding: &Binding) -> Result<(), ErrorBody>;
     /// A binding this type accepted is gone.
     fn unbind(&self, binding_id: &str);
+    /// In a cluster, a binding made on one engine is bound on every other
+    /// engine too, each serving it with its own handler (durable topics: a
+    /// publish on any engine must reach every subscriber). The registry
+    /// only says so; the cluster does the sharing.
+    fn cluster_wide(&self) -> bool {
+        false
+    }
 }
 
 pub struct TriggerType {

@@ -335,6 +335,14 @@ impl TriggerTypeHandler for Subscriptions {
         let mut t = self.lock();
         self.release(&mut t, binding_id);
     }
+
+    /// A subscriber bound on another engine of a cluster is bound here too:
+    /// this engine's publishes make it a job in this engine's queue, and
+    /// when that binding goes (or its engine dies) the subscription is kept
+    /// here for `keep_unbound` like one of this engine's own.
+    fn cluster_wide(&self) -> bool {
+        true
+    }
 }
 
 fn now_ms() -> u64 {

@@ -16,6 +16,11 @@
 //! deleted (an unbind, the owner's worker gone, the owner engine stopping
 //! or declared dead) unbinds it, and its provider gets `unregistertrigger`.
 //!
+//! A binding of an engine type its handler calls cluster-wide (durable
+//! topics' `durable:subscriber`) is served by every engine, each with its
+//! own handler: its key names [`EVERY_ENGINE`] as provider, and every other
+//! engine binds it as its owner's peer's.
+//!
 //! Like the functions bucket, each key is written and deleted by the engine
 //! that owns it while it lives, from what its mesh holds (recomputed at
 //! every mesh event), and by the others once it is dead.
@@ -49,6 +54,10 @@ struct BindingEntry {
     config: Payload,
     metadata: Option<Payload>,
 }
+
+/// The provider part of a binding key every engine serves: `=` can be in a
+/// KV key but never in an engine id (`[A-Za-z0-9_-]`).
+pub(super) const EVERY_ENGINE: &str = "=";
 
 /// `<owner>.<provider>.<b64(id)>`.
 pub(super) fn binding_key(owner: &str, provider: &str, id: &str) -> String {
@@ -94,18 +103,18 @@ impl Directory {
                 continue; // handed here by its engine: never handed on
             }
             let Some(key) = &b.active_on else { continue };
-            let Some(TypeProvider::Worker(p)) = st.trigger_types.get(key).map(|t| t.provider)
-            else {
-                continue;
+            let engine = match st.trigger_types.get(key).map(|t| t.provider) {
+                Some(TypeProvider::Worker(p)) => st
+                    .workers
+                    .get(&p)
+                    .and_then(|w| w.meta.as_ref())
+                    .and_then(|m| m.engine.as_deref()),
+                Some(TypeProvider::Engine) => (st.engine_types.get(&b.trigger_type))
+                    .filter(|h| h.cluster_wide())
+                    .map(|_| EVERY_ENGINE),
+                None => None,
             };
-            let Some(engine) = st
-                .workers
-                .get(&p)
-                .and_then(|w| w.meta.as_ref())
-                .and_then(|m| m.engine.as_deref())
-            else {
-                continue;
-            };
+            let Some(engine) = engine else { continue };
             let entry = BindingEntry {
                 trigger_type: b.trigger_type.clone(),
                 function_id: b.function_id.clone(),
@@ -149,16 +158,24 @@ impl Directory {
     }
 
     /// A binding `owner`'s engine made that one of this engine's types
-    /// serves (`None`: it went).
-    pub(super) fn set_binding(&self, owner: String, id: String, entry: Option<Vec<u8>>) {
+    /// serves, or every engine's (`provider`; `None`: it went).
+    pub(super) fn set_binding(
+        &self,
+        owner: String,
+        provider: String,
+        id: String,
+        entry: Option<Vec<u8>>,
+    ) {
         let mut members = self.members();
         match entry {
             Some(entry) => {
                 let member = members.entry(owner.clone()).or_insert_with(Member::new);
-                if member.bindings.get(&id) == Some(&entry) {
+                if member.bindings.get(&id) == Some(&(provider.clone(), entry.clone())) {
                     return; // the same again (a watch opened anew)
                 }
-                member.bindings.insert(id.clone(), entry.clone());
+                member
+                    .bindings
+                    .insert(id.clone(), (provider, entry.clone()));
                 if member.alive {
                     let peer = self.peer_of(&owner, member);
                     self.bind(peer, id, &entry);
@@ -197,7 +214,7 @@ impl Directory {
         for (key, entry) in &member.trigger_types {
             self.offer_type(peer, key, entry);
         }
-        for (id, entry) in &member.bindings {
+        for (id, (_, entry)) in &member.bindings {
             self.bind(peer, id.clone(), entry);
         }
     }
