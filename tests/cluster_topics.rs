@@ -37,6 +37,25 @@ async fn subscription_where(c: &mut RawClient, what: &str, ok: impl Fn(&Value) -
     found
 }
 
+/// A subscriber worker bound on the engine at `bound_on`, and a client of
+/// the engine at `publish_on` once that engine lists the subscription as
+/// bound (with its row).
+async fn subscribed(bound_on: &str, publish_on: &str) -> (RawClient, RawClient, Value) {
+    let mut subscriber = RawClient::worker(bound_on, "subscriber").await;
+    subscriber
+        .bind(
+            "s1",
+            "durable:subscriber",
+            SUBSCRIBER,
+            json!({"topic": TOPIC}),
+        )
+        .await;
+    let mut publisher = RawClient::worker(publish_on, "publisher").await;
+    let what = "the other engine knows the subscriber";
+    let row = subscription_where(&mut publisher, what, |s| s["bindings"] == 1).await;
+    (subscriber, publisher, row)
+}
+
 async fn publish(c: &mut RawClient, n: u64) {
     c.call_ok(
         "iii::durable::publish",
@@ -61,18 +80,8 @@ async fn a_subscriber_bound_on_one_engine_gets_what_is_published_on_every_engine
     let a = TestEngine::start_with(nats.engine_config(test_config(), "a")).await;
     let b = TestEngine::start_with(nats.engine_config(test_config(), "b")).await;
 
-    let mut subscriber = RawClient::worker(&b.url, "subscriber").await;
-    subscriber
-        .bind(
-            "s1",
-            "durable:subscriber",
-            SUBSCRIBER,
-            json!({"topic": TOPIC}),
-        )
-        .await;
-    let mut on_a = RawClient::worker(&a.url, "publisher-a").await;
+    let (mut subscriber, mut on_a, row) = subscribed(&b.url, &a.url).await;
     let mut on_b = RawClient::worker(&b.url, "publisher-b").await;
-    let row = subscription_where(&mut on_a, "A knows B's subscriber", |s| s["bindings"] == 1).await;
     assert_eq!(row["queue"], "topic:orders>app::on_order", "{row}");
     a.wait_for_providers(SUBSCRIBER, 1).await;
 
@@ -113,17 +122,7 @@ async fn a_killed_engines_subscriber_gets_what_was_published_while_it_was_gone()
     let a = TestEngine::start_with(nats.engine_config(test_config(), "a")).await;
     let mut b = EngineProcess::start_with_config(&nats.engine_toml("b"));
 
-    let mut subscriber = RawClient::worker(&b.url, "subscriber").await;
-    subscriber
-        .bind(
-            "s1",
-            "durable:subscriber",
-            SUBSCRIBER,
-            json!({"topic": TOPIC}),
-        )
-        .await;
-    let mut on_a = RawClient::worker(&a.url, "publisher").await;
-    subscription_where(&mut on_a, "A knows B's subscriber", |s| s["bindings"] == 1).await;
+    let (_subscriber, mut on_a, _) = subscribed(&b.url, &a.url).await;
 
     b.kill();
     subscription_where(
