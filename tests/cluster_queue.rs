@@ -217,19 +217,7 @@ async fn every_acknowledged_job_runs_after_a_kill_9_of_the_engine_running_them()
 
     let acknowledged = producing.await.unwrap();
     assert_eq!(acknowledged.len() as u64, JOBS);
-    wait_for(
-        "every acknowledged job to run",
-        Duration::from_secs(30),
-        async || {
-            let seen = seen.lock().unwrap();
-            let missing: Vec<&u64> = acknowledged.iter().filter(|i| !seen.contains(i)).collect();
-            match missing.is_empty() {
-                true => Ok(()),
-                false => Err(format!("{} missing: {missing:?}", missing.len())),
-            }
-        },
-    )
-    .await;
+    common::queue::until_all_seen(&seen, &acknowledged, Duration::from_secs(30)).await;
     worker.abort();
     drop(a);
 }

@@ -22,23 +22,9 @@ async fn counts(c: &mut RawClient) -> Vec<Value> {
 
 /// An enqueue through the `Enqueue` action: `Ok(receipt)` or `Err(error)`.
 async fn enqueue(c: &mut RawClient, n: usize) -> Result<String, Value> {
-    let id = uuid::Uuid::new_v4().to_string();
     // Well under sled's blob threshold, so every byte goes into its log.
     let data = json!({"n": n, "pad": "x".repeat(40_000)});
-    c.send(
-        json!({"type":"invokefunction","invocation_id":id,"function_id":"full::job",
-        "data":data,"action":{"type":"enqueue","queue":"full"}}),
-    )
-    .await;
-    let r = c
-        .recv_until("the enqueue's answer", |v| {
-            v["type"] == "invocationresult" && v["invocation_id"] == id.as_str()
-        })
-        .await;
-    match r["result"]["messageReceiptId"].as_str() {
-        Some(receipt) => Ok(receipt.to_owned()),
-        None => Err(r["error"].clone()),
-    }
+    common::queue::try_enqueue(c, "full", "full::job", data).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,19 @@ pub fn fast_config() -> qmesh::Config {
 
 /// Enqueues with `action: enqueue`, as an SDK does; returns the receipt.
 pub async fn enqueue(c: &mut RawClient, queue: &str, function_id: &str, data: Value) -> String {
+    try_enqueue(c, queue, function_id, data)
+        .await
+        .unwrap_or_else(|e| panic!("no receipt: {e}"))
+}
+
+/// Enqueues with `action: enqueue`: `Ok(receipt)`, or `Err(error)` for a
+/// refused enqueue.
+pub async fn try_enqueue(
+    c: &mut RawClient,
+    queue: &str,
+    function_id: &str,
+    data: Value,
+) -> Result<String, Value> {
     let id = uuid::Uuid::new_v4().to_string();
     c.send(
         json!({"type":"invokefunction","invocation_id":id,"function_id":function_id,"data":data,
@@ -30,14 +43,32 @@ pub async fn enqueue(c: &mut RawClient, queue: &str, function_id: &str, data: Va
     )
     .await;
     let r = c
-        .recv_until("receipt", |v| {
+        .recv_until("the enqueue's answer", |v| {
             is_result(v) && v["invocation_id"] == id.as_str()
         })
         .await;
-    r["result"]["messageReceiptId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no receipt: {r}"))
-        .to_owned()
+    match r["result"]["messageReceiptId"].as_str() {
+        Some(receipt) => Ok(receipt.to_owned()),
+        None => Err(r["error"].clone()),
+    }
+}
+
+/// Waits until every job of `acknowledged` (by its payload's number) is in
+/// `seen` (what the workers were given), within `within`.
+pub async fn until_all_seen(
+    seen: &std::sync::Mutex<std::collections::HashSet<u64>>,
+    acknowledged: &[u64],
+    within: Duration,
+) {
+    wait_for("every acknowledged job to run", within, async || {
+        let seen = seen.lock().unwrap();
+        let missing: Vec<&u64> = acknowledged.iter().filter(|i| !seen.contains(i)).collect();
+        match missing.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{} missing: {missing:?}", missing.len())),
+        }
+    })
+    .await;
 }
 
 /// Calls an engine function that must succeed; returns its result.
