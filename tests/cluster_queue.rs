@@ -9,31 +9,14 @@ mod common;
 
 use common::launcher::EngineProcess;
 use common::nats::NatsCluster;
-use common::queue::{enqueue, fail, fast_config, next_job, op};
+use common::queue::{
+    enqueue, fail, jetstream_config as engine_config, jetstream_toml, jobs_left, next_job, op,
+};
 use common::{RawClient, TestEngine, WAIT, wait_for, wait_until};
-use qmesh::config::QueueBackend;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Engine `id` of cluster "test" with its queues on JetStream (3 attempts,
-/// 20 ms backoff, 1 s lease).
-fn engine_config(nats: &NatsCluster, id: &str) -> qmesh::Config {
-    let mut c = nats.engine_config(fast_config(), id);
-    c.cluster.queues = QueueBackend::Jetstream;
-    c
-}
-
-/// Messages left on the cluster's job stream (acknowledged jobs are removed).
-async fn jobs_left(nats: &NatsCluster) -> u64 {
-    let client = async_nats::connect(nats.urls[0].as_str()).await.unwrap();
-    let mut stream = async_nats::jetstream::new(client)
-        .get_stream("qmesh_test_jobs")
-        .await
-        .unwrap();
-    stream.info().await.unwrap().state.messages
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
@@ -59,13 +42,13 @@ async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
         .call("queue::stats", json!({"queue": "jobs"}))
         .await;
     assert_eq!(stats["error"]["code"], "not_supported", "{stats}");
-    let delayed = producer
+    let expiring = producer
         .call(
             "queue::enqueue",
-            json!({"queue": "jobs", "function_id": "svc::work", "data": {}, "delay": "1s"}),
+            json!({"queue": "jobs", "function_id": "svc::work", "data": {}, "expires_in": "1m"}),
         )
         .await;
-    assert_eq!(delayed["error"]["code"], "not_supported", "{delayed}");
+    assert_eq!(expiring["error"]["code"], "not_supported", "{expiring}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,12 +166,7 @@ async fn every_acknowledged_job_runs_after_a_kill_9_of_the_engine_running_them()
     const JOBS: u64 = 300;
     let nats = NatsCluster::start().await;
     // Jobs held by a dead engine come back after its 2 s lease (the ack wait).
-    let config = |id: &str| {
-        format!(
-            "{}queues = \"jetstream\"\n[queue.defaults]\nlease = \"2s\"\nmax_attempts = 5\n",
-            nats.engine_toml(id)
-        )
-    };
+    let config = |id: &str| jetstream_toml(&nats, id, "lease = \"2s\"\nmax_attempts = 5");
     let a = EngineProcess::start_with_config(&config("a"));
     let mut b = EngineProcess::start_with_config(&config("b"));
 

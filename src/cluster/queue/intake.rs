@@ -29,6 +29,19 @@ pub(super) struct Job {
     pub traceparent: Option<String>,
     pub baggage: Option<String>,
     pub idempotency_key: Option<String>,
+    /// When it may first run (ms since the epoch); `None` = now.
+    pub run_at_ms: Option<u64>,
+}
+
+/// The headers of a scheduled message (NATS ADR-51): when, and where to.
+const NATS_SCHEDULE: &str = "Nats-Schedule";
+const NATS_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+
+/// A schedule's time for `Nats-Schedule`: `@at` and RFC 3339 in UTC with
+/// milliseconds (the server parses the fraction and fires within a few ms).
+fn schedule_at(at_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
+    format!("@at {}", humantime::format_rfc3339_millis(at))
 }
 
 /// Why an enqueue got no receipt from the stream.
@@ -94,10 +107,29 @@ impl Shared {
         if let Some(b) = &job.baggage {
             headers.insert(BAGGAGE, b.as_str());
         }
+        let target = job.key.subject(&self.names);
+        let subject = match job.run_at_ms.filter(|at| *at > crate::queue::now_ms()) {
+            None => target,
+            Some(at) => {
+                // A delayed job is a scheduled message: the stream itself
+                // publishes it on its job subject at `at` (with these headers,
+                // minus the schedule's), then deletes it. Stored on the
+                // stream's replicas before the PubAck, like any job.
+                if !self.schedules {
+                    return Err(not_supported(
+                        "delay and run_at need the job stream to take scheduled messages \
+                         (nats-server 2.12 or later)",
+                    ));
+                }
+                headers.insert(NATS_SCHEDULE, schedule_at(at).as_str());
+                headers.insert(NATS_SCHEDULE_TARGET, target.as_str());
+                format!("qmesh.{}.delayed.{receipt}", self.names.cluster)
+            }
+        };
         let body = bytes::Bytes::copy_from_slice(job.payload.get().as_bytes());
         let ack = self
             .js
-            .publish_with_headers(job.key.subject(&self.names), headers, body)
+            .publish_with_headers(subject, headers, body)
             .await
             .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?
             .await
@@ -148,8 +180,8 @@ impl Shared {
     }
 }
 
-/// `queue::enqueue {queue, function_id, data, namespace?, idempotency_key?}`
-/// (`delay`, `run_at`, `priority` and `expires_*` are refused: not yet
+/// `queue::enqueue {queue, function_id, data, namespace?, idempotency_key?,
+/// delay?, run_at?}` (`priority` and `expires_*` are refused: not yet
 /// supported on JetStream queues).
 pub(super) fn enqueue(
     shared: Arc<Shared>,
@@ -159,9 +191,7 @@ pub(super) fn enqueue(
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
         let req = crate::queue::parse_enqueue(input)?;
-        let unsupported = if req.run_at_ms.is_some() {
-            Some("delay and run_at")
-        } else if req.priority != 0 {
+        let unsupported = if req.priority != 0 {
             Some("priority")
         } else if req.expires_at_ms.is_some() {
             Some("expires_in and expires_at")
@@ -183,6 +213,7 @@ pub(super) fn enqueue(
             traceparent: ctx.traceparent,
             baggage: ctx.baggage,
             idempotency_key: req.idempotency_key,
+            run_at_ms: req.run_at_ms,
         };
         let e = shared.enqueue(job).await?;
         Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
@@ -213,6 +244,7 @@ pub(super) fn take_enqueue(shared: &Arc<Shared>, conn: &Arc<Connection>, invoke:
         traceparent: invoke.traceparent,
         baggage: invoke.baggage,
         idempotency_key: None,
+        run_at_ms: None,
     };
     let (shared, conn) = (shared.clone(), conn.clone());
     let (invocation_id, function_id) = (invoke.invocation_id, invoke.function_id);
@@ -234,6 +266,14 @@ pub(super) fn take_enqueue(shared: &Arc<Shared>, conn: &Arc<Connection>, invoke:
 #[cfg(test)]
 mod tests {
     use super::receipt;
+
+    #[test]
+    fn a_schedule_names_its_time_in_utc_with_milliseconds() {
+        assert_eq!(
+            super::schedule_at(1_700_000_000_123),
+            "@at 2023-11-14T22:13:20.123Z"
+        );
+    }
 
     #[test]
     fn an_idempotency_key_always_gives_the_same_receipt_in_its_queue() {

@@ -7,7 +7,10 @@
 //!   replicas`, a duplicate window of `[cluster] idempotency_window`): one
 //!   message per job on `qmesh.<cluster>.jobs.<queue>.<namespace>.<function>`
 //!   (each base64url), the payload as it came, the receipt and trace context
-//!   in headers;
+//!   in headers; a job due later is first a scheduled message (NATS ADR-51,
+//!   nats-server 2.12+) on `qmesh.<cluster>.delayed.<receipt>`, which the
+//!   stream itself publishes on the job's subject at its time, then deletes
+//!   (no consumer reads `delayed.>`, so it waits there, replicated);
 //! - one durable pull consumer per (queue, namespace, function), shared by
 //!   every engine: `max_ack_pending` is the queue's `concurrency` across the
 //!   cluster, `ack_wait` its lease (at most [`MAX_ACK_WAIT`], kept alive with
@@ -108,6 +111,8 @@ pub(super) struct Shared {
     jobs: jetstream::stream::Stream,
     dead: jetstream::stream::Stream,
     attempts: jetstream::kv::Store,
+    /// Whether the job stream takes scheduled messages (delayed jobs).
+    schedules: bool,
     config: QueueConfig,
     mesh: Mesh,
     directory: Arc<Directory>,
@@ -147,15 +152,17 @@ impl Cluster {
         let jobs = js
             .get_or_create_stream(jetstream::stream::Config {
                 name: jobs_name.clone(),
-                subjects: vec![format!("qmesh.{c}.jobs.>")],
+                subjects: vec![format!("qmesh.{c}.jobs.>"), format!("qmesh.{c}.delayed.>")],
                 retention: jetstream::stream::RetentionPolicy::WorkQueue,
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: replicas,
                 duplicate_window: config.idempotency_window,
+                allow_message_schedules: true,
                 ..Default::default()
             })
             .await
-            .map_err(|e| setup_error(jobs_name, replicas, e))?;
+            .map_err(|e| setup_error(jobs_name.clone(), replicas, e))?;
+        let schedules = allow_schedules(&js, &jobs, c).await;
         let dead_name = format!("qmesh_{c}_dead");
         let dead = js
             .get_or_create_stream(jetstream::stream::Config {
@@ -187,6 +194,7 @@ impl Cluster {
                 jobs,
                 dead,
                 attempts,
+                schedules,
                 config: queue,
                 mesh: self.mesh.clone(),
                 directory: self.directory.clone(),
@@ -194,6 +202,34 @@ impl Cluster {
                 stop: CancellationToken::new(),
             }),
         })
+    }
+}
+
+/// Makes sure the job stream takes delayed jobs: scheduled messages on
+/// `qmesh.<cluster>.delayed.>` (a stream made by an engine before delays
+/// existed is updated in place; existing jobs and consumers are kept).
+/// `false` when NATS refuses (a server older than 2.12): delayed enqueues
+/// are then refused with `not_supported`.
+async fn allow_schedules(
+    js: &jetstream::Context,
+    jobs: &jetstream::stream::Stream,
+    cluster: &str,
+) -> bool {
+    let mut config = jobs.cached_info().config.clone();
+    let delayed = format!("qmesh.{cluster}.delayed.>");
+    if config.allow_message_schedules && config.subjects.contains(&delayed) {
+        return true;
+    }
+    config.allow_message_schedules = true;
+    if !config.subjects.contains(&delayed) {
+        config.subjects.push(delayed);
+    }
+    match js.update_stream(config).await {
+        Ok(info) => info.config.allow_message_schedules,
+        Err(e) => {
+            tracing::warn!(error = %e, "the job stream cannot take scheduled messages (nats-server 2.12 or later needed): delayed jobs are refused");
+            false
+        }
     }
 }
 
