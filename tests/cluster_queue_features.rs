@@ -2,7 +2,7 @@
 //! (`[cluster] queues = "jetstream"`), across engines on a 3-node NATS
 //! cluster: delayed jobs (`delay` / `run_at`) run at their time, not
 //! before, on another engine than the one that took them, which may be
-//! dead by then.
+//! dead by then; higher priorities run first, by band.
 //!
 //! Times are asserted against the test's clock, which the engines and the
 //! NATS servers share (one machine): a job is never received before its
@@ -112,4 +112,48 @@ async fn delayed_jobs_run_at_their_time_after_the_engine_that_took_them_died() {
     // both schedules fired and were removed, both jobs acknowledged.
     // (The duplicate, due at once, would have run before the second.)
     wait_until("both acks", WAIT, async || jobs_left(&nats).await == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_bands_run_first_on_another_engine() {
+    let nats = NatsCluster::start().await;
+    // One job at a time: the order of starts is the order of priorities.
+    let config = |id: &str| jetstream_toml(&nats, id, "[queue.queues.ranked]\nconcurrency = 1");
+    let mut a = EngineProcess::start_with_config(&config("a"));
+    let b = EngineProcess::start_with_config(&config("b"));
+    let mut producer = RawClient::worker(&a.url, "producer").await;
+    // (name, priority), in enqueue order; bands: 0, 1, 8, 2, 0, 8, 4.
+    let jobs = [
+        ("a", 0),
+        ("b", 1),
+        ("f", 150),
+        ("d", 3),
+        ("e", 0),
+        ("c", 200),
+        ("g", 10),
+    ];
+    for (name, priority) in jobs {
+        enqueue_with(
+            &mut producer,
+            json!({"queue": "ranked", "function_id": "svc::ranked", "data": {"name": name},
+                   "priority": priority}),
+        )
+        .await;
+    }
+    // Every job waits in NATS, each band on its own subject: the engine that
+    // took them can die.
+    a.kill();
+
+    // A worker comes to B: it gets them highest band first, and within a
+    // band in enqueue order (150 and 200 share band 8).
+    let mut worker = RawClient::worker(&b.url, "worker").await;
+    worker.register_function("svc::ranked").await;
+    let mut order = Vec::new();
+    for _ in jobs {
+        let inv = next_job(&mut worker).await;
+        order.push(inv["data"]["name"].as_str().unwrap().to_owned());
+        complete(&mut worker, &inv, json!(null)).await;
+    }
+    assert_eq!(order, ["f", "c", "g", "d", "b", "a", "e"]);
+    wait_until("every ack", WAIT, async || jobs_left(&nats).await == 0).await;
 }

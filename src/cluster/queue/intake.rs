@@ -9,7 +9,7 @@ use sha2::Digest;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use super::{JobKey, Shared, ack_wait, not_supported};
+use super::{Band, JobKey, Shared, ack_wait, not_supported};
 use crate::mesh::session::answer;
 use crate::mesh::{CallCtx, Connection, Mesh, Reply};
 use crate::protocol::{Action, ErrorBody, Invoke, Payload, codes};
@@ -31,6 +31,8 @@ pub(super) struct Job {
     pub idempotency_key: Option<String>,
     /// When it may first run (ms since the epoch); `None` = now.
     pub run_at_ms: Option<u64>,
+    /// 0–255, higher first (by band: see [`Band`]).
+    pub priority: u8,
 }
 
 /// The headers of a scheduled message (NATS ADR-51): when, and where to.
@@ -94,7 +96,8 @@ impl Shared {
                 ),
             ));
         }
-        self.ensure_consumer(&job.key, &settings).await?;
+        let band = Band::of(job.priority);
+        self.ensure_consumer(&job.key, band, &settings).await?;
         let receipt = receipt(&job.key.queue, job.idempotency_key.as_deref());
         let mut headers = HeaderMap::new();
         headers.insert(RECEIPT, receipt.to_string().as_str());
@@ -107,7 +110,7 @@ impl Shared {
         if let Some(b) = &job.baggage {
             headers.insert(BAGGAGE, b.as_str());
         }
-        let target = job.key.subject(&self.names);
+        let target = job.key.subject(&self.names, band);
         let subject = match job.run_at_ms.filter(|at| *at > crate::queue::now_ms()) {
             None => target,
             Some(at) => {
@@ -140,21 +143,29 @@ impl Shared {
         })
     }
 
-    /// Creates the consumer of the job's (queue, namespace, function) the
-    /// first time this engine enqueues to it (an existing one is kept as it
-    /// is: every engine should have the same `[queue]` settings).
+    /// Creates the consumer of the job's (queue, namespace, function) and
+    /// band the first time this engine enqueues to it (an existing one is
+    /// kept as it is: every engine should have the same `[queue]`
+    /// settings), and tells the other engines to list consumers again.
     async fn ensure_consumer(
         &self,
         key: &JobKey,
+        band: Band,
         settings: &QueueSettings,
     ) -> Result<(), PublishRefused> {
-        if self.consumers.lock().expect("not poisoned").contains(key) {
+        let wanted = (key.clone(), band);
+        if self
+            .consumers
+            .lock()
+            .expect("not poisoned")
+            .contains(&wanted)
+        {
             return Ok(());
         }
-        let name = key.consumer();
+        let name = key.consumer(band);
         let config = pull::Config {
             durable_name: Some(name.clone()),
-            filter_subject: key.subject(&self.names),
+            filter_subject: key.subject(&self.names, band),
             ack_policy: AckPolicy::Explicit,
             ack_wait: ack_wait(settings),
             // Attempts are counted by the engines (a job past its last
@@ -172,17 +183,20 @@ impl Shared {
                 function_id: key.function_id.clone(),
                 message: e.to_string(),
             })?;
-        self.consumers
-            .lock()
-            .expect("not poisoned")
-            .insert(key.clone());
+        self.consumers.lock().expect("not poisoned").insert(wanted);
+        // Best effort: the others list consumers every second anyway.
+        let _ = self
+            .js
+            .client()
+            .publish(self.consumers_changed(), bytes::Bytes::new())
+            .await;
         Ok(())
     }
 }
 
 /// `queue::enqueue {queue, function_id, data, namespace?, idempotency_key?,
-/// delay?, run_at?}` (`priority` and `expires_*` are refused: not yet
-/// supported on JetStream queues).
+/// delay?, run_at?, priority?}` (`expires_*` is refused: not yet supported
+/// on JetStream queues).
 pub(super) fn enqueue(
     shared: Arc<Shared>,
     _: Mesh,
@@ -191,17 +205,10 @@ pub(super) fn enqueue(
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
         let req = crate::queue::parse_enqueue(input)?;
-        let unsupported = if req.priority != 0 {
-            Some("priority")
-        } else if req.expires_at_ms.is_some() {
-            Some("expires_in and expires_at")
-        } else {
-            None
-        };
-        if let Some(what) = unsupported {
-            return Err(not_supported(format!(
-                "{what}: not supported yet by the cluster's JetStream queues"
-            )));
+        if req.expires_at_ms.is_some() {
+            return Err(not_supported(
+                "expires_in and expires_at: not supported yet by the cluster's JetStream queues",
+            ));
         }
         let job = Job {
             key: JobKey {
@@ -214,6 +221,7 @@ pub(super) fn enqueue(
             baggage: ctx.baggage,
             idempotency_key: req.idempotency_key,
             run_at_ms: req.run_at_ms,
+            priority: req.priority,
         };
         let e = shared.enqueue(job).await?;
         Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
@@ -245,6 +253,7 @@ pub(super) fn take_enqueue(shared: &Arc<Shared>, conn: &Arc<Connection>, invoke:
         baggage: invoke.baggage,
         idempotency_key: None,
         run_at_ms: None,
+        priority: 0,
     };
     let (shared, conn) = (shared.clone(), conn.clone());
     let (invocation_id, function_id) = (invoke.invocation_id, invoke.function_id);

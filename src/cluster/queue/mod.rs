@@ -11,10 +11,13 @@
 //!   nats-server 2.12+) on `qmesh.<cluster>.delayed.<receipt>`, which the
 //!   stream itself publishes on the job's subject at its time, then deletes
 //!   (no consumer reads `delayed.>`, so it waits there, replicated);
-//! - one durable pull consumer per (queue, namespace, function), shared by
-//!   every engine: `max_ack_pending` is the queue's `concurrency` across the
-//!   cluster, `ack_wait` its lease (at most [`MAX_ACK_WAIT`], kept alive with
-//!   in-progress acks while a call runs);
+//! - priorities in nine bands ([`Band`]), each a subject of its own (the
+//!   suffix `.p<band>`; none for band 0), since a stream delivers in one
+//!   order: an engine asks the highest band first;
+//! - one durable pull consumer per (queue, namespace, function) and band
+//!   used, shared by every engine: `max_ack_pending` is the queue's
+//!   `concurrency` across the cluster, `ack_wait` its lease (at most
+//!   [`MAX_ACK_WAIT`], kept alive with in-progress acks while a call runs);
 //! - the bucket `qmesh_<cluster>_attempts`: the failed attempts of a job
 //!   still retrying, by receipt (the engine that runs its next attempt may be
 //!   another one);
@@ -22,7 +25,8 @@
 //!   job on `qmesh.<cluster>.dead.<queue>`, with its attempt history.
 //!
 //! In memory: which consumers this engine made sure of, and one pull task per
-//! consumer whose function one of its own workers serves (`runner.rs`).
+//! (queue, namespace, function) one of its own workers serves, holding its
+//! `concurrency` slots on this engine across bands (`runner.rs`).
 //! `intake.rs` takes enqueues, `dead.rs` keeps attempt histories and dead
 //! letters.
 
@@ -68,8 +72,31 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
 }
 
+/// Which of a (queue, namespace, function)'s subjects (and consumers) a
+/// job is on: its priority band. Band 0 holds priority 0 and is the
+/// subject without a suffix (every job before priorities existed); band
+/// `b` > 0 holds the priorities with `b` significant bits (1, 2–3, 4–7, …,
+/// 128–255), on the subject's suffix `.p<b>`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Band(u8);
+
+impl Band {
+    /// The band of a job's priority (0–255; higher runs first).
+    pub(super) fn of(priority: u8) -> Band {
+        Band((u8::BITS - priority.leading_zeros()) as u8)
+    }
+
+    /// The band's subject suffix (none for band 0).
+    fn suffix(self) -> String {
+        match self.0 {
+            0 => String::new(),
+            b => format!(".p{b}"),
+        }
+    }
+}
+
 impl JobKey {
-    fn subject(&self, names: &Names) -> String {
+    fn base_subject(&self, names: &Names) -> String {
         let b = b64();
         format!(
             "qmesh.{}.jobs.{}.{}.{}",
@@ -80,18 +107,26 @@ impl JobKey {
         )
     }
 
-    /// The consumer's name: a digest, since names are bounded and the three
-    /// parts are not.
-    fn consumer(&self) -> String {
+    /// The subject of the key's jobs in `band`.
+    fn subject(&self, names: &Names, band: Band) -> String {
+        format!("{}{}", self.base_subject(names), band.suffix())
+    }
+
+    /// The consumer's name of `band`: a digest, since names are bounded and
+    /// the three parts are not.
+    fn consumer(&self, band: Band) -> String {
         let digest = sha2::Sha256::digest(
             format!("{}\0{}\0{}", self.queue, self.namespace, self.function_id).as_bytes(),
         );
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("job_{hex}")
+        match band.0 {
+            0 => format!("job_{hex}"),
+            b => format!("job_{hex}_p{b}"),
+        }
     }
 
-    /// The key a job subject (or a consumer's filter) names.
-    fn parse(subject: &str, names: &Names) -> Option<JobKey> {
+    /// The key and band a job subject (or a consumer's filter) names.
+    fn parse(subject: &str, names: &Names) -> Option<(JobKey, Band)> {
         let rest = subject.strip_prefix(&format!("qmesh.{}.jobs.", names.cluster))?;
         let mut parts = rest.split('.');
         let decode = |s: Option<&str>| String::from_utf8(b64().decode(s?).ok()?).ok();
@@ -100,7 +135,14 @@ impl JobKey {
             namespace: decode(parts.next())?,
             function_id: decode(parts.next())?,
         };
-        parts.next().is_none().then_some(key)
+        let band = match parts.next() {
+            None => Band(0),
+            Some(p) => match p.strip_prefix('p')?.parse::<u8>().ok()? {
+                b @ 1..=8 => Band(b),
+                _ => return None,
+            },
+        };
+        parts.next().is_none().then_some((key, band))
     }
 }
 
@@ -117,7 +159,7 @@ pub(super) struct Shared {
     mesh: Mesh,
     directory: Arc<Directory>,
     /// Consumers this engine created or found (none is ever deleted).
-    consumers: Mutex<HashSet<JobKey>>,
+    consumers: Mutex<HashSet<(JobKey, Band)>>,
     /// Cancelled at drain: pulling stops.
     stop: CancellationToken,
 }
@@ -261,6 +303,14 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The core NATS subject an engine publishes on after making sure of a
+    /// consumer: the others list the job stream's consumers at once.
+    fn consumers_changed(&self) -> String {
+        format!("qmesh.{}.queues.consumers", self.names.cluster)
+    }
+}
+
 /// How long a consumer's server waits for an ack before another engine may
 /// get the job.
 fn ack_wait(s: &QueueSettings) -> Duration {
@@ -317,7 +367,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_subject_names_its_queue_namespace_and_function() {
+    fn a_subject_names_its_queue_namespace_function_and_band() {
         let names = Names {
             cluster: "c1".into(),
             engine_id: "e".into(),
@@ -327,10 +377,31 @@ mod tests {
             namespace: "default".into(),
             function_id: "svc::send".into(),
         };
-        let subject = key.subject(&names);
+        let subject = key.subject(&names, Band(0));
         assert_eq!(subject.split('.').count(), 6, "{subject}");
-        assert_eq!(JobKey::parse(&subject, &names), Some(key.clone()));
+        assert_eq!(
+            JobKey::parse(&subject, &names),
+            Some((key.clone(), Band(0)))
+        );
+        let high = key.subject(&names, Band(8));
+        assert_eq!(high, format!("{subject}.p8"));
+        assert_eq!(JobKey::parse(&high, &names), Some((key.clone(), Band(8))));
+        assert_eq!(JobKey::parse(&format!("{subject}.p9"), &names), None);
+        assert_eq!(JobKey::parse(&format!("{subject}.p0"), &names), None);
         assert_eq!(JobKey::parse("qmesh.c2.jobs.a.b.c", &names), None);
-        assert!(key.consumer().starts_with("job_") && key.consumer().len() == 36);
+        assert!(key.consumer(Band(0)).starts_with("job_") && key.consumer(Band(0)).len() == 36);
+        assert_eq!(
+            key.consumer(Band(3)),
+            format!("{}_p3", key.consumer(Band(0)))
+        );
+    }
+
+    #[test]
+    fn a_band_is_the_number_of_significant_bits_of_a_priority() {
+        let bands: Vec<u8> = [0, 1, 2, 3, 4, 7, 8, 127, 128, 255]
+            .into_iter()
+            .map(|p| Band::of(p).0)
+            .collect();
+        assert_eq!(bands, [0, 1, 2, 2, 3, 3, 4, 7, 8, 8]);
     }
 }

@@ -1,52 +1,81 @@
-//! Running jobs: an engine pulls from the consumer of every (queue,
+//! Running jobs: an engine pulls from the consumers of every (queue,
 //! namespace, function) one of its own workers serves, and runs each job it
 //! gets on those workers.
 //!
 //! Consumers are found by listing the job stream's consumers (each names
-//! its key in its filter subject): every [`DISCOVER_EVERY`], and at once
-//! when the functions this engine's workers serve change. A job's attempt
-//! is the server's delivery count: it succeeds (ack), fails with attempts
-//! left (its error appended to its history, then a nak delayed by the
-//! queue's backoff), or fails its last attempt (dead-lettered, then ack). A
-//! delivery past the last attempt means the previous one was lost (its
-//! engine died, or lost NATS, before it ended): dead-lettered without
-//! running again.
+//! its key and priority band in its filter subject): every
+//! [`DISCOVER_EVERY`], at once when the functions this engine's workers
+//! serve change, and when another engine says it made one. One pull task
+//! per key holds the key's slots on this engine (`concurrency`) and fills
+//! free ones from the highest band with jobs first: every band but the
+//! lowest is asked without waiting, the lowest waits for jobs (with other
+//! bands known, only [`IDLE_POLL`], so the higher ones are asked again
+//! soon). A job's attempt is the server's delivery count: it succeeds
+//! (ack), fails with attempts left (its error appended to its history, then
+//! a nak delayed by the queue's backoff), or fails its last attempt
+//! (dead-lettered, then ack). A delivery past the last attempt means the
+//! previous one was lost (its engine died, or lost NATS, before it ended):
+//! dead-lettered without running again.
 
 use futures_util::StreamExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::dead::Attempt;
 use super::intake::{BAGGAGE, RECEIPT, TRACEPARENT};
-use super::{JobKey, Shared, ack_wait};
+use super::{Band, JobKey, Shared, ack_wait};
 use crate::mesh::router::CallExtras;
 use crate::protocol::{ErrorBody, codes};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 
 /// How often the job stream's consumers are listed again.
 const DISCOVER_EVERY: Duration = Duration::from_secs(1);
-/// How long one pull request waits for jobs.
+/// How long one pull request waits for jobs, on a key with one band.
 const FETCH_EXPIRES: Duration = Duration::from_secs(2);
+/// How long the lowest band's pull request waits for jobs while the key
+/// has other bands: how late a higher band's job may start on an idle engine.
+const IDLE_POLL: Duration = Duration::from_millis(200);
 /// How soon NATS is asked again after it refused.
 const RETRY: Duration = Duration::from_millis(250);
+/// Most jobs one pull request asks for.
+const MAX_BATCH: usize = 256;
+
+/// The bands of one key this engine knows consumers of.
+type Bands = BTreeSet<Band>;
 
 impl Shared {
-    /// Keeps one pull task per consumer whose function this engine's own
-    /// workers serve, until the drain.
+    /// Keeps one pull task per key whose function this engine's own workers
+    /// serve, until the drain.
     pub(super) async fn discover(self: Arc<Self>) {
         let mut events = self.mesh.subscribe();
-        let mut known: HashSet<JobKey> = HashSet::new();
-        let mut pulling: HashMap<JobKey, CancellationToken> = HashMap::new();
+        let mut changed = match self.js.client().subscribe(self.consumers_changed()).await {
+            Ok(sub) => Some(sub),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot hear of other engines' new consumers");
+                None
+            }
+        };
+        let mut known: HashMap<JobKey, Bands> = HashMap::new();
+        let mut pulling: HashMap<JobKey, (CancellationToken, watch::Sender<Bands>)> =
+            HashMap::new();
         let mut listed_for: HashSet<(String, String)> = HashSet::new();
         let mut tick = tokio::time::interval(DISCOVER_EVERY);
         loop {
-            // List when the timer says so or this engine serves something new.
-            let timer = tokio::select! {
+            // List when the timer or another engine says so, or this engine
+            // serves something new.
+            let list_now = tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = tick.tick() => true,
+                Some(_) = async {
+                    match changed.as_mut() {
+                        Some(sub) => sub.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
                 event = events.recv() => {
                     if let Err(tokio::sync::broadcast::error::RecvError::Closed) = event {
                         break;
@@ -55,7 +84,7 @@ impl Shared {
                 }
             };
             let here_now = self.functions_here();
-            if !here_now.is_empty() && (timer || !here_now.is_subset(&listed_for)) {
+            if !here_now.is_empty() && (list_now || !here_now.is_subset(&listed_for)) {
                 match self.list_keys().await {
                     Ok(keys) => {
                         known = keys;
@@ -64,28 +93,36 @@ impl Shared {
                     Err(e) => tracing::debug!(error = %e, "cannot list the job stream's consumers"),
                 }
             }
-            pulling.retain(|key, stop| {
+            pulling.retain(|key, (stop, _)| {
                 let keep = here_now.contains(&(key.namespace.clone(), key.function_id.clone()));
                 if !keep {
                     stop.cancel();
                 }
                 keep
             });
-            for key in &known {
-                let served = here_now.contains(&(key.namespace.clone(), key.function_id.clone()));
-                if served && !pulling.contains_key(key) {
+            for (key, bands) in &known {
+                if let Some((_, tx)) = pulling.get(key) {
+                    tx.send_if_modified(|have| {
+                        let more = !bands.is_subset(have);
+                        have.extend(bands.iter().copied());
+                        more
+                    });
+                    continue;
+                }
+                if here_now.contains(&(key.namespace.clone(), key.function_id.clone())) {
                     let stop = self.stop.child_token();
-                    pulling.insert(key.clone(), stop.clone());
-                    tokio::spawn(self.clone().pull(key.clone(), stop));
+                    let (tx, rx) = watch::channel(bands.clone());
+                    pulling.insert(key.clone(), (stop.clone(), tx));
+                    tokio::spawn(self.clone().pull(key.clone(), rx, stop));
                 }
             }
         }
-        for stop in pulling.values() {
+        for (stop, _) in pulling.values() {
             stop.cancel();
         }
     }
 
-    /// (namespace, function) pairs one of this engine's own workers serves.
+    /// (namespace, function) pairs one of this engine's own workers serve.
     fn functions_here(&self) -> HashSet<(String, String)> {
         let all: Vec<(String, String)> = self.mesh.inspect(|st| {
             st.functions
@@ -98,72 +135,136 @@ impl Shared {
             .collect()
     }
 
-    async fn list_keys(&self) -> Result<HashSet<JobKey>, async_nats::Error> {
-        let mut out = HashSet::new();
+    async fn list_keys(&self) -> Result<HashMap<JobKey, Bands>, async_nats::Error> {
+        let mut out: HashMap<JobKey, Bands> = HashMap::new();
         let mut consumers = self.jobs.consumers();
         while let Some(info) = consumers.next().await {
-            if let Some(key) = JobKey::parse(&info?.config.filter_subject, &self.names) {
-                out.insert(key);
+            if let Some((key, band)) = JobKey::parse(&info?.config.filter_subject, &self.names) {
+                out.entry(key).or_default().insert(band);
             }
         }
         Ok(out)
     }
 
-    /// Pulls jobs of one consumer and runs each in a task, until `stop`.
-    /// The consumer's `max_ack_pending` bounds what this engine holds at
-    /// once, so nothing waits here for a slot.
-    async fn pull(self: Arc<Self>, key: JobKey, stop: CancellationToken) {
-        let name = key.consumer();
-        let mut consumer = loop {
-            match self.jobs.get_consumer::<pull::Config>(&name).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(queue = %key.queue, function_id = %key.function_id, error = %e, "cannot open a job consumer; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(RETRY) => {}
+    /// Pulls jobs of one key's consumers and runs each in a task holding
+    /// one of the key's slots on this engine, until `stop`. Free slots are
+    /// filled from the highest band first.
+    async fn pull(
+        self: Arc<Self>,
+        key: JobKey,
+        mut bands: watch::Receiver<Bands>,
+        stop: CancellationToken,
+    ) {
+        let concurrency = self
+            .config
+            .settings(&key.queue)
+            .unwrap_or_else(|| self.config.defaults.clone())
+            .concurrency
+            .max(1);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut consumers: BTreeMap<Band, jetstream::consumer::PullConsumer> = BTreeMap::new();
+        tracing::debug!(queue = %key.queue, function_id = %key.function_id, "pulling jobs");
+        while !stop.is_cancelled() {
+            let wanted: Vec<Band> = bands.borrow_and_update().iter().copied().collect();
+            for band in wanted {
+                if consumers.contains_key(&band) {
+                    continue;
+                }
+                match self
+                    .jobs
+                    .get_consumer::<pull::Config>(&key.consumer(band))
+                    .await
+                {
+                    Ok(c) => {
+                        consumers.insert(band, c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %key.queue, function_id = %key.function_id, error = %e, "cannot open a job consumer; retrying");
                     }
                 }
             }
-        };
-        let batch = match consumer.info().await {
-            Ok(info) => info.config.max_ack_pending.clamp(1, 256) as usize,
-            Err(_) => 1,
-        };
-        tracing::debug!(queue = %key.queue, function_id = %key.function_id, "pulling jobs");
-        while !stop.is_cancelled() {
-            let fetched = consumer
-                .fetch()
-                .max_messages(batch)
-                .expires(FETCH_EXPIRES)
-                .messages()
-                .await;
-            let mut jobs = match fetched {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::debug!(error = %e, "a pull request failed; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(RETRY) => continue,
-                    }
+            if consumers.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => continue,
                 }
+            }
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                permit = slots.clone().acquire_owned() => permit.expect("the slots are never closed"),
             };
-            while let Some(job) = jobs.next().await {
-                match job {
-                    Ok(msg) => {
-                        tokio::spawn(self.clone().run(key.clone(), msg));
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "a pull request ended");
-                        break;
-                    }
+            let mut free = vec![first];
+            while free.len() < MAX_BATCH {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => free.push(p),
+                    Err(_) => break,
+                }
+            }
+            if !self.fill(&key, &consumers, &mut free).await {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
                 }
             }
         }
     }
 
+    /// One pass over a key's bands, highest first, giving each job pulled
+    /// one of the `free` slots. `false` when NATS answered no pull request.
+    async fn fill(
+        self: &Arc<Self>,
+        key: &JobKey,
+        consumers: &BTreeMap<Band, jetstream::consumer::PullConsumer>,
+        free: &mut Vec<OwnedSemaphorePermit>,
+    ) -> bool {
+        let mut answered = false;
+        let lowest = consumers.keys().next().copied();
+        for (band, consumer) in consumers.iter().rev() {
+            if free.is_empty() {
+                break;
+            }
+            let mut fetch = consumer.fetch().max_messages(free.len());
+            if Some(*band) == lowest {
+                fetch = fetch.expires(if consumers.len() == 1 {
+                    FETCH_EXPIRES
+                } else {
+                    IDLE_POLL
+                });
+            }
+            let mut jobs = match fetch.messages().await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::debug!(error = %e, "a pull request failed");
+                    continue;
+                }
+            };
+            answered = true;
+            while let Some(job) = jobs.next().await {
+                match job {
+                    Ok(msg) => {
+                        let slot = free.pop();
+                        tokio::spawn(self.clone().run(key.clone(), msg, slot));
+                    }
+                    // No jobs (or other engines' requests come first).
+                    Err(e) => {
+                        tracing::trace!(error = %e, "a pull request ended");
+                        break;
+                    }
+                }
+            }
+        }
+        answered
+    }
+
     /// Runs one delivery of a job and settles it with the server.
-    async fn run(self: Arc<Self>, key: JobKey, msg: jetstream::Message) {
+    /// `_slot` is one of the key's slots on this engine, free again once
+    /// the job is settled.
+    async fn run(
+        self: Arc<Self>,
+        key: JobKey,
+        msg: jetstream::Message,
+        _slot: Option<OwnedSemaphorePermit>,
+    ) {
         let settings = self
             .config
             .settings(&key.queue)
