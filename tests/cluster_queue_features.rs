@@ -2,7 +2,9 @@
 //! (`[cluster] queues = "jetstream"`), across engines on a 3-node NATS
 //! cluster: delayed jobs (`delay` / `run_at`) run at their time, not
 //! before, on another engine than the one that took them, which may be
-//! dead by then; higher priorities run first, by band.
+//! dead by then; higher priorities run first, by band; a FIFO group runs one
+//! job at a time, in enqueue order, through a retry and a kill -9 of the
+//! engine running its head.
 //!
 //! Times are asserted against the test's clock, which the engines and the
 //! NATS servers share (one machine): a job is never received before its
@@ -13,10 +15,14 @@ mod common;
 use common::launcher::EngineProcess;
 use common::nats::NatsCluster;
 use common::queue::{
-    complete, enqueue_with, jetstream_config, jetstream_toml, jobs_left, next_job, now_ms,
+    complete, enqueue, enqueue_with, fail, jetstream_config, jetstream_toml, jobs_left, next_job,
+    now_ms,
 };
 use common::{RawClient, TestEngine, WAIT, wait_until};
-use serde_json::json;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How late after its due time a delayed job may reach its worker (the
 /// schedule fires within milliseconds; the rest is the pull and the call,
@@ -156,4 +162,136 @@ async fn higher_priority_bands_run_first_on_another_engine() {
     }
     assert_eq!(order, ["f", "c", "g", "d", "b", "a", "e"]);
     wait_until("every ack", WAIT, async || jobs_left(&nats).await == 0).await;
+}
+
+/// How long the FIFO test's worker runs each job: a second job of its group
+/// delivered meanwhile would be seen.
+const HOLD: Duration = Duration::from_millis(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_group_runs_one_job_at_a_time_in_order_across_engines_and_a_kill_9() {
+    const GROUPS: [&str; 3] = ["g1", "g2", "g3"];
+    const PER_GROUP: u64 = 4;
+    let nats = NatsCluster::start().await;
+    let config = |id: &str| {
+        jetstream_toml(
+            &nats,
+            id,
+            "max_attempts = 3\nbackoff_initial = \"50ms\"\nbackoff_max = \"100ms\"\n\
+             [queue.queues.orders]\nordering = \"fifo\"\ngroup_field = \"account\"\n\
+             concurrency = 2\nlease = \"2s\"",
+        )
+    };
+    let a = EngineProcess::start_with_config(&config("a"));
+    let mut b = EngineProcess::start_with_config(&config("b"));
+    let c = EngineProcess::start_with_config(&config("c"));
+    let mut producer = RawClient::worker(&a.url, "producer").await;
+    // As on one engine, a job must name its group; here it cannot be
+    // delayed or given a priority (either would overtake its group).
+    for (extra, code) in [
+        (json!({"data": {}}), "INVALID_ARGUMENTS"),
+        (
+            json!({"data": {"account": "g1"}, "delay": "1s"}),
+            "not_supported",
+        ),
+        (
+            json!({"data": {"account": "g1"}, "priority": 5}),
+            "not_supported",
+        ),
+    ] {
+        let mut args = json!({"queue": "orders", "function_id": "svc::order"});
+        args.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let r = producer.call("queue::enqueue", args).await;
+        assert_eq!(r["error"]["code"], code, "{r}");
+    }
+    for i in 0..PER_GROUP {
+        for g in GROUPS {
+            enqueue(
+                &mut producer,
+                "orders",
+                "svc::order",
+                json!({"account": g, "i": i}),
+            )
+            .await;
+        }
+    }
+
+    // B's worker is given a lane's first job and never answers: B dies
+    // holding it, and its group must wait for it.
+    let mut on_b = RawClient::worker(&b.url, "worker-b").await;
+    on_b.register_function("svc::order").await;
+    let held = next_job(&mut on_b).await;
+    b.kill();
+    let held_group = held["data"]["account"].as_str().unwrap().to_owned();
+    assert_eq!(
+        held["data"]["i"], 0,
+        "a lane starts with a group's first job: {held}"
+    );
+
+    // C's worker runs each job for HOLD, and fails g2's job 1 once.
+    let mut on_c = RawClient::worker(&c.url, "worker-c").await;
+    on_c.register_function("svc::order").await;
+    let mut starts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut running: Vec<Value> = Vec::new();
+    let mut since = Instant::now();
+    let mut finished = HashSet::new();
+    let mut failed = false;
+    while finished.len() < GROUPS.len() * PER_GROUP as usize {
+        let until = if running.is_empty() {
+            Instant::now() + WAIT
+        } else {
+            since + HOLD
+        };
+        match tokio::time::timeout_at(until, on_c.recv()).await {
+            Ok(Some(inv)) if inv["type"] == "invokefunction" => {
+                let g = inv["data"]["account"].as_str().unwrap().to_owned();
+                let i = inv["data"]["i"].as_u64().unwrap();
+                assert!(
+                    running.iter().all(|r| r["data"]["account"] != g.as_str()),
+                    "two jobs of {g} at once: {inv} while {running:?}"
+                );
+                if g == held_group && i == 0 {
+                    assert_eq!(
+                        inv["metadata"]["job"]["attempt"], 2,
+                        "B's was the first: {inv}"
+                    );
+                }
+                starts.entry(g).or_default().push(i);
+                if running.is_empty() {
+                    since = Instant::now();
+                }
+                running.push(inv);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("C closed the worker's socket"),
+            Err(_) => {
+                assert!(
+                    !running.is_empty(),
+                    "no job for {WAIT:?}; started: {starts:?}"
+                );
+                for inv in running.drain(..) {
+                    let job = (inv["data"]["account"].clone(), inv["data"]["i"].clone());
+                    if job == (json!("g2"), json!(1)) && !failed {
+                        failed = true;
+                        fail(&mut on_c, &inv, "once").await;
+                    } else {
+                        complete(&mut on_c, &inv, json!(null)).await;
+                        finished.insert(job);
+                    }
+                }
+            }
+        }
+    }
+    // Each group in enqueue order, its failed job retried before the next.
+    for g in GROUPS {
+        let want: Vec<u64> = match g {
+            "g2" => vec![0, 1, 1, 2, 3],
+            _ => (0..PER_GROUP).collect(),
+        };
+        assert_eq!(starts[g], want, "{g}: {starts:?}");
+    }
+    wait_until("every ack", WAIT, async || jobs_left(&nats).await == 0).await;
+    drop((a, c));
 }

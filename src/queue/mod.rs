@@ -59,6 +59,7 @@ use crate::store::{Store, StoreError};
 use scheduler::Command;
 
 pub(crate) use functions::{check_names, parse_enqueue};
+pub(crate) use intake::fifo_group;
 pub(crate) use module::{OPERATOR_ONLY, function_ids};
 
 /// Called once with an enqueue's outcome, after the sync that made it durable.

@@ -9,12 +9,12 @@ use sha2::Digest;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use super::{Band, JobKey, Shared, ack_wait, not_supported};
+use super::{JobKey, Lane, Shared, ack_wait, not_supported};
 use crate::mesh::session::answer;
 use crate::mesh::{CallCtx, Connection, Mesh, Reply};
 use crate::protocol::{Action, ErrorBody, Invoke, Payload, codes};
 use crate::queue::Enqueued;
-use crate::queue::settings::QueueSettings;
+use crate::queue::settings::{Ordering, QueueSettings};
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 
 /// The headers a job message carries besides its payload.
@@ -31,7 +31,7 @@ pub(super) struct Job {
     pub idempotency_key: Option<String>,
     /// When it may first run (ms since the epoch); `None` = now.
     pub run_at_ms: Option<u64>,
-    /// 0–255, higher first (by band: see [`Band`]).
+    /// 0–255, higher first (by band: see [`Lane::Band`]).
     pub priority: u8,
 }
 
@@ -96,8 +96,8 @@ impl Shared {
                 ),
             ));
         }
-        let band = Band::of(job.priority);
-        self.ensure_consumer(&job.key, band, &settings).await?;
+        let lane = lane(&job, &settings)?;
+        self.ensure_consumer(&job.key, lane, &settings).await?;
         let receipt = receipt(&job.key.queue, job.idempotency_key.as_deref());
         let mut headers = HeaderMap::new();
         headers.insert(RECEIPT, receipt.to_string().as_str());
@@ -110,7 +110,7 @@ impl Shared {
         if let Some(b) = &job.baggage {
             headers.insert(BAGGAGE, b.as_str());
         }
-        let target = job.key.subject(&self.names, band);
+        let target = job.key.subject(&self.names, lane);
         let subject = match job.run_at_ms.filter(|at| *at > crate::queue::now_ms()) {
             None => target,
             Some(at) => {
@@ -144,16 +144,16 @@ impl Shared {
     }
 
     /// Creates the consumer of the job's (queue, namespace, function) and
-    /// band the first time this engine enqueues to it (an existing one is
+    /// lane the first time this engine enqueues to it (an existing one is
     /// kept as it is: every engine should have the same `[queue]`
     /// settings), and tells the other engines to list consumers again.
     async fn ensure_consumer(
         &self,
         key: &JobKey,
-        band: Band,
+        lane: Lane,
         settings: &QueueSettings,
     ) -> Result<(), PublishRefused> {
-        let wanted = (key.clone(), band);
+        let wanted = (key.clone(), lane);
         if self
             .consumers
             .lock()
@@ -162,17 +162,22 @@ impl Shared {
         {
             return Ok(());
         }
-        let name = key.consumer(band);
+        let name = key.consumer(lane);
         let config = pull::Config {
             durable_name: Some(name.clone()),
-            filter_subject: key.subject(&self.names, band),
+            filter_subject: key.subject(&self.names, lane),
             ack_policy: AckPolicy::Explicit,
             ack_wait: ack_wait(settings),
             // Attempts are counted by the engines (a job past its last
             // attempt is dead-lettered with its history), not by the server,
             // which would leave it unseen in the stream.
             max_deliver: -1,
-            max_ack_pending: settings.concurrency.max(1) as i64,
+            // A FIFO lane: one job at a time, the next only once it is
+            // acknowledged (a nak'ed retry still holds it).
+            max_ack_pending: match lane {
+                Lane::Fifo(_) => 1,
+                Lane::Band(_) => settings.concurrency.max(1) as i64,
+            },
             ..Default::default()
         };
         self.jobs
@@ -192,6 +197,31 @@ impl Shared {
             .await;
         Ok(())
     }
+}
+
+/// The lane a job goes to: its FIFO group's on a FIFO queue, else its
+/// priority's band.
+fn lane(job: &Job, settings: &QueueSettings) -> Result<Lane, ErrorBody> {
+    if settings.ordering == Ordering::Standard {
+        return Ok(Lane::band(job.priority));
+    }
+    // A group's order is its lane's order: a job published later (at its
+    // time) or ahead of others (a higher band) would break it.
+    let refused = if job.priority != 0 {
+        Some("priority")
+    } else if job.run_at_ms.is_some() {
+        Some("delay and run_at")
+    } else {
+        None
+    };
+    if let Some(what) = refused {
+        return Err(not_supported(format!(
+            "{what} on a fifo queue ({:?}): not supported by the cluster's JetStream queues",
+            job.key.queue
+        )));
+    }
+    let group = crate::queue::fifo_group(settings, &job.key.queue, &job.payload)?;
+    Ok(Lane::fifo(&group, settings.concurrency))
 }
 
 /// `queue::enqueue {queue, function_id, data, namespace?, idempotency_key?,

@@ -11,22 +11,45 @@
 //!   nats-server 2.12+) on `qmesh.<cluster>.delayed.<receipt>`, which the
 //!   stream itself publishes on the job's subject at its time, then deletes
 //!   (no consumer reads `delayed.>`, so it waits there, replicated);
-//! - priorities in nine bands ([`Band`]), each a subject of its own (the
-//!   suffix `.p<band>`; none for band 0), since a stream delivers in one
-//!   order: an engine asks the highest band first;
-//! - one durable pull consumer per (queue, namespace, function) and band
+//! - priorities in nine bands ([`Lane::Band`]), each a subject of its own
+//!   (the suffix `.p<band>`; none for band 0), since a stream delivers in
+//!   one order: an engine asks the highest band first;
+//! - a FIFO queue's jobs in `concurrency` lanes ([`Lane::Fifo`], suffix
+//!   `.f<lane>`; see below);
+//! - one durable pull consumer per (queue, namespace, function) and lane
 //!   used, shared by every engine: `max_ack_pending` is the queue's
-//!   `concurrency` across the cluster, `ack_wait` its lease (at most
-//!   [`MAX_ACK_WAIT`], kept alive with in-progress acks while a call runs);
+//!   `concurrency` across the cluster (1 for a FIFO lane), `ack_wait` its
+//!   lease (at most [`MAX_ACK_WAIT`], kept alive with in-progress acks
+//!   while a call runs);
 //! - the bucket `qmesh_<cluster>_attempts`: the failed attempts of a job
 //!   still retrying, by receipt (the engine that runs its next attempt may be
 //!   another one);
 //! - the dead-letter stream `qmesh_<cluster>_dead`: one message per dead
 //!   job on `qmesh.<cluster>.dead.<queue>`, with its attempt history.
 //!
+//! Per-group FIFO (`ordering = "fifo"`): a group's jobs always go to the
+//! same lane of their (queue, namespace, function), the group key's
+//! SHA-256 modulo the queue's `concurrency`, and each lane's consumer has
+//! `max_ack_pending` = 1. That one bound is the whole of the ordering
+//! across engines: the server delivers a lane in stream order (= the order
+//! of the enqueues' PubAcks) and gives nobody, on any engine, the lane's
+//! next job while one is unacknowledged. A failed attempt is nak'ed with
+//! its backoff and stays unacknowledged until it is delivered again
+//! (checked on nats-server 2.15.1), so a retrying job holds its group; a
+//! job whose engine died holds it until `ack_wait` and is then delivered
+//! again, before the next; a dead-lettered job is acknowledged once its
+//! dead letter is stored, which frees the group. Nothing of the order is
+//! in an engine. The price: groups whose digests meet in a lane wait for
+//! each other (a lane per group would need a consumer per group, and
+//! groups are unbounded), and a lane is fixed at enqueue, so changing a
+//! FIFO queue's `concurrency` while it holds jobs can reorder a group. A
+//! FIFO job takes no delay or priority: either would move it out of its
+//! lane's order.
+//!
 //! In memory: which consumers this engine made sure of, and one pull task per
 //! (queue, namespace, function) one of its own workers serves, holding its
-//! `concurrency` slots on this engine across bands (`runner.rs`).
+//! `concurrency` slots on this engine across bands, and one per FIFO lane
+//! (`runner.rs`).
 //! `intake.rs` takes enqueues, `dead.rs` keeps attempt histories and dead
 //! letters.
 
@@ -49,7 +72,7 @@ use super::{Cluster, ClusterConfig, ClusterError, Names};
 use crate::mesh::{CallCtx, Mesh, Provisions, Reply};
 use crate::module::Module;
 use crate::protocol::{ErrorBody, codes};
-use crate::queue::settings::{Ordering, QueueConfig, QueueSettings};
+use crate::queue::settings::{QueueConfig, QueueSettings};
 use async_nats::jetstream;
 
 /// The longest a job pulled by an engine that died stays invisible before
@@ -73,25 +96,52 @@ fn b64() -> base64::engine::GeneralPurpose {
 }
 
 /// Which of a (queue, namespace, function)'s subjects (and consumers) a
-/// job is on: its priority band. Band 0 holds priority 0 and is the
-/// subject without a suffix (every job before priorities existed); band
-/// `b` > 0 holds the priorities with `b` significant bits (1, 2–3, 4–7, …,
-/// 128–255), on the subject's suffix `.p<b>`.
+/// job is on.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Band(u8);
+pub(super) enum Lane {
+    /// A standard queue's priority band. Band 0 holds priority 0 and is the
+    /// subject without a suffix (every job before priorities existed); band
+    /// `b` > 0 holds the priorities with `b` significant bits (1, 2–3, 4–7,
+    /// …, 128–255), on the subject's suffix `.p<b>`.
+    Band(u8),
+    /// A FIFO queue's lane `n` (suffix `.f<n>`): the groups whose hash is
+    /// `n` modulo the queue's `concurrency`, one job at a time.
+    Fifo(u32),
+}
 
-impl Band {
+impl Lane {
     /// The band of a job's priority (0–255; higher runs first).
-    pub(super) fn of(priority: u8) -> Band {
-        Band((u8::BITS - priority.leading_zeros()) as u8)
+    pub(super) fn band(priority: u8) -> Lane {
+        Lane::Band((u8::BITS - priority.leading_zeros()) as u8)
     }
 
-    /// The band's subject suffix (none for band 0).
-    fn suffix(self) -> String {
-        match self.0 {
-            0 => String::new(),
-            b => format!(".p{b}"),
+    /// The lane of FIFO group `group` on a queue of `lanes` lanes: the
+    /// same on every engine (a digest, not Rust's per-process hasher).
+    pub(super) fn fifo(group: &str, lanes: usize) -> Lane {
+        let digest = sha2::Sha256::digest(group.as_bytes());
+        let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        Lane::Fifo((n % lanes.max(1) as u64) as u32)
+    }
+
+    /// The lane's subject suffix (none for band 0), also its consumer's.
+    fn suffix(self, sep: char) -> String {
+        match self {
+            Lane::Band(0) => String::new(),
+            Lane::Band(b) => format!("{sep}p{b}"),
+            Lane::Fifo(n) => format!("{sep}f{n}"),
         }
+    }
+
+    fn parse(part: &str) -> Option<Lane> {
+        if let Some(b) = part.strip_prefix('p') {
+            return match b.parse::<u8>().ok()? {
+                b @ 1..=8 if b.to_string() == part[1..] => Some(Lane::Band(b)),
+                _ => None,
+            };
+        }
+        let n = part.strip_prefix('f')?;
+        let lane = n.parse::<u32>().ok()?;
+        (lane.to_string() == n).then_some(Lane::Fifo(lane))
     }
 }
 
@@ -107,26 +157,23 @@ impl JobKey {
         )
     }
 
-    /// The subject of the key's jobs in `band`.
-    fn subject(&self, names: &Names, band: Band) -> String {
-        format!("{}{}", self.base_subject(names), band.suffix())
+    /// The subject of the key's jobs in `lane`.
+    fn subject(&self, names: &Names, lane: Lane) -> String {
+        format!("{}{}", self.base_subject(names), lane.suffix('.'))
     }
 
-    /// The consumer's name of `band`: a digest, since names are bounded and
+    /// The consumer's name of `lane`: a digest, since names are bounded and
     /// the three parts are not.
-    fn consumer(&self, band: Band) -> String {
+    fn consumer(&self, lane: Lane) -> String {
         let digest = sha2::Sha256::digest(
             format!("{}\0{}\0{}", self.queue, self.namespace, self.function_id).as_bytes(),
         );
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        match band.0 {
-            0 => format!("job_{hex}"),
-            b => format!("job_{hex}_p{b}"),
-        }
+        format!("job_{hex}{}", lane.suffix('_'))
     }
 
-    /// The key and band a job subject (or a consumer's filter) names.
-    fn parse(subject: &str, names: &Names) -> Option<(JobKey, Band)> {
+    /// The key and lane a job subject (or a consumer's filter) names.
+    fn parse(subject: &str, names: &Names) -> Option<(JobKey, Lane)> {
         let rest = subject.strip_prefix(&format!("qmesh.{}.jobs.", names.cluster))?;
         let mut parts = rest.split('.');
         let decode = |s: Option<&str>| String::from_utf8(b64().decode(s?).ok()?).ok();
@@ -135,14 +182,11 @@ impl JobKey {
             namespace: decode(parts.next())?,
             function_id: decode(parts.next())?,
         };
-        let band = match parts.next() {
-            None => Band(0),
-            Some(p) => match p.strip_prefix('p')?.parse::<u8>().ok()? {
-                b @ 1..=8 => Band(b),
-                _ => return None,
-            },
+        let lane = match parts.next() {
+            None => Lane::Band(0),
+            Some(part) => Lane::parse(part)?,
         };
-        parts.next().is_none().then_some((key, band))
+        parts.next().is_none().then_some((key, lane))
     }
 }
 
@@ -159,7 +203,7 @@ pub(super) struct Shared {
     mesh: Mesh,
     directory: Arc<Directory>,
     /// Consumers this engine created or found (none is ever deleted).
-    consumers: Mutex<HashSet<(JobKey, Band)>>,
+    consumers: Mutex<HashSet<(JobKey, Lane)>>,
     /// Cancelled at drain: pulling stops.
     stop: CancellationToken,
 }
@@ -285,9 +329,7 @@ impl Shared {
                 format!("queue {queue:?} is not declared ([queue] strict is on)"),
             )
         })?;
-        let unsupported = if s.ordering == Ordering::Fifo {
-            Some("ordering = \"fifo\"")
-        } else if s.rate.is_some() {
+        let unsupported = if s.rate.is_some() {
             Some("rate")
         } else if s.fair_by.is_some() {
             Some("fair_by")
@@ -377,31 +419,51 @@ mod tests {
             namespace: "default".into(),
             function_id: "svc::send".into(),
         };
-        let subject = key.subject(&names, Band(0));
+        let subject = key.subject(&names, Lane::Band(0));
         assert_eq!(subject.split('.').count(), 6, "{subject}");
         assert_eq!(
             JobKey::parse(&subject, &names),
-            Some((key.clone(), Band(0)))
+            Some((key.clone(), Lane::Band(0)))
         );
-        let high = key.subject(&names, Band(8));
-        assert_eq!(high, format!("{subject}.p8"));
-        assert_eq!(JobKey::parse(&high, &names), Some((key.clone(), Band(8))));
-        assert_eq!(JobKey::parse(&format!("{subject}.p9"), &names), None);
-        assert_eq!(JobKey::parse(&format!("{subject}.p0"), &names), None);
+        for (lane, suffix) in [(Lane::Band(8), "p8"), (Lane::Fifo(12), "f12")] {
+            let other = key.subject(&names, lane);
+            assert_eq!(other, format!("{subject}.{suffix}"));
+            assert_eq!(JobKey::parse(&other, &names), Some((key.clone(), lane)));
+            assert_eq!(
+                key.consumer(lane),
+                format!("{}_{suffix}", key.consumer(Lane::Band(0)))
+            );
+        }
+        for bad in ["p9", "p0", "p08", "f", "f01", "x1"] {
+            assert_eq!(
+                JobKey::parse(&format!("{subject}.{bad}"), &names),
+                None,
+                "{bad}"
+            );
+        }
         assert_eq!(JobKey::parse("qmesh.c2.jobs.a.b.c", &names), None);
-        assert!(key.consumer(Band(0)).starts_with("job_") && key.consumer(Band(0)).len() == 36);
-        assert_eq!(
-            key.consumer(Band(3)),
-            format!("{}_p3", key.consumer(Band(0)))
-        );
+        let consumer = key.consumer(Lane::Band(0));
+        assert!(consumer.starts_with("job_") && consumer.len() == 36);
     }
 
     #[test]
     fn a_band_is_the_number_of_significant_bits_of_a_priority() {
-        let bands: Vec<u8> = [0, 1, 2, 3, 4, 7, 8, 127, 128, 255]
+        let bands: Vec<Lane> = [0, 1, 2, 3, 4, 7, 8, 127, 128, 255]
             .into_iter()
-            .map(|p| Band::of(p).0)
+            .map(Lane::band)
             .collect();
-        assert_eq!(bands, [0, 1, 2, 2, 3, 3, 4, 7, 8, 8]);
+        let want: Vec<Lane> = [0, 1, 2, 2, 3, 3, 4, 7, 8, 8]
+            .into_iter()
+            .map(Lane::Band)
+            .collect();
+        assert_eq!(bands, want);
+    }
+
+    #[test]
+    fn a_fifo_group_always_has_the_same_lane() {
+        assert_eq!(Lane::fifo("acct-1", 10), Lane::fifo("acct-1", 10));
+        assert_eq!(Lane::fifo("acct-1", 1), Lane::Fifo(0));
+        let used: HashSet<Lane> = (0..100).map(|g| Lane::fifo(&g.to_string(), 4)).collect();
+        assert_eq!(used.len(), 4, "100 groups spread over the 4 lanes");
     }
 }

@@ -3,14 +3,15 @@
 //! gets on those workers.
 //!
 //! Consumers are found by listing the job stream's consumers (each names
-//! its key and priority band in its filter subject): every
+//! its key and lane, a priority band or a FIFO lane, in its filter subject): every
 //! [`DISCOVER_EVERY`], at once when the functions this engine's workers
 //! serve change, and when another engine says it made one. One pull task
 //! per key holds the key's slots on this engine (`concurrency`) and fills
 //! free ones from the highest band with jobs first: every band but the
 //! lowest is asked without waiting, the lowest waits for jobs (with other
 //! bands known, only [`IDLE_POLL`], so the higher ones are asked again
-//! soon). A job's attempt is the server's delivery count: it succeeds
+//! soon). A FIFO queue's lanes are pulled one task each, one job at a time,
+//! run before the next is asked for. A job's attempt is the server's delivery count: it succeeds
 //! (ack), fails with attempts left (its error appended to its history, then
 //! a nak delayed by the queue's backoff), or fails its last attempt
 //! (dead-lettered, then ack). A delivery past the last attempt means the
@@ -27,7 +28,7 @@ use uuid::Uuid;
 
 use super::dead::Attempt;
 use super::intake::{BAGGAGE, RECEIPT, TRACEPARENT};
-use super::{Band, JobKey, Shared, ack_wait};
+use super::{JobKey, Lane, Shared, ack_wait};
 use crate::mesh::router::CallExtras;
 use crate::protocol::{ErrorBody, codes};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -44,8 +45,8 @@ const RETRY: Duration = Duration::from_millis(250);
 /// Most jobs one pull request asks for.
 const MAX_BATCH: usize = 256;
 
-/// The bands of one key this engine knows consumers of.
-type Bands = BTreeSet<Band>;
+/// The lanes of one key this engine knows consumers of.
+type Lanes = BTreeSet<Lane>;
 
 impl Shared {
     /// Keeps one pull task per key whose function this engine's own workers
@@ -59,8 +60,8 @@ impl Shared {
                 None
             }
         };
-        let mut known: HashMap<JobKey, Bands> = HashMap::new();
-        let mut pulling: HashMap<JobKey, (CancellationToken, watch::Sender<Bands>)> =
+        let mut known: HashMap<JobKey, Lanes> = HashMap::new();
+        let mut pulling: HashMap<JobKey, (CancellationToken, watch::Sender<Lanes>)> =
             HashMap::new();
         let mut listed_for: HashSet<(String, String)> = HashSet::new();
         let mut tick = tokio::time::interval(DISCOVER_EVERY);
@@ -100,18 +101,18 @@ impl Shared {
                 }
                 keep
             });
-            for (key, bands) in &known {
+            for (key, lanes) in &known {
                 if let Some((_, tx)) = pulling.get(key) {
                     tx.send_if_modified(|have| {
-                        let more = !bands.is_subset(have);
-                        have.extend(bands.iter().copied());
+                        let more = !lanes.is_subset(have);
+                        have.extend(lanes.iter().copied());
                         more
                     });
                     continue;
                 }
                 if here_now.contains(&(key.namespace.clone(), key.function_id.clone())) {
                     let stop = self.stop.child_token();
-                    let (tx, rx) = watch::channel(bands.clone());
+                    let (tx, rx) = watch::channel(lanes.clone());
                     pulling.insert(key.clone(), (stop.clone(), tx));
                     tokio::spawn(self.clone().pull(key.clone(), rx, stop));
                 }
@@ -135,24 +136,25 @@ impl Shared {
             .collect()
     }
 
-    async fn list_keys(&self) -> Result<HashMap<JobKey, Bands>, async_nats::Error> {
-        let mut out: HashMap<JobKey, Bands> = HashMap::new();
+    async fn list_keys(&self) -> Result<HashMap<JobKey, Lanes>, async_nats::Error> {
+        let mut out: HashMap<JobKey, Lanes> = HashMap::new();
         let mut consumers = self.jobs.consumers();
         while let Some(info) = consumers.next().await {
-            if let Some((key, band)) = JobKey::parse(&info?.config.filter_subject, &self.names) {
-                out.entry(key).or_default().insert(band);
+            if let Some((key, lane)) = JobKey::parse(&info?.config.filter_subject, &self.names) {
+                out.entry(key).or_default().insert(lane);
             }
         }
         Ok(out)
     }
 
-    /// Pulls jobs of one key's consumers and runs each in a task holding
-    /// one of the key's slots on this engine, until `stop`. Free slots are
-    /// filled from the highest band first.
+    /// Pulls jobs of one key's consumers until `stop`: its bands here, each
+    /// job run in a task holding one of the key's slots on this engine, free
+    /// slots filled from the highest band first; each FIFO lane in a task
+    /// of its own.
     async fn pull(
         self: Arc<Self>,
         key: JobKey,
-        mut bands: watch::Receiver<Bands>,
+        mut lanes: watch::Receiver<Lanes>,
         stop: CancellationToken,
     ) {
         let concurrency = self
@@ -162,32 +164,37 @@ impl Shared {
             .concurrency
             .max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
-        let mut consumers: BTreeMap<Band, jetstream::consumer::PullConsumer> = BTreeMap::new();
+        let mut bands: BTreeMap<Lane, jetstream::consumer::PullConsumer> = BTreeMap::new();
+        let mut fifo: HashSet<Lane> = HashSet::new();
         tracing::debug!(queue = %key.queue, function_id = %key.function_id, "pulling jobs");
         while !stop.is_cancelled() {
-            let wanted: Vec<Band> = bands.borrow_and_update().iter().copied().collect();
-            for band in wanted {
-                if consumers.contains_key(&band) {
+            let wanted: Vec<Lane> = lanes.borrow_and_update().iter().copied().collect();
+            let mut missing = false;
+            for lane in wanted {
+                if let Lane::Fifo(_) = lane {
+                    if fifo.insert(lane) {
+                        let lane_stop = stop.child_token();
+                        tokio::spawn(self.clone().pull_lane(key.clone(), lane, lane_stop));
+                    }
                     continue;
                 }
-                match self
-                    .jobs
-                    .get_consumer::<pull::Config>(&key.consumer(band))
-                    .await
-                {
-                    Ok(c) => {
-                        consumers.insert(band, c);
+                if bands.contains_key(&lane) {
+                    continue;
+                }
+                match self.consumer(&key, lane).await {
+                    Some(c) => {
+                        bands.insert(lane, c);
                     }
-                    Err(e) => {
-                        tracing::warn!(queue = %key.queue, function_id = %key.function_id, error = %e, "cannot open a job consumer; retrying");
-                    }
+                    None => missing = true,
                 }
             }
-            if consumers.is_empty() {
+            if bands.is_empty() {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(RETRY) => continue,
+                    changed = lanes.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(RETRY), if missing => {}
                 }
+                continue;
             }
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -200,7 +207,7 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-            if !self.fill(&key, &consumers, &mut free).await {
+            if !self.fill(&key, &bands, &mut free).await {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(RETRY) => {}
@@ -209,23 +216,44 @@ impl Shared {
         }
     }
 
+    /// The consumer of `key`'s `lane`, or `None` (logged) if NATS refuses.
+    async fn consumer(
+        &self,
+        key: &JobKey,
+        lane: Lane,
+    ) -> Option<jetstream::consumer::PullConsumer> {
+        match self
+            .jobs
+            .get_consumer::<pull::Config>(&key.consumer(lane))
+            .await
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(queue = %key.queue, function_id = %key.function_id, ?lane, error = %e, "cannot open a job consumer; retrying");
+                None
+            }
+        }
+    }
+
     /// One pass over a key's bands, highest first, giving each job pulled
-    /// one of the `free` slots. `false` when NATS answered no pull request.
+    /// one of the `free` slots. `false` when the last pull request did not
+    /// end normally (NATS refused it, or other engines' requests came
+    /// first): the caller waits before asking again.
     async fn fill(
         self: &Arc<Self>,
         key: &JobKey,
-        consumers: &BTreeMap<Band, jetstream::consumer::PullConsumer>,
+        bands: &BTreeMap<Lane, jetstream::consumer::PullConsumer>,
         free: &mut Vec<OwnedSemaphorePermit>,
     ) -> bool {
-        let mut answered = false;
-        let lowest = consumers.keys().next().copied();
-        for (band, consumer) in consumers.iter().rev() {
+        let mut ended_well = true;
+        let lowest = bands.keys().next().copied();
+        for (band, consumer) in bands.iter().rev() {
             if free.is_empty() {
                 break;
             }
             let mut fetch = consumer.fetch().max_messages(free.len());
             if Some(*band) == lowest {
-                fetch = fetch.expires(if consumers.len() == 1 {
+                fetch = fetch.expires(if bands.len() == 1 {
                     FETCH_EXPIRES
                 } else {
                     IDLE_POLL
@@ -235,30 +263,80 @@ impl Shared {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::debug!(error = %e, "a pull request failed");
+                    ended_well = false;
                     continue;
                 }
             };
-            answered = true;
+            ended_well = true;
             while let Some(job) = jobs.next().await {
                 match job {
                     Ok(msg) => {
                         let slot = free.pop();
                         tokio::spawn(self.clone().run(key.clone(), msg, slot));
                     }
-                    // No jobs (or other engines' requests come first).
+                    // Other engines' requests come first, or NATS went away.
                     Err(e) => {
                         tracing::trace!(error = %e, "a pull request ended");
+                        ended_well = false;
                         break;
                     }
                 }
             }
         }
-        answered
+        ended_well
+    }
+
+    /// Pulls one FIFO lane until `stop`, one job at a time, run here before
+    /// the next is asked for (its consumer gives nobody the next one
+    /// before this one is acknowledged anyway).
+    async fn pull_lane(self: Arc<Self>, key: JobKey, lane: Lane, stop: CancellationToken) {
+        let consumer = loop {
+            if let Some(c) = self.consumer(&key, lane).await {
+                break c;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        };
+        while !stop.is_cancelled() {
+            let mut ended_well = true;
+            match consumer
+                .fetch()
+                .max_messages(1)
+                .expires(FETCH_EXPIRES)
+                .messages()
+                .await
+            {
+                Ok(mut jobs) => {
+                    while let Some(job) = jobs.next().await {
+                        match job {
+                            Ok(msg) => self.clone().run(key.clone(), msg, None).await,
+                            Err(e) => {
+                                tracing::trace!(error = %e, "a pull request ended");
+                                ended_well = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "a pull request failed");
+                    ended_well = false;
+                }
+            }
+            if !ended_well {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
     }
 
     /// Runs one delivery of a job and settles it with the server.
-    /// `_slot` is one of the key's slots on this engine, free again once
-    /// the job is settled.
+    /// `_slot` is one of the key's slots on this engine (none for a FIFO
+    /// lane's job), free again once the job is settled.
     async fn run(
         self: Arc<Self>,
         key: JobKey,
