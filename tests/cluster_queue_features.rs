@@ -4,7 +4,8 @@
 //! before, on another engine than the one that took them, which may be
 //! dead by then; higher priorities run first, by band; a FIFO group runs one
 //! job at a time, in enqueue order, through a retry and a kill -9 of the
-//! engine running its head.
+//! engine running its head; a batch (`queue::enqueue_many`) is checked
+//! whole, then acknowledged whole.
 //!
 //! Times are asserted against the test's clock, which the engines and the
 //! NATS servers share (one machine): a job is never received before its
@@ -16,7 +17,7 @@ use common::launcher::EngineProcess;
 use common::nats::NatsCluster;
 use common::queue::{
     complete, enqueue, enqueue_with, fail, jetstream_config, jetstream_toml, jobs_left, next_job,
-    now_ms,
+    now_ms, op,
 };
 use common::{RawClient, TestEngine, WAIT, wait_until};
 use serde_json::{Value, json};
@@ -294,4 +295,96 @@ async fn a_fifo_group_runs_one_job_at_a_time_in_order_across_engines_and_a_kill_
     }
     wait_until("every ack", WAIT, async || jobs_left(&nats).await == 0).await;
     drop((a, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_refused_whole_or_acknowledged_whole_and_runs_on_another_engine() {
+    // More than the 1,000 acks one batch awaits at once.
+    const JOBS: u64 = 1_500;
+    let nats = NatsCluster::start().await;
+    let mut a = EngineProcess::start_with_config(&jetstream_toml(
+        &nats,
+        "a",
+        "[queue.queues.bulk]\nmax_payload_bytes = 100",
+    ));
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
+    let mut producer = RawClient::worker(&a.url, "producer").await;
+
+    // One bad job refuses the batch, named by its index: a malformed one, or
+    // one the queue's settings refuse. Nothing of it is stored.
+    let big = "x".repeat(200);
+    for (bad, code) in [
+        (
+            json!({"data": {"i": 1}, "delay": "soon"}),
+            "INVALID_ARGUMENTS",
+        ),
+        (json!({"data": {"i": 1, "big": big}}), "payload_too_large"),
+    ] {
+        let r = producer
+            .call(
+                "queue::enqueue_many",
+                json!({"queue": "bulk", "function_id": "svc::bulk",
+                       "jobs": [{"data": {"i": 0}}, bad]}),
+            )
+            .await;
+        assert_eq!(r["error"]["code"], code, "{r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("jobs[1]: "), "{r}");
+    }
+    assert_eq!(jobs_left(&nats).await, 0, "a refused batch stores nothing");
+
+    // Jobs 0 and 1 share an idempotency key: 1 is 0's duplicate.
+    let jobs: Vec<Value> = (0..JOBS)
+        .map(|i| match i {
+            0 | 1 => json!({"data": {"i": i}, "idempotency_key": "first"}),
+            _ => json!({"data": {"i": i}}),
+        })
+        .collect();
+    let started = Instant::now();
+    let reply = op(
+        &mut producer,
+        "queue::enqueue_many",
+        json!({"queue": "bulk", "function_id": "svc::bulk", "jobs": jobs}),
+    )
+    .await;
+    eprintln!(
+        "{JOBS} jobs in one batch acknowledged in {:?}",
+        started.elapsed()
+    );
+    let receipts: Vec<String> = reply["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reply["queue"], "bulk");
+    assert_eq!(receipts.len() as u64, JOBS);
+    assert_eq!(reply["duplicates"], 1, "{}", reply["duplicates"]);
+    assert_eq!(receipts[0], receipts[1]);
+    // Acknowledged means replicated: the engine that took them can die.
+    a.kill();
+
+    let mut worker = RawClient::worker(&b.url, "worker").await;
+    worker.register_function("svc::bulk").await;
+    let mut ran = HashSet::new();
+    let mut seen = HashSet::new();
+    while ran.len() < JOBS as usize - 1 {
+        let inv = next_job(&mut worker).await;
+        let i = inv["data"]["i"].as_u64().unwrap();
+        assert!(ran.insert(i), "job {i} ran twice");
+        seen.insert(
+            inv["metadata"]["job"]["receipt"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        complete(&mut worker, &inv, json!(null)).await;
+    }
+    assert!(!ran.contains(&1), "the duplicate never runs");
+    let want: HashSet<String> = receipts.into_iter().collect();
+    assert_eq!(
+        seen, want,
+        "each job ran under the receipt the batch gave it"
+    );
+    wait_until("every ack", WAIT, async || jobs_left(&nats).await == 0).await;
 }

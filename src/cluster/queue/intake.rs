@@ -3,9 +3,13 @@
 //! (fsync'ed first on a server with `sync_interval: always`).
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use serde_json::{Value, json};
 use sha2::Digest;
+use std::collections::HashSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -35,6 +39,10 @@ pub(super) struct Job {
     pub priority: u8,
 }
 
+/// Most acks of one `queue::enqueue_many` awaited at once (the NATS client
+/// holds at most 5,000 for all of an engine's publishes).
+const ACKS_IN_FLIGHT: usize = 1_000;
+
 /// The headers of a scheduled message (NATS ADR-51): when, and where to.
 const NATS_SCHEDULE: &str = "Nats-Schedule";
 const NATS_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
@@ -55,6 +63,16 @@ enum PublishRefused {
          make a duplicate)"
     )]
     NotAcknowledged(String),
+    #[error(
+        "the cluster's job stream acknowledged {acknowledged} of the batch's {total} jobs \
+         ({why}); the others may not be replicated, so no receipts are given: retry the batch \
+         with idempotency keys (the acknowledged ones are then answered as duplicates)"
+    )]
+    BatchNotAcknowledged {
+        why: String,
+        acknowledged: usize,
+        total: usize,
+    },
     #[error("cannot create the consumer of queue {queue:?} for {function_id}: {message}")]
     Consumer {
         queue: String,
@@ -85,6 +103,111 @@ fn receipt(queue: &str, idempotency_key: Option<&str>) -> Uuid {
 impl Shared {
     /// Stores the job on the stream; resolves once JetStream acknowledged it.
     pub(super) async fn enqueue(&self, job: Job) -> Result<Enqueued, ErrorBody> {
+        let (settings, lane) = self.check(&job)?;
+        self.ensure_consumer(&job.key, lane, &settings).await?;
+        let (receipt, ack) = self.publish(&job, lane).await?;
+        let ack = ack
+            .await
+            .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?;
+        Ok(Enqueued {
+            receipt,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Stores every job of a batch, each checked first (one refused job
+    /// refuses the batch, naming its index, before anything is published);
+    /// resolves once JetStream acknowledged all. The jobs are published
+    /// one after the other without waiting, and their acks awaited together
+    /// (at most [`ACKS_IN_FLIGHT`] outstanding, a bound the NATS client
+    /// shares with every other publish of this engine).
+    pub(super) async fn enqueue_many(&self, jobs: Vec<Job>) -> Result<Vec<Enqueued>, ErrorBody> {
+        let mut checked = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.into_iter().enumerate() {
+            let (settings, lane) = self
+                .check(&job)
+                .map_err(|e| ErrorBody::new(&e.code, format!("jobs[{i}]: {}", e.message)))?;
+            checked.push((job, settings, lane));
+        }
+        for (job, settings, lane) in &checked {
+            self.ensure_consumer(&job.key, *lane, settings).await?;
+        }
+        let total = checked.len();
+        let mut waiting = FuturesOrdered::new();
+        let mut acked = Vec::with_capacity(total);
+        let mut refused = None;
+        // A key met earlier in the batch: that job's receipt, not published
+        // again (JetStream refuses a message id still being stored).
+        let mut keyed = HashSet::new();
+        let mut repeats: Vec<Option<Uuid>> = Vec::with_capacity(total);
+        for (job, _, lane) in &checked {
+            if let Some(key) = &job.idempotency_key {
+                let first = receipt(&job.key.queue, Some(key));
+                if !keyed.insert(first) {
+                    repeats.push(Some(first));
+                    continue;
+                }
+            }
+            repeats.push(None);
+            match self.publish(job, *lane).await {
+                Ok((receipt, ack)) => waiting.push_back(async move { (receipt, ack.await) }),
+                Err(e) => {
+                    refused = Some(e.to_string());
+                    break;
+                }
+            }
+            if waiting.len() >= ACKS_IN_FLIGHT {
+                acked.extend(waiting.next().await);
+            }
+        }
+        while let Some(ack) = waiting.next().await {
+            acked.push(ack);
+        }
+        // Acks come in publishing order, the repeats between them.
+        let mut acked = acked.into_iter();
+        let mut done = Vec::with_capacity(total);
+        let mut acknowledged = 0;
+        for repeat in repeats {
+            let (receipt, ack) = match repeat {
+                Some(receipt) => {
+                    done.push(Enqueued {
+                        receipt,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                None => match acked.next() {
+                    Some(next) => next,
+                    None => break, // publishing stopped at a refusal
+                },
+            };
+            match ack {
+                Ok(ack) => {
+                    acknowledged += 1;
+                    done.push(Enqueued {
+                        receipt,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(e) => {
+                    refused.get_or_insert(e.to_string());
+                }
+            }
+        }
+        match refused {
+            None => Ok(done),
+            Some(why) => Err(PublishRefused::BatchNotAcknowledged {
+                why,
+                acknowledged,
+                total,
+            }
+            .into()),
+        }
+    }
+
+    /// What the queue's settings say of a job, before anything is sent: its
+    /// settings and lane, or why it is refused.
+    fn check(&self, job: &Job) -> Result<(QueueSettings, Lane), ErrorBody> {
         let settings = self.settings(&job.key.queue)?;
         let size = job.payload.get().len();
         if size > settings.max_payload_bytes {
@@ -96,8 +219,23 @@ impl Shared {
                 ),
             ));
         }
-        let lane = lane(&job, &settings)?;
-        self.ensure_consumer(&job.key, lane, &settings).await?;
+        if job.run_at_ms.is_some() && !self.schedules {
+            return Err(not_supported(
+                "delay and run_at need the job stream to take scheduled messages \
+                 (nats-server 2.12 or later)",
+            ));
+        }
+        let lane = lane(job, &settings)?;
+        Ok((settings, lane))
+    }
+
+    /// Sends a checked job to the stream; returns its receipt and the
+    /// future of JetStream's ack.
+    async fn publish(
+        &self,
+        job: &Job,
+        lane: Lane,
+    ) -> Result<(Uuid, PublishAckFuture), PublishRefused> {
         let receipt = receipt(&job.key.queue, job.idempotency_key.as_deref());
         let mut headers = HeaderMap::new();
         headers.insert(RECEIPT, receipt.to_string().as_str());
@@ -118,12 +256,6 @@ impl Shared {
                 // publishes it on its job subject at `at` (with these headers,
                 // minus the schedule's), then deletes it. Stored on the
                 // stream's replicas before the PubAck, like any job.
-                if !self.schedules {
-                    return Err(not_supported(
-                        "delay and run_at need the job stream to take scheduled messages \
-                         (nats-server 2.12 or later)",
-                    ));
-                }
                 headers.insert(NATS_SCHEDULE, schedule_at(at).as_str());
                 headers.insert(NATS_SCHEDULE_TARGET, target.as_str());
                 format!("qmesh.{}.delayed.{receipt}", self.names.cluster)
@@ -134,13 +266,8 @@ impl Shared {
             .js
             .publish_with_headers(subject, headers, body)
             .await
-            .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?
-            .await
             .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?;
-        Ok(Enqueued {
-            receipt,
-            duplicate: ack.duplicate,
-        })
+        Ok((receipt, ack))
     }
 
     /// Creates the consumer of the job's (queue, namespace, function) and
@@ -255,6 +382,48 @@ pub(super) fn enqueue(
         };
         let e = shared.enqueue(job).await?;
         Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
+    })
+}
+
+/// `queue::enqueue_many {queue, function_id?, namespace?, jobs: [{function_id?,
+/// data, delay?, run_at?, priority?, idempotency_key?}]}`: checked as the
+/// local queue checks it, every job then checked against the queue's
+/// settings before any is published; answered `{queue, receipts,
+/// duplicates}` once JetStream acknowledged every job.
+pub(super) fn enqueue_many(
+    shared: Arc<Shared>,
+    _: Mesh,
+    ctx: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    Box::pin(async move {
+        let batch = crate::queue::parse_enqueue_many(input)?;
+        let mut jobs = Vec::with_capacity(batch.jobs.len());
+        for (i, req) in batch.jobs.into_iter().enumerate() {
+            if req.expires_at_ms.is_some() {
+                return Err(not_supported(format!(
+                    "jobs[{i}]: expires_in and expires_at: not supported yet by the cluster's \
+                     JetStream queues"
+                )));
+            }
+            jobs.push(Job {
+                key: JobKey {
+                    queue: req.queue,
+                    namespace: req.namespace,
+                    function_id: req.function_id,
+                },
+                payload: req.payload,
+                traceparent: ctx.traceparent.clone(),
+                baggage: ctx.baggage.clone(),
+                idempotency_key: req.idempotency_key,
+                run_at_ms: req.run_at_ms,
+                priority: req.priority,
+            });
+        }
+        let done = shared.enqueue_many(jobs).await?;
+        let duplicates = done.iter().filter(|e| e.duplicate).count();
+        let receipts: Vec<Value> = done.iter().map(|e| json!(e.receipt)).collect();
+        Ok(json!({ "queue": batch.queue, "receipts": receipts, "duplicates": duplicates }))
     })
 }
 

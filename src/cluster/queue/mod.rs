@@ -368,7 +368,8 @@ fn unsupported(id: &'static str, _: Mesh, _: CallCtx, _: Value) -> BoxFuture<'st
     Box::pin(async move {
         Err(not_supported(format!(
             "{id} is not supported yet with [cluster] queues = \"jetstream\" \
-             (supported: queue::enqueue, engine::queue::dlq_topics, engine::queue::dlq_messages)"
+             (supported: queue::enqueue, queue::enqueue_many, engine::queue::dlq_topics, \
+             engine::queue::dlq_messages)"
         )))
     })
 }
@@ -384,6 +385,7 @@ impl Module for ClusterQueues {
         for id in crate::queue::function_ids() {
             match id {
                 "queue::enqueue" => p.async_fn(id, &self.shared, intake::enqueue),
+                "queue::enqueue_many" => p.async_fn(id, &self.shared, intake::enqueue_many),
                 "engine::queue::dlq_topics" => p.async_fn(id, &self.shared, dead::dlq_topics),
                 "engine::queue::dlq_messages" => p.async_fn(id, &self.shared, dead::dlq_messages),
                 _ => p.async_fn(id, &id, unsupported),
