@@ -139,6 +139,29 @@ async fn an_idempotency_key_deduplicates_across_engines() {
     wait_until("both acks", WAIT, async || jobs_left(&nats).await == 0).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_enqueued_at_once_on_two_engines_is_one_job() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
+    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let mut on_a = RawClient::worker(&a.url, "producer-a").await;
+    let mut on_b = RawClient::worker(&b.url, "producer-b").await;
+    let job = json!({"queue": "race", "function_id": "svc::race", "data": {},
+                     "idempotency_key": "order-7"});
+    // Each must be answered, none refused because another copy is being
+    // stored at that moment.
+    let (from_a, from_b) = tokio::join!(
+        on_a.calls_at_once("queue::enqueue", job.clone(), 10),
+        on_b.calls_at_once("queue::enqueue", job.clone(), 10),
+    );
+    let all: Vec<&serde_json::Value> = from_a.iter().chain(&from_b).collect();
+    let receipts: HashSet<&str> = all.iter().map(|r| r["receipt"].as_str().unwrap()).collect();
+    assert_eq!(receipts.len(), 1, "{all:?}");
+    let firsts = all.iter().filter(|r| r["duplicate"] == false).count();
+    assert_eq!(firsts, 1, "one of them stored it: {all:?}");
+    assert_eq!(jobs_left(&nats).await, 1, "one job is stored");
+}
+
 /// A worker that serves `svc::crash` on `first`, and on `then` once its
 /// socket to `first` ends; it records every payload `i` it was given.
 async fn reconnecting_worker(first: String, then: String, seen: Arc<Mutex<HashSet<u64>>>) {

@@ -3,7 +3,9 @@
 //! (fsync'ed first on a server with `sync_interval: always`).
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, ErrorCode};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
@@ -42,6 +44,21 @@ pub(super) struct Job {
 /// Most acks of one `queue::enqueue_many` awaited at once (the NATS client
 /// holds at most 5,000 for all of an engine's publishes).
 const ACKS_IN_FLIGHT: usize = 1_000;
+
+/// How often, and how far apart, an enqueue is sent again while JetStream
+/// is still storing another copy of its idempotency key (it refuses the
+/// copy then, error 10158, rather than answer "duplicate"): about a second,
+/// far beyond one replicated write.
+const STILL_STORING_TRIES: u32 = 50;
+const STILL_STORING_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether JetStream refused a publish because a message with its id (an
+/// idempotency key's) is still being stored.
+fn still_storing(e: &PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
+}
 
 /// The headers of a scheduled message (NATS ADR-51): when, and where to.
 const NATS_SCHEDULE: &str = "Nats-Schedule";
@@ -105,10 +122,7 @@ impl Shared {
     pub(super) async fn enqueue(&self, job: Job) -> Result<Enqueued, ErrorBody> {
         let (settings, lane) = self.check(&job)?;
         self.ensure_consumer(&job.key, lane, &settings).await?;
-        let (receipt, ack) = self.publish(&job, lane).await?;
-        let ack = ack
-            .await
-            .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?;
+        let (receipt, ack) = self.publish_acked(&job, lane).await?;
         Ok(Enqueued {
             receipt,
             duplicate: ack.duplicate,
@@ -148,9 +162,10 @@ impl Shared {
                     continue;
                 }
             }
+            let i = repeats.len();
             repeats.push(None);
             match self.publish(job, *lane).await {
-                Ok((receipt, ack)) => waiting.push_back(async move { (receipt, ack.await) }),
+                Ok((receipt, ack)) => waiting.push_back(async move { (i, receipt, ack.await) }),
                 Err(e) => {
                     refused = Some(e.to_string());
                     break;
@@ -168,7 +183,7 @@ impl Shared {
         let mut done = Vec::with_capacity(total);
         let mut acknowledged = 0;
         for repeat in repeats {
-            let (receipt, ack) = match repeat {
+            let (i, receipt, ack) = match repeat {
                 Some(receipt) => {
                     done.push(Enqueued {
                         receipt,
@@ -181,6 +196,16 @@ impl Shared {
                     None => break, // publishing stopped at a refusal
                 },
             };
+            let ack = match ack {
+                Err(e) if still_storing(&e) => {
+                    let (job, _, lane) = &checked[i];
+                    self.publish_acked(job, *lane)
+                        .await
+                        .map(|(_, ack)| ack)
+                        .map_err(|e| e.to_string())
+                }
+                other => other.map_err(|e| e.to_string()),
+            };
             match ack {
                 Ok(ack) => {
                     acknowledged += 1;
@@ -190,7 +215,7 @@ impl Shared {
                     });
                 }
                 Err(e) => {
-                    refused.get_or_insert(e.to_string());
+                    refused.get_or_insert(e);
                 }
             }
         }
@@ -227,6 +252,29 @@ impl Shared {
         }
         let lane = lane(job, &settings)?;
         Ok((settings, lane))
+    }
+
+    /// Sends a checked job to the stream and awaits JetStream's ack; sent
+    /// again while another copy of its idempotency key is being stored (a
+    /// concurrent enqueue on any engine), until it is answered as that
+    /// one's duplicate, or as stored if that one failed.
+    async fn publish_acked(
+        &self,
+        job: &Job,
+        lane: Lane,
+    ) -> Result<(Uuid, PublishAck), PublishRefused> {
+        let mut tries = 1;
+        loop {
+            let (receipt, ack) = self.publish(job, lane).await?;
+            match ack.await {
+                Ok(ack) => return Ok((receipt, ack)),
+                Err(e) if still_storing(&e) && tries < STILL_STORING_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(STILL_STORING_WAIT).await;
+                }
+                Err(e) => return Err(PublishRefused::NotAcknowledged(e.to_string())),
+            }
+        }
     }
 
     /// Sends a checked job to the stream; returns its receipt and the
