@@ -59,14 +59,15 @@ async fn delayed_jobs_run_at_their_time_after_the_engine_that_took_them_died() {
     let mut producer = RawClient::worker(&a.url, "producer").await;
 
     // The later job first: they run by their time, not by enqueue order.
-    let before = now_ms();
-    let run_at = before + 2_500;
+    let run_at = now_ms() + 2_500;
     let at_time = enqueue_with(
         &mut producer,
         json!({"queue": "later", "function_id": "svc::later", "data": {"by": "run_at"},
                "run_at": run_at}),
     )
     .await;
+    // Due 1.2 s after the engine reads the call: not before this + 1.2 s.
+    let sent = now_ms();
     let soon = enqueue_with(
         &mut producer,
         json!({"queue": "later", "function_id": "svc::later", "data": {"by": "delay"},
@@ -86,7 +87,7 @@ async fn delayed_jobs_run_at_their_time_after_the_engine_that_took_them_died() {
     // Both jobs wait in NATS: the engine that took them can die.
     a.kill();
 
-    let due_soon = before + 1_200;
+    let due_soon = sent + 1_200;
     let first = next_job(&mut worker).await;
     let got = now_ms();
     assert_eq!(first["data"], json!({"by": "delay"}), "{first}");
