@@ -2,7 +2,8 @@
 //! (`[cluster] queues = "jetstream"`), across engines on a 3-node NATS
 //! cluster: delayed jobs (`delay` / `run_at`) run at their time, not
 //! before, on another engine than the one that took them, which may be
-//! dead by then; higher priorities run first, by band; a FIFO group runs one
+//! dead by then, as may the NATS node leading the job stream; higher
+//! priorities run first, by band; a FIFO group runs one
 //! job at a time, in enqueue order, through a retry and a kill -9 of the
 //! engine running its head; a batch (`queue::enqueue_many`) is checked
 //! whole, then acknowledged whole.
@@ -29,6 +30,20 @@ use tokio::time::Instant;
 /// schedule fires within milliseconds; the rest is the pull and the call,
 /// on a loaded two-core machine).
 const LATE_BY_AT_MOST_MS: u64 = 1_500;
+
+/// The index (0-based) of the NATS node leading cluster "test"'s job stream.
+async fn job_stream_leader(nats: &NatsCluster) -> usize {
+    let client = async_nats::connect(nats.urls[0].as_str()).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("qmesh_test_jobs")
+        .await
+        .unwrap();
+    let info = stream.info().await.unwrap();
+    let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
+    let leader = leader.unwrap_or_else(|| panic!("no leader: {:?}", info.cluster));
+    // Nodes are named n1..n3.
+    leader.trim_start_matches('n').parse::<usize>().unwrap() - 1
+}
 
 /// The job stream as engines made it before delayed jobs: the engines
 /// must update it in place.
@@ -120,6 +135,59 @@ async fn delayed_jobs_run_at_their_time_after_the_engine_that_took_them_died() {
     // both schedules fired and were removed, both jobs acknowledged.
     // (The duplicate, due at once, would have run before the second.)
     wait_until("both acks", WAIT, async || jobs_left(&nats).await == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_job_runs_after_its_stream_leader_was_killed() {
+    let mut nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
+    let mut worker = RawClient::worker(&b.url, "worker").await;
+    worker.register_function("svc::later").await;
+    let mut producer = RawClient::worker(&a.url, "producer").await;
+    let sent = now_ms();
+    let receipt = enqueue_with(
+        &mut producer,
+        json!({"queue": "later", "function_id": "svc::later", "data": {}, "delay": "1s"}),
+    )
+    .await;
+    // The node holding the schedule's timer dies; another takes the stream
+    // over, with the schedule (it was on the replicas before the receipt).
+    let leader = job_stream_leader(&nats).await;
+    nats.kill(leader);
+
+    // Late by the time NATS takes to elect new leaders (4 to 9 s).
+    let inv = job_within(&mut worker, FAILOVER).await;
+    let got = now_ms();
+    assert_eq!(inv["metadata"]["job"]["receipt"], receipt.as_str(), "{inv}");
+    assert!(got >= sent + 1_000, "ran {} ms early", sent + 1_000 - got);
+    complete(&mut worker, &inv, json!(null)).await;
+    eprintln!("due after 1000 ms, ran after {} ms", got - sent);
+}
+
+/// How long a job may wait for NATS to elect a stream's and a consumer's
+/// new leaders after the old one died.
+const FAILOVER: Duration = Duration::from_secs(25);
+
+/// The next job delivered to `w` within `within` (longer than the harness's
+/// wait for one frame).
+async fn job_within(w: &mut RawClient, within: Duration) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = Instant::now() + within;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, w.ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no job within {within:?}"));
+        if let Some(Ok(Message::Text(t))) = frame {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "invokefunction" {
+                return v;
+            }
+        } else if !matches!(frame, Some(Ok(_))) {
+            panic!("the worker's socket ended: {frame:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
