@@ -9,31 +9,14 @@ mod common;
 
 use common::launcher::EngineProcess;
 use common::nats::NatsCluster;
-use common::queue::{enqueue, fail, fast_config, next_job, op};
+use common::queue::{
+    enqueue, fail, jetstream_config as engine_config, jetstream_toml, jobs_left, next_job, op,
+};
 use common::{RawClient, TestEngine, WAIT, wait_for, wait_until};
-use qmesh::config::QueueBackend;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Engine `id` of cluster "test" with its queues on JetStream (3 attempts,
-/// 20 ms backoff, 1 s lease).
-fn engine_config(nats: &NatsCluster, id: &str) -> qmesh::Config {
-    let mut c = nats.engine_config(fast_config(), id);
-    c.cluster.queues = QueueBackend::Jetstream;
-    c
-}
-
-/// Messages left on the cluster's job stream (acknowledged jobs are removed).
-async fn jobs_left(nats: &NatsCluster) -> u64 {
-    let client = async_nats::connect(nats.urls[0].as_str()).await.unwrap();
-    let mut stream = async_nats::jetstream::new(client)
-        .get_stream("qmesh_test_jobs")
-        .await
-        .unwrap();
-    stream.info().await.unwrap().state.messages
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
@@ -59,13 +42,13 @@ async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
         .call("queue::stats", json!({"queue": "jobs"}))
         .await;
     assert_eq!(stats["error"]["code"], "not_supported", "{stats}");
-    let delayed = producer
+    let expiring = producer
         .call(
             "queue::enqueue",
-            json!({"queue": "jobs", "function_id": "svc::work", "data": {}, "delay": "1s"}),
+            json!({"queue": "jobs", "function_id": "svc::work", "data": {}, "expires_in": "1m"}),
         )
         .await;
-    assert_eq!(delayed["error"]["code"], "not_supported", "{delayed}");
+    assert_eq!(expiring["error"]["code"], "not_supported", "{expiring}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,6 +139,29 @@ async fn an_idempotency_key_deduplicates_across_engines() {
     wait_until("both acks", WAIT, async || jobs_left(&nats).await == 0).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_enqueued_at_once_on_two_engines_is_one_job() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
+    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let mut on_a = RawClient::worker(&a.url, "producer-a").await;
+    let mut on_b = RawClient::worker(&b.url, "producer-b").await;
+    let job = json!({"queue": "race", "function_id": "svc::race", "data": {},
+                     "idempotency_key": "order-7"});
+    // Each must be answered, none refused because another copy is being
+    // stored at that moment.
+    let (from_a, from_b) = tokio::join!(
+        on_a.calls_at_once("queue::enqueue", job.clone(), 10),
+        on_b.calls_at_once("queue::enqueue", job.clone(), 10),
+    );
+    let all: Vec<&serde_json::Value> = from_a.iter().chain(&from_b).collect();
+    let receipts: HashSet<&str> = all.iter().map(|r| r["receipt"].as_str().unwrap()).collect();
+    assert_eq!(receipts.len(), 1, "{all:?}");
+    let firsts = all.iter().filter(|r| r["duplicate"] == false).count();
+    assert_eq!(firsts, 1, "one of them stored it: {all:?}");
+    assert_eq!(jobs_left(&nats).await, 1, "one job is stored");
+}
+
 /// A worker that serves `svc::crash` on `first`, and on `then` once its
 /// socket to `first` ends; it records every payload `i` it was given.
 async fn reconnecting_worker(first: String, then: String, seen: Arc<Mutex<HashSet<u64>>>) {
@@ -183,12 +189,7 @@ async fn every_acknowledged_job_runs_after_a_kill_9_of_the_engine_running_them()
     const JOBS: u64 = 300;
     let nats = NatsCluster::start().await;
     // Jobs held by a dead engine come back after its 2 s lease (the ack wait).
-    let config = |id: &str| {
-        format!(
-            "{}queues = \"jetstream\"\n[queue.defaults]\nlease = \"2s\"\nmax_attempts = 5\n",
-            nats.engine_toml(id)
-        )
-    };
+    let config = |id: &str| jetstream_toml(&nats, id, "lease = \"2s\"\nmax_attempts = 5");
     let a = EngineProcess::start_with_config(&config("a"));
     let mut b = EngineProcess::start_with_config(&config("b"));
 

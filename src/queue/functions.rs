@@ -305,6 +305,47 @@ struct EnqueueManyArgs {
     namespace: Option<String>,
 }
 
+/// A checked `queue::enqueue_many` input: its queue, the call's
+/// `function_id` if it named one, and each job as `queue::enqueue` checks it.
+pub(crate) struct EnqueueBatch {
+    pub queue: String,
+    pub function_id: Option<String>,
+    pub jobs: Vec<EnqueueRequest>,
+}
+
+/// Reads and checks a `queue::enqueue_many` input (one bad job refuses it,
+/// naming its index), for this queue and another home of queued jobs (the
+/// cluster's JetStream queues).
+pub(crate) fn parse_enqueue_many(input: Value) -> Result<EnqueueBatch, ErrorBody> {
+    let a: EnqueueManyArgs = args(input)?;
+    let queue = queue_name(a.queue)?;
+    if a.jobs.is_empty() || a.jobs.len() > MAX_BATCH {
+        return Err(invalid(format!(
+            "jobs must hold 1 to {MAX_BATCH} jobs (got {})",
+            a.jobs.len()
+        )));
+    }
+    let now = now_ms();
+    let mut jobs = Vec::with_capacity(a.jobs.len());
+    for (i, mut job) in a.jobs.into_iter().enumerate() {
+        if job.queue.as_ref().is_some_and(|q| *q != queue) {
+            return Err(invalid(format!(
+                "jobs[{i}]: every job of a batch goes to the call's queue {queue:?}"
+            )));
+        }
+        job.function_id = job.function_id.or_else(|| a.function_id.clone());
+        job.namespace = job.namespace.or_else(|| a.namespace.clone());
+        let req = request(queue.clone(), job, now)
+            .map_err(|e| invalid(format!("jobs[{i}]: {}", e.message)))?;
+        jobs.push(req);
+    }
+    Ok(EnqueueBatch {
+        queue,
+        function_id: a.function_id,
+        jobs,
+    })
+}
+
 /// `queue::enqueue_many {queue, jobs: [{function_id?, data, delay?, run_at?,
 /// priority?, idempotency_key?}], function_id?}`: every job is checked
 /// first (one bad job refuses the call, naming its index), then the whole
@@ -316,35 +357,17 @@ pub(super) fn enqueue_many(
     input: Value,
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
-        let a: EnqueueManyArgs = args(input)?;
-        let queue = queue_name(a.queue)?;
-        if a.jobs.is_empty() || a.jobs.len() > MAX_BATCH {
-            return Err(invalid(format!(
-                "jobs must hold 1 to {MAX_BATCH} jobs (got {})",
-                a.jobs.len()
-            )));
-        }
-        let now = now_ms();
-        let name = a
-            .function_id
-            .clone()
-            .unwrap_or_else(|| format!("{queue} (batch)"));
+        let EnqueueBatch {
+            queue,
+            function_id,
+            mut jobs,
+        } = parse_enqueue_many(input)?;
+        let name = function_id.unwrap_or_else(|| format!("{queue} (batch)"));
         let span = EnqueueSpan::open(&mesh, &ctx, name);
-        let mut reqs = Vec::with_capacity(a.jobs.len());
-        for (i, mut job) in a.jobs.into_iter().enumerate() {
-            if job.queue.as_ref().is_some_and(|q| *q != queue) {
-                return Err(invalid(format!(
-                    "jobs[{i}]: every job of a batch goes to the call's queue {queue:?}"
-                )));
-            }
-            job.function_id = job.function_id.or_else(|| a.function_id.clone());
-            job.namespace = job.namespace.or_else(|| a.namespace.clone());
-            let mut req = request(queue.clone(), job, now)
-                .map_err(|e| invalid(format!("jobs[{i}]: {}", e.message)))?;
-            span.trace(&mut req, &ctx);
-            reqs.push(req);
+        for req in &mut jobs {
+            span.trace(req, &ctx);
         }
-        let done = span.closes(queues.enqueue_many(reqs).await)?;
+        let done = span.closes(queues.enqueue_many(jobs).await)?;
         let duplicates = done.iter().filter(|e| e.duplicate).count();
         let receipts: Vec<Value> = done.iter().map(|e| json!(e.receipt)).collect();
         Ok(json!({ "queue": queue, "receipts": receipts, "duplicates": duplicates }))

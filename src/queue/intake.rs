@@ -213,7 +213,7 @@ impl Scheduler {
             return Err(ErrorBody::new(codes::PAYLOAD_TOO_LARGE, msg));
         }
         let group = match settings.ordering {
-            Ordering::Fifo => Some(fifo_group(settings, req)?),
+            Ordering::Fifo => Some(fifo_group(settings, &req.queue, &req.payload)?),
             Ordering::Standard => None,
         };
         let lane = match settings.fair_by.as_deref().filter(|f| !f.is_empty()) {
@@ -359,8 +359,13 @@ fn fair_key(field: &str, req: &EnqueueRequest) -> Result<String, ErrorBody> {
     Ok(key)
 }
 
-/// The FIFO group named by the queue's `group_field` (a string or number; required).
-fn fifo_group(settings: &QueueSettings, req: &EnqueueRequest) -> Result<String, ErrorBody> {
+/// The FIFO group named by the queue's `group_field` (a string or number;
+/// required), for this queue and the cluster's JetStream queues alike.
+pub(crate) fn fifo_group(
+    settings: &QueueSettings,
+    queue: &str,
+    payload: &crate::protocol::Payload,
+) -> Result<String, ErrorBody> {
     // No group field (a queue defined at run time, e.g. a durable topic's fifo
     // subscriber): the whole queue is one group, in enqueue order.
     let Some(field) = settings.group_field.as_deref().filter(|f| !f.is_empty()) else {
@@ -370,13 +375,11 @@ fn fifo_group(settings: &QueueSettings, req: &EnqueueRequest) -> Result<String, 
         ErrorBody::new(
             codes::INVALID_ARGUMENTS,
             format!(
-                "queue {:?} is fifo: the payload needs a string or number field {field:?} naming the job's group",
-                req.queue
+                "queue {queue:?} is fifo: the payload needs a string or number field {field:?} naming the job's group"
             ),
         )
     };
-    let payload: serde_json::Value =
-        serde_json::from_str(req.payload.get()).map_err(|_| missing())?;
+    let payload: serde_json::Value = serde_json::from_str(payload.get()).map_err(|_| missing())?;
     match payload.get(field) {
         Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 1024 => Ok(s.clone()),
         Some(serde_json::Value::Number(n)) => Ok(n.to_string()),

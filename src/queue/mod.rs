@@ -58,7 +58,8 @@ use crate::protocol::{ErrorBody, Payload, codes};
 use crate::store::{Store, StoreError};
 use scheduler::Command;
 
-pub(crate) use functions::{check_names, parse_enqueue};
+pub(crate) use functions::{check_names, parse_enqueue, parse_enqueue_many};
+pub(crate) use intake::fifo_group;
 pub(crate) use module::{OPERATOR_ONLY, function_ids};
 
 /// Called once with an enqueue's outcome, after the sync that made it durable.

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 use std::time::Duration;
 
+use super::nats::NatsCluster;
 use super::{RawClient, WAIT, test_config, wait_for};
 
 pub fn is_result(v: &Value) -> bool {
@@ -19,6 +20,52 @@ pub fn fast_config() -> qmesh::Config {
     d.backoff_max = Duration::from_millis(100);
     d.lease = Duration::from_secs(1);
     c
+}
+
+/// Engine `id` of cluster "test" with its queues on JetStream, with
+/// [`fast_config`]'s settings (3 attempts, 20 ms backoff, 1 s lease).
+pub fn jetstream_config(nats: &NatsCluster, id: &str) -> qmesh::Config {
+    let mut c = nats.engine_config(fast_config(), id);
+    c.cluster.queues = qmesh::config::QueueBackend::Jetstream;
+    c
+}
+
+/// The same for the real binary (`EngineProcess`): its config file, with
+/// `queue_toml` (the lines of `[queue.defaults]` and any `[queue.queues.*]`).
+pub fn jetstream_toml(nats: &NatsCluster, id: &str, queue_toml: &str) -> String {
+    format!(
+        "{}queues = \"jetstream\"\n[queue.defaults]\n{queue_toml}\n",
+        nats.engine_toml(id)
+    )
+}
+
+/// Messages left on cluster "test"'s job stream (acknowledged jobs are
+/// removed, and so is a delayed job's schedule once it fired).
+pub async fn jobs_left(nats: &NatsCluster) -> u64 {
+    let client = async_nats::connect(nats.urls[0].as_str()).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("qmesh_test_jobs")
+        .await
+        .unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+/// Enqueues with `queue::enqueue` (any of its options in `args`); returns
+/// the receipt.
+pub async fn enqueue_with(c: &mut RawClient, args: Value) -> String {
+    let r = op(c, "queue::enqueue", args).await;
+    r["receipt"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no receipt: {r}"))
+        .to_owned()
+}
+
+/// Milliseconds since the Unix epoch, as the engines count them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// Enqueues with `action: enqueue`, as an SDK does; returns the receipt.

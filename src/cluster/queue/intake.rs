@@ -3,18 +3,24 @@
 //! (fsync'ed first on a server with `sync_interval: always`).
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, ErrorCode};
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use serde_json::{Value, json};
 use sha2::Digest;
+use std::collections::HashSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use super::{JobKey, Shared, ack_wait, not_supported};
+use super::{JobKey, Lane, Shared, ack_wait, not_supported};
 use crate::mesh::session::answer;
 use crate::mesh::{CallCtx, Connection, Mesh, Reply};
 use crate::protocol::{Action, ErrorBody, Invoke, Payload, codes};
 use crate::queue::Enqueued;
-use crate::queue::settings::QueueSettings;
+use crate::queue::settings::{Ordering, QueueSettings};
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 
 /// The headers a job message carries besides its payload.
@@ -29,6 +35,40 @@ pub(super) struct Job {
     pub traceparent: Option<String>,
     pub baggage: Option<String>,
     pub idempotency_key: Option<String>,
+    /// When it may first run (ms since the epoch); `None` = now.
+    pub run_at_ms: Option<u64>,
+    /// 0–255, higher first (by band: see [`Lane::Band`]).
+    pub priority: u8,
+}
+
+/// Most acks of one `queue::enqueue_many` awaited at once (the NATS client
+/// holds at most 5,000 for all of an engine's publishes).
+const ACKS_IN_FLIGHT: usize = 1_000;
+
+/// How often, and how far apart, an enqueue is sent again while JetStream
+/// is still storing another copy of its idempotency key (it refuses the
+/// copy then, error 10158, rather than answer "duplicate"): about a second,
+/// far beyond one replicated write.
+const STILL_STORING_TRIES: u32 = 50;
+const STILL_STORING_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether JetStream refused a publish because a message with its id (an
+/// idempotency key's) is still being stored.
+fn still_storing(e: &PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
+}
+
+/// The headers of a scheduled message (NATS ADR-51): when, and where to.
+const NATS_SCHEDULE: &str = "Nats-Schedule";
+const NATS_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+
+/// A schedule's time for `Nats-Schedule`: `@at` and RFC 3339 in UTC with
+/// milliseconds (the server parses the fraction and fires within a few ms).
+fn schedule_at(at_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
+    format!("@at {}", humantime::format_rfc3339_millis(at))
 }
 
 /// Why an enqueue got no receipt from the stream.
@@ -40,6 +80,16 @@ enum PublishRefused {
          make a duplicate)"
     )]
     NotAcknowledged(String),
+    #[error(
+        "the cluster's job stream acknowledged {acknowledged} of the batch's {total} jobs \
+         ({why}); the others may not be replicated, so no receipts are given: retry the batch \
+         with idempotency keys (the acknowledged ones are then answered as duplicates)"
+    )]
+    BatchNotAcknowledged {
+        why: String,
+        acknowledged: usize,
+        total: usize,
+    },
     #[error("cannot create the consumer of queue {queue:?} for {function_id}: {message}")]
     Consumer {
         queue: String,
@@ -70,6 +120,119 @@ fn receipt(queue: &str, idempotency_key: Option<&str>) -> Uuid {
 impl Shared {
     /// Stores the job on the stream; resolves once JetStream acknowledged it.
     pub(super) async fn enqueue(&self, job: Job) -> Result<Enqueued, ErrorBody> {
+        let (settings, lane) = self.check(&job)?;
+        self.ensure_consumer(&job.key, lane, &settings).await?;
+        let (receipt, ack) = self.publish_acked(&job, lane).await?;
+        Ok(Enqueued {
+            receipt,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Stores every job of a batch, each checked first (one refused job
+    /// refuses the batch, naming its index, before anything is published);
+    /// resolves once JetStream acknowledged all. The jobs are published
+    /// one after the other without waiting, and their acks awaited together
+    /// (at most [`ACKS_IN_FLIGHT`] outstanding, a bound the NATS client
+    /// shares with every other publish of this engine).
+    pub(super) async fn enqueue_many(&self, jobs: Vec<Job>) -> Result<Vec<Enqueued>, ErrorBody> {
+        let mut checked = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.into_iter().enumerate() {
+            let (settings, lane) = self
+                .check(&job)
+                .map_err(|e| ErrorBody::new(&e.code, format!("jobs[{i}]: {}", e.message)))?;
+            checked.push((job, settings, lane));
+        }
+        for (job, settings, lane) in &checked {
+            self.ensure_consumer(&job.key, *lane, settings).await?;
+        }
+        let total = checked.len();
+        let mut waiting = FuturesOrdered::new();
+        let mut acked = Vec::with_capacity(total);
+        let mut refused = None;
+        // A key met earlier in the batch: that job's receipt, not published
+        // again (JetStream refuses a message id still being stored).
+        let mut keyed = HashSet::new();
+        let mut repeats: Vec<Option<Uuid>> = Vec::with_capacity(total);
+        for (job, _, lane) in &checked {
+            if let Some(key) = &job.idempotency_key {
+                let first = receipt(&job.key.queue, Some(key));
+                if !keyed.insert(first) {
+                    repeats.push(Some(first));
+                    continue;
+                }
+            }
+            let i = repeats.len();
+            repeats.push(None);
+            match self.publish(job, *lane).await {
+                Ok((receipt, ack)) => waiting.push_back(async move { (i, receipt, ack.await) }),
+                Err(e) => {
+                    refused = Some(e.to_string());
+                    break;
+                }
+            }
+            if waiting.len() >= ACKS_IN_FLIGHT {
+                acked.extend(waiting.next().await);
+            }
+        }
+        while let Some(ack) = waiting.next().await {
+            acked.push(ack);
+        }
+        // Acks come in publishing order, the repeats between them.
+        let mut acked = acked.into_iter();
+        let mut done = Vec::with_capacity(total);
+        let mut acknowledged = 0;
+        for repeat in repeats {
+            let (i, receipt, ack) = match repeat {
+                Some(receipt) => {
+                    done.push(Enqueued {
+                        receipt,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                None => match acked.next() {
+                    Some(next) => next,
+                    None => break, // publishing stopped at a refusal
+                },
+            };
+            let ack = match ack {
+                Err(e) if still_storing(&e) => {
+                    let (job, _, lane) = &checked[i];
+                    self.publish_acked(job, *lane)
+                        .await
+                        .map(|(_, ack)| ack)
+                        .map_err(|e| e.to_string())
+                }
+                other => other.map_err(|e| e.to_string()),
+            };
+            match ack {
+                Ok(ack) => {
+                    acknowledged += 1;
+                    done.push(Enqueued {
+                        receipt,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        match refused {
+            None => Ok(done),
+            Some(why) => Err(PublishRefused::BatchNotAcknowledged {
+                why,
+                acknowledged,
+                total,
+            }
+            .into()),
+        }
+    }
+
+    /// What the queue's settings say of a job, before anything is sent: its
+    /// settings and lane, or why it is refused.
+    fn check(&self, job: &Job) -> Result<(QueueSettings, Lane), ErrorBody> {
         let settings = self.settings(&job.key.queue)?;
         let size = job.payload.get().len();
         if size > settings.max_payload_bytes {
@@ -81,7 +244,46 @@ impl Shared {
                 ),
             ));
         }
-        self.ensure_consumer(&job.key, &settings).await?;
+        if job.run_at_ms.is_some() && !self.schedules {
+            return Err(not_supported(
+                "delay and run_at need the job stream to take scheduled messages \
+                 (nats-server 2.12 or later)",
+            ));
+        }
+        let lane = lane(job, &settings)?;
+        Ok((settings, lane))
+    }
+
+    /// Sends a checked job to the stream and awaits JetStream's ack; sent
+    /// again while another copy of its idempotency key is being stored (a
+    /// concurrent enqueue on any engine), until it is answered as that
+    /// one's duplicate, or as stored if that one failed.
+    async fn publish_acked(
+        &self,
+        job: &Job,
+        lane: Lane,
+    ) -> Result<(Uuid, PublishAck), PublishRefused> {
+        let mut tries = 1;
+        loop {
+            let (receipt, ack) = self.publish(job, lane).await?;
+            match ack.await {
+                Ok(ack) => return Ok((receipt, ack)),
+                Err(e) if still_storing(&e) && tries < STILL_STORING_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(STILL_STORING_WAIT).await;
+                }
+                Err(e) => return Err(PublishRefused::NotAcknowledged(e.to_string())),
+            }
+        }
+    }
+
+    /// Sends a checked job to the stream; returns its receipt and the
+    /// future of JetStream's ack.
+    async fn publish(
+        &self,
+        job: &Job,
+        lane: Lane,
+    ) -> Result<(Uuid, PublishAckFuture), PublishRefused> {
         let receipt = receipt(&job.key.queue, job.idempotency_key.as_deref());
         let mut headers = HeaderMap::new();
         headers.insert(RECEIPT, receipt.to_string().as_str());
@@ -94,42 +296,63 @@ impl Shared {
         if let Some(b) = &job.baggage {
             headers.insert(BAGGAGE, b.as_str());
         }
+        let target = job.key.subject(&self.names, lane);
+        let subject = match job.run_at_ms.filter(|at| *at > crate::queue::now_ms()) {
+            None => target,
+            Some(at) => {
+                // A delayed job is a scheduled message: the stream itself
+                // publishes it on its job subject at `at` (with these headers,
+                // minus the schedule's), then deletes it. Stored on the
+                // stream's replicas before the PubAck, like any job.
+                headers.insert(NATS_SCHEDULE, schedule_at(at).as_str());
+                headers.insert(NATS_SCHEDULE_TARGET, target.as_str());
+                format!("qmesh.{}.delayed.{receipt}", self.names.cluster)
+            }
+        };
         let body = bytes::Bytes::copy_from_slice(job.payload.get().as_bytes());
         let ack = self
             .js
-            .publish_with_headers(job.key.subject(&self.names), headers, body)
-            .await
-            .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?
+            .publish_with_headers(subject, headers, body)
             .await
             .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?;
-        Ok(Enqueued {
-            receipt,
-            duplicate: ack.duplicate,
-        })
+        Ok((receipt, ack))
     }
 
-    /// Creates the consumer of the job's (queue, namespace, function) the
-    /// first time this engine enqueues to it (an existing one is kept as it
-    /// is: every engine should have the same `[queue]` settings).
+    /// Creates the consumer of the job's (queue, namespace, function) and
+    /// lane the first time this engine enqueues to it (an existing one is
+    /// kept as it is: every engine should have the same `[queue]`
+    /// settings), and tells the other engines to list consumers again.
     async fn ensure_consumer(
         &self,
         key: &JobKey,
+        lane: Lane,
         settings: &QueueSettings,
     ) -> Result<(), PublishRefused> {
-        if self.consumers.lock().expect("not poisoned").contains(key) {
+        let wanted = (key.clone(), lane);
+        if self
+            .consumers
+            .lock()
+            .expect("not poisoned")
+            .contains(&wanted)
+        {
             return Ok(());
         }
-        let name = key.consumer();
+        let name = key.consumer(lane);
         let config = pull::Config {
             durable_name: Some(name.clone()),
-            filter_subject: key.subject(&self.names),
+            filter_subject: key.subject(&self.names, lane),
             ack_policy: AckPolicy::Explicit,
             ack_wait: ack_wait(settings),
             // Attempts are counted by the engines (a job past its last
             // attempt is dead-lettered with its history), not by the server,
             // which would leave it unseen in the stream.
             max_deliver: -1,
-            max_ack_pending: settings.concurrency.max(1) as i64,
+            // A FIFO lane: one job at a time, the next only once it is
+            // acknowledged (a nak'ed retry still holds it).
+            max_ack_pending: match lane {
+                Lane::Fifo(_) => 1,
+                Lane::Band(_) => settings.concurrency.max(1) as i64,
+            },
             ..Default::default()
         };
         self.jobs
@@ -140,17 +363,45 @@ impl Shared {
                 function_id: key.function_id.clone(),
                 message: e.to_string(),
             })?;
-        self.consumers
-            .lock()
-            .expect("not poisoned")
-            .insert(key.clone());
+        self.consumers.lock().expect("not poisoned").insert(wanted);
+        // Best effort: the others list consumers every second anyway.
+        let _ = self
+            .js
+            .client()
+            .publish(self.consumers_changed(), bytes::Bytes::new())
+            .await;
         Ok(())
     }
 }
 
-/// `queue::enqueue {queue, function_id, data, namespace?, idempotency_key?}`
-/// (`delay`, `run_at`, `priority` and `expires_*` are refused: not yet
-/// supported on JetStream queues).
+/// The lane a job goes to: its FIFO group's on a FIFO queue, else its
+/// priority's band.
+fn lane(job: &Job, settings: &QueueSettings) -> Result<Lane, ErrorBody> {
+    if settings.ordering == Ordering::Standard {
+        return Ok(Lane::band(job.priority));
+    }
+    // A group's order is its lane's order: a job published later (at its
+    // time) or ahead of others (a higher band) would break it.
+    let refused = if job.priority != 0 {
+        Some("priority")
+    } else if job.run_at_ms.is_some() {
+        Some("delay and run_at")
+    } else {
+        None
+    };
+    if let Some(what) = refused {
+        return Err(not_supported(format!(
+            "{what} on a fifo queue ({:?}): not supported by the cluster's JetStream queues",
+            job.key.queue
+        )));
+    }
+    let group = crate::queue::fifo_group(settings, &job.key.queue, &job.payload)?;
+    Ok(Lane::fifo(&group, settings.concurrency))
+}
+
+/// `queue::enqueue {queue, function_id, data, namespace?, idempotency_key?,
+/// delay?, run_at?, priority?}` (`expires_*` is refused: not yet supported
+/// on JetStream queues).
 pub(super) fn enqueue(
     shared: Arc<Shared>,
     _: Mesh,
@@ -159,19 +410,10 @@ pub(super) fn enqueue(
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
         let req = crate::queue::parse_enqueue(input)?;
-        let unsupported = if req.run_at_ms.is_some() {
-            Some("delay and run_at")
-        } else if req.priority != 0 {
-            Some("priority")
-        } else if req.expires_at_ms.is_some() {
-            Some("expires_in and expires_at")
-        } else {
-            None
-        };
-        if let Some(what) = unsupported {
-            return Err(not_supported(format!(
-                "{what}: not supported yet by the cluster's JetStream queues"
-            )));
+        if req.expires_at_ms.is_some() {
+            return Err(not_supported(
+                "expires_in and expires_at: not supported yet by the cluster's JetStream queues",
+            ));
         }
         let job = Job {
             key: JobKey {
@@ -183,9 +425,53 @@ pub(super) fn enqueue(
             traceparent: ctx.traceparent,
             baggage: ctx.baggage,
             idempotency_key: req.idempotency_key,
+            run_at_ms: req.run_at_ms,
+            priority: req.priority,
         };
         let e = shared.enqueue(job).await?;
         Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
+    })
+}
+
+/// `queue::enqueue_many {queue, function_id?, namespace?, jobs: [{function_id?,
+/// data, delay?, run_at?, priority?, idempotency_key?}]}`: checked as the
+/// local queue checks it, every job then checked against the queue's
+/// settings before any is published; answered `{queue, receipts,
+/// duplicates}` once JetStream acknowledged every job.
+pub(super) fn enqueue_many(
+    shared: Arc<Shared>,
+    _: Mesh,
+    ctx: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    Box::pin(async move {
+        let batch = crate::queue::parse_enqueue_many(input)?;
+        let mut jobs = Vec::with_capacity(batch.jobs.len());
+        for (i, req) in batch.jobs.into_iter().enumerate() {
+            if req.expires_at_ms.is_some() {
+                return Err(not_supported(format!(
+                    "jobs[{i}]: expires_in and expires_at: not supported yet by the cluster's \
+                     JetStream queues"
+                )));
+            }
+            jobs.push(Job {
+                key: JobKey {
+                    queue: req.queue,
+                    namespace: req.namespace,
+                    function_id: req.function_id,
+                },
+                payload: req.payload,
+                traceparent: ctx.traceparent.clone(),
+                baggage: ctx.baggage.clone(),
+                idempotency_key: req.idempotency_key,
+                run_at_ms: req.run_at_ms,
+                priority: req.priority,
+            });
+        }
+        let done = shared.enqueue_many(jobs).await?;
+        let duplicates = done.iter().filter(|e| e.duplicate).count();
+        let receipts: Vec<Value> = done.iter().map(|e| json!(e.receipt)).collect();
+        Ok(json!({ "queue": batch.queue, "receipts": receipts, "duplicates": duplicates }))
     })
 }
 
@@ -213,6 +499,8 @@ pub(super) fn take_enqueue(shared: &Arc<Shared>, conn: &Arc<Connection>, invoke:
         traceparent: invoke.traceparent,
         baggage: invoke.baggage,
         idempotency_key: None,
+        run_at_ms: None,
+        priority: 0,
     };
     let (shared, conn) = (shared.clone(), conn.clone());
     let (invocation_id, function_id) = (invoke.invocation_id, invoke.function_id);
@@ -234,6 +522,14 @@ pub(super) fn take_enqueue(shared: &Arc<Shared>, conn: &Arc<Connection>, invoke:
 #[cfg(test)]
 mod tests {
     use super::receipt;
+
+    #[test]
+    fn a_schedule_names_its_time_in_utc_with_milliseconds() {
+        assert_eq!(
+            super::schedule_at(1_700_000_000_123),
+            "@at 2023-11-14T22:13:20.123Z"
+        );
+    }
 
     #[test]
     fn an_idempotency_key_always_gives_the_same_receipt_in_its_queue() {

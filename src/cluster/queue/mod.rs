@@ -7,19 +7,49 @@
 //!   replicas`, a duplicate window of `[cluster] idempotency_window`): one
 //!   message per job on `qmesh.<cluster>.jobs.<queue>.<namespace>.<function>`
 //!   (each base64url), the payload as it came, the receipt and trace context
-//!   in headers;
-//! - one durable pull consumer per (queue, namespace, function), shared by
-//!   every engine: `max_ack_pending` is the queue's `concurrency` across the
-//!   cluster, `ack_wait` its lease (at most [`MAX_ACK_WAIT`], kept alive with
-//!   in-progress acks while a call runs);
+//!   in headers; a job due later is first a scheduled message (NATS ADR-51,
+//!   nats-server 2.12+) on `qmesh.<cluster>.delayed.<receipt>`, which the
+//!   stream itself publishes on the job's subject at its time, then deletes
+//!   (no consumer reads `delayed.>`, so it waits there, replicated);
+//! - priorities in nine bands ([`Lane::Band`]), each a subject of its own
+//!   (the suffix `.p<band>`; none for band 0), since a stream delivers in
+//!   one order: an engine asks the highest band first;
+//! - a FIFO queue's jobs in `concurrency` lanes ([`Lane::Fifo`], suffix
+//!   `.f<lane>`; see below);
+//! - one durable pull consumer per (queue, namespace, function) and lane
+//!   used, shared by every engine: `max_ack_pending` is the queue's
+//!   `concurrency` across the cluster (1 for a FIFO lane), `ack_wait` its
+//!   lease (at most [`MAX_ACK_WAIT`], kept alive with in-progress acks
+//!   while a call runs);
 //! - the bucket `qmesh_<cluster>_attempts`: the failed attempts of a job
 //!   still retrying, by receipt (the engine that runs its next attempt may be
 //!   another one);
 //! - the dead-letter stream `qmesh_<cluster>_dead`: one message per dead
 //!   job on `qmesh.<cluster>.dead.<queue>`, with its attempt history.
 //!
+//! Per-group FIFO (`ordering = "fifo"`): a group's jobs always go to the
+//! same lane of their (queue, namespace, function), the group key's
+//! SHA-256 modulo the queue's `concurrency`, and each lane's consumer has
+//! `max_ack_pending` = 1. That one bound is the whole of the ordering
+//! across engines: the server delivers a lane in stream order (= the order
+//! of the enqueues' PubAcks) and gives nobody, on any engine, the lane's
+//! next job while one is unacknowledged. A failed attempt is nak'ed with
+//! its backoff and stays unacknowledged until it is delivered again
+//! (checked on nats-server 2.15.1), so a retrying job holds its group; a
+//! job whose engine died holds it until `ack_wait` and is then delivered
+//! again, before the next; a dead-lettered job is acknowledged once its
+//! dead letter is stored, which frees the group. Nothing of the order is
+//! in an engine. The price: groups whose digests meet in a lane wait for
+//! each other (a lane per group would need a consumer per group, and
+//! groups are unbounded), and a lane is fixed at enqueue, so changing a
+//! FIFO queue's `concurrency` while it holds jobs can reorder a group. A
+//! FIFO job takes no delay or priority: either would move it out of its
+//! lane's order.
+//!
 //! In memory: which consumers this engine made sure of, and one pull task per
-//! consumer whose function one of its own workers serves (`runner.rs`).
+//! (queue, namespace, function) one of its own workers serves, holding its
+//! `concurrency` slots on this engine across bands, and one per FIFO lane
+//! (`runner.rs`).
 //! `intake.rs` takes enqueues, `dead.rs` keeps attempt histories and dead
 //! letters.
 
@@ -42,7 +72,7 @@ use super::{Cluster, ClusterConfig, ClusterError, Names};
 use crate::mesh::{CallCtx, Mesh, Provisions, Reply};
 use crate::module::Module;
 use crate::protocol::{ErrorBody, codes};
-use crate::queue::settings::{Ordering, QueueConfig, QueueSettings};
+use crate::queue::settings::{QueueConfig, QueueSettings};
 use async_nats::jetstream;
 
 /// The longest a job pulled by an engine that died stays invisible before
@@ -65,8 +95,58 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
 }
 
+/// Which of a (queue, namespace, function)'s subjects (and consumers) a
+/// job is on.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Lane {
+    /// A standard queue's priority band. Band 0 holds priority 0 and is the
+    /// subject without a suffix (every job before priorities existed); band
+    /// `b` > 0 holds the priorities with `b` significant bits (1, 2–3, 4–7,
+    /// …, 128–255), on the subject's suffix `.p<b>`.
+    Band(u8),
+    /// A FIFO queue's lane `n` (suffix `.f<n>`): the groups whose hash is
+    /// `n` modulo the queue's `concurrency`, one job at a time.
+    Fifo(u32),
+}
+
+impl Lane {
+    /// The band of a job's priority (0–255; higher runs first).
+    pub(super) fn band(priority: u8) -> Lane {
+        Lane::Band((u8::BITS - priority.leading_zeros()) as u8)
+    }
+
+    /// The lane of FIFO group `group` on a queue of `lanes` lanes: the
+    /// same on every engine (a digest, not Rust's per-process hasher).
+    pub(super) fn fifo(group: &str, lanes: usize) -> Lane {
+        let digest = sha2::Sha256::digest(group.as_bytes());
+        let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        Lane::Fifo((n % lanes.max(1) as u64) as u32)
+    }
+
+    /// The lane's subject suffix (none for band 0), also its consumer's.
+    fn suffix(self, sep: char) -> String {
+        match self {
+            Lane::Band(0) => String::new(),
+            Lane::Band(b) => format!("{sep}p{b}"),
+            Lane::Fifo(n) => format!("{sep}f{n}"),
+        }
+    }
+
+    fn parse(part: &str) -> Option<Lane> {
+        if let Some(b) = part.strip_prefix('p') {
+            return match b.parse::<u8>().ok()? {
+                b @ 1..=8 if b.to_string() == part[1..] => Some(Lane::Band(b)),
+                _ => None,
+            };
+        }
+        let n = part.strip_prefix('f')?;
+        let lane = n.parse::<u32>().ok()?;
+        (lane.to_string() == n).then_some(Lane::Fifo(lane))
+    }
+}
+
 impl JobKey {
-    fn subject(&self, names: &Names) -> String {
+    fn base_subject(&self, names: &Names) -> String {
         let b = b64();
         format!(
             "qmesh.{}.jobs.{}.{}.{}",
@@ -77,18 +157,23 @@ impl JobKey {
         )
     }
 
-    /// The consumer's name: a digest, since names are bounded and the three
-    /// parts are not.
-    fn consumer(&self) -> String {
+    /// The subject of the key's jobs in `lane`.
+    fn subject(&self, names: &Names, lane: Lane) -> String {
+        format!("{}{}", self.base_subject(names), lane.suffix('.'))
+    }
+
+    /// The consumer's name of `lane`: a digest, since names are bounded and
+    /// the three parts are not.
+    fn consumer(&self, lane: Lane) -> String {
         let digest = sha2::Sha256::digest(
             format!("{}\0{}\0{}", self.queue, self.namespace, self.function_id).as_bytes(),
         );
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("job_{hex}")
+        format!("job_{hex}{}", lane.suffix('_'))
     }
 
-    /// The key a job subject (or a consumer's filter) names.
-    fn parse(subject: &str, names: &Names) -> Option<JobKey> {
+    /// The key and lane a job subject (or a consumer's filter) names.
+    fn parse(subject: &str, names: &Names) -> Option<(JobKey, Lane)> {
         let rest = subject.strip_prefix(&format!("qmesh.{}.jobs.", names.cluster))?;
         let mut parts = rest.split('.');
         let decode = |s: Option<&str>| String::from_utf8(b64().decode(s?).ok()?).ok();
@@ -97,7 +182,11 @@ impl JobKey {
             namespace: decode(parts.next())?,
             function_id: decode(parts.next())?,
         };
-        parts.next().is_none().then_some(key)
+        let lane = match parts.next() {
+            None => Lane::Band(0),
+            Some(part) => Lane::parse(part)?,
+        };
+        parts.next().is_none().then_some((key, lane))
     }
 }
 
@@ -108,11 +197,13 @@ pub(super) struct Shared {
     jobs: jetstream::stream::Stream,
     dead: jetstream::stream::Stream,
     attempts: jetstream::kv::Store,
+    /// Whether the job stream takes scheduled messages (delayed jobs).
+    schedules: bool,
     config: QueueConfig,
     mesh: Mesh,
     directory: Arc<Directory>,
     /// Consumers this engine created or found (none is ever deleted).
-    consumers: Mutex<HashSet<JobKey>>,
+    consumers: Mutex<HashSet<(JobKey, Lane)>>,
     /// Cancelled at drain: pulling stops.
     stop: CancellationToken,
 }
@@ -147,15 +238,17 @@ impl Cluster {
         let jobs = js
             .get_or_create_stream(jetstream::stream::Config {
                 name: jobs_name.clone(),
-                subjects: vec![format!("qmesh.{c}.jobs.>")],
+                subjects: vec![format!("qmesh.{c}.jobs.>"), format!("qmesh.{c}.delayed.>")],
                 retention: jetstream::stream::RetentionPolicy::WorkQueue,
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: replicas,
                 duplicate_window: config.idempotency_window,
+                allow_message_schedules: true,
                 ..Default::default()
             })
             .await
-            .map_err(|e| setup_error(jobs_name, replicas, e))?;
+            .map_err(|e| setup_error(jobs_name.clone(), replicas, e))?;
+        let schedules = allow_schedules(&js, &jobs, c).await;
         let dead_name = format!("qmesh_{c}_dead");
         let dead = js
             .get_or_create_stream(jetstream::stream::Config {
@@ -187,6 +280,7 @@ impl Cluster {
                 jobs,
                 dead,
                 attempts,
+                schedules,
                 config: queue,
                 mesh: self.mesh.clone(),
                 directory: self.directory.clone(),
@@ -194,6 +288,34 @@ impl Cluster {
                 stop: CancellationToken::new(),
             }),
         })
+    }
+}
+
+/// Makes sure the job stream takes delayed jobs: scheduled messages on
+/// `qmesh.<cluster>.delayed.>` (a stream made by an engine before delays
+/// existed is updated in place; existing jobs and consumers are kept).
+/// `false` when NATS refuses (a server older than 2.12): delayed enqueues
+/// are then refused with `not_supported`.
+async fn allow_schedules(
+    js: &jetstream::Context,
+    jobs: &jetstream::stream::Stream,
+    cluster: &str,
+) -> bool {
+    let mut config = jobs.cached_info().config.clone();
+    let delayed = format!("qmesh.{cluster}.delayed.>");
+    if config.allow_message_schedules && config.subjects.contains(&delayed) {
+        return true;
+    }
+    config.allow_message_schedules = true;
+    if !config.subjects.contains(&delayed) {
+        config.subjects.push(delayed);
+    }
+    match js.update_stream(config).await {
+        Ok(info) => info.config.allow_message_schedules,
+        Err(e) => {
+            tracing::warn!(error = %e, "the job stream cannot take scheduled messages (nats-server 2.12 or later needed): delayed jobs are refused");
+            false
+        }
     }
 }
 
@@ -207,9 +329,7 @@ impl Shared {
                 format!("queue {queue:?} is not declared ([queue] strict is on)"),
             )
         })?;
-        let unsupported = if s.ordering == Ordering::Fifo {
-            Some("ordering = \"fifo\"")
-        } else if s.rate.is_some() {
+        let unsupported = if s.rate.is_some() {
             Some("rate")
         } else if s.fair_by.is_some() {
             Some("fair_by")
@@ -222,6 +342,14 @@ impl Shared {
             ))),
             None => Ok(s),
         }
+    }
+}
+
+impl Shared {
+    /// The core NATS subject an engine publishes on after making sure of a
+    /// consumer: the others list the job stream's consumers at once.
+    fn consumers_changed(&self) -> String {
+        format!("qmesh.{}.queues.consumers", self.names.cluster)
     }
 }
 
@@ -240,7 +368,8 @@ fn unsupported(id: &'static str, _: Mesh, _: CallCtx, _: Value) -> BoxFuture<'st
     Box::pin(async move {
         Err(not_supported(format!(
             "{id} is not supported yet with [cluster] queues = \"jetstream\" \
-             (supported: queue::enqueue, engine::queue::dlq_topics, engine::queue::dlq_messages)"
+             (supported: queue::enqueue, queue::enqueue_many, engine::queue::dlq_topics, \
+             engine::queue::dlq_messages)"
         )))
     })
 }
@@ -256,6 +385,7 @@ impl Module for ClusterQueues {
         for id in crate::queue::function_ids() {
             match id {
                 "queue::enqueue" => p.async_fn(id, &self.shared, intake::enqueue),
+                "queue::enqueue_many" => p.async_fn(id, &self.shared, intake::enqueue_many),
                 "engine::queue::dlq_topics" => p.async_fn(id, &self.shared, dead::dlq_topics),
                 "engine::queue::dlq_messages" => p.async_fn(id, &self.shared, dead::dlq_messages),
                 _ => p.async_fn(id, &id, unsupported),
@@ -281,7 +411,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_subject_names_its_queue_namespace_and_function() {
+    fn a_subject_names_its_queue_namespace_function_and_band() {
         let names = Names {
             cluster: "c1".into(),
             engine_id: "e".into(),
@@ -291,10 +421,51 @@ mod tests {
             namespace: "default".into(),
             function_id: "svc::send".into(),
         };
-        let subject = key.subject(&names);
+        let subject = key.subject(&names, Lane::Band(0));
         assert_eq!(subject.split('.').count(), 6, "{subject}");
-        assert_eq!(JobKey::parse(&subject, &names), Some(key.clone()));
+        assert_eq!(
+            JobKey::parse(&subject, &names),
+            Some((key.clone(), Lane::Band(0)))
+        );
+        for (lane, suffix) in [(Lane::Band(8), "p8"), (Lane::Fifo(12), "f12")] {
+            let other = key.subject(&names, lane);
+            assert_eq!(other, format!("{subject}.{suffix}"));
+            assert_eq!(JobKey::parse(&other, &names), Some((key.clone(), lane)));
+            assert_eq!(
+                key.consumer(lane),
+                format!("{}_{suffix}", key.consumer(Lane::Band(0)))
+            );
+        }
+        for bad in ["p9", "p0", "p08", "f", "f01", "x1"] {
+            assert_eq!(
+                JobKey::parse(&format!("{subject}.{bad}"), &names),
+                None,
+                "{bad}"
+            );
+        }
         assert_eq!(JobKey::parse("qmesh.c2.jobs.a.b.c", &names), None);
-        assert!(key.consumer().starts_with("job_") && key.consumer().len() == 36);
+        let consumer = key.consumer(Lane::Band(0));
+        assert!(consumer.starts_with("job_") && consumer.len() == 36);
+    }
+
+    #[test]
+    fn a_band_is_the_number_of_significant_bits_of_a_priority() {
+        let bands: Vec<Lane> = [0, 1, 2, 3, 4, 7, 8, 127, 128, 255]
+            .into_iter()
+            .map(Lane::band)
+            .collect();
+        let want: Vec<Lane> = [0, 1, 2, 2, 3, 3, 4, 7, 8, 8]
+            .into_iter()
+            .map(Lane::Band)
+            .collect();
+        assert_eq!(bands, want);
+    }
+
+    #[test]
+    fn a_fifo_group_always_has_the_same_lane() {
+        assert_eq!(Lane::fifo("acct-1", 10), Lane::fifo("acct-1", 10));
+        assert_eq!(Lane::fifo("acct-1", 1), Lane::Fifo(0));
+        let used: HashSet<Lane> = (0..100).map(|g| Lane::fifo(&g.to_string(), 4)).collect();
+        assert_eq!(used.len(), 4, "100 groups spread over the 4 lanes");
     }
 }

@@ -1,52 +1,82 @@
-//! Running jobs: an engine pulls from the consumer of every (queue,
+//! Running jobs: an engine pulls from the consumers of every (queue,
 //! namespace, function) one of its own workers serves, and runs each job it
 //! gets on those workers.
 //!
 //! Consumers are found by listing the job stream's consumers (each names
-//! its key in its filter subject): every [`DISCOVER_EVERY`], and at once
-//! when the functions this engine's workers serve change. A job's attempt
-//! is the server's delivery count: it succeeds (ack), fails with attempts
-//! left (its error appended to its history, then a nak delayed by the
-//! queue's backoff), or fails its last attempt (dead-lettered, then ack). A
-//! delivery past the last attempt means the previous one was lost (its
-//! engine died, or lost NATS, before it ended): dead-lettered without
-//! running again.
+//! its key and lane, a priority band or a FIFO lane, in its filter subject): every
+//! [`DISCOVER_EVERY`], at once when the functions this engine's workers
+//! serve change, and when another engine says it made one. One pull task
+//! per key holds the key's slots on this engine (`concurrency`) and fills
+//! free ones from the highest band with jobs first: every band but the
+//! lowest is asked without waiting, the lowest waits for jobs (with other
+//! bands known, only [`IDLE_POLL`], so the higher ones are asked again
+//! soon). A FIFO queue's lanes are pulled one task each, one job at a time,
+//! run before the next is asked for. A job's attempt is the server's delivery count: it succeeds
+//! (ack), fails with attempts left (its error appended to its history, then
+//! a nak delayed by the queue's backoff), or fails its last attempt
+//! (dead-lettered, then ack). A delivery past the last attempt means the
+//! previous one was lost (its engine died, or lost NATS, before it ended):
+//! dead-lettered without running again.
 
 use futures_util::StreamExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::dead::Attempt;
 use super::intake::{BAGGAGE, RECEIPT, TRACEPARENT};
-use super::{JobKey, Shared, ack_wait};
+use super::{JobKey, Lane, Shared, ack_wait};
 use crate::mesh::router::CallExtras;
 use crate::protocol::{ErrorBody, codes};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 
 /// How often the job stream's consumers are listed again.
 const DISCOVER_EVERY: Duration = Duration::from_secs(1);
-/// How long one pull request waits for jobs.
+/// How long one pull request waits for jobs, on a key with one band.
 const FETCH_EXPIRES: Duration = Duration::from_secs(2);
+/// How long the lowest band's pull request waits for jobs while the key
+/// has other bands: how late a higher band's job may start on an idle engine.
+const IDLE_POLL: Duration = Duration::from_millis(200);
 /// How soon NATS is asked again after it refused.
 const RETRY: Duration = Duration::from_millis(250);
+/// Most jobs one pull request asks for.
+const MAX_BATCH: usize = 256;
+
+/// The lanes of one key this engine knows consumers of.
+type Lanes = BTreeSet<Lane>;
 
 impl Shared {
-    /// Keeps one pull task per consumer whose function this engine's own
-    /// workers serve, until the drain.
+    /// Keeps one pull task per key whose function this engine's own workers
+    /// serve, until the drain.
     pub(super) async fn discover(self: Arc<Self>) {
         let mut events = self.mesh.subscribe();
-        let mut known: HashSet<JobKey> = HashSet::new();
-        let mut pulling: HashMap<JobKey, CancellationToken> = HashMap::new();
+        let mut changed = match self.js.client().subscribe(self.consumers_changed()).await {
+            Ok(sub) => Some(sub),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot hear of other engines' new consumers");
+                None
+            }
+        };
+        let mut known: HashMap<JobKey, Lanes> = HashMap::new();
+        let mut pulling: HashMap<JobKey, (CancellationToken, watch::Sender<Lanes>)> =
+            HashMap::new();
         let mut listed_for: HashSet<(String, String)> = HashSet::new();
         let mut tick = tokio::time::interval(DISCOVER_EVERY);
         loop {
-            // List when the timer says so or this engine serves something new.
-            let timer = tokio::select! {
+            // List when the timer or another engine says so, or this engine
+            // serves something new.
+            let list_now = tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = tick.tick() => true,
+                Some(_) = async {
+                    match changed.as_mut() {
+                        Some(sub) => sub.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
                 event = events.recv() => {
                     if let Err(tokio::sync::broadcast::error::RecvError::Closed) = event {
                         break;
@@ -55,7 +85,7 @@ impl Shared {
                 }
             };
             let here_now = self.functions_here();
-            if !here_now.is_empty() && (timer || !here_now.is_subset(&listed_for)) {
+            if !here_now.is_empty() && (list_now || !here_now.is_subset(&listed_for)) {
                 match self.list_keys().await {
                     Ok(keys) => {
                         known = keys;
@@ -64,28 +94,36 @@ impl Shared {
                     Err(e) => tracing::debug!(error = %e, "cannot list the job stream's consumers"),
                 }
             }
-            pulling.retain(|key, stop| {
+            pulling.retain(|key, (stop, _)| {
                 let keep = here_now.contains(&(key.namespace.clone(), key.function_id.clone()));
                 if !keep {
                     stop.cancel();
                 }
                 keep
             });
-            for key in &known {
-                let served = here_now.contains(&(key.namespace.clone(), key.function_id.clone()));
-                if served && !pulling.contains_key(key) {
+            for (key, lanes) in &known {
+                if let Some((_, tx)) = pulling.get(key) {
+                    tx.send_if_modified(|have| {
+                        let more = !lanes.is_subset(have);
+                        have.extend(lanes.iter().copied());
+                        more
+                    });
+                    continue;
+                }
+                if here_now.contains(&(key.namespace.clone(), key.function_id.clone())) {
                     let stop = self.stop.child_token();
-                    pulling.insert(key.clone(), stop.clone());
-                    tokio::spawn(self.clone().pull(key.clone(), stop));
+                    let (tx, rx) = watch::channel(lanes.clone());
+                    pulling.insert(key.clone(), (stop.clone(), tx));
+                    tokio::spawn(self.clone().pull(key.clone(), rx, stop));
                 }
             }
         }
-        for stop in pulling.values() {
+        for (stop, _) in pulling.values() {
             stop.cancel();
         }
     }
 
-    /// (namespace, function) pairs one of this engine's own workers serves.
+    /// (namespace, function) pairs one of this engine's own workers serve.
     fn functions_here(&self) -> HashSet<(String, String)> {
         let all: Vec<(String, String)> = self.mesh.inspect(|st| {
             st.functions
@@ -98,72 +136,213 @@ impl Shared {
             .collect()
     }
 
-    async fn list_keys(&self) -> Result<HashSet<JobKey>, async_nats::Error> {
-        let mut out = HashSet::new();
+    async fn list_keys(&self) -> Result<HashMap<JobKey, Lanes>, async_nats::Error> {
+        let mut out: HashMap<JobKey, Lanes> = HashMap::new();
         let mut consumers = self.jobs.consumers();
         while let Some(info) = consumers.next().await {
-            if let Some(key) = JobKey::parse(&info?.config.filter_subject, &self.names) {
-                out.insert(key);
+            if let Some((key, lane)) = JobKey::parse(&info?.config.filter_subject, &self.names) {
+                out.entry(key).or_default().insert(lane);
             }
         }
         Ok(out)
     }
 
-    /// Pulls jobs of one consumer and runs each in a task, until `stop`.
-    /// The consumer's `max_ack_pending` bounds what this engine holds at
-    /// once, so nothing waits here for a slot.
-    async fn pull(self: Arc<Self>, key: JobKey, stop: CancellationToken) {
-        let name = key.consumer();
-        let mut consumer = loop {
-            match self.jobs.get_consumer::<pull::Config>(&name).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(queue = %key.queue, function_id = %key.function_id, error = %e, "cannot open a job consumer; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(RETRY) => {}
-                    }
-                }
-            }
-        };
-        let batch = match consumer.info().await {
-            Ok(info) => info.config.max_ack_pending.clamp(1, 256) as usize,
-            Err(_) => 1,
-        };
+    /// Pulls jobs of one key's consumers until `stop`: its bands here, each
+    /// job run in a task holding one of the key's slots on this engine, free
+    /// slots filled from the highest band first; each FIFO lane in a task
+    /// of its own.
+    async fn pull(
+        self: Arc<Self>,
+        key: JobKey,
+        mut lanes: watch::Receiver<Lanes>,
+        stop: CancellationToken,
+    ) {
+        let concurrency = self
+            .config
+            .settings(&key.queue)
+            .unwrap_or_else(|| self.config.defaults.clone())
+            .concurrency
+            .max(1);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut bands: BTreeMap<Lane, jetstream::consumer::PullConsumer> = BTreeMap::new();
+        let mut fifo: HashSet<Lane> = HashSet::new();
         tracing::debug!(queue = %key.queue, function_id = %key.function_id, "pulling jobs");
         while !stop.is_cancelled() {
-            let fetched = consumer
-                .fetch()
-                .max_messages(batch)
-                .expires(FETCH_EXPIRES)
-                .messages()
-                .await;
-            let mut jobs = match fetched {
+            let wanted: Vec<Lane> = lanes.borrow_and_update().iter().copied().collect();
+            let mut missing = false;
+            for lane in wanted {
+                if let Lane::Fifo(_) = lane {
+                    if fifo.insert(lane) {
+                        let lane_stop = stop.child_token();
+                        tokio::spawn(self.clone().pull_lane(key.clone(), lane, lane_stop));
+                    }
+                    continue;
+                }
+                if bands.contains_key(&lane) {
+                    continue;
+                }
+                match self.consumer(&key, lane).await {
+                    Some(c) => {
+                        bands.insert(lane, c);
+                    }
+                    None => missing = true,
+                }
+            }
+            if bands.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = lanes.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(RETRY), if missing => {}
+                }
+                continue;
+            }
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                permit = slots.clone().acquire_owned() => permit.expect("the slots are never closed"),
+            };
+            let mut free = vec![first];
+            while free.len() < MAX_BATCH {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => free.push(p),
+                    Err(_) => break,
+                }
+            }
+            if !self.fill(&key, &bands, &mut free).await {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
+    }
+
+    /// The consumer of `key`'s `lane`, or `None` (logged) if NATS refuses.
+    async fn consumer(
+        &self,
+        key: &JobKey,
+        lane: Lane,
+    ) -> Option<jetstream::consumer::PullConsumer> {
+        match self
+            .jobs
+            .get_consumer::<pull::Config>(&key.consumer(lane))
+            .await
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(queue = %key.queue, function_id = %key.function_id, ?lane, error = %e, "cannot open a job consumer; retrying");
+                None
+            }
+        }
+    }
+
+    /// One pass over a key's bands, highest first, giving each job pulled
+    /// one of the `free` slots. `false` when the last pull request did not
+    /// end normally (NATS refused it, or other engines' requests came
+    /// first): the caller waits before asking again.
+    async fn fill(
+        self: &Arc<Self>,
+        key: &JobKey,
+        bands: &BTreeMap<Lane, jetstream::consumer::PullConsumer>,
+        free: &mut Vec<OwnedSemaphorePermit>,
+    ) -> bool {
+        let mut ended_well = true;
+        let lowest = bands.keys().next().copied();
+        for (band, consumer) in bands.iter().rev() {
+            if free.is_empty() {
+                break;
+            }
+            let mut fetch = consumer.fetch().max_messages(free.len());
+            if Some(*band) == lowest {
+                fetch = fetch.expires(if bands.len() == 1 {
+                    FETCH_EXPIRES
+                } else {
+                    IDLE_POLL
+                });
+            }
+            let mut jobs = match fetch.messages().await {
                 Ok(jobs) => jobs,
                 Err(e) => {
-                    tracing::debug!(error = %e, "a pull request failed; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(RETRY) => continue,
-                    }
+                    tracing::debug!(error = %e, "a pull request failed");
+                    ended_well = false;
+                    continue;
                 }
             };
+            ended_well = true;
             while let Some(job) = jobs.next().await {
                 match job {
                     Ok(msg) => {
-                        tokio::spawn(self.clone().run(key.clone(), msg));
+                        let slot = free.pop();
+                        tokio::spawn(self.clone().run(key.clone(), msg, slot));
                     }
+                    // Other engines' requests come first, or NATS went away.
                     Err(e) => {
-                        tracing::debug!(error = %e, "a pull request ended");
+                        tracing::trace!(error = %e, "a pull request ended");
+                        ended_well = false;
                         break;
                     }
+                }
+            }
+        }
+        ended_well
+    }
+
+    /// Pulls one FIFO lane until `stop`, one job at a time, run here before
+    /// the next is asked for (its consumer gives nobody the next one
+    /// before this one is acknowledged anyway).
+    async fn pull_lane(self: Arc<Self>, key: JobKey, lane: Lane, stop: CancellationToken) {
+        let consumer = loop {
+            if let Some(c) = self.consumer(&key, lane).await {
+                break c;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        };
+        while !stop.is_cancelled() {
+            let mut ended_well = true;
+            match consumer
+                .fetch()
+                .max_messages(1)
+                .expires(FETCH_EXPIRES)
+                .messages()
+                .await
+            {
+                Ok(mut jobs) => {
+                    while let Some(job) = jobs.next().await {
+                        match job {
+                            Ok(msg) => self.clone().run(key.clone(), msg, None).await,
+                            Err(e) => {
+                                tracing::trace!(error = %e, "a pull request ended");
+                                ended_well = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "a pull request failed");
+                    ended_well = false;
+                }
+            }
+            if !ended_well {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
                 }
             }
         }
     }
 
     /// Runs one delivery of a job and settles it with the server.
-    async fn run(self: Arc<Self>, key: JobKey, msg: jetstream::Message) {
+    /// `_slot` is one of the key's slots on this engine (none for a FIFO
+    /// lane's job), free again once the job is settled.
+    async fn run(
+        self: Arc<Self>,
+        key: JobKey,
+        msg: jetstream::Message,
+        _slot: Option<OwnedSemaphorePermit>,
+    ) {
         let settings = self
             .config
             .settings(&key.queue)
