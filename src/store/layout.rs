@@ -17,7 +17,7 @@
 //! |---|---|---|
 //! | `Q` queues | `Q` name | [`QueueRecord`](super::records::QueueRecord) |
 //! | `J` jobs | `J` job_id(16) | [`JobRecord`](super::records::JobRecord), payload and ended attempts included |
-//! | `R` ready | `R` queue(4) fn(4) prio_inv(1) seq(8) | job_id — also of a job whose start is not written yet |
+//! | `R` ready | `R` queue(4) fn(4) prio_inv(1) seq(8): a run's first position | a run of jobs, `seq(8) job_id(16)` each, by sequence (`store::ready`); a 16-byte value (schema ≤ 5) is one job at the key's position — also of a job whose start is not written yet |
 //! | `D` due | `D` due_ms(8) job_id | empty — delayed and backing-off jobs |
 //! | `X` running | `X` job_id | [`AttemptRecord`](super::records::AttemptRecord) of the attempt in progress |
 //! | `Z` dead | `Z` queue(4) seq(8) | job_id — dead letters in order |
@@ -99,7 +99,8 @@ pub fn job(id: &Uuid) -> Vec<u8> {
     key(JOBS, &[id.as_bytes()])
 }
 
-/// Higher priority sorts first: the byte stored is `255 - priority`.
+/// A job's ready position, and the key of a run starting there. Higher
+/// priority sorts first: the byte stored is `255 - priority`.
 pub fn ready(q: QueueId, f: FnId, priority: u8, seq: u64) -> Vec<u8> {
     key(
         READY,

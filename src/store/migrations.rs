@@ -29,6 +29,8 @@ mod m0003_history_in_job;
 mod m0004_job_features;
 #[path = "../../migrations/0005_batch_undo.rs"]
 mod m0005_batch_undo;
+#[path = "../../migrations/0006_ready_runs.rs"]
+mod m0006_ready_runs;
 
 /// Every step, in order. The last one's version is the engine's schema version.
 pub const STEPS: &[Step] = &[
@@ -56,6 +58,11 @@ pub const STEPS: &[Step] = &[
         version: 5,
         name: "batch undo",
         apply: m0005_batch_undo::apply,
+    },
+    Step {
+        version: 6,
+        name: "ready runs",
+        apply: m0006_ready_runs::apply,
     },
 ];
 

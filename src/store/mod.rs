@@ -32,6 +32,7 @@ pub mod layout;
 mod mender;
 pub mod migrations;
 pub mod queue;
+mod ready;
 pub mod realtime;
 pub mod records;
 pub mod state;
@@ -226,9 +227,10 @@ fn before_images(tree: &sled::Tree, ops: &[Write]) -> sled::Result<records::Undo
     let mut before = Vec::with_capacity(ops.len());
     for op in ops {
         if seen.insert(op.key.as_slice()) {
-            let value = match op.new_key {
-                true => None,
-                false => tree.get(&op.key)?.map(|v| v.to_vec()),
+            let value = match &op.before {
+                Before::Absent => None,
+                Before::Known(v) => Some(v.clone()),
+                Before::Unread => tree.get(&op.key)?.map(|v| v.to_vec()),
             };
             before.push(records::UndoEntry {
                 key: op.key.clone(),
@@ -245,10 +247,21 @@ pub struct Write {
     pub key: Vec<u8>,
     /// `None` removes the key.
     pub value: Option<Vec<u8>>,
-    /// The writer knows the key does not exist yet (it holds an id or a
-    /// sequence number drawn for this batch): its undo is a removal, with
-    /// no read of what it held.
-    pub new_key: bool,
+    /// What the key held before the batch, when the writer knows it: its
+    /// undo then needs no read.
+    pub before: Before,
+}
+
+/// What a key of a logged batch held before it, as its writer knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Before {
+    /// Not known: read at apply time.
+    Unread,
+    /// Nothing: a new key (it holds an id or a sequence number drawn for
+    /// this batch); its undo is a removal.
+    Absent,
+    /// These bytes.
+    Known(Vec<u8>),
 }
 
 /// What the syncer has done since the store opened: rounds that succeeded
@@ -649,15 +662,15 @@ mod tests {
             let tree = store.tree().unwrap();
             tree.insert(b"Xb", b"old").unwrap();
             tree.insert(b"Xc", b"kept").unwrap();
-            let w = |k: &[u8], v: Option<&[u8]>, new_key| Write {
+            let w = |k: &[u8], v: Option<&[u8]>, before| Write {
                 key: k.to_vec(),
                 value: v.map(<[u8]>::to_vec),
-                new_key,
+                before,
             };
             let ops = vec![
-                w(b"Xa", Some(b"1"), true),
-                w(b"Xb", None, false),
-                w(b"Xa", Some(b"2"), false),
+                w(b"Xa", Some(b"1"), Before::Absent),
+                w(b"Xb", None, Before::Unread),
+                w(b"Xa", Some(b"2"), Before::Unread),
             ];
             // What a crash after the undo entry and two writes leaves.
             let record = before_images(&tree, &ops).unwrap();
@@ -682,12 +695,12 @@ mod tests {
                 Write {
                     key: b"Xd".to_vec(),
                     value: Some(b"4".to_vec()),
-                    new_key: true,
+                    before: Before::Absent,
                 },
                 Write {
                     key: b"Xb".to_vec(),
                     value: None,
-                    new_key: false,
+                    before: Before::Known(b"old".to_vec()),
                 },
             ])
             .unwrap();

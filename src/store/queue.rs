@@ -37,14 +37,17 @@
 //!
 //! # Cost (sled 0.34.7)
 //!
-//! Each typed write is one sled insert or remove in one tree. New keys and
-//! removals are what sled pays for (a leaf split every few inserts);
-//! overwrites are cheap. The queue keeps a quick job at two new keys
-//! (record, ready entry), one removal and one overwrite, plus its removal at
-//! pruning: keep it so. A batch of more than one write adds one read per key
-//! (what it held before), its undo entry and that entry's removal
-//! ([`Store::apply_logged`]): the entry once per batch, not per job. See
-//! [`layout`] for the keys.
+//! Each typed write is one sled insert or remove in one tree, except ready
+//! positions: a batch's are gathered into runs (`ready.rs`), one entry per
+//! batch's new jobs of a (queue, function, priority), rewritten once per
+//! batch that takes jobs out of it. New keys and removals are what sled
+//! pays for (a leaf split every few inserts); overwrites are cheap. The
+//! queue keeps a quick job at one new key and one overwrite (its record),
+//! plus a share of a run and of a completed entry, and its record's removal
+//! at pruning: keep it so. A batch of more than one write adds one read per
+//! key (what it held before; none for new keys and runs, whose reads give
+//! it), its undo entry and that entry's removal ([`Store::apply_logged`]):
+//! the entry once per batch, not per job. See [`layout`] for the keys.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -52,8 +55,9 @@ use uuid::Uuid;
 
 use super::layout;
 pub use super::layout::{FnId, QueueId};
+use super::ready::{self, ReadyOp};
 use super::records::{AttemptRecord, Counts, JobRecord, QueueRecord};
-use super::{Store, StoreError, Ticket, Write, codec};
+use super::{Before, Store, StoreError, Ticket, Write, codec};
 
 /// The queue tables of a [`Store`].
 #[derive(Clone)]
@@ -66,6 +70,9 @@ pub struct QueueStore {
 #[derive(Default)]
 pub struct Writes {
     ops: Vec<Write>,
+    /// Ready positions added and removed, turned into run writes by
+    /// [`QueueStore::apply`] (see `ready.rs`).
+    ready: Vec<ReadyOp>,
     /// Jobs this batch completes: listed in one entry when it is applied.
     completed: Vec<(u64, Uuid)>,
     touched: bool,
@@ -139,7 +146,7 @@ impl Writes {
         self.ops.push(Write {
             key: k,
             value: Some(v.into()),
-            new_key: false,
+            before: Before::Unread,
         });
     }
 
@@ -148,7 +155,7 @@ impl Writes {
         self.ops.push(Write {
             key: k.into(),
             value: None,
-            new_key: false,
+            before: Before::Unread,
         });
     }
 
@@ -163,7 +170,9 @@ impl Writes {
     /// undoes them without a read of what they held (nothing).
     pub fn new_keys_since(&mut self, mark: usize) {
         for op in self.ops.iter_mut().skip(mark) {
-            op.new_key = op.value.is_some();
+            if op.value.is_some() {
+                op.before = Before::Absent;
+            }
         }
     }
 
@@ -203,16 +212,28 @@ impl Writes {
     }
 
     pub fn put_ready(&mut self, slot: &ReadySlot, id: &Uuid) {
-        self.insert(slot.key(), &id.as_bytes()[..]);
+        self.touched = true;
+        self.ready.push(ReadyOp {
+            position: slot.key(),
+            job: Some(*id),
+        });
     }
 
     pub fn remove_ready(&mut self, slot: &ReadySlot) {
-        self.remove(slot.key());
+        self.remove_ready_position(slot.key());
     }
 
     /// Removes the ready entry found at `pos` (one whose job is gone).
     pub fn remove_ready_at(&mut self, pos: &ReadyPos) {
-        self.remove(pos.0.to_vec());
+        self.remove_ready_position(pos.0.to_vec());
+    }
+
+    fn remove_ready_position(&mut self, position: Vec<u8>) {
+        self.touched = true;
+        self.ready.push(ReadyOp {
+            position,
+            job: None,
+        });
     }
 
     pub fn put_due(&mut self, due_ms: u64, id: &Uuid) {
@@ -289,7 +310,8 @@ impl Writes {
     }
 
     /// The completed entry: keyed by the latest end time (no job's retention
-    /// is cut short) and the first job.
+    /// is cut short) and the first job. (The ready ops are resolved by
+    /// [`QueueStore::apply`], which reads the runs they land in.)
     fn finish(mut self) -> Vec<Write> {
         if let Some(&(_, first)) = self.completed.first() {
             let done = self.completed.iter().map(|(t, _)| *t).max().unwrap_or(0);
@@ -297,11 +319,54 @@ impl Writes {
             self.ops.push(Write {
                 key: layout::completed(done, &first),
                 value: Some(layout::completed_value(&ids)),
-                new_key: false,
+                // Its key holds the first job's id: nobody else writes it.
+                before: Before::Absent,
             });
         }
         self.ops
     }
+}
+
+/// The ready runs in the store, for [`ready::resolve`].
+struct TreeRuns<'a>(&'a Store);
+
+impl ready::StoredRuns for TreeRuns<'_> {
+    fn cover(&mut self, position: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let group = ready::group(position).to_vec();
+        let range = (Bound::Included(group), Bound::Included(position.to_vec()));
+        match self.0.range(range).next_back() {
+            Some(kv) => {
+                let (k, v) = kv?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn next(&mut self, run_key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let end = layout::prefix_end(ready::group(run_key));
+        let range = (Bound::Excluded(run_key.to_vec()), Bound::Excluded(end));
+        match self.0.range(range).next() {
+            Some(kv) => Ok(Some(kv?.0.to_vec())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The jobs of ready runs, each with its position, in dispatch order.
+fn run_jobs(
+    iter: super::Entries,
+) -> impl Iterator<Item = Result<(ReadyPos, Option<Uuid>), StoreError>> {
+    iter.flat_map(|kv| {
+        let jobs: Vec<Result<(ReadyPos, Option<Uuid>), StoreError>> = match kv {
+            Ok((k, v)) => ready::decode(&k, &v)
+                .into_iter()
+                .map(|(seq, id)| Ok((ReadyPos(ready::position(&k, seq).into()), id)))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        jobs
+    })
 }
 
 fn ids(iter: super::Entries) -> impl DoubleEndedIterator<Item = Uuid> {
@@ -334,8 +399,13 @@ impl QueueStore {
     }
 
     /// Applies `writes` atomically (contract 1, 2); durable after [`Self::durable`].
-    pub fn apply(&self, writes: Writes) -> Result<Ticket, StoreError> {
-        self.store.apply_logged(writes.finish())
+    pub fn apply(&self, mut writes: Writes) -> Result<Ticket, StoreError> {
+        let ready = std::mem::take(&mut writes.ready);
+        let mut ops = writes.finish();
+        if !ready.is_empty() {
+            ops.extend(ready::resolve(ready, &mut TreeRuns(&self.store))?);
+        }
+        self.store.apply_logged(ops)
     }
 
     /// Asks for a sync covering `ticket` now, before anyone waits for it.
@@ -421,19 +491,29 @@ impl QueueStore {
     ) -> impl Iterator<Item = Result<(ReadyPos, Option<Uuid>), StoreError>> + use<> {
         let prefix = layout::ready_fn_prefix(q, f);
         let end = Bound::Excluded(layout::prefix_end(&prefix));
-        let from = match after {
-            Some(pos) => Bound::Excluded(pos.0.to_vec()),
-            None => Bound::Included(prefix),
-        };
-        self.store.range((from, end)).map(|kv| {
-            let (k, v) = kv?;
-            Ok((ReadyPos(k), layout::uuid_value(&v)))
+        // From the run `after` falls in (its jobs past `after` only).
+        let from = after.and_then(|pos| {
+            let upto = (
+                Bound::Included(prefix.clone()),
+                Bound::Included(pos.0.to_vec()),
+            );
+            match self.store.range(upto).next_back() {
+                Some(Ok((k, _))) => Some(k.to_vec()),
+                _ => None,
+            }
+        });
+        let from = Bound::Included(from.unwrap_or(prefix));
+        let after = after.map(|pos| pos.0.clone());
+        run_jobs(self.store.range((from, end))).filter(move |r| match (r, &after) {
+            (Ok((pos, _)), Some(after)) => pos.0 > *after,
+            _ => true,
         })
     }
 
     /// Jobs of the ready entries of (queue, function), in dispatch order.
     pub fn ready_of_function(&self, q: QueueId, f: FnId) -> impl Iterator<Item = Uuid> + use<> {
-        ids(self.store.scan(layout::ready_fn_prefix(q, f)))
+        run_jobs(self.store.scan(layout::ready_fn_prefix(q, f)))
+            .filter_map(|r| r.ok().and_then(|(_, id)| id))
     }
 
     /// Jobs of every ready entry of a queue, function by function.
@@ -441,9 +521,7 @@ impl QueueStore {
         &self,
         q: QueueId,
     ) -> impl Iterator<Item = Result<Option<Uuid>, StoreError>> + use<> {
-        self.store
-            .scan(layout::ready_queue_prefix(q))
-            .map(|kv| Ok(layout::uuid_value(&kv?.1)))
+        run_jobs(self.store.scan(layout::ready_queue_prefix(q))).map(|r| r.map(|(_, id)| id))
     }
 
     /// The functions with ready entries in a queue: one seek per function,
