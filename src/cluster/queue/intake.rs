@@ -52,6 +52,25 @@ const ACKS_IN_FLIGHT: usize = 1_000;
 const STILL_STORING_TRIES: u32 = 50;
 const STILL_STORING_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// How long an enqueue is sent again while no stream takes its subject
+/// (NATS "no responders": the stream's leader moving after a node died, or
+/// its interest not yet on the node this engine is connected to). Nothing
+/// was stored, so sending again cannot make a duplicate; the JetStream
+/// client's own ack timeout is 5 s.
+const NO_STREAM_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+const NO_STREAM_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether no stream took a publish (it was not stored).
+fn reached_no_stream(e: &PublishError) -> bool {
+    e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound
+}
+
+/// Whether a publish may be sent again as it is: a copy of its idempotency
+/// key is still being stored, or no stream took it.
+fn worth_resending(e: &PublishError) -> bool {
+    still_storing(e) || reached_no_stream(e)
+}
+
 /// Whether JetStream refused a publish because a message with its id (an
 /// idempotency key's) is still being stored.
 fn still_storing(e: &PublishError) -> bool {
@@ -197,7 +216,7 @@ impl Shared {
                 },
             };
             let ack = match ack {
-                Err(e) if still_storing(&e) => {
+                Err(e) if worth_resending(&e) => {
                     let (job, _, lane) = &checked[i];
                     self.publish_acked(job, *lane)
                         .await
@@ -257,13 +276,15 @@ impl Shared {
     /// Sends a checked job to the stream and awaits JetStream's ack; sent
     /// again while another copy of its idempotency key is being stored (a
     /// concurrent enqueue on any engine), until it is answered as that
-    /// one's duplicate, or as stored if that one failed.
+    /// one's duplicate, or as stored if that one failed; and while no
+    /// stream takes it, for up to [`NO_STREAM_WITHIN`].
     async fn publish_acked(
         &self,
         job: &Job,
         lane: Lane,
     ) -> Result<(Uuid, PublishAck), PublishRefused> {
         let mut tries = 1;
+        let started = tokio::time::Instant::now();
         loop {
             let (receipt, ack) = self.publish(job, lane).await?;
             match ack.await {
@@ -271,6 +292,9 @@ impl Shared {
                 Err(e) if still_storing(&e) && tries < STILL_STORING_TRIES => {
                     tries += 1;
                     tokio::time::sleep(STILL_STORING_WAIT).await;
+                }
+                Err(e) if reached_no_stream(&e) && started.elapsed() < NO_STREAM_WITHIN => {
+                    tokio::time::sleep(NO_STREAM_WAIT).await;
                 }
                 Err(e) => return Err(PublishRefused::NotAcknowledged(e.to_string())),
             }
