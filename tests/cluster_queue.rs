@@ -9,37 +9,18 @@ mod common;
 
 use common::launcher::EngineProcess;
 use common::nats::NatsCluster;
-use common::queue::{enqueue, fail, fast_config, next_job, op};
+use common::queue::{enqueue, fail, jetstream_config, jobs_left, next_job, op};
 use common::{RawClient, TestEngine, WAIT, wait_for, wait_until};
-use qmesh::config::QueueBackend;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Engine `id` of cluster "test" with its queues on JetStream (3 attempts,
-/// 20 ms backoff, 1 s lease).
-fn engine_config(nats: &NatsCluster, id: &str) -> qmesh::Config {
-    let mut c = nats.engine_config(fast_config(), id);
-    c.cluster.queues = QueueBackend::Jetstream;
-    c
-}
-
-/// Messages left on the cluster's job stream (acknowledged jobs are removed).
-async fn jobs_left(nats: &NatsCluster) -> u64 {
-    let client = async_nats::connect(nats.urls[0].as_str()).await.unwrap();
-    let mut stream = async_nats::jetstream::new(client)
-        .get_stream("qmesh_test_jobs")
-        .await
-        .unwrap();
-    stream.info().await.unwrap().state.messages
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
     let nats = NatsCluster::start().await;
-    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
-    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
     let mut worker = RawClient::worker(&b.url, "worker").await;
     worker.register_function("svc::work").await;
 
@@ -71,8 +52,8 @@ async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_job_is_retried_then_dead_lettered_with_its_history() {
     let nats = NatsCluster::start().await;
-    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
-    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
     let mut worker = RawClient::worker(&b.url, "worker").await;
     worker.register_function("svc::flaky").await;
     let mut producer = RawClient::worker(&a.url, "producer").await;
@@ -120,8 +101,8 @@ async fn a_failing_job_is_retried_then_dead_lettered_with_its_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_deduplicates_across_engines() {
     let nats = NatsCluster::start().await;
-    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
-    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
     let mut on_a = RawClient::worker(&a.url, "producer-a").await;
     let mut on_b = RawClient::worker(&b.url, "producer-b").await;
     let job = |k: u32| {

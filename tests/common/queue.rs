@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 use std::time::Duration;
 
+use super::nats::NatsCluster;
 use super::{RawClient, WAIT, test_config, wait_for};
 
 pub fn is_result(v: &Value) -> bool {
@@ -126,4 +127,26 @@ pub fn log_lines(job: &Value) -> Vec<&str> {
         .as_array()
         .map(|l| l.iter().filter_map(|l| l["line"].as_str()).collect())
         .unwrap_or_default()
+}
+
+/// Engine `id` of cluster "test" with its queues on JetStream (the
+/// [`fast_config`] retries: 3 attempts, 20 ms backoff, 1 s lease).
+pub fn jetstream_config(nats: &NatsCluster, id: &str) -> qmesh::Config {
+    let mut c = nats.engine_config(fast_config(), id);
+    c.cluster.queues = qmesh::config::QueueBackend::Jetstream;
+    c
+}
+
+/// The cluster's job stream (`qmesh_test_jobs`), through a client of its own.
+pub async fn job_stream(nats: &NatsCluster) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect(nats.urls[0].as_str()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_stream("qmesh_test_jobs")
+        .await
+        .unwrap()
+}
+
+/// Messages left on the cluster's job stream (acknowledged jobs are removed).
+pub async fn jobs_left(nats: &NatsCluster) -> u64 {
+    job_stream(nats).await.info().await.unwrap().state.messages
 }
