@@ -144,8 +144,9 @@ impl Cluster {
         let replicas = config.replicas;
         let c = &self.names.cluster;
         let jobs_name = format!("qmesh_{c}_jobs");
-        let jobs = js
-            .get_or_create_stream(jetstream::stream::Config {
+        let jobs = super::kv::open_stream(
+            &js,
+            jetstream::stream::Config {
                 name: jobs_name.clone(),
                 subjects: vec![format!("qmesh.{c}.jobs.>")],
                 retention: jetstream::stream::RetentionPolicy::WorkQueue,
@@ -153,32 +154,31 @@ impl Cluster {
                 num_replicas: replicas,
                 duplicate_window: config.idempotency_window,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| setup_error(jobs_name, replicas, e))?;
+            },
+        )
+        .await
+        .map_err(|e| setup_error(jobs_name, replicas, e))?;
         let dead_name = format!("qmesh_{c}_dead");
-        let dead = js
-            .get_or_create_stream(jetstream::stream::Config {
+        let dead = super::kv::open_stream(
+            &js,
+            jetstream::stream::Config {
                 name: dead_name.clone(),
                 subjects: vec![format!("qmesh.{c}.dead.>")],
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: replicas,
                 allow_direct: true,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| setup_error(dead_name, replicas, e))?;
-        let bucket = format!("qmesh_{c}_attempts");
-        let attempts = js
-            .create_key_value(jetstream::kv::Config {
-                bucket: bucket.clone(),
-                history: 1,
-                max_age: HISTORY_KEPT,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup_error(bucket, replicas, e))?;
+            },
+        )
+        .await
+        .map_err(|e| setup_error(dead_name, replicas, e))?;
+        let attempts = super::kv::open_bucket(
+            &self.client,
+            format!("qmesh_{c}_attempts"),
+            replicas,
+            HISTORY_KEPT,
+        )
+        .await?;
         tracing::info!(stream = %jobs.cached_info().config.name, replicas, "queues on the cluster's JetStream");
         Ok(ClusterQueues {
             shared: Arc::new(Shared {
