@@ -36,10 +36,13 @@ async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
     wait_until("the job's ack", WAIT, async || jobs_left(&nats).await == 0).await;
 
     // What JetStream queues do not do yet is refused, never answered wrongly.
-    let stats = producer
-        .call("queue::stats", json!({"queue": "jobs"}))
+    let batch = producer
+        .call(
+            "queue::enqueue_many",
+            json!({"queue": "jobs", "function_id": "svc::work", "jobs": [{"data": {}}]}),
+        )
         .await;
-    assert_eq!(stats["error"]["code"], "not_supported", "{stats}");
+    assert_eq!(batch["error"]["code"], "not_supported", "{batch}");
     let delayed = producer
         .call(
             "queue::enqueue",

@@ -34,7 +34,7 @@ pub(super) struct Attempt {
     pub error: ErrorBody,
 }
 
-fn dead_subject(shared: &Shared, queue: &str) -> String {
+pub(super) fn dead_subject(shared: &Shared, queue: &str) -> String {
     format!(
         "qmesh.{}.dead.{}",
         shared.names.cluster,
@@ -84,6 +84,12 @@ impl Shared {
         let payload: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
         let last = history.last().map(|a| a.error.clone());
         let now = crate::queue::now_ms();
+        let redrives: u64 = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(super::views::REDRIVES))
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0);
         let letter = json!({
             "id": receipt,
             "queue": key.queue,
@@ -97,21 +103,29 @@ impl Shared {
             "retries": history.iter().map(|a| a.attempt).max().unwrap_or(0),
             "size_bytes": msg.payload.len(),
             "history": history,
+            "redrives": redrives,
         });
         let body = serde_json::to_vec(&letter).expect("a dead letter encodes");
         let publish = jetstream::message::PublishMessage::build()
             .payload(body.into())
-            .message_id(receipt.to_string());
+            // Once per dead-lettering: a redriven job that dies again is
+            // not a duplicate of its first dead letter.
+            .message_id(format!("{receipt}.{redrives}"));
         let stored = match self
             .js
             .send_publish(dead_subject(self, &key.queue), publish)
             .await
         {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match stored {
-            Ok(()) => {
+            Ok(seq) => {
+                // Before the ack: a job is always findable where it is.
+                let place = super::index::Place::Dead { seq };
+                if let Err(e) = self.index_anyway(receipt, place).await {
+                    tracing::warn!(%receipt, error = %e, "cannot index a dead letter");
+                }
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(%receipt, error = %e, "a dead-lettered job's ack failed: it will be dead-lettered again");
                 }

@@ -33,13 +33,18 @@ pub(super) struct Job {
 
 /// Why an enqueue got no receipt from the stream.
 #[derive(Debug, thiserror::Error)]
-enum PublishRefused {
+pub(super) enum PublishRefused {
     #[error(
         "the cluster's job stream did not acknowledge this enqueue ({0}); it may not be \
          replicated, so no receipt is given: retry (with an idempotency key, a retry cannot \
          make a duplicate)"
     )]
     NotAcknowledged(String),
+    #[error(
+        "the job is stored but its receipt could not be indexed ({0}), so no receipt is \
+         given: retry (with an idempotency key, a retry cannot make a duplicate)"
+    )]
+    NotIndexed(String),
     #[error("cannot create the consumer of queue {queue:?} for {function_id}: {message}")]
     Consumer {
         queue: String,
@@ -102,6 +107,11 @@ impl Shared {
             .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?
             .await
             .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?;
+        // Only if absent: a duplicate is indexed already, and a job that
+        // failed for good before this write is indexed as dead.
+        self.index(receipt, super::index::Place::Jobs { seq: ack.sequence }, 0)
+            .await
+            .map_err(PublishRefused::NotIndexed)?;
         Ok(Enqueued {
             receipt,
             duplicate: ack.duplicate,
@@ -111,7 +121,7 @@ impl Shared {
     /// Creates the consumer of the job's (queue, namespace, function) the
     /// first time this engine enqueues to it (an existing one is kept as it
     /// is: every engine should have the same `[queue]` settings).
-    async fn ensure_consumer(
+    pub(super) async fn ensure_consumer(
         &self,
         key: &JobKey,
         settings: &QueueSettings,
@@ -139,6 +149,13 @@ impl Shared {
                 queue: key.queue.clone(),
                 function_id: key.function_id.clone(),
                 message: e.to_string(),
+            })?;
+        self.follow_pause(key)
+            .await
+            .map_err(|message| PublishRefused::Consumer {
+                queue: key.queue.clone(),
+                function_id: key.function_id.clone(),
+                message,
             })?;
         self.consumers
             .lock()

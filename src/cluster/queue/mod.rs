@@ -16,16 +16,27 @@
 //!   still retrying, by receipt (the engine that runs its next attempt may be
 //!   another one);
 //! - the dead-letter stream `qmesh_<cluster>_dead`: one message per dead
-//!   job on `qmesh.<cluster>.dead.<queue>`, with its attempt history.
+//!   job on `qmesh.<cluster>.dead.<queue>`, with its attempt history;
+//! - the bucket `qmesh_<cluster>_receipts`: where each job is by receipt (its
+//!   sequence on the job stream, written before its receipt is answered, or
+//!   on the dead-letter stream), for `queue::get`, `explain` and `cancel`;
+//! - the bucket `qmesh_<cluster>_queues`: a flag per paused queue (its
+//!   consumers are paused with `pause_until` too).
 //!
 //! In memory: which consumers this engine made sure of, and one pull task per
 //! consumer whose function one of its own workers serves (`runner.rs`).
 //! `intake.rs` takes enqueues, `dead.rs` keeps attempt histories and dead
-//! letters.
+//! letters, `index.rs` the two buckets above, `views.rs` and `actions.rs`
+//! the operator functions (`queue::list/stats/get/explain/peek`,
+//! `queue::pause/resume/purge/cancel`, `engine::queue::list_topics/
+//! topic_stats`, redrive and discard), answered by any engine.
 
+mod actions;
 mod dead;
+mod index;
 mod intake;
 mod runner;
+mod views;
 
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
@@ -87,6 +98,11 @@ impl JobKey {
         format!("job_{hex}")
     }
 
+    /// The subject prefix of every job of `queue` (`<prefix>.>` is all of them).
+    fn queue_prefix(queue: &str, names: &Names) -> String {
+        format!("qmesh.{}.jobs.{}", names.cluster, b64().encode(queue))
+    }
+
     /// The key a job subject (or a consumer's filter) names.
     fn parse(subject: &str, names: &Names) -> Option<JobKey> {
         let rest = subject.strip_prefix(&format!("qmesh.{}.jobs.", names.cluster))?;
@@ -108,6 +124,10 @@ pub(super) struct Shared {
     jobs: jetstream::stream::Stream,
     dead: jetstream::stream::Stream,
     attempts: jetstream::kv::Store,
+    /// Where each job is, by receipt (`index.rs`).
+    receipts: jetstream::kv::Store,
+    /// Which queues are paused (`index.rs`).
+    queue_flags: jetstream::kv::Store,
     config: QueueConfig,
     mesh: Mesh,
     directory: Arc<Directory>,
@@ -179,6 +199,20 @@ impl Cluster {
             HISTORY_KEPT,
         )
         .await?;
+        let receipts = super::kv::open_bucket(
+            &self.client,
+            format!("qmesh_{c}_receipts"),
+            replicas,
+            index::RECEIPTS_KEPT,
+        )
+        .await?;
+        let queue_flags = super::kv::open_bucket(
+            &self.client,
+            format!("qmesh_{c}_queues"),
+            replicas,
+            Duration::ZERO,
+        )
+        .await?;
         tracing::info!(stream = %jobs.cached_info().config.name, replicas, "queues on the cluster's JetStream");
         Ok(ClusterQueues {
             shared: Arc::new(Shared {
@@ -187,6 +221,8 @@ impl Cluster {
                 jobs,
                 dead,
                 attempts,
+                receipts,
+                queue_flags,
                 config: queue,
                 mesh: self.mesh.clone(),
                 directory: self.directory.clone(),
@@ -240,7 +276,7 @@ fn unsupported(id: &'static str, _: Mesh, _: CallCtx, _: Value) -> BoxFuture<'st
     Box::pin(async move {
         Err(not_supported(format!(
             "{id} is not supported yet with [cluster] queues = \"jetstream\" \
-             (supported: queue::enqueue, engine::queue::dlq_topics, engine::queue::dlq_messages)"
+             (not yet: queue::enqueue_many, enqueue_flow, heartbeat, progress, log, throttle)"
         )))
     })
 }
@@ -258,6 +294,24 @@ impl Module for ClusterQueues {
                 "queue::enqueue" => p.async_fn(id, &self.shared, intake::enqueue),
                 "engine::queue::dlq_topics" => p.async_fn(id, &self.shared, dead::dlq_topics),
                 "engine::queue::dlq_messages" => p.async_fn(id, &self.shared, dead::dlq_messages),
+                "queue::list" => p.async_fn(id, &self.shared, views::list),
+                "queue::stats" => p.async_fn(id, &self.shared, views::stats),
+                "queue::get" => p.async_fn(id, &self.shared, views::get),
+                "queue::explain" => p.async_fn(id, &self.shared, views::explain),
+                "queue::peek" => p.async_fn(id, &self.shared, views::peek),
+                "engine::queue::list_topics" => p.async_fn(id, &self.shared, views::list_topics),
+                "engine::queue::topic_stats" => p.async_fn(id, &self.shared, views::topic_stats),
+                "queue::pause" => p.async_fn(id, &self.shared, actions::pause),
+                "queue::resume" => p.async_fn(id, &self.shared, actions::resume),
+                "queue::purge" => p.async_fn(id, &self.shared, actions::purge),
+                "queue::cancel" => p.async_fn(id, &self.shared, actions::cancel),
+                "iii::queue::redrive" => p.async_fn(id, &self.shared, actions::redrive),
+                "iii::queue::redrive_message" => {
+                    p.async_fn(id, &self.shared, actions::redrive_message)
+                }
+                "iii::queue::discard_message" => {
+                    p.async_fn(id, &self.shared, actions::discard_message)
+                }
                 _ => p.async_fn(id, &id, unsupported),
             }
         }
