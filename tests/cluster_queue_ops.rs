@@ -353,6 +353,21 @@ async fn a_redriven_dead_job_runs_again_and_a_discarded_one_is_gone() {
         "{job}"
     );
     assert_eq!(job["last_error"]["message"], "boom 0", "{job}");
+    let letters = op(
+        &mut on_a,
+        "engine::queue::dlq_messages",
+        json!({"queue": "fragile"}),
+    )
+    .await;
+    let letter = &letters[0];
+    assert_eq!(
+        (
+            &letter["last_error"]["reason"],
+            &letter["history"][0]["outcome"]
+        ),
+        (&json!("error"), &json!("error")),
+        "the local queue's shape: {letter}"
+    );
     let page = op(
         &mut on_a,
         "queue::peek",

@@ -8,7 +8,6 @@
 //! its job message is acknowledged only once the dead letter is stored.
 
 use base64::Engine as _;
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -168,29 +167,23 @@ pub(super) fn dlq_topics(
     _: Value,
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
-        let dead = shared.dead.clone();
-        let prefix = format!("qmesh.{}.dead.", shared.names.cluster);
-        let mut subjects = dead
-            .info_with_subjects(format!("{prefix}>"))
-            .await
-            .map_err(queue_error)?;
-        let mut out = Vec::new();
-        while let Some(entry) = subjects.next().await {
-            let (subject, count) = entry.map_err(queue_error)?;
-            let queue = subject
-                .strip_prefix(&prefix)
-                .and_then(|q| b64().decode(q).ok())
-                .and_then(|q| String::from_utf8(q).ok());
-            if let Some(queue) = queue {
-                out.push(json!({"topic": queue, "broker_type": "qmesh-jetstream", "message_count": count}));
-            }
-        }
-        Ok(Value::Array(out))
+        // Sorted by queue, so the dashboard's tabs keep their order.
+        let mut counts: Vec<(String, u64)> = shared.dead_counts().await?.into_iter().collect();
+        counts.sort();
+        Ok(Value::Array(
+            counts
+                .into_iter()
+                .map(|(queue, count)| {
+                    json!({"topic": queue, "broker_type": "qmesh-jetstream", "message_count": count})
+                })
+                .collect(),
+        ))
     })
 }
 
 /// iii: `[{id, payload, error, failed_at, retries, size_bytes}]`, newest
-/// first; qmesh adds the history (each attempt's engine and error).
+/// first; qmesh adds `last_error` and the history in `queue::get`'s shape
+/// (each attempt's engine too).
 pub(super) fn dlq_messages(
     shared: Arc<Shared>,
     _: Mesh,
@@ -217,7 +210,7 @@ pub(super) fn dlq_messages(
                 Ok(m) => {
                     next = m.sequence + 1;
                     if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
-                        letters.push(v);
+                        letters.push(super::views::letter_view(v));
                     }
                 }
                 Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {

@@ -158,6 +158,17 @@ fn history_view(history: &[Attempt]) -> Vec<Value> {
         .collect()
 }
 
+/// A stored dead letter as `engine::queue::dlq_messages` shows it: its last
+/// error and history in the local queue's shape.
+pub(super) fn letter_view(mut letter: Value) -> Value {
+    let history: Vec<Attempt> =
+        serde_json::from_value(letter["history"].clone()).unwrap_or_default();
+    let last: Option<ErrorBody> = serde_json::from_value(letter["last_error"].clone()).ok();
+    letter["history"] = Value::Array(history_view(&history));
+    letter["last_error"] = last.as_ref().map(error_view).unwrap_or(Value::Null);
+    letter
+}
+
 /// The trace id of a W3C `traceparent`.
 fn trace_id(traceparent: &str) -> Option<&str> {
     traceparent.split('-').nth(1).filter(|t| t.len() == 32)
