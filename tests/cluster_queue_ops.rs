@@ -4,7 +4,8 @@
 //! the engine that did not enqueue; pause and resume stopping and restarting
 //! deliveries (a consumer made after the pause included); cancel and purge;
 //! dead letters redriven (run again, same receipt, history kept) and
-//! discarded; and the `qmesh` CLI against a cluster engine.
+//! discarded; and the `qmesh` CLI against a cluster engine (`queues`,
+//! `top`, `queue stats/peek/pause/resume/purge`, `job`, `dlq`).
 
 mod common;
 
@@ -465,6 +466,8 @@ async fn the_cli_drives_a_cluster_engines_queues_and_dead_letters() {
     })
     .await;
     assert!(qmesh(url, &["queues"]).await.stdout.contains("cli"));
+    let top = qmesh(url, &["top", "--frames", "1"]).await;
+    assert!(top.code == 0 && top.stdout.contains("cli"), "{top:?}");
     let stats = ok_json(url, &["queue", "stats", "cli", "--json"]).await;
     assert_eq!(stats["waiting_for_worker"], 2, "{stats}");
     let page = ok_json(url, &["queue", "peek", "cli", "--json"]).await;
