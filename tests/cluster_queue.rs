@@ -9,9 +9,7 @@ mod common;
 
 use common::launcher::EngineProcess;
 use common::nats::NatsCluster;
-use common::queue::{
-    enqueue, fail, jetstream_config as engine_config, jetstream_toml, jobs_left, next_job, op,
-};
+use common::queue::{enqueue, fail, jetstream_config, jetstream_toml, jobs_left, next_job, op};
 use common::{RawClient, TestEngine, WAIT, wait_for, wait_until};
 use serde_json::json;
 use std::collections::HashSet;
@@ -21,8 +19,8 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
     let nats = NatsCluster::start().await;
-    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
-    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
     let mut worker = RawClient::worker(&b.url, "worker").await;
     worker.register_function("svc::work").await;
 
@@ -38,10 +36,6 @@ async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
     wait_until("the job's ack", WAIT, async || jobs_left(&nats).await == 0).await;
 
     // What JetStream queues do not do yet is refused, never answered wrongly.
-    let stats = producer
-        .call("queue::stats", json!({"queue": "jobs"}))
-        .await;
-    assert_eq!(stats["error"]["code"], "not_supported", "{stats}");
     let expiring = producer
         .call(
             "queue::enqueue",
@@ -54,8 +48,8 @@ async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_job_is_retried_then_dead_lettered_with_its_history() {
     let nats = NatsCluster::start().await;
-    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
-    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
     let mut worker = RawClient::worker(&b.url, "worker").await;
     worker.register_function("svc::flaky").await;
     let mut producer = RawClient::worker(&a.url, "producer").await;
@@ -103,8 +97,8 @@ async fn a_failing_job_is_retried_then_dead_lettered_with_its_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_deduplicates_across_engines() {
     let nats = NatsCluster::start().await;
-    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
-    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
     let mut on_a = RawClient::worker(&a.url, "producer-a").await;
     let mut on_b = RawClient::worker(&b.url, "producer-b").await;
     let job = |k: u32| {
@@ -142,8 +136,8 @@ async fn an_idempotency_key_deduplicates_across_engines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_enqueued_at_once_on_two_engines_is_one_job() {
     let nats = NatsCluster::start().await;
-    let a = TestEngine::start_with(engine_config(&nats, "a")).await;
-    let b = TestEngine::start_with(engine_config(&nats, "b")).await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
     let mut on_a = RawClient::worker(&a.url, "producer-a").await;
     let mut on_b = RawClient::worker(&b.url, "producer-b").await;
     let job = json!({"queue": "race", "function_id": "svc::race", "data": {},

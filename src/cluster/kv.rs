@@ -1,4 +1,4 @@
-//! The cluster's KV buckets: how they are opened, and what a refused
+//! The cluster's KV buckets (and the queues' streams): how they are opened, and what a refused
 //! compare-and-set means. A write expecting a revision
 //! (none, for a create) that the key no longer has is refused by the server
 //! with 10071 in older releases, 10164 since 2.12, or 10163 while the stream
@@ -56,6 +56,38 @@ pub(super) async fn open_bucket(
                 });
             }
         }
+    }
+}
+
+/// Opens (or creates) a stream as [`open_bucket`] opens a bucket: asked
+/// again for a while when the cluster cannot place its replicas yet.
+pub(super) async fn open_stream(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+) -> Result<async_nats::jetstream::stream::Stream, async_nats::jetstream::context::CreateStreamError>
+{
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    let deadline = tokio::time::Instant::now() + PLACEMENT_WITHIN;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let e = match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => e,
+        };
+        let transient = match e.kind() {
+            CreateStreamErrorKind::JetStream(js) => {
+                js.error_code() == ErrorCode::CLUSTER_NO_PEERS
+                    || js.error_code() == ErrorCode::CLUSTER_NOT_AVAILABLE
+            }
+            CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
+            _ => false,
+        };
+        if !transient || tokio::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        tracing::warn!(stream = %config.name, error = %e, "NATS cannot place the stream yet; asking again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -138,26 +138,11 @@ impl Scheduler {
 
     pub(super) fn queue_view(&self, q: &QueueRt) -> Value {
         let waiting = self.waiting_for_worker(q);
-        let s = &q.settings;
         let mut view = json!({
             "queue": q.name,
             "paused": q.paused,
             "oldest_ready_age_ms": self.oldest_ready_age_ms(q),
-            "settings": {
-                "concurrency": s.concurrency,
-                "lease": humantime::format_duration(s.lease).to_string(),
-                "max_attempts": s.max_attempts,
-                "backoff_initial": humantime::format_duration(s.backoff_initial).to_string(),
-                "backoff_multiplier": s.backoff_multiplier,
-                "backoff_max": humantime::format_duration(s.backoff_max).to_string(),
-                "retention": humantime::format_duration(s.retention).to_string(),
-                "max_payload_bytes": s.max_payload_bytes,
-                "ordering": match s.ordering { crate::queue::settings::Ordering::Fifo => "fifo", _ => "standard" },
-                "group_field": s.group_field,
-                "fair_by": s.fair_by,
-                "rate": s.rate.map(|r| r.to_string()),
-                "rate_per_key": s.rate_per_key.map(|r| r.to_string()),
-            },
+            "settings": q.settings.view(),
         });
         let counts = self.counters.of(q.id);
         for state in COUNTED {

@@ -186,6 +186,27 @@ impl QueueSettings {
         let capped = raw.min(self.backoff_max.as_secs_f64());
         Duration::from_secs_f64(capped * (0.5 + 0.5 * unit_random.clamp(0.0, 1.0)))
     }
+
+    /// The settings as `queue::stats` shows them (durations as `"30s"`),
+    /// whichever home the queue's jobs have.
+    pub fn view(&self) -> serde_json::Value {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        serde_json::json!({
+            "concurrency": self.concurrency,
+            "lease": d(self.lease),
+            "max_attempts": self.max_attempts,
+            "backoff_initial": d(self.backoff_initial),
+            "backoff_multiplier": self.backoff_multiplier,
+            "backoff_max": d(self.backoff_max),
+            "retention": d(self.retention),
+            "max_payload_bytes": self.max_payload_bytes,
+            "ordering": match self.ordering { Ordering::Fifo => "fifo", Ordering::Standard => "standard" },
+            "group_field": self.group_field,
+            "fair_by": self.fair_by,
+            "rate": self.rate.map(|r| r.to_string()),
+            "rate_per_key": self.rate_per_key.map(|r| r.to_string()),
+        })
+    }
 }
 
 #[cfg(test)]

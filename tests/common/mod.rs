@@ -9,6 +9,7 @@
 //! in `tests/` that reads the engine's in-process state.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod launcher;
 pub mod nats;
 pub mod otlp;

@@ -42,12 +42,7 @@ pub fn jetstream_toml(nats: &NatsCluster, id: &str, queue_toml: &str) -> String 
 /// Messages left on cluster "test"'s job stream (acknowledged jobs are
 /// removed, and so is a delayed job's schedule once it fired).
 pub async fn jobs_left(nats: &NatsCluster) -> u64 {
-    let client = async_nats::connect(nats.urls[0].as_str()).await.unwrap();
-    let mut stream = async_nats::jetstream::new(client)
-        .get_stream("qmesh_test_jobs")
-        .await
-        .unwrap();
-    stream.info().await.unwrap().state.messages
+    job_stream(nats).await.info().await.unwrap().state.messages
 }
 
 /// Enqueues with `queue::enqueue` (any of its options in `args`); returns
@@ -204,4 +199,13 @@ pub fn log_lines(job: &Value) -> Vec<&str> {
         .as_array()
         .map(|l| l.iter().filter_map(|l| l["line"].as_str()).collect())
         .unwrap_or_default()
+}
+
+/// The cluster's job stream (`qmesh_test_jobs`), through a client of its own.
+pub async fn job_stream(nats: &NatsCluster) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect(nats.urls[0].as_str()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_stream("qmesh_test_jobs")
+        .await
+        .unwrap()
 }

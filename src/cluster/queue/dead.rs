@@ -8,7 +8,6 @@
 //! its job message is acknowledged only once the dead letter is stored.
 
 use base64::Engine as _;
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -34,7 +33,7 @@ pub(super) struct Attempt {
     pub error: ErrorBody,
 }
 
-fn dead_subject(shared: &Shared, queue: &str) -> String {
+pub(super) fn dead_subject(shared: &Shared, queue: &str) -> String {
     format!(
         "qmesh.{}.dead.{}",
         shared.names.cluster,
@@ -84,6 +83,24 @@ impl Shared {
         let payload: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
         let last = history.last().map(|a| a.error.clone());
         let now = crate::queue::now_ms();
+        let redrives: u64 = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(super::views::REDRIVES))
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0);
+        // Its priority (a FIFO job has none), for `queue::get` and a
+        // redrive back onto its band.
+        let priority: u64 = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(super::intake::PRIORITY))
+            .and_then(|v| v.as_str().parse().ok())
+            .or_else(|| {
+                super::JobKey::parse(&msg.subject, &self.names)
+                    .map(|(_, lane)| lane.lowest_priority() as u64)
+            })
+            .unwrap_or(0);
         let letter = json!({
             "id": receipt,
             "queue": key.queue,
@@ -97,21 +114,30 @@ impl Shared {
             "retries": history.iter().map(|a| a.attempt).max().unwrap_or(0),
             "size_bytes": msg.payload.len(),
             "history": history,
+            "redrives": redrives,
+            "priority": priority,
         });
         let body = serde_json::to_vec(&letter).expect("a dead letter encodes");
         let publish = jetstream::message::PublishMessage::build()
             .payload(body.into())
-            .message_id(receipt.to_string());
+            // Once per dead-lettering: a redriven job that dies again is
+            // not a duplicate of its first dead letter.
+            .message_id(format!("{receipt}.{redrives}"));
         let stored = match self
             .js
             .send_publish(dead_subject(self, &key.queue), publish)
             .await
         {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match stored {
-            Ok(()) => {
+            Ok(seq) => {
+                // Before the ack: a job is always findable where it is.
+                let place = super::index::Place::Dead { seq };
+                if let Err(e) = self.index_anyway(receipt, place).await {
+                    tracing::warn!(%receipt, error = %e, "cannot index a dead letter");
+                }
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(%receipt, error = %e, "a dead-lettered job's ack failed: it will be dead-lettered again");
                 }
@@ -154,29 +180,23 @@ pub(super) fn dlq_topics(
     _: Value,
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
-        let dead = shared.dead.clone();
-        let prefix = format!("qmesh.{}.dead.", shared.names.cluster);
-        let mut subjects = dead
-            .info_with_subjects(format!("{prefix}>"))
-            .await
-            .map_err(queue_error)?;
-        let mut out = Vec::new();
-        while let Some(entry) = subjects.next().await {
-            let (subject, count) = entry.map_err(queue_error)?;
-            let queue = subject
-                .strip_prefix(&prefix)
-                .and_then(|q| b64().decode(q).ok())
-                .and_then(|q| String::from_utf8(q).ok());
-            if let Some(queue) = queue {
-                out.push(json!({"topic": queue, "broker_type": "qmesh-jetstream", "message_count": count}));
-            }
-        }
-        Ok(Value::Array(out))
+        // Sorted by queue, so the dashboard's tabs keep their order.
+        let mut counts: Vec<(String, u64)> = shared.dead_counts().await?.into_iter().collect();
+        counts.sort();
+        Ok(Value::Array(
+            counts
+                .into_iter()
+                .map(|(queue, count)| {
+                    json!({"topic": queue, "broker_type": "qmesh-jetstream", "message_count": count})
+                })
+                .collect(),
+        ))
     })
 }
 
 /// iii: `[{id, payload, error, failed_at, retries, size_bytes}]`, newest
-/// first; qmesh adds the history (each attempt's engine and error).
+/// first; qmesh adds `last_error` and the history in `queue::get`'s shape
+/// (each attempt's engine too).
 pub(super) fn dlq_messages(
     shared: Arc<Shared>,
     _: Mesh,
@@ -203,7 +223,7 @@ pub(super) fn dlq_messages(
                 Ok(m) => {
                     next = m.sequence + 1;
                     if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
-                        letters.push(v);
+                        letters.push(super::views::letter_view(v));
                     }
                 }
                 Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
+use super::index::Place;
 use super::{JobKey, Lane, Shared, ack_wait, not_supported};
 use crate::mesh::session::answer;
 use crate::mesh::{CallCtx, Connection, Mesh, Reply};
@@ -27,6 +28,35 @@ use async_nats::jetstream::consumer::{AckPolicy, pull};
 pub(super) const RECEIPT: &str = "Qmesh-Receipt";
 pub(super) const TRACEPARENT: &str = "traceparent";
 pub(super) const BAGGAGE: &str = "baggage";
+/// A job's priority, when not 0.
+pub(super) const PRIORITY: &str = "Qmesh-Priority";
+/// A delayed job's due time (ms since the epoch), kept on the job once it
+/// fired.
+pub(super) const DUE_AT: &str = "Qmesh-Due-At";
+
+/// A job sent to the stream: its receipt, and whether it went as a
+/// scheduled message (delayed) rather than to its lane's subject.
+struct Sent {
+    receipt: Uuid,
+    /// The job's lane subject, when it went as a scheduled message.
+    delayed_to: Option<String>,
+}
+
+impl Sent {
+    /// Where the job is once the stream stored it at `seq`.
+    fn place(&self, seq: u64) -> Place {
+        match &self.delayed_to {
+            Some(target) => Place::Delayed {
+                seq,
+                target: target.clone(),
+            },
+            None => Place::Jobs { seq },
+        }
+    }
+}
+
+/// Most receipt-index writes of one `queue::enqueue_many` in flight.
+const INDEX_IN_FLIGHT: usize = 64;
 
 /// A job to put on the stream.
 pub(super) struct Job {
@@ -81,7 +111,7 @@ fn still_storing(e: &PublishError) -> bool {
 
 /// The headers of a scheduled message (NATS ADR-51): when, and where to.
 const NATS_SCHEDULE: &str = "Nats-Schedule";
-const NATS_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+pub(super) const NATS_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
 
 /// A schedule's time for `Nats-Schedule`: `@at` and RFC 3339 in UTC with
 /// milliseconds (the server parses the fraction and fires within a few ms).
@@ -92,7 +122,7 @@ fn schedule_at(at_ms: u64) -> String {
 
 /// Why an enqueue got no receipt from the stream.
 #[derive(Debug, thiserror::Error)]
-enum PublishRefused {
+pub(super) enum PublishRefused {
     #[error(
         "the cluster's job stream did not acknowledge this enqueue ({0}); it may not be \
          replicated, so no receipt is given: retry (with an idempotency key, a retry cannot \
@@ -109,6 +139,17 @@ enum PublishRefused {
         acknowledged: usize,
         total: usize,
     },
+    #[error(
+        "the job is stored but its receipt could not be indexed ({0}), so no receipt is \
+         given: retry (with an idempotency key, a retry cannot make a duplicate)"
+    )]
+    NotIndexed(String),
+    #[error(
+        "the batch's {total} jobs are stored but a receipt could not be indexed ({why}), so no \
+         receipts are given: retry the batch with idempotency keys (the stored ones are then \
+         answered as duplicates)"
+    )]
+    BatchNotIndexed { why: String, total: usize },
     #[error("cannot create the consumer of queue {queue:?} for {function_id}: {message}")]
     Consumer {
         queue: String,
@@ -141,7 +182,13 @@ impl Shared {
     pub(super) async fn enqueue(&self, job: Job) -> Result<Enqueued, ErrorBody> {
         let (settings, lane) = self.check(&job)?;
         self.ensure_consumer(&job.key, lane, &settings).await?;
-        let (receipt, ack) = self.publish_acked(&job, lane).await?;
+        let (sent, ack) = self.publish_acked(&job, lane).await?;
+        // Only if absent: a duplicate is indexed already, and a job that
+        // failed for good before this write is indexed as dead.
+        let receipt = sent.receipt;
+        self.index(receipt, sent.place(ack.sequence), 0)
+            .await
+            .map_err(PublishRefused::NotIndexed)?;
         Ok(Enqueued {
             receipt,
             duplicate: ack.duplicate,
@@ -184,7 +231,7 @@ impl Shared {
             let i = repeats.len();
             repeats.push(None);
             match self.publish(job, *lane).await {
-                Ok((receipt, ack)) => waiting.push_back(async move { (i, receipt, ack.await) }),
+                Ok((sent, ack)) => waiting.push_back(async move { (i, sent, ack.await) }),
                 Err(e) => {
                     refused = Some(e.to_string());
                     break;
@@ -201,8 +248,9 @@ impl Shared {
         let mut acked = acked.into_iter();
         let mut done = Vec::with_capacity(total);
         let mut acknowledged = 0;
+        let mut places = Vec::with_capacity(total);
         for repeat in repeats {
-            let (i, receipt, ack) = match repeat {
+            let (i, sent, ack) = match repeat {
                 Some(receipt) => {
                     done.push(Enqueued {
                         receipt,
@@ -228,8 +276,9 @@ impl Shared {
             match ack {
                 Ok(ack) => {
                     acknowledged += 1;
+                    places.push((sent.receipt, sent.place(ack.sequence)));
                     done.push(Enqueued {
-                        receipt,
+                        receipt: sent.receipt,
                         duplicate: ack.duplicate,
                     });
                 }
@@ -237,6 +286,11 @@ impl Shared {
                     refused.get_or_insert(e);
                 }
             }
+        }
+        if refused.is_none() {
+            // Every job of the batch is indexed before the batch is
+            // answered, as a single enqueue's job is.
+            self.index_all(places).await?;
         }
         match refused {
             None => Ok(done),
@@ -247,6 +301,20 @@ impl Shared {
             }
             .into()),
         }
+    }
+
+    /// Indexes the receipts of a batch's acknowledged jobs (at most
+    /// [`INDEX_IN_FLIGHT`] writes at once); a receipt met twice (a repeated
+    /// idempotency key) keeps its first place.
+    async fn index_all(&self, places: Vec<(Uuid, Place)>) -> Result<(), PublishRefused> {
+        let total = places.len();
+        let mut writes = futures_util::stream::iter(places)
+            .map(|(receipt, place)| async move { self.index(receipt, place, 0).await })
+            .buffer_unordered(INDEX_IN_FLIGHT);
+        while let Some(done) = writes.next().await {
+            done.map_err(|why| PublishRefused::BatchNotIndexed { why, total })?;
+        }
+        Ok(())
     }
 
     /// What the queue's settings say of a job, before anything is sent: its
@@ -282,13 +350,13 @@ impl Shared {
         &self,
         job: &Job,
         lane: Lane,
-    ) -> Result<(Uuid, PublishAck), PublishRefused> {
+    ) -> Result<(Sent, PublishAck), PublishRefused> {
         let mut tries = 1;
         let started = tokio::time::Instant::now();
         loop {
-            let (receipt, ack) = self.publish(job, lane).await?;
+            let (sent, ack) = self.publish(job, lane).await?;
             match ack.await {
-                Ok(ack) => return Ok((receipt, ack)),
+                Ok(ack) => return Ok((sent, ack)),
                 Err(e) if still_storing(&e) && tries < STILL_STORING_TRIES => {
                     tries += 1;
                     tokio::time::sleep(STILL_STORING_WAIT).await;
@@ -307,7 +375,7 @@ impl Shared {
         &self,
         job: &Job,
         lane: Lane,
-    ) -> Result<(Uuid, PublishAckFuture), PublishRefused> {
+    ) -> Result<(Sent, PublishAckFuture), PublishRefused> {
         let receipt = receipt(&job.key.queue, job.idempotency_key.as_deref());
         let mut headers = HeaderMap::new();
         headers.insert(RECEIPT, receipt.to_string().as_str());
@@ -320,9 +388,14 @@ impl Shared {
         if let Some(b) = &job.baggage {
             headers.insert(BAGGAGE, b.as_str());
         }
+        if job.priority != 0 {
+            // The band is in the subject; the priority itself is kept for
+            // `queue::get` and for a redrive of its dead letter.
+            headers.insert(PRIORITY, job.priority.to_string().as_str());
+        }
         let target = job.key.subject(&self.names, lane);
-        let subject = match job.run_at_ms.filter(|at| *at > crate::queue::now_ms()) {
-            None => target,
+        let (subject, delayed_to) = match job.run_at_ms.filter(|at| *at > crate::queue::now_ms()) {
+            None => (target, None),
             Some(at) => {
                 // A delayed job is a scheduled message: the stream itself
                 // publishes it on its job subject at `at` (with these headers,
@@ -330,7 +403,9 @@ impl Shared {
                 // stream's replicas before the PubAck, like any job.
                 headers.insert(NATS_SCHEDULE, schedule_at(at).as_str());
                 headers.insert(NATS_SCHEDULE_TARGET, target.as_str());
-                format!("qmesh.{}.delayed.{receipt}", self.names.cluster)
+                headers.insert(DUE_AT, at.to_string().as_str());
+                let subject = JobKey::delayed_subject(&job.key.queue, receipt, &self.names);
+                (subject, Some(target))
             }
         };
         let body = bytes::Bytes::copy_from_slice(job.payload.get().as_bytes());
@@ -339,14 +414,20 @@ impl Shared {
             .publish_with_headers(subject, headers, body)
             .await
             .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?;
-        Ok((receipt, ack))
+        Ok((
+            Sent {
+                receipt,
+                delayed_to,
+            },
+            ack,
+        ))
     }
 
     /// Creates the consumer of the job's (queue, namespace, function) and
     /// lane the first time this engine enqueues to it (an existing one is
     /// kept as it is: every engine should have the same `[queue]`
     /// settings), and tells the other engines to list consumers again.
-    async fn ensure_consumer(
+    pub(super) async fn ensure_consumer(
         &self,
         key: &JobKey,
         lane: Lane,
@@ -387,6 +468,13 @@ impl Shared {
                 function_id: key.function_id.clone(),
                 message: e.to_string(),
             })?;
+        self.follow_pause(key, lane)
+            .await
+            .map_err(|message| PublishRefused::Consumer {
+                queue: key.queue.clone(),
+                function_id: key.function_id.clone(),
+                message,
+            })?;
         self.consumers.lock().expect("not poisoned").insert(wanted);
         // Best effort: the others list consumers every second anyway.
         let _ = self
@@ -400,7 +488,7 @@ impl Shared {
 
 /// The lane a job goes to: its FIFO group's on a FIFO queue, else its
 /// priority's band.
-fn lane(job: &Job, settings: &QueueSettings) -> Result<Lane, ErrorBody> {
+pub(super) fn lane(job: &Job, settings: &QueueSettings) -> Result<Lane, ErrorBody> {
     if settings.ordering == Ordering::Standard {
         return Ok(Lane::band(job.priority));
     }

@@ -8,7 +8,9 @@
 //!   message per job on `qmesh.<cluster>.jobs.<queue>.<namespace>.<function>`
 //!   (each base64url), the payload as it came, the receipt and trace context
 //!   in headers; a job due later is first a scheduled message (NATS ADR-51,
-//!   nats-server 2.12+) on `qmesh.<cluster>.delayed.<receipt>`, which the
+//!   nats-server 2.12+) on `qmesh.<cluster>.delayed.<queue>.<receipt>`
+//!   (the queue base64url, so a queue's delayed jobs have a subject
+//!   filter of their own), which the
 //!   stream itself publishes on the job's subject at its time, then deletes
 //!   (no consumer reads `delayed.>`, so it waits there, replicated);
 //! - priorities in nine bands ([`Lane::Band`]), each a subject of its own
@@ -25,7 +27,13 @@
 //!   still retrying, by receipt (the engine that runs its next attempt may be
 //!   another one);
 //! - the dead-letter stream `qmesh_<cluster>_dead`: one message per dead
-//!   job on `qmesh.<cluster>.dead.<queue>`, with its attempt history.
+//!   job on `qmesh.<cluster>.dead.<queue>`, with its attempt history;
+//! - the bucket `qmesh_<cluster>_receipts`: where each job is by receipt (its
+//!   sequence on the job stream, or its scheduled message's while delayed,
+//!   written before its receipt is answered on every enqueue path, or on
+//!   the dead-letter stream), for `queue::get`, `explain` and `cancel`;
+//! - the bucket `qmesh_<cluster>_queues`: a flag per paused queue (its
+//!   consumers, every lane's, are paused with `pause_until` too).
 //!
 //! Per-group FIFO (`ordering = "fifo"`): a group's jobs always go to the
 //! same lane of their (queue, namespace, function), the group key's
@@ -51,11 +59,17 @@
 //! `concurrency` slots on this engine across bands, and one per FIFO lane
 //! (`runner.rs`).
 //! `intake.rs` takes enqueues, `dead.rs` keeps attempt histories and dead
-//! letters.
+//! letters, `index.rs` the two buckets above, `views.rs` and `actions.rs`
+//! the operator functions (`queue::list/stats/get/explain/peek`,
+//! `queue::pause/resume/purge/cancel`, `engine::queue::list_topics/
+//! topic_stats`, redrive and discard), answered by any engine.
 
+mod actions;
 mod dead;
+mod index;
 mod intake;
 mod runner;
+mod views;
 
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
@@ -123,6 +137,15 @@ impl Lane {
         Lane::Fifo((n % lanes.max(1) as u64) as u32)
     }
 
+    /// The lowest priority of a band (a job's priority when only its band
+    /// is known: one stored before its priority was kept in a header).
+    pub(super) fn lowest_priority(self) -> u8 {
+        match self {
+            Lane::Band(0) | Lane::Fifo(_) => 0,
+            Lane::Band(b) => 1u8 << (b - 1),
+        }
+    }
+
     /// The lane's subject suffix (none for band 0), also its consumer's.
     fn suffix(self, sep: char) -> String {
         match self {
@@ -172,6 +195,24 @@ impl JobKey {
         format!("job_{hex}{}", lane.suffix('_'))
     }
 
+    /// The subject prefix of every job of `queue` (`<prefix>.>` is all of
+    /// them, in every lane).
+    fn queue_prefix(queue: &str, names: &Names) -> String {
+        format!("qmesh.{}.jobs.{}", names.cluster, b64().encode(queue))
+    }
+
+    /// The subject of a delayed job of `queue` until it is due: the
+    /// queue is in it so that the queue's delayed jobs can be counted,
+    /// walked and purged without reading each one.
+    fn delayed_subject(queue: &str, receipt: uuid::Uuid, names: &Names) -> String {
+        format!("{}.{receipt}", Self::delayed_prefix(queue, names))
+    }
+
+    /// The subject prefix of every delayed job of `queue` (`<prefix>.*`).
+    fn delayed_prefix(queue: &str, names: &Names) -> String {
+        format!("qmesh.{}.delayed.{}", names.cluster, b64().encode(queue))
+    }
+
     /// The key and lane a job subject (or a consumer's filter) names.
     fn parse(subject: &str, names: &Names) -> Option<(JobKey, Lane)> {
         let rest = subject.strip_prefix(&format!("qmesh.{}.jobs.", names.cluster))?;
@@ -199,6 +240,10 @@ pub(super) struct Shared {
     attempts: jetstream::kv::Store,
     /// Whether the job stream takes scheduled messages (delayed jobs).
     schedules: bool,
+    /// Where each job is, by receipt (`index.rs`).
+    receipts: jetstream::kv::Store,
+    /// Which queues are paused (`index.rs`).
+    queue_flags: jetstream::kv::Store,
     config: QueueConfig,
     mesh: Mesh,
     directory: Arc<Directory>,
@@ -235,8 +280,9 @@ impl Cluster {
         let replicas = config.replicas;
         let c = &self.names.cluster;
         let jobs_name = format!("qmesh_{c}_jobs");
-        let jobs = js
-            .get_or_create_stream(jetstream::stream::Config {
+        let jobs = super::kv::open_stream(
+            &js,
+            jetstream::stream::Config {
                 name: jobs_name.clone(),
                 subjects: vec![format!("qmesh.{c}.jobs.>"), format!("qmesh.{c}.delayed.>")],
                 retention: jetstream::stream::RetentionPolicy::WorkQueue,
@@ -245,33 +291,46 @@ impl Cluster {
                 duplicate_window: config.idempotency_window,
                 allow_message_schedules: true,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| setup_error(jobs_name.clone(), replicas, e))?;
+            },
+        )
+        .await
+        .map_err(|e| setup_error(jobs_name.clone(), replicas, e))?;
         let schedules = allow_schedules(&js, &jobs, c).await;
         let dead_name = format!("qmesh_{c}_dead");
-        let dead = js
-            .get_or_create_stream(jetstream::stream::Config {
+        let dead = super::kv::open_stream(
+            &js,
+            jetstream::stream::Config {
                 name: dead_name.clone(),
                 subjects: vec![format!("qmesh.{c}.dead.>")],
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: replicas,
                 allow_direct: true,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| setup_error(dead_name, replicas, e))?;
-        let bucket = format!("qmesh_{c}_attempts");
-        let attempts = js
-            .create_key_value(jetstream::kv::Config {
-                bucket: bucket.clone(),
-                history: 1,
-                max_age: HISTORY_KEPT,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup_error(bucket, replicas, e))?;
+            },
+        )
+        .await
+        .map_err(|e| setup_error(dead_name, replicas, e))?;
+        let attempts = super::kv::open_bucket(
+            &self.client,
+            format!("qmesh_{c}_attempts"),
+            replicas,
+            HISTORY_KEPT,
+        )
+        .await?;
+        let receipts = super::kv::open_bucket(
+            &self.client,
+            format!("qmesh_{c}_receipts"),
+            replicas,
+            index::RECEIPTS_KEPT,
+        )
+        .await?;
+        let queue_flags = super::kv::open_bucket(
+            &self.client,
+            format!("qmesh_{c}_queues"),
+            replicas,
+            Duration::ZERO,
+        )
+        .await?;
         tracing::info!(stream = %jobs.cached_info().config.name, replicas, "queues on the cluster's JetStream");
         Ok(ClusterQueues {
             shared: Arc::new(Shared {
@@ -281,6 +340,8 @@ impl Cluster {
                 dead,
                 attempts,
                 schedules,
+                receipts,
+                queue_flags,
                 config: queue,
                 mesh: self.mesh.clone(),
                 directory: self.directory.clone(),
@@ -368,8 +429,7 @@ fn unsupported(id: &'static str, _: Mesh, _: CallCtx, _: Value) -> BoxFuture<'st
     Box::pin(async move {
         Err(not_supported(format!(
             "{id} is not supported yet with [cluster] queues = \"jetstream\" \
-             (supported: queue::enqueue, queue::enqueue_many, engine::queue::dlq_topics, \
-             engine::queue::dlq_messages)"
+             (not yet: enqueue_flow, heartbeat, progress, log, throttle)"
         )))
     })
 }
@@ -388,6 +448,24 @@ impl Module for ClusterQueues {
                 "queue::enqueue_many" => p.async_fn(id, &self.shared, intake::enqueue_many),
                 "engine::queue::dlq_topics" => p.async_fn(id, &self.shared, dead::dlq_topics),
                 "engine::queue::dlq_messages" => p.async_fn(id, &self.shared, dead::dlq_messages),
+                "queue::list" => p.async_fn(id, &self.shared, views::list),
+                "queue::stats" => p.async_fn(id, &self.shared, views::stats),
+                "queue::get" => p.async_fn(id, &self.shared, views::get),
+                "queue::explain" => p.async_fn(id, &self.shared, views::explain),
+                "queue::peek" => p.async_fn(id, &self.shared, views::peek),
+                "engine::queue::list_topics" => p.async_fn(id, &self.shared, views::list_topics),
+                "engine::queue::topic_stats" => p.async_fn(id, &self.shared, views::topic_stats),
+                "queue::pause" => p.async_fn(id, &self.shared, actions::pause),
+                "queue::resume" => p.async_fn(id, &self.shared, actions::resume),
+                "queue::purge" => p.async_fn(id, &self.shared, actions::purge),
+                "queue::cancel" => p.async_fn(id, &self.shared, actions::cancel),
+                "iii::queue::redrive" => p.async_fn(id, &self.shared, actions::redrive),
+                "iii::queue::redrive_message" => {
+                    p.async_fn(id, &self.shared, actions::redrive_message)
+                }
+                "iii::queue::discard_message" => {
+                    p.async_fn(id, &self.shared, actions::discard_message)
+                }
                 _ => p.async_fn(id, &id, unsupported),
             }
         }
@@ -446,6 +524,24 @@ mod tests {
         assert_eq!(JobKey::parse("qmesh.c2.jobs.a.b.c", &names), None);
         let consumer = key.consumer(Lane::Band(0));
         assert!(consumer.starts_with("job_") && consumer.len() == 36);
+    }
+
+    #[test]
+    fn a_delayed_subject_names_its_queue_and_a_band_its_lowest_priority() {
+        let names = Names {
+            cluster: "c1".into(),
+            engine_id: "e".into(),
+        };
+        let receipt = uuid::Uuid::nil();
+        let subject = JobKey::delayed_subject("mail.out", receipt, &names);
+        assert_eq!(subject, format!("qmesh.c1.delayed.bWFpbC5vdXQ.{receipt}"));
+        assert!(subject.starts_with(&JobKey::delayed_prefix("mail.out", &names)));
+        for p in [0u8, 1, 2, 5, 100, 200, 255] {
+            let band = Lane::band(p);
+            assert_eq!(Lane::band(band.lowest_priority()), band, "{p}");
+            assert!(band.lowest_priority() <= p, "{p}");
+        }
+        assert_eq!(Lane::Fifo(3).lowest_priority(), 0);
     }
 
     #[test]

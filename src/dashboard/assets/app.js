@@ -376,7 +376,8 @@ function rates(q) {
   if (!prev || now - prev.at >= 1000) {
     if (prev) {
       const dt = (now - prev.at) / 1000
-      out.completed = Math.max(0, (q.completed - prev.completed) / dt)
+      // A count the engine cannot know (JetStream queues keep no completed jobs) stays unknown.
+      out.completed = q.completed === null ? null : Math.max(0, (q.completed - prev.completed) / dt)
       out.dead = Math.max(0, (q.dead - prev.dead) / dt)
     }
     rateSeen.set(q.queue, { at: now, completed: q.completed, dead: q.dead, out })
