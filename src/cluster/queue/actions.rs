@@ -23,10 +23,11 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use uuid::Uuid;
 
+use super::dead::REDRIVES;
 use super::dead::{Attempt, dead_subject};
 use super::index::{Place, nats_error};
 use super::intake::{Job, PRIORITY, RECEIPT, lane};
-use super::views::{OpArgs, REDRIVES, view_fn};
+use super::views::{OpArgs, view_fn};
 use super::{JobKey, Shared};
 use crate::mesh::provided::args;
 use crate::mesh::{CallCtx, Mesh, Reply};

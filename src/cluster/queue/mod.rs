@@ -59,7 +59,8 @@
 //! `concurrency` slots on this engine across bands, and one per FIFO lane
 //! (`runner.rs`).
 //! `intake.rs` takes enqueues, `dead.rs` keeps attempt histories and dead
-//! letters, `index.rs` the two buckets above, `views.rs` and `actions.rs`
+//! letters, `letters.rs` shows them (`engine::queue::dlq_topics`,
+//! `dlq_messages`), `index.rs` the two buckets above, `views.rs` and `actions.rs`
 //! the operator functions (`queue::list/stats/get/explain/peek`,
 //! `queue::pause/resume/purge/cancel`, `engine::queue::list_topics/
 //! topic_stats`, redrive and discard), answered by any engine.
@@ -68,6 +69,7 @@ mod actions;
 mod dead;
 mod index;
 mod intake;
+mod letters;
 mod runner;
 mod views;
 
@@ -446,8 +448,10 @@ impl Module for ClusterQueues {
             match id {
                 "queue::enqueue" => p.async_fn(id, &self.shared, intake::enqueue),
                 "queue::enqueue_many" => p.async_fn(id, &self.shared, intake::enqueue_many),
-                "engine::queue::dlq_topics" => p.async_fn(id, &self.shared, dead::dlq_topics),
-                "engine::queue::dlq_messages" => p.async_fn(id, &self.shared, dead::dlq_messages),
+                "engine::queue::dlq_topics" => p.async_fn(id, &self.shared, letters::dlq_topics),
+                "engine::queue::dlq_messages" => {
+                    p.async_fn(id, &self.shared, letters::dlq_messages)
+                }
                 "queue::list" => p.async_fn(id, &self.shared, views::list),
                 "queue::stats" => p.async_fn(id, &self.shared, views::stats),
                 "queue::get" => p.async_fn(id, &self.shared, views::get),

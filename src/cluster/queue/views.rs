@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use uuid::Uuid;
 
-use super::dead::Attempt;
+use super::dead::{Attempt, REDRIVES};
 use super::index::{Place, nats_error};
 use super::intake::{DUE_AT, NATS_SCHEDULE_TARGET, PRIORITY, RECEIPT, TRACEPARENT};
 use super::{JobKey, Lane, Shared, b64};
@@ -43,9 +43,6 @@ use crate::protocol::{ErrorBody, codes};
 use async_nats::jetstream::consumer;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
-
-/// The header counting a redriven job's redrives.
-pub(super) const REDRIVES: &str = "Qmesh-Redrives";
 
 /// Most messages one `queue::peek` walks past before answering with a
 /// cursor to go on from.
