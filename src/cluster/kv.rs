@@ -160,3 +160,29 @@ fn server_code(e: &UpdateError) -> Option<ErrorCode> {
     }
     None
 }
+
+/// A key's last entry in `bucket`, read from its stream leader (so a write
+/// just acknowledged anywhere is seen): its value (`None` when absent or
+/// deleted) and its revision (0 when never written).
+pub(super) async fn last_entry(
+    bucket: &Store,
+    key: &str,
+) -> Result<(Option<bytes::Bytes>, u64), async_nats::jetstream::stream::LastRawMessageError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", bucket.prefix);
+    match bucket
+        .stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(m) => {
+            let removed = m
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| op.as_str() != "PUT");
+            Ok(((!removed).then_some(m.payload), m.sequence))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((None, 0)),
+        Err(e) => Err(e),
+    }
+}

@@ -31,7 +31,6 @@ use std::time::Duration;
 use super::{Cluster, ClusterConfig, ClusterError};
 use crate::module::{BackendError, Refused, ValueChange, ValueWritten};
 use async_nats::jetstream::kv;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 
 /// Compare-and-set attempts of one write before it gives up.
 const MAX_TRIES: u32 = 40;
@@ -145,29 +144,10 @@ impl KvValues {
 
     /// The key's last entry, from the stream leader.
     async fn current(&self, key: &str) -> Result<Current, BackendError> {
-        let subject = format!("{}{key}", self.kv.prefix);
-        match self
-            .kv
-            .stream
-            .get_last_raw_message_by_subject(&subject)
+        let (value, revision) = super::kv::last_entry(&self.kv, key)
             .await
-        {
-            Ok(m) => {
-                let removed = m
-                    .headers
-                    .get("KV-Operation")
-                    .is_some_and(|op| op.as_str() != "PUT");
-                Ok(Current {
-                    value: (!removed).then_some(m.payload),
-                    revision: m.sequence,
-                })
-            }
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(Current {
-                value: None,
-                revision: 0,
-            }),
-            Err(e) => Err(self.shared("read", e)),
-        }
+            .map_err(|e| self.shared("read", e))?;
+        Ok(Current { value, revision })
     }
 
     /// The value under `key`.

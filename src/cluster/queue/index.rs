@@ -27,7 +27,6 @@ use uuid::Uuid;
 use super::super::kv;
 use super::{JobKey, Lane, Shared, b64};
 use crate::protocol::{ErrorBody, codes};
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 
 /// How long a receipt's entry is kept after its last write: `queue::get`
 /// and `queue::cancel` find a job that waits longer than this only by
@@ -68,22 +67,9 @@ async fn read(
     bucket: &async_nats::jetstream::kv::Store,
     key: &str,
 ) -> Result<(Option<bytes::Bytes>, u64), ErrorBody> {
-    let subject = format!("{}{key}", bucket.prefix);
-    match bucket
-        .stream
-        .get_last_raw_message_by_subject(&subject)
+    crate::cluster::kv::last_entry(bucket, key)
         .await
-    {
-        Ok(m) => {
-            let removed = m
-                .headers
-                .get("KV-Operation")
-                .is_some_and(|op| op.as_str() != "PUT");
-            Ok(((!removed).then_some(m.payload), m.sequence))
-        }
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((None, 0)),
-        Err(e) => Err(nats_error("read a bucket", e)),
-    }
+        .map_err(|e| nats_error("read a bucket", e))
 }
 
 impl Shared {

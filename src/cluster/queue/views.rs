@@ -244,6 +244,25 @@ impl Shared {
         Ok(out)
     }
 
+    /// The job stream's first message on `subject` at or after sequence
+    /// `from` (`None`: there is none).
+    async fn next_message(
+        &self,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<StreamMessage>, ErrorBody> {
+        match (self.jobs.raw_message_builder())
+            .sequence(from)
+            .next_by_subject(subject)
+            .send()
+            .await
+        {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(nats_error("read the job stream", e)),
+        }
+    }
+
     /// Delayed jobs per queue: their scheduled messages' subject counts
     /// (`qmesh.<c>.delayed.<queue>.<receipt>`), of `queue` only when given.
     pub(super) async fn delayed_counts(
@@ -345,14 +364,7 @@ impl Shared {
                 // The lane's oldest job not delivered yet.
                 let next = lane.info.delivered.stream_sequence + 1;
                 let subject = lane.key.subject(&self.names, lane.lane);
-                if let Ok(m) = self
-                    .jobs
-                    .raw_message_builder()
-                    .sequence(next)
-                    .next_by_subject(subject.as_str())
-                    .send()
-                    .await
-                {
+                if let Ok(Some(m)) = self.next_message(&subject, next).await {
                     let age = now.saturating_sub(ms_of(&m));
                     c.oldest_ready_ms = Some(c.oldest_ready_ms.map_or(age, |a| a.max(age)));
                 }
@@ -499,17 +511,8 @@ impl Shared {
         }
         let mut next = seq + 1;
         for _ in 0..MAX_WALK {
-            let m = match self
-                .jobs
-                .raw_message_builder()
-                .sequence(next)
-                .next_by_subject(target)
-                .send()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-                Err(e) => return Err(nats_error("read the job stream", e)),
+            let Some(m) = self.next_message(target, next).await? else {
+                return Ok(None);
             };
             next = m.sequence + 1;
             if receipt_of(&m) == Some(receipt) {
@@ -807,19 +810,8 @@ impl Shared {
         let mut jobs = Vec::new();
         let mut last: Option<String> = None;
         for _ in 0..MAX_WALK {
-            let m = match self
-                .jobs
-                .raw_message_builder()
-                .sequence(next)
-                .next_by_subject(subject.as_str())
-                .send()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                    return Ok((jobs, None));
-                }
-                Err(e) => return Err(nats_error("read the job stream", e)),
+            let Some(m) = self.next_message(&subject, next).await? else {
+                return Ok((jobs, None));
             };
             next = m.sequence + 1;
             let receipt = header(&m, RECEIPT).unwrap_or_default();
@@ -871,19 +863,8 @@ impl Shared {
         let subject = format!("{}.*", JobKey::delayed_prefix(queue, &self.names));
         let mut jobs: Vec<Value> = Vec::new();
         loop {
-            let m = match self
-                .jobs
-                .raw_message_builder()
-                .sequence(next)
-                .next_by_subject(subject.as_str())
-                .send()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                    return Ok((jobs, None));
-                }
-                Err(e) => return Err(nats_error("read the job stream", e)),
+            let Some(m) = self.next_message(&subject, next).await? else {
+                return Ok((jobs, None));
             };
             next = m.sequence + 1;
             let target = header(&m, NATS_SCHEDULE_TARGET).unwrap_or_default();
