@@ -45,6 +45,58 @@ async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
     assert_eq!(expiring["error"]["code"], "not_supported", "{expiring}");
 }
 
+/// A handler beating keeps its job past its lease (1 s here), as on one
+/// engine; a job that stops beating times out a lease after its last beat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_job_running_past_its_lease() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
+    let mut worker = RawClient::worker(&b.url, "long").await;
+    worker.register_function("long::run").await;
+    let mut producer = RawClient::worker(&a.url, "producer").await;
+    let receipt = enqueue(&mut producer, "long", "long::run", json!({"n": 1})).await;
+
+    let inv = next_job(&mut worker).await;
+    let beat = json!({"receipt": receipt, "extend": "1s"});
+    // Three leases long, beating every 400 ms (the handler's work between beats).
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(3_000) {
+        let r = worker.call("queue::heartbeat", beat.clone()).await;
+        assert_eq!(r["result"]["attempt"], 1, "{r}");
+        assert_eq!(r["result"]["lease_ms"], 1_000, "{r}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    common::queue::complete(&mut worker, &inv, json!("done")).await;
+    // Acknowledged by its one attempt: a lease that ran out would have
+    // delivered it again, and nobody answers a second delivery.
+    wait_until("the job's ack", WAIT, async || jobs_left(&nats).await == 0).await;
+
+    // A job whose handler stops beating times out one lease after its last beat.
+    let receipt = enqueue(&mut producer, "long", "long::run", json!({"n": 2})).await;
+    let first = next_job(&mut worker).await;
+    let r = worker
+        .call(
+            "queue::heartbeat",
+            json!({"receipt": receipt, "extend": 500}),
+        )
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let again = next_job(&mut worker).await;
+    assert_eq!(again["metadata"]["job"]["attempt"], 2, "{again}");
+    assert_ne!(again["invocation_id"], first["invocation_id"]);
+    common::queue::complete(&mut worker, &again, json!("done")).await;
+
+    // A job not running here is refused.
+    let r = worker
+        .call(
+            "queue::heartbeat",
+            json!({"receipt": uuid::Uuid::new_v4().to_string()}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "invalid_state", "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_job_is_retried_then_dead_lettered_with_its_history() {
     let nats = NatsCluster::start().await;

@@ -55,6 +55,8 @@ pub(super) enum Reach {
 /// A call the engine itself made, awaiting its outcome.
 pub(crate) struct InternalCall {
     pub invocation_id: Uuid,
+    /// The worker (or peer) the call went to.
+    pub executor: Uuid,
     pub outcome: oneshot::Receiver<CallOutcome>,
 }
 
@@ -253,12 +255,33 @@ impl Mesh {
         reach: Reach,
     ) -> Result<InternalCall, ErrorBody> {
         let (tx, rx) = oneshot::channel();
-        let (invocation_id, _executor) =
+        let (invocation_id, executor) =
             self.start_call(target, data, extras, Caller::Internal(tx), reach)?;
         Ok(InternalCall {
             invocation_id,
+            executor,
             outcome: rx,
         })
+    }
+
+    /// Starts a call on this engine's own workers only (see
+    /// [`Mesh::call_here_with`]), for a caller that keeps its own clock
+    /// (one a heartbeat can extend) and ends the call with
+    /// [`Mesh::fail_call`] when it runs out; `timeout` is the mesh's bound.
+    pub(crate) fn start_here_with(
+        &self,
+        namespace: &str,
+        function_id: &str,
+        data: Payload,
+        extras: CallExtras,
+        timeout: Duration,
+    ) -> Result<InternalCall, ErrorBody> {
+        let target = CallTarget {
+            namespace,
+            function_id,
+            timeout,
+        };
+        self.start_reaching(target, data, extras, Reach::Here)
     }
 
     /// [`Mesh::call_with`] on this engine's own workers only, never on an

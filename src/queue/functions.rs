@@ -143,6 +143,16 @@ struct HeartbeatArgs {
     extend: Option<Value>,
 }
 
+/// `queue::heartbeat {receipt, extend?}` checked: the job, and how long its
+/// lease should run from now (`None`: the queue's lease). Shared with the
+/// cluster's JetStream queues.
+pub(crate) fn parse_heartbeat(input: Value) -> Result<(Uuid, Option<Duration>), ErrorBody> {
+    let a: HeartbeatArgs = args(input)?;
+    let receipt = receipt(a.receipt)?;
+    let extend = a.extend.map(|v| duration_arg("extend", v)).transpose()?;
+    Ok((receipt, extend))
+}
+
 /// `queue::heartbeat {receipt, extend?}`, from a running job's handler.
 pub(super) fn heartbeat(
     queues: Queues,
@@ -152,9 +162,7 @@ pub(super) fn heartbeat(
 ) -> BoxFuture<'static, Reply> {
     let operator = mesh.may_operate(ctx.caller);
     Box::pin(async move {
-        let a: HeartbeatArgs = args(input)?;
-        let receipt = receipt(a.receipt)?;
-        let extend = a.extend.map(|v| duration_arg("extend", v)).transpose()?;
+        let (receipt, extend) = parse_heartbeat(input)?;
         let op = Op::Heartbeat {
             receipt,
             extend,

@@ -58,9 +58,11 @@ use crate::protocol::{ErrorBody, Payload, codes};
 use crate::store::{Store, StoreError};
 use scheduler::Command;
 
-pub(crate) use functions::{check_names, parse_enqueue, parse_enqueue_many};
+pub(crate) use dispatcher::lease_expired;
+pub(crate) use functions::{check_names, parse_enqueue, parse_enqueue_many, parse_heartbeat};
 pub(crate) use intake::fifo_group;
 pub(crate) use module::{OPERATOR_ONLY, function_ids};
+pub(crate) use ops::MAX_HEARTBEAT_EXTEND;
 
 /// Called once with an enqueue's outcome, after the sync that made it durable.
 pub(crate) type EnqueueReply = Box<dyn FnOnce(Result<Enqueued, ErrorBody>) + Send>;

@@ -19,7 +19,8 @@ type OpResult = (Result<Value, ErrorBody>, Option<Ticket>);
 
 /// The longest one heartbeat may extend a lease by: a handler beats again
 /// long before; a value past this is a unit mistake, not a plan.
-const MAX_HEARTBEAT_EXTEND: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub(crate) const MAX_HEARTBEAT_EXTEND: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
 
 fn bad(code: &str, msg: impl Into<String>) -> ErrorBody {
     ErrorBody::new(code, msg)

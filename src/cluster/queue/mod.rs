@@ -60,7 +60,8 @@
 //! (`runner.rs`).
 //! `intake.rs` takes enqueues, `dead.rs` keeps attempt histories and dead
 //! letters, `letters.rs` shows them (`engine::queue::dlq_topics`,
-//! `dlq_messages`), `index.rs` the two buckets above, `views.rs` and `actions.rs`
+//! `dlq_messages`), `leases.rs` keeps the leases of the jobs this engine's
+//! workers run (`queue::heartbeat` extends one), `index.rs` the two buckets above, `views.rs` and `actions.rs`
 //! the operator functions (`queue::list/stats/get/explain/peek`,
 //! `queue::pause/resume/purge/cancel`, `engine::queue::list_topics/
 //! topic_stats`, redrive and discard), answered by any engine.
@@ -69,6 +70,7 @@ mod actions;
 mod dead;
 mod index;
 mod intake;
+mod leases;
 mod letters;
 mod runner;
 mod views;
@@ -251,6 +253,8 @@ pub(super) struct Shared {
     directory: Arc<Directory>,
     /// Consumers this engine created or found (none is ever deleted).
     consumers: Mutex<HashSet<(JobKey, Lane)>>,
+    /// The leases of the jobs this engine's workers run (`leases.rs`).
+    leases: leases::Leases,
     /// Cancelled at drain: pulling stops.
     stop: CancellationToken,
 }
@@ -348,6 +352,7 @@ impl Cluster {
                 mesh: self.mesh.clone(),
                 directory: self.directory.clone(),
                 consumers: Mutex::new(HashSet::new()),
+                leases: leases::Leases::default(),
                 stop: CancellationToken::new(),
             }),
         })
@@ -431,7 +436,7 @@ fn unsupported(id: &'static str, _: Mesh, _: CallCtx, _: Value) -> BoxFuture<'st
     Box::pin(async move {
         Err(not_supported(format!(
             "{id} is not supported yet with [cluster] queues = \"jetstream\" \
-             (not yet: enqueue_flow, heartbeat, progress, log, throttle)"
+             (not yet: enqueue_flow, progress, log, throttle)"
         )))
     })
 }
@@ -463,6 +468,7 @@ impl Module for ClusterQueues {
                 "queue::resume" => p.async_fn(id, &self.shared, actions::resume),
                 "queue::purge" => p.async_fn(id, &self.shared, actions::purge),
                 "queue::cancel" => p.async_fn(id, &self.shared, actions::cancel),
+                "queue::heartbeat" => p.async_fn(id, &self.shared, leases::heartbeat),
                 "iii::queue::redrive" => p.async_fn(id, &self.shared, actions::redrive),
                 "iii::queue::redrive_message" => {
                     p.async_fn(id, &self.shared, actions::redrive_message)

@@ -28,9 +28,12 @@ use uuid::Uuid;
 
 use super::dead::Attempt;
 use super::intake::{BAGGAGE, RECEIPT, TRACEPARENT};
+use super::leases::Running;
 use super::{JobKey, Lane, Shared, ack_wait};
-use crate::mesh::router::CallExtras;
+use crate::mesh::router::{CallExtras, InternalCall};
+use crate::mesh::state::CallOutcome;
 use crate::protocol::{ErrorBody, codes};
+use crate::queue::settings::QueueSettings;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 
 /// How often the job stream's consumers are listed again.
@@ -397,26 +400,18 @@ impl Shared {
             traceparent: header(TRACEPARENT),
             baggage: header(BAGGAGE),
         };
-        let call = self.mesh.call_here_with(
+        let outcome = match self.mesh.start_here_with(
             &key.namespace,
             &key.function_id,
             data,
             extras,
-            settings.lease,
-        );
-        tokio::pin!(call);
-        // A call longer than the consumer's ack wait keeps its job with
-        // in-progress acks, so no other engine starts it meanwhile.
-        let keep_alive = ack_wait(&settings) / 3;
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut call => break outcome,
-                _ = tokio::time::sleep(keep_alive) => {
-                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                        tracing::debug!(error = %e, "an in-progress ack failed");
-                    }
-                }
+            self.mesh.config().invocation.max_duration,
+        ) {
+            Ok(call) => {
+                self.await_call(call, receipt, attempt, &settings, &msg)
+                    .await
             }
+            Err(e) => Err(e),
         };
         match outcome {
             Ok(_) => {
@@ -439,6 +434,53 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Waits for a job's call within its lease, which heartbeats extend
+    /// (`leases.rs`); ends the call when the lease runs out. A call longer
+    /// than the consumer's ack wait keeps its job with in-progress acks, so
+    /// no other engine starts it meanwhile.
+    async fn await_call(
+        &self,
+        call: InternalCall,
+        receipt: Uuid,
+        attempt: u32,
+        settings: &QueueSettings,
+        msg: &jetstream::Message,
+    ) -> CallOutcome {
+        let (until, _) = watch::channel(tokio::time::Instant::now() + settings.lease);
+        let running = Running {
+            invocation_id: call.invocation_id,
+            executor: call.executor,
+            attempt,
+            lease: settings.lease,
+            until,
+        };
+        let mut until = self.leases.begin(receipt, running);
+        let mut outcome = call.outcome;
+        let keep_alive = ack_wait(settings) / 3;
+        let ended = loop {
+            let lease_end = *until.borrow_and_update();
+            tokio::select! {
+                outcome = &mut outcome => {
+                    break outcome.unwrap_or_else(|_| Err(ErrorBody::new(codes::INVOCATION_STOPPED, "call abandoned")));
+                }
+                _ = tokio::time::sleep(keep_alive) => {
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "an in-progress ack failed");
+                    }
+                }
+                // A heartbeat moved the lease's end: wait for the new one.
+                _ = until.changed() => {}
+                _ = tokio::time::sleep_until(lease_end) => {
+                    let expired = crate::queue::lease_expired(settings.lease);
+                    self.mesh.fail_call(call.invocation_id, &expired.code, &expired.message);
+                    break Err(expired);
+                }
+            }
+        };
+        self.leases.end(&receipt);
+        ended
     }
 
     /// Appends an attempt's failure to the job's history; returns the whole
