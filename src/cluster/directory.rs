@@ -349,8 +349,14 @@ impl Directory {
     /// bucket's stream still electing a leader) is opened again: its history
     /// replays every current key and delete marker, and adding or removing
     /// twice changes nothing.
+    ///
+    /// A dropped connection opens it again too, once reconnected: the
+    /// watch's consumer may have lived on the node that went, and the
+    /// client would only notice after its idle heartbeats failed (seconds).
     async fn watch(self: Arc<Self>, bucket: Bucket) {
+        let mut disconnects = self.disconnects.clone();
         loop {
+            disconnects.borrow_and_update();
             let mut watch = match self.kv(bucket).watch_with_history(">").await {
                 Ok(w) => w,
                 Err(e) => {
@@ -359,7 +365,17 @@ impl Directory {
                     continue;
                 }
             };
-            while let Some(entry) = watch.next().await {
+            loop {
+                let entry = tokio::select! {
+                    entry = watch.next() => match entry {
+                        Some(entry) => entry,
+                        None => break,
+                    },
+                    Ok(()) = disconnects.changed() => {
+                        tracing::info!(?bucket, "NATS connection dropped: the directory watch is opened again once reconnected");
+                        break;
+                    }
+                };
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
