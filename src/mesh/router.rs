@@ -239,29 +239,8 @@ impl Mesh {
         extras: CallExtras,
         timeout: Duration,
     ) -> Result<InternalCall, ErrorBody> {
-        let target = CallTarget {
-            namespace,
-            function_id,
-            timeout,
-        };
+        let target = (namespace, function_id, timeout);
         self.start_reaching(target, data, extras, Reach::Anywhere)
-    }
-
-    fn start_reaching(
-        &self,
-        target: CallTarget<'_>,
-        data: Payload,
-        extras: CallExtras,
-        reach: Reach,
-    ) -> Result<InternalCall, ErrorBody> {
-        let (tx, rx) = oneshot::channel();
-        let (invocation_id, executor) =
-            self.start_call(target, data, extras, Caller::Internal(tx), reach)?;
-        Ok(InternalCall {
-            invocation_id,
-            executor,
-            outcome: rx,
-        })
     }
 
     /// Starts a call on this engine's own workers only (see
@@ -276,12 +255,30 @@ impl Mesh {
         extras: CallExtras,
         timeout: Duration,
     ) -> Result<InternalCall, ErrorBody> {
+        let target = (namespace, function_id, timeout);
+        self.start_reaching(target, data, extras, Reach::Here)
+    }
+
+    fn start_reaching(
+        &self,
+        (namespace, function_id, timeout): (&str, &str, Duration),
+        data: Payload,
+        extras: CallExtras,
+        reach: Reach,
+    ) -> Result<InternalCall, ErrorBody> {
         let target = CallTarget {
             namespace,
             function_id,
             timeout,
         };
-        self.start_reaching(target, data, extras, Reach::Here)
+        let (tx, rx) = oneshot::channel();
+        let (invocation_id, executor) =
+            self.start_call(target, data, extras, Caller::Internal(tx), reach)?;
+        Ok(InternalCall {
+            invocation_id,
+            executor,
+            outcome: rx,
+        })
     }
 
     /// [`Mesh::call_with`] on this engine's own workers only, never on an
@@ -296,12 +293,7 @@ impl Mesh {
         extras: CallExtras,
         timeout: Duration,
     ) -> CallOutcome {
-        let target = CallTarget {
-            namespace,
-            function_id,
-            timeout,
-        };
-        let call = self.start_reaching(target, data, extras, Reach::Here)?;
+        let call = self.start_here_with(namespace, function_id, data, extras, timeout)?;
         self.outcome_within(call, timeout).await
     }
 
