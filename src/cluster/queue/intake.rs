@@ -511,6 +511,32 @@ pub(super) fn lane(job: &Job, settings: &QueueSettings) -> Result<Lane, ErrorBod
     Ok(Lane::fifo(&group, settings.concurrency))
 }
 
+impl Job {
+    /// A checked `queue::enqueue` request as a job of the stream, with the
+    /// caller's trace context (`expires_*` is refused: not yet supported
+    /// on JetStream queues).
+    fn of_request(req: crate::queue::EnqueueRequest, ctx: &CallCtx) -> Result<Self, ErrorBody> {
+        if req.expires_at_ms.is_some() {
+            return Err(not_supported(
+                "expires_in and expires_at: not supported yet by the cluster's JetStream queues",
+            ));
+        }
+        Ok(Job {
+            key: JobKey {
+                queue: req.queue,
+                namespace: req.namespace,
+                function_id: req.function_id,
+            },
+            payload: req.payload,
+            traceparent: ctx.traceparent.clone(),
+            baggage: ctx.baggage.clone(),
+            idempotency_key: req.idempotency_key,
+            run_at_ms: req.run_at_ms,
+            priority: req.priority,
+        })
+    }
+}
+
 /// `queue::enqueue {queue, function_id, data, namespace?, idempotency_key?,
 /// delay?, run_at?, priority?}` (`expires_*` is refused: not yet supported
 /// on JetStream queues).
@@ -521,25 +547,7 @@ pub(super) fn enqueue(
     input: Value,
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
-        let req = crate::queue::parse_enqueue(input)?;
-        if req.expires_at_ms.is_some() {
-            return Err(not_supported(
-                "expires_in and expires_at: not supported yet by the cluster's JetStream queues",
-            ));
-        }
-        let job = Job {
-            key: JobKey {
-                queue: req.queue,
-                namespace: req.namespace,
-                function_id: req.function_id,
-            },
-            payload: req.payload,
-            traceparent: ctx.traceparent,
-            baggage: ctx.baggage,
-            idempotency_key: req.idempotency_key,
-            run_at_ms: req.run_at_ms,
-            priority: req.priority,
-        };
+        let job = Job::of_request(crate::queue::parse_enqueue(input)?, &ctx)?;
         let e = shared.enqueue(job).await?;
         Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
     })
@@ -560,25 +568,11 @@ pub(super) fn enqueue_many(
         let batch = crate::queue::parse_enqueue_many(input)?;
         let mut jobs = Vec::with_capacity(batch.jobs.len());
         for (i, req) in batch.jobs.into_iter().enumerate() {
-            if req.expires_at_ms.is_some() {
-                return Err(not_supported(format!(
-                    "jobs[{i}]: expires_in and expires_at: not supported yet by the cluster's \
-                     JetStream queues"
-                )));
-            }
-            jobs.push(Job {
-                key: JobKey {
-                    queue: req.queue,
-                    namespace: req.namespace,
-                    function_id: req.function_id,
-                },
-                payload: req.payload,
-                traceparent: ctx.traceparent.clone(),
-                baggage: ctx.baggage.clone(),
-                idempotency_key: req.idempotency_key,
-                run_at_ms: req.run_at_ms,
-                priority: req.priority,
-            });
+            let job = Job::of_request(req, &ctx).map_err(|mut e| {
+                e.message = format!("jobs[{i}]: {}", e.message);
+                e
+            })?;
+            jobs.push(job);
         }
         let done = shared.enqueue_many(jobs).await?;
         let duplicates = done.iter().filter(|e| e.duplicate).count();
