@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-pub use crate::cluster::{BackendKind, ClusterConfig, QueueBackend, Secret};
+pub use crate::cluster::{BackendKind, ClusterConfig, Secret};
 pub use crate::edge::auth::{AuthConfig, TokenConfig};
 pub use crate::mesh::access::{ExposeRule, RbacConfig, Role};
 pub use crate::mesh::config::{InvocationConfig, Limits, MeshConfig, ServerConfig};

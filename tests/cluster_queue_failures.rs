@@ -9,7 +9,7 @@ mod common;
 use common::nats::NatsCluster;
 use common::queue::fast_config;
 use common::{RawClient, TestEngine, wait_until};
-use qmesh::config::QueueBackend;
+use qmesh::config::BackendKind;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ const RECOVERY: Duration = Duration::from_secs(60);
 /// delivery lost in a failover never dead-letters a job.
 fn engine_config(nats: &NatsCluster, id: &str) -> qmesh::Config {
     let mut c = nats.engine_config(fast_config(), id);
-    c.cluster.queues = QueueBackend::Jetstream;
+    c.cluster.queues = BackendKind::Jetstream;
     c.queue.defaults.max_attempts = 20;
     c
 }

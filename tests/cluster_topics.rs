@@ -1,6 +1,7 @@
 //! Cluster mode: a durable topic's subscriber bound on one engine gets what
 //! is published on any engine (each publish one job, in the publishing
-//! engine's queue), and keeps getting it when its engine dies: the other
+//! engine's queue, or on the cluster's job stream with `queues =
+//! "jetstream"`), and keeps getting it when its engine dies: the other
 //! engines keep the subscription for `[topics] keep_unbound`, as for a
 //! subscriber of their own that went away.
 
@@ -8,6 +9,7 @@ mod common;
 
 use common::launcher::EngineProcess;
 use common::nats::NatsCluster;
+use common::queue::{jetstream_config, jetstream_toml};
 use common::{RawClient, TestEngine, WAIT, test_config, wait_for};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -142,4 +144,40 @@ async fn a_killed_engines_subscriber_gets_what_was_published_while_it_was_gone()
         next_messages(&mut back, 5).await,
         BTreeSet::from([1, 2, 3, 4, 5])
     );
+}
+
+/// With `queues = "jetstream"` a publish's jobs are on the cluster's job
+/// stream, not in the publishing engine's store: that engine is killed
+/// right after its publishes were acknowledged, and the subscriber still
+/// gets every one of them, on another engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_jetstream_queues_a_publish_outlives_the_engine_that_took_it() {
+    let nats = NatsCluster::start().await;
+    let mut a = EngineProcess::start_with_config(&jetstream_toml(&nats, "a", ""));
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
+
+    let (mut subscriber, mut on_a, _) = subscribed(&b.url, &a.url).await;
+    let mut on_b = RawClient::worker(&b.url, "publisher-b").await;
+    publish(&mut on_a, 1).await;
+    publish(&mut on_b, 2).await;
+    assert_eq!(
+        next_messages(&mut subscriber, 2).await,
+        BTreeSet::from([1, 2])
+    );
+
+    // The subscriber's worker goes; both engines keep its subscription.
+    drop(subscriber);
+    subscription_where(&mut on_a, "A sees the subscriber gone", |s| {
+        s["bindings"] == 0 && s["unbound_since_ms"].is_u64()
+    })
+    .await;
+    for n in 3..=5 {
+        publish(&mut on_a, n).await;
+    }
+    a.kill();
+
+    // Back on B, without binding again: A's jobs are B's to run.
+    let mut back = RawClient::worker(&b.url, "subscriber-again").await;
+    back.register_function(SUBSCRIBER).await;
+    assert_eq!(next_messages(&mut back, 3).await, BTreeSet::from([3, 4, 5]));
 }

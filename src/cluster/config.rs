@@ -24,11 +24,11 @@ pub struct ClusterConfig {
     /// Replicas of the cluster's JetStream buckets and streams (3 on a
     /// 3-node NATS cluster; 1 on a single server).
     pub replicas: usize,
-    /// Where `Enqueue` calls and `queue::enqueue` go: `local` (each engine's
-    /// embedded store, the default while JetStream queues lack most operator
-    /// functions) or `jetstream` (the cluster's replicated job stream, run by
-    /// any engine with a worker for the function).
-    pub queues: QueueBackend,
+    /// Where `Enqueue` calls, `queue::enqueue` and durable topics' jobs go:
+    /// `local` (each engine's embedded store, the default: no NATS round
+    /// trip per job) or `jetstream` (the cluster's replicated job stream,
+    /// run by any engine with a worker for the function).
+    pub queues: BackendKind,
     /// Where `state::*` values live: `local` (each engine's embedded store,
     /// the default: no NATS round trip per read or write) or `jetstream`
     /// (one KV bucket shared by every engine).
@@ -101,16 +101,8 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueBackend {
-    #[default]
-    Local,
-    Jetstream,
-}
-
-/// Where a module's values live (`state`, `streams`): each engine's own
-/// store, or the cluster's JetStream KV.
+/// Where a module's data lives (`queues`, `state`, `streams`): each
+/// engine's own store, or the cluster's JetStream (streams and KV).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
@@ -126,7 +118,7 @@ impl Default for ClusterConfig {
             name: "qmesh".to_owned(),
             engine_id: None,
             replicas: 3,
-            queues: QueueBackend::Local,
+            queues: BackendKind::Local,
             state: BackendKind::Local,
             streams: BackendKind::Local,
             idempotency_window: Duration::from_secs(3600),
@@ -164,7 +156,7 @@ impl ClusterConfig {
 
     /// Whether `Enqueue` calls go to the cluster's JetStream queues.
     pub(crate) fn jetstream_queues(&self) -> bool {
-        self.enabled() && self.queues == QueueBackend::Jetstream
+        self.enabled() && self.queues == BackendKind::Jetstream
     }
 
     /// Checks the URLs, the credentials and the TLS files (each file read

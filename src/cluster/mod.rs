@@ -70,7 +70,7 @@ mod state;
 mod streams;
 mod values;
 
-pub use config::{BackendKind, ClusterConfig, QueueBackend, Secret};
+pub use config::{BackendKind, ClusterConfig, Secret};
 
 use futures_util::future::BoxFuture;
 use std::sync::Arc;

@@ -40,7 +40,7 @@ use crate::module::{Module, StateBackend, StreamBackend};
 use crate::observability::Observability;
 use crate::protocol::codes::close;
 use crate::pubsub::PubSub;
-use crate::queue::Queues;
+use crate::queue::{QueueBackend, Queues};
 use crate::realtime::RealtimeModule;
 use crate::state::StateModule;
 use crate::store::state::StateValues;
@@ -152,17 +152,21 @@ impl Engine {
             )
             .await?,
         );
-        let topics = TopicsModule::new(store.clone(), &queues, config.topics.clone());
         let observability = Observability::new(config.observability.clone(), &config.otel)?;
-        // With the cluster's JetStream queues, workers' enqueues and the
-        // queue functions go there; the local queue keeps what other modules
-        // enqueue (realtime disconnects, durable topics).
+        // With the cluster's JetStream queues, workers' enqueues, the queue
+        // functions and durable topics' jobs go there; the local queue keeps
+        // realtime disconnects (their clients are this engine's).
         let cluster_queues = match &cluster {
             Some(c) if config.cluster.jetstream_queues() => {
                 Some(c.queues(&config.cluster, config.queue.clone()).await?)
             }
             _ => None,
         };
+        let topic_jobs: Arc<dyn QueueBackend> = match &cluster_queues {
+            Some(q) => Arc::new(q.clone()),
+            None => Arc::new(queues.clone()),
+        };
+        let topics = TopicsModule::new(store.clone(), topic_jobs, config.topics.clone());
         // With the cluster's state, every engine reads and writes one
         // JetStream KV bucket; otherwise each keeps its own in its store.
         let state_values: Arc<dyn StateBackend> = match &cluster {

@@ -48,6 +48,7 @@ mod transitions;
 mod unsynced;
 mod upkeep;
 
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -89,6 +90,37 @@ pub(crate) struct Enqueued {
     pub receipt: Uuid,
     /// True when an idempotency key matched an earlier job (its receipt is returned).
     pub duplicate: bool,
+}
+
+/// Where another module's jobs go (durable topics'): the engine's own
+/// queue, or the cluster's JetStream queues when `[cluster] queues =
+/// "jetstream"`. The engine root picks one; the module sees only this.
+pub(crate) trait QueueBackend: Send + Sync {
+    /// Gives a queue the module made its settings (a topic subscription's
+    /// `queue_config`), on top of `[queue]`'s defaults; a later call
+    /// replaces them.
+    fn define(&self, name: String, overrides: settings::QueueOverrides);
+
+    /// Persists every job, each checked first; resolves once all are
+    /// durable (one refused job refuses the batch).
+    fn enqueue_many(
+        &self,
+        reqs: Vec<EnqueueRequest>,
+    ) -> BoxFuture<'static, Result<Vec<Enqueued>, ErrorBody>>;
+}
+
+impl QueueBackend for Queues {
+    fn define(&self, name: String, overrides: settings::QueueOverrides) {
+        Queues::define(self, name, overrides);
+    }
+
+    fn enqueue_many(
+        &self,
+        reqs: Vec<EnqueueRequest>,
+    ) -> BoxFuture<'static, Result<Vec<Enqueued>, ErrorBody>> {
+        let queues = self.clone();
+        Box::pin(async move { Queues::enqueue_many(&queues, reqs).await })
+    }
 }
 
 /// A handle on the queue scheduler.

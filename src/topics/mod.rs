@@ -22,7 +22,7 @@
 //! queue's: a subscriber's job is an ordinary job of its queue.
 //!
 //! Architecture invariant: topics knows the mesh (condition functions), its
-//! store door, the queue's handle (`queue::Queues`, handed over by the engine
+//! store door, where its jobs go (`queue::QueueBackend`, handed over by the engine
 //! root) and `module.rs`; nothing of the queue's internals, the engine root or
 //! the edge.
 

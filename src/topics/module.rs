@@ -7,7 +7,7 @@ use super::subscriptions::Subscriptions;
 use super::{TRIGGER_TYPE, Topics, TopicsConfig, functions as f};
 use crate::mesh::Provisions;
 use crate::module::Module;
-use crate::queue::Queues;
+use crate::queue::QueueBackend;
 use crate::store::Store;
 use crate::store::topics::TopicSubscriptions;
 
@@ -18,11 +18,15 @@ pub(crate) struct TopicsModule {
 impl TopicsModule {
     /// Reads the subscriptions the last run left and gives their queues
     /// their settings (before any worker connects).
-    pub(crate) fn new(store: Arc<Store>, queues: &Queues, config: TopicsConfig) -> Self {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        queues: Arc<dyn QueueBackend>,
+        config: TopicsConfig,
+    ) -> Self {
         let rows = TopicSubscriptions::new(store);
         Self {
             topics: Topics {
-                subs: Subscriptions::load(rows, queues.clone(), config.keep_unbound),
+                subs: Subscriptions::load(rows, queues, config.keep_unbound),
                 condition_timeout: config.condition_timeout,
             },
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::mesh::state::{Binding, TriggerTypeHandler};
 use crate::protocol::{ErrorBody, codes, names};
-use crate::queue::Queues;
+use crate::queue::QueueBackend;
 use crate::queue::settings::{Ordering, QueueOverrides};
 use crate::store::records::TopicSubRecord;
 use crate::store::topics::{SubKey, TopicSubscriptions};
@@ -180,7 +180,7 @@ struct Table {
 pub(super) struct Subscriptions {
     table: Arc<Mutex<Table>>,
     rows: TopicSubscriptions,
-    queues: Queues,
+    queues: Arc<dyn QueueBackend>,
     keep_unbound: Duration,
 }
 
@@ -188,7 +188,11 @@ impl Subscriptions {
     /// Loads the subscriptions the last run left (none is bound yet: each
     /// counts as unbound since it was, or since now) and gives their queues
     /// their settings.
-    pub(super) fn load(rows: TopicSubscriptions, queues: Queues, keep_unbound: Duration) -> Self {
+    pub(super) fn load(
+        rows: TopicSubscriptions,
+        queues: Arc<dyn QueueBackend>,
+        keep_unbound: Duration,
+    ) -> Self {
         let now = now_ms();
         let mut table = Table::default();
         for ((topic, ns, fid), rec) in rows.all() {
@@ -225,8 +229,8 @@ impl Subscriptions {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn queues(&self) -> &Queues {
-        &self.queues
+    pub(super) fn queues(&self) -> &dyn QueueBackend {
+        self.queues.as_ref()
     }
 
     /// The subscriptions a publish to `topic` fans out to: bound ones, and

@@ -26,7 +26,7 @@ pub fn fast_config() -> qmesh::Config {
 /// [`fast_config`]'s settings (3 attempts, 20 ms backoff, 1 s lease).
 pub fn jetstream_config(nats: &NatsCluster, id: &str) -> qmesh::Config {
     let mut c = nats.engine_config(fast_config(), id);
-    c.cluster.queues = qmesh::config::QueueBackend::Jetstream;
+    c.cluster.queues = qmesh::config::BackendKind::Jetstream;
     c
 }
 

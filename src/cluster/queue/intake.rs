@@ -512,10 +512,18 @@ pub(super) fn lane(job: &Job, settings: &QueueSettings) -> Result<Lane, ErrorBod
 }
 
 impl Job {
-    /// A checked `queue::enqueue` request as a job of the stream, with the
-    /// caller's trace context (`expires_*` is refused: not yet supported
-    /// on JetStream queues).
-    fn of_request(req: crate::queue::EnqueueRequest, ctx: &CallCtx) -> Result<Self, ErrorBody> {
+    /// A checked enqueue request made by a call, as a job of the stream
+    /// with the caller's trace context.
+    fn of_call(mut req: crate::queue::EnqueueRequest, ctx: &CallCtx) -> Result<Self, ErrorBody> {
+        req.traceparent = ctx.traceparent.clone();
+        req.baggage = ctx.baggage.clone();
+        Self::of_request(req)
+    }
+
+    /// A checked enqueue request as a job of the stream, with the request's
+    /// trace context (`expires_*` is refused: not yet supported on
+    /// JetStream queues).
+    pub(super) fn of_request(req: crate::queue::EnqueueRequest) -> Result<Self, ErrorBody> {
         if req.expires_at_ms.is_some() {
             return Err(not_supported(
                 "expires_in and expires_at: not supported yet by the cluster's JetStream queues",
@@ -528,8 +536,8 @@ impl Job {
                 function_id: req.function_id,
             },
             payload: req.payload,
-            traceparent: ctx.traceparent.clone(),
-            baggage: ctx.baggage.clone(),
+            traceparent: req.traceparent,
+            baggage: req.baggage,
             idempotency_key: req.idempotency_key,
             run_at_ms: req.run_at_ms,
             priority: req.priority,
@@ -547,7 +555,7 @@ pub(super) fn enqueue(
     input: Value,
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
-        let job = Job::of_request(crate::queue::parse_enqueue(input)?, &ctx)?;
+        let job = Job::of_call(crate::queue::parse_enqueue(input)?, &ctx)?;
         let e = shared.enqueue(job).await?;
         Ok(json!({ "messageReceiptId": e.receipt, "receipt": e.receipt, "duplicate": e.duplicate }))
     })
@@ -568,7 +576,7 @@ pub(super) fn enqueue_many(
         let batch = crate::queue::parse_enqueue_many(input)?;
         let mut jobs = Vec::with_capacity(batch.jobs.len());
         for (i, req) in batch.jobs.into_iter().enumerate() {
-            let job = Job::of_request(req, &ctx).map_err(|mut e| {
+            let job = Job::of_call(req, &ctx).map_err(|mut e| {
                 e.message = format!("jobs[{i}]: {}", e.message);
                 e
             })?;

@@ -1,6 +1,7 @@
 //! The cluster's durable queues on NATS JetStream (`[cluster] queues =
 //! "jetstream"`): a job enqueued on any engine is run by any engine with a
-//! worker for its function.
+//! worker for its function. Durable topics' jobs come here too, through
+//! the `queue::QueueBackend` the engine root hands the topics module.
 //!
 //! In NATS (every name derived from the cluster's name):
 //! - the job stream `qmesh_<cluster>_jobs` (work-queue retention, `[cluster]
@@ -68,6 +69,7 @@
 
 mod actions;
 mod dead;
+mod declared;
 mod index;
 mod intake;
 mod leases;
@@ -248,7 +250,8 @@ pub(super) struct Shared {
     receipts: jetstream::kv::Store,
     /// Which queues are paused (`index.rs`).
     queue_flags: jetstream::kv::Store,
-    config: QueueConfig,
+    /// The queues' settings: `[queue]`'s, and queues defined at run time.
+    config: declared::Declared,
     mesh: Mesh,
     directory: Arc<Directory>,
     /// Consumers this engine created or found (none is ever deleted).
@@ -348,7 +351,7 @@ impl Cluster {
                 schedules,
                 receipts,
                 queue_flags,
-                config: queue,
+                config: declared::Declared::new(queue),
                 mesh: self.mesh.clone(),
                 directory: self.directory.clone(),
                 consumers: Mutex::new(HashSet::new()),
@@ -439,6 +442,26 @@ fn unsupported(id: &'static str, _: Mesh, _: CallCtx, _: Value) -> BoxFuture<'st
              (not yet: enqueue_flow, progress, log, throttle)"
         )))
     })
+}
+
+/// Durable topics' jobs go onto the job stream like workers' enqueues: a
+/// publish acknowledged by any engine is replicated, and any engine with
+/// a worker for the subscriber runs it, even if the publishing engine died.
+impl crate::queue::QueueBackend for ClusterQueues {
+    fn define(&self, name: String, overrides: crate::queue::settings::QueueOverrides) {
+        self.shared.config.define(name, overrides);
+    }
+
+    fn enqueue_many(
+        &self,
+        reqs: Vec<crate::queue::EnqueueRequest>,
+    ) -> BoxFuture<'static, Result<Vec<crate::queue::Enqueued>, ErrorBody>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let jobs = reqs.into_iter().map(intake::Job::of_request);
+            shared.enqueue_many(jobs.collect::<Result<_, _>>()?).await
+        })
+    }
 }
 
 impl Module for ClusterQueues {

@@ -160,12 +160,7 @@ impl Shared {
         mut lanes: watch::Receiver<Lanes>,
         stop: CancellationToken,
     ) {
-        let concurrency = self
-            .config
-            .settings(&key.queue)
-            .unwrap_or_else(|| self.config.defaults.clone())
-            .concurrency
-            .max(1);
+        let concurrency = self.config.or_defaults(&key.queue).concurrency.max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut bands: BTreeMap<Lane, jetstream::consumer::PullConsumer> = BTreeMap::new();
         let mut fifo: HashSet<Lane> = HashSet::new();
@@ -346,10 +341,7 @@ impl Shared {
         msg: jetstream::Message,
         _slot: Option<OwnedSemaphorePermit>,
     ) {
-        let settings = self
-            .config
-            .settings(&key.queue)
-            .unwrap_or_else(|| self.config.defaults.clone());
+        let settings = self.config.or_defaults(&key.queue);
         let attempt = match msg.info() {
             Ok(info) => u32::try_from(info.delivered).unwrap_or(u32::MAX),
             Err(e) => {

@@ -377,10 +377,7 @@ impl Shared {
     async fn queue_view(&self, queue: &str, lanes: &[&JobConsumer], parts: Parts) -> Value {
         let c = self.counts(lanes, parts.delayed).await;
         let Parts { dead, paused, .. } = parts;
-        let settings = self
-            .config
-            .settings(queue)
-            .unwrap_or_else(|| self.config.defaults.clone());
+        let settings = self.config.or_defaults(queue);
         json!({
             "queue": queue,
             "paused": paused,
@@ -562,10 +559,7 @@ impl Shared {
                 }
             };
             let history = self.history_of(receipt).await;
-            let settings = self
-                .config
-                .settings(&key.queue)
-                .unwrap_or_else(|| self.config.defaults.clone());
+            let settings = self.config.or_defaults(&key.queue);
             let redrives: u64 = header(&m, REDRIVES)
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(0);
@@ -614,8 +608,7 @@ impl Shared {
         let last: Option<ErrorBody> = serde_json::from_value(letter["last_error"].clone()).ok();
         let settings = letter["queue"]
             .as_str()
-            .and_then(|q| self.config.settings(q))
-            .unwrap_or_else(|| self.config.defaults.clone());
+            .map_or_else(|| self.config.defaults(), |q| self.config.or_defaults(q));
         let view = json!({
             "receipt": receipt,
             "queue": letter["queue"],
