@@ -131,25 +131,8 @@ impl Scheduler {
 
     /// Everything that could refuse a node, before anything is written.
     fn check_flow(&self, root: &FlowNode) -> Result<(), ErrorBody> {
-        let invalid = |m: String| ErrorBody::new(codes::INVALID_ARGUMENTS, m);
-        let mut count = 0;
-        let mut stack = vec![(root, 1usize)];
-        while let Some((node, depth)) = stack.pop() {
-            count += 1;
-            if count > MAX_FLOW_JOBS {
-                return Err(invalid(format!(
-                    "a flow holds at most {MAX_FLOW_JOBS} jobs"
-                )));
-            }
-            if depth > MAX_FLOW_DEPTH {
-                return Err(invalid(format!(
-                    "a flow nests at most {MAX_FLOW_DEPTH} levels"
-                )));
-            }
+        check_flow_with(root, |node| {
             let req = &node.req;
-            if req.idempotency_key.is_some() {
-                return Err(invalid("jobs of a flow take no idempotency_key".into()));
-            }
             let Some(settings) = self
                 .queues
                 .get(&req.queue)
@@ -164,16 +147,9 @@ impl Scheduler {
                     ),
                 ));
             };
-            if !node.children.is_empty() && settings.ordering == Ordering::Fifo {
-                return Err(invalid(format!(
-                    "queue {:?} is fifo: a flow's parent (a job with children) cannot wait in a FIFO group",
-                    req.queue
-                )));
-            }
-            self.admit(req)?;
-            stack.extend(node.children.iter().map(|c| (c, depth + 1)));
-        }
-        Ok(())
+            check_parent_queue(&req.queue, !node.children.is_empty(), &settings)?;
+            self.admit(req).map(|_| ())
+        })
     }
 
     /// A job reached a final state (`Completed`, `Dead`, `Cancelled`) or was
@@ -274,9 +250,56 @@ impl Scheduler {
     }
 }
 
+/// What refuses a flow on any queue backend: its size, its depth, and an
+/// idempotency key on a node; then `node_ok` for what a node's queue says.
+pub(crate) fn check_flow_with(
+    root: &FlowNode,
+    mut node_ok: impl FnMut(&FlowNode) -> Result<(), ErrorBody>,
+) -> Result<(), ErrorBody> {
+    let invalid = |m: String| ErrorBody::new(codes::INVALID_ARGUMENTS, m);
+    let mut count = 0;
+    let mut stack = vec![(root, 1usize)];
+    while let Some((node, depth)) = stack.pop() {
+        count += 1;
+        if count > MAX_FLOW_JOBS {
+            return Err(invalid(format!(
+                "a flow holds at most {MAX_FLOW_JOBS} jobs"
+            )));
+        }
+        if depth > MAX_FLOW_DEPTH {
+            return Err(invalid(format!(
+                "a flow nests at most {MAX_FLOW_DEPTH} levels"
+            )));
+        }
+        if node.req.idempotency_key.is_some() {
+            return Err(invalid("jobs of a flow take no idempotency_key".into()));
+        }
+        node_ok(node)?;
+        stack.extend(node.children.iter().map(|c| (c, depth + 1)));
+    }
+    Ok(())
+}
+
+/// A parent (a job with children) cannot wait in a FIFO group.
+pub(crate) fn check_parent_queue(
+    queue: &str,
+    is_parent: bool,
+    settings: &super::settings::QueueSettings,
+) -> Result<(), ErrorBody> {
+    if is_parent && settings.ordering == Ordering::Fifo {
+        return Err(ErrorBody::new(
+            codes::INVALID_ARGUMENTS,
+            format!(
+                "queue {queue:?} is fifo: a flow's parent (a job with children) cannot wait in a FIFO group"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The receipts of a flow in its shape: `{receipt, children: [...]}`, ids
 /// taken in pre-order.
-fn receipts(node: &FlowNode, ids: &mut impl Iterator<Item = Uuid>) -> serde_json::Value {
+pub(crate) fn receipts(node: &FlowNode, ids: &mut impl Iterator<Item = Uuid>) -> serde_json::Value {
     let id = ids.next().expect("one id per node");
     let children: Vec<serde_json::Value> = node.children.iter().map(|c| receipts(c, ids)).collect();
     serde_json::json!({ "receipt": id, "queue": node.req.queue, "function_id": node.req.function_id, "children": children })

@@ -405,9 +405,7 @@ pub(super) fn enqueue_flow(
     input: Value,
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
-        let a: FlowArgs = args(input)?;
-        let queue = queue_name(a.job.queue.clone())?;
-        let mut root = flow_node(queue, a, now_ms(), "flow")?;
+        let mut root = parse_enqueue_flow(input)?;
         let span = EnqueueSpan::open(&mesh, &ctx, root.req.function_id.clone());
         let mut stack = vec![&mut root];
         while let Some(node) = stack.pop() {
@@ -416,6 +414,14 @@ pub(super) fn enqueue_flow(
         }
         span.closes(queues.enqueue_flow(root).await)
     })
+}
+
+/// A `queue::enqueue_flow` request, every node checked for itself (its
+/// queue's settings are the queue's to check).
+pub(crate) fn parse_enqueue_flow(input: Value) -> Result<FlowNode, ErrorBody> {
+    let a: FlowArgs = args(input)?;
+    let queue = queue_name(a.job.queue.clone())?;
+    flow_node(queue, a, now_ms(), "flow")
 }
 
 /// One node of a flow, checked; `at` names it in errors (`flow.children[1]`).

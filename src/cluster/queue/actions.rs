@@ -8,9 +8,12 @@
 //!   resumed (`pause_until`, NATS 2.11) or resumed; a consumer created
 //!   later, for any lane, follows the flag;
 //! - purge: a purge of the job stream filtered on the queue's subjects
-//!   (every lane's), then on its delayed jobs' scheduled messages;
+//!   (every lane's), then on its delayed jobs' scheduled messages and its
+//!   waiting flow parents' (the parents of purged children are not told:
+//!   they keep waiting, as `queue::get` shows);
 //! - cancel: the job's message deleted, if it was not delivered yet (a
-//!   delayed job's scheduled message, while it waits);
+//!   delayed job's scheduled message, a waiting flow parent's), and its
+//!   flow's parent told (`flows.rs`);
 //! - redrive: the dead letter republished to the job stream on its lane's
 //!   subject (its priority's band, or its FIFO group's lane now) with its
 //!   receipt and priority kept (its history put back in the attempts
@@ -25,6 +28,7 @@ use uuid::Uuid;
 
 use super::dead::REDRIVES;
 use super::dead::{Attempt, dead_subject};
+use super::flows::Ended;
 use super::index::{Place, nats_error};
 use super::intake::{Job, PRIORITY, RECEIPT, lane};
 use super::views::{OpArgs, view_fn};
@@ -72,6 +76,7 @@ impl Shared {
         for subject in [
             format!("{}.>", JobKey::queue_prefix(queue, &self.names)),
             format!("{}.*", JobKey::delayed_prefix(queue, &self.names)),
+            format!("{}.*", super::flows::waiting_prefix(self, queue)),
         ] {
             let done = self
                 .jobs
@@ -88,10 +93,21 @@ impl Shared {
     /// message while it is delayed.
     async fn cancel_job(&self, receipt: Uuid) -> Result<Value, ErrorBody> {
         let seq = self.cancellable(receipt).await?;
-        match self.jobs.delete_message(seq).await {
-            Ok(_) => Ok(json!({ "receipt": receipt, "cancelled": true })),
-            Err(e) => Err(nats_error("delete the job", e)),
+        let message = self.job_message(seq).await?;
+        self.jobs
+            .delete_message(seq)
+            .await
+            .map_err(|e| nats_error("delete the job", e))?;
+        // A flow's child: its parent hears of it, as of any end.
+        if let Some(m) = message
+            && let Some(key) = self.key_of(&m)
+        {
+            // Logged on failure: the job is gone, its parent keeps waiting.
+            let _ = self
+                .child_ended(Some(&m.headers), &key, receipt, Ended::Cancelled)
+                .await;
         }
+        Ok(json!({ "receipt": receipt, "cancelled": true }))
     }
 
     /// The queue's dead letters, oldest first: every one (`receipt` none),

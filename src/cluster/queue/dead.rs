@@ -66,10 +66,11 @@ impl Shared {
         }
     }
 
-    /// Stores the job as a dead letter, then acknowledges its job message.
-    /// A dead letter NATS refuses leaves the job to be delivered again after
-    /// a short delay (its next delivery is past its last attempt, so it is
-    /// dead-lettered then, without running).
+    /// Stores the job as a dead letter, then acknowledges its job message
+    /// (and tells its flow's parent, if it has one). A dead letter NATS
+    /// refuses leaves the job to be delivered again after a short delay
+    /// (its next delivery is past its last attempt, so it is dead-lettered
+    /// then, without running).
     pub(super) async fn dead_letter(
         &self,
         key: &JobKey,
@@ -77,63 +78,25 @@ impl Shared {
         receipt: Uuid,
         history: Vec<Attempt>,
     ) {
-        let payload: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
-        let last = history.last().map(|a| a.error.clone());
-        let now = crate::queue::now_ms();
-        let redrives: u64 = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(REDRIVES))
-            .and_then(|v| v.as_str().parse().ok())
-            .unwrap_or(0);
-        // Its priority (a FIFO job has none), for `queue::get` and a
-        // redrive back onto its band.
-        let priority: u64 = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(super::intake::PRIORITY))
-            .and_then(|v| v.as_str().parse().ok())
-            .or_else(|| {
-                super::JobKey::parse(&msg.subject, &self.names)
-                    .map(|(_, lane)| lane.lowest_priority() as u64)
-            })
-            .unwrap_or(0);
-        let letter = json!({
-            "id": receipt,
-            "queue": key.queue,
-            "namespace": key.namespace,
-            "function_id": key.function_id,
-            "payload": payload,
-            "error": last.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
-            "last_error": last,
-            "failed_at": now / 1000,
-            "failed_at_ms": now,
-            "retries": history.iter().map(|a| a.attempt).max().unwrap_or(0),
-            "size_bytes": msg.payload.len(),
-            "history": history,
-            "redrives": redrives,
-            "priority": priority,
-        });
-        let body = serde_json::to_vec(&letter).expect("a dead letter encodes");
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(body.into())
-            // Once per dead-lettering: a redriven job that dies again is
-            // not a duplicate of its first dead letter.
-            .message_id(format!("{receipt}.{redrives}"));
-        let stored = match self
-            .js
-            .send_publish(dead_subject(self, &key.queue), publish)
+        let headers = msg.headers.as_ref();
+        match self
+            .store_letter(key, headers, &msg.subject, &msg.payload, receipt, &history)
             .await
         {
-            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match stored {
-            Ok(seq) => {
-                // Before the ack: a job is always findable where it is.
-                let place = super::index::Place::Dead { seq };
-                if let Err(e) = self.index_anyway(receipt, place).await {
-                    tracing::warn!(%receipt, error = %e, "cannot index a dead letter");
+            Ok(()) => {
+                let last = history.last().map(|a| a.error.clone());
+                let ended = super::flows::Ended::Dead(last);
+                if self
+                    .child_ended(headers, key, receipt, ended)
+                    .await
+                    .is_err()
+                {
+                    // Delivered again past its last attempt, it is
+                    // dead-lettered again (one letter) and its parent told.
+                    let _ = msg
+                        .ack_with(jetstream::AckKind::Nak(Some(super::flows::FLOW_RETRY)))
+                        .await;
+                    return;
                 }
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(%receipt, error = %e, "a dead-lettered job's ack failed: it will be dead-lettered again");
@@ -150,5 +113,68 @@ impl Shared {
                     .await;
             }
         }
+    }
+
+    /// Stores a job (its message's headers, subject and payload) as a dead
+    /// letter with its history, and indexes its receipt there.
+    pub(super) async fn store_letter(
+        &self,
+        key: &JobKey,
+        headers: Option<&async_nats::HeaderMap>,
+        subject: &str,
+        payload: &[u8],
+        receipt: Uuid,
+        history: &[Attempt],
+    ) -> Result<(), String> {
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let data: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        let last = history.last().map(|a| a.error.clone());
+        let now = crate::queue::now_ms();
+        let redrives: u64 = header(REDRIVES).and_then(|v| v.parse().ok()).unwrap_or(0);
+        // Its priority (a FIFO job has none), for `queue::get` and a
+        // redrive back onto its band.
+        let priority: u64 = header(super::intake::PRIORITY)
+            .and_then(|v| v.parse().ok())
+            .or_else(|| {
+                super::JobKey::parse(subject, &self.names)
+                    .map(|(_, lane)| lane.lowest_priority() as u64)
+            })
+            .unwrap_or(0);
+        let letter = json!({
+            "id": receipt,
+            "queue": key.queue,
+            "namespace": key.namespace,
+            "function_id": key.function_id,
+            "payload": data,
+            "error": last.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
+            "last_error": last,
+            "failed_at": now / 1000,
+            "failed_at_ms": now,
+            "retries": history.iter().map(|a| a.attempt).max().unwrap_or(0),
+            "size_bytes": payload.len(),
+            "history": history,
+            "redrives": redrives,
+            "priority": priority,
+        });
+        let body = serde_json::to_vec(&letter).expect("a dead letter encodes");
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(body.into())
+            // Once per dead-lettering: a redriven job that dies again is
+            // not a duplicate of its first dead letter.
+            .message_id(format!("{receipt}.{redrives}"));
+        let seq = match self
+            .js
+            .send_publish(dead_subject(self, &key.queue), publish)
+            .await
+        {
+            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string())?,
+            Err(e) => return Err(e.to_string()),
+        };
+        // Before the job message goes: a job is always findable where it is.
+        let place = super::index::Place::Dead { seq };
+        if let Err(e) = self.index_anyway(receipt, place).await {
+            tracing::warn!(%receipt, error = %e, "cannot index a dead letter");
+        }
+        Ok(())
     }
 }

@@ -9,7 +9,8 @@
 //!   every job of a `queue::enqueue_many` before the batch is answered,
 //!   again when a delayed job is first looked up after it fired (its job
 //!   message's sequence), when the job is dead-lettered (the dead
-//!   letter's sequence) and redriven (its new sequence). An entry whose
+//!   letter's sequence) and redriven (its new sequence); a flow's parent
+//!   while it waits (its waiting message's) and once released. An entry whose
 //!   message is gone is a job that completed, or was cancelled, purged or
 //!   discarded: JetStream keeps nothing of it. Entries expire [`RECEIPTS_KEPT`] after
 //!   their last write.
@@ -52,6 +53,10 @@ pub(super) enum Place {
     Delayed { seq: u64, target: String },
     /// On the dead-letter stream at `seq` (unless discarded since).
     Dead { seq: u64 },
+    /// A flow's parent waiting for its children: its message on the job
+    /// stream at `seq` (`qmesh.<cluster>.waiting.<queue>.<receipt>`, read
+    /// by no consumer) until its last child ends (`flows.rs`).
+    Waiting { seq: u64 },
 }
 
 pub(super) fn nats_error(what: &str, e: impl std::fmt::Display) -> ErrorBody {

@@ -36,15 +36,15 @@ pub(super) const DUE_AT: &str = "Qmesh-Due-At";
 
 /// A job sent to the stream: its receipt, and whether it went as a
 /// scheduled message (delayed) rather than to its lane's subject.
-struct Sent {
-    receipt: Uuid,
+pub(super) struct Sent {
+    pub receipt: Uuid,
     /// The job's lane subject, when it went as a scheduled message.
     delayed_to: Option<String>,
 }
 
 impl Sent {
     /// Where the job is once the stream stored it at `seq`.
-    fn place(&self, seq: u64) -> Place {
+    pub(super) fn place(&self, seq: u64) -> Place {
         match &self.delayed_to {
             Some(target) => Place::Delayed {
                 seq,
@@ -120,6 +120,14 @@ fn schedule_at(at_ms: u64) -> String {
     format!("@at {}", humantime::format_rfc3339_millis(at))
 }
 
+/// Makes a job's message a scheduled one: the stream publishes it on
+/// `target` at `at` (ms since the epoch), which it keeps (`DUE_AT`).
+pub(super) fn schedule(headers: &mut HeaderMap, at: u64, target: &str) {
+    headers.insert(NATS_SCHEDULE, schedule_at(at).as_str());
+    headers.insert(NATS_SCHEDULE_TARGET, target);
+    headers.insert(DUE_AT, at.to_string().as_str());
+}
+
 /// Why an enqueue got no receipt from the stream.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum PublishRefused {
@@ -166,7 +174,7 @@ impl From<PublishRefused> for ErrorBody {
 
 /// A job's receipt: random, or derived from its idempotency key so that a
 /// duplicate the stream drops answers with the first one's receipt.
-fn receipt(queue: &str, idempotency_key: Option<&str>) -> Uuid {
+pub(super) fn receipt(queue: &str, idempotency_key: Option<&str>) -> Uuid {
     match idempotency_key {
         None => Uuid::new_v4(),
         Some(key) => {
@@ -306,7 +314,7 @@ impl Shared {
     /// Indexes the receipts of a batch's acknowledged jobs (at most
     /// [`INDEX_IN_FLIGHT`] writes at once); a receipt met twice (a repeated
     /// idempotency key) keeps its first place.
-    async fn index_all(&self, places: Vec<(Uuid, Place)>) -> Result<(), PublishRefused> {
+    pub(super) async fn index_all(&self, places: Vec<(Uuid, Place)>) -> Result<(), PublishRefused> {
         let total = places.len();
         let mut writes = futures_util::stream::iter(places)
             .map(|(receipt, place)| async move { self.index(receipt, place, 0).await })
@@ -319,7 +327,7 @@ impl Shared {
 
     /// What the queue's settings say of a job, before anything is sent: its
     /// settings and lane, or why it is refused.
-    fn check(&self, job: &Job) -> Result<(QueueSettings, Lane), ErrorBody> {
+    pub(super) fn check(&self, job: &Job) -> Result<(QueueSettings, Lane), ErrorBody> {
         let settings = self.settings(&job.key.queue)?;
         let size = job.payload.get().len();
         if size > settings.max_payload_bytes {
@@ -377,6 +385,29 @@ impl Shared {
         lane: Lane,
     ) -> Result<(Sent, PublishAckFuture), PublishRefused> {
         let receipt = receipt(&job.key.queue, job.idempotency_key.as_deref());
+        let (subject, headers, sent) = self.message_of(job, lane, receipt, true);
+        let body = bytes::Bytes::copy_from_slice(job.payload.get().as_bytes());
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, body)
+            .await
+            .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?;
+        Ok((sent, ack))
+    }
+
+    /// A checked job's subject and headers on the stream. With `schedule`,
+    /// a job due later is a scheduled message: the stream itself publishes
+    /// it on its job subject at its time (with these headers, minus the
+    /// schedule's), then deletes it; stored on the stream's replicas before
+    /// the PubAck, like any job. Without, only its due time is kept
+    /// (`DUE_AT`), for whoever sends it later (a flow's parent).
+    pub(super) fn message_of(
+        &self,
+        job: &Job,
+        lane: Lane,
+        receipt: Uuid,
+        schedule: bool,
+    ) -> (String, HeaderMap, Sent) {
         let mut headers = HeaderMap::new();
         headers.insert(RECEIPT, receipt.to_string().as_str());
         if job.idempotency_key.is_some() {
@@ -394,33 +425,24 @@ impl Shared {
             headers.insert(PRIORITY, job.priority.to_string().as_str());
         }
         let target = job.key.subject(&self.names, lane);
-        let (subject, delayed_to) = match job.run_at_ms.filter(|at| *at > crate::queue::now_ms()) {
-            None => (target, None),
-            Some(at) => {
-                // A delayed job is a scheduled message: the stream itself
-                // publishes it on its job subject at `at` (with these headers,
-                // minus the schedule's), then deletes it. Stored on the
-                // stream's replicas before the PubAck, like any job.
-                headers.insert(NATS_SCHEDULE, schedule_at(at).as_str());
-                headers.insert(NATS_SCHEDULE_TARGET, target.as_str());
-                headers.insert(DUE_AT, at.to_string().as_str());
+        let due = job.run_at_ms.filter(|at| *at > crate::queue::now_ms());
+        let (subject, delayed_to) = match due {
+            Some(at) if schedule => {
+                self::schedule(&mut headers, at, &target);
                 let subject = JobKey::delayed_subject(&job.key.queue, receipt, &self.names);
                 (subject, Some(target))
             }
+            Some(at) => {
+                headers.insert(DUE_AT, at.to_string().as_str());
+                (target, None)
+            }
+            None => (target, None),
         };
-        let body = bytes::Bytes::copy_from_slice(job.payload.get().as_bytes());
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, body)
-            .await
-            .map_err(|e| PublishRefused::NotAcknowledged(e.to_string()))?;
-        Ok((
-            Sent {
-                receipt,
-                delayed_to,
-            },
-            ack,
-        ))
+        let sent = Sent {
+            receipt,
+            delayed_to,
+        };
+        (subject, headers, sent)
     }
 
     /// Creates the consumer of the job's (queue, namespace, function) and

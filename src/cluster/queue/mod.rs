@@ -34,7 +34,10 @@
 //!   written before its receipt is answered on every enqueue path, or on
 //!   the dead-letter stream), for `queue::get`, `explain` and `cancel`;
 //! - the bucket `qmesh_<cluster>_queues`: a flag per paused queue (its
-//!   consumers, every lane's, are paused with `pause_until` too).
+//!   consumers, every lane's, are paused with `pause_until` too);
+//! - flows (`flows.rs`): parents waiting on `qmesh.<cluster>.waiting.>`
+//!   (no consumer reads it) until the bucket `qmesh_<cluster>_flows`
+//!   records the end of their last child.
 //!
 //! Per-group FIFO (`ordering = "fifo"`): a group's jobs always go to the
 //! same lane of their (queue, namespace, function), the group key's
@@ -70,6 +73,7 @@
 mod actions;
 mod dead;
 mod declared;
+mod flows;
 mod index;
 mod intake;
 mod leases;
@@ -250,6 +254,10 @@ pub(super) struct Shared {
     receipts: jetstream::kv::Store,
     /// Which queues are paused (`index.rs`).
     queue_flags: jetstream::kv::Store,
+    /// How the children of each waiting flow parent ended (`flows.rs`).
+    flows: jetstream::kv::Store,
+    /// Whether the job stream takes atomic batches (flows).
+    flows_allowed: bool,
     /// The queues' settings: `[queue]`'s, and queues defined at run time.
     config: declared::Declared,
     mesh: Mesh,
@@ -293,18 +301,30 @@ impl Cluster {
             &js,
             jetstream::stream::Config {
                 name: jobs_name.clone(),
-                subjects: vec![format!("qmesh.{c}.jobs.>"), format!("qmesh.{c}.delayed.>")],
+                subjects: vec![
+                    format!("qmesh.{c}.jobs.>"),
+                    format!("qmesh.{c}.delayed.>"),
+                    format!("qmesh.{c}.waiting.>"),
+                ],
                 retention: jetstream::stream::RetentionPolicy::WorkQueue,
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: replicas,
                 duplicate_window: config.idempotency_window,
                 allow_message_schedules: true,
+                allow_atomic_publish: true,
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| setup_error(jobs_name.clone(), replicas, e))?;
         let schedules = allow_schedules(&js, &jobs, c).await;
+        // Updated one after the other: each update starts from the stream's
+        // config as the last one left it.
+        let jobs = match js.get_stream(&jobs_name).await {
+            Ok(jobs) => jobs,
+            Err(e) => return Err(setup_error(jobs_name, replicas, e)),
+        };
+        let flows_allowed = allow_flows(&js, &jobs, c).await;
         let dead_name = format!("qmesh_{c}_dead");
         let dead = super::kv::open_stream(
             &js,
@@ -340,6 +360,13 @@ impl Cluster {
             Duration::ZERO,
         )
         .await?;
+        let flows = super::kv::open_bucket(
+            &self.client,
+            format!("qmesh_{c}_flows"),
+            replicas,
+            index::RECEIPTS_KEPT,
+        )
+        .await?;
         tracing::info!(stream = %jobs.cached_info().config.name, replicas, "queues on the cluster's JetStream");
         Ok(ClusterQueues {
             shared: Arc::new(Shared {
@@ -351,6 +378,8 @@ impl Cluster {
                 schedules,
                 receipts,
                 queue_flags,
+                flows,
+                flows_allowed,
                 config: declared::Declared::new(queue),
                 mesh: self.mesh.clone(),
                 directory: self.directory.clone(),
@@ -363,28 +392,64 @@ impl Cluster {
 }
 
 /// Makes sure the job stream takes delayed jobs: scheduled messages on
-/// `qmesh.<cluster>.delayed.>` (a stream made by an engine before delays
-/// existed is updated in place; existing jobs and consumers are kept).
-/// `false` when NATS refuses (a server older than 2.12): delayed enqueues
-/// are then refused with `not_supported`.
+/// `qmesh.<cluster>.delayed.>`. `false` when NATS refuses (a server older
+/// than 2.12): delayed enqueues are then refused with `not_supported`.
 async fn allow_schedules(
     js: &jetstream::Context,
     jobs: &jetstream::stream::Stream,
     cluster: &str,
 ) -> bool {
-    let mut config = jobs.cached_info().config.clone();
     let delayed = format!("qmesh.{cluster}.delayed.>");
-    if config.allow_message_schedules && config.subjects.contains(&delayed) {
+    let allowed = stream_allows(js, jobs, &delayed, |c| &mut c.allow_message_schedules).await;
+    if !allowed {
+        tracing::warn!(
+            "the job stream cannot take scheduled messages (nats-server 2.12 or later needed): delayed jobs are refused"
+        );
+    }
+    allowed
+}
+
+/// Makes sure the job stream takes flows: their parents waiting on
+/// `qmesh.<cluster>.waiting.>`, and atomic batches (a flow is stored whole
+/// or not at all). `false` when NATS refuses (a server older than 2.12):
+/// `queue::enqueue_flow` is then refused with `not_supported`.
+async fn allow_flows(
+    js: &jetstream::Context,
+    jobs: &jetstream::stream::Stream,
+    cluster: &str,
+) -> bool {
+    let waiting = format!("qmesh.{cluster}.waiting.>");
+    let allowed = stream_allows(js, jobs, &waiting, |c| &mut c.allow_atomic_publish).await;
+    if !allowed {
+        tracing::warn!(
+            "the job stream cannot take atomic batches (nats-server 2.12 or later needed): flows are refused"
+        );
+    }
+    allowed
+}
+
+/// Makes sure the job stream has `subject` and the feature `flag` names;
+/// a stream made by an engine before them is updated in place (its jobs
+/// and consumers are kept). Whether it has them now.
+async fn stream_allows(
+    js: &jetstream::Context,
+    jobs: &jetstream::stream::Stream,
+    subject: &str,
+    flag: impl Fn(&mut jetstream::stream::Config) -> &mut bool,
+) -> bool {
+    let mut config = jobs.cached_info().config.clone();
+    let has_subject = config.subjects.iter().any(|s| s == subject);
+    if *flag(&mut config) && has_subject {
         return true;
     }
-    config.allow_message_schedules = true;
-    if !config.subjects.contains(&delayed) {
-        config.subjects.push(delayed);
+    *flag(&mut config) = true;
+    if !has_subject {
+        config.subjects.push(subject.to_owned());
     }
     match js.update_stream(config).await {
-        Ok(info) => info.config.allow_message_schedules,
+        Ok(mut info) => *flag(&mut info.config),
         Err(e) => {
-            tracing::warn!(error = %e, "the job stream cannot take scheduled messages (nats-server 2.12 or later needed): delayed jobs are refused");
+            tracing::debug!(error = %e, subject, "the job stream refused an update");
             false
         }
     }
@@ -439,7 +504,7 @@ fn unsupported(id: &'static str, _: Mesh, _: CallCtx, _: Value) -> BoxFuture<'st
     Box::pin(async move {
         Err(not_supported(format!(
             "{id} is not supported yet with [cluster] queues = \"jetstream\" \
-             (not yet: enqueue_flow, progress, log, throttle)"
+             (not yet: progress, log, throttle)"
         )))
     })
 }
@@ -476,6 +541,7 @@ impl Module for ClusterQueues {
             match id {
                 "queue::enqueue" => p.async_fn(id, &self.shared, intake::enqueue),
                 "queue::enqueue_many" => p.async_fn(id, &self.shared, intake::enqueue_many),
+                "queue::enqueue_flow" => p.async_fn(id, &self.shared, flows::enqueue_flow),
                 "engine::queue::dlq_topics" => p.async_fn(id, &self.shared, letters::dlq_topics),
                 "engine::queue::dlq_messages" => {
                     p.async_fn(id, &self.shared, letters::dlq_messages)

@@ -381,12 +381,14 @@ impl Shared {
             }
         };
         // The job's context, as the local queue hands it to handlers.
-        let context = serde_json::json!({"job": {
+        let mut context = serde_json::json!({"job": {
             "receipt": receipt,
             "queue": key.queue,
             "attempt": attempt,
             "max_attempts": settings.max_attempts,
         }});
+        self.flow_context(&mut context["job"], receipt, msg.headers.as_ref())
+            .await;
         let extras = CallExtras {
             metadata: Some(crate::protocol::to_payload(&context)),
             traceparent: header(TRACEPARENT),
@@ -406,7 +408,18 @@ impl Shared {
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(_) => {
+            Ok(result) => {
+                // A flow's parent hears of its child before the child's ack.
+                let result = result.unwrap_or_else(crate::protocol::null_payload);
+                let ended = super::flows::Ended::Completed(result);
+                let told = self.child_ended(msg.headers.as_ref(), &key, receipt, ended);
+                if told.await.is_err() {
+                    // Its parent must hear of it: delivered again, it runs again.
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(super::flows::FLOW_RETRY)))
+                        .await;
+                    return;
+                }
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(%receipt, error = %e, "a finished job's ack failed: it will run again");
                 }

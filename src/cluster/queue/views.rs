@@ -117,6 +117,13 @@ enum Found {
         key: JobKey,
         lane: Lane,
     },
+    /// A flow's parent waiting for its children: its waiting message and
+    /// the key and lane it will go to (`flows.rs`).
+    Waiting {
+        m: StreamMessage,
+        key: JobKey,
+        lane: Lane,
+    },
 }
 
 /// What `queue_parts` finds of a queue.
@@ -124,6 +131,7 @@ pub(super) struct QueueParts {
     pub consumers: Vec<JobConsumer>,
     pub dead: u64,
     pub delayed: u64,
+    pub waiting: u64,
     pub paused: bool,
 }
 
@@ -131,6 +139,8 @@ pub(super) struct QueueParts {
 struct Parts {
     dead: u64,
     delayed: u64,
+    /// Flow parents waiting for their children.
+    waiting: u64,
     paused: bool,
 }
 
@@ -269,10 +279,28 @@ impl Shared {
         &self,
         queue: Option<&str>,
     ) -> Result<HashMap<String, u64>, ErrorBody> {
-        let read = |e| nats_error("count the delayed jobs", e);
-        let prefix = format!("qmesh.{}.delayed.", self.names.cluster);
+        self.receipt_subject_counts("delayed", queue).await
+    }
+
+    /// Flow parents waiting for their children, per queue: the subject
+    /// counts of `qmesh.<c>.waiting.<queue>.<receipt>` (`flows.rs`).
+    pub(super) async fn waiting_counts(
+        &self,
+        queue: Option<&str>,
+    ) -> Result<HashMap<String, u64>, ErrorBody> {
+        self.receipt_subject_counts("waiting", queue).await
+    }
+
+    /// The messages per queue of subjects `qmesh.<c>.<kind>.<queue>.<receipt>`.
+    async fn receipt_subject_counts(
+        &self,
+        kind: &str,
+        queue: Option<&str>,
+    ) -> Result<HashMap<String, u64>, ErrorBody> {
+        let read = |e| nats_error(&format!("count the {kind} jobs"), e);
+        let prefix = format!("qmesh.{}.{kind}.", self.names.cluster);
         let filter = match queue {
-            Some(q) => format!("{}.*", JobKey::delayed_prefix(q, &self.names)),
+            Some(q) => format!("{prefix}{}.*", b64().encode(q)),
             None => format!("{prefix}*.*"),
         };
         let jobs = self.jobs.clone();
@@ -333,15 +361,17 @@ impl Shared {
             .collect();
         let dead = self.dead_counts().await?.remove(queue).unwrap_or(0);
         let delayed = self.delayed_counts(Some(queue)).await?.remove(queue);
+        let waiting = self.waiting_counts(Some(queue)).await?.remove(queue);
         let paused = self.is_paused(queue).await?;
-        let delayed = delayed.unwrap_or(0);
-        if consumers.is_empty() && dead == 0 && delayed == 0 && !paused {
+        let (delayed, waiting) = (delayed.unwrap_or(0), waiting.unwrap_or(0));
+        if consumers.is_empty() && dead == 0 && delayed == 0 && waiting == 0 && !paused {
             return Err(no_queue(queue));
         }
         Ok(QueueParts {
             consumers,
             dead,
             delayed,
+            waiting,
             paused,
         })
     }
@@ -376,7 +406,12 @@ impl Shared {
     /// A queue's `queue::stats` view.
     async fn queue_view(&self, queue: &str, lanes: &[&JobConsumer], parts: Parts) -> Value {
         let c = self.counts(lanes, parts.delayed).await;
-        let Parts { dead, paused, .. } = parts;
+        let Parts {
+            dead,
+            paused,
+            waiting,
+            ..
+        } = parts;
         let settings = self.config.or_defaults(queue);
         json!({
             "queue": queue,
@@ -386,9 +421,10 @@ impl Shared {
             "ready": c.ready,
             "waiting_for_worker": c.waiting_for_worker,
             "delayed": c.delayed,
-            // Not offered by these queues yet: nothing can be in these states.
+            // FIFO groups hold nothing here: a lane's consumer delivers one
+            // job at a time (see the module doc of `mod.rs`).
             "held": 0,
-            "waiting_for_children": 0,
+            "waiting_for_children": waiting,
             "running": c.running,
             // Acknowledged jobs leave the stream: their count is not kept.
             "completed": null,
@@ -401,6 +437,7 @@ impl Shared {
         let lanes = self.job_consumers().await?;
         let dead = self.dead_counts().await?;
         let delayed = self.delayed_counts(None).await?;
+        let waiting = self.waiting_counts(None).await?;
         let paused = self.paused_queues().await?;
         let mut queues: BTreeMap<&str, Vec<&JobConsumer>> = BTreeMap::new();
         for lane in &lanes {
@@ -409,7 +446,8 @@ impl Shared {
                 .or_default()
                 .push(lane);
         }
-        for q in dead.keys().chain(delayed.keys()).chain(paused.iter()) {
+        let named = dead.keys().chain(delayed.keys()).chain(waiting.keys());
+        for q in named.chain(paused.iter()) {
             queues.entry(q.as_str()).or_default();
         }
         let mut out = Vec::new();
@@ -417,6 +455,7 @@ impl Shared {
             let parts = Parts {
                 dead: dead.get(queue).copied().unwrap_or(0),
                 delayed: delayed.get(queue).copied().unwrap_or(0),
+                waiting: waiting.get(queue).copied().unwrap_or(0),
                 paused: paused.contains(queue),
             };
             out.push(self.queue_view(queue, &lanes, parts).await);
@@ -430,6 +469,7 @@ impl Shared {
         let counted = Parts {
             dead: parts.dead,
             delayed: parts.delayed,
+            waiting: parts.waiting,
             paused: parts.paused,
         };
         Ok(self.queue_view(queue, &lanes, counted).await)
@@ -531,6 +571,14 @@ impl Shared {
             (Some(Place::Delayed { seq, target }), revision) => {
                 self.delayed_at(receipt, seq, &target, revision).await
             }
+            (Some(Place::Waiting { seq }), _) => Ok(self
+                .job_message(seq)
+                .await?
+                .filter(|m| receipt_of(m) == Some(receipt))
+                .and_then(|m| {
+                    let (key, lane) = self.waiting_key(&m)?;
+                    Some(Found::Waiting { m, key, lane })
+                })),
             _ => Ok(None),
         }
     }
@@ -544,6 +592,7 @@ impl Shared {
         if let Some(found) = self.find_job(receipt).await? {
             let (m, key, lane, state) = match found {
                 Found::Delayed { m, key, lane } => (m, key, lane, "delayed"),
+                Found::Waiting { m, key, lane } => (m, key, lane, "waiting_for_children"),
                 Found::Job {
                     m,
                     key,
@@ -564,6 +613,7 @@ impl Shared {
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(0);
             let traceparent = header(&m, TRACEPARENT);
+            let flow = self.flow_view(receipt, &m.headers).await;
             let view = json!({
                 "receipt": receipt,
                 "queue": key.queue,
@@ -590,7 +640,7 @@ impl Shared {
                 "logs": [],
                 "logs_dropped": 0,
                 "trace_id": traceparent.as_deref().and_then(trace_id),
-                "flow": null,
+                "flow": flow,
             });
             return Ok((view, Some((key, lane))));
         }
@@ -653,7 +703,7 @@ impl Shared {
             )
         };
         match self.find_job(receipt).await? {
-            Some(Found::Delayed { m, .. }) => Ok(m.sequence),
+            Some(Found::Delayed { m, .. } | Found::Waiting { m, .. }) => Ok(m.sequence),
             Some(Found::Job { m, delivered, .. }) if !delivered => Ok(m.sequence),
             Some(Found::Job { .. }) => Err(running("running")),
             None => match self.locate(receipt).await? {
