@@ -20,6 +20,10 @@ use async_nats::jetstream;
 /// was redriven.
 pub(super) const REDRIVES: &str = "Qmesh-Redrives";
 
+/// The error code (and the view's `reason`) of a job dead-lettered because
+/// its expiry passed before it started: the local queue's.
+pub(super) const EXPIRED: &str = "expired";
+
 /// One failed attempt, as the history shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Attempt {
@@ -66,6 +70,27 @@ impl Shared {
         }
     }
 
+    /// A job whose expiry (`at`) passed before this delivery started it:
+    /// dead-lettered with the error `expired` without running, no attempt
+    /// spent (earlier failed attempts stay in its history), as on one
+    /// engine. A redrive runs it however late.
+    pub(super) async fn expire(
+        &self,
+        key: &JobKey,
+        msg: &jetstream::Message,
+        receipt: Uuid,
+        at: u64,
+        history: Vec<Attempt>,
+    ) {
+        tracing::info!(%receipt, queue = %key.queue, "job expired before it started");
+        let expired = ErrorBody::new(
+            EXPIRED,
+            format!("not started before its expiry ({at} ms since the epoch)"),
+        );
+        self.dead_letter_as(key, msg, receipt, history, Some(expired))
+            .await
+    }
+
     /// Stores the job as a dead letter, then acknowledges its job message.
     /// A dead letter NATS refuses leaves the job to be delivered again after
     /// a short delay (its next delivery is past its last attempt, so it is
@@ -77,8 +102,28 @@ impl Shared {
         receipt: Uuid,
         history: Vec<Attempt>,
     ) {
-        let payload: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
         let last = history.last().map(|a| a.error.clone());
+        self.dead_letter_as(key, msg, receipt, history, last).await
+    }
+
+    /// [`Self::dead_letter`] with `last` as its last error. The job's
+    /// progress and log (`progress.rs`) go into the letter and leave their
+    /// bucket once it is stored.
+    async fn dead_letter_as(
+        &self,
+        key: &JobKey,
+        msg: &jetstream::Message,
+        receipt: Uuid,
+        history: Vec<Attempt>,
+        last: Option<ErrorBody>,
+    ) {
+        let payload: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
+        let reports = self.reports_of(receipt).await;
+        let expires_at: Option<u64> = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(super::intake::EXPIRES_AT))
+            .and_then(|v| v.as_str().parse().ok());
         let now = crate::queue::now_ms();
         let redrives: u64 = msg
             .headers
@@ -113,6 +158,10 @@ impl Shared {
             "history": history,
             "redrives": redrives,
             "priority": priority,
+            "expires_at_ms": expires_at,
+            "progress": reports.progress,
+            "logs": reports.logs,
+            "logs_dropped": reports.logs_dropped,
         });
         let body = serde_json::to_vec(&letter).expect("a dead letter encodes");
         let publish = jetstream::message::PublishMessage::build()
@@ -139,7 +188,10 @@ impl Shared {
                     tracing::warn!(%receipt, error = %e, "a dead-lettered job's ack failed: it will be dead-lettered again");
                 }
                 self.forget_attempts(receipt).await;
-                tracing::info!(%receipt, queue = %key.queue, "a job ran out of attempts: dead-lettered");
+                if reports.any() {
+                    self.forget_reports(receipt).await;
+                }
+                tracing::info!(%receipt, queue = %key.queue, "a job was dead-lettered");
             }
             Err(e) => {
                 tracing::warn!(%receipt, error = %e, "cannot store a dead letter; the job is delivered again");
