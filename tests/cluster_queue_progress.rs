@@ -4,15 +4,16 @@
 //! cluster, with the local queue's shapes and codes: reports made on the
 //! engine running the job are read from the other one while it runs,
 //! between its attempts and in its dead letter; a throttle made on one
-//! engine holds the other's worker; a job whose expiry passes while it
-//! waits is dead-lettered as expired, a delayed one too.
+//! engine holds the other's worker (and leaves a paused queue paused, and
+//! a resume within it holds the queue to its end); a job whose expiry
+//! passes while it waits is dead-lettered as expired, a delayed one too.
 
 mod common;
 
 use common::nats::{NatsCluster, keys};
 use common::queue::{
-    complete, enqueue, enqueue_with, fail, jetstream_config, log_lines, next_job, now_ms, op,
-    until_state,
+    complete, enqueue, enqueue_with, fail, jetstream_config, job_stream, log_lines, next_job,
+    now_ms, op, until_state,
 };
 use common::{RawClient, TestEngine, WAIT, wait_until};
 use serde_json::json;
@@ -240,4 +241,86 @@ async fn a_throttle_on_one_engine_holds_the_other_and_jobs_that_expire_meanwhile
     }
     let r = c.call("queue::throttle", json!({"queue": "limited"})).await;
     assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{r}");
+}
+
+/// Every consumer of cluster "test"'s job stream is paused (one queue's,
+/// in these tests).
+async fn every_consumer_paused(nats: &NatsCluster) -> bool {
+    use futures_util::StreamExt;
+    let stream = job_stream(nats).await;
+    let mut consumers = stream.consumers();
+    let mut any = false;
+    while let Some(info) = consumers.next().await {
+        if !info.unwrap().paused {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_leaves_a_paused_queue_paused_and_holds_a_resume_to_its_end() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
+    let mut w = RawClient::worker(&b.url, "w").await;
+    w.register_function("svc::held").await;
+    let mut c = RawClient::worker(&a.url, "producer").await;
+    let mut ops_b = RawClient::worker(&b.url, "operator").await;
+    let first = enqueue(&mut c, "held", "svc::held", json!({"n": 0})).await;
+    let inv = next_job(&mut w).await;
+    complete(&mut w, &inv, json!("ok")).await;
+    wait_until("the first job's end", WAIT, async || {
+        c.call("queue::get", json!({"receipt": first})).await["error"]["code"] == "NOT_FOUND"
+    })
+    .await;
+
+    // Paused on a, throttled on b: still paused once the throttle is over.
+    op(&mut c, "queue::pause", json!({"queue": "held"})).await;
+    let throttled_at = now_ms();
+    op(
+        &mut ops_b,
+        "queue::throttle",
+        json!({"queue": "held", "for": 1_000}),
+    )
+    .await;
+    let receipt = enqueue(&mut c, "held", "svc::held", json!({"n": 1})).await;
+    wait_until("the throttle's end", WAIT, async || {
+        now_ms() > throttled_at + 1_200
+    })
+    .await;
+    assert!(
+        every_consumer_paused(&nats).await,
+        "paused past the throttle"
+    );
+    let why = op(&mut ops_b, "queue::explain", json!({"receipt": receipt})).await;
+    assert!(
+        why["explanation"].as_str().unwrap().contains("paused"),
+        "{why}"
+    );
+
+    // Throttled again, then resumed: held to the throttle's end.
+    let throttled_at = now_ms();
+    op(
+        &mut ops_b,
+        "queue::throttle",
+        json!({"queue": "held", "for": "2s"}),
+    )
+    .await;
+    op(&mut c, "queue::resume", json!({"queue": "held"})).await;
+    let why = op(&mut c, "queue::explain", json!({"receipt": receipt})).await;
+    assert!(
+        why["explanation"].as_str().unwrap().contains("throttled"),
+        "{why}"
+    );
+    let inv = next_job(&mut w).await;
+    let got = now_ms();
+    assert!(
+        got >= throttled_at + 2_000,
+        "ran {} ms into a 2 s throttle",
+        got - throttled_at
+    );
+    assert_eq!(inv["data"], json!({"n": 1}), "{inv}");
+    complete(&mut w, &inv, json!("ok")).await;
 }
