@@ -34,15 +34,6 @@ async fn a_job_enqueued_on_one_engine_runs_on_a_worker_of_another() {
     common::queue::complete(&mut worker, &inv, json!({"ok": true})).await;
     // Acknowledged: the work-queue stream lets go of it.
     wait_until("the job's ack", WAIT, async || jobs_left(&nats).await == 0).await;
-
-    // What JetStream queues do not do yet is refused, never answered wrongly.
-    let expiring = producer
-        .call(
-            "queue::enqueue",
-            json!({"queue": "jobs", "function_id": "svc::work", "data": {}, "expires_in": "1m"}),
-        )
-        .await;
-    assert_eq!(expiring["error"]["code"], "not_supported", "{expiring}");
 }
 
 /// A handler beating keeps its job past its lease (1 s here), as on one

@@ -190,7 +190,25 @@ pub(super) fn progress(
     ctx: CallCtx,
     input: Value,
 ) -> BoxFuture<'static, Reply> {
-    report(queues, mesh, ctx, input, |a| {
+    report(queues, mesh, ctx, input, parse_progress)
+}
+
+/// `queue::log {receipt, line}`: a line in a running job's log (the queue's
+/// `max_log_lines` newest are kept; longer lines are cut).
+pub(super) fn log(
+    queues: Queues,
+    mesh: Mesh,
+    ctx: CallCtx,
+    input: Value,
+) -> BoxFuture<'static, Reply> {
+    report(queues, mesh, ctx, input, parse_log)
+}
+
+/// `queue::progress {receipt, progress}` checked: the job, and its
+/// progress as JSON of at most [`super::progress::MAX_PROGRESS_BYTES`].
+/// Shared with the cluster's JetStream queues.
+pub(crate) fn parse_progress(input: Value) -> Result<(Uuid, super::progress::Report), ErrorBody> {
+    parse_report(input, |a| {
         let value = a.progress.ok_or_else(|| invalid("missing progress"))?;
         let raw = serde_json::to_vec(&value).expect("a Value encodes");
         if raw.len() > super::progress::MAX_PROGRESS_BYTES {
@@ -204,15 +222,11 @@ pub(super) fn progress(
     })
 }
 
-/// `queue::log {receipt, line}`: a line in a running job's log (the queue's
-/// `max_log_lines` newest are kept; longer lines are cut).
-pub(super) fn log(
-    queues: Queues,
-    mesh: Mesh,
-    ctx: CallCtx,
-    input: Value,
-) -> BoxFuture<'static, Reply> {
-    report(queues, mesh, ctx, input, |a| {
+/// `queue::log {receipt, line}` checked: the job, and its line (cut to
+/// [`super::progress::MAX_LOG_LINE_BYTES`]). Shared with the cluster's
+/// JetStream queues.
+pub(crate) fn parse_log(input: Value) -> Result<(Uuid, super::progress::Report), ErrorBody> {
+    parse_report(input, |a| {
         let line = match a.line {
             Some(Value::String(s)) => s,
             Some(Value::Null) | None => return Err(invalid("missing line")),
@@ -224,20 +238,28 @@ pub(super) fn log(
     })
 }
 
-/// A handler's report about its running job: `what` reads it from the
+/// A report's receipt, then what `what` reads of the rest.
+fn parse_report(
+    input: Value,
+    what: fn(ReportArgs) -> Result<super::progress::Report, ErrorBody>,
+) -> Result<(Uuid, super::progress::Report), ErrorBody> {
+    let mut a: ReportArgs = args(input)?;
+    let receipt = receipt(a.receipt.take())?;
+    Ok((receipt, what(a)?))
+}
+
+/// A handler's report about its running job: `parse` reads it from the
 /// arguments; the scheduler checks the caller runs the job (or operates).
 fn report(
     queues: Queues,
     mesh: Mesh,
     ctx: CallCtx,
     input: Value,
-    what: fn(ReportArgs) -> Result<super::progress::Report, ErrorBody>,
+    parse: fn(Value) -> Result<(Uuid, super::progress::Report), ErrorBody>,
 ) -> BoxFuture<'static, Reply> {
     let operator = mesh.may_operate(ctx.caller);
     Box::pin(async move {
-        let mut a: ReportArgs = args(input)?;
-        let receipt = receipt(a.receipt.take())?;
-        let report = what(a)?;
+        let (receipt, report) = parse(input)?;
         let caller = ctx.caller;
         run(
             &queues,
@@ -285,11 +307,18 @@ pub(super) fn throttle(
     input: Value,
 ) -> BoxFuture<'static, Reply> {
     Box::pin(async move {
-        let a: ThrottleArgs = args(input)?;
-        let queue = queue_name(a.queue)?;
-        let pause = duration_arg("for", a.pause.ok_or_else(|| invalid("missing for"))?)?;
+        let (queue, pause) = parse_throttle(input)?;
         run(&queues, Op::Throttle { queue, pause }).await
     })
+}
+
+/// `queue::throttle {queue, for}` checked: the queue, and how long its
+/// dispatch pauses. Shared with the cluster's JetStream queues.
+pub(crate) fn parse_throttle(input: Value) -> Result<(String, Duration), ErrorBody> {
+    let a: ThrottleArgs = args(input)?;
+    let queue = queue_name(a.queue)?;
+    let pause = duration_arg("for", a.pause.ok_or_else(|| invalid("missing for"))?)?;
+    Ok((queue, pause))
 }
 
 /// A call's `queue`, present and not empty.

@@ -61,7 +61,8 @@ use scheduler::Command;
 
 pub(crate) use dispatcher::lease_expired;
 pub(crate) use functions::{
-    check_names, parse_enqueue, parse_enqueue_flow, parse_enqueue_many, parse_heartbeat,
+    check_names, parse_enqueue, parse_enqueue_flow, parse_enqueue_many, parse_heartbeat, parse_log,
+    parse_progress, parse_throttle,
 };
 pub(crate) use intake::fifo_group;
 pub(crate) use module::{OPERATOR_ONLY, function_ids};

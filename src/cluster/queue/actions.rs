@@ -17,8 +17,10 @@
 //! - redrive: the dead letter republished to the job stream on its lane's
 //!   subject (its priority's band, or its FIFO group's lane now) with its
 //!   receipt and priority kept (its history put back in the attempts
-//!   bucket, so later failures add to it), its new sequence indexed, then
-//!   the dead letter deleted; discard: the dead letter deleted.
+//!   bucket, so later failures add to it, and its progress and log in
+//!   theirs), its new sequence indexed, then the dead letter deleted,
+//!   without its expiry (a redriven job runs however late, as on one
+//!   engine); discard: the dead letter deleted.
 
 use async_nats::HeaderMap;
 use futures_util::future::BoxFuture;
@@ -31,6 +33,7 @@ use super::dead::{Attempt, dead_subject};
 use super::flows::Ended;
 use super::index::{Place, nats_error};
 use super::intake::{Job, PRIORITY, RECEIPT, lane};
+use super::progress::Reports;
 use super::views::{OpArgs, view_fn};
 use super::{JobKey, Shared};
 use crate::mesh::provided::args;
@@ -59,11 +62,18 @@ impl Shared {
             ));
         }
         self.set_paused(queue, paused).await?;
+        // Resumed within a throttle: held to its end (`throttle.rs`).
+        let throttled = match paused {
+            true => None,
+            false => self.throttled_until(queue).await?,
+        };
         for lane in self.job_consumers().await? {
             if lane.key.queue == queue {
-                self.pause_consumer(&lane.info.name, paused)
-                    .await
-                    .map_err(|e| nats_error("pause the queue's consumers", e))?;
+                let held = match throttled {
+                    Some(until) => self.throttle_consumer(&lane.info.name, until).await,
+                    None => self.pause_consumer(&lane.info.name, paused).await,
+                };
+                held.map_err(|e| nats_error("pause the queue's consumers", e))?;
             }
         }
         Ok(json!({ "queue": queue, "paused": paused }))
@@ -191,6 +201,8 @@ impl Shared {
             } else {
                 priority
             },
+            // Redriven, it runs however late, as on one engine.
+            expires_at_ms: None,
         };
         let lane = lane(&job, &settings)?;
         // Indexed below only if nothing was written since: the job may be
@@ -206,6 +218,17 @@ impl Shared {
             if let Err(e) = self.attempts.put(receipt.to_string(), bytes.into()).await {
                 tracing::warn!(%receipt, error = %e, "cannot put a redriven job's history back");
             }
+        }
+        // Its progress and log too, as on one engine.
+        let mut reports = Reports {
+            progress: Some(b["progress"].clone()).filter(|p| !p.is_null()),
+            logs: serde_json::from_value(b["logs"].clone()).unwrap_or_default(),
+            logs_dropped: b["logs_dropped"].as_u64().unwrap_or(0) as u32,
+        };
+        if reports.any()
+            && let Err(e) = self.store_reports(receipt, &mut reports).await
+        {
+            tracing::warn!(%receipt, error = %e.message, "cannot put a redriven job's progress and log back");
         }
         // No `Nats-Msg-Id`: a job enqueued with an idempotency key would be
         // dropped as a duplicate of itself within the window.

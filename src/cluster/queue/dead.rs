@@ -20,6 +20,10 @@ use async_nats::jetstream;
 /// was redriven.
 pub(super) const REDRIVES: &str = "Qmesh-Redrives";
 
+/// The error code (and the view's `reason`) of a job dead-lettered because
+/// its expiry passed before it started: the local queue's.
+pub(super) const EXPIRED: &str = "expired";
+
 /// One failed attempt, as the history shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Attempt {
@@ -66,6 +70,27 @@ impl Shared {
         }
     }
 
+    /// A job whose expiry (`at`) passed before this delivery started it:
+    /// dead-lettered with the error `expired` without running, no attempt
+    /// spent (earlier failed attempts stay in its history), as on one
+    /// engine. A redrive runs it however late.
+    pub(super) async fn expire(
+        &self,
+        key: &JobKey,
+        msg: &jetstream::Message,
+        receipt: Uuid,
+        at: u64,
+        history: Vec<Attempt>,
+    ) {
+        tracing::info!(%receipt, queue = %key.queue, "job expired before it started");
+        let expired = ErrorBody::new(
+            EXPIRED,
+            format!("not started before its expiry ({at} ms since the epoch)"),
+        );
+        self.dead_letter_as(key, msg, receipt, history, Some(expired))
+            .await
+    }
+
     /// Stores the job as a dead letter, then acknowledges its job message
     /// (and tells its flow's parent, if it has one). A dead letter NATS
     /// refuses leaves the job to be delivered again after a short delay
@@ -78,13 +103,31 @@ impl Shared {
         receipt: Uuid,
         history: Vec<Attempt>,
     ) {
+        let last = history.last().map(|a| a.error.clone());
+        self.dead_letter_as(key, msg, receipt, history, last).await
+    }
+
+    /// [`Self::dead_letter`] with `last` as its last error. The job's
+    /// progress and log (`progress.rs`) go into the letter and leave their
+    /// bucket once it is stored.
+    async fn dead_letter_as(
+        &self,
+        key: &JobKey,
+        msg: &jetstream::Message,
+        receipt: Uuid,
+        history: Vec<Attempt>,
+        last: Option<ErrorBody>,
+    ) {
         let headers = msg.headers.as_ref();
-        match self
-            .store_letter(key, headers, &msg.subject, &msg.payload, receipt, &history)
-            .await
-        {
-            Ok(()) => {
-                let last = history.last().map(|a| a.error.clone());
+        let letter = Letter {
+            headers,
+            subject: &msg.subject,
+            payload: &msg.payload,
+            history: &history,
+            last: last.clone(),
+        };
+        match self.store_letter(key, receipt, letter).await {
+            Ok(reported) => {
                 let ended = super::flows::Ended::Dead(last);
                 if self
                     .child_ended(headers, key, receipt, ended)
@@ -102,7 +145,10 @@ impl Shared {
                     tracing::warn!(%receipt, error = %e, "a dead-lettered job's ack failed: it will be dead-lettered again");
                 }
                 self.forget_attempts(receipt).await;
-                tracing::info!(%receipt, queue = %key.queue, "a job ran out of attempts: dead-lettered");
+                if reported {
+                    self.forget_reports(receipt).await;
+                }
+                tracing::info!(%receipt, queue = %key.queue, "a job was dead-lettered");
             }
             Err(e) => {
                 tracing::warn!(%receipt, error = %e, "cannot store a dead letter; the job is delivered again");
@@ -115,20 +161,26 @@ impl Shared {
         }
     }
 
-    /// Stores a job (its message's headers, subject and payload) as a dead
-    /// letter with its history, and indexes its receipt there.
+    /// Stores a job as a dead letter with its history, progress and log,
+    /// and indexes its receipt there; whether it had progress or log lines.
     pub(super) async fn store_letter(
         &self,
         key: &JobKey,
-        headers: Option<&async_nats::HeaderMap>,
-        subject: &str,
-        payload: &[u8],
         receipt: Uuid,
-        history: &[Attempt],
-    ) -> Result<(), String> {
+        letter: Letter<'_>,
+    ) -> Result<bool, String> {
+        let Letter {
+            headers,
+            subject,
+            payload,
+            history,
+            last,
+        } = letter;
         let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         let data: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
-        let last = history.last().map(|a| a.error.clone());
+        let reports = self.reports_of(receipt).await;
+        let expires_at: Option<u64> =
+            header(super::intake::EXPIRES_AT).and_then(|v| v.parse().ok());
         let now = crate::queue::now_ms();
         let redrives: u64 = header(REDRIVES).and_then(|v| v.parse().ok()).unwrap_or(0);
         // Its priority (a FIFO job has none), for `queue::get` and a
@@ -140,7 +192,7 @@ impl Shared {
                     .map(|(_, lane)| lane.lowest_priority() as u64)
             })
             .unwrap_or(0);
-        let letter = json!({
+        let body = json!({
             "id": receipt,
             "queue": key.queue,
             "namespace": key.namespace,
@@ -155,8 +207,12 @@ impl Shared {
             "history": history,
             "redrives": redrives,
             "priority": priority,
+            "expires_at_ms": expires_at,
+            "progress": reports.progress,
+            "logs": reports.logs,
+            "logs_dropped": reports.logs_dropped,
         });
-        let body = serde_json::to_vec(&letter).expect("a dead letter encodes");
+        let body = serde_json::to_vec(&body).expect("a dead letter encodes");
         let publish = jetstream::message::PublishMessage::build()
             .payload(body.into())
             // Once per dead-lettering: a redriven job that dies again is
@@ -175,6 +231,16 @@ impl Shared {
         if let Err(e) = self.index_anyway(receipt, place).await {
             tracing::warn!(%receipt, error = %e, "cannot index a dead letter");
         }
-        Ok(())
+        Ok(reports.any())
     }
+}
+
+/// What a dead letter is made of: the job message's headers, subject and
+/// payload, its failed attempts and its last error.
+pub(super) struct Letter<'a> {
+    pub headers: Option<&'a async_nats::HeaderMap>,
+    pub subject: &'a str,
+    pub payload: &'a [u8],
+    pub history: &'a [Attempt],
+    pub last: Option<ErrorBody>,
 }

@@ -467,19 +467,19 @@ impl Shared {
         }];
         // Its own parent first: told again if what follows fails (once
         // recorded), never missed once it is dead-lettered.
-        let ended = Ended::Dead(Some(error));
+        let ended = Ended::Dead(Some(error.clone()));
         self.child_ended(Some(&waiting.headers), &key, parent, ended)
             .await?;
-        self.store_letter(
-            &key,
-            Some(&waiting.headers),
-            &waiting.subject,
-            &waiting.payload,
-            parent,
-            &history,
-        )
-        .await
-        .map_err(|e| nats_error("dead-letter a flow parent", e))?;
+        let letter = super::dead::Letter {
+            headers: Some(&waiting.headers),
+            subject: &waiting.subject,
+            payload: &waiting.payload,
+            history: &history,
+            last: Some(error.clone()),
+        };
+        self.store_letter(&key, parent, letter)
+            .await
+            .map_err(|e| nats_error("dead-letter a flow parent", e))?;
         if let Err(e) = self.jobs.delete_message(waiting.sequence).await {
             tracing::debug!(%parent, error = %e, "a failed parent's waiting message was gone");
         }

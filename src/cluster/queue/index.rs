@@ -178,13 +178,35 @@ impl Shared {
 
     /// Pauses (until resumed) or resumes one consumer of the job stream.
     pub(super) async fn pause_consumer(&self, name: &str, paused: bool) -> Result<(), String> {
-        let done = if paused {
-            let until =
+        let until = match paused {
+            true => Some(
                 async_nats::datetime::add_std_duration(async_nats::datetime::now(), PAUSED_FOR)
-                    .map_err(|e| e.to_string())?;
-            self.jobs.pause_consumer(name, until).await
-        } else {
-            self.jobs.resume_consumer(name).await
+                    .map_err(|e| e.to_string())?,
+            ),
+            false => None,
+        };
+        self.hold_consumer(name, until).await
+    }
+
+    /// Pauses one consumer of the job stream until `until_ms` (ms since the
+    /// epoch: a throttle's end, `throttle.rs`); the server resumes it then.
+    pub(super) async fn throttle_consumer(&self, name: &str, until_ms: u64) -> Result<(), String> {
+        let until = async_nats::datetime::from_nanos(i128::from(until_ms) * 1_000_000)
+            .map_err(|e| e.to_string())?;
+        self.hold_consumer(name, Some(until)).await
+    }
+
+    /// Pauses one consumer of the job stream until `until`, or resumes it
+    /// (`None`); answers once its leader reports it (or the pause is over).
+    async fn hold_consumer(
+        &self,
+        name: &str,
+        until: Option<async_nats::datetime::DateTime>,
+    ) -> Result<(), String> {
+        let paused = until.is_some();
+        let done = match until {
+            Some(until) => self.jobs.pause_consumer(name, until).await,
+            None => self.jobs.resume_consumer(name).await,
         };
         done.map_err(|e| e.to_string())?;
         // The API answers once the meta leader took the change; the
@@ -195,6 +217,8 @@ impl Shared {
         loop {
             match self.jobs.consumer_info(name).await {
                 Ok(info) if info.paused == paused => return Ok(()),
+                // A throttle that ended meanwhile: nothing left to hold.
+                Ok(_) if until.is_some_and(|u| u <= async_nats::datetime::now()) => return Ok(()),
                 Ok(_) if tokio::time::Instant::now() < deadline => {}
                 Ok(_) => {
                     return Err(format!(
@@ -215,6 +239,11 @@ impl Shared {
     pub(super) async fn follow_pause(&self, key: &JobKey, lane: Lane) -> Result<(), String> {
         if self.is_paused(&key.queue).await.map_err(|e| e.message)? {
             self.pause_consumer(&key.consumer(lane), true).await?;
+        } else if let Some(until) =
+            (self.throttled_until(&key.queue).await).map_err(|e| e.message)?
+        {
+            // Likewise its throttle (`throttle.rs`).
+            self.throttle_consumer(&key.consumer(lane), until).await?;
         }
         Ok(())
     }

@@ -33,6 +33,10 @@ pub(super) const PRIORITY: &str = "Qmesh-Priority";
 /// A delayed job's due time (ms since the epoch), kept on the job once it
 /// fired.
 pub(super) const DUE_AT: &str = "Qmesh-Due-At";
+/// When a job not started yet is dead-lettered as expired instead of
+/// running late (ms since the epoch; `expires_in`/`expires_at`). Kept on a
+/// delayed job once it fired; a redrive drops it, as on one engine.
+pub(super) const EXPIRES_AT: &str = "Qmesh-Expires-At";
 
 /// A job sent to the stream: its receipt, and whether it went as a
 /// scheduled message (delayed) rather than to its lane's subject.
@@ -69,6 +73,8 @@ pub(super) struct Job {
     pub run_at_ms: Option<u64>,
     /// 0–255, higher first (by band: see [`Lane::Band`]).
     pub priority: u8,
+    /// Not started by then (ms since the epoch): dead-lettered as expired.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// Most acks of one `queue::enqueue_many` awaited at once (the NATS client
@@ -424,6 +430,9 @@ impl Shared {
             // `queue::get` and for a redrive of its dead letter.
             headers.insert(PRIORITY, job.priority.to_string().as_str());
         }
+        if let Some(at) = job.expires_at_ms {
+            headers.insert(EXPIRES_AT, at.to_string().as_str());
+        }
         let target = job.key.subject(&self.names, lane);
         let due = job.run_at_ms.filter(|at| *at > crate::queue::now_ms());
         let (subject, delayed_to) = match due {
@@ -543,14 +552,8 @@ impl Job {
     }
 
     /// A checked enqueue request as a job of the stream, with the request's
-    /// trace context (`expires_*` is refused: not yet supported on
-    /// JetStream queues).
+    /// trace context.
     pub(super) fn of_request(req: crate::queue::EnqueueRequest) -> Result<Self, ErrorBody> {
-        if req.expires_at_ms.is_some() {
-            return Err(not_supported(
-                "expires_in and expires_at: not supported yet by the cluster's JetStream queues",
-            ));
-        }
         Ok(Job {
             key: JobKey {
                 queue: req.queue,
@@ -563,13 +566,13 @@ impl Job {
             idempotency_key: req.idempotency_key,
             run_at_ms: req.run_at_ms,
             priority: req.priority,
+            expires_at_ms: req.expires_at_ms,
         })
     }
 }
 
 /// `queue::enqueue {queue, function_id, data, namespace?, idempotency_key?,
-/// delay?, run_at?, priority?}` (`expires_*` is refused: not yet supported
-/// on JetStream queues).
+/// delay?, run_at?, priority?, expires_in?, expires_at?}`.
 pub(super) fn enqueue(
     shared: Arc<Shared>,
     _: Mesh,
@@ -584,7 +587,7 @@ pub(super) fn enqueue(
 }
 
 /// `queue::enqueue_many {queue, function_id?, namespace?, jobs: [{function_id?,
-/// data, delay?, run_at?, priority?, idempotency_key?}]}`: checked as the
+/// data, delay?, run_at?, priority?, idempotency_key?, expires_*?}]}`: checked as the
 /// local queue checks it, every job then checked against the queue's
 /// settings before any is published; answered `{queue, receipts,
 /// duplicates}` once JetStream acknowledged every job.
@@ -637,6 +640,7 @@ pub(super) fn take_enqueue(shared: &Arc<Shared>, conn: &Arc<Connection>, invoke:
         idempotency_key: None,
         run_at_ms: None,
         priority: 0,
+        expires_at_ms: None,
     };
     let (shared, conn) = (shared.clone(), conn.clone());
     let (invocation_id, function_id) = (invoke.invocation_id, invoke.function_id);

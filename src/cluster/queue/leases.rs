@@ -27,13 +27,17 @@ pub(super) struct Running {
     /// The queue's lease, what a beat without `extend` gives.
     pub lease: Duration,
     pub until: watch::Sender<Instant>,
+    /// Its queue's `max_log_lines`, and its handler's progress and log
+    /// (`progress.rs`).
+    pub max_log_lines: usize,
+    pub reports: super::progress::Live,
 }
 
 #[derive(Default)]
 pub(super) struct Leases(Mutex<HashMap<Uuid, Running>>);
 
 impl Leases {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Running>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Running>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -45,8 +49,9 @@ impl Leases {
         until
     }
 
-    pub(super) fn end(&self, receipt: &Uuid) {
-        self.lock().remove(receipt);
+    /// The job of `receipt` stopped running here: its entry, if it was.
+    pub(super) fn end(&self, receipt: &Uuid) -> Option<Running> {
+        self.lock().remove(receipt)
     }
 
     /// A heartbeat: the lease runs `extend` (or the queue's lease) from now.

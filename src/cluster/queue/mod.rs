@@ -37,7 +37,18 @@
 //!   consumers, every lane's, are paused with `pause_until` too);
 //! - flows (`flows.rs`): parents waiting on `qmesh.<cluster>.waiting.>`
 //!   (no consumer reads it) until the bucket `qmesh_<cluster>_flows`
-//!   records the end of their last child.
+//!   records the end of their last child;
+//! - the bucket `qmesh_<cluster>_throttles`: a throttled queue's end
+//!   (`queue::throttle`; its consumers are paused until then, and the
+//!   server lifts that by itself);
+//! - the bucket `qmesh_<cluster>_progress`: what a job's handler reported
+//!   (`queue::progress`, `queue::log`), by receipt, until the job ends
+//!   (then in its dead letter, if it dies).
+//!
+//! A job's expiry (`expires_in`/`expires_at`) is a header of its message
+//! (`Qmesh-Expires-At`, kept on a delayed job when it fires): the engine
+//! that pulls a job past it dead-letters it as `expired` without running
+//! it, as the local queue does a job not started by its expiry.
 //!
 //! Per-group FIFO (`ordering = "fifo"`): a group's jobs always go to the
 //! same lane of their (queue, namespace, function), the group key's
@@ -65,7 +76,9 @@
 //! `intake.rs` takes enqueues, `dead.rs` keeps attempt histories and dead
 //! letters, `letters.rs` shows them (`engine::queue::dlq_topics`,
 //! `dlq_messages`), `leases.rs` keeps the leases of the jobs this engine's
-//! workers run (`queue::heartbeat` extends one), `index.rs` the two buckets above, `views.rs` and `actions.rs`
+//! workers run (`queue::heartbeat` extends one), `progress.rs` their
+//! handlers' reports, `throttle.rs` `queue::throttle`, `index.rs` the
+//! receipts and queues buckets, `views.rs` and `actions.rs`
 //! the operator functions (`queue::list/stats/get/explain/peek`,
 //! `queue::pause/resume/purge/cancel`, `engine::queue::list_topics/
 //! topic_stats`, redrive and discard), answered by any engine.
@@ -78,7 +91,9 @@ mod index;
 mod intake;
 mod leases;
 mod letters;
+mod progress;
 mod runner;
+mod throttle;
 mod views;
 
 use base64::Engine as _;
@@ -254,6 +269,10 @@ pub(super) struct Shared {
     receipts: jetstream::kv::Store,
     /// Which queues are paused (`index.rs`).
     queue_flags: jetstream::kv::Store,
+    /// Running jobs' progress and logs, by receipt (`progress.rs`).
+    reports: jetstream::kv::Store,
+    /// Which queues are throttled, until when (`throttle.rs`).
+    throttles: jetstream::kv::Store,
     /// How the children of each waiting flow parent ended (`flows.rs`).
     flows: jetstream::kv::Store,
     /// Whether the job stream takes atomic batches (flows).
@@ -360,6 +379,20 @@ impl Cluster {
             Duration::ZERO,
         )
         .await?;
+        let reports = super::kv::open_bucket(
+            &self.client,
+            format!("qmesh_{c}_progress"),
+            replicas,
+            HISTORY_KEPT,
+        )
+        .await?;
+        let throttles = super::kv::open_bucket(
+            &self.client,
+            format!("qmesh_{c}_throttles"),
+            replicas,
+            throttle::THROTTLES_KEPT,
+        )
+        .await?;
         let flows = super::kv::open_bucket(
             &self.client,
             format!("qmesh_{c}_flows"),
@@ -378,6 +411,8 @@ impl Cluster {
                 schedules,
                 receipts,
                 queue_flags,
+                reports,
+                throttles,
                 flows,
                 flows_allowed,
                 config: declared::Declared::new(queue),
@@ -504,7 +539,7 @@ fn unsupported(id: &'static str, _: Mesh, _: CallCtx, _: Value) -> BoxFuture<'st
     Box::pin(async move {
         Err(not_supported(format!(
             "{id} is not supported yet with [cluster] queues = \"jetstream\" \
-             (not yet: progress, log, throttle)"
+             (a function these queues do not offer)"
         )))
     })
 }
@@ -558,6 +593,9 @@ impl Module for ClusterQueues {
                 "queue::purge" => p.async_fn(id, &self.shared, actions::purge),
                 "queue::cancel" => p.async_fn(id, &self.shared, actions::cancel),
                 "queue::heartbeat" => p.async_fn(id, &self.shared, leases::heartbeat),
+                "queue::progress" => p.async_fn(id, &self.shared, progress::progress),
+                "queue::log" => p.async_fn(id, &self.shared, progress::log),
+                "queue::throttle" => p.async_fn(id, &self.shared, throttle::throttle),
                 "iii::queue::redrive" => p.async_fn(id, &self.shared, actions::redrive),
                 "iii::queue::redrive_message" => {
                     p.async_fn(id, &self.shared, actions::redrive_message)

@@ -16,7 +16,9 @@
 //! a nak delayed by the queue's backoff), or fails its last attempt
 //! (dead-lettered, then ack). A delivery past the last attempt means the
 //! previous one was lost (its engine died, or lost NATS, before it ended):
-//! dead-lettered without running again.
+//! dead-lettered without running again. A delivery past the job's expiry
+//! (a first attempt, or a retry after its backoff) is dead-lettered as
+//! expired, without running.
 
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -27,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::dead::Attempt;
-use super::intake::{BAGGAGE, RECEIPT, TRACEPARENT};
+use super::intake::{BAGGAGE, EXPIRES_AT, RECEIPT, TRACEPARENT};
 use super::leases::Running;
+use super::progress::Live;
 use super::{JobKey, Lane, Shared, ack_wait};
 use crate::mesh::router::{CallExtras, InternalCall};
 use crate::mesh::state::CallOutcome;
@@ -369,6 +372,18 @@ impl Shared {
             let history = self.record_attempt(receipt, attempt - 1, lost).await;
             return self.dead_letter(&key, &msg, receipt, history).await;
         }
+        // Not started by its expiry (this is a first attempt, or a retry
+        // after its backoff): dead-lettered as expired, as on one engine.
+        if let Some(at) = header(EXPIRES_AT).and_then(|v| v.parse::<u64>().ok())
+            && crate::queue::now_ms() >= at
+        {
+            let history = if attempt > 1 {
+                self.history_of(receipt).await
+            } else {
+                Vec::new()
+            };
+            return self.expire(&key, &msg, receipt, at, history).await;
+        }
         let data = match serde_json::from_slice::<Box<serde_json::value::RawValue>>(&msg.payload) {
             Ok(d) => d,
             Err(e) => {
@@ -394,7 +409,7 @@ impl Shared {
             traceparent: header(TRACEPARENT),
             baggage: header(BAGGAGE),
         };
-        let outcome = match self.mesh.start_here_with(
+        let (outcome, reported) = match self.mesh.start_here_with(
             &key.namespace,
             &key.function_id,
             data,
@@ -405,7 +420,7 @@ impl Shared {
                 self.await_call(call, receipt, attempt, &settings, &msg)
                     .await
             }
-            Err(e) => Err(e),
+            Err(e) => (Err(e), false),
         };
         match outcome {
             Ok(result) => {
@@ -426,6 +441,10 @@ impl Shared {
                 if attempt > 1 {
                     self.forget_attempts(receipt).await;
                 }
+                // An earlier attempt, on any engine, may have reported.
+                if reported || attempt > 1 {
+                    self.forget_reports(receipt).await;
+                }
             }
             Err(error) => {
                 let history = self.record_attempt(receipt, attempt, error).await;
@@ -444,7 +463,8 @@ impl Shared {
     /// Waits for a job's call within its lease, which heartbeats extend
     /// (`leases.rs`); ends the call when the lease runs out. A call longer
     /// than the consumer's ack wait keeps its job with in-progress acks, so
-    /// no other engine starts it meanwhile.
+    /// no other engine starts it meanwhile. Also whether its handler
+    /// reported progress or log lines (`progress.rs`).
     async fn await_call(
         &self,
         call: InternalCall,
@@ -452,14 +472,17 @@ impl Shared {
         attempt: u32,
         settings: &QueueSettings,
         msg: &jetstream::Message,
-    ) -> CallOutcome {
+    ) -> (CallOutcome, bool) {
         let (until, _) = watch::channel(tokio::time::Instant::now() + settings.lease);
+        let reports = Live::default();
         let running = Running {
             invocation_id: call.invocation_id,
             executor: call.executor,
             attempt,
             lease: settings.lease,
             until,
+            max_log_lines: settings.max_log_lines,
+            reports: reports.clone(),
         };
         let mut until = self.leases.begin(receipt, running);
         let mut outcome = call.outcome;
@@ -485,7 +508,9 @@ impl Shared {
             }
         };
         self.leases.end(&receipt);
-        ended
+        // After any report on its way is stored: the job's end may read them.
+        let reported = reports.close().await;
+        (ended, reported)
     }
 
     /// Appends an attempt's failure to the job's history; returns the whole

@@ -33,9 +33,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use uuid::Uuid;
 
-use super::dead::{Attempt, REDRIVES};
+use super::dead::{Attempt, EXPIRED, REDRIVES};
 use super::index::{Place, nats_error};
-use super::intake::{DUE_AT, NATS_SCHEDULE_TARGET, PRIORITY, RECEIPT, TRACEPARENT};
+use super::intake::{DUE_AT, EXPIRES_AT, NATS_SCHEDULE_TARGET, PRIORITY, RECEIPT, TRACEPARENT};
 use super::{JobKey, Lane, Shared, b64};
 use crate::mesh::provided::args;
 use crate::mesh::{CallCtx, Mesh, Reply};
@@ -199,6 +199,7 @@ pub(super) fn error_view(e: &ErrorBody) -> Value {
     let reason = match e.code.as_str() {
         codes::INVOCATION_STOPPED => "worker_lost",
         codes::INVOCATION_TIMEOUT => "timeout",
+        EXPIRED => "expired",
         _ => "error",
     };
     json!({"reason": reason, "code": e.code, "message": e.message, "stacktrace": e.stacktrace})
@@ -608,6 +609,7 @@ impl Shared {
                 }
             };
             let history = self.history_of(receipt).await;
+            let reports = self.reports_of(receipt).await;
             let settings = self.config.or_defaults(&key.queue);
             let redrives: u64 = header(&m, REDRIVES)
                 .and_then(|r| r.parse().ok())
@@ -634,11 +636,11 @@ impl Shared {
                 "result": null,
                 "last_error": history.last().map(|a| error_view(&a.error)),
                 "history": history_view(&history),
-                "expires_at_ms": null,
+                "expires_at_ms": header(&m, EXPIRES_AT).and_then(|e| e.parse::<u64>().ok()),
                 "fair_key": null,
-                "progress": null,
-                "logs": [],
-                "logs_dropped": 0,
+                "progress": reports.progress,
+                "logs": reports.logs,
+                "logs_dropped": reports.logs_dropped,
                 "trace_id": traceparent.as_deref().and_then(trace_id),
                 "flow": flow,
             });
@@ -676,11 +678,11 @@ impl Shared {
             "result": null,
             "last_error": last.as_ref().map(error_view),
             "history": history_view(&history),
-            "expires_at_ms": null,
+            "expires_at_ms": letter["expires_at_ms"],
             "fair_key": null,
-            "progress": null,
-            "logs": [],
-            "logs_dropped": 0,
+            "progress": letter["progress"],
+            "logs": letter.get("logs").cloned().unwrap_or_else(|| json!([])),
+            "logs_dropped": letter["logs_dropped"].as_u64().unwrap_or(0),
             "trace_id": null,
             "flow": null,
         });
@@ -720,7 +722,18 @@ impl Shared {
         let (job, at) = self.job_view_at(receipt).await?;
         let queue = job["queue"].as_str().unwrap_or_default().to_owned();
         let state = job["state"].as_str().unwrap_or_default().to_owned();
+        let waiting = matches!(state.as_str(), "ready" | "waiting_for_worker");
+        let throttled = match waiting {
+            true => self.throttled_until(&queue).await?,
+            false => None,
+        };
+        let expired = job["expires_at_ms"]
+            .as_u64()
+            .is_some_and(|at| at <= crate::queue::now_ms());
         let why = match state.as_str() {
+            "dead" if job["last_error"]["reason"] == EXPIRED => {
+                "it expired before it started; redrive it to run it anyway".to_owned()
+            }
             "dead" => format!(
                 "it is dead-lettered after {} attempts; redrive it to run it again",
                 job["attempts"]
@@ -740,7 +753,16 @@ impl Shared {
                     due.as_deref().unwrap_or("its due time")
                 )
             }
+            _ if expired => "its expiry has passed: the engine that takes it dead-letters it \
+                             as expired without running it"
+                .to_owned(),
             _ if self.is_paused(&queue).await? => format!("queue {queue:?} is paused"),
+            _ if throttled.is_some() => format!(
+                "queue {queue:?} is throttled (queue::throttle) for {} ms more",
+                throttled
+                    .unwrap_or(0)
+                    .saturating_sub(crate::queue::now_ms())
+            ),
             "waiting_for_worker" => format!(
                 "no worker on any engine of the cluster provides {} in namespace {}",
                 job["function_id"].as_str().unwrap_or_default(),
