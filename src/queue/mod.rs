@@ -60,7 +60,7 @@ use scheduler::Command;
 
 pub(crate) use dispatcher::lease_expired;
 pub(crate) use functions::{check_names, parse_enqueue, parse_enqueue_many, parse_heartbeat};
-pub(crate) use intake::fifo_group;
+pub(crate) use intake::{fair_key, fifo_group};
 pub(crate) use module::{OPERATOR_ONLY, function_ids};
 pub(crate) use ops::MAX_HEARTBEAT_EXTEND;
 
