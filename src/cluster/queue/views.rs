@@ -570,6 +570,8 @@ impl Shared {
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(0);
             let traceparent = header(&m, TRACEPARENT);
+            let data = serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null);
+            let fair_key = super::fair::key_of(&settings, &key.queue, &m.payload);
             let view = json!({
                 "receipt": receipt,
                 "queue": key.queue,
@@ -586,12 +588,12 @@ impl Shared {
                 "due_at_ms": due_of(&m),
                 "finished_at_ms": null,
                 "redrives": redrives,
-                "data": serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null),
+                "data": data,
                 "result": null,
                 "last_error": history.last().map(|a| error_view(&a.error)),
                 "history": history_view(&history),
                 "expires_at_ms": null,
-                "fair_key": null,
+                "fair_key": fair_key,
                 "progress": null,
                 "logs": [],
                 "logs_dropped": 0,
