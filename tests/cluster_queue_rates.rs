@@ -1,8 +1,9 @@
 //! `rate` and `fair_by` on the cluster's JetStream queues (`[cluster]
 //! queues = "jetstream"`), across two engines on a 3-node NATS cluster: a
 //! queue's rate holds across the whole cluster with workers on both
-//! engines (one token bucket in NATS, not one per engine), and a fair
-//! queue starts a lone tenant's jobs in turns with a flooding tenant's.
+//! engines (one token bucket in NATS, not one per engine), also on a FIFO
+//! queue, and a fair queue starts a lone tenant's jobs in turns with a
+//! flooding tenant's (`rate_per_key` and a fair FIFO queue are refused).
 //!
 //! Starts are timed at the workers, on the test's clock. The bounds are
 //! what the README states, with room for a loaded two-core machine, and
@@ -152,11 +153,38 @@ async fn a_fair_queue_starts_a_lone_tenant_in_turns_with_a_flood_on_another_engi
             "shared".into(),
             toml::from_str("fair_by = \"tenant\"\nconcurrency = 1").unwrap(),
         );
+        c.queue.queues.insert(
+            "per_key".into(),
+            toml::from_str("fair_by = \"tenant\"\nrate_per_key = \"5/1s\"").unwrap(),
+        );
+        c.queue.queues.insert(
+            "fair_fifo".into(),
+            toml::from_str("fair_by = \"tenant\"\nordering = \"fifo\"\ngroup_field = \"tenant\"")
+                .unwrap(),
+        );
         c
     };
     let a = TestEngine::start_with(config("a")).await;
     let b = TestEngine::start_with(config("b")).await;
     let mut producer = RawClient::worker(&a.url, "producer").await;
+    // Not offered yet: refused, never run without the setting's meaning.
+    for queue in ["per_key", "fair_fifo"] {
+        let r = producer
+            .call(
+                "queue::enqueue",
+                json!({"queue": queue, "function_id": "fair::run", "data": {"tenant": "t"}}),
+            )
+            .await;
+        assert_eq!(r["error"]["code"], "not_supported", "{queue}: {r}");
+    }
+    // As on one engine, a fair key is a string or number.
+    let r = producer
+        .call(
+            "queue::enqueue",
+            json!({"queue": "shared", "function_id": "fair::run", "data": {"tenant": [1]}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{r}");
     // A tenant whose lane is not the flood's (one in 16 would share it, and
     // wait behind the flood: the approximation the README states).
     let lone = (0..)
