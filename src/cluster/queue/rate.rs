@@ -112,17 +112,61 @@ pub(super) struct Tokens {
     until: Instant,
 }
 
+/// The tokens this engine took and has not used, by queue.
+///
+/// Invariant: a token is never given out at or after the `until` of the
+/// write that took it (tokens put together share the earliest `until`).
+#[derive(Default)]
+struct Holdings(HashMap<String, Held>);
+
+impl Holdings {
+    fn put(&mut self, queue: &str, t: Tokens, now: Instant) {
+        if t.count == 0 || t.until <= now {
+            return;
+        }
+        match self.0.get_mut(queue) {
+            Some(h) if h.tokens > 0 && h.until > now => {
+                h.tokens += t.count;
+                h.until = h.until.min(t.until);
+            }
+            _ => {
+                self.0.insert(
+                    queue.to_owned(),
+                    Held {
+                        tokens: t.count,
+                        until: t.until,
+                    },
+                );
+            }
+        }
+    }
+
+    fn take(&mut self, queue: &str, want: usize, now: Instant) -> Option<Tokens> {
+        let h = self.0.get_mut(queue)?;
+        if h.until <= now || h.tokens == 0 {
+            self.0.remove(queue);
+            return None;
+        }
+        let count = h.tokens.min(want);
+        h.tokens -= count;
+        Some(Tokens {
+            count,
+            until: h.until,
+        })
+    }
+}
+
 /// The cluster's rate buckets and the tokens this engine holds, by queue.
 pub(super) struct Rates {
     bucket: Store,
-    held: Mutex<HashMap<String, Held>>,
+    held: Mutex<Holdings>,
 }
 
 impl Rates {
     pub(super) fn new(bucket: Store) -> Self {
         Rates {
             bucket,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Holdings::default()),
         }
     }
 
@@ -157,42 +201,16 @@ impl Rates {
         }
     }
 
-    /// Tokens of `queue` not used for a start: held until they run out
-    /// (the earliest of what is held decides for all, never later).
+    /// Tokens of `queue` not used for a start: held until they run out.
     pub(super) fn unused(&self, queue: &str, t: Tokens) {
-        if t.count == 0 || t.until <= Instant::now() {
-            return;
-        }
         let mut held = self.held.lock().expect("not poisoned");
-        let h = held.entry(queue.to_owned()).or_insert(Held {
-            tokens: 0,
-            until: t.until,
-        });
-        if h.tokens == 0 || h.until <= Instant::now() {
-            *h = Held {
-                tokens: t.count,
-                until: t.until,
-            };
-        } else {
-            h.tokens += t.count;
-            h.until = h.until.min(t.until);
-        }
+        held.put(queue, t, Instant::now());
     }
 
     /// Up to `want` held tokens that have not run out.
     fn take_held(&self, queue: &str, want: usize) -> Option<Tokens> {
         let mut held = self.held.lock().expect("not poisoned");
-        let h = held.get_mut(queue)?;
-        if h.until <= Instant::now() || h.tokens == 0 {
-            held.remove(queue);
-            return None;
-        }
-        let count = h.tokens.min(want);
-        h.tokens -= count;
-        Some(Tokens {
-            count,
-            until: h.until,
-        })
+        held.take(queue, want, Instant::now())
     }
 
     /// One compare-and-set on the queue's bucket.
@@ -257,6 +275,35 @@ mod tests {
         // A rate lowered since: the bucket holds the new period's at most.
         b.refill(rate("4/1s"), 100_001);
         assert_eq!(b.tokens, 4.0);
+    }
+
+    #[test]
+    fn held_tokens_are_never_given_after_their_hold_runs_out() {
+        let t0 = Instant::now();
+        let mut held = Holdings::default();
+        let first = Tokens {
+            count: 3,
+            until: t0 + HOLD,
+        };
+        held.put("q", first, t0);
+        let got = held.take("q", 2, t0).unwrap();
+        assert_eq!((got.count, got.until), (2, t0 + HOLD));
+        // A later write's tokens join, held until the earlier one's end.
+        let later = Tokens {
+            count: 5,
+            until: t0 + HOLD * 2,
+        };
+        held.put("q", later, t0 + HOLD / 2);
+        let got = held.take("q", 10, t0 + HOLD / 2).unwrap();
+        assert_eq!((got.count, got.until), (6, t0 + HOLD));
+        assert!(held.take("q", 1, t0 + HOLD / 2).is_none(), "all given");
+        // Put back unused, then out of time: gone, not carried over.
+        held.put("q", got, t0 + HOLD / 2);
+        assert!(held.take("q", 1, t0 + HOLD).is_none());
+        assert!(held.take("other", 1, t0).is_none());
+        // Tokens already out of time are not held at all.
+        held.put("q", later, t0 + HOLD * 2);
+        assert!(held.take("q", 1, t0 + HOLD * 2).is_none());
     }
 
     #[test]
