@@ -217,7 +217,7 @@ impl Scheduler {
             Ordering::Standard => None,
         };
         let lane = match settings.fair_by.as_deref().filter(|f| !f.is_empty()) {
-            Some(field) => Some(fair_key(field, req)?),
+            Some(field) => Some(fair_key(field, &req.queue, &req.payload)?),
             None => None,
         };
         Ok(Admitted { group, lane })
@@ -333,9 +333,14 @@ fn new_record(
 const MAX_FAIR_KEY: usize = 256;
 
 /// A job's fair key: the payload's `field`, a string or number; a job
-/// without it shares the lane of every other keyless job.
-fn fair_key(field: &str, req: &EnqueueRequest) -> Result<String, ErrorBody> {
-    let payload: serde_json::Value = serde_json::from_str(req.payload.get()).unwrap_or_default();
+/// without it shares the lane of every other keyless job (for this queue
+/// and the cluster's JetStream queues alike).
+pub(crate) fn fair_key(
+    field: &str,
+    queue: &str,
+    payload: &crate::protocol::Payload,
+) -> Result<String, ErrorBody> {
+    let payload: serde_json::Value = serde_json::from_str(payload.get()).unwrap_or_default();
     let key = match payload.get(field) {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(serde_json::Value::Number(n)) => n.to_string(),
@@ -344,8 +349,7 @@ fn fair_key(field: &str, req: &EnqueueRequest) -> Result<String, ErrorBody> {
             return Err(ErrorBody::new(
                 codes::INVALID_ARGUMENTS,
                 format!(
-                    "queue {:?} is fair by {field:?}: that payload field must be a string or number",
-                    req.queue
+                    "queue {queue:?} is fair by {field:?}: that payload field must be a string or number"
                 ),
             ));
         }

@@ -64,7 +64,7 @@ pub(crate) use functions::{
     check_names, parse_enqueue, parse_enqueue_flow, parse_enqueue_many, parse_heartbeat, parse_log,
     parse_progress, parse_throttle,
 };
-pub(crate) use intake::fifo_group;
+pub(crate) use intake::{fair_key, fifo_group};
 pub(crate) use module::{OPERATOR_ONLY, function_ids};
 pub(crate) use ops::MAX_HEARTBEAT_EXTEND;
 

@@ -487,7 +487,7 @@ impl Shared {
             // acknowledged (a nak'ed retry still holds it).
             max_ack_pending: match lane {
                 Lane::Fifo(_) => 1,
-                Lane::Band(_) => settings.concurrency.max(1) as i64,
+                Lane::Band(_) | Lane::Fair { .. } => settings.concurrency.max(1) as i64,
             },
             ..Default::default()
         };
@@ -518,10 +518,10 @@ impl Shared {
 }
 
 /// The lane a job goes to: its FIFO group's on a FIFO queue, else its
-/// priority's band.
+/// priority's band (its fair key's lane in it, on a `fair_by` queue).
 pub(super) fn lane(job: &Job, settings: &QueueSettings) -> Result<Lane, ErrorBody> {
     if settings.ordering == Ordering::Standard {
-        return Ok(Lane::band(job.priority));
+        return super::fair::standard_lane(job, settings);
     }
     // A group's order is its lane's order: a job published later (at its
     // time) or ahead of others (a higher band) would break it.

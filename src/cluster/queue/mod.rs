@@ -19,6 +19,9 @@
 //!   one order: an engine asks the highest band first;
 //! - a FIFO queue's jobs in `concurrency` lanes ([`Lane::Fifo`], suffix
 //!   `.f<lane>`; see below);
+//! - a `fair_by` queue's jobs in [`fair::FAIR_LANES`] lanes of their band
+//!   ([`Lane::Fair`], suffix `.k<lane>` or `.p<band>k<lane>`: the fair
+//!   key's digest), which engines pull in turns (`fair.rs`);
 //! - one durable pull consumer per (queue, namespace, function) and lane
 //!   used, shared by every engine: `max_ack_pending` is the queue's
 //!   `concurrency` across the cluster (1 for a FIFO lane), `ack_wait` its
@@ -43,7 +46,11 @@
 //!   server lifts that by itself);
 //! - the bucket `qmesh_<cluster>_progress`: what a job's handler reported
 //!   (`queue::progress`, `queue::log`), by receipt, until the job ends
-//!   (then in its dead letter, if it dies).
+//!   (then in its dead letter, if it dies);
+//! - the bucket `qmesh_<cluster>_rates`: one token bucket per queue with a
+//!   `rate`, shared by every engine's starts and taken in blocks by
+//!   compare-and-set (`rate.rs`: at most `N + rate × (t + 250 ms)` starts
+//!   in any span `t` across the cluster).
 //!
 //! A job's expiry (`expires_in`/`expires_at`) is a header of its message
 //! (`Qmesh-Expires-At`, kept on a delayed job when it fires): the engine
@@ -71,14 +78,17 @@
 //!
 //! In memory: which consumers this engine made sure of, and one pull task per
 //! (queue, namespace, function) one of its own workers serves, holding its
-//! `concurrency` slots on this engine across bands, and one per FIFO lane
-//! (`runner.rs`).
+//! `concurrency` slots on this engine across bands (and where its next
+//! visit of a band's fair lanes starts), and one per FIFO lane
+//! (`runner.rs`); per rate-limited queue, the tokens this engine took and
+//! has not used yet, for at most 250 ms (`rate.rs`).
 //! `intake.rs` takes enqueues, `dead.rs` keeps attempt histories and dead
 //! letters, `letters.rs` shows them (`engine::queue::dlq_topics`,
 //! `dlq_messages`), `leases.rs` keeps the leases of the jobs this engine's
 //! workers run (`queue::heartbeat` extends one), `progress.rs` their
 //! handlers' reports, `throttle.rs` `queue::throttle`, `index.rs` the
-//! receipts and queues buckets, `views.rs` and `actions.rs`
+//! receipts and queues buckets, `rate.rs` the rates bucket, `fair.rs` fair
+//! lanes, `flows.rs` flows, `views.rs` and `actions.rs`
 //! the operator functions (`queue::list/stats/get/explain/peek`,
 //! `queue::pause/resume/purge/cancel`, `engine::queue::list_topics/
 //! topic_stats`, redrive and discard), answered by any engine.
@@ -86,12 +96,14 @@
 mod actions;
 mod dead;
 mod declared;
+mod fair;
 mod flows;
 mod index;
 mod intake;
 mod leases;
 mod letters;
 mod progress;
+mod rate;
 mod runner;
 mod throttle;
 mod views;
@@ -146,6 +158,10 @@ pub(super) enum Lane {
     /// A FIFO queue's lane `n` (suffix `.f<n>`): the groups whose hash is
     /// `n` modulo the queue's `concurrency`, one job at a time.
     Fifo(u32),
+    /// A `fair_by` queue's fair lane `lane` of priority band `band`
+    /// (suffix `.k<lane>` in band 0, `.p<band>k<lane>` above): the fair
+    /// keys whose digest is `lane` modulo [`fair::FAIR_LANES`] (`fair.rs`).
+    Fair { band: u8, lane: u32 },
 }
 
 impl Lane {
@@ -166,8 +182,16 @@ impl Lane {
     /// is known: one stored before its priority was kept in a header).
     pub(super) fn lowest_priority(self) -> u8 {
         match self {
-            Lane::Band(0) | Lane::Fifo(_) => 0,
-            Lane::Band(b) => 1u8 << (b - 1),
+            Lane::Band(0) | Lane::Fifo(_) | Lane::Fair { band: 0, .. } => 0,
+            Lane::Band(b) | Lane::Fair { band: b, .. } => 1u8 << (b - 1),
+        }
+    }
+
+    /// The priority band a lane's jobs are in (none for a FIFO lane).
+    pub(super) fn band_number(self) -> Option<u8> {
+        match self {
+            Lane::Band(b) | Lane::Fair { band: b, .. } => Some(b),
+            Lane::Fifo(_) => None,
         }
     }
 
@@ -177,10 +201,15 @@ impl Lane {
             Lane::Band(0) => String::new(),
             Lane::Band(b) => format!("{sep}p{b}"),
             Lane::Fifo(n) => format!("{sep}f{n}"),
+            Lane::Fair { band: 0, lane } => format!("{sep}k{lane}"),
+            Lane::Fair { band, lane } => format!("{sep}p{band}k{lane}"),
         }
     }
 
     fn parse(part: &str) -> Option<Lane> {
+        if let Some(fair) = Lane::parse_fair(part) {
+            return Some(fair);
+        }
         if let Some(b) = part.strip_prefix('p') {
             return match b.parse::<u8>().ok()? {
                 b @ 1..=8 if b.to_string() == part[1..] => Some(Lane::Band(b)),
@@ -283,6 +312,8 @@ pub(super) struct Shared {
     directory: Arc<Directory>,
     /// Consumers this engine created or found (none is ever deleted).
     consumers: Mutex<HashSet<(JobKey, Lane)>>,
+    /// The cluster's rate buckets and the tokens this engine holds (`rate.rs`).
+    rates: rate::Rates,
     /// The leases of the jobs this engine's workers run (`leases.rs`).
     leases: leases::Leases,
     /// Cancelled at drain: pulling stops.
@@ -400,6 +431,13 @@ impl Cluster {
             index::RECEIPTS_KEPT,
         )
         .await?;
+        let rates = super::kv::open_bucket(
+            &self.client,
+            format!("qmesh_{c}_rates"),
+            replicas,
+            Duration::ZERO,
+        )
+        .await?;
         tracing::info!(stream = %jobs.cached_info().config.name, replicas, "queues on the cluster's JetStream");
         Ok(ClusterQueues {
             shared: Arc::new(Shared {
@@ -419,6 +457,7 @@ impl Cluster {
                 mesh: self.mesh.clone(),
                 directory: self.directory.clone(),
                 consumers: Mutex::new(HashSet::new()),
+                rates: rate::Rates::new(rates),
                 leases: leases::Leases::default(),
                 stop: CancellationToken::new(),
             }),
@@ -500,10 +539,10 @@ impl Shared {
                 format!("queue {queue:?} is not declared ([queue] strict is on)"),
             )
         })?;
-        let unsupported = if s.rate.is_some() {
-            Some("rate")
-        } else if s.fair_by.is_some() {
-            Some("fair_by")
+        let unsupported = if s.rate_per_key.is_some() {
+            Some("rate_per_key")
+        } else if s.fair_by.is_some() && s.ordering == crate::queue::settings::Ordering::Fifo {
+            Some("fair_by on a fifo queue")
         } else {
             None
         };

@@ -3,15 +3,23 @@
 //! gets on those workers.
 //!
 //! Consumers are found by listing the job stream's consumers (each names
-//! its key and lane, a priority band or a FIFO lane, in its filter subject): every
+//! its key and lane, a priority band, a fair lane of one or a FIFO lane, in
+//! its filter subject): every
 //! [`DISCOVER_EVERY`], at once when the functions this engine's workers
 //! serve change, and when another engine says it made one. One pull task
 //! per key holds the key's slots on this engine (`concurrency`) and fills
 //! free ones from the highest band with jobs first: every band but the
 //! lowest is asked without waiting, the lowest waits for jobs (with other
 //! bands known, only [`IDLE_POLL`], so the higher ones are asked again
-//! soon). A FIFO queue's lanes are pulled one task each, one job at a time,
-//! run before the next is asked for. A job's attempt is the server's delivery count: it succeeds
+//! soon); a band with fair lanes is asked lane by lane in turns, without
+//! waiting (`fair.rs`), and when nothing came the task waits [`IDLE_POLL`]. A FIFO queue's lanes are pulled one task each, one job at a time,
+//! run before the next is asked for. On a queue with a `rate`, a task
+//! takes tokens from the cluster's bucket (`rate.rs`) before it asks for
+//! jobs, as many as its free slots at most, and asks for no more jobs than
+//! it got tokens, without waiting (tokens are held a short while only);
+//! while it found nothing, it first asks its consumers whether they have
+//! jobs (every [`IDLE_POLL`]), so an idle queue takes no tokens.
+//! A job's attempt is the server's delivery count: it succeeds
 //! (ack), fails with attempts left (its error appended to its history, then
 //! a nak delayed by the queue's backoff), or fails its last attempt
 //! (dead-lettered, then ack). A delivery past the last attempt means the
@@ -29,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::dead::Attempt;
+use super::fair::BandLanes;
 use super::intake::{BAGGAGE, EXPIRES_AT, RECEIPT, TRACEPARENT};
 use super::leases::Running;
 use super::progress::Live;
@@ -36,6 +45,7 @@ use super::{JobKey, Lane, Shared, ack_wait};
 use crate::mesh::router::{CallExtras, InternalCall};
 use crate::mesh::state::CallOutcome;
 use crate::protocol::{ErrorBody, codes};
+use crate::queue::rate::Rate;
 use crate::queue::settings::QueueSettings;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 
@@ -53,6 +63,16 @@ const MAX_BATCH: usize = 256;
 
 /// The lanes of one key this engine knows consumers of.
 type Lanes = BTreeSet<Lane>;
+
+/// What one pass over a key's bands did.
+struct Filled {
+    /// Jobs pulled and started.
+    started: usize,
+    /// Whether the last pull request ended normally.
+    ended_well: bool,
+    /// Whether a pull request waited for jobs (so the pass took its time).
+    waited: bool,
+}
 
 impl Shared {
     /// Keeps one pull task per key whose function this engine's own workers
@@ -163,28 +183,33 @@ impl Shared {
         mut lanes: watch::Receiver<Lanes>,
         stop: CancellationToken,
     ) {
-        let concurrency = self.config.or_defaults(&key.queue).concurrency.max(1);
-        let slots = Arc::new(Semaphore::new(concurrency));
-        let mut bands: BTreeMap<Lane, jetstream::consumer::PullConsumer> = BTreeMap::new();
+        let settings = self.config.or_defaults(&key.queue);
+        let rate = settings.rate;
+        let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        let mut bands: BTreeMap<u8, BandLanes> = BTreeMap::new();
+        let mut open: HashSet<Lane> = HashSet::new();
         let mut fifo: HashSet<Lane> = HashSet::new();
+        // Whether the last pass found no job.
+        let mut idle = true;
         tracing::debug!(queue = %key.queue, function_id = %key.function_id, "pulling jobs");
         while !stop.is_cancelled() {
             let wanted: Vec<Lane> = lanes.borrow_and_update().iter().copied().collect();
             let mut missing = false;
             for lane in wanted {
-                if let Lane::Fifo(_) = lane {
+                let Some(band) = lane.band_number() else {
                     if fifo.insert(lane) {
                         let lane_stop = stop.child_token();
-                        tokio::spawn(self.clone().pull_lane(key.clone(), lane, lane_stop));
+                        tokio::spawn(self.clone().pull_lane(key.clone(), lane, rate, lane_stop));
                     }
                     continue;
-                }
-                if bands.contains_key(&lane) {
+                };
+                if open.contains(&lane) {
                     continue;
                 }
                 match self.consumer(&key, lane).await {
                     Some(c) => {
-                        bands.insert(lane, c);
+                        open.insert(lane);
+                        bands.entry(band).or_default().insert(lane, c);
                     }
                     None => missing = true,
                 }
@@ -194,6 +219,14 @@ impl Shared {
                     _ = stop.cancelled() => return,
                     changed = lanes.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep(RETRY), if missing => {}
+                }
+                continue;
+            }
+            // A rate-limited queue takes tokens only for jobs it can see.
+            if rate.is_some() && idle && !self.any_pending(bands.values()).await {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
                 }
                 continue;
             }
@@ -208,13 +241,50 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-            if !self.fill(&key, &bands, &mut free).await {
+            let tokens = match rate {
+                None => None,
+                Some(rate) => {
+                    let tokens = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        t = self.rates.take(&key.queue, rate, free.len()) => t,
+                    };
+                    free.truncate(tokens.count);
+                    Some(tokens)
+                }
+            };
+            let filled = self.fill(&key, &mut bands, &mut free, rate.is_none()).await;
+            if let Some(mut tokens) = tokens {
+                tokens.count -= filled.started.min(tokens.count);
+                self.rates.unused(&key.queue, tokens);
+            }
+            idle = filled.started == 0;
+            let pause = if !filled.ended_well {
+                Some(RETRY)
+            } else if idle && !filled.waited {
+                Some(IDLE_POLL)
+            } else {
+                None
+            };
+            if let Some(pause) = pause {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
         }
+    }
+
+    /// Whether one of the consumers has jobs not delivered yet (one NATS
+    /// request each, until one has); `false` when NATS does not answer.
+    async fn any_pending(&self, bands: impl Iterator<Item = &BandLanes>) -> bool {
+        for band in bands {
+            for consumer in band.consumers() {
+                if self.has_pending(consumer).await {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// The consumer of `key`'s `lane`, or `None` (logged) if NATS refuses.
@@ -237,60 +307,77 @@ impl Shared {
     }
 
     /// One pass over a key's bands, highest first, giving each job pulled
-    /// one of the `free` slots. `false` when the last pull request did not
-    /// end normally (NATS refused it, or other engines' requests came
-    /// first): the caller waits before asking again.
+    /// one of the `free` slots; a band with fair lanes is asked in turns
+    /// (`fair.rs`). The lowest band's request waits for jobs if `may_wait`
+    /// and it is the band's one lane.
     async fn fill(
         self: &Arc<Self>,
         key: &JobKey,
-        bands: &BTreeMap<Lane, jetstream::consumer::PullConsumer>,
+        bands: &mut BTreeMap<u8, BandLanes>,
         free: &mut Vec<OwnedSemaphorePermit>,
-    ) -> bool {
-        let mut ended_well = true;
+        may_wait: bool,
+    ) -> Filled {
+        let mut filled = Filled {
+            started: 0,
+            ended_well: true,
+            waited: false,
+        };
         let lowest = bands.keys().next().copied();
-        for (band, consumer) in bands.iter().rev() {
+        let several = bands.len() > 1;
+        for (band, lanes) in bands.iter_mut().rev() {
             if free.is_empty() {
                 break;
             }
+            let Some(consumer) = lanes.single() else {
+                let (started, ended_well) = self.fill_in_turns(key, lanes, free).await;
+                filled.started += started;
+                filled.ended_well = ended_well;
+                continue;
+            };
             let mut fetch = consumer.fetch().max_messages(free.len());
-            if Some(*band) == lowest {
-                fetch = fetch.expires(if bands.len() == 1 {
-                    FETCH_EXPIRES
-                } else {
-                    IDLE_POLL
-                });
+            if may_wait && Some(*band) == lowest {
+                fetch = fetch.expires(if several { IDLE_POLL } else { FETCH_EXPIRES });
+                filled.waited = true;
             }
             let mut jobs = match fetch.messages().await {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::debug!(error = %e, "a pull request failed");
-                    ended_well = false;
+                    filled.ended_well = false;
                     continue;
                 }
             };
-            ended_well = true;
+            filled.ended_well = true;
             while let Some(job) = jobs.next().await {
                 match job {
                     Ok(msg) => {
+                        filled.started += 1;
                         let slot = free.pop();
                         tokio::spawn(self.clone().run(key.clone(), msg, slot));
                     }
                     // Other engines' requests come first, or NATS went away.
                     Err(e) => {
                         tracing::trace!(error = %e, "a pull request ended");
-                        ended_well = false;
+                        filled.ended_well = false;
                         break;
                     }
                 }
             }
         }
-        ended_well
+        filled
     }
 
     /// Pulls one FIFO lane until `stop`, one job at a time, run here before
     /// the next is asked for (its consumer gives nobody the next one
-    /// before this one is acknowledged anyway).
-    async fn pull_lane(self: Arc<Self>, key: JobKey, lane: Lane, stop: CancellationToken) {
+    /// before this one is acknowledged anyway); with a `rate`, one token
+    /// taken before each request, which then does not wait.
+    async fn pull_lane(
+        self: Arc<Self>,
+        key: JobKey,
+        lane: Lane,
+        rate: Option<Rate>,
+        stop: CancellationToken,
+    ) {
         let consumer = loop {
             if let Some(c) = self.consumer(&key, lane).await {
                 break c;
@@ -300,19 +387,38 @@ impl Shared {
                 _ = tokio::time::sleep(RETRY) => {}
             }
         };
+        let mut idle = true;
         while !stop.is_cancelled() {
+            let mut fetch = consumer.fetch().max_messages(1);
+            let tokens = match rate {
+                None => {
+                    fetch = fetch.expires(FETCH_EXPIRES);
+                    None
+                }
+                Some(rate) => {
+                    if idle && !self.has_pending(&consumer).await {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(IDLE_POLL) => {}
+                        }
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        t = self.rates.take(&key.queue, rate, 1) => Some(t),
+                    }
+                }
+            };
             let mut ended_well = true;
-            match consumer
-                .fetch()
-                .max_messages(1)
-                .expires(FETCH_EXPIRES)
-                .messages()
-                .await
-            {
+            let mut started = 0;
+            match fetch.messages().await {
                 Ok(mut jobs) => {
                     while let Some(job) = jobs.next().await {
                         match job {
-                            Ok(msg) => self.clone().run(key.clone(), msg, None).await,
+                            Ok(msg) => {
+                                started += 1;
+                                self.clone().run(key.clone(), msg, None).await
+                            }
                             Err(e) => {
                                 tracing::trace!(error = %e, "a pull request ended");
                                 ended_well = false;
@@ -326,11 +432,36 @@ impl Shared {
                     ended_well = false;
                 }
             }
-            if !ended_well {
+            if let Some(mut tokens) = tokens {
+                tokens.count -= started.min(tokens.count);
+                self.rates.unused(&key.queue, tokens);
+            }
+            idle = started == 0;
+            let pause = if !ended_well {
+                Some(RETRY)
+            } else if idle && rate.is_some() {
+                // The request did not wait: nor does a lane with nothing.
+                Some(IDLE_POLL)
+            } else {
+                None
+            };
+            if let Some(pause) = pause {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
+            }
+        }
+    }
+
+    /// Whether a consumer has jobs not delivered yet, and is not paused
+    /// (its queue's pause: tokens taken then would go to waste).
+    async fn has_pending(&self, consumer: &jetstream::consumer::PullConsumer) -> bool {
+        match consumer.get_info().await {
+            Ok(info) => info.num_pending > 0 && !info.paused,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read a job consumer's info");
+                false
             }
         }
     }
@@ -338,7 +469,7 @@ impl Shared {
     /// Runs one delivery of a job and settles it with the server.
     /// `_slot` is one of the key's slots on this engine (none for a FIFO
     /// lane's job), free again once the job is settled.
-    async fn run(
+    pub(super) async fn run(
         self: Arc<Self>,
         key: JobKey,
         msg: jetstream::Message,

@@ -616,6 +616,8 @@ impl Shared {
                 .unwrap_or(0);
             let traceparent = header(&m, TRACEPARENT);
             let flow = self.flow_view(receipt, &m.headers).await;
+            let data = serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null);
+            let fair_key = super::fair::key_of(&settings, &key.queue, &m.payload);
             let view = json!({
                 "receipt": receipt,
                 "queue": key.queue,
@@ -632,12 +634,12 @@ impl Shared {
                 "due_at_ms": due_of(&m),
                 "finished_at_ms": null,
                 "redrives": redrives,
-                "data": serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null),
+                "data": data,
                 "result": null,
                 "last_error": history.last().map(|a| error_view(&a.error)),
                 "history": history_view(&history),
                 "expires_at_ms": header(&m, EXPIRES_AT).and_then(|e| e.parse::<u64>().ok()),
-                "fair_key": null,
+                "fair_key": fair_key,
                 "progress": reports.progress,
                 "logs": reports.logs,
                 "logs_dropped": reports.logs_dropped,
