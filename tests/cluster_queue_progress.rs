@@ -12,8 +12,8 @@ mod common;
 
 use common::nats::{NatsCluster, keys};
 use common::queue::{
-    complete, enqueue, enqueue_with, fail, jetstream_config, job_stream, log_lines, next_job,
-    now_ms, op, until_state,
+    complete, enqueue, enqueue_refused, enqueue_with, fail, jetstream_config, job_stream,
+    log_lines, next_job, now_ms, op, until_state,
 };
 use common::{RawClient, TestEngine, WAIT, wait_until};
 use serde_json::json;
@@ -228,16 +228,8 @@ async fn a_throttle_on_one_engine_holds_the_other_and_jobs_that_expire_meanwhile
             "expire before it may run",
         ),
     ] {
-        let mut call = json!({"queue": "limited", "function_id": "svc::call", "data": {}});
-        call.as_object_mut()
-            .unwrap()
-            .extend(args.as_object().unwrap().clone());
-        let r = c.call("queue::enqueue", call).await;
-        assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{r}");
-        assert!(
-            r["error"]["message"].as_str().unwrap().contains(says),
-            "{r}"
-        );
+        let base = json!({"queue": "limited", "function_id": "svc::call", "data": {}});
+        enqueue_refused(&mut c, base, &args, says).await;
     }
     let r = c.call("queue::throttle", json!({"queue": "limited"})).await;
     assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{r}");

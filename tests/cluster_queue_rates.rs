@@ -50,6 +50,34 @@ async fn run_and_time(
     }
 }
 
+/// A worker of `function_id` on each engine, answering every job, until
+/// `total` jobs started (within a minute): each start in time order.
+async fn starts_on_both(a: &str, b: &str, function_id: &str, total: usize) -> Vec<Start> {
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let mut runs = Vec::new();
+    for (url, engine) in [(a, "a"), (b, "b")] {
+        let mut worker = RawClient::worker(url, &format!("worker-{engine}")).await;
+        worker.register_function(function_id).await;
+        runs.push(tokio::spawn(run_and_time(
+            worker,
+            engine,
+            starts.clone(),
+            total,
+        )));
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for run in runs {
+            run.await.unwrap();
+        }
+    })
+    .await
+    .expect("every job started within a minute");
+    let mut starts = starts.lock().unwrap().clone();
+    starts.sort_by_key(|(t, _, _)| *t);
+    assert_eq!(starts.len(), total, "each job started once: {starts:?}");
+    starts
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_holds_across_the_cluster_with_workers_on_two_engines() {
     // 10 starts a second; concurrency far above it, so only the rate paces.
@@ -80,27 +108,8 @@ async fn a_rate_holds_across_the_cluster_with_workers_on_two_engines() {
     })
     .await;
     assert_eq!(stats["settings"]["rate"], "10/1s", "{stats}");
-    let starts = Arc::new(Mutex::new(Vec::new()));
-    let mut on_a = RawClient::worker(&a.url, "worker-a").await;
-    on_a.register_function("svc::limited").await;
-    let mut on_b = RawClient::worker(&b.url, "worker-b").await;
-    on_b.register_function("svc::limited").await;
-    let runs = [
-        tokio::spawn(run_and_time(on_a, "a", starts.clone(), JOBS)),
-        tokio::spawn(run_and_time(on_b, "b", starts.clone(), JOBS)),
-    ];
     // At the rate, 60 jobs take about 5 s; far more is a stall.
-    tokio::time::timeout(Duration::from_secs(60), async {
-        for run in runs {
-            run.await.unwrap();
-        }
-    })
-    .await
-    .expect("every job started within a minute");
-
-    let mut starts = starts.lock().unwrap().clone();
-    starts.sort_by_key(|(t, _, _)| *t);
-    assert_eq!(starts.len(), JOBS, "each job started once: {starts:?}");
+    let starts = starts_on_both(&a.url, &b.url, "svc::limited", JOBS).await;
     for engine in ["a", "b"] {
         assert!(
             starts.iter().any(|(_, e, _)| *e == engine),
@@ -288,25 +297,7 @@ async fn a_rate_paces_a_fifo_queue_across_engines_and_keeps_each_group_in_order(
             .await;
         }
     }
-    let starts = Arc::new(Mutex::new(Vec::new()));
-    let mut on_a = RawClient::worker(&a.url, "worker-a").await;
-    on_a.register_function("svc::paced").await;
-    let mut on_b = RawClient::worker(&b.url, "worker-b").await;
-    on_b.register_function("svc::paced").await;
-    let runs = [
-        tokio::spawn(run_and_time(on_a, "a", starts.clone(), JOBS)),
-        tokio::spawn(run_and_time(on_b, "b", starts.clone(), JOBS)),
-    ];
-    tokio::time::timeout(Duration::from_secs(60), async {
-        for run in runs {
-            run.await.unwrap();
-        }
-    })
-    .await
-    .expect("every job started within a minute");
-    let mut starts = starts.lock().unwrap().clone();
-    starts.sort_by_key(|(t, _, _)| *t);
-    assert_eq!(starts.len(), JOBS, "each job started once: {starts:?}");
+    let starts = starts_on_both(&a.url, &b.url, "svc::paced", JOBS).await;
     // A full bucket (5), then 5 a second: 10 more take 2 s, less the
     // 1.25 jobs of the hold; without the rate, well under a second.
     let span = starts[JOBS - 1].0 - starts[0].0;

@@ -5,7 +5,8 @@
 mod common;
 
 use common::queue::{
-    complete, enqueue, enqueue_burst, fail, fast_config, log_lines, next_job, op, until_state,
+    complete, enqueue, enqueue_burst, enqueue_refused, fail, fast_config, log_lines, next_job, op,
+    until_state,
 };
 use common::{RawClient, TestEngine, WAIT, wait_for};
 use serde_json::{Value, json};
@@ -69,16 +70,8 @@ async fn a_job_not_started_by_its_expiry_is_dead_lettered_as_expired() {
             "not both",
         ),
     ] {
-        let mut call = json!({"queue": "exp", "function_id": "exp::run", "data": {}});
-        call.as_object_mut()
-            .unwrap()
-            .extend(args.as_object().unwrap().clone());
-        let r = c.call("queue::enqueue", call).await;
-        assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{r}");
-        assert!(
-            r["error"]["message"].as_str().unwrap().contains(says),
-            "{r}"
-        );
+        let base = json!({"queue": "exp", "function_id": "exp::run", "data": {}});
+        enqueue_refused(&mut c, base, &args, says).await;
     }
 }
 

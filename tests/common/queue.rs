@@ -113,6 +113,19 @@ pub async fn until_all_seen(
     .await;
 }
 
+/// `queue::enqueue` of `base` with `args` added, which must be refused as
+/// `INVALID_ARGUMENTS` with a message saying `says`.
+pub async fn enqueue_refused(c: &mut RawClient, base: Value, args: &Value, says: &str) {
+    let mut call = base;
+    if let (Some(call), Some(args)) = (call.as_object_mut(), args.as_object()) {
+        call.extend(args.clone());
+    }
+    let r = c.call("queue::enqueue", call).await;
+    assert_eq!(r["error"]["code"], "INVALID_ARGUMENTS", "{r}");
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{r}");
+}
+
 /// Calls an engine function that must succeed; returns its result.
 pub async fn op(c: &mut RawClient, f: &str, data: Value) -> Value {
     let r = c.call(f, data).await;

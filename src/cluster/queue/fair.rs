@@ -14,7 +14,6 @@
 //! (two given keys share a lane one time in [`FAIR_LANES`]), where the
 //! local queue gives every key its own turn.
 
-use futures_util::StreamExt;
 use sha2::Digest;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -121,31 +120,17 @@ impl Shared {
             let at = band.next % band.lanes.len();
             band.next = at + 1;
             let consumer = &band.lanes[at].1;
-            let mut got = false;
             // Without waiting: an empty lane answers at once.
-            match consumer.fetch().max_messages(1).messages().await {
-                Ok(mut jobs) => {
-                    while let Some(job) = jobs.next().await {
-                        match job {
-                            Ok(msg) => {
-                                got = true;
-                                started += 1;
-                                let slot = free.pop();
-                                tokio::spawn(self.clone().run(key.clone(), msg, slot));
-                            }
-                            Err(e) => {
-                                tracing::trace!(error = %e, "a pull request ended");
-                                ended_well = false;
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "a pull request failed");
-                    ended_well = false;
-                }
-            }
+            let fetch = consumer.fetch().max_messages(1);
+            let (got, ended) = super::runner::pull_each(fetch, |msg| {
+                let slot = free.pop();
+                tokio::spawn(self.clone().run(key.clone(), msg, slot));
+                std::future::ready(())
+            })
+            .await;
+            started += got;
+            ended_well &= ended;
+            let got = got > 0;
             idle = if got { 0 } else { idle + 1 };
         }
         (started, ended_well)

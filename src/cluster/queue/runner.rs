@@ -339,30 +339,14 @@ impl Shared {
                 fetch = fetch.expires(if several { IDLE_POLL } else { FETCH_EXPIRES });
                 filled.waited = true;
             }
-            let mut jobs = match fetch.messages().await {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::debug!(error = %e, "a pull request failed");
-                    filled.ended_well = false;
-                    continue;
-                }
-            };
-            filled.ended_well = true;
-            while let Some(job) = jobs.next().await {
-                match job {
-                    Ok(msg) => {
-                        filled.started += 1;
-                        let slot = free.pop();
-                        tokio::spawn(self.clone().run(key.clone(), msg, slot));
-                    }
-                    // Other engines' requests come first, or NATS went away.
-                    Err(e) => {
-                        tracing::trace!(error = %e, "a pull request ended");
-                        filled.ended_well = false;
-                        break;
-                    }
-                }
-            }
+            let (started, ended_well) = pull_each(fetch, |msg| {
+                let slot = free.pop();
+                tokio::spawn(self.clone().run(key.clone(), msg, slot));
+                std::future::ready(())
+            })
+            .await;
+            filled.started += started;
+            filled.ended_well = ended_well;
         }
         filled
     }
@@ -409,29 +393,8 @@ impl Shared {
                     }
                 }
             };
-            let mut ended_well = true;
-            let mut started = 0;
-            match fetch.messages().await {
-                Ok(mut jobs) => {
-                    while let Some(job) = jobs.next().await {
-                        match job {
-                            Ok(msg) => {
-                                started += 1;
-                                self.clone().run(key.clone(), msg, None).await
-                            }
-                            Err(e) => {
-                                tracing::trace!(error = %e, "a pull request ended");
-                                ended_well = false;
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "a pull request failed");
-                    ended_well = false;
-                }
-            }
+            let (started, ended_well) =
+                pull_each(fetch, |msg| self.clone().run(key.clone(), msg, None)).await;
             if let Some(mut tokens) = tokens {
                 tokens.count -= started.min(tokens.count);
                 self.rates.unused(&key.queue, tokens);
@@ -655,4 +618,37 @@ impl Shared {
         };
         self.append_attempt(receipt, entry).await
     }
+}
+
+/// Sends one pull request and hands each job it brings to `start`, in
+/// order; how many it brought, and whether the request ended normally
+/// (not when other engines' requests came first, or NATS went away).
+pub(super) async fn pull_each<Started>(
+    fetch: pull::FetchBuilder<'_>,
+    mut start: impl FnMut(jetstream::Message) -> Started,
+) -> (usize, bool)
+where
+    Started: std::future::Future<Output = ()>,
+{
+    let mut jobs = match fetch.messages().await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::debug!(error = %e, "a pull request failed");
+            return (0, false);
+        }
+    };
+    let mut started = 0;
+    while let Some(job) = jobs.next().await {
+        match job {
+            Ok(msg) => {
+                started += 1;
+                start(msg).await;
+            }
+            Err(e) => {
+                tracing::trace!(error = %e, "a pull request ended");
+                return (started, false);
+            }
+        }
+    }
+    (started, true)
 }
