@@ -1,7 +1,10 @@
 //! Durable queues in cluster mode against the embedded store, in one run:
 //! the same load on one engine with its sled queue, then on one engine of a
 //! cluster whose queues are on JetStream (a 3-node NATS cluster on loopback,
-//! `sync_interval: always`), with job streams of 1 and of 3 replicas.
+//! `sync_interval: always`), with job streams of 1 and of 3 replicas; then
+//! sync calls to a worker on engine B of a two-engine cluster, made on B
+//! itself and across engines from A (NATS request/reply): calls/s with 64 in
+//! flight, and latency with one in flight.
 //!
 //! Each setup: `--producers` (64) producers over 8 connections, each waiting
 //! for its acknowledgement before the next → durable enqueues/s; then a
@@ -97,6 +100,87 @@ async fn wait_ran(ran: &AtomicU64, n: u64) {
     }
 }
 
+/// Calls per setup's latency phase (one in flight) and seconds of its
+/// throughput phase (`IN_FLIGHT` closed loops).
+const LATENCY_CALLS: usize = 2_000;
+const IN_FLIGHT: usize = 64;
+const ECHO: &str = "bench::echo";
+
+/// Sync calls from `callers` to the echo worker: latency one at a time,
+/// then calls/s with [`IN_FLIGHT`] loops for `secs`, with the CPU per call
+/// of `pids` (both engines and the NATS servers).
+async fn calls(callers: &[Client], pids: &[String], nats: &[String], secs: f64) -> Value {
+    let data = json!({ "order": 1, "sku": "A-100" });
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+    for _ in 0..LATENCY_CALLS {
+        let t = Instant::now();
+        callers[0].call(ECHO, data.clone()).await.expect("a call");
+        hist.record(t.elapsed().as_micros() as u64)
+            .expect("recorded");
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (e0, n0) = (cpu_of(pids), cpu_of(nats));
+    let started = Instant::now();
+    let loops: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let (client, done, stop) = (
+                callers[i % callers.len()].clone(),
+                done.clone(),
+                stop.clone(),
+            );
+            let data = data.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    client.call(ECHO, data.clone()).await.expect("a call");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.await.expect("a call loop");
+    }
+    let n = done.load(Ordering::Relaxed) as f64;
+    let took = started.elapsed().as_secs_f64();
+    json!({
+        "calls_per_sec": (n / took).round(),
+        "p50_us": hist.value_at_quantile(0.5),
+        "p99_us": hist.value_at_quantile(0.99),
+        "engines_cpu_us_per_call": round2((cpu_of(pids) - e0) * 1e6 / n),
+        "nats_cpu_us_per_call": round2((cpu_of(nats) - n0) * 1e6 / n),
+    })
+}
+
+/// A worker serving [`ECHO`] on engine B of a two-engine cluster: calls
+/// made on B, then the same from A.
+async fn call_setups(nats: &NatsCluster, nats_pids: &[String], secs: f64) -> Value {
+    let toml = |id: &str| {
+        nats.engine_toml(id)
+            .replace("name = \"test\"", "name = \"calls\"")
+    };
+    let a = EngineProcess::start_with_config(&toml("a"));
+    let b = EngineProcess::start_with_config(&toml("b"));
+    let worker = Client::connect(&b.url).await.expect("worker");
+    worker
+        .register_function(ECHO, |input: Value| async move { Ok(input) })
+        .expect("register");
+    worker.announce("bench-echo").expect("announce");
+    let pids = [a.pid().to_string(), b.pid().to_string()];
+    let mut out = serde_json::Map::new();
+    for (name, engine) in [("same_engine", &b), ("across_engines", &a)] {
+        let callers = clients(&engine.url, 8).await;
+        callers[0]
+            .wait_for_function(ECHO, Duration::from_secs(30))
+            .await
+            .expect("the echo function reaches the caller's engine");
+        out.insert(name.into(), calls(&callers, &pids, nats_pids, secs).await);
+    }
+    Value::Object(out)
+}
+
 fn queue_toml() -> String {
     format!("[queue.queues.{QUEUE}]\nconcurrency = 64\n")
 }
@@ -126,12 +210,15 @@ async fn main() {
         let m = measure(&engine, &nats_pids, producers, jobs).await;
         jetstream.insert(format!("r{replicas}"), m);
     }
+    let call_secs = if quick { 2.0 } else { 10.0 };
+    let calls = call_setups(&nats, &nats_pids, call_secs).await;
     let report = json!({
         "machine": machine(),
         "producers": producers,
         "jobs_per_phase": jobs,
         "sled": sled,
         "jetstream": jetstream,
+        "sync_calls": calls,
     });
     if flag("--json") {
         println!("{report}");
