@@ -316,3 +316,40 @@ async fn a_throttle_leaves_a_paused_queue_paused_and_holds_a_resume_to_its_end()
     assert_eq!(inv["data"], json!({"n": 1}), "{inv}");
     complete(&mut w, &inv, json!("ok")).await;
 }
+
+/// A `queue:progress` binding made on one engine fires for a job that runs,
+/// and reports, on the other: the binding is bound on every engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_binding_on_one_engine_fires_for_a_job_running_on_the_other() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
+    let mut watcher = RawClient::worker(&a.url, "watcher").await;
+    let config = json!({"queue": "reports"});
+    watcher
+        .bind("p1", "queue:progress", "watch::progress", config)
+        .await;
+    let mut w = RawClient::worker(&b.url, "w").await;
+    w.register_function("rep::run").await;
+    wait_until("engine b binds the watcher", WAIT, async || {
+        let filter = json!({"trigger_type": "queue:progress"});
+        let r = w.call_ok("engine::registered-triggers::list", filter).await;
+        r["registered_triggers"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty())
+    })
+    .await;
+
+    let mut c = RawClient::worker(&a.url, "producer").await;
+    let receipt = enqueue(&mut c, "reports", "rep::run", json!({})).await;
+    let inv = next_job(&mut w).await;
+    let report = json!({"receipt": receipt, "progress": 40});
+    w.call_ok("queue::progress", report).await;
+    let event = watcher.next_event().await;
+    assert_eq!(event["receipt"], json!(receipt), "{event}");
+    assert_eq!(event["queue"], "reports", "{event}");
+    assert_eq!(event["function_id"], "rep::run", "{event}");
+    assert_eq!(event["progress"], 40, "{event}");
+    complete(&mut w, &inv, json!(null)).await;
+    drop(b);
+}

@@ -158,7 +158,11 @@ impl Engine {
         // realtime disconnects (their clients are this engine's).
         let cluster_queues = match &cluster {
             Some(c) if config.cluster.jetstream_queues() => {
-                Some(c.queues(&config.cluster, config.queue.clone()).await?)
+                let watchers = queues.progress_watchers.clone();
+                Some(
+                    c.queues(&config.cluster, config.queue.clone(), watchers)
+                        .await?,
+                )
             }
             _ => None,
         };

@@ -36,6 +36,9 @@ struct Watcher<C> {
 pub(crate) struct Watchers<C> {
     trigger_type: &'static str,
     table: Arc<Mutex<HashMap<String, Watcher<C>>>>,
+    /// Whether a binding made on one engine of a cluster is bound on every
+    /// engine (see [`TriggerTypeHandler::cluster_wide`]).
+    cluster_wide: bool,
 }
 
 impl<C> Clone for Watchers<C> {
@@ -43,6 +46,7 @@ impl<C> Clone for Watchers<C> {
         Self {
             trigger_type: self.trigger_type,
             table: self.table.clone(),
+            cluster_wide: self.cluster_wide,
         }
     }
 }
@@ -52,7 +56,16 @@ impl<C: WatchConfig> Watchers<C> {
         Self {
             trigger_type,
             table: Arc::default(),
+            cluster_wide: false,
         }
+    }
+
+    /// Bound on every engine of a cluster: the events are seen by
+    /// whichever engine they happen on (a job's progress, reported to the
+    /// engine running it), and each must fire every binding.
+    pub(crate) fn cluster_wide(mut self) -> Self {
+        self.cluster_wide = true;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Watcher<C>>> {
@@ -122,5 +135,9 @@ impl<C: WatchConfig> TriggerTypeHandler for Watchers<C> {
 
     fn unbind(&self, binding_id: &str) {
         self.lock().remove(binding_id);
+    }
+
+    fn cluster_wide(&self) -> bool {
+        self.cluster_wide
     }
 }

@@ -66,6 +66,42 @@ impl WatchConfig for ProgressWatch {
 
 pub type ProgressWatchers = crate::mesh::watchers::Watchers<ProgressWatch>;
 
+/// The job a progress report is about.
+pub(crate) struct ProgressOf<'a> {
+    pub receipt: Uuid,
+    pub queue: &'a str,
+    pub function_id: &'a str,
+    pub attempt: u32,
+}
+
+/// Fires the `queue:progress` bindings that want this job's progress (its
+/// queue's, its own, or every job's): on any queue backend, the engine a
+/// report reaches fires them (in a cluster they are bound on every engine).
+pub(crate) fn fire_progress(
+    watchers: &ProgressWatchers,
+    mesh: &crate::mesh::Mesh,
+    job: ProgressOf<'_>,
+    progress: &serde_json::Value,
+) {
+    let event = json!({
+        "type": PROGRESS_TRIGGER,
+        "receipt": job.receipt,
+        "queue": job.queue,
+        "function_id": job.function_id,
+        "attempt": job.attempt,
+        "progress": progress,
+    });
+    watchers.fire(
+        mesh,
+        std::time::Duration::from_secs(5),
+        |w| {
+            w.queue.as_deref().is_none_or(|q| q == job.queue)
+                && w.receipt.is_none_or(|r| r == job.receipt)
+        },
+        || to_payload(&event),
+    );
+}
+
 impl Scheduler {
     /// Applies a handler's report to its running job. Only the worker running
     /// it may report (or an operator): a receipt alone is not enough.
@@ -100,23 +136,13 @@ impl Scheduler {
         let answer = match report {
             Report::Progress(raw) => {
                 let progress: serde_json::Value = serde_json::from_slice(&raw).unwrap_or_default();
-                let event = json!({
-                    "type": PROGRESS_TRIGGER,
-                    "receipt": id,
-                    "queue": queue,
-                    "function_id": function_id,
-                    "attempt": attempt,
-                    "progress": progress,
-                });
-                self.progress_watchers.fire(
-                    &self.mesh,
-                    std::time::Duration::from_secs(5),
-                    |w| {
-                        w.queue.as_deref().is_none_or(|q| q == queue)
-                            && w.receipt.is_none_or(|r| r == *id)
-                    },
-                    || to_payload(&event),
-                );
+                let job = ProgressOf {
+                    receipt: *id,
+                    queue: &queue,
+                    function_id: &function_id,
+                    attempt,
+                };
+                fire_progress(&self.progress_watchers, &self.mesh, job, &progress);
                 json!({ "receipt": id, "progress": progress })
             }
             Report::Log(_) => {

@@ -71,7 +71,8 @@ impl Scheduler {
             metrics: Default::default(),
             progress_watchers: super::progress::ProgressWatchers::new(
                 super::progress::PROGRESS_TRIGGER,
-            ),
+            )
+            .cluster_wide(),
         };
         for (name, rec) in s.store.queues()? {
             let counts = s.store.counts(rec.id)?.unwrap_or_default();

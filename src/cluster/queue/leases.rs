@@ -20,6 +20,8 @@ use crate::protocol::{ErrorBody, codes};
 
 /// A job running here: its call, and when its lease runs out.
 pub(super) struct Running {
+    /// Its queue and function.
+    pub key: super::JobKey,
     pub invocation_id: Uuid,
     /// The worker running it: the only one (with operators) that may beat.
     pub executor: Uuid,

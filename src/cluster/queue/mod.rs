@@ -308,6 +308,9 @@ pub(super) struct Shared {
     flows_allowed: bool,
     /// The queues' settings: `[queue]`'s, and queues defined at run time.
     config: declared::Declared,
+    /// The `queue:progress` bindings (the local queue module's trigger
+    /// type): a report here fires them, as on one engine.
+    progress_watchers: crate::queue::progress::ProgressWatchers,
     mesh: Mesh,
     directory: Arc<Directory>,
     /// Consumers this engine created or found (none is ever deleted).
@@ -342,6 +345,7 @@ impl Cluster {
         &self,
         config: &ClusterConfig,
         queue: QueueConfig,
+        progress_watchers: crate::queue::progress::ProgressWatchers,
     ) -> Result<ClusterQueues, ClusterError> {
         let js = jetstream::new(self.client.clone());
         let replicas = config.replicas;
@@ -454,6 +458,7 @@ impl Cluster {
                 flows,
                 flows_allowed,
                 config: declared::Declared::new(queue),
+                progress_watchers,
                 mesh: self.mesh.clone(),
                 directory: self.directory.clone(),
                 consumers: Mutex::new(HashSet::new()),

@@ -181,7 +181,7 @@ impl Shared {
         caller: Uuid,
         operator: bool,
     ) -> Result<Value, ErrorBody> {
-        let (max_lines, live) = {
+        let (max_lines, live, key, attempt) = {
             let leases = self.leases.lock();
             let r = leases.get(&receipt).ok_or_else(|| not_running(receipt))?;
             if !operator && r.executor != caller {
@@ -190,7 +190,7 @@ impl Shared {
                     format!("job {receipt} runs on another worker; only it may report on it"),
                 ));
             }
-            (r.max_log_lines, r.reports.clone())
+            (r.max_log_lines, r.reports.clone(), r.key.clone(), r.attempt)
         };
         let mut state = live.0.lock().await;
         if state.ended {
@@ -204,7 +204,18 @@ impl Shared {
         reports.apply(&report, max_lines, crate::queue::now_ms());
         let stored = self.store_reports(receipt, &mut reports).await;
         let answer = match report {
-            Report::Progress(_) => json!({ "receipt": receipt, "progress": reports.progress }),
+            Report::Progress(_) => {
+                let job = crate::queue::progress::ProgressOf {
+                    receipt,
+                    queue: &key.queue,
+                    function_id: &key.function_id,
+                    attempt,
+                };
+                let progress = reports.progress.clone().unwrap_or_default();
+                let watchers = &self.progress_watchers;
+                crate::queue::progress::fire_progress(watchers, &self.mesh, job, &progress);
+                json!({ "receipt": receipt, "progress": reports.progress })
+            }
             Report::Log(_) => json!({
                 "receipt": receipt,
                 "lines": reports.logs.len(),

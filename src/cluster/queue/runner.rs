@@ -511,7 +511,7 @@ impl Shared {
             self.mesh.config().invocation.max_duration,
         ) {
             Ok(call) => {
-                self.await_call(call, receipt, attempt, &settings, &msg)
+                self.await_call(call, &key, receipt, attempt, &settings, &msg)
                     .await
             }
             Err(e) => (Err(e), false),
@@ -562,6 +562,7 @@ impl Shared {
     async fn await_call(
         &self,
         call: InternalCall,
+        key: &JobKey,
         receipt: Uuid,
         attempt: u32,
         settings: &QueueSettings,
@@ -570,6 +571,7 @@ impl Shared {
         let (until, _) = watch::channel(tokio::time::Instant::now() + settings.lease);
         let reports = Live::default();
         let running = Running {
+            key: key.clone(),
             invocation_id: call.invocation_id,
             executor: call.executor,
             attempt,
