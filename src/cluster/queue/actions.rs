@@ -30,9 +30,10 @@ use uuid::Uuid;
 
 use super::dead::REDRIVES;
 use super::dead::{Attempt, dead_subject};
-use super::flows::Ended;
 use super::index::{Place, nats_error};
-use super::intake::{Job, PRIORITY, RECEIPT, lane};
+use super::intake::lane;
+use super::job::Ended;
+use super::job::{Job, PRIORITY, RECEIPT};
 use super::progress::Reports;
 use super::views::{OpArgs, view_fn};
 use super::{JobKey, Shared};

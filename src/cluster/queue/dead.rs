@@ -128,7 +128,7 @@ impl Shared {
         };
         match self.store_letter(key, receipt, letter).await {
             Ok(reported) => {
-                let ended = super::flows::Ended::Dead(last);
+                let ended = super::job::Ended::Dead(last);
                 if self
                     .child_ended(headers, key, receipt, ended)
                     .await
@@ -137,7 +137,7 @@ impl Shared {
                     // Delivered again past its last attempt, it is
                     // dead-lettered again (one letter) and its parent told.
                     let _ = msg
-                        .ack_with(jetstream::AckKind::Nak(Some(super::flows::FLOW_RETRY)))
+                        .ack_with(jetstream::AckKind::Nak(Some(super::job::FLOW_RETRY)))
                         .await;
                     return;
                 }
@@ -179,13 +179,12 @@ impl Shared {
         let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         let data: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
         let reports = self.reports_of(receipt).await;
-        let expires_at: Option<u64> =
-            header(super::intake::EXPIRES_AT).and_then(|v| v.parse().ok());
+        let expires_at: Option<u64> = header(super::job::EXPIRES_AT).and_then(|v| v.parse().ok());
         let now = crate::queue::now_ms();
         let redrives: u64 = header(REDRIVES).and_then(|v| v.parse().ok()).unwrap_or(0);
         // Its priority (a FIFO job has none), for `queue::get` and a
         // redrive back onto its band.
-        let priority: u64 = header(super::intake::PRIORITY)
+        let priority: u64 = header(super::job::PRIORITY)
             .and_then(|v| v.parse().ok())
             .or_else(|| {
                 super::JobKey::parse(subject, &self.names)

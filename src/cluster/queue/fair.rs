@@ -18,7 +18,7 @@ use sha2::Digest;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::intake::Job;
+use super::job::Job;
 use super::{JobKey, Lane, Shared};
 use crate::protocol::ErrorBody;
 use crate::queue::settings::QueueSettings;
@@ -122,7 +122,7 @@ impl Shared {
             let consumer = &band.lanes[at].1;
             // Without waiting: an empty lane answers at once.
             let fetch = consumer.fetch().max_messages(1);
-            let (got, ended) = super::runner::pull_each(fetch, |msg| {
+            let (got, ended) = super::pull::pull_each(fetch, |msg| {
                 let slot = free.pop();
                 tokio::spawn(self.clone().run(key.clone(), msg, slot));
                 std::future::ready(())

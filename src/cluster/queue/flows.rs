@@ -36,7 +36,8 @@ use uuid::Uuid;
 
 use super::dead::Attempt;
 use super::index::{Place, nats_error};
-use super::intake::{Job, PublishRefused, RECEIPT, receipt};
+use super::intake::{PublishRefused, receipt};
+use super::job::{Ended, Job, RECEIPT};
 use super::{JobKey, Lane, Shared, b64, not_supported};
 use crate::cluster::kv;
 use crate::mesh::{CallCtx, Mesh, Reply};
@@ -58,19 +59,8 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// was stored), as a single enqueue is.
 const NO_STREAM_WITHIN: Duration = Duration::from_secs(5);
 const NO_STREAM_WAIT: Duration = Duration::from_millis(50);
-/// When a child whose parent could not be told is delivered again.
-pub(super) const FLOW_RETRY: Duration = Duration::from_secs(1);
 /// Tries of a compare-and-set on a parent's entry that others moved.
 const SETTLE_TRIES: usize = 50;
-
-/// How a child ended.
-pub(super) enum Ended {
-    /// With its result, raw JSON.
-    Completed(Box<serde_json::value::RawValue>),
-    /// Dead-lettered, with its last error.
-    Dead(Option<ErrorBody>),
-    Cancelled,
-}
 
 /// A child's end as its parent records it: the shape of
 /// `metadata.job.children` and of `queue::get`'s flow.
@@ -391,12 +381,12 @@ impl Shared {
         // Two engines releasing it (a child run again after a crash) make one job.
         headers.insert("Nats-Msg-Id", format!("release.{parent}").as_str());
         let due = headers
-            .get(super::intake::DUE_AT)
+            .get(super::job::DUE_AT)
             .and_then(|d| d.as_str().parse::<u64>().ok())
             .filter(|at| *at > crate::queue::now_ms());
         let (subject, delayed) = match due {
             Some(at) => {
-                super::intake::schedule(&mut headers, at, &target);
+                super::job::schedule(&mut headers, at, &target);
                 let key = JobKey::parse(&target, &self.names).map(|(k, _)| k.queue);
                 let queue = key.unwrap_or_default();
                 (
@@ -502,7 +492,7 @@ impl Shared {
         let to = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned());
         [
             Some(m.subject.to_string()),
-            to(super::intake::NATS_SCHEDULE_TARGET),
+            to(super::job::NATS_SCHEDULE_TARGET),
             to(TARGET),
         ]
         .into_iter()

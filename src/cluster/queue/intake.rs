@@ -16,27 +16,14 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::index::Place;
+use super::job::{BAGGAGE, DUE_AT, EXPIRES_AT, Job, PRIORITY, RECEIPT, TRACEPARENT, schedule};
 use super::{JobKey, Lane, Shared, ack_wait, not_supported};
 use crate::mesh::session::answer;
 use crate::mesh::{CallCtx, Connection, Mesh, Reply};
-use crate::protocol::{Action, ErrorBody, Invoke, Payload, codes};
+use crate::protocol::{Action, ErrorBody, Invoke, codes};
 use crate::queue::Enqueued;
 use crate::queue::settings::{Ordering, QueueSettings};
 use async_nats::jetstream::consumer::{AckPolicy, pull};
-
-/// The headers a job message carries besides its payload.
-pub(super) const RECEIPT: &str = "Qmesh-Receipt";
-pub(super) const TRACEPARENT: &str = "traceparent";
-pub(super) const BAGGAGE: &str = "baggage";
-/// A job's priority, when not 0.
-pub(super) const PRIORITY: &str = "Qmesh-Priority";
-/// A delayed job's due time (ms since the epoch), kept on the job once it
-/// fired.
-pub(super) const DUE_AT: &str = "Qmesh-Due-At";
-/// When a job not started yet is dead-lettered as expired instead of
-/// running late (ms since the epoch; `expires_in`/`expires_at`). Kept on a
-/// delayed job once it fired; a redrive drops it, as on one engine.
-pub(super) const EXPIRES_AT: &str = "Qmesh-Expires-At";
 
 /// A job sent to the stream: its receipt, and whether it went as a
 /// scheduled message (delayed) rather than to its lane's subject.
@@ -61,21 +48,6 @@ impl Sent {
 
 /// Most receipt-index writes of one `queue::enqueue_many` in flight.
 const INDEX_IN_FLIGHT: usize = 64;
-
-/// A job to put on the stream.
-pub(super) struct Job {
-    pub key: JobKey,
-    pub payload: Payload,
-    pub traceparent: Option<String>,
-    pub baggage: Option<String>,
-    pub idempotency_key: Option<String>,
-    /// When it may first run (ms since the epoch); `None` = now.
-    pub run_at_ms: Option<u64>,
-    /// 0–255, higher first (by band: see [`Lane::Band`]).
-    pub priority: u8,
-    /// Not started by then (ms since the epoch): dead-lettered as expired.
-    pub expires_at_ms: Option<u64>,
-}
 
 /// Most acks of one `queue::enqueue_many` awaited at once (the NATS client
 /// holds at most 5,000 for all of an engine's publishes).
@@ -113,25 +85,6 @@ fn still_storing(e: &PublishError) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
         .is_some_and(|e| e.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
-}
-
-/// The headers of a scheduled message (NATS ADR-51): when, and where to.
-const NATS_SCHEDULE: &str = "Nats-Schedule";
-pub(super) const NATS_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
-
-/// A schedule's time for `Nats-Schedule`: `@at` and RFC 3339 in UTC with
-/// milliseconds (the server parses the fraction and fires within a few ms).
-fn schedule_at(at_ms: u64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
-    format!("@at {}", humantime::format_rfc3339_millis(at))
-}
-
-/// Makes a job's message a scheduled one: the stream publishes it on
-/// `target` at `at` (ms since the epoch), which it keeps (`DUE_AT`).
-pub(super) fn schedule(headers: &mut HeaderMap, at: u64, target: &str) {
-    headers.insert(NATS_SCHEDULE, schedule_at(at).as_str());
-    headers.insert(NATS_SCHEDULE_TARGET, target);
-    headers.insert(DUE_AT, at.to_string().as_str());
 }
 
 /// Why an enqueue got no receipt from the stream.
@@ -542,35 +495,6 @@ pub(super) fn lane(job: &Job, settings: &QueueSettings) -> Result<Lane, ErrorBod
     Ok(Lane::fifo(&group, settings.concurrency))
 }
 
-impl Job {
-    /// A checked enqueue request made by a call, as a job of the stream
-    /// with the caller's trace context.
-    fn of_call(mut req: crate::queue::EnqueueRequest, ctx: &CallCtx) -> Result<Self, ErrorBody> {
-        req.traceparent = ctx.traceparent.clone();
-        req.baggage = ctx.baggage.clone();
-        Self::of_request(req)
-    }
-
-    /// A checked enqueue request as a job of the stream, with the request's
-    /// trace context.
-    pub(super) fn of_request(req: crate::queue::EnqueueRequest) -> Result<Self, ErrorBody> {
-        Ok(Job {
-            key: JobKey {
-                queue: req.queue,
-                namespace: req.namespace,
-                function_id: req.function_id,
-            },
-            payload: req.payload,
-            traceparent: req.traceparent,
-            baggage: req.baggage,
-            idempotency_key: req.idempotency_key,
-            run_at_ms: req.run_at_ms,
-            priority: req.priority,
-            expires_at_ms: req.expires_at_ms,
-        })
-    }
-}
-
 /// `queue::enqueue {queue, function_id, data, namespace?, idempotency_key?,
 /// delay?, run_at?, priority?, expires_in?, expires_at?}`.
 pub(super) fn enqueue(
@@ -662,14 +586,6 @@ pub(super) fn take_enqueue(shared: &Arc<Shared>, conn: &Arc<Connection>, invoke:
 #[cfg(test)]
 mod tests {
     use super::receipt;
-
-    #[test]
-    fn a_schedule_names_its_time_in_utc_with_milliseconds() {
-        assert_eq!(
-            super::schedule_at(1_700_000_000_123),
-            "@at 2023-11-14T22:13:20.123Z"
-        );
-    }
 
     #[test]
     fn an_idempotency_key_always_gives_the_same_receipt_in_its_queue() {

@@ -100,9 +100,11 @@ mod fair;
 mod flows;
 mod index;
 mod intake;
+mod job;
 mod leases;
 mod letters;
 mod progress;
+mod pull;
 mod rate;
 mod runner;
 mod throttle;
@@ -602,7 +604,7 @@ impl crate::queue::QueueBackend for ClusterQueues {
     ) -> BoxFuture<'static, Result<Vec<crate::queue::Enqueued>, ErrorBody>> {
         let shared = self.shared.clone();
         Box::pin(async move {
-            let jobs = reqs.into_iter().map(intake::Job::of_request);
+            let jobs = reqs.into_iter().map(job::Job::of_request);
             shared.enqueue_many(jobs.collect::<Result<_, _>>()?).await
         })
     }

@@ -38,9 +38,10 @@ use uuid::Uuid;
 
 use super::dead::Attempt;
 use super::fair::BandLanes;
-use super::intake::{BAGGAGE, EXPIRES_AT, RECEIPT, TRACEPARENT};
+use super::job::{BAGGAGE, EXPIRES_AT, Ended, FLOW_RETRY, RECEIPT, TRACEPARENT};
 use super::leases::Running;
 use super::progress::Live;
+use super::pull::pull_each;
 use super::{JobKey, Lane, Shared, ack_wait};
 use crate::mesh::router::{CallExtras, InternalCall};
 use crate::mesh::state::CallOutcome;
@@ -520,13 +521,11 @@ impl Shared {
             Ok(result) => {
                 // A flow's parent hears of its child before the child's ack.
                 let result = result.unwrap_or_else(crate::protocol::null_payload);
-                let ended = super::flows::Ended::Completed(result);
+                let ended = Ended::Completed(result);
                 let told = self.child_ended(msg.headers.as_ref(), &key, receipt, ended);
                 if told.await.is_err() {
                     // Its parent must hear of it: delivered again, it runs again.
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(super::flows::FLOW_RETRY)))
-                        .await;
+                    let _ = msg.ack_with(AckKind::Nak(Some(FLOW_RETRY))).await;
                     return;
                 }
                 if let Err(e) = msg.ack().await {
@@ -620,37 +619,4 @@ impl Shared {
         };
         self.append_attempt(receipt, entry).await
     }
-}
-
-/// Sends one pull request and hands each job it brings to `start`, in
-/// order; how many it brought, and whether the request ended normally
-/// (not when other engines' requests came first, or NATS went away).
-pub(super) async fn pull_each<Started>(
-    fetch: pull::FetchBuilder<'_>,
-    mut start: impl FnMut(jetstream::Message) -> Started,
-) -> (usize, bool)
-where
-    Started: std::future::Future<Output = ()>,
-{
-    let mut jobs = match fetch.messages().await {
-        Ok(jobs) => jobs,
-        Err(e) => {
-            tracing::debug!(error = %e, "a pull request failed");
-            return (0, false);
-        }
-    };
-    let mut started = 0;
-    while let Some(job) = jobs.next().await {
-        match job {
-            Ok(msg) => {
-                started += 1;
-                start(msg).await;
-            }
-            Err(e) => {
-                tracing::trace!(error = %e, "a pull request ended");
-                return (started, false);
-            }
-        }
-    }
-    (started, true)
 }

@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 use super::dead::{Attempt, EXPIRED, REDRIVES};
 use super::index::{Place, nats_error};
-use super::intake::{DUE_AT, EXPIRES_AT, NATS_SCHEDULE_TARGET, PRIORITY, RECEIPT, TRACEPARENT};
+use super::job::{DUE_AT, EXPIRES_AT, NATS_SCHEDULE_TARGET, PRIORITY, RECEIPT, TRACEPARENT};
 use super::{JobKey, Lane, Shared, b64};
 use crate::mesh::provided::args;
 use crate::mesh::{CallCtx, Mesh, Reply};
