@@ -407,15 +407,17 @@ pub(crate) type PeerAnswer = Option<crate::mesh::Reply>;
 /// not hold. The engine root hands the cluster's to the realtime module;
 /// without one, a client is reached from its own engine only.
 pub(crate) trait RealtimePeers: Send + Sync {
-    /// Asks every other live engine to run `function` (a `channel::*` id)
+    /// Asks the other live engines to run `function` (a `channel::*` id)
     /// with `input` for `caller`: each answers what it did, or `None` when it
     /// holds none of the clients named. `Err` for an engine that could not
-    /// be asked or did not answer: why.
+    /// be asked or did not answer: why. With `client_id` (a function naming
+    /// one client), the engine known to hold it may be the only one asked.
     fn ask(
         &self,
         function: &str,
         caller: ClientCaller,
         input: serde_json::Value,
+        client_id: Option<&str>,
     ) -> BoxFuture<'static, Vec<Result<PeerAnswer, String>>>;
 }
 

@@ -188,3 +188,83 @@ async fn another_engines_caller_needs_the_same_rights_as_a_local_one() {
     assert_eq!(sent, json!({"delivered": true}));
     assert_eq!(recv(&mut ws).await, json!({"n": 1}));
 }
+
+/// With three engines, the first action on a client of B asks every other
+/// engine; the next ones ask only B, which the first answer named; once
+/// the client is gone, B says so and every engine is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_on_a_known_client_ask_only_its_engine() {
+    use futures_util::StreamExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(nats.engine_config(test_config(), "a")).await;
+    let b = TestEngine::start_with(nats.engine_config(test_config(), "b")).await;
+    let c = TestEngine::start_with(nats.engine_config(test_config(), "c")).await;
+
+    // Every request NATS carries to C's realtime subject.
+    let observer = async_nats::connect(nats.urls[0].as_str()).await.unwrap();
+    let mut to_c = observer
+        .subscribe("qmesh.test.engine.c.realtime")
+        .await
+        .unwrap();
+    observer.flush().await.unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = seen.clone();
+    tokio::spawn(async move {
+        while to_c.next().await.is_some() {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+
+    let on_b = rt::worker(&b.url).await;
+    rt::serve(&on_b, "chat::hello", |_| async { Ok(json!({"hi": true})) }).await;
+    rt::bind(
+        &on_b,
+        "chat::hello",
+        json!({"route": "/ws/chat", "on": "connect"}),
+    )
+    .await;
+    a.wait_for_providers("chat::hello", 1).await;
+    c.wait_for_providers("chat::hello", 1).await;
+    let mut ws = rt::open(&b.realtime_url(), "/ws/chat").await;
+    assert_eq!(recv(&mut ws).await, json!({"hi": true}));
+    let id = rt::open_channels(&on_b, Some("/ws/chat")).await[0].clone();
+
+    let on_a = rt::worker(&a.url).await;
+    let asked_c = || seen.load(Ordering::SeqCst);
+    for n in 0..5 {
+        let sent = on_a
+            .call("channel::send", json!({"channel_id": id, "data": {"n": n}}))
+            .await
+            .unwrap();
+        assert_eq!(sent, json!({"delivered": true}));
+        assert_eq!(recv(&mut ws).await, json!({"n": n}));
+    }
+
+    drop(ws);
+    common::wait_until("B forgets the closed client", common::WAIT, async || {
+        rt::open_channels(&on_b, None).await.is_empty()
+    })
+    .await;
+    let gone = refusal(
+        &on_a,
+        "channel::send",
+        json!({"channel_id": id, "data": {}}),
+    )
+    .await;
+    assert_eq!(gone, "CHANNEL_NOT_FOUND");
+    // That last lookup asked C: once the observer has it, it has every
+    // earlier request too (NATS keeps one connection's messages in order),
+    // and there was one, the first send's.
+    common::wait_until("the last lookup reaches C", common::WAIT, async || {
+        asked_c() >= 2
+    })
+    .await;
+    assert_eq!(
+        asked_c(),
+        2,
+        "only the first send and the last lookup asked C"
+    );
+}

@@ -335,11 +335,11 @@ impl Cluster {
 
     /// The realtime module's way to clients connected to other engines.
     pub(crate) fn realtime_peers(&self) -> Arc<dyn RealtimePeers> {
-        Arc::new(clients::NatsRealtimePeers {
-            client: self.client.clone(),
-            names: self.names.clone(),
-            directory: self.directory.clone(),
-        })
+        Arc::new(clients::NatsRealtimePeers::new(
+            self.client.clone(),
+            self.names.clone(),
+            self.directory.clone(),
+        ))
     }
 
     /// This engine's realtime clients, which other engines' workers may act

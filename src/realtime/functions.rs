@@ -427,13 +427,11 @@ pub(super) fn on_client(
         return send_many_across(&h.hub, peers, &here, input);
     }
     let elsewhere = match input.get("channel_id").and_then(Value::as_str) {
-        Some(id) => h.hub.get(id).is_none(),
-        None => false,
+        Some(id) if h.hub.get(id).is_none() => id.to_owned(),
+        _ => return Box::pin(ready((h.op)(&h.hub, &here, input))),
     };
-    if !elsewhere {
-        return Box::pin(ready((h.op)(&h.hub, &here, input)));
-    }
-    let asked = peers.ask(h.id, Caller::rights(&mesh, &ctx), input.clone());
+    let caller = Caller::rights(&mesh, &ctx);
+    let asked = peers.ask(h.id, caller, input.clone(), Some(&elsewhere));
     Box::pin(async move {
         let mut unanswered = Vec::new();
         for answer in asked.await {
@@ -482,7 +480,7 @@ fn send_many_across(
         return Box::pin(ready(Ok(local)));
     }
     rest["channel_ids"] = json!(missing);
-    let asked = peers.ask(SEND_MANY, Caller::rights(mesh, ctx), rest);
+    let asked = peers.ask(SEND_MANY, Caller::rights(mesh, ctx), rest, None);
     Box::pin(async move {
         let mut delivered = local["delivered"].as_u64().unwrap_or(0);
         let mut dropped: Vec<Value> = local["dropped"].as_array().cloned().unwrap_or_default();
