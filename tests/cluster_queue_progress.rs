@@ -243,7 +243,12 @@ async fn every_consumer_paused(nats: &NatsCluster) -> bool {
     let mut consumers = stream.consumers();
     let mut any = false;
     while let Some(info) = consumers.next().await {
-        if !info.unwrap().paused {
+        let info = info.unwrap();
+        // Job consumers only (not the expiry checks' consumer).
+        if !info.config.filter_subject.starts_with("qmesh.test.jobs.") {
+            continue;
+        }
+        if !info.paused {
             return false;
         }
         any = true;
@@ -352,4 +357,25 @@ async fn a_progress_binding_on_one_engine_fires_for_a_job_running_on_the_other()
     assert_eq!(event["progress"], 40, "{event}");
     complete(&mut w, &inv, json!(null)).await;
     drop(b);
+}
+
+/// A job that expires while no engine's worker serves its function is
+/// dead-lettered at its expiry, as on one engine, not when a worker comes:
+/// its expiry check, a scheduled message, fires on any engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_nobody_takes_is_dead_lettered_at_its_expiry() {
+    let nats = NatsCluster::start().await;
+    let a = TestEngine::start_with(jetstream_config(&nats, "a")).await;
+    let b = TestEngine::start_with(jetstream_config(&nats, "b")).await;
+    let mut c = RawClient::worker(&a.url, "producer").await;
+    let args = json!({"queue": "late", "function_id": "nobody::serves", "data": {"n": 1},
+                      "expires_in": "1s"});
+    let receipt = enqueue_with(&mut c, args).await;
+    let mut on_b = RawClient::worker(&b.url, "operator").await;
+    let job = until_state(&mut on_b, &receipt, "dead").await;
+    assert_eq!(job["last_error"]["code"], "expired", "{job}");
+    assert_eq!(job["attempts"], 0, "{job}");
+    let stats = op(&mut on_b, "queue::stats", json!({"queue": "late"})).await;
+    assert_eq!(stats["waiting_for_worker"], 0, "{stats}");
+    assert_eq!(stats["dead"], 1, "{stats}");
 }

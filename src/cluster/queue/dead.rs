@@ -83,10 +83,7 @@ impl Shared {
         history: Vec<Attempt>,
     ) {
         tracing::info!(%receipt, queue = %key.queue, "job expired before it started");
-        let expired = ErrorBody::new(
-            EXPIRED,
-            format!("not started before its expiry ({at} ms since the epoch)"),
-        );
+        let expired = expired_error(at);
         self.dead_letter_as(key, msg, receipt, history, Some(expired))
             .await
     }
@@ -242,4 +239,13 @@ pub(super) struct Letter<'a> {
     pub payload: &'a [u8],
     pub history: &'a [Attempt],
     pub last: Option<ErrorBody>,
+}
+
+/// The last error of a job dead-lettered because it did not start by its
+/// expiry (`at`, ms since the epoch).
+pub(super) fn expired_error(at: u64) -> ErrorBody {
+    ErrorBody::new(
+        EXPIRED,
+        format!("not started before its expiry ({at} ms since the epoch)"),
+    )
 }

@@ -210,6 +210,11 @@ impl Shared {
             })
             .collect();
         self.index_all(places).await?;
+        let expiring = plan.iter().filter_map(|p| {
+            let at = p.job.expires_at_ms?;
+            Some((p.receipt, p.job.key.queue.clone(), at))
+        });
+        self.schedule_expiries(expiring.collect()).await;
         Ok(())
     }
 

@@ -156,6 +156,10 @@ impl Shared {
         self.index(receipt, sent.place(ack.sequence), 0)
             .await
             .map_err(PublishRefused::NotIndexed)?;
+        if let Some(at) = job.expires_at_ms.filter(|_| !ack.duplicate) {
+            let queue = job.key.queue.clone();
+            self.schedule_expiries(vec![(receipt, queue, at)]).await;
+        }
         Ok(Enqueued {
             receipt,
             duplicate: ack.duplicate,
@@ -216,6 +220,7 @@ impl Shared {
         let mut done = Vec::with_capacity(total);
         let mut acknowledged = 0;
         let mut places = Vec::with_capacity(total);
+        let mut expiring = Vec::new();
         for repeat in repeats {
             let (i, sent, ack) = match repeat {
                 Some(receipt) => {
@@ -244,6 +249,10 @@ impl Shared {
                 Ok(ack) => {
                     acknowledged += 1;
                     places.push((sent.receipt, sent.place(ack.sequence)));
+                    let job = &checked[i].0;
+                    if let Some(at) = job.expires_at_ms.filter(|_| !ack.duplicate) {
+                        expiring.push((sent.receipt, job.key.queue.clone(), at));
+                    }
                     done.push(Enqueued {
                         receipt: sent.receipt,
                         duplicate: ack.duplicate,
@@ -258,6 +267,7 @@ impl Shared {
             // Every job of the batch is indexed before the batch is
             // answered, as a single enqueue's job is.
             self.index_all(places).await?;
+            self.schedule_expiries(expiring).await;
         }
         match refused {
             None => Ok(done),

@@ -55,7 +55,8 @@
 //! A job's expiry (`expires_in`/`expires_at`) is a header of its message
 //! (`Qmesh-Expires-At`, kept on a delayed job when it fires): the engine
 //! that pulls a job past it dead-letters it as `expired` without running
-//! it, as the local queue does a job not started by its expiry.
+//! it, as the local queue does a job not started by its expiry; a job
+//! nobody pulls is found at its expiry by its expiry check (`expiry.rs`).
 //!
 //! Per-group FIFO (`ordering = "fifo"`): a group's jobs always go to the
 //! same lane of their (queue, namespace, function), the group key's
@@ -96,6 +97,7 @@
 mod actions;
 mod dead;
 mod declared;
+mod expiry;
 mod fair;
 mod flows;
 mod index;
@@ -357,11 +359,14 @@ impl Cluster {
             &js,
             jetstream::stream::Config {
                 name: jobs_name.clone(),
-                subjects: vec![
+                subjects: [
                     format!("qmesh.{c}.jobs.>"),
                     format!("qmesh.{c}.delayed.>"),
                     format!("qmesh.{c}.waiting.>"),
-                ],
+                ]
+                .into_iter()
+                .chain(Shared::expiry_subjects(c))
+                .collect(),
                 retention: jetstream::stream::RetentionPolicy::WorkQueue,
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: replicas,
@@ -472,16 +477,20 @@ impl Cluster {
     }
 }
 
-/// Makes sure the job stream takes delayed jobs: scheduled messages on
-/// `qmesh.<cluster>.delayed.>`. `false` when NATS refuses (a server older
-/// than 2.12): delayed enqueues are then refused with `not_supported`.
+/// Makes sure the job stream takes delayed jobs and expiry checks:
+/// scheduled messages on `qmesh.<cluster>.delayed.>` and
+/// `qmesh.<cluster>.expiry.>`, the latter firing on
+/// `qmesh.<cluster>.expired.>` (`expiry.rs`). `false` when NATS refuses (a
+/// server older than 2.12): delayed enqueues are then refused with
+/// `not_supported`, and expired jobs are found only when pulled.
 async fn allow_schedules(
     js: &jetstream::Context,
     jobs: &jetstream::stream::Stream,
     cluster: &str,
 ) -> bool {
-    let delayed = format!("qmesh.{cluster}.delayed.>");
-    let allowed = stream_allows(js, jobs, &delayed, |c| &mut c.allow_message_schedules).await;
+    let [expiry, expired] = Shared::expiry_subjects(cluster);
+    let subjects = [format!("qmesh.{cluster}.delayed.>"), expiry, expired];
+    let allowed = stream_allows(js, jobs, &subjects, |c| &mut c.allow_message_schedules).await;
     if !allowed {
         tracing::warn!(
             "the job stream cannot take scheduled messages (nats-server 2.12 or later needed): delayed jobs are refused"
@@ -499,7 +508,7 @@ async fn allow_flows(
     jobs: &jetstream::stream::Stream,
     cluster: &str,
 ) -> bool {
-    let waiting = format!("qmesh.{cluster}.waiting.>");
+    let waiting = [format!("qmesh.{cluster}.waiting.>")];
     let allowed = stream_allows(js, jobs, &waiting, |c| &mut c.allow_atomic_publish).await;
     if !allowed {
         tracing::warn!(
@@ -509,28 +518,29 @@ async fn allow_flows(
     allowed
 }
 
-/// Makes sure the job stream has `subject` and the feature `flag` names;
+/// Makes sure the job stream has `subjects` and the feature `flag` names;
 /// a stream made by an engine before them is updated in place (its jobs
 /// and consumers are kept). Whether it has them now.
 async fn stream_allows(
     js: &jetstream::Context,
     jobs: &jetstream::stream::Stream,
-    subject: &str,
+    subjects: &[String],
     flag: impl Fn(&mut jetstream::stream::Config) -> &mut bool,
 ) -> bool {
     let mut config = jobs.cached_info().config.clone();
-    let has_subject = config.subjects.iter().any(|s| s == subject);
-    if *flag(&mut config) && has_subject {
+    let missing: Vec<&String> = subjects
+        .iter()
+        .filter(|s| !config.subjects.contains(s))
+        .collect();
+    if *flag(&mut config) && missing.is_empty() {
         return true;
     }
     *flag(&mut config) = true;
-    if !has_subject {
-        config.subjects.push(subject.to_owned());
-    }
+    config.subjects.extend(missing.into_iter().cloned());
     match js.update_stream(config).await {
         Ok(mut info) => *flag(&mut info.config),
         Err(e) => {
-            tracing::debug!(error = %e, subject, "the job stream refused an update");
+            tracing::debug!(error = %e, ?subjects, "the job stream refused an update");
             false
         }
     }
@@ -656,7 +666,11 @@ impl Module for ClusterQueues {
     }
 
     fn start(&self) -> Vec<JoinHandle<()>> {
-        vec![tokio::spawn(self.shared.clone().discover())]
+        let stop = self.shared.stop.clone();
+        vec![
+            tokio::spawn(self.shared.clone().discover()),
+            tokio::spawn(self.shared.clone().sweep_expired(stop)),
+        ]
     }
 
     /// Pulling stops; jobs already running finish (their calls are waited

@@ -101,7 +101,7 @@ impl JobConsumer {
 }
 
 /// Where a job found by its receipt is.
-enum Found {
+pub(super) enum Found {
     /// On its lane's subject: its message, key, lane, and whether it was
     /// delivered.
     Job {
@@ -566,7 +566,7 @@ impl Shared {
 
     /// Where the job of `receipt` is on the job stream (`None`: not there,
     /// or dead: see [`Place::Dead`]).
-    async fn find_job(&self, receipt: Uuid) -> Result<Option<Found>, ErrorBody> {
+    pub(super) async fn find_job(&self, receipt: Uuid) -> Result<Option<Found>, ErrorBody> {
         match self.locate_at(receipt).await? {
             (Some(Place::Jobs { seq }), _) => self.job_at(receipt, seq).await,
             (Some(Place::Delayed { seq, target }), revision) => {
