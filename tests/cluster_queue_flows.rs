@@ -1,8 +1,9 @@
 //! Flows (`queue::enqueue_flow`) on the cluster's JetStream queues, across
 //! two engines on a 3-node NATS cluster: a parent waits while its children
 //! run on another engine, then runs with how each ended; a child that dies
-//! fails its parent (`fail_parent`), or not (`ignore`); a cancelled child
-//! counts as ended; a bad flow is refused whole, nothing of it stored.
+//! fails its parent (`fail_parent`), or not (`ignore`); a cancelled or
+//! purged child counts as ended; a parent's view shows its subtree; a bad
+//! flow is refused whole, nothing of it stored.
 
 mod common;
 
@@ -157,15 +158,33 @@ async fn a_dead_child_fails_its_parent_unless_told_to_ignore_it() {
     )
     .await;
     let child = receipt(&tree["children"][0]);
+    // The parent's view shows its subtree: the child, waiting for a worker.
+    let waiting = until_state(&mut on_a, &receipt(&tree), "waiting_for_children").await;
+    let below = &waiting["flow"]["children"];
+    assert_eq!(below[0]["receipt"], json!(child), "{waiting}");
+    assert_eq!(below[0]["state"], "waiting_for_worker", "{waiting}");
+    assert_eq!(below[0]["function_id"], "flow::unserved", "{waiting}");
     op(&mut on_a, "queue::cancel", json!({"receipt": child})).await;
     let dead = until_state(&mut on_a, &receipt(&tree), "dead").await;
-    assert!(
-        dead["last_error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("cancelled"),
-        "{dead}"
-    );
+    let why = dead["last_error"]["message"].as_str().unwrap();
+    assert!(why.contains("cancelled"), "{dead}");
+
+    // A purge of the children's queue tells their parents, as a cancel does.
+    let tree = op(
+        &mut on_a,
+        "queue::enqueue_flow",
+        json!({"queue": "reports", "function_id": PARENT, "data": {},
+               "children": [{"queue": "unserved", "function_id": "flow::unserved", "data": {}}]}),
+    )
+    .await;
+    let parent = receipt(&tree);
+    until_state(&mut on_a, &parent, "waiting_for_children").await;
+    let purged = op(&mut on_a, "queue::purge", json!({"queue": "unserved"})).await;
+    assert_eq!(purged["purged"], 1, "{purged}");
+    let dead = until_state(&mut on_a, &parent, "dead").await;
+    let why = dead["last_error"]["message"].as_str().unwrap();
+    let child = receipt(&tree["children"][0]);
+    assert!(why.contains(&child) && why.contains("cancelled"), "{dead}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,8 @@ impl Shared {
     /// Deletes every job of the queue on the job stream.
     async fn purge_queue(&self, queue: &str) -> Result<Value, ErrorBody> {
         self.queue_parts(queue).await?;
+        // Flow children about to go: their parents hear of it after.
+        let children = self.children_in(queue).await?;
         let mut purged = 0;
         for subject in [
             format!("{}.>", JobKey::queue_prefix(queue, &self.names)),
@@ -97,6 +99,7 @@ impl Shared {
                 .map_err(|e| nats_error("purge the queue", e))?;
             purged += done.purged;
         }
+        self.children_purged(children).await?;
         Ok(json!({ "queue": queue, "purged": purged }))
     }
 

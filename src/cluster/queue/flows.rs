@@ -27,9 +27,11 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use base64::Engine as _;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -48,6 +50,9 @@ use crate::queue::flows::{FlowNode, check_flow_with, check_parent_queue, receipt
 pub(super) const PARENT: &str = "Qmesh-Parent";
 /// On a flow's parent: how many children it waits for.
 pub(super) const CHILDREN: &str = "Qmesh-Children";
+/// On a flow's parent: its children's receipts, comma-separated (at most
+/// `MAX_FLOW_JOBS` of 36 bytes: within a NATS message).
+const CHILD_RECEIPTS: &str = "Qmesh-Child-Receipts";
 /// On a flow's parent: `ignore` when a failed child does not fail it.
 const ON_CHILD_FAILURE: &str = "Qmesh-On-Child-Failure";
 /// On a waiting parent: the subject its job goes to once released.
@@ -65,7 +70,7 @@ const SETTLE_TRIES: usize = 50;
 /// A child's end as its parent records it: the shape of
 /// `metadata.job.children` and of `queue::get`'s flow.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Outcome {
+pub(super) struct Outcome {
     receipt: Uuid,
     queue: String,
     function_id: String,
@@ -172,6 +177,15 @@ impl Shared {
             )
             .await?;
         }
+        let mut children_of: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for p in &plan {
+            if let Some(parent) = p.parent {
+                children_of
+                    .entry(parent)
+                    .or_default()
+                    .push(p.receipt.to_string());
+            }
+        }
         let mut messages = Vec::with_capacity(plan.len());
         let mut places = Vec::with_capacity(plan.len());
         for p in &plan {
@@ -182,6 +196,8 @@ impl Shared {
             }
             let subject = if waits {
                 headers.insert(CHILDREN, p.children.to_string().as_str());
+                let receipts = children_of.remove(&p.receipt).unwrap_or_default();
+                headers.insert(CHILD_RECEIPTS, receipts.join(",").as_str());
                 headers.insert(TARGET, subject.as_str());
                 if p.ignore_failures {
                     headers.insert(ON_CHILD_FAILURE, "ignore");
@@ -482,6 +498,64 @@ impl Shared {
         Ok(())
     }
 
+    /// The flow children on `queue`'s subjects, with their parents: what a
+    /// purge of the queue must tell those parents. Found through the waiting
+    /// parents (every one's children, looked up by receipt).
+    pub(super) async fn children_in(&self, queue: &str) -> Result<Vec<(Uuid, Outcome)>, ErrorBody> {
+        let read = |e| nats_error("list the waiting flow parents", e);
+        let prefix = format!("qmesh.{}.waiting.", self.names.cluster);
+        let mut subjects = self
+            .jobs
+            .clone()
+            .info_with_subjects(format!("{prefix}*.*"))
+            .await
+            .map_err(read)?;
+        let mut parents = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _) = entry.map_err(read)?;
+            if let Some(r) = subject
+                .rsplit('.')
+                .next()
+                .and_then(|r| Uuid::parse_str(r).ok())
+            {
+                parents.push(r);
+            }
+        }
+        let mut found = Vec::new();
+        for parent in parents {
+            let Some(Place::Waiting { seq }) = self.locate(parent).await? else {
+                continue;
+            };
+            let Some(waiting) = self.job_message(seq).await? else {
+                continue;
+            };
+            for child in child_receipts(&waiting.headers) {
+                let key = match self.find_job(child).await? {
+                    Some(super::views::Found::Job { key, .. })
+                    | Some(super::views::Found::Delayed { key, .. })
+                    | Some(super::views::Found::Waiting { key, .. }) => key,
+                    None => continue,
+                };
+                if key.queue == queue {
+                    found.push((parent, cancelled(child, &key)));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Tells each parent that its purged child ended cancelled (as on one
+    /// engine: under `fail_parent`, that fails it).
+    pub(super) async fn children_purged(
+        &self,
+        purged: Vec<(Uuid, Outcome)>,
+    ) -> Result<(), ErrorBody> {
+        for (parent, outcome) in purged {
+            self.settle(parent, outcome).await?;
+        }
+        Ok(())
+    }
+
     /// The key and lane a waiting parent goes to once released.
     pub(super) fn waiting_key(
         &self,
@@ -507,9 +581,9 @@ impl Shared {
     }
 
     /// `queue::get`'s `flow` of a job whose message has `headers`: its root
-    /// and parent, its policy, how many children it still waits for and
-    /// how the others ended (`null` for a job outside any flow). The
-    /// subtree of children still running is not kept: `children` is null.
+    /// and parent, its policy, how many children it still waits for, its
+    /// children's subtree and how the ended ones ended (`null` for a job
+    /// outside any flow).
     pub(super) async fn flow_view(&self, receipt: Uuid, headers: &HeaderMap) -> Value {
         let parent = headers
             .get(PARENT)
@@ -542,13 +616,75 @@ impl Shared {
             Some(v) if v.as_str() == "ignore" => "ignore",
             _ => "fail_parent",
         };
+        let mut budget = crate::queue::flows::MAX_FLOW_JOBS;
+        let subtree = self.subtree(headers, &outcomes, &mut budget).await;
         json!({
             "root": root,
             "parent": parent,
             "on_child_failure": policy,
             "waiting_on": children.map(|n| n.saturating_sub(outcomes.len())).unwrap_or(0),
-            "children": null,
+            "children": subtree,
             "outcomes": outcomes,
+        })
+    }
+
+    /// The children of the parent whose message has `headers`, each with
+    /// its state and its own children, at most `budget` jobs in all: a
+    /// child still on the stream as it is there, an ended one as its
+    /// parent recorded it (`outcomes`), else dead if dead-lettered, else
+    /// `null` (gone, how is not kept).
+    fn subtree<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+        outcomes: &'a [Value],
+        budget: &'a mut usize,
+    ) -> BoxFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for child in child_receipts(headers) {
+                if *budget == 0 {
+                    break;
+                }
+                *budget -= 1;
+                let ended = outcomes.iter().find(|o| o["receipt"] == json!(child));
+                let (found, below) = match self.find_job(child).await.ok().flatten() {
+                    Some(super::views::Found::Job { key, delivered, .. }) => {
+                        let state = match (delivered, self.has_worker(&key)) {
+                            (true, _) => "running",
+                            (false, true) => "ready",
+                            (false, false) => "waiting_for_worker",
+                        };
+                        ((Some(key), json!(state)), Vec::new())
+                    }
+                    Some(super::views::Found::Delayed { key, .. }) => {
+                        ((Some(key), json!("delayed")), Vec::new())
+                    }
+                    Some(super::views::Found::Waiting { m, key, .. }) => {
+                        let theirs = self.outcomes_of(child).await;
+                        let below = self.subtree(&m.headers, &theirs, budget).await;
+                        ((Some(key), json!("waiting_for_children")), below)
+                    }
+                    None => match (ended, self.locate(child).await.ok().flatten()) {
+                        (Some(o), _) => ((None, o["state"].clone()), Vec::new()),
+                        (None, Some(Place::Dead { .. })) => ((None, json!("dead")), Vec::new()),
+                        _ => ((None, Value::Null), Vec::new()),
+                    },
+                };
+                let (key, state) = found;
+                let (queue, function_id) = match (&key, ended) {
+                    (Some(k), _) => (json!(k.queue), json!(k.function_id)),
+                    (None, Some(o)) => (o["queue"].clone(), o["function_id"].clone()),
+                    (None, None) => (Value::Null, Value::Null),
+                };
+                out.push(json!({
+                    "receipt": child,
+                    "queue": queue,
+                    "function_id": function_id,
+                    "state": state,
+                    "children": below,
+                }));
+            }
+            out
         })
     }
 
@@ -584,6 +720,31 @@ impl Shared {
             }
         }
     }
+}
+
+/// A child's end when it was removed unfinished (cancelled or purged).
+fn cancelled(child: Uuid, key: &JobKey) -> Outcome {
+    Outcome {
+        receipt: child,
+        queue: key.queue.clone(),
+        function_id: key.function_id.clone(),
+        state: "cancelled".to_owned(),
+        result: None,
+        error: None,
+    }
+}
+
+/// The receipts a parent's message names as its children.
+fn child_receipts(headers: &HeaderMap) -> Vec<Uuid> {
+    headers
+        .get(CHILD_RECEIPTS)
+        .map(|v| {
+            v.as_str()
+                .split(',')
+                .filter_map(|r| Uuid::parse_str(r).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The last sequence of a committed batch, from its PubAck.

@@ -345,7 +345,7 @@ impl Shared {
     }
 
     /// Whether a worker on any engine of the cluster serves the function.
-    fn has_worker(&self, key: &JobKey) -> bool {
+    pub(super) fn has_worker(&self, key: &JobKey) -> bool {
         self.mesh
             .inspect(|st| st.function(&key.namespace, &key.function_id).is_some())
     }
