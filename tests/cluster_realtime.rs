@@ -48,6 +48,26 @@ async fn refusal(w: &Client, function_id: &str, data: Value) -> String {
     }
 }
 
+/// A worker on `holder` serving a `/ws/chat` route that greets each client
+/// with `{hi: true}`, once every engine of `others` knows its function.
+async fn greeting_route(holder: &TestEngine, others: &[&TestEngine]) -> Client {
+    let worker = rt::worker(&holder.url).await;
+    rt::serve(&worker, "chat::hello", |_| async {
+        Ok(json!({"hi": true}))
+    })
+    .await;
+    rt::bind(
+        &worker,
+        "chat::hello",
+        json!({"route": "/ws/chat", "on": "connect"}),
+    )
+    .await;
+    for engine in others {
+        engine.wait_for_providers("chat::hello", 1).await;
+    }
+    worker
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_on_one_engine_acts_on_a_client_of_another() {
     let nats = NatsCluster::start().await;
@@ -55,15 +75,7 @@ async fn a_worker_on_one_engine_acts_on_a_client_of_another() {
     let b = TestEngine::start_with(nats.engine_config(test_config(), "b")).await;
 
     // B's route greets each client; A learns of B from B's function.
-    let on_b = rt::worker(&b.url).await;
-    rt::serve(&on_b, "chat::hello", |_| async { Ok(json!({"hi": true})) }).await;
-    rt::bind(
-        &on_b,
-        "chat::hello",
-        json!({"route": "/ws/chat", "on": "connect"}),
-    )
-    .await;
-    a.wait_for_providers("chat::hello", 1).await;
+    let on_b = greeting_route(&b, &[&a]).await;
 
     let mut ws = rt::open(&b.realtime_url(), "/ws/chat").await;
     assert_eq!(recv(&mut ws).await, json!({"hi": true}));
@@ -218,16 +230,7 @@ async fn actions_on_a_known_client_ask_only_its_engine() {
         }
     });
 
-    let on_b = rt::worker(&b.url).await;
-    rt::serve(&on_b, "chat::hello", |_| async { Ok(json!({"hi": true})) }).await;
-    rt::bind(
-        &on_b,
-        "chat::hello",
-        json!({"route": "/ws/chat", "on": "connect"}),
-    )
-    .await;
-    a.wait_for_providers("chat::hello", 1).await;
-    c.wait_for_providers("chat::hello", 1).await;
+    let on_b = greeting_route(&b, &[&a, &c]).await;
     let mut ws = rt::open(&b.realtime_url(), "/ws/chat").await;
     assert_eq!(recv(&mut ws).await, json!({"hi": true}));
     let id = rt::open_channels(&on_b, Some("/ws/chat")).await[0].clone();
