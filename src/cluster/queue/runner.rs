@@ -254,10 +254,7 @@ impl Shared {
                 }
             };
             let filled = self.fill(&key, &mut bands, &mut free, rate.is_none()).await;
-            if let Some(mut tokens) = tokens {
-                tokens.count -= filled.started.min(tokens.count);
-                self.rates.unused(&key.queue, tokens);
-            }
+            self.unused_tokens(&key.queue, tokens, filled.started);
             idle = filled.started == 0;
             let pause = if !filled.ended_well {
                 Some(RETRY)
@@ -266,11 +263,8 @@ impl Shared {
             } else {
                 None
             };
-            if let Some(pause) = pause {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
+            if !rest(&stop, pause).await {
+                return;
             }
         }
     }
@@ -396,10 +390,7 @@ impl Shared {
             };
             let (started, ended_well) =
                 pull_each(fetch, |msg| self.clone().run(key.clone(), msg, None)).await;
-            if let Some(mut tokens) = tokens {
-                tokens.count -= started.min(tokens.count);
-                self.rates.unused(&key.queue, tokens);
-            }
+            self.unused_tokens(&key.queue, tokens, started);
             idle = started == 0;
             let pause = if !ended_well {
                 Some(RETRY)
@@ -409,12 +400,18 @@ impl Shared {
             } else {
                 None
             };
-            if let Some(pause) = pause {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
+            if !rest(&stop, pause).await {
+                return;
             }
+        }
+    }
+
+    /// Gives back the rate tokens a pass took and did not spend on its
+    /// `started` jobs.
+    fn unused_tokens(&self, queue: &str, tokens: Option<super::rate::Tokens>, started: usize) {
+        if let Some(mut tokens) = tokens {
+            tokens.count -= started.min(tokens.count);
+            self.rates.unused(queue, tokens);
         }
     }
 
@@ -618,5 +615,16 @@ impl Shared {
             error,
         };
         self.append_attempt(receipt, entry).await
+    }
+}
+
+/// Waits out `pause` (if any) unless `stop` comes first: whether to go on.
+async fn rest(stop: &CancellationToken, pause: Option<Duration>) -> bool {
+    let Some(pause) = pause else {
+        return true;
+    };
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(pause) => true,
     }
 }
