@@ -90,8 +90,12 @@ impl Shared {
         ack.await.map(|_| ()).map_err(|e| e.to_string())
     }
 
-    /// Pulls expiry checks until `stop`.
+    /// Pulls expiry checks until `stop` (none on a server that cannot
+    /// schedule them: there are none to pull).
     pub(super) async fn sweep_expired(self: Arc<Self>, stop: CancellationToken) {
+        if !self.schedules {
+            return;
+        }
         let consumer = loop {
             match self.expiry_consumer().await {
                 Ok(c) => break c,
