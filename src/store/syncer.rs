@@ -14,7 +14,8 @@
 //! job in rounds. A lone writer never waits: nothing was wanted during its
 //! round, so its next round starts at once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -52,51 +53,167 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The blob files the syncer has made durable. Kept by name rather than by
-/// the highest number: sled may finish writing a blob with a lower number
-/// after one with a higher number (its IO buffers are written concurrently).
+/// Finds the blob files a round must fsync. sled writes each blob whole and
+/// closes it before it reserves the log entry that points at it, so every
+/// blob a round's batches point at was closed before the round began.
+///
+/// On Linux an inotify watch on `blobs/` hands over exactly the files closed
+/// since the last round (one `read` that usually finds nothing), and never a
+/// file still being written: fsyncing a file mid-write and counting it synced
+/// would leave its tail unsynced when a later round's batch points at it.
+/// Elsewhere, or when inotify is unavailable, each round lists the directory
+/// and fsyncs each file it has not synced at its present length (a file
+/// still being written is synced again once it has grown).
 pub(super) struct Blobs {
     dir: PathBuf,
-    synced: HashSet<std::ffi::OsString>,
+    #[cfg(target_os = "linux")]
+    watch: Option<Watch>,
+    /// Without a watch: the length at which each file was last synced.
+    synced: HashMap<OsString, u64>,
+    /// With a watch, the next round syncs every file in the directory: at
+    /// open (files closed before the watch began) and after the watch's
+    /// queue overflowed (events were lost).
+    rescan: bool,
+}
+
+#[cfg(target_os = "linux")]
+struct Watch {
+    inotify: inotify::Inotify,
+    buffer: Vec<u8>,
 }
 
 impl Blobs {
-    pub(super) fn new(dir: PathBuf) -> Self {
+    /// Without a watch: each round lists the directory.
+    #[cfg(test)]
+    fn listing(dir: PathBuf) -> Self {
         Self {
             dir,
-            synced: HashSet::new(),
+            #[cfg(target_os = "linux")]
+            watch: None,
+            synced: HashMap::new(),
+            rescan: false,
         }
     }
 
-    /// fdatasyncs every blob file not synced yet, then the directory if any
-    /// was new. Forgets blobs sled has removed. Returns how many it synced.
+    pub(super) fn new(dir: PathBuf) -> Self {
+        #[cfg(target_os = "linux")]
+        let watch = match watch(&dir) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "no inotify watch on the store's blobs: each sync lists them");
+                None
+            }
+        };
+        Self {
+            dir,
+            #[cfg(target_os = "linux")]
+            watch,
+            synced: HashMap::new(),
+            rescan: true,
+        }
+    }
+
+    /// fdatasyncs every blob file closed since the last call (or not synced
+    /// at its length yet, without a watch), then the directory if any was
+    /// new. Returns how many it synced.
     pub(super) fn sync_new(&mut self) -> std::io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        if let Some(watch) = self.watch.as_mut() {
+            let mut closed = HashSet::new();
+            self.rescan |= watch.drain(&mut closed)?;
+            if std::mem::take(&mut self.rescan) {
+                closed.extend(self.list()?.into_keys());
+            }
+            return sync_files(&self.dir, closed);
+        }
+        let present = self.list()?;
+        let grown = (present.iter())
+            .filter(|(name, len)| self.synced.get(*name) != Some(len))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let synced = sync_files(&self.dir, grown)?;
+        // Forgets the files sled removed.
+        self.synced = present;
+        Ok(synced)
+    }
+
+    /// The files in `blobs/` now and their lengths (none before sled's
+    /// first blob).
+    fn list(&self) -> std::io::Result<HashMap<OsString, u64>> {
         let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            // sled creates the directory with the first blob.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
             Err(e) => return Err(e),
         };
-        let mut present = HashSet::with_capacity(self.synced.len());
-        let mut fresh = 0;
+        let mut out = HashMap::new();
         for entry in entries {
-            let name = entry?.file_name();
-            if !self.synced.contains(&name) {
-                match File::open(self.dir.join(&name)) {
-                    Ok(f) => f.sync_data()?,
-                    // Removed by sled's garbage collection meanwhile.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
+            let entry = entry?;
+            match entry.metadata() {
+                Ok(m) => out.insert(entry.file_name(), m.len()),
+                // Removed by sled's garbage collection meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(out)
+    }
+}
+
+/// fdatasyncs each named blob file (skipping those sled removed meanwhile),
+/// then the directory, which holds their entries, if any was synced.
+fn sync_files(dir: &Path, names: HashSet<OsString>) -> std::io::Result<usize> {
+    let mut synced = 0;
+    for name in names {
+        match File::open(dir.join(&name)) {
+            Ok(f) => f.sync_data()?,
+            // Removed by sled's garbage collection meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+        synced += 1;
+    }
+    if synced > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(synced)
+}
+
+#[cfg(target_os = "linux")]
+fn watch(dir: &Path) -> std::io::Result<Watch> {
+    // sled creates `blobs/` when it opens; watched before the first listing.
+    std::fs::create_dir_all(dir)?;
+    let inotify = inotify::Inotify::init()?;
+    inotify.watches().add(
+        dir,
+        inotify::WatchMask::CLOSE_WRITE | inotify::WatchMask::MOVED_TO,
+    )?;
+    Ok(Watch {
+        inotify,
+        buffer: vec![0; 16 * 1024],
+    })
+}
+
+#[cfg(target_os = "linux")]
+impl Watch {
+    /// Adds the files closed after writing since the last drain to `closed`;
+    /// true when the kernel's queue overflowed (events were lost: list).
+    fn drain(&mut self, closed: &mut HashSet<OsString>) -> std::io::Result<bool> {
+        let mut overflowed = false;
+        loop {
+            let events = match self.inotify.read_events(&mut self.buffer) {
+                Ok(events) => events,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(overflowed),
+                Err(e) => return Err(e),
+            };
+            for event in events {
+                if event.mask.contains(inotify::EventMask::Q_OVERFLOW) {
+                    overflowed = true;
                 }
-                fresh += 1;
+                if let Some(name) = event.name {
+                    closed.insert(name.to_owned());
+                }
             }
-            present.insert(name);
         }
-        if fresh > 0 {
-            sync_dir(&self.dir)?;
-        }
-        self.synced = present;
-        Ok(fresh)
     }
 }
 
@@ -178,5 +295,48 @@ pub(super) fn run(s: &Shared, blobs: &mut Blobs) {
                 let _previous = s.synced.send_replace(Err(fault));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_blob_is_synced_once_after_it_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs_dir = dir.path().join("blobs");
+        std::fs::create_dir(&blobs_dir).unwrap();
+        std::fs::write(blobs_dir.join("1"), b"before open").unwrap();
+        let mut blobs = Blobs::new(blobs_dir.clone());
+        assert_eq!(blobs.sync_new().unwrap(), 1, "the blobs found at open");
+        assert_eq!(blobs.sync_new().unwrap(), 0);
+
+        let mut open = File::create(blobs_dir.join("2")).unwrap();
+        open.write_all(b"half").unwrap();
+        #[cfg(target_os = "linux")]
+        assert_eq!(blobs.sync_new().unwrap(), 0, "still being written");
+        open.write_all(b" and the rest").unwrap();
+        drop(open);
+        assert_eq!(blobs.sync_new().unwrap(), 1);
+        assert_eq!(blobs.sync_new().unwrap(), 0, "synced once");
+    }
+
+    #[test]
+    fn listing_syncs_a_blob_again_once_it_has_grown() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut blobs = Blobs::listing(dir.path().join("blobs"));
+        assert_eq!(blobs.sync_new().unwrap(), 0, "no directory yet");
+        std::fs::create_dir(dir.path().join("blobs")).unwrap();
+        let mut open = File::create(dir.path().join("blobs/7")).unwrap();
+        open.write_all(b"half").unwrap();
+        assert_eq!(blobs.sync_new().unwrap(), 1);
+        assert_eq!(blobs.sync_new().unwrap(), 0);
+        open.write_all(b" and the rest").unwrap();
+        drop(open);
+        assert_eq!(blobs.sync_new().unwrap(), 1, "grown since");
+        std::fs::remove_file(dir.path().join("blobs/7")).unwrap();
+        assert_eq!(blobs.sync_new().unwrap(), 0);
     }
 }
