@@ -227,9 +227,17 @@ pub(super) const GATHER: Duration = Duration::from_micros(500);
 /// waits for the mender: a broken sled fails every flush.
 pub(super) fn run(s: &Shared, blobs: &mut Blobs) {
     // When the next round may start: set after a round during which a
-    // sync was wanted again (sustained demand), else now.
+    // sync was wanted again (sustained demand).
     let mut not_before: Option<Instant> = None;
     loop {
+        // A sleep, not a wait on `wake`: each batch applied meanwhile would
+        // wake the syncer for nothing.
+        if let Some(at) = not_before.take() {
+            let left = at.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                std::thread::sleep(left);
+            }
+        }
         let (target, synced) = {
             let mut st = s.lock();
             loop {
@@ -238,17 +246,7 @@ pub(super) fn run(s: &Shared, blobs: &mut Blobs) {
                     return;
                 }
                 if st.wanted > synced && !s.broken.load(Ordering::Acquire) {
-                    match not_before.map(|at| at.saturating_duration_since(Instant::now())) {
-                        Some(left) if !left.is_zero() => {
-                            st = s
-                                .wake
-                                .wait_timeout(st, left)
-                                .unwrap_or_else(|e| e.into_inner())
-                                .0;
-                            continue;
-                        }
-                        _ => break (st.applied, synced),
-                    }
+                    break (st.applied, synced);
                 }
                 st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
             }
