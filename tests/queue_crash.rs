@@ -21,8 +21,8 @@ const KILL_AFTER_ACKS: usize = 3_000;
 const PRODUCERS: usize = 64;
 
 /// How long after an attempt starts its start is on disk: the engine writes
-/// it 50 ms later (`START_RECORD_DELAY`) and sled flushes its log every
-/// 500 ms (`flush_every_ms` in `store::Store::open`). Nothing tells a client
+/// it 50 ms later (`START_RECORD_DELAY`) and the store syncs such writes
+/// every 500 ms (`store::syncer::PERIOD`). Nothing tells a client
 /// when a write is on disk, so a test that kills the engine after one waits
 /// this long, on purpose.
 const START_ON_DISK: Duration = Duration::from_millis(750);

@@ -3,7 +3,8 @@
 //! sled writes to a file of its own under `store/blobs/`) every file the
 //! engine wrote for the job is fsynced (and the directory of every file it
 //! created) before the receipt goes out on the worker's socket, and before
-//! the job is dispatched. Order only, read from strace's output: no timing.
+//! the job is dispatched; and the blob before sled writes the log entry
+//! pointing at it. Order only, read from strace's output: no timing.
 
 mod common;
 
@@ -142,6 +143,37 @@ fn assert_synced_before(
     last_write.into_keys().collect()
 }
 
+/// Asserts that `blob`, written between `from` and `until`, is fsynced
+/// before sled next writes its log (the write that holds the pointer to
+/// it): a power cut between the two must not leave the log pointing at a
+/// blob that is not on disk.
+fn assert_synced_before_the_log_points_at(
+    calls: &[Call],
+    blob: &str,
+    data_dir: &str,
+    from: usize,
+    until: usize,
+) {
+    let log = format!("{data_dir}/store/db");
+    let in_window = || calls.iter().filter(|c| c.start > from && c.start < until);
+    let written = in_window()
+        .filter(|c| c.is_write() && c.path() == Some(blob))
+        .map(|c| c.end)
+        .max()
+        .expect("the blob's writes");
+    let log_write = in_window()
+        .find(|c| c.is_write() && c.path() == Some(log.as_str()) && c.start > written)
+        .unwrap_or_else(|| panic!("no write to the log after {blob}'s"));
+    assert!(
+        in_window().any(|c| c.is_sync()
+            && c.path() == Some(blob)
+            && c.start > written
+            && c.end < log_write.start),
+        "{blob} is not fsynced before the log write at line {} that follows it",
+        log_write.start
+    );
+}
+
 /// Sends an enqueue of `data` to `function_id` (which `c` provides) and
 /// reads both its receipt and the job's dispatch, in whichever order they
 /// come; returns the enqueue's invocation id.
@@ -222,10 +254,12 @@ async fn every_file_of_a_job_is_synced_before_its_receipt_and_its_dispatch() {
             "{what}: the trace shows no write to the log before the receipt: {written:?}"
         );
         if *size > 200_000 {
-            assert!(
-                written.iter().any(|p| p.contains("/store/blobs/")),
-                "{what}: sled is expected to write it to a blob: {written:?}"
-            );
+            let blob = (written.iter())
+                .find(|p| p.contains("/store/blobs/"))
+                .unwrap_or_else(|| {
+                    panic!("{what}: sled is expected to write it to a blob: {written:?}")
+                });
+            assert_synced_before_the_log_points_at(&calls, blob, data_dir, from, receipt);
         }
         assert_synced_before(
             &calls,

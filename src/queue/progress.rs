@@ -8,7 +8,7 @@
 //! while the attempt runs on (`write_reports`, one batch for every job that
 //! reported): a handler reporting per item costs one write per tick, not
 //! one per report, and no fsync (measured in BENCHMARKS.md). It is then on
-//! disk within the store's flush interval (500 ms), like an attempt's start
+//! disk within the store's periodic sync (500 ms), like an attempt's start
 //! and outcome: a kill -9 may lose the last half second of reports of an
 //! attempt that the restart runs again anyway.
 //!

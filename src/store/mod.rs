@@ -8,9 +8,11 @@
 //! `fdatasync`s sled's log file. Writers apply batches (cheap, in memory) and
 //! get a [`Ticket`]; [`Store::durable`] resolves once a sync has covered it.
 //! One sync covers every batch applied before it started: group commit.
-//! A sync runs only when someone waits for one: batches nobody waits on
-//! (a job starting, an attempt's outcome) ride along with the next sync, or
-//! sled's own periodic flush. The syncer is `syncer.rs`.
+//! A sync runs when someone waits for one: batches nobody waits on (a job
+//! starting, an attempt's outcome) ride along with the next sync, or the
+//! syncer's periodic round (500 ms; sled's own periodic flush is off, as it
+//! wrote the log before the blobs it points at were synced). The syncer is
+//! `syncer.rs`.
 //!
 //! Failure: a write or sync that fails breaks the store (it refuses reads
 //! and writes), and `mender.rs` reopens it once the disk has room again.
@@ -173,7 +175,8 @@ impl Sled {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(128 << 20)
-            .flush_every_ms(Some(500))
+            // The syncer's periodic round replaces sled's: see `syncer::PERIOD`.
+            .flush_every_ms(None)
             .open()?;
         migrations::run(&db, dir, migrations::STEPS)?;
         let tree = db.open_tree(layout::QUEUE_TREE)?;

@@ -19,7 +19,7 @@
 //!    every batch applied before it began, and a finished sync counts even if
 //!    nobody waited for it (group commit). A batch nobody waits for is made
 //!    durable by the next sync anyone waits for, or the backend's own
-//!    periodic flush (sled: 500 ms) — a crash may lose it, never tear it.
+//!    periodic sync (sled: the syncer's round every 500 ms) — a crash may lose it, never tear it.
 //! 4. **Ordered ranges.** Reads return entries in these orders: ready entries
 //!    of a (queue, function) by priority (highest first), then sequence;
 //!    due and completed entries by time, then job id; dead letters by their

@@ -223,12 +223,19 @@ impl Watch {
 /// measurements behind the figure.
 pub(super) const GATHER: Duration = Duration::from_micros(500);
 
+/// Writes nobody waits for (a job's start, an attempt's outcome, a state
+/// write answered at once) are synced by a round at least this often.
+/// sled's own periodic flush is off (`Sled::open`): it wrote the log
+/// without the blob files the log points at being fsynced first.
+pub(super) const PERIOD: Duration = Duration::from_millis(500);
+
 /// The syncer's loop, until the store closes. While the store is broken it
 /// waits for the mender: a broken sled fails every flush.
 pub(super) fn run(s: &Shared, blobs: &mut Blobs) {
     // When the next round may start: set after a round during which a
     // sync was wanted again (sustained demand).
     let mut not_before: Option<Instant> = None;
+    let mut last_round = Instant::now();
     loop {
         // A sleep, not a wait on `wake`: each batch applied meanwhile would
         // wake the syncer for nothing.
@@ -245,26 +252,42 @@ pub(super) fn run(s: &Shared, blobs: &mut Blobs) {
                 if st.closed {
                     return;
                 }
-                if st.wanted > synced && !s.broken.load(Ordering::Acquire) {
+                let unsynced = st.applied > synced && !s.broken.load(Ordering::Acquire);
+                let due = last_round + PERIOD;
+                if unsynced && (st.wanted > synced || Instant::now() >= due) {
                     break (st.applied, synced);
                 }
-                st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                // Timed even with nothing unsynced: a write nobody waits
+                // for does not wake the syncer, so it looks again each PERIOD.
+                let left = match unsynced {
+                    true => due.saturating_duration_since(Instant::now()),
+                    false => PERIOD,
+                };
+                st = (s.wake.wait_timeout(st, left))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
         };
         let Ok(sled) = s.live() else { continue };
         let started = std::time::Instant::now();
-        // sled holds its batch writers back while it flushes (apply_batch
-        // waits), but not during the fdatasync: the two are timed apart.
         let mut flushed_us = 0;
         let mut blob_files = 0;
-        let result = sled.db.flush().map_err(StoreError::Sled).and_then(|_| {
-            flushed_us = started.elapsed().as_micros() as u64;
-            // Blobs first: the log must not become durable pointing at a blob that is not.
-            blob_files = blobs.sync_new()?;
+        // The blobs the round's batches point at were closed before the
+        // round began (sled writes a blob before the log entry pointing at
+        // it): synced before sled's flush writes those entries to the log.
+        // Then again after it, for blobs of batches that reached the log
+        // during the flush, before the log's own fdatasync.
+        let result = blobs.sync_new().map_err(StoreError::from).and_then(|n| {
+            blob_files = n;
+            let flush = Instant::now();
+            sled.db.flush().map_err(StoreError::Sled)?;
+            flushed_us = flush.elapsed().as_micros() as u64;
+            blob_files += blobs.sync_new()?;
             Ok(sled.log.sync_data()?)
         });
         drop(sled);
         let ended = Instant::now();
+        last_round = ended;
         not_before = (s.lock().wanted > target).then(|| ended + GATHER);
         match result {
             Ok(()) => {
