@@ -1,8 +1,11 @@
-//! The syncer: one thread that makes applied writes durable. A round flushes
-//! sled, fdatasyncs the blob files it has not synced yet (then `blobs/`),
-//! and last the log, so the log never becomes durable pointing at a blob
-//! that is not. One round covers every write applied before it started
-//! (group commit); rounds run only while someone waits for one.
+//! The syncer: one thread that makes applied writes durable. A round
+//! fdatasyncs the blob files closed since the last round (then `blobs/`),
+//! flushes sled, syncs the blobs closed meanwhile, and last fdatasyncs the
+//! log: sled's flush never writes a pointer to a blob of the round's batches
+//! that is not on disk, and the log never becomes durable pointing at one.
+//! One round covers every write applied before it started (group commit).
+//! Rounds run when someone waits for one, and every [`PERIOD`] while writes
+//! nobody waits for are unsynced.
 //!
 //! Under sustained demand (a sync was wanted again before the last round
 //! ended) the next round waits until [`GATHER`] after the last one ended,
