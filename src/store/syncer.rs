@@ -272,7 +272,7 @@ pub(super) fn run(s: &Shared, blobs: &mut Blobs) {
             }
         };
         let Ok(sled) = s.live() else { continue };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut flushed_us = 0;
         let mut blob_files = 0;
         // The blobs the round's batches point at were closed before the
