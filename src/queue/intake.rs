@@ -168,12 +168,12 @@ impl Scheduler {
         let max_attempts = self.queues[req.queue.as_str()].settings.max_attempts;
         let mut job = new_record(req, (q, f), seq, now, state, max_attempts, group);
         job.flow = flow;
-        // Every key of the job's index entry and record holds its new id or
-        // sequence number: new keys.
+        // Every key of the job's index entry holds its new id or sequence
+        // number: new keys. Its record may share a bundle with the batch's.
         let mark = batch.mark();
         self.place(&id, &job, batch);
-        batch.put_job(&id, &job);
         batch.new_keys_since(mark);
+        batch.put_new_job(&id, &job);
         if job.expires_ms > 0 {
             self.watch_expiry(job.expires_ms, &id, batch);
         }

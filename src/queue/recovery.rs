@@ -47,7 +47,7 @@ impl Scheduler {
 
     pub fn load(mesh: Mesh, store: Arc<Store>, config: QueueConfig) -> Result<Self, StoreError> {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
-        let store = QueueStore::new(store);
+        let store = QueueStore::new(store)?;
         let seq = Sequence::after(store.seq_reservation()?);
         let mut s = Scheduler {
             mesh,

@@ -16,7 +16,8 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `Q` queues | `Q` name | [`QueueRecord`](super::records::QueueRecord) |
-//! | `J` jobs | `J` job_id(16) | [`JobRecord`](super::records::JobRecord), payload and ended attempts included |
+//! | `J` jobs | `J` job_id(16) | [`JobRecord`](super::records::JobRecord), payload and ended attempts included — of a job not in a bundle |
+//! | `B` bundles | `B` job_id(16): the greatest id written into it | up to 16 small job records of one enqueue batch, `job_id(16) len(4) JobRecord` each, by id (`store::bundles`); every id is above the previous bundle's key |
 //! | `R` ready | `R` queue(4) fn(4) prio_inv(1) seq(8): a run's first position | a run of jobs, `seq(8) job_id(16)` each, by sequence (`store::ready`); a 16-byte value (schema ≤ 5) is one job at the key's position — also of a job whose start is not written yet |
 //! | `D` due | `D` due_ms(8) job_id | empty — delayed and backing-off jobs |
 //! | `X` running | `X` job_id | [`AttemptRecord`](super::records::AttemptRecord) of the attempt in progress |
@@ -56,6 +57,7 @@ pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
 pub const QUEUES: u8 = b'Q';
 pub const JOBS: u8 = b'J';
+pub const BUNDLES: u8 = b'B';
 /// Schema 1 only: read by migration 0002.
 pub const PAYLOADS_V1: u8 = b'P';
 pub const READY: u8 = b'R';
@@ -97,6 +99,16 @@ pub fn parse_queue(k: &[u8]) -> String {
 
 pub fn job(id: &Uuid) -> Vec<u8> {
     key(JOBS, &[id.as_bytes()])
+}
+
+/// A job bundle's key: its greatest member's id (see `store::bundles`).
+pub fn bundle(last: &Uuid) -> Vec<u8> {
+    key(BUNDLES, &[last.as_bytes()])
+}
+
+/// The id in a bundle's key.
+pub fn parse_bundle(k: &[u8]) -> Option<Uuid> {
+    Uuid::from_slice(k.get(1..)?).ok()
 }
 
 /// A job's ready position, and the key of a run starting there. Higher

@@ -31,6 +31,8 @@ mod m0004_job_features;
 mod m0005_batch_undo;
 #[path = "../../migrations/0006_ready_runs.rs"]
 mod m0006_ready_runs;
+#[path = "../../migrations/0007_job_bundles.rs"]
+mod m0007_job_bundles;
 
 /// Every step, in order. The last one's version is the engine's schema version.
 pub const STEPS: &[Step] = &[
@@ -63,6 +65,11 @@ pub const STEPS: &[Step] = &[
         version: 6,
         name: "ready runs",
         apply: m0006_ready_runs::apply,
+    },
+    Step {
+        version: 7,
+        name: "job bundles",
+        apply: m0007_job_bundles::apply,
     },
 ];
 
@@ -159,6 +166,19 @@ mod tests {
         );
     }
 
+    /// Opens sled in `dir` once the instance dropped just before has let go
+    /// of its file lock, which its IO threads may hold a moment longer.
+    fn open_once_released(dir: &Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::open(dir) {
+                Ok(db) => return db,
+                Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    }
+
     #[test]
     fn an_older_store_is_upgraded_and_a_newer_one_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -167,7 +187,7 @@ mod tests {
             let db = sled::open(dir.path()).unwrap();
             assert_eq!(run(&db, dir.path(), STEPS).unwrap(), current);
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_once_released(dir.path());
         assert_eq!(read_version(&db).unwrap(), current);
         let steps = with_test_step();
         assert_eq!(run(&db, dir.path(), &steps).unwrap(), current + 1);

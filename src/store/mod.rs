@@ -28,6 +28,7 @@
 //! segment size changed, and a leaf sled rewrites whole can hold several
 //! large values, so no segment size bounds it.)
 
+mod bundles;
 pub mod codec;
 pub mod cron;
 pub mod layout;

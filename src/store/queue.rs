@@ -38,21 +38,23 @@
 //! # Cost (sled 0.34.7)
 //!
 //! Each typed write is one sled insert or remove in one tree, except ready
-//! positions: a batch's are gathered into runs (`ready.rs`), one entry per
-//! batch's new jobs of a (queue, function, priority), rewritten once per
-//! batch that takes jobs out of it. New keys and removals are what sled
-//! pays for (a leaf split every few inserts); overwrites are cheap. The
-//! queue keeps a quick job at one new key and one overwrite (its record),
-//! plus a share of a run and of a completed entry, and its record's removal
-//! at pruning: keep it so. A batch of more than one write adds one read per
+//! positions and job records: a batch's ready positions are gathered into
+//! runs (`ready.rs`), one entry per batch's new jobs of a (queue, function,
+//! priority), and its new jobs' small records into bundles of up to 16
+//! (`bundles.rs`); both are rewritten once per batch that changes them. New
+//! keys and removals are what sled pays for (a leaf split every few
+//! inserts); overwrites are cheap. The queue keeps a quick job at shares of
+//! a bundle, a run and a completed entry, and of their rewrites at its end
+//! and pruning: keep it so. A batch of more than one write adds one read per
 //! key (what it held before; none for new keys and runs, whose reads give
 //! it), its undo entry and that entry's removal ([`Store::apply_logged`]):
 //! the entry once per batch, not per job. See [`layout`] for the keys.
 
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
+use super::bundles::{self, JobOp};
 use super::layout;
 pub use super::layout::{FnId, QueueId};
 use super::ready::{self, ReadyOp};
@@ -63,6 +65,46 @@ use super::{Before, Store, StoreError, Ticket, Write, codec};
 #[derive(Clone)]
 pub struct QueueStore {
     store: Arc<Store>,
+    /// Shared by every clone: job reads and [`QueueStore::apply`] find
+    /// bundles through it.
+    bundles: Arc<Mutex<BundleIndex>>,
+}
+
+/// What job reads and writes know of the bundles (`bundles.rs`).
+struct BundleIndex {
+    /// Every bundle's key is at or below this id; [`QueueStore::apply`]
+    /// raises it past the bundles it creates.
+    high: Uuid,
+    /// The bundle read last, as the store holds it (key, value): dispatch
+    /// reads jobs in enqueue order, so the next read is most often of one
+    /// of its members. [`QueueStore::apply`] keeps it current.
+    last: Option<(sled::IVec, sled::IVec)>,
+}
+
+impl BundleIndex {
+    /// The only bundle that can hold `id` (the first at or after its
+    /// place), through the one read last.
+    fn candidate(
+        &mut self,
+        store: &Store,
+        id: &Uuid,
+    ) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        if *id > self.high {
+            return Ok(None);
+        }
+        if let Some(last) = &self.last
+            && bundles::member(&last.1, id).is_some()
+        {
+            return Ok(Some(last.clone()));
+        }
+        let end = layout::prefix_end(&[layout::BUNDLES]);
+        let range = (Bound::Included(layout::bundle(id)), Bound::Excluded(end));
+        let found = store.range(range).next().transpose()?;
+        if found.is_some() {
+            self.last = found.clone();
+        }
+        Ok(found)
+    }
 }
 
 /// Operations applied together by [`QueueStore::apply`] (atomically).
@@ -73,6 +115,9 @@ pub struct Writes {
     /// Ready positions added and removed, turned into run writes by
     /// [`QueueStore::apply`] (see `ready.rs`).
     ready: Vec<ReadyOp>,
+    /// Job records written and removed, turned into bundle and `J` writes
+    /// by [`QueueStore::apply`] (see `bundles.rs`).
+    jobs: Vec<JobOp>,
     /// Jobs this batch completes: listed in one entry when it is applied.
     completed: Vec<(u64, Uuid)>,
     touched: bool,
@@ -203,12 +248,32 @@ impl Writes {
         self.insert(layout::counts(q), codec::encode(counts));
     }
 
+    /// Writes the record of a job already in the store.
     pub fn put_job(&mut self, id: &Uuid, job: &JobRecord) {
-        self.insert(layout::job(id), codec::encode(job));
+        self.job_op(JobOp::Put {
+            id: *id,
+            record: codec::encode(job),
+            new: false,
+        });
+    }
+
+    /// Writes the record of a job this batch enqueues (its id is new): it
+    /// may share a bundle with the batch's other new jobs.
+    pub fn put_new_job(&mut self, id: &Uuid, job: &JobRecord) {
+        self.job_op(JobOp::Put {
+            id: *id,
+            record: codec::encode(job),
+            new: true,
+        });
     }
 
     pub fn remove_job(&mut self, id: &Uuid) {
-        self.remove(layout::job(id));
+        self.job_op(JobOp::Remove { id: *id });
+    }
+
+    fn job_op(&mut self, op: JobOp) {
+        self.touched = true;
+        self.jobs.push(op);
     }
 
     pub fn put_ready(&mut self, slot: &ReadySlot, id: &Uuid) {
@@ -353,6 +418,15 @@ impl ready::StoredRuns for TreeRuns<'_> {
     }
 }
 
+/// The job bundles in the store, for [`bundles::resolve`].
+struct TreeBundles<'a>(&'a Store, &'a mut BundleIndex);
+
+impl bundles::StoredBundles for TreeBundles<'_> {
+    fn from(&mut self, id: &Uuid) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok((self.1.candidate(self.0, id)?).map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+}
+
 /// The jobs of ready runs, each with its position, in dispatch order.
 fn run_jobs(
     iter: super::Entries,
@@ -374,8 +448,21 @@ fn ids(iter: super::Entries) -> impl DoubleEndedIterator<Item = Uuid> {
 }
 
 impl QueueStore {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>) -> Result<Self, StoreError> {
+        let last = store.scan([layout::BUNDLES]).next_back().transpose()?;
+        let high = last.and_then(|(k, _)| layout::parse_bundle(&k));
+        let bundles = BundleIndex {
+            high: high.unwrap_or(Uuid::nil()),
+            last: None,
+        };
+        Ok(Self {
+            store,
+            bundles: Arc::new(Mutex::new(bundles)),
+        })
+    }
+
+    fn bundles(&self) -> std::sync::MutexGuard<'_, BundleIndex> {
+        self.bundles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The store itself (to rebuild from it).
@@ -401,11 +488,29 @@ impl QueueStore {
     /// Applies `writes` atomically (contract 1, 2); durable after [`Self::durable`].
     pub fn apply(&self, mut writes: Writes) -> Result<Ticket, StoreError> {
         let ready = std::mem::take(&mut writes.ready);
+        let jobs = std::mem::take(&mut writes.jobs);
         let mut ops = writes.finish();
         if !ready.is_empty() {
             ops.extend(ready::resolve(ready, &mut TreeRuns(&self.store))?);
         }
-        self.store.apply_logged(ops)
+        if jobs.is_empty() {
+            return self.store.apply_logged(ops);
+        }
+        let mut index = self.bundles();
+        let mut high = index.high;
+        let mut stored = TreeBundles(&self.store, &mut index);
+        ops.extend(bundles::resolve(jobs, &mut high, &mut stored)?);
+        index.high = high;
+        // The bundle read last as this batch leaves it, once it is applied.
+        let last = index.last.take().map(|(key, value)| {
+            match ops.iter().rev().find(|w| w.key == key.as_ref()) {
+                Some(w) => w.value.as_deref().map(|v| (key, sled::IVec::from(v))),
+                None => Some((key, value)),
+            }
+        });
+        let ticket = self.store.apply_logged(ops)?;
+        index.last = last.flatten();
+        Ok(ticket)
     }
 
     /// Asks for a sync covering `ticket` now, before anyone waits for it.
@@ -467,7 +572,14 @@ impl QueueStore {
 
     // Jobs.
 
+    /// A job's record: from its bundle, else its own key (`bundles.rs`).
     pub fn job(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
+        let bundle = self.bundles().candidate(&self.store, id)?;
+        if let Some((_, value)) = bundle
+            && let Some(record) = bundles::member(&value, id)
+        {
+            return Ok(Some(codec::decode(record)?));
+        }
         self.store.get(&layout::job(id))
     }
 
@@ -635,7 +747,7 @@ mod tests {
     fn open() -> (tempfile::TempDir, QueueStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        (dir, QueueStore::new(store))
+        (dir, QueueStore::new(store).unwrap())
     }
 
     #[test]
@@ -695,5 +807,88 @@ mod tests {
         qs.apply(w).unwrap();
         let left: Vec<_> = qs.completed().map(|e| e.unwrap().jobs).collect();
         assert_eq!(left, vec![vec![b]]);
+    }
+
+    fn record(seq: u64) -> JobRecord {
+        JobRecord {
+            queue: "q".into(),
+            queue_id: 1,
+            namespace: "ns".into(),
+            function_id: "svc::f".into(),
+            fn_id: 2,
+            state: super::super::records::JobState::Ready,
+            priority: 0,
+            seq,
+            attempts: 0,
+            history_len: 0,
+            max_attempts: 3,
+            enqueued_ms: 1,
+            due_ms: 0,
+            finished_ms: 0,
+            traceparent: None,
+            baggage: None,
+            group: None,
+            idempotency_key: None,
+            result: None,
+            last_error: None,
+            redrives: 0,
+            dead_seq: 0,
+            payload: br#"{"n":1}"#.to_vec(),
+            history: Vec::new(),
+            expires_ms: 0,
+            progress: None,
+            logs: Vec::new(),
+            logs_dropped: 0,
+            flow: None,
+        }
+    }
+
+    #[test]
+    fn bundled_jobs_are_read_current_and_found_again_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<Uuid> = (1..=20).map(Uuid::from_u128).collect();
+        {
+            let qs = QueueStore::new(Arc::new(Store::open(dir.path()).unwrap())).unwrap();
+            let mut w = Writes::default();
+            for (n, id) in ids.iter().enumerate() {
+                w.put_new_job(id, &record(n as u64));
+            }
+            qs.apply(w).unwrap();
+            assert_eq!(qs.job(&ids[3]).unwrap().unwrap().seq, 3);
+            // Read through the bundle read last: it follows the batch's writes.
+            let mut changed = record(4);
+            changed.attempts = 1;
+            let mut w = Writes::default();
+            w.put_job(&ids[4], &changed);
+            w.remove_job(&ids[5]);
+            qs.apply(w).unwrap();
+            assert_eq!(qs.job(&ids[4]).unwrap().unwrap().attempts, 1);
+            assert!(qs.job(&ids[5]).unwrap().is_none());
+            assert!(qs.job(&Uuid::from_u128(99)).unwrap().is_none());
+        }
+        let qs = QueueStore::new(Arc::new(Store::open(dir.path()).unwrap())).unwrap();
+        for (n, id) in ids.iter().enumerate() {
+            let found = qs.job(id).unwrap().map(|j| (j.seq, j.attempts));
+            let want = match n {
+                4 => Some((4, 1)),
+                5 => None,
+                _ => Some((n as u64, 0)),
+            };
+            assert_eq!(found, want, "job {n}");
+        }
+        // The high id came back from the store: a new batch bundles past it.
+        let later: Vec<Uuid> = (21..=22).map(Uuid::from_u128).collect();
+        let mut w = Writes::default();
+        for id in &later {
+            w.put_new_job(id, &record(21));
+        }
+        qs.apply(w).unwrap();
+        assert!(later.iter().all(|id| qs.job(id).unwrap().is_some()));
+        assert_eq!(
+            qs.store.scan([layout::JOBS]).count(),
+            0,
+            "no job has its own key"
+        );
+        assert_eq!(qs.store.scan([layout::BUNDLES]).count(), 3);
     }
 }
