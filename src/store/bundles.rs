@@ -12,9 +12,10 @@
 //! every bundle's key (the store's *high* id, kept in memory). So the only
 //! bundle that can hold `id` is the first at or after `B id`; a job it does
 //! not hold has its own `J` key. A job stays where it was first written until
-//! it is removed; an emptied bundle is removed. Jobs enqueued alone, records
-//! over [`MAX_MEMBER_BYTES`] and ids not above the high id (a clock that went
-//! back) keep a key of their own.
+//! it is removed, or until its bundle grows past [`MAX_BUNDLE_BYTES`] and its
+//! record, among the biggest, moves to a key of its own; an emptied bundle is
+//! removed. Jobs enqueued alone, records over [`MAX_MEMBER_BYTES`] and ids
+//! not above the high id (a clock that went back) keep a key of their own.
 //!
 //! A bundle's value: its members by id, each `id(16) len(4, big-endian)
 //! record` (the record as `codec` encodes a `JobRecord`).
@@ -30,14 +31,19 @@ use super::{Before, StoreError, Write, layout};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// At most this many jobs share a bundle. A leaf of 16 bundles of small
-/// records stays well under what sled writes to a blob file of its own.
+/// At most this many jobs share a bundle.
 pub(super) const MAX_MEMBERS: usize = 16;
 /// A record longer than this keeps its own key: an end rewrites its whole
 /// bundle, so a big payload would be copied once for each of its neighbours.
-pub(super) const MAX_MEMBER_BYTES: usize = 2048;
-/// A bundle's value stays under this many bytes.
-const MAX_BUNDLE_BYTES: usize = 16 * 1024;
+pub(super) const MAX_MEMBER_BYTES: usize = 1024;
+/// A new bundle holds at most this many bytes, leaving room for its jobs'
+/// records to grow (an ended attempt, a result) up to [`MAX_BUNDLE_BYTES`].
+const NEW_BUNDLE_BYTES: usize = 4 * 1024;
+/// A bundle grown past this moves its biggest records to keys of their
+/// own: a leaf of 16 bundles (sled's fanout) then stays under the ~128 KiB
+/// from which sled 0.34.7 writes a page to a blob file of its own (a
+/// quarter of its 512 KiB segment), created and fsynced at each rewrite.
+const MAX_BUNDLE_BYTES: usize = 7 * 1024;
 const HEADER: usize = 20;
 
 /// One change to a job's record, in a batch's order.
@@ -151,7 +157,16 @@ pub(super) fn resolve(
             }),
         }
     }
-    for (key, t) in touched {
+    for (key, mut t) in touched {
+        // Biggest first, moved out until the bundle fits; they were in it,
+        // so their own keys are new.
+        let mut bytes: usize = t.members.values().map(|r| HEADER + r.len()).sum();
+        while bytes > MAX_BUNDLE_BYTES {
+            let (&id, _) = (t.members.iter().max_by_key(|(_, r)| r.len())).expect("not empty");
+            let record = t.members.remove(&id).expect("a member");
+            bytes -= HEADER + record.len();
+            writes.push(own_key(&id, record));
+        }
         writes.push(match t.members.is_empty() {
             true => Write {
                 key,
@@ -227,7 +242,7 @@ fn bundle_new(fresh: BTreeMap<Uuid, Option<Vec<u8>>>, high: &mut Uuid, writes: &
             writes.push(own_key(&id, record));
             continue;
         }
-        if run.len() == MAX_MEMBERS || run_bytes + HEADER + record.len() > MAX_BUNDLE_BYTES {
+        if run.len() == MAX_MEMBERS || run_bytes + HEADER + record.len() > NEW_BUNDLE_BYTES {
             close(&mut run, high, writes);
             run_bytes = 0;
         }
@@ -389,5 +404,28 @@ mod tests {
         assert_eq!(t.bundles(), vec![2]);
         assert_eq!(t.job(1).unwrap(), b"moved");
         assert_eq!(t.job(3), None);
+    }
+
+    #[test]
+    fn a_bundle_grown_too_big_moves_its_biggest_records_out() {
+        let mut t = Table::default();
+        t.apply((1..=8).map(new).collect());
+        assert_eq!(t.bundles(), vec![8]);
+        let grown = "r".repeat(4000);
+        t.apply(vec![put(2, &grown), put(3, &grown), put(4, "small")]);
+        assert_eq!(t.bundles(), vec![7], "one big record moved out");
+        assert_eq!(t.own_keys(), 1);
+        assert_eq!(t.job(2).unwrap().len() + t.job(3).unwrap().len(), 8000);
+        assert_eq!(t.job(4).unwrap(), b"small");
+        // Found and changed where it now lives.
+        let moved = [2, 3].into_iter().find(|id| {
+            let v = &t.keys[&layout::bundle(&Uuid::from_u128(8))];
+            member(v, &Uuid::from_u128(*id)).is_none()
+        });
+        let moved = moved.unwrap();
+        t.apply(vec![put(moved, "done")]);
+        assert_eq!(t.job(moved).unwrap(), b"done");
+        t.apply(vec![remove(moved)]);
+        assert_eq!((t.job(moved), t.own_keys()), (None, 0));
     }
 }

@@ -17,7 +17,7 @@
 //! |---|---|---|
 //! | `Q` queues | `Q` name | [`QueueRecord`](super::records::QueueRecord) |
 //! | `J` jobs | `J` job_id(16) | [`JobRecord`](super::records::JobRecord), payload and ended attempts included — of a job not in a bundle |
-//! | `B` bundles | `B` job_id(16): the greatest id written into it | up to 16 small job records of one enqueue batch, `job_id(16) len(4) JobRecord` each, by id (`store::bundles`); every id is above the previous bundle's key |
+//! | `B` bundles | `B` job_id(16): the greatest id written into it | up to 16 small job records of one enqueue batch, `job_id(16) len(4) JobRecord` each, by id (`store::bundles`); every id is above the previous bundle's key; at most 7 KiB |
 //! | `R` ready | `R` queue(4) fn(4) prio_inv(1) seq(8): a run's first position | a run of jobs, `seq(8) job_id(16)` each, by sequence (`store::ready`); a 16-byte value (schema ≤ 5) is one job at the key's position — also of a job whose start is not written yet |
 //! | `D` due | `D` due_ms(8) job_id | empty — delayed and backing-off jobs |
 //! | `X` running | `X` job_id | [`AttemptRecord`](super::records::AttemptRecord) of the attempt in progress |
