@@ -123,6 +123,13 @@ pub struct Writes {
     touched: bool,
 }
 
+/// Where a batch's writes stood: see [`Writes::mark`].
+#[derive(Clone, Copy)]
+pub struct Mark {
+    ops: usize,
+    ready: usize,
+}
+
 /// Where a ready entry sits in its (queue, function)'s order: a scan can
 /// resume after it. Opaque: it is the entry's key in sled.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,18 +213,25 @@ impl Writes {
 
     /// Where the next write goes: with [`Writes::new_keys_since`], marks
     /// the writes of a job just enqueued.
-    pub fn mark(&self) -> usize {
-        self.ops.len()
+    pub fn mark(&self) -> Mark {
+        Mark {
+            ops: self.ops.len(),
+            ready: self.ready.len(),
+        }
     }
 
     /// Declares the puts since `mark` new keys: a job just enqueued, whose
     /// keys hold its fresh id or sequence number. A crash mid-batch then
-    /// undoes them without a read of what they held (nothing).
-    pub fn new_keys_since(&mut self, mark: usize) {
-        for op in self.ops.iter_mut().skip(mark) {
+    /// undoes them without a read of what they held (nothing), and its
+    /// ready position, past every stored one, needs no read of the runs.
+    pub fn new_keys_since(&mut self, mark: Mark) {
+        for op in self.ops.iter_mut().skip(mark.ops) {
             if op.value.is_some() {
                 op.before = Before::Absent;
             }
+        }
+        for op in self.ready.iter_mut().skip(mark.ready) {
+            op.fresh = op.job.is_some();
         }
     }
 
@@ -281,6 +295,7 @@ impl Writes {
         self.ready.push(ReadyOp {
             position: slot.key(),
             job: Some(*id),
+            fresh: false,
         });
     }
 
@@ -298,6 +313,7 @@ impl Writes {
         self.ready.push(ReadyOp {
             position,
             job: None,
+            fresh: false,
         });
     }
 

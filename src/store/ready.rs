@@ -18,7 +18,8 @@
 //! Writers say what they mean, a job's position added or removed
 //! ([`ReadyOp`]); [`resolve`] turns a batch's ops into run writes, reading
 //! the runs they land in (which gives the undo entry their old values, no
-//! second read).
+//! second read). A job just enqueued reads nothing: its sequence number is
+//! past every stored position, so it joins the batch's other new jobs.
 
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -33,6 +34,9 @@ pub(super) struct ReadyOp {
     pub position: Vec<u8>,
     /// `Some(job)`: the job becomes ready there; `None`: it leaves.
     pub job: Option<Uuid>,
+    /// An add whose sequence number was drawn for this batch: past every
+    /// stored position of its group, so no stored run is read for it.
+    pub fresh: bool,
 }
 
 /// Bytes of a position before its sequence: `R` queue(4) fn(4) priority(1).
@@ -82,6 +86,8 @@ fn encode(jobs: &BTreeMap<u64, Uuid>) -> Vec<u8> {
 struct Touched {
     before: Option<Vec<u8>>,
     jobs: BTreeMap<u64, Uuid>,
+    /// Created by a fresh add: every position in it is past the stored ones.
+    fresh: bool,
 }
 
 impl Touched {
@@ -108,6 +114,10 @@ pub(super) fn resolve(ops: Vec<ReadyOp>, stored: &mut impl StoredRuns) -> Result
     let mut spans: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     for op in ops {
         let g = group(&op.position).to_vec();
+        if let (true, Some(job)) = (op.fresh, op.job) {
+            add_fresh(&mut touched, g, op.position, job);
+            continue;
+        }
         let known = spans
             .range(g.clone()..=op.position.clone())
             .next_back()
@@ -127,6 +137,7 @@ pub(super) fn resolve(ops: Vec<ReadyOp>, stored: &mut impl StoredRuns) -> Result
                     touched.entry(k.clone()).or_insert(Touched {
                         before: Some(value),
                         jobs,
+                        fresh: false,
                     });
                     Some(k)
                 }
@@ -153,6 +164,7 @@ pub(super) fn resolve(ops: Vec<ReadyOp>, stored: &mut impl StoredRuns) -> Result
                 let t = touched.entry(k).or_insert(Touched {
                     before: None,
                     jobs: BTreeMap::new(),
+                    fresh: false,
                 });
                 t.jobs.insert(s, job);
             }
@@ -180,6 +192,22 @@ pub(super) fn resolve(ops: Vec<ReadyOp>, stored: &mut impl StoredRuns) -> Result
         }
     }
     Ok(writes)
+}
+
+/// A fresh add: into the batch's fresh run before it, if any, else a run
+/// of its own. Only a fresh run may take it: any other run at or before it
+/// may have stored runs between it and the position.
+fn add_fresh(touched: &mut BTreeMap<Vec<u8>, Touched>, g: Vec<u8>, position: Vec<u8>, job: Uuid) {
+    let s = seq(&position);
+    let into = (touched.range(g..=position.clone()).next_back())
+        .filter(|(_, t)| t.fresh)
+        .map(|(k, _)| k.clone());
+    let t = touched.entry(into.unwrap_or(position)).or_insert(Touched {
+        before: None,
+        jobs: BTreeMap::new(),
+        fresh: true,
+    });
+    t.jobs.insert(s, job);
 }
 
 #[cfg(test)]
@@ -229,6 +257,7 @@ mod tests {
         ReadyOp {
             position: layout::ready(1, 2, 0, seq),
             job: Some(Uuid::from_u128(seq as u128)),
+            fresh: false,
         }
     }
 
@@ -236,6 +265,7 @@ mod tests {
         ReadyOp {
             position: layout::ready(1, 2, 0, seq),
             job: None,
+            fresh: false,
         }
     }
 
@@ -287,5 +317,40 @@ mod tests {
         assert_eq!(decode(&key, &table[&key]), vec![(7, Some(id))]);
         apply(&mut table, vec![add(5), remove(7)]);
         assert_eq!(jobs_in_order(&table), vec![5]);
+    }
+
+    fn fresh(seq: u64) -> ReadyOp {
+        ReadyOp {
+            fresh: true,
+            ..add(seq)
+        }
+    }
+
+    #[test]
+    fn fresh_adds_read_no_run_and_keep_dispatch_order() {
+        struct NoReads;
+        impl StoredRuns for NoReads {
+            fn cover(&mut self, _: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+                panic!("a fresh add read the runs")
+            }
+            fn next(&mut self, _: &[u8]) -> Result<Option<Vec<u8>>> {
+                panic!("a fresh add read the runs")
+            }
+        }
+        let w = resolve((10..20).map(fresh).collect(), &mut NoReads).unwrap();
+        assert_eq!(w.len(), 1, "one new run");
+        assert_eq!(w[0].before, Before::Absent);
+
+        let mut table = BTreeMap::new();
+        apply(&mut table, (10..20).map(add).collect());
+        apply(&mut table, (20..30).map(add).collect());
+        // A retry before every run starts one of its own in the batch; the
+        // fresh jobs may not join it: runs 10.. and 20.. lie between.
+        apply(&mut table, vec![remove(5), add(5), fresh(40), fresh(41)]);
+        let mut want: Vec<u64> = (10..30).chain([5, 40, 41]).collect();
+        want.sort();
+        assert_eq!(jobs_in_order(&table), want);
+        let runs: Vec<_> = table.keys().map(|k| seq(k)).collect();
+        assert_eq!(runs, vec![5, 10, 20, 40]);
     }
 }
