@@ -59,6 +59,10 @@ pub(super) enum Place {
     Waiting { seq: u64 },
 }
 
+/// How long a receipt's indexing is sent again while JetStream answers
+/// that it cannot take it yet (the JetStream client's own ack timeout).
+const INDEX_RETRY_WITHIN: Duration = Duration::from_secs(5);
+
 pub(super) fn nats_error(what: &str, e: impl std::fmt::Display) -> ErrorBody {
     ErrorBody::new(
         codes::QUEUE_ERROR,
@@ -90,7 +94,7 @@ impl Shared {
         revision: u64,
     ) -> Result<bool, String> {
         let value = bytes::Bytes::from(serde_json::to_vec(&place).expect("a place encodes"));
-        let mut tries = 0;
+        let started = std::time::Instant::now();
         loop {
             let e = match self
                 .receipts
@@ -103,8 +107,11 @@ impl Shared {
             if kv::revision_moved(&e) {
                 return Ok(false);
             }
-            tries += 1;
-            if !kv::revision_not_checked(&e) || tries == 20 {
+            // The leader cannot check revisions yet (just elected), or no
+            // stream took the write (its interest not yet on this node):
+            // nothing was stored, so the same write may be sent again.
+            let transient = kv::revision_not_checked(&e) || kv::reached_no_stream(&e);
+            if !transient || started.elapsed() >= INDEX_RETRY_WITHIN {
                 return Err(e.to_string());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
