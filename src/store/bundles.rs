@@ -167,17 +167,11 @@ pub(super) fn resolve(
             bytes -= HEADER + record.len();
             writes.push(own_key(&id, record));
         }
-        writes.push(match t.members.is_empty() {
-            true => Write {
-                key,
-                value: None,
-                before: Before::Known(t.before),
-            },
-            false => Write {
-                key,
-                value: Some(encode(t.members.iter())),
-                before: Before::Known(t.before),
-            },
+        // An emptied bundle is removed.
+        writes.push(Write {
+            key,
+            value: (!t.members.is_empty()).then(|| encode(t.members.iter())),
+            before: Before::Known(t.before),
         });
     }
     bundle_new(fresh, high, &mut writes);

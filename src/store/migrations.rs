@@ -169,14 +169,9 @@ mod tests {
     /// Opens sled in `dir` once the instance dropped just before has let go
     /// of its file lock, which its IO threads may hold a moment longer.
     fn open_once_released(dir: &Path) -> sled::Db {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match sled::open(dir) {
-                Ok(db) => return db,
-                Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
-            }
-        }
+        let lock_wait = std::time::Duration::from_secs(10);
+        super::super::wait_for_lock_release(&dir.join("db"), lock_wait);
+        sled::open(dir).unwrap()
     }
 
     #[test]
