@@ -104,10 +104,7 @@ impl Scheduler {
     ) {
         self.unsynced.applied(ticket, first_seq);
         self.store.want(ticket);
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            then(store.durable(ticket).await.map_err(store_error));
-        });
+        (self.unsynced).answer_when_durable(ticket, Box::new(|r| then(r.map_err(store_error))));
     }
 
     /// Validates one job and writes it into `batch` (applied by the caller).

@@ -96,7 +96,22 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    pub async fn run(mut self, rx: mpsc::UnboundedReceiver<Command>) {
+        self.serve(rx).await;
+        // Writes applied before the stop still owe their answers: the final
+        // sync covers them.
+        let answers = self.unsynced.take_answers();
+        if !answers.is_empty() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                for (ticket, answer) in answers {
+                    answer(store.durable(ticket).await);
+                }
+            });
+        }
+    }
+
+    async fn serve(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut finished = self.finished_rx.take().expect("run is called once");
         let mut events = self.mesh.subscribe();
         let mut syncs = self.store.sync_events();
@@ -146,6 +161,7 @@ impl Scheduler {
                 _ = syncs.changed(), if !self.unsynced.is_empty() => {
                     syncs.borrow_and_update();
                     self.unsynced.first_waiting(self.store.synced());
+                    self.unsynced.answer(&self.store.fates());
                 }
                 // The store failed and was reopened: what it holds now is the truth.
                 Ok(()) = reopenings.changed() => match self.reload() {
@@ -170,6 +186,11 @@ impl Scheduler {
                 && !self.on_commands(cmd, &mut rx)
             {
                 return;
+            }
+            // Receipts a sync made due, even when the biased select above
+            // keeps taking enqueues and never reaches the sync branch.
+            if (self.unsynced).answers_due(self.store.synced(), self.store.is_broken()) {
+                self.unsynced.answer(&self.store.fates());
             }
             if !self.store.is_broken() {
                 self.log_err("dispatching", |s| s.dispatch());
@@ -273,11 +294,11 @@ impl Scheduler {
             Command::Op(op, reply) => match self.op(op) {
                 // A write answers once it is durable; anything else at once.
                 (Ok(v), Some(t)) => {
-                    let store = self.store.clone();
-                    tokio::spawn(async move {
-                        let res = store.durable(t).await.map(|_| v).map_err(store_error);
-                        let _ = reply.send(res);
-                    });
+                    self.store.want(t);
+                    let answer = move |r: Result<(), StoreError>| {
+                        let _ = reply.send(r.map(|_| v).map_err(store_error));
+                    };
+                    self.unsynced.answer_when_durable(t, Box::new(answer));
                 }
                 (res, _) => {
                     let _ = reply.send(res);

@@ -269,6 +269,37 @@ pub enum Before {
     Known(Vec<u8>),
 }
 
+/// The fate of tickets as of one moment: the last sync's outcome and the
+/// tickets a failure lost.
+pub struct Fates {
+    last: Result<Ticket, Fault>,
+    lost: Vec<(Ticket, Ticket, Fault)>,
+}
+
+impl Fates {
+    /// Fates as given, for tests of code that answers by them.
+    #[cfg(test)]
+    pub(crate) fn given(last: Result<Ticket, Fault>, lost: Vec<(Ticket, Ticket, Fault)>) -> Self {
+        Self { last, lost }
+    }
+
+    /// `Some(Ok)` once a sync covered `ticket`, `Some(Err)` once it never
+    /// will be durable (a failure lost it, or the last sync failed), `None`
+    /// while it waits. A lost ticket stays lost whatever a later sync covers.
+    pub fn of(&self, ticket: Ticket) -> Option<Result<(), StoreError>> {
+        if let Some((_, _, why)) =
+            (self.lost.iter()).find(|(first, last, _)| (*first..=*last).contains(&ticket))
+        {
+            return Some(Err(why.to_error()));
+        }
+        match &self.last {
+            Ok(done) if *done >= ticket => Some(Ok(())),
+            Ok(_) => None,
+            Err(fault) => Some(Err(fault.to_error())),
+        }
+    }
+}
+
 /// What the syncer has done since the store opened: rounds that succeeded
 /// and the time they took (flush, blob fsyncs and the log's fdatasync).
 #[derive(Debug, Clone, Copy, Default)]
@@ -472,20 +503,26 @@ impl Store {
         let mut rx = self.shared.synced.subscribe();
         self.want(ticket);
         loop {
-            if let Some((_, _, why)) = (self.shared.lock().lost.iter())
-                .find(|(first, last, _)| (*first..=*last).contains(&ticket))
-            {
-                return Err(why.to_error());
-            }
-            match &*rx.borrow_and_update() {
-                Ok(done) if *done >= ticket => return Ok(()),
-                Ok(_) => {}
-                Err(fault) => return Err(fault.to_error()),
+            let last = rx.borrow_and_update().clone();
+            if let Some(fate) = self.fates_after(last).of(ticket) {
+                return fate;
             }
             if rx.changed().await.is_err() {
                 return Err(StoreError::Sync("syncer stopped".into()));
             }
         }
+    }
+
+    /// What the syncer has settled so far, to answer many tickets at once
+    /// without a task waiting on each (see [`Fates::of`]).
+    pub fn fates(&self) -> Fates {
+        let last = self.shared.synced.borrow().clone();
+        self.fates_after(last)
+    }
+
+    fn fates_after(&self, last: Result<Ticket, Fault>) -> Fates {
+        let lost = self.shared.lock().lost.clone();
+        Fates { last, lost }
     }
 
     /// The highest ticket a finished sync has covered.
@@ -683,6 +720,22 @@ fn wait_for_lock_release(log: &Path, within: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fates_settle_covered_lost_and_failed_tickets() {
+        let fault = |full| Fault {
+            full,
+            message: "disk".into(),
+        };
+        let f = Fates::given(Ok(10), vec![(4, 6, fault(true))]);
+        assert!(matches!(f.of(3), Some(Ok(()))));
+        // Lost stays lost though a later sync covered past it.
+        assert!(matches!(f.of(5), Some(Err(StoreError::Full(_)))));
+        assert!(matches!(f.of(10), Some(Ok(()))));
+        assert!(f.of(11).is_none());
+        let failed = Fates::given(Err(fault(false)), Vec::new());
+        assert!(matches!(failed.of(11), Some(Err(StoreError::Sync(_)))));
+    }
 
     /// An engine restarted in the same process (tests, an embedding
     /// application) reopens its store as soon as the old one is dropped:

@@ -544,6 +544,11 @@ impl QueueStore {
         self.store.sync_events()
     }
 
+    /// What the syncer has settled so far (see [`super::Fates`]).
+    pub fn fates(&self) -> super::Fates {
+        self.store.fates()
+    }
+
     /// Resolves once a sync has covered `ticket` (contract 3).
     pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
         self.store.durable(ticket).await
